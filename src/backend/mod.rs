@@ -1,0 +1,204 @@
+//! The op set every backend implements, one-for-one.
+//!
+//! Buffers live inside the backend and are named by [`BufId`]; a tensor is a
+//! [`View`] (buffer, offset, length) into one of them. Views are plain `Copy`
+//! values, so the model can hand out several views of the same flat buffer
+//! (e.g. two parameter-gradient views for one layernorm backward) without
+//! fighting the borrow checker. The price: an op must not be given an output
+//! view that overlaps one of its inputs unless its docs say "in place".
+//!
+//! Conventions (row-major everywhere):
+//! - `N` = rows = batch * seq positions; `C` = model width.
+//! - Linear weights are stored `[out_features, in_features]` (PyTorch
+//!   `nn.Linear`): `y = x · Wᵀ + b`.
+//! - Parameter gradients are always ACCUMULATED (`+=`) so gradient
+//!   accumulation is free; the trainer zeroes them once per optimizer step.
+//! - Activation gradients are overwritten (`=`) unless the op says `+=`.
+//! - All values are f32 in the interface. A backend may store `Compute`
+//!   buffers in lower precision (the CUDA backend uses bf16); `F32` buffers
+//!   are always full precision (master weights, grads, optimizer state).
+
+pub mod cpu;
+pub mod cuda;
+
+use anyhow::Result;
+
+/// Handle to a buffer owned by a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufId(pub usize);
+
+/// Storage class requested at allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// Always fp32: master weights, gradients, optimizer state, losses.
+    F32,
+    /// Activations: fp32 on CPU, bf16 on CUDA.
+    Compute,
+    /// Token ids / targets (u32).
+    U32,
+}
+
+/// A contiguous range of elements inside one buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub buf: BufId,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl View {
+    pub fn whole(buf: BufId, len: usize) -> Self {
+        View { buf, off: 0, len }
+    }
+    /// Sub-view `[start, start+len)` relative to this view.
+    pub fn sub(&self, start: usize, len: usize) -> Self {
+        assert!(start + len <= self.len, "sub-view {start}+{len} outside view of {}", self.len);
+        View { buf: self.buf, off: self.off + start, len }
+    }
+}
+
+/// Shape of a causal attention call. `qkv` rows hold
+/// `[q heads (H·D) | k heads (KV·D) | v heads (KV·D)]`; query head `h` reads
+/// kv head `h / (H / KV)` (grouped-query attention).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// Hyper-parameters of one fused AdamW step (PyTorch semantics).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWArgs {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count used for bias correction.
+    pub step: u64,
+    /// Multiplies the gradient before use (clipping factor).
+    pub grad_scale: f32,
+}
+
+/// The op set. See each method for exact semantics; `backend/cpu` is the
+/// readable reference for all of them.
+pub trait Backend {
+    fn name(&self) -> &'static str;
+
+    // ---- memory -------------------------------------------------------
+    /// Allocate `len` zeroed elements.
+    fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId>;
+    fn free(&mut self, buf: BufId);
+    fn upload(&mut self, dst: View, src: &[f32]) -> Result<()>;
+    fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()>;
+    fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()>;
+    fn fill(&mut self, dst: View, value: f32) -> Result<()>;
+    /// `dst = src` (same length).
+    fn copy(&mut self, dst: View, src: View) -> Result<()>;
+    /// Wait for queued work (no-op on CPU).
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Peak bytes of device memory held so far (0 where not tracked).
+    fn peak_memory_bytes(&self) -> u64 {
+        0
+    }
+
+    // ---- elementwise --------------------------------------------------
+    /// `out = a + b`.
+    fn add(&mut self, out: View, a: View, b: View) -> Result<()>;
+    /// `dst += src`.
+    fn accumulate(&mut self, dst: View, src: View) -> Result<()>;
+    /// `x *= s`.
+    fn scale(&mut self, x: View, s: f32) -> Result<()>;
+    /// Sum of squares of all elements (f64 accumulation), for the global
+    /// gradient norm.
+    fn sum_squares(&mut self, x: View) -> Result<f64>;
+
+    // ---- embedding ----------------------------------------------------
+    /// `out[n,:] = wte[tokens[n],:] (+ wpe[n % seq,:])`. out `[N,C]`.
+    fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()>;
+    /// `dwte[tokens[n],:] += dout[n,:]`, `dwpe[n % seq,:] += dout[n,:]`.
+    fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()>;
+
+    // ---- matmul -------------------------------------------------------
+    /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
+    fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
+    /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
+    /// `dbias[N] += Σ_rows dout`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()>;
+    /// General matmul used by matrix optimizers:
+    /// `c[M,N] = alpha · op(a) · op(b) + beta · c` where `op(a)` is `[M,K]`
+    /// (`a` stored `[K,M]` when `trans_a`) and `op(b)` is `[K,N]` (`b` stored
+    /// `[N,K]` when `trans_b`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()>;
+
+    // ---- normalization -------------------------------------------------
+    /// LayerNorm over rows of `inp[N,C]`; saves `mean[N]`, `rstd[N]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()>;
+    /// `dinp += …` (the residual stream accumulates), `dw += …`, `db += …`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()>;
+    /// RMSNorm: `out = inp · rstd · w`, `rstd = 1/sqrt(mean(inp²) + eps)`.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()>;
+    /// `dinp += …`, `dw += …`.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()>;
+
+    // ---- activations --------------------------------------------------
+    /// GELU, tanh approximation (GPT-2's `gelu_new`).
+    fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()>;
+    /// `dinp = dout · gelu'(inp)` (overwrite).
+    fn gelu_bwd(&mut self, dinp: View, inp: View, dout: View) -> Result<()>;
+    /// `inp` rows are `[gate (F) | up (F)]`; `out[n,f] = silu(gate) · up`.
+    fn swiglu_fwd(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()>;
+    /// `dinp[N,2F] = …` (overwrite).
+    fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()>;
+
+    // ---- attention ----------------------------------------------------
+    /// Rotary embedding IN PLACE on the q and k heads of `qkv` (Hugging Face
+    /// Llama "rotate_half" convention: element `i` pairs with `i + D/2`,
+    /// frequency `theta^(-2i/D)`, position = row % seq).
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()>;
+    /// Inverse rotation IN PLACE on the q and k parts of `dqkv`.
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()>;
+    /// Causal attention, scale `1/sqrt(D)`. `out[N, H·D]`; saves the
+    /// log-sum-exp of each score row in `lse[B,H,T]` for the backward pass.
+    fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()>;
+    /// `dqkv = …` (overwrite) from `dout[N, H·D]`.
+    fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()>;
+
+    // ---- loss ---------------------------------------------------------
+    /// Fused softmax cross-entropy over `logits[N,V]`. Writes the per-row
+    /// loss to `losses[N]` (0 where `targets[n] == IGNORE`). If `dlogits` is
+    /// given, writes `(softmax - onehot) · grad_scale` there (overwrite; may
+    /// be the same view as `logits`: in place). Probabilities are never
+    /// stored.
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()>;
+
+    // ---- optimizer ----------------------------------------------------
+    /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()>;
+
+    /// Called after the optimizer changed `params` (a view of the F32 master
+    /// weights) so a backend holding low-precision copies can refresh them.
+    fn params_changed(&mut self, _params: View) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Target id that contributes no loss and no gradient.
+pub const IGNORE: u32 = u32::MAX;

@@ -1,0 +1,440 @@
+//! Typed configuration: presets, TOML files, `--set key=value` overrides and
+//! validation with errors that say what to change.
+//!
+//! Resolution order (later wins): built-in defaults → the preset named by
+//! `model.preset` (a full config in `configs/`, compiled into the binary) →
+//! the user's `--config FILE` → each `--set key=value`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use toml::Value;
+
+/// Presets shipped in `configs/`, embedded so the binary works from anywhere.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("tiny", include_str!("../configs/tiny.toml")),
+    ("tiny-llama", include_str!("../configs/tiny-llama.toml")),
+    ("gpt2-124m", include_str!("../configs/gpt2-124m.toml")),
+    ("gpt2-350m", include_str!("../configs/gpt2-350m.toml")),
+    ("gpt2-774m", include_str!("../configs/gpt2-774m.toml")),
+    ("gpt2-1.5b", include_str!("../configs/gpt2-1.5b.toml")),
+    ("llama-60m", include_str!("../configs/llama-60m.toml")),
+    ("llama-130m", include_str!("../configs/llama-130m.toml")),
+    ("llama-350m", include_str!("../configs/llama-350m.toml")),
+    ("llama-1b", include_str!("../configs/llama-1b.toml")),
+    ("llama3-8b", include_str!("../configs/llama3-8b.toml")),
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `cpu` (fp32 reference) or `cuda` (bf16 mixed precision).
+    pub device: String,
+    /// Seeds weights, data order and sampling.
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+    pub optimizer: OptimizerConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    Layernorm,
+    Rmsnorm,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mlp {
+    Gelu,
+    Swiglu,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    Learned,
+    Rope,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Name of the preset this config starts from (see `configs/`).
+    pub preset: String,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention); must divide `n_heads`.
+    pub n_kv_heads: usize,
+    /// Hidden width of the MLP (per branch for SwiGLU).
+    pub d_ff: usize,
+    /// Longest sequence the model supports (size of learned positions).
+    pub max_seq_len: usize,
+    pub norm: Norm,
+    pub mlp: Mlp,
+    pub positions: Positions,
+    pub tied_embeddings: bool,
+    /// Biases on linear layers and norms (GPT-2 yes, Llama no).
+    pub bias: bool,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub init_std: f32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accum: usize,
+    /// `cosine` (linear warmup then cosine to min_lr), `wsd`
+    /// (warmup-stable-decay) or `constant`.
+    pub schedule: String,
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `optimizer.lr`.
+    pub min_lr_ratio: f32,
+    /// For `wsd`: fraction of the steps spent in the final decay.
+    pub decay_fraction: f32,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip: f32,
+    /// Evaluate every N steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Micro-batches per evaluation.
+    pub eval_batches: usize,
+    /// Save a checkpoint every N steps (0 = only at the end).
+    pub ckpt_every: u64,
+    /// Keep the newest K checkpoints.
+    pub keep_ckpts: usize,
+    /// Samples generated at the end of the run.
+    pub samples: usize,
+    pub sample_tokens: usize,
+    /// Recompute norms and MLP activations in backward (saves memory).
+    pub recompute: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A folder of shards written by `ferrotron prepare`, or `builtin`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    pub name: String,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Parent folder of run folders.
+    pub dir: String,
+    /// Run folder name under `dir`; empty = `<preset>-<timestamp>`.
+    pub name: String,
+    /// Print a progress bar (off when not a terminal or in tests).
+    pub progress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            device: "cpu".into(),
+            seed: 1337,
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            data: DataConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            run: RunConfig::default(),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            preset: "tiny".into(),
+            vocab_size: 256,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: 4,
+            d_ff: 512,
+            max_seq_len: 256,
+            norm: Norm::Layernorm,
+            mlp: Mlp::Gelu,
+            positions: Positions::Learned,
+            tied_embeddings: true,
+            bias: true,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            batch_size: 8,
+            seq_len: 128,
+            grad_accum: 1,
+            schedule: "cosine".into(),
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            decay_fraction: 0.2,
+            grad_clip: 1.0,
+            eval_every: 50,
+            eval_batches: 4,
+            ckpt_every: 0,
+            keep_ckpts: 2,
+            samples: 0,
+            sample_tokens: 64,
+            recompute: false,
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { path: "builtin".into() }
+    }
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig { name: "adamw".into(), lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { dir: "runs".into(), name: String::new(), progress: true }
+    }
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+}
+
+/// Build a config from an optional file and `key=value` overrides.
+pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config> {
+    let mut user = Value::Table(Default::default());
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        user = text
+            .parse::<Value>()
+            .map_err(|e| anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+    }
+    for kv in overrides {
+        apply_override(&mut user, kv)?;
+    }
+    resolve(user)
+}
+
+/// Parse a full TOML document (e.g. a run's saved `config.toml`).
+pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
+    let user = text.parse::<Value>().map_err(|e| anyhow!("{origin} is not valid TOML: {e}"))?;
+    resolve(user)
+}
+
+fn resolve(user: Value) -> Result<Config> {
+    check_known_keys(&user)?;
+    let preset_name = user
+        .get("model")
+        .and_then(|m| m.get("preset"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("tiny")
+        .to_string();
+    let mut merged = preset_table(&preset_name)?;
+    merge(&mut merged, user);
+    let cfg: Config = merged.try_into().map_err(|e: toml::de::Error| anyhow!("invalid config: {}", e.message()))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The full TOML table of a named preset.
+pub fn preset_table(name: &str) -> Result<Value> {
+    let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+        bail!("unknown preset `{name}` (model.preset); available: {}", names.join(", "));
+    };
+    let mut table: Value = text.parse().map_err(|e| anyhow!("built-in preset {name} is broken: {e}"))?;
+    if let Some(m) = table.get_mut("model").and_then(|m| m.as_table_mut()) {
+        m.insert("preset".into(), Value::String(name.into()));
+    }
+    Ok(table)
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Apply one `section.key=value` override. The value is parsed as a TOML
+/// literal (number, bool, quoted string); anything else is taken as a string.
+pub fn apply_override(table: &mut Value, kv: &str) -> Result<()> {
+    let (key, raw) = kv
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set expects key=value, got `{kv}` (e.g. --set train.steps=200)"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap(),
+        Err(_) => Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for (i, part) in parts.iter().enumerate() {
+        let t = cur.as_table_mut().ok_or_else(|| anyhow!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            t.insert(part.to_string(), value.clone());
+            break;
+        }
+        cur = t.entry(part.to_string()).or_insert_with(|| Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+/// Every valid dotted key, from the default config.
+pub fn known_keys() -> Vec<String> {
+    let v = Value::try_from(Config::default()).expect("default config serializes");
+    let mut out = Vec::new();
+    collect_keys(&v, "", &mut out);
+    out
+}
+
+fn collect_keys(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    if let Value::Table(t) = v {
+        for (k, child) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            if child.is_table() {
+                collect_keys(child, &key, out);
+            } else {
+                out.push(key);
+            }
+        }
+    }
+}
+
+fn check_known_keys(user: &Value) -> Result<()> {
+    let known = known_keys();
+    let mut given = Vec::new();
+    collect_keys(user, "", &mut given);
+    for key in given {
+        if !known.contains(&key) {
+            let nearest = known.iter().min_by_key(|k| edit_distance(k, &key)).unwrap();
+            bail!("unknown config key `{key}`; did you mean `{nearest}`? (`ferrotron info --keys` lists all keys)");
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+pub const OPTIMIZERS: &[&str] = &["adamw"];
+pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant"];
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        let t = &self.train;
+        if !["cpu", "cuda"].contains(&self.device.as_str()) {
+            bail!("device = `{}` is not supported; use `cpu` or `cuda`", self.device);
+        }
+        for (name, v) in [("model.vocab_size", m.vocab_size), ("model.d_model", m.d_model), ("model.n_layers", m.n_layers), ("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads), ("model.d_ff", m.d_ff), ("model.max_seq_len", m.max_seq_len), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len), ("train.grad_accum", t.grad_accum)] {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if m.d_model % m.n_heads != 0 {
+            bail!("model.n_heads = {} does not divide model.d_model = {}; pick heads so that d_model / heads is a whole head size", m.n_heads, m.d_model);
+        }
+        if m.n_heads % m.n_kv_heads != 0 {
+            bail!("model.n_kv_heads = {} does not divide model.n_heads = {} (grouped-query attention shares each kv head among n_heads / n_kv_heads query heads)", m.n_kv_heads, m.n_heads);
+        }
+        if m.positions == Positions::Rope && m.head_dim() % 2 != 0 {
+            bail!("rotary positions need an even head size; d_model / n_heads = {}", m.head_dim());
+        }
+        if t.seq_len > m.max_seq_len {
+            bail!("train.seq_len = {} exceeds model.max_seq_len = {}; lower train.seq_len or raise model.max_seq_len", t.seq_len, m.max_seq_len);
+        }
+        if !OPTIMIZERS.contains(&self.optimizer.name.as_str()) {
+            bail!("optimizer.name = `{}` is unknown; available: {}", self.optimizer.name, OPTIMIZERS.join(", "));
+        }
+        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
+            bail!("optimizer.lr must be a positive number, got {}", self.optimizer.lr);
+        }
+        for (name, b) in [("optimizer.beta1", self.optimizer.beta1), ("optimizer.beta2", self.optimizer.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("{name} must be in [0, 1), got {b}");
+            }
+        }
+        if self.optimizer.weight_decay < 0.0 {
+            bail!("optimizer.weight_decay must be >= 0, got {}", self.optimizer.weight_decay);
+        }
+        if !SCHEDULES.contains(&t.schedule.as_str()) {
+            bail!("train.schedule = `{}` is unknown; available: {}", t.schedule, SCHEDULES.join(", "));
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            bail!("train.min_lr_ratio must be in [0, 1], got {}", t.min_lr_ratio);
+        }
+        if !(0.0..=1.0).contains(&t.decay_fraction) {
+            bail!("train.decay_fraction must be in [0, 1], got {}", t.decay_fraction);
+        }
+        if t.grad_clip < 0.0 {
+            bail!("train.grad_clip must be >= 0 (0 turns clipping off), got {}", t.grad_clip);
+        }
+        if t.keep_ckpts == 0 {
+            bail!("train.keep_ckpts must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML (saved in each run folder).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}

@@ -1,0 +1,11 @@
+//! ferrotron: a Rust engine for training transformer language models when
+//! memory and scale are the limit. See README.md and shared/DESIGN.md.
+
+pub mod backend;
+pub mod ckpt;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod optim;
+pub mod telemetry;
+pub mod train;

@@ -1,0 +1,3 @@
+//! The decoder: parameter layout, initialization, forward and backward.
+
+pub mod layout;

@@ -9,3 +9,4 @@ pub mod model;
 pub mod optim;
 pub mod telemetry;
 pub mod train;
+pub mod util;

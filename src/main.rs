@@ -1,3 +1,179 @@
-fn main() {
-    println!("ferrotron (under construction)");
+//! The `ferrotron` command line: train, prepare, generate, info, export.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ferrotron::config::{self, Config};
+use ferrotron::train::{self, sample::SampleOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ferrotron", version, about = "Train transformer language models when memory and scale are the limit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ConfigArgs {
+    /// TOML config file (defaults to the `tiny` preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.steps=200 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model. With no arguments: the tiny preset on built-in data, on the CPU.
+    Train {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Continue the run in this folder from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+    },
+    /// Tokenize text, folders, .jsonl or Parquet files into token shards.
+    Prepare {
+        /// Input files or folders (repeatable).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Output folder for the shards.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokenizer: gpt2 or bytes.
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+        /// Fraction of documents held out for validation.
+        #[arg(long, default_value_t = 0.005)]
+        val_fraction: f64,
+        /// Text column of Parquet files / field of .jsonl lines.
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// Replace shards already in --out.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Generate text from a trained run.
+    Generate {
+        #[arg(long, value_name = "RUN_DIR")]
+        run: PathBuf,
+        #[arg(long, default_value = "")]
+        prompt: String,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Parameter counts, FLOPs per token and a memory estimate for a config.
+    Info {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// List every config key instead.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Export a run's weights as Hugging Face safetensors + config.json.
+    Export {
+        #[arg(long, value_name = "RUN_DIR")]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Train { cfg, resume } => cmd_train(cfg, resume),
+        Command::Prepare { input, out, tokenizer, val_fraction, text_field, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_field, overwrite),
+        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed } => {
+            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed)
+        }
+        Command::Info { cfg, keys } => cmd_info(cfg, keys),
+        Command::Export { run, out } => cmd_export(run, out),
+    }
+}
+
+fn load_config(args: &ConfigArgs) -> Result<Config> {
+    config::load(args.config.as_deref(), &args.set)
+}
+
+fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
+    let cfg = match &resume {
+        Some(dir) => train::run_dir::resume_config(dir, &args.set, args.config.as_deref())?,
+        None => load_config(&args)?,
+    };
+    let s = train::trainer::train(&cfg, resume.as_deref())?;
+    println!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s);
+    if let Some(v) = s.final_val_loss {
+        println!("final validation loss {v:.4}");
+    }
+    if s.peak_mem_bytes > 0 {
+        println!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64);
+    }
+    for (i, text) in s.samples.iter().enumerate() {
+        println!("\n--- sample {} ---\n{}", i + 1, text.trim_end());
+    }
+    println!("\nloss plot: {}", s.run_dir.join("loss.png").display());
+    Ok(())
+}
+
+fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fraction: f64, text_field: String, overwrite: bool) -> Result<()> {
+    use ferrotron::data::prepare::{prepare, PrepareOptions};
+    if !(0.0..1.0).contains(&val_fraction) {
+        bail!("--val-fraction must be in [0, 1), got {val_fraction}");
+    }
+    let opts = PrepareOptions { tokenizer, val_fraction, text_field, overwrite, ..PrepareOptions::default() };
+    let summary = prepare(&input, &out, &opts)?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64) -> Result<()> {
+    let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed)?;
+    for (i, text) in texts.iter().enumerate() {
+        if samples > 1 {
+            println!("--- sample {} ---", i + 1);
+        }
+        println!("{prompt}{text}");
+    }
+    Ok(())
+}
+
+fn cmd_info(args: ConfigArgs, keys: bool) -> Result<()> {
+    if keys {
+        for k in config::known_keys() {
+            println!("{k}");
+        }
+        return Ok(());
+    }
+    let cfg = load_config(&args)?;
+    print!("{}", ferrotron::telemetry::report::format_info(&cfg));
+    Ok(())
+}
+
+fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
+    let (cfg, params) = train::generate::load_run_weights(&run)?;
+    ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::hf::ExportDtype::F32)
+        .with_context(|| format!("exporting to {}", out.display()))?;
+    println!("wrote Hugging Face safetensors + config.json to {}", out.display());
+    Ok(())
 }

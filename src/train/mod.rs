@@ -1,1 +1,7 @@
-//! (under construction)
+//! Training: the loop, schedules, the run folder, sampling.
+
+pub mod generate;
+pub mod run_dir;
+pub mod sample;
+pub mod schedule;
+pub mod trainer;

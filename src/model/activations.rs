@@ -1,0 +1,146 @@
+//! Activation buffers for one micro-batch shape (batch × seq).
+//!
+//! The forward pass keeps what the backward pass needs, per layer; with
+//! `recompute` the cheap outputs (norm outputs, MLP activation) are not kept
+//! per layer but recomputed in backward into one shared scratch buffer.
+
+use crate::backend::{Backend, BufId, DType, View};
+use crate::config::{Mlp, ModelConfig};
+use anyhow::Result;
+
+/// Saved tensors of one transformer block.
+pub struct LayerActs {
+    /// Block input (the residual stream).
+    pub res_in: View,
+    pub ln1: View,
+    pub ln1_mean: View,
+    pub ln1_rstd: View,
+    /// q, k, v rows after rotary.
+    pub qkv: View,
+    pub atty: View,
+    pub lse: View,
+    /// Residual after attention.
+    pub res_mid: View,
+    pub ln2: View,
+    pub ln2_mean: View,
+    pub ln2_rstd: View,
+    /// MLP pre-activation `[N, F]` or `[N, 2F]` for SwiGLU.
+    pub fch: View,
+    /// MLP activation output `[N, F]`.
+    pub fch_act: View,
+}
+
+/// Scratch used by the backward pass, shared by all layers.
+pub struct GradScratch {
+    /// Running gradient of the residual stream.
+    pub dres: View,
+    pub dln: View,
+    pub dqkv: View,
+    pub datty: View,
+    pub dfch: View,
+    pub dfch_act: View,
+}
+
+pub struct Activations {
+    pub batch: usize,
+    pub seq: usize,
+    pub tokens: View,
+    pub targets: View,
+    pub layers: Vec<LayerActs>,
+    /// Output of the last block.
+    pub res_out: View,
+    pub lnf: View,
+    pub lnf_mean: View,
+    pub lnf_rstd: View,
+    /// Logits; the loss overwrites them with their gradient in place.
+    pub logits: View,
+    pub losses: View,
+    /// Output of attention/MLP projections before the residual add.
+    pub proj_out: View,
+    pub grads: GradScratch,
+    bufs: Vec<BufId>,
+}
+
+struct Alloc<'a, B: Backend> {
+    b: &'a mut B,
+    bufs: Vec<BufId>,
+}
+
+impl<B: Backend> Alloc<'_, B> {
+    fn get(&mut self, len: usize, dtype: DType) -> Result<View> {
+        let id = self.b.alloc(len, dtype)?;
+        self.bufs.push(id);
+        Ok(View::whole(id, len))
+    }
+    fn act(&mut self, len: usize) -> Result<View> {
+        self.get(len, DType::Compute)
+    }
+    fn f32(&mut self, len: usize) -> Result<View> {
+        self.get(len, DType::F32)
+    }
+}
+
+impl Activations {
+    pub fn new<B: Backend>(b: &mut B, m: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Result<Self> {
+        let n = batch * seq;
+        let c = m.d_model;
+        let d = m.head_dim();
+        let qkv_w = (m.n_heads + 2 * m.n_kv_heads) * d;
+        let att_w = m.n_heads * d;
+        let f = m.d_ff;
+        let fc_w = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
+        let mut a = Alloc { b, bufs: Vec::new() };
+        let tokens = a.get(n, DType::U32)?;
+        let targets = a.get(n, DType::U32)?;
+        // Shared scratch for recomputed tensors (used only with recompute).
+        let (shared_ln, shared_act) = if recompute { (Some(a.act(n * c)?), Some(a.act(n * f)?)) } else { (None, None) };
+        let mut layers = Vec::with_capacity(m.n_layers);
+        for _ in 0..m.n_layers {
+            layers.push(LayerActs {
+                res_in: a.act(n * c)?,
+                ln1: match shared_ln { Some(v) => v, None => a.act(n * c)? },
+                ln1_mean: a.f32(n)?,
+                ln1_rstd: a.f32(n)?,
+                qkv: a.act(n * qkv_w)?,
+                atty: a.act(n * att_w)?,
+                lse: a.f32(batch * m.n_heads * seq)?,
+                res_mid: a.act(n * c)?,
+                ln2: match shared_ln { Some(v) => v, None => a.act(n * c)? },
+                ln2_mean: a.f32(n)?,
+                ln2_rstd: a.f32(n)?,
+                fch: a.act(n * fc_w)?,
+                fch_act: match shared_act { Some(v) => v, None => a.act(n * f)? },
+            });
+        }
+        let grads = GradScratch {
+            dres: a.act(n * c)?,
+            dln: a.act(n * c)?,
+            dqkv: a.act(n * qkv_w)?,
+            datty: a.act(n * att_w)?,
+            dfch: a.act(n * fc_w)?,
+            dfch_act: a.act(n * f)?,
+        };
+        Ok(Activations {
+            batch,
+            seq,
+            tokens,
+            targets,
+            layers,
+            res_out: a.act(n * c)?,
+            lnf: a.act(n * c)?,
+            lnf_mean: a.f32(n)?,
+            lnf_rstd: a.f32(n)?,
+            logits: a.get(n * m.vocab_size, DType::F32)?,
+            losses: a.f32(n)?,
+            proj_out: a.act(n * c)?,
+            grads,
+            bufs: a.bufs,
+        })
+    }
+
+    pub fn free<B: Backend>(self, b: &mut B) {
+        for id in self.bufs {
+            b.free(id);
+        }
+    }
+}

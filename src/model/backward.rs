@@ -1,0 +1,69 @@
+//! The backward pass, the forward pass in reverse. Parameter gradients
+//! accumulate into the flat gradient buffer; `grads.dres` carries the
+//! gradient of the residual stream from the head down to the embeddings.
+
+use super::activations::{Activations, LayerActs};
+use super::views::{LayerViews, NormViews};
+use super::Model;
+use crate::backend::{Backend, View};
+use crate::config::{Mlp, Positions};
+use anyhow::Result;
+
+impl Model {
+    /// `dinp += norm_bwd(dout)` and the norm's parameter gradients.
+    fn norm_bwd<B: Backend>(&self, b: &mut B, p: NormViews, g: NormViews, dinp: View, dout: View, inp: View, mean: View, rstd: View, n: usize) -> Result<()> {
+        let c = self.cfg.d_model;
+        match (p.b, g.b) {
+            (Some(_), Some(db)) => b.layernorm_bwd(dinp, g.w, db, dout, inp, p.w, mean, rstd, n, c),
+            _ => b.rmsnorm_bwd(dinp, g.w, dout, inp, p.w, rstd, n, c),
+        }
+    }
+
+    /// Backward from logits whose gradient is already in `acts.logits`.
+    pub(super) fn backward_from_logits<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+        let m = &self.cfg;
+        let n = acts.batch * acts.seq;
+        let (p, g, s) = (&self.pv, &self.gv, &acts.grads);
+        b.linear_bwd(s.dln, g.head, None, acts.logits, acts.lnf, p.head, n, m.d_model, m.vocab_size)?;
+        b.fill(s.dres, 0.0)?;
+        self.norm_bwd(b, p.ln_f, g.ln_f, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
+        for l in (0..m.n_layers).rev() {
+            self.block_bwd(b, &p.layers[l], &g.layers[l], &acts.layers[l], acts)?;
+        }
+        let dwpe = if m.positions == Positions::Learned { g.wpe } else { None };
+        b.embed_bwd(g.wte, dwpe, s.dres, acts.tokens, acts.seq, m.d_model)
+    }
+
+    /// On entry `dres` = dL/d(block output); on exit dL/d(block input).
+    fn block_bwd<B: Backend>(&self, b: &mut B, p: &LayerViews, g: &LayerViews, la: &LayerActs, acts: &Activations) -> Result<()> {
+        let m = &self.cfg;
+        let n = acts.batch * acts.seq;
+        let c = m.d_model;
+        let s = &acts.grads;
+        let shape = self.attn_shape(acts);
+        if self.recompute {
+            // ln2 and the MLP activation were not kept: rebuild them.
+            self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
+            self.mlp_act_fwd(b, la, n)?;
+        }
+        // MLP half.
+        b.linear_bwd(s.dfch_act, g.mlp_proj.w, g.mlp_proj.b, s.dres, la.fch_act, p.mlp_proj.w, n, m.d_ff, c)?;
+        match m.mlp {
+            Mlp::Gelu => b.gelu_bwd(s.dfch, la.fch, s.dfch_act)?,
+            Mlp::Swiglu => b.swiglu_bwd(s.dfch, la.fch, s.dfch_act, n, m.d_ff)?,
+        }
+        b.linear_bwd(s.dln, g.fc.w, g.fc.b, s.dfch, la.ln2, p.fc.w, n, c, la.fch.len / n)?;
+        self.norm_bwd(b, p.ln2, g.ln2, s.dres, s.dln, la.res_mid, la.ln2_mean, la.ln2_rstd, n)?;
+        // Attention half.
+        if self.recompute {
+            self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
+        }
+        b.linear_bwd(s.datty, g.attn_proj.w, g.attn_proj.b, s.dres, la.atty, p.attn_proj.w, n, m.n_heads * m.head_dim(), c)?;
+        b.attention_bwd(s.dqkv, s.datty, la.qkv, la.atty, la.lse, shape)?;
+        if m.positions == Positions::Rope {
+            b.rope_bwd(s.dqkv, shape, m.rope_theta)?;
+        }
+        b.linear_bwd(s.dln, g.qkv.w, g.qkv.b, s.dqkv, la.ln1, p.qkv.w, n, c, shape.qkv_width())?;
+        self.norm_bwd(b, p.ln1, g.ln1, s.dres, s.dln, la.res_in, la.ln1_mean, la.ln1_rstd, n)
+    }
+}

@@ -1,0 +1,70 @@
+//! The forward pass: embeddings → blocks → final norm → logits.
+
+use super::activations::{Activations, LayerActs};
+use super::views::{LayerViews, NormViews};
+use super::Model;
+use crate::backend::{AttnShape, Backend, View};
+use crate::config::{Mlp, Positions};
+use anyhow::Result;
+
+impl Model {
+    pub(super) fn attn_shape(&self, acts: &Activations) -> AttnShape {
+        let m = &self.cfg;
+        AttnShape { batch: acts.batch, seq: acts.seq, heads: m.n_heads, kv_heads: m.n_kv_heads, head_dim: m.head_dim() }
+    }
+
+    /// LayerNorm or RMSNorm of `inp` into `out`, saving mean/rstd.
+    pub(super) fn norm_fwd<B: Backend>(&self, b: &mut B, p: NormViews, out: View, mean: View, rstd: View, inp: View, n: usize) -> Result<()> {
+        let (c, eps) = (self.cfg.d_model, self.cfg.norm_eps);
+        match p.b {
+            Some(bias) => b.layernorm_fwd(out, mean, rstd, inp, p.w, bias, n, c, eps),
+            None => b.rmsnorm_fwd(out, rstd, inp, p.w, n, c, eps),
+        }
+    }
+
+    /// MLP activation: GELU or SwiGLU of `fch` into `fch_act`.
+    pub(super) fn mlp_act_fwd<B: Backend>(&self, b: &mut B, la: &LayerActs, n: usize) -> Result<()> {
+        match self.cfg.mlp {
+            Mlp::Gelu => b.gelu_fwd(la.fch_act, la.fch),
+            Mlp::Swiglu => b.swiglu_fwd(la.fch_act, la.fch, n, self.cfg.d_ff),
+        }
+    }
+
+    /// Runs the forward pass on the tokens already uploaded into
+    /// `acts.tokens`, leaving logits in `acts.logits`.
+    pub(super) fn forward_logits<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+        let m = &self.cfg;
+        let n = acts.batch * acts.seq;
+        let p = &self.pv;
+        let wpe = if m.positions == Positions::Learned { p.wpe } else { None };
+        b.embed_fwd(acts.layers[0].res_in, acts.tokens, p.wte, wpe, acts.seq, m.d_model)?;
+        for (l, la) in acts.layers.iter().enumerate() {
+            let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
+            self.block_fwd(b, &p.layers[l], la, out, acts)?;
+        }
+        self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)?;
+        b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.vocab_size)
+    }
+
+    fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations) -> Result<()> {
+        let m = &self.cfg;
+        let n = acts.batch * acts.seq;
+        let c = m.d_model;
+        let shape = self.attn_shape(acts);
+        // Attention half: res_mid = res_in + proj(attn(rope(qkv(ln1(res_in))))).
+        self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
+        b.linear_fwd(la.qkv, la.ln1, p.qkv.w, p.qkv.b, n, c, shape.qkv_width())?;
+        if m.positions == Positions::Rope {
+            b.rope_fwd(la.qkv, shape, m.rope_theta)?;
+        }
+        b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;
+        b.linear_fwd(acts.proj_out, la.atty, p.attn_proj.w, p.attn_proj.b, n, m.n_heads * m.head_dim(), c)?;
+        b.add(la.res_mid, la.res_in, acts.proj_out)?;
+        // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))).
+        self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
+        b.linear_fwd(la.fch, la.ln2, p.fc.w, p.fc.b, n, c, la.fch.len / n)?;
+        self.mlp_act_fwd(b, la, n)?;
+        b.linear_fwd(acts.proj_out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, n, m.d_ff, c)?;
+        b.add(out, la.res_mid, acts.proj_out)
+    }
+}

@@ -1,0 +1,126 @@
+//! The command line as a user meets it: bad input gives a clear error, a
+//! non-zero exit and no panic trace, and leaves files on disk untouched.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ferrotron(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrotron")).args(args).current_dir(cwd).output().expect("binary runs")
+}
+
+/// Asserts a clean failure whose message contains every `needle`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic trace instead of an error: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "error should mention `{n}`: {stderr}");
+    }
+}
+
+const QUICK: &[&str] = &[
+    "--set", "train.steps=2", "--set", "train.batch_size=2", "--set", "train.seq_len=16", "--set", "model.d_model=32",
+    "--set", "model.n_heads=2", "--set", "model.n_kv_heads=2", "--set", "model.d_ff=64", "--set", "model.n_layers=1",
+    "--set", "train.samples=1", "--set", "train.sample_tokens=8", "--set", "run.progress=false", "--set", "run.name=r",
+];
+
+fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train"];
+    v.extend_from_slice(QUICK);
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn unknown_key_names_the_nearest_valid_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&ferrotron(&["train", "--set", "train.stesp=5"], tmp.path()), &["train.stesp", "train.steps"]);
+    fails_with(&ferrotron(&["info", "--set", "optimizer.learning_rate=1"], tmp.path()), &["optimizer.learning_rate", "did you mean"]);
+}
+
+#[test]
+fn unknown_key_in_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("c.toml"), "[model]\nn_layer = 3\n").unwrap();
+    fails_with(&ferrotron(&["info", "--config", "c.toml"], tmp.path()), &["model.n_layer", "model.n_layers"]);
+}
+
+#[test]
+fn out_of_range_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&ferrotron(&["info", "--set", "model.n_heads=5"], tmp.path()), &["n_heads", "d_model"]);
+    fails_with(&ferrotron(&["info", "--set", "model.n_kv_heads=3"], tmp.path()), &["n_kv_heads", "n_heads"]);
+    fails_with(&ferrotron(&["info", "--set", "train.seq_len=100000"], tmp.path()), &["seq_len", "max_seq_len"]);
+    fails_with(&ferrotron(&["info", "--set", "optimizer.lr=-1"], tmp.path()), &["optimizer.lr"]);
+    fails_with(&ferrotron(&["info", "--set", "model.preset=gpt5"], tmp.path()), &["gpt5", "gpt2-124m"]);
+    fails_with(&ferrotron(&["info", "--set", "device=tpu"], tmp.path()), &["device", "cuda"]);
+}
+
+#[test]
+fn missing_data_says_which_prepare_command_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&ferrotron(&train_args(&["--set", "data.path=nowhere"]), tmp.path()), &["nowhere", "ferrotron prepare"]);
+}
+
+#[test]
+fn train_generate_and_resume_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = ferrotron(&train_args(&[]), tmp.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("sample 1"), "{stdout}");
+    let run = tmp.path().join("runs/r");
+
+    // Generation from the run works.
+    let gen = ferrotron(&["generate", "--run", "runs/r", "--prompt", "The ", "--max-tokens", "5"], tmp.path());
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+
+    // Starting a new run into the same folder is refused; nothing changes.
+    let before = std::fs::read(run.join("config.toml")).unwrap();
+    fails_with(&ferrotron(&train_args(&[]), tmp.path()), &["already holds a run", "--resume"]);
+    assert_eq!(before, std::fs::read(run.join("config.toml")).unwrap());
+
+    // Resuming with a different model shape names the field.
+    fails_with(&ferrotron(&["train", "--resume", "runs/r", "--set", "model.d_model=64", "--set", "model.d_ff=64"], tmp.path()), &["model.d_model", "differs"]);
+
+    // A truncated checkpoint is named, and left as it was.
+    let ckpt = run.join("checkpoints/step_00000002/model.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    let cut = std::fs::read(&ckpt).unwrap();
+    fails_with(&ferrotron(&["generate", "--run", "runs/r"], tmp.path()), &["model.safetensors"]);
+    assert_eq!(cut, std::fs::read(&ckpt).unwrap());
+
+    // A foreign file in place of the checkpoint.
+    std::fs::write(&ckpt, b"this is not a checkpoint at all, just some text").unwrap();
+    fails_with(&ferrotron(&["train", "--resume", "runs/r", "--set", "train.steps=4"], tmp.path()), &["model.safetensors"]);
+}
+
+#[test]
+fn resume_of_a_folder_that_is_not_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&ferrotron(&["train", "--resume", "nothing-here"], tmp.path()), &["nothing-here", "config.toml"]);
+}
+
+#[test]
+fn info_prints_counts_flops_and_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ferrotron(&["info", "--set", "model.preset=gpt2-124m"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("124.44M") || text.contains("124,439,808"), "{text}");
+}
+
+#[test]
+fn shard_errors_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("d")).unwrap();
+    std::fs::write(tmp.path().join("d/a.txt"), "hello world, this is a small document. ".repeat(200)).unwrap();
+    let ok = ferrotron(&["prepare", "--input", "d", "--out", "shards", "--val-fraction", "0.0"], tmp.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let shard = std::fs::read_dir(tmp.path().join("shards")).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("train")).unwrap();
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 3]).unwrap();
+    let name = shard.file_name().unwrap().to_string_lossy().to_string();
+    fails_with(&ferrotron(&train_args(&["--set", "data.path=shards", "--set", "model.vocab_size=50257"]), tmp.path()), &[&name]);
+}

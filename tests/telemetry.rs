@@ -258,9 +258,10 @@ fn progress_text_and_eta() {
     assert_eq!(format_duration(Duration::from_secs(3725)), "1h02m");
     assert_eq!(format_duration(Duration::from_secs(245)), "4m05s");
     assert_eq!(status_text(3.28114, 45_200.0, Some(Duration::from_secs(12))), "loss 3.2811 | 45.2k tok/s | ETA 12s");
-    // Tests do not run on a terminal: plain mode, and it must not panic.
+    // A bar only on a terminal (cargo test usually is not one).
     let p = Progress::new(20, 5, true).with_log_every(0);
-    assert!(!p.is_bar());
+    assert_eq!(p.is_bar(), std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    assert!(!Progress::new(20, 5, false).is_bar(), "disabled means no bar");
     p.update(6, 3.0, 100.0);
     p.println("message");
     p.finish();
@@ -271,11 +272,36 @@ fn progress_text_and_eta() {
 #[test]
 fn info_report_for_gpt2() {
     let text = format_info(&preset("gpt2-124m", &["device=\"cuda\""]));
-    for needle in ["124.44M", "124,439,808", "causal (attention halved)", "full attention", "0.798 GFLOP", "0.854 GFLOP", "optimizer state", "adamw, 8 B/param", "GiB"] {
+    for needle in ["124.44M", "124,439,808", "causal (attention halved)", "full attention", "797.815 MFLOP", "854.438 MFLOP", "optimizer state", "adamw, 8 B/param", "GiB"] {
         assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
     }
     assert_eq!(human_count(124_439_808.0), "124.44M");
     assert_eq!(human_bytes(3 << 29), "1.50 GiB");
     assert_eq!(human_bytes(96 << 20), "96.00 MiB");
     assert_eq!(group_digits(8_030_261_248), "8,030,261,248");
+}
+
+/// Not a check: prints `info` for a few presets (run with --nocapture) so
+/// the layout can be eyeballed.
+#[test]
+#[ignore]
+fn print_info_reports() {
+    for (name, device) in [("gpt2-124m", "cuda"), ("llama3-8b", "cuda"), ("tiny", "cpu")] {
+        println!("{}", format_info(&preset(name, &[&format!("device=\"{device}\"")])));
+    }
+}
+
+/// Not a check: shows the bar on a terminal (run with --ignored --nocapture).
+#[test]
+#[ignore]
+fn progress_demo() {
+    let p = Progress::new(30, 0, true).with_log_every(5);
+    for step in 1..=30 {
+        std::thread::sleep(Duration::from_millis(50));
+        p.update(step, 6.0 - step as f64 * 0.1, 12_345.0);
+        if step == 15 {
+            p.println("eval step 15: val_loss 4.5000");
+        }
+    }
+    p.finish();
 }

@@ -89,6 +89,7 @@ fn draw(train: &[(f64, f64)], val: &[(f64, f64)], path: &Path, title: &str) -> R
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss")
+        .x_label_formatter(&|x| format!("{x:.0}")) // steps are whole numbers
         .axis_desc_style((FAMILY, 18))
         .label_style((FAMILY, 15))
         .light_line_style(RGBColor(235, 235, 235))

@@ -10,7 +10,7 @@ use std::fmt::Write;
 /// Width of the label column, so every table lines up with the others.
 const LABEL_W: usize = 34;
 /// Width of the value column (right-aligned).
-const VALUE_W: usize = 12;
+const VALUE_W: usize = 14;
 
 pub fn format_info(cfg: &Config) -> String {
     let mut out = String::new();
@@ -82,11 +82,11 @@ fn flops_section(out: &mut String, cfg: &Config) {
     let (m, seq) = (&cfg.model, cfg.train.seq_len);
     let n_mm = matmul_params(m);
     heading(out, &format!("Training FLOPs per token (forward + backward, seq_len {seq})"));
-    row(out, "matmul  6 · N_matmul", &gflop(6.0 * n_mm as f64), &format!("N_matmul = {} (matrices + head)", human_count(n_mm as f64)));
-    row(out, "attention  12 · L · H · D · seq", &gflop(attention_flops_per_token(m, seq)), "all S² scores");
+    row(out, "matmul  6 · N_matmul", &flop(6.0 * n_mm as f64), &format!("N_matmul = {} (matrices + head)", human_count(n_mm as f64)));
+    row(out, "attention  12 · L · H · D · seq", &flop(attention_flops_per_token(m, seq)), "all S² scores");
     rule(out);
-    row(out, "total, causal (attention halved)", &gflop(flops_per_token(m, seq, true)), "what a causal kernel computes");
-    row(out, "total, full attention", &gflop(flops_per_token(m, seq, false)), "");
+    row(out, "total, causal (attention halved)", &flop(flops_per_token(m, seq, true)), "what a causal kernel computes");
+    row(out, "total, full attention", &flop(flops_per_token(m, seq, false)), "");
     out.push('\n');
 }
 
@@ -139,8 +139,13 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn gflop(f: f64) -> String {
-    format!("{:.3} GFLOP", f / 1e9)
+/// FLOPs in decimal units, three decimals: "0.798 GFLOP", "5.243 MFLOP".
+fn flop(f: f64) -> String {
+    match f {
+        f if f >= 1e12 => format!("{:.3} TFLOP", f / 1e12),
+        f if f >= 1e9 => format!("{:.3} GFLOP", f / 1e9),
+        f => format!("{:.3} MFLOP", f / 1e6),
+    }
 }
 
 /// 124439808 → "124,439,808".

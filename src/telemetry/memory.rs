@@ -1,0 +1,129 @@
+//! Memory estimate of one training process (no sharding): what `info`
+//! prints and what a run can be checked against.
+//!
+//! Precision follows the device (shared/DESIGN.md, "Mixed precision"):
+//! - `cpu`: fp32 weights, fp32 gradients, fp32 activations.
+//! - `cuda`: fp32 master weights plus a bf16 compute copy (6 B/param), fp32
+//!   gradients, bf16 activations.
+//!
+//! Softmax statistics (norm mean/rstd, attention log-sum-exp) and the logits
+//! stay fp32 on both devices: the fused softmax-cross-entropy works on fp32
+//! logits. Transient buffers (activation gradients, matmul workspaces, the
+//! allocator's slack) are not counted.
+
+use crate::config::{Config, Mlp, Norm};
+use crate::model::layout::{ParamKind, ParamLayout};
+
+const FP32: u64 = 4;
+const BF16: u64 = 2;
+
+/// Bytes of one training process, by what they hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryEstimate {
+    pub params: u64,
+    pub weights: u64,
+    pub grads: u64,
+    /// `None` when the optimizer's state size is not in the table yet.
+    pub optimizer_state: Option<u64>,
+    pub activations: u64,
+}
+
+impl MemoryEstimate {
+    /// Sum of the parts; an unknown optimizer state counts as zero (the
+    /// report says so next to the total).
+    pub fn total(&self) -> u64 {
+        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations
+    }
+}
+
+/// Optimizer state, bytes per parameter with fp32 state. The extension point
+/// for new optimizers: add a row when the optimizer lands. Known values from
+/// shared/DESIGN.md for the ones still to come: adam8bit ≈2.03, lion 4,
+/// muon 4 (hidden matrices only), apollo/frugal/cosmos depend on rank and
+/// on which tensors they project, so they need more than a per-param factor.
+/// Unknown names give `None`, never a guess.
+pub fn state_bytes_per_param(optimizer: &str) -> Option<f64> {
+    match optimizer {
+        // m and v, fp32 each.
+        "adamw" => Some(8.0),
+        _ => None,
+    }
+}
+
+/// Total parameters per kind, in layout order of kinds, empty kinds left out.
+pub fn param_counts(cfg: &Config) -> Vec<(ParamKind, usize)> {
+    let layout = ParamLayout::new(&cfg.model);
+    let order = [ParamKind::Embedding, ParamKind::Position, ParamKind::Matrix, ParamKind::Bias, ParamKind::Norm, ParamKind::Head];
+    order
+        .iter()
+        .map(|&kind| (kind, layout.params.iter().filter(|p| p.kind == kind).map(|p| p.numel()).sum::<usize>()))
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+/// Bytes per element of (weights, gradients, activations) on a device.
+fn precision(device: &str) -> (u64, u64, u64) {
+    match device {
+        "cuda" => (FP32 + BF16, FP32, BF16),
+        _ => (FP32, FP32, FP32),
+    }
+}
+
+pub fn estimate(cfg: &Config) -> MemoryEstimate {
+    let params = ParamLayout::new(&cfg.model).total as u64;
+    let (w, g, act) = precision(&cfg.device);
+    let optimizer_state = state_bytes_per_param(&cfg.optimizer.name).map(|b| (b * params as f64).round() as u64);
+    MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations: activation_bytes(cfg, act) }
+}
+
+/// Element counts of what the forward pass keeps for backward, split by
+/// storage type: `act` elements are stored in the activation dtype, `fp32`
+/// elements always in fp32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActivationCount {
+    pub act: u64,
+    pub fp32: u64,
+}
+
+/// Saved activations of one micro-batch of N = batch_size · seq_len tokens,
+/// with C = d_model, H/KV = query/kv heads, D = head_dim, F = d_ff, V = vocab.
+///
+/// Per layer (llm.c-style explicit forward with a flash-style attention
+/// kernel that keeps only the log-sum-exp, never the S×S scores):
+///
+/// | saved tensor                         | elements        | dtype | recompute |
+/// |--------------------------------------|-----------------|-------|-----------|
+/// | ln1 output                           | N·C             | act   | dropped   |
+/// | ln1 mean (layernorm only) + rstd     | N (+N)          | fp32  | kept      |
+/// | qkv                                  | N·(H+2·KV)·D    | act   | kept      |
+/// | attention output                     | N·H·D           | act   | kept      |
+/// | attention log-sum-exp                | N·H             | fp32  | kept      |
+/// | residual after attention (+proj)     | N·C             | act   | kept      |
+/// | ln2 output                           | N·C             | act   | dropped   |
+/// | ln2 mean (layernorm only) + rstd     | N (+N)          | fp32  | kept      |
+/// | fc output (gelu: F, swiglu: 2F)      | N·F or N·2F     | act   | kept      |
+/// | gelu / swiglu output                 | N·F             | act   | dropped   |
+/// | residual after MLP (+proj) = block out | N·C           | act   | kept      |
+///
+/// The projections write straight into the residual stream, so their
+/// outputs are not kept apart. Once per model: the embedding output N·C,
+/// ln_f output N·C and its stats, and the logits N·V (fp32).
+pub fn activation_count(cfg: &Config) -> ActivationCount {
+    let m = &cfg.model;
+    let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
+    let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.d_ff as u64, m.vocab_size as u64);
+    let stats = if m.norm == Norm::Layernorm { 2 * n } else { n };
+    let fc_out = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
+    // Outputs that are cheap to recompute from kept inputs and kept stats.
+    let recomputable = 2 * n * c + n * f;
+    let kept = n * (h + 2 * kv) * d + n * h * d + n * c + n * fc_out + n * c;
+    let per_layer_act = kept + if cfg.train.recompute { 0 } else { recomputable };
+    let per_layer_fp32 = 2 * stats + n * h;
+    let layers = m.n_layers as u64;
+    ActivationCount { act: layers * per_layer_act + 2 * n * c, fp32: layers * per_layer_fp32 + stats + n * v }
+}
+
+fn activation_bytes(cfg: &Config, act_bytes: u64) -> u64 {
+    let count = activation_count(cfg);
+    count.act * act_bytes + count.fp32 * FP32
+}

@@ -1,0 +1,178 @@
+//! `metrics.jsonl`: one JSON object per line, appended as the run goes.
+//!
+//! JSON Lines because a run killed at any moment leaves a readable file (at
+//! worst a torn last line, which the reader skips) and because any tool
+//! (`jq`, pandas, a plot) reads it without a schema. Each line carries a
+//! `kind`: `train` (one per optimizer step) or `eval`. Readers ignore kinds
+//! they do not know, so new kinds (per-rank timing, …) can be added later.
+
+use super::atomic;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name inside a run folder.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One optimizer step. Optional fields are omitted from the line when unset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub step_ms: f64,
+    pub peak_mem_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fwd_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwd_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+}
+
+/// One evaluation on held-out data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub step: u64,
+    pub val_loss: f64,
+}
+
+/// A line of `metrics.jsonl`, tagged by its `kind` field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MetricLine {
+    Train(TrainMetrics),
+    Eval(EvalMetrics),
+}
+
+impl MetricLine {
+    pub fn step(&self) -> u64 {
+        match self {
+            MetricLine::Train(t) => t.step,
+            MetricLine::Eval(e) => e.step,
+        }
+    }
+}
+
+/// Appends lines to `<run_dir>/metrics.jsonl`.
+pub struct MetricsWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsWriter {
+    /// Start a fresh file for a new run (an existing one is replaced).
+    pub fn create(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(MetricsWriter { file, path })
+    }
+
+    /// Reopen a run's file to continue after resuming from the checkpoint of
+    /// `resume_step`. Lines logged after that checkpoint (by the run that
+    /// died) are dropped first, so the continued run does not log those
+    /// steps twice. The trimmed file replaces the old one atomically: a
+    /// crash here leaves the old file, never a truncated one.
+    pub fn resume(run_dir: &Path, resume_step: u64) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        if path.exists() {
+            let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let kept = keep_up_to(&text, resume_step);
+            if kept.len() != text.len() {
+                atomic::write_atomic(&path, kept.as_bytes())?;
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        Ok(MetricsWriter { file, path })
+    }
+
+    /// [`create`](Self::create) for a new run, [`resume`](Self::resume)
+    /// when continuing from the checkpoint of `resume_step`.
+    pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+        match resume_step {
+            Some(step) => Self::resume(run_dir, step),
+            None => Self::create(run_dir),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn train(&mut self, m: &TrainMetrics) -> Result<()> {
+        self.write(&MetricLine::Train(m.clone()))
+    }
+
+    pub fn eval(&mut self, step: u64, val_loss: f64) -> Result<()> {
+        self.write(&MetricLine::Eval(EvalMetrics { step, val_loss }))
+    }
+
+    /// One line, written with a single `write_all` on an unbuffered file so
+    /// it reaches the OS at once: a killed process keeps every finished line.
+    pub fn write(&mut self, line: &MetricLine) -> Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("cannot append to {}", self.path.display()))
+    }
+}
+
+/// The lines of `text` whose `step` is at most `max_step`. Lines without a
+/// step (future kinds) are kept; a torn last line (no newline) is dropped.
+fn keep_up_to(text: &str, max_step: u64) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break;
+        }
+        let step = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64());
+        if step.map_or(true, |s| s <= max_step) {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Read every train and eval line of a metrics file, in file order.
+/// Unknown kinds and a torn last line (a run killed mid-write) are skipped;
+/// any other malformed line is an error naming its line number.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricLine>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => {}
+            Err(_) if torn_tail && i + 1 == lines.len() => {}
+            Err(e) => bail!("{}:{}: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+/// `Ok(None)` for a well-formed line of a kind this reader does not know.
+fn parse_line(line: &str) -> Result<Option<MetricLine>> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("not JSON: {e}"))?;
+    match value.get("kind").and_then(|k| k.as_str()) {
+        Some("train") | Some("eval") => Ok(Some(serde_json::from_value(value)?)),
+        Some(_) => Ok(None),
+        None => bail!("line has no \"kind\" field"),
+    }
+}

@@ -1,0 +1,162 @@
+//! The text of `ferrotron info`: model shape, parameters, FLOPs per token
+//! and the memory estimate, as aligned two-column tables.
+
+use super::flops::{attention_flops_per_token, flops_per_token, matmul_params};
+use super::memory::{estimate, param_counts, state_bytes_per_param, MemoryEstimate};
+use crate::config::{Config, Mlp, ModelConfig, Norm, Positions};
+use crate::model::layout::ParamKind;
+use std::fmt::Write;
+
+/// Width of the label column, so every table lines up with the others.
+const LABEL_W: usize = 34;
+/// Width of the value column (right-aligned).
+const VALUE_W: usize = 14;
+
+pub fn format_info(cfg: &Config) -> String {
+    let mut out = String::new();
+    let m = &cfg.model;
+    let _ = writeln!(out, "ferrotron info · preset {} · device {} · optimizer {}", m.preset, cfg.device, cfg.optimizer.name);
+    out.push('\n');
+    model_section(&mut out, m);
+    params_section(&mut out, cfg);
+    flops_section(&mut out, cfg);
+    memory_section(&mut out, cfg);
+    out
+}
+
+fn heading(out: &mut String, title: &str) {
+    let _ = writeln!(out, "{title}");
+}
+
+fn row(out: &mut String, label: &str, value: &str, note: &str) {
+    let line = format!("  {label:<LABEL_W$}{value:>VALUE_W$}  {note}");
+    let _ = writeln!(out, "{}", line.trim_end());
+}
+
+fn rule(out: &mut String) {
+    let _ = writeln!(out, "  {}", "─".repeat(LABEL_W + VALUE_W));
+}
+
+fn model_section(out: &mut String, m: &ModelConfig) {
+    heading(out, "Model");
+    let _ = writeln!(
+        out,
+        "  {} layers · d_model {} · {} heads ({} kv, head_dim {}) · d_ff {}",
+        m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_dim(), m.d_ff
+    );
+    let _ = writeln!(out, "  vocab {} · max_seq_len {}", m.vocab_size, m.max_seq_len);
+    let norm = if m.norm == Norm::Layernorm { "layernorm" } else { "rmsnorm" };
+    let mlp = if m.mlp == Mlp::Gelu { "gelu MLP" } else { "swiglu MLP" };
+    let pos = if m.positions == Positions::Learned { "learned positions" } else { "rotary positions" };
+    let tied = if m.tied_embeddings { "tied embeddings" } else { "untied embeddings" };
+    let bias = if m.bias { "biases" } else { "no biases" };
+    let _ = writeln!(out, "  {norm} · {mlp} · {pos} · {tied} · {bias}\n");
+}
+
+fn kind_label(kind: ParamKind, tied: bool) -> &'static str {
+    match kind {
+        ParamKind::Embedding if tied => "embedding wte (also the head)",
+        ParamKind::Embedding => "embedding wte",
+        ParamKind::Position => "positions wpe",
+        ParamKind::Matrix => "attention + MLP matrices",
+        ParamKind::Bias => "linear biases",
+        ParamKind::Norm => "norm weights (+ biases)",
+        ParamKind::Head => "output head lm_head",
+    }
+}
+
+fn params_section(out: &mut String, cfg: &Config) {
+    let counts = param_counts(cfg);
+    let total: usize = counts.iter().map(|c| c.1).sum();
+    heading(out, "Parameters");
+    for (kind, n) in &counts {
+        let share = format!("{:5.1}%", 100.0 * *n as f64 / total as f64);
+        row(out, kind_label(*kind, cfg.model.tied_embeddings), &human_count(*n as f64), &share);
+    }
+    rule(out);
+    row(out, "total", &human_count(total as f64), &group_digits(total as u64));
+    out.push('\n');
+}
+
+fn flops_section(out: &mut String, cfg: &Config) {
+    let (m, seq) = (&cfg.model, cfg.train.seq_len);
+    let n_mm = matmul_params(m);
+    heading(out, &format!("Training FLOPs per token (forward + backward, seq_len {seq})"));
+    row(out, "matmul  6 · N_matmul", &flop(6.0 * n_mm as f64), &format!("N_matmul = {} (matrices + head)", human_count(n_mm as f64)));
+    row(out, "attention  12 · L · H · D · seq", &flop(attention_flops_per_token(m, seq)), "all S² scores");
+    rule(out);
+    row(out, "total, causal (attention halved)", &flop(flops_per_token(m, seq, true)), "what a causal kernel computes");
+    row(out, "total, full attention", &flop(flops_per_token(m, seq, false)), "");
+    out.push('\n');
+}
+
+fn precision_note(device: &str) -> &'static str {
+    match device {
+        "cuda" => "fp32 master + bf16 weights, fp32 grads, bf16 activations",
+        _ => "fp32 weights, grads and activations",
+    }
+}
+
+fn memory_section(out: &mut String, cfg: &Config) {
+    let est = estimate(cfg);
+    let t = &cfg.train;
+    heading(out, &format!("Memory, one process ({}: {})", cfg.device, precision_note(&cfg.device)));
+    row(out, "weights", &human_bytes(est.weights), "");
+    row(out, "gradients", &human_bytes(est.grads), "");
+    optimizer_row(out, cfg, &est);
+    let recompute = if t.recompute { "recompute on" } else { "recompute off" };
+    row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}", t.batch_size, t.seq_len));
+    rule(out);
+    let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };
+    row(out, "total", &human_bytes(est.total()), note);
+}
+
+fn optimizer_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {
+    let name = &cfg.optimizer.name;
+    match (est.optimizer_state, state_bytes_per_param(name)) {
+        (Some(bytes), Some(per)) => row(out, "optimizer state", &human_bytes(bytes), &format!("{name}, {per} B/param")),
+        _ => row(out, "optimizer state", "unknown", &format!("{name}: state size not in the table yet")),
+    }
+}
+
+/// 124439808 → "124.44M".
+pub fn human_count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2}B", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.2}K", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+/// Binary units, since memory is sized in them: "1.39 GiB", "96.00 MiB".
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [(&str, f64); 3] = [("GiB", 1073741824.0), ("MiB", 1048576.0), ("KiB", 1024.0)];
+    let x = b as f64;
+    match UNITS.iter().find(|(_, size)| x >= *size) {
+        Some((unit, size)) => format!("{:.2} {unit}", x / size),
+        None => format!("{b} B"),
+    }
+}
+
+/// FLOPs in decimal units, three decimals: "0.798 GFLOP", "5.243 MFLOP".
+fn flop(f: f64) -> String {
+    match f {
+        f if f >= 1e12 => format!("{:.3} TFLOP", f / 1e12),
+        f if f >= 1e9 => format!("{:.3} GFLOP", f / 1e9),
+        f => format!("{:.3} MFLOP", f / 1e6),
+    }
+}
+
+/// 124439808 → "124,439,808".
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -27,6 +27,9 @@ pub struct Model {
     pub grads: BufId,
     /// Recompute norms and MLP activations in backward.
     pub recompute: bool,
+    /// Wall time of the last `forward_backward`'s two halves (synchronized).
+    pub last_fwd_ms: f64,
+    pub last_bwd_ms: f64,
     pv: ModelViews,
     gv: ModelViews,
     acts: Option<Activations>,
@@ -40,7 +43,7 @@ impl Model {
         let grads = b.alloc(layout.total, DType::F32)?;
         let pv = ModelViews::new(&layout, params, cfg.n_layers);
         let gv = ModelViews::new(&layout, grads, cfg.n_layers);
-        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, pv, gv, acts: None })
+        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, last_fwd_ms: 0.0, last_bwd_ms: 0.0, pv, gv, acts: None })
     }
 
     pub fn num_params(&self) -> usize {
@@ -103,8 +106,13 @@ impl Model {
     /// Pass `grad_scale = 1 / (valid targets · micro-batches)` for the mean.
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
+        let start = std::time::Instant::now();
         let out = self.run_loss(b, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
+            b.synchronize()?;
+            self.last_fwd_ms = start.elapsed().as_secs_f64() * 1e3;
             self.backward_from_logits(b, &acts)?;
+            b.synchronize()?;
+            self.last_bwd_ms = start.elapsed().as_secs_f64() * 1e3 - self.last_fwd_ms;
             Ok(loss)
         });
         self.acts = Some(acts);

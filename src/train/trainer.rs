@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
 use crate::model::{init::init_weights, Model};
 use crate::optim::{self, Optimizer};
-use crate::telemetry::{self, metrics::MetricsWriter, progress::Progress};
+use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
 use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     if resume.is_some() {
         restore(&mut b, &mut st, &run_dir)?;
     }
-    let mut metrics = MetricsWriter::open(&run_dir.join("metrics.jsonl"), st.step)?;
+    let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
     let mut progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
     progress.println(&format!(
         "run {} | {} on {} | {:.2}M parameters | {} tokens per step",
@@ -85,14 +85,14 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     let first_step = st.step;
     while st.step < cfg.train.steps {
         let line = train_step(&mut b, &mut st, cfg)?;
-        summary.losses.push(line.loss);
-        metrics.write(&line.to_json())?;
+        summary.losses.push(line.loss as f32);
+        metrics.train(&line)?;
         progress.update(st.step, line.loss, line.tokens_per_s);
         let last = st.step == cfg.train.steps;
         if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
-            metrics.write(&serde_json::json!({ "kind": "eval", "step": st.step, "val_loss": val }))?;
+            metrics.eval(st.step, val as f64)?;
             progress.println(&format!("step {:>6} | val loss {val:.4}", st.step));
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
@@ -124,37 +124,17 @@ fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> R
     Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
 }
 
-/// One metrics line of a training step.
-struct StepLine {
-    step: u64,
-    loss: f32,
-    lr: f32,
-    grad_norm: f32,
-    tokens_per_s: f64,
-    step_ms: f64,
-    fwd_bwd_ms: f64,
-    opt_ms: f64,
-}
-
-impl StepLine {
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "train", "step": self.step, "loss": self.loss, "lr": self.lr,
-            "grad_norm": self.grad_norm, "tokens_per_s": self.tokens_per_s,
-            "step_ms": self.step_ms, "fwd_bwd_ms": self.fwd_bwd_ms, "opt_ms": self.opt_ms,
-        })
-    }
-}
-
-fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<StepLine> {
+fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
     let start = Instant::now();
     st.model.zero_grads(b)?;
-    let mut loss_sum = 0.0f64;
+    let (mut loss_sum, mut fwd_ms, mut bwd_ms) = (0.0f64, 0.0, 0.0);
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch();
         let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
         loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+        fwd_ms += st.model.last_fwd_ms;
+        bwd_ms += st.model.last_bwd_ms;
     }
     let loss = (loss_sum / t.grad_accum as f64) as f32;
     if !loss.is_finite() {
@@ -169,15 +149,18 @@ fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<
     b.synchronize()?;
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(StepLine {
+    Ok(TrainMetrics {
         step: st.step,
-        loss,
-        lr,
-        grad_norm,
+        loss: loss as f64,
+        lr: lr as f64,
+        grad_norm: grad_norm as f64,
         tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
         step_ms,
-        fwd_bwd_ms,
-        opt_ms: step_ms - fwd_bwd_ms,
+        peak_mem_bytes: b.peak_memory_bytes(),
+        fwd_ms: Some(fwd_ms),
+        bwd_ms: Some(bwd_ms),
+        opt_ms: Some(step_ms - fwd_bwd_ms),
+        mfu: None,
     })
 }
 

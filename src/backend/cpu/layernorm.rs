@@ -8,6 +8,7 @@ use rayon::prelude::*;
 const COLS: usize = 64;
 
 /// Rows are independent: one row per parallel item. Saves `mean`, `rstd`.
+#[allow(clippy::too_many_arguments)]
 pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32) {
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))

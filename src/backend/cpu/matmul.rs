@@ -33,6 +33,7 @@ impl Operand<'_> {
 
 /// `c[rows, n] = alpha · a[row0.., k] · b[k, n] + beta · c` for one row block of
 /// the output (rows `row0 .. row0 + c.len()/n` of `a`).
+#[allow(clippy::too_many_arguments)]
 fn sgemm_block(c: &mut [f32], row0: usize, a: Operand, b: Operand, k: usize, n: usize, alpha: f32, beta: f32) {
     let rows = c.len() / n;
     if rows == 0 {

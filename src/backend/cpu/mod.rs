@@ -55,6 +55,9 @@ pub struct CpuBackend {
 type Io<'a, const O: usize, const I: usize, const U: usize> =
     ([Option<&'a mut [f32]>; O], [Option<&'a [f32]>; I], [&'a [u32]; U]);
 
+/// Output and input slices of an op call whose views are all present.
+type Req<'a, const O: usize, const I: usize> = ([&'a mut [f32]; O], [&'a [f32]; I]);
+
 fn check_range(v: View, buf_len: usize) -> Result<()> {
     match v.off.checked_add(v.len) {
         Some(end) if end <= buf_len => Ok(()),
@@ -81,7 +84,7 @@ fn expect_len(v: View, dims: &[usize], what: &str) -> Result<()> {
 
 fn check_attn(s: &AttnShape) -> Result<()> {
     ensure!(s.seq > 0 && s.kv_heads > 0 && s.head_dim > 0, "attention: seq, kv_heads and head_dim must be > 0 ({s:?})");
-    ensure!(s.heads % s.kv_heads == 0, "attention: heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads);
+    ensure!(s.heads.is_multiple_of(s.kv_heads), "attention: heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads);
     Ok(())
 }
 
@@ -160,7 +163,7 @@ impl CpuBackend {
     }
 
     /// Like [`Self::io`] for calls whose views are all present.
-    fn req<const O: usize, const I: usize>(&mut self, outs: [View; O], ins: [View; I]) -> Result<([&mut [f32]; O], [&[f32]; I])> {
+    fn req<const O: usize, const I: usize>(&mut self, outs: [View; O], ins: [View; I]) -> Result<Req<'_, O, I>> {
         let (o, i, []) = self.io(outs.map(Some), ins.map(Some), [])?;
         Ok((o.map(|x| x.expect("present view")), i.map(|x| x.expect("present view"))))
     }
@@ -283,7 +286,7 @@ impl Backend for CpuBackend {
 
     // ---- embedding ----------------------------------------------------
     fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
-        ensure!(c > 0 && seq > 0 && wte.len % c == 0, "embed_fwd: bad c={c} / seq={seq} for wte of {}", wte.len);
+        ensure!(c > 0 && seq > 0 && wte.len.is_multiple_of(c), "embed_fwd: bad c={c} / seq={seq} for wte of {}", wte.len);
         expect_len(out, &[tokens.len, c], "embed_fwd out")?;
         if let Some(p) = wpe {
             expect_len(p, &[seq, c], "embed_fwd wpe")?;
@@ -295,7 +298,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
-        ensure!(c > 0 && seq > 0 && dwte.len % c == 0, "embed_bwd: bad c={c} / seq={seq} for dwte of {}", dwte.len);
+        ensure!(c > 0 && seq > 0 && dwte.len.is_multiple_of(c), "embed_bwd: bad c={c} / seq={seq} for dwte of {}", dwte.len);
         expect_len(dout, &[tokens.len, c], "embed_bwd dout")?;
         if let Some(p) = dwpe {
             expect_len(p, &[seq, c], "embed_bwd dwpe")?;
@@ -488,7 +491,7 @@ impl Backend for CpuBackend {
 impl CpuBackend {
     fn rope(&mut self, qkv: View, s: AttnShape, theta: f32, inverse: bool) -> Result<()> {
         check_attn(&s)?;
-        ensure!(s.head_dim % 2 == 0, "rope: head_dim must be even, got {}", s.head_dim);
+        ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even, got {}", s.head_dim);
         expect_len(qkv, &[s.batch, s.seq, s.qkv_width()], "rope qkv")?;
         let ([x], []) = self.req([qkv], [])?;
         rope::rope(x, &s, theta, inverse);

@@ -210,12 +210,12 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// and staging leftovers of crashed saves. Incomplete `step_*` directories
 /// without `.tmp` are not ours to judge and are left alone.
 fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
-    let all = complete_checkpoints(run_dir)?;
-    let excess = all.len().saturating_sub(keep_last.max(1));
-    for (_, dir) in all.iter().take(excess) {
-        if dir != keep {
-            atomic::remove_dir_if_exists(dir)?;
-        }
+    // The new checkpoint counts toward `keep_last`; of the others, the
+    // newest `keep_last - 1` stay.
+    let others: Vec<PathBuf> = complete_checkpoints(run_dir)?.into_iter().map(|(_, d)| d).filter(|d| d != keep).collect();
+    let excess = others.len().saturating_sub(keep_last.max(1) - 1);
+    for dir in &others[..excess] {
+        atomic::remove_dir_if_exists(dir)?;
     }
     let parent = checkpoints_dir(run_dir);
     for entry in fs::read_dir(&parent).with_context(|| format!("cannot list {}", parent.display()))? {

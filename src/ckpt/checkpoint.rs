@@ -1,0 +1,322 @@
+//! Training checkpoints inside a run folder.
+//!
+//! ```text
+//! <run_dir>/checkpoints/step_00000200/
+//!     model.safetensors      named fp32 parameters (ParamLayout names)
+//!     optimizer.safetensors  named fp32 optimizer state
+//!     manifest.json          step, config, loader/rng/optimizer state
+//! ```
+//! A checkpoint is staged as `step_00000200.tmp/` and renamed into place
+//! only when complete (see `atomic`), so whatever instant a run dies at, the
+//! newest `step_*` directory is loadable. Everything here works on host
+//! memory; the trainer downloads device buffers first.
+
+use super::atomic;
+use super::tensors::{self, shape_str, OutTensor, Tensor};
+use crate::model::layout::ParamLayout;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Manifest format this build writes and the only one it reads.
+pub const FORMAT: u32 = 1;
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIM_FILE: &str = "optimizer.safetensors";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything about a checkpoint that is not a big tensor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Layout version of the checkpoint folder; bumped on breaking changes.
+    pub format: u32,
+    /// Optimizer steps completed when the checkpoint was taken.
+    pub step: u64,
+    /// The resolved run config (`Config::to_toml`), so a resume needs no flags.
+    pub config_toml: String,
+    /// Data-loader position (owned by `data`).
+    pub loader: serde_json::Value,
+    /// RNG states (owned by `train`).
+    pub rng: serde_json::Value,
+    /// Optimizer scalars such as the step counter (owned by `optim`).
+    pub optimizer: serde_json::Value,
+    /// UTC time of saving, RFC 3339.
+    pub created: String,
+}
+
+impl Manifest {
+    /// A manifest for `step` stamped with the current time; the trainer fills
+    /// the state fields it owns.
+    pub fn new(step: u64, config_toml: impl Into<String>) -> Self {
+        Manifest {
+            format: FORMAT,
+            step,
+            config_toml: config_toml.into(),
+            loader: serde_json::Value::Null,
+            rng: serde_json::Value::Null,
+            optimizer: serde_json::Value::Null,
+            created: now_utc(),
+        }
+    }
+}
+
+/// A tensor to save, borrowing its data (typically a view of a flat buffer).
+#[derive(Clone, Debug)]
+pub struct NamedTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: &'a [f32],
+}
+
+/// One `NamedTensor` per layout entry, viewing `params` (a flat buffer with
+/// that layout: parameters, or any per-parameter optimizer state).
+pub fn named_from_layout<'a>(layout: &ParamLayout, params: &'a [f32]) -> Result<Vec<NamedTensor<'a>>> {
+    if params.len() != layout.total {
+        bail!("flat buffer has {} values but the layout has {}", params.len(), layout.total);
+    }
+    let view = |p: &crate::model::layout::ParamInfo| NamedTensor {
+        name: p.name.clone(),
+        shape: p.shape.clone(),
+        data: &params[p.offset..p.offset + p.numel()],
+    };
+    Ok(layout.params.iter().map(view).collect())
+}
+
+/// A checkpoint read back into host memory.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The checkpoint directory (for error messages and follow-up reads).
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Model tensors, sorted by name.
+    pub model: Vec<Tensor>,
+    /// Optimizer-state tensors, sorted by name.
+    pub optim: Vec<Tensor>,
+}
+
+impl Loaded {
+    /// The optimizer tensor `name`, or an error naming the file.
+    pub fn optim_tensor(&self, name: &str) -> Result<&Tensor> {
+        self.optim.iter().find(|t| t.name == name).ok_or_else(|| {
+            anyhow!("checkpoint {}: optimizer tensor {name} is missing", self.dir.join(OPTIM_FILE).display())
+        })
+    }
+}
+
+/// `<run_dir>/checkpoints`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// `<run_dir>/checkpoints/step_<8 digits>`.
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step_{step:08}"))
+}
+
+/// Save a complete checkpoint atomically, then prune: keep the newest
+/// `keep_last` complete checkpoints (the new one always survives) and remove
+/// `*.tmp` leftovers of crashed saves. Returns the new checkpoint directory.
+pub fn save(
+    run_dir: &Path,
+    manifest: &Manifest,
+    model: &[NamedTensor],
+    optim: &[NamedTensor],
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let dir = step_dir(run_dir, manifest.step);
+    let parent = checkpoints_dir(run_dir);
+    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let manifest_json = serde_json::to_vec_pretty(manifest).context("cannot serialize the checkpoint manifest")?;
+    atomic::publish_dir(&dir, |staging| {
+        write_tensors(&staging.join(MODEL_FILE), model)?;
+        write_tensors(&staging.join(OPTIM_FILE), optim)?;
+        // The manifest goes last: a directory with a manifest is complete.
+        fs::write(staging.join(MANIFEST_FILE), &manifest_json)
+            .with_context(|| format!("cannot write {}", staging.join(MANIFEST_FILE).display()))
+    })?;
+    prune(run_dir, &dir, keep_last)?;
+    Ok(dir)
+}
+
+fn write_tensors(path: &Path, list: &[NamedTensor]) -> Result<()> {
+    for t in list {
+        let numel: usize = t.shape.iter().product();
+        if numel != t.data.len() {
+            bail!(
+                "cannot save {}: tensor {} has shape {} ({numel} values) but {} values were given",
+                path.display(),
+                t.name,
+                shape_str(&t.shape),
+                t.data.len()
+            );
+        }
+    }
+    let out: Vec<OutTensor> = list
+        .iter()
+        .map(|t| OutTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype: tensors::Dtype::F32,
+            values: Box::new(move || Cow::Borrowed(t.data)),
+        })
+        .collect();
+    tensors::write(path, &out, None)
+}
+
+/// Step number of a `step_<digits>` directory name; `None` for anything
+/// else, including `step_N.tmp` staging directories.
+fn parse_step(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step_")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether `dir` holds all three files of a checkpoint.
+fn is_complete(dir: &Path) -> bool {
+    [MANIFEST_FILE, MODEL_FILE, OPTIM_FILE].iter().all(|f| dir.join(f).is_file())
+}
+
+/// All complete checkpoints, oldest first.
+fn complete_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let parent = checkpoints_dir(run_dir);
+    let entries = match fs::read_dir(&parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", parent.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", parent.display()))?;
+        let Some(step) = entry.file_name().to_str().and_then(parse_step) else { continue };
+        if entry.path().is_dir() && is_complete(&entry.path()) {
+            found.push((step, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest complete checkpoint of a run, if any. Staging (`*.tmp`) and
+/// incomplete directories are ignored.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(complete_checkpoints(run_dir)?.pop().map(|(_, dir)| dir))
+}
+
+/// Delete complete checkpoints beyond the newest `keep_last` (never `keep`)
+/// and staging leftovers of crashed saves. Incomplete `step_*` directories
+/// without `.tmp` are not ours to judge and are left alone.
+fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
+    // The new checkpoint counts toward `keep_last`; of the others, the
+    // newest `keep_last - 1` stay.
+    let others: Vec<PathBuf> = complete_checkpoints(run_dir)?.into_iter().map(|(_, d)| d).filter(|d| d != keep).collect();
+    let excess = others.len().saturating_sub(keep_last.max(1) - 1);
+    for dir in &others[..excess] {
+        atomic::remove_dir_if_exists(dir)?;
+    }
+    let parent = checkpoints_dir(run_dir);
+    for entry in fs::read_dir(&parent).with_context(|| format!("cannot list {}", parent.display()))? {
+        let path = entry.with_context(|| format!("cannot list {}", parent.display()))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("step_") && name.ends_with(".tmp") && path.is_dir() {
+            atomic::remove_dir_if_exists(&path)?;
+        }
+    }
+    atomic::sync_dir(&parent)
+}
+
+/// Read a checkpoint directory: manifest (format-checked) and both tensor
+/// files. Errors name the file and the problem.
+pub fn load(ckpt_dir: &Path) -> Result<Loaded> {
+    let manifest = read_manifest(ckpt_dir)?;
+    // read_all's errors already name the file and the problem.
+    let model = tensors::read_all(&ckpt_dir.join(MODEL_FILE))?;
+    let optim = tensors::read_all(&ckpt_dir.join(OPTIM_FILE))?;
+    Ok(Loaded { dir: ckpt_dir.to_path_buf(), manifest, model, optim })
+}
+
+/// Parse `manifest.json`, checking the format version before the fields so
+/// that a newer format gets a version error, not a confusing field error.
+pub fn read_manifest(ckpt_dir: &Path) -> Result<Manifest> {
+    let path = ckpt_dir.join(MANIFEST_FILE);
+    if !path.is_file() {
+        bail!(
+            "checkpoint {} has no {MANIFEST_FILE}: it is incomplete (a crashed save?) or not a checkpoint",
+            ckpt_dir.display()
+        );
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{} is not valid JSON: {e}", path.display()))?;
+    match value.get("format").and_then(|f| f.as_u64()) {
+        Some(f) if f == FORMAT as u64 => {}
+        Some(f) => bail!(
+            "{} has checkpoint format {f}, but this ferrotron reads format {FORMAT} only (saved by a different version?)",
+            path.display()
+        ),
+        None => bail!("{} has no numeric `format` field; it is not a ferrotron checkpoint manifest", path.display()),
+    }
+    serde_json::from_value(value).map_err(|e| anyhow!("{} is not a valid checkpoint manifest: {e}", path.display()))
+}
+
+/// Fill the flat buffer `params` from the loaded model tensors, checking that
+/// every layout tensor is present with the right shape and nothing is extra.
+pub fn load_into_layout(loaded: &Loaded, layout: &ParamLayout, params: &mut [f32]) -> Result<()> {
+    fill_flat(&loaded.model, layout, params, &loaded.dir.join(MODEL_FILE))
+}
+
+/// Scatter named tensors into a flat buffer with `layout`; `origin` names
+/// the file in errors. Usable for per-parameter optimizer state as well.
+pub fn fill_flat(list: &[Tensor], layout: &ParamLayout, params: &mut [f32], origin: &Path) -> Result<()> {
+    let file = origin.display();
+    if params.len() != layout.total {
+        bail!("flat buffer has {} values but the layout has {}", params.len(), layout.total);
+    }
+    let by_name: HashMap<&str, &Tensor> = list.iter().map(|t| (t.name.as_str(), t)).collect();
+    let expected: HashSet<&str> = layout.params.iter().map(|p| p.name.as_str()).collect();
+    if let Some(extra) = list.iter().find(|t| !expected.contains(t.name.as_str())) {
+        bail!("checkpoint {file}: tensor {} is not part of the configured model (a different config?)", extra.name);
+    }
+    for p in &layout.params {
+        let t = by_name
+            .get(p.name.as_str())
+            .ok_or_else(|| anyhow!("checkpoint {file}: tensor {} is missing (the config expects shape {})", p.name, shape_str(&p.shape)))?;
+        if t.shape != p.shape {
+            bail!(
+                "checkpoint {file}: tensor {} has shape {} but the config expects {}",
+                p.name,
+                shape_str(&t.shape),
+                shape_str(&p.shape)
+            );
+        }
+        params[p.offset..p.offset + p.numel()].copy_from_slice(&t.data);
+    }
+    Ok(())
+}
+
+/// Current UTC time as RFC 3339 (`2024-05-01T12:34:56Z`), without a date crate.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}

@@ -80,8 +80,8 @@ fn decode_is_lossy_not_panicking() -> Result<()> {
     assert_eq!(bytes.decode(&[0xE2, 0x82, b'x' as u32]), "\u{FFFD}x");
     assert_eq!(bytes.decode(&[300]), "\u{FFFD}");
     let gpt2 = Tokenizer::from_name("gpt2")?;
-    let euro = gpt2.encode("€");
-    assert!(euro.len() > 1, "€ should be several byte tokens: {euro:?}");
+    let euro = gpt2.encode("🎉");
+    assert!(euro.len() > 1, "🎉 should be several byte tokens: {euro:?}");
     assert!(gpt2.decode(&euro[..1]).contains('\u{FFFD}'));
     assert_eq!(gpt2.decode(&[15496, 99_999]), "Hello\u{FFFD}");
     Ok(())

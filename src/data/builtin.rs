@@ -198,8 +198,9 @@ impl Gen {
         let s = format!(
             "{} had {} {color} {obj}. {} loved {his} {obj} very much. {open}, {} lost the {obj} \
              at {place}. {} was sad. {} helped {him} look for it. They looked {hide}. At last, \
-             {} found the {color} {obj}. {} was happy again. \"Thank you, {}!\" {he} said.",
-            p.name, article(color), cap(he), p.name, cap(he), f.name, f.name, p.name, f.name
+             {} found the {color} {obj}. {} was happy again. \"Thank you, {}!\" {he} said. \
+             Who found the {obj}? {} found it.",
+            p.name, article(color), cap(he), p.name, cap(he), f.name, f.name, p.name, f.name, f.name
         );
         self.say(&s);
     }
@@ -244,10 +245,11 @@ impl Gen {
 
     fn fact(&mut self) -> String {
         let (animal, sound, home, legs) = *self.rng.pick(ANIMALS);
+        let a = cap(article(animal));
         match self.rng.below(6) {
-            0 => format!("A {animal} says {sound}."),
-            1 => format!("A {animal} lives in {home}."),
-            2 => format!("A {animal} has {legs} legs."),
+            0 => format!("{a} {animal} says {sound}."),
+            1 => format!("{a} {animal} lives in {home}."),
+            2 => format!("{a} {animal} has {legs} legs."),
             3 => {
                 let (thing, color) = *self.rng.pick(COLOR_FACTS);
                 format!("{thing} is {color}.")

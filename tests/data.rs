@@ -34,7 +34,10 @@ fn tokenizers_round_trip_varied_unicode() -> Result<()> {
         let tok = Tokenizer::from_name(name)?;
         for s in SAMPLES {
             let ids = tok.encode(s);
-            assert!(ids.iter().all(|&t| (t as usize) < tok.vocab_size()), "{name}: id out of range");
+            assert!(
+                ids.iter().all(|&t| (t as usize) < tok.vocab_size()),
+                "{name}: id out of range"
+            );
             assert_eq!(tok.decode(&ids), *s, "{name} round trip of {s:?}");
         }
     }
@@ -44,11 +47,22 @@ fn tokenizers_round_trip_varied_unicode() -> Result<()> {
 #[test]
 fn tokenizer_metadata() -> Result<()> {
     let bytes = Tokenizer::from_name("bytes")?;
-    assert_eq!((bytes.name(), bytes.vocab_size(), bytes.eot()), ("bytes", 256, None));
+    assert_eq!(
+        (bytes.name(), bytes.vocab_size(), bytes.eot()),
+        ("bytes", 256, None)
+    );
     let gpt2 = Tokenizer::from_name("gpt2")?;
-    assert_eq!((gpt2.name(), gpt2.vocab_size(), gpt2.eot()), ("gpt2", 50257, Some(50256)));
-    let err = Tokenizer::from_name("sentencepiece").unwrap_err().to_string();
-    assert!(err.contains("sentencepiece") && err.contains("gpt2"), "{err}");
+    assert_eq!(
+        (gpt2.name(), gpt2.vocab_size(), gpt2.eot()),
+        ("gpt2", 50257, Some(50256))
+    );
+    let err = Tokenizer::from_name("sentencepiece")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sentencepiece") && err.contains("gpt2"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -102,7 +116,11 @@ fn shard_round_trip() -> Result<()> {
     let shard = read_shard(&path)?;
     assert_eq!(shard.tokens, tokens);
     assert_eq!(shard.tokenizer, TokenizerKind::Gpt2);
-    assert_eq!(fs::metadata(&path)?.len(), 32 + 2 * tokens.len() as u64, "u16 storage");
+    assert_eq!(
+        fs::metadata(&path)?.len(),
+        32 + 2 * tokens.len() as u64,
+        "u16 storage"
+    );
     // No temporary files left behind.
     assert_eq!(fs::read_dir(dir.path())?.count(), 1);
 
@@ -115,10 +133,16 @@ fn shard_round_trip() -> Result<()> {
 fn shard_writer_rejects_out_of_vocab_ids() {
     let dir = tmp();
     let path = dir.path().join("s.bin");
-    let err = write_shard(&path, TokenizerKind::Bytes, &[1, 256]).unwrap_err().to_string();
+    let err = write_shard(&path, TokenizerKind::Bytes, &[1, 256])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("256") && err.contains("vocabulary"), "{err}");
     assert!(!path.exists());
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temp file removed");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temp file removed"
+    );
 }
 
 fn header(version: u32, dtype: u32, tok: u32, count: u64) -> Vec<u8> {
@@ -164,7 +188,10 @@ fn shard_rejections_name_file_and_problem() {
     let mut t = header(1, 2, 1, 10);
     t.extend([1u8, 0, 2, 0]);
     let m = shard_error("truncated.bin", &t);
-    assert!(m.contains("truncated") && m.contains("52 bytes") && m.contains("36 bytes"), "{m}");
+    assert!(
+        m.contains("truncated") && m.contains("52 bytes") && m.contains("36 bytes"),
+        "{m}"
+    );
 
     let m = shard_error("short_header.bin", b"FTRNTOK\0\x01\x00");
     assert!(m.contains("truncated"), "{m}");
@@ -187,7 +214,11 @@ fn shard_rejections_name_file_and_problem() {
 // ---------------------------------------------------------------- prepare
 
 fn quiet(tokenizer: &str) -> PrepareOptions {
-    PrepareOptions { tokenizer: tokenizer.into(), progress: false, ..Default::default() }
+    PrepareOptions {
+        tokenizer: tokenizer.into(),
+        progress: false,
+        ..Default::default()
+    }
 }
 
 fn write_parquet(path: &Path, rows: &[Option<&str>]) -> Result<()> {
@@ -198,8 +229,11 @@ fn write_parquet(path: &Path, rows: &[Option<&str>]) -> Result<()> {
     let schema = parquet::schema::parser::parse_message_type(
         "message doc { required int32 id; optional binary text (UTF8); }",
     )?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut w = SerializedFileWriter::new(fs::File::create(path)?, Arc::new(schema), Arc::new(props))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut w =
+        SerializedFileWriter::new(fs::File::create(path)?, Arc::new(schema), Arc::new(props))?;
     let mut rg = w.next_row_group()?;
     let ids: Vec<i32> = (0..rows.len() as i32).collect();
     let mut col = rg.next_column()?.expect("id column");
@@ -208,7 +242,8 @@ fn write_parquet(path: &Path, rows: &[Option<&str>]) -> Result<()> {
     let values: Vec<ByteArray> = rows.iter().flatten().map(|s| ByteArray::from(*s)).collect();
     let defs: Vec<i16> = rows.iter().map(|r| r.is_some() as i16).collect();
     let mut col = rg.next_column()?.expect("text column");
-    col.typed::<ByteArrayType>().write_batch(&values, Some(&defs), None)?;
+    col.typed::<ByteArrayType>()
+        .write_batch(&values, Some(&defs), None)?;
     col.close()?;
     rg.close()?;
     w.close()?;
@@ -222,13 +257,19 @@ fn corpus(root: &Path) -> Result<Vec<String>> {
     fs::write(root.join("a.txt"), "Alpha document.\nSecond line.")?;
     fs::write(root.join("nested/b.md"), "# Beta\nmarkdown body\n")?;
     fs::write(root.join("nested/deeper/c.rs"), "fn gamma() {}\n")?;
-    fs::write(root.join("nested/image.png"), [0x89u8, b'P', b'N', b'G', 0xFF, 0x00, 0xFE])?;
+    fs::write(
+        root.join("nested/image.png"),
+        [0x89u8, b'P', b'N', b'G', 0xFF, 0x00, 0xFE],
+    )?;
     fs::write(root.join(".git/config"), "hidden, must be ignored")?;
     fs::write(
         root.join("nested/docs.jsonl"),
         "{\"text\": \"Delta from jsonl\", \"id\": 1}\n\n{\"text\": \"Épsilon 🎉\"}\n",
     )?;
-    write_parquet(&root.join("z.parquet"), &[Some("Zeta row one"), None, Some("Eta row three")])?;
+    write_parquet(
+        &root.join("z.parquet"),
+        &[Some("Zeta row one"), None, Some("Eta row three")],
+    )?;
     // Sorted walk order: a.txt, nested/b.md, nested/deeper/c.rs, nested/docs.jsonl,
     // (image skipped), z.parquet.
     Ok(vec![
@@ -252,7 +293,11 @@ fn prepare_reads_every_input_kind() -> Result<()> {
     let docs = corpus(&dir.path().join("in"))?;
     let out = dir.path().join("out");
     let sum = prepare(&[dir.path().join("in")], &out, &quiet("gpt2"))?;
-    assert_eq!(sum.train_documents + sum.val_documents, docs.len() as u64, "{sum}");
+    assert_eq!(
+        sum.train_documents + sum.val_documents,
+        docs.len() as u64,
+        "{sum}"
+    );
     assert_eq!(sum.skipped_files, 1, "the PNG is skipped");
     assert!(sum.val_documents >= 1, "some validation data is guaranteed");
     assert!(sum.to_string().contains("skipped 1"), "{sum}");
@@ -261,14 +306,19 @@ fn prepare_reads_every_input_kind() -> Result<()> {
     assert_eq!(ds.tokenizer.kind(), TokenizerKind::Gpt2);
     let tokens = all_tokens(&ds);
     assert_eq!(tokens.len() as u64, sum.train_tokens + sum.val_tokens);
-    assert_eq!(tokens.iter().filter(|&&t| t == 50256).count(), docs.len(), "one EOT per document");
+    assert_eq!(
+        tokens.iter().filter(|&&t| t == 50256).count(),
+        docs.len(),
+        "one EOT per document"
+    );
     let text = ds.tokenizer.decode(&tokens);
     for d in &docs {
         assert!(text.contains(d.as_str()), "missing {d:?} in {text:?}");
     }
     assert!(!text.contains("hidden"));
 
-    let meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(out.join("meta.json"))?)?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("meta.json"))?)?;
     assert_eq!(meta["tokenizer"], "gpt2");
     assert_eq!(meta["train"]["tokens"], sum.train_tokens);
     assert_eq!(meta["sources"][0]["documents"], 7);
@@ -282,7 +332,11 @@ fn prepare_bytes_order_and_multiple_shards() -> Result<()> {
     let dir = tmp();
     let docs = corpus(&dir.path().join("in"))?;
     let out = dir.path().join("out");
-    let opts = PrepareOptions { shard_tokens: 16, val_fraction: 0.0, ..quiet("bytes") };
+    let opts = PrepareOptions {
+        shard_tokens: 16,
+        val_fraction: 0.0,
+        ..quiet("bytes")
+    };
     let sum = prepare(&[dir.path().join("in")], &out, &opts)?;
     assert!(sum.train_shards > 3, "{sum}");
     assert_eq!(sum.val_tokens, 0);
@@ -290,7 +344,13 @@ fn prepare_bytes_order_and_multiple_shards() -> Result<()> {
     // each ending in a newline.
     let expected: String = docs
         .iter()
-        .map(|d| if d.ends_with('\n') { d.clone() } else { format!("{d}\n") })
+        .map(|d| {
+            if d.ends_with('\n') {
+                d.clone()
+            } else {
+                format!("{d}\n")
+            }
+        })
         .collect();
     let ds = Dataset::open(out.to_str().unwrap())?;
     assert_eq!(ds.tokenizer.decode(ds.tokens(Split::Train)), expected);
@@ -303,14 +363,28 @@ fn prepare_is_deterministic() -> Result<()> {
     let input = dir.path().join("in");
     fs::create_dir_all(&input)?;
     for i in 0..300 {
-        fs::write(input.join(format!("doc{i:03}.txt")), format!("Document number {i}. ").repeat(1 + i % 5))?;
+        fs::write(
+            input.join(format!("doc{i:03}.txt")),
+            format!("Document number {i}. ").repeat(1 + i % 5),
+        )?;
     }
-    let opts = PrepareOptions { val_fraction: 0.1, shard_tokens: 1000, ..quiet("gpt2") };
+    let opts = PrepareOptions {
+        val_fraction: 0.1,
+        shard_tokens: 1000,
+        ..quiet("gpt2")
+    };
     let s1 = prepare(&[input.clone()], &dir.path().join("o1"), &opts)?;
-    let s2 = prepare(&[input.clone()], &dir.path().join("o2"), &opts)?;
+    // Same result on a single thread as on the default pool.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let s2 = one.install(|| prepare(&[input.clone()], &dir.path().join("o2"), &opts))?;
     assert!(s1.val_documents > 10 && s1.val_documents < 60, "{s1}");
+    assert_eq!((s1.train_tokens, s1.val_tokens), (s2.train_tokens, s2.val_tokens));
     for name in ["train_000000.bin", "train_000001.bin", "val_000000.bin"] {
-        assert_eq!(fs::read(dir.path().join("o1").join(name))?, fs::read(dir.path().join("o2").join(name))?, "{name}");
+        assert_eq!(
+            fs::read(dir.path().join("o1").join(name))?,
+            fs::read(dir.path().join("o2").join(name))?,
+            "{name}"
+        );
     }
     let other = PrepareOptions { seed: 7, ..opts };
     let s3 = prepare(&[input], &dir.path().join("o3"), &other)?;
@@ -324,7 +398,10 @@ fn prepare_single_document_still_has_validation() -> Result<()> {
     let file = dir.path().join("book.txt");
     fs::write(&file, "All the world's a stage. ".repeat(400))?;
     let sum = prepare(&[file], &dir.path().join("out"), &quiet("gpt2"))?;
-    assert!(sum.val_tokens >= 1 && sum.train_tokens > sum.val_tokens * 50, "{sum}");
+    assert!(
+        sum.val_tokens >= 1 && sum.train_tokens > sum.val_tokens * 50,
+        "{sum}"
+    );
     Ok(())
 }
 
@@ -332,15 +409,30 @@ fn prepare_single_document_still_has_validation() -> Result<()> {
 fn prepare_bad_jsonl_line_names_file_and_line() -> Result<()> {
     let dir = tmp();
     let file = dir.path().join("bad.jsonl");
-    fs::write(&file, "{\"text\": \"ok\"}\n{\"text\": \"ok too\"}\n{\"txt\": \"typo\"}\n")?;
+    fs::write(
+        &file,
+        "{\"text\": \"ok\"}\n{\"text\": \"ok too\"}\n{\"txt\": \"typo\"}\n",
+    )?;
     let out = dir.path().join("out");
-    let err = format!("{:#}", prepare(&[file.clone()], &out, &quiet("bytes")).unwrap_err());
-    assert!(err.contains("bad.jsonl:3") && err.contains("\"text\"") && err.contains("txt"), "{err}");
+    let err = format!(
+        "{:#}",
+        prepare(&[file.clone()], &out, &quiet("bytes")).unwrap_err()
+    );
+    assert!(
+        err.contains("bad.jsonl:3") && err.contains("\"text\"") && err.contains("txt"),
+        "{err}"
+    );
     fs::write(&file, "{\"text\": \"ok\"}\nnot json at all\n")?;
     let err = format!("{:#}", prepare(&[file], &out, &quiet("bytes")).unwrap_err());
-    assert!(err.contains("bad.jsonl:2") && err.contains("not valid JSON"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("not valid JSON"),
+        "{err}"
+    );
     // A failed run leaves no shards and no meta.json behind.
-    let left: Vec<_> = fs::read_dir(&out)?.flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&out)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
@@ -350,13 +442,28 @@ fn prepare_parquet_errors() -> Result<()> {
     let dir = tmp();
     let file = dir.path().join("d.parquet");
     write_parquet(&file, &[Some("x")])?;
-    let opts = PrepareOptions { text_key: "content".into(), ..quiet("bytes") };
-    let err = format!("{:#}", prepare(&[file], &dir.path().join("o"), &opts).unwrap_err());
-    assert!(err.contains("d.parquet") && err.contains("`content`") && err.contains("id, text"), "{err}");
+    let opts = PrepareOptions {
+        text_key: "content".into(),
+        ..quiet("bytes")
+    };
+    let err = format!(
+        "{:#}",
+        prepare(&[file], &dir.path().join("o"), &opts).unwrap_err()
+    );
+    assert!(
+        err.contains("d.parquet") && err.contains("`content`") && err.contains("id, text"),
+        "{err}"
+    );
     let fake = dir.path().join("fake.parquet");
     fs::write(&fake, "not parquet")?;
-    let err = format!("{:#}", prepare(&[fake], &dir.path().join("o"), &quiet("bytes")).unwrap_err());
-    assert!(err.contains("fake.parquet") && err.contains("not a readable Parquet file"), "{err}");
+    let err = format!(
+        "{:#}",
+        prepare(&[fake], &dir.path().join("o"), &quiet("bytes")).unwrap_err()
+    );
+    assert!(
+        err.contains("fake.parquet") && err.contains("not a readable Parquet file"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -369,10 +476,22 @@ fn prepare_refuses_existing_output_unless_overwrite() -> Result<()> {
     prepare(&[file.clone()], &out, &quiet("bytes"))?;
     let before = fs::read(out.join("meta.json"))?;
     fs::write(&file, "second version")?;
-    let err = prepare(&[file.clone()], &out, &quiet("bytes")).unwrap_err().to_string();
-    assert!(err.contains("already holds prepared data") && err.contains("--overwrite"), "{err}");
-    assert_eq!(fs::read(out.join("meta.json"))?, before, "existing data untouched");
-    let opts = PrepareOptions { overwrite: true, ..quiet("bytes") };
+    let err = prepare(&[file.clone()], &out, &quiet("bytes"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds prepared data") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(out.join("meta.json"))?,
+        before,
+        "existing data untouched"
+    );
+    let opts = PrepareOptions {
+        overwrite: true,
+        ..quiet("bytes")
+    };
     prepare(&[file], &out, &opts)?;
     let ds = Dataset::open(out.to_str().unwrap())?;
     assert!(ds.tokenizer.decode(&all_tokens(&ds)).contains("second"));
@@ -383,13 +502,20 @@ fn prepare_refuses_existing_output_unless_overwrite() -> Result<()> {
 fn prepare_input_errors() {
     let dir = tmp();
     let out = dir.path().join("out");
-    let err = prepare(&[dir.path().join("nope.txt")], &out, &quiet("bytes")).unwrap_err().to_string();
+    let err = prepare(&[dir.path().join("nope.txt")], &out, &quiet("bytes"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope.txt"), "{err}");
     assert!(!out.exists(), "nothing created for a bad input");
     let bin = dir.path().join("blob.dat");
     fs::write(&bin, [0xFFu8, 0xFE, 0x00]).unwrap();
-    let err = prepare(&[bin], &out, &quiet("bytes")).unwrap_err().to_string();
-    assert!(err.contains("blob.dat") && err.contains("not UTF-8"), "{err}");
+    let err = prepare(&[bin], &out, &quiet("bytes"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blob.dat") && err.contains("not UTF-8"),
+        "{err}"
+    );
     let err = prepare(&[], &out, &quiet("bytes")).unwrap_err().to_string();
     assert!(err.contains("no inputs"), "{err}");
 }
@@ -398,11 +524,21 @@ fn prepare_input_errors() {
 fn open_missing_folder_says_what_to_run() {
     let dir = tmp();
     let path = dir.path().join("data/gpt2");
-    let err = Dataset::open(path.to_str().unwrap()).unwrap_err().to_string();
-    assert!(err.contains("ferrotron prepare --input") && err.contains(path.to_str().unwrap()), "{err}");
+    let err = Dataset::open(path.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ferrotron prepare --input") && err.contains(path.to_str().unwrap()),
+        "{err}"
+    );
     fs::create_dir_all(&path).unwrap();
-    let err = Dataset::open(path.to_str().unwrap()).unwrap_err().to_string();
-    assert!(err.contains("no token shards in") && err.contains("--out"), "{err}");
+    let err = Dataset::open(path.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no token shards in") && err.contains("--out"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- loader
@@ -444,7 +580,11 @@ fn loader_is_deterministic_and_epochs_cover_every_window() -> Result<()> {
     let mut b = Loader::new(&ds, Split::Train, 5, 16, 42, 0, 1)?;
     let mut c = Loader::new(&ds, Split::Train, 5, 16, 43, 0, 1)?;
     assert_eq!(a.windows_per_epoch(), 100);
-    let (ea, eb, ec) = (batches(&mut a, 20), batches(&mut b, 20), batches(&mut c, 20));
+    let (ea, eb, ec) = (
+        batches(&mut a, 20),
+        batches(&mut b, 20),
+        batches(&mut c, 20),
+    );
     assert_eq!(ea, eb);
     assert_ne!(ea, ec, "another seed, another order");
     let starts: Vec<u32> = ea.iter().flat_map(window_starts).collect();
@@ -470,8 +610,14 @@ fn loader_resume_gives_identical_batches() -> Result<()> {
     assert_eq!(batches(&mut b, 30), expected);
 
     let mut other_seq = Loader::new(&ds, Split::Train, 7, 16, 9, 0, 1)?;
-    let err = other_seq.restore(&serde_json::from_str(&saved)?).unwrap_err().to_string();
-    assert!(err.contains("seq_len 32") && err.contains("seq_len 16"), "{err}");
+    let err = other_seq
+        .restore(&serde_json::from_str(&saved)?)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seq_len 32") && err.contains("seq_len 16"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -493,7 +639,10 @@ fn loader_data_parallel_ranks_are_disjoint() -> Result<()> {
             assert!(seen[i].is_disjoint(&seen[j]), "ranks {i} and {j} overlap");
         }
     }
-    let err = Loader::new(&ds, Split::Train, 1, 30, 5, 3, 3).err().unwrap().to_string();
+    let err = Loader::new(&ds, Split::Train, 1, 30, 5, 3, 3)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("rank 3"), "{err}");
     Ok(())
 }
@@ -501,8 +650,14 @@ fn loader_data_parallel_ranks_are_disjoint() -> Result<()> {
 #[test]
 fn loader_errors_and_val_reset() -> Result<()> {
     let ds = counting(2000); // val split: 500 tokens
-    let err = Loader::new(&ds, Split::Val, 1, 500, 0, 0, 1).err().unwrap().to_string();
-    assert!(err.contains("only 500 tokens") && err.contains("501"), "{err}");
+    let err = Loader::new(&ds, Split::Val, 1, 500, 0, 0, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("only 500 tokens") && err.contains("501"),
+        "{err}"
+    );
     let mut val = Loader::new(&ds, Split::Val, 2, 20, 0, 0, 1)?;
     let first = batches(&mut val, 4);
     val.reset();
@@ -514,9 +669,19 @@ fn loader_errors_and_val_reset() -> Result<()> {
 fn loader_over_prepared_folder() -> Result<()> {
     let dir = tmp();
     let file = dir.path().join("a.txt");
-    fs::write(&file, "The quick brown fox jumps over the lazy dog. ".repeat(200))?;
+    fs::write(
+        &file,
+        "The quick brown fox jumps over the lazy dog. ".repeat(200),
+    )?;
     let out: PathBuf = dir.path().join("out");
-    prepare(&[file], &out, &PrepareOptions { shard_tokens: 100, ..quiet("gpt2") })?;
+    prepare(
+        &[file],
+        &out,
+        &PrepareOptions {
+            shard_tokens: 100,
+            ..quiet("gpt2")
+        },
+    )?;
     let ds = Dataset::open(out.to_str().unwrap())?;
     let mut l = Loader::new(&ds, Split::Train, 2, 64, 0, 0, 1)?;
     let b = l.next_batch();
@@ -534,11 +699,22 @@ fn builtin_corpus_properties() -> Result<()> {
     assert!(elapsed.as_secs_f64() < 3.0, "generation took {elapsed:?}");
     assert_eq!(ds.tokenizer.kind(), TokenizerKind::Bytes);
     let (train, val) = (ds.tokens(Split::Train), ds.tokens(Split::Val));
-    assert!((2_000_000..4_000_000).contains(&train.len()), "{}", train.len());
+    assert!(
+        (2_000_000..4_000_000).contains(&train.len()),
+        "{}",
+        train.len()
+    );
     assert!(val.len() >= 100_000);
     assert!(train.iter().all(|&t| t < 128), "ASCII only");
     let again = builtin::generate(builtin::TRAIN_SEED, builtin::TRAIN_BYTES);
-    assert_eq!(again.as_bytes().iter().map(|&b| b as u32).collect::<Vec<_>>(), train);
+    assert_eq!(
+        again
+            .as_bytes()
+            .iter()
+            .map(|&b| b as u32)
+            .collect::<Vec<_>>(),
+        train
+    );
     assert_ne!(&train[..1000], &val[..1000], "validation uses another seed");
     let h = unigram_entropy(train);
     assert!(h > 2.5 && h < 3.5, "unigram entropy {h} nats");
@@ -554,8 +730,14 @@ fn builtin_corpus_content_is_consistent() {
     for line in text.lines() {
         let parts: Vec<&str> = line.trim_end_matches('.').split(' ').collect();
         if let [a, op, b, "=", c] = parts[..] {
-            let (a, b, c): (i64, i64, i64) = (a.parse().unwrap(), b.parse().unwrap(), c.parse().unwrap());
-            let want = match op { "+" => a + b, "-" => a - b, "*" => a * b, _ => panic!("{line}") };
+            let (a, b, c): (i64, i64, i64) =
+                (a.parse().unwrap(), b.parse().unwrap(), c.parse().unwrap());
+            let want = match op {
+                "+" => a + b,
+                "-" => a - b,
+                "*" => a * b,
+                _ => panic!("{line}"),
+            };
             assert_eq!(c, want, "{line}");
             checked += 1;
         }

@@ -15,8 +15,8 @@
 //! validation text is new sentences from the same distribution) and takes a
 //! few tens of milliseconds.
 
-use super::rng::SplitMix64;
 use super::dataset::Dataset;
+use super::rng::SplitMix64;
 use super::tokenizer::Tokenizer;
 
 /// Seeds and sizes of the built-in splits. Changing any of them changes the
@@ -39,7 +39,10 @@ pub fn dataset() -> Dataset {
 
 /// Generates at least `min_bytes` of text (whole paragraphs; ASCII only).
 pub fn generate(seed: u64, min_bytes: usize) -> String {
-    let mut g = Gen { rng: SplitMix64::new(seed), out: String::with_capacity(min_bytes + 4096) };
+    let mut g = Gen {
+        rng: SplitMix64::new(seed),
+        out: String::with_capacity(min_bytes + 4096),
+    };
     while g.out.len() < min_bytes {
         g.paragraph();
         g.out.push_str("\n\n");
@@ -58,46 +61,125 @@ const SHE: (&str, &str, &str) = ("she", "her", "her");
 const HE: (&str, &str, &str) = ("he", "him", "his");
 
 const PEOPLE: &[Person] = &[
-    Person { name: "Mia", pro: SHE },
-    Person { name: "Tom", pro: HE },
-    Person { name: "Lily", pro: SHE },
-    Person { name: "Ben", pro: HE },
-    Person { name: "Anna", pro: SHE },
-    Person { name: "Sam", pro: HE },
-    Person { name: "Rosa", pro: SHE },
-    Person { name: "Max", pro: HE },
-    Person { name: "Ella", pro: SHE },
-    Person { name: "Leo", pro: HE },
-    Person { name: "Nora", pro: SHE },
-    Person { name: "Jack", pro: HE },
-    Person { name: "Zoe", pro: SHE },
-    Person { name: "Finn", pro: HE },
-    Person { name: "Ruby", pro: SHE },
-    Person { name: "Omar", pro: HE },
+    Person {
+        name: "Mia",
+        pro: SHE,
+    },
+    Person {
+        name: "Tom",
+        pro: HE,
+    },
+    Person {
+        name: "Lily",
+        pro: SHE,
+    },
+    Person {
+        name: "Ben",
+        pro: HE,
+    },
+    Person {
+        name: "Anna",
+        pro: SHE,
+    },
+    Person {
+        name: "Sam",
+        pro: HE,
+    },
+    Person {
+        name: "Rosa",
+        pro: SHE,
+    },
+    Person {
+        name: "Max",
+        pro: HE,
+    },
+    Person {
+        name: "Ella",
+        pro: SHE,
+    },
+    Person {
+        name: "Leo",
+        pro: HE,
+    },
+    Person {
+        name: "Nora",
+        pro: SHE,
+    },
+    Person {
+        name: "Jack",
+        pro: HE,
+    },
+    Person {
+        name: "Zoe",
+        pro: SHE,
+    },
+    Person {
+        name: "Finn",
+        pro: HE,
+    },
+    Person {
+        name: "Ruby",
+        pro: SHE,
+    },
+    Person {
+        name: "Omar",
+        pro: HE,
+    },
 ];
 
 const KINDS_SHE: &[&str] = &["girl", "cat", "rabbit", "mouse", "fox"];
 const KINDS_HE: &[&str] = &["boy", "dog", "bear", "frog", "fox"];
-const TRAITS: &[&str] = &["little", "kind", "brave", "happy", "clever", "shy", "curious", "funny"];
+const TRAITS: &[&str] = &[
+    "little", "kind", "brave", "happy", "clever", "shy", "curious", "funny",
+];
 const PLACES: &[&str] = &[
-    "the park", "the forest", "the beach", "the garden", "the market", "the library",
-    "the old mill", "the river", "the hill", "the school", "the farm", "the village",
+    "the park",
+    "the forest",
+    "the beach",
+    "the garden",
+    "the market",
+    "the library",
+    "the old mill",
+    "the river",
+    "the hill",
+    "the school",
+    "the farm",
+    "the village",
 ];
 const OBJECTS: &[&str] = &[
-    "ball", "kite", "key", "book", "box", "hat", "shell", "stone", "map", "cup", "bell",
-    "flower", "coin", "boat", "drum",
+    "ball", "kite", "key", "book", "box", "hat", "shell", "stone", "map", "cup", "bell", "flower",
+    "coin", "boat", "drum",
 ];
-const COLORS: &[&str] = &["red", "blue", "green", "yellow", "shiny", "small", "big", "old", "orange"];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "shiny", "small", "big", "old", "orange",
+];
 const FEELINGS: &[&str] = &["happy", "excited", "surprised", "proud", "curious"];
 const WEATHER: &[&str] = &["sunny", "rainy", "windy", "cold", "warm", "quiet"];
-const OPENINGS: &[&str] = &["One day", "One morning", "One evening", "Last summer", "On Sunday"];
+const OPENINGS: &[&str] = &[
+    "One day",
+    "One morning",
+    "One evening",
+    "Last summer",
+    "On Sunday",
+];
 const HIDING: &[&str] = &[
-    "under the trees", "behind the rocks", "near the water", "in the tall grass",
-    "under a bench", "inside an old box",
+    "under the trees",
+    "behind the rocks",
+    "near the water",
+    "in the tall grass",
+    "under a bench",
+    "inside an old box",
 ];
 const SEEN: &[&str] = &[
-    "a big dog", "two ducks", "a red bird", "a tall tree", "a small boat", "an old man",
-    "three cows", "a yellow bus", "a little frog",
+    "a big dog",
+    "two ducks",
+    "a red bird",
+    "a tall tree",
+    "a small boat",
+    "an old man",
+    "three cows",
+    "a yellow bus",
+    "a little frog",
 ];
 
 /// (animal, sound, home, legs)
@@ -114,11 +196,26 @@ const ANIMALS: &[(&str, &str, &str, &str)] = &[
     ("lion", "roar", "the grassland", "four"),
 ];
 const COLOR_FACTS: &[(&str, &str)] = &[
-    ("The sky", "blue"), ("Grass", "green"), ("Snow", "white"), ("The sun", "yellow"),
-    ("A banana", "yellow"), ("An apple", "red"), ("Coal", "black"), ("A carrot", "orange"),
-    ("The sea", "blue"), ("A leaf", "green"),
+    ("The sky", "blue"),
+    ("Grass", "green"),
+    ("Snow", "white"),
+    ("The sun", "yellow"),
+    ("A banana", "yellow"),
+    ("An apple", "red"),
+    ("Coal", "black"),
+    ("A carrot", "orange"),
+    ("The sea", "blue"),
+    ("A leaf", "green"),
 ];
-const DAYS: &[&str] = &["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const DAYS: &[&str] = &[
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 const NUMBER_WORDS: &[&str] = &[
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
     "eleven", "twelve",
@@ -168,7 +265,11 @@ impl Gen {
     }
 
     fn introduce(&mut self, p: Person) {
-        let kinds = if p.pro.0 == "she" { KINDS_SHE } else { KINDS_HE };
+        let kinds = if p.pro.0 == "she" {
+            KINDS_SHE
+        } else {
+            KINDS_HE
+        };
         let (t, k, place) = (self.pick(TRAITS), self.pick(kinds), self.pick(PLACES));
         let s = format!(
             "Once upon a time, there was a {t} {k} named {}. {} lived near {place}. ",
@@ -186,7 +287,13 @@ impl Gen {
             "{open}, {} found {} {color} {obj} at {place}. {} was very {feel}. {} showed the \
              {obj} to {}. \"What a nice {obj}!\" said {}. \"Where did you find it?\" \"At \
              {place},\" said {}. They played with the {color} {obj} until the sun went down.",
-            p.name, article(color), cap(he), p.name, f.name, f.name, p.name
+            p.name,
+            article(color),
+            cap(he),
+            p.name,
+            f.name,
+            f.name,
+            p.name
         );
         self.say(&s);
     }
@@ -195,7 +302,8 @@ impl Gen {
         let (color, obj, place) = (self.pick(COLORS), self.pick(OBJECTS), self.pick(PLACES));
         let (open, hide) = (self.pick(OPENINGS), self.pick(HIDING));
         let (he, him, his) = p.pro;
-        let s = format!(
+        let s =
+            format!(
             "{} had {} {color} {obj}. {} loved {his} {obj} very much. {open}, {} lost the {obj} \
              at {place}. {} was sad. {} helped {him} look for it. They looked {hide}. At last, \
              {} found the {color} {obj}. {} was happy again. \"Thank you, {}!\" {he} said. \
@@ -213,7 +321,10 @@ impl Gen {
             "It was a {weather} day. {} and {} went to {place}. They saw {a} and {b}. {} held \
              {his} friend's hand. At the end of the day, they went home. {} said, \"I want to \
              go to {place} again tomorrow.\"",
-            p.name, f.name, p.name, cap(he)
+            p.name,
+            f.name,
+            p.name,
+            cap(he)
         );
         self.say(&s);
     }
@@ -226,7 +337,10 @@ impl Gen {
             "{} wanted to carry {his} {color} {obj} to {place}, but it was too heavy. {} sat \
              down and felt sad. Then {} came by. \"I can help you,\" {fhe} said. Together they \
              carried the {obj} to {place}. {} smiled and said, \"Friends help each other.\"",
-            p.name, cap(he), f.name, p.name
+            p.name,
+            cap(he),
+            f.name,
+            p.name
         );
         self.say(&s);
     }
@@ -269,7 +383,11 @@ impl Gen {
             b = self.rng.below(NUMBER_WORDS.len());
         }
         let word = if a > b { "more" } else { "less" };
-        format!("{} is {word} than {}.", cap(NUMBER_WORDS[a]), NUMBER_WORDS[b])
+        format!(
+            "{} is {word} than {}.",
+            cap(NUMBER_WORDS[a]),
+            NUMBER_WORDS[b]
+        )
     }
 
     /// Correct equations, one per line.

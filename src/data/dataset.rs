@@ -39,8 +39,18 @@ impl Dataset {
         open_folder(Path::new(path))
     }
 
-    pub fn from_tokens(tokenizer: Tokenizer, train: Vec<u32>, val: Vec<u32>, source: &str) -> Dataset {
-        Dataset { tokenizer, source: source.to_string(), train: Arc::new(train), val: Arc::new(val) }
+    pub fn from_tokens(
+        tokenizer: Tokenizer,
+        train: Vec<u32>,
+        val: Vec<u32>,
+        source: &str,
+    ) -> Dataset {
+        Dataset {
+            tokenizer,
+            source: source.to_string(),
+            train: Arc::new(train),
+            val: Arc::new(val),
+        }
     }
 
     pub fn tokens(&self, split: Split) -> &[u32] {
@@ -74,8 +84,16 @@ fn prepare_hint(dir: &Path) -> String {
 
 fn open_folder(dir: &Path) -> Result<Dataset> {
     if !dir.is_dir() {
-        let why = if dir.exists() { "it is not a folder" } else { "the folder does not exist" };
-        bail!("no token shards in {} ({why}): {}", dir.display(), prepare_hint(dir));
+        let why = if dir.exists() {
+            "it is not a folder"
+        } else {
+            "the folder does not exist"
+        };
+        bail!(
+            "no token shards in {} ({why}): {}",
+            dir.display(),
+            prepare_hint(dir)
+        );
     }
     if !dir.join(super::meta::META_FILE).exists() {
         bail!("{}", missing_meta_message(dir));
@@ -84,14 +102,22 @@ fn open_folder(dir: &Path) -> Result<Dataset> {
     let tokenizer = Tokenizer::new(meta.tokenizer)?;
     let train = read_split(dir, &meta, &meta.train)?;
     let val = read_split(dir, &meta, &meta.val)?;
-    Ok(Dataset::from_tokens(tokenizer, train, val, &dir.display().to_string()))
+    Ok(Dataset::from_tokens(
+        tokenizer,
+        train,
+        val,
+        &dir.display().to_string(),
+    ))
 }
 
 /// No meta.json: either nothing was prepared here, or a prepare run died
 /// before finishing (shards exist but were never listed).
 fn missing_meta_message(dir: &Path) -> String {
     let has_shards = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".bin")))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+        })
         .unwrap_or(false);
     if has_shards {
         format!(
@@ -101,7 +127,11 @@ fn missing_meta_message(dir: &Path) -> String {
             dir.display()
         )
     } else {
-        format!("no token shards in {}: {}", dir.display(), prepare_hint(dir))
+        format!(
+            "no token shards in {}: {}",
+            dir.display(),
+            prepare_hint(dir)
+        )
     }
 }
 
@@ -122,7 +152,12 @@ fn read_split(dir: &Path, meta: &Meta, split: &SplitMeta) -> Result<Vec<u32>> {
                 );
             }
             if shard.tokens.len() as u64 != s.tokens {
-                bail!("{}: has {} tokens but meta.json says {}", path.display(), shard.tokens.len(), s.tokens);
+                bail!(
+                    "{}: has {} tokens but meta.json says {}",
+                    path.display(),
+                    shard.tokens.len(),
+                    s.tokens
+                );
             }
             Ok(shard.tokens)
         })

@@ -84,8 +84,17 @@ impl Loader {
             );
         }
         let mut loader = Loader {
-            tokens, split, batch, seq, seed, rank, world, windows,
-            order: Vec::new(), epoch: 0, cursor: 0,
+            tokens,
+            split,
+            batch,
+            seq,
+            seed,
+            rank,
+            world,
+            windows,
+            order: Vec::new(),
+            epoch: 0,
+            cursor: 0,
         };
         loader.reset();
         Ok(loader)
@@ -108,7 +117,12 @@ impl Loader {
             inputs.extend_from_slice(&w[..s]);
             targets.extend_from_slice(&w[1..]);
         }
-        Batch { inputs, targets, batch: b, seq: s }
+        Batch {
+            inputs,
+            targets,
+            batch: b,
+            seq: s,
+        }
     }
 
     fn next_window(&mut self) -> usize {
@@ -126,7 +140,11 @@ impl Loader {
         let mut all: Vec<u32> = (0..self.windows as u32).collect();
         SplitMix64::new(mix(self.seed, epoch)).shuffle(&mut all);
         let per_rank = self.windows / self.world;
-        all.into_iter().skip(self.rank).step_by(self.world).take(per_rank).collect()
+        all.into_iter()
+            .skip(self.rank)
+            .step_by(self.world)
+            .take(per_rank)
+            .collect()
     }
 
     pub fn state(&self) -> LoaderState {
@@ -151,12 +169,22 @@ impl Loader {
                 "cannot resume the {:?} data loader: the saved state is for seq_len {}, {} \
                  windows, rank {} of {}, but this run has seq_len {}, {} windows, rank {} of {} \
                  (the data, seq_len or number of ranks changed since the checkpoint)",
-                self.split, st.seq, st.windows, st.rank, st.world,
-                self.seq, self.windows, self.rank, self.world
+                self.split,
+                st.seq,
+                st.windows,
+                st.rank,
+                st.world,
+                self.seq,
+                self.windows,
+                self.rank,
+                self.world
             );
         }
         if st.cursor as usize > self.windows / self.world {
-            bail!("cannot resume the data loader: cursor {} is past the end of an epoch", st.cursor);
+            bail!(
+                "cannot resume the data loader: cursor {} is past the end of an epoch",
+                st.cursor
+            );
         }
         self.seed = st.seed;
         self.epoch = st.epoch;
@@ -183,7 +211,14 @@ impl Loader {
     }
 }
 
-fn check_shape(data: &Dataset, split: Split, batch: usize, seq: usize, rank: usize, world: usize) -> Result<()> {
+fn check_shape(
+    data: &Dataset,
+    split: Split,
+    batch: usize,
+    seq: usize,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
     if batch == 0 || seq == 0 {
         bail!("batch size and seq_len must be at least 1 (got batch {batch}, seq_len {seq})");
     }

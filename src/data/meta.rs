@@ -60,10 +60,18 @@ impl Meta {
         let path = dir.join(META_FILE);
         let text = fs::read_to_string(&path)
             .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
-        let meta: Meta = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{} is not a valid token-folder description: {e}", path.display()))?;
+        let meta: Meta = serde_json::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{} is not a valid token-folder description: {e}",
+                path.display()
+            )
+        })?;
         if meta.format != FORMAT {
-            anyhow::bail!("{}: format is `{}`, expected `{FORMAT}`", path.display(), meta.format);
+            anyhow::bail!(
+                "{}: format is `{}`, expected `{FORMAT}`",
+                path.display(),
+                meta.format
+            );
         }
         Ok(meta)
     }
@@ -74,7 +82,8 @@ impl Meta {
         let path = dir.join(META_FILE);
         let tmp = dir.join(format!(".{META_FILE}.tmp{}", std::process::id()));
         let text = serde_json::to_string_pretty(self)?;
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(text.as_bytes())
             .and_then(|_| f.write_all(b"\n"))
             .and_then(|_| f.sync_all())
@@ -95,7 +104,12 @@ pub fn now_rfc3339() -> String {
 pub fn rfc3339(unix_secs: u64) -> String {
     let (days, rem) = ((unix_secs / 86_400) as i64, unix_secs % 86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.

@@ -20,25 +20,32 @@ pub fn read(path: &Path, column: &str, emit: &mut Emit) -> Result<()> {
         .map_err(|e| anyhow!("{} is not a readable Parquet file: {e}", path.display()))?;
     let projection = projection(&reader, column).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for g in 0..reader.num_row_groups() {
-        read_row_group(&reader, g, &projection, emit).map_err(|e| {
-            anyhow!("{} (row group {g}): {e}{}", path.display(), codec_hint(&e))
-        })?;
+        read_row_group(&reader, g, &projection, emit)
+            .map_err(|e| anyhow!("{} (row group {g}): {e}{}", path.display(), codec_hint(&e)))?;
     }
     Ok(())
 }
 
-fn read_row_group(reader: &SerializedFileReader<File>, g: usize, projection: &Type, emit: &mut Emit) -> Result<()> {
+fn read_row_group(
+    reader: &SerializedFileReader<File>,
+    g: usize,
+    projection: &Type,
+    emit: &mut Emit,
+) -> Result<()> {
     let group = reader.get_row_group(g)?;
     let rows = group.metadata().num_rows().max(1) as u64;
     let bytes_per_row = group.metadata().compressed_size().max(0) as u64 / rows;
     for row in group.get_row_iter(Some(projection.clone()))? {
         let row = row?;
-        let Some((_, field)) = row.get_column_iter().next() else { continue };
+        let Some((_, field)) = row.get_column_iter().next() else {
+            continue;
+        };
         match field {
             Field::Str(s) if !s.is_empty() => emit(s.clone(), bytes_per_row)?,
-            Field::Bytes(b) if !b.data().is_empty() => {
-                emit(String::from_utf8_lossy(b.data()).into_owned(), bytes_per_row)?
-            }
+            Field::Bytes(b) if !b.data().is_empty() => emit(
+                String::from_utf8_lossy(b.data()).into_owned(),
+                bytes_per_row,
+            )?,
             Field::Str(_) | Field::Bytes(_) | Field::Null => {}
             other => bail!("the text column holds {other:?}, not strings"),
         }

@@ -84,12 +84,36 @@ pub struct PrepareSummary {
 
 impl std::fmt::Display for PrepareSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "prepared {} ({} tokenizer) in {:.1}s from {} files", self.out.display(), self.tokenizer, self.seconds, self.files)?;
-        writeln!(f, "  train: {} tokens, {} documents, {} shards", self.train_tokens, self.train_documents, self.train_shards)?;
-        write!(f, "  val:   {} tokens, {} documents, {} shards", self.val_tokens, self.val_documents, self.val_shards)?;
+        writeln!(
+            f,
+            "prepared {} ({} tokenizer) in {:.1}s from {} files",
+            self.out.display(),
+            self.tokenizer,
+            self.seconds,
+            self.files
+        )?;
+        writeln!(
+            f,
+            "  train: {} tokens, {} documents, {} shards",
+            self.train_tokens, self.train_documents, self.train_shards
+        )?;
+        write!(
+            f,
+            "  val:   {} tokens, {} documents, {} shards",
+            self.val_tokens, self.val_documents, self.val_shards
+        )?;
         if self.skipped_files > 0 {
-            let ex: Vec<String> = self.skipped_examples.iter().map(|p| p.display().to_string()).collect();
-            write!(f, "\n  warning: skipped {} binary or non-UTF-8 files (e.g. {})", self.skipped_files, ex.join(", "))?;
+            let ex: Vec<String> = self
+                .skipped_examples
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            write!(
+                f,
+                "\n  warning: skipped {} binary or non-UTF-8 files (e.g. {})",
+                self.skipped_files,
+                ex.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -140,7 +164,8 @@ fn ready_out_dir(out: &Path, overwrite: bool) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("output {} exists and is not a folder", out.display());
     }
-    fs::create_dir_all(out).map_err(|e| anyhow!("cannot create output folder {}: {e}", out.display()))?;
+    fs::create_dir_all(out)
+        .map_err(|e| anyhow!("cannot create output folder {}: {e}", out.display()))?;
     let ours: Vec<PathBuf> = fs::read_dir(out)?
         .flatten()
         .filter(|e| is_ours(&e.file_name().to_string_lossy()))
@@ -184,10 +209,21 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(tokenizer: Tokenizer, out: &Path, opts: &'a PrepareOptions, inputs: &[PathBuf]) -> Run<'a> {
+    fn new(
+        tokenizer: Tokenizer,
+        out: &Path,
+        opts: &'a PrepareOptions,
+        inputs: &[PathBuf],
+    ) -> Run<'a> {
         let kind = tokenizer.kind();
-        let bar = if opts.progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
-        let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg}");
+        let bar = if opts.progress {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg}",
+        );
         if let Ok(style) = style {
             bar.set_style(style);
         }
@@ -201,7 +237,13 @@ impl<'a> Run<'a> {
             pending: Vec::new(),
             pending_bytes: 0,
             documents: 0,
-            sources: inputs.iter().map(|p| SourceMeta { input: p.display().to_string(), ..Default::default() }).collect(),
+            sources: inputs
+                .iter()
+                .map(|p| SourceMeta {
+                    input: p.display().to_string(),
+                    ..Default::default()
+                })
+                .collect(),
             skipped: Vec::new(),
             skipped_count: 0,
             files: 0,
@@ -265,7 +307,9 @@ impl<'a> Run<'a> {
         self.bar.set_message(format!(
             "{} docs, {} tokens",
             self.documents,
-            self.train.tokens() + self.val.tokens() + self.held.as_ref().map_or(0, |h| h.len() as u64)
+            self.train.tokens()
+                + self.val.tokens()
+                + self.held.as_ref().map_or(0, |h| h.len() as u64)
         ));
         Ok(())
     }

@@ -141,14 +141,21 @@ impl ShardWriter {
     pub fn finish(mut self) -> Result<u64> {
         let buffered = self.file.take().expect("finish runs once");
         let ctx = || format!("cannot finish shard {}", self.tmp.display());
-        let mut file = buffered.into_inner().map_err(|e| e.into_error()).with_context(ctx)?;
+        let mut file = buffered
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(ctx)?;
         file.seek(SeekFrom::Start(0)).with_context(ctx)?;
         file.write_all(&encode_header(self.dtype, self.tokenizer, self.count))
             .with_context(ctx)?;
         file.sync_all().with_context(ctx)?;
         drop(file);
         fs::rename(&self.tmp, &self.path).with_context(|| {
-            format!("cannot rename {} to {}", self.tmp.display(), self.path.display())
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.path.display()
+            )
         })?;
         sync_parent_dir(&self.path);
         Ok(self.count)
@@ -168,7 +175,10 @@ impl Drop for ShardWriter {
 /// `dir/.name.tmp<pid>`: same folder (so rename is atomic), hidden, and unique
 /// per process.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -176,7 +186,11 @@ fn temp_path(path: &Path) -> PathBuf {
 /// opening a directory, and the data itself is already synced.
 fn sync_parent_dir(path: &Path) {
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -208,7 +222,8 @@ fn encode_tokens(dtype: Dtype, tokens: &[u32]) -> Vec<u8> {
 pub fn read_shard(path: &Path) -> Result<Shard> {
     // Errors are flattened into one message that starts with the path, so
     // callers printing only the top-level message still see what and where.
-    let bytes = fs::read(path).map_err(|e| anyhow!("cannot read token shard {}: {e}", path.display()))?;
+    let bytes =
+        fs::read(path).map_err(|e| anyhow!("cannot read token shard {}: {e}", path.display()))?;
     parse_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
@@ -224,7 +239,11 @@ fn parse_shard(bytes: &[u8]) -> Result<Shard> {
     }
     let tokens = decode_tokens(dtype, &bytes[HEADER_BYTES..]);
     check_vocab(&tokens, tokenizer)?;
-    Ok(Shard { tokenizer, dtype, tokens })
+    Ok(Shard {
+        tokenizer,
+        dtype,
+        tokens,
+    })
 }
 
 fn parse_header(bytes: &[u8]) -> Result<(Dtype, TokenizerKind, u64)> {
@@ -255,7 +274,10 @@ fn parse_header(bytes: &[u8]) -> Result<(Dtype, TokenizerKind, u64)> {
 
 fn decode_tokens(dtype: Dtype, body: &[u8]) -> Vec<u32> {
     match dtype {
-        Dtype::U16 => body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+        Dtype::U16 => body
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
         Dtype::U32 => body
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -18,7 +18,12 @@ pub struct ShardSeq {
 }
 
 impl ShardSeq {
-    pub fn new(dir: &Path, prefix: &'static str, kind: TokenizerKind, shard_tokens: usize) -> ShardSeq {
+    pub fn new(
+        dir: &Path,
+        prefix: &'static str,
+        kind: TokenizerKind,
+        shard_tokens: usize,
+    ) -> ShardSeq {
         ShardSeq {
             dir: dir.to_path_buf(),
             prefix,
@@ -51,7 +56,11 @@ impl ShardSeq {
             let (now, rest) = tokens.split_at(room.min(tokens.len()));
             writer.push(now)?;
             tokens = rest;
-            if self.current.as_ref().is_some_and(|w| w.count() == self.shard_tokens) {
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|w| w.count() == self.shard_tokens)
+            {
                 self.close()?;
             }
         }

@@ -59,13 +59,21 @@ pub fn expand(inputs: &[PathBuf], skip: &Path) -> Result<Vec<SourceFile>> {
 }
 
 fn source(path: PathBuf, input: usize, explicit: bool, bytes: u64) -> SourceFile {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
     let format = match ext.as_deref() {
         Some("jsonl") => Format::Jsonl,
         Some("parquet") => Format::Parquet,
         _ => Format::Text,
     };
-    SourceFile { path, format, input, explicit, bytes }
+    SourceFile {
+        path,
+        format,
+        input,
+        explicit,
+        bytes,
+    }
 }
 
 fn walk(dir: &Path, input: usize, skip: Option<&Path>, out: &mut Vec<SourceFile>) -> Result<()> {
@@ -114,9 +122,13 @@ pub fn read_documents(src: &SourceFile, text_key: &str, emit: &mut Emit) -> Resu
 }
 
 fn read_text(src: &SourceFile, emit: &mut Emit) -> Result<Outcome> {
-    let bytes = fs::read(&src.path).map_err(|e| anyhow!("cannot read {}: {e}", src.path.display()))?;
+    let bytes =
+        fs::read(&src.path).map_err(|e| anyhow!("cannot read {}: {e}", src.path.display()))?;
     let problem = match std::str::from_utf8(&bytes) {
-        Err(e) => Some(format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())),
+        Err(e) => Some(format!(
+            "is not UTF-8 text (invalid byte at offset {})",
+            e.valid_up_to()
+        )),
         Ok(s) if s.contains('\0') => Some("looks binary (it contains NUL bytes)".to_string()),
         Ok(_) => None,
     };
@@ -152,7 +164,8 @@ fn read_jsonl(path: &Path, key: &str, emit: &mut Emit) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let text = jsonl_text(&line, key).map_err(|e| anyhow!("{}:{number}: {e}", path.display()))?;
+        let text =
+            jsonl_text(&line, key).map_err(|e| anyhow!("{}:{number}: {e}", path.display()))?;
         if !text.is_empty() {
             emit(text, n as u64)?;
         }
@@ -169,10 +182,16 @@ fn jsonl_text(line: &str, key: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("expected a JSON object with a \"{key}\" field"))?;
     match obj.get(key) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(other) => bail!("field \"{key}\" is not a string (found {})", json_kind(other)),
+        Some(other) => bail!(
+            "field \"{key}\" is not a string (found {})",
+            json_kind(other)
+        ),
         None => {
             let keys: Vec<&str> = obj.keys().map(String::as_str).take(10).collect();
-            bail!("no \"{key}\" field (fields: {}); choose the text field option", keys.join(", "))
+            bail!(
+                "no \"{key}\" field (fields: {}); choose the text field option",
+                keys.join(", ")
+            )
         }
     }
 }

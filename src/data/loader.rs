@@ -1,0 +1,241 @@
+//! Batches of (input, target) sequences from a token stream: seeded shuffling,
+//! data-parallel sharding and exact resume.
+//!
+//! The stream is cut into windows of `seq + 1` tokens at stride `seq`:
+//! window `i` is `tokens[i*seq ..= i*seq + seq]`. Inputs of different
+//! windows never overlap; a window's last token (the final target) is the
+//! next window's first input, so every token is predicted once per epoch and
+//! nothing is wasted. The tail shorter than a window is unused.
+//!
+//! Each epoch visits all windows in an order shuffled with `(seed, epoch)`.
+//! With `world` data-parallel ranks, all ranks compute the same shuffled order
+//! and rank `r` takes positions `r, r + world, r + 2*world, ...`, so ranks see
+//! disjoint windows and stay in lockstep. Each rank gets `windows / world`
+//! windows per epoch (the remainder is skipped that epoch, so every rank makes
+//! the same number of steps). Batches run across epoch boundaries.
+
+use super::dataset::{Dataset, Split};
+use super::rng::{mix, SplitMix64};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// `batch * seq` tokens each, row-major `[batch][seq]`;
+/// `targets[k] = token after inputs[k]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// Everything needed to continue exactly where a loader stopped. Saved in
+/// checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    pub seed: u64,
+    pub epoch: u64,
+    /// Windows this rank has consumed in the current epoch.
+    pub cursor: u64,
+    /// The following identify the stream; restore refuses a mismatch,
+    /// because the same cursor would then mean different data.
+    pub seq: usize,
+    pub windows: u64,
+    pub rank: usize,
+    pub world: usize,
+}
+
+pub struct Loader {
+    tokens: Arc<Vec<u32>>,
+    split: Split,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    rank: usize,
+    world: usize,
+    /// Global number of windows in the stream.
+    windows: usize,
+    /// This rank's windows for the current epoch, in visiting order.
+    order: Vec<u32>,
+    epoch: u64,
+    cursor: usize,
+}
+
+impl Loader {
+    pub fn new(
+        data: &Dataset,
+        split: Split,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        rank: usize,
+        world: usize,
+    ) -> Result<Loader> {
+        check_shape(data, split, batch, seq, rank, world)?;
+        let tokens = data.shared(split).clone();
+        let windows = (tokens.len() - 1) / seq;
+        if windows < world {
+            bail!(
+                "the {split:?} split has {} tokens, only {windows} windows of {} tokens, fewer \
+                 than the {world} data-parallel ranks: use more data or a shorter seq_len",
+                tokens.len(),
+                seq + 1
+            );
+        }
+        let mut loader = Loader {
+            tokens,
+            split,
+            batch,
+            seq,
+            seed,
+            rank,
+            world,
+            windows,
+            order: Vec::new(),
+            epoch: 0,
+            cursor: 0,
+        };
+        loader.reset();
+        Ok(loader)
+    }
+
+    /// Back to the first batch of epoch 0 (gives identical eval batches each time).
+    pub fn reset(&mut self) {
+        self.epoch = 0;
+        self.cursor = 0;
+        self.order = self.epoch_order(0);
+    }
+
+    pub fn next_batch(&mut self) -> Batch {
+        let (b, s) = (self.batch, self.seq);
+        let mut inputs = Vec::with_capacity(b * s);
+        let mut targets = Vec::with_capacity(b * s);
+        for _ in 0..b {
+            let start = self.next_window() * s;
+            let w = &self.tokens[start..start + s + 1];
+            inputs.extend_from_slice(&w[..s]);
+            targets.extend_from_slice(&w[1..]);
+        }
+        Batch {
+            inputs,
+            targets,
+            batch: b,
+            seq: s,
+        }
+    }
+
+    fn next_window(&mut self) -> usize {
+        if self.cursor == self.order.len() {
+            self.epoch += 1;
+            self.cursor = 0;
+            self.order = self.epoch_order(self.epoch);
+        }
+        self.cursor += 1;
+        self.order[self.cursor - 1] as usize
+    }
+
+    /// The shared shuffle of all windows for an epoch, then this rank's slice.
+    fn epoch_order(&self, epoch: u64) -> Vec<u32> {
+        let mut all: Vec<u32> = (0..self.windows as u32).collect();
+        SplitMix64::new(mix(self.seed, epoch)).shuffle(&mut all);
+        let per_rank = self.windows / self.world;
+        all.into_iter()
+            .skip(self.rank)
+            .step_by(self.world)
+            .take(per_rank)
+            .collect()
+    }
+
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            seed: self.seed,
+            epoch: self.epoch,
+            cursor: self.cursor as u64,
+            seq: self.seq,
+            windows: self.windows as u64,
+            rank: self.rank,
+            world: self.world,
+        }
+    }
+
+    /// Continues from a saved state; the next batches are exactly those the
+    /// saved loader would have produced. The batch size may differ.
+    pub fn restore(&mut self, st: &LoaderState) -> Result<()> {
+        let mine = (self.seq, self.windows as u64, self.rank, self.world);
+        let theirs = (st.seq, st.windows, st.rank, st.world);
+        if mine != theirs {
+            bail!(
+                "cannot resume the {:?} data loader: the saved state is for seq_len {}, {} \
+                 windows, rank {} of {}, but this run has seq_len {}, {} windows, rank {} of {} \
+                 (the data, seq_len or number of ranks changed since the checkpoint)",
+                self.split,
+                st.seq,
+                st.windows,
+                st.rank,
+                st.world,
+                self.seq,
+                self.windows,
+                self.rank,
+                self.world
+            );
+        }
+        if st.cursor as usize > self.windows / self.world {
+            bail!(
+                "cannot resume the data loader: cursor {} is past the end of an epoch",
+                st.cursor
+            );
+        }
+        self.seed = st.seed;
+        self.epoch = st.epoch;
+        self.order = self.epoch_order(st.epoch);
+        self.cursor = st.cursor as usize;
+        Ok(())
+    }
+
+    /// Windows this rank visits per epoch.
+    pub fn windows_per_epoch(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.seq
+    }
+}
+
+fn check_shape(
+    data: &Dataset,
+    split: Split,
+    batch: usize,
+    seq: usize,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    if batch == 0 || seq == 0 {
+        bail!("batch size and seq_len must be at least 1 (got batch {batch}, seq_len {seq})");
+    }
+    if world == 0 || rank >= world {
+        bail!("data-parallel rank {rank} is not inside a world of {world} ranks");
+    }
+    let n = data.len(split);
+    if n < seq + 1 {
+        bail!(
+            "the {split:?} split of {} has only {n} tokens, but one sequence needs seq_len + 1 = \
+             {} tokens: prepare more text or lower train.seq_len",
+            data.source,
+            seq + 1
+        );
+    }
+    if n > u32::MAX as usize * seq {
+        bail!("the {split:?} split is too large to index ({n} tokens)");
+    }
+    Ok(())
+}

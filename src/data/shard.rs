@@ -1,0 +1,298 @@
+//! Token shard files: a small fixed header followed by little-endian tokens.
+//!
+//! Layout (all integers little-endian), 32-byte header:
+//! ```text
+//! offset size  field
+//!      0    8  magic  b"FTRNTOK\0"
+//!      8    4  format version (1)
+//!     12    4  dtype code: 2 = u16 tokens, 4 = u32 tokens (the byte width)
+//!     16    4  tokenizer code (1 = bytes, 2 = gpt2; see TokenizerKind::code)
+//!     20    4  reserved, zero (keeps the count 8-byte aligned)
+//!     24    8  token count
+//!     32    …  tokens
+//! ```
+//! Writers stream into a temporary file in the destination folder, fsync it
+//! and rename it into place, so a crash never leaves a half-written shard
+//! under the final name.
+
+use super::tokenizer::TokenizerKind;
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::{self, File};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: [u8; 8] = *b"FTRNTOK\0";
+pub const VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 32;
+
+/// How tokens are stored on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    U16,
+    U32,
+}
+
+impl Dtype {
+    /// The narrowest type that holds every id of a vocabulary: GPT-2's 50257
+    /// ids fit u16, halving disk and read time.
+    pub fn for_vocab(vocab_size: usize) -> Dtype {
+        if vocab_size <= 1 << 16 {
+            Dtype::U16
+        } else {
+            Dtype::U32
+        }
+    }
+
+    pub fn width(self) -> usize {
+        match self {
+            Dtype::U16 => 2,
+            Dtype::U32 => 4,
+        }
+    }
+
+    pub fn code(self) -> u32 {
+        self.width() as u32
+    }
+
+    pub fn from_code(code: u32) -> Option<Dtype> {
+        match code {
+            2 => Some(Dtype::U16),
+            4 => Some(Dtype::U32),
+            _ => None,
+        }
+    }
+}
+
+/// A shard read into memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub tokenizer: TokenizerKind,
+    pub dtype: Dtype,
+    pub tokens: Vec<u32>,
+}
+
+/// Writes a whole shard in one call (atomically).
+pub fn write_shard(path: &Path, tokenizer: TokenizerKind, tokens: &[u32]) -> Result<()> {
+    let mut w = ShardWriter::create(path, tokenizer)?;
+    w.push(tokens)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// Streams tokens into a shard without holding them all in memory.
+/// Dropping it without `finish` deletes the temporary file.
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    tokenizer: TokenizerKind,
+    dtype: Dtype,
+    count: u64,
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path, tokenizer: TokenizerKind) -> Result<ShardWriter> {
+        let tmp = temp_path(path);
+        let file = File::create(&tmp)
+            .with_context(|| format!("cannot create temporary shard {}", tmp.display()))?;
+        let mut w = ShardWriter {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            tokenizer,
+            dtype: Dtype::for_vocab(tokenizer.vocab_size()),
+            count: 0,
+        };
+        // The count is patched in `finish`; a crash leaves only the temp file.
+        w.write_header()?;
+        Ok(w)
+    }
+
+    fn write_header(&mut self) -> Result<()> {
+        let header = encode_header(self.dtype, self.tokenizer, self.count);
+        let f = self.file.as_mut().expect("writer is open until finish");
+        f.write_all(&header)
+            .with_context(|| format!("cannot write {}", self.tmp.display()))
+    }
+
+    /// Appends tokens; ids must be inside the tokenizer's vocabulary.
+    pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.tokenizer.vocab_size() as u32;
+        if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+            bail!(
+                "token id {bad} is outside the {} vocabulary (size {vocab}) while writing {}",
+                self.tokenizer.name(),
+                self.path.display()
+            );
+        }
+        let bytes = encode_tokens(self.dtype, tokens);
+        let f = self.file.as_mut().expect("writer is open until finish");
+        f.write_all(&bytes)
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        self.count += tokens.len() as u64;
+        Ok(())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Patches the header, fsyncs and renames into place. Returns the count.
+    pub fn finish(mut self) -> Result<u64> {
+        let buffered = self.file.take().expect("finish runs once");
+        let ctx = || format!("cannot finish shard {}", self.tmp.display());
+        let mut file = buffered
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(ctx)?;
+        file.seek(SeekFrom::Start(0)).with_context(ctx)?;
+        file.write_all(&encode_header(self.dtype, self.tokenizer, self.count))
+            .with_context(ctx)?;
+        file.sync_all().with_context(ctx)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.path.display()
+            )
+        })?;
+        sync_parent_dir(&self.path);
+        Ok(self.count)
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // Still open means `finish` never ran (error or early return): remove
+        // the partial temp file so it cannot be mistaken for data.
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `dir/.name.tmp<pid>`: same folder (so rename is atomic), hidden, and unique
+/// per process.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Makes the rename durable. Best effort: not every filesystem allows
+/// opening a directory, and the data itself is already synced.
+fn sync_parent_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn encode_header(dtype: Dtype, tokenizer: TokenizerKind, count: u64) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&dtype.code().to_le_bytes());
+    h[16..20].copy_from_slice(&tokenizer.code().to_le_bytes());
+    h[24..32].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+fn encode_tokens(dtype: Dtype, tokens: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tokens.len() * dtype.width());
+    for &t in tokens {
+        match dtype {
+            Dtype::U16 => out.extend_from_slice(&(t as u16).to_le_bytes()),
+            Dtype::U32 => out.extend_from_slice(&t.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// Reads and fully validates a shard.
+pub fn read_shard(path: &Path) -> Result<Shard> {
+    // Errors are flattened into one message that starts with the path, so
+    // callers printing only the top-level message still see what and where.
+    let bytes =
+        fs::read(path).map_err(|e| anyhow!("cannot read token shard {}: {e}", path.display()))?;
+    parse_shard(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+}
+
+fn parse_shard(bytes: &[u8]) -> Result<Shard> {
+    let (dtype, tokenizer, count) = parse_header(bytes)?;
+    let expected = (count as u128) * dtype.width() as u128 + HEADER_BYTES as u128;
+    if expected != bytes.len() as u128 {
+        bail!(
+            "truncated or corrupt: the header says {count} tokens, so the file should be \
+             {expected} bytes, but it is {} bytes; re-run `ferrotron prepare` to rebuild it",
+            bytes.len()
+        );
+    }
+    let tokens = decode_tokens(dtype, &bytes[HEADER_BYTES..]);
+    check_vocab(&tokens, tokenizer)?;
+    Ok(Shard {
+        tokenizer,
+        dtype,
+        tokens,
+    })
+}
+
+fn parse_header(bytes: &[u8]) -> Result<(Dtype, TokenizerKind, u64)> {
+    if bytes.is_empty() {
+        bail!("the file is empty (0 bytes), not a ferrotron token shard");
+    }
+    if bytes.len() < MAGIC.len() || bytes[..8] != MAGIC {
+        bail!("not a ferrotron token shard (the file does not start with {MAGIC:?})");
+    }
+    if bytes.len() < HEADER_BYTES {
+        bail!(
+            "truncated: the header needs {HEADER_BYTES} bytes but the file is {} bytes",
+            bytes.len()
+        );
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let version = u32_at(8);
+    if version != VERSION {
+        bail!("unsupported shard format version {version} (this build reads version {VERSION})");
+    }
+    let dtype = Dtype::from_code(u32_at(12))
+        .with_context(|| format!("unknown token dtype code {} (expected 2 or 4)", u32_at(12)))?;
+    let tokenizer = TokenizerKind::from_code(u32_at(16))
+        .with_context(|| format!("unknown tokenizer code {}", u32_at(16)))?;
+    let count = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    Ok((dtype, tokenizer, count))
+}
+
+fn decode_tokens(dtype: Dtype, body: &[u8]) -> Vec<u32> {
+    match dtype {
+        Dtype::U16 => body
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
+        Dtype::U32 => body
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    }
+}
+
+fn check_vocab(tokens: &[u32], tokenizer: TokenizerKind) -> Result<()> {
+    let vocab = tokenizer.vocab_size() as u32;
+    if let Some(i) = tokens.iter().position(|&t| t >= vocab) {
+        bail!(
+            "token {i} has id {} but the {} vocabulary has only {vocab} ids",
+            tokens[i],
+            tokenizer.name()
+        );
+    }
+    Ok(())
+}

@@ -347,6 +347,7 @@ fn hf_config_json_fields() {
     assert_eq!(j["n_embd"], 128);
     assert_eq!(j["layer_norm_epsilon"], 1e-5);
     assert_eq!(j["tie_word_embeddings"], true);
+    assert_eq!(j["eos_token_id"], serde_json::Value::Null, "vocab 256 has no <|endoftext|>");
 
     let cfg = preset("llama3-8b");
     let j = ferrotron::ckpt::hf_config::to_hf_json(&cfg, Dtype::Bf16).unwrap();
@@ -358,6 +359,32 @@ fn hf_config_json_fields() {
     assert_eq!(j["rope_theta"], 500000.0);
     assert_eq!(j["rms_norm_eps"], 1e-6);
     assert_eq!(j["tie_word_embeddings"], false);
+    assert_eq!(j["eos_token_id"], 50256);
+}
+
+#[test]
+fn llama_rope_parameters_of_transformers_v5_are_read() {
+    // transformers >= 5 saves `rope_parameters` instead of `rope_theta`.
+    let cfg = preset("tiny-llama");
+    let layout = ParamLayout::new(&cfg);
+    let params = values(layout.total, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
+    let path = tmp.path().join("config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let obj = j.as_object_mut().unwrap();
+    obj.remove("rope_theta");
+    obj.remove("rope_scaling");
+    obj.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 50000.0, "rope_type": "default"}));
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let (cfg2, params2) = ckpt::import(tmp.path()).unwrap();
+    assert_eq!(cfg2.rope_theta, 50000.0);
+    assert_eq!(bits(&params2), bits(&params));
+
+    j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0});
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let e = err_text(ckpt::import(tmp.path()));
+    assert!(e.contains("config.json") && e.contains("rope_type `llama3` is not supported"), "{e}");
 }
 
 fn names_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {

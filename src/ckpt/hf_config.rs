@@ -43,9 +43,15 @@ fn num(x: f32) -> Value {
     json!(x.to_string().parse::<f64>().unwrap_or(x as f64))
 }
 
+/// ferrotron tokenizes with GPT-2 BPE, whose `<|endoftext|>` (50256) is
+/// both BOS and EOS; a smaller vocabulary has no such token, and naming one
+/// outside the vocabulary makes transformers warn.
+const GPT2_EOT: usize = 50256;
+
 /// The HF `config.json` for `cfg`.
 pub fn to_hf_json(cfg: &ModelConfig, dtype: Dtype) -> Result<Value> {
-    let v = match family_of(cfg)? {
+    let eot = if cfg.vocab_size > GPT2_EOT { json!(GPT2_EOT) } else { Value::Null };
+    let mut v = match family_of(cfg)? {
         Family::Gpt2 => json!({
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -67,6 +73,8 @@ pub fn to_hf_json(cfg: &ModelConfig, dtype: Dtype) -> Result<Value> {
             "attn_pdrop": 0.0,
             "scale_attn_weights": true,
             "use_cache": true,
+            // transformers >= 4.56 reads `dtype`; older versions `torch_dtype`.
+            "dtype": dtype.torch_name(),
             "torch_dtype": dtype.torch_name(),
         }),
         Family::Llama => json!({
@@ -90,9 +98,13 @@ pub fn to_hf_json(cfg: &ModelConfig, dtype: Dtype) -> Result<Value> {
             "initializer_range": num(cfg.init_std),
             "tie_word_embeddings": cfg.tied_embeddings,
             "use_cache": true,
+            // transformers >= 4.56 reads `dtype`; older versions `torch_dtype`.
+            "dtype": dtype.torch_name(),
             "torch_dtype": dtype.torch_name(),
         }),
     };
+    v["bos_token_id"] = eot.clone();
+    v["eos_token_id"] = eot;
     Ok(v)
 }
 
@@ -207,6 +219,7 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
     f.refuse_unless("attention_bias", &json!(false), no_bias)?;
     f.refuse_unless("mlp_bias", &json!(false), no_bias)?;
     f.refuse_unless("rope_scaling", &Value::Null, "ferrotron implements plain rotary positions without scaling")?;
+    let rope_theta = rope_theta(f)?;
     let d_model = f.usize("hidden_size", 4096)?;
     let n_heads = f.usize("num_attention_heads", 32)?;
     let head_dim = f.usize("head_dim", if n_heads == 0 { 0 } else { d_model / n_heads })?;
@@ -231,9 +244,27 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
         tied_embeddings: f.bool("tie_word_embeddings", false)?,
         bias: false,
         norm_eps: f.f32("rms_norm_eps", 1e-6)?,
-        rope_theta: f.f32("rope_theta", 10000.0)?,
+        rope_theta,
         init_std: f.f32("initializer_range", 0.02)?,
     })
+}
+
+/// The rotary base. transformers >= 5 writes `rope_parameters: {rope_type,
+/// rope_theta}` instead of a top-level `rope_theta` (+ `rope_scaling`); read
+/// either, and refuse scaled rope types rather than ignore them.
+fn rope_theta(f: &Fields) -> Result<f32> {
+    let Some(params) = f.v.get("rope_parameters").filter(|p| !p.is_null()) else {
+        return f.f32("rope_theta", 10000.0);
+    };
+    let sub = Fields { v: params, origin: f.origin };
+    let kind = sub.str("rope_type", "default")?;
+    if kind != "default" {
+        bail!(
+            "{}: rope_parameters.rope_type `{kind}` is not supported: ferrotron implements plain rotary positions without scaling",
+            f.origin.display()
+        );
+    }
+    sub.f32("rope_theta", f.f32("rope_theta", 10000.0)?)
 }
 
 /// The shape checks `ParamLayout` relies on, phrased in HF terms.

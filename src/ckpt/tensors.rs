@@ -146,7 +146,7 @@ fn expected_len(bytes: &[u8]) -> Option<usize> {
         .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    Some(8 + n + end as usize)
+    (8 + n).checked_add(usize::try_from(end).ok()?)
 }
 
 /// Decode a tensor of any float dtype to f32; other dtypes are an error that

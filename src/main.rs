@@ -50,7 +50,7 @@ enum Command {
         val_fraction: f64,
         /// Text column of Parquet files / field of .jsonl lines.
         #[arg(long, default_value = "text")]
-        text_field: String,
+        text_column: String,
         /// Replace shards already in --out.
         #[arg(long)]
         overwrite: bool,
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
 fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train { cfg, resume } => cmd_train(cfg, resume),
-        Command::Prepare { input, out, tokenizer, val_fraction, text_field, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_field, overwrite),
+        Command::Prepare { input, out, tokenizer, val_fraction, text_column, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_column, overwrite),
         Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed } => {
             cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed)
         }
@@ -136,12 +136,12 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fraction: f64, text_field: String, overwrite: bool) -> Result<()> {
+fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fraction: f64, text_column: String, overwrite: bool) -> Result<()> {
     use ferrotron::data::prepare::{prepare, PrepareOptions};
     if !(0.0..1.0).contains(&val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {val_fraction}");
     }
-    let opts = PrepareOptions { tokenizer, val_fraction, text_field, overwrite, ..PrepareOptions::default() };
+    let opts = PrepareOptions { tokenizer, val_fraction, text_key: text_column, overwrite, ..PrepareOptions::default() };
     let summary = prepare(&input, &out, &opts)?;
     println!("{summary}");
     Ok(())
@@ -172,7 +172,7 @@ fn cmd_info(args: ConfigArgs, keys: bool) -> Result<()> {
 
 fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
     let (cfg, params) = train::generate::load_run_weights(&run)?;
-    ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::hf::ExportDtype::F32)
+    ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::Dtype::F32)
         .with_context(|| format!("exporting to {}", out.display()))?;
     println!("wrote Hugging Face safetensors + config.json to {}", out.display());
     Ok(())

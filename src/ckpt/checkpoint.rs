@@ -11,7 +11,7 @@
 //! newest `step_*` directory is loadable. Everything here works on host
 //! memory; the trainer downloads device buffers first.
 
-use super::atomic;
+use crate::util::atomic;
 use super::tensors::{self, shape_str, OutTensor, Tensor};
 use crate::model::layout::ParamLayout;
 use anyhow::{anyhow, bail, Context, Result};

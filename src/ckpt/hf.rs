@@ -11,7 +11,7 @@
 //!   stacking rows (q|k|v, gate|up), so each HF tensor is a row block of ours.
 //!   Our rotary uses HF's rotate_half convention: no q/k permutation.
 
-use super::atomic;
+use crate::util::atomic;
 use super::hf_config::{family_of, from_hf_json, to_hf_json, Family};
 use super::tensors::{self, shape_str, Dtype, OutTensor};
 use crate::config::ModelConfig;

@@ -1,13 +1,11 @@
 //! Checkpoints and model exchange.
 //!
-//! - [`atomic`]: crash-safe file writes and directory publication.
 //! - [`tensors`]: safetensors reading/writing with errors that name the file.
 //! - [`checkpoint`]: training checkpoints in a run folder (model, optimizer
 //!   state, manifest), `latest`, pruning, loading into a `ParamLayout`.
 //! - [`hf`] and [`hf_config`]: Hugging Face `GPT2LMHeadModel` /
 //!   `LlamaForCausalLM` import and export.
 
-pub mod atomic;
 pub mod checkpoint;
 pub mod hf;
 pub mod hf_config;

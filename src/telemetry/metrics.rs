@@ -6,7 +6,7 @@
 //! `kind`: `train` (one per optimizer step) or `eval`. Readers ignore kinds
 //! they do not know, so new kinds (per-rank timing, …) can be added later.
 
-use super::atomic;
+use crate::util::atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -85,7 +85,7 @@ impl MetricsWriter {
             let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let kept = keep_up_to(&text, resume_step);
             if kept.len() != text.len() {
-                atomic::write_atomic(&path, kept.as_bytes())?;
+                atomic::write_file(&path, kept.as_bytes())?;
             }
         }
         let file = OpenOptions::new()

@@ -7,7 +7,6 @@
 //! - [`memory`]: parameter counts and the memory estimate
 //! - [`report`]: the text of `ferrotron info`
 
-mod atomic;
 pub mod flops;
 pub mod memory;
 pub mod metrics;

@@ -4,7 +4,7 @@
 //! reads no system fonts: the font is compiled into the binary, so plots
 //! work on a headless machine with nothing installed.
 
-use super::atomic;
+use crate::util::atomic;
 use super::metrics::MetricLine;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::prelude::*;
@@ -38,13 +38,8 @@ pub fn plot_loss(metrics: &[MetricLine], out_png: &Path, title: &str) -> Result<
     if train.is_empty() && val.is_empty() {
         bail!("no finite loss values to plot into {}", out_png.display());
     }
-    let tmp = atomic::temp_sibling(out_png);
-    let drawn = draw(&train, &val, &tmp, title);
-    if let Err(e) = drawn {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("cannot draw {}", out_png.display())));
-    }
-    atomic::commit(&tmp, out_png)
+    atomic::write_file_with(out_png, |tmp| draw(&train, &val, tmp, title))
+        .map_err(|e| e.context(format!("cannot draw {}", out_png.display())))
 }
 
 type Series = Vec<(f64, f64)>;

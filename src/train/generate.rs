@@ -21,7 +21,7 @@ pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
     let loaded = ckpt::load(&dir)?;
     let layout = crate::model::layout::ParamLayout::new(&cfg.model);
     let mut params = vec![0.0f32; layout.total];
-    ckpt::load_into_layout(&loaded, &layout, &mut params, &dir)?;
+    ckpt::load_into_layout(&loaded, &layout, &mut params)?;
     Ok((cfg, params))
 }
 

@@ -18,7 +18,7 @@ pub fn create(cfg: &Config) -> Result<PathBuf> {
         bail!("run folder {} already holds a run; continue it with `ferrotron train --resume {}` or pick another --set run.name=...", dir.display(), dir.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run folder {}", dir.display()))?;
-    crate::ckpt::atomic::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    crate::util::atomic::write_file(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     Ok(dir)
 }
 

@@ -15,7 +15,7 @@ use crate::model::{init::init_weights, Model};
 use crate::optim::{self, Optimizer};
 use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
 use crate::util::rng::Rng;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,7 +47,7 @@ struct State<B: Backend> {
 pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
     match cfg.device.as_str() {
         "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), cfg, resume),
-        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, cfg, resume),
+        _ => { crate::backend::cuda::CudaBackend::new(0)?; unreachable!() }
     }
 }
 
@@ -65,13 +65,13 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
         Some(dir) => dir.to_path_buf(),
         None => run_dir::create(cfg)?,
     };
-    crate::ckpt::atomic::write_atomic(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+    crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
     let mut st = new_state(&mut b, cfg, &data)?;
     if resume.is_some() {
         restore(&mut b, &mut st, &run_dir)?;
     }
     let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
-    let mut progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
+    let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
     progress.println(&format!(
         "run {} | {} on {} | {:.2}M parameters | {} tokens per step",
         run_dir.display(),
@@ -194,12 +194,10 @@ fn save<B: Backend>(b: &mut B, st: &State<B>, cfg: &Config, run_dir: &Path) -> R
     let state_host: Vec<(String, Vec<f32>)> = st.opt.state_tensors().into_iter().map(|(n, v)| Ok((n, download(b, v)?))).collect::<Result<_>>()?;
     let optim_tensors: Vec<ckpt::NamedTensor> = state_host.iter().map(|(n, d)| ckpt::NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
     let manifest = ckpt::Manifest {
-        step: st.step,
-        config_toml: cfg.to_toml(),
         loader: serde_json::to_value(st.train.state())?,
         rng: serde_json::to_value(&st.rng)?,
         optimizer: st.opt.meta(),
-        ..ckpt::Manifest::default()
+        ..ckpt::Manifest::new(st.step, cfg.to_toml())
     };
     ckpt::save(run_dir, &manifest, &model_tensors, &optim_tensors, cfg.train.keep_ckpts)
 }
@@ -210,14 +208,14 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<(
     };
     let loaded = ckpt::load(&dir)?;
     let mut params = vec![0.0f32; st.model.layout.total];
-    ckpt::load_into_layout(&loaded, &st.model.layout, &mut params, &dir)?;
+    ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.model.set_params(b, &params)?;
     for (name, view) in st.opt.state_tensors() {
-        let t = loaded.optim_tensor(&name).with_context(|| format!("checkpoint {} has no optimizer tensor {name}", dir.display()))?;
-        if t.len() != view.len {
-            bail!("checkpoint {}: optimizer tensor {name} has {} values, expected {}", dir.display(), t.len(), view.len);
+        let t = loaded.optim_tensor(&name)?;
+        if t.data.len() != view.len {
+            bail!("checkpoint {}: optimizer tensor {name} has {} values, expected {}", dir.display(), t.data.len(), view.len);
         }
-        b.upload(view, t)?;
+        b.upload(view, &t.data)?;
     }
     st.opt.load_meta(&loaded.manifest.optimizer)?;
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;

@@ -1,3 +1,4 @@
 //! Small shared utilities.
 
+pub mod atomic;
 pub mod rng;

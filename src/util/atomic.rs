@@ -46,9 +46,12 @@ fn parent_of(path: &Path) -> PathBuf {
 
 /// A temporary sibling name for `path`. The pid keeps two processes that
 /// write the same file from clobbering each other's temporary.
+/// The extension is kept last so writers that pick a format from it (the
+/// PNG encoder) still work.
 fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    parent_of(path).join(format!(".{name}.{}.tmp", std::process::id()))
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    parent_of(path).join(format!(".{name}.{}.tmp{ext}", std::process::id()))
 }
 
 /// Atomically create or replace `path` with whatever `write` puts at the

@@ -373,12 +373,16 @@ fn prepare_is_deterministic() -> Result<()> {
         shard_tokens: 1000,
         ..quiet("gpt2")
     };
-    let s1 = prepare(&[input.clone()], &dir.path().join("o1"), &opts)?;
+    let s1 = prepare(std::slice::from_ref(&input), &dir.path().join("o1"), &opts)?;
     // Same result on a single thread as on the default pool.
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let s2 = one.install(|| prepare(&[input.clone()], &dir.path().join("o2"), &opts))?;
+    let s2 =
+        one.install(|| prepare(std::slice::from_ref(&input), &dir.path().join("o2"), &opts))?;
     assert!(s1.val_documents > 10 && s1.val_documents < 60, "{s1}");
-    assert_eq!((s1.train_tokens, s1.val_tokens), (s2.train_tokens, s2.val_tokens));
+    assert_eq!(
+        (s1.train_tokens, s1.val_tokens),
+        (s2.train_tokens, s2.val_tokens)
+    );
     for name in ["train_000000.bin", "train_000001.bin", "val_000000.bin"] {
         assert_eq!(
             fs::read(dir.path().join("o1").join(name))?,
@@ -416,7 +420,7 @@ fn prepare_bad_jsonl_line_names_file_and_line() -> Result<()> {
     let out = dir.path().join("out");
     let err = format!(
         "{:#}",
-        prepare(&[file.clone()], &out, &quiet("bytes")).unwrap_err()
+        prepare(std::slice::from_ref(&file), &out, &quiet("bytes")).unwrap_err()
     );
     assert!(
         err.contains("bad.jsonl:3") && err.contains("\"text\"") && err.contains("txt"),
@@ -473,10 +477,10 @@ fn prepare_refuses_existing_output_unless_overwrite() -> Result<()> {
     let file = dir.path().join("a.txt");
     fs::write(&file, "first version of the text")?;
     let out = dir.path().join("out");
-    prepare(&[file.clone()], &out, &quiet("bytes"))?;
+    prepare(std::slice::from_ref(&file), &out, &quiet("bytes"))?;
     let before = fs::read(out.join("meta.json"))?;
     fs::write(&file, "second version")?;
-    let err = prepare(&[file.clone()], &out, &quiet("bytes"))
+    let err = prepare(std::slice::from_ref(&file), &out, &quiet("bytes"))
         .unwrap_err()
         .to_string();
     assert!(

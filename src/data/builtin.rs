@@ -236,7 +236,7 @@ impl Gen {
     }
 
     fn pick(&mut self, items: &[&'static str]) -> &'static str {
-        *self.rng.pick(items)
+        items[self.rng.below(items.len())]
     }
 
     /// Two different characters: the hero and a friend.

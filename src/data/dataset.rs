@@ -20,7 +20,7 @@ pub enum Split {
 
 /// Token streams are behind `Arc` so cloning a dataset or creating loaders
 /// over it never copies tokens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Dataset {
     pub tokenizer: Tokenizer,
     /// Where it came from: `builtin` or the folder path.
@@ -71,6 +71,18 @@ impl Dataset {
 
     pub fn is_empty(&self) -> bool {
         self.train.is_empty() && self.val.is_empty()
+    }
+}
+
+/// Sizes only: printing millions of token ids helps nobody.
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("tokenizer", &self.tokenizer)
+            .field("source", &self.source)
+            .field("train_tokens", &self.train.len())
+            .field("val_tokens", &self.val.len())
+            .finish()
     }
 }
 

@@ -75,7 +75,8 @@ fn projection(reader: &SerializedFileReader<File>, column: &str) -> Result<Type>
 /// Explains errors from compression codecs this build leaves out.
 fn codec_hint(e: &anyhow::Error) -> &'static str {
     if format!("{e}").contains("feature") {
-        "; this build reads uncompressed, Snappy, gzip, LZ4 and Zstd Parquet files: re-save it with one of those"
+        "; this build reads uncompressed, Snappy, gzip and LZ4 Parquet files (Zstd only when built \
+         with `--features parquet-zstd`): rebuild, or re-save the file with Snappy"
     } else {
         ""
     }

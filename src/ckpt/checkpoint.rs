@@ -57,7 +57,7 @@ impl Manifest {
             loader: serde_json::Value::Null,
             rng: serde_json::Value::Null,
             optimizer: serde_json::Value::Null,
-            created: now_utc(),
+            created: crate::util::time::now_rfc3339(),
         }
     }
 }
@@ -297,26 +297,3 @@ pub fn fill_flat(list: &[Tensor], layout: &ParamLayout, params: &mut [f32], orig
     Ok(())
 }
 
-/// Current UTC time as RFC 3339 (`2024-05-01T12:34:56Z`), without a date crate.
-pub fn now_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}

@@ -16,7 +16,7 @@
 //! few tens of milliseconds.
 
 use super::dataset::Dataset;
-use super::rng::SplitMix64;
+use crate::util::rng::Rng;
 use super::tokenizer::Tokenizer;
 
 /// Seeds and sizes of the built-in splits. Changing any of them changes the
@@ -40,7 +40,7 @@ pub fn dataset() -> Dataset {
 /// Generates at least `min_bytes` of text (whole paragraphs; ASCII only).
 pub fn generate(seed: u64, min_bytes: usize) -> String {
     let mut g = Gen {
-        rng: SplitMix64::new(seed),
+        rng: Rng::new(seed),
         out: String::with_capacity(min_bytes + 4096),
     };
     while g.out.len() < min_bytes {
@@ -222,7 +222,7 @@ const NUMBER_WORDS: &[&str] = &[
 ];
 
 struct Gen {
-    rng: SplitMix64,
+    rng: Rng,
     out: String,
 }
 

@@ -15,7 +15,7 @@
 //! the same number of steps). Batches run across epoch boundaries.
 
 use super::dataset::{Dataset, Split};
-use super::rng::{mix, SplitMix64};
+use crate::util::rng::{mix, Rng};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl Loader {
     /// The shared shuffle of all windows for an epoch, then this rank's slice.
     fn epoch_order(&self, epoch: u64) -> Vec<u32> {
         let mut all: Vec<u32> = (0..self.windows as u32).collect();
-        SplitMix64::new(mix(self.seed, epoch)).shuffle(&mut all);
+        Rng::new(mix(self.seed, epoch)).shuffle(&mut all);
         let per_rank = self.windows / self.world;
         all.into_iter()
             .skip(self.rank)

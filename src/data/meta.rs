@@ -4,10 +4,9 @@
 //! folder are ignored) and cross-checks every shard against it.
 
 use super::tokenizer::TokenizerKind;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 pub const META_FILE: &str = "meta.json";
@@ -80,47 +79,8 @@ impl Meta {
     /// only once every shard it lists is complete.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(META_FILE);
-        let tmp = dir.join(format!(".{META_FILE}.tmp{}", std::process::id()));
-        let text = serde_json::to_string_pretty(self)?;
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.write_all(b"\n"))
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("cannot create {}", path.display()))
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        crate::util::atomic::write_file(&path, text.as_bytes())
     }
 }
 
-/// Current time as RFC 3339 UTC (`2025-01-31T12:00:00Z`), without a date crate.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
-pub fn rfc3339(unix_secs: u64) -> String {
-    let (days, rem) = ((unix_secs / 86_400) as i64, unix_secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}

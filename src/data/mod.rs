@@ -17,7 +17,6 @@ pub mod loader;
 pub mod meta;
 mod parquet_text;
 pub mod prepare;
-pub mod rng;
 pub mod shard;
 mod sink;
 pub mod sources;

@@ -24,7 +24,7 @@
 //! `meta.json` last, and a failed run removes the shards it wrote.
 
 use super::meta::{Meta, SourceMeta, SplitMeta, FORMAT};
-use super::rng::{mix, to_unit};
+use crate::util::rng::{mix, to_unit};
 use super::sink::ShardSeq;
 use super::sources::{expand, read_documents, Outcome, SourceFile};
 use super::tokenizer::Tokenizer;
@@ -363,7 +363,7 @@ impl<'a> Run<'a> {
             val_fraction: self.opts.val_fraction,
             seed: self.opts.seed,
             shard_tokens: self.opts.shard_tokens as u64,
-            created: super::meta::now_rfc3339(),
+            created: crate::util::time::now_rfc3339(),
         }
         .write(&self.out)
     }

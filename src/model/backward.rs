@@ -30,7 +30,7 @@ impl Model {
         for l in (0..m.n_layers).rev() {
             self.block_bwd(b, &p.layers[l], &g.layers[l], &acts.layers[l], acts)?;
         }
-        let dwpe = if m.positions == Positions::Learned { g.wpe } else { None };
+        let dwpe = if m.positions == Positions::Learned { g.wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
         b.embed_bwd(g.wte, dwpe, s.dres, acts.tokens, acts.seq, m.d_model)
     }
 

@@ -36,7 +36,8 @@ impl Model {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let p = &self.pv;
-        let wpe = if m.positions == Positions::Learned { p.wpe } else { None };
+        // Only the first `seq` rows of the position table are used.
+        let wpe = if m.positions == Positions::Learned { p.wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
         b.embed_fwd(acts.layers[0].res_in, acts.tokens, p.wte, wpe, acts.seq, m.d_model)?;
         for (l, la) in acts.layers.iter().enumerate() {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// that already holds a run, so nothing on disk is overwritten.
 pub fn create(cfg: &Config) -> Result<PathBuf> {
     let name = if cfg.run.name.is_empty() {
-        format!("{}-{}", cfg.model.preset, timestamp())
+        format!("{}-{}", cfg.model.preset, crate::util::time::now_compact())
     } else {
         cfg.run.name.clone()
     };
@@ -92,25 +92,4 @@ fn walk(v: &toml::Value, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
         }
         other => out.push((prefix.to_string(), other.clone())),
     }
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC, from the system clock (no time crate needed).
-pub fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

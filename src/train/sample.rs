@@ -53,7 +53,7 @@ pub fn pick(logits: &[f32], opts: SampleOptions, rng: &mut Rng) -> u32 {
     let max = logits[top[0]];
     let weights: Vec<f64> = top.iter().map(|&i| (((logits[i] - max) / opts.temperature) as f64).exp()).collect();
     let total: f64 = weights.iter().sum();
-    let mut r = rng.uniform() * total;
+    let mut r = rng.unit() * total;
     for (&i, w) in top.iter().zip(&weights) {
         if r < *w {
             return i as u32;

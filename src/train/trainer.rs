@@ -80,6 +80,8 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
         st.model.num_params() as f64 / 1e6,
         tokens_per_step(cfg)
     ));
+    let unigram = crate::data::unigram_entropy(data.tokens(Split::Val));
+    progress.println(&format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, samples: vec![] };
     let started = Instant::now();
     let first_step = st.step;
@@ -94,6 +96,10 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
             summary.final_val_loss = Some(val);
             metrics.eval(st.step, val as f64)?;
             progress.println(&format!("step {:>6} | val loss {val:.4}", st.step));
+            if cfg.train.samples > 0 && !last {
+                let text = sample_text(&mut b, &mut st, &data, cfg.train.sample_tokens.min(80))?;
+                progress.println(&format!("         | sample: {}", text.replace('\n', " ⏎ ")));
+            }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
             save(&mut b, &st, cfg, &run_dir)?;
@@ -226,16 +232,17 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<(
 
 /// A few samples from the trained model, printed at the end of the run.
 fn samples<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, data: &Dataset) -> Result<Vec<String>> {
-    let opts = SampleOptions { max_tokens: cfg.train.sample_tokens, temperature: 0.8, top_k: 40 };
+    (0..cfg.train.samples).map(|_| sample_text(b, st, data, cfg.train.sample_tokens)).collect()
+}
+
+/// One sample of up to `tokens` tokens, starting a new document.
+fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens: usize) -> Result<String> {
+    let opts = SampleOptions { max_tokens: tokens, temperature: 0.8, top_k: 40 };
     let tok = &data.tokenizer;
     let prompt = match tok.eot() {
         Some(eot) => vec![eot],
         None => tok.encode("\n"),
     };
-    let mut out = Vec::new();
-    for _ in 0..cfg.train.samples {
-        let ids = sample::generate(b, &mut st.model, &prompt, opts, tok.eot(), &mut st.rng)?;
-        out.push(tok.decode(&ids));
-    }
-    Ok(out)
+    let ids = sample::generate(b, &mut st.model, &prompt, opts, tok.eot(), &mut st.rng)?;
+    Ok(tok.decode(&ids))
 }

@@ -2,3 +2,4 @@
 
 pub mod atomic;
 pub mod rng;
+pub mod time;

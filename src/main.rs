@@ -80,12 +80,35 @@ enum Command {
         #[arg(long)]
         keys: bool,
     },
+    /// Benchmarks (side-by-side scripts live in bench/).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
         #[arg(long, value_name = "RUN_DIR")]
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time training steps of a config on random tokens; prints one JSON line.
+    Train {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Untimed steps first (allocation, kernel compilation, algorithm search).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed steps; the median is reported.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Also export the initial weights as Hugging Face safetensors here.
+        #[arg(long, value_name = "DIR")]
+        export_init: Option<PathBuf>,
     },
 }
 
@@ -109,6 +132,12 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init } } => {
+            let cfg = load_config(&cfg)?;
+            let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref())?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
     }
 }
 

@@ -93,6 +93,10 @@ pub struct AdamWArgs {
 /// readable reference for all of them.
 pub trait Backend {
     fn name(&self) -> &'static str;
+    /// Human-readable device, e.g. `NVIDIA H200` (used to look up peak FLOP/s).
+    fn device_name(&self) -> String {
+        self.name().to_string()
+    }
 
     // ---- memory -------------------------------------------------------
     /// Allocate `len` zeroed elements.

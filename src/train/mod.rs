@@ -1,5 +1,6 @@
 //! Training: the loop, schedules, the run folder, sampling.
 
+pub mod bench;
 pub mod generate;
 pub mod run_dir;
 pub mod sample;

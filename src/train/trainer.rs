@@ -33,8 +33,8 @@ pub struct RunSummary {
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
-struct State<B: Backend> {
-    model: Model,
+pub(super) struct State<B: Backend> {
+    pub(super) model: Model,
     opt: Box<dyn Optimizer<B>>,
     train: Loader,
     val: Loader,
@@ -116,11 +116,11 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     Ok(summary)
 }
 
-fn tokens_per_step(cfg: &Config) -> usize {
+pub(super) fn tokens_per_step(cfg: &Config) -> usize {
     cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
 }
 
-fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> Result<State<B>> {
+pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> Result<State<B>> {
     let t = &cfg.train;
     let model = Model::new(b, &cfg.model, t.recompute)?;
     model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
@@ -130,7 +130,7 @@ fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> R
     Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
 }
 
-fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
     let start = Instant::now();
     st.model.zero_grads(b)?;

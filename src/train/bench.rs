@@ -1,0 +1,100 @@
+//! `ferrotron bench train`: time optimizer steps of a config on random
+//! tokens (no evaluation, checkpoints or run folder), report the median, and
+//! optionally export the initial weights so a reference script (e.g.
+//! bench/torch_train.py) trains exactly the same model side by side.
+
+use super::trainer::{new_state, tokens_per_step, train_step};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::data::{Dataset, Tokenizer};
+use crate::telemetry::flops;
+use crate::util::rng::Rng;
+use anyhow::{bail, Result};
+use std::path::Path;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub engine: String,
+    pub device: String,
+    pub preset: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub params: usize,
+    pub median_step_ms: f64,
+    pub tokens_per_s: f64,
+    /// Model FLOPs utilization with causal attention FLOPs halved.
+    pub mfu: Option<f64>,
+    pub peak_mem_bytes: u64,
+    pub step_ms: Vec<f64>,
+    pub losses: Vec<f64>,
+}
+
+pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>) -> Result<BenchResult> {
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    match cfg.device.as_str() {
+        "cpu" => run(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, export_init),
+        _ => { crate::backend::cuda::CudaBackend::new(0)?; unreachable!() }
+    }
+}
+
+/// Enough seeded random tokens for every step (the content does not change
+/// the speed of a dense model).
+fn random_dataset(cfg: &Config, micro_batches: usize) -> Dataset {
+    let t = &cfg.train;
+    let n = (micro_batches + 1) * t.batch_size * (t.seq_len + 1) + 1;
+    let mut rng = Rng::new(cfg.seed);
+    let vocab = cfg.model.vocab_size.min(50257) as usize;
+    let draw = |rng: &mut Rng| rng.below(vocab) as u32;
+    let train = (0..n).map(|_| draw(&mut rng)).collect();
+    let val = (0..t.seq_len * 2 + 2).map(|_| draw(&mut rng)).collect();
+    let tok = if vocab > 256 { Tokenizer::from_name("gpt2") } else { Tokenizer::from_name("bytes") };
+    Dataset::from_tokens(tok.expect("built-in tokenizer"), train, val, "random")
+}
+
+fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>) -> Result<BenchResult> {
+    let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
+    let mut st = new_state(&mut b, cfg, &data)?;
+    if let Some(dir) = export_init {
+        let params = st.model.get_params(&mut b)?;
+        crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
+    }
+    let (mut step_ms, mut losses) = (Vec::new(), Vec::new());
+    for i in 0..warmup + steps {
+        let line = train_step(&mut b, &mut st, cfg)?;
+        if i >= warmup {
+            step_ms.push(line.step_ms);
+            losses.push(line.loss);
+        }
+    }
+    let median = median(&step_ms);
+    let tokens_per_s = tokens_per_step(cfg) as f64 / (median / 1e3);
+    let device = b.device_name();
+    let mfu = flops::peak_flops_for(&device).map(|peak| flops::mfu(tokens_per_s, flops::flops_per_token(&cfg.model, cfg.train.seq_len, true), peak));
+    Ok(BenchResult {
+        engine: "ferrotron".into(),
+        device,
+        preset: cfg.model.preset.clone(),
+        batch_size: cfg.train.batch_size,
+        seq_len: cfg.train.seq_len,
+        params: st.model.num_params(),
+        median_step_ms: median,
+        tokens_per_s,
+        mfu,
+        peak_mem_bytes: b.peak_memory_bytes(),
+        step_ms,
+        losses,
+    })
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,33 @@
+//! GELU, tanh approximation (GPT-2 `gelu_new`):
+//!   gelu(x) = ½·x·(1 + tanh(u)),  u = √(2/π)·(x + 0.044715·x³)
+//!   gelu'(x) = ½·(1 + tanh u) + ½·x·(1 - tanh²u)·√(2/π)·(1 + 3·0.044715·x²)
+
+use super::elementwise::CHUNK;
+use rayon::prelude::*;
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const K: f32 = 0.044715;
+
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + K * x * x * x)).tanh())
+}
+
+pub fn gelu_grad(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + K * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * K * x * x)
+}
+
+pub fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu(x));
+    });
+}
+
+/// `dinp = dout · gelu'(inp)` (overwrite).
+pub fn gelu_bwd(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
+        for i in 0..dx.len() {
+            dx[i] = dy[i] * gelu_grad(x[i]);
+        }
+    });
+}

@@ -29,7 +29,8 @@ pub struct AdamArgs {
     pub eps: f32,
     pub wd: f32,
     pub grad_scale: f32,
-    pub bc1: f32,
+    /// lr / (1 - beta1^t), computed in f64 on the host.
+    pub step_size: f32,
     pub sqrt_bc2: f32,
 }
 // SAFETY: plain-old-data with the same layout as the CUDA struct.

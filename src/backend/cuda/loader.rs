@@ -51,15 +51,31 @@ fn preload_from_toolkit(name: &str) -> bool {
                 if !path.is_file() {
                     continue;
                 }
-                let Ok(c) = CString::new(path.to_string_lossy().as_bytes()) else { continue };
-                // SAFETY: plain dlopen of a shared library path.
-                if !unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null() {
+                if dlopen_path(&path) {
+                    // NVRTC dlopens its builtins library by bare name at
+                    // compile time: load it from the same folder now.
+                    preload_companions(&r.join(sub), &format!("lib{name}-builtins.so"));
                     return true;
                 }
             }
         }
     }
     false
+}
+
+fn dlopen_path(path: &std::path::Path) -> bool {
+    let Ok(c) = CString::new(path.to_string_lossy().as_bytes()) else { return false };
+    // SAFETY: plain dlopen of a shared library path.
+    !unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null()
+}
+
+fn preload_companions(dir: &std::path::Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            dlopen_path(&e.path());
+        }
+    }
 }
 
 fn toolkit_lib(name: &str, what: &str, present: fn() -> bool) -> Result<()> {

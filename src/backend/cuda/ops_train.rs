@@ -46,7 +46,7 @@ impl CudaBackend {
             bail!("adamw: params, m and v must be F32 buffers (fp32 master weights and state)");
         }
         let shadow = self.shadow_for_write(params)?;
-        let t = a.step.max(1) as i32;
+        let t = a.step.max(1) as f64;
         let args = AdamArgs {
             lr: a.lr,
             b1: a.beta1,
@@ -54,8 +54,8 @@ impl CudaBackend {
             eps: a.eps,
             wd: a.weight_decay,
             grad_scale: a.grad_scale,
-            bc1: (1.0 - (a.beta1 as f64).powi(t)) as f32,
-            sqrt_bc2: (1.0 - (a.beta2 as f64).powi(t)).sqrt() as f32,
+            step_size: (a.lr as f64 / (1.0 - (a.beta1 as f64).powf(t))) as f32,
+            sqrt_bc2: (1.0 - (a.beta2 as f64).powf(t)).sqrt() as f32,
         };
         let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0) && shadow % 8 == 0;
         let n4 = if aligned && g.elem == Elem::F32 { n / 4 } else { 0 };

@@ -2,10 +2,10 @@
 // params, grads and both moments; also writes the bf16 shadow of the params
 // used by matmuls (when `shadow` is non-null), saving a separate refresh.
 //   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-//   p -= lr/bc1 * m / (sqrt(v)/sqrt_bc2 + eps)
+//   p -= lr/bc1 * m / (sqrt(v)/sqrt_bc2 + eps)   (bc_i = 1 - b_i^t, from the host in fp64)
 
 struct AdamArgs {
-    float lr, b1, b2, eps, wd, grad_scale, bc1, sqrt_bc2;
+    float lr, b1, b2, eps, wd, grad_scale, step_size, sqrt_bc2;  // step_size = lr / bc1
 };
 
 __device__ __forceinline__ float adamw_one(float p, float g, float& m, float& v, const AdamArgs& a) {
@@ -13,7 +13,7 @@ __device__ __forceinline__ float adamw_one(float p, float g, float& m, float& v,
     p *= 1.0f - a.lr * a.wd;
     m = a.b1 * m + (1.0f - a.b1) * g;
     v = a.b2 * v + (1.0f - a.b2) * g * g;
-    return p - (a.lr / a.bc1) * m / (sqrtf(v) / a.sqrt_bc2 + a.eps);
+    return p - a.step_size * m / (sqrtf(v) / a.sqrt_bc2 + a.eps);
 }
 
 // Generic: grads of any dtype, any alignment.

@@ -20,6 +20,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("swiglu", include_str!("kernels/swiglu.cu")),
     ("rope", include_str!("kernels/rope.cu")),
     ("attention", include_str!("kernels/attention.cu")),
+    ("attention_mma", include_str!("kernels/attention_mma.cu")),
     ("xent", include_str!("kernels/xent.cu")),
     ("adamw", include_str!("kernels/adamw.cu")),
 ];

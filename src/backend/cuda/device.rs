@@ -14,19 +14,31 @@ use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::Arc;
 
 pub struct CudaBackend {
-    pub(super) ctx: Arc<CudaContext>,
-    pub(super) stream: Arc<CudaStream>,
-    pub(super) alloc: Allocator,
+    // Field order is drop order: everything holding device memory or
+    // handles goes before the stream and context it lives on.
     pub(super) bufs: Buffers,
-    pub(super) kernels: Kernels,
-    pub(super) lt: Lt,
     /// Per-op scratch (partial sums, conversions); reset at each op start.
     scratch: Option<DevMem>,
     scratch_used: usize,
     retired: Vec<DevMem>,
+    pub(super) lt: Lt,
+    pub(super) kernels: Kernels,
+    pub(super) alloc: Allocator,
     pub(super) sms: u32,
     pub(super) max_smem: u32,
     pub(super) device_name: String,
+    /// Use the CUDA-core attention forward instead of the tensor-core one
+    /// (FERROTRON_ATTN=simple, or `use_simple_attention`).
+    pub(super) simple_attention: bool,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) ctx: Arc<CudaContext>,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Let queued work finish before its memory is returned.
+        let _ = self.stream.synchronize();
+    }
 }
 
 // SAFETY: all CUDA handles are owned by this value and used by one thread
@@ -81,7 +93,13 @@ impl CudaBackend {
             sms,
             max_smem,
             device_name,
+            simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
         })
+    }
+
+    /// Choose the CUDA-core attention forward (true) or the tensor-core one.
+    pub fn use_simple_attention(&mut self, yes: bool) {
+        self.simple_attention = yes;
     }
 
     /// e.g. "NVIDIA H200".

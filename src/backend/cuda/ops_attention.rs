@@ -1,9 +1,12 @@
 //! Causal flash-style attention (kernels/attention.cu): forward saves the
 //! per-row log-sum-exp; backward recomputes probabilities from it.
+//! Forward: tensor cores (attention_mma.cu) for bf16 qkv, else CUDA cores.
+//! Backward: CUDA cores (attention.cu) for now.
 
 use super::device::CudaBackend;
 use super::kernels::AttnDims;
 use super::kernels::KArg::{Attn, I, P};
+use super::memory::Elem;
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -50,6 +53,14 @@ impl CudaBackend {
         }
         let q = self.dev(qkv)?;
         let (o, l) = (self.out(out)?, self.out(lse)?);
+        // Tensor-core path: bf16 qkv with 16-byte aligned rows.
+        if !self.simple_attention && q.elem == Elem::Bf16 && q.ptr % 16 == 0 {
+            let (ldq, ldx) = (d + 8, d.max(64) + 4);
+            let bytes = 3 * 64 * ldq * 2 + 2 * 64 * ldx * 4 + 64 * 72 * 2 + 64 * 4;
+            let c = cfg(s.seq.div_ceil(64), s.heads, s.batch, bytes.div_ceil(4));
+            let c = LaunchConfig { block_dim: (128, 1, 1), ..c };
+            return self.launch("attention_mma", pick!("attn_fwd_mma_", d), c, &[P(o.ptr), I(o.dt()), P(l.ptr), I(l.dt()), P(q.ptr), Attn(a)]);
+        }
         let smem = TILE * d + TILE * (d + 1) + TILE * d;
         let c = cfg(s.seq.div_ceil(TILE), s.heads, s.batch, smem);
         self.launch("attention", pick!("attn_fwd_", d), c, &[P(o.ptr), I(o.dt()), P(l.ptr), I(l.dt()), P(q.ptr), I(q.dt()), Attn(a)])

@@ -184,8 +184,8 @@ impl CudaBackend {
     }
 
     /// fp32 -> bf16 conversion of `n` elements between raw pointers.
-    pub(super) fn to_bf16(&mut self, dst: u64, src: u64, n: usize) -> Result<()> {
-        let n4 = if src % 16 == 0 && dst % 8 == 0 { n / 4 } else { 0 };
+    pub(super) fn convert_to_bf16(&mut self, dst: u64, src: u64, n: usize) -> Result<()> {
+        let n4 = if src.is_multiple_of(16) && dst.is_multiple_of(8) { n / 4 } else { 0 };
         if n4 > 0 {
             let cfg = self.grid(n4);
             self.launch("elementwise", "f32_to_bf16_vec4_k", cfg, &[KArg::P(dst), KArg::P(src), KArg::L(n4 as i64)])?;
@@ -218,7 +218,7 @@ impl CudaBackend {
         let sh = b.shadow.as_ref().expect("shadow just made");
         let sptr = sh.mem.ptr + 2 * v.off as u64;
         if !sh.is_fresh(v.off, v.len) {
-            self.to_bf16(sptr, d.ptr, v.len)?;
+            self.convert_to_bf16(sptr, d.ptr, v.len)?;
             if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
                 s.mark_fresh(v.off, v.len);
             }
@@ -233,7 +233,7 @@ impl CudaBackend {
         let Some(sptr) = self.bufs.get(v.buf)?.shadow.as_ref().map(|s| s.mem.ptr + 2 * v.off as u64) else {
             return Ok(()); // made on first use as a matmul operand
         };
-        self.to_bf16(sptr, d.ptr, v.len)?;
+        self.convert_to_bf16(sptr, d.ptr, v.len)?;
         if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
             s.mark_fresh(v.off, v.len);
         }

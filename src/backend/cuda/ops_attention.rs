@@ -22,7 +22,7 @@ fn variant(d: usize) -> Result<usize> {
 }
 
 fn check(s: &AttnShape) -> Result<AttnDims> {
-    ensure!(s.kv_heads > 0 && s.heads % s.kv_heads == 0, "attention: heads {} not a multiple of kv_heads {}", s.heads, s.kv_heads);
+    ensure!(s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads), "attention: heads {} not a multiple of kv_heads {}", s.heads, s.kv_heads);
     variant(s.head_dim)?;
     Ok(AttnDims { b: s.batch as i32, t: s.seq as i32, h: s.heads as i32, kv: s.kv_heads as i32 })
 }

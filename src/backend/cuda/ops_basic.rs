@@ -128,7 +128,7 @@ impl CudaBackend {
     pub(super) fn embed_fwd_op(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
         self.begin()?;
         let rows = tokens.len;
-        ensure!(out.len == rows * c && wte.len % c == 0, "embed_fwd: out {} != tokens {} * c {}", out.len, rows, c);
+        ensure!(out.len == rows * c && wte.len.is_multiple_of(c), "embed_fwd: out {} != tokens {} * c {}", out.len, rows, c);
         let t = self.dev(tokens)?;
         ensure!(t.elem == Elem::U32, "embed_fwd: tokens must be a U32 buffer");
         let w = self.dev(wte)?;
@@ -152,7 +152,7 @@ impl CudaBackend {
     pub(super) fn embed_bwd_op(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
         self.begin()?;
         let rows = tokens.len;
-        ensure!(dout.len == rows * c && dwte.len % c == 0, "embed_bwd: dout {} != tokens {} * c {}", dout.len, rows, c);
+        ensure!(dout.len == rows * c && dwte.len.is_multiple_of(c), "embed_bwd: dout {} != tokens {} * c {}", dout.len, rows, c);
         let (t, g) = (self.dev(tokens)?, self.dev(dout)?);
         ensure!(t.elem == Elem::U32, "embed_bwd: tokens must be a U32 buffer");
         let w = self.out(dwte)?;

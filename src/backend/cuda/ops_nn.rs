@@ -119,7 +119,7 @@ impl CudaBackend {
         self.begin()?;
         let rows = s.batch * s.seq;
         ensure!(qkv.len == rows * s.qkv_width(), "rope: qkv has {} values, shape needs {}", qkv.len, rows * s.qkv_width());
-        ensure!(s.head_dim % 2 == 0, "rope: head_dim must be even");
+        ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even");
         let x = self.out(qkv)?;
         let heads = s.heads + s.kv_heads;
         let cfg = self.grid(rows * heads * s.head_dim / 2);

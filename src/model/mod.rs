@@ -127,6 +127,24 @@ impl Model {
         out
     }
 
+    /// All logits `[batch·seq, V]` of a batch of sequences.
+    pub fn logits<B: Backend>(&mut self, b: &mut B, tokens: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
+        if tokens.len() != batch * seq {
+            bail!("{} tokens given for a batch of {batch}×{seq}", tokens.len());
+        }
+        self.check_tokens(tokens)?;
+        let acts = self.prepare_acts(b, batch, seq)?;
+        let out = (|| {
+            b.upload_u32(acts.tokens, tokens)?;
+            self.forward_logits(b, &acts)?;
+            let mut all = vec![0.0; acts.logits.len];
+            b.download(acts.logits, &mut all)?;
+            Ok(all)
+        })();
+        self.acts = Some(acts);
+        out
+    }
+
     /// Logits of the last position of a single sequence (for sampling).
     pub fn last_logits<B: Backend>(&mut self, b: &mut B, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;

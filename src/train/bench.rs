@@ -35,7 +35,7 @@ pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Optio
     }
     match cfg.device.as_str() {
         "cpu" => run(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, export_init),
-        _ => { crate::backend::cuda::CudaBackend::new(0)?; unreachable!() }
+        _ => run(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, export_init),
     }
 }
 

@@ -47,7 +47,7 @@ pub(super) struct State<B: Backend> {
 pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
     match cfg.device.as_str() {
         "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), cfg, resume),
-        _ => { crate::backend::cuda::CudaBackend::new(0)?; unreachable!() }
+        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, cfg, resume),
     }
 }
 

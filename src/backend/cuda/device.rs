@@ -1,0 +1,249 @@
+//! Backend state and the plumbing every op uses: context/stream setup,
+//! buffers, bf16 shadows of F32 matmul operands, per-op scratch memory,
+//! kernel launch.
+
+use super::compiler::Compiler;
+use super::kernels::{self, KArg, Kernels};
+use super::loader;
+use super::matmul::Lt;
+use super::memory::{Allocator, Buffer, Buffers, Dev, DevMem, Elem, Shadow};
+use crate::backend::{BufId, DType, View};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
+use std::sync::Arc;
+
+pub struct CudaBackend {
+    // Field order is drop order: everything holding device memory or
+    // handles goes before the stream and context it lives on.
+    pub(super) bufs: Buffers,
+    /// Per-op scratch (partial sums, conversions); reset at each op start.
+    scratch: Option<DevMem>,
+    scratch_used: usize,
+    retired: Vec<DevMem>,
+    pub(super) lt: Lt,
+    pub(super) kernels: Kernels,
+    pub(super) alloc: Allocator,
+    pub(super) sms: u32,
+    pub(super) max_smem: u32,
+    pub(super) device_name: String,
+    /// Use the CUDA-core attention forward instead of the tensor-core one
+    /// (FERROTRON_ATTN=simple, or `use_simple_attention`).
+    pub(super) simple_attention: bool,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) ctx: Arc<CudaContext>,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Let queued work finish before its memory is returned.
+        let _ = self.stream.synchronize();
+    }
+}
+
+// SAFETY: all CUDA handles are owned by this value and used by one thread
+// at a time (&mut self); the context is bound to the calling thread before
+// work is queued.
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Open GPU `device_ordinal`. Errors (never panics) when the driver, a
+    /// GPU, NVRTC, cuBLASLt or the CUDA headers are missing.
+    pub fn new(device_ordinal: usize) -> Result<CudaBackend> {
+        loader::no_panic("CUDA initialisation", || Self::init(device_ordinal))
+    }
+
+    fn init(ordinal: usize) -> Result<CudaBackend> {
+        loader::probe_driver()?;
+        let count = CudaContext::device_count().map_err(|e| {
+            anyhow!("no usable CUDA GPU: the driver loaded but cuInit failed ({e:?}); check nvidia-smi and CUDA_VISIBLE_DEVICES")
+        })?;
+        if count <= 0 {
+            bail!("no CUDA GPU found (driver loaded, 0 devices visible); check nvidia-smi and CUDA_VISIBLE_DEVICES");
+        }
+        if ordinal >= count as usize {
+            bail!("CUDA device {ordinal} requested but only {count} visible");
+        }
+        loader::probe_nvrtc()?;
+        loader::probe_cublaslt()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating a CUDA context on GPU {ordinal}: {e:?}"))?;
+        // We pass raw pointers and use one stream: cudarc's per-slice event
+        // tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| anyhow!("cuStreamCreate: {e:?}"))?;
+        let attr = |a| ctx.attribute(a).map_err(|e| anyhow!("device attribute {a:?}: {e:?}"));
+        let cc = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?;
+        let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        let max_smem = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
+        let pooled = attr(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)? > 0;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let mut alloc = Allocator { stream: stream.cu_stream(), pooled, bytes_now: 0, bytes_peak: 0 };
+        let lt = Lt::new(&mut alloc)?;
+        let kernels = Kernels::new(ctx.clone(), Compiler::new(cc)?);
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            alloc,
+            bufs: Buffers { slots: Vec::new() },
+            kernels,
+            lt,
+            scratch: None,
+            scratch_used: 0,
+            retired: Vec::new(),
+            sms,
+            max_smem,
+            device_name,
+            simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
+        })
+    }
+
+    /// Choose the CUDA-core attention forward (true) or the tensor-core one.
+    pub fn use_simple_attention(&mut self, yes: bool) {
+        self.simple_attention = yes;
+    }
+
+    pub(super) fn alloc_buf(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        let mem = self.alloc.alloc(len * Elem::of(dtype).size())?;
+        self.bufs.slots.push(Some(Buffer { mem, len, dtype, shadow: None }));
+        Ok(BufId(self.bufs.slots.len() - 1))
+    }
+
+    pub(super) fn free_buf(&mut self, id: BufId) {
+        if let Some(b) = self.bufs.slots.get_mut(id.0).and_then(|s| s.take()) {
+            if let Some(s) = b.shadow {
+                self.alloc.release(s.mem);
+            }
+            self.alloc.release(b.mem);
+        }
+    }
+
+    pub(super) fn sync(&mut self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| anyhow!("CUDA error while waiting for the GPU: {e:?}"))
+    }
+
+    /// Start of every op: scratch from the previous op can be reused (the
+    /// stream orders its kernels before ours).
+    pub(super) fn begin(&mut self) -> Result<()> {
+        self.scratch_used = 0;
+        for m in self.retired.drain(..) {
+            self.alloc.release(m);
+        }
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))
+    }
+
+    /// `bytes` of scratch device memory, valid until the next op starts.
+    pub(super) fn scratch(&mut self, bytes: usize) -> Result<u64> {
+        let bytes = bytes.div_ceil(256) * 256;
+        let cap = self.scratch.as_ref().map_or(0, |m| m.bytes);
+        if self.scratch_used + bytes > cap {
+            let new = self.alloc.alloc((2 * cap).max(bytes).max(1 << 20))?;
+            if let Some(old) = self.scratch.replace(new) {
+                self.retired.push(old); // may still be used by this op's kernels
+            }
+            self.scratch_used = 0;
+        }
+        let ptr = self.scratch.as_ref().map(|m| m.ptr).unwrap_or(0) + self.scratch_used as u64;
+        self.scratch_used += bytes;
+        Ok(ptr)
+    }
+
+    pub(super) fn dev(&self, v: View) -> Result<Dev> {
+        self.bufs.dev(v)
+    }
+
+    /// Resolve an output view and mark its shadow stale.
+    pub(super) fn out(&mut self, v: View) -> Result<Dev> {
+        let d = self.bufs.dev(v)?;
+        if d.elem == Elem::U32 {
+            bail!("cuda: a U32 buffer cannot be the output of a float op");
+        }
+        self.bufs.written(v);
+        Ok(d)
+    }
+
+    pub(super) fn launch(&mut self, file: &'static str, name: &'static str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let f = self.kernels.get(file, name)?;
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            if cfg.shared_mem_bytes > self.max_smem {
+                bail!("{name} needs {} bytes of shared memory, the GPU allows {}", cfg.shared_mem_bytes, self.max_smem);
+            }
+            use cudarc::driver::sys::CUfunction_attribute as FA;
+            f.set_attribute(FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
+                .map_err(|e| anyhow!("{name}: raising shared memory: {e:?}"))?;
+        }
+        kernels::launch(&self.stream, &f, cfg, args)
+    }
+
+    pub(super) fn grid(&self, n: usize) -> LaunchConfig {
+        kernels::grid1d(n, self.sms)
+    }
+
+    /// fp32 -> bf16 conversion of `n` elements between raw pointers.
+    pub(super) fn convert_to_bf16(&mut self, dst: u64, src: u64, n: usize) -> Result<()> {
+        let n4 = if src.is_multiple_of(16) && dst.is_multiple_of(8) { n / 4 } else { 0 };
+        if n4 > 0 {
+            let cfg = self.grid(n4);
+            self.launch("elementwise", "f32_to_bf16_vec4_k", cfg, &[KArg::P(dst), KArg::P(src), KArg::L(n4 as i64)])?;
+        }
+        let rest = n - 4 * n4;
+        if rest > 0 {
+            let (d, s) = (dst + 8 * n4 as u64, src + 16 * n4 as u64);
+            let cfg = self.grid(rest);
+            let args = [KArg::P(d), KArg::I(1), KArg::P(s), KArg::I(0), KArg::L(rest as i64)];
+            self.launch("elementwise", "convert_k", cfg, &args)?;
+        }
+        Ok(())
+    }
+
+    /// Device pointer of `v` as bf16, the matmul operand type: bf16 buffers
+    /// directly, F32 buffers through their bf16 shadow (made fresh here).
+    pub(super) fn bf16_operand(&mut self, v: View) -> Result<u64> {
+        let d = self.bufs.dev(v)?;
+        match d.elem {
+            Elem::Bf16 => return Ok(d.ptr),
+            Elem::U32 => bail!("cuda: a U32 buffer cannot be a matmul operand"),
+            Elem::F32 => {}
+        }
+        let len = self.bufs.get(v.buf)?.len;
+        if self.bufs.get(v.buf)?.shadow.is_none() {
+            let mem = self.alloc.alloc(len * 2)?;
+            self.bufs.get_mut(v.buf)?.shadow = Some(Shadow { mem, fresh: Vec::new() });
+        }
+        let b = self.bufs.get(v.buf)?;
+        let sh = b.shadow.as_ref().expect("shadow just made");
+        let sptr = sh.mem.ptr + 2 * v.off as u64;
+        if !sh.is_fresh(v.off, v.len) {
+            self.convert_to_bf16(sptr, d.ptr, v.len)?;
+            if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
+                s.mark_fresh(v.off, v.len);
+            }
+        }
+        Ok(sptr)
+    }
+
+    /// `params_changed`: bring the shadow (if any) of this range up to date.
+    pub(super) fn refresh_shadow(&mut self, v: View) -> Result<()> {
+        self.begin()?;
+        let d = self.bufs.dev(v)?;
+        let Some(sptr) = self.bufs.get(v.buf)?.shadow.as_ref().map(|s| s.mem.ptr + 2 * v.off as u64) else {
+            return Ok(()); // made on first use as a matmul operand
+        };
+        self.convert_to_bf16(sptr, d.ptr, v.len)?;
+        if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
+            s.mark_fresh(v.off, v.len);
+        }
+        Ok(())
+    }
+
+    /// Shadow pointer of a range about to be written by the AdamW kernel
+    /// (null if the buffer has none); the range counts as fresh afterwards.
+    pub(super) fn shadow_for_write(&mut self, v: View) -> Result<u64> {
+        match self.bufs.get_mut(v.buf)?.shadow.as_mut() {
+            Some(s) => {
+                s.mark_fresh(v.off, v.len);
+                Ok(s.mem.ptr + 2 * v.off as u64)
+            }
+            None => Ok(0),
+        }
+    }
+}

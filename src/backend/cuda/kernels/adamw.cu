@@ -1,0 +1,53 @@
+// Fused AdamW (PyTorch semantics, decoupled weight decay), one pass over
+// params, grads and both moments; also writes the bf16 shadow of the params
+// used by matmuls (when `shadow` is non-null), saving a separate refresh.
+//   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+//   p -= lr/bc1 * m / (sqrt(v)/sqrt_bc2 + eps)   (bc_i = 1 - b_i^t, from the host in fp64)
+
+struct AdamArgs {
+    float lr, b1, b2, eps, wd, grad_scale, step_size, sqrt_bc2;  // step_size = lr / bc1
+};
+
+__device__ __forceinline__ float adamw_one(float p, float g, float& m, float& v, const AdamArgs& a) {
+    g *= a.grad_scale;
+    p *= 1.0f - a.lr * a.wd;
+    m = a.b1 * m + (1.0f - a.b1) * g;
+    v = a.b2 * v + (1.0f - a.b2) * g * g;
+    return p - a.step_size * m / (sqrtf(v) / a.sqrt_bc2 + a.eps);
+}
+
+// Generic: grads of any dtype, any alignment.
+extern "C" __global__ void adamw_k(float* p, const void* g, int dtg, float* m, float* v, __nv_bfloat16* shadow,
+                                   i64 n, AdamArgs a) {
+    GRID_LOOP(i, n) {
+        float mi = m[i], vi = v[i];
+        float pi = adamw_one(p[i], ld(g, dtg, i), mi, vi, a);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+        if (shadow) shadow[i] = __float2bfloat16_rn(pi);
+    }
+}
+
+// Vectorized: all fp32, 16-byte aligned (shadow 8-byte aligned); n4 = n/4.
+// The host handles the n % 4 tail with adamw_k.
+extern "C" __global__ void adamw_vec4_k(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 n4,
+                                        AdamArgs a) {
+    GRID_LOOP(i, n4) {
+        float4 pi = p[i], gi = g[i], mi = m[i], vi = v[i];
+        pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, a);
+        pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, a);
+        pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, a);
+        pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, a);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+        if (shadow) {
+            __nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
+            uint2 packed;
+            packed.x = *reinterpret_cast<unsigned*>(&lo);
+            packed.y = *reinterpret_cast<unsigned*>(&hi);
+            shadow[i] = packed;
+        }
+    }
+}

@@ -1,0 +1,60 @@
+// Shared helpers, prepended (as text) to every kernel file before NVRTC
+// compiles it, so no include path is needed for our own code.
+#include <cuda_bf16.h>
+
+typedef long long i64;
+
+// NVRTC has no <math.h> macros.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
+typedef unsigned long long u64;
+
+// Element type codes; must match `dt_code` in kernels.rs.
+#define DT_F32 0
+#define DT_BF16 1
+#define DT_U32 2
+
+// Every kernel takes (pointer, dtype) pairs so one kernel serves fp32 and
+// bf16 buffers; the branch is uniform across the grid, so it costs ~nothing.
+__device__ __forceinline__ float ld(const void* p, int dt, i64 i) {
+    if (dt == DT_BF16) return __bfloat162float(((const __nv_bfloat16*)p)[i]);
+    if (dt == DT_U32) return (float)((const unsigned*)p)[i];
+    return ((const float*)p)[i];
+}
+
+// bf16 stores round to nearest even, like the host conversion.
+__device__ __forceinline__ void st(void* p, int dt, i64 i, float v) {
+    if (dt == DT_BF16) ((__nv_bfloat16*)p)[i] = __float2bfloat16_rn(v);
+    else ((float*)p)[i] = v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
+// gets the result. `tmp` holds 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* tmp) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) tmp[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    float r = lane < nw ? tmp[lane] : 0.0f;
+    return warp_sum(r);
+}
+
+// Grid-stride loop over [0, n) with 64-bit indices (buffers can exceed 2^31).
+#define GRID_LOOP(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

@@ -1,0 +1,63 @@
+// Elementwise ops on fp32 or bf16 buffers, and column sums (bias grads).
+
+extern "C" __global__ void fill_k(void* x, int dt, i64 n, float v) {
+    GRID_LOOP(i, n) st(x, dt, i, v);
+}
+
+// Copy with dtype conversion (also refreshes the bf16 shadow of weights).
+extern "C" __global__ void convert_k(void* out, int dto, const void* in, int dti, i64 n) {
+    GRID_LOOP(i, n) st(out, dto, i, ld(in, dti, i));
+}
+
+// Fast path of convert_k for the weight shadow: 4 fp32 -> 4 bf16 per thread.
+extern "C" __global__ void f32_to_bf16_vec4_k(__nv_bfloat162* out, const float4* in, i64 n4) {
+    GRID_LOOP(i, n4) {
+        float4 v = in[i];
+        out[2 * i] = __floats2bfloat162_rn(v.x, v.y);
+        out[2 * i + 1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+}
+
+extern "C" __global__ void add_k(void* out, int dto, const void* a, int dta, const void* b, int dtb, i64 n) {
+    GRID_LOOP(i, n) st(out, dto, i, ld(a, dta, i) + ld(b, dtb, i));
+}
+
+extern "C" __global__ void accumulate_k(void* dst, int dtd, const void* src, int dts, i64 n) {
+    GRID_LOOP(i, n) st(dst, dtd, i, ld(dst, dtd, i) + ld(src, dts, i));
+}
+
+extern "C" __global__ void scale_k(void* x, int dt, i64 n, float s) {
+    GRID_LOOP(i, n) st(x, dt, i, ld(x, dt, i) * s);
+}
+
+// out[r, c] += bias[c]: used when the matmul bias epilogue cannot be used.
+extern "C" __global__ void add_bias_k(void* out, int dto, const void* bias, int dtb, i64 rows, int cols) {
+    GRID_LOOP(i, rows * cols) st(out, dto, i, ld(out, dto, i) + ld(bias, dtb, i % cols));
+}
+
+// Deterministic column sums, stage 1: block (32, 8) sums rows
+// [chunk*rpc, (chunk+1)*rpc) of 32 columns into partial[chunk, col].
+extern "C" __global__ void colsum_partial_k(float* partial, const void* x, int dt, i64 rows, int cols, int rpc) {
+    __shared__ float acc[8][33];
+    int col = blockIdx.x * 32 + threadIdx.x;
+    i64 r0 = (i64)blockIdx.y * rpc;
+    i64 r1 = min(rows, r0 + rpc);
+    float s = 0.0f;
+    if (col < cols)
+        for (i64 r = r0 + threadIdx.y; r < r1; r += 8) s += ld(x, dt, r * cols + col);
+    acc[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
+        for (int y = 1; y < 8; y++) s += acc[y][threadIdx.x];
+        partial[(i64)blockIdx.y * cols + col] = s;
+    }
+}
+
+// Stage 2: dst[c] += sum over chunks, in a fixed order (reproducible).
+extern "C" __global__ void colsum_finish_k(void* dst, int dt, const float* partial, int chunks, int cols) {
+    GRID_LOOP(c, (i64)cols) {
+        float s = 0.0f;
+        for (int k = 0; k < chunks; k++) s += partial[(i64)k * cols + c];
+        st(dst, dt, c, ld(dst, dt, c) + s);
+    }
+}

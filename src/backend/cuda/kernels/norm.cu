@@ -1,0 +1,25 @@
+// Global sum of squares (gradient norm): fp64 accumulation, per-block
+// partials summed on the host in a fixed order (reproducible).
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+extern "C" __global__ void sumsq_partial_k(double* partial, const void* x, int dt, i64 n) {
+    __shared__ double tmp[32];
+    double acc = 0.0;
+    GRID_LOOP(i, n) {
+        double v = (double)ld(x, dt, i);
+        acc += v * v;
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    acc = warp_sum_d(acc);
+    if (lane == 0) tmp[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        double r = lane < (int)(blockDim.x >> 5) ? tmp[lane] : 0.0;
+        r = warp_sum_d(r);
+        if (lane == 0) partial[blockIdx.x] = r;
+    }
+}

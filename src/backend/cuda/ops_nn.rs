@@ -1,0 +1,129 @@
+//! Normalization, activations and rotary embedding.
+
+use super::device::CudaBackend;
+use super::kernels::KArg::{F, I, L, P};
+use crate::backend::{AttnShape, View};
+use anyhow::{ensure, Result};
+use cudarc::driver::LaunchConfig;
+
+/// Warp-per-row kernels: 8 rows per 256-thread block.
+fn rows_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Column-partial kernels: (32 columns) x (row chunks), chunks <= 256.
+fn colsum_plan(n: usize, c: usize) -> (usize, usize, LaunchConfig) {
+    let rpc = n.div_ceil(256).max(64);
+    let chunks = n.div_ceil(rpc).max(1);
+    (rpc, chunks, LaunchConfig { grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 })
+}
+
+impl CudaBackend {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layernorm_fwd_op(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && b.len == c, "layernorm_fwd: views do not match n={n} c={c}");
+        let (x, wd, bd) = (self.dev(inp)?, self.dev(w)?, self.dev(b)?);
+        let (o, mu, rs) = (self.out(out)?, self.out(mean)?, self.out(rstd)?);
+        let args = [P(o.ptr), I(o.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(bd.ptr), I(bd.dt()), L(n as i64), I(c as i32), F(eps)];
+        self.launch("layernorm", "layernorm_fwd_k", rows_cfg(n), &args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layernorm_bwd_op(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * c && dinp.len == n * c && dout.len == n * c && mean.len == n && rstd.len == n && w.len == c && dw.len == c && db.len == c, "layernorm_bwd: views do not match n={n} c={c}");
+        if n == 0 {
+            return Ok(());
+        }
+        let (g, x, wd, mu, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(mean)?, self.dev(rstd)?);
+        let (di, dwd, dbd) = (self.out(dinp)?, self.out(dw)?, self.out(db)?);
+        let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
+        self.launch("layernorm", "layernorm_bwd_dx_k", rows_cfg(n), &args)?;
+        let (rpc, chunks, cfg) = colsum_plan(n, c);
+        let partial = self.scratch(chunks * 2 * c * 4)?;
+        let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
+        self.launch("layernorm", "layernorm_bwd_dw_partial_k", cfg, &args)?;
+        let cfg = self.grid(c);
+        let args = [P(dwd.ptr), I(dwd.dt()), P(dbd.ptr), I(dbd.dt()), P(partial), I(chunks as i32), I(c as i32)];
+        self.launch("layernorm", "layernorm_bwd_dw_finish_k", cfg, &args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_fwd_op(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * c && out.len == n * c && rstd.len == n && w.len == c, "rmsnorm_fwd: views do not match n={n} c={c}");
+        let (x, wd) = (self.dev(inp)?, self.dev(w)?);
+        let (o, rs) = (self.out(out)?, self.out(rstd)?);
+        let args = [P(o.ptr), I(o.dt()), P(rs.ptr), I(rs.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), L(n as i64), I(c as i32), F(eps)];
+        self.launch("rmsnorm", "rmsnorm_fwd_k", rows_cfg(n), &args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rmsnorm_bwd_op(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * c && dinp.len == n * c && dout.len == n * c && rstd.len == n && w.len == c && dw.len == c, "rmsnorm_bwd: views do not match n={n} c={c}");
+        if n == 0 {
+            return Ok(());
+        }
+        let (g, x, wd, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(rstd)?);
+        let (di, dwd) = (self.out(dinp)?, self.out(dw)?);
+        let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
+        self.launch("rmsnorm", "rmsnorm_bwd_dx_k", rows_cfg(n), &args)?;
+        let (rpc, chunks, cfg) = colsum_plan(n, c);
+        let partial = self.scratch(chunks * c * 4)?;
+        let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
+        self.launch("rmsnorm", "rmsnorm_bwd_dw_partial_k", cfg, &args)?;
+        let cfg = self.grid(c);
+        self.launch("elementwise", "colsum_finish_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(partial), I(chunks as i32), I(c as i32)])
+    }
+
+    pub(super) fn gelu_fwd_op(&mut self, out: View, inp: View) -> Result<()> {
+        self.begin()?;
+        ensure!(out.len == inp.len, "gelu_fwd: lengths differ");
+        let x = self.dev(inp)?;
+        let o = self.out(out)?;
+        let cfg = self.grid(o.len);
+        self.launch("gelu", "gelu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(o.len as i64)])
+    }
+
+    pub(super) fn gelu_bwd_op(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
+        self.begin()?;
+        ensure!(dinp.len == inp.len && inp.len == dout.len, "gelu_bwd: lengths differ");
+        let (x, g) = (self.dev(inp)?, self.dev(dout)?);
+        let d = self.out(dinp)?;
+        let cfg = self.grid(d.len);
+        self.launch("gelu", "gelu_bwd_k", cfg, &[P(d.ptr), I(d.dt()), P(x.ptr), I(x.dt()), P(g.ptr), I(g.dt()), L(d.len as i64)])
+    }
+
+    pub(super) fn swiglu_fwd_op(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * 2 * f && out.len == n * f, "swiglu_fwd: views do not match n={n} f={f}");
+        let x = self.dev(inp)?;
+        let o = self.out(out)?;
+        let cfg = self.grid(n * f);
+        self.launch("swiglu", "swiglu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(n as i64), L(f as i64)])
+    }
+
+    pub(super) fn swiglu_bwd_op(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == n * 2 * f && dinp.len == n * 2 * f && dout.len == n * f, "swiglu_bwd: views do not match n={n} f={f}");
+        let (x, g) = (self.dev(inp)?, self.dev(dout)?);
+        let d = self.out(dinp)?;
+        let cfg = self.grid(n * f);
+        self.launch("swiglu", "swiglu_bwd_k", cfg, &[P(d.ptr), I(d.dt()), P(x.ptr), I(x.dt()), P(g.ptr), I(g.dt()), L(n as i64), L(f as i64)])
+    }
+
+    /// In-place rotation of the q and k heads; `dir` -1 is the inverse (backward).
+    pub(super) fn rope_op(&mut self, qkv: View, s: AttnShape, theta: f32, dir: f32) -> Result<()> {
+        self.begin()?;
+        let rows = s.batch * s.seq;
+        ensure!(qkv.len == rows * s.qkv_width(), "rope: qkv has {} values, shape needs {}", qkv.len, rows * s.qkv_width());
+        ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even");
+        let x = self.out(qkv)?;
+        let heads = s.heads + s.kv_heads;
+        let cfg = self.grid(rows * heads * s.head_dim / 2);
+        let args = [P(x.ptr), I(x.dt()), L(rows as i64), I(s.seq as i32), I(heads as i32), I(s.qkv_width() as i32), I(s.head_dim as i32), F(theta), F(dir)];
+        self.launch("rope", "rope_k", cfg, &args)
+    }
+}

@@ -1,0 +1,77 @@
+//! Loss and optimizer: fused softmax cross-entropy, fused AdamW.
+
+use super::device::CudaBackend;
+use super::kernels::AdamArgs;
+use super::kernels::KArg::{Adam, F, I, L, P};
+use super::memory::Elem;
+use crate::backend::{AdamWArgs, View};
+use anyhow::{bail, ensure, Result};
+use cudarc::driver::LaunchConfig;
+
+impl CudaBackend {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
+        self.begin()?;
+        ensure!(logits.len == n * v && losses.len == n && targets.len == n, "softmax_xent: views do not match n={n} v={v}");
+        let (x, t) = (self.dev(logits)?, self.dev(targets)?);
+        ensure!(t.elem == Elem::U32, "softmax_xent: targets must be a U32 buffer");
+        let g = match dlogits {
+            Some(dv) => {
+                ensure!(dv.len == n * v, "softmax_xent: dlogits has {} values, needs n*v", dv.len);
+                let overlaps = dv.buf == logits.buf && dv.off < logits.off + logits.len && logits.off < dv.off + dv.len;
+                ensure!(!overlaps || dv.off == logits.off, "softmax_xent: dlogits must be logits itself or disjoint from it");
+                Some(self.out(dv)?)
+            }
+            None => None,
+        };
+        let lo = self.out(losses)?;
+        if n == 0 {
+            return Ok(());
+        }
+        // Enough threads per row to stream V once; 1024 for GPT-2's 50257.
+        let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (gp, gd) = g.map_or((0, 0), |g| (g.ptr, g.dt()));
+        let args = [P(lo.ptr), I(lo.dt()), P(gp), I(gd), P(x.ptr), I(x.dt()), P(t.ptr), L(v as i64), F(grad_scale)];
+        self.launch("xent", "xent_k", cfg, &args)
+    }
+
+    pub(super) fn adamw_op(&mut self, params: View, grads: View, m: View, v: View, a: AdamWArgs) -> Result<()> {
+        self.begin()?;
+        let n = params.len;
+        ensure!(grads.len == n && m.len == n && v.len == n, "adamw: params, grads, m, v lengths differ");
+        let g = self.dev(grads)?;
+        let (p, md, vd) = (self.dev(params)?, self.out(m)?, self.out(v)?);
+        if p.elem != Elem::F32 || md.elem != Elem::F32 || vd.elem != Elem::F32 {
+            bail!("adamw: params, m and v must be F32 buffers (fp32 master weights and state)");
+        }
+        let shadow = self.shadow_for_write(params)?;
+        let t = a.step.max(1) as f64;
+        let args = AdamArgs {
+            lr: a.lr,
+            b1: a.beta1,
+            b2: a.beta2,
+            eps: a.eps,
+            wd: a.weight_decay,
+            grad_scale: a.grad_scale,
+            step_size: (a.lr as f64 / (1.0 - (a.beta1 as f64).powf(t))) as f32,
+            sqrt_bc2: (1.0 - (a.beta2 as f64).powf(t)).sqrt() as f32,
+        };
+        let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0) && shadow % 8 == 0;
+        let n4 = if aligned && g.elem == Elem::F32 { n / 4 } else { 0 };
+        if n4 > 0 {
+            let cfg = self.grid(n4);
+            self.launch("adamw", "adamw_vec4_k", cfg, &[P(p.ptr), P(g.ptr), P(md.ptr), P(vd.ptr), P(shadow), L(n4 as i64), Adam(args)])?;
+        }
+        let done = 4 * n4 as u64;
+        if (done as usize) < n {
+            let rest = n - done as usize;
+            let sh = if shadow == 0 { 0 } else { shadow + 2 * done };
+            let gs = g.ptr + done * g.elem.size() as u64;
+            let cfg = self.grid(rest);
+            let kargs = [P(p.ptr + 4 * done), P(gs), I(g.dt()), P(md.ptr + 4 * done), P(vd.ptr + 4 * done), P(sh), L(rest as i64), Adam(args)];
+            self.launch("adamw", "adamw_k", cfg, &kargs)?;
+        }
+        Ok(())
+    }
+}

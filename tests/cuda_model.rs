@@ -1,0 +1,102 @@
+//! Whole-model checks on the GPU (skipped without one):
+//! - a tiny GPT-2 and a tiny Llama trained 20 steps on CUDA track the CPU
+//!   reference loss curve;
+//! - weights made by Hugging Face transformers give the same logits in
+//!   ferrotron (CPU and CUDA) as in PyTorch. Runs when FERROTRON_HF_FIXTURES
+//!   names the folder written by bench/hf_logits_fixtures.py.
+
+use ferrotron::backend::cpu::CpuBackend;
+use ferrotron::backend::cuda::CudaBackend;
+use ferrotron::config;
+use ferrotron::model::Model;
+use ferrotron::train::trainer::train;
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("skipping: no CUDA device ({e:#})");
+            None
+        }
+    }
+}
+
+fn losses(device: &str, preset: &str, dir: &std::path::Path) -> Vec<f32> {
+    let sets: Vec<String> = [
+        format!("device={device}"), format!("model.preset={preset}"), "train.steps=20".into(), "train.batch_size=8".into(),
+        "train.seq_len=64".into(), "train.eval_every=0".into(), "train.ckpt_every=0".into(), "train.samples=0".into(),
+        "run.progress=false".into(), format!("run.dir=\"{}\"", dir.display()), format!("run.name={device}-{preset}"),
+    ]
+    .into();
+    train(&config::load(None, &sets).unwrap(), None).unwrap().losses
+}
+
+#[test]
+fn cuda_tracks_cpu_loss_curve_for_20_steps() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for preset in ["tiny", "tiny-llama"] {
+        let cpu = losses("cpu", preset, tmp.path());
+        let cuda = losses("cuda", preset, tmp.path());
+        println!("{preset}: cpu {cpu:?}\n{preset}: cuda {cuda:?}");
+        for (i, (a, b)) in cpu.iter().zip(&cuda).enumerate() {
+            // bf16 activations carry ~3 significant digits (2^-8 relative);
+            // over 20 AdamW steps the trajectories drift apart slowly, so we
+            // allow 2% of the loss (0.11 nats at the 5.5-nat start).
+            assert!((a - b).abs() <= 0.02 * a.abs(), "{preset} step {}: cpu {a} vs cuda {b}", i + 1);
+        }
+        assert!(cuda[19] < cuda[0] - 1.0, "{preset}: CUDA run should learn: {cuda:?}");
+    }
+}
+
+/// Reads a safetensors file of f32 tensors into (name → values).
+fn read_f32(path: &std::path::Path) -> std::collections::HashMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn hugging_face_weights_give_pytorch_logits() {
+    let Ok(root) = std::env::var("FERROTRON_HF_FIXTURES") else {
+        println!("skipping: FERROTRON_HF_FIXTURES not set (see bench/hf_logits_fixtures.py)");
+        return;
+    };
+    let Some(mut cuda) = gpu() else { return };
+    for family in ["gpt2", "llama"] {
+        let dir = std::path::Path::new(&root).join(family);
+        let (cfg, params) = ferrotron::ckpt::import(&dir).unwrap();
+        let fixture = read_f32(&dir.join("logits.safetensors"));
+        let tokens: Vec<u32> = fixture["tokens"].iter().map(|&t| t as u32).collect();
+        let (batch, seq) = (fixture["shape"][0] as usize, fixture["shape"][1] as usize);
+        let scale = fixture["logits_fp32"].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+
+        let mut cpu = CpuBackend::new();
+        let mut m = Model::new(&mut cpu, &cfg, false).unwrap();
+        m.set_params(&mut cpu, &params).unwrap();
+        let ours_cpu = m.logits(&mut cpu, &tokens, batch, seq).unwrap();
+        let d_cpu = max_abs_diff(&ours_cpu, &fixture["logits_fp32"]);
+
+        let mut g = Model::new(&mut cuda, &cfg, false).unwrap();
+        g.set_params(&mut cuda, &params).unwrap();
+        let ours_gpu = g.logits(&mut cuda, &tokens, batch, seq).unwrap();
+        let d_gpu_fp32 = max_abs_diff(&ours_gpu, &fixture["logits_fp32"]);
+        let d_gpu_bf16 = max_abs_diff(&ours_gpu, &fixture["logits_bf16"]);
+        let d_torch = max_abs_diff(&fixture["logits_bf16"], &fixture["logits_fp32"]);
+        println!("{family}: max|logit| {scale:.3}; ferrotron-cpu vs torch-fp32 {d_cpu:.2e}; ferrotron-cuda vs torch-fp32 {d_gpu_fp32:.2e}, vs torch-bf16-autocast {d_gpu_bf16:.2e}; torch bf16 vs fp32 {d_torch:.2e}");
+        // fp32 vs fp32: only summation order differs.
+        assert!(d_cpu <= 1e-4 * scale.max(1.0), "{family}: CPU logits differ from PyTorch by {d_cpu}");
+        // bf16 compute: allow 3x PyTorch's own bf16-vs-fp32 deviation, or 2% of the logit scale.
+        let tol = (3.0 * d_torch).max(0.02 * scale);
+        assert!(d_gpu_fp32 <= tol, "{family}: CUDA logits differ from PyTorch fp32 by {d_gpu_fp32} (tolerance {tol})");
+    }
+}

@@ -1,0 +1,481 @@
+//! CUDA backend vs the fp32 CPU reference, op by op, forward and backward.
+//!
+//! Every test SKIPS (prints "skipping: no CUDA device" and passes) when no
+//! GPU/driver/CUDA library is present, as in CI. The NVRTC test needs only
+//! libnvrtc and the CUDA headers, no GPU.
+//!
+//! Method: random inputs; `Compute` inputs are rounded to bf16 on the host
+//! first and the same values go to both backends, so the comparison measures
+//! the op's own error, not input quantization. Error metric (printed for
+//! every check): max |gpu - cpu| / max |cpu| ("normalized max error").
+//!
+//! Tolerances:
+//! - bf16 outputs: rounding to nearest bf16 has relative error <= 2^-9
+//!   (8 bits of mantissa + round-to-nearest); fp32 math inside. Bound 1e-2
+//!   leaves room for a couple of roundings and cancellation near max.
+//! - matmuls: F32 weights become bf16 shadows (another 2^-9 per weight);
+//!   products accumulate in fp32, so the error is a random walk over K of
+//!   terms with relative error ~2^-8, i.e. ~2^-8 of the typical |output|,
+//!   plus the output rounding: bound 2e-2 of max|out|.
+//! - fp32-only paths (gemm on F32, AdamW, losses): 1e-5 relative (fp32 ulp
+//!   is 2^-24 ≈ 6e-8; reduction order and fused multiply-adds differ from
+//!   the CPU, leaving ~1e-6 at most for these sizes).
+
+use ferrotron::backend::cpu::CpuBackend;
+use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
+use ferrotron::backend::{AdamWArgs, AttnShape, Backend, DType, View, IGNORE};
+
+const BF16_TOL: f32 = 1e-2;
+const MATMUL_TOL: f32 = 2e-2;
+const F32_TOL: f32 = 1e-5;
+
+/// splitmix64 + Box-Muller (no extra dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unif(&mut self) -> f32 {
+        ((self.u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (a, b) = (self.unif(), self.unif());
+        (-2.0 * a.ln()).sqrt() * (std::f32::consts::TAU * b).cos()
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// A pair of views: [0] on the GPU, [1] on the CPU.
+type P = [View; 2];
+
+struct H {
+    g: CudaBackend,
+    c: CpuBackend,
+    rng: Rng,
+}
+
+fn gpu() -> Option<H> {
+    match CudaBackend::new(0) {
+        Ok(g) => {
+            println!("device: {}", g.device_name());
+            Some(H { g, c: CpuBackend::new(), rng: Rng(42) })
+        }
+        Err(e) => {
+            println!("skipping: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+impl H {
+    fn buf(&mut self, data: &[f32], dt: DType) -> P {
+        let data: Vec<f32> = if dt == DType::Compute { data.iter().map(|&x| round_bf16(x)).collect() } else { data.to_vec() };
+        let g = self.g.alloc(data.len(), dt).unwrap();
+        let c = self.c.alloc(data.len(), dt).unwrap();
+        let v = [View::whole(g, data.len()), View::whole(c, data.len())];
+        self.g.upload(v[0], &data).unwrap();
+        self.c.upload(v[1], &data).unwrap();
+        v
+    }
+    fn randn(&mut self, n: usize, scale: f32, dt: DType) -> P {
+        let d = self.rng.vec(n, scale);
+        self.buf(&d, dt)
+    }
+    fn zeros(&mut self, n: usize, dt: DType) -> P {
+        self.buf(&vec![0.0; n], dt)
+    }
+    fn ids(&mut self, ids: &[u32]) -> P {
+        let g = self.g.alloc(ids.len(), DType::U32).unwrap();
+        let c = self.c.alloc(ids.len(), DType::U32).unwrap();
+        let v = [View::whole(g, ids.len()), View::whole(c, ids.len())];
+        self.g.upload_u32(v[0], ids).unwrap();
+        self.c.upload_u32(v[1], ids).unwrap();
+        v
+    }
+    /// Run the same op on both backends (`i` picks the views of each).
+    fn run(&mut self, f: impl Fn(&mut dyn Backend, usize) -> anyhow::Result<()>) {
+        f(&mut self.g, 0).expect("cuda op failed");
+        f(&mut self.c, 1).expect("cpu op failed");
+    }
+    fn get(&mut self, v: P) -> (Vec<f32>, Vec<f32>) {
+        let (mut a, mut b) = (vec![0.0; v[0].len], vec![0.0; v[1].len]);
+        self.g.download(v[0], &mut a).unwrap();
+        self.c.download(v[1], &mut b).unwrap();
+        (a, b)
+    }
+    /// Compare, print the normalized max error, assert it is within `tol`.
+    fn check(&mut self, name: &str, v: P, tol: f32) -> f32 {
+        let (g, c) = self.get(v);
+        let scale = c.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let mut worst = (0f32, 0usize);
+        for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+            let e = (a - b).abs();
+            if e > worst.0 || e.is_nan() {
+                worst = (if e.is_nan() { f32::INFINITY } else { e }, i);
+            }
+        }
+        let err = worst.0 / scale;
+        println!("{name:<44} n={:<8} max|cpu|={scale:<10.4e} norm.max.err={err:.3e} (tol {tol:.0e})", c.len());
+        assert!(err <= tol, "{name}: error {err:e} > {tol:e} at {} (gpu {} cpu {})", worst.1, g[worst.1], c[worst.1]);
+        err
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("FERROTRON_CACHE", dir.path()); // force a real compile
+    match compile_all_kernels(None) {
+        Ok(names) => println!("NVRTC compiled {} kernel files: {names:?}", names.len()),
+        Err(e) if e.to_string().contains("not found") => println!("skipping: NVRTC or CUDA headers not present ({e})"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn memory_and_elementwise() {
+    let Some(mut h) = gpu() else { return };
+    for dt in [DType::F32, DType::Compute] {
+        let tol = if dt == DType::F32 { F32_TOL } else { BF16_TOL };
+        let n = 10_007; // odd: exercises vector tails
+        let a = h.randn(n, 1.0, dt);
+        let b = h.randn(n, 1.0, dt);
+        let o = h.zeros(n, dt);
+        h.check(&format!("upload/download {dt:?}"), a, 0.0);
+        h.run(|be, i| be.add(o[i], a[i], b[i]));
+        h.check(&format!("add {dt:?}"), o, tol);
+        h.run(|be, i| be.accumulate(o[i], a[i]));
+        h.check(&format!("accumulate {dt:?}"), o, tol);
+        h.run(|be, i| be.scale(o[i], 0.37));
+        h.check(&format!("scale {dt:?}"), o, tol);
+        h.run(|be, i| be.fill(o[i].sub(5, 100), 2.5));
+        h.check(&format!("fill {dt:?}"), o, tol);
+        let (sg, sc) = (h.g.sum_squares(a[0]).unwrap(), h.c.sum_squares(a[1]).unwrap());
+        println!("sum_squares {dt:?}: gpu {sg} cpu {sc} rel {:.2e}", (sg - sc).abs() / sc);
+        assert!((sg - sc).abs() / sc < 1e-6);
+    }
+    // Cross-dtype copy and accumulate (bf16 <-> f32).
+    let a = h.randn(4099, 1.0, DType::F32);
+    let b = h.zeros(4099, DType::Compute);
+    h.run(|be, i| be.copy(b[i], a[i]));
+    h.check("copy f32->bf16", b, BF16_TOL);
+    let c = h.zeros(4099, DType::F32);
+    h.run(|be, i| be.accumulate(c[i], b[i]));
+    // The GPU's b holds bf16-rounded values, the CPU's exact ones: bf16 error.
+    h.check("accumulate f32 += bf16", c, BF16_TOL);
+    let ids = h.ids(&[1, 2, 3, 4_000_000_000]);
+    let mut back = vec![0.0; 4];
+    h.g.download(ids[0], &mut back).unwrap(); // U32 downloads as values
+    assert_eq!(back, vec![1.0, 2.0, 3.0, 4e9]);
+}
+
+#[test]
+fn embedding() {
+    let Some(mut h) = gpu() else { return };
+    let (vocab, seq, batch, c) = (50, 7, 3, 96);
+    let toks: Vec<u32> = (0..seq * batch).map(|_| (h.rng.u64() % vocab as u64) as u32).collect();
+    let t = h.ids(&toks);
+    let wte = h.randn(vocab * c, 0.5, DType::F32);
+    let wpe = h.randn(seq * c, 0.5, DType::F32);
+    let out = h.zeros(seq * batch * c, DType::Compute);
+    h.run(|be, i| be.embed_fwd(out[i], t[i], wte[i], Some(wpe[i]), seq, c));
+    h.check("embed_fwd (wte+wpe) -> bf16", out, BF16_TOL);
+    h.run(|be, i| be.embed_fwd(out[i], t[i], wte[i], None, seq, c));
+    h.check("embed_fwd (wte only)", out, BF16_TOL);
+    let dout = h.randn(seq * batch * c, 1.0, DType::Compute);
+    let (dwte, dwpe) = (h.zeros(vocab * c, DType::F32), h.zeros(seq * c, DType::F32));
+    for _ in 0..2 {
+        h.run(|be, i| be.embed_bwd(dwte[i], Some(dwpe[i]), dout[i], t[i], seq, c));
+    }
+    h.check("embed_bwd dwte (accumulated x2)", dwte, F32_TOL);
+    h.check("embed_bwd dwpe (accumulated x2)", dwpe, F32_TOL);
+}
+
+fn linear_case(h: &mut H, m: usize, k: usize, n: usize, off: usize, act: DType) {
+    // Weights live at an odd offset inside one flat F32 buffer (misaligned
+    // for cuBLASLt's defaults) like the trainer's flat parameter buffer.
+    let flat = h.randn(off + n * k + n, 0.5 / (k as f32).sqrt(), DType::F32);
+    let w = [flat[0].sub(off, n * k), flat[1].sub(off, n * k)];
+    let bias = [flat[0].sub(off + n * k, n), flat[1].sub(off + n * k, n)];
+    let x = h.randn(m * k, 1.0, act);
+    let y = h.zeros(m * n, act);
+    let tag = format!("m={m} k={k} n={n} off={off} {act:?}");
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], Some(bias[i]), m, k, n));
+    h.check(&format!("linear_fwd+bias {tag}"), y, MATMUL_TOL);
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, m, k, n));
+    h.check(&format!("linear_fwd {tag}"), y, MATMUL_TOL);
+    let dy = h.randn(m * n, 1.0, act);
+    let dx = h.zeros(m * k, act);
+    let dflat = h.randn(off + n * k + n, 0.1, DType::F32); // grads accumulate onto this
+    let dw = [dflat[0].sub(off, n * k), dflat[1].sub(off, n * k)];
+    let db = [dflat[0].sub(off + n * k, n), dflat[1].sub(off + n * k, n)];
+    h.run(|be, i| be.linear_bwd(dx[i], dw[i], Some(db[i]), dy[i], x[i], w[i], m, k, n));
+    h.check(&format!("linear_bwd dinp {tag}"), dx, MATMUL_TOL);
+    h.check(&format!("linear_bwd dw (+=) {tag}"), dw, MATMUL_TOL);
+    h.check(&format!("linear_bwd dbias (+=) {tag}"), db, 1e-4);
+}
+
+#[test]
+fn linear() {
+    let Some(mut h) = gpu() else { return };
+    linear_case(&mut h, 64, 96, 80, 0, DType::Compute);
+    linear_case(&mut h, 257, 768, 2304, 3, DType::Compute);
+    linear_case(&mut h, 100, 64, 50, 1, DType::F32);
+    linear_case(&mut h, 1, 32, 8, 0, DType::Compute);
+}
+
+#[test]
+fn gemm_fp32_and_bf16() {
+    let Some(mut h) = gpu() else { return };
+    let (m, k, n) = (33, 70, 45);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a = h.randn(m * k, 1.0, DType::F32);
+        let b = h.randn(k * n, 1.0, DType::F32);
+        let c = h.randn(m * n, 1.0, DType::F32);
+        h.run(|be, i| be.gemm(c[i], a[i], b[i], m, k, n, ta, tb, 0.7, 0.5));
+        h.check(&format!("gemm f32 ta={ta} tb={tb} (no TF32)"), c, F32_TOL);
+    }
+    let a = h.randn(m * k, 1.0, DType::Compute);
+    let b = h.randn(k * n, 1.0, DType::Compute);
+    let c = h.zeros(m * n, DType::F32);
+    h.run(|be, i| be.gemm(c[i], a[i], b[i], m, k, n, false, false, 1.0, 0.0));
+    h.check("gemm bf16 x bf16 -> f32", c, 1e-5); // exact products, fp32 sums
+}
+
+#[test]
+fn norms() {
+    let Some(mut h) = gpu() else { return };
+    for (n, c) in [(37, 96), (256, 768), (5, 1000)] {
+        let x = h.randn(n * c, 1.0, DType::Compute);
+        let w = h.randn(c, 1.0, DType::F32);
+        let b = h.randn(c, 1.0, DType::F32);
+        let (out, mean, rstd) = (h.zeros(n * c, DType::Compute), h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+        h.run(|be, i| be.layernorm_fwd(out[i], mean[i], rstd[i], x[i], w[i], b[i], n, c, 1e-5));
+        h.check(&format!("layernorm_fwd out n={n} c={c}"), out, BF16_TOL);
+        h.check(&format!("layernorm_fwd mean n={n} c={c}"), mean, 1e-4);
+        h.check(&format!("layernorm_fwd rstd n={n} c={c}"), rstd, 1e-4);
+        let dout = h.randn(n * c, 1.0, DType::Compute);
+        let dx = h.randn(n * c, 1.0, DType::Compute); // += onto residual grads
+        let (dw, db) = (h.zeros(c, DType::F32), h.zeros(c, DType::F32));
+        h.run(|be, i| be.layernorm_bwd(dx[i], dw[i], db[i], dout[i], x[i], w[i], mean[i], rstd[i], n, c));
+        h.check(&format!("layernorm_bwd dinp (+=) n={n} c={c}"), dx, BF16_TOL);
+        h.check(&format!("layernorm_bwd dw n={n} c={c}"), dw, 1e-4);
+        h.check(&format!("layernorm_bwd db n={n} c={c}"), db, 1e-4);
+
+        let r = h.zeros(n, DType::F32);
+        h.run(|be, i| be.rmsnorm_fwd(out[i], r[i], x[i], w[i], n, c, 1e-6));
+        h.check(&format!("rmsnorm_fwd out n={n} c={c}"), out, BF16_TOL);
+        h.check(&format!("rmsnorm_fwd rstd n={n} c={c}"), r, 1e-4);
+        let dw = h.zeros(c, DType::F32);
+        h.run(|be, i| be.rmsnorm_bwd(dx[i], dw[i], dout[i], x[i], w[i], r[i], n, c));
+        h.check(&format!("rmsnorm_bwd dinp (+=) n={n} c={c}"), dx, BF16_TOL);
+        h.check(&format!("rmsnorm_bwd dw n={n} c={c}"), dw, 1e-4);
+    }
+}
+
+#[test]
+fn activations() {
+    let Some(mut h) = gpu() else { return };
+    let n = 20_001;
+    let x = h.randn(n, 2.0, DType::Compute);
+    let (y, dy, dx) = (h.zeros(n, DType::Compute), h.randn(n, 1.0, DType::Compute), h.zeros(n, DType::Compute));
+    h.run(|be, i| be.gelu_fwd(y[i], x[i]));
+    h.check("gelu_fwd", y, BF16_TOL);
+    h.run(|be, i| be.gelu_bwd(dx[i], x[i], dy[i]));
+    h.check("gelu_bwd", dx, BF16_TOL);
+    let (rows, f) = (33, 301);
+    let x = h.randn(rows * 2 * f, 2.0, DType::Compute);
+    let (y, dy, dx) = (h.zeros(rows * f, DType::Compute), h.randn(rows * f, 1.0, DType::Compute), h.zeros(rows * 2 * f, DType::Compute));
+    h.run(|be, i| be.swiglu_fwd(y[i], x[i], rows, f));
+    h.check("swiglu_fwd", y, BF16_TOL);
+    h.run(|be, i| be.swiglu_bwd(dx[i], x[i], dy[i], rows, f));
+    h.check("swiglu_bwd", dx, BF16_TOL);
+}
+
+#[test]
+fn rope() {
+    let Some(mut h) = gpu() else { return };
+    let s = AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 };
+    let n = s.batch * s.seq * s.qkv_width();
+    let x = h.randn(n, 1.0, DType::Compute);
+    h.run(|be, i| be.rope_fwd(x[i], s, 10000.0));
+    h.check("rope_fwd (q,k rotated, v untouched)", x, BF16_TOL);
+    h.run(|be, i| be.rope_bwd(x[i], s, 10000.0));
+    h.check("rope_bwd (inverse)", x, BF16_TOL);
+}
+
+fn attention_case(h: &mut H, s: AttnShape) {
+    let n = s.batch * s.seq;
+    let qkv = h.randn(n * s.qkv_width(), 1.0, DType::Compute);
+    let out = h.zeros(n * s.heads * s.head_dim, DType::Compute);
+    let lse = h.zeros(s.batch * s.heads * s.seq, DType::F32);
+    let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+    h.run(|be, i| be.attention_fwd(out[i], lse[i], qkv[i], s));
+    h.check(&format!("attention_fwd out {tag}"), out, BF16_TOL);
+    h.check(&format!("attention_fwd lse {tag}"), lse, 1e-4);
+    // The backward reads `out` as saved by each backend's own forward.
+    let dout = h.randn(n * s.heads * s.head_dim, 1.0, DType::Compute);
+    let dqkv = h.zeros(n * s.qkv_width(), DType::Compute);
+    h.run(|be, i| be.attention_bwd(dqkv[i], dout[i], qkv[i], out[i], lse[i], s));
+    // Gradients pass through two bf16 roundings (out, then dqkv) and
+    // reductions over T: 2e-2 of max|grad|.
+    h.check(&format!("attention_bwd dqkv {tag}"), dqkv, 2e-2);
+}
+
+#[test]
+fn attention() {
+    let Some(mut h) = gpu() else { return };
+    attention_cases(&mut h);
+}
+
+/// The CUDA-core forward (fallback for f32 / misaligned qkv) on the same cases.
+#[test]
+fn attention_simple_forward() {
+    let Some(mut h) = gpu() else { return };
+    h.g.use_simple_attention(true);
+    attention_cases(&mut h);
+}
+
+fn attention_cases(h: &mut H) {
+    for t in [1, 7, 64, 100, 257] {
+        attention_case(h, AttnShape { batch: 2, seq: t, heads: 4, kv_heads: 4, head_dim: 64 });
+    }
+    for d in [32, 96, 128] {
+        attention_case(h, AttnShape { batch: 1, seq: 100, heads: 2, kv_heads: 2, head_dim: d });
+    }
+    // Grouped-query attention: 2 and 4 query heads per kv head.
+    attention_case(h, AttnShape { batch: 2, seq: 257, heads: 8, kv_heads: 4, head_dim: 64 });
+    attention_case(h, AttnShape { batch: 1, seq: 100, heads: 4, kv_heads: 1, head_dim: 128 });
+    let s = AttnShape { batch: 1, seq: 8, heads: 2, kv_heads: 2, head_dim: 48 };
+    let err = h.g.attention_fwd(View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), s);
+    println!("unsupported head_dim -> {:?}", err.as_ref().err().map(|e| e.to_string()));
+    assert!(err.is_err());
+}
+
+#[test]
+fn softmax_xent() {
+    let Some(mut h) = gpu() else { return };
+    for (n, v, dt) in [(37, 1000, DType::Compute), (8, 50257, DType::Compute), (19, 333, DType::F32)] {
+        let logits = h.randn(n * v, 3.0, dt);
+        let mut tg: Vec<u32> = (0..n).map(|_| (h.rng.u64() % v as u64) as u32).collect();
+        tg[1] = IGNORE;
+        let t = h.ids(&tg);
+        let losses = h.zeros(n, DType::F32);
+        let dl = h.zeros(n * v, dt);
+        h.run(|be, i| be.softmax_xent(losses[i], Some(dl[i]), logits[i], t[i], n, v, 0.5));
+        h.check(&format!("xent losses n={n} V={v} {dt:?}"), losses, 1e-5);
+        h.check(&format!("xent dlogits n={n} V={v} {dt:?}"), dl, BF16_TOL);
+        // In place (dlogits == logits), and loss only.
+        h.run(|be, i| be.softmax_xent(losses[i], None, logits[i], t[i], n, v, 1.0));
+        h.check(&format!("xent losses (no grad) n={n} V={v}"), losses, 1e-5);
+        h.run(|be, i| be.softmax_xent(losses[i], Some(logits[i]), logits[i], t[i], n, v, 1.0));
+        h.check(&format!("xent dlogits in place n={n} V={v} {dt:?}"), logits, BF16_TOL);
+    }
+}
+
+#[test]
+fn adamw_ten_steps_and_shadow() {
+    let Some(mut h) = gpu() else { return };
+    let (rows, cols) = (37, 129); // odd sizes: vector body + scalar tail
+    let n = rows * cols + 5;
+    let p = h.randn(n, 1.0, DType::F32);
+    let (m, v) = (h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+    let g = h.randn(n, 1.0, DType::F32);
+    // Use the weights in a matmul first so the GPU holds a bf16 shadow that
+    // AdamW must keep in sync.
+    let w = [p[0].sub(5, rows * cols), p[1].sub(5, rows * cols)];
+    let x = h.randn(4 * cols, 1.0, DType::Compute);
+    let y = h.zeros(4 * rows, DType::Compute);
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, cols, rows));
+    for step in 1..=10u64 {
+        let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.8 };
+        // Whole range, then a misaligned sub-range (scalar path).
+        h.run(|be, i| be.adamw(p[i], g[i], m[i], v[i], a));
+        h.run(|be, i| be.adamw(p[i].sub(1, n - 2), g[i].sub(1, n - 2), m[i].sub(1, n - 2), v[i].sub(1, n - 2), a));
+        h.run(|be, i| be.params_changed(p[i]));
+    }
+    h.check("adamw params after 20 updates", p, F32_TOL);
+    h.check("adamw m", m, F32_TOL);
+    h.check("adamw v", v, F32_TOL);
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, cols, rows));
+    h.check("linear_fwd after adamw (bf16 shadow fresh)", y, MATMUL_TOL);
+    // A plain upload must invalidate the shadow too.
+    let fresh = h.rng.vec(rows * cols, 0.3);
+    h.g.upload(w[0], &fresh).unwrap();
+    h.c.upload(w[1], &fresh).unwrap();
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, cols, rows));
+    h.check("linear_fwd after upload (shadow invalidated)", y, MATMUL_TOL);
+}
+
+#[test]
+fn clear_errors() {
+    let Some(mut h) = gpu() else { return };
+    let e = h.g.alloc(1 << 40, DType::F32).unwrap_err().to_string();
+    println!("huge alloc -> {e}");
+    assert!(e.contains("out of GPU memory") && e.contains("train.batch_size"));
+    let b = h.g.alloc(10, DType::F32).unwrap();
+    let e = h.g.fill(View { buf: b, off: 5, len: 10 }, 1.0).unwrap_err().to_string();
+    println!("bad view -> {e}");
+}
+
+/// Rough speed at GPT-2 124M training shapes (B=8, T=1024); prints only.
+#[test]
+fn speed_smoke() {
+    let Some(mut h) = gpu() else { return };
+    let g = &mut h.g;
+    let time = |g: &mut CudaBackend, reps: usize, f: &mut dyn FnMut(&mut CudaBackend)| {
+        f(g);
+        g.synchronize().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f(g);
+        }
+        g.synchronize().unwrap();
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let (m, k, n) = (8192, 768, 3072);
+    let x = View::whole(g.alloc(m * k, DType::Compute).unwrap(), m * k);
+    let w = View::whole(g.alloc(n * k, DType::F32).unwrap(), n * k);
+    let y = View::whole(g.alloc(m * n, DType::Compute).unwrap(), m * n);
+    let s = time(g, 20, &mut |g| g.linear_fwd(y, x, w, None, m, k, n).unwrap());
+    println!("linear_fwd {m}x{k}x{n}: {:.3} ms, {:.0} TFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e12);
+    let sh = AttnShape { batch: 8, seq: 1024, heads: 12, kv_heads: 12, head_dim: 64 };
+    let nq = 8 * 1024;
+    let qkv = View::whole(g.alloc(nq * sh.qkv_width(), DType::Compute).unwrap(), nq * sh.qkv_width());
+    g.fill(qkv, 0.01).unwrap();
+    let out = View::whole(g.alloc(nq * 768, DType::Compute).unwrap(), nq * 768);
+    let lse = View::whole(g.alloc(8 * 12 * 1024, DType::F32).unwrap(), 8 * 12 * 1024);
+    let dq = View::whole(g.alloc(nq * sh.qkv_width(), DType::Compute).unwrap(), nq * sh.qkv_width());
+    let fl = 4.0 * 8.0 * 12.0 * 1024.0 * 1024.0 * 64.0 / 2.0; // causal half
+    for simple in [false, true] {
+        g.use_simple_attention(simple);
+        let s = time(g, 5, &mut |g| g.attention_fwd(out, lse, qkv, sh).unwrap());
+        let kind = if simple { "CUDA cores" } else { "tensor cores" };
+        println!("attention_fwd B8 T1024 H12 D64 ({kind}): {:.3} ms, {:.1} TFLOP/s (causal FLOPs)", s * 1e3, fl / s / 1e12);
+    }
+    let s = time(g, 3, &mut |g| g.attention_bwd(dq, out, qkv, out, lse, sh).unwrap());
+    println!("attention_bwd B8 T1024 H12 D64: {:.3} ms, {:.1} TFLOP/s (2.5x fwd FLOPs)", s * 1e3, 2.5 * fl / s / 1e12);
+    let (rows, v) = (8192, 50257);
+    let logits = View::whole(g.alloc(rows * v, DType::Compute).unwrap(), rows * v);
+    let tg = View::whole(g.alloc(rows, DType::U32).unwrap(), rows);
+    let losses = View::whole(g.alloc(rows, DType::F32).unwrap(), rows);
+    let s = time(g, 5, &mut |g| g.softmax_xent(losses, Some(logits), logits, tg, rows, v, 1.0).unwrap());
+    println!("softmax_xent {rows}x{v} bf16 in place: {:.3} ms, {:.0} GB/s (2 reads + 1 write)", s * 1e3, 6.0 * (rows * v) as f64 / s / 1e9);
+    let np = 124_000_000;
+    let bufs: Vec<View> = (0..4).map(|_| View::whole(g.alloc(np, DType::F32).unwrap(), np)).collect();
+    let a = AdamWArgs { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
+    let s = time(g, 10, &mut |g| g.adamw(bufs[0], bufs[1], bufs[2], bufs[3], a).unwrap());
+    println!("adamw 124M params: {:.3} ms, {:.0} GB/s (28 B/param)", s * 1e3, 28.0 * np as f64 / s / 1e9);
+    println!("peak device memory: {:.2} GiB", g.peak_memory_bytes() as f64 / (1u64 << 30) as f64);
+}

@@ -25,7 +25,10 @@ fn losses(device: &str, preset: &str, dir: &std::path::Path) -> Vec<f32> {
     let sets: Vec<String> = [
         format!("device={device}"), format!("model.preset={preset}"), "train.steps=20".into(), "train.batch_size=8".into(),
         "train.seq_len=64".into(), "train.eval_every=0".into(), "train.ckpt_every=0".into(), "train.samples=0".into(),
-        "run.progress=false".into(), format!("run.dir=\"{}\"", dir.display()), format!("run.name={device}-{preset}"),
+        // lr 1e-3 rather than the preset's 3e-3: at 3e-3 both runs hit a loss
+        // spike around step 17 where bf16 rounding decides how high it goes
+        // (seen: 2.8% apart at step 20 after 15 steps within 1e-4).
+        "optimizer.lr=1e-3".into(), "run.progress=false".into(), format!("run.dir=\"{}\"", dir.display()), format!("run.name={device}-{preset}"),
     ]
     .into();
     train(&config::load(None, &sets).unwrap(), None).unwrap().losses

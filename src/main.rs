@@ -109,6 +109,9 @@ enum BenchCommand {
         /// Also export the initial weights as Hugging Face safetensors here.
         #[arg(long, value_name = "DIR")]
         export_init: Option<PathBuf>,
+        /// Time every op (synchronizing after each) and report ms per step.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -132,9 +135,9 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
-        Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init } } => {
+        Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;
-            let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref())?;
+            let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref(), profile)?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }

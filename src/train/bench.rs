@@ -4,7 +4,7 @@
 //! bench/torch_train.py) trains exactly the same model side by side.
 
 use super::trainer::{new_state, tokens_per_step, train_step};
-use crate::backend::Backend;
+use crate::backend::{profile::Profiled, Backend};
 use crate::config::Config;
 use crate::data::{Dataset, Tokenizer};
 use crate::telemetry::flops;
@@ -27,16 +27,29 @@ pub struct BenchResult {
     pub peak_mem_bytes: u64,
     pub step_ms: Vec<f64>,
     pub losses: Vec<f64>,
+    /// With `--profile`: (op, calls per step, ms per step), slowest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<(String, f64, f64)>>,
 }
 
-pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>) -> Result<BenchResult> {
+pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, profile: bool) -> Result<BenchResult> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
     match cfg.device.as_str() {
-        "cpu" => run(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, export_init),
-        _ => run(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, export_init),
+        "cpu" => with_backend(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, export_init, profile),
+        _ => with_backend(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, export_init, profile),
     }
+}
+
+fn with_backend<B: Backend + 'static>(b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, profile: bool) -> Result<BenchResult> {
+    if !profile {
+        return Ok(run(b, cfg, warmup, steps, export_init, |_| {})?.0);
+    }
+    let (mut result, profiled) = run(Profiled::new(b), cfg, warmup, steps, export_init, |p| p.reset())?;
+    let per_step = |n: f64| n / steps as f64;
+    result.profile = Some(profiled.report().into_iter().map(|(op, calls, ms)| (op.to_string(), per_step(calls as f64), per_step(ms))).collect());
+    Ok(result)
 }
 
 /// Enough seeded random tokens for every step (the content does not change
@@ -53,7 +66,9 @@ fn random_dataset(cfg: &Config, micro_batches: usize) -> Dataset {
     Dataset::from_tokens(tok.expect("built-in tokenizer"), train, val, "random")
 }
 
-fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>) -> Result<BenchResult> {
+/// Runs the timed steps; hands the backend back so a caller can read what
+/// it recorded (the per-op profile).
+fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, mut after_warmup: impl FnMut(&mut B)) -> Result<(BenchResult, B)> {
     let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
     let mut st = new_state(&mut b, cfg, &data)?;
     if let Some(dir) = export_init {
@@ -62,6 +77,9 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     }
     let (mut step_ms, mut losses) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
+        if i == warmup {
+            after_warmup(&mut b);
+        }
         let line = train_step(&mut b, &mut st, cfg)?;
         if i >= warmup {
             step_ms.push(line.step_ms);
@@ -72,7 +90,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     let tokens_per_s = tokens_per_step(cfg) as f64 / (median / 1e3);
     let device = b.device_name();
     let mfu = flops::peak_flops_for(&device).map(|peak| flops::mfu(tokens_per_s, flops::flops_per_token(&cfg.model, cfg.train.seq_len, true), peak));
-    Ok(BenchResult {
+    let result = BenchResult {
         engine: "ferrotron".into(),
         device,
         preset: cfg.model.preset.clone(),
@@ -85,7 +103,9 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         peak_mem_bytes: b.peak_memory_bytes(),
         step_ms,
         losses,
-    })
+        profile: None,
+    };
+    Ok((result, b))
 }
 
 pub fn median(xs: &[f64]) -> f64 {

@@ -1,0 +1,151 @@
+//! A backend wrapper that times every op: it forwards each call to the inner
+//! backend, synchronizes, and adds the wall time to a per-op total. Used by
+//! `ferrotron bench train --profile` to show where a step's time goes.
+//! Synchronizing after every op removes overlap between launches, so totals
+//! are slightly higher than in an unprofiled step; the split is what matters.
+
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, View};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+pub struct Profiled<B: Backend> {
+    pub inner: B,
+    /// op name → (calls, total milliseconds)
+    totals: BTreeMap<&'static str, (u64, f64)>,
+}
+
+impl<B: Backend> Profiled<B> {
+    pub fn new(inner: B) -> Self {
+        Profiled { inner, totals: BTreeMap::new() }
+    }
+
+    pub fn reset(&mut self) {
+        self.totals.clear();
+    }
+
+    /// (op, calls, total ms), slowest first.
+    pub fn report(&self) -> Vec<(&'static str, u64, f64)> {
+        let mut rows: Vec<_> = self.totals.iter().map(|(k, (n, ms))| (*k, *n, *ms)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    }
+
+    fn time<T>(&mut self, op: &'static str, f: impl FnOnce(&mut B) -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let out = f(&mut self.inner)?;
+        self.inner.synchronize()?;
+        let entry = self.totals.entry(op).or_insert((0, 0.0));
+        entry.0 += 1;
+        entry.1 += start.elapsed().as_secs_f64() * 1e3;
+        Ok(out)
+    }
+}
+
+impl<B: Backend> Backend for Profiled<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn device_name(&self) -> String {
+        self.inner.device_name()
+    }
+    fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        self.inner.alloc(len, dtype)
+    }
+    fn free(&mut self, buf: BufId) {
+        self.inner.free(buf)
+    }
+    fn upload(&mut self, dst: View, src: &[f32]) -> Result<()> {
+        self.time("upload", |b| b.upload(dst, src))
+    }
+    fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
+        self.time("download", |b| b.download(src, dst))
+    }
+    fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()> {
+        self.time("upload", |b| b.upload_u32(dst, src))
+    }
+    fn fill(&mut self, dst: View, value: f32) -> Result<()> {
+        self.time("fill", |b| b.fill(dst, value))
+    }
+    fn copy(&mut self, dst: View, src: View) -> Result<()> {
+        self.time("copy", |b| b.copy(dst, src))
+    }
+    fn synchronize(&mut self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn peak_memory_bytes(&self) -> u64 {
+        self.inner.peak_memory_bytes()
+    }
+    fn add(&mut self, out: View, a: View, b2: View) -> Result<()> {
+        self.time("add", |b| b.add(out, a, b2))
+    }
+    fn accumulate(&mut self, dst: View, src: View) -> Result<()> {
+        self.time("accumulate", |b| b.accumulate(dst, src))
+    }
+    fn scale(&mut self, x: View, s: f32) -> Result<()> {
+        self.time("scale", |b| b.scale(x, s))
+    }
+    fn sum_squares(&mut self, x: View) -> Result<f64> {
+        self.time("sum_squares", |b| b.sum_squares(x))
+    }
+    fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
+        self.time("embed_fwd", |b| b.embed_fwd(out, tokens, wte, wpe, seq, c))
+    }
+    fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
+        self.time("embed_bwd", |b| b.embed_bwd(dwte, dwpe, dout, tokens, seq, c))
+    }
+    fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
+        self.time("linear_fwd", |b| b.linear_fwd(out, inp, w, bias, m, k, n))
+    }
+    fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
+        self.time("linear_bwd", |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
+    }
+    fn gemm(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.time("gemm", |b| b.gemm(c, a, b2, m, k, n, ta, tb, alpha, beta))
+    }
+    fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.time("layernorm_fwd", |b| b.layernorm_fwd(out, mean, rstd, inp, w, bias, n, c, eps))
+    }
+    fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
+        self.time("layernorm_bwd", |b| b.layernorm_bwd(dinp, dw, db, dout, inp, w, mean, rstd, n, c))
+    }
+    fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.time("rmsnorm_fwd", |b| b.rmsnorm_fwd(out, rstd, inp, w, n, c, eps))
+    }
+    fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
+        self.time("rmsnorm_bwd", |b| b.rmsnorm_bwd(dinp, dw, dout, inp, w, rstd, n, c))
+    }
+    fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()> {
+        self.time("gelu_fwd", |b| b.gelu_fwd(out, inp))
+    }
+    fn gelu_bwd(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
+        self.time("gelu_bwd", |b| b.gelu_bwd(dinp, inp, dout))
+    }
+    fn swiglu_fwd(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {
+        self.time("swiglu_fwd", |b| b.swiglu_fwd(out, inp, n, f))
+    }
+    fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
+        self.time("swiglu_bwd", |b| b.swiglu_bwd(dinp, inp, dout, n, f))
+    }
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()> {
+        self.time("rope_fwd", |b| b.rope_fwd(qkv, shape, theta))
+    }
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()> {
+        self.time("rope_bwd", |b| b.rope_bwd(dqkv, shape, theta))
+    }
+    fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()> {
+        self.time("attention_fwd", |b| b.attention_fwd(out, lse, qkv, shape))
+    }
+    fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()> {
+        self.time("attention_bwd", |b| b.attention_bwd(dqkv, dout, qkv, out, lse, shape))
+    }
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
+        self.time("softmax_xent", |b| b.softmax_xent(losses, dlogits, logits, targets, n, v, grad_scale))
+    }
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
+        self.time("adamw", |b| b.adamw(params, grads, m, v, args))
+    }
+    fn params_changed(&mut self, params: View) -> Result<()> {
+        self.time("params_changed", |b| b.params_changed(params))
+    }
+}

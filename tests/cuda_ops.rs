@@ -138,7 +138,11 @@ fn nvrtc_compiles_every_kernel() {
     std::env::set_var("FERROTRON_CACHE", dir.path()); // force a real compile
     match compile_all_kernels(None) {
         Ok(names) => println!("NVRTC compiled {} kernel files: {names:?}", names.len()),
-        Err(e) if e.to_string().contains("not found") => println!("skipping: NVRTC or CUDA headers not present ({e})"),
+        // CI sets FERROTRON_REQUIRE_NVRTC after unpacking NVIDIA's NVRTC wheels
+        // (.ci/run): there a missing library is a failure, not a skip.
+        Err(e) if e.to_string().contains("not found") && std::env::var_os("FERROTRON_REQUIRE_NVRTC").is_none() => {
+            println!("skipping: NVRTC or CUDA headers not present ({e})")
+        }
         Err(e) => panic!("{e}"),
     }
 }

@@ -158,6 +158,9 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     if let Some(v) = s.final_val_loss {
         println!("final validation loss {v:.4}");
     }
+    if let Some(mfu) = s.mfu {
+        println!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0);
+    }
     if s.peak_mem_bytes > 0 {
         println!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64);
     }

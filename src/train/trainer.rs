@@ -29,6 +29,8 @@ pub struct RunSummary {
     pub final_val_loss: Option<f32>,
     pub tokens_per_s: f64,
     pub peak_mem_bytes: u64,
+    /// Model FLOPs utilization of the whole run, where the peak is known.
+    pub mfu: Option<f64>,
     pub samples: Vec<String>,
 }
 
@@ -82,11 +84,15 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     ));
     let unigram = crate::data::unigram_entropy(data.tokens(Split::Val));
     progress.println(&format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, samples: vec![] };
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
     let started = Instant::now();
     let first_step = st.step;
+    // MFU where the device's peak is known (causal attention FLOPs halved).
+    let peak_flops = telemetry::flops::peak_flops_for(&b.device_name());
+    let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
     while st.step < cfg.train.steps {
-        let line = train_step(&mut b, &mut st, cfg)?;
+        let mut line = train_step(&mut b, &mut st, cfg)?;
+        line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
         summary.losses.push(line.loss as f32);
         metrics.train(&line)?;
         progress.update(st.step, line.loss, line.tokens_per_s);
@@ -110,6 +116,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     summary.steps = st.step;
     summary.tokens_per_s = (st.step - first_step) as f64 * tokens_per_step(cfg) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
+    summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
     let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
     telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
     summary.samples = samples(&mut b, &mut st, cfg, &data)?;

@@ -325,16 +325,30 @@ fn attention_case(h: &mut H, s: AttnShape) {
     let out = h.zeros(n * s.heads * s.head_dim, DType::Compute);
     let lse = h.zeros(s.batch * s.heads * s.seq, DType::F32);
     let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+    // Poison the GPU outputs: an element no kernel writes shows up as NaN.
+    h.g.fill(out[0], f32::NAN).unwrap();
+    h.g.fill(lse[0], f32::NAN).unwrap();
     h.run(|be, i| be.attention_fwd(out[i], lse[i], qkv[i], s));
     h.check(&format!("attention_fwd out {tag}"), out, BF16_TOL);
     h.check(&format!("attention_fwd lse {tag}"), lse, 1e-4);
     // The backward reads `out` as saved by each backend's own forward.
     let dout = h.randn(n * s.heads * s.head_dim, 1.0, DType::Compute);
     let dqkv = h.zeros(n * s.qkv_width(), DType::Compute);
+    h.g.fill(dqkv[0], f32::NAN).unwrap();
     h.run(|be, i| be.attention_bwd(dqkv[i], dout[i], qkv[i], out[i], lse[i], s));
     // Gradients pass through two bf16 roundings (out, then dqkv) and
     // reductions over T: 2e-2 of max|grad|.
     h.check(&format!("attention_bwd dqkv {tag}"), dqkv, 2e-2);
+    // Every backward path is deterministic (no atomics): a second run must
+    // reproduce the first bit for bit.
+    let mut first = vec![0.0; dqkv[0].len];
+    h.g.download(dqkv[0], &mut first).unwrap();
+    h.g.fill(dqkv[0], f32::NAN).unwrap();
+    h.g.attention_bwd(dqkv[0], dout[0], qkv[0], out[0], lse[0], s).unwrap();
+    let mut second = vec![0.0; dqkv[0].len];
+    h.g.download(dqkv[0], &mut second).unwrap();
+    let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "attention_bwd {tag}: a second run differs from the first");
 }
 
 #[test]
@@ -361,6 +375,13 @@ fn attention_cases(h: &mut H) {
     // Grouped-query attention: 2 and 4 query heads per kv head.
     attention_case(h, AttnShape { batch: 2, seq: 257, heads: 8, kv_heads: 4, head_dim: 64 });
     attention_case(h, AttnShape { batch: 1, seq: 100, heads: 4, kv_heads: 1, head_dim: 128 });
+    // The FlashAttention-2 kernels (D = 64 / 128): several query tiles (128
+    // rows for D = 64, 64 for D = 128) and key tiles (64), a ragged last
+    // tile, and GQA groups looped inside the dK/dV blocks.
+    attention_case(h, AttnShape { batch: 2, seq: 600, heads: 4, kv_heads: 2, head_dim: 64 });
+    attention_case(h, AttnShape { batch: 1, seq: 513, heads: 2, kv_heads: 2, head_dim: 64 });
+    attention_case(h, AttnShape { batch: 2, seq: 257, heads: 4, kv_heads: 2, head_dim: 128 });
+    attention_case(h, AttnShape { batch: 1, seq: 384, heads: 3, kv_heads: 1, head_dim: 128 });
     let s = AttnShape { batch: 1, seq: 8, heads: 2, kv_heads: 2, head_dim: 48 };
     let err = h.g.attention_fwd(View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), s);
     println!("unsupported head_dim -> {:?}", err.as_ref().err().map(|e| e.to_string()));
@@ -482,4 +503,80 @@ fn speed_smoke() {
     let s = time(g, 10, &mut |g| g.adamw(bufs[0], bufs[1], bufs[2], bufs[3], a).unwrap());
     println!("adamw 124M params: {:.3} ms, {:.0} GB/s (28 B/param)", s * 1e3, 28.0 * np as f64 / s / 1e9);
     println!("peak device memory: {:.2} GiB", g.peak_memory_bytes() as f64 / (1u64 << 30) as f64);
+}
+
+/// Attention micro-benchmark (run on a GPU with `--ignored attention_bench`):
+/// forward and backward TFLOP/s at GPT-2 124M head shapes (B=8, H=12,
+/// D=64) for T = 1024 .. 16384, plus D=128 (H=6, same model width).
+/// FLOP convention (causal, as FlashAttention reports): forward
+/// 2·B·H·T²·D (= 4·B·H·T²·D halved by the mask), backward 2.5× forward.
+/// Each time is the median of `reps` launches, each synchronized.
+#[test]
+#[ignore]
+fn attention_bench() {
+    let Some(mut h) = gpu() else { return };
+    let g = &mut h.g;
+    let median = |g: &mut CudaBackend, reps: usize, f: &mut dyn FnMut(&mut CudaBackend)| {
+        f(g);
+        g.synchronize().unwrap();
+        let mut ts: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f(g);
+                g.synchronize().unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        ts[reps / 2]
+    };
+    // Random bf16 inputs (never zeros): 16M normals repeated with a period
+    // prime to every row width, so no two rows are equal.
+    let mut rng = Rng(7);
+    let pool = rng.vec((1 << 24) - 3, 1.0);
+    let fill = |g: &mut CudaBackend, len: usize| -> View {
+        let v = View::whole(g.alloc(len, DType::Compute).unwrap(), len);
+        let data: Vec<f32> = (0..len).map(|i| pool[i % pool.len()]).collect();
+        g.upload(v, &data).unwrap();
+        v
+    };
+    println!("| D | B | H | T | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (d, heads, ts) in [(64usize, 12usize, &[1024usize, 2048, 4096, 8192, 16384][..]), (128, 6, &[1024, 4096, 16384][..])] {
+        let tmax = *ts.last().unwrap();
+        let smax = AttnShape { batch: 8, seq: tmax, heads, kv_heads: heads, head_dim: d };
+        let nmax = 8 * tmax;
+        let qkv_all = fill(g, nmax * smax.qkv_width());
+        let dout_all = fill(g, nmax * heads * d);
+        let out_all = View::whole(g.alloc(nmax * heads * d, DType::Compute).unwrap(), nmax * heads * d);
+        let lse_all = View::whole(g.alloc(8 * heads * tmax, DType::F32).unwrap(), 8 * heads * tmax);
+        let dqkv_all = View::whole(g.alloc(nmax * smax.qkv_width(), DType::Compute).unwrap(), nmax * smax.qkv_width());
+        for &t in ts {
+            let s = AttnShape { seq: t, ..smax };
+            let n = 8 * t;
+            let (qkv, dout) = (qkv_all.sub(0, n * s.qkv_width()), dout_all.sub(0, n * heads * d));
+            let (out, lse, dqkv) = (out_all.sub(0, n * heads * d), lse_all.sub(0, 8 * heads * t), dqkv_all.sub(0, n * s.qkv_width()));
+            let reps = if t <= 4096 { 15 } else { 5 };
+            let tf = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());
+            let tb = median(g, reps, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
+            let fl = 2.0 * 8.0 * heads as f64 * (t * t) as f64 * d as f64;
+            println!("| {d} | 8 | {heads} | {t} | {:.3} | {:.1} | {:.3} | {:.1} |", tf * 1e3, fl / tf / 1e12, tb * 1e3, 2.5 * fl / tb / 1e12);
+        }
+        for v in [qkv_all, dout_all, out_all, lse_all, dqkv_all] {
+            g.free(v.buf);
+        }
+    }
+    // The previous kernels at the training shape, for reference.
+    let s = AttnShape { batch: 8, seq: 1024, heads: 12, kv_heads: 12, head_dim: 64 };
+    let n = 8 * 1024;
+    let qkv = fill(g, n * s.qkv_width());
+    let dout = fill(g, n * 768);
+    let out = View::whole(g.alloc(n * 768, DType::Compute).unwrap(), n * 768);
+    let lse = View::whole(g.alloc(8 * 12 * 1024, DType::F32).unwrap(), 8 * 12 * 1024);
+    let dqkv = View::whole(g.alloc(n * s.qkv_width(), DType::Compute).unwrap(), n * s.qkv_width());
+    let fl = 2.0 * 8.0 * 12.0 * 1024.0 * 1024.0 * 64.0;
+    g.use_simple_attention(true);
+    let tb = median(g, 3, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
+    println!("previous CUDA-core backward, D=64 B=8 H=12 T=1024: {:.3} ms, {:.1} TFLOP/s", tb * 1e3, 2.5 * fl / tb / 1e12);
+    g.use_simple_attention(false);
 }

@@ -21,6 +21,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("kernels/rope.cu")),
     ("attention", include_str!("kernels/attention.cu")),
     ("attention_mma", include_str!("kernels/attention_mma.cu")),
+    ("attention_fa2", include_str!("kernels/attention_fa2.cu")),
     ("xent", include_str!("kernels/xent.cu")),
     ("adamw", include_str!("kernels/adamw.cu")),
 ];

@@ -27,8 +27,8 @@ pub struct CudaBackend {
     pub(super) sms: u32,
     pub(super) max_smem: u32,
     pub(super) device_name: String,
-    /// Use the CUDA-core attention forward instead of the tensor-core one
-    /// (FERROTRON_ATTN=simple, or `use_simple_attention`).
+    /// Use the CUDA-core attention kernels (forward and backward) instead of
+    /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
     pub(super) stream: Arc<CudaStream>,
     pub(super) ctx: Arc<CudaContext>,
@@ -97,7 +97,7 @@ impl CudaBackend {
         })
     }
 
-    /// Choose the CUDA-core attention forward (true) or the tensor-core one.
+    /// Choose the CUDA-core attention kernels (true) or the tensor-core ones.
     pub fn use_simple_attention(&mut self, yes: bool) {
         self.simple_attention = yes;
     }

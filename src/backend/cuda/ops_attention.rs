@@ -1,7 +1,12 @@
-//! Causal flash-style attention (kernels/attention.cu): forward saves the
-//! per-row log-sum-exp; backward recomputes probabilities from it.
-//! Forward: tensor cores (attention_mma.cu) for bf16 qkv, else CUDA cores.
-//! Backward: CUDA cores (attention.cu) for now.
+//! Causal flash-style attention: forward saves the per-row log-sum-exp;
+//! backward recomputes probabilities from it.
+//! Paths, fastest first:
+//! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
+//!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
+//! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
+//! - CUDA cores (attention.cu): everything else, and every op when
+//!   `simple_attention` is set (FERROTRON_ATTN=simple; the tests use it to
+//!   keep the fallback checked).
 
 use super::device::CudaBackend;
 use super::kernels::AttnDims;
@@ -12,6 +17,16 @@ use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
 
 const TILE: usize = 32;
+
+/// bf16 and 16-byte aligned (cp.async copies 16 bytes at a time).
+fn fa2_ok(v: &super::memory::Dev) -> bool {
+    v.elem == Elem::Bf16 && v.ptr.is_multiple_of(16)
+}
+
+/// Bytes of bf16 tiles of `rows` rows at the padded stride D + 8.
+fn tile_bytes(rows: usize, d: usize) -> usize {
+    rows * (d + 8) * 2
+}
 
 /// Kernel name suffix for a head dimension (lane-per-dimension needs D = 32·k).
 fn variant(d: usize) -> Result<usize> {
@@ -53,6 +68,15 @@ impl CudaBackend {
         }
         let q = self.dev(qkv)?;
         let (o, l) = (self.out(out)?, self.out(lse)?);
+        if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&o) {
+            // 4 warps x 32 query rows for D = 64; x 16 rows for D = 128 (the
+            // O accumulator of 32 rows would not fit in registers).
+            let bq = if d == 64 { 128 } else { 64 };
+            let bytes = tile_bytes(bq, d) + 4 * tile_bytes(64, d);
+            let c = LaunchConfig { grid_dim: (s.seq.div_ceil(bq) as u32, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
+            let name = if d == 64 { "fa2_fwd_d64" } else { "fa2_fwd_d128" };
+            return self.launch("attention_fa2", name, c, &[P(o.ptr), P(l.ptr), I(l.dt()), P(q.ptr), Attn(a)]);
+        }
         // Tensor-core path: bf16 qkv with 16-byte aligned rows.
         if !self.simple_attention && q.elem == Elem::Bf16 && q.ptr % 16 == 0 {
             let (ldq, ldx) = (d + 8, d.max(64) + 4);
@@ -79,6 +103,9 @@ impl CudaBackend {
         }
         let (g, q, o, l) = (self.dev(dout)?, self.dev(qkv)?, self.dev(out)?, self.dev(lse)?);
         let dq = self.out(dqkv)?;
+        if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&g) && fa2_ok(&dq) {
+            return self.attention_bwd_fa2(dq.ptr, g.ptr, q.ptr, o, l, s, a);
+        }
         let delta = self.scratch(n * s.heads * 4)?;
         let c = LaunchConfig { grid_dim: ((n * s.heads).div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         self.launch("attention", "attn_bwd_delta_k", c, &[P(delta), P(g.ptr), I(g.dt()), P(o.ptr), I(o.dt()), Attn(a), I(d as i32)])?;
@@ -88,5 +115,29 @@ impl CudaBackend {
         self.launch("attention", pick!("attn_bwd_dq_", d), cfg(tiles, s.heads, s.batch, smem), &args)?;
         let smem = 2 * TILE * d + 2 * TILE * (d + 1) + 2 * TILE;
         self.launch("attention", pick!("attn_bwd_dkv_", d), cfg(tiles, s.kv_heads, s.batch, smem), &args)
+    }
+
+    /// FlashAttention-2 backward: prep (delta, lse·log2e), dK/dV, dQ. The
+    /// three kernels write disjoint parts of dqkv, so the result does not
+    /// depend on launch order or scheduling.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: super::memory::Dev, l: super::memory::Dev, s: AttnShape, a: AttnDims) -> Result<()> {
+        let d = s.head_dim;
+        let tp = s.seq.div_ceil(64) * 64;
+        let rows = s.batch * s.heads * tp;
+        let delta = self.scratch(rows * 4)?;
+        let lse2 = self.scratch(rows * 4)?;
+        let c = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (gd, od) = (Elem::Bf16 as i32, o.dt());
+        self.launch("attention_fa2", "fa2_bwd_prep", c, &[P(delta), P(lse2), P(g), I(gd), P(o.ptr), I(od), P(l.ptr), I(l.dt()), Attn(a), I(d as i32), I(tp as i32)])?;
+        let args = [P(dq), P(g), P(q), P(delta), P(lse2), Attn(a), I(tp as i32)];
+        let tiles = s.seq.div_ceil(64) as u32;
+        let bytes = 6 * tile_bytes(64, d) + 4 * 64 * 4;
+        let c = LaunchConfig { grid_dim: (tiles, s.kv_heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
+        let (kv, qn) = if d == 64 { ("fa2_bwd_dkv_d64", "fa2_bwd_dq_d64") } else { ("fa2_bwd_dkv_d128", "fa2_bwd_dq_d128") };
+        self.launch("attention_fa2", kv, c, &args)?;
+        let bytes = 6 * tile_bytes(64, d);
+        let c = LaunchConfig { grid_dim: (tiles, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
+        self.launch("attention_fa2", qn, c, &args)
     }
 }

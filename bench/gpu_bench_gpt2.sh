@@ -10,6 +10,10 @@ ft() { $B bench train --set device=cuda "$@" 2>>$OUT/stderr.log | tee -a $J; }
 pt() { python3 bench/torch_train.py "$@" 2>>$OUT/stderr.log | tail -1 | tee -a $J; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 
+./.dev/cuda_ops --test-threads=1 > $OUT/cuda_ops.log 2>&1; tail -3 $OUT/cuda_ops.log
+python3 bench/hf_logits_fixtures.py /tmp/hf > $OUT/cuda_model.log 2>&1
+FERROTRON_HF_FIXTURES=/tmp/hf ./.dev/cuda_model --test-threads=1 --nocapture >> $OUT/cuda_model.log 2>&1; grep -E 'test result|max.logit' $OUT/cuda_model.log
+
 # GPT-2 124M, seq 1024: two rounds, alternating engines.
 G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
 ft $G --warmup 3 --steps 10 --export-init /tmp/g124
@@ -20,12 +24,3 @@ done
 pt --hf-dir /tmp/g124 --batch 8 --seq 1024 --warmup 3 --steps 10
 ft $G --warmup 2 --steps 3 --profile > $OUT/profile_gpt2.json
 
-# llama-1b, seq 2048.
-L="--set model.preset=llama-1b --set train.batch_size=4 --set train.seq_len=2048"
-ft $L --warmup 2 --steps 5 --export-init /tmp/l1b
-pt --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0
-ft $L --warmup 2 --steps 5
-
-# Long context: llama-1b at 32768 with recompute / activation checkpointing.
-ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2
-pt --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0

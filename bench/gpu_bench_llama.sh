@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Side-by-side training benchmarks on one GPU, in one session (run on the GPU
+# machine from the repo root, with the built binary at .dev/ferrotron).
+# Every line of $OUT/bench.jsonl is one engine's result (JSON).
+export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+B=./.dev/ferrotron
+J=$OUT/bench.jsonl
+ft() { $B bench train --set device=cuda "$@" 2>>$OUT/stderr.log | tee -a $J; }
+pt() { python3 bench/torch_train.py "$@" 2>>$OUT/stderr.log | tail -1 | tee -a $J; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+
+# llama-1b, seq 2048.
+L="--set model.preset=llama-1b --set train.batch_size=4 --set train.seq_len=2048"
+ft $L --warmup 2 --steps 5 --export-init /tmp/l1b
+pt --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0
+ft $L --warmup 2 --steps 5
+
+# Long context: llama-1b at 32768 with recompute / activation checkpointing.
+ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2
+pt --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0

@@ -125,8 +125,8 @@ fn memory_estimate_matches_hand_computation() {
     let per_layer = n * 128 + n * 384 + n * 128 + n * 128 + n * 128 + n * 512 + n * 512 + n * 128;
     // fp32: 2 layernorms × (mean + rstd) + lse per head.
     let per_layer_fp32 = 4 * n + n * 4;
-    let act = 4 * per_layer + 2 * n * 128; // + embedding output, ln_f output
-    let fp32 = 4 * per_layer_fp32 + 2 * n + n * 256; // + ln_f stats, fp32 logits
+    let act = 4 * per_layer + 2 * n * 128 + n * 256; // + embedding output, ln_f output, logits
+    let fp32 = 4 * per_layer_fp32 + 2 * n; // + ln_f stats
     let counted = activation_count(&tiny_small("cpu", false));
     assert_eq!((counted.act, counted.fp32), (act, fp32));
 

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 pub struct Profiled<B: Backend> {
     pub inner: B,
-    /// op name → (calls, total milliseconds)
-    totals: BTreeMap<&'static str, (u64, f64)>,
+    /// op name (matmuls: with their m×k×n) → (calls, total milliseconds)
+    totals: BTreeMap<String, (u64, f64)>,
 }
 
 impl<B: Backend> Profiled<B> {
@@ -25,17 +25,21 @@ impl<B: Backend> Profiled<B> {
     }
 
     /// (op, calls, total ms), slowest first.
-    pub fn report(&self) -> Vec<(&'static str, u64, f64)> {
-        let mut rows: Vec<_> = self.totals.iter().map(|(k, (n, ms))| (*k, *n, *ms)).collect();
+    pub fn report(&self) -> Vec<(String, u64, f64)> {
+        let mut rows: Vec<_> = self.totals.iter().map(|(k, (n, ms))| (k.clone(), *n, *ms)).collect();
         rows.sort_by(|a, b| b.2.total_cmp(&a.2));
         rows
     }
 
     fn time<T>(&mut self, op: &'static str, f: impl FnOnce(&mut B) -> Result<T>) -> Result<T> {
+        self.time_keyed(op.to_string(), f)
+    }
+
+    fn time_keyed<T>(&mut self, key: String, f: impl FnOnce(&mut B) -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let out = f(&mut self.inner)?;
         self.inner.synchronize()?;
-        let entry = self.totals.entry(op).or_insert((0, 0.0));
+        let entry = self.totals.entry(key).or_insert((0, 0.0));
         entry.0 += 1;
         entry.1 += start.elapsed().as_secs_f64() * 1e3;
         Ok(out)
@@ -95,10 +99,10 @@ impl<B: Backend> Backend for Profiled<B> {
         self.time("embed_bwd", |b| b.embed_bwd(dwte, dwpe, dout, tokens, seq, c))
     }
     fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time("linear_fwd", |b| b.linear_fwd(out, inp, w, bias, m, k, n))
+        self.time_keyed(format!("linear_fwd {m}x{k}x{n}"), |b| b.linear_fwd(out, inp, w, bias, m, k, n))
     }
     fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time("linear_bwd", |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
+        self.time_keyed(format!("linear_bwd {m}x{k}x{n}"), |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
     }
     fn gemm(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
         self.time("gemm", |b| b.gemm(c, a, b2, m, k, n, ta, tb, alpha, beta))

@@ -130,7 +130,9 @@ impl Activations {
             lnf: a.act(n * c)?,
             lnf_mean: a.f32(n)?,
             lnf_rstd: a.f32(n)?,
-            logits: a.get(n * m.vocab_size, DType::F32)?,
+            // bf16 on CUDA: the loss kernel reads them and computes in fp32;
+            // storing them in fp32 would double the biggest activation.
+            logits: a.act(n * m.vocab_size)?,
             losses: a.f32(n)?,
             proj_out: a.act(n * c)?,
             grads,

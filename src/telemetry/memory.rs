@@ -6,9 +6,9 @@
 //! - `cuda`: fp32 master weights plus a bf16 compute copy (6 B/param), fp32
 //!   gradients, bf16 activations.
 //!
-//! Softmax statistics (norm mean/rstd, attention log-sum-exp) and the logits
-//! stay fp32 on both devices: the fused softmax-cross-entropy works on fp32
-//! logits. Transient buffers (activation gradients, matmul workspaces, the
+//! Softmax statistics (norm mean/rstd, attention log-sum-exp) stay fp32 on
+//! both devices. Logits are an activation (bf16 on cuda): the fused
+//! softmax-cross-entropy reads them and does its math in fp32. Transient buffers (activation gradients, matmul workspaces, the
 //! allocator's slack) are not counted.
 
 use crate::config::{Config, Mlp, Norm};
@@ -107,7 +107,7 @@ pub struct ActivationCount {
 ///
 /// The projections write straight into the residual stream, so their
 /// outputs are not kept apart. Once per model: the embedding output N·C,
-/// ln_f output N·C and its stats, and the logits N·V (fp32).
+/// ln_f output N·C and its stats, and the logits N·V (activation dtype).
 pub fn activation_count(cfg: &Config) -> ActivationCount {
     let m = &cfg.model;
     let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
@@ -120,7 +120,7 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
     let per_layer_act = kept + if cfg.train.recompute { 0 } else { recomputable };
     let per_layer_fp32 = 2 * stats + n * h;
     let layers = m.n_layers as u64;
-    ActivationCount { act: layers * per_layer_act + 2 * n * c, fp32: layers * per_layer_fp32 + stats + n * v }
+    ActivationCount { act: layers * per_layer_act + 2 * n * c + n * v, fp32: layers * per_layer_fp32 + stats }
 }
 
 fn activation_bytes(cfg: &Config, act_bytes: u64) -> u64 {

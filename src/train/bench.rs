@@ -48,7 +48,7 @@ fn with_backend<B: Backend + 'static>(b: B, cfg: &Config, warmup: usize, steps: 
     }
     let (mut result, profiled) = run(Profiled::new(b), cfg, warmup, steps, export_init, |p| p.reset())?;
     let per_step = |n: f64| n / steps as f64;
-    result.profile = Some(profiled.report().into_iter().map(|(op, calls, ms)| (op.to_string(), per_step(calls as f64), per_step(ms))).collect());
+    result.profile = Some(profiled.report().into_iter().map(|(op, calls, ms)| (op, per_step(calls as f64), per_step(ms))).collect());
     Ok(result)
 }
 

@@ -116,9 +116,15 @@ fn memory_section(out: &mut String, cfg: &Config) {
 fn optimizer_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {
     let name = &cfg.optimizer.name;
     match est.optimizer_state {
-        Some(bytes) => row(out, "optimizer state", &human_bytes(bytes), &format!("{name}, {:.3} B/param (groups below)", bytes as f64 / est.params.max(1) as f64)),
+        Some(bytes) => row(out, "optimizer state", &human_bytes(bytes), &format!("{name}, {} B/param (groups below)", per_param(bytes as f64 / est.params.max(1) as f64))),
         None => row(out, "optimizer state", "unknown", &format!("{name}: settings do not fit the model (see below)")),
     }
+}
+
+/// Bytes per parameter: "8" when whole, else three decimals ("2.032").
+fn per_param(x: f64) -> String {
+    let r = (x * 1000.0).round() / 1000.0;
+    if r.fract() == 0.0 { format!("{r:.0}") } else { format!("{r:.3}") }
 }
 
 /// Which tensors get which update rule, and the exact state of each group.
@@ -137,13 +143,13 @@ fn optimizer_section(out: &mut String, cfg: &Config) {
     rule(out);
     let bytes: u64 = groups.iter().map(|g| g.state_bytes).sum();
     let params: usize = groups.iter().map(|g| g.params).sum();
-    row(out, "total optimizer state", &human_bytes(bytes), &format!("{} B, {:.3} B/param", group_digits(bytes), bytes as f64 / params.max(1) as f64));
+    row(out, "total optimizer state", &human_bytes(bytes), &format!("{} B, {} B/param", group_digits(bytes), per_param(bytes as f64 / params.max(1) as f64)));
 }
 
 fn group_rows(out: &mut String, g: &GroupPlan) {
     let label = format!("{} → {}", g.group, g.rule);
     let _ = writeln!(out, "  {label}");
-    row(out, &format!("  {} params, weight decay {}", human_count(g.params as f64), g.weight_decay), &human_bytes(g.state_bytes), &format!("{:.3} B/param", g.bytes_per_param()));
+    row(out, &format!("  {} params, weight decay {}", human_count(g.params as f64), g.weight_decay), &human_bytes(g.state_bytes), &format!("{} B/param", per_param(g.bytes_per_param())));
     let _ = writeln!(out, "    tensors: {}", tensor_summary(&g.tensors));
 }
 

@@ -454,7 +454,7 @@ impl OptimizerConfig {
         if !(self.adamw_lr >= 0.0 && self.adamw_lr.is_finite()) {
             bail!("optimizer.adamw_lr must be >= 0 (0 = same as optimizer.lr), got {}", self.adamw_lr);
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             bail!("optimizer.eps must be > 0, got {}", self.eps);
         }
         let matrix = ["apollo", "apollo_mini", "cosmos"].contains(&self.name.as_str());

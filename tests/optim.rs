@@ -247,7 +247,7 @@ fn adamw_matches_pytorch_formula_with_groups_and_weight_decay() {
     let n = h.layout.total;
     let grads = |t: usize| normal(100 + t as u64, n, 0.01);
     let lr = |t: usize| 1e-2 * (1.0 + t as f32 / 20.0);
-    let gs = |t: usize| if t % 3 == 0 { 0.5 } else { 1.0 };
+    let gs = |t: usize| if t.is_multiple_of(3) { 0.5 } else { 1.0 };
     let got = drive(&mut h, opt.as_mut(), 20, &grads, &lr, &gs);
     let mut p = initial(&harness(&[]));
     let mut r = AdamRef::new(n);
@@ -315,8 +315,8 @@ fn adamw8bit_tracks_fp32_adamw_bitsandbytes_thresholds() {
             let args = AdamWArgs { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: t, grad_scale: 1.0 };
             b.adamw(p32, g, m, v, args).unwrap();
             b.adamw8bit(p8, g, mc, vc, ma, va, args).unwrap();
-            let mq = quant_map::dequantize_blockwise(&b.slice_u8(mc).to_vec(), b.slice(ma), true, 256);
-            let vq = quant_map::dequantize_blockwise(&b.slice_u8(vc).to_vec(), b.slice(va), false, 256);
+            let mq = quant_map::dequantize_blockwise(b.slice_u8(mc), b.slice(ma), true, 256);
+            let vq = quant_map::dequantize_blockwise(b.slice_u8(vc), b.slice(va), false, 256);
             for (name, exact, deq, absmax, half_gap) in [("m", b.slice(m), &mq, b.slice(ma), 0.00704), ("v", b.slice(v), &vq, b.slice(va), 0.0036)] {
                 let off = exact.iter().zip(deq.iter()).filter(|(a, q)| (*a - *q).abs() > 3e-3 + 1e-3 * q.abs()).count();
                 assert!(off < 20, "{cols}: step {t}: {off} {name} values outside isclose");
@@ -649,7 +649,7 @@ fn frugal_state_full_rotates_resets_and_state_free_is_sign_descent() {
         let full = opt.state_full();
         assert!(!full.is_empty());
         assert!(mats.iter().filter(|p| full.contains(&p.name)).map(|p| p.numel()).sum::<usize>() <= budget);
-        if (t - 1) % 2 == 1 {
+        if !(t - 1).is_multiple_of(2) {
             assert_eq!(&full, sets.last().unwrap(), "subset is fixed within a period");
         } else {
             sets.push(full.clone());

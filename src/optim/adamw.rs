@@ -37,12 +37,15 @@ impl AdamHyper {
     }
 }
 
+/// (parameter range, offset in the compact state) pairs.
+type Ranges = Vec<(Range<usize>, usize)>;
+
 /// AdamW over some groups. The state is compact: the groups' tensors are
 /// laid out in layout order, so for all tensors of a model the state has
 /// exactly the parameter layout.
 pub struct AdamWPart {
-    /// Per group: weight decay and (parameter range, state offset) pairs.
-    groups: Vec<(f32, Vec<(Range<usize>, usize)>)>,
+    /// Per group: weight decay and its (parameter range, state offset) pairs.
+    groups: Vec<(f32, Ranges)>,
     pub m: View,
     pub v: View,
 }
@@ -86,8 +89,8 @@ impl AdamWPart {
 
 /// (parameter range, state offset) of a group's tensors, merging neighbours
 /// that are contiguous in both (fewer op calls, same arithmetic).
-fn merged(g: &ParamGroup, state_off: &HashMap<usize, usize>) -> Vec<(Range<usize>, usize)> {
-    let mut out: Vec<(Range<usize>, usize)> = vec![];
+fn merged(g: &ParamGroup, state_off: &HashMap<usize, usize>) -> Ranges {
+    let mut out: Ranges = vec![];
     for t in &g.tensors {
         let s = state_off[&t.offset];
         match out.last_mut() {

@@ -17,6 +17,7 @@
 //!   p *= 1 - lr·wd; p -= lr·sqrt(mn)·u / (||u|| + eps).
 //!   `lr` here is the reference's `lr·lr_ratio` (matrices); the AdamW part
 //!   runs at `optimizer.adamw_lr` (the reference's `lr`).
+//!
 //! r = `optimizer.rank` capped at n. State: M (mn) + P (nr) + GG (r²) +
 //! v (mr) fp32.
 //!

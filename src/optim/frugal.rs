@@ -120,7 +120,7 @@ impl<B: Backend> Optimizer<B> for Frugal {
             self.select(k);
             // A new subset starts from zero state (reset), exactly at the
             // period boundary; on resume mid-period the pool is restored.
-            if self.steps % period == 0 {
+            if self.steps.is_multiple_of(period) {
                 b.fill(self.m, 0.0)?;
                 b.fill(self.v, 0.0)?;
             }

@@ -57,6 +57,7 @@ impl Muon {
         Ok(Muon { cfg: cfg.clone(), weight_decay: matrices.weight_decay, matrices: matrices.tensors, buf, offs, adam, ns, steps: 0 })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step_matrix<B: Backend>(&self, b: &mut B, t: &TensorRef, off: usize, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()> {
         let (n, mu) = (t.numel(), self.cfg.momentum);
         let (g, p, m) = (t.view(grads), t.view(params), self.buf.sub(off, n));

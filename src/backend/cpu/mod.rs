@@ -219,10 +219,8 @@ impl CpuBackend {
     }
 
     /// Read access to a u8 view. Panics on a bad view.
-    pub fn slice_u8(&mut self, v: View) -> &[u8] {
-        let p = self.ptr_u8(v).unwrap();
-        // SAFETY: ptr_u8 checked the range; the slice borrows self.
-        unsafe { std::slice::from_raw_parts(p, v.len) }
+    pub fn slice_u8(&self, v: View) -> &[u8] {
+        self.slice_u8_checked(v).unwrap()
     }
 
     /// Read access to a u32 view. Panics on a bad view.
@@ -607,10 +605,15 @@ impl Backend for CpuBackend {
 }
 
 impl CpuBackend {
-    fn slice_u8_checked(&mut self, v: View) -> Result<&[u8]> {
-        let p = self.ptr_u8(v)?;
-        // SAFETY: ptr_u8 checked the range; the slice borrows self.
-        Ok(unsafe { std::slice::from_raw_parts(p, v.len) })
+    fn slice_u8_checked(&self, v: View) -> Result<&[u8]> {
+        match self.bufs.get(v.buf.0) {
+            Some(Some(CpuBuf::U8(data))) => {
+                check_range(v, data.len())?;
+                Ok(&data[v.off..v.off + v.len])
+            }
+            Some(Some(other)) => bail!("view {v:?}: expected a u8 buffer, got {} buffer", other.kind()),
+            _ => bail!("view {v:?}: buffer {} does not exist", v.buf.0),
+        }
     }
 
     fn rope(&mut self, qkv: View, s: AttnShape, theta: f32, inverse: bool) -> Result<()> {

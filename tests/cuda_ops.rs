@@ -575,7 +575,10 @@ fn lion_and_sign_descent_parity() {
 /// An optimizer kernel that updates params must also rewrite their bf16
 /// matmul shadow: use the weights in a matmul (creating the shadow), step,
 /// then matmul again WITHOUT `params_changed`.
-fn shadow_kept_fresh(h: &mut H, name: &str, step: &dyn Fn(&mut dyn Backend, View, View, View) -> anyhow::Result<()>) {
+/// One optimizer step on (params, grads, first moment).
+type StepFn = dyn Fn(&mut dyn Backend, View, View, View) -> anyhow::Result<()>;
+
+fn shadow_kept_fresh(h: &mut H, name: &str, step: &StepFn) {
     let (rows, cols) = (37, 129);
     let n = rows * cols;
     let p = h.randn(n, 1.0, DType::F32);

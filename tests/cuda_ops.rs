@@ -746,6 +746,14 @@ fn speed_smoke() {
     let a = AdamWArgs { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 1, grad_scale: 1.0 };
     let s = time(g, 10, &mut |g| g.adamw(bufs[0], bufs[1], bufs[2], bufs[3], a).unwrap());
     println!("adamw 124M params: {:.3} ms, {:.0} GB/s (28 B/param)", s * 1e3, 28.0 * np as f64 / s / 1e9);
+    let codes: Vec<View> = (0..2).map(|_| View::whole(g.alloc(np, DType::U8).unwrap(), np)).collect();
+    let nb = np.div_ceil(QUANT_BLOCK);
+    let amax: Vec<View> = (0..2).map(|_| View::whole(g.alloc(nb, DType::F32).unwrap(), nb)).collect();
+    let s = time(g, 10, &mut |g| g.adamw8bit(bufs[0], bufs[1], codes[0], codes[1], amax[0], amax[1], a).unwrap());
+    println!("adamw8bit 124M params: {:.3} ms, {:.0} GB/s (16 B/param)", s * 1e3, 16.0 * np as f64 / s / 1e9);
+    let lion = LionArgs { lr: 1e-4, beta1: 0.9, beta2: 0.99, weight_decay: 0.1, grad_scale: 1.0 };
+    let s = time(g, 10, &mut |g| g.lion(bufs[0], bufs[1], bufs[2], lion).unwrap());
+    println!("lion 124M params: {:.3} ms, {:.0} GB/s (20 B/param)", s * 1e3, 20.0 * np as f64 / s / 1e9);
     println!("peak device memory: {:.2} GiB", g.peak_memory_bytes() as f64 / (1u64 << 30) as f64);
 }
 

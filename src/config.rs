@@ -131,12 +131,32 @@ pub struct DataConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerConfig {
+    /// One of `OPTIMIZERS`. Choosing one also applies its paper defaults
+    /// (see `optimizer_defaults`) before your own settings.
     pub name: String,
+    /// Peak learning rate. Matrix optimizers: the rate of the matrix update.
     pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// Learning rate of the tensors a matrix optimizer (muon, cosmos,
+    /// apollo, apollo_mini, frugal) hands to AdamW (embeddings, head, norms,
+    /// biases); follows the schedule like `lr`. 0 = same as `lr`.
+    pub adamw_lr: f32,
+    /// Projection rank: APOLLO (256), APOLLO-Mini (1), COSMOS basis (64,
+    /// capped at each matrix's input side).
+    pub rank: usize,
+    /// Steps between refreshes: APOLLO's random projection, FRUGAL's
+    /// state-full subset.
+    pub update_every: u64,
+    /// APOLLO: gradient scale factor α (1; APOLLO-Mini 128, applied as
+    /// sqrt). FRUGAL: learning-rate factor of the state-free signSGD part.
+    pub scale: f32,
+    /// FRUGAL: fraction of matrix parameters with AdamW state, in (0, 1].
+    pub rho: f32,
+    /// Muon: Nesterov momentum coefficient μ.
+    pub momentum: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -218,7 +238,20 @@ impl Default for DataConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig { name: "adamw".into(), lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        OptimizerConfig {
+            name: "adamw".into(),
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            adamw_lr: 0.0,
+            rank: 256,
+            update_every: 200,
+            scale: 1.0,
+            rho: 0.25,
+            momentum: 0.95,
+        }
     }
 }
 
@@ -265,6 +298,14 @@ fn resolve(user: Value) -> Result<Config> {
         .unwrap_or("tiny")
         .to_string();
     let mut merged = preset_table(&preset_name)?;
+    let optimizer = user
+        .get("optimizer")
+        .and_then(|o| o.get("name"))
+        .or_else(|| merged.get("optimizer").and_then(|o| o.get("name")))
+        .and_then(|n| n.as_str())
+        .unwrap_or("adamw")
+        .to_string();
+    merge(&mut merged, optimizer_defaults(&optimizer));
     merge(&mut merged, user);
     let cfg: Config = merged.try_into().map_err(|e: toml::de::Error| anyhow!("invalid config: {}", e.message()))?;
     cfg.validate()?;
@@ -374,8 +415,67 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-pub const OPTIMIZERS: &[&str] = &["adamw"];
+pub const OPTIMIZERS: &[&str] = &["adamw", "adamw8bit", "lion", "apollo", "apollo_mini", "frugal", "muon", "cosmos"];
+
+/// Each optimizer's paper defaults, applied over the preset (whose
+/// `optimizer` values are tuned for AdamW) and under the user's settings.
+/// `adamw` and `adamw8bit` keep the preset's values.
+/// - lion: betas (0.9, 0.99), lr 10× smaller and weight decay 10× larger
+///   than AdamW's usual 1e-3 / 0.01 (Chen et al. 2023).
+/// - apollo: rank 256, channel scaling, α = 1, refresh every 200 steps,
+///   lr 0.01, eps 1e-6 (APOLLO paper, LLaMA pre-training); apollo_mini:
+///   rank 1, tensor scaling, α = 128.
+/// - frugal: rho 0.25, T = 200, AdamW lr 1e-3, signSGD at the same lr.
+/// - muon: lr 0.02, μ 0.95, wd 0.01; AdamW part lr 3e-4, betas (0.9,
+///   0.95) (Keller Jordan's Muon README).
+/// - cosmos: rank 64, betas (0.9, 0.999), lr 1e-3 with lr_ratio 0.1 for
+///   the matrices (so lr 1e-4 here and adamw_lr 1e-3), wd 0
+///   (COSMOS_optim.py defaults).
+pub fn optimizer_defaults(name: &str) -> Value {
+    let text = match name {
+        "lion" => "lr = 1e-4\nbeta1 = 0.9\nbeta2 = 0.99\nweight_decay = 0.1",
+        "apollo" => "lr = 1e-2\neps = 1e-6\nrank = 256\nscale = 1.0\nupdate_every = 200",
+        "apollo_mini" => "lr = 1e-2\neps = 1e-6\nrank = 1\nscale = 128.0\nupdate_every = 200",
+        "frugal" => "lr = 1e-3\nrho = 0.25\nupdate_every = 200\nscale = 1.0",
+        "muon" => "lr = 0.02\nmomentum = 0.95\nweight_decay = 0.01\nadamw_lr = 3e-4\nbeta1 = 0.9\nbeta2 = 0.95",
+        "cosmos" => "lr = 1e-4\nadamw_lr = 1e-3\nrank = 64\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\nweight_decay = 0.0",
+        _ => "",
+    };
+    let mut table = toml::Table::new();
+    table.insert("optimizer".into(), Value::Table(text.parse::<toml::Table>().expect("optimizer defaults are valid TOML")));
+    Value::Table(table)
+}
 pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant"];
+
+impl OptimizerConfig {
+    /// Checks of the optimizer-specific keys that need no model shape (the
+    /// rank against matrix sizes is checked by `optim::plan`).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.adamw_lr >= 0.0 && self.adamw_lr.is_finite()) {
+            bail!("optimizer.adamw_lr must be >= 0 (0 = same as optimizer.lr), got {}", self.adamw_lr);
+        }
+        if self.eps.is_nan() || self.eps <= 0.0 {
+            bail!("optimizer.eps must be > 0, got {}", self.eps);
+        }
+        let matrix = ["apollo", "apollo_mini", "cosmos"].contains(&self.name.as_str());
+        if matrix && self.rank == 0 {
+            bail!("optimizer.rank must be at least 1 for {}", self.name);
+        }
+        if ["apollo", "apollo_mini", "frugal"].contains(&self.name.as_str()) && self.update_every == 0 {
+            bail!("optimizer.update_every must be at least 1 for {}", self.name);
+        }
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            bail!("optimizer.scale must be a positive number, got {}", self.scale);
+        }
+        if !(self.rho > 0.0 && self.rho <= 1.0) {
+            bail!("optimizer.rho must be in (0, 1] (fraction of matrix parameters with AdamW state), got {}", self.rho);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("optimizer.momentum must be in [0, 1), got {}", self.momentum);
+        }
+        Ok(())
+    }
+}
 
 impl Config {
     pub fn validate(&self) -> Result<()> {
@@ -415,6 +515,7 @@ impl Config {
         if self.optimizer.weight_decay < 0.0 {
             bail!("optimizer.weight_decay must be >= 0, got {}", self.optimizer.weight_decay);
         }
+        self.optimizer.validate()?;
         if !SCHEDULES.contains(&t.schedule.as_str()) {
             bail!("train.schedule = `{}` is unknown; available: {}", t.schedule, SCHEDULES.join(", "));
         }

@@ -151,9 +151,16 @@ fn memory_estimate_matches_hand_computation() {
 }
 
 #[test]
-fn optimizer_state_table() {
-    assert_eq!(state_bytes_per_param("adamw"), Some(8.0));
-    assert_eq!(state_bytes_per_param("lion"), None, "not in the table until it lands");
+fn optimizer_state_per_param() {
+    let with = |name: &str| {
+        let set = format!("optimizer.name={name}");
+        preset("tiny", &[set.as_str()])
+    };
+    assert_eq!(state_bytes_per_param(&with("adamw")).unwrap(), 8.0);
+    assert_eq!(state_bytes_per_param(&with("lion")).unwrap(), 4.0);
+    // A rank above the matrices' smaller side (128) is refused with a reason.
+    let bad = preset("tiny", &["optimizer.name=apollo", "optimizer.rank=512"]);
+    assert!(format!("{:#}", state_bytes_per_param(&bad).unwrap_err()).contains("optimizer.rank"));
 }
 
 // -------------------------------------------------------------- metrics

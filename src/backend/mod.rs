@@ -37,6 +37,19 @@ pub enum DType {
     Compute,
     /// Token ids / targets (u32).
     U32,
+    /// Bytes: 8-bit optimizer state codes (indices into a quantization map).
+    U8,
+}
+
+impl DType {
+    /// Bytes per element as stored. `Compute` is reported at its widest
+    /// (fp32, the CPU storage); the CUDA backend stores it as bf16.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::Compute | DType::U32 => 4,
+            DType::U8 => 1,
+        }
+    }
 }
 
 /// A contiguous range of elements inside one buffer.
@@ -90,6 +103,59 @@ pub struct AdamWArgs {
     pub grad_scale: f32,
 }
 
+/// Lion step (Chen et al. 2023), decoupled weight decay:
+///   g = grad · grad_scale
+///   p *= 1 - lr·wd
+///   p -= lr · sign(beta1·m + (1-beta1)·g)      (sign(0) = 0)
+///   m  = beta2·m + (1-beta2)·g
+#[derive(Clone, Copy, Debug)]
+pub struct LionArgs {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub weight_decay: f32,
+    pub grad_scale: f32,
+}
+
+/// Sign descent (signSGD), decoupled weight decay:
+///   p *= 1 - lr·wd;  p -= lr · sign(grad · grad_scale)   (sign(0) = 0)
+#[derive(Clone, Copy, Debug)]
+pub struct SignArgs {
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub grad_scale: f32,
+}
+
+/// Second-moment update plus preconditioning of a separate numerator, the
+/// Adam denominator without touching parameters (APOLLO, COSMOS):
+///   g   = grad · grad_scale
+///   v   = beta2·v + (1-beta2)·g²
+///   out = num / (sqrt(v) / sqrt(bc2) + eps),  bc2 = 1 - beta2^step
+/// `bias_correction = false` uses bc2 = 1 (then `step` is ignored).
+#[derive(Clone, Copy, Debug)]
+pub struct PrecondArgs {
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1-based step count for the bias correction.
+    pub step: u64,
+    pub bias_correction: bool,
+    pub grad_scale: f32,
+}
+
+impl PrecondArgs {
+    /// `sqrt(1 - beta2^step)` (f64 like the AdamW bias corrections), or 1.
+    pub fn bc2_sqrt(&self) -> f32 {
+        if self.bias_correction {
+            (1.0 - (self.beta2 as f64).powf(self.step as f64)).sqrt() as f32
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Elements per block of the 8-bit optimizer state: one fp32 absmax each.
+pub const QUANT_BLOCK: usize = 256;
+
 /// The op set. See each method for exact semantics; `backend/cpu` is the
 /// readable reference for all of them.
 pub trait Backend {
@@ -106,6 +172,10 @@ pub trait Backend {
     fn upload(&mut self, dst: View, src: &[f32]) -> Result<()>;
     fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()>;
     fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()>;
+    /// Copy host bytes into a `U8` view (8-bit optimizer state on resume).
+    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()>;
+    /// Copy a `U8` view to the host (8-bit optimizer state for checkpoints).
+    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()>;
     fn fill(&mut self, dst: View, value: f32) -> Result<()>;
     /// `dst = src` (same length).
     fn copy(&mut self, dst: View, src: View) -> Result<()>;
@@ -128,6 +198,21 @@ pub trait Backend {
     /// Sum of squares of all elements (f64 accumulation), for the global
     /// gradient norm.
     fn sum_squares(&mut self, x: View) -> Result<f64>;
+    /// `y = a·x + b·y` (same length). With `b == 0`, `y` is not read (NaNs
+    /// in it are overwritten). Momentum buffers, Nesterov mixes, decoupled
+    /// weight decay plus an update, Newton–Schulz combinations.
+    fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()>;
+    /// Sums of squares along one axis of the row-major `x[rows, cols]`
+    /// (f64 accumulation in index order, stored as f32):
+    /// `per_row`: `out[i] = Σ_j x[i,j]²` (`out` has `rows` elements);
+    /// otherwise `out[j] = Σ_i x[i,j]²` (`cols` elements). Squared channel
+    /// norms for APOLLO's channel-wise scaling.
+    #[allow(clippy::too_many_arguments)]
+    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
+    /// Broadcast multiply IN PLACE on the row-major `x[rows, cols]`:
+    /// `per_row`: `x[i,j] *= s[i]` (`s` has `rows` elements); otherwise
+    /// `x[i,j] *= s[j]` (`cols` elements).
+    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
 
     // ---- embedding ----------------------------------------------------
     /// `out[n,:] = wte[tokens[n],:] (+ wpe[n % seq,:])`. out `[N,C]`.
@@ -197,6 +282,28 @@ pub trait Backend {
     // ---- optimizer ----------------------------------------------------
     /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()>;
+    /// Fused Lion step over a flat range (see [`LionArgs`]); `m` is F32.
+    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()>;
+    /// Sign descent over a flat range (see [`SignArgs`]): FRUGAL's
+    /// state-free part.
+    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()>;
+    /// Update the second moment `v` from `grads` and write the
+    /// preconditioned `num` to `out` (see [`PrecondArgs`]). All views have
+    /// the same length; `out` must not overlap the others.
+    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()>;
+    /// Blockwise 8-bit AdamW (bitsandbytes semantics) over a flat range of
+    /// `n` elements. `m_codes`/`v_codes` are `U8` views of `n` codes;
+    /// `m_absmax`/`v_absmax` are F32 views of `ceil(n / QUANT_BLOCK)` values,
+    /// block `k` covering elements `[k·QUANT_BLOCK, (k+1)·QUANT_BLOCK)` of
+    /// the view. Codes index the fixed dynamic maps of
+    /// `optim::quant_map` (signed map for m, unsigned for v). Per block:
+    /// `m = signed[m_code]·m_absmax`, `v = unsigned[v_code]·v_absmax`; the
+    /// fp32 AdamW step of [`Backend::adamw`] with those m, v (parameters
+    /// use the updated fp32 m, v); then new `absmax = max |·|` over the
+    /// block and each value is stored as the code nearest to
+    /// `value / absmax` (absmax 0: all values are 0, codes of 0.0).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()>;
 
     /// Called after the optimizer changed `params` (a view of the F32 master
     /// weights) so a backend holding low-precision copies can refresh them.

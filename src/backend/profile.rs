@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, View};
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -68,6 +68,12 @@ impl<B: Backend> Backend for Profiled<B> {
     fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()> {
         self.time("upload", |b| b.upload_u32(dst, src))
     }
+    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()> {
+        self.time("upload", |b| b.upload_u8(dst, src))
+    }
+    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
+        self.time("download", |b| b.download_u8(src, dst))
+    }
     fn fill(&mut self, dst: View, value: f32) -> Result<()> {
         self.time("fill", |b| b.fill(dst, value))
     }
@@ -91,6 +97,15 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn sum_squares(&mut self, x: View) -> Result<f64> {
         self.time("sum_squares", |b| b.sum_squares(x))
+    }
+    fn axpby(&mut self, y: View, x: View, a: f32, b2: f32) -> Result<()> {
+        self.time("axpby", |b| b.axpby(y, x, a, b2))
+    }
+    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        self.time("axis_sum_squares", |b| b.axis_sum_squares(out, x, rows, cols, per_row))
+    }
+    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        self.time("scale_axis", |b| b.scale_axis(x, s, rows, cols, per_row))
     }
     fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
         self.time("embed_fwd", |b| b.embed_fwd(out, tokens, wte, wpe, seq, c))
@@ -148,6 +163,18 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.time("adamw", |b| b.adamw(params, grads, m, v, args))
+    }
+    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
+        self.time("lion", |b| b.lion(params, grads, m, args))
+    }
+    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()> {
+        self.time("sign_descent", |b| b.sign_descent(params, grads, args))
+    }
+    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()> {
+        self.time("rms_precondition", |b| b.rms_precondition(out, num, v, grads, args))
+    }
+    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()> {
+        self.time("adamw8bit", |b| b.adamw8bit(params, grads, m_codes, v_codes, m_absmax, v_absmax, args))
     }
     fn params_changed(&mut self, params: View) -> Result<()> {
         self.time("params_changed", |b| b.params_changed(params))

@@ -3,7 +3,8 @@
 //! ```text
 //! <run_dir>/checkpoints/step_00000200/
 //!     model.safetensors      named fp32 parameters (ParamLayout names)
-//!     optimizer.safetensors  named fp32 optimizer state
+//!     optimizer.safetensors  named optimizer state: fp32, plus U8 tensors
+//!                            for 8-bit state (codes; their absmax is fp32)
 //!     manifest.json          step, config, loader/rng/optimizer state
 //! ```
 //! A checkpoint is staged as `step_00000200.tmp/` and renamed into place
@@ -12,7 +13,7 @@
 //! memory; the trainer downloads device buffers first.
 
 use crate::util::atomic;
-use super::tensors::{self, shape_str, OutTensor, Tensor};
+use super::tensors::{self, shape_str, ByteTensor, OutTensor, OutValues, Tensor};
 use crate::model::layout::ParamLayout;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,14 @@ pub struct NamedTensor<'a> {
     pub data: &'a [f32],
 }
 
+/// A byte tensor to save (8-bit optimizer state codes), borrowing its data.
+#[derive(Clone, Debug)]
+pub struct NamedBytes<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
 /// One `NamedTensor` per layout entry, viewing `params` (a flat buffer with
 /// that layout: parameters, or any per-parameter optimizer state).
 pub fn named_from_layout<'a>(layout: &ParamLayout, params: &'a [f32]) -> Result<Vec<NamedTensor<'a>>> {
@@ -94,6 +103,8 @@ pub struct Loaded {
     pub model: Vec<Tensor>,
     /// Optimizer-state tensors, sorted by name.
     pub optim: Vec<Tensor>,
+    /// 8-bit optimizer-state tensors (U8 in the file), sorted by name.
+    pub optim_u8: Vec<ByteTensor>,
 }
 
 impl Loaded {
@@ -101,6 +112,13 @@ impl Loaded {
     pub fn optim_tensor(&self, name: &str) -> Result<&Tensor> {
         self.optim.iter().find(|t| t.name == name).ok_or_else(|| {
             anyhow!("checkpoint {}: optimizer tensor {name} is missing", self.dir.join(OPTIM_FILE).display())
+        })
+    }
+
+    /// The 8-bit (U8) optimizer tensor `name`, or an error naming the file.
+    pub fn optim_u8_tensor(&self, name: &str) -> Result<&ByteTensor> {
+        self.optim_u8.iter().find(|t| t.name == name).ok_or_else(|| {
+            anyhow!("checkpoint {}: 8-bit optimizer tensor {name} is missing", self.dir.join(OPTIM_FILE).display())
         })
     }
 }
@@ -125,13 +143,26 @@ pub fn save(
     optim: &[NamedTensor],
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_with_bytes(run_dir, manifest, model, optim, &[], keep_last)
+}
+
+/// [`save`] with 8-bit optimizer state: `optim_bytes` are written as U8
+/// tensors next to the fp32 `optim` tensors in `optimizer.safetensors`.
+pub fn save_with_bytes(
+    run_dir: &Path,
+    manifest: &Manifest,
+    model: &[NamedTensor],
+    optim: &[NamedTensor],
+    optim_bytes: &[NamedBytes],
+    keep_last: usize,
+) -> Result<PathBuf> {
     let dir = step_dir(run_dir, manifest.step);
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let manifest_json = serde_json::to_vec_pretty(manifest).context("cannot serialize the checkpoint manifest")?;
     atomic::publish_dir(&dir, |staging| {
-        write_tensors(&staging.join(MODEL_FILE), model)?;
-        write_tensors(&staging.join(OPTIM_FILE), optim)?;
+        write_tensors(&staging.join(MODEL_FILE), model, &[])?;
+        write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
             .with_context(|| format!("cannot write {}", staging.join(MANIFEST_FILE).display()))
@@ -140,28 +171,30 @@ pub fn save(
     Ok(dir)
 }
 
-fn write_tensors(path: &Path, list: &[NamedTensor]) -> Result<()> {
-    for t in list {
-        let numel: usize = t.shape.iter().product();
-        if numel != t.data.len() {
+fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
+    let lens = list.iter().map(|t| (&t.name, &t.shape, t.data.len())).chain(bytes.iter().map(|t| (&t.name, &t.shape, t.data.len())));
+    for (name, shape, len) in lens {
+        let numel: usize = shape.iter().product();
+        if numel != len {
             bail!(
                 "cannot save {}: tensor {} has shape {} ({numel} values) but {} values were given",
                 path.display(),
-                t.name,
-                shape_str(&t.shape),
-                t.data.len()
+                name,
+                shape_str(shape),
+                len
             );
         }
     }
-    let out: Vec<OutTensor> = list
+    let mut out: Vec<OutTensor> = list
         .iter()
         .map(|t| OutTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),
             dtype: tensors::Dtype::F32,
-            values: Box::new(move || Cow::Borrowed(t.data)),
+            values: OutValues::F32(Box::new(move || Cow::Borrowed(t.data))),
         })
         .collect();
+    out.extend(bytes.iter().map(|t| OutTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: tensors::Dtype::U8, values: OutValues::U8(t.data) }));
     tensors::write(path, &out, None)
 }
 
@@ -234,8 +267,8 @@ pub fn load(ckpt_dir: &Path) -> Result<Loaded> {
     let manifest = read_manifest(ckpt_dir)?;
     // read_all's errors already name the file and the problem.
     let model = tensors::read_all(&ckpt_dir.join(MODEL_FILE))?;
-    let optim = tensors::read_all(&ckpt_dir.join(OPTIM_FILE))?;
-    Ok(Loaded { dir: ckpt_dir.to_path_buf(), manifest, model, optim })
+    let (optim, optim_u8) = tensors::read_all_mixed(&ckpt_dir.join(OPTIM_FILE))?;
+    Ok(Loaded { dir: ckpt_dir.to_path_buf(), manifest, model, optim, optim_u8 })
 }
 
 /// Parse `manifest.json`, checking the format version before the fields so

@@ -13,7 +13,7 @@
 
 use crate::util::atomic;
 use super::hf_config::{family_of, from_hf_json, to_hf_json, Family};
-use super::tensors::{self, shape_str, Dtype, OutTensor};
+use super::tensors::{self, shape_str, Dtype, OutTensor, OutValues};
 use crate::config::ModelConfig;
 use crate::model::layout::{ParamInfo, ParamLayout};
 use anyhow::{anyhow, bail, Context, Result};
@@ -183,7 +183,7 @@ pub fn export(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[f32
                 name: spec.hf_name.clone(),
                 shape: spec.shape.clone(),
                 dtype,
-                values: Box::new(move || Cow::Owned(gather(spec, info, params))),
+                values: OutValues::F32(Box::new(move || Cow::Owned(gather(spec, info, params)))),
             }
         })
         .collect();

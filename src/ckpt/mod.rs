@@ -12,9 +12,9 @@ pub mod hf_config;
 pub mod tensors;
 
 pub use checkpoint::{
-    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, step_dir,
-    Loaded, Manifest, NamedTensor, FORMAT,
+    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes,
+    step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
 pub use hf::{export, hf_tensors, import, HfTensor, Source};
 pub use hf_config::{family_of, Family};
-pub use tensors::{Dtype, Tensor};
+pub use tensors::{ByteTensor, Dtype, Tensor};

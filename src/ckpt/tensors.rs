@@ -20,11 +20,21 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+/// An owned byte tensor (8-bit optimizer state codes) read back from a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ByteTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
 /// On-disk element type for tensors we write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F32,
     Bf16,
+    /// Raw bytes (8-bit optimizer state), written from [`OutValues::U8`].
+    U8,
 }
 
 impl Dtype {
@@ -32,6 +42,7 @@ impl Dtype {
         match self {
             Dtype::F32 => StDtype::F32,
             Dtype::Bf16 => StDtype::BF16,
+            Dtype::U8 => StDtype::U8,
         }
     }
     /// The `torch_dtype` string HF configs use.
@@ -39,16 +50,25 @@ impl Dtype {
         match self {
             Dtype::F32 => "float32",
             Dtype::Bf16 => "bfloat16",
+            Dtype::U8 => "uint8",
         }
     }
 }
 
-/// A tensor to write. `values` is called once, when its bytes are written.
+/// Where a tensor's values come from when it is written.
+pub enum OutValues<'a> {
+    /// Float values, produced on demand and encoded in the tensor's dtype.
+    F32(Box<dyn Fn() -> Cow<'a, [f32]> + 'a>),
+    /// Bytes written as they are (dtype `U8`).
+    U8(&'a [u8]),
+}
+
+/// A tensor to write. Float `values` are produced once, when written.
 pub struct OutTensor<'a> {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: Dtype,
-    pub values: Box<dyn Fn() -> Cow<'a, [f32]> + 'a>,
+    pub values: OutValues<'a>,
 }
 
 impl OutTensor<'_> {
@@ -65,7 +85,10 @@ impl View for &OutTensor<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(encode(&(self.values)(), self.dtype))
+        match &self.values {
+            OutValues::F32(f) => Cow::Owned(encode(&f(), self.dtype)),
+            OutValues::U8(bytes) => Cow::Borrowed(bytes),
+        }
     }
     fn data_len(&self) -> usize {
         self.numel() * self.dtype.st().size()
@@ -77,6 +100,8 @@ fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Dtype::Bf16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        // Floats holding byte values (rounded, saturated).
+        Dtype::U8 => values.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect(),
     }
 }
 
@@ -177,6 +202,25 @@ pub fn read_all(path: &Path) -> Result<Vec<Tensor>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Read every tensor of a safetensors file, float tensors as f32 and U8
+/// tensors as bytes (optimizer files with 8-bit state), each sorted by name.
+pub fn read_all_mixed(path: &Path) -> Result<(Vec<Tensor>, Vec<ByteTensor>)> {
+    let bytes = read_bytes(path)?;
+    let st = parse(path, &bytes)?;
+    let (mut floats, mut raw) = (vec![], vec![]);
+    for (name, view) in st.iter() {
+        let shape = view.shape().to_vec();
+        if view.dtype() == StDtype::U8 {
+            raw.push(ByteTensor { name: name.to_string(), shape, data: view.data().to_vec() });
+        } else {
+            floats.push(Tensor { name: name.to_string(), shape, data: to_f32(path, name, &view)? });
+        }
+    }
+    floats.sort_by(|a, b| a.name.cmp(&b.name));
+    raw.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((floats, raw))
 }
 
 /// `[a, b]` style shape for messages.

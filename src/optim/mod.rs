@@ -3,35 +3,112 @@
 //! Every optimizer sees the model as one flat parameter buffer, one flat
 //! gradient buffer and a list of parameter groups (ranges of that buffer
 //! with their own settings). ZeRO can later hand each rank its own ranges.
+//!
+//! Matrix optimizers (APOLLO, FRUGAL, Muon, COSMOS) act on the attention and
+//! MLP weight matrices (`ParamKind::Matrix`, shape `[out, in]`); every other
+//! tensor (embeddings, head, norms, biases) gets AdamW inside the same
+//! optimizer object. All numeric work runs through backend ops; the few
+//! host-side computations (random projections, QR and eigensolvers of tiny
+//! matrices, per-channel ratios) are marked where they happen.
 
 pub mod adamw;
+pub mod adamw8bit;
+pub mod apollo;
+pub mod cosmos;
+pub mod frugal;
 pub mod groups;
+pub mod linalg;
+pub mod lion;
+pub mod muon;
+pub mod newton_schulz;
+pub mod plan;
+pub mod quant_map;
 
-use crate::backend::{Backend, BufId, View};
+use crate::backend::{Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use anyhow::{bail, Result};
-pub use groups::{default_groups, ParamGroup};
+pub use groups::{default_groups, ParamGroup, TensorRef};
+pub use plan::{plan, GroupPlan};
+
+/// One named state tensor for checkpoints, with its storage type (`F32` or
+/// `U8`). 8-bit state is saved as codes plus its fp32 absmax tensors, never
+/// dequantized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateTensor {
+    pub name: String,
+    pub view: View,
+    pub dtype: DType,
+}
+
+impl StateTensor {
+    pub fn f32(name: impl Into<String>, view: View) -> Self {
+        StateTensor { name: name.into(), view, dtype: DType::F32 }
+    }
+    pub fn u8(name: impl Into<String>, view: View) -> Self {
+        StateTensor { name: name.into(), view, dtype: DType::U8 }
+    }
+    pub fn bytes(&self) -> u64 {
+        (self.view.len * self.dtype.bytes()) as u64
+    }
+}
 
 pub trait Optimizer<B: Backend> {
     fn name(&self) -> &'static str;
     /// One update of `params` from `grads` (multiplied by `grad_scale`, the
-    /// clipping factor) at learning rate `lr`.
+    /// clipping factor) at learning rate `lr` (`optimizer.lr` after the
+    /// schedule; `optimizer.adamw_lr` follows the same schedule).
     fn step(&mut self, b: &mut B, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()>;
-    /// Named fp32 state tensors, saved in and restored from checkpoints.
-    fn state_tensors(&self) -> Vec<(String, View)>;
-    /// Scalar state (step counts, seeds) for the checkpoint manifest.
+    /// Named state tensors, saved in and restored from checkpoints. State
+    /// that is regenerated from the seed (APOLLO's projections) is not
+    /// listed.
+    fn state_tensors(&self) -> Vec<StateTensor>;
+    /// Scalar state (step counts, limiter norms) for the checkpoint
+    /// manifest. Together with `state_tensors` it makes resume exact.
     fn meta(&self) -> serde_json::Value;
     fn load_meta(&mut self, meta: &serde_json::Value) -> Result<()>;
-    /// Bytes of optimizer state held on the device.
+    /// Bytes of optimizer state held on the device (including regenerated
+    /// state such as projection matrices); equals [`plan`]'s total.
     fn state_bytes(&self) -> u64;
+    /// Bytes of scratch buffers the optimizer keeps between steps (not
+    /// state: never saved, contents dead between steps).
+    fn workspace_bytes(&self) -> u64 {
+        0
+    }
 }
 
-/// Builds the optimizer named in the config.
-pub fn build<B: Backend + 'static>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Box<dyn Optimizer<B>>> {
-    let groups = default_groups(layout, cfg.weight_decay);
-    match cfg.name.as_str() {
-        "adamw" => Ok(Box::new(adamw::AdamW::new(b, cfg, layout.total, groups)?)),
-        other => bail!("optimizer `{other}` is not available; use adamw"),
+/// Builds the optimizer named in the config. `seed` seeds random
+/// projections and subset choices (reproducible across resume).
+pub fn build<B: Backend + 'static>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout, seed: u64) -> Result<Box<dyn Optimizer<B>>> {
+    Ok(match cfg.name.as_str() {
+        "adamw" => Box::new(adamw::AdamW::new(b, cfg, layout)?),
+        "adamw8bit" => Box::new(adamw8bit::AdamW8bit::new(b, cfg, layout)?),
+        "lion" => Box::new(lion::Lion::new(b, cfg, layout)?),
+        "apollo" => Box::new(apollo::Apollo::new(b, cfg, layout, seed, false)?),
+        "apollo_mini" => Box::new(apollo::Apollo::new(b, cfg, layout, seed, true)?),
+        "frugal" => Box::new(frugal::Frugal::new(b, cfg, layout, seed)?),
+        "muon" => Box::new(muon::Muon::new(b, cfg, layout)?),
+        "cosmos" => Box::new(cosmos::Cosmos::new(b, cfg, layout, seed)?),
+        other => bail!("optimizer `{other}` is not available; use one of {}", crate::config::OPTIMIZERS.join(", ")),
+    })
+}
+
+/// Learning rate of the AdamW-handled tensors inside a matrix optimizer:
+/// `optimizer.adamw_lr` scaled by the same schedule factor as `lr`
+/// (`adamw_lr = 0` means "same as lr").
+pub fn adamw_lr(cfg: &OptimizerConfig, lr: f32) -> f32 {
+    if cfg.adamw_lr > 0.0 {
+        (lr as f64 * cfg.adamw_lr as f64 / cfg.lr as f64) as f32
+    } else {
+        lr
     }
+}
+
+/// Steps counter from a manifest written by [`Optimizer::meta`], checking
+/// the optimizer name so a checkpoint of another optimizer is refused.
+pub fn meta_steps(meta: &serde_json::Value, name: &str) -> Result<u64> {
+    if meta.get("name").and_then(|n| n.as_str()) != Some(name) {
+        bail!("checkpoint optimizer state is not {name}'s: {meta}");
+    }
+    Ok(meta.get("steps").and_then(|s| s.as_u64()).unwrap_or(0))
 }

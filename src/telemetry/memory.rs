@@ -13,6 +13,8 @@
 
 use crate::config::{Config, Mlp, Norm};
 use crate::model::layout::{ParamKind, ParamLayout};
+use crate::optim::{self, GroupPlan};
+use anyhow::Result;
 
 const FP32: u64 = 4;
 const BF16: u64 = 2;
@@ -23,7 +25,8 @@ pub struct MemoryEstimate {
     pub params: u64,
     pub weights: u64,
     pub grads: u64,
-    /// `None` when the optimizer's state size is not in the table yet.
+    /// `None` when the optimizer settings do not fit the model (see
+    /// [`optimizer_groups`] for the reason).
     pub optimizer_state: Option<u64>,
     pub activations: u64,
 }
@@ -36,18 +39,21 @@ impl MemoryEstimate {
     }
 }
 
-/// Optimizer state, bytes per parameter with fp32 state. The extension point
-/// for new optimizers: add a row when the optimizer lands. Known values from
-/// shared/DESIGN.md for the ones still to come: adam8bit ≈2.03, lion 4,
-/// muon 4 (hidden matrices only), apollo/frugal/cosmos depend on rank and
-/// on which tensors they project, so they need more than a per-param factor.
-/// Unknown names give `None`, never a guess.
-pub fn state_bytes_per_param(optimizer: &str) -> Option<f64> {
-    match optimizer {
-        // m and v, fp32 each.
-        "adamw" => Some(8.0),
-        _ => None,
-    }
+/// Optimizer state per group of tensors, exact, from the layout: which
+/// tensors get which update rule and the bytes each group's state takes
+/// (`optim::plan`, the same numbers the optimizer allocates). An error when
+/// the settings do not fit the model (e.g. a rank above a matrix side).
+pub fn optimizer_groups(cfg: &Config) -> Result<Vec<GroupPlan>> {
+    optim::plan(&cfg.optimizer, &ParamLayout::new(&cfg.model))
+}
+
+/// Optimizer-state bytes per parameter over the whole model (total state /
+/// total parameters). Per-group values: [`optimizer_groups`].
+pub fn state_bytes_per_param(cfg: &Config) -> Result<f64> {
+    let groups = optimizer_groups(cfg)?;
+    let bytes: u64 = groups.iter().map(|g| g.state_bytes).sum();
+    let params: usize = groups.iter().map(|g| g.params).sum();
+    Ok(bytes as f64 / params.max(1) as f64)
 }
 
 /// Total parameters per kind, in layout order of kinds, empty kinds left out.
@@ -72,7 +78,7 @@ fn precision(device: &str) -> (u64, u64, u64) {
 pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let params = ParamLayout::new(&cfg.model).total as u64;
     let (w, g, act) = precision(&cfg.device);
-    let optimizer_state = state_bytes_per_param(&cfg.optimizer.name).map(|b| (b * params as f64).round() as u64);
+    let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
     MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations: activation_bytes(cfg, act) }
 }
 

@@ -2,7 +2,8 @@
 //! and the memory estimate, as aligned two-column tables.
 
 use super::flops::{attention_flops_per_token, flops_per_token, matmul_params};
-use super::memory::{estimate, param_counts, state_bytes_per_param, MemoryEstimate};
+use super::memory::{estimate, optimizer_groups, param_counts, MemoryEstimate};
+use crate::optim::GroupPlan;
 use crate::config::{Config, Mlp, ModelConfig, Norm, Positions};
 use crate::model::layout::ParamKind;
 use std::fmt::Write;
@@ -21,6 +22,7 @@ pub fn format_info(cfg: &Config) -> String {
     params_section(&mut out, cfg);
     flops_section(&mut out, cfg);
     memory_section(&mut out, cfg);
+    optimizer_section(&mut out, cfg);
     out
 }
 
@@ -113,9 +115,61 @@ fn memory_section(out: &mut String, cfg: &Config) {
 
 fn optimizer_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {
     let name = &cfg.optimizer.name;
-    match (est.optimizer_state, state_bytes_per_param(name)) {
-        (Some(bytes), Some(per)) => row(out, "optimizer state", &human_bytes(bytes), &format!("{name}, {per} B/param")),
-        _ => row(out, "optimizer state", "unknown", &format!("{name}: state size not in the table yet")),
+    match est.optimizer_state {
+        Some(bytes) => row(out, "optimizer state", &human_bytes(bytes), &format!("{name}, {} B/param (groups below)", per_param(bytes as f64 / est.params.max(1) as f64))),
+        None => row(out, "optimizer state", "unknown", &format!("{name}: settings do not fit the model (see below)")),
+    }
+}
+
+/// Bytes per parameter: "8" when whole, else three decimals ("2.032").
+fn per_param(x: f64) -> String {
+    let r = (x * 1000.0).round() / 1000.0;
+    if r.fract() == 0.0 { format!("{r:.0}") } else { format!("{r:.3}") }
+}
+
+/// Which tensors get which update rule, and the exact state of each group.
+fn optimizer_section(out: &mut String, cfg: &Config) {
+    let _ = writeln!(out, "\nOptimizer {} · state per group (exact, from the layout)", cfg.optimizer.name);
+    let groups = match optimizer_groups(cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = writeln!(out, "  error: {e:#}");
+            return;
+        }
+    };
+    for g in &groups {
+        group_rows(out, g);
+    }
+    rule(out);
+    let bytes: u64 = groups.iter().map(|g| g.state_bytes).sum();
+    let params: usize = groups.iter().map(|g| g.params).sum();
+    row(out, "total optimizer state", &human_bytes(bytes), &format!("{} B, {} B/param", group_digits(bytes), per_param(bytes as f64 / params.max(1) as f64)));
+}
+
+fn group_rows(out: &mut String, g: &GroupPlan) {
+    let label = format!("{} → {}", g.group, g.rule);
+    let _ = writeln!(out, "  {label}");
+    row(out, &format!("  {} params, weight decay {}", human_count(g.params as f64), g.weight_decay), &human_bytes(g.state_bytes), &format!("{} B/param", per_param(g.bytes_per_param())));
+    let _ = writeln!(out, "    tensors: {}", tensor_summary(&g.tensors));
+}
+
+/// Tensor names with layer indices folded: `h.*.attn.qkv.w ×12, ln_f.w`.
+fn tensor_summary(names: &[String]) -> String {
+    let mut folded: Vec<(String, usize)> = vec![];
+    for n in names {
+        let key = fold_layer(n);
+        match folded.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, c)) => *c += 1,
+            None => folded.push((key, 1)),
+        }
+    }
+    folded.iter().map(|(k, c)| if *c > 1 { format!("{k} ×{c}") } else { k.clone() }).collect::<Vec<_>>().join(", ")
+}
+
+fn fold_layer(name: &str) -> String {
+    match name.strip_prefix("h.").and_then(|r| r.split_once('.')) {
+        Some((layer, rest)) if layer.bytes().all(|b| b.is_ascii_digit()) => format!("h.*.{rest}"),
+        _ => name.to_string(),
     }
 }
 

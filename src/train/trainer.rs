@@ -7,7 +7,7 @@
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
-use crate::backend::{Backend, View};
+use crate::backend::{Backend, DType, View};
 use crate::ckpt;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
@@ -131,7 +131,7 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
     let t = &cfg.train;
     let model = Model::new(b, &cfg.model, t.recompute)?;
     model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
-    let opt = optim::build(b, &cfg.optimizer, &model.layout)?;
+    let opt = optim::build(b, &cfg.optimizer, &model.layout, cfg.seed)?;
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
     let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
     Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
@@ -204,15 +204,26 @@ fn save<B: Backend>(b: &mut B, st: &State<B>, cfg: &Config, run_dir: &Path) -> R
         .iter()
         .map(|p| ckpt::NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: &params[p.offset..p.offset + p.numel()] })
         .collect();
-    let state_host: Vec<(String, Vec<f32>)> = st.opt.state_tensors().into_iter().map(|(n, v)| Ok((n, download(b, v)?))).collect::<Result<_>>()?;
-    let optim_tensors: Vec<ckpt::NamedTensor> = state_host.iter().map(|(n, d)| ckpt::NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+    let (mut floats, mut bytes) = (vec![], vec![]);
+    for t in st.opt.state_tensors() {
+        match t.dtype {
+            DType::U8 => {
+                let mut host = vec![0u8; t.view.len];
+                b.download_u8(t.view, &mut host)?;
+                bytes.push((t.name, host));
+            }
+            _ => floats.push((t.name, download(b, t.view)?)),
+        }
+    }
+    let optim_tensors: Vec<ckpt::NamedTensor> = floats.iter().map(|(n, d)| ckpt::NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+    let optim_bytes: Vec<ckpt::NamedBytes> = bytes.iter().map(|(n, d)| ckpt::NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
     let manifest = ckpt::Manifest {
         loader: serde_json::to_value(st.train.state())?,
         rng: serde_json::to_value(&st.rng)?,
         optimizer: st.opt.meta(),
         ..ckpt::Manifest::new(st.step, cfg.to_toml())
     };
-    ckpt::save(run_dir, &manifest, &model_tensors, &optim_tensors, cfg.train.keep_ckpts)
+    ckpt::save_with_bytes(run_dir, &manifest, &model_tensors, &optim_tensors, &optim_bytes, cfg.train.keep_ckpts)
 }
 
 fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<()> {
@@ -223,12 +234,19 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<(
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.model.set_params(b, &params)?;
-    for (name, view) in st.opt.state_tensors() {
-        let t = loaded.optim_tensor(&name)?;
-        if t.data.len() != view.len {
-            bail!("checkpoint {}: optimizer tensor {name} has {} values, expected {}", dir.display(), t.data.len(), view.len);
+    for t in st.opt.state_tensors() {
+        let (name, view) = (&t.name, t.view);
+        let found = match t.dtype {
+            DType::U8 => loaded.optim_u8_tensor(name)?.data.len(),
+            _ => loaded.optim_tensor(name)?.data.len(),
+        };
+        if found != view.len {
+            bail!("checkpoint {}: optimizer tensor {name} has {found} values, expected {}", dir.display(), view.len);
         }
-        b.upload(view, &t.data)?;
+        match t.dtype {
+            DType::U8 => b.upload_u8(view, &loaded.optim_u8_tensor(name)?.data)?,
+            _ => b.upload(view, &loaded.optim_tensor(name)?.data)?,
+        }
     }
     st.opt.load_meta(&loaded.manifest.optimizer)?;
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;

@@ -51,3 +51,15 @@ pub fn sum_squares(x: &[f32]) -> f64 {
         .collect();
     partial.iter().sum()
 }
+
+/// `y = a·x + b·y`; with `b == 0`, `y` is not read.
+pub fn axpby(y: &mut [f32], x: &[f32], a: f32, b: f32) {
+    assert_eq!(y.len(), x.len());
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        if b == 0.0 {
+            y.iter_mut().zip(x).for_each(|(y, x)| *y = a * x);
+        } else {
+            y.iter_mut().zip(x).for_each(|(y, x)| *y = a * x + b * *y);
+        }
+    });
+}

@@ -13,24 +13,30 @@
 //! creating aliasing `&mut` slices, so a bad call is never undefined behaviour.
 
 pub mod adamw;
+pub mod adamw8bit;
 pub mod attention;
+pub mod axis;
 pub mod elementwise;
 pub mod embed;
 pub mod gelu;
 pub mod layernorm;
+pub mod lion;
 pub mod matmul;
+pub mod precondition;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sign_descent;
 pub mod swiglu;
 pub mod xent;
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, View};
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View, QUANT_BLOCK};
 use anyhow::{bail, ensure, Context, Result};
 
 /// Storage of one buffer. `DType::Compute` is stored as f32 on CPU.
 enum CpuBuf {
     F32(Vec<f32>),
     U32(Vec<u32>),
+    U8(Vec<u8>),
 }
 
 impl CpuBuf {
@@ -38,6 +44,15 @@ impl CpuBuf {
         match self {
             CpuBuf::F32(v) => 4 * v.len() as u64,
             CpuBuf::U32(v) => 4 * v.len() as u64,
+            CpuBuf::U8(v) => v.len() as u64,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            CpuBuf::F32(_) => "an f32",
+            CpuBuf::U32(_) => "a u32",
+            CpuBuf::U8(_) => "a u8",
         }
     }
 }
@@ -103,7 +118,20 @@ impl CpuBackend {
                 // SAFETY: off <= len was just checked (one-past-the-end is allowed).
                 Ok(unsafe { data.as_mut_ptr().add(v.off) })
             }
-            Some(Some(CpuBuf::U32(_))) => bail!("view {v:?}: expected an f32 buffer, got a u32 buffer"),
+            Some(Some(other)) => bail!("view {v:?}: expected an f32 buffer, got {} buffer", other.kind()),
+            _ => bail!("view {v:?}: buffer {} does not exist (never allocated, or freed)", v.buf.0),
+        }
+    }
+
+    /// Validated u8 pointer to the start of `v` (see [`Self::ptr_f32`]).
+    fn ptr_u8(&mut self, v: View) -> Result<*mut u8> {
+        match self.bufs.get_mut(v.buf.0) {
+            Some(Some(CpuBuf::U8(data))) => {
+                check_range(v, data.len())?;
+                // SAFETY: off <= len was just checked.
+                Ok(unsafe { data.as_mut_ptr().add(v.off) })
+            }
+            Some(Some(other)) => bail!("view {v:?}: expected a u8 buffer, got {} buffer", other.kind()),
             _ => bail!("view {v:?}: buffer {} does not exist (never allocated, or freed)", v.buf.0),
         }
     }
@@ -115,7 +143,7 @@ impl CpuBackend {
                 // SAFETY: off <= len was just checked.
                 Ok(unsafe { data.as_ptr().add(v.off) })
             }
-            Some(Some(CpuBuf::F32(_))) => bail!("view {v:?}: expected a u32 buffer, got an f32 buffer"),
+            Some(Some(other)) => bail!("view {v:?}: expected a u32 buffer, got {} buffer", other.kind()),
             _ => bail!("view {v:?}: buffer {} does not exist (never allocated, or freed)", v.buf.0),
         }
     }
@@ -175,7 +203,7 @@ impl CpuBackend {
                 check_range(v, data.len())?;
                 Ok(&data[v.off..v.off + v.len])
             }
-            Some(Some(CpuBuf::U32(_))) => bail!("view {v:?}: expected an f32 buffer, got a u32 buffer"),
+            Some(Some(other)) => bail!("view {v:?}: expected an f32 buffer, got {} buffer", other.kind()),
             _ => bail!("view {v:?}: buffer {} does not exist", v.buf.0),
         }
     }
@@ -183,6 +211,16 @@ impl CpuBackend {
     /// Read access to an f32 view (for tests and host-side code). Panics on a bad view.
     pub fn slice(&self, v: View) -> &[f32] {
         self.try_slice(v).unwrap()
+    }
+
+    /// Bytes currently allocated (all live buffers).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Read access to a u8 view. Panics on a bad view.
+    pub fn slice_u8(&self, v: View) -> &[u8] {
+        self.slice_u8_checked(v).unwrap()
     }
 
     /// Read access to a u32 view. Panics on a bad view.
@@ -203,6 +241,7 @@ impl Backend for CpuBackend {
         let buf = match dtype {
             DType::F32 | DType::Compute => CpuBuf::F32(vec![0.0; len]),
             DType::U32 => CpuBuf::U32(vec![0; len]),
+            DType::U8 => CpuBuf::U8(vec![0; len]),
         };
         self.live_bytes += buf.bytes();
         self.peak_bytes = self.peak_bytes.max(self.live_bytes);
@@ -237,9 +276,24 @@ impl Backend for CpuBackend {
                 data[dst.off..dst.off + dst.len].copy_from_slice(src);
                 Ok(())
             }
-            Some(Some(CpuBuf::F32(_))) => bail!("upload_u32: view {dst:?} is in an f32 buffer"),
+            Some(Some(other)) => bail!("upload_u32: view {dst:?} is in {} buffer", other.kind()),
             _ => bail!("upload_u32: buffer {} does not exist", dst.buf.0),
         }
+    }
+
+    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()> {
+        ensure!(src.len() == dst.len, "upload_u8: {} host bytes into a view of {}", src.len(), dst.len);
+        let p = self.ptr_u8(dst)?;
+        // SAFETY: ptr_u8 checked that dst is in range; `src` is host memory
+        // and cannot alias a backend buffer borrowed mutably through self.
+        unsafe { std::slice::from_raw_parts_mut(p, dst.len) }.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
+        ensure!(src.len == dst.len(), "download_u8: view of {} into {} host bytes", src.len, dst.len());
+        dst.copy_from_slice(self.slice_u8_checked(src)?);
+        Ok(())
     }
 
     fn fill(&mut self, dst: View, value: f32) -> Result<()> {
@@ -282,6 +336,29 @@ impl Backend for CpuBackend {
 
     fn sum_squares(&mut self, x: View) -> Result<f64> {
         Ok(elementwise::sum_squares(self.try_slice(x)?))
+    }
+
+    fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
+        ensure!(y.len == x.len, "axpby: lengths differ ({}, {})", y.len, x.len);
+        let ([y], [x]) = self.req([y], [x])?;
+        elementwise::axpby(y, x, a, b);
+        Ok(())
+    }
+
+    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        expect_len(x, &[rows, cols], "axis_sum_squares x")?;
+        expect_len(out, &[if per_row { rows } else { cols }], "axis_sum_squares out")?;
+        let ([o], [x]) = self.req([out], [x])?;
+        axis::axis_sum_squares(o, x, rows, cols, per_row);
+        Ok(())
+    }
+
+    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        expect_len(x, &[rows, cols], "scale_axis x")?;
+        expect_len(s, &[if per_row { rows } else { cols }], "scale_axis s")?;
+        let ([x], [s]) = self.req([x], [s])?;
+        axis::scale_axis(x, s, rows, cols, per_row);
+        Ok(())
     }
 
     // ---- embedding ----------------------------------------------------
@@ -486,9 +563,59 @@ impl Backend for CpuBackend {
         adamw::adamw(p, g, m, v, &args);
         Ok(())
     }
+
+    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
+        ensure!(params.len == grads.len && grads.len == m.len, "lion: params/grads/m lengths differ");
+        let ([p, m], [g]) = self.req([params, m], [grads])?;
+        lion::lion(p, g, m, &args);
+        Ok(())
+    }
+
+    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()> {
+        ensure!(params.len == grads.len, "sign_descent: params/grads lengths differ");
+        let ([p], [g]) = self.req([params], [grads])?;
+        sign_descent::sign_descent(p, g, &args);
+        Ok(())
+    }
+
+    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()> {
+        ensure!(out.len == num.len && num.len == v.len && v.len == grads.len, "rms_precondition: out/num/v/grads lengths differ");
+        ensure!(!args.bias_correction || args.step >= 1, "rms_precondition: step is 1-based, got 0");
+        let ([o, v], [n, g]) = self.req([out, v], [num, grads])?;
+        precondition::rms_precondition(o, n, v, g, &args);
+        Ok(())
+    }
+
+    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()> {
+        let n = params.len;
+        ensure!(grads.len == n && m_codes.len == n && v_codes.len == n, "adamw8bit: params/grads/m_codes/v_codes lengths differ");
+        let blocks = n.div_ceil(QUANT_BLOCK);
+        ensure!(m_absmax.len == blocks && v_absmax.len == blocks, "adamw8bit: absmax views need {blocks} values (one per {QUANT_BLOCK}-element block)");
+        ensure!(args.step >= 1, "adamw8bit: step is 1-based, got 0");
+        ensure!(!overlaps(m_codes, v_codes), "adamw8bit: m_codes {m_codes:?} overlaps v_codes {v_codes:?}");
+        let (pm, pv) = (self.ptr_u8(m_codes)?, self.ptr_u8(v_codes)?);
+        let ([p, ma, va], [g]) = self.req([params, m_absmax, v_absmax], [grads])?;
+        // SAFETY: both code views were range-checked by ptr_u8 and do not
+        // overlap each other; they live in u8 buffers, which the f32 slices
+        // above cannot point into. Nothing is (re)allocated during the call.
+        let (mc, vc) = unsafe { (std::slice::from_raw_parts_mut(pm, n), std::slice::from_raw_parts_mut(pv, n)) };
+        adamw8bit::adamw8bit(p, g, mc, vc, ma, va, &args);
+        Ok(())
+    }
 }
 
 impl CpuBackend {
+    fn slice_u8_checked(&self, v: View) -> Result<&[u8]> {
+        match self.bufs.get(v.buf.0) {
+            Some(Some(CpuBuf::U8(data))) => {
+                check_range(v, data.len())?;
+                Ok(&data[v.off..v.off + v.len])
+            }
+            Some(Some(other)) => bail!("view {v:?}: expected a u8 buffer, got {} buffer", other.kind()),
+            _ => bail!("view {v:?}: buffer {} does not exist", v.buf.0),
+        }
+    }
+
     fn rope(&mut self, qkv: View, s: AttnShape, theta: f32, inverse: bool) -> Result<()> {
         check_attn(&s)?;
         ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even, got {}", s.head_dim);

@@ -24,6 +24,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention_fa2", include_str!("kernels/attention_fa2.cu")),
     ("xent", include_str!("kernels/xent.cu")),
     ("adamw", include_str!("kernels/adamw.cu")),
+    ("axpby", include_str!("kernels/axpby.cu")),
+    ("axis", include_str!("kernels/axis.cu")),
+    ("lion", include_str!("kernels/lion.cu")),
+    ("sign_descent", include_str!("kernels/sign_descent.cu")),
+    ("precondition", include_str!("kernels/precondition.cu")),
+    ("adamw8bit", include_str!("kernels/adamw8bit.cu")),
 ];
 
 pub struct Compiler {

@@ -21,6 +21,8 @@ pub struct CudaBackend {
     scratch: Option<DevMem>,
     scratch_used: usize,
     retired: Vec<DevMem>,
+    /// The 8-bit optimizer's code maps and thresholds, uploaded on first use.
+    pub(super) quant_maps: Option<DevMem>,
     pub(super) lt: Lt,
     pub(super) kernels: Kernels,
     pub(super) alloc: Allocator,
@@ -90,6 +92,7 @@ impl CudaBackend {
             scratch: None,
             scratch_used: 0,
             retired: Vec::new(),
+            quant_maps: None,
             sms,
             max_smem,
             device_name,
@@ -154,8 +157,8 @@ impl CudaBackend {
     /// Resolve an output view and mark its shadow stale.
     pub(super) fn out(&mut self, v: View) -> Result<Dev> {
         let d = self.bufs.dev(v)?;
-        if d.elem == Elem::U32 {
-            bail!("cuda: a U32 buffer cannot be the output of a float op");
+        if matches!(d.elem, Elem::U32 | Elem::U8) {
+            bail!("cuda: a {:?} buffer cannot be the output of a float op", d.elem);
         }
         self.bufs.written(v);
         Ok(d)
@@ -201,7 +204,7 @@ impl CudaBackend {
         let d = self.bufs.dev(v)?;
         match d.elem {
             Elem::Bf16 => return Ok(d.ptr),
-            Elem::U32 => bail!("cuda: a U32 buffer cannot be a matmul operand"),
+            Elem::U32 | Elem::U8 => bail!("cuda: a {:?} buffer cannot be a matmul operand", d.elem),
             Elem::F32 => {}
         }
         let len = self.bufs.get(v.buf)?.len;

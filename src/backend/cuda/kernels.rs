@@ -37,6 +37,7 @@ pub struct AdamArgs {
 unsafe impl DeviceRepr for AdamArgs {}
 
 /// One kernel argument. Pointers travel as u64 (same ABI as `T*`).
+#[derive(Clone, Copy)]
 pub enum KArg {
     P(u64),
     I(i32),

@@ -109,6 +109,9 @@ pub enum Elem {
     F32 = 0,
     Bf16 = 1,
     U32 = 2,
+    /// 8-bit optimizer state codes; only the 8-bit optimizer kernels and
+    /// `upload_u8`/`download_u8` touch these buffers.
+    U8 = 3,
 }
 
 impl Elem {
@@ -117,10 +120,15 @@ impl Elem {
             DType::F32 => Elem::F32,
             DType::Compute => Elem::Bf16,
             DType::U32 => Elem::U32,
+            DType::U8 => Elem::U8,
         }
     }
     pub fn size(self) -> usize {
-        if self == Elem::Bf16 { 2 } else { 4 }
+        match self {
+            Elem::U8 => 1,
+            Elem::Bf16 => 2,
+            Elem::F32 | Elem::U32 => 4,
+        }
     }
 }
 

@@ -19,13 +19,15 @@ mod memory;
 mod ops_attention;
 mod ops_basic;
 mod ops_linear;
+mod ops_matrix;
 mod ops_nn;
+mod ops_optim;
 mod ops_train;
 
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
 
-use crate::backend::{AdamWArgs, AttnShape, Backend, BufId, DType, View};
+use crate::backend::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 
 impl Backend for CudaBackend {
@@ -52,6 +54,12 @@ impl Backend for CudaBackend {
     fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()> {
         self.upload_ids(dst, src)
     }
+    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()> {
+        self.upload_bytes(dst, src)
+    }
+    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
+        self.download_bytes(src, dst)
+    }
     fn fill(&mut self, dst: View, value: f32) -> Result<()> {
         self.fill_op(dst, value)
     }
@@ -76,6 +84,15 @@ impl Backend for CudaBackend {
     }
     fn sum_squares(&mut self, x: View) -> Result<f64> {
         self.sum_squares_op(x)
+    }
+    fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
+        self.axpby_op(y, x, a, b)
+    }
+    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        self.axis_sum_squares_op(out, x, rows, cols, per_row)
+    }
+    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+        self.scale_axis_op(x, s, rows, cols, per_row)
     }
 
     fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
@@ -139,6 +156,18 @@ impl Backend for CudaBackend {
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.adamw_op(params, grads, m, v, args)
+    }
+    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
+        self.lion_op(params, grads, m, args)
+    }
+    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()> {
+        self.sign_descent_op(params, grads, args)
+    }
+    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()> {
+        self.rms_precondition_op(out, num, v, grads, args)
+    }
+    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()> {
+        self.adamw8bit_op(params, grads, m_codes, v_codes, m_absmax, v_absmax, args)
     }
     fn params_changed(&mut self, params: View) -> Result<()> {
         self.refresh_shadow(params)

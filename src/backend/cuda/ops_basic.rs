@@ -9,7 +9,7 @@ use cudarc::driver::{result, LaunchConfig};
 use half::bf16;
 
 impl CudaBackend {
-    fn htod<T>(&mut self, dst: u64, src: &[T]) -> Result<()> {
+    pub(super) fn htod<T>(&mut self, dst: u64, src: &[T]) -> Result<()> {
         // SAFETY: dst was bounds-checked for src.len() elements of T; we
         // synchronize before `src` can go away.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| anyhow!("upload: {e:?}"))?;
@@ -41,6 +41,22 @@ impl CudaBackend {
         self.htod(d.ptr, src)
     }
 
+    pub(super) fn upload_bytes(&mut self, dst: View, src: &[u8]) -> Result<()> {
+        self.begin()?;
+        ensure!(src.len() == dst.len, "upload_u8: {} host bytes into a view of {}", src.len(), dst.len);
+        let d = self.dev(dst)?;
+        ensure!(d.elem == Elem::U8, "upload_u8 needs a U8 buffer, got {:?}", d.elem);
+        self.htod(d.ptr, src)
+    }
+
+    pub(super) fn download_bytes(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
+        self.begin()?;
+        ensure!(src.len == dst.len(), "download_u8: view of {} into {} host bytes", src.len, dst.len());
+        let d = self.dev(src)?;
+        ensure!(d.elem == Elem::U8, "download_u8 needs a U8 buffer, got {:?}", d.elem);
+        self.dtoh(dst, d.ptr)
+    }
+
     pub(super) fn download_f32(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
         self.begin()?;
         ensure!(src.len == dst.len(), "download: view of {} into {} values", src.len, dst.len());
@@ -59,6 +75,8 @@ impl CudaBackend {
                 dst.iter_mut().zip(tmp).for_each(|(o, b)| *o = b as f32);
                 Ok(())
             }
+            // Like the CPU backend: codes are bytes, read them as bytes.
+            Elem::U8 => bail!("download: view {src:?} is in a U8 buffer; use download_u8"),
         }
     }
 

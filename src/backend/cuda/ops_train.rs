@@ -46,17 +46,7 @@ impl CudaBackend {
             bail!("adamw: params, m and v must be F32 buffers (fp32 master weights and state)");
         }
         let shadow = self.shadow_for_write(params)?;
-        let t = a.step.max(1) as f64;
-        let args = AdamArgs {
-            lr: a.lr,
-            b1: a.beta1,
-            b2: a.beta2,
-            eps: a.eps,
-            wd: a.weight_decay,
-            grad_scale: a.grad_scale,
-            step_size: (a.lr as f64 / (1.0 - (a.beta1 as f64).powf(t))) as f32,
-            sqrt_bc2: (1.0 - (a.beta2 as f64).powf(t)).sqrt() as f32,
-        };
+        let args = adam_args(&a);
         let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0) && shadow % 8 == 0;
         let n4 = if aligned && g.elem == Elem::F32 { n / 4 } else { 0 };
         if n4 > 0 {
@@ -73,5 +63,20 @@ impl CudaBackend {
             self.launch("adamw", "adamw_k", cfg, &kargs)?;
         }
         Ok(())
+    }
+}
+
+/// Kernel arguments of an AdamW step; bias corrections in f64 like the CPU.
+pub(super) fn adam_args(a: &AdamWArgs) -> AdamArgs {
+    let t = a.step.max(1) as f64;
+    AdamArgs {
+        lr: a.lr,
+        b1: a.beta1,
+        b2: a.beta2,
+        eps: a.eps,
+        wd: a.weight_decay,
+        grad_scale: a.grad_scale,
+        step_size: (a.lr as f64 / (1.0 - (a.beta1 as f64).powf(t))) as f32,
+        sqrt_bc2: (1.0 - (a.beta2 as f64).powf(t)).sqrt() as f32,
     }
 }

@@ -17,12 +17,14 @@ typedef unsigned long long u64;
 #define DT_F32 0
 #define DT_BF16 1
 #define DT_U32 2
+#define DT_U8 3
 
 // Every kernel takes (pointer, dtype) pairs so one kernel serves fp32 and
 // bf16 buffers; the branch is uniform across the grid, so it costs ~nothing.
 __device__ __forceinline__ float ld(const void* p, int dt, i64 i) {
     if (dt == DT_BF16) return __bfloat162float(((const __nv_bfloat16*)p)[i]);
     if (dt == DT_U32) return (float)((const unsigned*)p)[i];
+    if (dt == DT_U8) return (float)((const unsigned char*)p)[i];
     return ((const float*)p)[i];
 }
 
@@ -58,3 +60,18 @@ __device__ __forceinline__ float block_sum(float v, float* tmp) {
 // Grid-stride loop over [0, n) with 64-bit indices (buffers can exceed 2^31).
 #define GRID_LOOP(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// 4 fp32 -> 4 bf16 packed in 8 bytes: the vectorized bf16 weight-shadow
+// store of the optimizer kernels.
+__device__ __forceinline__ uint2 pack_bf16x4(float4 v) {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<unsigned*>(&lo);
+    packed.y = *reinterpret_cast<unsigned*>(&hi);
+    return packed;
+}
+
+// torch.sign semantics: sign(0) = 0 (and NaN -> 0, like the CPU reference).
+__device__ __forceinline__ float sign_of(float x) {
+    return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);
+}

@@ -1,0 +1,57 @@
+//! What each optimizer will allocate, computed from the layout alone (no
+//! backend): which tensors get which update rule and how many bytes of
+//! state each group holds. `ferrotron info` prints it; a test checks it
+//! against the bytes the CPU backend actually allocates.
+
+use super::{adamw, adamw8bit, apollo, cosmos, frugal, lion, muon};
+use crate::config::OptimizerConfig;
+use crate::model::layout::ParamLayout;
+use anyhow::{bail, Result};
+
+/// One group of tensors sharing an update rule and weight decay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupPlan {
+    /// Group name (`matrices`, `decay`, `no_decay`, …).
+    pub group: String,
+    /// Update rule applied to it (`muon`, `adamw`, `adamw8bit`, …).
+    pub rule: String,
+    pub weight_decay: f32,
+    pub tensors: Vec<String>,
+    pub params: usize,
+    /// Exact bytes of optimizer state for this group.
+    pub state_bytes: u64,
+}
+
+impl GroupPlan {
+    pub fn bytes_per_param(&self) -> f64 {
+        if self.params == 0 { 0.0 } else { self.state_bytes as f64 / self.params as f64 }
+    }
+}
+
+/// The plan of the configured optimizer; an error for settings that do not
+/// fit the model (e.g. a projection rank above a matrix's smaller side).
+pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan>> {
+    Ok(match cfg.name.as_str() {
+        "adamw" => adamw::plan(cfg, layout),
+        "adamw8bit" => adamw8bit::plan(cfg, layout),
+        "lion" => lion::plan(cfg, layout),
+        "apollo" => apollo::plan(cfg, layout, false)?,
+        "apollo_mini" => apollo::plan(cfg, layout, true)?,
+        "frugal" => frugal::plan(cfg, layout)?,
+        "muon" => muon::plan(cfg, layout),
+        "cosmos" => cosmos::plan(cfg, layout)?,
+        other => bail!("optimizer `{other}` is not available; use one of {}", crate::config::OPTIMIZERS.join(", ")),
+    })
+}
+
+/// A plan row for `group` under `rule` with `state_bytes`.
+pub fn row(group: &super::ParamGroup, rule: &str, state_bytes: u64) -> GroupPlan {
+    GroupPlan {
+        group: group.name.clone(),
+        rule: rule.into(),
+        weight_decay: group.weight_decay,
+        tensors: group.tensors.iter().map(|t| t.name.clone()).collect(),
+        params: group.numel(),
+        state_bytes,
+    }
+}

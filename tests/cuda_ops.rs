@@ -260,6 +260,9 @@ fn linear() {
     linear_case(&mut h, 257, 768, 2304, 3, DType::Compute);
     linear_case(&mut h, 100, 64, 50, 1, DType::F32);
     linear_case(&mut h, 1, 32, 8, 0, DType::Compute);
+    // Odd widths (like GPT-2's 50257 logits) take the aligned-pitch path.
+    linear_case(&mut h, 130, 64, 1001, 0, DType::Compute);
+    linear_case(&mut h, 70, 48, 1001, 1, DType::F32);
 }
 
 #[test]

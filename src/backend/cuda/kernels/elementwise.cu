@@ -61,3 +61,13 @@ extern "C" __global__ void colsum_finish_k(void* dst, int dt, const float* parti
         st(dst, dt, c, ld(dst, dt, c) + s);
     }
 }
+
+// Copy a [rows, cols] block between row pitches (in elements), converting
+// dtype: used to give cuBLASLt 16-byte-aligned leading dimensions when a
+// matrix's width is odd (the 50257-wide GPT-2 logits).
+extern "C" __global__ void copy_pitched_k(void* dst, int dtd, i64 dst_ld, const void* src, int dts, i64 src_ld, i64 rows, int cols) {
+    GRID_LOOP(i, rows * cols) {
+        i64 r = i / cols, c = i % cols;
+        st(dst, dtd, r * dst_ld + c, ld(src, dts, r * src_ld + c));
+    }
+}

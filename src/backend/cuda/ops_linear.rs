@@ -8,7 +8,7 @@
 use super::device::CudaBackend;
 use super::kernels::KArg::{I, L, P};
 use super::matmul::{alignment, Problem};
-use super::memory::Elem;
+use super::memory::{Dev, Elem};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -59,14 +59,11 @@ impl CudaBackend {
             };
             epi = ptr.filter(|p| p % 16 == 0);
         }
-        match padded_width(n, o.elem).filter(|_| epi.is_none()) {
-            // Odd widths: compute into an aligned scratch, then copy out.
-            Some(np) => {
-                let tmp = self.scratch(m * np * o.elem.size())?;
-                self.matmul(true, false, (n, m, k), (k, k, np), (wp, ip, tmp), Elem::Bf16, o.elem, None, 1.0, 0.0)?;
-                self.copy_pitched((o.ptr, o.dt(), n), (tmp, o.dt(), np), m, n)?;
-            }
-            None => self.matmul(true, false, (n, m, k), (k, k, n), (wp, ip, o.ptr), Elem::Bf16, o.elem, epi, 1.0, 0.0)?,
+        if let Some(np) = padded_dim(m, n) {
+            self.linear_fwd_padded(o, wp, ip, (m, k, n, np))?;
+            epi = None;
+        } else {
+            self.matmul(true, false, (n, m, k), (k, k, n), (wp, ip, o.ptr), Elem::Bf16, o.elem, epi, 1.0, 0.0)?;
         }
         if let (Some(bv), None) = (bias, epi) {
             let bd = self.dev(bv)?;
@@ -85,23 +82,18 @@ impl CudaBackend {
             "linear_bwd: views do not match m={m} k={k} n={n}"
         );
         let wp = self.bf16_operand(w)?;
-        let mut gp = self.bf16_operand(dout)?;
+        let gp = self.bf16_operand(dout)?;
         let ip = self.bf16_operand(inp)?;
-        // Odd widths: give dout an aligned row pitch (cuBLASLt's fast kernels
-        // need 16-byte leading dimensions); only the first n columns are read.
-        let mut ldg = n;
-        if let Some(np) = padded_width(n, Elem::Bf16) {
-            let tmp = self.scratch(m * np * 2)?;
-            let bf16 = Elem::Bf16 as i32;
-            self.copy_pitched((tmp, bf16, np), (gp, bf16, n), m, n)?;
-            (gp, ldg) = (tmp, np);
-        }
         let di = self.out(dinp)?;
-        // dinpᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]).
-        self.matmul(false, false, (k, m, n), (k, ldg, k), (wp, gp, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
-        // dwᵀ[K,N] += inpᵀ([K,M]) · dout([M,N] = transposed col-major [N,M]).
         let dwd = self.out(dw)?;
-        self.matmul(false, true, (k, n, m), (k, ldg, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
+        if let Some(np) = padded_dim(m, n) {
+            self.linear_bwd_padded((di, dwd), (wp, gp, ip), (m, k, n, np))?;
+        } else {
+            // dinpᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]).
+            self.matmul(false, false, (k, m, n), (k, n, k), (wp, gp, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
+            // dwᵀ[K,N] += inpᵀ([K,M]) · dout([M,N] = transposed col-major [N,M]).
+            self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
+        }
         if let Some(bv) = dbias {
             ensure!(bv.len == n, "linear_bwd: dbias has {} values, needs n = {n}", bv.len);
             self.colsum_accumulate(bv, dout, m, n)?;
@@ -109,11 +101,38 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Copies `rows × cols` elements between (pointer, dtype, row pitch) pairs.
-    fn copy_pitched(&mut self, dst: (u64, i32, usize), src: (u64, i32, usize), rows: usize, cols: usize) -> Result<()> {
-        let cfg = self.grid(rows * cols);
-        let args = [P(dst.0), I(dst.1), L(dst.2 as i64), P(src.0), I(src.1), L(src.2 as i64), L(rows as i64), I(cols as i32)];
-        self.launch("elementwise", "copy_pitched_k", cfg, &args)
+    /// linear_fwd with `n` padded to `np`: w gets zero rows, the product goes
+    /// to scratch, and its first `n` columns are copied out.
+    fn linear_fwd_padded(&mut self, o: Dev, wp: u64, ip: u64, (m, k, n, np): (usize, usize, usize, usize)) -> Result<()> {
+        let bf16 = Elem::Bf16 as i32;
+        let wpad = self.scratch(np * k * 2)?;
+        self.copy_pad((wpad, bf16, k, np, k), (wp, bf16, k, n, k))?;
+        let tmp = self.scratch(m * np * o.elem.size())?;
+        self.matmul(true, false, (np, m, k), (k, k, np), (wpad, ip, tmp), Elem::Bf16, o.elem, None, 1.0, 0.0)?;
+        self.copy_pad((o.ptr, o.dt(), n, m, n), (tmp, o.dt(), np, m, n))
+    }
+
+    /// linear_bwd with `n` padded to `np`: dout gets zero columns and w zero
+    /// rows (so dinp is exact), dW is formed in fp32 scratch and its first
+    /// `n` rows are accumulated into dw.
+    fn linear_bwd_padded(&mut self, (di, dwd): (Dev, Dev), (wp, gp, ip): (u64, u64, u64), (m, k, n, np): (usize, usize, usize, usize)) -> Result<()> {
+        let bf16 = Elem::Bf16 as i32;
+        let wpad = self.scratch(np * k * 2)?;
+        self.copy_pad((wpad, bf16, k, np, k), (wp, bf16, k, n, k))?;
+        let gpad = self.scratch(m * np * 2)?;
+        self.copy_pad((gpad, bf16, np, m, np), (gp, bf16, n, m, n))?;
+        self.matmul(false, false, (k, m, np), (k, np, k), (wpad, gpad, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
+        let dwp = self.scratch(np * k * 4)?;
+        self.matmul(false, true, (k, np, m), (k, np, k), (ip, gpad, dwp), Elem::Bf16, Elem::F32, None, 1.0, 0.0)?;
+        let cfg = self.grid(n * k);
+        self.launch("elementwise", "accumulate_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(dwp), I(Elem::F32 as i32), L((n * k) as i64)])
+    }
+
+    /// `copy_pad_k` between (pointer, dtype, row pitch, rows, cols) blocks.
+    fn copy_pad(&mut self, dst: (u64, i32, usize, usize, usize), src: (u64, i32, usize, usize, usize)) -> Result<()> {
+        let cfg = self.grid(dst.3 * dst.4);
+        let args = [P(dst.0), I(dst.1), L(dst.2 as i64), L(dst.3 as i64), I(dst.4 as i32), P(src.0), I(src.1), L(src.2 as i64), L(src.3 as i64), I(src.4 as i32)];
+        self.launch("elementwise", "copy_pad_k", cfg, &args)
     }
 
     /// dst[c] += sum over rows of x[rows, cols]: deterministic two-stage sum.
@@ -154,10 +173,10 @@ impl CudaBackend {
     }
 }
 
-/// The row pitch to use for a matrix `n` elements wide when `n` elements are
-/// not a multiple of 16 bytes (cuBLASLt then falls back to slow kernels: the
-/// GPT-2 head, n = 50257, ran at ~95 TFLOP/s). `None` when already aligned.
-fn padded_width(n: usize, elem: Elem) -> Option<usize> {
-    let per16 = 16 / elem.size();
-    (n % per16 != 0).then(|| n.div_ceil(per16) * per16)
+/// The padded size of a big matmul dimension `n` that is not a multiple of
+/// 64 (cuBLASLt's kernels run several times slower on such a dimension:
+/// measured on the H200, the GPT-2 head took 7.7 ms at n = 50257 and about
+/// 1.3 ms at 50304). Small problems are left alone: copies would dominate.
+fn padded_dim(m: usize, n: usize) -> Option<usize> {
+    (n % 64 != 0 && m * n >= 1 << 16).then(|| n.div_ceil(64) * 64)
 }

@@ -84,6 +84,10 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     pub rope_theta: f32,
     pub init_std: f32,
+    /// A Hugging Face checkpoint (folder with `config.json` and
+    /// `model.safetensors`, GPT2LMHeadModel or LlamaForCausalLM) to start
+    /// from instead of random weights; its `config.json` sets the shape.
+    pub init_from: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -203,6 +207,7 @@ impl Default for ModelConfig {
             norm_eps: 1e-5,
             rope_theta: 10000.0,
             init_std: 0.02,
+            init_from: String::new(),
         }
     }
 }

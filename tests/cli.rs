@@ -97,6 +97,13 @@ fn train_generate_and_resume_errors() {
 }
 
 #[test]
+fn init_from_a_missing_checkpoint_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&ferrotron(&train_args(&["--set", "model.init_from=no-such-model"]), tmp.path()), &["model.init_from", "no-such-model"]);
+    assert!(!tmp.path().join("runs/r").exists(), "a failed start must not leave a run folder");
+}
+
+#[test]
 fn resume_of_a_folder_that_is_not_a_run() {
     let tmp = tempfile::tempdir().unwrap();
     fails_with(&ferrotron(&["train", "--resume", "nothing-here"], tmp.path()), &["nothing-here", "config.toml"]);

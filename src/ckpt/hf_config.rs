@@ -207,6 +207,7 @@ fn gpt2_from(f: &Fields) -> Result<ModelConfig> {
         norm_eps: f.f32("layer_norm_epsilon", 1e-5)?,
         rope_theta: ModelConfig::default().rope_theta,
         init_std: f.f32("initializer_range", 0.02)?,
+        init_from: String::new(),
     })
 }
 
@@ -246,6 +247,7 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
         norm_eps: f.f32("rms_norm_eps", 1e-6)?,
         rope_theta,
         init_std: f.f32("initializer_range", 0.02)?,
+        init_from: String::new(),
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod init_from;
 pub mod run_dir;
 pub mod sample;
 pub mod schedule;

@@ -47,13 +47,19 @@ pub(super) struct State<B: Backend> {
 /// Starts a new run (`resume = None`) or continues one from its newest
 /// complete checkpoint.
 pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
+    // A new run may start from Hugging Face weights (a resumed one has its own).
+    let mut cfg = cfg.clone();
+    let init = match resume {
+        None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
+        _ => None,
+    };
     match cfg.device.as_str() {
-        "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), cfg, resume),
-        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, cfg, resume),
+        "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), &cfg, resume, init),
+        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, &cfg, resume, init),
     }
 }
 
-fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
+fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.path)?;
     if data.tokenizer.vocab_size() > cfg.model.vocab_size {
         bail!(
@@ -69,6 +75,9 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
     };
     crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
     let mut st = new_state(&mut b, cfg, &data)?;
+    if let Some(weights) = init {
+        st.model.set_params(&mut b, &weights)?;
+    }
     if resume.is_some() {
         restore(&mut b, &mut st, &run_dir)?;
     }
@@ -82,6 +91,9 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>) -
         st.model.num_params() as f64 / 1e6,
         tokens_per_step(cfg)
     ));
+    if !cfg.model.init_from.is_empty() {
+        progress.println(&format!("weights and model shape from {}", cfg.model.init_from));
+    }
     let unigram = crate::data::unigram_entropy(data.tokens(Split::Val));
     progress.println(&format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };

@@ -14,8 +14,20 @@
 use crate::backend::AttnShape;
 use rayon::prelude::*;
 
+/// Dot product with 8 independent partial sums: a single running sum is one
+/// long dependency chain the compiler may not reorder (float addition is not
+/// associative), which left attention at a few GFLOP/s. Fixed order, so
+/// results stay deterministic.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

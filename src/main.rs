@@ -96,6 +96,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Time one optimizer step over a preset's parameters; measure its state memory.
+    Optim {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
     /// Time training steps of a config on random tokens; prints one JSON line.
     Train {
         #[command(flatten)]
@@ -135,6 +144,12 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps } } => {
+            let cfg = load_config(&cfg)?;
+            let result = train::bench_optim::bench_optim(&cfg, warmup, steps)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
         Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref(), profile)?;

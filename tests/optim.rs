@@ -856,3 +856,16 @@ fn every_optimizer_lowers_the_loss() {
         assert!(tail < head - 0.5, "{name}: loss {head} -> {tail}");
     }
 }
+
+/// `bench optim` on the CPU: the bytes every optimizer allocates are exactly
+/// its planned state (what `info` prints) plus its declared workspace.
+#[test]
+fn bench_optim_measures_exactly_the_planned_state() {
+    for name in ["adamw", "adamw8bit", "lion", "apollo_mini", "frugal", "muon", "cosmos"] {
+        let sets = vec!["model.preset=tiny".to_string(), format!("optimizer.name={name}")];
+        let cfg = ferrotron::config::load(None, &sets).unwrap();
+        let r = ferrotron::train::bench_optim::bench_optim(&cfg, 0, 1).unwrap();
+        assert_eq!(r.state_bytes_measured, r.state_bytes_estimate + r.workspace_bytes, "{name}");
+        assert!(r.median_step_ms > 0.0 && r.copy_bytes_per_s > 0.0, "{name}");
+    }
+}

@@ -187,6 +187,10 @@ pub trait Backend {
     fn peak_memory_bytes(&self) -> u64 {
         0
     }
+    /// Bytes of buffers allocated now (0 where not tracked).
+    fn live_memory_bytes(&self) -> u64 {
+        0
+    }
 
     // ---- elementwise --------------------------------------------------
     /// `out = a + b`.

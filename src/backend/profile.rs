@@ -86,6 +86,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn peak_memory_bytes(&self) -> u64 {
         self.inner.peak_memory_bytes()
     }
+    fn live_memory_bytes(&self) -> u64 {
+        self.inner.live_memory_bytes()
+    }
     fn add(&mut self, out: View, a: View, b2: View) -> Result<()> {
         self.time("add", |b| b.add(out, a, b2))
     }

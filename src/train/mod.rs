@@ -1,6 +1,7 @@
 //! Training: the loop, schedules, the run folder, sampling.
 
 pub mod bench;
+pub mod bench_optim;
 pub mod generate;
 pub mod init_from;
 pub mod run_dir;

@@ -312,6 +312,9 @@ impl Backend for CpuBackend {
     fn peak_memory_bytes(&self) -> u64 {
         self.peak_bytes
     }
+    fn live_memory_bytes(&self) -> u64 {
+        self.live_bytes
+    }
 
     // ---- elementwise --------------------------------------------------
     fn add(&mut self, out: View, a: View, b: View) -> Result<()> {

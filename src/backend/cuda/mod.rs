@@ -72,6 +72,9 @@ impl Backend for CudaBackend {
     fn peak_memory_bytes(&self) -> u64 {
         self.alloc.bytes_peak
     }
+    fn live_memory_bytes(&self) -> u64 {
+        self.alloc.bytes_now
+    }
 
     fn add(&mut self, out: View, a: View, b: View) -> Result<()> {
         self.add_op(out, a, b)

@@ -85,6 +85,15 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Compare runs: validation loss vs tokens (PNG) and a markdown table.
+    Compare {
+        /// Run folders (repeatable).
+        #[arg(long, required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Plot file to write.
+        #[arg(long, default_value = "compare.png")]
+        out: PathBuf,
+    },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
         #[arg(long, value_name = "RUN_DIR")]
@@ -144,6 +153,11 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Compare { runs, out } => {
+            print!("{}", ferrotron::telemetry::compare::compare(&runs, &out)?);
+            println!("\nplot: {}", out.display());
+            Ok(())
+        }
         Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench_optim::bench_optim(&cfg, warmup, steps)?;

@@ -131,3 +131,20 @@ fn shard_errors_name_the_file() {
     let name = shard.file_name().unwrap().to_string_lossy().to_string();
     fails_with(&ferrotron(&train_args(&["--set", "data.path=shards", "--set", "model.vocab_size=50257"]), tmp.path()), &[&name]);
 }
+
+#[test]
+fn compare_runs_writes_a_plot_and_a_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, opt) in [("a", "adamw"), ("b", "lion")] {
+        let run = format!("run.name={name}");
+        let o = format!("optimizer.name={opt}");
+        let out = ferrotron(&train_args(&["--set", &run, "--set", &o, "--set", "train.eval_every=1", "--set", "train.samples=0"]), tmp.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = ferrotron(&["compare", "--runs", "runs/a", "runs/b", "--out", "c.png"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| a | adamw |") && table.contains("| b | lion |"), "{table}");
+    assert_eq!(&std::fs::read(tmp.path().join("c.png")).unwrap()[..4], b"\x89PNG");
+    fails_with(&ferrotron(&["compare", "--runs", "runs/nope"], tmp.path()), &["runs/nope"]);
+}

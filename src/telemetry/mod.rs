@@ -6,7 +6,9 @@
 //! - [`flops`]: FLOPs per token, MFU, peak FLOP/s per GPU
 //! - [`memory`]: parameter counts and the memory estimate
 //! - [`report`]: the text of `ferrotron info`
+//! - [`compare`]: several runs side by side (plot + table)
 
+pub mod compare;
 pub mod flops;
 pub mod memory;
 pub mod metrics;

@@ -18,8 +18,6 @@ static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// plotters asks for this family for axis labels unless told otherwise.
 const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (1000, 600);
-const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
-const VAL_COLOR: RGBColor = RGBColor(214, 39, 40);
 
 /// The font registry is global; registering once is enough for every plot.
 fn register_embedded_font() -> Result<()> {
@@ -29,24 +27,55 @@ fn register_embedded_font() -> Result<()> {
     result
 }
 
+/// One line of a plot.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// Thin line without markers (e.g. noisy per-step train loss).
+    pub thin: bool,
+}
+
+/// Axis captions and title of a plot.
+pub struct Axes<'a> {
+    pub title: &'a str,
+    pub x: &'a str,
+    pub y: &'a str,
+}
+
 /// Plot train loss (thin line) and validation loss (line with markers)
 /// against step into `out_png`, replacing it atomically so a viewer never
 /// sees a half-written image.
 pub fn plot_loss(metrics: &[MetricLine], out_png: &Path, title: &str) -> Result<()> {
-    register_embedded_font()?;
     let (train, val) = split_series(metrics);
-    if train.is_empty() && val.is_empty() {
-        bail!("no finite loss values to plot into {}", out_png.display());
+    let series = [
+        Series { label: "train loss".into(), points: train, thin: true },
+        Series { label: "val loss".into(), points: val, thin: false },
+    ];
+    plot_series(&series, out_png, &Axes { title, x: "step", y: "loss" })
+}
+
+/// Any number of named series on one chart (e.g. validation loss of several
+/// runs against tokens), written atomically.
+pub fn plot_series(series: &[Series], out_png: &Path, axes: &Axes) -> Result<()> {
+    register_embedded_font()?;
+    if series.iter().all(|s| s.points.is_empty()) {
+        bail!("no finite values to plot into {}", out_png.display());
     }
-    atomic::write_file_with(out_png, |tmp| draw(&train, &val, tmp, title))
+    atomic::write_file_with(out_png, |tmp| draw(series, tmp, axes))
         .map_err(|e| e.context(format!("cannot draw {}", out_png.display())))
 }
 
-type Series = Vec<(f64, f64)>;
+/// Distinct colours (matplotlib's tab10), reused cyclically.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75), RGBColor(227, 119, 194), RGBColor(127, 127, 127), RGBColor(188, 189, 34), RGBColor(23, 190, 207),
+];
+
+type Points = Vec<(f64, f64)>;
 
 /// (train, val) points; NaN/inf losses (a diverged step) are left out so
 /// they do not wreck the axis range.
-fn split_series(metrics: &[MetricLine]) -> (Series, Series) {
+fn split_series(metrics: &[MetricLine]) -> (Points, Points) {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for m in metrics {
         match m {
@@ -66,15 +95,15 @@ fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-fn draw(train: &[(f64, f64)], val: &[(f64, f64)], path: &Path, title: &str) -> Result<()> {
+fn draw(series: &[Series], path: &Path, axes: &Axes) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting failed: {e}");
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let all = || train.iter().chain(val);
+    let all = || series.iter().flat_map(|s| s.points.iter());
     let xs = padded(all().map(|p| p.0));
     let ys = padded(all().map(|p| p.1));
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FAMILY, 26))
+        .caption(axes.title, (FAMILY, 26))
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(65)
@@ -82,28 +111,22 @@ fn draw(train: &[(f64, f64)], val: &[(f64, f64)], path: &Path, title: &str) -> R
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("step")
-        .y_desc("loss")
-        .x_label_formatter(&|x| format!("{x:.0}")) // steps are whole numbers
+        .x_desc(axes.x)
+        .y_desc(axes.y)
+        .x_label_formatter(&|x| format!("{x:.0}")) // steps and tokens are whole numbers
         .axis_desc_style((FAMILY, 18))
         .label_style((FAMILY, 15))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| err(&e))?;
-    if !train.is_empty() {
-        chart
-            .draw_series(LineSeries::new(train.iter().copied(), TRAIN_COLOR.stroke_width(1)))
-            .map_err(|e| err(&e))?
-            .label("train loss")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], TRAIN_COLOR.stroke_width(2)));
-    }
-    if !val.is_empty() {
-        chart.draw_series(LineSeries::new(val.iter().copied(), VAL_COLOR.stroke_width(2))).map_err(|e| err(&e))?;
-        chart
-            .draw_series(val.iter().map(|&p| Circle::new(p, 4, VAL_COLOR.filled())))
-            .map_err(|e| err(&e))?
-            .label("val loss")
-            .legend(|(x, y)| Circle::new((x + 12, y), 4, VAL_COLOR.filled()));
+    for (i, s) in series.iter().enumerate().filter(|(_, s)| !s.points.is_empty()) {
+        let color = PALETTE[i % PALETTE.len()];
+        let width = if s.thin { 1 } else { 2 };
+        let drawn = chart.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(width))).map_err(|e| err(&e))?;
+        drawn.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+        if !s.thin {
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
+        }
     }
     chart
         .configure_series_labels()

@@ -71,6 +71,9 @@ enum Command {
         samples: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Where to run the model: cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Parameter counts, FLOPs per token and a memory estimate for a config.
     Info {
@@ -148,8 +151,8 @@ fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train { cfg, resume } => cmd_train(cfg, resume),
         Command::Prepare { input, out, tokenizer, val_fraction, text_column, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_column, overwrite),
-        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed } => {
-            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed)
+        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed, device } => {
+            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed, &device)
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
@@ -211,8 +214,8 @@ fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fractio
     Ok(())
 }
 
-fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64) -> Result<()> {
-    let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed)?;
+fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64, device: &str) -> Result<()> {
+    let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
     for (i, text) in texts.iter().enumerate() {
         if samples > 1 {
             println!("--- sample {} ---", i + 1);

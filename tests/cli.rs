@@ -148,3 +148,25 @@ fn compare_runs_writes_a_plot_and_a_table() {
     assert_eq!(&std::fs::read(tmp.path().join("c.png")).unwrap()[..4], b"\x89PNG");
     fails_with(&ferrotron(&["compare", "--runs", "runs/nope"], tmp.path()), &["runs/nope"]);
 }
+
+#[test]
+fn info_works_for_every_preset() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, _) in ferrotron::config::PRESETS {
+        let set = format!("model.preset={name}");
+        for device in ["cpu", "cuda"] {
+            let dev = format!("device={device}");
+            let out = ferrotron(&["info", "--set", &set, "--set", &dev], tmp.path());
+            assert!(out.status.success(), "{name} on {device}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("optimizer state"), "{name}");
+        }
+    }
+}
+
+#[test]
+fn generate_rejects_an_unknown_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = ferrotron(&train_args(&["--set", "train.samples=0"]), tmp.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    fails_with(&ferrotron(&["generate", "--run", "runs/r", "--device", "tpu"], tmp.path()), &["tpu", "cpu or cuda"]);
+}

@@ -2,6 +2,7 @@
 
 use super::sample::{self, SampleOptions};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::ckpt;
 use crate::config::{self, Config};
 use crate::data::Tokenizer;
@@ -25,12 +26,19 @@ pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
     Ok((cfg, params))
 }
 
-/// Samples `count` continuations of `prompt` on the CPU backend.
-pub fn generate_from_run(run: &Path, prompt: &str, opts: SampleOptions, count: usize, seed: u64) -> Result<Vec<String>> {
+/// Samples `count` continuations of `prompt` on `device` (`cpu` or `cuda`).
+pub fn generate_from_run(run: &Path, prompt: &str, opts: SampleOptions, count: usize, seed: u64, device: &str) -> Result<Vec<String>> {
+    match device {
+        "cpu" => generate_on(CpuBackend::new(), run, prompt, opts, count, seed),
+        "cuda" => generate_on(crate::backend::cuda::CudaBackend::new(0)?, run, prompt, opts, count, seed),
+        other => bail!("--device {other} is not supported; use cpu or cuda"),
+    }
+}
+
+fn generate_on<B: Backend>(mut b: B, run: &Path, prompt: &str, opts: SampleOptions, count: usize, seed: u64) -> Result<Vec<String>> {
     let (cfg, params) = load_run_weights(run)?;
     let tok_name = std::fs::read_to_string(run.join("tokenizer.txt")).unwrap_or_else(|_| "gpt2".into());
     let tok = Tokenizer::from_name(tok_name.trim())?;
-    let mut b = CpuBackend::new();
     let mut model = Model::new(&mut b, &cfg.model, false)?;
     model.set_params(&mut b, &params)?;
     let mut ids = tok.encode(prompt);

@@ -162,6 +162,9 @@ fn shard_error(name: &str, bytes: &[u8]) -> String {
     fs::write(&path, bytes).unwrap();
     let msg = format!("{:#}", read_shard(&path).unwrap_err());
     assert!(msg.contains(name), "error should name the file: {msg}");
+    // The streaming reader used for training data rejects it the same way.
+    let streamed = format!("{:#}", ferrotron::data::shard::open_shard(&path).unwrap_err());
+    assert!(streamed.starts_with(&msg), "streamed: {streamed}\nin memory: {msg}");
     msg
 }
 
@@ -284,7 +287,7 @@ fn corpus(root: &Path) -> Result<Vec<String>> {
 }
 
 fn all_tokens(ds: &Dataset) -> Vec<u32> {
-    [ds.tokens(Split::Train), ds.tokens(Split::Val)].concat()
+    [ds.tokens(Split::Train).unwrap(), ds.tokens(Split::Val).unwrap()].concat()
 }
 
 #[test]
@@ -353,7 +356,28 @@ fn prepare_bytes_order_and_multiple_shards() -> Result<()> {
         })
         .collect();
     let ds = Dataset::open(out.to_str().unwrap())?;
-    assert_eq!(ds.tokenizer.decode(ds.tokens(Split::Train)), expected);
+    assert_eq!(ds.tokenizer.decode(&ds.tokens(Split::Train).unwrap()), expected);
+    Ok(())
+}
+
+/// Shards stay on disk; windows that cross shard boundaries read the same
+/// tokens as the concatenated stream in memory.
+#[test]
+fn loader_over_many_shards_matches_memory() -> Result<()> {
+    let dir = tmp();
+    corpus(&dir.path().join("in"))?;
+    let out = dir.path().join("out");
+    let opts = PrepareOptions { shard_tokens: 16, val_fraction: 0.0, ..quiet("bytes") };
+    prepare(&[dir.path().join("in")], &out, &opts)?;
+    let on_disk = Dataset::open(out.to_str().unwrap())?;
+    let all = on_disk.tokens(Split::Train)?;
+    let in_memory = Dataset::from_tokens(on_disk.tokenizer, all.clone(), all, "memory");
+    let mut a = Loader::new(&on_disk, Split::Train, 3, 40, 9, 0, 1)?;
+    let mut b = Loader::new(&in_memory, Split::Train, 3, 40, 9, 0, 1)?;
+    for _ in 0..20 {
+        let (x, y) = (a.next_batch()?, b.next_batch()?);
+        assert_eq!((x.inputs, x.targets), (y.inputs, y.targets));
+    }
     Ok(())
 }
 
@@ -554,7 +578,7 @@ fn counting(n: u32) -> Dataset {
 }
 
 fn batches(l: &mut Loader, n: usize) -> Vec<Batch> {
-    (0..n).map(|_| l.next_batch()).collect()
+    (0..n).map(|_| l.next_batch().unwrap()).collect()
 }
 
 fn window_starts(b: &Batch) -> Vec<u32> {
@@ -565,7 +589,7 @@ fn window_starts(b: &Batch) -> Vec<u32> {
 fn loader_batches_are_shifted_windows() -> Result<()> {
     let ds = counting(10_000);
     let mut l = Loader::new(&ds, Split::Train, 4, 16, 1, 0, 1)?;
-    let b = l.next_batch();
+    let b = l.next_batch().unwrap();
     assert_eq!((b.inputs.len(), b.targets.len()), (64, 64));
     for (row, trow) in b.inputs.chunks(16).zip(b.targets.chunks(16)) {
         assert_eq!(row[0] % 16, 0, "windows start at multiples of seq");
@@ -688,7 +712,7 @@ fn loader_over_prepared_folder() -> Result<()> {
     )?;
     let ds = Dataset::open(out.to_str().unwrap())?;
     let mut l = Loader::new(&ds, Split::Train, 2, 64, 0, 0, 1)?;
-    let b = l.next_batch();
+    let b = l.next_batch().unwrap();
     assert!(b.inputs.iter().all(|&t| t < 50257));
     Ok(())
 }
@@ -702,7 +726,7 @@ fn builtin_corpus_properties() -> Result<()> {
     let elapsed = t0.elapsed();
     assert!(elapsed.as_secs_f64() < 3.0, "generation took {elapsed:?}");
     assert_eq!(ds.tokenizer.kind(), TokenizerKind::Bytes);
-    let (train, val) = (ds.tokens(Split::Train), ds.tokens(Split::Val));
+    let (train, val) = (ds.tokens(Split::Train).unwrap(), ds.tokens(Split::Val).unwrap());
     assert!(
         (2_000_000..4_000_000).contains(&train.len()),
         "{}",
@@ -720,7 +744,7 @@ fn builtin_corpus_properties() -> Result<()> {
         train
     );
     assert_ne!(&train[..1000], &val[..1000], "validation uses another seed");
-    let h = unigram_entropy(train);
+    let h = unigram_entropy(&train);
     assert!(h > 2.5 && h < 3.5, "unigram entropy {h} nats");
     Ok(())
 }

@@ -3,7 +3,8 @@
 
 use super::builtin;
 use super::meta::{Meta, SplitMeta};
-use super::shard::read_shard;
+use super::shard::open_shard;
+use super::store::TokenStore;
 use super::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -19,14 +20,15 @@ pub enum Split {
 }
 
 /// Token streams are behind `Arc` so cloning a dataset or creating loaders
-/// over it never copies tokens.
+/// over it never copies tokens. Prepared folders stay on disk
+/// ([`TokenStore::Shards`]): a corpus larger than memory trains fine.
 #[derive(Clone)]
 pub struct Dataset {
     pub tokenizer: Tokenizer,
     /// Where it came from: `builtin` or the folder path.
     pub source: String,
-    train: Arc<Vec<u32>>,
-    val: Arc<Vec<u32>>,
+    train: Arc<TokenStore>,
+    val: Arc<TokenStore>,
 }
 
 impl Dataset {
@@ -45,6 +47,10 @@ impl Dataset {
         val: Vec<u32>,
         source: &str,
     ) -> Dataset {
+        Dataset::from_stores(tokenizer, TokenStore::Memory(train), TokenStore::Memory(val), source)
+    }
+
+    fn from_stores(tokenizer: Tokenizer, train: TokenStore, val: TokenStore, source: &str) -> Dataset {
         Dataset {
             tokenizer,
             source: source.to_string(),
@@ -53,12 +59,13 @@ impl Dataset {
         }
     }
 
-    pub fn tokens(&self, split: Split) -> &[u32] {
-        self.shared(split).as_slice()
+    /// A split's tokens, in memory (meant for small splits and tests).
+    pub fn tokens(&self, split: Split) -> Result<Vec<u32>> {
+        self.shared(split).to_vec()
     }
 
     /// The shared token storage of a split (what loaders hold on to).
-    pub fn shared(&self, split: Split) -> &Arc<Vec<u32>> {
+    pub fn shared(&self, split: Split) -> &Arc<TokenStore> {
         match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
@@ -66,7 +73,7 @@ impl Dataset {
     }
 
     pub fn len(&self, split: Split) -> usize {
-        self.tokens(split).len()
+        self.shared(split).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,7 +121,7 @@ fn open_folder(dir: &Path) -> Result<Dataset> {
     let tokenizer = Tokenizer::new(meta.tokenizer)?;
     let train = read_split(dir, &meta, &meta.train)?;
     let val = read_split(dir, &meta, &meta.val)?;
-    Ok(Dataset::from_tokens(
+    Ok(Dataset::from_stores(
         tokenizer,
         train,
         val,
@@ -147,14 +154,14 @@ fn missing_meta_message(dir: &Path) -> String {
     }
 }
 
-/// Reads a split's shards (in parallel) and concatenates them in listed order.
-fn read_split(dir: &Path, meta: &Meta, split: &SplitMeta) -> Result<Vec<u32>> {
-    let parts: Vec<Vec<u32>> = split
+/// Opens and validates a split's shards (in parallel), in listed order.
+fn read_split(dir: &Path, meta: &Meta, split: &SplitMeta) -> Result<TokenStore> {
+    let files = split
         .shards
         .par_iter()
         .map(|s| {
             let path = dir.join(&s.file);
-            let shard = read_shard(&path)?;
+            let shard = open_shard(&path)?;
             if shard.tokenizer != meta.tokenizer {
                 bail!(
                     "{}: tokenizer is {} but meta.json says {}",
@@ -163,16 +170,16 @@ fn read_split(dir: &Path, meta: &Meta, split: &SplitMeta) -> Result<Vec<u32>> {
                     meta.tokenizer.name()
                 );
             }
-            if shard.tokens.len() as u64 != s.tokens {
+            if shard.count != s.tokens {
                 bail!(
                     "{}: has {} tokens but meta.json says {}",
                     path.display(),
-                    shard.tokens.len(),
+                    shard.count,
                     s.tokens
                 );
             }
-            Ok(shard.tokens)
+            Ok(shard)
         })
         .collect::<Result<_>>()?;
-    Ok(parts.concat())
+    Ok(TokenStore::shards(files))
 }

@@ -15,6 +15,7 @@
 //! the same number of steps). Batches run across epoch boundaries.
 
 use super::dataset::{Dataset, Split};
+use super::store::TokenStore;
 use crate::util::rng::{mix, Rng};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,7 @@ pub struct LoaderState {
 }
 
 pub struct Loader {
-    tokens: Arc<Vec<u32>>,
+    tokens: Arc<TokenStore>,
     split: Split,
     batch: usize,
     seq: usize,
@@ -107,22 +108,25 @@ impl Loader {
         self.order = self.epoch_order(0);
     }
 
-    pub fn next_batch(&mut self) -> Batch {
+    /// The next `batch` windows (an error only if reading a shard fails).
+    pub fn next_batch(&mut self) -> Result<Batch> {
         let (b, s) = (self.batch, self.seq);
         let mut inputs = Vec::with_capacity(b * s);
         let mut targets = Vec::with_capacity(b * s);
+        let mut w = Vec::with_capacity(s + 1);
         for _ in 0..b {
             let start = self.next_window() * s;
-            let w = &self.tokens[start..start + s + 1];
+            w.clear();
+            self.tokens.read_into(start, s + 1, &mut w)?;
             inputs.extend_from_slice(&w[..s]);
             targets.extend_from_slice(&w[1..]);
         }
-        Batch {
+        Ok(Batch {
             inputs,
             targets,
             batch: b,
             seq: s,
-        }
+        })
     }
 
     fn next_window(&mut self) -> usize {

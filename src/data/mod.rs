@@ -7,7 +7,7 @@
 //! use ferrotron::data::{Dataset, Loader, Split};
 //! let data = Dataset::open("builtin")?;
 //! let mut train = Loader::new(&data, Split::Train, 8, 256, 1337, 0, 1)?;
-//! let batch = train.next_batch(); // batch.inputs / batch.targets: 8 * 256 ids
+//! let batch = train.next_batch()?; // batch.inputs / batch.targets: 8 * 256 ids
 //! # anyhow::Ok(())
 //! ```
 
@@ -21,6 +21,7 @@ pub mod shard;
 mod sink;
 pub mod sources;
 pub mod stats;
+pub mod store;
 pub mod tokenizer;
 
 pub use dataset::{Dataset, Split};

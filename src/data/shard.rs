@@ -296,3 +296,63 @@ fn check_vocab(tokens: &[u32], tokenizer: TokenizerKind) -> Result<()> {
     }
     Ok(())
 }
+
+/// A validated shard left on disk: tokens are read on demand with positioned
+/// reads, so a corpus larger than memory trains fine (the page cache does the
+/// caching).
+#[derive(Debug)]
+pub struct ShardFile {
+    path: std::path::PathBuf,
+    file: fs::File,
+    pub tokenizer: TokenizerKind,
+    pub dtype: Dtype,
+    pub count: u64,
+}
+
+/// Tokens per validation chunk when opening a shard (bounded memory).
+const SCAN_TOKENS: usize = 1 << 22;
+
+/// Opens and fully validates a shard (header, size, every token id against
+/// the vocabulary) while streaming it, without keeping its tokens.
+pub fn open_shard(path: &Path) -> Result<ShardFile> {
+    open_checked(path).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+}
+
+fn open_checked(path: &Path) -> Result<ShardFile> {
+    let file = fs::File::open(path).map_err(|e| anyhow!("cannot read token shard: {e}"))?;
+    let size = file.metadata()?.len();
+    let mut head = vec![0u8; HEADER_BYTES.min(size as usize)];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)?;
+    let (dtype, tokenizer, count) = parse_header(&head)?;
+    let expected = (count as u128) * dtype.width() as u128 + HEADER_BYTES as u128;
+    if expected != size as u128 {
+        bail!(
+            "truncated or corrupt: the header says {count} tokens, so the file should be \
+             {expected} bytes, but it is {size} bytes; re-run `ferrotron prepare` to rebuild it"
+        );
+    }
+    let shard = ShardFile { path: path.to_path_buf(), file, tokenizer, dtype, count };
+    let mut buf = Vec::new();
+    let mut start = 0u64;
+    while start < count {
+        let n = (count - start).min(SCAN_TOKENS as u64) as usize;
+        buf.clear();
+        shard.read_into(start, n, &mut buf)?;
+        check_vocab(&buf, tokenizer).map_err(|e| anyhow!("{e:#} (in tokens {start}..{})", start + n as u64))?;
+        start += n as u64;
+    }
+    Ok(shard)
+}
+
+impl ShardFile {
+    /// Appends tokens `[start, start + n)` of this shard to `out`.
+    pub fn read_into(&self, start: u64, n: usize, out: &mut Vec<u32>) -> Result<()> {
+        let width = self.dtype.width();
+        let mut bytes = vec![0u8; n * width];
+        let at = HEADER_BYTES as u64 + start * width as u64;
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut bytes, at)
+            .map_err(|e| anyhow!("{}: reading tokens {start}..{}: {e}", self.path.display(), start + n as u64))?;
+        out.extend(decode_tokens(self.dtype, &bytes));
+        Ok(())
+    }
+}

@@ -94,7 +94,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     if !cfg.model.init_from.is_empty() {
         progress.println(&format!("weights and model shape from {}", cfg.model.init_from));
     }
-    let unigram = crate::data::unigram_entropy(data.tokens(Split::Val));
+    let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
     progress.println(&format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
     let started = Instant::now();
@@ -155,7 +155,7 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
     st.model.zero_grads(b)?;
     let (mut loss_sum, mut fwd_ms, mut bwd_ms) = (0.0f64, 0.0, 0.0);
     for _ in 0..t.grad_accum {
-        let batch = st.train.next_batch();
+        let batch = st.train.next_batch()?;
         let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
         loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
         fwd_ms += st.model.last_fwd_ms;
@@ -195,7 +195,7 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
     st.val.reset();
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
-        let batch = st.val.next_batch();
+        let batch = st.val.next_batch()?;
         sum += st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
     Ok((sum / t.eval_batches.max(1) as f64) as f32)

@@ -494,13 +494,13 @@ impl Config {
                 bail!("{name} must be at least 1");
             }
         }
-        if m.d_model % m.n_heads != 0 {
+        if !m.d_model.is_multiple_of(m.n_heads) {
             bail!("model.n_heads = {} does not divide model.d_model = {}; pick heads so that d_model / heads is a whole head size", m.n_heads, m.d_model);
         }
-        if m.n_heads % m.n_kv_heads != 0 {
+        if !m.n_heads.is_multiple_of(m.n_kv_heads) {
             bail!("model.n_kv_heads = {} does not divide model.n_heads = {} (grouped-query attention shares each kv head among n_heads / n_kv_heads query heads)", m.n_kv_heads, m.n_heads);
         }
-        if m.positions == Positions::Rope && m.head_dim() % 2 != 0 {
+        if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head size; d_model / n_heads = {}", m.head_dim());
         }
         if t.seq_len > m.max_seq_len {

@@ -277,10 +277,10 @@ fn check_shape(c: &ModelConfig, origin: &Path) -> Result<()> {
             bail!("{o}: the model's {name} is 0");
         }
     }
-    if c.d_model % c.n_heads != 0 {
+    if !c.d_model.is_multiple_of(c.n_heads) {
         bail!("{o}: {} heads do not divide the width {}", c.n_heads, c.d_model);
     }
-    if c.n_heads % c.n_kv_heads != 0 {
+    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
         bail!("{o}: {} key/value heads do not divide {} attention heads", c.n_kv_heads, c.n_heads);
     }
     Ok(())

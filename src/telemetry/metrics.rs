@@ -138,7 +138,7 @@ fn keep_up_to(text: &str, max_step: u64) -> String {
             break;
         }
         let step = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64());
-        if step.map_or(true, |s| s <= max_step) {
+        if step.is_none_or(|s| s <= max_step) {
             out.push_str(line);
         }
     }

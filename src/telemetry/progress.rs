@@ -78,7 +78,7 @@ impl Progress {
     }
 
     fn should_log(&self, step: u64) -> bool {
-        self.log_every > 0 && (step % self.log_every == 0 || step == self.total)
+        self.log_every > 0 && (step.is_multiple_of(self.log_every) || step == self.total)
     }
 }
 

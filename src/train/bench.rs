@@ -58,7 +58,7 @@ fn random_dataset(cfg: &Config, micro_batches: usize) -> Dataset {
     let t = &cfg.train;
     let n = (micro_batches + 1) * t.batch_size * (t.seq_len + 1) + 1;
     let mut rng = Rng::new(cfg.seed);
-    let vocab = cfg.model.vocab_size.min(50257) as usize;
+    let vocab = cfg.model.vocab_size.min(50257);
     let draw = |rng: &mut Rng| rng.below(vocab) as u32;
     let train = (0..n).map(|_| draw(&mut rng)).collect();
     let val = (0..t.seq_len * 2 + 2).map(|_| draw(&mut rng)).collect();

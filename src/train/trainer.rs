@@ -83,7 +83,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     }
     let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
     let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
-    progress.println(&format!(
+    progress.println(format!(
         "run {} | {} on {} | {:.2}M parameters | {} tokens per step",
         run_dir.display(),
         cfg.model.preset,
@@ -92,10 +92,10 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         tokens_per_step(cfg)
     ));
     if !cfg.model.init_from.is_empty() {
-        progress.println(&format!("weights and model shape from {}", cfg.model.init_from));
+        progress.println(format!("weights and model shape from {}", cfg.model.init_from));
     }
     let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-    progress.println(&format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+    progress.println(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
     let started = Instant::now();
     let first_step = st.step;
@@ -113,10 +113,10 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
             metrics.eval(st.step, val as f64)?;
-            progress.println(&format!("step {:>6} | val loss {val:.4}", st.step));
+            progress.println(format!("step {:>6} | val loss {val:.4}", st.step));
             if cfg.train.samples > 0 && !last {
                 let text = sample_text(&mut b, &mut st, &data, cfg.train.sample_tokens.min(80))?;
-                progress.println(&format!("         | sample: {}", text.replace('\n', " ⏎ ")));
+                progress.println(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {

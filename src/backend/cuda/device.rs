@@ -212,30 +212,33 @@ impl CudaBackend {
             let mem = self.alloc.alloc(len * 2)?;
             self.bufs.get_mut(v.buf)?.shadow = Some(Shadow { mem, fresh: Vec::new() });
         }
-        let b = self.bufs.get(v.buf)?;
-        let sh = b.shadow.as_ref().expect("shadow just made");
+        self.sync_shadow(v, d.ptr)
+    }
+
+    /// `params_changed`: bring the shadow (if any) of this range up to date.
+    /// Ranges the fused optimizer kernels already wrote are fresh and cost
+    /// nothing here.
+    pub(super) fn refresh_shadow(&mut self, v: View) -> Result<()> {
+        self.begin()?;
+        let d = self.bufs.dev(v)?;
+        if self.bufs.get(v.buf)?.shadow.is_none() {
+            return Ok(()); // made on first use as a matmul operand
+        }
+        self.sync_shadow(v, d.ptr).map(|_| ())
+    }
+
+    /// Converts the range into the buffer's shadow unless it is fresh;
+    /// returns the shadow pointer of the range.
+    fn sync_shadow(&mut self, v: View, f32_ptr: u64) -> Result<u64> {
+        let sh = self.bufs.get(v.buf)?.shadow.as_ref().expect("caller checked the shadow exists");
         let sptr = sh.mem.ptr + 2 * v.off as u64;
         if !sh.is_fresh(v.off, v.len) {
-            self.convert_to_bf16(sptr, d.ptr, v.len)?;
+            self.convert_to_bf16(sptr, f32_ptr, v.len)?;
             if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
                 s.mark_fresh(v.off, v.len);
             }
         }
         Ok(sptr)
-    }
-
-    /// `params_changed`: bring the shadow (if any) of this range up to date.
-    pub(super) fn refresh_shadow(&mut self, v: View) -> Result<()> {
-        self.begin()?;
-        let d = self.bufs.dev(v)?;
-        let Some(sptr) = self.bufs.get(v.buf)?.shadow.as_ref().map(|s| s.mem.ptr + 2 * v.off as u64) else {
-            return Ok(()); // made on first use as a matmul operand
-        };
-        self.convert_to_bf16(sptr, d.ptr, v.len)?;
-        if let Some(s) = self.bufs.get_mut(v.buf)?.shadow.as_mut() {
-            s.mark_fresh(v.off, v.len);
-        }
-        Ok(())
     }
 
     /// Shadow pointer of a range about to be written by the AdamW kernel

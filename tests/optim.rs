@@ -743,9 +743,13 @@ fn cosmos_matches_reference() {
     // leading 3-d subspace of GᵀG is well separated, so the step-1 subspace
     // iteration is exact to rounding and matches the reference's exact
     // eigenvectors, while the noise keeps the Muon branch (the residual)
-    // non-zero. Tolerance 5e-3·lr per element: f32 rounding of the residual
-    // along the basis directions is amplified by Newton–Schulz (small
-    // singular values grow ~3.4× per iteration) — inherent to the method.
+    // non-zero. Tolerance 1e-2·lr per element (~1% of one step's update):
+    // f32 rounding of the residual along the basis directions is amplified
+    // by Newton–Schulz (small singular values grow ~3.4× per iteration) —
+    // inherent to the method. Measured: max error 4.5e-6 over 5 steps with
+    // the basis orthonormalized by an f64 host QR, 8.6e-6 since it is
+    // orthonormalized in fp32 on the device (CholeskyQR2, `cholesky_qr`),
+    // hence 1e-2 rather than the earlier 5e-3.
     let mats = matrices(&h.layout);
     let grads = |t: usize| {
         let mut g = normal(600 + t as u64, n, 0.01);
@@ -772,7 +776,7 @@ fn cosmos_matches_reference() {
             cosmos_ref_step(s, &mut p[r.clone()], &g[r], rows, cols, 3, lr as f64, &c, t as u64);
         }
         adam.step(&h.layout, false, &mut p, &g, c.adamw_lr as f64 * lr as f64 / c.lr as f64, &c, t as u64);
-        assert_close(&got[t - 1], &p, 5e-3 * lr as f64, 1e-5, &format!("cosmos step {t}"));
+        assert_close(&got[t - 1], &p, 1e-2 * lr as f64, 1e-5, &format!("cosmos step {t}"));
     }
 }
 

@@ -21,17 +21,17 @@
 //! r = `optimizer.rank` capped at n. State: M (mn) + P (nr) + GG (r²) +
 //! v (mr) fp32.
 //!
-//! Host work (documented deviations from running everything on device):
-//! the thin QR of the n×r basis every step, and at step 1 the basis
-//! initialization — the reference takes the exact top-r singular vectors of
-//! GᵀG (an n×n SVD); we run seeded subspace iteration (`INIT_ITERS` rounds
-//! of Gᵀ·G·Q and a host QR) followed by Rayleigh–Ritz (an r×r host
-//! eigensolver), which is exact when r = n and converges to the same
-//! subspace otherwise.
+//! The thin QR of the n×r basis runs on the device (CholeskyQR2, see
+//! `cholesky_qr`: only r×r matrices go to the host). At step 1 the reference
+//! takes the exact top-r singular vectors of GᵀG (an n×n SVD); we run
+//! seeded subspace iteration (`INIT_ITERS` rounds of Gᵀ·G·Q and a QR)
+//! followed by Rayleigh–Ritz (an r×r host eigensolver), which is exact when
+//! r = n and converges to the same subspace otherwise.
 
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
-use super::linalg::{matmul, qr_thin, sym_eig};
+use super::cholesky_qr::{download64, orthonormalize, upload64, QrScratch};
+use super::linalg::sym_eig;
 use super::newton_schulz::{NsWorkspace, STEPS};
 use super::plan::{row, GroupPlan};
 use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
@@ -81,6 +81,7 @@ struct Workspace {
     a: View,
     gp: View,
     z: View,
+    z2: View,
     tm: View,
     t1: View,
     rr1: View,
@@ -90,23 +91,12 @@ struct Workspace {
 
 impl Workspace {
     fn bytes(&self) -> u64 {
-        4 * [self.g, self.a, self.gp, self.z, self.tm, self.t1, self.rr1, self.rr2].iter().map(|v| v.len as u64).sum::<u64>() + self.ns.bytes()
+        4 * [self.g, self.a, self.gp, self.z, self.z2, self.tm, self.t1, self.rr1, self.rr2].iter().map(|v| v.len as u64).sum::<u64>() + self.ns.bytes()
     }
 }
 
 fn alloc<B: Backend>(b: &mut B, len: usize) -> Result<View> {
     Ok(View::whole(b.alloc(len, DType::F32)?, len))
-}
-
-fn download64<B: Backend>(b: &mut B, v: View) -> Result<Vec<f64>> {
-    let mut h = vec![0f32; v.len];
-    b.download(v, &mut h)?;
-    Ok(h.into_iter().map(f64::from).collect())
-}
-
-fn upload64<B: Backend>(b: &mut B, v: View, x: &[f64]) -> Result<()> {
-    let h: Vec<f32> = x.iter().map(|&x| x as f32).collect();
-    b.upload(v, &h)
 }
 
 pub struct Cosmos {
@@ -136,6 +126,7 @@ impl Cosmos {
             a: alloc(b, mn)?,
             gp: alloc(b, mr)?,
             z: alloc(b, nr)?,
+            z2: alloc(b, nr)?,
             tm: alloc(b, mr)?,
             t1: alloc(b, mr)?,
             rr1: alloc(b, rr)?,
@@ -152,25 +143,33 @@ impl Cosmos {
         let (m, n, r) = (x.t.rows(), x.t.cols(), x.r);
         let mut q0 = vec![0f32; n * r];
         Rng::new(mix(self.seed ^ 0xC05_0505, x.t.index as u64)).fill_normal(&mut q0, 1.0);
-        let mut q = qr_thin(&q0.iter().map(|&v| v as f64).collect::<Vec<_>>(), n, r);
+        b.upload(x.p, &q0)?;
+        self.orthonormalize(b, x.p, n, r)?;
+        let z = self.ws.z.sub(0, n * r);
         for _ in 0..INIT_ITERS {
-            upload64(b, x.p, &q)?;
             b.gemm(gp, g, x.p, m, n, r, false, false, 1.0, 0.0)?;
-            b.gemm(self.ws.z.sub(0, n * r), g, gp, n, m, r, true, false, 1.0, 0.0)?;
-            q = qr_thin(&download64(b, self.ws.z.sub(0, n * r))?, n, r);
+            b.gemm(z, g, gp, n, m, r, true, false, 1.0, 0.0)?;
+            self.orthonormalize(b, z, n, r)?;
+            b.copy(x.p, z)?;
         }
         // Rayleigh–Ritz: rotate Q by the eigenvectors of Qᵀ·GᵀG·Q (host, r×r).
-        upload64(b, x.p, &q)?;
         b.gemm(gp, g, x.p, m, n, r, false, false, 1.0, 0.0)?;
-        let h = self.ws.rr1.sub(0, r * r);
+        let (h, vecs) = (self.ws.rr1.sub(0, r * r), self.ws.rr2.sub(0, r * r));
         b.gemm(h, gp, gp, r, m, r, true, false, 1.0, 0.0)?;
-        let (_, vecs) = sym_eig(&download64(b, h)?, r);
-        upload64(b, x.p, &matmul(&q, &vecs, n, r, r))?;
+        let (_, eigvecs) = sym_eig(&download64(b, h)?, r);
+        upload64(b, vecs, &eigvecs)?;
+        b.gemm(z, x.p, vecs, n, r, r, false, false, 1.0, 0.0)?;
+        b.copy(x.p, z)?;
         b.gemm(gp, g, x.p, m, n, r, false, false, 1.0, 0.0)?;
         b.gemm(x.gg, gp, gp, r, m, r, true, false, 1.0 - self.cfg.beta2, 0.0)
     }
 
-    /// Steps ≥ 2: EMA of the covariance in the basis, one QR (host) and the
+    fn orthonormalize<B: Backend>(&self, b: &mut B, v: View, n: usize, r: usize) -> Result<()> {
+        let scratch = QrScratch { tmp: self.ws.z2, gram: self.ws.rr1, rinv: self.ws.rr2 };
+        orthonormalize(b, v, &scratch, n, r)
+    }
+
+    /// Steps ≥ 2: EMA of the covariance in the basis, one QR and the
     /// rotation of GG into the new basis. Leaves G·P (new P) in `gp`.
     fn update_basis<B: Backend>(&self, b: &mut B, x: &Mat, g: View, gp: View) -> Result<()> {
         let (m, n, r, b2) = (x.t.rows(), x.t.cols(), x.r, self.cfg.beta2);
@@ -179,8 +178,7 @@ impl Cosmos {
         b.gemm(gp, g, x.p, m, n, r, false, false, 1.0, 0.0)?;
         b.gemm(z, g, gp, n, m, r, true, false, 1.0 - b2, 0.0)?; // (1-b2)·Gᵀ·G·P
         b.gemm(z, x.p, x.gg, n, r, r, false, false, b2, 1.0)?; // + b2·P·GG
-        let q = qr_thin(&download64(b, z)?, n, r);
-        upload64(b, z, &q)?; // z = P_new
+        self.orthonormalize(b, z, n, r)?; // z = P_new
         b.gemm(t, x.p, z, r, n, r, true, false, 1.0, 0.0)?; // t = P_oldᵀ·P_new
         b.gemm(tmp, x.gg, t, r, r, r, false, false, 1.0, 0.0)?;
         b.gemm(x.gg, t, tmp, r, r, r, true, false, b2, 0.0)?; // b2·tᵀ·GG·t

@@ -13,6 +13,7 @@
 
 pub mod adamw;
 pub mod adamw8bit;
+pub mod cholesky_qr;
 pub mod apollo;
 pub mod cosmos;
 pub mod frugal;

@@ -58,17 +58,17 @@ impl NsWorkspace {
         let wide = rows <= cols;
         for _ in 0..steps {
             if wide {
-                bk.gemm(a, x, x, rows, cols, rows, false, true, 1.0, 0.0)?; // A = X·Xᵀ
+                bk.gemm_bf16(a, x, x, rows, cols, rows, false, true, 1.0, 0.0)?; // A = X·Xᵀ
             } else {
-                bk.gemm(a, x, x, cols, rows, cols, true, false, 1.0, 0.0)?; // A = Xᵀ·X
+                bk.gemm_bf16(a, x, x, cols, rows, cols, true, false, 1.0, 0.0)?; // A = Xᵀ·X
             }
-            bk.gemm(b, a, a, s, s, s, false, false, cc, 0.0)?; // B = c·A²
+            bk.gemm_bf16(b, a, a, s, s, s, false, false, cc, 0.0)?; // B = c·A²
             bk.axpby(b, a, cb, 1.0)?; // B += b·A
             bk.copy(y, x)?;
             if wide {
-                bk.gemm(y, b, x, rows, rows, cols, false, false, 1.0, ca)?; // Y = a·X + B·X
+                bk.gemm_bf16(y, b, x, rows, rows, cols, false, false, 1.0, ca)?; // Y = a·X + B·X
             } else {
-                bk.gemm(y, x, b, rows, cols, cols, false, false, 1.0, ca)?; // Y = a·X + X·B
+                bk.gemm_bf16(y, x, b, rows, cols, cols, false, false, 1.0, ca)?; // Y = a·X + X·B
             }
             std::mem::swap(&mut x, &mut y);
         }

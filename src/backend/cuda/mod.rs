@@ -112,7 +112,10 @@ impl Backend for CudaBackend {
         self.linear_bwd_op(dinp, dw, dbias, dout, inp, w, m, k, n)
     }
     fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.gemm_op(c, a, b, (m, k, n), (trans_a, trans_b), alpha, beta)
+        self.gemm_op(c, a, b, (m, k, n), (trans_a, trans_b), alpha, beta, false)
+    }
+    fn gemm_bf16(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm_op(c, a, b, (m, k, n), (trans_a, trans_b), alpha, beta, true)
     }
 
     fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()> {

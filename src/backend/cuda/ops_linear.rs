@@ -153,14 +153,16 @@ impl CudaBackend {
     }
 
     /// c[M,N] = alpha op(a) op(b) + beta c. All-F32 runs in true fp32
-    /// (CUBLAS_COMPUTE_32F, no TF32); any bf16 input runs bf16 x bf16 -> fp32.
+    /// (CUBLAS_COMPUTE_32F, no TF32) unless `force_bf16`; any bf16 input (or
+    /// `force_bf16`: F32 operands through their bf16 shadows) runs
+    /// bf16 x bf16 -> fp32.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32) -> Result<()> {
+    pub(super) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
         self.begin()?;
         let (m, k, n) = mkn;
         ensure!(a.len == m * k && b.len == k * n && c.len == m * n, "gemm: views do not match m={m} k={k} n={n}");
         let (ad, bd) = (self.dev(a)?, self.dev(b)?);
-        let (ap, bp, ab) = if ad.elem == Elem::F32 && bd.elem == Elem::F32 && self.dev(c)?.elem == Elem::F32 {
+        let (ap, bp, ab) = if !force_bf16 && ad.elem == Elem::F32 && bd.elem == Elem::F32 && self.dev(c)?.elem == Elem::F32 {
             (ad.ptr, bd.ptr, Elem::F32)
         } else {
             (self.bf16_operand(a)?, self.bf16_operand(b)?, Elem::Bf16)

@@ -31,7 +31,7 @@
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
-use ferrotron::backend::{AdamWArgs, AttnShape, Backend, DType, LionArgs, PrecondArgs, SignArgs, View, IGNORE, QUANT_BLOCK};
+use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, PrecondArgs, SignArgs, View, IGNORE, QUANT_BLOCK};
 
 const BF16_TOL: f32 = 1e-2;
 const MATMUL_TOL: f32 = 2e-2;
@@ -467,6 +467,36 @@ fn adamw_ten_steps_and_shadow() {
     h.c.upload(w[1], &fresh).unwrap();
     h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, cols, rows));
     h.check("linear_fwd after upload (shadow invalidated)", y, MATMUL_TOL);
+}
+
+/// AdamW over interleaved segments (decayed / undecayed, state compact and
+/// in another order than the params) in one launch, and the per-segment
+/// fallback when a segment is not float4-aligned; with a live bf16 shadow.
+#[test]
+fn adamw_segments_one_launch_and_fallback() {
+    let Some(mut h) = gpu() else { return };
+    let n = 4096 + 64 + 1024 + 12;
+    let p = h.randn(n, 1.0, DType::F32);
+    let g = h.randn(n, 1.0, DType::F32);
+    let (m, v) = (h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+    let x = h.randn(4 * 64, 1.0, DType::Compute);
+    let y = h.zeros(4 * 64, DType::Compute);
+    let w = [p[0].sub(0, 4096), p[1].sub(0, 4096)];
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, 64, 64));
+    let seg = |param_off, state_off, len, weight_decay| AdamSegment { param_off, state_off, len, weight_decay };
+    let aligned = [seg(0, 64, 4096, 0.1), seg(4096, 0, 64, 0.0), seg(4160, 4160, 1024, 0.1), seg(5184, 5184, 12, 0.0)];
+    let unaligned = [seg(1, 1, 4095, 0.1), seg(4097, 4097, 63, 0.0)];
+    for step in 1..=6u64 {
+        let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 99.0, step, grad_scale: 0.7 };
+        let segs: &[AdamSegment] = if step % 2 == 1 { &aligned } else { &unaligned };
+        h.run(|be, i| be.adamw_segments(p[i].buf, g[i].buf, m[i], v[i], segs, a));
+        h.run(|be, i| segs.iter().try_for_each(|s| be.params_changed(View { buf: p[i].buf, off: s.param_off, len: s.len })));
+    }
+    h.check("adamw_segments params", p, F32_TOL);
+    h.check("adamw_segments m", m, F32_TOL);
+    h.check("adamw_segments v", v, F32_TOL);
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, 64, 64));
+    h.check("linear_fwd after adamw_segments (shadow fresh)", y, MATMUL_TOL);
 }
 
 /// Sizes for the optimizer-suite ops: tiny, around the 4-wide vector width

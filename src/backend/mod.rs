@@ -103,6 +103,17 @@ pub struct AdamWArgs {
     pub grad_scale: f32,
 }
 
+/// One contiguous run of parameters in an [`Backend::adamw_segments`] call:
+/// `params[param_off .. param_off+len]` (and the same range of the grads)
+/// with state `m/v[state_off .. state_off+len]`, decayed by `weight_decay`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamSegment {
+    pub param_off: usize,
+    pub state_off: usize,
+    pub len: usize,
+    pub weight_decay: f32,
+}
+
 /// Lion step (Chen et al. 2023), decoupled weight decay:
 ///   g = grad · grad_scale
 ///   p *= 1 - lr·wd
@@ -294,6 +305,18 @@ pub trait Backend {
     // ---- optimizer ----------------------------------------------------
     /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()>;
+    /// [`Backend::adamw`] over several segments of one parameter buffer in
+    /// one call (each with its own weight decay; `args.weight_decay` is
+    /// ignored). A model's decayed matrices and undecayed norms interleave in
+    /// the layout: a GPU does them all in one launch instead of one per run.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
+        for s in segs {
+            let at = |buf| View { buf, off: s.param_off, len: s.len };
+            self.adamw(at(params), at(grads), m.sub(s.state_off, s.len), v.sub(s.state_off, s.len), AdamWArgs { weight_decay: s.weight_decay, ..args })?;
+        }
+        Ok(())
+    }
     /// Fused Lion step over a flat range (see [`LionArgs`]); `m` is F32.
     fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()>;
     /// Sign descent over a flat range (see [`SignArgs`]): FRUGAL's

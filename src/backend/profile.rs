@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
+use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -169,6 +169,9 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.time("adamw", |b| b.adamw(params, grads, m, v, args))
+    }
+    fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
+        self.time("adamw", |b| b.adamw_segments(params, grads, m, v, segs, args))
     }
     fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
         self.time("lion", |b| b.lion(params, grads, m, args))

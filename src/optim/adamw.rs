@@ -6,7 +6,7 @@
 
 use super::plan::{row, GroupPlan};
 use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateTensor, TensorRef};
-use crate::backend::{AdamWArgs, Backend, BufId, DType, View};
+use crate::backend::{AdamSegment, AdamWArgs, Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use anyhow::Result;
@@ -44,8 +44,9 @@ type Ranges = Vec<(Range<usize>, usize)>;
 /// laid out in layout order, so for all tensors of a model the state has
 /// exactly the parameter layout.
 pub struct AdamWPart {
-    /// Per group: weight decay and its (parameter range, state offset) pairs.
-    groups: Vec<(f32, Ranges)>,
+    /// Every group's merged ranges, each with its weight decay, in layout
+    /// order: one `adamw_segments` call per step.
+    segments: Vec<AdamSegment>,
     pub m: View,
     pub v: View,
 }
@@ -60,20 +61,20 @@ impl AdamWPart {
             state_off.insert(t.offset, next);
             next += t.numel();
         }
-        let parts = groups.iter().map(|g| (g.weight_decay, merged(g, &state_off))).collect();
+        let mut segments: Vec<AdamSegment> = groups
+            .iter()
+            .flat_map(|g| merged(g, &state_off).into_iter().map(|(r, s)| AdamSegment { param_off: r.start, state_off: s, len: r.len(), weight_decay: g.weight_decay }))
+            .collect();
+        segments.sort_by_key(|s| s.param_off);
         let m = View::whole(b.alloc(next, DType::F32)?, next);
         let v = View::whole(b.alloc(next, DType::F32)?, next);
-        Ok(AdamWPart { groups: parts, m, v })
+        Ok(AdamWPart { segments, m, v })
     }
 
     pub fn step<B: Backend>(&self, b: &mut B, params: BufId, grads: BufId, h: &AdamHyper) -> Result<()> {
-        for (wd, ranges) in &self.groups {
-            let args = h.args(*wd);
-            for (r, s) in ranges {
-                let at = |buf: BufId| View { buf, off: r.start, len: r.len() };
-                b.adamw(at(params), at(grads), self.m.sub(*s, r.len()), self.v.sub(*s, r.len()), args)?;
-                b.params_changed(at(params))?;
-            }
+        b.adamw_segments(params, grads, self.m, self.v, &self.segments, h.args(0.0))?;
+        for s in &self.segments {
+            b.params_changed(View { buf: params, off: s.param_off, len: s.len })?;
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ pub struct CudaBackend {
     retired: Vec<DevMem>,
     /// The 8-bit optimizer's code maps and thresholds, uploaded on first use.
     pub(super) quant_maps: Option<DevMem>,
+    /// AdamW segment tables (host copy, device copy), uploaded on first use.
+    pub(super) adam_tables: Vec<(Vec<i64>, DevMem)>,
     pub(super) lt: Lt,
     pub(super) kernels: Kernels,
     pub(super) alloc: Allocator,
@@ -93,6 +95,7 @@ impl CudaBackend {
             scratch_used: 0,
             retired: Vec::new(),
             quant_maps: None,
+            adam_tables: Vec::new(),
             sms,
             max_smem,
             device_name,

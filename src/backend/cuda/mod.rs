@@ -27,7 +27,7 @@ mod ops_train;
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
 
-use crate::backend::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
+use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 
 impl Backend for CudaBackend {
@@ -162,6 +162,9 @@ impl Backend for CudaBackend {
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.adamw_op(params, grads, m, v, args)
+    }
+    fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
+        self.adamw_segments_op(params, grads, m, v, segs, args)
     }
     fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
         self.lion_op(params, grads, m, args)

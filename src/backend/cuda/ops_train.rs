@@ -4,7 +4,7 @@ use super::device::CudaBackend;
 use super::kernels::AdamArgs;
 use super::kernels::KArg::{Adam, F, I, L, P};
 use super::memory::Elem;
-use crate::backend::{AdamWArgs, View};
+use crate::backend::{AdamSegment, AdamWArgs, BufId, View};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
 
@@ -63,6 +63,59 @@ impl CudaBackend {
             self.launch("adamw", "adamw_k", cfg, &kargs)?;
         }
         Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// AdamW over many segments in one launch when every segment is
+    /// float4-aligned (always, for our layouts: tensor sizes are multiples
+    /// of 4), else one `adamw_op` per segment.
+    pub(super) fn adamw_segments_op(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], a: AdamWArgs) -> Result<()> {
+        self.begin()?;
+        let whole = |s: &Self, buf| -> Result<View> { Ok(View { buf, off: 0, len: s.bufs.get(buf)?.len }) };
+        let (pv, gv) = (whole(self, params)?, whole(self, grads)?);
+        let (p, g) = (self.dev(pv)?, self.dev(gv)?);
+        let (md, vd) = (self.out(m)?, self.out(v)?);
+        let four = |x: usize| x.is_multiple_of(4);
+        let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0)
+            && [p.elem, g.elem, md.elem, vd.elem].iter().all(|e| *e == Elem::F32)
+            && segs.iter().all(|s| four(s.param_off) && four(s.state_off) && four(s.len) && s.param_off + s.len <= pv.len && s.state_off + s.len <= m.len.min(v.len));
+        if !aligned || segs.is_empty() {
+            for s in segs {
+                let at = |buf| View { buf, off: s.param_off, len: s.len };
+                self.adamw_op(at(params), at(grads), m.sub(s.state_off, s.len), v.sub(s.state_off, s.len), AdamWArgs { weight_decay: s.weight_decay, ..a })?;
+            }
+            return Ok(());
+        }
+        // The kernel writes the shadow of every segment: those ranges are fresh.
+        let mut shadow = 0;
+        for s in segs {
+            let sp = self.shadow_for_write(View { buf: params, off: s.param_off, len: s.len })?;
+            shadow = if sp == 0 { 0 } else { sp - 2 * s.param_off as u64 };
+        }
+        let (table, total4) = self.adam_segment_table(segs)?;
+        let cfg = self.grid(total4);
+        let args = [P(p.ptr), P(g.ptr), P(md.ptr), P(vd.ptr), P(shadow), P(table), I(segs.len() as i32), L(total4 as i64), Adam(adam_args(&a))];
+        self.launch("adamw", "adamw_segments_vec4_k", cfg, &args)
+    }
+
+    /// Device copy of a segment table (`AdamSeg` in adamw.cu), uploaded on
+    /// first use and kept: an optimizer passes the same table every step.
+    fn adam_segment_table(&mut self, segs: &[AdamSegment]) -> Result<(u64, usize)> {
+        let mut host: Vec<i64> = Vec::with_capacity(4 * segs.len());
+        let mut start4 = 0;
+        for s in segs {
+            host.extend([(s.param_off / 4) as i64, (s.state_off / 4) as i64, start4 as i64, s.weight_decay.to_bits() as i64]);
+            start4 += s.len / 4;
+        }
+        if let Some((_, mem)) = self.adam_tables.iter().find(|(k, _)| *k == host) {
+            return Ok((mem.ptr, start4));
+        }
+        let mem = self.alloc.alloc(8 * host.len())?;
+        let ptr = mem.ptr;
+        self.htod(ptr, &host)?;
+        self.adam_tables.push((host, mem));
+        Ok((ptr, start4))
     }
 }
 

@@ -29,25 +29,56 @@ extern "C" __global__ void adamw_k(float* p, const void* g, int dtg, float* m, f
     }
 }
 
+// Four elements: p, m, v updated in place, their bf16 shadow written when
+// `shadow` is non-null.
+__device__ __forceinline__ void adamw_four(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 i,
+                                           const AdamArgs& a) {
+    float4 pi = p[i], gi = g[i], mi = m[i], vi = v[i];
+    pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, a);
+    pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, a);
+    pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, a);
+    pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, a);
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+    if (shadow) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<unsigned*>(&lo);
+        packed.y = *reinterpret_cast<unsigned*>(&hi);
+        shadow[i] = packed;
+    }
+}
+
 // Vectorized: all fp32, 16-byte aligned (shadow 8-byte aligned); n4 = n/4.
 // The host handles the n % 4 tail with adamw_k.
 extern "C" __global__ void adamw_vec4_k(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 n4,
                                         AdamArgs a) {
-    GRID_LOOP(i, n4) {
-        float4 pi = p[i], gi = g[i], mi = m[i], vi = v[i];
-        pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, a);
-        pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, a);
-        pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, a);
-        pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, a);
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
-        if (shadow) {
-            __nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
-            uint2 packed;
-            packed.x = *reinterpret_cast<unsigned*>(&lo);
-            packed.y = *reinterpret_cast<unsigned*>(&hi);
-            shadow[i] = packed;
-        }
+    GRID_LOOP(i, n4) { adamw_four(p, g, m, v, shadow, i, a); }
+}
+
+// One segment of adamw_segments_vec4_k, in float4 units: params/grads
+// [p4, p4 + len), state [s4, s4 + len), covering [start4, start4 + len) of
+// the launch's index space. Layout shared with ops_train.rs (32 bytes).
+struct AdamSeg {
+    i64 p4, s4, start4;
+    float wd;
+    int pad;
+};
+
+// Many segments of one parameter buffer in one launch (a model's decayed
+// matrices and undecayed norms interleave in its layout). Segments are
+// sorted by start4 and a thread's index only grows, so it advances through
+// the table instead of searching it.
+extern "C" __global__ void adamw_segments_vec4_k(float4* p, const float4* g, float4* m, float4* v, uint2* shadow,
+                                                 const AdamSeg* segs, int nseg, i64 total4, AdamArgs a) {
+    int s = 0;
+    GRID_LOOP(i, total4) {
+        while (s + 1 < nseg && segs[s + 1].start4 <= i) s++;
+        const AdamSeg sg = segs[s];
+        AdamArgs as = a;
+        as.wd = sg.wd;
+        const i64 j = i - sg.start4;
+        adamw_four(p + sg.p4, g + sg.p4, m + sg.s4, v + sg.s4, shadow ? shadow + sg.p4 : nullptr, j, as);
     }
 }

@@ -6,6 +6,8 @@
 # validation), a small learning-rate sweep per optimizer.
 #   TOKENS (default 50M) tokens per run; runs land in runs/conv/.
 #   OPTS   "name:lr1,lr2 ..." the runs to do (default: all eight optimizers).
+#   NO_TAR  set: leave $OUT/conv/ as it is (a caller running several
+#          sweeps at once packs it).
 #   RUN_TIMEOUT  seconds after which a run is stopped (default: none); what
 #          it logged so far is kept.
 #   GPUS   the slots to spread the runs over, as GPU indices (default "0");
@@ -57,4 +59,4 @@ for r in "${RUNS[@]}"; do
   if [ $(( i % N_GPU )) -eq 0 ]; then wait; fi
 done
 wait
-tar -C $OUT -czf $OUT/conv.tar.gz conv && rm -rf $OUT/conv
+[ -n "${NO_TAR:-}" ] || { tar -C $OUT -czf $OUT/conv.tar.gz conv && rm -rf $OUT/conv; }

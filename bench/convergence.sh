@@ -31,7 +31,7 @@ if [ ! -f data/py/meta.json ]; then
   HF=$(python3 -c 'import transformers, os; print(os.path.dirname(transformers.__file__))')
   $B prepare --input "$STDLIB" --input "$HF" --out data/py --val-fraction 0.01 2>&1 | tail -3 | tee $OUT/prepare.txt
 fi
-OPTS=${OPTS:-"adamw:1e-3,3e-3 adamw8bit:1e-3,3e-3 lion:1e-4,3e-4 apollo:1e-2,3e-3 apollo_mini:1e-2,3e-3 frugal:1e-3,3e-3 muon:2e-2,1e-2 cosmos:1e-4,3e-4"}
+OPTS=${OPTS-"adamw:1e-3,3e-3 adamw8bit:1e-3,3e-3 lion:1e-4,3e-4 apollo:1e-2,3e-3 apollo_mini:1e-2,3e-3 frugal:1e-3,3e-3 muon:2e-2,1e-2 cosmos:1e-4,3e-4"}
 RUNS=()
 for spec in $OPTS; do
   for lr in $(echo "${spec#*:}" | tr ',' ' '); do RUNS+=("${spec%%:*} $lr"); done

@@ -113,7 +113,7 @@ fn draw(series: &[Series], path: &Path, axes: &Axes) -> Result<()> {
         .configure_mesh()
         .x_desc(axes.x)
         .y_desc(axes.y)
-        .x_label_formatter(&|x| format!("{x:.0}")) // steps and tokens are whole numbers
+        .x_label_formatter(&|x| whole_number_label(*x))
         .axis_desc_style((FAMILY, 18))
         .label_style((FAMILY, 15))
         .light_line_style(RGBColor(235, 235, 235))
@@ -137,4 +137,23 @@ fn draw(series: &[Series], path: &Path, axes: &Axes) -> Result<()> {
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e)).context("cannot encode the PNG")
+}
+
+/// Axis label for a whole number (steps, tokens): 950, 12k, 1.5M, 2B.
+pub fn whole_number_label(x: f64) -> String {
+    let a = x.abs();
+    let (v, unit) = if a >= 1e9 { (x / 1e9, "B") } else if a >= 1e6 { (x / 1e6, "M") } else if a >= 1e4 { (x / 1e3, "k") } else { (x, "") };
+    let text = format!("{v:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text).to_string();
+    if unit.is_empty() { format!("{x:.0}") } else { text + unit }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::whole_number_label as l;
+
+    #[test]
+    fn labels_are_short() {
+        assert_eq!([l(0.0), l(950.0), l(9999.0), l(12_000.0), l(1_500_000.0), l(50_000_000.0), l(2e9)], ["0", "950", "9999", "12k", "1.5M", "50M", "2B"]);
+    }
 }

@@ -5,6 +5,8 @@
 # transformers package, tokenized with GPT-2 BPE, 1% held out for
 # validation), a small learning-rate sweep per optimizer.
 #   TOKENS (default 50M) tokens per run; runs land in runs/conv/.
+#   PRESET, DEVICE, BATCH, SEQ  (llama-60m, cuda, 64, 256): other values for
+#          a dry run of this script on a CPU.
 #   OPTS   "name:lr1,lr2 ..." the runs to do (default: all eight optimizers).
 #   NO_TAR  set: leave $OUT/conv/ as it is (a caller running several
 #          sweeps at once packs it).
@@ -24,12 +26,13 @@ B=./.dev/ferrotron
 TOKENS=${TOKENS:-50000000}
 read -r -a GPU_IDS <<< "${GPUS:-0}"
 N_GPU=${#GPU_IDS[@]}
-BATCH=64 SEQ=256
+BATCH=${BATCH:-64} SEQ=${SEQ:-256} PRESET=${PRESET:-llama-60m} DEVICE=${DEVICE:-cuda}
 STEPS=$(( TOKENS / (BATCH * SEQ) ))
 if [ ! -f data/py/meta.json ]; then
   STDLIB=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
-  HF=$(python3 -c 'import transformers, os; print(os.path.dirname(transformers.__file__))')
-  $B prepare --input "$STDLIB" --input "$HF" --out data/py --val-fraction 0.01 2>&1 | tail -3 | tee $OUT/prepare.txt
+  INPUTS=(--input "$STDLIB")
+  HF=$(python3 -c 'import transformers, os; print(os.path.dirname(transformers.__file__))' 2>/dev/null) && INPUTS+=(--input "$HF")
+  $B prepare "${INPUTS[@]}" --out data/py --val-fraction 0.01 2>&1 | tail -3 | tee $OUT/prepare.txt
 fi
 OPTS=${OPTS-"adamw:1e-3,3e-3 adamw8bit:1e-3,3e-3 lion:1e-4,3e-4 apollo:1e-2,3e-3 apollo_mini:1e-2,3e-3 frugal:1e-3,3e-3 muon:2e-2,1e-2 cosmos:1e-4,3e-4"}
 RUNS=()
@@ -39,7 +42,7 @@ done
 
 one_run() { # gpu opt lr
   local name=$2-lr$3
-  CUDA_VISIBLE_DEVICES=$1 timeout ${RUN_TIMEOUT:-0} $B train --set model.preset=llama-60m --set device=cuda --set data.path=data/py \
+  CUDA_VISIBLE_DEVICES=$1 timeout ${RUN_TIMEOUT:-0} $B train --set model.preset=$PRESET --set device=$DEVICE --set data.path=data/py \
     --set optimizer.name=$2 --set optimizer.lr=$3 \
     --set train.batch_size=$BATCH --set train.seq_len=$SEQ --set train.steps=$STEPS \
     --set train.warmup_steps=$(( STEPS / 10 )) --set train.eval_every=$(( STEPS / 20 )) \

@@ -556,7 +556,7 @@ fn softmax_xent_forward_gradient_and_ignore() {
     let run = |z: &[f32]| {
         let mut be = CpuBackend::new();
         let (zv, t, l) = (put(&mut be, z), put_u32(&mut be, &targets), zeros(&mut be, n));
-        be.softmax_xent(l, None, zv, t, n, v, scale).unwrap();
+        be.softmax_xent(l, None, zv, t, n, v, v, scale).unwrap();
         get(&be, l)
     };
     assert_close("xent losses", &run(&logits), &want, FWD_ATOL, FWD_RTOL);
@@ -564,7 +564,7 @@ fn softmax_xent_forward_gradient_and_ignore() {
     // Out-of-place gradient; the logits must be left untouched.
     let mut be = CpuBackend::new();
     let (zv, t, l, dz) = (put(&mut be, &logits), put_u32(&mut be, &targets), zeros(&mut be, n), put(&mut be, &vec![f32::NAN; n * v]));
-    be.softmax_xent(l, Some(dz), zv, t, n, v, scale).unwrap();
+    be.softmax_xent(l, Some(dz), zv, t, n, v, v, scale).unwrap();
     assert_eq!(get(&be, zv), logits);
     assert_close("xent losses with grad", &get(&be, l), &want, FWD_ATOL, FWD_RTOL);
     let grad = get(&be, dz);
@@ -575,8 +575,36 @@ fn softmax_xent_forward_gradient_and_ignore() {
     assert_grad("xent dlogits", &grad, &fd[0]);
 
     // In place (dlogits == logits) gives the same bits.
-    be.softmax_xent(l, Some(zv), zv, t, n, v, scale).unwrap();
+    be.softmax_xent(l, Some(zv), zv, t, n, v, v, scale).unwrap();
     assert_eq!(get(&be, zv), grad);
+}
+
+/// Vocabulary padding: rows 9 wide, 7 classes. The padding columns (filled
+/// with large values that would dominate a softmax) change nothing: losses
+/// and class gradients equal the unpadded op's, padding gradients are 0, and
+/// a target in the padding is an error.
+#[test]
+fn softmax_xent_ignores_vocabulary_padding() {
+    let (n, v, classes, scale) = (4, 9, 7, 0.5f32);
+    let mut rng = Rng(17);
+    let tight: Vec<f32> = rng.vec(n * classes).iter().map(|x| 3.0 * x).collect();
+    let padded: Vec<f32> = (0..n * v).map(|k| if k % v < classes { tight[k / v * classes + k % v] } else { 50.0 }).collect();
+    let targets = [2u32, 6, IGNORE, 0];
+    let mut be = CpuBackend::new();
+    let (t, l1, l2) = (put_u32(&mut be, &targets), zeros(&mut be, n), zeros(&mut be, n));
+    let (z1, z2) = (put(&mut be, &tight), put(&mut be, &padded));
+    be.softmax_xent(l1, Some(z1), z1, t, n, classes, classes, scale).unwrap();
+    be.softmax_xent(l2, Some(z2), z2, t, n, v, classes, scale).unwrap();
+    assert_eq!(get(&be, l1), get(&be, l2));
+    let (g1, g2) = (get(&be, z1), get(&be, z2));
+    for k in 0..n * v {
+        let want = if k % v < classes { g1[k / v * classes + k % v] } else { 0.0 };
+        assert_eq!(g2[k], want, "dlogits[{k}]");
+    }
+    let bad = put_u32(&mut be, &[7, 0, 0, 0]);
+    let err = be.softmax_xent(l2, None, z2, bad, n, v, classes, 1.0).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary of 7"), "{err}");
+    assert!(be.softmax_xent(l2, None, z2, t, n, v, v + 1, 1.0).is_err(), "more classes than columns");
 }
 
 // ---------------------------------------------------------------- optimizer
@@ -663,7 +691,7 @@ fn bad_views_are_errors() {
     assert!(be.embed_fwd(out, bad_tok, wte, None, 2, 4).is_err(), "token >= vocab");
     let logits = zeros(&mut be, 2 * 3);
     let losses = zeros(&mut be, 2);
-    assert!(be.softmax_xent(losses, None, logits, bad_tok, 2, 3, 1.0).is_err(), "target >= vocab");
+    assert!(be.softmax_xent(losses, None, logits, bad_tok, 2, 3, 3, 1.0).is_err(), "target >= vocab");
     // Attention shape that is not a valid GQA grouping.
     let s = AttnShape { batch: 1, seq: 1, heads: 3, kv_heads: 2, head_dim: 2 };
     let (qkv, o, l) = (zeros(&mut be, s.qkv_width()), zeros(&mut be, 6), zeros(&mut be, 3));

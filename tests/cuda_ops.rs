@@ -417,20 +417,21 @@ fn attention_cases(h: &mut H) {
 #[test]
 fn softmax_xent() {
     let Some(mut h) = gpu() else { return };
-    for (n, v, dt) in [(37, 1000, DType::Compute), (8, 50257, DType::Compute), (19, 333, DType::F32)] {
+    // (rows, row width, classes): GPT-2's vocabulary unpadded and padded to 50304.
+    for (n, v, classes, dt) in [(37, 1000, 1000, DType::Compute), (8, 50257, 50257, DType::Compute), (8, 50304, 50257, DType::Compute), (19, 333, 301, DType::F32)] {
         let logits = h.randn(n * v, 3.0, dt);
-        let mut tg: Vec<u32> = (0..n).map(|_| (h.rng.u64() % v as u64) as u32).collect();
+        let mut tg: Vec<u32> = (0..n).map(|_| (h.rng.u64() % classes as u64) as u32).collect();
         tg[1] = IGNORE;
         let t = h.ids(&tg);
         let losses = h.zeros(n, DType::F32);
         let dl = h.zeros(n * v, dt);
-        h.run(|be, i| be.softmax_xent(losses[i], Some(dl[i]), logits[i], t[i], n, v, 0.5));
+        h.run(|be, i| be.softmax_xent(losses[i], Some(dl[i]), logits[i], t[i], n, v, classes, 0.5));
         h.check(&format!("xent losses n={n} V={v} {dt:?}"), losses, 1e-5);
         h.check(&format!("xent dlogits n={n} V={v} {dt:?}"), dl, BF16_TOL);
         // In place (dlogits == logits), and loss only.
-        h.run(|be, i| be.softmax_xent(losses[i], None, logits[i], t[i], n, v, 1.0));
+        h.run(|be, i| be.softmax_xent(losses[i], None, logits[i], t[i], n, v, classes, 1.0));
         h.check(&format!("xent losses (no grad) n={n} V={v}"), losses, 1e-5);
-        h.run(|be, i| be.softmax_xent(losses[i], Some(logits[i]), logits[i], t[i], n, v, 1.0));
+        h.run(|be, i| be.softmax_xent(losses[i], Some(logits[i]), logits[i], t[i], n, v, classes, 1.0));
         h.check(&format!("xent dlogits in place n={n} V={v} {dt:?}"), logits, BF16_TOL);
     }
 }
@@ -772,7 +773,7 @@ fn speed_smoke() {
     let logits = View::whole(g.alloc(rows * v, DType::Compute).unwrap(), rows * v);
     let tg = View::whole(g.alloc(rows, DType::U32).unwrap(), rows);
     let losses = View::whole(g.alloc(rows, DType::F32).unwrap(), rows);
-    let s = time(g, 5, &mut |g| g.softmax_xent(losses, Some(logits), logits, tg, rows, v, 1.0).unwrap());
+    let s = time(g, 5, &mut |g| g.softmax_xent(losses, Some(logits), logits, tg, rows, v, v, 1.0).unwrap());
     println!("softmax_xent {rows}x{v} bf16 in place: {:.3} ms, {:.0} GB/s (2 reads + 1 write)", s * 1e3, 6.0 * (rows * v) as f64 / s / 1e9);
     let np = 124_000_000;
     let bufs: Vec<View> = (0..4).map(|_| View::whole(g.alloc(np, DType::F32).unwrap(), np)).collect();

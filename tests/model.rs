@@ -125,3 +125,60 @@ fn untrained_loss_is_near_log_vocab() {
     let expected = (cfg.vocab_size as f32).ln();
     assert!((loss - expected).abs() < 0.05, "loss {loss} vs ln(V) {expected}");
 }
+
+/// Vocabulary padding (embedding/head rows up to a multiple of
+/// `model.vocab_multiple`) changes nothing: the same weights give the same
+/// loss, logits and gradients as the unpadded model, and the padding rows
+/// get exactly zero gradient (so they stay zero under every optimizer).
+#[test]
+fn vocabulary_padding_changes_nothing() {
+    for variant in ["gpt2", "llama"] {
+        let tight = ModelConfig { vocab_multiple: 1, ..tiny(variant) };
+        let padded = ModelConfig { vocab_multiple: 64, ..tiny(variant) };
+        assert_eq!((tight.padded_vocab(), padded.padded_vocab()), (37, 64));
+        let mut backend = CpuBackend::new();
+        let mut a = Model::new(&mut backend, &tight, false).unwrap();
+        let mut b = Model::new(&mut backend, &padded, false).unwrap();
+        let wa = init_weights(&tight, &a.layout, 9);
+        // The padded model's weights: the same tensors, zero padding rows.
+        let mut wb = vec![0.0; b.layout.total];
+        for p in &a.layout.params {
+            let q = b.layout.must(&p.name);
+            wb[q.offset..q.offset + p.numel()].copy_from_slice(&wa[p.offset..p.offset + p.numel()]);
+        }
+        a.set_params(&mut backend, &wa).unwrap();
+        b.set_params(&mut backend, &wb).unwrap();
+        let (x, y) = batch(&tight, 3, 8, 2);
+        assert_eq!(a.logits(&mut backend, &x, 3, 8).unwrap(), b.logits(&mut backend, &x, 3, 8).unwrap(), "{variant}: logits");
+        let mut grads = vec![];
+        for m in [&mut a, &mut b] {
+            m.zero_grads(&mut backend).unwrap();
+            let loss = m.forward_backward(&mut backend, &x, &y, 3, 8, 1.0 / 24.0).unwrap();
+            let mut g = vec![0.0; m.layout.total];
+            backend.download(m.grads_view(), &mut g).unwrap();
+            grads.push((loss, g));
+        }
+        assert_eq!(grads[0].0, grads[1].0, "{variant}: loss");
+        for p in &a.layout.params {
+            let q = b.layout.must(&p.name);
+            let (ga, gb) = (&grads[0].1[p.offset..p.offset + p.numel()], &grads[1].1[q.offset..q.offset + q.numel()]);
+            assert_eq!(ga, &gb[..p.numel()], "{variant}: gradient of {}", p.name);
+            assert!(gb[p.numel()..].iter().all(|&g| g == 0.0), "{variant}: padding rows of {} got a gradient", p.name);
+        }
+    }
+}
+
+/// Fresh weights have zero padding rows.
+#[test]
+fn padding_rows_start_zero() {
+    let cfg = ModelConfig { vocab_multiple: 64, ..tiny("llama") };
+    let layout = ferrotron::model::layout::ParamLayout::new(&cfg);
+    let w = init_weights(&cfg, &layout, 3);
+    for name in ["wte", "lm_head"] {
+        let p = layout.must(name);
+        assert_eq!(p.shape, vec![64, cfg.d_model]);
+        let rows = &w[p.offset..p.offset + p.numel()];
+        assert!(rows[37 * cfg.d_model..].iter().all(|&x| x == 0.0), "{name}");
+        assert!(rows[..37 * cfg.d_model].iter().any(|&x| x != 0.0), "{name}");
+    }
+}

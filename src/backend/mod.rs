@@ -295,12 +295,14 @@ pub trait Backend {
     fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()>;
 
     // ---- loss ---------------------------------------------------------
-    /// Fused softmax cross-entropy over `logits[N,V]`. Writes the per-row
-    /// loss to `losses[N]` (0 where `targets[n] == IGNORE`). If `dlogits` is
-    /// given, writes `(softmax - onehot) · grad_scale` there (overwrite; may
-    /// be the same view as `logits`: in place). Probabilities are never
-    /// stored.
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()>;
+    /// Fused softmax cross-entropy over `logits[N,V]` whose first `classes`
+    /// columns are the classes (the rest is vocabulary padding: not part of
+    /// the softmax, gradient 0). Writes the per-row loss to `losses[N]` (0
+    /// where `targets[n] == IGNORE`). If `dlogits` is given, writes
+    /// `(softmax - onehot) · grad_scale` there (overwrite; may be the same
+    /// view as `logits`: in place). Probabilities are never stored.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()>;
 
     // ---- optimizer ----------------------------------------------------
     /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).

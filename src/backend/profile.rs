@@ -164,8 +164,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()> {
         self.time("attention_bwd", |b| b.attention_bwd(dqkv, dout, qkv, out, lse, shape))
     }
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
-        self.time("softmax_xent", |b| b.softmax_xent(losses, dlogits, logits, targets, n, v, grad_scale))
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()> {
+        self.time("softmax_xent", |b| b.softmax_xent(losses, dlogits, logits, targets, n, v, classes, grad_scale))
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.time("adamw", |b| b.adamw(params, grads, m, v, args))

@@ -52,7 +52,7 @@ pub fn hf_tensors(cfg: &ModelConfig, layout: &ParamLayout) -> Result<Vec<HfTenso
         Family::Llama => llama_table(cfg, &mut t)?,
     }
     if !cfg.tied_embeddings {
-        t.push("lm_head.weight", "lm_head", Source::Same)?;
+        t.push("lm_head.weight", "lm_head", vocab_rows(cfg))?;
     }
     Ok(t.out)
 }
@@ -77,9 +77,15 @@ impl Table<'_> {
     }
 }
 
+/// The embedding / head rows of the real vocabulary: our tensors carry
+/// `vocab_multiple` padding rows that checkpoints elsewhere do not have.
+fn vocab_rows(cfg: &ModelConfig) -> Source {
+    Source::Rows { start: 0, count: cfg.vocab_size }
+}
+
 fn gpt2_table(cfg: &ModelConfig, t: &mut Table) -> Result<()> {
     use Source::{Same, Transposed};
-    t.push("transformer.wte.weight", "wte", Same)?;
+    t.push("transformer.wte.weight", "wte", vocab_rows(cfg))?;
     t.push("transformer.wpe.weight", "wpe", Same)?;
     for l in 0..cfg.n_layers {
         let (h, p) = (format!("transformer.h.{l}"), format!("h.{l}"));
@@ -108,7 +114,7 @@ fn llama_table(cfg: &ModelConfig, t: &mut Table) -> Result<()> {
     use Source::{Rows, Same};
     let d = cfg.head_dim();
     let (q, kv, f) = (cfg.n_heads * d, cfg.n_kv_heads * d, cfg.d_ff);
-    t.push("model.embed_tokens.weight", "wte", Same)?;
+    t.push("model.embed_tokens.weight", "wte", vocab_rows(cfg))?;
     for l in 0..cfg.n_layers {
         let (h, p) = (format!("model.layers.{l}"), format!("h.{l}"));
         for (hf, ours, src) in [

@@ -193,6 +193,7 @@ fn gpt2_from(f: &Fields) -> Result<ModelConfig> {
     Ok(ModelConfig {
         preset: "gpt2-124m".into(),
         vocab_size: f.usize("vocab_size", 50257)?,
+        vocab_multiple: ModelConfig::default().vocab_multiple,
         d_model,
         n_layers: f.usize("n_layer", 12)?,
         n_heads,
@@ -233,6 +234,7 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
     Ok(ModelConfig {
         preset: "llama-60m".into(),
         vocab_size: f.usize("vocab_size", 32000)?,
+        vocab_multiple: ModelConfig::default().vocab_multiple,
         d_model,
         n_layers: f.usize("num_hidden_layers", 32)?,
         n_heads,

@@ -132,7 +132,7 @@ impl Activations {
             lnf_rstd: a.f32(n)?,
             // bf16 on CUDA: the loss kernel reads them and computes in fp32;
             // storing them in fp32 would double the biggest activation.
-            logits: a.act(n * m.vocab_size)?,
+            logits: a.act(n * m.padded_vocab())?,
             losses: a.f32(n)?,
             proj_out: a.act(n * c)?,
             grads,

@@ -24,7 +24,7 @@ impl Model {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let (p, g, s) = (&self.pv, &self.gv, &acts.grads);
-        b.linear_bwd(s.dln, g.head, None, acts.logits, acts.lnf, p.head, n, m.d_model, m.vocab_size)?;
+        b.linear_bwd(s.dln, g.head, None, acts.logits, acts.lnf, p.head, n, m.d_model, m.padded_vocab())?;
         b.fill(s.dres, 0.0)?;
         self.norm_bwd(b, p.ln_f, g.ln_f, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
         for l in (0..m.n_layers).rev() {

@@ -44,7 +44,7 @@ impl Model {
             self.block_fwd(b, &p.layers[l], la, out, acts)?;
         }
         self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)?;
-        b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.vocab_size)
+        b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.padded_vocab())
     }
 
     fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations) -> Result<()> {

@@ -18,6 +18,10 @@ pub fn init_weights(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f
             _ if p.name.ends_with("proj.w") => rng.fill_normal(dst, resid_std),
             _ => rng.fill_normal(dst, cfg.init_std),
         }
+        if matches!(p.kind, ParamKind::Embedding | ParamKind::Head) {
+            // Vocabulary padding rows start (and, with zero gradients, stay) zero.
+            dst[cfg.vocab_size * cfg.d_model..].fill(0.0);
+        }
     }
     host
 }

@@ -58,7 +58,8 @@ pub struct ParamLayout {
 impl ParamLayout {
     pub fn new(m: &ModelConfig) -> Self {
         let mut b = Builder::default();
-        let (c, v, f) = (m.d_model, m.vocab_size, m.d_ff);
+        // Embedding and head rows include the vocabulary padding.
+        let (c, v, f) = (m.d_model, m.padded_vocab(), m.d_ff);
         let d = m.head_dim();
         let qkv = (m.n_heads + 2 * m.n_kv_heads) * d;
         let fc_rows = if m.mlp == Mlp::Swiglu { 2 * f } else { f };

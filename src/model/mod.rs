@@ -127,7 +127,8 @@ impl Model {
         out
     }
 
-    /// All logits `[batch·seq, V]` of a batch of sequences.
+    /// All logits `[batch·seq, V]` of a batch of sequences (the vocabulary
+    /// padding columns left out).
     pub fn logits<B: Backend>(&mut self, b: &mut B, tokens: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
         if tokens.len() != batch * seq {
             bail!("{} tokens given for a batch of {batch}×{seq}", tokens.len());
@@ -139,7 +140,8 @@ impl Model {
             self.forward_logits(b, &acts)?;
             let mut all = vec![0.0; acts.logits.len];
             b.download(acts.logits, &mut all)?;
-            Ok(all)
+            let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
+            Ok(all.chunks(width).flat_map(|row| row[..v].iter().copied()).collect())
         })();
         self.acts = Some(acts);
         out
@@ -150,12 +152,12 @@ impl Model {
         self.check_tokens(tokens)?;
         let seq = tokens.len();
         let acts = self.prepare_acts(b, 1, seq)?;
-        let v = self.cfg.vocab_size;
+        let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
             self.forward_logits(b, &acts)?;
             let mut row = vec![0.0; v];
-            b.download(acts.logits.sub((seq - 1) * v, v), &mut row)?;
+            b.download(acts.logits.sub((seq - 1) * width, v), &mut row)?;
             Ok(row)
         })();
         self.acts = Some(acts);
@@ -176,7 +178,8 @@ impl Model {
         b.upload_u32(acts.targets, targets)?;
         self.forward_logits(b, acts)?;
         let dlogits = grad_scale.map(|_| acts.logits);
-        b.softmax_xent(acts.losses, dlogits, acts.logits, acts.targets, n, self.cfg.vocab_size, grad_scale.unwrap_or(0.0))?;
+        let (width, classes) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
+        b.softmax_xent(acts.losses, dlogits, acts.logits, acts.targets, n, width, classes, grad_scale.unwrap_or(0.0))?;
         let mut losses = vec![0.0f32; n];
         b.download(acts.losses, &mut losses)?;
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();

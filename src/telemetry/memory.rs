@@ -57,14 +57,26 @@ pub fn state_bytes_per_param(cfg: &Config) -> Result<f64> {
 }
 
 /// Total parameters per kind, in layout order of kinds, empty kinds left out.
+/// Parameters by kind, as other frameworks count them: the vocabulary
+/// padding rows of the embedding and head (always zero) are left out; see
+/// [`vocab_padding_params`].
 pub fn param_counts(cfg: &Config) -> Vec<(ParamKind, usize)> {
     let layout = ParamLayout::new(&cfg.model);
+    let pad_rows = (cfg.model.padded_vocab() - cfg.model.vocab_size) * cfg.model.d_model;
+    let real = |p: &crate::model::layout::ParamInfo| p.numel() - if matches!(p.kind, ParamKind::Embedding | ParamKind::Head) { pad_rows } else { 0 };
     let order = [ParamKind::Embedding, ParamKind::Position, ParamKind::Matrix, ParamKind::Bias, ParamKind::Norm, ParamKind::Head];
     order
         .iter()
-        .map(|&kind| (kind, layout.params.iter().filter(|p| p.kind == kind).map(|p| p.numel()).sum::<usize>()))
+        .map(|&kind| (kind, layout.params.iter().filter(|p| p.kind == kind).map(real).sum::<usize>()))
         .filter(|&(_, n)| n > 0)
         .collect()
+}
+
+/// Elements of the vocabulary padding rows (embedding, and head if untied):
+/// held in memory, not counted as parameters.
+pub fn vocab_padding_params(cfg: &Config) -> usize {
+    let m = &cfg.model;
+    (m.padded_vocab() - m.vocab_size) * m.d_model * if m.tied_embeddings { 1 } else { 2 }
 }
 
 /// Bytes per element of (weights, gradients, activations) on a device.
@@ -117,7 +129,7 @@ pub struct ActivationCount {
 pub fn activation_count(cfg: &Config) -> ActivationCount {
     let m = &cfg.model;
     let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
-    let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.d_ff as u64, m.vocab_size as u64);
+    let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.d_ff as u64, m.padded_vocab() as u64);
     let stats = if m.norm == Norm::Layernorm { 2 * n } else { n };
     let fc_out = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
     // Outputs that are cheap to recompute from kept inputs and kept stats.

@@ -533,16 +533,17 @@ impl Backend for CpuBackend {
     }
 
     // ---- loss ---------------------------------------------------------
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
-        ensure!(v > 0, "softmax_xent: v must be > 0");
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()> {
+        ensure!((1..=v).contains(&classes), "softmax_xent: classes = {classes} must be in 1..=v (v = {v})");
         expect_len(losses, &[n], "softmax_xent losses")?;
         expect_len(logits, &[n, v], "softmax_xent logits")?;
         expect_len(targets, &[n], "softmax_xent targets")?;
         match dlogits {
             None => {
                 let ([l], [x], [t]) = self.io([Some(losses)], [Some(logits)], [targets])?;
-                xent::check_targets(t, v)?;
-                xent::xent_loss(l.unwrap(), x.unwrap(), t, v);
+                xent::check_targets(t, classes)?;
+                xent::xent_loss(l.unwrap(), x.unwrap(), t, v, classes);
             }
             Some(d) => {
                 expect_len(d, &[n, v], "softmax_xent dlogits")?;
@@ -551,8 +552,8 @@ impl Backend for CpuBackend {
                     self.copy(d, logits)?;
                 }
                 let ([l, g], [], [t]) = self.io([Some(losses), Some(d)], [], [targets])?;
-                xent::check_targets(t, v)?;
-                xent::xent_loss_grad_in_place(l.unwrap(), g.unwrap(), t, v, grad_scale);
+                xent::check_targets(t, classes)?;
+                xent::xent_loss_grad_in_place(l.unwrap(), g.unwrap(), t, v, classes, grad_scale);
             }
         }
         Ok(())

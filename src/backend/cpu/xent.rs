@@ -3,7 +3,9 @@
 //!   loss = lse - z[y]
 //!   dz = (softmax(z) - onehot(y)) · grad_scale,  softmax(z) = exp(z - lse)
 //! Rows whose target is IGNORE give loss 0 and gradient 0. Probabilities are
-//! never stored: the gradient overwrites the logits row in place.
+//! never stored: the gradient overwrites the logits row in place. Rows are
+//! `v` wide; only the first `classes` columns are classes (vocabulary
+//! padding after them: outside the softmax, gradient 0).
 
 use crate::backend::IGNORE;
 use anyhow::{bail, Result};
@@ -25,16 +27,18 @@ fn logsumexp(z: &[f32]) -> f32 {
 }
 
 /// Per-row losses only.
-pub fn xent_loss(losses: &mut [f32], logits: &[f32], targets: &[u32], v: usize) {
+pub fn xent_loss(losses: &mut [f32], logits: &[f32], targets: &[u32], v: usize, classes: usize) {
     losses.par_iter_mut().zip(logits.par_chunks(v).zip(targets.par_iter())).for_each(|(l, (z, &t))| {
-        *l = if t == IGNORE { 0.0 } else { logsumexp(z) - z[t as usize] };
+        *l = if t == IGNORE { 0.0 } else { logsumexp(&z[..classes]) - z[t as usize] };
     });
 }
 
 /// Per-row losses, then the gradient written over the logits (`z` holds
 /// logits on entry, `dlogits` on exit).
-pub fn xent_loss_grad_in_place(losses: &mut [f32], z: &mut [f32], targets: &[u32], v: usize, grad_scale: f32) {
+pub fn xent_loss_grad_in_place(losses: &mut [f32], z: &mut [f32], targets: &[u32], v: usize, classes: usize, grad_scale: f32) {
     losses.par_iter_mut().zip(z.par_chunks_mut(v).zip(targets.par_iter())).for_each(|(l, (z, &t))| {
+        let (z, padding) = z.split_at_mut(classes);
+        padding.fill(0.0);
         if t == IGNORE {
             *l = 0.0;
             z.fill(0.0);

@@ -157,8 +157,9 @@ impl Backend for CudaBackend {
         self.attention_bwd_op(dqkv, dout, qkv, out, lse, shape)
     }
 
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
-        self.softmax_xent_op(losses, dlogits, logits, targets, n, v, grad_scale)
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()> {
+        self.softmax_xent_op(losses, dlogits, logits, targets, (n, v, classes), grad_scale)
     }
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
         self.adamw_op(params, grads, m, v, args)

@@ -10,8 +10,9 @@ use cudarc::driver::LaunchConfig;
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, grad_scale: f32) -> Result<()> {
+    pub(super) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, (n, v, classes): (usize, usize, usize), grad_scale: f32) -> Result<()> {
         self.begin()?;
+        ensure!((1..=v).contains(&classes), "softmax_xent: classes = {classes} must be in 1..=v (v = {v})");
         ensure!(logits.len == n * v && losses.len == n && targets.len == n, "softmax_xent: views do not match n={n} v={v}");
         let (x, t) = (self.dev(logits)?, self.dev(targets)?);
         ensure!(t.elem == Elem::U32, "softmax_xent: targets must be a U32 buffer");
@@ -32,7 +33,7 @@ impl CudaBackend {
         let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let (gp, gd) = g.map_or((0, 0), |g| (g.ptr, g.dt()));
-        let args = [P(lo.ptr), I(lo.dt()), P(gp), I(gd), P(x.ptr), I(x.dt()), P(t.ptr), L(v as i64), F(grad_scale)];
+        let args = [P(lo.ptr), I(lo.dt()), P(gp), I(gd), P(x.ptr), I(x.dt()), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
         self.launch("xent", "xent_k", cfg, &args)
     }
 

@@ -263,6 +263,10 @@ fn linear() {
     // Odd widths (like GPT-2's 50257 logits) take the aligned-pitch path.
     linear_case(&mut h, 130, 64, 1001, 0, DType::Compute);
     linear_case(&mut h, 70, 48, 1001, 1, DType::F32);
+    // Odd inner width (llama-1b's SwiGLU 5461 as k), and odd k and n at once.
+    linear_case(&mut h, 300, 1001, 96, 0, DType::Compute);
+    linear_case(&mut h, 200, 333, 1001, 2, DType::Compute);
+    linear_case(&mut h, 150, 555, 130, 0, DType::F32);
 }
 
 #[test]

@@ -59,8 +59,9 @@ impl CudaBackend {
             };
             epi = ptr.filter(|p| p % 16 == 0);
         }
-        if let Some(np) = padded_dim(m, n) {
-            self.linear_fwd_padded(o, wp, ip, (m, k, n, np))?;
+        let (kp, np) = (padded_dim(k, m * k), padded_dim(n, m * n));
+        if (kp, np) != (k, n) {
+            self.linear_fwd_padded(o, wp, ip, (m, k, n), (kp, np))?;
             epi = None;
         } else {
             self.matmul(true, false, (n, m, k), (k, k, n), (wp, ip, o.ptr), Elem::Bf16, o.elem, epi, 1.0, 0.0)?;
@@ -86,8 +87,9 @@ impl CudaBackend {
         let ip = self.bf16_operand(inp)?;
         let di = self.out(dinp)?;
         let dwd = self.out(dw)?;
-        if let Some(np) = padded_dim(m, n) {
-            self.linear_bwd_padded((di, dwd), (wp, gp, ip), (m, k, n, np))?;
+        let (kp, np) = (padded_dim(k, m * k), padded_dim(n, m * n));
+        if (kp, np) != (k, n) {
+            self.linear_bwd_padded((di, dwd), (wp, gp, ip), (m, k, n), (kp, np))?;
         } else {
             // dinpᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]).
             self.matmul(false, false, (k, m, n), (k, n, k), (wp, gp, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
@@ -101,31 +103,61 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// linear_fwd with `n` padded to `np`: w gets zero rows, the product goes
-    /// to scratch, and its first `n` columns are copied out.
-    fn linear_fwd_padded(&mut self, o: Dev, wp: u64, ip: u64, (m, k, n, np): (usize, usize, usize, usize)) -> Result<()> {
+    /// A bf16 `[rows, cols]` operand as `[rows_p, cols_p]` with zero padding
+    /// (a scratch copy), or itself when no padding is needed.
+    fn padded_operand(&mut self, ptr: u64, (rows, cols): (usize, usize), (rows_p, cols_p): (usize, usize)) -> Result<u64> {
+        if (rows, cols) == (rows_p, cols_p) {
+            return Ok(ptr);
+        }
         let bf16 = Elem::Bf16 as i32;
-        let wpad = self.scratch(np * k * 2)?;
-        self.copy_pad((wpad, bf16, k, np, k), (wp, bf16, k, n, k))?;
+        let pad = self.scratch(rows_p * cols_p * 2)?;
+        self.copy_pad((pad, bf16, cols_p, rows_p, cols_p), (ptr, bf16, cols, rows, cols))?;
+        Ok(pad)
+    }
+
+    /// linear_fwd with `k` and/or `n` padded to `kp`, `np`: zero columns of
+    /// the input and zero rows/columns of w leave the product exact; with a
+    /// padded `n` the product goes to scratch and its first `n` columns are
+    /// copied out.
+    fn linear_fwd_padded(&mut self, o: Dev, wp: u64, ip: u64, (m, k, n): (usize, usize, usize), (kp, np): (usize, usize)) -> Result<()> {
+        let wpad = self.padded_operand(wp, (n, k), (np, kp))?;
+        let ipad = self.padded_operand(ip, (m, k), (m, kp))?;
+        if np == n {
+            return self.matmul(true, false, (n, m, kp), (kp, kp, n), (wpad, ipad, o.ptr), Elem::Bf16, o.elem, None, 1.0, 0.0);
+        }
         let tmp = self.scratch(m * np * o.elem.size())?;
-        self.matmul(true, false, (np, m, k), (k, k, np), (wpad, ip, tmp), Elem::Bf16, o.elem, None, 1.0, 0.0)?;
+        self.matmul(true, false, (np, m, kp), (kp, kp, np), (wpad, ipad, tmp), Elem::Bf16, o.elem, None, 1.0, 0.0)?;
         self.copy_pad((o.ptr, o.dt(), n, m, n), (tmp, o.dt(), np, m, n))
     }
 
-    /// linear_bwd with `n` padded to `np`: dout gets zero columns and w zero
-    /// rows (so dinp is exact), dW is formed in fp32 scratch and its first
-    /// `n` rows are accumulated into dw.
-    fn linear_bwd_padded(&mut self, (di, dwd): (Dev, Dev), (wp, gp, ip): (u64, u64, u64), (m, k, n, np): (usize, usize, usize, usize)) -> Result<()> {
-        let bf16 = Elem::Bf16 as i32;
-        let wpad = self.scratch(np * k * 2)?;
-        self.copy_pad((wpad, bf16, k, np, k), (wp, bf16, k, n, k))?;
-        let gpad = self.scratch(m * np * 2)?;
-        self.copy_pad((gpad, bf16, np, m, np), (gp, bf16, n, m, n))?;
-        self.matmul(false, false, (k, m, np), (k, np, k), (wpad, gpad, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
-        let dwp = self.scratch(np * k * 4)?;
-        self.matmul(false, true, (k, np, m), (k, np, k), (ip, gpad, dwp), Elem::Bf16, Elem::F32, None, 1.0, 0.0)?;
+    /// linear_bwd with `k` and/or `n` padded to `kp`, `np`: dout gets zero
+    /// columns, w zero rows and columns, the input zero columns, so dinp and
+    /// dW are exact; dinp (if `k` is padded) and dW are formed in scratch and
+    /// their unpadded blocks copied / accumulated out.
+    fn linear_bwd_padded(&mut self, (di, dwd): (Dev, Dev), (wp, gp, ip): (u64, u64, u64), (m, k, n): (usize, usize, usize), (kp, np): (usize, usize)) -> Result<()> {
+        let wpad = self.padded_operand(wp, (n, k), (np, kp))?;
+        let gpad = self.padded_operand(gp, (m, n), (m, np))?;
+        let ipad = self.padded_operand(ip, (m, k), (m, kp))?;
+        if kp == k {
+            self.matmul(false, false, (k, m, np), (k, np, k), (wpad, gpad, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
+        } else {
+            let tmp = self.scratch(m * kp * di.elem.size())?;
+            self.matmul(false, false, (kp, m, np), (kp, np, kp), (wpad, gpad, tmp), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
+            self.copy_pad((di.ptr, di.dt(), k, m, k), (tmp, di.dt(), kp, m, k))?;
+        }
+        let f32 = Elem::F32 as i32;
+        let dwp = self.scratch(np * kp * 4)?;
+        self.matmul(false, true, (kp, np, m), (kp, np, kp), (ipad, gpad, dwp), Elem::Bf16, Elem::F32, None, 1.0, 0.0)?;
+        // dW's first n rows, first k columns, made contiguous when k is padded.
+        let dw_block = if kp == k {
+            dwp
+        } else {
+            let c = self.scratch(n * k * 4)?;
+            self.copy_pad((c, f32, k, n, k), (dwp, f32, kp, n, k))?;
+            c
+        };
         let cfg = self.grid(n * k);
-        self.launch("elementwise", "accumulate_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(dwp), I(Elem::F32 as i32), L((n * k) as i64)])
+        self.launch("elementwise", "accumulate_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(dw_block), I(f32), L((n * k) as i64)])
     }
 
     /// `copy_pad_k` between (pointer, dtype, row pitch, rows, cols) blocks.
@@ -175,10 +207,16 @@ impl CudaBackend {
     }
 }
 
-/// The padded size of a big matmul dimension `n` that is not a multiple of
-/// 64 (cuBLASLt's kernels run several times slower on such a dimension:
-/// measured on the H200, the GPT-2 head took 7.7 ms at n = 50257 and about
-/// 1.3 ms at 50304). Small problems are left alone: copies would dominate.
-fn padded_dim(m: usize, n: usize) -> Option<usize> {
-    (!n.is_multiple_of(64) && m * n >= 1 << 16).then(|| n.div_ceil(64) * 64)
+/// A matmul dimension `dim` rounded up to a multiple of 64 when it is not
+/// one and the operand it shapes (`area` elements) is big: cuBLASLt's
+/// kernels run several times slower on such a dimension (measured on the
+/// H200: the GPT-2 head took 7.7 ms at n = 50257 and about 1.3 ms at 50304;
+/// llama-1b's SwiGLU width 5461 is both a `k` and, as 2·5461, an `n`).
+/// Small problems are left alone: the copies would dominate.
+fn padded_dim(dim: usize, area: usize) -> usize {
+    if !dim.is_multiple_of(64) && area >= 1 << 16 {
+        dim.div_ceil(64) * 64
+    } else {
+        dim
+    }
 }

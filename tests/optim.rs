@@ -799,6 +799,7 @@ fn info_estimate_equals_allocated_state_bytes() {
             let allocated = b.live_bytes() - before;
             assert_eq!(opt.state_bytes(), planned, "{name} {extra:?}: state_bytes vs plan");
             assert_eq!(allocated, planned + opt.workspace_bytes(), "{name} {extra:?}: allocated vs plan + workspace");
+            assert_eq!(opt.workspace_bytes(), optim::workspace_plan(&cfg.optimizer, &layout).bytes_on("cpu"), "{name} {extra:?}: workspace vs its plan");
             // Everything but regenerated projections is checkpointed.
             let saved: u64 = opt.state_tensors().iter().map(|t| t.bytes()).sum();
             if !name.starts_with("apollo") {
@@ -870,6 +871,7 @@ fn bench_optim_measures_exactly_the_planned_state() {
         let cfg = ferrotron::config::load(None, &sets).unwrap();
         let r = ferrotron::train::bench_optim::bench_optim(&cfg, 0, 1).unwrap();
         assert_eq!(r.state_bytes_measured, r.state_bytes_estimate + r.workspace_bytes, "{name}");
+        assert_eq!(r.workspace_bytes, r.workspace_bytes_estimate, "{name}: workspace vs its plan");
         assert!(r.median_step_ms > 0.0 && r.copy_bytes_per_s > 0.0, "{name}");
     }
 }

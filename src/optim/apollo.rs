@@ -22,7 +22,7 @@
 
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
-use super::plan::{row, GroupPlan};
+use super::plan::{row, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
@@ -60,6 +60,21 @@ fn check(cfg: &OptimizerConfig, matrices: &[TensorRef]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Element counts of the workspace buffers (R, N, G~, two norm vectors,
+/// the scaling vector), sized for the largest matrix.
+fn workspace_lens(rank: usize, matrices: &[TensorRef]) -> [usize; 6] {
+    let max_hi = matrices.iter().map(|t| t.rows().max(t.cols())).max().unwrap_or(0);
+    let max_numel = matrices.iter().map(|t| t.numel()).max().unwrap_or(0);
+    [rank * max_hi, rank * max_hi, max_numel, max_hi, max_hi, max_hi]
+}
+
+/// Scratch bytes the optimizer will allocate.
+pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
+    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let elems: usize = workspace_lens(cfg.rank, &matrices.tensors).iter().sum();
+    WorkspacePlan { fp32_bytes: 4 * elems as u64, newton_schulz_bytes: 0 }
 }
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout, mini: bool) -> Result<Vec<GroupPlan>> {
@@ -130,9 +145,8 @@ impl Apollo {
             let (m, v, p) = (alloc(b, r * hi)?, alloc(b, r * hi)?, alloc(b, r * lo)?);
             mats.push(Mat { t: t.clone(), right: t.rows() >= t.cols(), m, v, p });
         }
-        let max_hi = matrices.tensors.iter().map(|t| t.rows().max(t.cols())).max().unwrap_or(0);
-        let max_numel = matrices.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
-        let ws = Workspace { r: alloc(b, r * max_hi)?, n: alloc(b, r * max_hi)?, gt: alloc(b, max_numel)?, n1: alloc(b, max_hi)?, n2: alloc(b, max_hi)?, s: alloc(b, max_hi)? };
+        let [rl, nl, gl, n1, n2, sl] = workspace_lens(r, &matrices.tensors);
+        let ws = Workspace { r: alloc(b, rl)?, n: alloc(b, nl)?, gt: alloc(b, gl)?, n1: alloc(b, n1)?, n2: alloc(b, n2)?, s: alloc(b, sl)? };
         let adam = AdamWPart::new(b, &rest)?;
         let prev_norm = vec![None; mats.len()];
         Ok(Apollo { cfg: cfg.clone(), mini, seed, mats, weight_decay: matrices.weight_decay, adam, ws, steps: 0, proj_for: None, prev_norm })

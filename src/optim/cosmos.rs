@@ -33,7 +33,7 @@ use super::groups::matrix_split;
 use super::cholesky_qr::{download64, orthonormalize, upload64, QrScratch};
 use super::linalg::sym_eig;
 use super::newton_schulz::{NsWorkspace, STEPS};
-use super::plan::{row, GroupPlan};
+use super::plan::{row, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
@@ -64,6 +64,24 @@ pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     Ok(rows)
+}
+
+/// Element counts of the workspace buffers (g, a, gp, z, z2, tm, t1, rr1,
+/// rr2) and the Newton–Schulz sizes, for matrices with their ranks.
+fn workspace_lens(mats: &[(&TensorRef, usize)]) -> ([usize; 9], (usize, usize)) {
+    let max = |f: &dyn Fn(&TensorRef, usize) -> usize| mats.iter().map(|&(t, r)| f(t, r)).max().unwrap_or(0);
+    let (mn, mr, nr, rr) = (max(&|t, _| t.numel()), max(&|t, r| t.rows() * r), max(&|t, r| t.cols() * r), max(&|_, r| r * r));
+    let side = max(&|t, _| t.rows().min(t.cols()));
+    ([mn, mn, mr, nr, nr, mr, mr, rr, rr], (mn, side))
+}
+
+/// Scratch bytes the optimizer will allocate.
+pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
+    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let mats: Vec<(&TensorRef, usize)> = matrices.tensors.iter().map(|t| (t, rank_for(cfg, t))).collect();
+    let (lens, (numel, side)) = workspace_lens(&mats);
+    let ns = NsWorkspace::bytes_for(numel, side);
+    WorkspacePlan { fp32_bytes: 4 * lens.iter().sum::<usize>() as u64 + ns, newton_schulz_bytes: ns }
 }
 
 struct Mat {
@@ -118,20 +136,19 @@ impl Cosmos {
             let (m, n, r) = (t.rows(), t.cols(), rank_for(cfg, t));
             mats.push(Mat { t: t.clone(), r, mom: alloc(b, m * n)?, p: alloc(b, n * r)?, gg: alloc(b, r * r)?, v: alloc(b, m * r)? });
         }
-        let max = |f: &dyn Fn(&Mat) -> usize| mats.iter().map(f).max().unwrap_or(0);
-        let (mn, mr, nr, rr) = (max(&|x| x.t.numel()), max(&|x| x.t.rows() * x.r), max(&|x| x.t.cols() * x.r), max(&|x| x.r * x.r));
-        let side = max(&|x| x.t.rows().min(x.t.cols()));
+        let sized: Vec<(&TensorRef, usize)> = mats.iter().map(|x| (&x.t, x.r)).collect();
+        let ([g, a, gp, z, z2, tm, t1, rr1, rr2], (numel, side)) = workspace_lens(&sized);
         let ws = Workspace {
-            g: alloc(b, mn)?,
-            a: alloc(b, mn)?,
-            gp: alloc(b, mr)?,
-            z: alloc(b, nr)?,
-            z2: alloc(b, nr)?,
-            tm: alloc(b, mr)?,
-            t1: alloc(b, mr)?,
-            rr1: alloc(b, rr)?,
-            rr2: alloc(b, rr)?,
-            ns: NsWorkspace::new(b, mn, side)?,
+            g: alloc(b, g)?,
+            a: alloc(b, a)?,
+            gp: alloc(b, gp)?,
+            z: alloc(b, z)?,
+            z2: alloc(b, z2)?,
+            tm: alloc(b, tm)?,
+            t1: alloc(b, t1)?,
+            rr1: alloc(b, rr1)?,
+            rr2: alloc(b, rr2)?,
+            ns: NsWorkspace::new(b, numel, side)?,
         };
         let adam = AdamWPart::new(b, &rest)?;
         Ok(Cosmos { cfg: cfg.clone(), seed, mats, weight_decay: matrices.weight_decay, adam, ws, steps: 0 })

@@ -30,7 +30,7 @@ use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use anyhow::{bail, Result};
 pub use groups::{default_groups, ParamGroup, TensorRef};
-pub use plan::{plan, GroupPlan};
+pub use plan::{plan, workspace_plan, GroupPlan, WorkspacePlan};
 
 /// One named state tensor for checkpoints, with its storage type (`F32` or
 /// `U8`). 8-bit state is saved as codes plus its fp32 absmax tensors, never

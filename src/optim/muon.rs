@@ -12,12 +12,21 @@
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
 use super::newton_schulz::{NsWorkspace, STEPS};
-use super::plan::{row, GroupPlan};
+use super::plan::{row, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use anyhow::Result;
+
+/// Scratch bytes (fp32) the optimizer will allocate: the Newton–Schulz
+/// buffers for the largest matrix.
+pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
+    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let (numel, side) = NsWorkspace::sizes_for(&matrices.tensors);
+    let ns = NsWorkspace::bytes_for(numel, side);
+    WorkspacePlan { fp32_bytes: ns, newton_schulz_bytes: ns }
+}
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Vec<GroupPlan> {
     let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
@@ -50,8 +59,7 @@ impl Muon {
         let offs: Vec<usize> = matrices.tensors.iter().scan(0, |o, t| { let at = *o; *o += t.numel(); Some(at) }).collect();
         let total = matrices.numel();
         let buf = View::whole(b.alloc(total, DType::F32)?, total);
-        let max_numel = matrices.tensors.iter().map(|t| t.numel()).max().unwrap_or(0);
-        let max_side = matrices.tensors.iter().map(|t| t.rows().min(t.cols())).max().unwrap_or(0);
+        let (max_numel, max_side) = NsWorkspace::sizes_for(&matrices.tensors);
         let ns = NsWorkspace::new(b, max_numel, max_side)?;
         let adam = AdamWPart::new(b, &rest)?;
         Ok(Muon { cfg: cfg.clone(), weight_decay: matrices.weight_decay, matrices: matrices.tensors, buf, offs, adam, ns, steps: 0 })

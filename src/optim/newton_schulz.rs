@@ -9,6 +9,7 @@
 //! iterate on the small Gram matrix from the right, `A = Xᵀ·X;
 //! X = a·X + X·B`, which is the same map without any transpose.
 
+use super::TensorRef;
 use crate::backend::{Backend, DType, View};
 use anyhow::Result;
 
@@ -29,10 +30,29 @@ pub struct NsWorkspace {
 }
 
 impl NsWorkspace {
-    pub fn new<B: Backend>(bk: &mut B, max_numel: usize, max_side: usize) -> Result<Self> {
+    /// Element counts of (x, y, a, b) for matrices up to `max_numel`
+    /// elements with smaller side at most `max_side`.
+    pub fn lens(max_numel: usize, max_side: usize) -> [usize; 4] {
         let sq = max_side * max_side;
+        [max_numel, max_numel, sq, sq]
+    }
+
+    /// (max_numel, max_side) over a set of matrices.
+    pub fn sizes_for(matrices: &[TensorRef]) -> (usize, usize) {
+        let max_numel = matrices.iter().map(|t| t.numel()).max().unwrap_or(0);
+        let max_side = matrices.iter().map(|t| t.rows().min(t.cols())).max().unwrap_or(0);
+        (max_numel, max_side)
+    }
+
+    /// fp32 bytes of the workspace for these sizes.
+    pub fn bytes_for(max_numel: usize, max_side: usize) -> u64 {
+        4 * Self::lens(max_numel, max_side).iter().sum::<usize>() as u64
+    }
+
+    pub fn new<B: Backend>(bk: &mut B, max_numel: usize, max_side: usize) -> Result<Self> {
+        let [x, y, a, b] = Self::lens(max_numel, max_side);
         let mut alloc = |len| -> Result<View> { Ok(View::whole(bk.alloc(len, DType::F32)?, len)) };
-        Ok(NsWorkspace { x: alloc(max_numel)?, y: alloc(max_numel)?, a: alloc(sq)?, b: alloc(sq)? })
+        Ok(NsWorkspace { x: alloc(x)?, y: alloc(y)?, a: alloc(a)?, b: alloc(b)? })
     }
 
     pub fn bytes(&self) -> u64 {

@@ -28,6 +28,34 @@ impl GroupPlan {
     }
 }
 
+/// Scratch memory an optimizer allocates besides its state (sized by the
+/// largest matrix; not saved in checkpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkspacePlan {
+    /// fp32 scratch buffers, all included.
+    pub fp32_bytes: u64,
+    /// Of those, the Newton–Schulz buffers: a GPU backend also keeps a bf16
+    /// copy of them (operands of its bf16 matmuls), half their size again.
+    pub newton_schulz_bytes: u64,
+}
+
+impl WorkspacePlan {
+    /// Bytes on `device` (`cpu` or `cuda`).
+    pub fn bytes_on(&self, device: &str) -> u64 {
+        self.fp32_bytes + if device == "cuda" { self.newton_schulz_bytes / 2 } else { 0 }
+    }
+}
+
+/// The workspace the configured optimizer allocates.
+pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
+    match cfg.name.as_str() {
+        "apollo" | "apollo_mini" => apollo::workspace_plan(cfg, layout),
+        "muon" => muon::workspace_plan(cfg, layout),
+        "cosmos" => cosmos::workspace_plan(cfg, layout),
+        _ => WorkspacePlan::default(),
+    }
+}
+
 /// The plan of the configured optimizer; an error for settings that do not
 /// fit the model (e.g. a projection rank above a matrix's smaller side).
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan>> {

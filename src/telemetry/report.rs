@@ -5,7 +5,7 @@ use super::flops::{attention_flops_per_token, flops_per_token, matmul_params};
 use super::memory::{estimate, optimizer_groups, param_counts, vocab_padding_params, MemoryEstimate};
 use crate::optim::GroupPlan;
 use crate::config::{Config, Mlp, ModelConfig, Norm, Positions};
-use crate::model::layout::ParamKind;
+use crate::model::layout::{ParamKind, ParamLayout};
 use std::fmt::Write;
 
 /// Width of the label column, so every table lines up with the others.
@@ -148,6 +148,10 @@ fn optimizer_section(out: &mut String, cfg: &Config) {
     let bytes: u64 = groups.iter().map(|g| g.state_bytes).sum();
     let params: usize = groups.iter().map(|g| g.params).sum();
     row(out, "total optimizer state", &human_bytes(bytes), &format!("{} B, {} B/param", group_digits(bytes), per_param(bytes as f64 / params.max(1) as f64)));
+    let ws = crate::optim::workspace_plan(&cfg.optimizer, &ParamLayout::new(&cfg.model)).bytes_on(&cfg.device);
+    if ws > 0 {
+        row(out, "workspace (scratch, not checkpointed)", &human_bytes(ws), "sized by the largest matrix");
+    }
 }
 
 fn group_rows(out: &mut String, g: &GroupPlan) {

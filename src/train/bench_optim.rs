@@ -27,6 +27,12 @@ pub struct OptimBenchResult {
     /// Device bytes the optimizer allocated (state + workspace), measured.
     pub state_bytes_measured: u64,
     pub workspace_bytes: u64,
+    /// Workspace from the plan for this device (fp32 scratch, plus on a GPU
+    /// the bf16 copies of the Newton–Schulz buffers made on the first step).
+    pub workspace_bytes_estimate: u64,
+    /// Device bytes held beyond the params and grads after the timed steps
+    /// (state, workspace and its bf16 copies, the backend's shared scratch).
+    pub bytes_after_steps: u64,
     /// Bytes per parameter an elementwise step must move (None for the
     /// matrix optimizers, which are not bandwidth-bound).
     pub bytes_per_param: Option<f64>,
@@ -103,6 +109,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
             step_ms.push(ms);
         }
     }
+    let bytes_after_steps = b.live_memory_bytes() - before;
     let med = median(&step_ms);
     let per_param = bytes_per_param(&cfg.optimizer.name);
     let achieved = per_param.map(|bpp| bpp * n as f64 / (med / 1e3));
@@ -117,6 +124,8 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         state_bytes_estimate: estimate,
         state_bytes_measured,
         workspace_bytes: opt.workspace_bytes(),
+        workspace_bytes_estimate: optim::workspace_plan(&cfg.optimizer, &layout).bytes_on(&cfg.device),
+        bytes_after_steps,
         bytes_per_param: per_param,
         achieved_bytes_per_s: achieved,
         copy_bytes_per_s,

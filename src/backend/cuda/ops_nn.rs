@@ -2,6 +2,7 @@
 
 use super::device::CudaBackend;
 use super::kernels::KArg::{F, I, L, P};
+use super::memory::Elem;
 use crate::backend::{AttnShape, View};
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -10,6 +11,11 @@ use cudarc::driver::LaunchConfig;
 fn rows_cfg(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
+
+/// `layernorm_bwd_bf16_k` (layernorm.cu): rows per block (8 warps × 4 rows)
+/// and the widest row it keeps in registers (32 lanes × 8 × 4 chunks).
+const LN_FUSED_ROWS_PER_BLOCK: usize = 32;
+const LN_FUSED_MAX_C: usize = 1024;
 
 /// Column-partial kernels: (32 columns) x (row chunks), chunks <= 256.
 fn colsum_plan(n: usize, c: usize) -> (usize, usize, LaunchConfig) {
@@ -38,12 +44,25 @@ impl CudaBackend {
         }
         let (g, x, wd, mu, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(mean)?, self.dev(rstd)?);
         let (di, dwd, dbd) = (self.out(dinp)?, self.out(dw)?, self.out(db)?);
-        let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
-        self.launch("layernorm", "layernorm_bwd_dx_k", rows_cfg(n), &args)?;
-        let (rpc, chunks, cfg) = colsum_plan(n, c);
-        let partial = self.scratch(chunks * 2 * c * 4)?;
-        let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
-        self.launch("layernorm", "layernorm_bwd_dw_partial_k", cfg, &args)?;
+        let bf16 = [di, g, x].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && [wd, mu, rs].iter().all(|d| d.elem == Elem::F32);
+        let chunks = if bf16 && c.is_multiple_of(8) && c <= LN_FUSED_MAX_C {
+            // One pass: dinp and the dw/db partials of each block of rows.
+            let blocks = n.div_ceil(LN_FUSED_ROWS_PER_BLOCK);
+            let partial = self.scratch(blocks * 2 * c * 4)?;
+            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (2 * c * 4) as u32 };
+            let args = [P(di.ptr), P(g.ptr), P(x.ptr), P(wd.ptr), P(mu.ptr), P(rs.ptr), P(partial), L(n as i64), I(c as i32)];
+            self.launch("layernorm", "layernorm_bwd_bf16_k", cfg, &args)?;
+            (partial, blocks)
+        } else {
+            let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
+            self.launch("layernorm", "layernorm_bwd_dx_k", rows_cfg(n), &args)?;
+            let (rpc, chunks, cfg) = colsum_plan(n, c);
+            let partial = self.scratch(chunks * 2 * c * 4)?;
+            let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
+            self.launch("layernorm", "layernorm_bwd_dw_partial_k", cfg, &args)?;
+            (partial, chunks)
+        };
+        let (partial, chunks) = chunks;
         let cfg = self.grid(c);
         let args = [P(dwd.ptr), I(dwd.dt()), P(dbd.ptr), I(dbd.dt()), P(partial), I(chunks as i32), I(c as i32)];
         self.launch("layernorm", "layernorm_bwd_dw_finish_k", cfg, &args)

@@ -95,3 +95,103 @@ extern "C" __global__ void layernorm_bwd_dw_finish_k(void* dw, int dtw, void* db
         st(db, dtb, j, ld(db, dtb, j) + sb);
     }
 }
+
+// ---- fused backward for bf16 activations (the common case) -------------
+// dinp (+=), and the dw/db column partials of a block's rows, in one pass:
+// each warp owns LN_ROWS rows, each lane 8-element chunks (16-byte loads) of
+// a row, so the dw/db sums of a warp's rows stay in registers; the warps of
+// a block then add theirs in a fixed order in shared memory (deterministic)
+// and layernorm_bwd_dw_finish_k sums the blocks. Needs c % 8 == 0,
+// c <= 32 * 8 * LN_MAXV and 16-byte aligned rows; the host checks.
+#define LN_WARPS 8
+#define LN_ROWS 4
+#define LN_MAXV 4
+
+__device__ __forceinline__ void ln_load8(const __nv_bfloat16* p, float* f) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 v = __bfloat1622float2(h[k]);
+        f[2 * k] = v.x;
+        f[2 * k + 1] = v.y;
+    }
+}
+
+__device__ __forceinline__ void ln_store8(__nv_bfloat16* p, const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+                                                const __nv_bfloat16* inp, const float* w, const float* mean,
+                                                const float* rstd, float* partial, i64 n, int c) {
+    extern __shared__ float red[];  // [2][c]: sum dout*xhat, sum dout
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float aw[LN_MAXV][8], ab[LN_MAXV][8];
+#pragma unroll
+    for (int t = 0; t < LN_MAXV; t++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) aw[t][k] = ab[t][k] = 0.0f;
+    const i64 row0 = ((i64)blockIdx.x * LN_WARPS + warp) * LN_ROWS;
+    for (int rr = 0; rr < LN_ROWS; rr++) {
+        const i64 row = row0 + rr;
+        if (row >= n) break;  // warp-uniform
+        const i64 base = row * c;
+        const float mu = mean[row], rs = rstd[row];
+        float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < LN_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8];
+            ln_load8(dout + base + j, g);
+            ln_load8(inp + base + j, x);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float dn = g[k] * w[j + k];
+                s1 += dn;
+                s2 += dn * (x[k] - mu) * rs;
+            }
+        }
+        s1 = warp_sum(s1) / c;
+        s2 = warp_sum(s2) / c;
+#pragma unroll
+        for (int t = 0; t < LN_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8], d[8];
+            ln_load8(dout + base + j, g);
+            ln_load8(inp + base + j, x);
+            ln_load8(dinp + base + j, d);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float xh = (x[k] - mu) * rs, dn = g[k] * w[j + k];
+                d[k] += rs * (dn - s1 - xh * s2);
+                aw[t][k] += g[k] * xh;
+                ab[t][k] += g[k];
+            }
+            ln_store8(dinp + base + j, d);
+        }
+    }
+    for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) red[i] = 0.0f;
+    for (int wv = 0; wv < LN_WARPS; wv++) {
+        __syncthreads();
+        if (warp != wv) continue;
+#pragma unroll
+        for (int t = 0; t < LN_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                red[j + k] += aw[t][k];
+                red[c + j + k] += ab[t][k];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) partial[(i64)blockIdx.x * 2 * c + i] = red[i];
+}

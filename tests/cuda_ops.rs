@@ -331,6 +331,12 @@ fn activations() {
     h.check("gelu_fwd", y, BF16_TOL);
     h.run(|be, i| be.gelu_bwd(dx[i], x[i], dy[i]));
     h.check("gelu_bwd", dx, BF16_TOL);
+    // bf16 takes the 8-wide kernels (plus a 1-element tail); fp32 input the general one.
+    let x32 = h.randn(n, 2.0, DType::F32);
+    h.run(|be, i| be.gelu_fwd(y[i], x32[i]));
+    h.check("gelu_fwd f32 in", y, BF16_TOL);
+    h.run(|be, i| be.gelu_bwd(dx[i], x32[i], dy[i]));
+    h.check("gelu_bwd f32 in", dx, BF16_TOL);
     let (rows, f) = (33, 301);
     let x = h.randn(rows * 2 * f, 2.0, DType::Compute);
     let (y, dy, dx) = (h.zeros(rows * f, DType::Compute), h.randn(rows * f, 1.0, DType::Compute), h.zeros(rows * 2 * f, DType::Compute));

@@ -144,6 +144,11 @@ impl Dev {
     pub fn dt(&self) -> i32 {
         self.elem as i32
     }
+
+    /// Address of element `i`.
+    pub fn at(&self, i: usize) -> u64 {
+        self.ptr + (i * self.elem.size()) as u64
+    }
 }
 
 pub struct Buffers {

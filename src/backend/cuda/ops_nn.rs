@@ -12,6 +12,16 @@ fn rows_cfg(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Groups of 8 elements a bf16x8 kernel can take when every operand is bf16
+/// and 16-byte aligned (0 otherwise).
+fn bf16x8_groups(ops: &[super::memory::Dev]) -> usize {
+    if ops.iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) {
+        ops[0].len / 8
+    } else {
+        0
+    }
+}
+
 /// `layernorm_bwd_bf16_k` (layernorm.cu): rows per block (8 warps × 4 rows)
 /// and the widest row it keeps in registers (32 lanes × 8 × 4 chunks).
 const LN_FUSED_ROWS_PER_BLOCK: usize = 32;
@@ -102,8 +112,16 @@ impl CudaBackend {
         ensure!(out.len == inp.len, "gelu_fwd: lengths differ");
         let x = self.dev(inp)?;
         let o = self.out(out)?;
-        let cfg = self.grid(o.len);
-        self.launch("gelu", "gelu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(o.len as i64)])
+        let n8 = bf16x8_groups(&[o, x]);
+        if n8 > 0 {
+            self.launch("gelu", "gelu_fwd_bf16x8_k", self.grid(n8), &[P(o.ptr), P(x.ptr), L(n8 as i64)])?;
+        }
+        let (done, rest) = (8 * n8, o.len - 8 * n8);
+        if rest == 0 {
+            return Ok(());
+        }
+        let cfg = self.grid(rest);
+        self.launch("gelu", "gelu_fwd_k", cfg, &[P(o.at(done)), I(o.dt()), P(x.at(done)), I(x.dt()), L(rest as i64)])
     }
 
     pub(super) fn gelu_bwd_op(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
@@ -111,8 +129,16 @@ impl CudaBackend {
         ensure!(dinp.len == inp.len && inp.len == dout.len, "gelu_bwd: lengths differ");
         let (x, g) = (self.dev(inp)?, self.dev(dout)?);
         let d = self.out(dinp)?;
-        let cfg = self.grid(d.len);
-        self.launch("gelu", "gelu_bwd_k", cfg, &[P(d.ptr), I(d.dt()), P(x.ptr), I(x.dt()), P(g.ptr), I(g.dt()), L(d.len as i64)])
+        let n8 = bf16x8_groups(&[d, x, g]);
+        if n8 > 0 {
+            self.launch("gelu", "gelu_bwd_bf16x8_k", self.grid(n8), &[P(d.ptr), P(x.ptr), P(g.ptr), L(n8 as i64)])?;
+        }
+        let (done, rest) = (8 * n8, d.len - 8 * n8);
+        if rest == 0 {
+            return Ok(());
+        }
+        let cfg = self.grid(rest);
+        self.launch("gelu", "gelu_bwd_k", cfg, &[P(d.at(done)), I(d.dt()), P(x.at(done)), I(x.dt()), P(g.at(done)), I(g.dt()), L(rest as i64)])
     }
 
     pub(super) fn swiglu_fwd_op(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {

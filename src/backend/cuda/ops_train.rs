@@ -33,6 +33,11 @@ impl CudaBackend {
         let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let (gp, gd) = g.map_or((0, 0), |g| (g.ptr, g.dt()));
+        let wide = x.elem == Elem::Bf16 && x.ptr % 16 == 0 && v.is_multiple_of(8) && g.is_none_or(|g| g.elem == Elem::Bf16 && g.ptr % 16 == 0);
+        if wide {
+            let args = [P(lo.ptr), I(lo.dt()), P(gp), P(x.ptr), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
+            return self.launch("xent", "xent_bf16x8_k", cfg, &args);
+        }
         let args = [P(lo.ptr), I(lo.dt()), P(gp), I(gd), P(x.ptr), I(x.dt()), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
         self.launch("xent", "xent_k", cfg, &args)
     }

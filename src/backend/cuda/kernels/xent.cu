@@ -45,3 +45,75 @@ extern "C" __global__ void xent_k(void* losses, int dtl, void* dlogits, int dtd,
         st(dlogits, dtd, base + j, g);
     }
 }
+
+// bf16 logits and dlogits, rows 16-byte aligned (v % 8 == 0): the same
+// computation with 8 logits per 16-byte load. One max and nine exps per
+// 8 logits in the first pass instead of 16 exps.
+union XentBf16x8 {
+    uint4 u;
+    __nv_bfloat162 h[4];
+};
+
+extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, uint4* dlogits, const uint4* logits,
+                                         const unsigned* targets, i64 v, i64 classes, float grad_scale) {
+    __shared__ float sm_m[32], sm_s[32];
+    __shared__ float s_lse, s_xt;
+    const i64 row = blockIdx.x, v8 = v / 8;
+    const uint4* z = logits + row * v8;
+    float m = -INFINITY, s = 0.0f;
+    for (i64 j8 = threadIdx.x; j8 < v8; j8 += blockDim.x) {
+        XentBf16x8 x;
+        x.u = z[j8];
+        float f[8], mg = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 p = __bfloat1622float2(x.h[k]);
+            f[2 * k] = j8 * 8 + 2 * k < classes ? p.x : -INFINITY;
+            f[2 * k + 1] = j8 * 8 + 2 * k + 1 < classes ? p.y : -INFINITY;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) mg = fmaxf(mg, f[k]);
+        if (mg == -INFINITY) continue;  // all padding
+        float sg = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) sg += expf(f[k] - mg);
+        combine(m, s, mg, sg);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        combine(m, s, m2, s2);
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
+    unsigned t = targets[row];
+    bool ignore = t == IGNORE_ID;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++) combine(sm_m[0], sm_s[0], sm_m[w], sm_s[w]);
+        s_lse = sm_m[0] + logf(sm_s[0]);
+        const __nv_bfloat16* zr = reinterpret_cast<const __nv_bfloat16*>(z);
+        s_xt = (!ignore && t < classes) ? __bfloat162float(zr[t]) : NAN;
+        st(losses, dtl, row, ignore ? 0.0f : s_lse - s_xt);
+    }
+    __syncthreads();
+    if (!dlogits) return;
+    const float lse = s_lse;
+    uint4* d = dlogits + row * v8;
+    for (i64 j8 = threadIdx.x; j8 < v8; j8 += blockDim.x) {
+        XentBf16x8 x, g;
+        x.u = z[j8];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 p = __bfloat1622float2(x.h[k]);
+            float gv[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const i64 col = j8 * 8 + 2 * k + e;
+                const float val = e == 0 ? p.x : p.y;
+                gv[e] = ignore || col >= classes ? 0.0f : (expf(val - lse) - (col == (i64)t ? 1.0f : 0.0f)) * grad_scale;
+            }
+            g.h[k] = __floats2bfloat162_rn(gv[0], gv[1]);
+        }
+        d[j8] = g.u;
+    }
+}

@@ -192,6 +192,13 @@ fn memory_and_elementwise() {
         println!("sum_squares {dt:?}: gpu {sg} cpu {sc} rel {:.2e}", (sg - sc).abs() / sc);
         assert!((sg - sc).abs() / sc < 1e-6);
     }
+    // Many blocks (the 4-wide fp32 kernel) and a misaligned view (the general one).
+    let big = h.randn(3_000_001, 1.0, DType::F32);
+    for v in [big, [big[0].sub(1, 2_999_999), big[1].sub(1, 2_999_999)]] {
+        let (sg, sc) = (h.g.sum_squares(v[0]).unwrap(), h.c.sum_squares(v[1]).unwrap());
+        println!("sum_squares n={}: gpu {sg} cpu {sc} rel {:.2e}", v[0].len, (sg - sc).abs() / sc);
+        assert!((sg - sc).abs() / sc < 1e-6);
+    }
     // Cross-dtype copy and accumulate (bf16 <-> f32).
     let a = h.randn(4099, 1.0, DType::F32);
     let b = h.zeros(4099, DType::Compute);

@@ -107,8 +107,17 @@ impl CudaBackend {
         ensure!(out.len == a.len && a.len == b.len, "add: lengths differ");
         let (a, b) = (self.dev(a)?, self.dev(b)?);
         let o = self.out(out)?;
-        let cfg = self.grid(o.len);
-        self.launch("elementwise", "add_k", cfg, &[P(o.ptr), I(o.dt()), P(a.ptr), I(a.dt()), P(b.ptr), I(b.dt()), L(o.len as i64)])
+        let n8 = if [o, a, b].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) { o.len / 8 } else { 0 };
+        if n8 > 0 {
+            let cfg = self.grid(n8);
+            self.launch("elementwise", "add_bf16x8_k", cfg, &[P(o.ptr), P(a.ptr), P(b.ptr), L(n8 as i64)])?;
+        }
+        let (done, rest) = (8 * n8, o.len - 8 * n8);
+        if rest == 0 {
+            return Ok(());
+        }
+        let cfg = self.grid(rest);
+        self.launch("elementwise", "add_k", cfg, &[P(o.at(done)), I(o.dt()), P(a.at(done)), I(a.dt()), P(b.at(done)), I(b.dt()), L(rest as i64)])
     }
 
     pub(super) fn accumulate_op(&mut self, dst: View, src: View) -> Result<()> {
@@ -134,10 +143,16 @@ impl CudaBackend {
         if d.len == 0 {
             return Ok(0.0);
         }
-        let blocks = d.len.div_ceil(256).min(256);
+        // Up to 1024 blocks (enough to stream HBM; fixed, so the sum order
+        // does not depend on the GPU model).
+        let blocks = d.len.div_ceil(1024).min(1024);
         let partial = self.scratch(blocks * 8)?;
         let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        self.launch("norm", "sumsq_partial_k", cfg, &[P(partial), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
+        if d.elem == Elem::F32 && d.ptr % 16 == 0 {
+            self.launch("norm", "sumsq_partial_f32x4_k", cfg, &[P(partial), P(d.ptr), L(d.len as i64)])?;
+        } else {
+            self.launch("norm", "sumsq_partial_k", cfg, &[P(partial), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
+        }
         let mut host = vec![0f64; blocks];
         self.dtoh(&mut host, partial)?;
         Ok(host.iter().sum())

@@ -41,6 +41,11 @@ impl CudaBackend {
         ensure!(inp.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && b.len == c, "layernorm_fwd: views do not match n={n} c={c}");
         let (x, wd, bd) = (self.dev(inp)?, self.dev(w)?, self.dev(b)?);
         let (o, mu, rs) = (self.out(out)?, self.out(mean)?, self.out(rstd)?);
+        let bf16 = [o, x].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && [wd, bd, mu, rs].iter().all(|d| d.elem == Elem::F32);
+        if bf16 && c.is_multiple_of(8) && c <= LN_FUSED_MAX_C {
+            let args = [P(o.ptr), P(mu.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), P(bd.ptr), L(n as i64), I(c as i32), F(eps)];
+            return self.launch("layernorm", "layernorm_fwd_bf16_k", rows_cfg(n), &args);
+        }
         let args = [P(o.ptr), I(o.dt()), P(mu.ptr), I(mu.dt()), P(rs.ptr), I(rs.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(bd.ptr), I(bd.dt()), L(n as i64), I(c as i32), F(eps)];
         self.launch("layernorm", "layernorm_fwd_k", rows_cfg(n), &args)
     }

@@ -195,3 +195,48 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
     __syncthreads();
     for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) partial[(i64)blockIdx.x * 2 * c + i] = red[i];
 }
+
+// Forward for bf16 input/output (fp32 w, b, mean, rstd): one warp per row,
+// the row read once with 16-byte loads and kept in registers for the mean,
+// the variance and the output. Same limits as layernorm_bwd_bf16_k.
+extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
+                                                const __nv_bfloat16* inp, const float* w, const float* b, i64 n,
+                                                int c, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const i64 base = row * c;
+    float x[LN_MAXV][8];
+    float s = 0.0f;
+#pragma unroll
+    for (int t = 0; t < LN_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+        ln_load8(inp + base + j, x[t]);
+#pragma unroll
+        for (int k = 0; k < 8; k++) s += x[t][k];
+    }
+    const float mu = warp_sum(s) / c;
+    float v = 0.0f;
+#pragma unroll
+    for (int t = 0; t < LN_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+#pragma unroll
+        for (int k = 0; k < 8; k++) v += (x[t][k] - mu) * (x[t][k] - mu);
+    }
+    const float rs = 1.0f / sqrtf(warp_sum(v) / c + eps);
+#pragma unroll
+    for (int t = 0; t < LN_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+        float o[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = (x[t][k] - mu) * rs * w[j + k] + b[j + k];
+        ln_store8(out + base + j, o);
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}

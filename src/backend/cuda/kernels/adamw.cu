@@ -30,23 +30,24 @@ extern "C" __global__ void adamw_k(float* p, const void* g, int dtg, float* m, f
 }
 
 // Four elements: p, m, v updated in place, their bf16 shadow written when
-// `shadow` is non-null.
+// `shadow` is non-null. Streaming loads/stores (evict-first): every byte is
+// touched once per step, caching it only evicts other data.
 __device__ __forceinline__ void adamw_four(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 i,
                                            const AdamArgs& a) {
-    float4 pi = p[i], gi = g[i], mi = m[i], vi = v[i];
+    float4 pi = __ldcs(p + i), gi = __ldcs(g + i), mi = __ldcs(m + i), vi = __ldcs(v + i);
     pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, a);
     pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, a);
     pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, a);
     pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, a);
-    p[i] = pi;
-    m[i] = mi;
-    v[i] = vi;
+    __stcs(p + i, pi);
+    __stcs(m + i, mi);
+    __stcs(v + i, vi);
     if (shadow) {
         __nv_bfloat162 lo = __floats2bfloat162_rn(pi.x, pi.y), hi = __floats2bfloat162_rn(pi.z, pi.w);
         uint2 packed;
         packed.x = *reinterpret_cast<unsigned*>(&lo);
         packed.y = *reinterpret_cast<unsigned*>(&hi);
-        shadow[i] = packed;
+        __stcs(shadow + i, packed);
     }
 }
 

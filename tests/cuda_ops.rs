@@ -344,13 +344,15 @@ fn activations() {
     h.check("gelu_fwd f32 in", y, BF16_TOL);
     h.run(|be, i| be.gelu_bwd(dx[i], x32[i], dy[i]));
     h.check("gelu_bwd f32 in", dx, BF16_TOL);
-    let (rows, f) = (33, 301);
-    let x = h.randn(rows * 2 * f, 2.0, DType::Compute);
-    let (y, dy, dx) = (h.zeros(rows * f, DType::Compute), h.randn(rows * f, 1.0, DType::Compute), h.zeros(rows * 2 * f, DType::Compute));
-    h.run(|be, i| be.swiglu_fwd(y[i], x[i], rows, f));
-    h.check("swiglu_fwd", y, BF16_TOL);
-    h.run(|be, i| be.swiglu_bwd(dx[i], x[i], dy[i], rows, f));
-    h.check("swiglu_bwd", dx, BF16_TOL);
+    // 5000 rows: more than the 4096 block rows the 2-D launch uses.
+    for (rows, f) in [(33, 301), (5000, 7)] {
+        let x = h.randn(rows * 2 * f, 2.0, DType::Compute);
+        let (y, dy, dx) = (h.zeros(rows * f, DType::Compute), h.randn(rows * f, 1.0, DType::Compute), h.zeros(rows * 2 * f, DType::Compute));
+        h.run(|be, i| be.swiglu_fwd(y[i], x[i], rows, f));
+        h.check(&format!("swiglu_fwd rows={rows} f={f}"), y, BF16_TOL);
+        h.run(|be, i| be.swiglu_bwd(dx[i], x[i], dy[i], rows, f));
+        h.check(&format!("swiglu_bwd rows={rows} f={f}"), dx, BF16_TOL);
+    }
 }
 
 #[test]

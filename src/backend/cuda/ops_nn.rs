@@ -12,6 +12,14 @@ fn rows_cfg(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// 2-D launch for row-wise elementwise kernels: 256-thread blocks over up
+/// to 16 column tiles, rows strided over at most 4096 block rows.
+fn rows_cols_cfg(rows: usize, cols: usize) -> LaunchConfig {
+    let x = cols.div_ceil(256).clamp(1, 16) as u32;
+    let y = rows.clamp(1, 4096) as u32;
+    LaunchConfig { grid_dim: (x, y, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Groups of 8 elements a bf16x8 kernel can take when every operand is bf16
 /// and 16-byte aligned (0 otherwise).
 fn bf16x8_groups(ops: &[super::memory::Dev]) -> usize {
@@ -151,7 +159,7 @@ impl CudaBackend {
         ensure!(inp.len == n * 2 * f && out.len == n * f, "swiglu_fwd: views do not match n={n} f={f}");
         let x = self.dev(inp)?;
         let o = self.out(out)?;
-        let cfg = self.grid(n * f);
+        let cfg = rows_cols_cfg(n, f);
         self.launch("swiglu", "swiglu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(n as i64), L(f as i64)])
     }
 
@@ -160,7 +168,7 @@ impl CudaBackend {
         ensure!(inp.len == n * 2 * f && dinp.len == n * 2 * f && dout.len == n * f, "swiglu_bwd: views do not match n={n} f={f}");
         let (x, g) = (self.dev(inp)?, self.dev(dout)?);
         let d = self.out(dinp)?;
-        let cfg = self.grid(n * f);
+        let cfg = rows_cols_cfg(n, f);
         self.launch("swiglu", "swiglu_bwd_k", cfg, &[P(d.ptr), I(d.dt()), P(x.ptr), I(x.dt()), P(g.ptr), I(g.dt()), L(n as i64), L(f as i64)])
     }
 

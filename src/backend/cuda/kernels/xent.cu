@@ -13,33 +13,42 @@ __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) 
     m = mx;
 }
 
-extern "C" __global__ void xent_k(void* losses, int dtl, void* dlogits, int dtd, const void* logits, int dtx,
-                                  const unsigned* targets, i64 v, i64 classes, float grad_scale) {
+// Block-wide log-sum-exp from each thread's running (max, sum); every
+// thread gets the result. Uses 64 floats of shared memory.
+__device__ float block_lse(float m, float s) {
     __shared__ float sm_m[32], sm_s[32];
-    __shared__ float s_lse, s_xt;
-    i64 row = blockIdx.x;
-    i64 base = row * v;
-    float m = -INFINITY, s = 0.0f;
-    for (i64 j = threadIdx.x; j < classes; j += blockDim.x) combine(m, s, ld(logits, dtx, base + j), 1.0f);
+    __shared__ float s_lse;
     for (int o = 16; o > 0; o >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
         combine(m, s, m2, s2);
     }
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
-    unsigned t = targets[row];
-    bool ignore = t == IGNORE_ID;
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)(blockDim.x >> 5); w++) combine(sm_m[0], sm_s[0], sm_m[w], sm_s[w]);
         s_lse = sm_m[0] + logf(sm_s[0]);
-        // Read the target logit before any thread overwrites the row (in place).
-        s_xt = (!ignore && t < classes) ? ld(logits, dtx, base + t) : NAN;
-        st(losses, dtl, row, ignore ? 0.0f : s_lse - s_xt);
     }
     __syncthreads();
+    return s_lse;
+}
+
+extern "C" __global__ void xent_k(void* losses, int dtl, void* dlogits, int dtd, const void* logits, int dtx,
+                                  const unsigned* targets, i64 v, i64 classes, float grad_scale) {
+    i64 row = blockIdx.x;
+    i64 base = row * v;
+    float m = -INFINITY, s = 0.0f;
+    for (i64 j = threadIdx.x; j < classes; j += blockDim.x) combine(m, s, ld(logits, dtx, base + j), 1.0f);
+    const float lse = block_lse(m, s);
+    const unsigned t = targets[row];
+    const bool ignore = t == IGNORE_ID;
+    if (threadIdx.x == 0) {
+        const float xt = (!ignore && t < classes) ? ld(logits, dtx, base + t) : NAN;
+        st(losses, dtl, row, ignore ? 0.0f : lse - xt);
+    }
+    // The target logit is read before any thread overwrites the row (in place).
+    __syncthreads();
     if (!dlogits) return;
-    float lse = s_lse;
     for (i64 j = threadIdx.x; j < v; j += blockDim.x) {
         float g = ignore || j >= classes ? 0.0f : (expf(ld(logits, dtx, base + j) - lse) - (j == (i64)t ? 1.0f : 0.0f)) * grad_scale;
         st(dlogits, dtd, base + j, g);
@@ -56,8 +65,6 @@ union XentBf16x8 {
 
 extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, uint4* dlogits, const uint4* logits,
                                          const unsigned* targets, i64 v, i64 classes, float grad_scale) {
-    __shared__ float sm_m[32], sm_s[32];
-    __shared__ float s_lse, s_xt;
     const i64 row = blockIdx.x, v8 = v / 8;
     const uint4* z = logits + row * v8;
     float m = -INFINITY, s = 0.0f;
@@ -79,25 +86,15 @@ extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, uint4* dlogits, 
         for (int k = 0; k < 8; k++) sg += expf(f[k] - mg);
         combine(m, s, mg, sg);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        combine(m, s, m2, s2);
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
-    unsigned t = targets[row];
-    bool ignore = t == IGNORE_ID;
-    __syncthreads();
+    const float lse = block_lse(m, s);
+    const unsigned t = targets[row];
+    const bool ignore = t == IGNORE_ID;
     if (threadIdx.x == 0) {
-        for (int w = 1; w < (int)(blockDim.x >> 5); w++) combine(sm_m[0], sm_s[0], sm_m[w], sm_s[w]);
-        s_lse = sm_m[0] + logf(sm_s[0]);
-        const __nv_bfloat16* zr = reinterpret_cast<const __nv_bfloat16*>(z);
-        s_xt = (!ignore && t < classes) ? __bfloat162float(zr[t]) : NAN;
-        st(losses, dtl, row, ignore ? 0.0f : s_lse - s_xt);
+        const float xt = (!ignore && t < classes) ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(z)[t]) : NAN;
+        st(losses, dtl, row, ignore ? 0.0f : lse - xt);
     }
     __syncthreads();
     if (!dlogits) return;
-    const float lse = s_lse;
     uint4* d = dlogits + row * v8;
     for (i64 j8 = threadIdx.x; j8 < v8; j8 += blockDim.x) {
         XentBf16x8 x, g;

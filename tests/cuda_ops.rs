@@ -297,10 +297,10 @@ fn gemm_fp32_and_bf16() {
 #[test]
 fn norms() {
     let Some(mut h) = gpu() else { return };
-    // c a multiple of 8 up to 1024 takes the fused bf16 layernorm backward
-    // (1030 rows: a partial last block of 32 rows); 100 and 1600 the
-    // general kernels.
-    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600)] {
+    // c a multiple of 8 up to 1024 (layernorm) / 2048 (rmsnorm) takes the
+    // bf16 vector kernels (1030 rows: a partial last block of 32 rows);
+    // 100, and 1600 / 2048 for layernorm, the general kernels.
+    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600), (70, 2048)] {
         let x = h.randn(n * c, 1.0, DType::Compute);
         let w = h.randn(c, 1.0, DType::F32);
         let b = h.randn(c, 1.0, DType::F32);

@@ -20,6 +20,15 @@ fn rows_cols_cfg(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (x, y, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// The bf16 RMSNorm kernels (rmsnorm.cu) apply: bf16 16-byte-aligned
+/// activations, fp32 weight and rstd, rows of a multiple of 8 up to 2048.
+fn rms_vector_path(acts: &[super::memory::Dev], f32s: &[super::memory::Dev], c: usize) -> bool {
+    acts.iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= RMS_VECTOR_MAX_C
+}
+
+/// Widest row `rmsnorm_*_bf16_k` keep in registers (32 lanes × 8 × 8).
+const RMS_VECTOR_MAX_C: usize = 2048;
+
 /// Groups of 8 elements a bf16x8 kernel can take when every operand is bf16
 /// and 16-byte aligned (0 otherwise).
 fn bf16x8_groups(ops: &[super::memory::Dev]) -> usize {
@@ -97,6 +106,10 @@ impl CudaBackend {
         ensure!(inp.len == n * c && out.len == n * c && rstd.len == n && w.len == c, "rmsnorm_fwd: views do not match n={n} c={c}");
         let (x, wd) = (self.dev(inp)?, self.dev(w)?);
         let (o, rs) = (self.out(out)?, self.out(rstd)?);
+        if rms_vector_path(&[o, x], &[wd, rs], c) {
+            let args = [P(o.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), L(n as i64), I(c as i32), F(eps)];
+            return self.launch("rmsnorm", "rmsnorm_fwd_bf16_k", rows_cfg(n), &args);
+        }
         let args = [P(o.ptr), I(o.dt()), P(rs.ptr), I(rs.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), L(n as i64), I(c as i32), F(eps)];
         self.launch("rmsnorm", "rmsnorm_fwd_k", rows_cfg(n), &args)
     }
@@ -110,12 +123,23 @@ impl CudaBackend {
         }
         let (g, x, wd, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(rstd)?);
         let (di, dwd) = (self.out(dinp)?, self.out(dw)?);
-        let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
-        self.launch("rmsnorm", "rmsnorm_bwd_dx_k", rows_cfg(n), &args)?;
-        let (rpc, chunks, cfg) = colsum_plan(n, c);
-        let partial = self.scratch(chunks * c * 4)?;
-        let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
-        self.launch("rmsnorm", "rmsnorm_bwd_dw_partial_k", cfg, &args)?;
+        let (partial, chunks) = if rms_vector_path(&[di, g, x], &[wd, rs], c) {
+            // One pass: dinp and the dw partials of each block of rows.
+            let blocks = n.div_ceil(LN_FUSED_ROWS_PER_BLOCK);
+            let partial = self.scratch(blocks * c * 4)?;
+            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (c * 4) as u32 };
+            let args = [P(di.ptr), P(g.ptr), P(x.ptr), P(wd.ptr), P(rs.ptr), P(partial), L(n as i64), I(c as i32)];
+            self.launch("rmsnorm", "rmsnorm_bwd_bf16_k", cfg, &args)?;
+            (partial, blocks)
+        } else {
+            let args = [P(di.ptr), I(di.dt()), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(wd.ptr), I(wd.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32)];
+            self.launch("rmsnorm", "rmsnorm_bwd_dx_k", rows_cfg(n), &args)?;
+            let (rpc, chunks, cfg) = colsum_plan(n, c);
+            let partial = self.scratch(chunks * c * 4)?;
+            let args = [P(partial), P(g.ptr), I(g.dt()), P(x.ptr), I(x.dt()), P(rs.ptr), I(rs.dt()), L(n as i64), I(c as i32), I(rpc as i32)];
+            self.launch("rmsnorm", "rmsnorm_bwd_dw_partial_k", cfg, &args)?;
+            (partial, chunks)
+        };
         let cfg = self.grid(c);
         self.launch("elementwise", "colsum_finish_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(partial), I(chunks as i32), I(c as i32)])
     }

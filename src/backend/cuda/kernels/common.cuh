@@ -71,6 +71,26 @@ __device__ __forceinline__ uint2 pack_bf16x4(float4 v) {
     return packed;
 }
 
+// 8 bf16 <-> 8 floats through one 16-byte load / store (p 16-byte aligned).
+__device__ __forceinline__ void load_bf16x8(const __nv_bfloat16* p, float* f) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 v = __bfloat1622float2(h[k]);
+        f[2 * k] = v.x;
+        f[2 * k + 1] = v.y;
+    }
+}
+
+__device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* f) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
 // torch.sign semantics: sign(0) = 0 (and NaN -> 0, like the CPU reference).
 __device__ __forceinline__ float sign_of(float x) {
     return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);

@@ -107,25 +107,6 @@ extern "C" __global__ void layernorm_bwd_dw_finish_k(void* dw, int dtw, void* db
 #define LN_ROWS 4
 #define LN_MAXV 4
 
-__device__ __forceinline__ void ln_load8(const __nv_bfloat16* p, float* f) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        float2 v = __bfloat1622float2(h[k]);
-        f[2 * k] = v.x;
-        f[2 * k + 1] = v.y;
-    }
-}
-
-__device__ __forceinline__ void ln_store8(__nv_bfloat16* p, const float* f) {
-    uint4 u;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
-
 extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                                 const __nv_bfloat16* inp, const float* w, const float* mean,
                                                 const float* rstd, float* partial, i64 n, int c) {
@@ -148,8 +129,8 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
             const int j = (t * 32 + lane) * 8;
             if (j >= c) continue;
             float g[8], x[8];
-            ln_load8(dout + base + j, g);
-            ln_load8(inp + base + j, x);
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const float dn = g[k] * w[j + k];
@@ -164,9 +145,9 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
             const int j = (t * 32 + lane) * 8;
             if (j >= c) continue;
             float g[8], x[8], d[8];
-            ln_load8(dout + base + j, g);
-            ln_load8(inp + base + j, x);
-            ln_load8(dinp + base + j, d);
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
+            load_bf16x8(dinp + base + j, d);
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const float xh = (x[k] - mu) * rs, dn = g[k] * w[j + k];
@@ -174,7 +155,7 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
                 aw[t][k] += g[k] * xh;
                 ab[t][k] += g[k];
             }
-            ln_store8(dinp + base + j, d);
+            store_bf16x8(dinp + base + j, d);
         }
     }
     for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) red[i] = 0.0f;
@@ -212,7 +193,7 @@ extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean,
     for (int t = 0; t < LN_MAXV; t++) {
         const int j = (t * 32 + lane) * 8;
         if (j >= c) continue;
-        ln_load8(inp + base + j, x[t]);
+        load_bf16x8(inp + base + j, x[t]);
 #pragma unroll
         for (int k = 0; k < 8; k++) s += x[t][k];
     }
@@ -233,7 +214,7 @@ extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean,
         float o[8];
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = (x[t][k] - mu) * rs * w[j + k] + b[j + k];
-        ln_store8(out + base + j, o);
+        store_bf16x8(out + base + j, o);
     }
     if (lane == 0) {
         mean[row] = mu;

@@ -55,3 +55,103 @@ extern "C" __global__ void rmsnorm_bwd_dw_partial_k(float* partial, const void* 
         partial[(i64)blockIdx.y * c + col] = sw;
     }
 }
+
+// ---- bf16 activations (fp32 w, rstd): one read per row, 16-byte loads ----
+// Lane chunks of 8 elements, RMS_MAXV chunks per lane: c % 8 == 0 and
+// c <= 32 * 8 * RMS_MAXV (2048: llama-1b), 16-byte aligned rows; the host
+// checks. The backward also forms dw partials per block of RMS_WARPS *
+// RMS_ROWS rows (deterministic: warps add in a fixed order), summed by
+// colsum_finish_k.
+#define RMS_MAXV 8
+#define RMS_WARPS 8
+#define RMS_ROWS 4
+
+extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
+                                              const float* w, i64 n, int c, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const i64 base = row * c;
+    float x[RMS_MAXV][8];
+    float s = 0.0f;
+#pragma unroll
+    for (int t = 0; t < RMS_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+        load_bf16x8(inp + base + j, x[t]);
+#pragma unroll
+        for (int k = 0; k < 8; k++) s += x[t][k] * x[t][k];
+    }
+    const float rs = 1.0f / sqrtf(warp_sum(s) / c + eps);
+#pragma unroll
+    for (int t = 0; t < RMS_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+        float o[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = x[t][k] * rs * w[j + k];
+        store_bf16x8(out + base + j, o);
+    }
+    if (lane == 0) rstd[row] = rs;
+}
+
+extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+                                              const __nv_bfloat16* inp, const float* w, const float* rstd,
+                                              float* partial, i64 n, int c) {
+    extern __shared__ float red[];  // [c]: sum dout*xhat
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float aw[RMS_MAXV][8];
+#pragma unroll
+    for (int t = 0; t < RMS_MAXV; t++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) aw[t][k] = 0.0f;
+    const i64 row0 = ((i64)blockIdx.x * RMS_WARPS + warp) * RMS_ROWS;
+    for (int rr = 0; rr < RMS_ROWS; rr++) {
+        const i64 row = row0 + rr;
+        if (row >= n) break;  // warp-uniform
+        const i64 base = row * c;
+        const float rs = rstd[row];
+        float s = 0.0f;
+#pragma unroll
+        for (int t = 0; t < RMS_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8];
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
+#pragma unroll
+            for (int k = 0; k < 8; k++) s += g[k] * w[j + k] * x[k] * rs;
+        }
+        s = warp_sum(s) / c;
+#pragma unroll
+        for (int t = 0; t < RMS_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8], d[8];
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
+            load_bf16x8(dinp + base + j, d);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float xh = x[k] * rs;
+                d[k] += rs * (g[k] * w[j + k] - xh * s);
+                aw[t][k] += g[k] * xh;
+            }
+            store_bf16x8(dinp + base + j, d);
+        }
+    }
+    for (int i = threadIdx.x; i < c; i += blockDim.x) red[i] = 0.0f;
+    for (int wv = 0; wv < RMS_WARPS; wv++) {
+        __syncthreads();
+        if (warp != wv) continue;
+#pragma unroll
+        for (int t = 0; t < RMS_MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+#pragma unroll
+            for (int k = 0; k < 8; k++) red[j + k] += aw[t][k];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < c; i += blockDim.x) partial[(i64)blockIdx.x * c + i] = red[i];
+}

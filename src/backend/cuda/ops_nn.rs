@@ -81,7 +81,7 @@ impl CudaBackend {
             // One pass: dinp and the dw/db partials of each block of rows.
             let blocks = n.div_ceil(LN_FUSED_ROWS_PER_BLOCK);
             let partial = self.scratch(blocks * 2 * c * 4)?;
-            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (2 * c * 4) as u32 };
+            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (c * 4) as u32 };
             let args = [P(di.ptr), P(g.ptr), P(x.ptr), P(wd.ptr), P(mu.ptr), P(rs.ptr), P(partial), L(n as i64), I(c as i32)];
             self.launch("layernorm", "layernorm_bwd_bf16_k", cfg, &args)?;
             (partial, blocks)

@@ -91,6 +91,29 @@ __device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* f) {
     *reinterpret_cast<uint4*>(p) = u;
 }
 
+// Column sums of a block's rows for the warp-per-row norm kernels: each
+// lane holds acc[t][k] for columns (t*32 + lane)*8 + k; the warps add theirs
+// into red[0..c) one after another (a fixed order: deterministic), then the
+// block writes red to out[0..c). Every thread of the block must call it.
+template <int MAXV>
+__device__ void warps_colsum(float* red, const float (&acc)[MAXV][8], int c, float* out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) red[i] = 0.0f;
+    for (int wv = 0; wv < warps; wv++) {
+        __syncthreads();
+        if (warp != wv) continue;
+#pragma unroll
+        for (int t = 0; t < MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+#pragma unroll
+            for (int k = 0; k < 8; k++) red[j + k] += acc[t][k];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < c; i += blockDim.x) out[i] = red[i];
+}
+
 // torch.sign semantics: sign(0) = 0 (and NaN -> 0, like the CPU reference).
 __device__ __forceinline__ float sign_of(float x) {
     return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);

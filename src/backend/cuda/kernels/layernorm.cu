@@ -110,7 +110,7 @@ extern "C" __global__ void layernorm_bwd_dw_finish_k(void* dw, int dtw, void* db
 extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                                 const __nv_bfloat16* inp, const float* w, const float* mean,
                                                 const float* rstd, float* partial, i64 n, int c) {
-    extern __shared__ float red[];  // [2][c]: sum dout*xhat, sum dout
+    extern __shared__ float red[];  // [c]: column sums, dw then db
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float aw[LN_MAXV][8], ab[LN_MAXV][8];
 #pragma unroll
@@ -158,23 +158,8 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
             store_bf16x8(dinp + base + j, d);
         }
     }
-    for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) red[i] = 0.0f;
-    for (int wv = 0; wv < LN_WARPS; wv++) {
-        __syncthreads();
-        if (warp != wv) continue;
-#pragma unroll
-        for (int t = 0; t < LN_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                red[j + k] += aw[t][k];
-                red[c + j + k] += ab[t][k];
-            }
-        }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) partial[(i64)blockIdx.x * 2 * c + i] = red[i];
+    warps_colsum<LN_MAXV>(red, aw, c, partial + (i64)blockIdx.x * 2 * c);
+    warps_colsum<LN_MAXV>(red, ab, c, partial + (i64)blockIdx.x * 2 * c + c);
 }
 
 // Forward for bf16 input/output (fp32 w, b, mean, rstd): one warp per row,

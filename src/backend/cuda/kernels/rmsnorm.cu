@@ -140,18 +140,5 @@ extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bf
             store_bf16x8(dinp + base + j, d);
         }
     }
-    for (int i = threadIdx.x; i < c; i += blockDim.x) red[i] = 0.0f;
-    for (int wv = 0; wv < RMS_WARPS; wv++) {
-        __syncthreads();
-        if (warp != wv) continue;
-#pragma unroll
-        for (int t = 0; t < RMS_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-#pragma unroll
-            for (int k = 0; k < 8; k++) red[j + k] += aw[t][k];
-        }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < c; i += blockDim.x) partial[(i64)blockIdx.x * c + i] = red[i];
+    warps_colsum<RMS_MAXV>(red, aw, c, partial + (i64)blockIdx.x * c);
 }

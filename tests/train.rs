@@ -121,24 +121,29 @@ fn init_from_hugging_face_checkpoint() {
     use ferrotron::data::{Dataset, Loader, Split};
     use ferrotron::model::Model;
     let tmp = tempfile::tempdir().unwrap();
-    let first = cfg(tmp.path(), "src", &["model.preset=tiny-llama", "model.d_ff=48", "model.n_kv_heads=1"]);
+    // vocab 300: 320 rows with the default vocabulary padding (multiple of 64).
+    let first = cfg(tmp.path(), "src", &["model.preset=tiny-llama", "model.d_ff=48", "model.n_kv_heads=1", "model.vocab_size=300"]);
     train(&first, None).unwrap();
     let (src_cfg, weights) = ferrotron::train::generate::load_run_weights(&tmp.path().join("src")).unwrap();
     let hf = tmp.path().join("hf");
     ferrotron::ckpt::export(&hf, &src_cfg.model, &ferrotron::model::layout::ParamLayout::new(&src_cfg.model), &weights, ferrotron::ckpt::Dtype::F32).unwrap();
 
-    // Deliberately give another shape: init_from's config.json must win.
-    let init = format!("model.init_from=\"{}\"", hf.display());
-    let c = cfg(tmp.path(), "ft", &[&init, "model.d_model=64", "train.steps=1"]);
-    let run = train(&c, None).unwrap();
-
     let mut b = CpuBackend::new();
     let mut m = Model::new(&mut b, &src_cfg.model, false).unwrap();
     m.set_params(&mut b, &weights).unwrap();
-    let data = Dataset::open("builtin").unwrap();
-    let batch = Loader::new(&data, Split::Train, 4, 32, c.seed, 0, 1).unwrap().next_batch().unwrap();
-    let expected = m.eval_loss(&mut b, &batch.inputs, &batch.targets, 4, 32).unwrap();
-    assert_eq!(run.losses[0], expected);
-    let saved = std::fs::read_to_string(tmp.path().join("ft/config.toml")).unwrap();
-    assert!(saved.contains("d_model = 32") && saved.contains("init_from"), "{saved}");
+    // Deliberately give another shape: init_from's config.json must win; the
+    // vocabulary padding is ours to choose (none, the default, more).
+    let init = format!("model.init_from=\"{}\"", hf.display());
+    for multiple in [64, 1, 128] {
+        let name = format!("ft{multiple}");
+        let c = cfg(tmp.path(), &name, &[&init, "model.d_model=64", "train.steps=1", &format!("model.vocab_multiple={multiple}")]);
+        let run = train(&c, None).unwrap();
+        let data = Dataset::open("builtin").unwrap();
+        let batch = Loader::new(&data, Split::Train, 4, 32, c.seed, 0, 1).unwrap().next_batch().unwrap();
+        let expected = m.eval_loss(&mut b, &batch.inputs, &batch.targets, 4, 32).unwrap();
+        assert_eq!(run.losses[0], expected, "vocab_multiple {multiple}");
+        let saved = std::fs::read_to_string(tmp.path().join(&name).join("config.toml")).unwrap();
+        assert!(saved.contains("d_model = 32") && saved.contains("init_from"), "{saved}");
+        assert!(saved.contains(&format!("vocab_multiple = {multiple}")), "{saved}");
+    }
 }

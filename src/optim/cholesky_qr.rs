@@ -65,7 +65,8 @@ fn is_identity(g: &[f64], r: usize) -> bool {
 /// not numerically positive definite.
 pub fn equilibrated_cholesky_inverse(g: &[f64], r: usize) -> Option<Vec<f64>> {
     let d: Vec<f64> = (0..r).map(|i| g[i * r + i].sqrt()).collect();
-    if d.iter().any(|&x| !(x > 0.0) || !x.is_finite()) {
+    // Not `x <= 0.0`: a NaN must also refuse.
+    if !d.iter().all(|&x| x.is_finite() && x > 0.0) {
         return None;
     }
     let c: Vec<f64> = (0..r * r).map(|i| g[i] / (d[i / r] * d[i % r])).collect();
@@ -83,7 +84,7 @@ fn cholesky(c: &[f64], r: usize) -> Option<Vec<f64>> {
         for j in 0..=i {
             let s: f64 = c[i * r + j] - (0..j).map(|k| l[i * r + k] * l[j * r + k]).sum::<f64>();
             if i == j {
-                if !(s > 1e-10) {
+                if s.is_nan() || s <= 1e-10 {
                     return None;
                 }
                 l[i * r + i] = s.sqrt();

@@ -166,6 +166,31 @@ pub struct OptimizerConfig {
     pub rho: f32,
     /// Muon: Nesterov momentum coefficient μ.
     pub momentum: f32,
+    /// Parameter groups: which tensors get which settings, overriding the
+    /// defaults (see [`GroupRule`]); the first rule naming a tensor applies.
+    pub groups: Vec<GroupRule>,
+}
+
+/// One `[[optimizer.groups]]` entry.
+///
+/// Defaults without rules: matrix optimizers update the attention/MLP
+/// weight matrices and hand everything else to AdamW; weight decay on
+/// matrices, embeddings and the head, none on norms and biases.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupRule {
+    /// Shown by `ferrotron info`; empty = `groups[i]`.
+    pub name: String,
+    /// Glob patterns (`*` any run of characters, `?` one) over tensor
+    /// names such as `h.3.attn.qkv.w` (`ferrotron info` lists them).
+    pub tensors: Vec<String>,
+    /// Weight decay of these tensors instead of the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    /// `adamw`: a matrix optimizer hands these tensors to its AdamW part;
+    /// the optimizer's own name: it updates these (2-D) tensors itself.
+    /// Empty: the default placement.
+    pub optimizer: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -262,6 +287,7 @@ impl Default for OptimizerConfig {
             scale: 1.0,
             rho: 0.25,
             momentum: 0.95,
+            groups: Vec::new(),
         }
     }
 }
@@ -533,6 +559,7 @@ impl Config {
             bail!("optimizer.weight_decay must be >= 0, got {}", self.optimizer.weight_decay);
         }
         self.optimizer.validate()?;
+        crate::optim::groups::check_rules(&crate::model::layout::ParamLayout::new(&self.model), &self.optimizer)?;
         if !SCHEDULES.contains(&t.schedule.as_str()) {
             bail!("train.schedule = `{}` is unknown; available: {}", t.schedule, SCHEDULES.join(", "));
         }

@@ -875,3 +875,98 @@ fn bench_optim_measures_exactly_the_planned_state() {
         assert!(r.median_step_ms > 0.0 && r.copy_bytes_per_s > 0.0, "{name}");
     }
 }
+
+// ------------------------------------------- parameter groups in the config
+
+/// Parameters after `steps` steps of the harness's optimizer.
+fn run_steps(opt: &[&str], steps: usize) -> Vec<f32> {
+    let mut h = harness(opt);
+    let mut o = build(&mut h);
+    let n = h.layout.total;
+    drive(&mut h, o.as_mut(), steps, &|t| normal(900 + t as u64, n, 0.01), &|_| 1e-2, &|_| 1.0).pop().unwrap()
+}
+
+/// A rule handing every matrix to AdamW turns a matrix optimizer into AdamW
+/// (at its `adamw_lr`): same parameters, bit for bit, as AdamW itself.
+#[test]
+fn groups_rule_hands_matrices_to_adamw() {
+    let to_adamw = r#"optimizer.groups=[{name="all", tensors=["h.*.w"], optimizer="adamw"}]"#;
+    let muon = run_steps(&["optimizer.name=muon", "optimizer.adamw_lr=1e-2", "optimizer.lr=1e-2", "optimizer.weight_decay=0.1", "optimizer.beta2=0.999", to_adamw], 4);
+    let adamw = run_steps(&["optimizer.name=adamw", "optimizer.weight_decay=0.1", "optimizer.beta2=0.999", "optimizer.beta1=0.9", "optimizer.eps=1e-8"], 4);
+    assert_eq!(muon, adamw);
+}
+
+/// A weight-decay rule equals the same decay set globally when it covers
+/// every decayed tensor, and leaves the tensors it does not name alone.
+#[test]
+fn groups_rule_sets_weight_decay() {
+    let all = r#"optimizer.groups=[{tensors=["*"], weight_decay=0.3}]"#;
+    let by_rule = run_steps(&["optimizer.name=lion", "optimizer.weight_decay=0.0", all], 3);
+    let h = harness(&[]);
+    // Norms get 0.3 too under the rule: compare against a run where the
+    // global decay is 0.3 only on the decayed kinds, tensor by tensor.
+    let global = run_steps(&["optimizer.name=lion", "optimizer.weight_decay=0.3"], 3);
+    let none = run_steps(&["optimizer.name=lion", "optimizer.weight_decay=0.0"], 3);
+    for p in &h.layout.params {
+        let r = p.offset..p.offset + p.numel();
+        if decays(p.kind) {
+            assert_eq!(by_rule[r.clone()], global[r], "{}", p.name);
+        } else {
+            assert_ne!(by_rule[r.clone()], none[r], "{}: the rule decays norms too", p.name);
+        }
+    }
+}
+
+/// Putting the (untied) head under Muon: planned as a Muon group, allocated
+/// exactly as planned, and the head is updated by Muon (its update is an
+/// orthogonalized matrix, not AdamW's elementwise step).
+#[test]
+fn groups_rule_puts_the_head_under_a_matrix_optimizer() {
+    let head = r#"optimizer.groups=[{name="head", tensors=["lm_head"], optimizer="muon"}]"#;
+    let sets = ["optimizer.name=muon", "model.tied_embeddings=false", head];
+    let h = harness(&sets);
+    let plan = optim::plan(&h.cfg.optimizer, &h.layout).unwrap();
+    let row = plan.iter().find(|r| r.group == "head").expect("a head group");
+    assert_eq!((row.rule.as_str(), row.tensors.clone()), ("muon", vec!["lm_head".to_string()]));
+    let info = h.layout.must("lm_head");
+    assert_eq!(row.state_bytes, 4 * info.numel() as u64);
+    let mut b = CpuBackend::new();
+    let before = b.live_bytes();
+    let _opt = optim::build(&mut b, &h.cfg.optimizer, &h.layout, 1).unwrap();
+    let planned: u64 = plan.iter().map(|r| r.state_bytes).sum();
+    assert_eq!(b.live_bytes() - before, planned + optim::workspace_plan(&h.cfg.optimizer, &h.layout).bytes_on("cpu"));
+    // Muon's step on the head: one step from zero momentum is lr·scale·NS(g);
+    // NS pushes singular values towards 1, so the update's singular values
+    // are all of similar size, unlike AdamW's first step (≈ lr·sign(g)).
+    let p0 = initial(&h);
+    let p1 = run_steps(&sets, 1);
+    let (rows, cols) = (info.shape[0], info.shape[1]);
+    let delta: Vec<f64> = (0..info.numel()).map(|k| p1[info.offset + k] as f64 - p0[info.offset + k]).collect();
+    let sv = singular_values(&delta, rows, cols);
+    let (max, min) = (sv.iter().cloned().fold(0.0, f64::max), sv.iter().cloned().fold(f64::MAX, f64::min));
+    assert!(min > 0.3 * max, "head update singular values {sv:?}: not orthogonalized");
+}
+
+#[test]
+fn groups_rules_are_checked() {
+    let err = |sets: &[&str]| config::load(None, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err().to_string();
+    let e = err(&[r#"optimizer.groups=[{tensors=["h.*.attn.nope"]}]"#]);
+    assert!(e.contains("optimizer.groups[0]") && e.contains("matches no tensor") && e.contains("h.0"), "{e}");
+    let e = err(&["optimizer.name=lion", r#"optimizer.groups=[{tensors=["wte"], optimizer="adamw"}]"#]);
+    assert!(e.contains("only the matrix optimizers"), "{e}");
+    let e = err(&["optimizer.name=muon", r#"optimizer.groups=[{tensors=["h.*.ln1.w"], optimizer="muon"}]"#]);
+    assert!(e.contains("2-D matrices only") && e.contains("h.0.ln1.w"), "{e}");
+    let e = err(&["optimizer.name=muon", r#"optimizer.groups=[{tensors=["wte"], optimizer="sgd"}]"#]);
+    assert!(e.contains("use `adamw` or `muon`"), "{e}");
+    let e = err(&[r#"optimizer.groups=[{tensors=["wte"], weight_decay=-1.0}]"#]);
+    assert!(e.contains("weight_decay must be ≥ 0"), "{e}");
+    let e = err(&[r#"optimizer.groups=[{weight_decay=0.0}]"#]);
+    assert!(e.contains("names no tensors"), "{e}");
+}
+
+#[test]
+fn glob_patterns() {
+    use ferrotron::optim::groups::glob_match as m;
+    assert!(m("h.*.attn.qkv.w", "h.11.attn.qkv.w") && m("*", "") && m("wte", "wte") && m("h.?.ln1.*", "h.3.ln1.b"));
+    assert!(!m("h.?.ln1.*", "h.12.ln1.b") && !m("wte", "wpe") && !m("h.*.w", "h.1.mlp.fc.b") && !m("", "x"));
+}

@@ -108,7 +108,7 @@ pub fn plan_groups(groups: &[ParamGroup]) -> Vec<GroupPlan> {
 }
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Vec<GroupPlan> {
-    plan_groups(&default_groups(layout, cfg.weight_decay))
+    plan_groups(&default_groups(layout, cfg))
 }
 
 pub struct AdamW {
@@ -120,7 +120,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Self> {
-        let part = AdamWPart::new(b, &default_groups(layout, cfg.weight_decay))?;
+        let part = AdamWPart::new(b, &default_groups(layout, cfg))?;
         Ok(AdamW { cfg: cfg.clone(), part, steps: 0 })
     }
 }

@@ -22,7 +22,7 @@
 
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
-use super::plan::{row, GroupPlan, WorkspacePlan};
+use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
@@ -72,16 +72,15 @@ fn workspace_lens(rank: usize, matrices: &[TensorRef]) -> [usize; 6] {
 
 /// Scratch bytes the optimizer will allocate.
 pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
-    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let (matrices, _) = matrix_split(layout, cfg);
     let elems: usize = workspace_lens(cfg.rank, &matrices.tensors).iter().sum();
     WorkspacePlan { fp32_bytes: 4 * elems as u64, newton_schulz_bytes: 0 }
 }
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout, mini: bool) -> Result<Vec<GroupPlan>> {
-    let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+    let (matrices, rest) = matrix_split(layout, cfg);
     check(cfg, &matrices.tensors)?;
-    let bytes = matrices.tensors.iter().map(|t| 4 * state_elems(t, cfg.rank) as u64).sum();
-    let mut rows = vec![row(&matrices, &rule(cfg, mini), bytes)];
+    let mut rows = matrix_rows(&matrices, &rule(cfg, mini), |t| 4 * state_elems(t, cfg.rank) as u64);
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     Ok(rows)
@@ -119,7 +118,6 @@ pub struct Apollo {
     mini: bool,
     seed: u64,
     mats: Vec<Mat>,
-    weight_decay: f32,
     adam: AdamWPart,
     ws: Workspace,
     steps: u64,
@@ -136,7 +134,7 @@ fn alloc<B: Backend>(b: &mut B, len: usize) -> Result<View> {
 
 impl Apollo {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout, seed: u64, mini: bool) -> Result<Self> {
-        let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+        let (matrices, rest) = matrix_split(layout, cfg);
         check(cfg, &matrices.tensors)?;
         let r = cfg.rank;
         let mut mats = vec![];
@@ -149,7 +147,7 @@ impl Apollo {
         let ws = Workspace { r: alloc(b, rl)?, n: alloc(b, nl)?, gt: alloc(b, gl)?, n1: alloc(b, n1)?, n2: alloc(b, n2)?, s: alloc(b, sl)? };
         let adam = AdamWPart::new(b, &rest)?;
         let prev_norm = vec![None; mats.len()];
-        Ok(Apollo { cfg: cfg.clone(), mini, seed, mats, weight_decay: matrices.weight_decay, adam, ws, steps: 0, proj_for: None, prev_norm })
+        Ok(Apollo { cfg: cfg.clone(), mini, seed, mats, adam, ws, steps: 0, proj_for: None, prev_norm })
     }
 
     fn name_str(&self) -> &'static str {
@@ -223,7 +221,7 @@ impl Apollo {
         self.prev_norm[i] = Some(norm / limiter);
         let t = self.steps as f64;
         let step_size = lr as f64 * (1.0 - (c.beta2 as f64).powf(t)).sqrt() / (1.0 - (c.beta1 as f64).powf(t));
-        let decay = 1.0 - lr as f64 * self.weight_decay as f64;
+        let decay = 1.0 - lr as f64 * mat.t.weight_decay as f64;
         let p = mat.t.view(params);
         b.axpby(p, gt, (-decay * step_size / limiter) as f32, decay as f32)?;
         b.params_changed(p)

@@ -33,7 +33,7 @@ use super::groups::matrix_split;
 use super::cholesky_qr::{download64, orthonormalize, upload64, QrScratch};
 use super::linalg::sym_eig;
 use super::newton_schulz::{NsWorkspace, STEPS};
-use super::plan::{row, GroupPlan, WorkspacePlan};
+use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
@@ -58,9 +58,8 @@ fn state_elems(t: &TensorRef, r: usize) -> usize {
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan>> {
     ensure!(cfg.rank >= 1, "optimizer.rank must be at least 1 for COSMOS");
-    let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
-    let bytes = matrices.tensors.iter().map(|t| 4 * state_elems(t, rank_for(cfg, t)) as u64).sum();
-    let mut rows = vec![row(&matrices, &format!("cosmos (rank {} capped at the input side)", cfg.rank), bytes)];
+    let (matrices, rest) = matrix_split(layout, cfg);
+    let mut rows = matrix_rows(&matrices, &format!("cosmos (rank {} capped at the input side)", cfg.rank), |t| 4 * state_elems(t, rank_for(cfg, t)) as u64);
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     Ok(rows)
@@ -77,7 +76,7 @@ fn workspace_lens(mats: &[(&TensorRef, usize)]) -> ([usize; 9], (usize, usize)) 
 
 /// Scratch bytes the optimizer will allocate.
 pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
-    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let (matrices, _) = matrix_split(layout, cfg);
     let mats: Vec<(&TensorRef, usize)> = matrices.tensors.iter().map(|t| (t, rank_for(cfg, t))).collect();
     let (lens, (numel, side)) = workspace_lens(&mats);
     let ns = NsWorkspace::bytes_for(numel, side);
@@ -121,7 +120,6 @@ pub struct Cosmos {
     cfg: OptimizerConfig,
     seed: u64,
     mats: Vec<Mat>,
-    weight_decay: f32,
     adam: AdamWPart,
     ws: Workspace,
     steps: u64,
@@ -130,7 +128,7 @@ pub struct Cosmos {
 impl Cosmos {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout, seed: u64) -> Result<Self> {
         plan(cfg, layout)?;
-        let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+        let (matrices, rest) = matrix_split(layout, cfg);
         let mut mats = vec![];
         for t in &matrices.tensors {
             let (m, n, r) = (t.rows(), t.cols(), rank_for(cfg, t));
@@ -151,7 +149,7 @@ impl Cosmos {
             ns: NsWorkspace::new(b, numel, side)?,
         };
         let adam = AdamWPart::new(b, &rest)?;
-        Ok(Cosmos { cfg: cfg.clone(), seed, mats, weight_decay: matrices.weight_decay, adam, ws, steps: 0 })
+        Ok(Cosmos { cfg: cfg.clone(), seed, mats, adam, ws, steps: 0 })
     }
 
     /// Step 1: P = leading eigenvectors of GᵀG (subspace iteration +
@@ -229,7 +227,7 @@ impl Cosmos {
         b.axpby(a, o, (GAMMA * scale / (on + c.eps as f64)) as f32, 1.0)?;
         let un = b.sum_squares(a)?.sqrt();
         let p = x.t.view(params);
-        b.axpby(p, a, (-(lr as f64) * scale / (un + c.eps as f64)) as f32, 1.0 - lr * self.weight_decay)?;
+        b.axpby(p, a, (-(lr as f64) * scale / (un + c.eps as f64)) as f32, 1.0 - lr * x.t.weight_decay)?;
         b.params_changed(p)
     }
 }

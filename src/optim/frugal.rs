@@ -60,10 +60,10 @@ pub fn choose(seed: u64, k: u64, matrices: &[TensorRef], budget: usize) -> Vec<u
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan>> {
     check(cfg)?;
-    let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+    let (matrices, rest) = matrix_split(layout, cfg);
     let pool = pool_len(cfg.rho, &matrices.tensors);
     let rule = format!("frugal (AdamW on rho = {} of them, signSGD on the rest, re-chosen every {} steps)", cfg.rho, cfg.update_every);
-    let mut rows = vec![row(&matrices, &rule, 8 * pool as u64)];
+    let mut rows = vec![row(&matrices.combined(), &rule, 8 * pool as u64)];
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     Ok(rows)
@@ -73,7 +73,6 @@ pub struct Frugal {
     cfg: OptimizerConfig,
     seed: u64,
     matrices: Vec<TensorRef>,
-    weight_decay: f32,
     m: View,
     v: View,
     adam: AdamWPart,
@@ -86,12 +85,12 @@ pub struct Frugal {
 impl Frugal {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout, seed: u64) -> Result<Self> {
         check(cfg)?;
-        let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+        let (matrices, rest) = matrix_split(layout, cfg);
         let pool = pool_len(cfg.rho, &matrices.tensors);
         let m = View::whole(b.alloc(pool, DType::F32)?, pool);
         let v = View::whole(b.alloc(pool, DType::F32)?, pool);
         let adam = AdamWPart::new(b, &rest)?;
-        Ok(Frugal { cfg: cfg.clone(), seed, weight_decay: matrices.weight_decay, matrices: matrices.tensors, m, v, adam, steps: 0, chosen: vec![], chosen_for: None })
+        Ok(Frugal { cfg: cfg.clone(), seed, matrices: matrices.tensors, m, v, adam, steps: 0, chosen: vec![], chosen_for: None })
     }
 
     /// The state-full matrices (layout names) for the current period.
@@ -129,17 +128,16 @@ impl<B: Backend> Optimizer<B> for Frugal {
         let local_step = self.steps % period + 1;
         self.steps += 1;
         let c = &self.cfg;
-        let wd = self.weight_decay;
         let mut full = vec![None; self.matrices.len()];
         self.chosen.iter().for_each(|&(i, off)| full[i] = Some(off));
         for (t, off) in self.matrices.iter().zip(full) {
             let (p, g) = (t.view(params), t.view(grads));
             match off {
                 Some(o) => {
-                    let args = AdamWArgs { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: wd, step: local_step, grad_scale };
+                    let args = AdamWArgs { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: t.weight_decay, step: local_step, grad_scale };
                     b.adamw(p, g, self.m.sub(o, t.numel()), self.v.sub(o, t.numel()), args)?;
                 }
-                None => b.sign_descent(p, g, SignArgs { lr: lr * c.scale, weight_decay: wd, grad_scale })?,
+                None => b.sign_descent(p, g, SignArgs { lr: lr * c.scale, weight_decay: t.weight_decay, grad_scale })?,
             }
             b.params_changed(p)?;
         }

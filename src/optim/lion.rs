@@ -13,7 +13,7 @@ use anyhow::Result;
 pub const BYTES_PER_PARAM: u64 = 4;
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Vec<GroupPlan> {
-    default_groups(layout, cfg.weight_decay).iter().map(|g| row(g, "lion", BYTES_PER_PARAM * g.numel() as u64)).collect()
+    default_groups(layout, cfg).iter().map(|g| row(g, "lion", BYTES_PER_PARAM * g.numel() as u64)).collect()
 }
 
 pub struct Lion {
@@ -27,7 +27,7 @@ pub struct Lion {
 impl Lion {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Self> {
         let m = View::whole(b.alloc(layout.total, DType::F32)?, layout.total);
-        Ok(Lion { cfg: cfg.clone(), groups: default_groups(layout, cfg.weight_decay), m, steps: 0 })
+        Ok(Lion { cfg: cfg.clone(), groups: default_groups(layout, cfg), m, steps: 0 })
     }
 }
 

@@ -12,7 +12,7 @@
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
 use super::newton_schulz::{NsWorkspace, STEPS};
-use super::plan::{row, GroupPlan, WorkspacePlan};
+use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
 use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
@@ -22,15 +22,15 @@ use anyhow::Result;
 /// Scratch bytes (fp32) the optimizer will allocate: the Newton–Schulz
 /// buffers for the largest matrix.
 pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
-    let (matrices, _) = matrix_split(layout, cfg.weight_decay);
+    let (matrices, _) = matrix_split(layout, cfg);
     let (numel, side) = NsWorkspace::sizes_for(&matrices.tensors);
     let ns = NsWorkspace::bytes_for(numel, side);
     WorkspacePlan { fp32_bytes: ns, newton_schulz_bytes: ns }
 }
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Vec<GroupPlan> {
-    let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
-    let mut rows = vec![row(&matrices, "muon", 4 * matrices.numel() as u64)];
+    let (matrices, rest) = matrix_split(layout, cfg);
+    let mut rows = matrix_rows(&matrices, "muon", |t| 4 * t.numel() as u64);
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     rows
@@ -44,7 +44,6 @@ pub fn shape_scale(rows: usize, cols: usize) -> f32 {
 pub struct Muon {
     cfg: OptimizerConfig,
     matrices: Vec<TensorRef>,
-    weight_decay: f32,
     /// Momentum buffers, compact in layout order; `offs[i]` per matrix.
     buf: View,
     offs: Vec<usize>,
@@ -55,14 +54,14 @@ pub struct Muon {
 
 impl Muon {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Self> {
-        let (matrices, rest) = matrix_split(layout, cfg.weight_decay);
+        let (matrices, rest) = matrix_split(layout, cfg);
         let offs: Vec<usize> = matrices.tensors.iter().scan(0, |o, t| { let at = *o; *o += t.numel(); Some(at) }).collect();
         let total = matrices.numel();
         let buf = View::whole(b.alloc(total, DType::F32)?, total);
         let (max_numel, max_side) = NsWorkspace::sizes_for(&matrices.tensors);
         let ns = NsWorkspace::new(b, max_numel, max_side)?;
         let adam = AdamWPart::new(b, &rest)?;
-        Ok(Muon { cfg: cfg.clone(), weight_decay: matrices.weight_decay, matrices: matrices.tensors, buf, offs, adam, ns, steps: 0 })
+        Ok(Muon { cfg: cfg.clone(), matrices: matrices.tensors, buf, offs, adam, ns, steps: 0 })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -74,7 +73,7 @@ impl Muon {
         b.axpby(u, g, (1.0 - mu) * grad_scale, 0.0)?;
         b.axpby(u, m, mu, 1.0)?;
         let o = self.ns.run(b, t.rows(), t.cols(), STEPS)?;
-        b.axpby(p, o, -lr * shape_scale(t.rows(), t.cols()), 1.0 - lr * self.weight_decay)?;
+        b.axpby(p, o, -lr * shape_scale(t.rows(), t.cols()), 1.0 - lr * t.weight_decay)?;
         b.params_changed(p)
     }
 }

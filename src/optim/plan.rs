@@ -72,6 +72,12 @@ pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan
     })
 }
 
+/// Plan rows of a matrix optimizer's matrix groups: `bytes(t)` of state per
+/// tensor, summed per group.
+pub fn matrix_rows(m: &super::groups::Matrices, rule: &str, bytes: impl Fn(&super::TensorRef) -> u64) -> Vec<GroupPlan> {
+    m.groups.iter().map(|g| row(g, rule, g.tensors.iter().map(&bytes).sum())).collect()
+}
+
 /// A plan row for `group` under `rule` with `state_bytes`.
 pub fn row(group: &super::ParamGroup, rule: &str, state_bytes: u64) -> GroupPlan {
     GroupPlan {

@@ -91,6 +91,73 @@ __device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* f) {
     *reinterpret_cast<uint4*>(p) = u;
 }
 
+// A row of c bf16 values into a lane's registers for the warp-per-row norm
+// kernels: x[t][k] holds column (t*32 + lane)*8 + k (chunks past c are left
+// untouched: callers skip them with the same `j < c` test).
+template <int MAXV>
+__device__ __forceinline__ void load_row_bf16x8(const __nv_bfloat16* row, int c, float (&x)[MAXV][8]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j < c) load_bf16x8(row + j, x[t]);
+    }
+}
+
+// Backward of a warp-per-row norm over bf16 activations for the warp's
+// `rows` rows from `row0`: LayerNorm when CENTER (xhat = (x - mean)·rstd),
+// RMSNorm otherwise (xhat = x·rstd). With dn = dout·w:
+//   dinp += rstd·(dn - mean(dn)·[CENTER] - xhat·mean(dn·xhat)),
+// and per column aw += dout·xhat (the weight gradient), ab += dout (the
+// bias gradient, CENTER only).
+template <int MAXV, bool CENTER>
+__device__ __forceinline__ void norm_bwd_rows(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+                                              const __nv_bfloat16* inp, const float* w, const float* mean,
+                                              const float* rstd, i64 row0, int rows, i64 n, int c,
+                                              float (&aw)[MAXV][8], float (&ab)[MAXV][8]) {
+    const int lane = threadIdx.x & 31;
+    for (int rr = 0; rr < rows; rr++) {
+        const i64 row = row0 + rr;
+        if (row >= n) break;  // warp-uniform
+        const i64 base = row * c;
+        const float mu = CENTER ? mean[row] : 0.0f, rs = rstd[row];
+        float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+        for (int t = 0; t < MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8];
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float dn = g[k] * w[j + k];
+                s1 += dn;
+                s2 += dn * (x[k] - mu) * rs;
+            }
+        }
+        s1 = CENTER ? warp_sum(s1) / c : 0.0f;
+        s2 = warp_sum(s2) / c;
+#pragma unroll
+        for (int t = 0; t < MAXV; t++) {
+            const int j = (t * 32 + lane) * 8;
+            if (j >= c) continue;
+            float g[8], x[8], d[8];
+            load_bf16x8(dout + base + j, g);
+            load_bf16x8(inp + base + j, x);
+            load_bf16x8(dinp + base + j, d);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float xh = (x[k] - mu) * rs;
+                d[k] += rs * (g[k] * w[j + k] - s1 - xh * s2);
+                aw[t][k] += g[k] * xh;
+                if (CENTER) ab[t][k] += g[k];
+            }
+            store_bf16x8(dinp + base + j, d);
+        }
+    }
+}
+
 // Column sums of a block's rows for the warp-per-row norm kernels: each
 // lane holds acc[t][k] for columns (t*32 + lane)*8 + k; the warps add theirs
 // into red[0..c) one after another (a fixed order: deterministic), then the

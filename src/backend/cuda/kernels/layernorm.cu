@@ -111,53 +111,14 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
                                                 const __nv_bfloat16* inp, const float* w, const float* mean,
                                                 const float* rstd, float* partial, i64 n, int c) {
     extern __shared__ float red[];  // [c]: column sums, dw then db
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warp = threadIdx.x >> 5;
     float aw[LN_MAXV][8], ab[LN_MAXV][8];
 #pragma unroll
     for (int t = 0; t < LN_MAXV; t++)
 #pragma unroll
         for (int k = 0; k < 8; k++) aw[t][k] = ab[t][k] = 0.0f;
     const i64 row0 = ((i64)blockIdx.x * LN_WARPS + warp) * LN_ROWS;
-    for (int rr = 0; rr < LN_ROWS; rr++) {
-        const i64 row = row0 + rr;
-        if (row >= n) break;  // warp-uniform
-        const i64 base = row * c;
-        const float mu = mean[row], rs = rstd[row];
-        float s1 = 0.0f, s2 = 0.0f;
-#pragma unroll
-        for (int t = 0; t < LN_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float dn = g[k] * w[j + k];
-                s1 += dn;
-                s2 += dn * (x[k] - mu) * rs;
-            }
-        }
-        s1 = warp_sum(s1) / c;
-        s2 = warp_sum(s2) / c;
-#pragma unroll
-        for (int t = 0; t < LN_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8], d[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-            load_bf16x8(dinp + base + j, d);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float xh = (x[k] - mu) * rs, dn = g[k] * w[j + k];
-                d[k] += rs * (dn - s1 - xh * s2);
-                aw[t][k] += g[k] * xh;
-                ab[t][k] += g[k];
-            }
-            store_bf16x8(dinp + base + j, d);
-        }
-    }
+    norm_bwd_rows<LN_MAXV, true>(dinp, dout, inp, w, mean, rstd, row0, LN_ROWS, n, c, aw, ab);
     warps_colsum<LN_MAXV>(red, aw, c, partial + (i64)blockIdx.x * 2 * c);
     warps_colsum<LN_MAXV>(red, ab, c, partial + (i64)blockIdx.x * 2 * c + c);
 }
@@ -173,15 +134,13 @@ extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean,
     if (row >= n) return;
     const i64 base = row * c;
     float x[LN_MAXV][8];
+    load_row_bf16x8<LN_MAXV>(inp + base, c, x);
     float s = 0.0f;
 #pragma unroll
-    for (int t = 0; t < LN_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
-        load_bf16x8(inp + base + j, x[t]);
+    for (int t = 0; t < LN_MAXV; t++)
+        if ((t * 32 + lane) * 8 < c)
 #pragma unroll
-        for (int k = 0; k < 8; k++) s += x[t][k];
-    }
+            for (int k = 0; k < 8; k++) s += x[t][k];
     const float mu = warp_sum(s) / c;
     float v = 0.0f;
 #pragma unroll

@@ -73,15 +73,13 @@ extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, c
     if (row >= n) return;
     const i64 base = row * c;
     float x[RMS_MAXV][8];
+    load_row_bf16x8<RMS_MAXV>(inp + base, c, x);
     float s = 0.0f;
 #pragma unroll
-    for (int t = 0; t < RMS_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
-        load_bf16x8(inp + base + j, x[t]);
+    for (int t = 0; t < RMS_MAXV; t++)
+        if ((t * 32 + lane) * 8 < c)
 #pragma unroll
-        for (int k = 0; k < 8; k++) s += x[t][k] * x[t][k];
-    }
+            for (int k = 0; k < 8; k++) s += x[t][k] * x[t][k];
     const float rs = 1.0f / sqrtf(warp_sum(s) / c + eps);
 #pragma unroll
     for (int t = 0; t < RMS_MAXV; t++) {
@@ -99,46 +97,13 @@ extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bf
                                               const __nv_bfloat16* inp, const float* w, const float* rstd,
                                               float* partial, i64 n, int c) {
     extern __shared__ float red[];  // [c]: sum dout*xhat
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float aw[RMS_MAXV][8];
+    const int warp = threadIdx.x >> 5;
+    float aw[RMS_MAXV][8], unused[RMS_MAXV][8];  // no bias: `unused` is never touched
 #pragma unroll
     for (int t = 0; t < RMS_MAXV; t++)
 #pragma unroll
         for (int k = 0; k < 8; k++) aw[t][k] = 0.0f;
     const i64 row0 = ((i64)blockIdx.x * RMS_WARPS + warp) * RMS_ROWS;
-    for (int rr = 0; rr < RMS_ROWS; rr++) {
-        const i64 row = row0 + rr;
-        if (row >= n) break;  // warp-uniform
-        const i64 base = row * c;
-        const float rs = rstd[row];
-        float s = 0.0f;
-#pragma unroll
-        for (int t = 0; t < RMS_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-#pragma unroll
-            for (int k = 0; k < 8; k++) s += g[k] * w[j + k] * x[k] * rs;
-        }
-        s = warp_sum(s) / c;
-#pragma unroll
-        for (int t = 0; t < RMS_MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8], d[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-            load_bf16x8(dinp + base + j, d);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float xh = x[k] * rs;
-                d[k] += rs * (g[k] * w[j + k] - xh * s);
-                aw[t][k] += g[k] * xh;
-            }
-            store_bf16x8(dinp + base + j, d);
-        }
-    }
+    norm_bwd_rows<RMS_MAXV, false>(dinp, dout, inp, w, nullptr, rstd, row0, RMS_ROWS, n, c, aw, unused);
     warps_colsum<RMS_MAXV>(red, aw, c, partial + (i64)blockIdx.x * c);
 }

@@ -844,6 +844,24 @@ fn resume_mid_run_is_exact_for_every_optimizer() {
     }
 }
 
+/// The same with parameter groups (the head under Muon, one layer handed to
+/// AdamW with its own decay): the rules are saved with the run and the
+/// resumed run continues bit for bit.
+#[test]
+fn resume_is_exact_with_parameter_groups() {
+    let rules = r#"optimizer.groups=[{name="head", tensors=["lm_head"], optimizer="muon"}, {tensors=["h.1.*"], optimizer="adamw", weight_decay=0.2}]"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = ["model.tied_embeddings=false", rules];
+    let straight = train(&run_cfg(tmp.path(), "s", "muon", &extra), None).unwrap();
+    let half: Vec<&str> = extra.iter().copied().chain(["train.steps=4"]).collect();
+    train(&run_cfg(tmp.path(), "h", "muon", &half), None).unwrap();
+    let run = tmp.path().join("h");
+    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=8".into()], None).unwrap();
+    assert_eq!(cont.optimizer.groups.len(), 2, "rules saved with the run");
+    let rest = train(&cont, Some(&run)).unwrap();
+    assert_eq!(rest.losses, straight.losses[4..].to_vec());
+}
+
 #[test]
 fn every_optimizer_lowers_the_loss() {
     for name in config::OPTIMIZERS {

@@ -312,3 +312,12 @@ fn progress_demo() {
     }
     p.finish();
 }
+
+#[test]
+fn tensor_lists_fold_layers() {
+    use ferrotron::telemetry::report::tensor_summary;
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(tensor_summary(&names(&["wte", "h.0.ln1.w", "h.1.ln1.w", "h.2.ln1.w", "ln_f.w"])), "wte, h.{0-2}.ln1.w, ln_f.w");
+    assert_eq!(tensor_summary(&names(&["h.3.mlp.fc.w"])), "h.3.mlp.fc.w");
+    assert_eq!(tensor_summary(&names(&["h.0.attn.qkv.w", "h.2.attn.qkv.w", "h.5.attn.qkv.w"])), "h.{0,2,5}.attn.qkv.w");
+}

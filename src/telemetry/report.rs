@@ -161,23 +161,34 @@ fn group_rows(out: &mut String, g: &GroupPlan) {
     let _ = writeln!(out, "    tensors: {}", tensor_summary(&g.tensors));
 }
 
-/// Tensor names with layer indices folded: `h.*.attn.qkv.w ×12, ln_f.w`.
-fn tensor_summary(names: &[String]) -> String {
-    let mut folded: Vec<(String, usize)> = vec![];
+/// Tensor names with layer indices folded: `h.{0-11}.attn.qkv.w, ln_f.w`
+/// (a single layer keeps its name: `h.3.mlp.fc.w`).
+pub fn tensor_summary(names: &[String]) -> String {
+    let mut folded: Vec<(String, Vec<usize>)> = vec![];
     for n in names {
-        let key = fold_layer(n);
-        match folded.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, c)) => *c += 1,
-            None => folded.push((key, 1)),
+        match split_layer(n) {
+            Some((layer, rest)) => match folded.iter_mut().find(|(k, l)| *k == rest && !l.is_empty()) {
+                Some((_, layers)) => layers.push(layer),
+                None => folded.push((rest.to_string(), vec![layer])),
+            },
+            None => folded.push((n.clone(), vec![])),
         }
     }
-    folded.iter().map(|(k, c)| if *c > 1 { format!("{k} ×{c}") } else { k.clone() }).collect::<Vec<_>>().join(", ")
+    folded.iter().map(|(rest, layers)| if layers.is_empty() { rest.clone() } else { format!("h.{}.{rest}", layer_set(layers)) }).collect::<Vec<_>>().join(", ")
 }
 
-fn fold_layer(name: &str) -> String {
-    match name.strip_prefix("h.").and_then(|r| r.split_once('.')) {
-        Some((layer, rest)) if layer.bytes().all(|b| b.is_ascii_digit()) => format!("h.*.{rest}"),
-        _ => name.to_string(),
+/// `h.3.mlp.fc.w` → (3, "mlp.fc.w").
+fn split_layer(name: &str) -> Option<(usize, &str)> {
+    let (layer, rest) = name.strip_prefix("h.")?.split_once('.')?;
+    Some((layer.parse().ok()?, rest))
+}
+
+/// `[3]` → "3", `[0, 1, 2]` → "{0-2}", `[0, 2, 5]` → "{0,2,5}".
+fn layer_set(layers: &[usize]) -> String {
+    match layers {
+        [one] => one.to_string(),
+        [first, .., last] if layers.windows(2).all(|w| w[1] == w[0] + 1) => format!("{{{first}-{last}}}"),
+        _ => format!("{{{}}}", layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")),
     }
 }
 

@@ -102,6 +102,7 @@ def main():
         "torch": torch.__version__,
         "batch_size": args.batch,
         "seq_len": args.seq,
+        "checkpointing": args.checkpointing,
         "params": sum(p.numel() for p in model.parameters()),
         "median_step_ms": med,
         "tokens_per_s": tps,

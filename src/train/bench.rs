@@ -19,6 +19,8 @@ pub struct BenchResult {
     pub preset: String,
     pub batch_size: usize,
     pub seq_len: usize,
+    /// `train.recompute` (norms and MLP activations recomputed in backward).
+    pub recompute: bool,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
@@ -96,6 +98,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         preset: cfg.model.preset.clone(),
         batch_size: cfg.train.batch_size,
         seq_len: cfg.train.seq_len,
+        recompute: cfg.train.recompute,
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,

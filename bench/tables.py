@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Markdown tables from the JSON lines the GPU scripts write, for the files
+under bench/results/ (the raw lines go next to the table).
+
+    python3 bench/tables.py train bench.jsonl   # ferrotron vs PyTorch training steps
+    python3 bench/tables.py optim optim.jsonl   # optimizer step: ratios, bandwidth, memory
+
+train: groups lines by workload (preset or params, batch, seq, recompute)
+and engine; reports the median over repeated runs of each engine and the
+ratio of ferrotron's tokens/s to each PyTorch engine's.
+optim: one row per engine/optimizer (first occurrence), the ratios
+AdamW / torch fused AdamW and AdamW8bit / bitsandbytes, and measured vs
+planned state (and workspace).
+"""
+import json
+import statistics
+import sys
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip().startswith("{")]
+
+
+def gb(b):
+    return f"{b / 1e9:.2f} GB" if b else ""
+
+
+def train_table(rows):
+    groups = {}
+    for r in rows:
+        if "tokens_per_s" not in r or "profile" in r:
+            continue
+        # By size, not preset name: the PyTorch lines carry no preset, and
+        # ferrotron's count includes vocabulary padding rows (+0.03%).
+        size = f"{r.get('params', 0) / 1e6:.0f}M params"
+        work = (size, r.get("batch_size"), r.get("seq_len"), bool(r.get("recompute") or r.get("checkpointing")))
+        groups.setdefault(work, {}).setdefault(r["engine"], []).append(r)
+    out = ["| workload | engine | runs | median tokens/s | ratio (ferrotron / this) | MFU | peak memory |", "|---|---|---|---|---|---|---|"]
+    for (size, batch, seq, recompute), engines in groups.items():
+        med = {e: statistics.median(x["tokens_per_s"] for x in rs) for e, rs in engines.items()}
+        ours = med.get("ferrotron")
+        for e, rs in engines.items():
+            ratio = f"{ours / med[e]:.2f}×" if ours and e != "ferrotron" else ""
+            mfu = statistics.median(x.get("mfu", 0) for x in rs)
+            peak = max(x.get("peak_mem_bytes", 0) for x in rs)
+            work = f"{size} {batch}×{seq}" + (" recompute" if recompute else "")
+            out.append(f"| {work} | {e} | {len(rs)} | {med[e]:,.0f} | {ratio} | {100 * mfu:.1f}% | {gb(peak)} |")
+    return "\n".join(out)
+
+
+def optim_table(rows):
+    seen, table = set(), []
+    for r in rows:
+        key = (r["engine"], r.get("optimizer"))
+        if key not in seen:
+            seen.add(key)
+            table.append(r)
+    step = {(r["engine"], r.get("optimizer")): r["median_step_ms"] for r in table}
+    out = ["| engine | optimizer | step (ms) | fraction of copy | state measured | state planned | workspace (alloc / plan) |", "|---|---|---|---|---|---|---|"]
+    for r in table:
+        frac = r.get("fraction_of_copy")
+        ws = f"{gb(r.get('workspace_bytes'))} / {gb(r.get('workspace_bytes_estimate')) or '(not reported)'}" if r.get("workspace_bytes") else ""
+        measured = r.get("state_bytes_measured", 0) - (r.get("workspace_bytes") or 0)
+        out.append(
+            f"| {r['engine']} | {r.get('optimizer', '')} | {r['median_step_ms']:.2f} | {'' if frac is None else f'{frac:.2f}'} "
+            f"| {gb(measured)} | {gb(r.get('state_bytes_estimate'))} | {ws} |"
+        )
+    pairs = [("adamw", "torch-fused-adamw"), ("adamw8bit", "bnb-adamw8bit")]
+    for ours, theirs in pairs:
+        a, b = step.get(("ferrotron", ours)), step.get((theirs, None))
+        if a and b:
+            out.append(f"\n{ours}: {a:.2f} ms vs {theirs} {b:.2f} ms = **{b / a:.2f}×**")
+    return "\n".join(out)
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in ("train", "optim"):
+        sys.exit(__doc__)
+    rows = lines(sys.argv[2])
+    print(train_table(rows) if sys.argv[1] == "train" else optim_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -527,8 +527,11 @@ fn write_hf(dir: &Path, config: serde_json::Value, tensors: Vec<(String, Vec<usi
     safetensors::serialize_to_file(views, &None, &dir.join("model.safetensors")).unwrap();
 }
 
+/// (name, shape, values) of one tensor.
+type HfTensorData = (String, Vec<usize>, Vec<f32>);
+
 /// The tensors of an export of `cfg`, re-encoded, for hand-made HF folders.
-fn exported(cfg: &ModelConfig, params: &[f32]) -> (serde_json::Value, Vec<(String, Vec<usize>, Vec<f32>)>) {
+fn exported(cfg: &ModelConfig, params: &[f32]) -> (serde_json::Value, Vec<HfTensorData>) {
     let tmp = tempfile::tempdir().unwrap();
     let layout = ParamLayout::new(cfg);
     ckpt::export(tmp.path(), cfg, &layout, params, Dtype::F32).unwrap();

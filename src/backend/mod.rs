@@ -237,6 +237,7 @@ pub trait Backend {
 
     // ---- matmul -------------------------------------------------------
     /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
+    #[allow(clippy::too_many_arguments)]
     fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
     /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
     /// `dbias[N] += Σ_rows dout`.

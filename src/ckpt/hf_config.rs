@@ -224,7 +224,7 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
     let rope_theta = rope_theta(f)?;
     let d_model = f.usize("hidden_size", 4096)?;
     let n_heads = f.usize("num_attention_heads", 32)?;
-    let head_dim = f.usize("head_dim", if n_heads == 0 { 0 } else { d_model / n_heads })?;
+    let head_dim = f.usize("head_dim", d_model.checked_div(n_heads).unwrap_or(0))?;
     if n_heads == 0 || head_dim * n_heads != d_model {
         bail!(
             "{}: head_dim = {head_dim} with {n_heads} heads does not equal hidden_size = {d_model}; ferrotron needs head_dim = hidden_size / num_attention_heads",

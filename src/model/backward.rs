@@ -11,6 +11,7 @@ use anyhow::Result;
 
 impl Model {
     /// `dinp += norm_bwd(dout)` and the norm's parameter gradients.
+    #[allow(clippy::too_many_arguments)]
     fn norm_bwd<B: Backend>(&self, b: &mut B, p: NormViews, g: NormViews, dinp: View, dout: View, inp: View, mean: View, rstd: View, n: usize) -> Result<()> {
         let c = self.cfg.d_model;
         match (p.b, g.b) {

@@ -14,6 +14,7 @@ impl Model {
     }
 
     /// LayerNorm or RMSNorm of `inp` into `out`, saving mean/rstd.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn norm_fwd<B: Backend>(&self, b: &mut B, p: NormViews, out: View, mean: View, rstd: View, inp: View, n: usize) -> Result<()> {
         let (c, eps) = (self.cfg.d_model, self.cfg.norm_eps);
         match p.b {

@@ -25,19 +25,6 @@ fn tanh(u: f32) -> f32 {
     (e - 1.0) / (e + 1.0)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fast_tanh_matches_f64() {
-        for i in -40_000..=40_000 {
-            let u = i as f32 * 5e-4;
-            let exact = (u as f64).tanh();
-            let err = ((super::tanh(u) as f64) - exact).abs();
-            assert!(err <= 4.0 * f32::EPSILON as f64 * exact.abs().max(1e-30) + 1e-12, "tanh({u}): {err}");
-        }
-    }
-}
-
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + K * x * x * x)))
 }
@@ -60,4 +47,17 @@ pub fn gelu_bwd(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
             dx[i] = dy[i] * gelu_grad(x[i]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_tanh_matches_f64() {
+        for i in -40_000..=40_000 {
+            let u = i as f32 * 5e-4;
+            let exact = (u as f64).tanh();
+            let err = ((super::tanh(u) as f64) - exact).abs();
+            assert!(err <= 4.0 * f32::EPSILON as f64 * exact.abs().max(1e-30) + 1e-12, "tanh({u}): {err}");
+        }
+    }
 }

@@ -276,6 +276,27 @@ fn linear() {
     linear_case(&mut h, 150, 555, 130, 0, DType::F32);
 }
 
+/// The fused GELU epilogue (bf16, aligned, n % 8 == 0) and its fallbacks
+/// (odd n, fp32 output) against the CPU's matmul then GELU.
+#[test]
+fn linear_gelu_fwd() {
+    let Some(mut h) = gpu() else { return };
+    for (m, k, n, act) in [(256, 768, 3072, DType::Compute), (64, 96, 200, DType::Compute), (70, 48, 1001, DType::Compute), (33, 64, 128, DType::F32)] {
+        let flat = h.randn(n * k + n, 0.5 / (k as f32).sqrt(), DType::F32);
+        let w = [flat[0].sub(0, n * k), flat[1].sub(0, n * k)];
+        let bias = [flat[0].sub(n * k, n), flat[1].sub(n * k, n)];
+        let x = h.randn(m * k, 1.0, act);
+        let (pre, out) = (h.zeros(m * n, act), h.zeros(m * n, act));
+        for with_bias in [true, false] {
+            let bv = |i: usize| if with_bias { Some(bias[i]) } else { None };
+            h.run(|be, i| be.linear_gelu_fwd(pre[i], out[i], x[i], w[i], bv(i), m, k, n));
+            let tag = format!("m={m} k={k} n={n} {act:?} bias={with_bias}");
+            h.check(&format!("linear_gelu_fwd pre {tag}"), pre, MATMUL_TOL);
+            h.check(&format!("linear_gelu_fwd act {tag}"), out, MATMUL_TOL);
+        }
+    }
+}
+
 #[test]
 fn gemm_fp32_and_bf16() {
     let Some(mut h) = gpu() else { return };

@@ -239,6 +239,14 @@ pub trait Backend {
     /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
     #[allow(clippy::too_many_arguments)]
     fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
+    /// `pre = inp · wᵀ (+ bias)` and `act = gelu(pre)` (GPT-2's MLP up
+    /// projection): a GPU fuses the GELU (and bias) into the matmul's
+    /// epilogue, writing `pre` as its auxiliary output for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
+        self.linear_fwd(pre, inp, w, bias, m, k, n)?;
+        self.gelu_fwd(act, pre)
+    }
     /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
     /// `dbias[N] += Σ_rows dout`.
     #[allow(clippy::too_many_arguments)]

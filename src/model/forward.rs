@@ -64,8 +64,13 @@ impl Model {
         b.add(la.res_mid, la.res_in, acts.proj_out)?;
         // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))).
         self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
-        b.linear_fwd(la.fch, la.ln2, p.fc.w, p.fc.b, n, c, la.fch.len / n)?;
-        self.mlp_act_fwd(b, la, n)?;
+        if m.mlp == Mlp::Gelu {
+            // One matmul with the GELU (and bias) in its epilogue on a GPU.
+            b.linear_gelu_fwd(la.fch, la.fch_act, la.ln2, p.fc.w, p.fc.b, n, c, m.d_ff)?;
+        } else {
+            b.linear_fwd(la.fch, la.ln2, p.fc.w, p.fc.b, n, c, la.fch.len / n)?;
+            self.mlp_act_fwd(b, la, n)?;
+        }
         b.linear_fwd(acts.proj_out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, n, m.d_ff, c)?;
         b.add(out, la.res_mid, acts.proj_out)
     }

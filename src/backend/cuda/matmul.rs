@@ -26,6 +26,9 @@ pub struct Problem {
     pub c: Elem,
     /// Bias epilogue (bias has C's element type).
     pub bias: bool,
+    /// GELU epilogue writing the pre-activation to an auxiliary matrix of
+    /// D's shape, type and leading dimension.
+    pub gelu_aux: bool,
     /// Pointer alignments of A, B, C in bytes (capped at 256).
     pub align: [u32; 3],
 }
@@ -104,9 +107,20 @@ impl Lt {
         unsafe {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(p.ta as i32))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(p.tb as i32))?;
+            use sys::cublasLtEpilogue_t as E;
+            let epilogue = match (p.bias, p.gelu_aux) {
+                (false, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
+                (true, false) => E::CUBLASLT_EPILOGUE_BIAS,
+                (false, true) => E::CUBLASLT_EPILOGUE_GELU_AUX,
+                (true, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            };
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
             if p.bias {
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS)?;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cuda_type(p.c))?;
+            }
+            if p.gelu_aux {
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &p.ldc)?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &cuda_type(p.c))?;
             }
             let pref = lt::create_matmul_pref().map_err(|e| anyhow!("pref: {e:?}"))?;
             let set_pref = |a: P, v: *const c_void, n: usize| check("pref", lt::set_matmul_pref_attribute(pref, a, v, n));
@@ -129,9 +143,25 @@ impl Lt {
         Ok(plan)
     }
 
-    /// Queue D = alpha op(A) op(B) + beta D (+ bias) on `stream`.
+    /// Whether cuBLASLt has an algorithm for `p` (planned and cached on the
+    /// first ask); lets callers fall back from a fused epilogue.
+    pub fn supports(&mut self, p: &Problem) -> bool {
+        if self.plans.contains_key(p) {
+            return true;
+        }
+        match self.plan(p) {
+            Ok(plan) => {
+                self.plans.insert(*p, plan);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queue D = alpha op(A) op(B) + beta D (+ bias) on `stream`; with the
+    /// GELU epilogue D = gelu(…) and `aux` = the pre-activation.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(&mut self, p: Problem, a: u64, b: u64, d: u64, bias: u64, alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
+    pub fn run(&mut self, p: Problem, a: u64, b: u64, d: u64, (bias, aux): (u64, u64), alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
         if !self.plans.contains_key(&p) {
             let plan = self.plan(&p)?;
             self.plans.insert(p, plan);
@@ -142,6 +172,9 @@ impl Lt {
         unsafe {
             if p.bias {
                 set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            }
+            if p.gelu_aux {
+                set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
             }
             check(
                 "matmul",

@@ -108,6 +108,9 @@ impl Backend for CudaBackend {
     fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.linear_fwd_op(out, inp, w, bias, m, k, n)
     }
+    fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
+        self.linear_gelu_fwd_op(pre, act, inp, w, bias, (m, k, n))
+    }
     fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.linear_bwd_op(dinp, dw, dbias, dout, inp, w, m, k, n)
     }

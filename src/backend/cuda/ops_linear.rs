@@ -16,28 +16,69 @@ use cudarc::driver::LaunchConfig;
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn matmul(&mut self, ta: bool, tb: bool, mnk: (usize, usize, usize), ld: (usize, usize, usize), ops: (u64, u64, u64), ab: Elem, c: Elem, bias: Option<u64>, alpha: f32, beta: f32) -> Result<()> {
-        let (m, n, k) = mnk;
+        let (m, n, _) = mnk;
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (a, b, d) = ops;
-        let p = Problem {
-            ta,
-            tb,
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            lda: ld.0 as i64,
-            ldb: ld.1 as i64,
-            ldc: ld.2 as i64,
-            ab,
-            c,
-            bias: bias.is_some(),
-            align: [alignment(a), alignment(b), alignment(d)],
-        };
+        let p = problem((ta, tb), mnk, ld, ops, (ab, c), bias.is_some(), false);
         let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
-        self.lt.run(p, a, b, d, bias.unwrap_or(0), alpha, beta, stream)
+        self.lt.run(p, ops.0, ops.1, ops.2, (bias.unwrap_or(0), 0), alpha, beta, stream)
     }
+
+    /// `pre = inp·wᵀ (+ bias)`, `act = gelu(pre)` in one cuBLASLt call (GELU
+    /// epilogue, `pre` as its auxiliary output) when the shapes need no
+    /// padding, everything is bf16 and aligned and cuBLASLt has an
+    /// algorithm; else the matmul and the GELU kernel.
+    pub(super) fn linear_gelu_fwd_op(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, (m, k, n): (usize, usize, usize)) -> Result<()> {
+        self.begin()?;
+        ensure!(inp.len == m * k && w.len == n * k && pre.len == m * n && act.len == m * n, "linear_gelu_fwd: views do not match m={m} k={k} n={n}");
+        let (pd, ad) = (self.dev(pre)?, self.dev(act)?);
+        let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n);
+        let bf16 = pd.elem == Elem::Bf16 && ad.elem == Elem::Bf16 && pd.ptr % 16 == 0 && ad.ptr % 16 == 0 && n.is_multiple_of(8);
+        if plain && bf16 && m > 0 {
+            let wp = self.bf16_operand(w)?;
+            let ip = self.bf16_operand(inp)?;
+            let bp = match bias {
+                Some(bv) => {
+                    ensure!(bv.len == n, "linear_gelu_fwd: bias has {} values, needs n = {n}", bv.len);
+                    Some(self.bf16_operand(bv)?).filter(|p| p % 16 == 0)
+                }
+                None => None,
+            };
+            let p = problem((true, false), (n, m, k), (k, k, n), (wp, ip, ad.ptr), (Elem::Bf16, Elem::Bf16), bp.is_some(), true);
+            if (bias.is_none() || bp.is_some()) && self.lt.supports(&p) {
+                self.out(pre)?;
+                self.out(act)?;
+                let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
+                return self.lt.run(p, wp, ip, ad.ptr, (bp.unwrap_or(0), pd.ptr), 1.0, 0.0, stream);
+            }
+        }
+        self.linear_fwd_op(pre, inp, w, bias, m, k, n)?;
+        self.gelu_fwd_op(act, pre)
+    }
+}
+
+/// A column-major cuBLASLt problem (see `matmul.rs`) with its pointers'
+/// alignments.
+fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize, usize, usize), (a, b, d): (u64, u64, u64), (ab, c): (Elem, Elem), bias: bool, gelu_aux: bool) -> Problem {
+    Problem {
+        ta,
+        tb,
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        lda: ld.0 as i64,
+        ldb: ld.1 as i64,
+        ldc: ld.2 as i64,
+        ab,
+        c,
+        bias,
+        gelu_aux,
+        align: [alignment(a), alignment(b), alignment(d)],
+    }
+}
+
+impl CudaBackend {
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn linear_fwd_op(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {

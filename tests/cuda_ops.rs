@@ -297,6 +297,31 @@ fn linear_gelu_fwd() {
     }
 }
 
+/// The DGELU epilogue backward (bf16, aligned, k % 8 == 0) and its
+/// fallbacks (odd k, fp32 activations) against the CPU's linear_bwd then
+/// gelu_bwd. The `dact` scratch is not compared (the fused path skips it).
+#[test]
+fn linear_gelu_bwd() {
+    let Some(mut h) = gpu() else { return };
+    for (m, k, n, act_dt) in [(256, 3072, 768, DType::Compute), (64, 200, 96, DType::Compute), (70, 1001, 48, DType::Compute), (33, 128, 64, DType::F32)] {
+        let flat = h.randn(n * k + n, 0.5 / (k as f32).sqrt(), DType::F32);
+        let w = [flat[0].sub(0, n * k), flat[1].sub(0, n * k)];
+        let pre = h.randn(m * k, 1.5, act_dt);
+        let act = h.zeros(m * k, act_dt);
+        h.run(|be, i| be.gelu_fwd(act[i], pre[i]));
+        let dout = h.randn(m * n, 1.0, act_dt);
+        let (dpre, dact) = (h.zeros(m * k, act_dt), h.zeros(m * k, act_dt));
+        let dflat = h.randn(n * k + n, 0.1, DType::F32);
+        let dw = [dflat[0].sub(0, n * k), dflat[1].sub(0, n * k)];
+        let db = [dflat[0].sub(n * k, n), dflat[1].sub(n * k, n)];
+        h.run(|be, i| be.linear_gelu_bwd(dpre[i], dact[i], dw[i], Some(db[i]), dout[i], act[i], w[i], pre[i], m, k, n));
+        let tag = format!("m={m} k={k} n={n} {act_dt:?}");
+        h.check(&format!("linear_gelu_bwd dpre {tag}"), dpre, MATMUL_TOL);
+        h.check(&format!("linear_gelu_bwd dw (+=) {tag}"), dw, MATMUL_TOL);
+        h.check(&format!("linear_gelu_bwd dbias (+=) {tag}"), db, 1e-4);
+    }
+}
+
 #[test]
 fn gemm_fp32_and_bf16() {
     let Some(mut h) = gpu() else { return };

@@ -247,6 +247,16 @@ pub trait Backend {
         self.linear_fwd(pre, inp, w, bias, m, k, n)?;
         self.gelu_fwd(act, pre)
     }
+    /// Backward of [`Backend::linear_gelu_fwd`]'s consumer: the linear layer
+    /// `out = act · wᵀ (+ bias)` whose input is `act = gelu(pre)`.
+    /// `dw += doutᵀ · act`, `dbias += Σ dout`, `dpre = (dout · w) ⊙ gelu'(pre)`
+    /// (overwrite); `dact` is scratch for `dout · w` (a GPU fuses the GELU
+    /// derivative into that matmul's epilogue and may leave it untouched).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
+        self.linear_bwd(dact, dw, dbias, dout, act, w, m, k, n)?;
+        self.gelu_bwd(dpre, pre, dact)
+    }
     /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
     /// `dbias[N] += Σ_rows dout`.
     #[allow(clippy::too_many_arguments)]

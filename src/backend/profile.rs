@@ -122,6 +122,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.time_keyed(format!("linear_gelu_fwd {m}x{k}x{n}"), |b| b.linear_gelu_fwd(pre, act, inp, w, bias, m, k, n))
     }
+    fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
+        self.time_keyed(format!("linear_gelu_bwd {m}x{k}x{n}"), |b| b.linear_gelu_bwd(dpre, dact, dw, dbias, dout, act, w, pre, m, k, n))
+    }
     fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.time_keyed(format!("linear_bwd {m}x{k}x{n}"), |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
     }

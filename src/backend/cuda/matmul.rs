@@ -24,13 +24,33 @@ pub struct Problem {
     pub ldc: i64,
     pub ab: Elem,
     pub c: Elem,
-    /// Bias epilogue (bias has C's element type).
-    pub bias: bool,
-    /// GELU epilogue writing the pre-activation to an auxiliary matrix of
-    /// D's shape, type and leading dimension.
-    pub gelu_aux: bool,
+    pub epilogue: Epilogue,
     /// Pointer alignments of A, B, C in bytes (capped at 256).
     pub align: [u32; 3],
+}
+
+/// What cuBLASLt does to the product before writing D. The auxiliary
+/// matrix (GELU pre-activation) has D's shape, type and leading dimension;
+/// the bias has D's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    None,
+    Bias,
+    /// D = gelu(product), aux = product.
+    GeluAux,
+    /// D = gelu(product + bias), aux = product + bias.
+    GeluAuxBias,
+    /// D = product ⊙ gelu'(aux).
+    DGelu,
+}
+
+impl Epilogue {
+    fn has_bias(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::GeluAuxBias)
+    }
+    fn has_aux(self) -> bool {
+        matches!(self, Epilogue::GeluAux | Epilogue::GeluAuxBias | Epilogue::DGelu)
+    }
 }
 
 struct Plan {
@@ -108,17 +128,18 @@ impl Lt {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(p.ta as i32))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(p.tb as i32))?;
             use sys::cublasLtEpilogue_t as E;
-            let epilogue = match (p.bias, p.gelu_aux) {
-                (false, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
-                (true, false) => E::CUBLASLT_EPILOGUE_BIAS,
-                (false, true) => E::CUBLASLT_EPILOGUE_GELU_AUX,
-                (true, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            let epilogue = match p.epilogue {
+                Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+                Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+                Epilogue::GeluAux => E::CUBLASLT_EPILOGUE_GELU_AUX,
+                Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
             };
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
-            if p.bias {
+            if p.epilogue.has_bias() {
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &cuda_type(p.c))?;
             }
-            if p.gelu_aux {
+            if p.epilogue.has_aux() {
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &p.ldc)?;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &cuda_type(p.c))?;
             }
@@ -158,8 +179,8 @@ impl Lt {
         }
     }
 
-    /// Queue D = alpha op(A) op(B) + beta D (+ bias) on `stream`; with the
-    /// GELU epilogue D = gelu(…) and `aux` = the pre-activation.
+    /// Queue D = alpha op(A) op(B) + beta D on `stream`, through the
+    /// problem's epilogue (`bias`, `aux`: its pointers, 0 where unused).
     #[allow(clippy::too_many_arguments)]
     pub fn run(&mut self, p: Problem, a: u64, b: u64, d: u64, (bias, aux): (u64, u64), alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
         if !self.plans.contains_key(&p) {
@@ -170,10 +191,10 @@ impl Lt {
         // SAFETY: pointers were bounds-checked by the caller for this shape;
         // the plan's descriptors are live; the workspace is ours alone.
         unsafe {
-            if p.bias {
+            if p.epilogue.has_bias() {
                 set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
             }
-            if p.gelu_aux {
+            if p.epilogue.has_aux() {
                 set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
             }
             check(

@@ -111,6 +111,9 @@ impl Backend for CudaBackend {
     fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.linear_gelu_fwd_op(pre, act, inp, w, bias, (m, k, n))
     }
+    fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
+        self.linear_gelu_bwd_op((dpre, dact), dw, dbias, (dout, act, w, pre), (m, k, n))
+    }
     fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.linear_bwd_op(dinp, dw, dbias, dout, inp, w, m, k, n)
     }

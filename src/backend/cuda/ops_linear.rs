@@ -7,7 +7,7 @@
 
 use super::device::CudaBackend;
 use super::kernels::KArg::{I, L, P};
-use super::matmul::{alignment, Problem};
+use super::matmul::{alignment, Epilogue, Problem};
 use super::memory::{Dev, Elem};
 use crate::backend::View;
 use anyhow::{ensure, Result};
@@ -20,7 +20,7 @@ impl CudaBackend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let p = problem((ta, tb), mnk, ld, ops, (ab, c), bias.is_some(), false);
+        let p = problem((ta, tb), mnk, ld, ops, (ab, c), if bias.is_some() { Epilogue::Bias } else { Epilogue::None });
         let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
         self.lt.run(p, ops.0, ops.1, ops.2, (bias.unwrap_or(0), 0), alpha, beta, stream)
     }
@@ -45,7 +45,8 @@ impl CudaBackend {
                 }
                 None => None,
             };
-            let p = problem((true, false), (n, m, k), (k, k, n), (wp, ip, ad.ptr), (Elem::Bf16, Elem::Bf16), bp.is_some(), true);
+            let epilogue = if bp.is_some() { Epilogue::GeluAuxBias } else { Epilogue::GeluAux };
+            let p = problem((true, false), (n, m, k), (k, k, n), (wp, ip, ad.ptr), (Elem::Bf16, Elem::Bf16), epilogue);
             if (bias.is_none() || bp.is_some()) && self.lt.supports(&p) {
                 self.out(pre)?;
                 self.out(act)?;
@@ -58,9 +59,48 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// [`crate::backend::Backend::linear_gelu_bwd`]: `dpre` straight from
+    /// the dinp matmul with the GELU derivative in its epilogue (DGELU, `pre`
+    /// as the auxiliary input) when nothing needs padding and everything is
+    /// bf16 and aligned; else linear_bwd into `dact` and the GELU kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_gelu_bwd_op(&mut self, (dpre, dact): (View, View), dw: View, dbias: Option<View>, (dout, act, w, pre): (View, View, View, View), (m, k, n): (usize, usize, usize)) -> Result<()> {
+        self.begin()?;
+        ensure!(
+            dpre.len == m * k && dact.len == m * k && pre.len == m * k && act.len == m * k && w.len == n * k && dw.len == n * k && dout.len == m * n,
+            "linear_gelu_bwd: views do not match m={m} k={k} n={n}"
+        );
+        let (dp, pr) = (self.dev(dpre)?, self.dev(pre)?);
+        let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n) && m > 0;
+        let bf16 = dp.elem == Elem::Bf16 && pr.elem == Elem::Bf16 && dp.ptr % 16 == 0 && pr.ptr % 16 == 0 && k.is_multiple_of(8);
+        if plain && bf16 {
+            let wp = self.bf16_operand(w)?;
+            let gp = self.bf16_operand(dout)?;
+            // dpreᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]), ⊙ gelu'(pre).
+            let p = problem((false, false), (k, m, n), (k, n, k), (wp, gp, dp.ptr), (Elem::Bf16, Elem::Bf16), Epilogue::DGelu);
+            if self.lt.supports(&p) {
+                let ip = self.bf16_operand(act)?;
+                let dwd = self.out(dw)?;
+                self.out(dpre)?;
+                let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
+                self.lt.run(p, wp, gp, dp.ptr, (0, pr.ptr), 1.0, 0.0, stream)?;
+                self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
+                if let Some(bv) = dbias {
+                    ensure!(bv.len == n, "linear_gelu_bwd: dbias has {} values, needs n = {n}", bv.len);
+                    self.colsum_accumulate(bv, dout, m, n)?;
+                }
+                return Ok(());
+            }
+        }
+        self.linear_bwd_op(dact, dw, dbias, dout, act, w, m, k, n)?;
+        self.gelu_bwd_op(dpre, pre, dact)
+    }
+}
+
 /// A column-major cuBLASLt problem (see `matmul.rs`) with its pointers'
 /// alignments.
-fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize, usize, usize), (a, b, d): (u64, u64, u64), (ab, c): (Elem, Elem), bias: bool, gelu_aux: bool) -> Problem {
+fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize, usize, usize), (a, b, d): (u64, u64, u64), (ab, c): (Elem, Elem), epilogue: Epilogue) -> Problem {
     Problem {
         ta,
         tb,
@@ -72,8 +112,7 @@ fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize,
         ldc: ld.2 as i64,
         ab,
         c,
-        bias,
-        gelu_aux,
+        epilogue,
         align: [alignment(a), alignment(b), alignment(d)],
     }
 }

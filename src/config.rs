@@ -332,6 +332,17 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
     resolve(user)
 }
 
+/// The config a run folder saved (`config.toml`, every key written out).
+/// Runs saved before `model.vocab_multiple` existed did not pad their
+/// vocabulary: a missing key there means 1, not today's default.
+pub fn from_run_toml(text: &str, origin: &str) -> Result<Config> {
+    let mut saved = text.parse::<Value>().map_err(|e| anyhow!("{origin} is not valid TOML: {e}"))?;
+    if let Some(model) = saved.get_mut("model").and_then(|m| m.as_table_mut()) {
+        model.entry("vocab_multiple").or_insert(Value::Integer(1));
+    }
+    resolve(saved)
+}
+
 fn resolve(user: Value) -> Result<Config> {
     check_known_keys(&user)?;
     let preset_name = user

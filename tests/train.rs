@@ -147,3 +147,22 @@ fn init_from_hugging_face_checkpoint() {
         assert!(saved.contains(&format!("vocab_multiple = {multiple}")), "{saved}");
     }
 }
+
+/// Runs saved before `model.vocab_multiple` existed did not pad their
+/// vocabulary; their config.toml lacks the key, which must read as 1 (not
+/// today's default of 64), so they resume and compare as they were.
+#[test]
+fn runs_saved_without_vocab_multiple_resume_unpadded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = cfg(tmp.path(), "old", &["model.vocab_size=300", "model.vocab_multiple=1", "train.steps=2", "train.ckpt_every=2"]);
+    train(&first, None).unwrap();
+    let run = tmp.path().join("old");
+    let path = run.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.lines().filter(|l| !l.starts_with("vocab_multiple")).collect::<Vec<_>>().join("\n")).unwrap();
+    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=3".into()], None).unwrap();
+    assert_eq!(cont.model.vocab_multiple, 1);
+    train(&cont, Some(&run)).unwrap();
+    let summary = ferrotron::telemetry::compare::load_run(&run).unwrap();
+    assert_eq!(summary.cfg.model.padded_vocab(), 300);
+}

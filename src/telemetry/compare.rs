@@ -23,7 +23,7 @@ pub struct RunSummary {
 pub fn load_run(dir: &Path) -> Result<RunSummary> {
     let cfg_path = dir.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{} is not a run folder: cannot read config.toml", dir.display()))?;
-    let cfg = config::from_toml_str(&text, &cfg_path.display().to_string())?;
+    let cfg = config::from_run_toml(&text, &cfg_path.display().to_string())?;
     let lines = read_metrics(&dir.join(METRICS_FILE))?;
     let tokens_per_step = (cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum) as f64;
     let val = lines

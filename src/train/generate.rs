@@ -15,7 +15,7 @@ use std::path::Path;
 pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{} is not a run folder: cannot read {}", run.display(), cfg_path.display()))?;
-    let cfg = config::from_toml_str(&text, &cfg_path.display().to_string())?;
+    let cfg = config::from_run_toml(&text, &cfg_path.display().to_string())?;
     let Some(dir) = ckpt::latest(run)? else {
         bail!("run {} has no complete checkpoint yet (checkpoints/step_*)", run.display());
     };

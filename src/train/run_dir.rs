@@ -27,7 +27,7 @@ pub fn create(cfg: &Config) -> Result<PathBuf> {
 pub fn resume_config(dir: &Path, overrides: &[String], user_file: Option<&Path>) -> Result<Config> {
     let path = dir.join("config.toml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot resume {}: no readable config.toml there (is it a ferrotron run folder?)", dir.display()))?;
-    let saved = config::from_toml_str(&text, &path.display().to_string())?;
+    let saved = config::from_run_toml(&text, &path.display().to_string())?;
     let mut table = toml::Value::try_from(&saved)?;
     if let Some(f) = user_file {
         let user: toml::Value = std::fs::read_to_string(f)?.parse().with_context(|| format!("config file {} is not valid TOML", f.display()))?;

@@ -42,11 +42,14 @@ pub enum Epilogue {
     GeluAuxBias,
     /// D = product ⊙ gelu'(aux).
     DGelu,
+    /// D = product; the bias vector receives the sums of op(B) over the
+    /// product's inner dimension (one per column of D): a bias gradient.
+    BGradB,
 }
 
 impl Epilogue {
     fn has_bias(self) -> bool {
-        matches!(self, Epilogue::Bias | Epilogue::GeluAuxBias)
+        matches!(self, Epilogue::Bias | Epilogue::GeluAuxBias | Epilogue::BGradB)
     }
     fn has_aux(self) -> bool {
         matches!(self, Epilogue::GeluAux | Epilogue::GeluAuxBias | Epilogue::DGelu)
@@ -134,6 +137,7 @@ impl Lt {
                 Epilogue::GeluAux => E::CUBLASLT_EPILOGUE_GELU_AUX,
                 Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
                 Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+                Epilogue::BGradB => E::CUBLASLT_EPILOGUE_BGRADB,
             };
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
             if p.epilogue.has_bias() {

@@ -85,12 +85,7 @@ impl CudaBackend {
                 self.out(dpre)?;
                 let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
                 self.lt.run(p, wp, gp, dp.ptr, (0, pr.ptr), 1.0, 0.0, stream)?;
-                self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
-                if let Some(bv) = dbias {
-                    ensure!(bv.len == n, "linear_gelu_bwd: dbias has {} values, needs n = {n}", bv.len);
-                    self.colsum_accumulate(bv, dout, m, n)?;
-                }
-                return Ok(());
+                return self.weight_and_bias_grads((ip, gp), dwd, dbias, dout, (m, k, n));
             }
         }
         self.linear_bwd_op(dact, dw, dbias, dout, act, w, m, k, n)?;
@@ -170,17 +165,39 @@ impl CudaBackend {
         let (kp, np) = (padded_dim(k, m * k), padded_dim(n, m * n));
         if (kp, np) != (k, n) {
             self.linear_bwd_padded((di, dwd), (wp, gp, ip), (m, k, n), (kp, np))?;
-        } else {
-            // dinpᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]).
-            self.matmul(false, false, (k, m, n), (k, n, k), (wp, gp, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
-            // dwᵀ[K,N] += inpᵀ([K,M]) · dout([M,N] = transposed col-major [N,M]).
-            self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
+            if let Some(bv) = dbias {
+                ensure!(bv.len == n, "linear_bwd: dbias has {} values, needs n = {n}", bv.len);
+                self.colsum_accumulate(bv, dout, m, n)?;
+            }
+            return Ok(());
         }
+        // dinpᵀ[K,M] = w(col-major [K,N]) · doutᵀ([N,M]).
+        self.matmul(false, false, (k, m, n), (k, n, k), (wp, gp, di.ptr), Elem::Bf16, di.elem, None, 1.0, 0.0)?;
+        self.weight_and_bias_grads((ip, gp), dwd, dbias, dout, (m, k, n))
+    }
+
+    /// `dw += doutᵀ · inp` and `dbias += Σ_rows dout` (unpadded shapes): the
+    /// bias gradient comes out of the dW matmul's epilogue (BGRADB, into
+    /// scratch, then accumulated) when cuBLASLt can, else a column sum.
+    fn weight_and_bias_grads(&mut self, (ip, gp): (u64, u64), dwd: Dev, dbias: Option<View>, dout: View, (m, k, n): (usize, usize, usize)) -> Result<()> {
+        // dwᵀ[K,N] += inpᵀ([K,M]) · dout([M,N] = transposed col-major [N,M]).
+        let p = problem((false, true), (k, n, m), (k, n, k), (ip, gp, dwd.ptr), (Elem::Bf16, dwd.elem), Epilogue::BGradB);
         if let Some(bv) = dbias {
             ensure!(bv.len == n, "linear_bwd: dbias has {} values, needs n = {n}", bv.len);
-            self.colsum_accumulate(bv, dout, m, n)?;
+            if dwd.elem == Elem::F32 && m > 0 && self.lt.supports(&p) {
+                let partial = self.scratch(n * 4)?;
+                let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
+                self.lt.run(p, ip, gp, dwd.ptr, (partial, 0), 1.0, 1.0, stream)?;
+                let d = self.out(bv)?;
+                let cfg = self.grid(n);
+                return self.launch("elementwise", "accumulate_k", cfg, &[P(d.ptr), I(d.dt()), P(partial), I(Elem::F32 as i32), L(n as i64)]);
+            }
         }
-        Ok(())
+        self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
+        match dbias {
+            Some(bv) => self.colsum_accumulate(bv, dout, m, n),
+            None => Ok(()),
+        }
     }
 
     /// A bf16 `[rows, cols]` operand as `[rows_p, cols_p]` with zero padding

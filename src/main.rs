@@ -96,6 +96,10 @@ enum Command {
         /// Plot file to write.
         #[arg(long, default_value = "compare.png")]
         out: PathBuf,
+        /// Plot only each optimizer's best run (lowest final validation
+        /// loss), e.g. after a learning-rate sweep; the table keeps all runs.
+        #[arg(long)]
+        best_per_optimizer: bool,
     },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
@@ -156,8 +160,8 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
-        Command::Compare { runs, out } => {
-            print!("{}", ferrotron::telemetry::compare::compare(&runs, &out)?);
+        Command::Compare { runs, out, best_per_optimizer } => {
+            print!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?);
             println!("\nplot: {}", out.display());
             Ok(())
         }

@@ -321,3 +321,15 @@ fn tensor_lists_fold_layers() {
     assert_eq!(tensor_summary(&names(&["h.3.mlp.fc.w"])), "h.3.mlp.fc.w");
     assert_eq!(tensor_summary(&names(&["h.0.attn.qkv.w", "h.2.attn.qkv.w", "h.5.attn.qkv.w"])), "h.{0,2,5}.attn.qkv.w");
 }
+
+/// On the committed llama-60m sweep: each optimizer's best learning rate.
+#[test]
+fn best_run_per_optimizer_of_a_sweep() {
+    use ferrotron::telemetry::compare::{best_runs, load_run};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/convergence_2026-11-28/runs");
+    let mut folders: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    folders.sort();
+    let runs: Vec<_> = folders.iter().map(|f| load_run(f).unwrap()).collect();
+    let best: Vec<&str> = best_runs(&runs).iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(best, ["adamw-lr1e-3", "adamw8bit-lr1e-3", "apollo-lr3e-3", "apollo_mini-lr1e-2", "lion-lr1e-4"]);
+}

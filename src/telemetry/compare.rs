@@ -41,15 +41,32 @@ pub fn load_run(dir: &Path) -> Result<RunSummary> {
     Ok(RunSummary { name, cfg, val, median_step_ms: steps.get(steps.len() / 2).copied(), state_bytes })
 }
 
-/// Writes the plot and returns the markdown table.
-pub fn compare(runs: &[PathBuf], out_png: &Path) -> Result<String> {
+/// Writes the plot (every run, or each optimizer's best run) and returns
+/// the markdown table of every run.
+pub fn compare(runs: &[PathBuf], out_png: &Path, best_per_optimizer: bool) -> Result<String> {
     if runs.is_empty() {
         bail!("compare needs at least one run folder (--runs runs/a runs/b ...)");
     }
     let summaries: Vec<RunSummary> = runs.iter().map(|r| load_run(r)).collect::<Result<_>>()?;
-    let series: Vec<Series> = summaries.iter().map(|s| Series { label: s.name.clone(), points: s.val.clone(), thin: false }).collect();
+    let plotted: Vec<&RunSummary> = if best_per_optimizer { best_runs(&summaries) } else { summaries.iter().collect() };
+    let series: Vec<Series> = plotted.iter().map(|s| Series { label: s.name.clone(), points: s.val.clone(), thin: false }).collect();
     plot_series(&series, out_png, &Axes { title: "validation loss at equal tokens", x: "tokens", y: "validation loss" })?;
     Ok(table(&summaries))
+}
+
+/// Each optimizer's run with the lowest final validation loss, in the
+/// order the optimizers first appear.
+pub fn best_runs(runs: &[RunSummary]) -> Vec<&RunSummary> {
+    let final_loss = |r: &RunSummary| r.val.last().map_or(f64::INFINITY, |v| v.1);
+    let mut best: Vec<&RunSummary> = vec![];
+    for r in runs {
+        match best.iter_mut().find(|b| b.cfg.optimizer.name == r.cfg.optimizer.name) {
+            Some(b) if final_loss(r) < final_loss(b) => *b = r,
+            Some(_) => {}
+            None => best.push(r),
+        }
+    }
+    best
 }
 
 fn table(runs: &[RunSummary]) -> String {

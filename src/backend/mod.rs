@@ -114,6 +114,14 @@ pub struct AdamSegment {
     pub weight_decay: f32,
 }
 
+impl AdamSegment {
+    /// (params, grads, m, v) views of this segment.
+    pub fn views(&self, params: BufId, grads: BufId, m: View, v: View) -> [View; 4] {
+        let at = |buf| View { buf, off: self.param_off, len: self.len };
+        [at(params), at(grads), m.sub(self.state_off, self.len), v.sub(self.state_off, self.len)]
+    }
+}
+
 /// Lion step (Chen et al. 2023), decoupled weight decay:
 ///   g = grad · grad_scale
 ///   p *= 1 - lr·wd
@@ -333,8 +341,8 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
         for s in segs {
-            let at = |buf| View { buf, off: s.param_off, len: s.len };
-            self.adamw(at(params), at(grads), m.sub(s.state_off, s.len), v.sub(s.state_off, s.len), AdamWArgs { weight_decay: s.weight_decay, ..args })?;
+            let [p, g, sm, sv] = s.views(params, grads, m, v);
+            self.adamw(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..args })?;
         }
         Ok(())
     }

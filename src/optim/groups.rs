@@ -133,8 +133,8 @@ fn place(t: &TensorRef, cfg: &OptimizerConfig, matrix_optimizer: bool) -> Placem
 
 /// Every tensor placed and grouped by (name, placement, decay), groups in
 /// order of their first tensor. A rule whose tensors end up with different
-/// updates or decays is reported as several groups (`.adamw`, `.no_decay`
-/// / `.decay` suffixes).
+/// updates or decays is reported as several groups (`.adamw` / `.no_decay`
+/// suffixes).
 fn grouped(layout: &ParamLayout, cfg: &OptimizerConfig, matrix_optimizer: bool) -> Vec<(bool, ParamGroup)> {
     let mut groups: Vec<(bool, ParamGroup)> = vec![];
     for mut t in tensor_refs(layout) {
@@ -223,11 +223,11 @@ impl Matrices {
 /// under a matrix optimizer are 2-D, decays are finite and ≥ 0.
 pub fn check_rules(layout: &ParamLayout, cfg: &OptimizerConfig) -> Result<()> {
     let matrix_optimizer = MATRIX_OPTIMIZERS.contains(&cfg.name.as_str());
+    let example = layout.params.iter().take(4).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
     for (i, rule) in cfg.groups.iter().enumerate() {
         let at = format!("optimizer.groups[{i}]");
         ensure!(!rule.tensors.is_empty(), "{at} names no tensors: set tensors = [\"pattern\", ...] (`ferrotron info` lists the tensor names)");
         for pat in &rule.tensors {
-            let example = layout.params.iter().take(4).map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
             ensure!(layout.params.iter().any(|p| glob_match(pat, &p.name)), "{at}: `{pat}` matches no tensor of this model (names look like {example}; `*` matches any run of characters)");
         }
         if let Some(wd) = rule.weight_decay {

@@ -1,9 +1,8 @@
 //! Host-side dense linear algebra for the few SMALL factorizations the
-//! matrix optimizers need: a thin Householder QR of an `n×r` basis (r ≤ 64
-//! or so) and a symmetric eigensolver for `r×r` matrices. These run on the
-//! host after a download (a backend op for them would buy little: they are
-//! O(n·r²) and O(r³) against the O(m·n·r) products that stay on the
-//! device). f64 throughout; row-major.
+//! matrix optimizers need: a thin Householder QR (the fallback of the device
+//! CholeskyQR2 in `cholesky_qr`, for rank-deficient bases) and a symmetric
+//! eigensolver for `r×r` matrices (COSMOS' Rayleigh–Ritz step). f64
+//! throughout; row-major.
 
 /// Orthonormal `Q` (`rows×cols`, row-major) of the thin QR of `a`
 /// (`rows×cols`, rows ≥ cols), by Householder reflections: `Q` is
@@ -122,18 +121,4 @@ fn rotate(a: &mut [f64], v: &mut [f64], n: usize, p: usize, q: usize) {
         v[k * n + p] = c * vkp - s * vkq;
         v[k * n + q] = s * vkp + c * vkq;
     }
-}
-
-/// `c = a·b` for row-major `a` (`m×k`) and `b` (`k×n`).
-pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for l in 0..k {
-            let x = a[i * k + l];
-            for j in 0..n {
-                c[i * n + j] += x * b[l * n + j];
-            }
-        }
-    }
-    c
 }

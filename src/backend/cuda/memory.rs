@@ -149,6 +149,18 @@ impl Dev {
     pub fn at(&self, i: usize) -> u64 {
         self.ptr + (i * self.elem.size()) as u64
     }
+
+    /// bf16 and 16-byte aligned: what the 8-wide (uint4) kernels need.
+    pub fn is_bf16x8(&self) -> bool {
+        self.elem == Elem::Bf16 && self.ptr.is_multiple_of(16)
+    }
+}
+
+/// Groups of 8 elements an 8-wide bf16 kernel can take over these
+/// equal-length operands (0 unless every one is bf16 and 16-byte aligned);
+/// the rest is the general kernel's tail.
+pub fn bf16x8_groups(ops: &[Dev]) -> usize {
+    if ops.iter().all(Dev::is_bf16x8) { ops[0].len / 8 } else { 0 }
 }
 
 pub struct Buffers {

@@ -2,7 +2,7 @@
 
 use super::device::CudaBackend;
 use super::kernels::KArg::{self, I, L, P, U};
-use super::memory::Elem;
+use super::memory::{bf16x8_groups, Elem};
 use crate::backend::View;
 use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{result, LaunchConfig};
@@ -107,7 +107,7 @@ impl CudaBackend {
         ensure!(out.len == a.len && a.len == b.len, "add: lengths differ");
         let (a, b) = (self.dev(a)?, self.dev(b)?);
         let o = self.out(out)?;
-        let n8 = if [o, a, b].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) { o.len / 8 } else { 0 };
+        let n8 = bf16x8_groups(&[o, a, b]);
         if n8 > 0 {
             let cfg = self.grid(n8);
             self.launch("elementwise", "add_bf16x8_k", cfg, &[P(o.ptr), P(a.ptr), P(b.ptr), L(n8 as i64)])?;

@@ -34,7 +34,7 @@ impl CudaBackend {
         ensure!(inp.len == m * k && w.len == n * k && pre.len == m * n && act.len == m * n, "linear_gelu_fwd: views do not match m={m} k={k} n={n}");
         let (pd, ad) = (self.dev(pre)?, self.dev(act)?);
         let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n);
-        let bf16 = pd.elem == Elem::Bf16 && ad.elem == Elem::Bf16 && pd.ptr % 16 == 0 && ad.ptr % 16 == 0 && n.is_multiple_of(8);
+        let bf16 = pd.is_bf16x8() && ad.is_bf16x8() && n.is_multiple_of(8);
         if plain && bf16 && m > 0 {
             let wp = self.bf16_operand(w)?;
             let ip = self.bf16_operand(inp)?;
@@ -73,7 +73,7 @@ impl CudaBackend {
         );
         let (dp, pr) = (self.dev(dpre)?, self.dev(pre)?);
         let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n) && m > 0;
-        let bf16 = dp.elem == Elem::Bf16 && pr.elem == Elem::Bf16 && dp.ptr % 16 == 0 && pr.ptr % 16 == 0 && k.is_multiple_of(8);
+        let bf16 = dp.is_bf16x8() && pr.is_bf16x8() && k.is_multiple_of(8);
         if plain && bf16 {
             let wp = self.bf16_operand(w)?;
             let gp = self.bf16_operand(dout)?;

@@ -2,7 +2,7 @@
 
 use super::device::CudaBackend;
 use super::kernels::KArg::{F, I, L, P};
-use super::memory::Elem;
+use super::memory::{bf16x8_groups, Dev, Elem};
 use crate::backend::{AttnShape, View};
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -20,24 +20,15 @@ fn rows_cols_cfg(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (x, y, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// The bf16 RMSNorm kernels (rmsnorm.cu) apply: bf16 16-byte-aligned
-/// activations, fp32 weight and rstd, rows of a multiple of 8 up to 2048.
-fn rms_vector_path(acts: &[super::memory::Dev], f32s: &[super::memory::Dev], c: usize) -> bool {
-    acts.iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= RMS_VECTOR_MAX_C
+/// The bf16 norm kernels (layernorm.cu, rmsnorm.cu) apply: bf16
+/// 16-byte-aligned activations, fp32 weights and statistics, rows of a
+/// multiple of 8 up to `max_c` (what a lane keeps in registers).
+fn norm_vector_path(acts: &[Dev], f32s: &[Dev], c: usize, max_c: usize) -> bool {
+    acts.iter().all(Dev::is_bf16x8) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= max_c
 }
 
 /// Widest row `rmsnorm_*_bf16_k` keep in registers (32 lanes × 8 × 8).
 const RMS_VECTOR_MAX_C: usize = 2048;
-
-/// Groups of 8 elements a bf16x8 kernel can take when every operand is bf16
-/// and 16-byte aligned (0 otherwise).
-fn bf16x8_groups(ops: &[super::memory::Dev]) -> usize {
-    if ops.iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) {
-        ops[0].len / 8
-    } else {
-        0
-    }
-}
 
 /// `layernorm_bwd_bf16_k` (layernorm.cu): rows per block (8 warps × 4 rows)
 /// and the widest row it keeps in registers (32 lanes × 8 × 4 chunks).
@@ -58,8 +49,7 @@ impl CudaBackend {
         ensure!(inp.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && b.len == c, "layernorm_fwd: views do not match n={n} c={c}");
         let (x, wd, bd) = (self.dev(inp)?, self.dev(w)?, self.dev(b)?);
         let (o, mu, rs) = (self.out(out)?, self.out(mean)?, self.out(rstd)?);
-        let bf16 = [o, x].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && [wd, bd, mu, rs].iter().all(|d| d.elem == Elem::F32);
-        if bf16 && c.is_multiple_of(8) && c <= LN_FUSED_MAX_C {
+        if norm_vector_path(&[o, x], &[wd, bd, mu, rs], c, LN_FUSED_MAX_C) {
             let args = [P(o.ptr), P(mu.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), P(bd.ptr), L(n as i64), I(c as i32), F(eps)];
             return self.launch("layernorm", "layernorm_fwd_bf16_k", rows_cfg(n), &args);
         }
@@ -76,8 +66,7 @@ impl CudaBackend {
         }
         let (g, x, wd, mu, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(mean)?, self.dev(rstd)?);
         let (di, dwd, dbd) = (self.out(dinp)?, self.out(dw)?, self.out(db)?);
-        let bf16 = [di, g, x].iter().all(|d| d.elem == Elem::Bf16 && d.ptr % 16 == 0) && [wd, mu, rs].iter().all(|d| d.elem == Elem::F32);
-        let chunks = if bf16 && c.is_multiple_of(8) && c <= LN_FUSED_MAX_C {
+        let chunks = if norm_vector_path(&[di, g, x], &[wd, mu, rs], c, LN_FUSED_MAX_C) {
             // One pass: dinp and the dw/db partials of each block of rows.
             let blocks = n.div_ceil(LN_FUSED_ROWS_PER_BLOCK);
             let partial = self.scratch(blocks * 2 * c * 4)?;
@@ -106,7 +95,7 @@ impl CudaBackend {
         ensure!(inp.len == n * c && out.len == n * c && rstd.len == n && w.len == c, "rmsnorm_fwd: views do not match n={n} c={c}");
         let (x, wd) = (self.dev(inp)?, self.dev(w)?);
         let (o, rs) = (self.out(out)?, self.out(rstd)?);
-        if rms_vector_path(&[o, x], &[wd, rs], c) {
+        if norm_vector_path(&[o, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
             let args = [P(o.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), L(n as i64), I(c as i32), F(eps)];
             return self.launch("rmsnorm", "rmsnorm_fwd_bf16_k", rows_cfg(n), &args);
         }
@@ -123,7 +112,7 @@ impl CudaBackend {
         }
         let (g, x, wd, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(rstd)?);
         let (di, dwd) = (self.out(dinp)?, self.out(dw)?);
-        let (partial, chunks) = if rms_vector_path(&[di, g, x], &[wd, rs], c) {
+        let (partial, chunks) = if norm_vector_path(&[di, g, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
             // One pass: dinp and the dw partials of each block of rows.
             let blocks = n.div_ceil(LN_FUSED_ROWS_PER_BLOCK);
             let partial = self.scratch(blocks * c * 4)?;

@@ -33,7 +33,7 @@ impl CudaBackend {
         let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
         let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let (gp, gd) = g.map_or((0, 0), |g| (g.ptr, g.dt()));
-        let wide = x.elem == Elem::Bf16 && x.ptr % 16 == 0 && v.is_multiple_of(8) && g.is_none_or(|g| g.elem == Elem::Bf16 && g.ptr % 16 == 0);
+        let wide = x.is_bf16x8() && v.is_multiple_of(8) && g.is_none_or(|g| g.is_bf16x8());
         if wide {
             let args = [P(lo.ptr), I(lo.dt()), P(gp), P(x.ptr), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
             return self.launch("xent", "xent_bf16x8_k", cfg, &args);
@@ -88,8 +88,8 @@ impl CudaBackend {
             && segs.iter().all(|s| four(s.param_off) && four(s.state_off) && four(s.len) && s.param_off + s.len <= pv.len && s.state_off + s.len <= m.len.min(v.len));
         if !aligned || segs.is_empty() {
             for s in segs {
-                let at = |buf| View { buf, off: s.param_off, len: s.len };
-                self.adamw_op(at(params), at(grads), m.sub(s.state_off, s.len), v.sub(s.state_off, s.len), AdamWArgs { weight_decay: s.weight_decay, ..a })?;
+                let [p, g, sm, sv] = s.views(params, grads, m, v);
+                self.adamw_op(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..a })?;
             }
             return Ok(());
         }

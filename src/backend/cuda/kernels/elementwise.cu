@@ -77,17 +77,13 @@ extern "C" __global__ void copy_pad_k(void* dst, int dtd, i64 dst_ld, i64 dst_ro
 
 // out = a + b, all bf16 and 16-byte aligned, 8 elements per thread and
 // iteration (n8 = n / 8; the host runs add_k on the tail).
-extern "C" __global__ void add_bf16x8_k(uint4* out, const uint4* a, const uint4* b, i64 n8) {
+extern "C" __global__ void add_bf16x8_k(__nv_bfloat16* out, const __nv_bfloat16* a, const __nv_bfloat16* b, i64 n8) {
     GRID_LOOP(i, n8) {
-        uint4 x = a[i], y = b[i], o;
-        const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
-        const __nv_bfloat162* yh = reinterpret_cast<const __nv_bfloat162*>(&y);
-        __nv_bfloat162* oh = reinterpret_cast<__nv_bfloat162*>(&o);
+        float x[8], y[8];
+        load_bf16x8(a + 8 * i, x);
+        load_bf16x8(b + 8 * i, y);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 p = __bfloat1622float2(xh[k]), q = __bfloat1622float2(yh[k]);
-            oh[k] = __floats2bfloat162_rn(p.x + q.x, p.y + q.y);
-        }
-        out[i] = o;
+        for (int k = 0; k < 8; k++) x[k] += y[k];
+        store_bf16x8(out + 8 * i, x);
     }
 }

@@ -24,34 +24,24 @@ extern "C" __global__ void gelu_bwd_k(void* dinp, int dtdi, const void* inp, int
 
 // bf16 everywhere, 16-byte aligned: 8 elements per thread and iteration
 // (n8 = n / 8; the host runs the generic kernels on the tail).
-union Bf16x8 {
-    uint4 u;
-    __nv_bfloat162 h[4];
-};
-
-extern "C" __global__ void gelu_fwd_bf16x8_k(uint4* out, const uint4* inp, i64 n8) {
+extern "C" __global__ void gelu_fwd_bf16x8_k(__nv_bfloat16* out, const __nv_bfloat16* inp, i64 n8) {
     GRID_LOOP(i, n8) {
-        Bf16x8 x, o;
-        x.u = inp[i];
+        float x[8];
+        load_bf16x8(inp + 8 * i, x);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 v = __bfloat1622float2(x.h[k]);
-            o.h[k] = __floats2bfloat162_rn(gelu(v.x), gelu(v.y));
-        }
-        out[i] = o.u;
+        for (int k = 0; k < 8; k++) x[k] = gelu(x[k]);
+        store_bf16x8(out + 8 * i, x);
     }
 }
 
-extern "C" __global__ void gelu_bwd_bf16x8_k(uint4* dinp, const uint4* inp, const uint4* dout, i64 n8) {
+extern "C" __global__ void gelu_bwd_bf16x8_k(__nv_bfloat16* dinp, const __nv_bfloat16* inp, const __nv_bfloat16* dout,
+                                             i64 n8) {
     GRID_LOOP(i, n8) {
-        Bf16x8 x, g, d;
-        x.u = inp[i];
-        g.u = dout[i];
+        float x[8], g[8];
+        load_bf16x8(inp + 8 * i, x);
+        load_bf16x8(dout + 8 * i, g);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 xv = __bfloat1622float2(x.h[k]), gv = __bfloat1622float2(g.h[k]);
-            d.h[k] = __floats2bfloat162_rn(gv.x * gelu_grad(xv.x), gv.y * gelu_grad(xv.y));
-        }
-        dinp[i] = d.u;
+        for (int k = 0; k < 8; k++) g[k] *= gelu_grad(x[k]);
+        store_bf16x8(dinp + 8 * i, g);
     }
 }

@@ -58,28 +58,19 @@ extern "C" __global__ void xent_k(void* losses, int dtl, void* dlogits, int dtd,
 // bf16 logits and dlogits, rows 16-byte aligned (v % 8 == 0): the same
 // computation with 8 logits per 16-byte load. One max and nine exps per
 // 8 logits in the first pass instead of 16 exps.
-union XentBf16x8 {
-    uint4 u;
-    __nv_bfloat162 h[4];
-};
-
-extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, uint4* dlogits, const uint4* logits,
+extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, __nv_bfloat16* dlogits, const __nv_bfloat16* logits,
                                          const unsigned* targets, i64 v, i64 classes, float grad_scale) {
     const i64 row = blockIdx.x, v8 = v / 8;
-    const uint4* z = logits + row * v8;
+    const __nv_bfloat16* z = logits + row * v;
     float m = -INFINITY, s = 0.0f;
     for (i64 j8 = threadIdx.x; j8 < v8; j8 += blockDim.x) {
-        XentBf16x8 x;
-        x.u = z[j8];
         float f[8], mg = -INFINITY;
+        load_bf16x8(z + 8 * j8, f);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 p = __bfloat1622float2(x.h[k]);
-            f[2 * k] = j8 * 8 + 2 * k < classes ? p.x : -INFINITY;
-            f[2 * k + 1] = j8 * 8 + 2 * k + 1 < classes ? p.y : -INFINITY;
+        for (int k = 0; k < 8; k++) {
+            if (j8 * 8 + k >= classes) f[k] = -INFINITY;  // padding
+            mg = fmaxf(mg, f[k]);
         }
-#pragma unroll
-        for (int k = 0; k < 8; k++) mg = fmaxf(mg, f[k]);
         if (mg == -INFINITY) continue;  // all padding
         float sg = 0.0f;
 #pragma unroll
@@ -90,27 +81,20 @@ extern "C" __global__ void xent_bf16x8_k(void* losses, int dtl, uint4* dlogits, 
     const unsigned t = targets[row];
     const bool ignore = t == IGNORE_ID;
     if (threadIdx.x == 0) {
-        const float xt = (!ignore && t < classes) ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(z)[t]) : NAN;
+        const float xt = (!ignore && t < classes) ? __bfloat162float(z[t]) : NAN;
         st(losses, dtl, row, ignore ? 0.0f : lse - xt);
     }
     __syncthreads();
     if (!dlogits) return;
-    uint4* d = dlogits + row * v8;
+    __nv_bfloat16* d = dlogits + row * v;
     for (i64 j8 = threadIdx.x; j8 < v8; j8 += blockDim.x) {
-        XentBf16x8 x, g;
-        x.u = z[j8];
+        float g[8];
+        load_bf16x8(z + 8 * j8, g);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 p = __bfloat1622float2(x.h[k]);
-            float gv[2];
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const i64 col = j8 * 8 + 2 * k + e;
-                const float val = e == 0 ? p.x : p.y;
-                gv[e] = ignore || col >= classes ? 0.0f : (expf(val - lse) - (col == (i64)t ? 1.0f : 0.0f)) * grad_scale;
-            }
-            g.h[k] = __floats2bfloat162_rn(gv[0], gv[1]);
+        for (int k = 0; k < 8; k++) {
+            const i64 col = j8 * 8 + k;
+            g[k] = ignore || col >= classes ? 0.0f : (expf(g[k] - lse) - (col == (i64)t ? 1.0f : 0.0f)) * grad_scale;
         }
-        d[j8] = g.u;
+        store_bf16x8(d + 8 * j8, g);
     }
 }

@@ -2,13 +2,7 @@
 # Side-by-side training benchmarks on one GPU, in one session (run on the GPU
 # machine from the repo root, with the built binary at .dev/ferrotron).
 # Every line of $OUT/bench.jsonl is one engine's result (JSON).
-export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-B=./.dev/ferrotron
-J=$OUT/bench.jsonl
-ft() { $B bench train --set device=cuda "$@" 2>>$OUT/stderr.log | tee -a $J; }
-pt() { python3 bench/torch_train.py "$@" 2>>$OUT/stderr.log | tail -1 | tee -a $J; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+source "$(dirname "$0")/side_by_side.sh"
 
 ./.dev/cuda_ops --test-threads=1 > $OUT/cuda_ops.log 2>&1; tail -3 $OUT/cuda_ops.log
 python3 bench/hf_logits_fixtures.py /tmp/hf > $OUT/cuda_model.log 2>&1

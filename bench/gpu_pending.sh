@@ -30,6 +30,7 @@ if [ "${PART:-}" = conv ]; then
   grep -hE "test result|FAILED|panicked|rel.err|max.logit" $OUT/tests.log
   pack conv tests.log
 elif [ "${PART:-}" = bench ]; then
+  ./.dev/cuda_ops --test-threads=1 --nocapture linear 2>&1 | grep -E "dbias|test result|panicked"
   bash bench/gpu_optim.sh > $OUT/gpu_optim.log 2>&1
   source bench/side_by_side.sh
   G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"

@@ -46,6 +46,17 @@ elif [ "${PART:-}" = bench ]; then
   [ $SECONDS -lt 400 ] && timeout $(( 575 - SECONDS )) python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
   pack gpu_optim.log profile_gpt2.json profile_llama1b.json
   cut -c1-200 $OUT/optim.jsonl
+elif [ "${PART:-}" = last ]; then
+  # The bench part ran out of its time before torch.compile on llama-1b; then
+  # the COSMOS runs (too slow to finish while sharing the GPU with six others
+  # in PART=conv) and APOLLO-Mini 3e-3, three at once, until the call ends.
+  source bench/side_by_side.sh
+  L="--set model.preset=llama-1b --set train.batch_size=4 --set train.seq_len=2048"
+  ft $L --warmup 2 --steps 5 --export-init /tmp/l1b | cut -c1-200
+  timeout 240 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
+  ft $L --warmup 2 --steps 5 | cut -c1-200
+  GPUS="0 0 0" OPTS="cosmos:1e-4,3e-4 apollo_mini:3e-3" RUN_TIMEOUT=$(( 570 - SECONDS )) NO_TAR=1 bash bench/convergence.sh
+  pack conv
 else
   echo "set PART=conv or PART=bench" >&2; exit 2
 fi

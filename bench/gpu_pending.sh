@@ -55,7 +55,8 @@ elif [ "${PART:-}" = last ]; then
   ft $L --warmup 2 --steps 5 --export-init /tmp/l1b | cut -c1-200
   timeout 240 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
   ft $L --warmup 2 --steps 5 | cut -c1-200
-  GPUS="0 0 0" OPTS="cosmos:1e-4,3e-4 apollo_mini:3e-3" RUN_TIMEOUT=$(( 570 - SECONDS )) NO_TAR=1 bash bench/convergence.sh
+  OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
+  GPUS="0 0 0" OPTS="cosmos:1e-4,3e-4 apollo_mini:3e-3" RUN_TIMEOUT=$(( 555 - SECONDS )) NO_TAR=1 bash bench/convergence.sh
   pack conv
 else
   echo "set PART=conv or PART=bench" >&2; exit 2

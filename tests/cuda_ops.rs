@@ -404,13 +404,25 @@ fn activations() {
 #[test]
 fn rope() {
     let Some(mut h) = gpu() else { return };
-    let s = AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 };
-    let n = s.batch * s.seq * s.qkv_width();
-    let x = h.randn(n, 1.0, DType::Compute);
-    h.run(|be, i| be.rope_fwd(x[i], s, 10000.0));
-    h.check("rope_fwd (q,k rotated, v untouched)", x, BF16_TOL);
-    h.run(|be, i| be.rope_bwd(x[i], s, 10000.0));
-    h.check("rope_bwd (inverse)", x, BF16_TOL);
+    // bf16 with head_dim % 8 == 0 takes the 4-wide kernel; f32 or other head
+    // sizes the scalar one. q+k head counts below, at and above a multiple of
+    // the 8 heads a thread walks; positions up to 3000 (large angles).
+    let cases = [
+        (AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 }, DType::Compute),
+        (AttnShape { batch: 1, seq: 3000, heads: 12, kv_heads: 4, head_dim: 64 }, DType::Compute),
+        (AttnShape { batch: 3, seq: 37, heads: 13, kv_heads: 13, head_dim: 32 }, DType::Compute),
+        (AttnShape { batch: 2, seq: 50, heads: 4, kv_heads: 2, head_dim: 6 }, DType::Compute),
+        (AttnShape { batch: 2, seq: 50, heads: 5, kv_heads: 1, head_dim: 16 }, DType::F32),
+    ];
+    for (s, dt) in cases {
+        let n = s.batch * s.seq * s.qkv_width();
+        let x = h.randn(n, 1.0, dt);
+        let tag = format!("B={} T={} H={} KV={} D={} {dt:?}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+        h.run(|be, i| be.rope_fwd(x[i], s, 10000.0));
+        h.check(&format!("rope_fwd (q,k rotated, v untouched) {tag}"), x, BF16_TOL);
+        h.run(|be, i| be.rope_bwd(x[i], s, 10000.0));
+        h.check(&format!("rope_bwd (inverse) {tag}"), x, BF16_TOL);
+    }
 }
 
 fn attention_case(h: &mut H, s: AttnShape) {

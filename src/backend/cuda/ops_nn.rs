@@ -27,6 +27,9 @@ fn norm_vector_path(acts: &[Dev], f32s: &[Dev], c: usize, max_c: usize) -> bool 
     acts.iter().all(Dev::is_bf16x8) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= max_c
 }
 
+/// Heads one rope.cu thread walks with its angles (`ROPE_HEADS` there).
+const ROPE_HEADS: usize = 8;
+
 /// Widest row `rmsnorm_*_bf16_k` keep in registers (32 lanes × 8 × 8).
 const RMS_VECTOR_MAX_C: usize = 2048;
 
@@ -193,8 +196,11 @@ impl CudaBackend {
         ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even");
         let x = self.out(qkv)?;
         let heads = s.heads + s.kv_heads;
-        let cfg = self.grid(rows * heads * s.head_dim / 2);
+        // Each thread: `vec` pair indices of one row, ROPE_HEADS heads.
+        let vec4 = x.elem == Elem::Bf16 && x.ptr.is_multiple_of(8) && s.head_dim.is_multiple_of(8);
+        let (kernel, vec) = if vec4 { ("rope_bf16x4_k", 4) } else { ("rope_k", 1) };
+        let cfg = self.grid(rows * heads.div_ceil(ROPE_HEADS) * (s.head_dim / 2 / vec));
         let args = [P(x.ptr), I(x.dt()), L(rows as i64), I(s.seq as i32), I(heads as i32), I(s.qkv_width() as i32), I(s.head_dim as i32), F(theta), F(dir)];
-        self.launch("rope", "rope_k", cfg, &args)
+        self.launch("rope", kernel, cfg, &args)
     }
 }

@@ -2,21 +2,83 @@
 // rotate_half: element i pairs with i + D/2). Angles are computed in fp32
 // exactly as Hugging Face does: inv_freq = 1 / theta^(2i/D), angle = pos*inv_freq.
 // `dir` = +1 rotates (forward), -1 applies the inverse rotation (backward).
+//
+// One thread owns V consecutive pair indices i of one token row and walks
+// ROPE_HEADS heads with them: the cos/sin of its V angles are computed once
+// and reused for every head (the old one-thread-per-pair kernel recomputed
+// them per head, with three 64-bit divisions per pair, and ran at ~0.6 TB/s
+// on llama-1b). With bf16 and V = 4 each half-row access is one 8-byte load.
 
+#define ROPE_HEADS 8
+
+template <int V, bool BF16X4>
+__device__ __forceinline__ void rope_load(const void* p, int dt, i64 at, float (&x)[V]) {
+    if (BF16X4) {
+        uint2 u = *reinterpret_cast<const uint2*>((const __nv_bfloat16*)p + at);
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+        float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+        x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) x[k] = ld(p, dt, at + k);
+    }
+}
+
+template <int V, bool BF16X4>
+__device__ __forceinline__ void rope_store(void* p, int dt, i64 at, const float (&x)[V]) {
+    if (BF16X4) {
+        *reinterpret_cast<uint2*>((__nv_bfloat16*)p + at) = pack_bf16x4(make_float4(x[0], x[1], x[2], x[3]));
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) st(p, dt, at + k, x[k]);
+    }
+}
+
+// Threads: rows * chunks * groups, groups = half / V (fastest), chunks =
+// ceil(heads_qk / ROPE_HEADS).
+template <int V, bool BF16X4>
+__device__ __forceinline__ void rope_body(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
+                                          float theta, float dir) {
+    const int half = d / 2, groups = half / V, chunks = (heads_qk + ROPE_HEADS - 1) / ROPE_HEADS;
+    GRID_LOOP(idx, rows * chunks * groups) {
+        const int g = (int)(idx % groups);
+        const i64 rest = idx / groups;
+        const int chunk = (int)(rest % chunks);
+        const i64 row = rest / chunks;
+        const float pos = (float)(row % seq);
+        float c[V], s[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const int i = g * V + k;
+            const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)d);
+            sincosf(pos * inv_freq, &s[k], &c[k]);
+            s[k] *= dir;
+        }
+        const int h_end = min(heads_qk, (chunk + 1) * ROPE_HEADS);
+        for (int h = chunk * ROPE_HEADS; h < h_end; h++) {
+            const i64 at = row * width + (i64)h * d + g * V;
+            float x1[V], x2[V], y1[V], y2[V];
+            rope_load<V, BF16X4>(qkv, dt, at, x1);
+            rope_load<V, BF16X4>(qkv, dt, at + half, x2);
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                y1[k] = x1[k] * c[k] - x2[k] * s[k];
+                y2[k] = x2[k] * c[k] + x1[k] * s[k];
+            }
+            rope_store<V, BF16X4>(qkv, dt, at, y1);
+            rope_store<V, BF16X4>(qkv, dt, at + half, y2);
+        }
+    }
+}
+
+// Any dtype, any even d.
 extern "C" __global__ void rope_k(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
                                   float theta, float dir) {
-    int half = d / 2;
-    GRID_LOOP(idx, rows * heads_qk * half) {
-        int i = (int)(idx % half);
-        i64 rest = idx / half;
-        int h = (int)(rest % heads_qk);
-        i64 row = rest / heads_qk;
-        float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)d);
-        float ang = (float)(row % seq) * inv_freq;
-        float c = cosf(ang), s = sinf(ang) * dir;
-        i64 base = row * width + (i64)h * d;
-        float x1 = ld(qkv, dt, base + i), x2 = ld(qkv, dt, base + i + half);
-        st(qkv, dt, base + i, x1 * c - x2 * s);
-        st(qkv, dt, base + i + half, x2 * c + x1 * s);
-    }
+    rope_body<1, false>(qkv, dt, rows, seq, heads_qk, width, d, theta, dir);
+}
+
+// bf16, d a multiple of 8, qkv 8-byte aligned (the caller checks).
+extern "C" __global__ void rope_bf16x4_k(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
+                                         float theta, float dir) {
+    rope_body<4, true>(qkv, dt, rows, seq, heads_qk, width, d, theta, dir);
 }

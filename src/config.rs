@@ -78,6 +78,12 @@ pub struct ModelConfig {
     pub n_kv_heads: usize,
     /// Hidden width of the MLP (per branch for SwiGLU).
     pub d_ff: usize,
+    /// A SwiGLU MLP's hidden width is padded to a multiple of this inside
+    /// the model (zero gate/up rows and down-projection columns, which stay
+    /// zero: exact): llama-1b's 5461 otherwise costs padded copies around
+    /// every MLP matmul and rules out vector loads in the SwiGLU kernels.
+    /// 1 = no padding. GELU MLPs are not padded. Exports and imports keep `d_ff`.
+    pub ffn_multiple: usize,
     /// Longest sequence the model supports (size of learned positions).
     pub max_seq_len: usize,
     pub norm: Norm,
@@ -229,6 +235,7 @@ impl Default for ModelConfig {
             n_heads: 4,
             n_kv_heads: 4,
             d_ff: 512,
+            ffn_multiple: 64,
             max_seq_len: 256,
             norm: Norm::Layernorm,
             mlp: Mlp::Gelu,
@@ -308,6 +315,20 @@ impl ModelConfig {
     pub fn padded_vocab(&self) -> usize {
         self.vocab_size.div_ceil(self.vocab_multiple.max(1)) * self.vocab_multiple.max(1)
     }
+
+    /// The MLP hidden width inside the model: `d_ff`, rounded up to a
+    /// multiple of `ffn_multiple` for SwiGLU.
+    pub fn padded_ff(&self) -> usize {
+        match self.mlp {
+            Mlp::Swiglu => self.d_ff.div_ceil(self.ffn_multiple.max(1)) * self.ffn_multiple.max(1),
+            Mlp::Gelu => self.d_ff,
+        }
+    }
+
+    /// The same model without padding (what checkpoints elsewhere hold).
+    pub fn unpadded(&self) -> ModelConfig {
+        ModelConfig { vocab_multiple: 1, ffn_multiple: 1, ..self.clone() }
+    }
 }
 
 /// Build a config from an optional file and `key=value` overrides.
@@ -333,12 +354,13 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config> {
 }
 
 /// The config a run folder saved (`config.toml`, every key written out).
-/// Runs saved before `model.vocab_multiple` existed did not pad their
-/// vocabulary: a missing key there means 1, not today's default.
+/// Runs saved before `model.vocab_multiple` / `model.ffn_multiple` existed
+/// did not pad: a missing key there means 1, not today's default.
 pub fn from_run_toml(text: &str, origin: &str) -> Result<Config> {
     let mut saved = text.parse::<Value>().map_err(|e| anyhow!("{origin} is not valid TOML: {e}"))?;
     if let Some(model) = saved.get_mut("model").and_then(|m| m.as_table_mut()) {
         model.entry("vocab_multiple").or_insert(Value::Integer(1));
+        model.entry("ffn_multiple").or_insert(Value::Integer(1));
     }
     resolve(saved)
 }
@@ -538,7 +560,7 @@ impl Config {
         if !["cpu", "cuda"].contains(&self.device.as_str()) {
             bail!("device = `{}` is not supported; use `cpu` or `cuda`", self.device);
         }
-        for (name, v) in [("model.vocab_size", m.vocab_size), ("model.vocab_multiple", m.vocab_multiple), ("model.d_model", m.d_model), ("model.n_layers", m.n_layers), ("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads), ("model.d_ff", m.d_ff), ("model.max_seq_len", m.max_seq_len), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len), ("train.grad_accum", t.grad_accum)] {
+        for (name, v) in [("model.vocab_size", m.vocab_size), ("model.vocab_multiple", m.vocab_multiple), ("model.ffn_multiple", m.ffn_multiple), ("model.d_model", m.d_model), ("model.n_layers", m.n_layers), ("model.n_heads", m.n_heads), ("model.n_kv_heads", m.n_kv_heads), ("model.d_ff", m.d_ff), ("model.max_seq_len", m.max_seq_len), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len), ("train.grad_accum", t.grad_accum)] {
             if v == 0 {
                 bail!("{name} must be at least 1");
             }

@@ -3,11 +3,19 @@
 use ferrotron::ckpt::{self, hf_tensors, Dtype, Manifest, NamedTensor};
 use ferrotron::config::{self, ModelConfig};
 use ferrotron::model::layout::ParamLayout;
+use ferrotron::model::padding::repad;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 fn preset(name: &str) -> ModelConfig {
     config::load(None, &[format!("model.preset={name}")]).unwrap().model
+}
+
+/// Weights of `cfg`'s model: [`values`] on the real tensors, zero padding
+/// (what a model holds: padding never leaves zero, and exports drop it).
+fn model_values(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
+    let tight = cfg.unpadded();
+    repad(&tight, cfg, &values(ParamLayout::new(&tight).total, seed))
 }
 
 /// Deterministic values with a spread of magnitudes and signs.
@@ -293,7 +301,7 @@ fn save_rejects_data_that_does_not_match_its_shape() {
 fn hf_round_trip(cfg: &ModelConfig) {
     let tmp = tempfile::tempdir().unwrap();
     let layout = ParamLayout::new(cfg);
-    let params = values(layout.total, 7);
+    let params = model_values(cfg, 7);
     ckpt::export(tmp.path(), cfg, &layout, &params, Dtype::F32).unwrap();
     let (cfg2, params2) = ckpt::import(tmp.path()).unwrap();
     assert_eq!(ModelConfig { preset: cfg.preset.clone(), ..cfg2.clone() }, *cfg);
@@ -367,7 +375,7 @@ fn llama_rope_parameters_of_transformers_v5_are_read() {
     // transformers >= 5 saves `rope_parameters` instead of `rope_theta`.
     let cfg = preset("tiny-llama");
     let layout = ParamLayout::new(&cfg);
-    let params = values(layout.total, 8);
+    let params = model_values(&cfg, 8);
     let tmp = tempfile::tempdir().unwrap();
     ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
     let path = tmp.path().join("config.json");
@@ -468,7 +476,7 @@ fn gpt2_conv1d_weights_are_transposed_on_export() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = preset("tiny");
     let layout = ParamLayout::new(&cfg);
-    let params = values(layout.total, 11);
+    let params = model_values(&cfg, 11);
     ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
     let file = tmp.path().join("model.safetensors");
     for (ours, hf) in [
@@ -500,10 +508,11 @@ fn llama_fused_weights_are_split_by_rows_on_export() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = preset("tiny-llama");
     let layout = ParamLayout::new(&cfg);
-    let params = values(layout.total, 12);
+    let params = model_values(&cfg, 12);
     ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
     let file = tmp.path().join("model.safetensors");
-    let (c, d, f) = (cfg.d_model, cfg.head_dim(), cfg.d_ff);
+    let (c, d, f, fp) = (cfg.d_model, cfg.head_dim(), cfg.d_ff, cfg.padded_ff());
+    assert!(fp > f, "tiny-llama's d_ff = {f} is padded, so the up block starts at {fp}");
     let (q, kv) = (cfg.n_heads * d, cfg.n_kv_heads * d);
     let rows = |name: &str, start: usize, count: usize| {
         let info = layout.must(name);
@@ -513,7 +522,11 @@ fn llama_fused_weights_are_split_by_rows_on_export() {
     assert_eq!(read_hf(&file, "model.layers.2.self_attn.k_proj.weight"), (vec![kv, c], rows("h.2.attn.qkv.w", q, kv)));
     assert_eq!(read_hf(&file, "model.layers.2.self_attn.v_proj.weight"), (vec![kv, c], rows("h.2.attn.qkv.w", q + kv, kv)));
     assert_eq!(read_hf(&file, "model.layers.2.mlp.gate_proj.weight"), (vec![f, c], rows("h.2.mlp.fc.w", 0, f)));
-    assert_eq!(read_hf(&file, "model.layers.2.mlp.up_proj.weight"), (vec![f, c], rows("h.2.mlp.fc.w", f, f)));
+    assert_eq!(read_hf(&file, "model.layers.2.mlp.up_proj.weight"), (vec![f, c], rows("h.2.mlp.fc.w", fp, f)));
+    // The down projection [c, fp] loses its padding columns.
+    let down = layout.must("h.2.mlp.proj.w");
+    let cols: Vec<f32> = (0..c).flat_map(|r| params[down.offset + r * fp..down.offset + r * fp + f].to_vec()).collect();
+    assert_eq!(read_hf(&file, "model.layers.2.mlp.down_proj.weight"), (vec![c, f], cols));
 }
 
 /// Write an HF-style model folder with `tensors` (f32 or f16) and `config`.
@@ -559,8 +572,7 @@ fn gpt2_import_accepts_hub_quirks() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = preset("tiny");
     cfg.n_layers = 2;
-    let layout = ParamLayout::new(&cfg);
-    let params: Vec<f32> = values(layout.total, 5).iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
+    let params: Vec<f32> = model_values(&cfg, 5).iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
     let (json, list) = exported(&cfg, &params);
     let mut tensors = Vec::new();
     let f16 = |v: &[f32]| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>();
@@ -585,8 +597,7 @@ fn gpt2_import_accepts_hub_quirks() {
 fn sharded_llama_import() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = preset("tiny-llama");
-    let layout = ParamLayout::new(&cfg);
-    let params = values(layout.total, 9);
+    let params = model_values(&cfg, 9);
     let (json, list) = exported(&cfg, &params);
     fs::write(tmp.path().join("config.json"), serde_json::to_vec(&json).unwrap()).unwrap();
     let mut weight_map = serde_json::Map::new();
@@ -613,8 +624,7 @@ fn sharded_llama_import() {
 #[test]
 fn hf_import_errors_are_clear() {
     let cfg = preset("tiny-llama");
-    let layout = ParamLayout::new(&cfg);
-    let params = values(layout.total, 4);
+    let params = model_values(&cfg, 4);
     let (json, list) = exported(&cfg, &params);
     let tensors = |list: &[(String, Vec<usize>, Vec<f32>)]| {
         list.iter().map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v), safetensors::Dtype::F32)).collect::<Vec<_>>()

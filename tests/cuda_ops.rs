@@ -390,8 +390,9 @@ fn activations() {
     h.check("gelu_fwd f32 in", y, BF16_TOL);
     h.run(|be, i| be.gelu_bwd(dx[i], x32[i], dy[i]));
     h.check("gelu_bwd f32 in", dx, BF16_TOL);
-    // 5000 rows: more than the 4096 block rows the 2-D launch uses.
-    for (rows, f) in [(33, 301), (5000, 7)] {
+    // 5000 rows: more than the 4096 block rows the 2-D launch uses; f a
+    // multiple of 8 takes the 8-wide bf16 kernels (llama-1b's padded 5504).
+    for (rows, f) in [(33, 301), (5000, 7), (5000, 16), (64, 5504)] {
         let x = h.randn(rows * 2 * f, 2.0, DType::Compute);
         let (y, dy, dx) = (h.zeros(rows * f, DType::Compute), h.randn(rows * f, 1.0, DType::Compute), h.zeros(rows * 2 * f, DType::Compute));
         h.run(|be, i| be.swiglu_fwd(y[i], x[i], rows, f));

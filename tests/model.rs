@@ -5,11 +5,13 @@
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::Backend;
 use ferrotron::config::{Mlp, ModelConfig, Norm, Positions};
-use ferrotron::model::{init::init_weights, Model};
+use ferrotron::model::{init::init_weights, padding::repad, Model};
 use ferrotron::util::rng::Rng;
 
+/// ffn_multiple 1: padding 24 hidden units to 64 would leave most MLP
+/// gradients at exactly zero (padding is tested on its own below).
 fn tiny(variant: &str) -> ModelConfig {
-    let mut m = ModelConfig { vocab_size: 37, d_model: 16, n_layers: 2, n_heads: 4, n_kv_heads: 4, d_ff: 24, max_seq_len: 8, init_std: 0.3, ..Default::default() };
+    let mut m = ModelConfig { vocab_size: 37, d_model: 16, n_layers: 2, n_heads: 4, n_kv_heads: 4, d_ff: 24, ffn_multiple: 1, max_seq_len: 8, init_std: 0.3, ..Default::default() };
     if variant == "llama" {
         m.norm = Norm::Rmsnorm;
         m.mlp = Mlp::Swiglu;
@@ -126,30 +128,32 @@ fn untrained_loss_is_near_log_vocab() {
     assert!((loss - expected).abs() < 0.05, "loss {loss} vs ln(V) {expected}");
 }
 
-/// Vocabulary padding (embedding/head rows up to a multiple of
-/// `model.vocab_multiple`) changes nothing: the same weights give the same
-/// loss, logits and gradients as the unpadded model, and the padding rows
-/// get exactly zero gradient (so they stay zero under every optimizer).
+/// Padding (embedding/head rows up to a multiple of `model.vocab_multiple`;
+/// SwiGLU hidden units up to a multiple of `model.ffn_multiple`) changes
+/// nothing: the same weights give the same loss, logits and gradients as
+/// the unpadded model, and the padding gets exactly zero gradient (so it
+/// stays zero under every optimizer).
 #[test]
-fn vocabulary_padding_changes_nothing() {
-    for variant in ["gpt2", "llama"] {
-        let tight = ModelConfig { vocab_multiple: 1, ..tiny(variant) };
-        let padded = ModelConfig { vocab_multiple: 64, ..tiny(variant) };
-        assert_eq!((tight.padded_vocab(), padded.padded_vocab()), (37, 64));
+fn padding_changes_nothing() {
+    let cases = [("gpt2", 64, 1), ("llama", 64, 1), ("llama", 1, 16), ("llama", 64, 64)];
+    for (variant, vocab_multiple, ffn_multiple) in cases {
+        let tag = format!("{variant} vocab_multiple {vocab_multiple} ffn_multiple {ffn_multiple}");
+        let tight = ModelConfig { vocab_multiple: 1, ffn_multiple: 1, ..tiny(variant) };
+        let padded = ModelConfig { vocab_multiple, ffn_multiple, ..tiny(variant) };
+        assert_eq!(padded.padded_vocab(), if vocab_multiple == 64 { 64 } else { 37 });
+        if variant == "llama" {
+            assert_eq!(padded.padded_ff(), 24usize.div_ceil(ffn_multiple) * ffn_multiple);
+        }
         let mut backend = CpuBackend::new();
         let mut a = Model::new(&mut backend, &tight, false).unwrap();
         let mut b = Model::new(&mut backend, &padded, false).unwrap();
         let wa = init_weights(&tight, &a.layout, 9);
-        // The padded model's weights: the same tensors, zero padding rows.
-        let mut wb = vec![0.0; b.layout.total];
-        for p in &a.layout.params {
-            let q = b.layout.must(&p.name);
-            wb[q.offset..q.offset + p.numel()].copy_from_slice(&wa[p.offset..p.offset + p.numel()]);
-        }
+        let wb = repad(&tight, &padded, &wa);
+        assert_eq!(wb, init_weights(&padded, &b.layout, 9), "{tag}: init draws the same values");
         a.set_params(&mut backend, &wa).unwrap();
         b.set_params(&mut backend, &wb).unwrap();
         let (x, y) = batch(&tight, 3, 8, 2);
-        assert_eq!(a.logits(&mut backend, &x, 3, 8).unwrap(), b.logits(&mut backend, &x, 3, 8).unwrap(), "{variant}: logits");
+        assert_eq!(a.logits(&mut backend, &x, 3, 8).unwrap(), b.logits(&mut backend, &x, 3, 8).unwrap(), "{tag}: logits");
         let mut grads = vec![];
         for m in [&mut a, &mut b] {
             m.zero_grads(&mut backend).unwrap();
@@ -158,20 +162,17 @@ fn vocabulary_padding_changes_nothing() {
             backend.download(m.grads_view(), &mut g).unwrap();
             grads.push((loss, g));
         }
-        assert_eq!(grads[0].0, grads[1].0, "{variant}: loss");
-        for p in &a.layout.params {
-            let q = b.layout.must(&p.name);
-            let (ga, gb) = (&grads[0].1[p.offset..p.offset + p.numel()], &grads[1].1[q.offset..q.offset + q.numel()]);
-            assert_eq!(ga, &gb[..p.numel()], "{variant}: gradient of {}", p.name);
-            assert!(gb[p.numel()..].iter().all(|&g| g == 0.0), "{variant}: padding rows of {} got a gradient", p.name);
-        }
+        assert_eq!(grads[0].0, grads[1].0, "{tag}: loss");
+        let (ga, gb) = (&grads[0].1, &grads[1].1);
+        assert_eq!(&repad(&padded, &tight, gb), ga, "{tag}: gradients of the real weights");
+        assert_eq!(&repad(&tight, &padded, ga), gb, "{tag}: the padding got a gradient");
     }
 }
 
 /// Fresh weights have zero padding rows.
 #[test]
 fn padding_rows_start_zero() {
-    let cfg = ModelConfig { vocab_multiple: 64, ..tiny("llama") };
+    let cfg = ModelConfig { vocab_multiple: 64, ffn_multiple: 1, ..tiny("llama") };
     let layout = ferrotron::model::layout::ParamLayout::new(&cfg);
     let w = init_weights(&cfg, &layout, 3);
     for name in ["wte", "lm_head"] {

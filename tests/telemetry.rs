@@ -331,5 +331,6 @@ fn best_run_per_optimizer_of_a_sweep() {
     folders.sort();
     let runs: Vec<_> = folders.iter().map(|f| load_run(f).unwrap()).collect();
     let best: Vec<&str> = best_runs(&runs).iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(best, ["adamw-lr1e-3", "adamw8bit-lr1e-3", "apollo-lr3e-3", "apollo_mini-lr1e-2", "lion-lr1e-4"]);
+    let want = ["adamw-lr1e-3", "adamw8bit-lr1e-3", "apollo-lr3e-3", "apollo_mini-lr1e-2", "cosmos-lr3e-4", "frugal-lr1e-3", "lion-lr1e-4", "muon-lr1e-2"];
+    assert_eq!(best, want);
 }

@@ -30,6 +30,8 @@ pub enum Source {
     Transposed,
     /// Rows `start..start + count` of our matrix (split of a fused weight).
     Rows { start: usize, count: usize },
+    /// The first `count` columns of our matrix (the rest is padding).
+    Cols { count: usize },
 }
 
 /// One tensor of the HF checkpoint and where it lives in ours.
@@ -71,6 +73,7 @@ impl Table<'_> {
             Source::Same => s.clone(),
             Source::Transposed => vec![s[1], s[0]],
             Source::Rows { count, .. } => vec![count, s[1]],
+            Source::Cols { count } => vec![s[0], count],
         };
         self.out.push(HfTensor { hf_name: hf_name.into(), shape, ours: ours.into(), source });
         Ok(())
@@ -111,9 +114,9 @@ fn gpt2_table(cfg: &ModelConfig, t: &mut Table) -> Result<()> {
 }
 
 fn llama_table(cfg: &ModelConfig, t: &mut Table) -> Result<()> {
-    use Source::{Rows, Same};
+    use Source::{Cols, Rows, Same};
     let d = cfg.head_dim();
-    let (q, kv, f) = (cfg.n_heads * d, cfg.n_kv_heads * d, cfg.d_ff);
+    let (q, kv, f, fp) = (cfg.n_heads * d, cfg.n_kv_heads * d, cfg.d_ff, cfg.padded_ff());
     t.push("model.embed_tokens.weight", "wte", vocab_rows(cfg))?;
     for l in 0..cfg.n_layers {
         let (h, p) = (format!("model.layers.{l}"), format!("h.{l}"));
@@ -125,8 +128,8 @@ fn llama_table(cfg: &ModelConfig, t: &mut Table) -> Result<()> {
             ("self_attn.o_proj.weight", "attn.proj.w", Same),
             ("post_attention_layernorm.weight", "ln2.w", Same),
             ("mlp.gate_proj.weight", "mlp.fc.w", Rows { start: 0, count: f }),
-            ("mlp.up_proj.weight", "mlp.fc.w", Rows { start: f, count: f }),
-            ("mlp.down_proj.weight", "mlp.proj.w", Same),
+            ("mlp.up_proj.weight", "mlp.fc.w", Rows { start: fp, count: f }),
+            ("mlp.down_proj.weight", "mlp.proj.w", Cols { count: f }),
         ] {
             t.push(&format!("{h}.{hf}"), &format!("{p}.{ours}"), src)?;
         }
@@ -155,6 +158,7 @@ fn gather(spec: &HfTensor, info: &ParamInfo, params: &[f32]) -> Vec<f32> {
             let cols = info.shape[1];
             ours[start * cols..(start + count) * cols].to_vec()
         }
+        Source::Cols { count } => ours.chunks(info.shape[1]).flat_map(|row| &row[..count]).copied().collect(),
     }
 }
 
@@ -167,6 +171,11 @@ fn scatter(spec: &HfTensor, info: &ParamInfo, params: &mut [f32], values: &[f32]
         Source::Rows { start, count } => {
             let cols = info.shape[1];
             ours[start * cols..(start + count) * cols].copy_from_slice(values);
+        }
+        Source::Cols { count } => {
+            for (row, vals) in ours.chunks_mut(info.shape[1]).zip(values.chunks(count)) {
+                row[..count].copy_from_slice(vals);
+            }
         }
     }
 }

@@ -87,7 +87,7 @@ impl Activations {
         let d = m.head_dim();
         let qkv_w = (m.n_heads + 2 * m.n_kv_heads) * d;
         let att_w = m.n_heads * d;
-        let f = m.d_ff;
+        let f = m.padded_ff();
         let fc_w = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
         let mut a = Alloc { b, bufs: Vec::new() };
         let tokens = a.get(n, DType::U32)?;

@@ -50,10 +50,10 @@ impl Model {
         // MLP half.
         match m.mlp {
             // On a GPU the GELU derivative rides in the matmul's epilogue.
-            Mlp::Gelu => b.linear_gelu_bwd(s.dfch, s.dfch_act, g.mlp_proj.w, g.mlp_proj.b, s.dres, la.fch_act, p.mlp_proj.w, la.fch, n, m.d_ff, c)?,
+            Mlp::Gelu => b.linear_gelu_bwd(s.dfch, s.dfch_act, g.mlp_proj.w, g.mlp_proj.b, s.dres, la.fch_act, p.mlp_proj.w, la.fch, n, m.padded_ff(), c)?,
             Mlp::Swiglu => {
-                b.linear_bwd(s.dfch_act, g.mlp_proj.w, g.mlp_proj.b, s.dres, la.fch_act, p.mlp_proj.w, n, m.d_ff, c)?;
-                b.swiglu_bwd(s.dfch, la.fch, s.dfch_act, n, m.d_ff)?;
+                b.linear_bwd(s.dfch_act, g.mlp_proj.w, g.mlp_proj.b, s.dres, la.fch_act, p.mlp_proj.w, n, m.padded_ff(), c)?;
+                b.swiglu_bwd(s.dfch, la.fch, s.dfch_act, n, m.padded_ff())?;
             }
         }
         b.linear_bwd(s.dln, g.fc.w, g.fc.b, s.dfch, la.ln2, p.fc.w, n, c, la.fch.len / n)?;

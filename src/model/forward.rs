@@ -27,7 +27,7 @@ impl Model {
     pub(super) fn mlp_act_fwd<B: Backend>(&self, b: &mut B, la: &LayerActs, n: usize) -> Result<()> {
         match self.cfg.mlp {
             Mlp::Gelu => b.gelu_fwd(la.fch_act, la.fch),
-            Mlp::Swiglu => b.swiglu_fwd(la.fch_act, la.fch, n, self.cfg.d_ff),
+            Mlp::Swiglu => b.swiglu_fwd(la.fch_act, la.fch, n, self.cfg.padded_ff()),
         }
     }
 
@@ -66,12 +66,12 @@ impl Model {
         self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
         if m.mlp == Mlp::Gelu {
             // One matmul with the GELU (and bias) in its epilogue on a GPU.
-            b.linear_gelu_fwd(la.fch, la.fch_act, la.ln2, p.fc.w, p.fc.b, n, c, m.d_ff)?;
+            b.linear_gelu_fwd(la.fch, la.fch_act, la.ln2, p.fc.w, p.fc.b, n, c, m.padded_ff())?;
         } else {
             b.linear_fwd(la.fch, la.ln2, p.fc.w, p.fc.b, n, c, la.fch.len / n)?;
             self.mlp_act_fwd(b, la, n)?;
         }
-        b.linear_fwd(acts.proj_out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, n, m.d_ff, c)?;
+        b.linear_fwd(acts.proj_out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, n, m.padded_ff(), c)?;
         b.add(out, la.res_mid, acts.proj_out)
     }
 }

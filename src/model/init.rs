@@ -6,7 +6,18 @@ use super::layout::{ParamKind, ParamLayout};
 use crate::config::ModelConfig;
 use crate::util::rng::Rng;
 
+/// Weights for `layout` (the layout of `cfg`). The unpadded model is drawn
+/// and then padded, so padding entries are zero and the padding multiples
+/// do not change the drawn values.
 pub fn init_weights(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+    let tight = cfg.unpadded();
+    let host = init_unpadded(&tight, &ParamLayout::new(&tight), seed);
+    let out = super::padding::repad(&tight, cfg, &host);
+    debug_assert_eq!(out.len(), layout.total);
+    out
+}
+
+fn init_unpadded(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     let mut host = vec![0.0f32; layout.total];
     let mut rng = Rng::new(seed);
     let resid_std = cfg.init_std / (2.0 * cfg.n_layers as f32).sqrt();
@@ -17,10 +28,6 @@ pub fn init_weights(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f
             ParamKind::Norm | ParamKind::Bias => dst.fill(0.0),
             _ if p.name.ends_with("proj.w") => rng.fill_normal(dst, resid_std),
             _ => rng.fill_normal(dst, cfg.init_std),
-        }
-        if matches!(p.kind, ParamKind::Embedding | ParamKind::Head) {
-            // Vocabulary padding rows start (and, with zero gradients, stay) zero.
-            dst[cfg.vocab_size * cfg.d_model..].fill(0.0);
         }
     }
     host

@@ -58,8 +58,9 @@ pub struct ParamLayout {
 impl ParamLayout {
     pub fn new(m: &ModelConfig) -> Self {
         let mut b = Builder::default();
-        // Embedding and head rows include the vocabulary padding.
-        let (c, v, f) = (m.d_model, m.padded_vocab(), m.d_ff);
+        // Embedding and head rows include the vocabulary padding, the MLP its
+        // hidden-width padding.
+        let (c, v, f) = (m.d_model, m.padded_vocab(), m.padded_ff());
         let d = m.head_dim();
         let qkv = (m.n_heads + 2 * m.n_kv_heads) * d;
         let fc_rows = if m.mlp == Mlp::Swiglu { 2 * f } else { f };

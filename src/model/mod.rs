@@ -9,6 +9,7 @@ mod backward;
 mod forward;
 pub mod init;
 pub mod layout;
+pub mod padding;
 pub mod views;
 
 use crate::backend::{Backend, BufId, DType, View, IGNORE};
@@ -46,8 +47,10 @@ impl Model {
         Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, last_fwd_ms: 0.0, last_bwd_ms: 0.0, pv, gv, acts: None })
     }
 
+    /// Parameters as other frameworks count them (padding left out; the
+    /// buffers hold `layout.total`).
     pub fn num_params(&self) -> usize {
-        self.layout.total
+        ParamLayout::new(&self.cfg.unpadded()).total
     }
 
     pub fn params_view(&self) -> View {

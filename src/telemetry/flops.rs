@@ -14,8 +14,9 @@ use crate::model::layout::{ParamKind, ParamLayout};
 /// matrices plus the output head (`lm_head`, or `wte` when tied, since the
 /// tied embedding is then also the head's matrix). Embedding lookups,
 /// learned positions, norms and biases do no matmul work.
+/// Padding (vocabulary, SwiGLU width) is not counted: it is not work.
 pub fn matmul_params(cfg: &ModelConfig) -> usize {
-    let layout = ParamLayout::new(cfg);
+    let layout = ParamLayout::new(&cfg.unpadded());
     let matrices: usize = layout.params.iter().filter(|p| p.kind == ParamKind::Matrix).map(|p| p.numel()).sum();
     let head = cfg.vocab_size * cfg.d_model;
     matrices + head

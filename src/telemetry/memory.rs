@@ -56,14 +56,12 @@ pub fn state_bytes_per_param(cfg: &Config) -> Result<f64> {
     Ok(bytes as f64 / params.max(1) as f64)
 }
 
-/// Total parameters per kind, in layout order of kinds, empty kinds left out.
-/// Parameters by kind, as other frameworks count them: the vocabulary
-/// padding rows of the embedding and head (always zero) are left out; see
-/// [`vocab_padding_params`].
+/// Parameters by kind (empty kinds left out), as other frameworks count
+/// them: the padding of the vocabulary and of a SwiGLU MLP's width (always
+/// zero) is left out; see [`padding_params`].
 pub fn param_counts(cfg: &Config) -> Vec<(ParamKind, usize)> {
-    let layout = ParamLayout::new(&cfg.model);
-    let pad_rows = (cfg.model.padded_vocab() - cfg.model.vocab_size) * cfg.model.d_model;
-    let real = |p: &crate::model::layout::ParamInfo| p.numel() - if matches!(p.kind, ParamKind::Embedding | ParamKind::Head) { pad_rows } else { 0 };
+    let layout = ParamLayout::new(&cfg.model.unpadded());
+    let real = |p: &crate::model::layout::ParamInfo| p.numel();
     let order = [ParamKind::Embedding, ParamKind::Position, ParamKind::Matrix, ParamKind::Bias, ParamKind::Norm, ParamKind::Head];
     order
         .iter()
@@ -72,11 +70,10 @@ pub fn param_counts(cfg: &Config) -> Vec<(ParamKind, usize)> {
         .collect()
 }
 
-/// Elements of the vocabulary padding rows (embedding, and head if untied):
-/// held in memory, not counted as parameters.
-pub fn vocab_padding_params(cfg: &Config) -> usize {
-    let m = &cfg.model;
-    (m.padded_vocab() - m.vocab_size) * m.d_model * if m.tied_embeddings { 1 } else { 2 }
+/// Elements of the padding (vocabulary rows of the embedding and head,
+/// SwiGLU hidden units): held in memory, not counted as parameters.
+pub fn padding_params(cfg: &Config) -> usize {
+    ParamLayout::new(&cfg.model).total - ParamLayout::new(&cfg.model.unpadded()).total
 }
 
 /// Bytes per element of (weights, gradients, activations) on a device.
@@ -104,7 +101,8 @@ pub struct ActivationCount {
 }
 
 /// Saved activations of one micro-batch of N = batch_size · seq_len tokens,
-/// with C = d_model, H/KV = query/kv heads, D = head_dim, F = d_ff, V = vocab.
+/// with C = d_model, H/KV = query/kv heads, D = head_dim, F = d_ff and V =
+/// vocab as padded in the model.
 ///
 /// Per layer (llm.c-style explicit forward with a flash-style attention
 /// kernel that keeps only the log-sum-exp, never the S×S scores):
@@ -129,7 +127,7 @@ pub struct ActivationCount {
 pub fn activation_count(cfg: &Config) -> ActivationCount {
     let m = &cfg.model;
     let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
-    let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.d_ff as u64, m.padded_vocab() as u64);
+    let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.padded_ff() as u64, m.padded_vocab() as u64);
     let stats = if m.norm == Norm::Layernorm { 2 * n } else { n };
     let fc_out = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
     // Outputs that are cheap to recompute from kept inputs and kept stats.

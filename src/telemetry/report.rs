@@ -2,7 +2,7 @@
 //! and the memory estimate, as aligned two-column tables.
 
 use super::flops::{attention_flops_per_token, flops_per_token, matmul_params};
-use super::memory::{estimate, optimizer_groups, param_counts, vocab_padding_params, MemoryEstimate};
+use super::memory::{estimate, optimizer_groups, param_counts, padding_params, MemoryEstimate};
 use crate::optim::GroupPlan;
 use crate::config::{Config, Mlp, ModelConfig, Norm, Positions};
 use crate::model::layout::{ParamKind, ParamLayout};
@@ -49,6 +49,9 @@ fn model_section(out: &mut String, m: &ModelConfig) {
     let pad = m.padded_vocab() - m.vocab_size;
     let padding = if pad > 0 { format!(" (+{pad} padding rows in the embedding and head: {} = a multiple of {})", m.padded_vocab(), m.vocab_multiple) } else { String::new() };
     let _ = writeln!(out, "  vocab {}{padding} · max_seq_len {}", m.vocab_size, m.max_seq_len);
+    if m.padded_ff() > m.d_ff {
+        let _ = writeln!(out, "  d_ff padded to {} in memory (a multiple of {}; zero units)", m.padded_ff(), m.ffn_multiple);
+    }
     let norm = if m.norm == Norm::Layernorm { "layernorm" } else { "rmsnorm" };
     let mlp = if m.mlp == Mlp::Gelu { "gelu MLP" } else { "swiglu MLP" };
     let pos = if m.positions == Positions::Learned { "learned positions" } else { "rotary positions" };
@@ -78,7 +81,7 @@ fn params_section(out: &mut String, cfg: &Config) {
         row(out, kind_label(*kind, cfg.model.tied_embeddings), &human_count(*n as f64), &share);
     }
     rule(out);
-    let pad = vocab_padding_params(cfg);
+    let pad = padding_params(cfg);
     let note = if pad > 0 { format!("{} (+{} padding in memory)", group_digits(total as u64), group_digits(pad as u64)) } else { group_digits(total as u64) };
     row(out, "total", &human_count(total as f64), &note);
     out.push('\n');

@@ -4,7 +4,7 @@
 
 use crate::ckpt;
 use crate::config::Config;
-use crate::model::layout::ParamLayout;
+use crate::model::padding;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -19,19 +19,8 @@ pub fn load(cfg: &mut Config) -> Result<Vec<f32>> {
     model.init_from = path;
     model.init_std = cfg.model.init_std;
     model.vocab_multiple = cfg.model.vocab_multiple;
+    model.ffn_multiple = cfg.model.ffn_multiple;
     cfg.model = model;
     cfg.validate().context("the shape read from model.init_from does not fit the rest of the config")?;
-    Ok(repad(&ParamLayout::new(&hf), &ParamLayout::new(&cfg.model), &weights))
-}
-
-/// The same tensors in a layout that differs only in vocabulary padding
-/// rows (zero in both): each tensor's leading elements are copied.
-fn repad(from: &ParamLayout, to: &ParamLayout, weights: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; to.total];
-    for p in &to.params {
-        let q = from.must(&p.name);
-        let n = p.numel().min(q.numel());
-        out[p.offset..p.offset + n].copy_from_slice(&weights[q.offset..q.offset + n]);
-    }
-    out
+    Ok(padding::repad(&hf, &cfg.model, &weights))
 }

@@ -175,6 +175,9 @@ impl CudaBackend {
         ensure!(inp.len == n * 2 * f && out.len == n * f, "swiglu_fwd: views do not match n={n} f={f}");
         let x = self.dev(inp)?;
         let o = self.out(out)?;
+        if f.is_multiple_of(8) && o.is_bf16x8() && x.is_bf16x8() {
+            return self.launch("swiglu", "swiglu_fwd_bf16x8_k", rows_cols_cfg(n, f / 8), &[P(o.ptr), P(x.ptr), L(n as i64), L(f as i64)]);
+        }
         let cfg = rows_cols_cfg(n, f);
         self.launch("swiglu", "swiglu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(n as i64), L(f as i64)])
     }
@@ -184,6 +187,9 @@ impl CudaBackend {
         ensure!(inp.len == n * 2 * f && dinp.len == n * 2 * f && dout.len == n * f, "swiglu_bwd: views do not match n={n} f={f}");
         let (x, g) = (self.dev(inp)?, self.dev(dout)?);
         let d = self.out(dinp)?;
+        if f.is_multiple_of(8) && d.is_bf16x8() && x.is_bf16x8() && g.is_bf16x8() {
+            return self.launch("swiglu", "swiglu_bwd_bf16x8_k", rows_cols_cfg(n, f / 8), &[P(d.ptr), P(x.ptr), P(g.ptr), L(n as i64), L(f as i64)]);
+        }
         let cfg = rows_cols_cfg(n, f);
         self.launch("swiglu", "swiglu_bwd_k", cfg, &[P(d.ptr), I(d.dt()), P(x.ptr), I(x.dt()), P(g.ptr), I(g.dt()), L(n as i64), L(f as i64)])
     }

@@ -166,3 +166,20 @@ fn runs_saved_without_vocab_multiple_resume_unpadded() {
     let summary = ferrotron::telemetry::compare::load_run(&run).unwrap();
     assert_eq!(summary.cfg.model.padded_vocab(), 300);
 }
+
+/// The same for `model.ffn_multiple` (SwiGLU width padding): a run saved
+/// without the key resumes with its unpadded d_ff.
+#[test]
+fn runs_saved_without_ffn_multiple_resume_unpadded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = cfg(tmp.path(), "old", &["model.preset=tiny-llama", "model.d_ff=100", "model.ffn_multiple=1", "train.steps=2", "train.ckpt_every=2"]);
+    assert_eq!(first.model.padded_ff(), 100);
+    train(&first, None).unwrap();
+    let run = tmp.path().join("old");
+    let path = run.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.lines().filter(|l| !l.starts_with("ffn_multiple")).collect::<Vec<_>>().join("\n")).unwrap();
+    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=3".into()], None).unwrap();
+    assert_eq!((cont.model.ffn_multiple, cont.model.padded_ff()), (1, 100));
+    train(&cont, Some(&run)).unwrap();
+}

@@ -12,6 +12,7 @@
 #          sweeps at once packs it).
 #   RUN_TIMEOUT  seconds after which a run is stopped (default: none); what
 #          it logged so far is kept.
+#   EXTRA  more `--set key=value` arguments for every run.
 #   GPUS   the slots to spread the runs over, as GPU indices (default "0");
 #          repeat an index to run several small runs on one GPU at once
 #          ("0 1 0 1": two per GPU on two GPUs).
@@ -47,7 +48,7 @@ one_run() { # gpu opt lr
     --set train.batch_size=$BATCH --set train.seq_len=$SEQ --set train.steps=$STEPS \
     --set train.warmup_steps=$(( STEPS / 10 )) --set train.eval_every=$(( STEPS / 20 )) \
     --set train.eval_batches=8 --set train.ckpt_every=0 --set train.samples=0 --set run.progress=false \
-    --set run.dir=runs/conv --set run.name=$name > runs/conv-$name.log 2>&1
+    --set run.dir=runs/conv --set run.name=$name ${EXTRA:-} > runs/conv-$name.log 2>&1
   mkdir -p $OUT/conv/$name
   cp runs/conv/$name/config.toml runs/conv/$name/metrics.jsonl $OUT/conv/$name/ 2>/dev/null
   cp runs/conv-$name.log $OUT/conv/$name/train.log

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# For the next GPU session (one nvidia-h200; each PART fits one call of < 10
+# minutes). Built after the 2026-11-28 night session's device time ran out:
+#   PART=check  the CUDA tests (new RoPE and 8-wide SwiGLU kernels, padded
+#               SwiGLU width through the whole model incl. HF logits), then
+#               llama-1b 4x2048 side by side with torch.compile (recompute
+#               off and on) and its per-op profile, GPT-2 124M once more.
+#   PART=long   llama-1b at 32768 (ferrotron recompute vs PyTorch activation
+#               checkpointing) and bench/max_seq.sh (longest sequence each fits).
+#   PART=cosmos the two COSMOS convergence runs to their 50M tokens, alone on
+#               the GPU (both stopped at 29.9M when the last budget ended).
+# Needs .dev/{ferrotron,cuda_ops,cuda_optim,cuda_model} (bench/stage_binaries.sh);
+# carry [".dev"]. Bulky output comes back in $OUT/next.tar.gz.
+export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+{ date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $OUT/gpu.txt
+pack() { (cd $OUT && tar -czf next.tar.gz "$@" && rm -rf "$@"); }
+
+case "${PART:-}" in
+check)
+  ./.dev/cuda_ops --test-threads=1 --nocapture > $OUT/tests.log 2>&1
+  ./.dev/cuda_optim --nocapture >> $OUT/tests.log 2>&1
+  python3 bench/hf_logits_fixtures.py /tmp/hf >> $OUT/tests.log 2>&1
+  FERROTRON_HF_FIXTURES=/tmp/hf ./.dev/cuda_model --test-threads=1 --nocapture >> $OUT/tests.log 2>&1
+  grep -hE "^test |test result|panicked|rope|swiglu|max.logit" $OUT/tests.log | cut -c1-200
+  source bench/side_by_side.sh
+  L="--set model.preset=llama-1b --set train.batch_size=4 --set train.seq_len=2048"
+  ft $L --warmup 2 --steps 5 --export-init /tmp/l1b | cut -c1-200
+  timeout 240 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
+  ft $L --warmup 2 --steps 5 | cut -c1-200
+  ft $L --set train.recompute=true --warmup 2 --steps 5 | cut -c1-200
+  ft $L --set train.recompute=true --warmup 2 --steps 3 --profile > $OUT/profile_llama1b.json
+  G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
+  ft $G --warmup 3 --steps 10 | cut -c1-200
+  pack tests.log profile_llama1b.json ;;
+long)
+  source bench/side_by_side.sh
+  ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2 --export-init /tmp/l1b | cut -c1-200
+  timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
+  timeout $(( 570 - SECONDS )) bash bench/max_seq.sh ;;
+cosmos)
+  OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
+  # ffn_multiple=1: the same shapes as the other 14 runs of the sweep (made
+  # before the SwiGLU padding; COSMOS' step scales with the matrix shape).
+  GPUS="0 0" OPTS="cosmos:1e-4,3e-4" EXTRA="--set model.ffn_multiple=1" RUN_TIMEOUT=$(( 565 - SECONDS )) NO_TAR=1 bash bench/convergence.sh
+  pack conv ;;
+*)
+  echo "set PART=check, long or cosmos" >&2; exit 2 ;;
+esac

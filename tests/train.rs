@@ -148,21 +148,30 @@ fn init_from_hugging_face_checkpoint() {
     }
 }
 
+/// Trains a 2-step run with `settings`, deletes `key` from its saved
+/// config.toml (as written before the key existed) and resumes it to step 3;
+/// returns the resumed config and the run folder.
+fn resume_without_key(tmp: &Path, key: &str, settings: &[&str]) -> (Config, std::path::PathBuf) {
+    let mut all = vec!["train.steps=2", "train.ckpt_every=2"];
+    all.extend_from_slice(settings);
+    train(&cfg(tmp, "old", &all), None).unwrap();
+    let run = tmp.join("old");
+    let path = run.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.lines().filter(|l| !l.starts_with(key)).collect::<Vec<_>>().join("\n")).unwrap();
+    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=3".into()], None).unwrap();
+    train(&cont, Some(&run)).unwrap();
+    (cont, run)
+}
+
 /// Runs saved before `model.vocab_multiple` existed did not pad their
 /// vocabulary; their config.toml lacks the key, which must read as 1 (not
 /// today's default of 64), so they resume and compare as they were.
 #[test]
 fn runs_saved_without_vocab_multiple_resume_unpadded() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = cfg(tmp.path(), "old", &["model.vocab_size=300", "model.vocab_multiple=1", "train.steps=2", "train.ckpt_every=2"]);
-    train(&first, None).unwrap();
-    let run = tmp.path().join("old");
-    let path = run.join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.lines().filter(|l| !l.starts_with("vocab_multiple")).collect::<Vec<_>>().join("\n")).unwrap();
-    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=3".into()], None).unwrap();
+    let (cont, run) = resume_without_key(tmp.path(), "vocab_multiple", &["model.vocab_size=300", "model.vocab_multiple=1"]);
     assert_eq!(cont.model.vocab_multiple, 1);
-    train(&cont, Some(&run)).unwrap();
     let summary = ferrotron::telemetry::compare::load_run(&run).unwrap();
     assert_eq!(summary.cfg.model.padded_vocab(), 300);
 }
@@ -172,14 +181,6 @@ fn runs_saved_without_vocab_multiple_resume_unpadded() {
 #[test]
 fn runs_saved_without_ffn_multiple_resume_unpadded() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = cfg(tmp.path(), "old", &["model.preset=tiny-llama", "model.d_ff=100", "model.ffn_multiple=1", "train.steps=2", "train.ckpt_every=2"]);
-    assert_eq!(first.model.padded_ff(), 100);
-    train(&first, None).unwrap();
-    let run = tmp.path().join("old");
-    let path = run.join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.lines().filter(|l| !l.starts_with("ffn_multiple")).collect::<Vec<_>>().join("\n")).unwrap();
-    let cont = ferrotron::train::run_dir::resume_config(&run, &["train.steps=3".into()], None).unwrap();
+    let (cont, _) = resume_without_key(tmp.path(), "ffn_multiple", &["model.preset=tiny-llama", "model.d_ff=100", "model.ffn_multiple=1"]);
     assert_eq!((cont.model.ffn_multiple, cont.model.padded_ff()), (1, 100));
-    train(&cont, Some(&run)).unwrap();
 }

@@ -5,8 +5,9 @@
 #               SwiGLU width through the whole model incl. HF logits), then
 #               llama-1b 4x2048 side by side with torch.compile (recompute
 #               off and on) and its per-op profile, GPT-2 124M once more.
-#   PART=long   llama-1b at 32768 (ferrotron recompute vs PyTorch activation
-#               checkpointing) and bench/max_seq.sh (longest sequence each fits).
+#   PART=long   llama-1b at 32768 (ferrotron recompute and checkpoint_layers vs
+#               PyTorch activation checkpointing) and bench/max_seq.sh (longest
+#               sequence each fits, ferrotron with checkpoint_layers).
 #   PART=cosmos the two COSMOS convergence runs to their 50M tokens, alone on
 #               the GPU (both stopped at 29.9M when the last budget ended).
 # Needs .dev/{ferrotron,cuda_ops,cuda_optim,cuda_model} (bench/stage_binaries.sh);
@@ -36,6 +37,7 @@ check)
 long)
   source bench/side_by_side.sh
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2 --export-init /tmp/l1b | cut -c1-200
+  ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --warmup 1 --steps 2 | cut -c1-200
   timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
   timeout $(( 570 - SECONDS )) bash bench/max_seq.sh ;;
 cosmos)

@@ -5,7 +5,7 @@ under bench/results/ (the raw lines go next to the table).
     python3 bench/tables.py train bench.jsonl   # ferrotron vs PyTorch training steps
     python3 bench/tables.py optim optim.jsonl   # optimizer step: ratios, bandwidth, memory
 
-train: groups lines by workload (preset or params, batch, seq, recompute)
+train: groups lines by workload (preset or params, batch, seq, recompute / checkpointing)
 and engine; reports the median over repeated runs of each engine and the
 ratio of ferrotron's tokens/s to each PyTorch engine's.
 optim: one row per engine/optimizer (first occurrence), the ratios
@@ -31,10 +31,13 @@ def train_table(rows):
     for r in rows:
         if "tokens_per_s" not in r or "profile" in r:
             continue
-        # By size, not preset name: the PyTorch lines carry no preset, and
-        # ferrotron's count includes vocabulary padding rows (+0.03%).
+        # By size, not preset name: the PyTorch lines carry no preset (and
+        # builds before the real-parameter count included padding, +0.03%).
         size = f"{r.get('params', 0) / 1e6:.0f}M params"
-        work = (size, r.get("batch_size"), r.get("seq_len"), bool(r.get("recompute") or r.get("checkpointing")))
+        # ferrotron's checkpoint_layers and PyTorch's checkpointing are the
+        # same technique and share a group; elementwise recompute has its own.
+        ckpt = bool(r.get("checkpoint_layers") or r.get("checkpointing"))
+        work = (size, r.get("batch_size"), r.get("seq_len"), "checkpoint" if ckpt else ("recompute" if r.get("recompute") else ""))
         groups.setdefault(work, {}).setdefault(r["engine"], []).append(r)
     out = ["| workload | engine | runs | median tokens/s | ratio (ferrotron / this) | MFU | peak memory |", "|---|---|---|---|---|---|---|"]
     for (size, batch, seq, recompute), engines in groups.items():
@@ -44,7 +47,7 @@ def train_table(rows):
             ratio = f"{ours / med[e]:.2f}×" if ours and e != "ferrotron" else ""
             mfu = statistics.median(x.get("mfu", 0) for x in rs)
             peak = max(x.get("peak_mem_bytes", 0) for x in rs)
-            work = f"{size} {batch}×{seq}" + (" recompute" if recompute else "")
+            work = f"{size} {batch}×{seq}" + (f" {recompute}" if recompute else "")
             out.append(f"| {work} | {e} | {len(rs)} | {med[e]:,.0f} | {ratio} | {100 * mfu:.1f}% | {gb(peak)} |")
     return "\n".join(out)
 

@@ -134,6 +134,11 @@ pub struct TrainConfig {
     pub sample_tokens: usize,
     /// Recompute norms and MLP activations in backward (saves memory).
     pub recompute: bool,
+    /// Activation checkpointing: keep only each block's input and re-run
+    /// the block's forward in backward (one extra forward pass, ~1/3 more
+    /// compute; saved activations shrink to N·C per layer plus one block's
+    /// worth). Implies `recompute`.
+    pub checkpoint_layers: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -269,6 +274,7 @@ impl Default for TrainConfig {
             samples: 0,
             sample_tokens: 64,
             recompute: false,
+            checkpoint_layers: false,
         }
     }
 }

@@ -5,7 +5,7 @@
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::Backend;
 use ferrotron::config::{Mlp, ModelConfig, Norm, Positions};
-use ferrotron::model::{init::init_weights, padding::repad, Model};
+use ferrotron::model::{init::init_weights, padding::repad, Model, Recompute};
 use ferrotron::util::rng::Rng;
 
 /// ffn_multiple 1: padding 24 hidden units to 64 would leave most MLP
@@ -85,7 +85,7 @@ fn llama_variant_gradients_match_finite_differences() {
     gradcheck("llama");
 }
 
-fn grads_with(variant: &str, recompute: bool) -> (f32, Vec<f32>) {
+fn grads_with(variant: &str, recompute: impl Into<Recompute>) -> (f32, Vec<f32>) {
     let cfg = tiny(variant);
     let mut backend = CpuBackend::new();
     let mut model = Model::new(&mut backend, &cfg, recompute).unwrap();
@@ -101,10 +101,12 @@ fn grads_with(variant: &str, recompute: bool) -> (f32, Vec<f32>) {
 #[test]
 fn recompute_gives_identical_gradients() {
     for v in ["gpt2", "llama"] {
-        let (l1, g1) = grads_with(v, false);
-        let (l2, g2) = grads_with(v, true);
-        assert_eq!(l1, l2, "{v}: loss");
-        assert_eq!(g1, g2, "{v}: gradients");
+        let (l1, g1) = grads_with(v, Recompute::Off);
+        for mode in [Recompute::Elementwise, Recompute::Layers] {
+            let (l2, g2) = grads_with(v, mode);
+            assert_eq!(l1, l2, "{v} {mode:?}: loss");
+            assert_eq!(g1, g2, "{v} {mode:?}: gradients");
+        }
     }
 }
 

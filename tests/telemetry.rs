@@ -144,10 +144,19 @@ fn memory_estimate_matches_hand_computation() {
     assert_eq!(cuda.grads, 4 * params as u64);
     assert_eq!(cuda.activations, 2 * act + 4 * fp32);
 
-    // Recompute drops ln1, ln2 and gelu outputs: 2·N·C + N·F per layer.
+    // Recompute drops ln1, ln2 and gelu outputs, 2·N·C + N·F per layer, into
+    // one shared N·C (norms) + N·F (activation) scratch.
     let rc = activation_count(&tiny_small("cpu", true));
-    assert_eq!(rc.act, act - 4 * (2 * n * 128 + n * 512));
+    assert_eq!(rc.act, act - 4 * (2 * n * 128 + n * 512) + (n * 128 + n * 512));
     assert_eq!(rc.fp32, fp32);
+
+    // Layer checkpointing keeps each block's output (N·C) and one block's
+    // worth of everything else, fp32 stats included.
+    let mut ck = tiny_small("cpu", false);
+    ck.train.checkpoint_layers = true;
+    let lc = activation_count(&ck);
+    assert_eq!(lc.act, 4 * n * 128 + (per_layer - n * 128) + 2 * n * 128 + n * 256);
+    assert_eq!(lc.fp32, per_layer_fp32 + 2 * n);
 }
 
 #[test]
@@ -333,4 +342,35 @@ fn best_run_per_optimizer_of_a_sweep() {
     let best: Vec<&str> = best_runs(&runs).iter().map(|r| r.name.as_str()).collect();
     let want = ["adamw-lr1e-3", "adamw8bit-lr1e-3", "apollo-lr3e-3", "apollo_mini-lr1e-2", "cosmos-lr3e-4", "frugal-lr1e-3", "lion-lr1e-4", "muon-lr1e-2"];
     assert_eq!(best, want);
+}
+
+/// The activation estimate differs between recompute modes exactly as much
+/// as the buffers the CPU backend allocates do (the buffers the estimate
+/// leaves out, e.g. the backward scratch, are the same in every mode).
+#[test]
+fn activation_estimate_tracks_allocations_across_recompute_modes() {
+    use ferrotron::backend::{cpu::CpuBackend, Backend};
+    use ferrotron::model::{Model, Recompute};
+    let live_after_step = |cfg: &Config| {
+        let mut b = CpuBackend::new();
+        let mut model = Model::new(&mut b, &cfg.model, Recompute::of(&cfg.train)).unwrap();
+        let (batch, seq) = (cfg.train.batch_size, cfg.train.seq_len);
+        let tokens: Vec<u32> = (0..batch * seq).map(|i| (i % 200) as u32).collect();
+        model.forward_backward(&mut b, &tokens, &tokens, batch, seq, 1.0).unwrap();
+        b.live_memory_bytes() as i64
+    };
+    let counted = |cfg: &Config| {
+        let c = activation_count(cfg);
+        4 * (c.act + c.fp32) as i64 // the CPU backend stores everything in 4 bytes
+    };
+    let off = tiny_small("cpu", false);
+    let elementwise = tiny_small("cpu", true);
+    let mut layers = tiny_small("cpu", false);
+    layers.train.checkpoint_layers = true;
+    let base = live_after_step(&off) - counted(&off);
+    assert!(base > 0);
+    for cfg in [&elementwise, &layers] {
+        assert_eq!(live_after_step(cfg) - counted(cfg), base, "recompute {:?}", Recompute::of(&cfg.train));
+    }
+    assert!(counted(&layers) < counted(&elementwise) && counted(&elementwise) < counted(&off));
 }

@@ -1,14 +1,47 @@
 //! Activation buffers for one micro-batch shape (batch × seq).
 //!
 //! The forward pass keeps what the backward pass needs, per layer; with
-//! `recompute` the cheap outputs (norm outputs, MLP activation) are not kept
-//! per layer but recomputed in backward into one shared scratch buffer.
+//! [`Recompute::Elementwise`] the cheap outputs (norm outputs, MLP
+//! activation) are not kept per layer but recomputed in backward into one
+//! shared scratch buffer; with [`Recompute::Layers`] only each block's input
+//! is kept and every other buffer is one block's worth, shared by all
+//! blocks and refilled by re-running the block's forward in backward.
 
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::{Mlp, ModelConfig};
 use anyhow::Result;
 
+/// What the backward pass recomputes instead of keeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    /// Everything the backward needs is kept.
+    #[default]
+    Off,
+    /// Norm outputs and the MLP activation (`train.recompute`).
+    Elementwise,
+    /// Whole blocks from their inputs (`train.checkpoint_layers`).
+    Layers,
+}
+
+impl Recompute {
+    pub fn of(t: &crate::config::TrainConfig) -> Self {
+        match (t.checkpoint_layers, t.recompute) {
+            (true, _) => Recompute::Layers,
+            (false, true) => Recompute::Elementwise,
+            (false, false) => Recompute::Off,
+        }
+    }
+}
+
+/// `true` = the elementwise recompute of `train.recompute`.
+impl From<bool> for Recompute {
+    fn from(elementwise: bool) -> Self {
+        if elementwise { Recompute::Elementwise } else { Recompute::Off }
+    }
+}
+
 /// Saved tensors of one transformer block.
+#[derive(Clone, Copy)]
 pub struct LayerActs {
     /// Block input (the residual stream).
     pub res_in: View,
@@ -81,7 +114,7 @@ impl<B: Backend> Alloc<'_, B> {
 }
 
 impl Activations {
-    pub fn new<B: Backend>(b: &mut B, m: &ModelConfig, batch: usize, seq: usize, recompute: bool) -> Result<Self> {
+    pub fn new<B: Backend>(b: &mut B, m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> Result<Self> {
         let n = batch * seq;
         let c = m.d_model;
         let d = m.head_dim();
@@ -92,12 +125,14 @@ impl Activations {
         let mut a = Alloc { b, bufs: Vec::new() };
         let tokens = a.get(n, DType::U32)?;
         let targets = a.get(n, DType::U32)?;
-        // Shared scratch for recomputed tensors (used only with recompute).
-        let (shared_ln, shared_act) = if recompute { (Some(a.act(n * c)?), Some(a.act(n * f)?)) } else { (None, None) };
-        let mut layers = Vec::with_capacity(m.n_layers);
-        for _ in 0..m.n_layers {
-            layers.push(LayerActs {
-                res_in: a.act(n * c)?,
+        // Elementwise recompute: ln1, ln2 and the MLP activation of every
+        // block live in one shared scratch, rebuilt in backward just before
+        // each is read (with whole-block recompute each block re-runs its
+        // full forward, which needs ln1 and ln2 at once: no sharing there).
+        let (shared_ln, shared_act) = if recompute == Recompute::Elementwise { (Some(a.act(n * c)?), Some(a.act(n * f)?)) } else { (None, None) };
+        let block = |a: &mut Alloc<'_, B>, res_in: View| -> Result<LayerActs> {
+            Ok(LayerActs {
+                res_in,
                 ln1: match shared_ln { Some(v) => v, None => a.act(n * c)? },
                 ln1_mean: a.f32(n)?,
                 ln1_rstd: a.f32(n)?,
@@ -110,7 +145,22 @@ impl Activations {
                 ln2_rstd: a.f32(n)?,
                 fch: a.act(n * fc_w)?,
                 fch_act: match shared_act { Some(v) => v, None => a.act(n * f)? },
-            });
+            })
+        };
+        let mut layers = Vec::with_capacity(m.n_layers);
+        if recompute == Recompute::Layers {
+            // One block's buffers for all blocks; each keeps its own input.
+            let res_in = a.act(n * c)?;
+            let first = block(&mut a, res_in)?;
+            layers.push(first);
+            for _ in 1..m.n_layers {
+                layers.push(LayerActs { res_in: a.act(n * c)?, ..first });
+            }
+        } else {
+            for _ in 0..m.n_layers {
+                let res_in = a.act(n * c)?;
+                layers.push(block(&mut a, res_in)?);
+            }
         }
         let grads = GradScratch {
             dres: a.act(n * c)?,

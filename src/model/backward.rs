@@ -4,7 +4,7 @@
 
 use super::activations::{Activations, LayerActs};
 use super::views::{LayerViews, NormViews};
-use super::Model;
+use super::{Model, Recompute};
 use crate::backend::{Backend, View};
 use crate::config::{Mlp, Positions};
 use anyhow::Result;
@@ -29,6 +29,12 @@ impl Model {
         b.fill(s.dres, 0.0)?;
         self.norm_bwd(b, p.ln_f, g.ln_f, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
         for l in (0..m.n_layers).rev() {
+            // Checkpointed blocks share one block's buffers, which hold the
+            // last block's forward: every other block runs its forward again
+            // (same inputs, same kernels: the same values).
+            if self.recompute == Recompute::Layers && l + 1 < m.n_layers {
+                self.block_fwd(b, &p.layers[l], &acts.layers[l], acts.layers[l + 1].res_in, acts)?;
+            }
             self.block_bwd(b, &p.layers[l], &g.layers[l], &acts.layers[l], acts)?;
         }
         let dwpe = if m.positions == Positions::Learned { g.wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
@@ -42,7 +48,7 @@ impl Model {
         let c = m.d_model;
         let s = &acts.grads;
         let shape = self.attn_shape(acts);
-        if self.recompute {
+        if self.recompute == Recompute::Elementwise {
             // ln2 and the MLP activation were not kept: rebuild them.
             self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
             self.mlp_act_fwd(b, la, n)?;
@@ -59,7 +65,7 @@ impl Model {
         b.linear_bwd(s.dln, g.fc.w, g.fc.b, s.dfch, la.ln2, p.fc.w, n, c, la.fch.len / n)?;
         self.norm_bwd(b, p.ln2, g.ln2, s.dres, s.dln, la.res_mid, la.ln2_mean, la.ln2_rstd, n)?;
         // Attention half.
-        if self.recompute {
+        if self.recompute == Recompute::Elementwise {
             self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
         }
         b.linear_bwd(s.datty, g.attn_proj.w, g.attn_proj.b, s.dres, la.atty, p.attn_proj.w, n, m.n_heads * m.head_dim(), c)?;

@@ -48,7 +48,7 @@ impl Model {
         b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.padded_vocab())
     }
 
-    fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations) -> Result<()> {
+    pub(super) fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let c = m.d_model;

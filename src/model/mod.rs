@@ -14,6 +14,7 @@ pub mod views;
 
 use crate::backend::{Backend, BufId, DType, View, IGNORE};
 use crate::config::ModelConfig;
+pub use activations::Recompute;
 use activations::Activations;
 use anyhow::{bail, Result};
 use layout::ParamLayout;
@@ -26,8 +27,8 @@ pub struct Model {
     pub params: BufId,
     /// fp32 gradients, same layout as `params`.
     pub grads: BufId,
-    /// Recompute norms and MLP activations in backward.
-    pub recompute: bool,
+    /// What the backward pass recomputes instead of keeping.
+    pub recompute: Recompute,
     /// Wall time of the last `forward_backward`'s two halves (synchronized).
     pub last_fwd_ms: f64,
     pub last_bwd_ms: f64,
@@ -38,7 +39,8 @@ pub struct Model {
 
 impl Model {
     /// Allocates zeroed parameters and gradients on the backend.
-    pub fn new<B: Backend>(b: &mut B, cfg: &ModelConfig, recompute: bool) -> Result<Self> {
+    pub fn new<B: Backend>(b: &mut B, cfg: &ModelConfig, recompute: impl Into<Recompute>) -> Result<Self> {
+        let recompute = recompute.into();
         let layout = ParamLayout::new(cfg);
         let params = b.alloc(layout.total, DType::F32)?;
         let grads = b.alloc(layout.total, DType::F32)?;

@@ -13,6 +13,7 @@
 
 use crate::config::{Config, Mlp, Norm};
 use crate::model::layout::{ParamKind, ParamLayout};
+use crate::model::Recompute;
 use crate::optim::{self, GroupPlan};
 use anyhow::Result;
 
@@ -107,6 +108,10 @@ pub struct ActivationCount {
 /// Per layer (llm.c-style explicit forward with a flash-style attention
 /// kernel that keeps only the log-sum-exp, never the S×S scores):
 ///
+/// `recompute` below is `train.recompute` (elementwise: the dropped tensors
+/// live in one shared scratch); `train.checkpoint_layers` keeps only each
+/// block's output per layer and one block's worth of everything else.
+///
 /// | saved tensor                         | elements        | dtype | recompute |
 /// |--------------------------------------|-----------------|-------|-----------|
 /// | ln1 output                           | N·C             | act   | dropped   |
@@ -132,11 +137,19 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
     let fc_out = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
     // Outputs that are cheap to recompute from kept inputs and kept stats.
     let recomputable = 2 * n * c + n * f;
-    let kept = n * (h + 2 * kv) * d + n * h * d + n * c + n * fc_out + n * c;
-    let per_layer_act = kept + if cfg.train.recompute { 0 } else { recomputable };
-    let per_layer_fp32 = 2 * stats + n * h;
+    let block_out = n * c;
+    let inner = n * (h + 2 * kv) * d + n * h * d + n * c + n * fc_out;
+    let per_block_fp32 = 2 * stats + n * h;
     let layers = m.n_layers as u64;
-    ActivationCount { act: layers * per_layer_act + 2 * n * c + n * v, fp32: layers * per_layer_fp32 + stats }
+    let once = ActivationCount { act: 2 * n * c + n * v, fp32: stats };
+    let (per_layer, shared) = match Recompute::of(&cfg.train) {
+        Recompute::Off => (ActivationCount { act: inner + block_out + recomputable, fp32: per_block_fp32 }, ActivationCount::default()),
+        Recompute::Elementwise => (ActivationCount { act: inner + block_out, fp32: per_block_fp32 }, ActivationCount { act: n * c + n * f, fp32: 0 }),
+        // Each block keeps its output (the next block's input); one block's
+        // worth of everything else is shared.
+        Recompute::Layers => (ActivationCount { act: block_out, fp32: 0 }, ActivationCount { act: inner + recomputable, fp32: per_block_fp32 }),
+    };
+    ActivationCount { act: layers * per_layer.act + shared.act + once.act, fp32: layers * per_layer.fp32 + shared.fp32 + once.fp32 }
 }
 
 fn activation_bytes(cfg: &Config, act_bytes: u64) -> u64 {

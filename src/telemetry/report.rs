@@ -113,7 +113,11 @@ fn memory_section(out: &mut String, cfg: &Config) {
     row(out, "weights", &human_bytes(est.weights), "");
     row(out, "gradients", &human_bytes(est.grads), "");
     optimizer_row(out, cfg, &est);
-    let recompute = if t.recompute { "recompute on" } else { "recompute off" };
+    let recompute = match crate::model::Recompute::of(t) {
+        crate::model::Recompute::Off => "recompute off",
+        crate::model::Recompute::Elementwise => "recompute on (norms, MLP activation)",
+        crate::model::Recompute::Layers => "checkpoint_layers on (blocks re-run in backward)",
+    };
     row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}", t.batch_size, t.seq_len));
     rule(out);
     let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };

@@ -21,6 +21,8 @@ pub struct BenchResult {
     pub seq_len: usize,
     /// `train.recompute` (norms and MLP activations recomputed in backward).
     pub recompute: bool,
+    /// `train.checkpoint_layers` (blocks re-run in backward).
+    pub checkpoint_layers: bool,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
@@ -99,6 +101,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         batch_size: cfg.train.batch_size,
         seq_len: cfg.train.seq_len,
         recompute: cfg.train.recompute,
+        checkpoint_layers: cfg.train.checkpoint_layers,
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,

@@ -66,7 +66,8 @@ fn oom(bytes: usize, held: u64) -> anyhow::Error {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     anyhow!(
         "out of GPU memory: asked for {bytes} bytes ({:.2} GiB); {:.2} GiB free of {:.2} GiB, ferrotron holds {:.2} GiB. \
-         Reduce train.batch_size or train.seq_len, or turn on train.recompute.",
+         Reduce train.batch_size or train.seq_len, or turn on train.recompute \
+         (norms and MLP activations recomputed) or train.checkpoint_layers (whole blocks recomputed: least memory).",
         gib(bytes as u64),
         gib(free as u64),
         gib(total as u64),

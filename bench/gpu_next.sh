@@ -4,7 +4,8 @@
 #   PART=check  the CUDA tests (new RoPE and 8-wide SwiGLU kernels, padded
 #               SwiGLU width through the whole model incl. HF logits), then
 #               llama-1b 4x2048 side by side with torch.compile (recompute
-#               off and on) and its per-op profile, GPT-2 124M once more.
+#               off, elementwise, whole blocks) and its per-op profile, GPT-2
+#               124M once more.
 #   PART=long   llama-1b at 32768 (ferrotron recompute and checkpoint_layers vs
 #               PyTorch activation checkpointing) and bench/max_seq.sh (longest
 #               sequence each fits, ferrotron with checkpoint_layers).
@@ -30,6 +31,7 @@ check)
   timeout 240 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 4 --seq 2048 --warmup 3 --steps 5 --compile --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
   ft $L --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.recompute=true --warmup 2 --steps 5 | cut -c1-200
+  ft $L --set train.checkpoint_layers=true --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.recompute=true --warmup 2 --steps 3 --profile > $OUT/profile_llama1b.json
   G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
   ft $G --warmup 3 --steps 10 | cut -c1-200

@@ -1,6 +1,7 @@
 //! Whole-model checks on the GPU (skipped without one):
 //! - a tiny GPT-2 and a tiny Llama trained 20 steps on CUDA track the CPU
 //!   reference loss curve;
+//! - recompute modes give the same loss and gradients as keeping everything;
 //! - weights made by Hugging Face transformers give the same logits in
 //!   ferrotron (CPU and CUDA) as in PyTorch. Runs when FERROTRON_HF_FIXTURES
 //!   names the folder written by bench/hf_logits_fixtures.py.
@@ -8,7 +9,8 @@
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::config;
-use ferrotron::model::Model;
+use ferrotron::backend::Backend;
+use ferrotron::model::{init::init_weights, Model, Recompute};
 use ferrotron::train::trainer::train;
 
 fn gpu() -> Option<CudaBackend> {
@@ -51,6 +53,37 @@ fn cuda_tracks_cpu_loss_curve_for_20_steps() {
             assert!((a - b).abs() <= 0.02 * a.abs(), "{preset} step {}: cpu {a} vs cuda {b}", i + 1);
         }
         assert!(cuda[19] < cuda[0] - 1.0, "{preset}: CUDA run should learn: {cuda:?}");
+    }
+}
+
+/// Elementwise recompute and whole-block checkpointing re-run deterministic
+/// forward kernels, so the loss is the same to the bit; gradients may differ
+/// only by the order of the embedding backward's atomic adds (fp32).
+#[test]
+fn recompute_modes_match_on_cuda() {
+    let Some(mut cuda) = gpu() else { return };
+    for preset in ["tiny", "tiny-llama"] {
+        let cfg = config::load(None, &[format!("model.preset={preset}")]).unwrap().model;
+        let (batch, seq) = (4, 64);
+        let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919) % cfg.vocab_size) as u32).collect();
+        let mut run = |mode: Recompute| {
+            let mut m = Model::new(&mut cuda, &cfg, mode).unwrap();
+            m.set_params(&mut cuda, &init_weights(&cfg, &m.layout, 5)).unwrap();
+            m.zero_grads(&mut cuda).unwrap();
+            let loss = m.forward_backward(&mut cuda, &tokens, &tokens, batch, seq, 1.0).unwrap();
+            let mut g = vec![0.0; m.layout.total];
+            cuda.download(m.grads_view(), &mut g).unwrap();
+            (loss, g)
+        };
+        let (l0, g0) = run(Recompute::Off);
+        let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
+        for mode in [Recompute::Elementwise, Recompute::Layers] {
+            let (l, g) = run(mode);
+            let diff = max_abs_diff(&g, &g0);
+            println!("{preset} {mode:?}: loss {l} vs {l0}; max grad diff {diff:.2e} of max |grad| {scale:.2e}");
+            assert_eq!(l, l0, "{preset} {mode:?}: loss");
+            assert!(diff <= 1e-5 * scale, "{preset} {mode:?}: gradients differ by {diff}");
+        }
     }
 }
 

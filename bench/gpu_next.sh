@@ -2,7 +2,8 @@
 # For the next GPU session (one nvidia-h200; each PART fits one call of < 10
 # minutes). Built after the 2026-11-28 night session's device time ran out:
 #   PART=check  the CUDA tests (new RoPE and 8-wide SwiGLU kernels, padded
-#               SwiGLU width through the whole model incl. HF logits), then
+#               SwiGLU width through the whole model incl. HF logits, the
+#               atomic-dQ attention backward, recompute modes on CUDA), then
 #               llama-1b 4x2048 side by side with torch.compile (recompute
 #               off, elementwise, whole blocks) and its per-op profile, GPT-2
 #               124M once more.
@@ -32,10 +33,14 @@ check)
   ft $L --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.recompute=true --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.checkpoint_layers=true --warmup 2 --steps 5 | cut -c1-200
+  # Attention backward with dQ by atomics (opt-in, not bitwise reproducible).
+  FERROTRON_ATTN_DQ=atomic ft $L --warmup 2 --steps 5 | cut -c1-200
+  ( timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture
+    FERROTRON_ATTN_DQ=atomic timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture ) > $OUT/attention_bench.log 2>&1
   ft $L --set train.recompute=true --warmup 2 --steps 3 --profile > $OUT/profile_llama1b.json
   G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
   ft $G --warmup 3 --steps 10 | cut -c1-200
-  pack tests.log profile_llama1b.json ;;
+  pack tests.log profile_llama1b.json attention_bench.log ;;
 long)
   source bench/side_by_side.sh
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2 --export-init /tmp/l1b | cut -c1-200

@@ -37,7 +37,9 @@ def train_table(rows):
         # ferrotron's checkpoint_layers and PyTorch's checkpointing are the
         # same technique and share a group; elementwise recompute has its own.
         ckpt = bool(r.get("checkpoint_layers") or r.get("checkpointing"))
-        work = (size, r.get("batch_size"), r.get("seq_len"), "checkpoint" if ckpt else ("recompute" if r.get("recompute") else ""))
+        mode = "checkpoint" if ckpt else ("recompute" if r.get("recompute") else "")
+        mode += " atomic-dQ" if r.get("atomic_dq") else ""
+        work = (size, r.get("batch_size"), r.get("seq_len"), mode.strip())
         groups.setdefault(work, {}).setdefault(r["engine"], []).append(r)
     out = ["| workload | engine | runs | median tokens/s | ratio (ferrotron / this) | MFU | peak memory |", "|---|---|---|---|---|---|---|"]
     for (size, batch, seq, recompute), engines in groups.items():

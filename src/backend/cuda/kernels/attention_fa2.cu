@@ -103,6 +103,21 @@ __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
 __device__ __forceinline__ int b_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
 __device__ __forceinline__ int b_col(int lane) { return ((lane >> 3) & 1) * 8; }
 
+// acc[16 x D] += a[16 x 16 keys of step kk] * K[those keys, D], with K stored
+// [key][d] in shared memory at stride LD (a B operand [K][N]: .trans). Both
+// dQ paths of the backward end with this product.
+template <int D>
+__device__ __forceinline__ void mma_times_keys(float (&acc)[D / 8][4], const unsigned* a, const bf16* ks, int kk, int LD) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int dn = 0; dn < D / 16; dn++) {
+        unsigned bk[4];
+        ldsm_x4_t(bk, ks + (kk * 16 + a_row(lane)) * LD + dn * 16 + a_col(lane));
+        mma16816(acc[2 * dn], a, bk[0], bk[1]);
+        mma16816(acc[2 * dn + 1], a, bk[2], bk[3]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Forward. Block = 4 warps x (16*MT) query rows; 64-key K/V tiles double
 // buffered. S, P and O live in registers; P goes from the S accumulator
@@ -455,13 +470,7 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
             for (int kk = 0; kk < BN / 16; kk++) {
                 unsigned sa[4];
                 ldsm_x4_t(sa, sS + (kk * 16 + b_row(lane)) * LS + m0 + b_col(lane));
-#pragma unroll
-                for (int dn = 0; dn < D / 16; dn++) {
-                    unsigned bk[4];
-                    ldsm_x4_t(bk, sK + (kk * 16 + a_row(lane)) * LD + dn * 16 + a_col(lane));
-                    mma16816(dqp[2 * dn], sa, bk[0], bk[1]);
-                    mma16816(dqp[2 * dn + 1], sa, bk[2], bk[3]);
-                }
+                mma_times_keys<D>(dqp, sa, sK, kk, LD);
             }
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
@@ -590,13 +599,7 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
                 sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
                 sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
                 sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-#pragma unroll
-                for (int dn = 0; dn < D / 16; dn++) {
-                    unsigned bk[4];
-                    ldsm_x4_t(bk, ks + (kk * 16 + a_row(lane)) * LD + dn * 16 + a_col(lane));
-                    mma16816(dq[2 * dn], sa, bk[0], bk[1]);
-                    mma16816(dq[2 * dn + 1], sa, bk[2], bk[3]);
-                }
+                mma_times_keys<D>(dq, sa, ks, kk, LD);
             }
         }
         __syncthreads();

@@ -121,7 +121,8 @@ fn init_from_hugging_face_checkpoint() {
     use ferrotron::data::{Dataset, Loader, Split};
     use ferrotron::model::Model;
     let tmp = tempfile::tempdir().unwrap();
-    // vocab 300: 320 rows with the default vocabulary padding (multiple of 64).
+    // vocab 300: 320 rows with the default vocabulary padding (multiple of 64);
+    // d_ff 48: 64 hidden units with the default SwiGLU padding.
     let first = cfg(tmp.path(), "src", &["model.preset=tiny-llama", "model.d_ff=48", "model.n_kv_heads=1", "model.vocab_size=300"]);
     train(&first, None).unwrap();
     let (src_cfg, weights) = ferrotron::train::generate::load_run_weights(&tmp.path().join("src")).unwrap();
@@ -132,19 +133,19 @@ fn init_from_hugging_face_checkpoint() {
     let mut m = Model::new(&mut b, &src_cfg.model, false).unwrap();
     m.set_params(&mut b, &weights).unwrap();
     // Deliberately give another shape: init_from's config.json must win; the
-    // vocabulary padding is ours to choose (none, the default, more).
+    // vocabulary and MLP padding are ours to choose (the defaults, none, other).
     let init = format!("model.init_from=\"{}\"", hf.display());
-    for multiple in [64, 1, 128] {
+    for (multiple, ffn) in [(64, 64), (1, 1), (128, 16)] {
         let name = format!("ft{multiple}");
-        let c = cfg(tmp.path(), &name, &[&init, "model.d_model=64", "train.steps=1", &format!("model.vocab_multiple={multiple}")]);
+        let c = cfg(tmp.path(), &name, &[&init, "model.d_model=64", "train.steps=1", &format!("model.vocab_multiple={multiple}"), &format!("model.ffn_multiple={ffn}")]);
         let run = train(&c, None).unwrap();
         let data = Dataset::open("builtin").unwrap();
         let batch = Loader::new(&data, Split::Train, 4, 32, c.seed, 0, 1).unwrap().next_batch().unwrap();
         let expected = m.eval_loss(&mut b, &batch.inputs, &batch.targets, 4, 32).unwrap();
         assert_eq!(run.losses[0], expected, "vocab_multiple {multiple}");
         let saved = std::fs::read_to_string(tmp.path().join(&name).join("config.toml")).unwrap();
-        assert!(saved.contains("d_model = 32") && saved.contains("init_from"), "{saved}");
-        assert!(saved.contains(&format!("vocab_multiple = {multiple}")), "{saved}");
+        assert!(saved.contains("d_model = 32") && saved.contains("d_ff = 48") && saved.contains("init_from"), "{saved}");
+        assert!(saved.contains(&format!("vocab_multiple = {multiple}")) && saved.contains(&format!("ffn_multiple = {ffn}")), "{saved}");
     }
 }
 

@@ -3,7 +3,8 @@
 # minutes). Built after the 2026-11-28 night session's device time ran out:
 #   PART=check  the CUDA tests (new RoPE and 8-wide SwiGLU kernels, padded
 #               SwiGLU width through the whole model incl. HF logits, the
-#               atomic-dQ attention backward, recompute modes on CUDA), then
+#               atomic-dQ attention backward, recompute modes on CUDA, the
+#               residual add fused into RMSNorm), then
 #               llama-1b 4x2048 side by side with torch.compile (recompute
 #               off, elementwise, whole blocks) and its per-op profile, GPT-2
 #               124M once more.

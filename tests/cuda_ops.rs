@@ -373,6 +373,24 @@ fn norms() {
         h.run(|be, i| be.rmsnorm_bwd(dx[i], dw[i], dout[i], x[i], w[i], r[i], n, c));
         h.check(&format!("rmsnorm_bwd dinp (+=) n={n} c={c}"), dx, BF16_TOL);
         h.check(&format!("rmsnorm_bwd dw n={n} c={c}"), dw, 1e-4);
+
+        // The residual add fused with RMSNorm: against the CPU, and bit for
+        // bit against the GPU's own add + rmsnorm_fwd.
+        let y = h.randn(n * c, 1.0, DType::Compute);
+        let sum = h.zeros(n * c, DType::Compute);
+        h.run(|be, i| be.add_rmsnorm_fwd(sum[i], out[i], r[i], x[i], y[i], w[i], n, c, 1e-6));
+        h.check(&format!("add_rmsnorm_fwd sum n={n} c={c}"), sum, BF16_TOL);
+        h.check(&format!("add_rmsnorm_fwd out n={n} c={c}"), out, BF16_TOL);
+        h.check(&format!("add_rmsnorm_fwd rstd n={n} c={c}"), r, 1e-4);
+        let (sum2, out2, r2) = (h.zeros(n * c, DType::Compute), h.zeros(n * c, DType::Compute), h.zeros(n, DType::F32));
+        h.g.add(sum2[0], x[0], y[0]).unwrap();
+        h.g.rmsnorm_fwd(out2[0], r2[0], sum2[0], w[0], n, c, 1e-6).unwrap();
+        for (fused, apart) in [(sum, sum2), (out, out2), (r, r2)] {
+            let (mut f, mut a) = (vec![0.0; fused[0].len], vec![0.0; fused[0].len]);
+            h.g.download(fused[0], &mut f).unwrap();
+            h.g.download(apart[0], &mut a).unwrap();
+            assert!(f.iter().zip(&a).all(|(p, q)| p.to_bits() == q.to_bits()), "add_rmsnorm_fwd n={n} c={c}: fused differs from add + rmsnorm_fwd");
+        }
     }
 }
 

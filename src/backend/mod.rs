@@ -297,6 +297,13 @@ pub trait Backend {
     /// `dinp += …`, `dw += …`.
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()>;
+    /// The residual add and the next RMSNorm: `sum = a + b`, then
+    /// [`Backend::rmsnorm_fwd`] of `sum` (a GPU reads the rows once).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.add(sum, a, b)?;
+        self.rmsnorm_fwd(out, rstd, sum, w, n, c, eps)
+    }
 
     // ---- activations --------------------------------------------------
     /// GELU, tanh approximation (GPT-2's `gelu_new`).

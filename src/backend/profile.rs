@@ -143,6 +143,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.time("rmsnorm_fwd", |b| b.rmsnorm_fwd(out, rstd, inp, w, n, c, eps))
     }
+    fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.time("add_rmsnorm_fwd", |bk| bk.add_rmsnorm_fwd(sum, out, rstd, a, b, w, n, c, eps))
+    }
     fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
         self.time("rmsnorm_bwd", |b| b.rmsnorm_bwd(dinp, dw, dout, inp, w, rstd, n, c))
     }

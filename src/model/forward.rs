@@ -23,6 +23,18 @@ impl Model {
         }
     }
 
+    /// `sum = a + b`, then its norm into `out` (one pass on a GPU for RMSNorm).
+    #[allow(clippy::too_many_arguments)]
+    fn add_norm_fwd<B: Backend>(&self, b: &mut B, p: NormViews, (out, mean, rstd): (View, View, View), sum: View, a: View, bv: View, n: usize) -> Result<()> {
+        match p.b {
+            None => b.add_rmsnorm_fwd(sum, out, rstd, a, bv, p.w, n, self.cfg.d_model, self.cfg.norm_eps),
+            Some(_) => {
+                b.add(sum, a, bv)?;
+                self.norm_fwd(b, p, out, mean, rstd, sum, n)
+            }
+        }
+    }
+
     /// MLP activation: GELU or SwiGLU of `fch` into `fch_act`.
     pub(super) fn mlp_act_fwd<B: Backend>(&self, b: &mut B, la: &LayerActs, n: usize) -> Result<()> {
         match self.cfg.mlp {
@@ -61,9 +73,9 @@ impl Model {
         }
         b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;
         b.linear_fwd(acts.proj_out, la.atty, p.attn_proj.w, p.attn_proj.b, n, m.n_heads * m.head_dim(), c)?;
-        b.add(la.res_mid, la.res_in, acts.proj_out)?;
-        // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))).
-        self.norm_fwd(b, p.ln2, la.ln2, la.ln2_mean, la.ln2_rstd, la.res_mid, n)?;
+        // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))), the
+        // residual add fused with ln2.
+        self.add_norm_fwd(b, p.ln2, (la.ln2, la.ln2_mean, la.ln2_rstd), la.res_mid, la.res_in, acts.proj_out, n)?;
         if m.mlp == Mlp::Gelu {
             // One matmul with the GELU (and bias) in its epilogue on a GPU.
             b.linear_gelu_fwd(la.fch, la.fch_act, la.ln2, p.fc.w, p.fc.b, n, c, m.padded_ff())?;

@@ -136,6 +136,9 @@ impl Backend for CudaBackend {
     fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
         self.rmsnorm_bwd_op(dinp, dw, dout, inp, w, rstd, n, c)
     }
+    fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.add_rmsnorm_fwd_op(sum, out, rstd, a, b, w, n, c, eps)
+    }
 
     fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()> {
         self.gelu_fwd_op(out, inp)

@@ -106,6 +106,25 @@ impl CudaBackend {
         self.launch("rmsnorm", "rmsnorm_fwd_k", rows_cfg(n), &args)
     }
 
+    /// One pass over the rows on the bf16 vector path; else the add and
+    /// the norm as two ops.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_rmsnorm_fwd_op(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.begin()?;
+        ensure!(
+            a.len == n * c && b.len == n * c && sum.len == n * c && out.len == n * c && rstd.len == n && w.len == c,
+            "add_rmsnorm_fwd: views do not match n={n} c={c}"
+        );
+        let (x, y, wd) = (self.dev(a)?, self.dev(b)?, self.dev(w)?);
+        let (s, o, rs) = (self.out(sum)?, self.out(out)?, self.out(rstd)?);
+        if norm_vector_path(&[s, o, x, y], &[wd, rs], c, RMS_VECTOR_MAX_C) {
+            let args = [P(s.ptr), P(o.ptr), P(rs.ptr), P(x.ptr), P(y.ptr), P(wd.ptr), L(n as i64), I(c as i32), F(eps)];
+            return self.launch("rmsnorm", "add_rmsnorm_fwd_bf16_k", rows_cfg(n), &args);
+        }
+        self.add_op(sum, a, b)?;
+        self.rmsnorm_fwd_op(out, rstd, sum, w, n, c, eps)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rmsnorm_bwd_op(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
         self.begin()?;

@@ -66,14 +66,11 @@ extern "C" __global__ void rmsnorm_bwd_dw_partial_k(float* partial, const void* 
 #define RMS_WARPS 8
 #define RMS_ROWS 4
 
-extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
-                                              const float* w, i64 n, int c, float eps) {
+// The row x (in registers) normalized into out; rstd saved.
+__device__ __forceinline__ void rms_normalize_row(__nv_bfloat16* out, float* rstd, float (&x)[RMS_MAXV][8],
+                                                  const float* w, i64 row, int c, float eps) {
     const int lane = threadIdx.x & 31;
-    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= n) return;
     const i64 base = row * c;
-    float x[RMS_MAXV][8];
-    load_row_bf16x8<RMS_MAXV>(inp + base, c, x);
     float s = 0.0f;
 #pragma unroll
     for (int t = 0; t < RMS_MAXV; t++)
@@ -91,6 +88,40 @@ extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, c
         store_bf16x8(out + base + j, o);
     }
     if (lane == 0) rstd[row] = rs;
+}
+
+extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
+                                              const float* w, i64 n, int c, float eps) {
+    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= n) return;
+    float x[RMS_MAXV][8];
+    load_row_bf16x8<RMS_MAXV>(inp + row * c, c, x);
+    rms_normalize_row(out, rstd, x, w, row, c, eps);
+}
+
+// The residual add fused in: sum = a + b (stored, bf16), out = rmsnorm(sum).
+// The sum is rounded to bf16 before it is normalized, exactly as the
+// separate add kernel would store it and rmsnorm_fwd_bf16_k read it back.
+extern "C" __global__ void add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
+                                                  const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
+                                                  i64 n, int c, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const i64 base = row * c;
+    float x[RMS_MAXV][8];
+    load_row_bf16x8<RMS_MAXV>(a + base, c, x);
+#pragma unroll
+    for (int t = 0; t < RMS_MAXV; t++) {
+        const int j = (t * 32 + lane) * 8;
+        if (j >= c) continue;
+        float y[8];
+        load_bf16x8(b + base + j, y);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[t][k] = __bfloat162float(__float2bfloat16_rn(x[t][k] + y[k]));
+        store_bf16x8(sum + base + j, x[t]);
+    }
+    rms_normalize_row(out, rstd, x, w, row, c, eps);
 }
 
 extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,

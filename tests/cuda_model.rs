@@ -117,12 +117,12 @@ fn hugging_face_weights_give_pytorch_logits() {
         let scale = fixture["logits_fp32"].iter().fold(0.0f32, |m, x| m.max(x.abs()));
 
         let mut cpu = CpuBackend::new();
-        let mut m = Model::new(&mut cpu, &cfg, false).unwrap();
+        let mut m = Model::new(&mut cpu, &cfg, Recompute::Off).unwrap();
         m.set_params(&mut cpu, &params).unwrap();
         let ours_cpu = m.logits(&mut cpu, &tokens, batch, seq).unwrap();
         let d_cpu = max_abs_diff(&ours_cpu, &fixture["logits_fp32"]);
 
-        let mut g = Model::new(&mut cuda, &cfg, false).unwrap();
+        let mut g = Model::new(&mut cuda, &cfg, Recompute::Off).unwrap();
         g.set_params(&mut cuda, &params).unwrap();
         let ours_gpu = g.logits(&mut cuda, &tokens, batch, seq).unwrap();
         let d_gpu_fp32 = max_abs_diff(&ours_gpu, &fixture["logits_fp32"]);

@@ -41,7 +41,7 @@ fn gradcheck(variant: &str) {
     let cfg = tiny(variant);
     let (b, t) = (2, 7);
     let mut backend = CpuBackend::new();
-    let mut model = Model::new(&mut backend, &cfg, false).unwrap();
+    let mut model = Model::new(&mut backend, &cfg, Recompute::Off).unwrap();
     let params = init_weights(&cfg, &model.layout, 3);
     model.set_params(&mut backend, &params).unwrap();
     let (x, y) = batch(&cfg, b, t, 11);
@@ -85,7 +85,7 @@ fn llama_variant_gradients_match_finite_differences() {
     gradcheck("llama");
 }
 
-fn grads_with(variant: &str, recompute: impl Into<Recompute>) -> (f32, Vec<f32>) {
+fn grads_with(variant: &str, recompute: Recompute) -> (f32, Vec<f32>) {
     let cfg = tiny(variant);
     let mut backend = CpuBackend::new();
     let mut model = Model::new(&mut backend, &cfg, recompute).unwrap();
@@ -112,8 +112,8 @@ fn recompute_gives_identical_gradients() {
 
 #[test]
 fn forward_backward_is_deterministic() {
-    let a = grads_with("llama", false);
-    let b = grads_with("llama", false);
+    let a = grads_with("llama", Recompute::Off);
+    let b = grads_with("llama", Recompute::Off);
     assert_eq!(a, b);
 }
 
@@ -122,7 +122,7 @@ fn untrained_loss_is_near_log_vocab() {
     let mut cfg = tiny("gpt2");
     cfg.init_std = 0.02;
     let mut backend = CpuBackend::new();
-    let mut model = Model::new(&mut backend, &cfg, false).unwrap();
+    let mut model = Model::new(&mut backend, &cfg, Recompute::Off).unwrap();
     model.set_params(&mut backend, &init_weights(&cfg, &model.layout, 1)).unwrap();
     let (x, y) = batch(&cfg, 2, 8, 4);
     let loss = model.eval_loss(&mut backend, &x, &y, 2, 8).unwrap();
@@ -147,8 +147,8 @@ fn padding_changes_nothing() {
             assert_eq!(padded.padded_ff(), 24usize.div_ceil(ffn_multiple) * ffn_multiple);
         }
         let mut backend = CpuBackend::new();
-        let mut a = Model::new(&mut backend, &tight, false).unwrap();
-        let mut b = Model::new(&mut backend, &padded, false).unwrap();
+        let mut a = Model::new(&mut backend, &tight, Recompute::Off).unwrap();
+        let mut b = Model::new(&mut backend, &padded, Recompute::Off).unwrap();
         let wa = init_weights(&tight, &a.layout, 9);
         let wb = repad(&tight, &padded, &wa);
         assert_eq!(wb, init_weights(&padded, &b.layout, 9), "{tag}: init draws the same values");

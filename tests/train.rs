@@ -130,7 +130,7 @@ fn init_from_hugging_face_checkpoint() {
     ferrotron::ckpt::export(&hf, &src_cfg.model, &ferrotron::model::layout::ParamLayout::new(&src_cfg.model), &weights, ferrotron::ckpt::Dtype::F32).unwrap();
 
     let mut b = CpuBackend::new();
-    let mut m = Model::new(&mut b, &src_cfg.model, false).unwrap();
+    let mut m = Model::new(&mut b, &src_cfg.model, ferrotron::model::Recompute::Off).unwrap();
     m.set_params(&mut b, &weights).unwrap();
     // Deliberately give another shape: init_from's config.json must win; the
     // vocabulary and MLP padding are ours to choose (the defaults, none, other).

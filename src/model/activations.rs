@@ -33,13 +33,6 @@ impl Recompute {
     }
 }
 
-/// `true` = the elementwise recompute of `train.recompute`.
-impl From<bool> for Recompute {
-    fn from(elementwise: bool) -> Self {
-        if elementwise { Recompute::Elementwise } else { Recompute::Off }
-    }
-}
-
 /// Saved tensors of one transformer block.
 #[derive(Clone, Copy)]
 pub struct LayerActs {

@@ -39,8 +39,7 @@ pub struct Model {
 
 impl Model {
     /// Allocates zeroed parameters and gradients on the backend.
-    pub fn new<B: Backend>(b: &mut B, cfg: &ModelConfig, recompute: impl Into<Recompute>) -> Result<Self> {
-        let recompute = recompute.into();
+    pub fn new<B: Backend>(b: &mut B, cfg: &ModelConfig, recompute: Recompute) -> Result<Self> {
         let layout = ParamLayout::new(cfg);
         let params = b.alloc(layout.total, DType::F32)?;
         let grads = b.alloc(layout.total, DType::F32)?;

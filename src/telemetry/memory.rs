@@ -62,11 +62,10 @@ pub fn state_bytes_per_param(cfg: &Config) -> Result<f64> {
 /// zero) is left out; see [`padding_params`].
 pub fn param_counts(cfg: &Config) -> Vec<(ParamKind, usize)> {
     let layout = ParamLayout::new(&cfg.model.unpadded());
-    let real = |p: &crate::model::layout::ParamInfo| p.numel();
     let order = [ParamKind::Embedding, ParamKind::Position, ParamKind::Matrix, ParamKind::Bias, ParamKind::Norm, ParamKind::Head];
     order
         .iter()
-        .map(|&kind| (kind, layout.params.iter().filter(|p| p.kind == kind).map(real).sum::<usize>()))
+        .map(|&kind| (kind, layout.params.iter().filter(|p| p.kind == kind).map(|p| p.numel()).sum::<usize>()))
         .filter(|&(_, n)| n > 0)
         .collect()
 }

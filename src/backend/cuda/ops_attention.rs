@@ -155,7 +155,8 @@ impl CudaBackend {
         self.launch("elementwise", "fill_k", self.grid(n), &[P(acc), I(Elem::F32 as i32), L(n as i64), F(0.0)])?;
         let mut args = args.to_vec();
         args.push(P(acc));
-        let c = LaunchConfig { shared_mem_bytes: dkv.shared_mem_bytes + (64 * (64 + 8) * 2) as u32, ..dkv };
+        // Plus the dS^T tile: 64 keys x 64 queries (bf16, padded stride).
+        let c = LaunchConfig { shared_mem_bytes: dkv.shared_mem_bytes + tile_bytes(64, 64) as u32, ..dkv };
         let kernel = if d == 64 { "fa2_bwd_dkvq_d64" } else { "fa2_bwd_dkvq_d128" };
         self.launch("attention_fa2", kernel, c, &args)?;
         self.launch("attention_fa2", "fa2_bwd_dq_convert", self.grid(n), &[P(dq), P(acc), Attn(a), I(d as i32)])

@@ -52,7 +52,7 @@ cosmos)
   OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
   # ffn_multiple=1: the same shapes as the other 14 runs of the sweep (made
   # before the SwiGLU padding; COSMOS' step scales with the matrix shape).
-  GPUS="0 0" OPTS="cosmos:1e-4,3e-4" EXTRA="--set model.ffn_multiple=1" RUN_TIMEOUT=$(( 565 - SECONDS )) NO_TAR=1 bash bench/convergence.sh
+  GPUS="0 0" OPTS="cosmos:1e-4,3e-4" EXTRA="--set model.ffn_multiple=1" RUN_TIMEOUT=$(( ${BUDGET:-565} - SECONDS )) NO_TAR=1 bash bench/convergence.sh
   pack conv ;;
 *)
   echo "set PART=check, long or cosmos" >&2; exit 2 ;;

@@ -9,6 +9,7 @@
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::config;
+use ferrotron::config::Mlp;
 use ferrotron::backend::Backend;
 use ferrotron::model::{init::init_weights, Model, Recompute};
 use ferrotron::train::trainer::train;
@@ -58,7 +59,8 @@ fn cuda_tracks_cpu_loss_curve_for_20_steps() {
 
 /// Elementwise recompute and whole-block checkpointing re-run deterministic
 /// forward kernels, so the loss is the same to the bit; gradients may differ
-/// only by the order of the embedding backward's atomic adds (fp32).
+/// only by the order of the embedding backward's atomic adds (fp32), except
+/// where the recompute uses another kernel than the forward (GELU, below).
 #[test]
 fn recompute_modes_match_on_cuda() {
     let Some(mut cuda) = gpu() else { return };
@@ -82,7 +84,12 @@ fn recompute_modes_match_on_cuda() {
             let diff = max_abs_diff(&g, &g0);
             println!("{preset} {mode:?}: loss {l} vs {l0}; max grad diff {diff:.2e} of max |grad| {scale:.2e}");
             assert_eq!(l, l0, "{preset} {mode:?}: loss");
-            assert!(diff <= 1e-5 * scale, "{preset} {mode:?}: gradients differ by {diff}");
+            // GPT-2's forward takes GELU from the matmul epilogue (cuBLASLt's
+            // own GELU), the elementwise recompute from our GELU kernel: the
+            // two differ by up to one bf16 ulp (2^-8 relative) per element,
+            // which bounds the gradients' difference at 2^-8 of their scale.
+            let tol = if mode == Recompute::Elementwise && cfg.mlp == Mlp::Gelu { 2f32.powi(-8) } else { 1e-5 };
+            assert!(diff <= tol * scale, "{preset} {mode:?}: gradients differ by {diff}");
         }
     }
 }

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# For the next GPU session (one nvidia-h200; each PART fits one call of < 10
-# minutes). Built after the 2026-11-28 night session's device time ran out:
-#   PART=check  the CUDA tests (new RoPE and 8-wide SwiGLU kernels, padded
-#               SwiGLU width through the whole model incl. HF logits, the
-#               atomic-dQ attention backward, recompute modes on CUDA, the
-#               residual add fused into RMSNorm), then
-#               llama-1b 4x2048 side by side with torch.compile (recompute
-#               off, elementwise, whole blocks) and its per-op profile, GPT-2
-#               124M once more.
-#   PART=long   llama-1b at 32768 (ferrotron recompute and checkpoint_layers vs
-#               PyTorch activation checkpointing) and bench/max_seq.sh (longest
-#               sequence each fits, ferrotron with checkpoint_layers).
-#   PART=cosmos the two COSMOS convergence runs to their 50M tokens, alone on
-#               the GPU (both stopped at 29.9M when the last budget ended).
+# GPU session script (one nvidia-h200; each PART fits one call of < 10
+# minutes; check, long and cosmos were run on 2026-11-29, see
+# bench/results/gpu_2026-11-29.md):
+#   PART=check  every CUDA test (incl. HF logits vs transformers and the
+#               recompute modes), llama-1b 4x2048 side by side with
+#               torch.compile (recompute off, elementwise, whole blocks), its
+#               per-op profile, GPT-2 124M, the attention benchmark.
+#   PART=long   llama-1b at 32768: ferrotron recompute and checkpoint_layers vs
+#               PyTorch activation checkpointing.
+#   PART=maxseq ENGINES=pytorch (one call) then ENGINES=ferrotron (another):
+#               bench/max_seq.sh, the longest sequence each engine trains
+#               (predicted from two short runs, checked with one step; a step
+#               near the limit takes ~5 minutes). The attention test first.
+#   PART=cosmos the two COSMOS convergence runs of the optimizer sweep.
 # Needs .dev/{ferrotron,cuda_ops,cuda_optim,cuda_model} (bench/stage_binaries.sh);
 # carry [".dev"]. Bulky output comes back in $OUT/next.tar.gz.
 export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1
@@ -34,10 +34,7 @@ check)
   ft $L --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.recompute=true --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.checkpoint_layers=true --warmup 2 --steps 5 | cut -c1-200
-  # Attention backward with dQ by atomics (opt-in, not bitwise reproducible).
-  FERROTRON_ATTN_DQ=atomic ft $L --warmup 2 --steps 5 | cut -c1-200
-  ( timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture
-    FERROTRON_ATTN_DQ=atomic timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture ) > $OUT/attention_bench.log 2>&1
+  timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture > $OUT/attention_bench.log 2>&1
   ft $L --set train.recompute=true --warmup 2 --steps 3 --profile > $OUT/profile_llama1b.json
   G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
   ft $G --warmup 3 --steps 10 | cut -c1-200
@@ -47,7 +44,10 @@ long)
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2 --export-init /tmp/l1b | cut -c1-200
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --warmup 1 --steps 2 | cut -c1-200
   timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
-  timeout $(( 570 - SECONDS )) bash bench/max_seq.sh ;;
+ ;;
+maxseq)
+  ./.dev/cuda_ops attention --nocapture 2>&1 | grep -E "^test |test result|panicked" | tee $OUT/tests.log
+  SECS=$(( 575 - SECONDS )) bash bench/max_seq.sh ;;
 cosmos)
   OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
   # ffn_multiple=1: the same shapes as the other 14 runs of the sweep (made
@@ -55,5 +55,5 @@ cosmos)
   GPUS="0 0" OPTS="cosmos:1e-4,3e-4" EXTRA="--set model.ffn_multiple=1" RUN_TIMEOUT=$(( ${BUDGET:-565} - SECONDS )) NO_TAR=1 bash bench/convergence.sh
   pack conv ;;
 *)
-  echo "set PART=check, long or cosmos" >&2; exit 2 ;;
+  echo "set PART=check, long, maxseq or cosmos" >&2; exit 2 ;;
 esac

@@ -38,6 +38,9 @@ def train_table(rows):
         # same technique and share a group; elementwise recompute has its own.
         ckpt = bool(r.get("checkpoint_layers") or r.get("checkpointing"))
         mode = "checkpoint" if ckpt else ("recompute" if r.get("recompute") else "")
+        # Runs of the since-removed atomic-dQ attention backward (older files
+        # under bench/results/ say atomic_dq): keep them out of the default
+        # path's medians.
         mode += " atomic-dQ" if r.get("atomic_dq") else ""
         work = (size, r.get("batch_size"), r.get("seq_len"), mode.strip())
         groups.setdefault(work, {}).setdefault(r["engine"], []).append(r)

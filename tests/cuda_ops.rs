@@ -72,15 +72,13 @@ struct H {
     g: CudaBackend,
     c: CpuBackend,
     rng: Rng,
-    /// The GPU backend forms attention's dQ with atomics (not bitwise reproducible).
-    atomic_dq: bool,
 }
 
 fn gpu() -> Option<H> {
     match CudaBackend::new(0) {
         Ok(g) => {
             println!("device: {}", g.device_name());
-            Some(H { g, c: CpuBackend::new(), rng: Rng(42), atomic_dq: false })
+            Some(H { g, c: CpuBackend::new(), rng: Rng(42) })
         }
         Err(e) => {
             println!("skipping: no CUDA device ({e})");
@@ -474,11 +472,8 @@ fn attention_case(h: &mut H, s: AttnShape) {
     // Gradients pass through two bf16 roundings (out, then dqkv) and
     // reductions over T: 2e-2 of max|grad|.
     h.check(&format!("attention_bwd dqkv {tag}"), dqkv, 2e-2);
-    // Every backward path but the opt-in atomic dQ is deterministic (no
-    // atomics): a second run must reproduce the first bit for bit.
-    if h.atomic_dq {
-        return;
-    }
+    // Every backward path is deterministic (no atomics): a second run must
+    // reproduce the first bit for bit.
     let mut first = vec![0.0; dqkv[0].len];
     h.g.download(dqkv[0], &mut first).unwrap();
     h.g.fill(dqkv[0], f32::NAN).unwrap();
@@ -492,16 +487,6 @@ fn attention_case(h: &mut H, s: AttnShape) {
 #[test]
 fn attention() {
     let Some(mut h) = gpu() else { return };
-    attention_cases(&mut h);
-}
-
-/// The opt-in backward that forms dQ with atomics inside the dK/dV kernel
-/// (FERROTRON_ATTN_DQ=atomic), on the same cases and tolerances.
-#[test]
-fn attention_atomic_dq() {
-    let Some(mut h) = gpu() else { return };
-    h.g.use_atomic_dq(true);
-    h.atomic_dq = true;
     attention_cases(&mut h);
 }
 

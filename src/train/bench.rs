@@ -23,9 +23,6 @@ pub struct BenchResult {
     pub recompute: bool,
     /// `train.checkpoint_layers` (blocks re-run in backward).
     pub checkpoint_layers: bool,
-    /// FERROTRON_ATTN_DQ=atomic was set (CUDA attention backward with dQ by
-    /// atomics instead of the deterministic two-kernel scheme).
-    pub atomic_dq: bool,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
@@ -105,7 +102,6 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         seq_len: cfg.train.seq_len,
         recompute: cfg.train.recompute,
         checkpoint_layers: cfg.train.checkpoint_layers,
-        atomic_dq: cfg.device == "cuda" && std::env::var("FERROTRON_ATTN_DQ").is_ok_and(|v| v == "atomic"),
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,

@@ -34,11 +34,6 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
-    /// Tensor-core attention backward forms dQ with fp32 atomics inside the
-    /// dK/dV kernel instead of a second, recomputing kernel
-    /// (FERROTRON_ATTN_DQ=atomic, or `use_atomic_dq`): faster, not bitwise
-    /// reproducible.
-    pub(super) atomic_dq: bool,
     pub(super) stream: Arc<CudaStream>,
     pub(super) ctx: Arc<CudaContext>,
 }
@@ -105,18 +100,12 @@ impl CudaBackend {
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
-            atomic_dq: std::env::var("FERROTRON_ATTN_DQ").is_ok_and(|v| v == "atomic"),
         })
     }
 
     /// Choose the CUDA-core attention kernels (true) or the tensor-core ones.
     pub fn use_simple_attention(&mut self, yes: bool) {
         self.simple_attention = yes;
-    }
-
-    /// Choose the atomic-dQ attention backward (true) or the deterministic one.
-    pub fn use_atomic_dq(&mut self, yes: bool) {
-        self.atomic_dq = yes;
     }
 
     pub(super) fn alloc_buf(&mut self, len: usize, dtype: DType) -> Result<BufId> {

@@ -2,9 +2,7 @@
 //! backward recomputes probabilities from it.
 //! Paths, fastest first:
 //! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
-//!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128
-//!   (backward deterministic by default; FERROTRON_ATTN_DQ=atomic forms dQ
-//!   with fp32 atomics in the dK/dV kernel, as FlashAttention-2 does);
+//!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
 //! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
 //! - CUDA cores (attention.cu): everything else, and every op when
 //!   `simple_attention` is set (FERROTRON_ATTN=simple; the tests use it to
@@ -12,7 +10,7 @@
 
 use super::device::CudaBackend;
 use super::kernels::AttnDims;
-use super::kernels::KArg::{self, Attn, F, I, L, P};
+use super::kernels::KArg::{Attn, I, P};
 use super::memory::Elem;
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, ensure, Result};
@@ -136,29 +134,10 @@ impl CudaBackend {
         let tiles = s.seq.div_ceil(64) as u32;
         let bytes = 6 * tile_bytes(64, d) + 4 * 64 * 4;
         let c = LaunchConfig { grid_dim: (tiles, s.kv_heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
-        if self.atomic_dq {
-            return self.attention_bwd_fa2_atomic_dq(dq, &args, c, s, a);
-        }
         let (kv, qn) = if d == 64 { ("fa2_bwd_dkv_d64", "fa2_bwd_dq_d64") } else { ("fa2_bwd_dkv_d128", "fa2_bwd_dq_d128") };
         self.launch("attention_fa2", kv, c, &args)?;
         let bytes = 6 * tile_bytes(64, d);
         let c = LaunchConfig { grid_dim: (tiles, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
         self.launch("attention_fa2", qn, c, &args)
-    }
-
-    /// The dK/dV kernel with dQ added into a zeroed fp32 buffer by atomics
-    /// (`dkv`: its launch without the dS^T tile), then scaled into dqkv.
-    fn attention_bwd_fa2_atomic_dq(&mut self, dq: u64, args: &[KArg], dkv: LaunchConfig, s: AttnShape, a: AttnDims) -> Result<()> {
-        let d = s.head_dim;
-        let n = s.batch * s.seq * s.heads * d;
-        let acc = self.scratch(n * 4)?;
-        self.launch("elementwise", "fill_k", self.grid(n), &[P(acc), I(Elem::F32 as i32), L(n as i64), F(0.0)])?;
-        let mut args = args.to_vec();
-        args.push(P(acc));
-        // Plus the dS^T tile: 64 keys x 64 queries (bf16, padded stride).
-        let c = LaunchConfig { shared_mem_bytes: dkv.shared_mem_bytes + tile_bytes(64, 64) as u32, ..dkv };
-        let kernel = if d == 64 { "fa2_bwd_dkvq_d64" } else { "fa2_bwd_dkvq_d128" };
-        self.launch("attention_fa2", kernel, c, &args)?;
-        self.launch("attention_fa2", "fa2_bwd_dq_convert", self.grid(n), &[P(dq), P(acc), Attn(a), I(d as i32)])
     }
 }

@@ -21,11 +21,6 @@
 //   fa2_bwd_dq     one block per (64-query tile, head, batch); recomputes P
 //                  and dP (2 extra matmuls of 5) so dQ needs no atomics and
 //                  no fp32 scratch: bitwise reproducible.
-// Opt-in instead of fa2_bwd_dq (FERROTRON_ATTN_DQ=atomic): fa2_bwd_dkvq also
-// forms dQ += dS K for its key tile (dS^T through shared memory) and adds it
-// into an fp32 buffer with atomics, FlashAttention-2's own scheme (3 fewer
-// matmuls per tile pair); fa2_bwd_dq_convert then scales it into dqkv. The
-// order of the atomic adds varies, so results may differ in the last bit.
 
 struct AttnDims {
     int B, T, H, KV;
@@ -102,21 +97,6 @@ __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
 //  B operand stored [N][K] (non-trans): two n8 tiles x k16.
 __device__ __forceinline__ int b_row(int lane) { return (lane & 7) + ((lane >> 4) << 3); }
 __device__ __forceinline__ int b_col(int lane) { return ((lane >> 3) & 1) * 8; }
-
-// acc[16 x D] += a[16 x 16 keys of step kk] * K[those keys, D], with K stored
-// [key][d] in shared memory at stride LD (a B operand [K][N]: .trans). Both
-// dQ paths of the backward end with this product.
-template <int D>
-__device__ __forceinline__ void mma_times_keys(float (&acc)[D / 8][4], const unsigned* a, const bf16* ks, int kk, int LD) {
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int dn = 0; dn < D / 16; dn++) {
-        unsigned bk[4];
-        ldsm_x4_t(bk, ks + (kk * 16 + a_row(lane)) * LD + dn * 16 + a_col(lane));
-        mma16816(acc[2 * dn], a, bk[0], bk[1]);
-        mma16816(acc[2 * dn + 1], a, bk[2], bk[3]);
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Forward. Block = 4 warps x (16*MT) query rows; 64-key K/V tiles double
@@ -317,9 +297,9 @@ extern "C" __global__ void __launch_bounds__(256)
 // KV_REGS: keep the K and V A-fragments in registers for the whole block
 // (D = 64); for D = 128 that would cost 64 more registers, so they are
 // re-read from shared memory.
-template <int D, bool KV_REGS, bool DQ>
+template <int D, bool KV_REGS>
 __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2,
-                            AttnDims a, int Tp, float* dqacc) {
+                            AttnDims a, int Tp) {
     const int BN = 64, BM = 64, LD = D + 8, ND = D / 8, KD = D / 16;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     bf16* sK = reinterpret_cast<bf16*>(smem_raw);
@@ -328,8 +308,6 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
     bf16* sO = sQ + 2 * BM * LD;    // dO, 2 buffers
     float* sL = reinterpret_cast<float*>(sO + 2 * BM * LD);  // lse2, 2 x 64
     float* sD = sL + 2 * BM;                                 // delta, 2 x 64
-    const int LS = BM + 8;                                   // dS^T row stride (DQ only)
-    bf16* sS = reinterpret_cast<bf16*>(sD + 2 * BM);         // dS^T [64 keys][64 queries]
     int kt = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
     int k0 = kt * BN, group = a.H / a.KV;
     i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T, WO = (i64)a.H * D;
@@ -428,12 +406,6 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
                 st_[n][e] = p;
                 dp[n][e] = p * (dp[n][e] - ((e & 1) ? dq.y : dq.x));
             }
-            if (DQ) {
-                // dS^T rows of this warp's keys, bf16 pairs of adjacent queries.
-                int kr = warp * 16 + (lane >> 2);
-                *reinterpret_cast<unsigned*>(sS + kr * LS + qc) = pack_bf16(dp[n][0], dp[n][1]);
-                *reinterpret_cast<unsigned*>(sS + (kr + 8) * LS + qc) = pack_bf16(dp[n][2], dp[n][3]);
-            }
         }
         // dV += P^T dO and dK += dS^T Q (B operands stored [query][d]: .trans).
 #pragma unroll
@@ -456,32 +428,6 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
                 mma16816(dv[2 * dn + 1], pa, bo[2], bo[3]);
                 mma16816(dk[2 * dn], sa, bq[0], bq[1]);
                 mma16816(dk[2 * dn + 1], sa, bq[2], bq[3]);
-            }
-        }
-        if (DQ) {
-            __syncthreads();  // every warp's dS^T rows are in sS
-            int h = g * group + it / nq, m0 = warp * 16;
-            float dqp[ND][4];
-#pragma unroll
-            for (int n = 0; n < ND; n++) dqp[n][0] = dqp[n][1] = dqp[n][2] = dqp[n][3] = 0.0f;
-            // dQ[m0.., :] += dS[m0.., keys] K[keys, :]: A = (dS^T)^T read from
-            // sS with .trans (row pattern of a [K][N] B operand), B = K [key][d].
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                unsigned sa[4];
-                ldsm_x4_t(sa, sS + (kk * 16 + b_row(lane)) * LS + m0 + b_col(lane));
-                mma_times_keys<D>(dqp, sa, sK, kk, LD);
-            }
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                int query = q0 + m0 + (lane >> 2) + hf * 8;
-                if (query >= a.T) continue;
-                float* dst = dqacc + ((rb + query) * a.H + h) * (i64)D + 2 * (lane & 3);
-#pragma unroll
-                for (int n = 0; n < ND; n++) {
-                    atomicAdd(dst + n * 8, dqp[n][2 * hf]);
-                    atomicAdd(dst + n * 8 + 1, dqp[n][2 * hf + 1]);
-                }
             }
         }
         __syncthreads();
@@ -599,7 +545,13 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
                 sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
                 sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
                 sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-                mma_times_keys<D>(dq, sa, ks, kk, LD);
+#pragma unroll
+                for (int dn = 0; dn < D / 16; dn++) {
+                    unsigned bk[4];
+                    ldsm_x4_t(bk, ks + (kk * 16 + a_row(lane)) * LD + dn * 16 + a_col(lane));
+                    mma16816(dq[2 * dn], sa, bk[0], bk[1]);
+                    mma16816(dq[2 * dn + 1], sa, bk[2], bk[3]);
+                }
             }
         }
         __syncthreads();
@@ -617,13 +569,6 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
     }
 }
 
-// dqkv's q part = scale * dqacc (fp32 [B*T, H, D]) in bf16.
-extern "C" __global__ void fa2_bwd_dq_convert(bf16* dqkv, const float* dqacc, AttnDims a, int D) {
-    const i64 n = (i64)a.B * a.T * a.H * D, W = (i64)(a.H + 2 * a.KV) * D, HD = (i64)a.H * D;
-    const float scale = 1.0f / sqrtf((float)D);
-    GRID_LOOP(i, n) { dqkv[(i / HD) * W + i % HD] = __float2bfloat16_rn(dqacc[i] * scale); }
-}
-
 #define FA2_INSTANTIATE(D, MT, KVR)                                                                                  \
     extern "C" __global__ void __launch_bounds__(128)                                                                \
         fa2_fwd_d##D(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDims a) {                                   \
@@ -631,12 +576,7 @@ extern "C" __global__ void fa2_bwd_dq_convert(bf16* dqkv, const float* dqacc, At
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(128) fa2_bwd_dkv_d##D(                                              \
         bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2, AttnDims a, int Tp) { \
-        fa2_bwd_dkv<D, KVR, false>(dqkv, dout, qkv, delta, lse2, a, Tp, nullptr);                                    \
-    }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(128) fa2_bwd_dkvq_d##D(                                             \
-        bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2, AttnDims a, int Tp,   \
-        float* dqacc) {                                                                                              \
-        fa2_bwd_dkv<D, KVR, true>(dqkv, dout, qkv, delta, lse2, a, Tp, dqacc);                                       \
+        fa2_bwd_dkv<D, KVR>(dqkv, dout, qkv, delta, lse2, a, Tp);                                                    \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(128) fa2_bwd_dq_d##D(                                               \
         bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2, AttnDims a, int Tp) { \

@@ -6,8 +6,9 @@
 #               recompute modes), llama-1b 4x2048 side by side with
 #               torch.compile (recompute off, elementwise, whole blocks), its
 #               per-op profile, GPT-2 124M, the attention benchmark.
-#   PART=long   llama-1b at 32768: ferrotron recompute and checkpoint_layers vs
-#               PyTorch activation checkpointing.
+#   PART=long   llama-1b at 32768: ferrotron recompute and checkpoint_layers
+#               (attention output kept, and not) vs PyTorch activation
+#               checkpointing.
 #   PART=maxseq ENGINES=pytorch (one call) then ENGINES=ferrotron (another):
 #               bench/max_seq.sh, the longest sequence each engine trains
 #               (predicted from two short runs, checked with one step; a step
@@ -34,6 +35,7 @@ check)
   ft $L --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.recompute=true --warmup 2 --steps 5 | cut -c1-200
   ft $L --set train.checkpoint_layers=true --warmup 2 --steps 5 | cut -c1-200
+  ft $L --set train.checkpoint_layers=true --set train.checkpoint_keep_attention=false --warmup 2 --steps 5 | cut -c1-200
   timeout 60 ./.dev/cuda_ops --ignored attention_bench --nocapture > $OUT/attention_bench.log 2>&1
   ft $L --set train.recompute=true --warmup 2 --steps 3 --profile > $OUT/profile_llama1b.json
   G="--set model.preset=gpt2-124m --set train.batch_size=8 --set train.seq_len=1024"
@@ -43,6 +45,7 @@ long)
   source bench/side_by_side.sh
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.recompute=true --warmup 1 --steps 2 --export-init /tmp/l1b | cut -c1-200
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --warmup 1 --steps 2 | cut -c1-200
+  ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --set train.checkpoint_keep_attention=false --warmup 1 --steps 2 | cut -c1-200
   timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
  ;;
 maxseq)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Longest sequence that trains on one GPU (issue 3): llama-1b, batch 1,
-# ferrotron with train.checkpoint_layers=true vs PyTorch with activation
+# ferrotron with train.checkpoint_layers=true (attention re-run too:
+# checkpoint_keep_attention=false, the least memory) vs PyTorch with activation
 # checkpointing. Doubling from 32768 costs minutes per engine (a step at
 # 262144 tokens takes ~2.5 min), so each engine is first measured at two short
 # lengths, its peak memory extrapolated linearly (activations grow linearly in
@@ -30,7 +31,7 @@ attempt() {
   local engine=$1 seq=$2 line
   if [ "$engine" = ferrotron ]; then
     line=$(timeout $(( END - SECONDS )) $B bench train $L --set model.max_seq_len=$seq --set train.seq_len=$seq \
-           --set train.checkpoint_layers=true --warmup 0 --steps 1 2>$OUT/err.txt)
+           --set train.checkpoint_layers=true --set train.checkpoint_keep_attention=false --warmup 0 --steps 1 2>$OUT/err.txt)
   else
     line=$(timeout $(( END - SECONDS )) python3 bench/torch_train.py --hf-dir /tmp/l1b_maxseq --batch 1 --seq $seq --warmup 0 --steps 1 \
            --checkpointing 2>$OUT/err.txt | tail -1)

@@ -43,13 +43,19 @@ def train_table(rows):
         # path's medians.
         mode += " atomic-dQ" if r.get("atomic_dq") else ""
         work = (size, r.get("batch_size"), r.get("seq_len"), mode.strip())
-        groups.setdefault(work, {}).setdefault(r["engine"], []).append(r)
+        # checkpoint_layers that keeps each block's attention output: its own
+        # ferrotron row in the same group as PyTorch's checkpointing.
+        engine = r["engine"] + (" (attention kept)" if r.get("checkpoint_keep_attention") else "")
+        groups.setdefault(work, {}).setdefault(engine, []).append(r)
     out = ["| workload | engine | runs | median tokens/s | ratio (ferrotron / this) | MFU | peak memory |", "|---|---|---|---|---|---|---|"]
     for (size, batch, seq, recompute), engines in groups.items():
         med = {e: statistics.median(x["tokens_per_s"] for x in rs) for e, rs in engines.items()}
         ours = med.get("ferrotron")
+        others = [e for e in engines if not e.startswith("ferrotron")]
         for e, rs in engines.items():
-            ratio = f"{ours / med[e]:.2f}×" if ours and e != "ferrotron" else ""
+            ratio = f"{ours / med[e]:.2f}×" if ours and e in others else ""
+            if e.startswith("ferrotron ") and len(others) == 1:
+                ratio = f"{med[e] / med[others[0]]:.2f}× vs {others[0]}"
             mfu = statistics.median(x.get("mfu", 0) for x in rs)
             peak = max(x.get("peak_mem_bytes", 0) for x in rs)
             work = f"{size} {batch}×{seq}" + (f" {recompute}" if recompute else "")

@@ -139,6 +139,11 @@ pub struct TrainConfig {
     /// compute; saved activations shrink to N·C per layer plus one block's
     /// worth). Implies `recompute`.
     pub checkpoint_layers: bool,
+    /// With `checkpoint_layers`: also keep each block's attention output and
+    /// log-sum-exp, so the re-run skips attention (most of the forward at
+    /// long sequences) for N·H·D activations more per layer. false = the
+    /// least memory.
+    pub checkpoint_keep_attention: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -275,6 +280,7 @@ impl Default for TrainConfig {
             sample_tokens: 64,
             recompute: false,
             checkpoint_layers: false,
+            checkpoint_keep_attention: true,
         }
     }
 }

@@ -79,7 +79,7 @@ fn recompute_modes_match_on_cuda() {
         };
         let (l0, g0) = run(Recompute::Off);
         let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
-        for mode in [Recompute::Elementwise, Recompute::Layers] {
+        for mode in [Recompute::Elementwise, Recompute::Layers { keep_attention: false }, Recompute::Layers { keep_attention: true }] {
             let (l, g) = run(mode);
             let diff = max_abs_diff(&g, &g0);
             println!("{preset} {mode:?}: loss {l} vs {l0}; max grad diff {diff:.2e} of max |grad| {scale:.2e}");

@@ -102,7 +102,7 @@ fn grads_with(variant: &str, recompute: Recompute) -> (f32, Vec<f32>) {
 fn recompute_gives_identical_gradients() {
     for v in ["gpt2", "llama"] {
         let (l1, g1) = grads_with(v, Recompute::Off);
-        for mode in [Recompute::Elementwise, Recompute::Layers] {
+        for mode in [Recompute::Elementwise, Recompute::Layers { keep_attention: false }, Recompute::Layers { keep_attention: true }] {
             let (l2, g2) = grads_with(v, mode);
             assert_eq!(l1, l2, "{v} {mode:?}: loss");
             assert_eq!(g1, g2, "{v} {mode:?}: gradients");

@@ -154,9 +154,16 @@ fn memory_estimate_matches_hand_computation() {
     // worth of everything else, fp32 stats included.
     let mut ck = tiny_small("cpu", false);
     ck.train.checkpoint_layers = true;
+    ck.train.checkpoint_keep_attention = false;
     let lc = activation_count(&ck);
     assert_eq!(lc.act, 4 * n * 128 + (per_layer - n * 128) + 2 * n * 128 + n * 256);
     assert_eq!(lc.fp32, per_layer_fp32 + 2 * n);
+    // Keeping attention: every block also keeps its attention output (N·C
+    // here, H·D = C) and log-sum-exp (N·H, 4 heads), no longer shared.
+    ck.train.checkpoint_keep_attention = true;
+    let ka = activation_count(&ck);
+    assert_eq!(ka.act, lc.act + 3 * n * 128);
+    assert_eq!(ka.fp32, lc.fp32 + 3 * n * 4);
 }
 
 #[test]
@@ -367,10 +374,13 @@ fn activation_estimate_tracks_allocations_across_recompute_modes() {
     let elementwise = tiny_small("cpu", true);
     let mut layers = tiny_small("cpu", false);
     layers.train.checkpoint_layers = true;
+    layers.train.checkpoint_keep_attention = false;
+    let mut layers_keep = layers.clone();
+    layers_keep.train.checkpoint_keep_attention = true;
     let base = live_after_step(&off) - counted(&off);
     assert!(base > 0);
-    for cfg in [&elementwise, &layers] {
+    for cfg in [&elementwise, &layers, &layers_keep] {
         assert_eq!(live_after_step(cfg) - counted(cfg), base, "recompute {:?}", Recompute::of(&cfg.train));
     }
-    assert!(counted(&layers) < counted(&elementwise) && counted(&elementwise) < counted(&off));
+    assert!(counted(&layers) < counted(&layers_keep) && counted(&layers_keep) < counted(&elementwise) && counted(&elementwise) < counted(&off));
 }

@@ -4,8 +4,9 @@
 //! [`Recompute::Elementwise`] the cheap outputs (norm outputs, MLP
 //! activation) are not kept per layer but recomputed in backward into one
 //! shared scratch buffer; with [`Recompute::Layers`] only each block's input
-//! is kept and every other buffer is one block's worth, shared by all
-//! blocks and refilled by re-running the block's forward in backward.
+//! (and, keeping attention, its attention output and log-sum-exp) is kept
+//! and every other buffer is one block's worth, shared by all blocks and
+//! refilled by re-running the block's forward in backward.
 
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::{Mlp, ModelConfig};
@@ -19,14 +20,18 @@ pub enum Recompute {
     Off,
     /// Norm outputs and the MLP activation (`train.recompute`).
     Elementwise,
-    /// Whole blocks from their inputs (`train.checkpoint_layers`).
-    Layers,
+    /// Whole blocks from their inputs (`train.checkpoint_layers`). With
+    /// `keep_attention` (`train.checkpoint_keep_attention`) each block also
+    /// keeps its attention output and log-sum-exp, so the re-run skips the
+    /// attention forward: at long sequences that is most of a block's
+    /// forward, for N·H·D activations + N·H fp32 more per layer.
+    Layers { keep_attention: bool },
 }
 
 impl Recompute {
     pub fn of(t: &crate::config::TrainConfig) -> Self {
         match (t.checkpoint_layers, t.recompute) {
-            (true, _) => Recompute::Layers,
+            (true, _) => Recompute::Layers { keep_attention: t.checkpoint_keep_attention },
             (false, true) => Recompute::Elementwise,
             (false, false) => Recompute::Off,
         }
@@ -141,13 +146,16 @@ impl Activations {
             })
         };
         let mut layers = Vec::with_capacity(m.n_layers);
-        if recompute == Recompute::Layers {
-            // One block's buffers for all blocks; each keeps its own input.
+        if let Recompute::Layers { keep_attention } = recompute {
+            // One block's buffers for all blocks; each keeps its own input
+            // (and its attention output and log-sum-exp if they are kept).
             let res_in = a.act(n * c)?;
             let first = block(&mut a, res_in)?;
             layers.push(first);
             for _ in 1..m.n_layers {
-                layers.push(LayerActs { res_in: a.act(n * c)?, ..first });
+                let res_in = a.act(n * c)?;
+                let (atty, lse) = if keep_attention { (a.act(n * att_w)?, a.f32(batch * m.n_heads * seq)?) } else { (first.atty, first.lse) };
+                layers.push(LayerActs { res_in, atty, lse, ..first });
             }
         } else {
             for _ in 0..m.n_layers {

@@ -32,8 +32,10 @@ impl Model {
             // Checkpointed blocks share one block's buffers, which hold the
             // last block's forward: every other block runs its forward again
             // (same inputs, same kernels: the same values).
-            if self.recompute == Recompute::Layers && l + 1 < m.n_layers {
-                self.block_fwd(b, &p.layers[l], &acts.layers[l], acts.layers[l + 1].res_in, acts)?;
+            if let Recompute::Layers { keep_attention } = self.recompute {
+                if l + 1 < m.n_layers {
+                    self.block_fwd(b, &p.layers[l], &acts.layers[l], acts.layers[l + 1].res_in, acts, !keep_attention)?;
+                }
             }
             self.block_bwd(b, &p.layers[l], &g.layers[l], &acts.layers[l], acts)?;
         }

@@ -54,13 +54,16 @@ impl Model {
         b.embed_fwd(acts.layers[0].res_in, acts.tokens, p.wte, wpe, acts.seq, m.d_model)?;
         for (l, la) in acts.layers.iter().enumerate() {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
-            self.block_fwd(b, &p.layers[l], la, out, acts)?;
+            self.block_fwd(b, &p.layers[l], la, out, acts, true)?;
         }
         self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)?;
         b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.padded_vocab())
     }
 
-    pub(super) fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations) -> Result<()> {
+    /// One block's forward into `out`. `attention` false: the block's
+    /// attention output and log-sum-exp are already in `la` (a checkpointed
+    /// block re-run in backward that kept them) and are not recomputed.
+    pub(super) fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations, attention: bool) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let c = m.d_model;
@@ -71,7 +74,9 @@ impl Model {
         if m.positions == Positions::Rope {
             b.rope_fwd(la.qkv, shape, m.rope_theta)?;
         }
-        b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;
+        if attention {
+            b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;
+        }
         b.linear_fwd(acts.proj_out, la.atty, p.attn_proj.w, p.attn_proj.b, n, m.n_heads * m.head_dim(), c)?;
         // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))), the
         // residual add fused with ln2.

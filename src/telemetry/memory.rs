@@ -109,7 +109,9 @@ pub struct ActivationCount {
 ///
 /// `recompute` below is `train.recompute` (elementwise: the dropped tensors
 /// live in one shared scratch); `train.checkpoint_layers` keeps only each
-/// block's output per layer and one block's worth of everything else.
+/// block's output per layer (with `checkpoint_keep_attention` also the
+/// attention output and log-sum-exp) and one block's worth of everything
+/// else.
 ///
 /// | saved tensor                         | elements        | dtype | recompute |
 /// |--------------------------------------|-----------------|-------|-----------|
@@ -146,7 +148,11 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
         Recompute::Elementwise => (ActivationCount { act: inner + block_out, fp32: per_block_fp32 }, ActivationCount { act: n * c + n * f, fp32: 0 }),
         // Each block keeps its output (the next block's input); one block's
         // worth of everything else is shared.
-        Recompute::Layers => (ActivationCount { act: block_out, fp32: 0 }, ActivationCount { act: inner + recomputable, fp32: per_block_fp32 }),
+        Recompute::Layers { keep_attention: false } => (ActivationCount { act: block_out, fp32: 0 }, ActivationCount { act: inner + recomputable, fp32: per_block_fp32 }),
+        Recompute::Layers { keep_attention: true } => {
+            let (att, lse) = (n * h * d, n * h);
+            (ActivationCount { act: block_out + att, fp32: lse }, ActivationCount { act: inner - att + recomputable, fp32: per_block_fp32 - lse })
+        }
     };
     ActivationCount { act: layers * per_layer.act + shared.act + once.act, fp32: layers * per_layer.fp32 + shared.fp32 + once.fp32 }
 }

@@ -116,7 +116,8 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let recompute = match crate::model::Recompute::of(t) {
         crate::model::Recompute::Off => "recompute off",
         crate::model::Recompute::Elementwise => "recompute on (norms, MLP activation)",
-        crate::model::Recompute::Layers => "checkpoint_layers on (blocks re-run in backward)",
+        crate::model::Recompute::Layers { keep_attention: true } => "checkpoint_layers on (blocks re-run in backward, attention output kept)",
+        crate::model::Recompute::Layers { keep_attention: false } => "checkpoint_layers on (blocks re-run in backward, attention included)",
     };
     row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}", t.batch_size, t.seq_len));
     rule(out);

@@ -23,6 +23,8 @@ pub struct BenchResult {
     pub recompute: bool,
     /// `train.checkpoint_layers` (blocks re-run in backward).
     pub checkpoint_layers: bool,
+    /// `train.checkpoint_keep_attention` with `checkpoint_layers` on.
+    pub checkpoint_keep_attention: bool,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
@@ -102,6 +104,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         seq_len: cfg.train.seq_len,
         recompute: cfg.train.recompute,
         checkpoint_layers: cfg.train.checkpoint_layers,
+        checkpoint_keep_attention: cfg.train.checkpoint_layers && cfg.train.checkpoint_keep_attention,
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,

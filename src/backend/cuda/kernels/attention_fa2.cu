@@ -69,6 +69,16 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     return *reinterpret_cast<unsigned*>(&v);
 }
 
+// Two adjacent 16x8 fp32 accumulator tiles (c0 | c1, columns 0-7 | 8-15)
+// as the bf16 A fragment of a 16x16 operand: the accumulator layout of
+// mma.m16n8k16 is the A layout's, half the width, so no shuffles.
+__device__ __forceinline__ void acc_to_a_frag(unsigned* a, const float* c0, const float* c1) {
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -102,6 +112,30 @@ __device__ __forceinline__ int b_col(int lane) { return ((lane >> 3) & 1) * 8; }
 // Forward. Block = 4 warps x (16*MT) query rows; 64-key K/V tiles double
 // buffered. S, P and O live in registers; P goes from the S accumulator
 // layout straight into the A operand of P*V (no shared-memory round trip).
+// The tile loops stream their operands through two shared-memory buffers:
+// before working on tile j, issue tile j + 1 into the other buffer (if there
+// is one), then wait until tile j has landed and every thread sees it.
+// `issue(j, buf)` starts the async copies of tile j into buffer `buf`.
+template <typename Issue>
+__device__ __forceinline__ void double_buffer_next(int j, int n, Issue issue) {
+    if (j + 1 < n) {
+        issue(j + 1, (j + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
+// Issues key/value tile j (BK rows of one kv head) into buffer `buf`.
+template <int BK, int D>
+__device__ __forceinline__ void kv_tile_async(bf16* sK, bf16* sV, const bf16* kbase, const bf16* vbase, i64 W, int T, int j, int buf) {
+    const int LD = D + 8;
+    tile_async<BK, D>(sK + buf * BK * LD, kbase + (i64)j * BK * W, W, T - j * BK);
+    tile_async<BK, D>(sV + buf * BK * LD, vbase + (i64)j * BK * W, W, T - j * BK);
+}
+
 template <int D, int MT>
 __device__ void fa2_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDims a) {
     const int BQ = 64 * MT, BK = 64, LD = D + 8, ND = D / 8, KD = D / 16;
@@ -121,8 +155,8 @@ __device__ void fa2_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDims
     const float sl2 = LOG2E / sqrtf((float)D);
 
     tile_async<BQ, D>(sQ, qkv + (rb + q0) * W + (i64)h * D, W, a.T - q0);
-    tile_async<BK, D>(sK, kbase, W, a.T);
-    tile_async<BK, D>(sV, vbase, W, a.T);
+    auto issue_kv = [&](int j, int buf) { kv_tile_async<BK, D>(sK, sV, kbase, vbase, W, a.T, j, buf); };
+    issue_kv(0, 0);
     cp_async_commit();
 
     unsigned qf[MT][KD][4];
@@ -136,16 +170,7 @@ __device__ void fa2_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDims
     }
 
     for (int j = 0; j < nk; j++) {
-        if (j + 1 < nk) {
-            int nb = (j + 1) & 1;
-            tile_async<BK, D>(sK + nb * BK * LD, kbase + (i64)(j + 1) * BK * W, W, a.T - (j + 1) * BK);
-            tile_async<BK, D>(sV + nb * BK * LD, vbase + (i64)(j + 1) * BK * W, W, a.T - (j + 1) * BK);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        double_buffer_next(j, nk, issue_kv);
         if (j == 0) {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -226,10 +251,7 @@ __device__ void fa2_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDims
                 unsigned pa[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                    acc_to_a_frag(pa[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
                 }
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
@@ -341,14 +363,7 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
     unsigned kf[KV_REGS ? KD : 1][4], vf[KV_REGS ? KD : 1][4];
 
     for (int it = 0; it < niter; it++) {
-        if (it + 1 < niter) {
-            issue(it + 1, (it + 1) & 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        double_buffer_next(it, niter, issue);
         if (KV_REGS && it == 0) {
 #pragma unroll
             for (int kk = 0; kk < KD; kk++) {
@@ -411,14 +426,8 @@ __device__ void fa2_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const
 #pragma unroll
         for (int kk = 0; kk < BM / 16; kk++) {
             unsigned pa[4], sa[4];
-            pa[0] = pack_bf16(st_[2 * kk][0], st_[2 * kk][1]);
-            pa[1] = pack_bf16(st_[2 * kk][2], st_[2 * kk][3]);
-            pa[2] = pack_bf16(st_[2 * kk + 1][0], st_[2 * kk + 1][1]);
-            pa[3] = pack_bf16(st_[2 * kk + 1][2], st_[2 * kk + 1][3]);
-            sa[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
-            sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-            sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            acc_to_a_frag(pa, st_[2 * kk], st_[2 * kk + 1]);
+            acc_to_a_frag(sa, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
             for (int dn = 0; dn < D / 16; dn++) {
                 unsigned bo[4], bq[4];
@@ -473,8 +482,8 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
 
     tile_async<BQ, D>(sQ, qkv + (rb + q0) * W + (i64)h * D, W, a.T - q0);
     tile_async<BQ, D>(sO, dout + (rb + q0) * WO + (i64)h * D, WO, a.T - q0);
-    tile_async<BK, D>(sK, kbase, W, a.T);
-    tile_async<BK, D>(sV, vbase, W, a.T);
+    auto issue_kv = [&](int j, int buf) { kv_tile_async<BK, D>(sK, sV, kbase, vbase, W, a.T, j, buf); };
+    issue_kv(0, 0);
     cp_async_commit();
 
     // Per-thread rows: wr0 + lane/4 (+8). Padded arrays: always in bounds.
@@ -488,16 +497,7 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
     for (int n = 0; n < ND; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
     for (int j = 0; j < nk; j++) {
-        if (j + 1 < nk) {
-            int nb = (j + 1) & 1;
-            tile_async<BK, D>(sK + nb * BK * LD, kbase + (i64)(j + 1) * BK * W, W, a.T - (j + 1) * BK);
-            tile_async<BK, D>(sV + nb * BK * LD, vbase + (i64)(j + 1) * BK * W, W, a.T - (j + 1) * BK);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        double_buffer_next(j, nk, issue_kv);
         if (j == 0) {
 #pragma unroll
             for (int kk = 0; kk < KD; kk++) {
@@ -541,10 +541,7 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
 #pragma unroll
             for (int kk = 0; kk < BK / 16; kk++) {
                 unsigned sa[4];
-                sa[0] = pack_bf16(dp[2 * kk][0], dp[2 * kk][1]);
-                sa[1] = pack_bf16(dp[2 * kk][2], dp[2 * kk][3]);
-                sa[2] = pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-                sa[3] = pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+                acc_to_a_frag(sa, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
                 for (int dn = 0; dn < D / 16; dn++) {
                     unsigned bk[4];

@@ -144,6 +144,11 @@ pub struct TrainConfig {
     /// long sequences) for N·H·D activations more per layer. false = the
     /// least memory.
     pub checkpoint_keep_attention: bool,
+    /// Token rows of the output head and loss computed at once: the N×V
+    /// logits exist only one chunk at a time (memory chunk·V instead of
+    /// N·V, the largest activation of a long sequence). 0 = all rows at
+    /// once; else a multiple of 64.
+    pub logits_chunk: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -281,6 +286,7 @@ impl Default for TrainConfig {
             recompute: false,
             checkpoint_layers: false,
             checkpoint_keep_attention: true,
+            logits_chunk: 8192,
         }
     }
 }
@@ -585,6 +591,9 @@ impl Config {
         }
         if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head size; d_model / n_heads = {}", m.head_dim());
+        }
+        if !t.logits_chunk.is_multiple_of(64) {
+            bail!("train.logits_chunk = {} must be 0 (all rows at once) or a multiple of 64", t.logits_chunk);
         }
         if t.seq_len > m.max_seq_len {
             bail!("train.seq_len = {} exceeds model.max_seq_len = {}; lower train.seq_len or raise model.max_seq_len", t.seq_len, m.max_seq_len);

@@ -54,6 +54,7 @@ fn out_of_range_values() {
     fails_with(&ferrotron(&["info", "--set", "optimizer.lr=-1"], tmp.path()), &["optimizer.lr"]);
     fails_with(&ferrotron(&["info", "--set", "model.preset=gpt5"], tmp.path()), &["gpt5", "gpt2-124m"]);
     fails_with(&ferrotron(&["info", "--set", "device=tpu"], tmp.path()), &["device", "cuda"]);
+    fails_with(&ferrotron(&["info", "--set", "train.logits_chunk=100"], tmp.path()), &["train.logits_chunk", "multiple of 64"]);
 }
 
 #[test]

@@ -86,9 +86,13 @@ fn llama_variant_gradients_match_finite_differences() {
 }
 
 fn grads_with(variant: &str, recompute: Recompute) -> (f32, Vec<f32>) {
+    grads_chunked(variant, recompute, 0)
+}
+
+fn grads_chunked(variant: &str, recompute: Recompute, logits_chunk: usize) -> (f32, Vec<f32>) {
     let cfg = tiny(variant);
     let mut backend = CpuBackend::new();
-    let mut model = Model::new(&mut backend, &cfg, recompute).unwrap();
+    let mut model = Model::new(&mut backend, &cfg, recompute).unwrap().with_logits_chunk(logits_chunk);
     model.set_params(&mut backend, &init_weights(&cfg, &model.layout, 9)).unwrap();
     let (x, y) = batch(&cfg, 3, 8, 2);
     model.zero_grads(&mut backend).unwrap();
@@ -107,6 +111,44 @@ fn recompute_gives_identical_gradients() {
             assert_eq!(l1, l2, "{v} {mode:?}: loss");
             assert_eq!(g1, g2, "{v} {mode:?}: gradients");
         }
+    }
+}
+
+/// The head and loss computed 8 or 16 of the 24 token rows at a time (the
+/// last chunk short): every row's logits and loss are the same computation
+/// as unchunked; only the head's weight gradient sums its rows in another
+/// grouping (chunk by chunk), so it may differ by fp32 rounding.
+#[test]
+fn chunked_logits_give_the_same_loss_and_gradients() {
+    for v in ["gpt2", "llama"] {
+        let (l0, g0) = grads_chunked(v, Recompute::Off, 0);
+        let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
+        for chunk in [8, 16] {
+            let (l, g) = grads_chunked(v, Recompute::Off, chunk);
+            assert_eq!(l, l0, "{v} chunk {chunk}: loss");
+            let diff = g.iter().zip(&g0).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            assert!(diff <= 1e-6 * scale, "{v} chunk {chunk}: gradients differ by {diff} (max |grad| {scale})");
+        }
+    }
+}
+
+/// `logits` and `last_logits` chunked equal the unchunked ones exactly.
+#[test]
+fn chunked_logits_api_matches_unchunked() {
+    let cfg = tiny("llama");
+    let mut backend = CpuBackend::new();
+    let (x, _) = batch(&cfg, 3, 7, 4);
+    let mut run = |chunk: usize| {
+        let mut model = Model::new(&mut backend, &cfg, Recompute::Off).unwrap().with_logits_chunk(chunk);
+        model.set_params(&mut backend, &init_weights(&cfg, &model.layout, 9)).unwrap();
+        let all = model.logits(&mut backend, &x, 3, 7).unwrap();
+        let last = model.last_logits(&mut backend, &x[..7]).unwrap();
+        (all, last)
+    };
+    let (all0, last0) = run(0);
+    assert_eq!(last0, all0[6 * 37..7 * 37], "last_logits is row 6 of the first sequence");
+    for chunk in [8, 16] {
+        assert_eq!(run(chunk), (all0.clone(), last0.clone()), "chunk {chunk}");
     }
 }
 

@@ -360,7 +360,7 @@ fn activation_estimate_tracks_allocations_across_recompute_modes() {
     use ferrotron::model::{Model, Recompute};
     let live_after_step = |cfg: &Config| {
         let mut b = CpuBackend::new();
-        let mut model = Model::new(&mut b, &cfg.model, Recompute::of(&cfg.train)).unwrap();
+        let mut model = Model::new(&mut b, &cfg.model, Recompute::of(&cfg.train)).unwrap().with_logits_chunk(cfg.train.logits_chunk);
         let (batch, seq) = (cfg.train.batch_size, cfg.train.seq_len);
         let tokens: Vec<u32> = (0..batch * seq).map(|i| (i % 200) as u32).collect();
         model.forward_backward(&mut b, &tokens, &tokens, batch, seq, 1.0).unwrap();
@@ -383,4 +383,13 @@ fn activation_estimate_tracks_allocations_across_recompute_modes() {
         assert_eq!(live_after_step(cfg) - counted(cfg), base, "recompute {:?}", Recompute::of(&cfg.train));
     }
     assert!(counted(&layers) < counted(&layers_keep) && counted(&layers_keep) < counted(&elementwise) && counted(&elementwise) < counted(&off));
+
+    // Logits in chunks of 64 of the 128 rows: half the logits buffer.
+    let mut all_rows = tiny_small("cpu", false);
+    all_rows.train.seq_len = 64;
+    all_rows.train.logits_chunk = 0;
+    let mut chunked = all_rows.clone();
+    chunked.train.logits_chunk = 64;
+    assert_eq!(live_after_step(&chunked) - counted(&chunked), live_after_step(&all_rows) - counted(&all_rows));
+    assert_eq!(counted(&all_rows) - counted(&chunked), 4 * 64 * 256, "64 rows of the 256-wide vocabulary fewer");
 }

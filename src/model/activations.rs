@@ -83,8 +83,10 @@ pub struct Activations {
     pub lnf: View,
     pub lnf_mean: View,
     pub lnf_rstd: View,
-    /// Logits; the loss overwrites them with their gradient in place.
+    /// Logits of one chunk of `logit_rows` token rows; the loss overwrites
+    /// them with their gradient in place.
     pub logits: View,
+    pub logit_rows: usize,
     pub losses: View,
     /// Output of attention/MLP projections before the residual add.
     pub proj_out: View,
@@ -112,8 +114,10 @@ impl<B: Backend> Alloc<'_, B> {
 }
 
 impl Activations {
-    pub fn new<B: Backend>(b: &mut B, m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute) -> Result<Self> {
+    /// `logits_chunk`: token rows of the output head at once (0 = all).
+    pub fn new<B: Backend>(b: &mut B, m: &ModelConfig, batch: usize, seq: usize, recompute: Recompute, logits_chunk: usize) -> Result<Self> {
         let n = batch * seq;
+        let logit_rows = logit_rows(n, logits_chunk);
         let c = m.d_model;
         let d = m.head_dim();
         let qkv_w = (m.n_heads + 2 * m.n_kv_heads) * d;
@@ -183,7 +187,8 @@ impl Activations {
             lnf_rstd: a.f32(n)?,
             // bf16 on CUDA: the loss kernel reads them and computes in fp32;
             // storing them in fp32 would double the biggest activation.
-            logits: a.act(n * m.padded_vocab())?,
+            logits: a.act(logit_rows * m.padded_vocab())?,
+            logit_rows,
             losses: a.f32(n)?,
             proj_out: a.act(n * c)?,
             grads,
@@ -191,9 +196,20 @@ impl Activations {
         })
     }
 
+    /// The token rows `0..N` in chunks of `logit_rows`.
+    pub fn row_chunks(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (n, rows) = (self.batch * self.seq, self.logit_rows);
+        (0..n).step_by(rows).map(move |r0| r0..(r0 + rows).min(n))
+    }
+
     pub fn free<B: Backend>(self, b: &mut B) {
         for id in self.bufs {
             b.free(id);
         }
     }
+}
+
+/// Rows of the logits buffer for N token rows and `train.logits_chunk`.
+pub fn logit_rows(n: usize, logits_chunk: usize) -> usize {
+    if logits_chunk == 0 { n } else { n.min(logits_chunk) }
 }

@@ -8,6 +8,7 @@ use super::{Model, Recompute};
 use crate::backend::{Backend, View};
 use crate::config::{Mlp, Positions};
 use anyhow::Result;
+use std::ops::Range;
 
 impl Model {
     /// `dinp += norm_bwd(dout)` and the norm's parameter gradients.
@@ -20,12 +21,21 @@ impl Model {
         }
     }
 
-    /// Backward from logits whose gradient is already in `acts.logits`.
-    pub(super) fn backward_from_logits<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+    /// The output head's backward for the token rows `rows` from their
+    /// logits' gradient `dlogits`: those rows of `grads.dln` (overwrite)
+    /// and the head's weight gradient (accumulate).
+    pub(super) fn head_bwd<B: Backend>(&self, b: &mut B, acts: &Activations, rows: Range<usize>, dlogits: View) -> Result<()> {
+        let (c, v) = (self.cfg.d_model, self.cfg.padded_vocab());
+        let (at, len) = (rows.start * c, rows.len() * c);
+        b.linear_bwd(acts.grads.dln.sub(at, len), self.gv.head, None, dlogits, acts.lnf.sub(at, len), self.pv.head, rows.len(), c, v)
+    }
+
+    /// Backward from the gradient of the final norm's output, which
+    /// `head_bwd` left in `grads.dln` for every row.
+    pub(super) fn backward_from_lnf<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let (p, g, s) = (&self.pv, &self.gv, &acts.grads);
-        b.linear_bwd(s.dln, g.head, None, acts.logits, acts.lnf, p.head, n, m.d_model, m.padded_vocab())?;
         b.fill(s.dres, 0.0)?;
         self.norm_bwd(b, p.ln_f, g.ln_f, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
         for l in (0..m.n_layers).rev() {

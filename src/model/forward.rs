@@ -6,6 +6,7 @@ use super::Model;
 use crate::backend::{AttnShape, Backend, View};
 use crate::config::{Mlp, Positions};
 use anyhow::Result;
+use std::ops::Range;
 
 impl Model {
     pub(super) fn attn_shape(&self, acts: &Activations) -> AttnShape {
@@ -43,9 +44,10 @@ impl Model {
         }
     }
 
-    /// Runs the forward pass on the tokens already uploaded into
-    /// `acts.tokens`, leaving logits in `acts.logits`.
-    pub(super) fn forward_logits<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+    /// Runs the blocks and the final norm on the tokens already uploaded
+    /// into `acts.tokens`, leaving the last hidden state, normalized, in
+    /// `acts.lnf` (the output head runs per chunk of rows: `head_fwd`).
+    pub(super) fn forward_hidden<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let p = &self.pv;
@@ -56,8 +58,16 @@ impl Model {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
             self.block_fwd(b, &p.layers[l], la, out, acts, true)?;
         }
-        self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)?;
-        b.linear_fwd(acts.logits, acts.lnf, p.head, None, n, m.d_model, m.padded_vocab())
+        self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)
+    }
+
+    /// Logits of the token rows `rows` into the start of `acts.logits`
+    /// (returned: `rows.len()` rows of the padded vocabulary).
+    pub(super) fn head_fwd<B: Backend>(&self, b: &mut B, acts: &Activations, rows: Range<usize>) -> Result<View> {
+        let (c, v) = (self.cfg.d_model, self.cfg.padded_vocab());
+        let logits = acts.logits.sub(0, rows.len() * v);
+        b.linear_fwd(logits, acts.lnf.sub(rows.start * c, rows.len() * c), self.pv.head, None, rows.len(), c, v)?;
+        Ok(logits)
     }
 
     /// One block's forward into `out`. `attention` false: the block's

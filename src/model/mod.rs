@@ -29,6 +29,8 @@ pub struct Model {
     pub grads: BufId,
     /// What the backward pass recomputes instead of keeping.
     pub recompute: Recompute,
+    /// Token rows of the output head at once (`train.logits_chunk`; 0 = all).
+    pub logits_chunk: usize,
     /// Wall time of the last `forward_backward`'s two halves (synchronized).
     pub last_fwd_ms: f64,
     pub last_bwd_ms: f64,
@@ -45,7 +47,15 @@ impl Model {
         let grads = b.alloc(layout.total, DType::F32)?;
         let pv = ModelViews::new(&layout, params, cfg.n_layers);
         let gv = ModelViews::new(&layout, grads, cfg.n_layers);
-        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, last_fwd_ms: 0.0, last_bwd_ms: 0.0, pv, gv, acts: None })
+        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, logits_chunk: 0, last_fwd_ms: 0.0, last_bwd_ms: 0.0, pv, gv, acts: None })
+    }
+
+    /// Computes the output head and loss `rows` token rows at a time
+    /// (`train.logits_chunk`; 0, the default here, = all rows at once). A
+    /// multiple of 8 keeps the GPU's matmul operands 16-byte aligned.
+    pub fn with_logits_chunk(mut self, rows: usize) -> Self {
+        self.logits_chunk = rows;
+        self
     }
 
     /// Parameters as other frameworks count them (padding left out; the
@@ -92,7 +102,7 @@ impl Model {
                 if let Some(a) = old {
                     a.free(b);
                 }
-                Activations::new(b, &self.cfg, batch, seq, self.recompute)
+                Activations::new(b, &self.cfg, batch, seq, self.recompute, self.logits_chunk)
             }
         }
     }
@@ -111,10 +121,12 @@ impl Model {
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
         let start = std::time::Instant::now();
-        let out = self.run_loss(b, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
-            b.synchronize()?;
-            self.last_fwd_ms = start.elapsed().as_secs_f64() * 1e3;
-            self.backward_from_logits(b, &acts)?;
+        // The head's backward runs inside the loss loop (each chunk's logit
+        // gradient is consumed before the next chunk overwrites it); its
+        // time counts as backward.
+        let out = self.run_loss(b, &acts, inputs, targets, Some(grad_scale)).and_then(|(loss, head_bwd_ms)| {
+            self.last_fwd_ms = start.elapsed().as_secs_f64() * 1e3 - head_bwd_ms;
+            self.backward_from_lnf(b, &acts)?;
             b.synchronize()?;
             self.last_bwd_ms = start.elapsed().as_secs_f64() * 1e3 - self.last_fwd_ms;
             Ok(loss)
@@ -126,7 +138,7 @@ impl Model {
     /// Forward only: mean loss over the non-ignored targets.
     pub fn eval_loss<B: Backend>(&mut self, b: &mut B, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let out = self.run_loss(b, &acts, inputs, targets, None);
+        let out = self.run_loss(b, &acts, inputs, targets, None).map(|(loss, _)| loss);
         self.acts = Some(acts);
         out
     }
@@ -141,11 +153,16 @@ impl Model {
         let acts = self.prepare_acts(b, batch, seq)?;
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_logits(b, &acts)?;
-            let mut all = vec![0.0; acts.logits.len];
-            b.download(acts.logits, &mut all)?;
+            self.forward_hidden(b, &acts)?;
             let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
-            Ok(all.chunks(width).flat_map(|row| row[..v].iter().copied()).collect())
+            let mut out = Vec::with_capacity(batch * seq * v);
+            let mut chunk = vec![0.0; acts.logits.len];
+            for rows in acts.row_chunks() {
+                let logits = self.head_fwd(b, &acts, rows)?;
+                b.download(logits, &mut chunk[..logits.len])?;
+                out.extend(chunk[..logits.len].chunks(width).flat_map(|row| row[..v].iter().copied()));
+            }
+            Ok(out)
         })();
         self.acts = Some(acts);
         out
@@ -159,16 +176,23 @@ impl Model {
         let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_logits(b, &acts)?;
+            self.forward_hidden(b, &acts)?;
+            // The head on the last row only (from a multiple of 8 rows, so
+            // the matmul operands keep their alignment).
+            let first = ((seq - 1) / 8 * 8).max((seq - 1).saturating_sub(acts.logit_rows - 1));
+            let logits = self.head_fwd(b, &acts, first..seq)?;
             let mut row = vec![0.0; v];
-            b.download(acts.logits.sub((seq - 1) * width, v), &mut row)?;
+            b.download(logits.sub((seq - 1 - first) * width, v), &mut row)?;
             Ok(row)
         })();
         self.acts = Some(acts);
         out
     }
 
-    fn run_loss<B: Backend>(&self, b: &mut B, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<f32> {
+    /// Forward, then the head and loss chunk by chunk; with `grad_scale`
+    /// also each chunk's logit gradient and the head's backward. Returns the
+    /// mean loss and the time of the head's backward (ms, synchronized).
+    fn run_loss<B: Backend>(&self, b: &mut B, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<(f32, f64)> {
         let n = acts.batch * acts.seq;
         if inputs.len() != n || targets.len() != n {
             bail!("batch has {} inputs and {} targets; expected {n}", inputs.len(), targets.len());
@@ -180,13 +204,25 @@ impl Model {
         }
         b.upload_u32(acts.tokens, inputs)?;
         b.upload_u32(acts.targets, targets)?;
-        self.forward_logits(b, acts)?;
-        let dlogits = grad_scale.map(|_| acts.logits);
+        self.forward_hidden(b, acts)?;
         let (width, classes) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
-        b.softmax_xent(acts.losses, dlogits, acts.logits, acts.targets, n, width, classes, grad_scale.unwrap_or(0.0))?;
+        let mut head_bwd_ms = 0.0;
+        for rows in acts.row_chunks() {
+            let logits = self.head_fwd(b, acts, rows.clone())?;
+            let dlogits = grad_scale.map(|_| logits);
+            let (losses, targets) = (acts.losses.sub(rows.start, rows.len()), acts.targets.sub(rows.start, rows.len()));
+            b.softmax_xent(losses, dlogits, logits, targets, rows.len(), width, classes, grad_scale.unwrap_or(0.0))?;
+            if let Some(dlogits) = dlogits {
+                b.synchronize()?;
+                let start = std::time::Instant::now();
+                self.head_bwd(b, acts, rows, dlogits)?;
+                b.synchronize()?;
+                head_bwd_ms += start.elapsed().as_secs_f64() * 1e3;
+            }
+        }
         let mut losses = vec![0.0f32; n];
         b.download(acts.losses, &mut losses)?;
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();
-        Ok((sum / valid.max(1) as f64) as f32)
+        Ok(((sum / valid.max(1) as f64) as f32, head_bwd_ms))
     }
 }

@@ -129,7 +129,8 @@ pub struct ActivationCount {
 ///
 /// The projections write straight into the residual stream, so their
 /// outputs are not kept apart. Once per model: the embedding output N·C,
-/// ln_f output N·C and its stats, and the logits N·V (activation dtype).
+/// ln_f output N·C and its stats, and the logits of one chunk of rows,
+/// min(N, `train.logits_chunk`)·V (activation dtype).
 pub fn activation_count(cfg: &Config) -> ActivationCount {
     let m = &cfg.model;
     let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
@@ -142,7 +143,9 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
     let inner = n * (h + 2 * kv) * d + n * h * d + n * c + n * fc_out;
     let per_block_fp32 = 2 * stats + n * h;
     let layers = m.n_layers as u64;
-    let once = ActivationCount { act: 2 * n * c + n * v, fp32: stats };
+    // The logits exist one chunk of rows at a time (`train.logits_chunk`).
+    let logit_rows = crate::model::activations::logit_rows(n as usize, cfg.train.logits_chunk) as u64;
+    let once = ActivationCount { act: 2 * n * c + logit_rows * v, fp32: stats };
     let (per_layer, shared) = match Recompute::of(&cfg.train) {
         Recompute::Off => (ActivationCount { act: inner + block_out + recomputable, fp32: per_block_fp32 }, ActivationCount::default()),
         Recompute::Elementwise => (ActivationCount { act: inner + block_out, fp32: per_block_fp32 }, ActivationCount { act: n * c + n * f, fp32: 0 }),

@@ -39,7 +39,7 @@ fn generate_on<B: Backend>(mut b: B, run: &Path, prompt: &str, opts: SampleOptio
     let (cfg, params) = load_run_weights(run)?;
     let tok_name = std::fs::read_to_string(run.join("tokenizer.txt")).unwrap_or_else(|_| "gpt2".into());
     let tok = Tokenizer::from_name(tok_name.trim())?;
-    let mut model = Model::new(&mut b, &cfg.model, Recompute::Off)?;
+    let mut model = Model::new(&mut b, &cfg.model, Recompute::Off)?.with_logits_chunk(cfg.train.logits_chunk);
     model.set_params(&mut b, &params)?;
     let mut ids = tok.encode(prompt);
     if ids.is_empty() {

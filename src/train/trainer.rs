@@ -141,7 +141,7 @@ pub(super) fn tokens_per_step(cfg: &Config) -> usize {
 
 pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> Result<State<B>> {
     let t = &cfg.train;
-    let model = Model::new(b, &cfg.model, Recompute::of(t))?;
+    let model = Model::new(b, &cfg.model, Recompute::of(t))?.with_logits_chunk(t.logits_chunk);
     model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
     let opt = optim::build(b, &cfg.optimizer, &model.layout, cfg.seed)?;
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;

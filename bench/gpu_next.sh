@@ -13,15 +13,20 @@
 #               bench/max_seq.sh, the longest sequence each engine trains
 #               (predicted from two short runs, checked with one step; a step
 #               near the limit takes ~5 minutes). The attention test first.
+#   PART=optprof per-op profiles of Muon, COSMOS and APOLLO steps on llama-1b.
 #   PART=cosmos the two COSMOS convergence runs of the optimizer sweep.
+# PART may name several, run in order ("long optprof"); each packs its bulky
+# output into $OUT/next-<part>.tar.gz.
 # Needs .dev/{ferrotron,cuda_ops,cuda_optim,cuda_model} (bench/stage_binaries.sh);
-# carry [".dev"]. Bulky output comes back in $OUT/next.tar.gz.
+# carry [".dev"].
 export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 { date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $OUT/gpu.txt
-pack() { (cd $OUT && tar -czf next.tar.gz "$@" && rm -rf "$@"); }
+pack() { (cd $OUT && tar -czf next-$part.tar.gz "$@" && rm -rf "$@"); }
 
-case "${PART:-}" in
+[ -n "${PART:-}" ] || { echo "set PART to one or more of: check long maxseq optprof cosmos" >&2; exit 2; }
+for part in $PART; do
+case "$part" in
 check)
   ./.dev/cuda_ops --test-threads=1 --nocapture > $OUT/tests.log 2>&1
   ./.dev/cuda_optim --nocapture >> $OUT/tests.log 2>&1
@@ -57,6 +62,16 @@ cosmos)
   # before the SwiGLU padding; COSMOS' step scales with the matrix shape).
   GPUS="0 0" OPTS="cosmos:1e-4,3e-4" EXTRA="--set model.ffn_multiple=1" RUN_TIMEOUT=$(( ${BUDGET:-565} - SECONDS )) NO_TAR=1 bash bench/convergence.sh
   pack conv ;;
+optprof)
+  # Where Muon's, COSMOS' and APOLLO's step time goes on llama-1b (per op,
+  # matmuls by shape; every op synchronized).
+  mkdir -p $OUT/optprof
+  for o in muon cosmos apollo; do
+    ./.dev/ferrotron bench optim --set model.preset=llama-1b --set device=cuda --set optimizer.name=$o --warmup 2 --steps 3 --profile > $OUT/optprof/$o.json 2>>$OUT/stderr.log
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], round(d['median_step_ms'],1), 'ms;', [(op, round(ms,1)) for op,_,ms in d['profile'][:8]])" $OUT/optprof/$o.json $o
+  done
+  pack optprof ;;
 *)
-  echo "set PART=check, long, maxseq or cosmos" >&2; exit 2 ;;
+  echo "unknown PART '$part': use check, long, maxseq, optprof or cosmos" >&2; exit 2 ;;
 esac
+done

@@ -120,6 +120,9 @@ enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Time every op (synchronizing after each) and report ms per step.
+        #[arg(long)]
+        profile: bool,
     },
     /// Time training steps of a config on random tokens; prints one JSON line.
     Train {
@@ -165,9 +168,9 @@ fn run(cmd: Command) -> Result<()> {
             println!("\nplot: {}", out.display());
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps } } => {
+        Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps, profile } } => {
             let cfg = load_config(&cfg)?;
-            let result = train::bench_optim::bench_optim(&cfg, warmup, steps)?;
+            let result = train::bench_optim::bench_optim(&cfg, warmup, steps, profile)?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }

@@ -887,11 +887,26 @@ fn bench_optim_measures_exactly_the_planned_state() {
     for name in ["adamw", "adamw8bit", "lion", "apollo_mini", "frugal", "muon", "cosmos"] {
         let sets = vec!["model.preset=tiny".to_string(), format!("optimizer.name={name}")];
         let cfg = ferrotron::config::load(None, &sets).unwrap();
-        let r = ferrotron::train::bench_optim::bench_optim(&cfg, 0, 1).unwrap();
+        let r = ferrotron::train::bench_optim::bench_optim(&cfg, 0, 1, false).unwrap();
         assert_eq!(r.state_bytes_measured, r.state_bytes_estimate + r.workspace_bytes, "{name}");
         assert_eq!(r.workspace_bytes, r.workspace_bytes_estimate, "{name}: workspace vs its plan");
         assert!(r.median_step_ms > 0.0 && r.copy_bytes_per_s > 0.0, "{name}");
     }
+}
+
+/// `bench optim --profile`: Muon's Newton–Schulz matmuls show up by shape,
+/// three per iteration, five iterations per matrix (tiny: 4 layers × qkv,
+/// attention projection, fc, MLP projection).
+#[test]
+fn bench_optim_profile_lists_the_newton_schulz_matmuls() {
+    let sets = vec!["model.preset=tiny".to_string(), "optimizer.name=muon".to_string()];
+    let cfg = ferrotron::config::load(None, &sets).unwrap();
+    let r = ferrotron::train::bench_optim::bench_optim(&cfg, 1, 2, true).unwrap();
+    let profile = r.profile.expect("--profile fills the profile");
+    let gemm_calls: f64 = profile.iter().filter(|(op, _, _)| op.starts_with("gemm_bf16 ")).map(|(_, calls, _)| calls).sum();
+    assert_eq!(gemm_calls, (3 * 5 * 4 * 4) as f64, "{profile:?}");
+    // fc is [512, 128]: tall, so A = XᵀX (128×512×128 with A transposed).
+    assert!(profile.iter().any(|(op, _, _)| op == "gemm_bf16 128x512x128 AᵀB"), "{profile:?}");
 }
 
 // ------------------------------------------- parameter groups in the config

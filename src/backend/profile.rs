@@ -1,6 +1,6 @@
 //! A backend wrapper that times every op: it forwards each call to the inner
 //! backend, synchronizes, and adds the wall time to a per-op total. Used by
-//! `ferrotron bench train --profile` to show where a step's time goes.
+//! `ferrotron bench train|optim --profile` to show where a step's time goes.
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
@@ -8,6 +8,11 @@ use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, 
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// `m×k×n` and which operands are transposed (`Aᵀ`, `Bᵀ`), e.g. "2048x6144x2048 ABᵀ".
+fn gemm_shape(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> String {
+    format!("{m}x{k}x{n} {}{}", if ta { "Aᵀ" } else { "A" }, if tb { "Bᵀ" } else { "B" })
+}
 
 pub struct Profiled<B: Backend> {
     pub inner: B,
@@ -129,10 +134,10 @@ impl<B: Backend> Backend for Profiled<B> {
         self.time_keyed(format!("linear_bwd {m}x{k}x{n}"), |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
     }
     fn gemm(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.time("gemm", |b| b.gemm(c, a, b2, m, k, n, ta, tb, alpha, beta))
+        self.time_keyed(format!("gemm {}", gemm_shape(m, k, n, ta, tb)), |b| b.gemm(c, a, b2, m, k, n, ta, tb, alpha, beta))
     }
     fn gemm_bf16(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.time("gemm_bf16", |b| b.gemm_bf16(c, a, b2, m, k, n, ta, tb, alpha, beta))
+        self.time_keyed(format!("gemm_bf16 {}", gemm_shape(m, k, n, ta, tb)), |b| b.gemm_bf16(c, a, b2, m, k, n, ta, tb, alpha, beta))
     }
     fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.time("layernorm_fwd", |b| b.layernorm_fwd(out, mean, rstd, inp, w, bias, n, c, eps))

@@ -5,7 +5,7 @@
 //! copy. bench/optim_torch.py is the PyTorch / bitsandbytes side.
 
 use super::bench::median;
-use crate::backend::{Backend, BufId, DType, View};
+use crate::backend::{profile::Profiled, Backend, BufId, DType, View};
 use crate::config::Config;
 use crate::model::layout::ParamLayout;
 use crate::optim;
@@ -40,6 +40,9 @@ pub struct OptimBenchResult {
     /// Device-to-device copy, counting bytes read and written.
     pub copy_bytes_per_s: f64,
     pub fraction_of_copy: Option<f64>,
+    /// With `--profile`: (op, calls per step, ms per step), slowest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<(String, f64, f64)>>,
 }
 
 /// Memory traffic of one step per parameter, by the convention of issue 4:
@@ -53,14 +56,24 @@ pub fn bytes_per_param(optimizer: &str) -> Option<f64> {
     }
 }
 
-pub fn bench_optim(cfg: &Config, warmup: usize, steps: usize) -> Result<OptimBenchResult> {
+pub fn bench_optim(cfg: &Config, warmup: usize, steps: usize, profile: bool) -> Result<OptimBenchResult> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
     match cfg.device.as_str() {
-        "cpu" => run(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps),
-        _ => run(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps),
+        "cpu" => with_backend(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, profile),
+        _ => with_backend(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, profile),
     }
+}
+
+fn with_backend<B: Backend + 'static>(b: B, cfg: &Config, warmup: usize, steps: usize, profile: bool) -> Result<OptimBenchResult> {
+    if !profile {
+        return Ok(run(b, cfg, warmup, steps, |_| {})?.0);
+    }
+    let (mut result, profiled) = run(Profiled::new(b), cfg, warmup, steps, |p| p.reset())?;
+    let per_step = |n: f64| n / steps as f64;
+    result.profile = Some(profiled.report().into_iter().map(|(op, calls, ms)| (op, per_step(calls as f64), per_step(ms))).collect());
+    Ok(result)
 }
 
 /// Fills a buffer with N(0, std²)-like values without drawing billions of
@@ -85,7 +98,9 @@ fn time_ms<B: Backend>(b: &mut B, f: impl FnOnce(&mut B) -> Result<()>) -> Resul
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
-fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize) -> Result<OptimBenchResult> {
+/// Runs the timed steps; hands the backend back so a caller can read what
+/// it recorded (the per-op profile).
+fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, mut after_warmup: impl FnMut(&mut B)) -> Result<(OptimBenchResult, B)> {
     let layout = ParamLayout::new(&cfg.model);
     let n = layout.total;
     let (params, grads) = (b.alloc(n, DType::F32)?, b.alloc(n, DType::F32)?);
@@ -104,6 +119,9 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     fill_random(&mut b, grads, n, 0.01, cfg.seed ^ 1)?;
     let mut step_ms = Vec::new();
     for i in 0..warmup + steps {
+        if i == warmup {
+            after_warmup(&mut b);
+        }
         let ms = time_ms(&mut b, |b| opt.step(b, params, grads, cfg.optimizer.lr, 1.0))?;
         if i >= warmup {
             step_ms.push(ms);
@@ -113,7 +131,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     let med = median(&step_ms);
     let per_param = bytes_per_param(&cfg.optimizer.name);
     let achieved = per_param.map(|bpp| bpp * n as f64 / (med / 1e3));
-    Ok(OptimBenchResult {
+    let result = OptimBenchResult {
         engine: "ferrotron".into(),
         device: b.device_name(),
         optimizer: cfg.optimizer.name.clone(),
@@ -130,5 +148,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         achieved_bytes_per_s: achieved,
         copy_bytes_per_s,
         fraction_of_copy: achieved.map(|a| a / copy_bytes_per_s),
-    })
+        profile: None,
+    };
+    Ok((result, b))
 }

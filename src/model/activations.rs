@@ -61,7 +61,8 @@ pub struct LayerActs {
     pub fch_act: View,
 }
 
-/// Scratch used by the backward pass, shared by all layers.
+/// Scratch used by the backward pass, shared by all layers (`dqkv` and
+/// `dfch` are one buffer, `datty` and `dfch_act` another).
 pub struct GradScratch {
     /// Running gradient of the residual stream.
     pub dres: View,
@@ -167,13 +168,17 @@ impl Activations {
                 layers.push(block(&mut a, res_in)?);
             }
         }
+        // The attention half's gradients (dqkv, datty) and the MLP half's
+        // (dfch, dfch_act) are never live at once: each half overwrites its
+        // two before reading them. They share two buffers.
+        let (wide, narrow) = (a.act(n * qkv_w.max(fc_w))?, a.act(n * att_w.max(f))?);
         let grads = GradScratch {
             dres: a.act(n * c)?,
             dln: a.act(n * c)?,
-            dqkv: a.act(n * qkv_w)?,
-            datty: a.act(n * att_w)?,
-            dfch: a.act(n * fc_w)?,
-            dfch_act: a.act(n * f)?,
+            dqkv: wide.sub(0, n * qkv_w),
+            datty: narrow.sub(0, n * att_w),
+            dfch: wide.sub(0, n * fc_w),
+            dfch_act: narrow.sub(0, n * f),
         };
         Ok(Activations {
             batch,

@@ -177,9 +177,11 @@ impl Model {
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
             self.forward_hidden(b, &acts)?;
-            // The head on the last row only (from a multiple of 8 rows, so
-            // the matmul operands keep their alignment).
-            let first = ((seq - 1) / 8 * 8).max((seq - 1).saturating_sub(acts.logit_rows - 1));
+            // The head on the last row only, started at a multiple of 8 rows
+            // (the GPU's matmul operands stay 16-byte aligned) when the
+            // logits buffer holds that many rows.
+            let aligned = (seq - 1) / 8 * 8;
+            let first = if seq - aligned <= acts.logit_rows { aligned } else { seq - 1 };
             let logits = self.head_fwd(b, &acts, first..seq)?;
             let mut row = vec![0.0; v];
             b.download(logits.sub((seq - 1 - first) * width, v), &mut row)?;

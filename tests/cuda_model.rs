@@ -9,7 +9,7 @@
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::config;
-use ferrotron::config::Mlp;
+use ferrotron::config::{Mlp, ModelConfig};
 use ferrotron::backend::Backend;
 use ferrotron::model::{init::init_weights, Model, Recompute};
 use ferrotron::train::trainer::train;
@@ -57,6 +57,19 @@ fn cuda_tracks_cpu_loss_curve_for_20_steps() {
     }
 }
 
+/// Loss and gradients of one step on 4×64 fixed tokens from seeded weights.
+fn loss_and_grads(cuda: &mut CudaBackend, cfg: &ModelConfig, mode: Recompute, logits_chunk: usize) -> (f32, Vec<f32>) {
+    let (batch, seq) = (4, 64);
+    let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919) % cfg.vocab_size) as u32).collect();
+    let mut m = Model::new(cuda, cfg, mode).unwrap().with_logits_chunk(logits_chunk);
+    m.set_params(cuda, &init_weights(cfg, &m.layout, 5)).unwrap();
+    m.zero_grads(cuda).unwrap();
+    let loss = m.forward_backward(cuda, &tokens, &tokens, batch, seq, 1.0).unwrap();
+    let mut g = vec![0.0; m.layout.total];
+    cuda.download(m.grads_view(), &mut g).unwrap();
+    (loss, g)
+}
+
 /// Elementwise recompute and whole-block checkpointing re-run deterministic
 /// forward kernels, so the loss is the same to the bit; gradients may differ
 /// only by the order of the embedding backward's atomic adds (fp32), except
@@ -66,17 +79,7 @@ fn recompute_modes_match_on_cuda() {
     let Some(mut cuda) = gpu() else { return };
     for preset in ["tiny", "tiny-llama"] {
         let cfg = config::load(None, &[format!("model.preset={preset}")]).unwrap().model;
-        let (batch, seq) = (4, 64);
-        let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919) % cfg.vocab_size) as u32).collect();
-        let mut run = |mode: Recompute| {
-            let mut m = Model::new(&mut cuda, &cfg, mode).unwrap();
-            m.set_params(&mut cuda, &init_weights(&cfg, &m.layout, 5)).unwrap();
-            m.zero_grads(&mut cuda).unwrap();
-            let loss = m.forward_backward(&mut cuda, &tokens, &tokens, batch, seq, 1.0).unwrap();
-            let mut g = vec![0.0; m.layout.total];
-            cuda.download(m.grads_view(), &mut g).unwrap();
-            (loss, g)
-        };
+        let mut run = |mode: Recompute| loss_and_grads(&mut cuda, &cfg, mode, 0);
         let (l0, g0) = run(Recompute::Off);
         let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
         for mode in [Recompute::Elementwise, Recompute::Layers { keep_attention: false }, Recompute::Layers { keep_attention: true }] {
@@ -105,17 +108,7 @@ fn chunked_logits_match_on_cuda() {
     let Some(mut cuda) = gpu() else { return };
     for preset in ["tiny", "tiny-llama"] {
         let cfg = config::load(None, &[format!("model.preset={preset}")]).unwrap().model;
-        let (batch, seq) = (4, 64);
-        let tokens: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919) % cfg.vocab_size) as u32).collect();
-        let mut run = |chunk: usize| {
-            let mut m = Model::new(&mut cuda, &cfg, Recompute::Off).unwrap().with_logits_chunk(chunk);
-            m.set_params(&mut cuda, &init_weights(&cfg, &m.layout, 5)).unwrap();
-            m.zero_grads(&mut cuda).unwrap();
-            let loss = m.forward_backward(&mut cuda, &tokens, &tokens, batch, seq, 1.0).unwrap();
-            let mut g = vec![0.0; m.layout.total];
-            cuda.download(m.grads_view(), &mut g).unwrap();
-            (loss, g)
-        };
+        let mut run = |chunk: usize| loss_and_grads(&mut cuda, &cfg, Recompute::Off, chunk);
         let (l0, g0) = run(0);
         let (l, g) = run(64);
         let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));

@@ -10,9 +10,9 @@
 #               (attention output kept, and not) vs PyTorch activation
 #               checkpointing.
 #   PART=maxseq ENGINES=pytorch (one call) then ENGINES=ferrotron (another):
-#               bench/max_seq.sh, the longest sequence each engine trains
+#               bench/max_seq.py, the longest sequence each engine trains
 #               (predicted from two short runs, checked with one step; a step
-#               near the limit takes ~5 minutes). The attention test first.
+#               near the limit takes minutes). The attention test first.
 #   PART=optprof per-op profiles of Muon, COSMOS and APOLLO steps on llama-1b.
 #   PART=cosmos the two COSMOS convergence runs of the optimizer sweep.
 # PART may name several, run in order ("long optprof"); each packs its bulky
@@ -55,7 +55,7 @@ long)
  ;;
 maxseq)
   ./.dev/cuda_ops attention --nocapture 2>&1 | grep -E "^test |test result|panicked" | tee $OUT/tests.log
-  SECS=$(( 575 - SECONDS )) bash bench/max_seq.sh ;;
+  python3 bench/max_seq.py --engines "${ENGINES:-pytorch}" --seconds $(( 575 - SECONDS )) ;;
 cosmos)
   OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
   # ffn_multiple=1: the same shapes as the other 14 runs of the sweep (made

@@ -2,8 +2,9 @@
 # GPU session script (one nvidia-h200; each PART fits one call of < 10
 # minutes; check, long and cosmos were run on 2026-11-29, see
 # bench/results/gpu_2026-11-29.md):
-#   PART=check  every CUDA test (incl. HF logits vs transformers and the
-#               recompute modes), llama-1b 4x2048 side by side with
+#   PART=tests  every CUDA test (incl. HF logits vs transformers, the
+#               recompute modes and chunked logits), ~1.5 minutes.
+#   PART=check  the tests, then llama-1b 4x2048 side by side with
 #               torch.compile (recompute off, elementwise, whole blocks), its
 #               per-op profile, GPT-2 124M, the attention benchmark.
 #   PART=long   llama-1b at 32768: ferrotron recompute and checkpoint_layers
@@ -12,7 +13,8 @@
 #   PART=maxseq ENGINES=pytorch (one call) then ENGINES=ferrotron (another):
 #               bench/max_seq.py, the longest sequence each engine trains
 #               (predicted from two short runs, checked with one step; a step
-#               near the limit takes minutes). The attention test first.
+#               near the limit takes minutes). PART="tests maxseq" runs the
+#               CUDA tests first (the probe lengths use chunked logits).
 #   PART=optprof per-op profiles of Muon, COSMOS and APOLLO steps on llama-1b.
 #   PART=cosmos the two COSMOS convergence runs of the optimizer sweep.
 # PART may name several, run in order ("long optprof"); each packs its bulky
@@ -24,15 +26,23 @@ cd "$(dirname "$0")/.."
 { date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $OUT/gpu.txt
 pack() { (cd $OUT && tar -czf next-$part.tar.gz "$@" && rm -rf "$@"); }
 
-[ -n "${PART:-}" ] || { echo "set PART to one or more of: check long maxseq optprof cosmos" >&2; exit 2; }
-for part in $PART; do
-case "$part" in
-check)
+# Every CUDA test (HF logits against transformers included) into tests.log.
+run_tests() {
   ./.dev/cuda_ops --test-threads=1 --nocapture > $OUT/tests.log 2>&1
   ./.dev/cuda_optim --nocapture >> $OUT/tests.log 2>&1
   python3 bench/hf_logits_fixtures.py /tmp/hf >> $OUT/tests.log 2>&1
   FERROTRON_HF_FIXTURES=/tmp/hf ./.dev/cuda_model --test-threads=1 --nocapture >> $OUT/tests.log 2>&1
-  grep -hE "^test |test result|panicked|rope|swiglu|max.logit" $OUT/tests.log | cut -c1-200
+  grep -hE "^test |test result|panicked|max.logit|chunk 64|Layers" $OUT/tests.log | cut -c1-200
+}
+
+[ -n "${PART:-}" ] || { echo "set PART to one or more of: tests check long maxseq optprof cosmos" >&2; exit 2; }
+for part in $PART; do
+case "$part" in
+tests)
+  run_tests
+  pack tests.log ;;
+check)
+  run_tests
   source bench/side_by_side.sh
   L="--set model.preset=llama-1b --set train.batch_size=4 --set train.seq_len=2048"
   ft $L --warmup 2 --steps 5 --export-init /tmp/l1b | cut -c1-200
@@ -54,7 +64,6 @@ long)
   timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250
  ;;
 maxseq)
-  ./.dev/cuda_ops attention --nocapture 2>&1 | grep -E "^test |test result|panicked" | tee $OUT/tests.log
   python3 bench/max_seq.py --engines "${ENGINES:-pytorch}" --seconds $(( 575 - SECONDS )) ;;
 cosmos)
   OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
@@ -72,6 +81,6 @@ optprof)
   done
   pack optprof ;;
 *)
-  echo "unknown PART '$part': use check, long, maxseq, optprof or cosmos" >&2; exit 2 ;;
+  echo "unknown PART '$part': use tests, check, long, maxseq, optprof or cosmos" >&2; exit 2 ;;
 esac
 done

@@ -119,7 +119,10 @@ fn memory_section(out: &mut String, cfg: &Config) {
         crate::model::Recompute::Layers { keep_attention: true } => "checkpoint_layers on (blocks re-run in backward, attention output kept)",
         crate::model::Recompute::Layers { keep_attention: false } => "checkpoint_layers on (blocks re-run in backward, attention included)",
     };
-    row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}", t.batch_size, t.seq_len));
+    let n = t.batch_size * t.seq_len;
+    let rows = crate::model::activations::logit_rows(n, t.logits_chunk);
+    let logits = if rows < n { format!(", logits {rows} rows at a time") } else { String::new() };
+    row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}{logits}", t.batch_size, t.seq_len));
     rule(out);
     let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };
     row(out, "total", &human_bytes(est.total()), note);

@@ -15,6 +15,8 @@
 #               (predicted from two short runs, checked with one step; a step
 #               near the limit takes minutes). PART="tests maxseq" runs the
 #               CUDA tests first (the probe lengths use chunked logits).
+#               LENGTHS=a,b,... skips the probes: one step at each, in order,
+#               until one fails (to continue an earlier call's search).
 #   PART=optprof per-op profiles of Muon, COSMOS and APOLLO steps on llama-1b.
 #   PART=cosmos the two COSMOS convergence runs of the optimizer sweep.
 # PART may name several, run in order ("long optprof"); each packs its bulky
@@ -63,7 +65,7 @@ long)
   ft --set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --set train.checkpoint_keep_attention=false --warmup 1 --steps 2 | cut -c1-200
   timeout 200 python3 bench/torch_train.py --hf-dir /tmp/l1b --batch 1 --seq 32768 --warmup 1 --steps 2 --checkpointing --lr 1e-3 --weight-decay 0 2>>$OUT/stderr.log | tail -1 | tee -a $J | cut -c1-250 ;;
 maxseq)
-  python3 bench/max_seq.py --engines "${ENGINES:-pytorch}" --seconds $(( 575 - SECONDS )) ;;
+  python3 bench/max_seq.py --engines "${ENGINES:-pytorch}" ${LENGTHS:+--lengths $LENGTHS} --seconds $(( ${BUDGET:-575} - SECONDS )) ;;
 cosmos)
   OPTS="" NO_TAR=1 bash bench/convergence.sh # prepares data/py (no runs)
   # ffn_multiple=1: the same shapes as the other 14 runs of the sweep (made

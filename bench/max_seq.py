@@ -13,8 +13,8 @@ limit, so for each engine:
      GPU's memory, and the step time predicted as a*T + b*T^2 (attention is
      quadratic);
   3. one step at the predicted limit, rounded down to a multiple of --step
-     (walking down by --step while steps fail to fit), then one --step above,
-     expected to fail.
+     (walking down by --step while steps fail to fit), then climbing by
+     --step while steps still fit, until one fails (or time runs out).
 A step near the memory limit can take longer than the time left (ferrotron's
 limit is predicted beyond 500k tokens, a step there ~10 minutes): then the
 length tried is the longest whose predicted step fits the time, and the
@@ -121,11 +121,31 @@ def run_engine(s, engine, gpu_bytes, step):
             best = seq
             break
         seq -= step
-    above = None
-    if best > PROBES[-1] and limited_by == "memory" and 1.2 * seconds_of(best + step) < deadline - time.time():
-        above = s.attempt(engine, best + step, 0, deadline) is not None
+    # The prediction is linear; the allocator is not: when memory was the
+    # limit, climb by one step while steps fit (and time is left) so the
+    # answer is the last length that trained, with the next one shown to fail.
+    failed_above = None
+    while best > PROBES[-1] and limited_by == "memory" and 1.2 * seconds_of(best + step) < deadline - time.time():
+        if s.attempt(engine, best + step, 0, deadline) is None:
+            failed_above = best + step
+            break
+        best += step
     s.log({"engine": engine, "max_seq_fits": best, "limited_by": limited_by, "predicted_memory_limit": mem_limit,
-           "bytes_per_token": per_token, "fits_one_step_more": above, "resolution": step, "gpu_bytes": gpu_bytes})
+           "bytes_per_token": per_token, "first_failure_above": failed_above, "resolution": step,
+           "gpu_bytes": gpu_bytes})
+
+
+def run_lengths(s, engine, lengths):
+    """Continue an earlier call's search: one step at each length, in order,
+    until one fails; summary as run_engine's (no probes, no prediction)."""
+    deadline = time.time() + s.seconds
+    best, failed = None, None
+    for seq in lengths:
+        if s.attempt(engine, seq, 0, deadline) is None:
+            failed = seq
+            break
+        best = seq
+    s.log({"engine": engine, "lengths_tried": lengths, "max_seq_fits": best, "first_failure": failed})
 
 
 def main():
@@ -133,6 +153,8 @@ def main():
     ap.add_argument("--engines", default="pytorch ferrotron", help="space-separated, in order")
     ap.add_argument("--seconds", type=float, default=540, help="per engine")
     ap.add_argument("--step", type=int, default=8192, help="resolution of the answer")
+    ap.add_argument("--lengths", default="", help="comma-separated: skip the probes and try only these, in order "
+                    "(to continue a search an earlier call ran out of time for)")
     args = ap.parse_args()
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     out = os.environ.get("OUT", ".")
@@ -147,7 +169,10 @@ def main():
                         "--warmup", "0", "--steps", "1", "--export-init", HF_DIR], check=True, capture_output=True)
     s = Session(out, args.seconds)
     for engine in args.engines.split():
-        run_engine(s, engine, gpu_bytes, args.step)
+        if args.lengths:
+            run_lengths(s, engine, [int(x) for x in args.lengths.split(",")])
+        else:
+            run_engine(s, engine, gpu_bytes, args.step)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 use super::layout::{ParamKind, ParamLayout};
 use crate::config::ModelConfig;
-use crate::util::rng::Rng;
+use crate::util::rng::{fill_normal_parallel, mix};
 
 /// Weights for `layout` (the layout of `cfg`). The unpadded model is drawn
 /// and then padded, so padding entries are zero and the padding multiples
@@ -19,15 +19,17 @@ pub fn init_weights(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f
 
 fn init_unpadded(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     let mut host = vec![0.0f32; layout.total];
-    let mut rng = Rng::new(seed);
     let resid_std = cfg.init_std / (2.0 * cfg.n_layers as f32).sqrt();
-    for p in &layout.params {
+    for (index, p) in layout.params.iter().enumerate() {
         let dst = &mut host[p.offset..p.offset + p.numel()];
+        // Each tensor has its own stream: its values do not depend on the
+        // tensors before it.
+        let stream = mix(seed, index as u64);
         match p.kind {
             ParamKind::Norm if p.name.ends_with(".w") => dst.fill(1.0),
             ParamKind::Norm | ParamKind::Bias => dst.fill(0.0),
-            _ if p.name.ends_with("proj.w") => rng.fill_normal(dst, resid_std),
-            _ => rng.fill_normal(dst, cfg.init_std),
+            _ if p.name.ends_with("proj.w") => fill_normal_parallel(dst, resid_std, stream),
+            _ => fill_normal_parallel(dst, cfg.init_std, stream),
         }
     }
     host

@@ -338,6 +338,19 @@ fn gemm_fp32_and_bf16() {
     let c = h.zeros(m * n, DType::F32);
     h.run(|be, i| be.gemm(c[i], a[i], b[i], m, k, n, false, false, 1.0, 0.0));
     h.check("gemm bf16 x bf16 -> f32", c, 1e-5); // exact products, fp32 sums
+
+    // C read from its own buffer (Newton–Schulz): the CUDA backend passes it
+    // to cuBLASLt, the CPU copies it into D first. Operands bf16-exact, so
+    // only the fp32 summation order differs; C must come back untouched.
+    for (ta, tb) in [(false, false), (true, false), (false, true)] {
+        let a = h.randn(m * k, 1.0, DType::Compute);
+        let b = h.randn(k * n, 1.0, DType::Compute);
+        let c_in = h.randn(m * n, 1.0, DType::F32);
+        let d = h.randn(m * n, 1.0, DType::F32); // overwritten: not read
+        h.run(|be, i| be.gemm_bf16_plus(d[i], c_in[i], a[i], b[i], m, k, n, ta, tb, 0.7, -1.3));
+        h.check(&format!("gemm_bf16_plus ta={ta} tb={tb}"), d, 1e-5);
+        h.check(&format!("gemm_bf16_plus leaves C ta={ta} tb={tb}"), c_in, 0.0);
+    }
 }
 
 #[test]

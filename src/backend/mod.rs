@@ -284,6 +284,15 @@ pub trait Backend {
         self.gemm(c, a, b, m, k, n, trans_a, trans_b, alpha, beta)
     }
 
+    /// `d = alpha · op(a) · op(b) + beta · c` with the operands of
+    /// [`Backend::gemm_bf16`] and `c` only read: saves the copy of `c` into
+    /// `d` (Newton–Schulz' `a·X + B·X`). `d` must not overlap `a`, `b` or `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.copy(d, c)?;
+        self.gemm_bf16(d, a, b, m, k, n, trans_a, trans_b, alpha, beta)
+    }
+
     // ---- normalization -------------------------------------------------
     /// LayerNorm over rows of `inp[N,C]`; saves `mean[N]`, `rstd[N]`.
     #[allow(clippy::too_many_arguments)]

@@ -139,6 +139,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn gemm_bf16(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
         self.time_keyed(format!("gemm_bf16 {}", gemm_shape(m, k, n, ta, tb)), |b| b.gemm_bf16(c, a, b2, m, k, n, ta, tb, alpha, beta))
     }
+    fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.time_keyed(format!("gemm_bf16 {} + C", gemm_shape(m, k, n, ta, tb)), |b| b.gemm_bf16_plus(d, c, a, b2, m, k, n, ta, tb, alpha, beta))
+    }
     fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.time("layernorm_fwd", |b| b.layernorm_fwd(out, mean, rstd, inp, w, bias, n, c, eps))
     }

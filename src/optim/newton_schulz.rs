@@ -1,7 +1,8 @@
 //! Approximate orthogonalization by the quintic Newton–Schulz iteration of
 //! Muon (Jordan et al. 2024): maps a matrix `G = U·S·Vᵀ` to roughly `U·Vᵀ`
 //! (every singular value pushed into ~[0.7, 1.2]) with matrix multiplies
-//! only, so it runs on the device through `gemm` and `axpby`.
+//! only, so it runs on the device as GEMMs alone (each iteration's sums in
+//! the GEMM's `beta·C` term, read from a buffer of its own: no copies).
 //!
 //! For `X` of shape `[rows, cols]` with `rows <= cols` one iteration is
 //! `A = X·Xᵀ; B = b·A + c·A²; X = a·X + B·X`. For a tall `X` (rows > cols)
@@ -82,13 +83,11 @@ impl NsWorkspace {
             } else {
                 bk.gemm_bf16(a, x, x, cols, rows, cols, true, false, 1.0, 0.0)?; // A = Xᵀ·X
             }
-            bk.gemm_bf16(b, a, a, s, s, s, false, false, cc, 0.0)?; // B = c·A²
-            bk.axpby(b, a, cb, 1.0)?; // B += b·A
-            bk.copy(y, x)?;
+            bk.gemm_bf16_plus(b, a, a, a, s, s, s, false, false, cc, cb)?; // B = c·A² + b·A
             if wide {
-                bk.gemm_bf16(y, b, x, rows, rows, cols, false, false, 1.0, ca)?; // Y = a·X + B·X
+                bk.gemm_bf16_plus(y, x, b, x, rows, rows, cols, false, false, 1.0, ca)?; // Y = a·X + B·X
             } else {
-                bk.gemm_bf16(y, x, b, rows, cols, cols, false, false, 1.0, ca)?; // Y = a·X + X·B
+                bk.gemm_bf16_plus(y, x, x, b, rows, cols, cols, false, false, 1.0, ca)?; // Y = a·X + X·B
             }
             std::mem::swap(&mut x, &mut y);
         }

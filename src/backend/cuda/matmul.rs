@@ -186,7 +186,14 @@ impl Lt {
     /// Queue D = alpha op(A) op(B) + beta D on `stream`, through the
     /// problem's epilogue (`bias`, `aux`: its pointers, 0 where unused).
     #[allow(clippy::too_many_arguments)]
-    pub fn run(&mut self, p: Problem, a: u64, b: u64, d: u64, (bias, aux): (u64, u64), alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
+    pub fn run(&mut self, p: Problem, a: u64, b: u64, d: u64, epilogue_ptrs: (u64, u64), alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
+        self.run_with_c(p, a, b, (d, d), epilogue_ptrs, alpha, beta, stream)
+    }
+
+    /// [`Self::run`] with C read from its own buffer (same type and layout
+    /// as D): D = alpha op(A) op(B) + beta C, C left as it was.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_c(&mut self, p: Problem, a: u64, b: u64, (c, d): (u64, u64), (bias, aux): (u64, u64), alpha: f32, beta: f32, stream: *mut c_void) -> Result<()> {
         if !self.plans.contains_key(&p) {
             let plan = self.plan(&p)?;
             self.plans.insert(p, plan);
@@ -212,7 +219,7 @@ impl Lt {
                     plan.layouts[0],
                     b as *const c_void,
                     plan.layouts[1],
-                    d as *const c_void,
+                    c as *const c_void,
                     plan.layouts[2],
                     d as *mut c_void,
                     plan.layouts[2],

@@ -123,6 +123,9 @@ impl Backend for CudaBackend {
     fn gemm_bf16(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
         self.gemm_op(c, a, b, (m, k, n), (trans_a, trans_b), alpha, beta, true)
     }
+    fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm_with_c_op(d, Some(c), a, b, (m, k, n), (trans_a, trans_b), alpha, beta, true)
+    }
 
     fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.layernorm_fwd_op(out, mean, rstd, inp, w, b, n, c, eps)

@@ -16,13 +16,22 @@ use cudarc::driver::LaunchConfig;
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn matmul(&mut self, ta: bool, tb: bool, mnk: (usize, usize, usize), ld: (usize, usize, usize), ops: (u64, u64, u64), ab: Elem, c: Elem, bias: Option<u64>, alpha: f32, beta: f32) -> Result<()> {
+        self.matmul_with_c(ta, tb, mnk, ld, ops, ops.2, ab, c, bias, alpha, beta)
+    }
+
+    /// [`Self::matmul`] with `beta` scaling the buffer at `c_in` (D's type
+    /// and layout) instead of D itself.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_with_c(&mut self, ta: bool, tb: bool, mnk: (usize, usize, usize), ld: (usize, usize, usize), ops: (u64, u64, u64), c_in: u64, ab: Elem, c: Elem, bias: Option<u64>, alpha: f32, beta: f32) -> Result<()> {
         let (m, n, _) = mnk;
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let p = problem((ta, tb), mnk, ld, ops, (ab, c), if bias.is_some() { Epilogue::Bias } else { Epilogue::None });
+        // The plan is chosen for D's alignment: C's must be as good.
+        let less_aligned = if alignment(c_in) < alignment(ops.2) { c_in } else { ops.2 };
+        let p = problem((ta, tb), mnk, ld, (ops.0, ops.1, less_aligned), (ab, c), if bias.is_some() { Epilogue::Bias } else { Epilogue::None });
         let stream = self.stream.cu_stream() as *mut std::ffi::c_void;
-        self.lt.run(p, ops.0, ops.1, ops.2, (bias.unwrap_or(0), 0), alpha, beta, stream)
+        self.lt.run_with_c(p, ops.0, ops.1, (c_in, ops.2), (bias.unwrap_or(0), 0), alpha, beta, stream)
     }
 
     /// `pre = inp·wᵀ (+ bias)`, `act = gelu(pre)` in one cuBLASLt call (GELU
@@ -292,20 +301,36 @@ impl CudaBackend {
     /// bf16 x bf16 -> fp32.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
+        self.gemm_with_c_op(c, None, a, b, mkn, trans, alpha, beta, force_bf16)
+    }
+
+    /// `c = alpha·op(a)·op(b) + beta·c_in` (`c_in` None: `c` itself). A
+    /// `c_in` of another element type than `c` is copied into `c` first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm_with_c_op(&mut self, c: View, c_in: Option<View>, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
         self.begin()?;
         let (m, k, n) = mkn;
         ensure!(a.len == m * k && b.len == k * n && c.len == m * n, "gemm: views do not match m={m} k={k} n={n}");
+        ensure!(c_in.is_none_or(|v| v.len == m * n), "gemm: the C input has {} values, needs m·n = {}", c_in.map_or(0, |v| v.len), m * n);
         let (ad, bd) = (self.dev(a)?, self.dev(b)?);
         let (ap, bp, ab) = if !force_bf16 && ad.elem == Elem::F32 && bd.elem == Elem::F32 && self.dev(c)?.elem == Elem::F32 {
             (ad.ptr, bd.ptr, Elem::F32)
         } else {
             (self.bf16_operand(a)?, self.bf16_operand(b)?, Elem::Bf16)
         };
+        let c_in_ptr = match c_in {
+            Some(v) if self.dev(v)?.elem == self.dev(c)?.elem => Some(self.dev(v)?.ptr),
+            Some(v) => {
+                self.copy_op(c, v)?;
+                None
+            }
+            None => None,
+        };
         let cd = self.out(c)?;
         // cᵀ[N,M] = op(b)ᵀ · op(a)ᵀ, both read from row-major storage.
         let lda = if trans.1 { k } else { n };
         let ldb = if trans.0 { m } else { k };
-        self.matmul(trans.1, trans.0, (n, m, k), (lda, ldb, n), (bp, ap, cd.ptr), ab, cd.elem, None, alpha, beta)
+        self.matmul_with_c(trans.1, trans.0, (n, m, k), (lda, ldb, n), (bp, ap, cd.ptr), c_in_ptr.unwrap_or(cd.ptr), ab, cd.elem, None, alpha, beta)
     }
 }
 

@@ -675,6 +675,27 @@ fn axpby_parity() {
 }
 
 #[test]
+fn muon_momentum_parity() {
+    // The fused kernel against the CPU's three axpby calls + sum_squares
+    // (the trait's default): m and u are meant to be bit-identical (printed
+    // error 0), the fp64 sum of u² equal up to summation order.
+    let Some(mut h) = gpu() else { return };
+    for n in OPT_SIZES {
+        for (g_dtype, mu) in [(DType::F32, 0.95), (DType::Compute, 0.9), (DType::F32, 0.0)] {
+            let g = h.randn(n, 1.0, g_dtype);
+            let m = h.randn(n, 0.1, DType::F32);
+            let u = h.randn(n, 1.0, DType::F32); // overwritten: not read
+            let (sg, sc) = (h.g.muon_momentum(m[0], u[0], g[0], mu, 0.5).unwrap(), h.c.muon_momentum(m[1], u[1], g[1], mu, 0.5).unwrap());
+            let name = format!("muon_momentum n={n} g {g_dtype:?} mu={mu}");
+            h.check(&format!("{name} m"), m, OPT_TOL);
+            h.check(&format!("{name} u"), u, OPT_TOL);
+            println!("{name} sum u²: gpu {sg} cpu {sc}");
+            assert!((sg - sc).abs() <= 1e-12 * sc, "{name}: sum of squares {sg} vs {sc}");
+        }
+    }
+}
+
+#[test]
 fn axis_ops_parity() {
     let Some(mut h) = gpu() else { return };
     for (rows, cols) in [(1, 1), (1, 1000), (1000, 1), (37, 129), (256, 5), (3, 257), (513, 300)] {

@@ -225,6 +225,18 @@ pub trait Backend {
     /// in it are overwritten). Momentum buffers, Nesterov mixes, decoupled
     /// weight decay plus an update, Newton–Schulz combinations.
     fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()>;
+    /// Muon's momentum with its Nesterov mix, `c = (1 - mu)·grad_scale`:
+    /// `m = c·g + mu·m`, then `u = mu·m + c·g`; returns `Σ u²` (f64), the
+    /// Frobenius norm² Newton–Schulz normalizes by. Each term rounds as
+    /// [`Backend::axpby`] does: the default is three axpby calls and
+    /// `sum_squares`, which a backend may fuse into one pass.
+    fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
+        let c = (1.0 - mu) * grad_scale;
+        self.axpby(m, g, c, mu)?;
+        self.axpby(u, g, c, 0.0)?;
+        self.axpby(u, m, mu, 1.0)?;
+        self.sum_squares(u)
+    }
     /// Sums of squares along one axis of the row-major `x[rows, cols]`
     /// (f64 accumulation in index order, stored as f32):
     /// `per_row`: `out[i] = Σ_j x[i,j]²` (`out` has `rows` elements);

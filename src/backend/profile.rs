@@ -109,6 +109,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn axpby(&mut self, y: View, x: View, a: f32, b2: f32) -> Result<()> {
         self.time("axpby", |b| b.axpby(y, x, a, b2))
     }
+    fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
+        self.time("muon_momentum", |b| b.muon_momentum(m, u, g, mu, grad_scale))
+    }
     fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.time("axis_sum_squares", |b| b.axis_sum_squares(out, x, rows, cols, per_row))
     }

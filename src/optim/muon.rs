@@ -68,11 +68,9 @@ impl Muon {
     fn step_matrix<B: Backend>(&self, b: &mut B, t: &TensorRef, off: usize, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()> {
         let (n, mu) = (t.numel(), self.cfg.momentum);
         let (g, p, m) = (t.view(grads), t.view(params), self.buf.sub(off, n));
-        b.axpby(m, g, (1.0 - mu) * grad_scale, mu)?;
         let u = self.ns.input(n);
-        b.axpby(u, g, (1.0 - mu) * grad_scale, 0.0)?;
-        b.axpby(u, m, mu, 1.0)?;
-        let o = self.ns.run(b, t.rows(), t.cols(), STEPS)?;
+        let sum_squares = b.muon_momentum(m, u, g, mu, grad_scale)?;
+        let o = self.ns.run_with_sum_squares(b, t.rows(), t.cols(), STEPS, sum_squares)?;
         b.axpby(p, o, -lr * shape_scale(t.rows(), t.cols()), 1.0 - lr * t.weight_decay)?;
         b.params_changed(p)
     }

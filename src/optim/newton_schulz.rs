@@ -69,9 +69,16 @@ impl NsWorkspace {
     /// by its Frobenius norm (+1e-7), then `steps` iterations. Returns the
     /// view holding the result (inside the workspace).
     pub fn run<B: Backend>(&self, bk: &mut B, rows: usize, cols: usize, steps: usize) -> Result<View> {
+        let sum_squares = bk.sum_squares(self.input(rows * cols))?;
+        self.run_with_sum_squares(bk, rows, cols, steps, sum_squares)
+    }
+
+    /// [`Self::run`] when the caller already has the input's sum of squares
+    /// (Muon's fused momentum computes it while writing the input).
+    pub fn run_with_sum_squares<B: Backend>(&self, bk: &mut B, rows: usize, cols: usize, steps: usize, sum_squares: f64) -> Result<View> {
         let n = rows * cols;
         let (mut x, mut y) = (self.x.sub(0, n), self.y.sub(0, n));
-        let norm = bk.sum_squares(x)?.sqrt();
+        let norm = sum_squares.sqrt();
         bk.scale(x, (1.0 / (norm + NORM_EPS)) as f32)?;
         let s = rows.min(cols);
         let (a, b) = (self.a.sub(0, s * s), self.b.sub(0, s * s));

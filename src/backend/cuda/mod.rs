@@ -91,6 +91,9 @@ impl Backend for CudaBackend {
     fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
         self.axpby_op(y, x, a, b)
     }
+    fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
+        self.muon_momentum_op(m, u, g, mu, grad_scale)
+    }
     fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.axis_sum_squares_op(out, x, rows, cols, per_row)
     }

@@ -143,17 +143,28 @@ impl CudaBackend {
         if d.len == 0 {
             return Ok(0.0);
         }
-        // Up to 1024 blocks (enough to stream HBM; fixed, so the sum order
-        // does not depend on the GPU model).
-        let blocks = d.len.div_ceil(1024).min(1024);
-        let partial = self.scratch(blocks * 8)?;
-        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (cfg, partial) = self.partial_sums(d.len)?;
         if d.elem == Elem::F32 && d.ptr % 16 == 0 {
             self.launch("norm", "sumsq_partial_f32x4_k", cfg, &[P(partial), P(d.ptr), L(d.len as i64)])?;
         } else {
             self.launch("norm", "sumsq_partial_k", cfg, &[P(partial), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
         }
-        let mut host = vec![0f64; blocks];
+        self.sum_partials(cfg, partial)
+    }
+
+    /// Launch shape and fp64 scratch of a kernel that leaves one partial sum
+    /// per block over `n` elements: up to 1024 blocks (enough to stream HBM;
+    /// fixed, so the sum order does not depend on the GPU model).
+    pub(super) fn partial_sums(&mut self, n: usize) -> Result<(LaunchConfig, u64)> {
+        let blocks = n.div_ceil(1024).min(1024);
+        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        Ok((cfg, self.scratch(blocks * 8)?))
+    }
+
+    /// The host's sum, in block order, of the partials a kernel launched
+    /// with [`Self::partial_sums`] left (waits for it).
+    pub(super) fn sum_partials(&mut self, cfg: LaunchConfig, partial: u64) -> Result<f64> {
+        let mut host = vec![0f64; cfg.grid_dim.0 as usize];
         self.dtoh(&mut host, partial)?;
         Ok(host.iter().sum())
     }

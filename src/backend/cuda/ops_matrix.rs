@@ -1,5 +1,6 @@
 //! Vector and per-axis helpers of the matrix optimizers (Muon, APOLLO,
-//! COSMOS): `axpby`, per-row/column sums of squares, per-row/column scaling.
+//! COSMOS): `axpby`, Muon's fused momentum, per-row/column sums of squares,
+//! per-row/column scaling.
 
 use super::device::CudaBackend;
 use super::kernels::KArg::{F, I, L, P};
@@ -45,6 +46,25 @@ impl CudaBackend {
             self.launch("axpby", "axpby_k", cfg, &args)?;
         }
         Ok(())
+    }
+
+    /// [`crate::backend::Backend::muon_momentum`] in one kernel: reads g and
+    /// m once, writes m and u, and the per-block partial sums of u².
+    pub(super) fn muon_momentum_op(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
+        self.begin()?;
+        ensure!(m.len == g.len && u.len == g.len, "muon_momentum: lengths differ (m {}, u {}, g {})", m.len, u.len, g.len);
+        let gd = self.dev(g)?;
+        let (md, ud) = (self.out(m)?, self.out(u)?);
+        ensure!(md.elem == Elem::F32 && ud.elem == Elem::F32, "muon_momentum: m and u must be F32 buffers");
+        let n = g.len;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let (cfg, partial) = self.partial_sums(n)?;
+        let c = (1.0 - mu) * grad_scale;
+        let args = [P(md.ptr), P(ud.ptr), P(gd.ptr), I(gd.dt()), L(n as i64), F(c), F(mu), P(partial)];
+        self.launch("axpby", "muon_momentum_k", cfg, &args)?;
+        self.sum_partials(cfg, partial)
     }
 
     pub(super) fn axis_sum_squares_op(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {

@@ -29,3 +29,22 @@ extern "C" __global__ void axpby_vec4_k(float4* y, const float4* x, i64 n4, floa
         y[i] = yi;
     }
 }
+
+// Muon's momentum and Nesterov mix in one pass (were three axpby calls), with
+// c = (1 - mu) * grad_scale:  m = c*g + mu*m;  u = mu*m + c*g. Each term is
+// rounded as axpby_one rounds it, so m and u are bit-identical to the three
+// calls. partial[blockIdx.x] = the block's fp64 sum of u^2 (the Frobenius
+// norm Newton-Schulz normalizes by), summed on the host like sum_squares.
+extern "C" __global__ void muon_momentum_k(float* m, float* u, const void* g, int dtg, i64 n, float c, float mu, double* partial) {
+    double acc = 0.0;
+    GRID_LOOP(i, n) {
+        float gi = ld(g, dtg, i);
+        float cg = axpby_one(gi, 0.0f, c, 0.0f);
+        float mi = axpby_one(gi, m[i], c, mu);
+        float ui = axpby_one(mi, cg, mu, 1.0f);
+        m[i] = mi;
+        u[i] = ui;
+        acc += (double)ui * ui;
+    }
+    block_sum_to(partial, acc);
+}

@@ -57,6 +57,26 @@ __device__ __forceinline__ float block_sum(float v, float* tmp) {
     return warp_sum(r);
 }
 
+// fp64 sums for reductions that must not lose digits (norms).
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// partial[blockIdx.x] = the sum of `acc` over the block.
+__device__ void block_sum_to(double* partial, double acc) {
+    __shared__ double tmp[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    acc = warp_sum_d(acc);
+    if (lane == 0) tmp[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        double r = lane < (int)(blockDim.x >> 5) ? tmp[lane] : 0.0;
+        r = warp_sum_d(r);
+        if (lane == 0) partial[blockIdx.x] = r;
+    }
+}
+
 // Grid-stride loop over [0, n) with 64-bit indices (buffers can exceed 2^31).
 #define GRID_LOOP(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

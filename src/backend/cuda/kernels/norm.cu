@@ -1,24 +1,6 @@
 // Global sum of squares (gradient norm): fp64 accumulation, per-block
-// partials summed on the host in a fixed order (reproducible).
-
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// partial[blockIdx.x] = the sum of `acc` over the block.
-__device__ void block_sum_to(double* partial, double acc) {
-    __shared__ double tmp[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    acc = warp_sum_d(acc);
-    if (lane == 0) tmp[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-        double r = lane < (int)(blockDim.x >> 5) ? tmp[lane] : 0.0;
-        r = warp_sum_d(r);
-        if (lane == 0) partial[blockIdx.x] = r;
-    }
-}
+// partials summed on the host in a fixed order (reproducible; the block
+// reduction `block_sum_to` is in common.cuh).
 
 extern "C" __global__ void sumsq_partial_k(double* partial, const void* x, int dt, i64 n) {
     double acc = 0.0;

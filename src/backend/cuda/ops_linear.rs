@@ -312,25 +312,29 @@ impl CudaBackend {
         let (m, k, n) = mkn;
         ensure!(a.len == m * k && b.len == k * n && c.len == m * n, "gemm: views do not match m={m} k={k} n={n}");
         ensure!(c_in.is_none_or(|v| v.len == m * n), "gemm: the C input has {} values, needs m·n = {}", c_in.map_or(0, |v| v.len), m * n);
-        let (ad, bd) = (self.dev(a)?, self.dev(b)?);
-        let (ap, bp, ab) = if !force_bf16 && ad.elem == Elem::F32 && bd.elem == Elem::F32 && self.dev(c)?.elem == Elem::F32 {
+        let (ad, bd, c_elem) = (self.dev(a)?, self.dev(b)?, self.dev(c)?.elem);
+        let (ap, bp, ab) = if !force_bf16 && ad.elem == Elem::F32 && bd.elem == Elem::F32 && c_elem == Elem::F32 {
             (ad.ptr, bd.ptr, Elem::F32)
         } else {
             (self.bf16_operand(a)?, self.bf16_operand(b)?, Elem::Bf16)
         };
-        let c_in_ptr = match c_in {
-            Some(v) if self.dev(v)?.elem == self.dev(c)?.elem => Some(self.dev(v)?.ptr),
-            Some(v) => {
+        // cuBLASLt's C has D's type: another type is copied into D first.
+        let c_in = match c_in {
+            Some(v) if self.dev(v)?.elem != c_elem => {
                 self.copy_op(c, v)?;
                 None
             }
-            None => None,
+            other => other,
         };
         let cd = self.out(c)?;
+        let c_in_ptr = match c_in {
+            Some(v) => self.dev(v)?.ptr,
+            None => cd.ptr,
+        };
         // cᵀ[N,M] = op(b)ᵀ · op(a)ᵀ, both read from row-major storage.
         let lda = if trans.1 { k } else { n };
         let ldb = if trans.0 { m } else { k };
-        self.matmul_with_c(trans.1, trans.0, (n, m, k), (lda, ldb, n), (bp, ap, cd.ptr), c_in_ptr.unwrap_or(cd.ptr), ab, cd.elem, None, alpha, beta)
+        self.matmul_with_c(trans.1, trans.0, (n, m, k), (lda, ldb, n), (bp, ap, cd.ptr), c_in_ptr, ab, cd.elem, None, alpha, beta)
     }
 }
 

@@ -37,6 +37,50 @@ pub struct Config {
     pub data: DataConfig,
     pub optimizer: OptimizerConfig,
     pub run: RunConfig,
+    pub dist: DistConfig,
+}
+
+/// Several ranks: how they talk and what they shard. The world itself
+/// (rank, world size, master address) comes from the launcher's
+/// environment (`ferrotron launch`, torchrun, SLURM, Open MPI), not from
+/// the config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// 0 = data parallel (all-reduce), 1 = optimizer state sharded,
+    /// 2 = + gradients, 3 = + parameters (gathered per layer).
+    pub zero_stage: u32,
+    /// Ulysses sequence-parallel group size (1 = off).
+    pub sp: usize,
+    /// `auto` (nccl on cuda, tcp on cpu), `nccl` or `tcp`.
+    pub backend: String,
+    /// Seconds any rendezvous or collective may wait before failing with
+    /// the name of the rank it waits for.
+    pub timeout_s: f64,
+}
+
+impl DistConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.zero_stage > 3 {
+            bail!("dist.zero_stage = {} is not a ZeRO stage; use 0 (data parallel), 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters)", self.zero_stage);
+        }
+        if self.sp == 0 {
+            bail!("dist.sp must be at least 1 (1 = no sequence parallelism)");
+        }
+        if !["auto", "nccl", "tcp"].contains(&self.backend.as_str()) {
+            bail!("dist.backend = `{}` is unknown; use auto (nccl on cuda, tcp on cpu), nccl or tcp", self.backend);
+        }
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
+            bail!("dist.timeout_s must be a positive number of seconds, got {}", self.timeout_s);
+        }
+        Ok(())
+    }
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { zero_stage: 0, sp: 1, backend: "auto".into(), timeout_s: 60.0 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -235,6 +279,7 @@ impl Default for Config {
             data: DataConfig::default(),
             optimizer: OptimizerConfig::default(),
             run: RunConfig::default(),
+            dist: DistConfig::default(),
         }
     }
 }
@@ -629,7 +674,7 @@ impl Config {
         if t.keep_ckpts == 0 {
             bail!("train.keep_ckpts must be at least 1");
         }
-        Ok(())
+        self.dist.validate()
     }
 
     /// The resolved config as TOML (saved in each run folder).

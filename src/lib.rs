@@ -5,6 +5,7 @@ pub mod backend;
 pub mod ckpt;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod model;
 pub mod optim;
 pub mod telemetry;

@@ -1,0 +1,72 @@
+//! The communicator every distributed path talks to: the collectives of one
+//! group of ranks over buffers that live inside a backend.
+//!
+//! Two implementations: NCCL (CUDA buffers, one process per GPU) and a CPU
+//! one over TCP (any backend, through host copies), so CI runs every
+//! distributed path without a GPU. Lengths are checked here, never trusted
+//! to the transport.
+//!
+//! Conventions:
+//! - Reductions are sums. Callers that want a mean scale before or after.
+//! - `counts` describe a buffer cut into `world` consecutive segments, rank
+//!   `r`'s segment first at `sum(counts[..r])`; segments may differ in
+//!   length (uneven shards, whole-tensor ownership) and may be empty.
+//! - Every collective is numbered; ranks that call collectives in a
+//!   different order or with different lengths get an error that names the
+//!   collective, its number and the ranks that disagree, not a hang.
+
+use crate::backend::{Backend, DType, View};
+use anyhow::Result;
+
+/// Element type of a collective's buffers (views do not carry one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    U8,
+}
+
+impl Elem {
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::U8 => 1,
+        }
+    }
+    pub fn dtype(self) -> DType {
+        match self {
+            Elem::F32 => DType::F32,
+            Elem::U8 => DType::U8,
+        }
+    }
+}
+
+pub trait Comm<B: Backend> {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Which implementation (`tcp`, `nccl`), for logs.
+    fn kind(&self) -> &'static str;
+
+    /// `v = sum over ranks of v` (f32).
+    fn all_reduce_sum(&mut self, b: &mut B, v: View) -> Result<()>;
+    /// `full` cut by `counts`; on return this rank's segment holds the sum
+    /// over ranks of that segment. Other segments are left unspecified.
+    fn reduce_scatter_sum(&mut self, b: &mut B, full: View, counts: &[usize]) -> Result<()>;
+    /// `full` cut by `counts`; each rank's own segment is the input, and on
+    /// return every segment holds its owner's values.
+    fn all_gather(&mut self, b: &mut B, full: View, counts: &[usize], elem: Elem) -> Result<()>;
+    /// `v` on every rank becomes `root`'s `v`.
+    fn broadcast(&mut self, b: &mut B, v: View, root: usize, elem: Elem) -> Result<()>;
+    /// `send` and `recv` are cut into `world` equal chunks; chunk `j` of this
+    /// rank's `send` lands in chunk `rank` of rank `j`'s `recv`.
+    fn all_to_all(&mut self, b: &mut B, send: View, recv: View, elem: Elem) -> Result<()>;
+    /// Host values summed over ranks (losses, norms, counts), in f64.
+    fn all_reduce_host(&mut self, vals: &mut [f64]) -> Result<()>;
+    fn barrier(&mut self) -> Result<()>;
+    /// Payload bytes this rank has sent so far (what compression saves).
+    fn bytes_sent(&self) -> u64;
+}
+
+/// Segment boundaries of `counts`: `(offset, len)` of rank `r`'s segment.
+pub fn segment(counts: &[usize], r: usize) -> (usize, usize) {
+    (counts[..r].iter().sum(), counts[r])
+}

@@ -1,0 +1,6 @@
+//! Distribution: the communicator (`Comm`) and its two implementations,
+//! rendezvous from launcher environments, and `ferrotron launch`.
+
+pub mod comm;
+
+pub use comm::{segment, Comm, Elem};

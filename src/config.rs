@@ -156,7 +156,8 @@ pub struct TrainConfig {
     /// Micro-batches accumulated per optimizer step.
     pub grad_accum: usize,
     /// `cosine` (linear warmup then cosine to min_lr), `wsd`
-    /// (warmup-stable-decay) or `constant`.
+    /// (warmup-stable-decay), `constant`, or `autolrs` (found while
+    /// training, see [`AutoLrsConfig`]).
     pub schedule: String,
     pub warmup_steps: u64,
     /// Final learning rate as a fraction of `optimizer.lr`.
@@ -193,6 +194,70 @@ pub struct TrainConfig {
     /// N·V, the largest activation of a long sequence). 0 = all rows at
     /// once; else a multiple of 64.
     pub logits_chunk: usize,
+    /// Stop the run at the first evaluation whose validation loss is at
+    /// most this (time-to-result runs); 0 = off.
+    pub stop_at_val_loss: f32,
+    /// `schedule = "autolrs"`: the search's settings.
+    pub autolrs: AutoLrsConfig,
+}
+
+/// AutoLRS (Jin et al. 2021): after warmup, training runs in stages of
+/// `tau` steps; before each stage, `trials` learning rates chosen by
+/// Bayesian optimization (a Gaussian process over log lr) are each trained
+/// `tau_prime` steps from the same saved state, an exponential
+/// a·e^(bt) + c fitted to each short loss curve predicts the loss at the
+/// stage's end, the state is restored exactly and the stage trains at the
+/// best predicted lr. `tau` and `tau_prime` double each stage (`tau` up
+/// to `max_tau`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoLrsConfig {
+    /// Steps of the first stage.
+    pub tau: u64,
+    /// Steps of each trial in the first stage (≪ tau).
+    pub tau_prime: u64,
+    /// Learning rates tried per stage (the first is the current one).
+    pub trials: usize,
+    /// Largest stage; 0 = no cap.
+    pub max_tau: u64,
+    /// Search range of the lr; 0 = `optimizer.lr` / 10 and × 3.
+    pub min_lr: f32,
+    pub max_lr: f32,
+}
+
+impl Default for AutoLrsConfig {
+    fn default() -> Self {
+        AutoLrsConfig { tau: 100, tau_prime: 10, trials: 5, max_tau: 0, min_lr: 0.0, max_lr: 0.0 }
+    }
+}
+
+impl AutoLrsConfig {
+    /// The search range `[min, max]` for a peak lr of `lr`.
+    pub fn range(&self, lr: f32) -> (f32, f32) {
+        let lo = if self.min_lr > 0.0 { self.min_lr } else { lr / 10.0 };
+        let hi = if self.max_lr > 0.0 { self.max_lr } else { lr * 3.0 };
+        (lo, hi)
+    }
+
+    pub fn validate(&self, lr: f32) -> Result<()> {
+        if self.tau < 2 || self.tau_prime == 0 || self.tau_prime >= self.tau {
+            bail!("train.autolrs needs tau >= 2 and 1 <= tau_prime < tau (trials much shorter than a stage), got tau = {}, tau_prime = {}", self.tau, self.tau_prime);
+        }
+        if self.trials == 0 {
+            bail!("train.autolrs.trials must be at least 1 (learning rates tried per stage)");
+        }
+        if self.max_tau != 0 && self.max_tau < self.tau {
+            bail!("train.autolrs.max_tau = {} is below tau = {}; use 0 (no cap) or at least tau", self.max_tau, self.tau);
+        }
+        if lr <= 0.0 && (self.min_lr <= 0.0 || self.max_lr <= 0.0) {
+            bail!("train.schedule = autolrs searches around optimizer.lr, which is 0; set optimizer.lr > 0 or both train.autolrs.min_lr and max_lr");
+        }
+        let (lo, hi) = self.range(lr);
+        if !(lo > 0.0 && lo < hi && hi.is_finite()) {
+            bail!("train.autolrs: the lr range [{lo}, {hi}] must satisfy 0 < min_lr < max_lr");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -209,6 +274,8 @@ pub struct OptimizerConfig {
     /// (see `optimizer_defaults`) before your own settings.
     pub name: String,
     /// Peak learning rate. Matrix optimizers: the rate of the matrix update.
+    /// 0 is legal: every step leaves the parameters unchanged (optimizer
+    /// state still advances), which is useful for checks.
     pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
@@ -218,8 +285,8 @@ pub struct OptimizerConfig {
     /// apollo, apollo_mini, frugal) hands to AdamW (embeddings, head, norms,
     /// biases); follows the schedule like `lr`. 0 = same as `lr`.
     pub adamw_lr: f32,
-    /// Projection rank: APOLLO (256), APOLLO-Mini (1), COSMOS basis (64,
-    /// capped at each matrix's input side).
+    /// Projection rank: APOLLO (256, capped at each matrix's smaller side),
+    /// APOLLO-Mini (1), COSMOS basis (64, capped at each matrix's input side).
     pub rank: usize,
     /// Steps between refreshes: APOLLO's random projection, FRUGAL's
     /// state-full subset.
@@ -332,6 +399,8 @@ impl Default for TrainConfig {
             checkpoint_layers: false,
             checkpoint_keep_attention: true,
             logits_chunk: 8192,
+            stop_at_val_loss: 0.0,
+            autolrs: AutoLrsConfig::default(),
         }
     }
 }
@@ -584,7 +653,7 @@ pub fn optimizer_defaults(name: &str) -> Value {
     table.insert("optimizer".into(), Value::Table(text.parse::<toml::Table>().expect("optimizer defaults are valid TOML")));
     Value::Table(table)
 }
-pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant"];
+pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant", "autolrs"];
 
 impl OptimizerConfig {
     /// Checks of the optimizer-specific keys that need no model shape (the
@@ -646,8 +715,8 @@ impl Config {
         if !OPTIMIZERS.contains(&self.optimizer.name.as_str()) {
             bail!("optimizer.name = `{}` is unknown; available: {}", self.optimizer.name, OPTIMIZERS.join(", "));
         }
-        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
-            bail!("optimizer.lr must be a positive number, got {}", self.optimizer.lr);
+        if !(self.optimizer.lr >= 0.0 && self.optimizer.lr.is_finite()) {
+            bail!("optimizer.lr must be a number >= 0 (0 = steps that leave the parameters unchanged), got {}", self.optimizer.lr);
         }
         for (name, b) in [("optimizer.beta1", self.optimizer.beta1), ("optimizer.beta2", self.optimizer.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -673,6 +742,12 @@ impl Config {
         }
         if t.keep_ckpts == 0 {
             bail!("train.keep_ckpts must be at least 1");
+        }
+        if !(t.stop_at_val_loss >= 0.0 && t.stop_at_val_loss.is_finite()) {
+            bail!("train.stop_at_val_loss must be >= 0 (0 = off), got {}", t.stop_at_val_loss);
+        }
+        if t.schedule == "autolrs" {
+            t.autolrs.validate(self.optimizer.lr)?;
         }
         self.dist.validate()
     }

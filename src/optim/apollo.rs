@@ -16,6 +16,7 @@
 //!   1.01·previous; the previous norm is kept per tensor;
 //! - p = (p - step·G~)·(1 - lr·wd) (decay after the update, as the reference).
 //!
+//! r = `optimizer.rank` capped at the matrix's smaller side ([`rank_for`]).
 //! State per matrix: m, v (r·max side each) and P (r·min side), exactly
 //! 4·(2·r·max + r·min) bytes. Host work: drawing P (every `update_every`
 //! steps) and the per-channel ratio of two norm vectors (max side values).
@@ -28,7 +29,7 @@ use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use crate::util::rng::{mix, Rng};
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
 /// Added to denominators of the scaling ratio and the limiter (reference).
 const TINY: f64 = 1e-8;
@@ -37,7 +38,13 @@ const GROWTH: f64 = 1.01;
 
 fn rule(cfg: &OptimizerConfig, mini: bool) -> String {
     let kind = if mini { "tensor" } else { "channel" };
-    format!("{} (rank {}, {kind} scale ×{})", if mini { "apollo_mini" } else { "apollo" }, cfg.rank, cfg.scale)
+    format!("{} (rank {} capped at the smaller side, {kind} scale ×{})", if mini { "apollo_mini" } else { "apollo" }, cfg.rank, cfg.scale)
+}
+
+/// Rank used for a matrix: the configured rank capped at its smaller side
+/// (as COSMOS caps its basis), so a small model runs with the default 256.
+pub fn rank_for(cfg: &OptimizerConfig, t: &TensorRef) -> usize {
+    cfg.rank.min(t.rows().min(t.cols()))
 }
 
 /// State elements of one matrix: m and v on R plus P.
@@ -46,41 +53,33 @@ fn state_elems(t: &TensorRef, r: usize) -> usize {
     2 * r * hi + r * lo
 }
 
-fn check(cfg: &OptimizerConfig, matrices: &[TensorRef]) -> Result<()> {
+fn check(cfg: &OptimizerConfig) -> Result<()> {
     ensure!(cfg.rank >= 1, "optimizer.rank must be at least 1 for APOLLO");
     ensure!(cfg.update_every >= 1, "optimizer.update_every must be at least 1 (steps between projection refreshes)");
     ensure!(cfg.scale > 0.0 && cfg.scale.is_finite(), "optimizer.scale must be a positive number, got {}", cfg.scale);
-    if let Some(t) = matrices.iter().find(|t| cfg.rank > t.rows().min(t.cols())) {
-        bail!(
-            "optimizer.rank = {} is larger than the smaller side of {} {:?}; use optimizer.rank <= {}",
-            cfg.rank,
-            t.name,
-            t.shape,
-            matrices.iter().map(|t| t.rows().min(t.cols())).min().unwrap_or(0)
-        );
-    }
     Ok(())
 }
 
 /// Element counts of the workspace buffers (R, N, G~, two norm vectors,
 /// the scaling vector), sized for the largest matrix.
-fn workspace_lens(rank: usize, matrices: &[TensorRef]) -> [usize; 6] {
+fn workspace_lens(cfg: &OptimizerConfig, matrices: &[TensorRef]) -> [usize; 6] {
     let max_hi = matrices.iter().map(|t| t.rows().max(t.cols())).max().unwrap_or(0);
+    let max_r = matrices.iter().map(|t| rank_for(cfg, t) * t.rows().max(t.cols())).max().unwrap_or(0);
     let max_numel = matrices.iter().map(|t| t.numel()).max().unwrap_or(0);
-    [rank * max_hi, rank * max_hi, max_numel, max_hi, max_hi, max_hi]
+    [max_r, max_r, max_numel, max_hi, max_hi, max_hi]
 }
 
 /// Scratch bytes the optimizer will allocate.
 pub fn workspace_plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> WorkspacePlan {
     let (matrices, _) = matrix_split(layout, cfg);
-    let elems: usize = workspace_lens(cfg.rank, &matrices.tensors).iter().sum();
+    let elems: usize = workspace_lens(cfg, &matrices.tensors).iter().sum();
     WorkspacePlan { fp32_bytes: 4 * elems as u64, newton_schulz_bytes: 0 }
 }
 
 pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout, mini: bool) -> Result<Vec<GroupPlan>> {
     let (matrices, rest) = matrix_split(layout, cfg);
-    check(cfg, &matrices.tensors)?;
-    let mut rows = matrix_rows(&matrices, &rule(cfg, mini), |t| 4 * state_elems(t, cfg.rank) as u64);
+    check(cfg)?;
+    let mut rows = matrix_rows(&matrices, &rule(cfg, mini), |t| 4 * state_elems(t, rank_for(cfg, t)) as u64);
     rows.extend(plan_groups(&rest));
     rows.retain(|r| r.params > 0);
     Ok(rows)
@@ -91,6 +90,8 @@ struct Mat {
     t: TensorRef,
     /// `rows >= cols`: project from the right (R = G·Pᵀ).
     right: bool,
+    /// Projection rank of this matrix ([`rank_for`]).
+    r: usize,
     m: View,
     v: View,
     p: View,
@@ -98,8 +99,8 @@ struct Mat {
 
 impl Mat {
     /// Shape of R.
-    fn r_shape(&self, r: usize) -> (usize, usize) {
-        if self.right { (self.t.rows(), r) } else { (r, self.t.cols()) }
+    fn r_shape(&self) -> (usize, usize) {
+        if self.right { (self.t.rows(), self.r) } else { (self.r, self.t.cols()) }
     }
 }
 
@@ -135,15 +136,14 @@ fn alloc<B: Backend>(b: &mut B, len: usize) -> Result<View> {
 impl Apollo {
     pub fn new<B: Backend>(b: &mut B, cfg: &OptimizerConfig, layout: &ParamLayout, seed: u64, mini: bool) -> Result<Self> {
         let (matrices, rest) = matrix_split(layout, cfg);
-        check(cfg, &matrices.tensors)?;
-        let r = cfg.rank;
+        check(cfg)?;
         let mut mats = vec![];
         for t in &matrices.tensors {
-            let (hi, lo) = (t.rows().max(t.cols()), t.rows().min(t.cols()));
+            let (hi, lo, r) = (t.rows().max(t.cols()), t.rows().min(t.cols()), rank_for(cfg, t));
             let (m, v, p) = (alloc(b, r * hi)?, alloc(b, r * hi)?, alloc(b, r * lo)?);
-            mats.push(Mat { t: t.clone(), right: t.rows() >= t.cols(), m, v, p });
+            mats.push(Mat { t: t.clone(), right: t.rows() >= t.cols(), r, m, v, p });
         }
-        let [rl, nl, gl, n1, n2, sl] = workspace_lens(r, &matrices.tensors);
+        let [rl, nl, gl, n1, n2, sl] = workspace_lens(cfg, &matrices.tensors);
         let ws = Workspace { r: alloc(b, rl)?, n: alloc(b, nl)?, gt: alloc(b, gl)?, n1: alloc(b, n1)?, n2: alloc(b, n2)?, s: alloc(b, sl)? };
         let adam = AdamWPart::new(b, &rest)?;
         let prev_norm = vec![None; mats.len()];
@@ -156,8 +156,8 @@ impl Apollo {
 
     /// Draw every projection for refresh `k` on the host and upload it.
     fn draw_projections<B: Backend>(&self, b: &mut B, k: u64) -> Result<()> {
-        let std = (1.0 / self.cfg.rank as f64).sqrt() as f32;
         for mat in &self.mats {
+            let std = (1.0 / mat.r as f64).sqrt() as f32;
             let mut host = vec![0f32; mat.p.len];
             Rng::new(mix(mix(self.seed, mat.t.index as u64), k)).fill_normal(&mut host, std);
             b.upload(mat.p, &host)?;
@@ -167,7 +167,7 @@ impl Apollo {
 
     /// R = projected (clipped) gradient.
     fn project<B: Backend>(&self, b: &mut B, mat: &Mat, g: View, rv: View, gs: f32) -> Result<()> {
-        let (rows, cols, r) = (mat.t.rows(), mat.t.cols(), self.cfg.rank);
+        let (rows, cols, r) = (mat.t.rows(), mat.t.cols(), mat.r);
         if mat.right {
             b.gemm(rv, g, mat.p, rows, cols, r, false, true, gs, 0.0)
         } else {
@@ -184,7 +184,7 @@ impl Apollo {
             let den = b.sum_squares(rv)?.sqrt();
             return Ok(num / (den + TINY));
         }
-        let (rr, rc) = mat.r_shape(self.cfg.rank);
+        let (rr, rc) = mat.r_shape();
         // Reference: norms along dim 0 (per column) when R is wide, else per row.
         let per_row = rr >= rc;
         let len = if per_row { rr } else { rc };
@@ -204,7 +204,7 @@ impl Apollo {
     fn step_matrix<B: Backend>(&mut self, b: &mut B, i: usize, params: BufId, grads: BufId, lr: f32, gs: f32) -> Result<()> {
         let c = &self.cfg;
         let mat = &self.mats[i];
-        let (rr, rc) = mat.r_shape(c.rank);
+        let (rr, rc) = mat.r_shape();
         let (rv, nv, gt) = (self.ws.r.sub(0, rr * rc), self.ws.n.sub(0, rr * rc), self.ws.gt.sub(0, mat.t.numel()));
         let g = mat.t.view(grads);
         self.project(b, mat, g, rv, gs)?;

@@ -96,9 +96,12 @@ pub fn build<B: Backend + 'static>(b: &mut B, cfg: &OptimizerConfig, layout: &Pa
 
 /// Learning rate of the AdamW-handled tensors inside a matrix optimizer:
 /// `optimizer.adamw_lr` scaled by the same schedule factor as `lr`
-/// (`adamw_lr = 0` means "same as lr").
+/// (`adamw_lr = 0` means "same as lr"). With `optimizer.lr = 0` every
+/// rate is 0 (no-op steps).
 pub fn adamw_lr(cfg: &OptimizerConfig, lr: f32) -> f32 {
-    if cfg.adamw_lr > 0.0 {
+    if cfg.lr == 0.0 {
+        0.0
+    } else if cfg.adamw_lr > 0.0 {
         (lr as f64 * cfg.adamw_lr as f64 / cfg.lr as f64) as f32
     } else {
         lr

@@ -120,7 +120,16 @@ impl MetricsWriter {
     /// One line, written with a single `write_all` on an unbuffered file so
     /// it reaches the OS at once: a killed process keeps every finished line.
     pub fn write(&mut self, line: &MetricLine) -> Result<()> {
-        let mut text = serde_json::to_string(line)?;
+        self.append(serde_json::to_string(line)?)
+    }
+
+    /// A line of another kind (an object with its own `kind` and `step`,
+    /// e.g. AutoLRS' trials); readers that do not know the kind skip it.
+    pub fn write_value(&mut self, line: &serde_json::Value) -> Result<()> {
+        self.append(serde_json::to_string(line)?)
+    }
+
+    fn append(&mut self, mut text: String) -> Result<()> {
         text.push('\n');
         self.file
             .write_all(text.as_bytes())

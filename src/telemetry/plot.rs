@@ -16,11 +16,11 @@ use std::sync::Once;
 /// DejaVu Sans (Bitstream Vera license; see assets/fonts/).
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// plotters asks for this family for axis labels unless told otherwise.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (1000, 600);
 
 /// The font registry is global; registering once is enough for every plot.
-fn register_embedded_font() -> Result<()> {
+pub(crate) fn register_embedded_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| result = register_font(FAMILY, FontStyle::Normal, FONT).map_err(|_| anyhow!("embedded font is not a valid TTF")));
@@ -66,7 +66,7 @@ pub fn plot_series(series: &[Series], out_png: &Path, axes: &Axes) -> Result<()>
 }
 
 /// Distinct colours (matplotlib's tab10), reused cyclically.
-const PALETTE: [RGBColor; 10] = [
+pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189),
     RGBColor(140, 86, 75), RGBColor(227, 119, 194), RGBColor(127, 127, 127), RGBColor(188, 189, 34), RGBColor(23, 190, 207),
 ];
@@ -89,7 +89,7 @@ fn split_series(metrics: &[MetricLine]) -> (Points, Points) {
 
 /// `lo..hi` padded by 5% each side, never empty (a single point or a flat
 /// curve still gets a visible range).
-fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
+pub(crate) fn padded(values: impl Iterator<Item = f64>) -> Range<f64> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 * lo.abs().max(1.0) };
     (lo - pad)..(hi + pad)

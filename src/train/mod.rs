@@ -1,10 +1,13 @@
-//! Training: the loop, schedules, the run folder, sampling.
+//! Training: the loop, schedules (incl. AutoLRS), the run folder, sampling.
 
+pub mod autolrs;
 pub mod bench;
 pub mod bench_optim;
 pub mod generate;
 pub mod init_from;
+pub mod lr_source;
 pub mod run_dir;
 pub mod sample;
 pub mod schedule;
+pub mod snapshot;
 pub mod trainer;

@@ -6,6 +6,7 @@
 
 use super::run_dir;
 use super::sample::{self, SampleOptions};
+use super::lr_source::LrSource;
 use super::schedule::lr_at;
 use crate::backend::{Backend, DType, View};
 use crate::ckpt;
@@ -37,11 +38,11 @@ pub struct RunSummary {
 /// Everything the loop mutates, kept together so checkpoints capture it.
 pub(super) struct State<B: Backend> {
     pub(super) model: Model,
-    opt: Box<dyn Optimizer<B>>,
-    train: Loader,
+    pub(super) opt: Box<dyn Optimizer<B>>,
+    pub(super) train: Loader,
     val: Loader,
-    rng: Rng,
-    step: u64,
+    pub(super) rng: Rng,
+    pub(super) step: u64,
 }
 
 /// Starts a new run (`resume = None`) or continues one from its newest
@@ -102,18 +103,24 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     // MFU where the device's peak is known (causal attention FLOPs halved).
     let peak_flops = telemetry::flops::peak_flops_for(&b.device_name());
     let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
+    let mut lrs = LrSource::new(cfg, &run_dir, resume.map(|_| st.step))?;
     while st.step < cfg.train.steps {
-        let mut line = train_step(&mut b, &mut st, cfg)?;
+        let lr = lrs.lr_for_next_step(&mut b, &mut st, cfg, &mut metrics, &progress)?;
+        let mut line = train_step_at(&mut b, &mut st, cfg, lr)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
         summary.losses.push(line.loss as f32);
         metrics.train(&line)?;
         progress.update(st.step, line.loss, line.tokens_per_s);
-        let last = st.step == cfg.train.steps;
+        let mut last = st.step == cfg.train.steps;
         if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
             metrics.eval(st.step, val as f64)?;
             progress.println(format!("step {:>6} | val loss {val:.4}", st.step));
+            if cfg.train.stop_at_val_loss > 0.0 && val <= cfg.train.stop_at_val_loss && !last {
+                progress.println(format!("step {:>6} | reached train.stop_at_val_loss = {}: stopping", st.step, cfg.train.stop_at_val_loss));
+                last = true;
+            }
             if cfg.train.samples > 0 && !last {
                 let text = sample_text(&mut b, &mut st, &data, cfg.train.sample_tokens.min(80))?;
                 progress.println(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
@@ -121,6 +128,9 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
             save(&mut b, &st, cfg, &run_dir)?;
+        }
+        if last {
+            break;
         }
     }
     progress.finish();
@@ -131,6 +141,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
     let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
     telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
+    lrs.finish(&run_dir)?;
     summary.samples = samples(&mut b, &mut st, cfg, &data)?;
     Ok(summary)
 }
@@ -149,7 +160,13 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
     Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
 }
 
+/// One step at the schedule's learning rate.
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+    train_step_at(b, st, cfg, lr_at(&cfg.train, cfg.optimizer.lr, st.step))
+}
+
+/// One step at learning rate `lr`.
+pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32) -> Result<TrainMetrics> {
     let t = &cfg.train;
     let start = Instant::now();
     st.model.zero_grads(b)?;
@@ -169,7 +186,6 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
     let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
     b.synchronize()?;
     let fwd_bwd_ms = start.elapsed().as_secs_f64() * 1e3;
-    let lr = lr_at(t, cfg.optimizer.lr, st.step);
     st.opt.step(b, st.model.params, st.model.grads, lr, clip)?;
     b.synchronize()?;
     st.step += 1;

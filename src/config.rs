@@ -212,9 +212,10 @@ pub struct TrainConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoLrsConfig {
-    /// Steps of the first stage.
+    /// Steps of the first stage; 0 = (steps after warmup) / 7, so three
+    /// doubling stages (τ, 2τ, 4τ) cover the run.
     pub tau: u64,
-    /// Steps of each trial in the first stage (≪ tau).
+    /// Steps of each trial in the first stage (≪ tau); 0 = tau / 10.
     pub tau_prime: u64,
     /// Learning rates tried per stage (the first is the current one).
     pub trials: usize,
@@ -227,7 +228,7 @@ pub struct AutoLrsConfig {
 
 impl Default for AutoLrsConfig {
     fn default() -> Self {
-        AutoLrsConfig { tau: 100, tau_prime: 10, trials: 5, max_tau: 0, min_lr: 0.0, max_lr: 0.0 }
+        AutoLrsConfig { tau: 0, tau_prime: 0, trials: 5, max_tau: 0, min_lr: 0.0, max_lr: 0.0 }
     }
 }
 
@@ -239,14 +240,23 @@ impl AutoLrsConfig {
         (lo, hi)
     }
 
-    pub fn validate(&self, lr: f32) -> Result<()> {
-        if self.tau < 2 || self.tau_prime == 0 || self.tau_prime >= self.tau {
-            bail!("train.autolrs needs tau >= 2 and 1 <= tau_prime < tau (trials much shorter than a stage), got tau = {}, tau_prime = {}", self.tau, self.tau_prime);
+    /// τ and τ' of the first stage for a run of `steps` after warmup.
+    pub fn first_stage(&self, steps: u64) -> (u64, u64) {
+        let tau = if self.tau > 0 { self.tau } else { (steps / 7).max(2) };
+        let tau_prime = if self.tau_prime > 0 { self.tau_prime } else { (tau / 10).max(1) };
+        (tau, tau_prime)
+    }
+
+    /// `steps`: the run's steps after warmup.
+    pub fn validate(&self, lr: f32, steps: u64) -> Result<()> {
+        let (tau, tau_prime) = self.first_stage(steps);
+        if tau < 2 || tau_prime >= tau {
+            bail!("train.autolrs needs tau >= 2 and 1 <= tau_prime < tau (trials much shorter than a stage), got tau = {tau}, tau_prime = {tau_prime} (0 = automatic)");
         }
         if self.trials == 0 {
             bail!("train.autolrs.trials must be at least 1 (learning rates tried per stage)");
         }
-        if self.max_tau != 0 && self.max_tau < self.tau {
+        if self.max_tau != 0 && self.max_tau < tau {
             bail!("train.autolrs.max_tau = {} is below tau = {}; use 0 (no cap) or at least tau", self.max_tau, self.tau);
         }
         if lr <= 0.0 && (self.min_lr <= 0.0 || self.max_lr <= 0.0) {
@@ -747,7 +757,7 @@ impl Config {
             bail!("train.stop_at_val_loss must be >= 0 (0 = off), got {}", t.stop_at_val_loss);
         }
         if t.schedule == "autolrs" {
-            t.autolrs.validate(self.optimizer.lr)?;
+            t.autolrs.validate(self.optimizer.lr, t.steps.saturating_sub(t.warmup_steps))?;
         }
         self.dist.validate()
     }

@@ -1,6 +1,7 @@
 //! ferrotron: a Rust engine for training transformer language models when
 //! memory and scale are the limit. See README.md and shared/DESIGN.md.
 
+pub mod algoperf;
 pub mod backend;
 pub mod ckpt;
 pub mod config;

@@ -101,12 +101,66 @@ enum Command {
         #[arg(long)]
         best_per_optimizer: bool,
     },
+    /// Time-to-result benchmark (AlgoPerf-style): workloads × submissions, tuning trials, scores.
+    Algoperf {
+        #[command(subcommand)]
+        what: AlgoperfCommand,
+    },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
         #[arg(long, value_name = "RUN_DIR")]
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlgoperfCommand {
+    /// Run every trial not finished yet (resumable), then score.
+    Run {
+        /// Workload TOML files (repeatable; see workloads/).
+        #[arg(long = "workload", required = true, num_args = 1..)]
+        workloads: Vec<PathBuf>,
+        /// Submissions and their search spaces.
+        #[arg(long, default_value = "workloads/submissions.toml")]
+        submissions: PathBuf,
+        /// Only these submissions (comma-separated names); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Trials per submission under external tuning (trial 0 = defaults).
+        #[arg(long, default_value_t = 1)]
+        trials: usize,
+        /// Output folder (re-running continues it).
+        #[arg(long)]
+        out: PathBuf,
+        /// Trials at once (several small runs can share one GPU).
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// CUDA_VISIBLE_DEVICES per slot, round robin (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Measure each config's solo step time first (`bench train`) and
+        /// score calibrated times.
+        #[arg(long)]
+        calibrate: bool,
+        /// Keep each trial's final checkpoint (removed by default).
+        #[arg(long)]
+        keep_checkpoints: bool,
+        /// More `--set key=value` for every trial (e.g. device=cuda).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Score an output folder again: report.md, scores.json, profile plots.
+    Score {
+        #[arg(long)]
+        out: PathBuf,
+        /// calibrated, wall or steps (default: calibrated where measured).
+        #[arg(long)]
+        measure: Option<String>,
+        /// Override a workload's target: NAME=VAL_LOSS (repeatable; reported).
+        #[arg(long = "target", value_name = "WORKLOAD=LOSS")]
+        targets: Vec<String>,
     },
 }
 
@@ -163,6 +217,7 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Algoperf { what } => cmd_algoperf(what),
         Command::Compare { runs, out, best_per_optimizer } => {
             print!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?);
             println!("\nplot: {}", out.display());
@@ -249,5 +304,33 @@ fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
     ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::Dtype::F32)
         .with_context(|| format!("exporting to {}", out.display()))?;
     println!("wrote Hugging Face safetensors + config.json to {}", out.display());
+    Ok(())
+}
+
+fn cmd_algoperf(what: AlgoperfCommand) -> Result<()> {
+    use ferrotron::algoperf::{self, report};
+    let r = match what {
+        AlgoperfCommand::Run { workloads, submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, set } => {
+            let exe = std::env::current_exe().context("cannot find this program's path to start trials")?;
+            let args = algoperf::RunArgs { workloads, submissions_file: submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, sets: set, exe };
+            let r = algoperf::run(&args)?;
+            (r, args.out)
+        }
+        AlgoperfCommand::Score { out, measure, targets } => {
+            let mut opts = report::Options { measure: measure.map(|m| m.parse()).transpose()?, ..Default::default() };
+            for t in targets {
+                let (name, v) = t.split_once('=').ok_or_else(|| anyhow::anyhow!("--target expects WORKLOAD=LOSS, got `{t}`"))?;
+                let v: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("--target {t}: `{v}` is not a number"))?;
+                opts.targets.insert(name.trim().to_string(), v);
+            }
+            (report::write(&out, &opts)?, out)
+        }
+    };
+    let (r, out) = r;
+    println!("\nscores ({:?} time to target; external tuning / self-tuning):", r.measure);
+    for s in &r.submissions {
+        println!("  {s:<16} {:.3} / {:.3}", r.external[s].0, r.self_tuning[s].0);
+    }
+    println!("report: {}", out.join("report.md").display());
     Ok(())
 }

@@ -89,7 +89,7 @@ impl AutoLrs {
     /// started before `resume_step`.
     pub fn new(cfg: &Config, run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         let a = &cfg.train.autolrs;
-        a.validate(cfg.optimizer.lr)?;
+        a.validate(cfg.optimizer.lr, cfg.train.steps.saturating_sub(cfg.train.warmup_steps))?;
         let path = run_dir.join(STAGES_FILE);
         let mut stages = vec![];
         if let Some(step) = resume_step {
@@ -106,11 +106,12 @@ impl AutoLrs {
         &self.stages
     }
 
-    /// τ and τ' of stage `i`.
-    pub fn stage_lengths(cfg: &AutoLrsConfig, i: usize) -> (u64, u64) {
-        let doubled = cfg.tau.saturating_mul(1u64 << i.min(40));
+    /// τ and τ' of stage `i` (`first`: stage 0's, from
+    /// [`AutoLrsConfig::first_stage`]).
+    pub fn stage_lengths(cfg: &AutoLrsConfig, first: (u64, u64), i: usize) -> (u64, u64) {
+        let doubled = first.0.saturating_mul(1u64 << i.min(40));
         let tau = if cfg.max_tau > 0 { doubled.min(cfg.max_tau) } else { doubled };
-        let tau_prime = ((cfg.tau_prime as u128 * tau as u128) / cfg.tau as u128).max(1) as u64;
+        let tau_prime = ((first.1 as u128 * tau as u128) / first.0 as u128).max(1) as u64;
         (tau, tau_prime)
     }
 
@@ -146,7 +147,8 @@ impl AutoLrs {
     /// Decides the stage starting at `st.step`; leaves the state as found.
     fn search<B: Backend>(&self, b: &mut B, st: &mut State<B>, cfg: &Config, metrics: &mut MetricsWriter, progress: &Progress) -> Result<Stage> {
         let index = self.stages.len();
-        let (tau_full, tau_prime) = Self::stage_lengths(&self.cfg, index);
+        let first = self.cfg.first_stage(self.total.saturating_sub(self.warmup));
+        let (tau_full, tau_prime) = Self::stage_lengths(&self.cfg, first, index);
         let start = st.step;
         let tau = tau_full.min(self.total - start);
         let prev = self.stages.last().map_or(self.peak_lr, |s| s.lr);
@@ -248,10 +250,16 @@ mod tests {
     #[test]
     fn stages_double_and_cap() {
         let c = AutoLrsConfig { tau: 100, tau_prime: 10, max_tau: 500, ..Default::default() };
-        let got: Vec<(u64, u64)> = (0..5).map(|i| AutoLrs::stage_lengths(&c, i)).collect();
+        let first = c.first_stage(1000);
+        assert_eq!(first, (100, 10));
+        let got: Vec<(u64, u64)> = (0..5).map(|i| AutoLrs::stage_lengths(&c, first, i)).collect();
         assert_eq!(got, [(100, 10), (200, 20), (400, 40), (500, 50), (500, 50)]);
         let c = AutoLrsConfig { max_tau: 0, ..c };
-        assert_eq!(AutoLrs::stage_lengths(&c, 3), (800, 80));
+        assert_eq!(AutoLrs::stage_lengths(&c, first, 3), (800, 80));
+        // Automatic: three doubling stages cover the steps after warmup.
+        let auto = AutoLrsConfig::default();
+        assert_eq!(auto.first_stage(560), (80, 8));
+        assert_eq!((0..3).map(|i| AutoLrs::stage_lengths(&auto, (80, 8), i).0).sum::<u64>(), 560);
     }
 
     #[test]

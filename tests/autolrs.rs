@@ -168,7 +168,7 @@ fn bad_autolrs_settings_are_refused_clearly() {
         all.extend(sets.iter().map(|s| s.to_string()));
         config::load(None, &all).unwrap_err().to_string()
     };
-    assert!(err(&["train.autolrs.tau_prime=100"]).contains("tau_prime < tau"));
+    assert!(err(&["train.autolrs.tau_prime=200"]).contains("tau_prime < tau"));
     assert!(err(&["train.autolrs.trials=0"]).contains("trials"));
     assert!(err(&["train.autolrs.min_lr=1e-2", "train.autolrs.max_lr=1e-3"]).contains("min_lr < max_lr"));
     assert!(err(&["optimizer.lr=0"]).contains("optimizer.lr"));

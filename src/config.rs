@@ -215,7 +215,8 @@ pub struct AutoLrsConfig {
     /// Steps of the first stage; 0 = (steps after warmup) / 7, so three
     /// doubling stages (τ, 2τ, 4τ) cover the run.
     pub tau: u64,
-    /// Steps of each trial in the first stage (≪ tau); 0 = tau / 10.
+    /// Steps of each trial in the first stage (≪ tau); 0 = tau / 10, at
+    /// least 5 (or tau / 2 when tau < 10) so the curve fit has points.
     pub tau_prime: u64,
     /// Learning rates tried per stage (the first is the current one).
     pub trials: usize,
@@ -243,7 +244,8 @@ impl AutoLrsConfig {
     /// τ and τ' of the first stage for a run of `steps` after warmup.
     pub fn first_stage(&self, steps: u64) -> (u64, u64) {
         let tau = if self.tau > 0 { self.tau } else { (steps / 7).max(2) };
-        let tau_prime = if self.tau_prime > 0 { self.tau_prime } else { (tau / 10).max(1) };
+        // τ/10, but at least 5 points (or half the stage) for the fit.
+        let tau_prime = if self.tau_prime > 0 { self.tau_prime } else { (tau / 10).max(5.min(tau / 2)).max(1) };
         (tau, tau_prime)
     }
 

@@ -150,6 +150,10 @@ enum AlgoperfCommand {
         /// More `--set key=value` for every trial (e.g. device=cuda).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Seconds after which no trial starts and running ones stop (they
+        /// stay resumable); the score then uses the trials all submissions finished.
+        #[arg(long)]
+        time_limit: Option<f64>,
     },
     /// Score an output folder again: report.md, scores.json, profile plots.
     Score {
@@ -161,6 +165,9 @@ enum AlgoperfCommand {
         /// Override a workload's target: NAME=VAL_LOSS (repeatable; reported).
         #[arg(long = "target", value_name = "WORKLOAD=LOSS")]
         targets: Vec<String>,
+        /// Score only trials 0..N of each submission (equal budgets after a cut-short run).
+        #[arg(long)]
+        max_trials: Option<usize>,
     },
 }
 
@@ -310,14 +317,14 @@ fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
 fn cmd_algoperf(what: AlgoperfCommand) -> Result<()> {
     use ferrotron::algoperf::{self, report};
     let r = match what {
-        AlgoperfCommand::Run { workloads, submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, set } => {
+        AlgoperfCommand::Run { workloads, submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, set, time_limit } => {
             let exe = std::env::current_exe().context("cannot find this program's path to start trials")?;
-            let args = algoperf::RunArgs { workloads, submissions_file: submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, sets: set, exe };
+            let args = algoperf::RunArgs { workloads, submissions_file: submissions, only, trials, out, parallel, devices, calibrate, keep_checkpoints, sets: set, exe, time_limit_s: time_limit };
             let r = algoperf::run(&args)?;
             (r, args.out)
         }
-        AlgoperfCommand::Score { out, measure, targets } => {
-            let mut opts = report::Options { measure: measure.map(|m| m.parse()).transpose()?, ..Default::default() };
+        AlgoperfCommand::Score { out, measure, targets, max_trials } => {
+            let mut opts = report::Options { measure: measure.map(|m| m.parse()).transpose()?, max_trials, ..Default::default() };
             for t in targets {
                 let (name, v) = t.split_once('=').ok_or_else(|| anyhow::anyhow!("--target expects WORKLOAD=LOSS, got `{t}`"))?;
                 let v: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("--target {t}: `{v}` is not a number"))?;

@@ -133,3 +133,26 @@ fn errors_are_clear() {
     let o = ferrotron(&["algoperf", "run", "--workload", w, "--submissions", s, "--only", "adamw", "--out", out.to_str().unwrap(), "--set", "seed=7"], tmp.path());
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("different trial"));
 }
+
+/// Every workload and the submissions file shipped in workloads/ parse and
+/// resolve to valid configs.
+#[test]
+fn shipped_workloads_and_submissions_are_valid() {
+    use ferrotron::algoperf::{space, workload::Workload};
+    let subs = space::load(&root().join("workloads/submissions.toml")).unwrap();
+    for name in ferrotron::config::OPTIMIZERS {
+        assert!(subs.contains_key(*name), "submissions.toml lacks {name}");
+        assert!(!subs[*name].space.is_empty() && subs[*name].space.contains_key("optimizer.lr"), "{name} has no lr dimension");
+    }
+    assert!(subs["adamw-autolrs"].space.is_empty());
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("workloads")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") && p.file_name().unwrap() != "submissions.toml" {
+            let w = Workload::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            assert!(w.tokens_per_step().unwrap() > 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "the CI workload and at least three others");
+}

@@ -52,6 +52,9 @@ pub struct RunArgs {
     pub sets: Vec<String>,
     /// The ferrotron binary that runs trials (normally this one).
     pub exe: PathBuf,
+    /// Seconds after which no trial starts and running ones are stopped;
+    /// the scoring then uses trials 0..k, the most every submission finished.
+    pub time_limit_s: Option<f64>,
 }
 
 pub fn run(a: &RunArgs) -> Result<report::Report> {
@@ -86,7 +89,8 @@ pub fn run(a: &RunArgs) -> Result<report::Report> {
         std::fs::create_dir_all(a.out.join(&w.name))?;
         std::fs::copy(path, a.out.join(&w.name).join("workload.toml"))?;
     }
-    let runner = Runner { exe: a.exe.clone(), parallel: a.parallel.max(1), devices: a.devices.clone(), keep_checkpoints: a.keep_checkpoints };
+    let deadline = a.time_limit_s.map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
+    let runner = Runner { exe: a.exe.clone(), parallel: a.parallel.max(1), devices: a.devices.clone(), keep_checkpoints: a.keep_checkpoints, deadline };
     let total: usize = workloads.len() * chosen.iter().map(|s| s.trial_count(a.trials)).sum::<usize>();
     let finished = std::sync::atomic::AtomicUsize::new(0);
     let say = |spec: &TrialSpec, done: &trial::Done| {
@@ -129,11 +133,12 @@ pub fn run(a: &RunArgs) -> Result<report::Report> {
     if !refs.is_empty() {
         runner.run_all(&refs, &say)?;
         for r in &refs {
-            let t = reference_target(r)?;
-            let w = &r.workload;
-            crate::util::atomic::write_file(&a.out.join(w).join(TARGET_FILE), serde_json::json!({ "target_val_loss": t, "from": format!("{REFERENCE}/trial_0") }).to_string().as_bytes())?;
-            println!("target of {w}: validation loss {t:.4} ({REFERENCE} with its defaults at the end of the budget)");
-            targets.insert(w.clone(), t);
+            let w = workloads.iter().find(|w| w.name == r.workload).expect("a reference of a known workload");
+            let at = (w.reference_at * w.steps as f64).round() as u64;
+            let (step, t) = reference_target(r, at)?;
+            crate::util::atomic::write_file(&a.out.join(&w.name).join(TARGET_FILE), serde_json::json!({ "target_val_loss": t, "from": format!("{REFERENCE}/trial_0"), "step": step }).to_string().as_bytes())?;
+            println!("target of {}: validation loss {t:.4} ({REFERENCE} with its defaults at step {step} of {})", w.name, w.steps);
+            targets.insert(w.name.clone(), t);
         }
     }
 
@@ -151,7 +156,18 @@ pub fn run(a: &RunArgs) -> Result<report::Report> {
         }
     }
     runner.run_all(&specs, &say)?;
-    report::write(&a.out, &report::Options::default())
+    let unfinished: Vec<&TrialSpec> = specs.iter().chain(&refs).filter(|s| !s.is_done()).collect();
+    let mut opts = report::Options::default();
+    if !unfinished.is_empty() {
+        // Equal budgets: score the trials every pair finished.
+        let k = (0..max_trials).take_while(|&i| specs.iter().chain(&refs).filter(|s| s.index == i).all(|s| s.is_done())).count();
+        println!("time limit reached: {} trials unfinished (run the same command again to continue); scoring trials 0..{k} of each submission", unfinished.len());
+        if k == 0 {
+            bail!("not one trial per submission finished within the time limit: nothing to score yet");
+        }
+        opts.max_trials = Some(k);
+    }
+    report::write(&a.out, &opts)
 }
 
 /// The `--set` entries of one trial.
@@ -179,8 +195,9 @@ fn spec(a: &RunArgs, w: &Workload, s: &Submission, i: usize, stop_at: Option<f64
     }
 }
 
-/// The last validation loss of a finished reference run.
-fn reference_target(r: &TrialSpec) -> Result<f64> {
+/// (step, validation loss) of a finished reference run's last evaluation at
+/// or before step `at`.
+fn reference_target(r: &TrialSpec, at: u64) -> Result<(u64, f64)> {
     let o = trial::outcome(&r.dir, f64::NEG_INFINITY)?;
     if o.exit_code != Some(0) {
         bail!("the reference run {} failed (see its train.log); the workload's target cannot be set", r.dir.display());
@@ -188,10 +205,10 @@ fn reference_target(r: &TrialSpec) -> Result<f64> {
     let text = std::fs::read_to_string(r.dir.join(crate::telemetry::metrics::METRICS_FILE))?;
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "eval")
-        .filter_map(|v| v["val_loss"].as_f64())
+        .filter(|v| v["kind"] == "eval" && v["step"].as_u64().is_some_and(|s| s <= at))
+        .filter_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
         .last()
-        .ok_or_else(|| anyhow!("the reference run {} logged no evaluation", r.dir.display()))
+        .ok_or_else(|| anyhow!("the reference run {} logged no evaluation by step {at}", r.dir.display()))
 }
 
 fn check_data(w: &Workload) -> Result<()> {

@@ -51,6 +51,8 @@ pub struct Options {
     pub measure: Option<Measure>,
     /// Target overrides by workload name (a re-scoring, reported as such).
     pub targets: BTreeMap<String, f64>,
+    /// Score only trials 0..N (equal budgets when a run was cut short).
+    pub max_trials: Option<usize>,
 }
 
 /// One trial as scored.
@@ -99,6 +101,7 @@ pub enum Ruleset {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub measure: Measure,
+    pub max_trials: Option<usize>,
     pub workloads: Vec<(Workload, f64, bool)>,
     pub submissions: Vec<String>,
     pub pairs: Vec<PairResult>,
@@ -175,6 +178,9 @@ pub fn collect(out: &Path, opts: &Options) -> Result<Report> {
                         continue;
                     }
                     let spec: TrialSpec = serde_json::from_str(&std::fs::read_to_string(&spec_path)?).with_context(|| format!("{}", spec_path.display()))?;
+                    if opts.max_trials.is_some_and(|n| spec.index >= n) {
+                        continue;
+                    }
                     let outcome = trial::outcome(&e.path(), *target)?;
                     let time = time_of(&outcome, measure, calibration_ms, w.time_budget_s);
                     trials.push(TrialRow { index: spec.index, point: spec.point, outcome, time });
@@ -184,7 +190,7 @@ pub fn collect(out: &Path, opts: &Options) -> Result<Report> {
             pairs.push(PairResult { workload: w.name.clone(), submission: s.clone(), trials, calibration_ms });
         }
     }
-    let mut r = Report { measure, workloads, submissions, pairs, external: BTreeMap::new(), self_tuning: BTreeMap::new() };
+    let mut r = Report { measure, max_trials: opts.max_trials, workloads, submissions, pairs, external: BTreeMap::new(), self_tuning: BTreeMap::new() };
     r.external = scores(&r, Ruleset::External);
     r.self_tuning = scores(&r, Ruleset::SelfTuning);
     Ok(r)
@@ -271,12 +277,16 @@ pub fn markdown(r: &Report, out: &Path) -> String {
         Measure::Steps => "optimizer steps to the first evaluation at or below the target (AutoLRS trial steps included)",
     };
     let _ = writeln!(m, "Time to target: {how}. ∞ = not reached within the budget. Ratio = time / the fastest submission's on that workload; score = ∫₁⁴ ρ(τ) dτ / 3 (AlgoPerf).\n");
+    if let Some(n) = r.max_trials {
+        let _ = writeln!(m, "Scored with trials 0..{n} of each submission only (`--max-trials {n}`).\n");
+    }
     let _ = writeln!(m, "## Workloads\n\n| workload | description | data | tokens/step | budget (steps) | target val loss | eval every |\n|---|---|---|---|---|---|---|");
     for (w, t, overridden) in &r.workloads {
         let tps = w.tokens_per_step().map(|t| t.to_string()).unwrap_or_default();
         let target = match (overridden, w.fixed_target()) {
             (true, _) => format!("{t:.4} (overridden when scoring)"),
             (false, Some(_)) => format!("{t:.4}"),
+            (false, None) if w.reference_at < 1.0 => format!("{t:.4} (AdamW defaults at {:.0}% of the budget)", 100.0 * w.reference_at),
             (false, None) => format!("{t:.4} (AdamW defaults at the budget's end)"),
         };
         let _ = writeln!(m, "| {} | {} | `{}` | {tps} | {} | {target} | {} |", w.name, w.description, w.data, w.steps, w.eval_every);
@@ -289,6 +299,15 @@ pub fn markdown(r: &Report, out: &Path) -> String {
             let (sc, ratios) = &map[s];
             let cells: Vec<String> = r.workloads.iter().zip(ratios).map(|((w, _, _), ratio)| format!("{} / {}", fmt_time(r.pair(&w.name, s).time(ruleset), u), fmt_ratio(*ratio))).collect();
             let _ = writeln!(m, "| {s} | **{sc:.3}** | {} |", cells.join(" | "));
+        }
+    }
+    if r.submissions.iter().any(|s| s == "adamw") && r.submissions.iter().any(|s| s == "adamw-autolrs") {
+        let _ = writeln!(m, "\n## AutoLRS vs cosine (AdamW)\n\nAutoLRS: one run with its defaults (its trial steps and search time included). Cosine: AdamW's defaults (trial 0), and the best of its tuned trials (lr, beta2, weight decay, warmup).\n\n| workload | AutoLRS ({u}) | cosine, default lr ({u}) | cosine, best tuned ({u}) | AutoLRS / default | AutoLRS / tuned |\n|---|---|---|---|---|---|");
+        for (w, _, _) in &r.workloads {
+            let (auto, cos) = (r.pair(&w.name, "adamw-autolrs"), r.pair(&w.name, "adamw"));
+            let (a, d, b) = (auto.time(Ruleset::SelfTuning), cos.time(Ruleset::SelfTuning), cos.time(Ruleset::External));
+            let q = |x: f64, y: f64| if x.is_finite() && y.is_finite() { format!("{:.2}", x / y) } else { "—".into() };
+            let _ = writeln!(m, "| {} | {} | {} | {} | {} | {} |", w.name, fmt_time(a, u), fmt_time(d, u), fmt_time(b, u), q(a, d), q(a, b));
         }
     }
     let _ = writeln!(m, "\n## Best trial per workload and submission\n\n| workload | submission | best trial | settings | steps to target | AutoLRS trial steps | tokens | time ({u}) | solo step (ms) | trials reaching |\n|---|---|---|---|---|---|---|---|---|---|");

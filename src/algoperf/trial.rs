@@ -51,6 +51,9 @@ pub struct Runner {
     /// `CUDA_VISIBLE_DEVICES` of slot i is `devices[i % len]` (none: unset).
     pub devices: Vec<String>,
     pub keep_checkpoints: bool,
+    /// No trial starts after this, and running ones are stopped (they stay
+    /// unfinished: a later run of the harness starts them again).
+    pub deadline: Option<Instant>,
 }
 
 impl TrialSpec {
@@ -75,9 +78,13 @@ impl Runner {
             for slot in 0..self.parallel.max(1) {
                 let (queue, first_error) = (&queue, &first_error);
                 scope.spawn(move || loop {
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
                     let Some(spec) = queue.lock().unwrap().pop_front() else { break };
                     match self.run_one(&spec, slot) {
-                        Ok(done) => report(&spec, &done),
+                        Ok(Some(done)) => report(&spec, &done),
+                        Ok(None) => {}
                         Err(e) => {
                             first_error.lock().unwrap().get_or_insert(e);
                             queue.lock().unwrap().clear();
@@ -92,7 +99,8 @@ impl Runner {
         }
     }
 
-    fn run_one(&self, spec: &TrialSpec, slot: usize) -> Result<Done> {
+    /// None: stopped at the deadline.
+    fn run_one(&self, spec: &TrialSpec, slot: usize) -> Result<Option<Done>> {
         let log = std::fs::File::create(spec.dir.join("train.log")).with_context(|| format!("cannot create {}/train.log", spec.dir.display()))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("train");
@@ -104,7 +112,18 @@ impl Runner {
             cmd.env("CUDA_VISIBLE_DEVICES", &self.devices[slot % self.devices.len()]);
         }
         let began = Instant::now();
-        let status = cmd.status().with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                child.kill().ok();
+                child.wait().ok();
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         let done = Done { exit_code: status.code().unwrap_or(-1), wall_s: began.elapsed().as_secs_f64(), finished: crate::util::time::now_rfc3339() };
         if !self.keep_checkpoints {
             let ckpts = spec.dir.join("checkpoints");
@@ -113,7 +132,7 @@ impl Runner {
             }
         }
         crate::util::atomic::write_file(&spec.dir.join(DONE_FILE), serde_json::to_string_pretty(&done)?.as_bytes())?;
-        Ok(done)
+        Ok(Some(done))
     }
 }
 

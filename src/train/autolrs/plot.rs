@@ -89,7 +89,7 @@ fn draw(path: &Path, lr: &[(f64, f64)], loss: &[(f64, f64)], trials: &[TrialLine
         .y_label_area_size(75)
         .build_cartesian_2d(0.0..x_end * 1.02, (lo..hi).log_scale())
         .map_err(|e| err(&e))?;
-    c.configure_mesh().x_desc("step").y_desc("lr").y_label_formatter(&|v| format!("{v:.0e}")).label_style((FAMILY, 14)).axis_desc_style((FAMILY, 16)).draw().map_err(|e| err(&e))?;
+    c.configure_mesh().x_desc("step").y_desc("lr").y_label_formatter(&|v| format!("{v:.0e}")).y_labels(8).light_line_style(RGBColor(245, 245, 245)).label_style((FAMILY, 14)).axis_desc_style((FAMILY, 16)).draw().map_err(|e| err(&e))?;
     c.draw_series(LineSeries::new(lr.iter().copied(), PALETTE[0].stroke_width(2))).map_err(|e| err(&e))?;
     c.draw_series(trials.iter().filter(|t| t.lr > 0.0).map(|t| Circle::new((t.start, t.lr), 4, PALETTE[(t.trial + 1) % PALETTE.len()].stroke_width(2)))).map_err(|e| err(&e))?;
     c.draw_series(chosen.iter().map(|&p| Circle::new(p, 6, PALETTE[0].filled()))).map_err(|e| err(&e))?;

@@ -244,7 +244,7 @@ pub fn calibrate(exe: &Path, sets: &[String], cache: &Path, device: Option<&str>
         }
     }
     let mut cmd = Command::new(exe);
-    cmd.args(["bench", "train", "--warmup", "3", "--steps", "10"]);
+    cmd.args(["bench", "train", "--warmup", "5", "--steps", "20"]);
     for s in sets.iter().filter(|s| !s.starts_with("run.") && !s.starts_with("data.path")) {
         cmd.arg("--set").arg(s);
     }
@@ -264,4 +264,39 @@ pub fn calibrate(exe: &Path, sets: &[String], cache: &Path, device: Option<&str>
     }
     crate::util::atomic::write_file(cache, line.as_bytes())?;
     Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Time to target by hand: steps 1-4 cost 10 ms each, AutoLRS searched
+    /// before step 1 (100 ms, 6 trial steps) and before step 5 (300 ms, 12
+    /// trial steps); the first evaluation at or below 2.0 is at step 4.
+    #[test]
+    fn outcome_counts_steps_and_autolrs_searches_up_to_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = String::new();
+        m += r#"{"kind":"autolrs_stage","step":1,"search_ms":100.0,"trial_steps":6}"#;
+        m.push('\n');
+        for s in 1..=6 {
+            m += &format!(r#"{{"kind":"train","step":{s},"loss":3.0,"step_ms":10.0}}"#);
+            m.push('\n');
+            if s % 2 == 0 {
+                m += &format!(r#"{{"kind":"eval","step":{s},"val_loss":{}}}"#, [2.5, 1.9, 1.5][s / 2 - 1]);
+                m.push('\n');
+            }
+            if s == 4 {
+                m += r#"{"kind":"autolrs_stage","step":5,"search_ms":300.0,"trial_steps":12}"#;
+                m.push('\n');
+            }
+        }
+        std::fs::write(dir.path().join("metrics.jsonl"), m).unwrap();
+        let o = outcome(dir.path(), 2.0).unwrap();
+        assert_eq!((o.target_step, o.extra_steps, o.last_step, o.best_val_loss), (Some(4), 6, 6, Some(1.5)));
+        assert!((o.train_time_s.unwrap() - 0.14).abs() < 1e-12, "{:?}", o.train_time_s);
+        assert_eq!(o.steps_with_trials(), Some(10));
+        let never = outcome(dir.path(), 1.0).unwrap();
+        assert_eq!((never.target_step, never.train_time_s, never.exit_code), (None, None, None));
+    }
 }

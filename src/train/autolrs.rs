@@ -15,11 +15,20 @@
 //!
 //! Every trial sees the same batches (the data position is part of the
 //! restored state), so the batch-to-batch noise of the training loss is
-//! common to all of them. The forecast uses training losses (the paper
-//! evaluates a small held-out set), which costs no extra forward passes.
+//! common to all of them, and the forecasts use that (common random
+//! numbers): the first trial's curve is fitted as it is, every other
+//! trial's as its step-by-step difference to the first, and its forecast
+//! is the first's plus the difference's. The noise then cancels from the
+//! ranking of the lrs, which is all the choice needs; fitted directly, the
+//! per-step noise (±0.1 on the CPU workloads) is larger than the
+//! differences between learning rates over τ' steps. (A difference of two
+//! exponentials is not one: the difference's forecast is a model too.) The forecast uses training
+//! losses (the paper evaluates a small held-out set), which costs no extra
+//! forward passes.
 //!
 //! Logged in metrics.jsonl: one `autolrs_trial` line per trial (lr, the
-//! short loss curve, the fitted a, b, c, the forecast, wall ms) and one
+//! short loss curve, the fitted a, b, c — for trials after the first, of
+//! the difference to the first — the forecast, wall ms) and one
 //! `autolrs_stage` line per stage (chosen lr, forecast, whole search wall
 //! ms including the snapshot and restores, trial steps), each with `step`
 //! = the stage's first step, like train lines; `autolrs.png` draws them.
@@ -68,6 +77,8 @@ pub struct Trial {
     pub lr: f32,
     pub losses: Vec<f64>,
     pub diverged: bool,
+    /// Trial 0: the fit of its loss curve; others: of their difference to
+    /// trial 0's curve.
     pub fit: forecast::ExpFit,
     /// Forecast loss at the stage's end (+∞ for a diverged trial).
     pub forecast: f64,
@@ -165,12 +176,13 @@ impl AutoLrs {
         for i in 0..self.cfg.trials {
             let x = if i == 0 { self.to_x(prev) } else { gp::Gp::fit(&xs, &gp_targets(&trials)).next_point(EI_GRID) };
             let lr = self.from_x(x);
-            let trial = run_trial(b, st, cfg, lr, tau_prime, tau)?;
+            let trial = run_trial(b, st, cfg, lr, tau_prime, tau, trials.first())?;
             snap.restore(b, st)?;
             let f = &trial.fit;
             metrics.write_value(&json!({
                 "kind": "autolrs_trial", "step": first_line, "stage": index, "trial": i, "lr": lr, "tau": tau, "tau_prime": tau_prime,
-                "losses": trial.losses, "a": f.a, "b": f.b, "c": f.c, "rmse": f.rmse, "forecast": finite_or_null(trial.forecast),
+                "losses": trial.losses, "fit_of": if i == 0 { "loss" } else { "loss - trial 0's loss" },
+                "a": f.a, "b": f.b, "c": f.c, "rmse": f.rmse, "forecast": finite_or_null(trial.forecast),
                 "diverged": trial.diverged, "ms": trial.ms,
             }))?;
             xs.push(x);
@@ -213,9 +225,10 @@ fn gp_targets(trials: &[Trial]) -> Vec<f64> {
 }
 
 /// Trains `steps` steps at `lr` from the current state and forecasts the
-/// loss after `horizon` steps. A step whose loss is not finite ends the
-/// trial as diverged (the caller restores the state either way).
-pub(super) fn run_trial<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32, steps: u64, horizon: u64) -> Result<Trial> {
+/// loss after `horizon` steps ([`forecast_at`], paired with the
+/// `reference` trial). A step whose loss is not finite ends the trial as
+/// diverged (the caller restores the state either way).
+pub(super) fn run_trial<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32, steps: u64, horizon: u64, reference: Option<&Trial>) -> Result<Trial> {
     let began = Instant::now();
     let mut losses = Vec::with_capacity(steps as usize);
     let mut diverged = false;
@@ -237,10 +250,30 @@ pub(super) fn run_trial<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, 
     }
     b.synchronize()?;
     let ms = began.elapsed().as_secs_f64() * 1e3;
-    // The curve may settle at the latest by the middle of the stage.
-    let fit = forecast::fit(&losses, horizon as f64 / 2.0);
-    let forecast = if diverged || losses.is_empty() { f64::INFINITY } else { fit.at(horizon as f64) };
+    let reference = reference.filter(|r| r.forecast.is_finite() && r.losses.len() == losses.len()).map(|r| (&r.losses[..], r.forecast));
+    let (fit, forecast) = forecast_at(&losses, reference, horizon);
+    let forecast = if diverged || losses.is_empty() { f64::INFINITY } else { forecast };
     Ok(Trial { lr, losses, diverged, fit, forecast, ms })
+}
+
+/// The fit and the forecast at `horizon` of a trial's `losses`: directly,
+/// or with a `reference` (its losses on the same batches and its forecast)
+/// as the reference's forecast plus the forecast of the step-by-step
+/// difference, from which the batches' common noise has cancelled.
+pub fn forecast_at(losses: &[f64], reference: Option<(&[f64], f64)>, horizon: u64) -> (forecast::ExpFit, f64) {
+    // The curve may settle at the latest by the middle of the stage.
+    let (tc, h) = (horizon as f64 / 2.0, horizon as f64);
+    match reference {
+        Some((r, r_forecast)) => {
+            let diff: Vec<f64> = losses.iter().zip(r).map(|(l, r)| l - r).collect();
+            let fit = forecast::fit(&diff, tc);
+            (fit, r_forecast + fit.at(h))
+        }
+        None => {
+            let fit = forecast::fit(losses, tc);
+            (fit, fit.at(h))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +293,26 @@ mod tests {
         let auto = AutoLrsConfig::default();
         assert_eq!(auto.first_stage(560), (80, 8));
         assert_eq!((0..3).map(|i| AutoLrs::stage_lengths(&auto, (80, 8), i).0).sum::<u64>(), 560);
+    }
+
+    /// Two learning rates on the same batches, the noise as large as the
+    /// difference of their curves over the trial: paired, the noise
+    /// cancels and the faster lr is forecast lower; fitted directly, the
+    /// forecast difference is further from the truth.
+    #[test]
+    fn paired_forecast_cancels_common_batch_noise() {
+        let noise = |t: usize| 0.3 * (((t * 7919) % 11) as f64 / 5.0 - 1.0);
+        let slow = |t: f64| 1.0 * (-0.05 * t).exp() + 2.0; // the current lr
+        let fast = |t: f64| 1.2 * (-0.1 * t).exp() + 1.9; // better by the stage's end
+        let (n, horizon) = (10, 100);
+        let a: Vec<f64> = (1..=n).map(|t| slow(t as f64) + noise(t)).collect();
+        let b: Vec<f64> = (1..=n).map(|t| fast(t as f64) + noise(t)).collect();
+        let (_, fa) = forecast_at(&a, None, horizon);
+        let (_, fb) = forecast_at(&b, Some((&a, fa)), horizon);
+        let (_, direct) = forecast_at(&b, None, horizon);
+        let truth = fast(100.0) - slow(100.0);
+        assert!(fb < fa, "the faster curve must be forecast lower: {fb} vs {fa}");
+        assert!((fb - fa - truth).abs() < (direct - fa - truth).abs(), "paired {} direct {} true {truth}", fb - fa, direct - fa);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Top: the learning rate of every step (log scale), each stage's tried
 //! lrs as circles at the stage's start and the chosen one filled. Bottom:
 //! the training loss, each trial's short loss curve placed at its stage's
-//! start, and its fitted forecast continued (dashed) to the stage's end,
-//! where the forecast value is marked.
+//! start, and its forecast curve continued (dashed) to the stage's end,
+//! where the forecast value is marked (trial 0's fit, plus for the others
+//! the fit of their difference to trial 0).
 
 use crate::telemetry::metrics::METRICS_FILE;
 use crate::telemetry::plot::{padded, register_embedded_font, FAMILY, PALETTE};
@@ -95,11 +96,16 @@ fn draw(path: &Path, lr: &[(f64, f64)], loss: &[(f64, f64)], trials: &[TrialLine
     c.draw_series(chosen.iter().map(|&p| Circle::new(p, 6, PALETTE[0].filled()))).map_err(|e| err(&e))?;
 
     // Loss: training loss, trial curves and their forecasts.
+    let curve = |abc: (f64, f64, f64), s: f64| abc.0 * (abc.1 * s).exp() + abc.2;
     let forecast_pts = |t: &TrialLine| -> Vec<(f64, f64)> {
         let n = t.losses.len() as f64;
-        let (a, b, cc) = t.abc;
+        let reference = trials.iter().find(|r| r.start == t.start && r.trial == 0 && t.trial > 0).map(|r| r.abc);
         let steps = 40;
-        (0..=steps).map(|i| n + (t.tau - n) * i as f64 / steps as f64).map(|s| (t.start + s, a * (b * s).exp() + cc)).filter(|p| p.1.is_finite()).collect()
+        (0..=steps)
+            .map(|i| n + (t.tau - n) * i as f64 / steps as f64)
+            .map(|s| (t.start + s, curve(t.abc, s) + reference.map_or(0.0, |r| curve(r, s))))
+            .filter(|p| p.1.is_finite())
+            .collect()
     };
     let ys = loss.iter().map(|p| p.1).chain(trials.iter().flat_map(|t| t.losses.iter().copied())).chain(trials.iter().filter_map(|t| t.forecast)).filter(|v| v.is_finite());
     let yr = padded(ys);

@@ -127,6 +127,9 @@ fn errors_are_clear() {
     std::fs::write(tmp.path().join("w.toml"), "name = \"w\"\ndata = \"nowhere\"\nprepare = \"bash make.sh\"\nsteps = 5\neval_every = 5\ntarget_val_loss = 1.0\n").unwrap();
     fails(&["algoperf", "run", "--workload", "w.toml", "--submissions", s, "--out", "x"], "bash make.sh");
     fails(&["algoperf", "score", "--out", "nothing-here"], "nothing-here");
+    // A deadline already passed: no trial runs, and there is nothing to score.
+    fails(&["algoperf", "run", "--workload", w, "--submissions", s, "--only", "lion", "--out", "late", "--time-limit", "0"], "nothing to score");
+    assert!(tmp.path().join("late/tiny-ci/lion/trial_0/trial.json").exists() && !tmp.path().join("late/tiny-ci/lion/trial_0/done.json").exists());
     // A trial folder holding other settings is not overwritten.
     let out = tmp.path().join("ap");
     ok(&ferrotron(&["algoperf", "run", "--workload", w, "--submissions", s, "--only", "adamw", "--out", out.to_str().unwrap()], tmp.path()));

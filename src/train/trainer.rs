@@ -152,15 +152,16 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
     let start = Instant::now();
+    b.clear_marks();
+    st.model.clear_phase_spans();
     st.model.zero_grads(b)?;
-    let (mut loss_sum, mut fwd_ms, mut bwd_ms) = (0.0f64, 0.0, 0.0);
+    let mut loss_sum = 0.0f64;
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch()?;
         let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
         loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
-        fwd_ms += st.model.last_fwd_ms;
-        bwd_ms += st.model.last_bwd_ms;
     }
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
     let loss = (loss_sum / t.grad_accum as f64) as f32;
     if !loss.is_finite() {
         bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);

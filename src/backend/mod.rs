@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod profile;
+pub mod select;
 
 use anyhow::Result;
 

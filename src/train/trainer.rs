@@ -7,6 +7,7 @@
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
+use crate::backend::select::{on_device, OnBackend};
 use crate::backend::{Backend, DType, View};
 use crate::ckpt;
 use crate::config::Config;
@@ -53,9 +54,19 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
         _ => None,
     };
-    match cfg.device.as_str() {
-        "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), &cfg, resume, init),
-        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, &cfg, resume, init),
+    on_device(&cfg.device, 0, TrainJob { cfg: &cfg, resume, init })
+}
+
+struct TrainJob<'a> {
+    cfg: &'a Config,
+    resume: Option<&'a Path>,
+    init: Option<Vec<f32>>,
+}
+
+impl OnBackend for TrainJob<'_> {
+    type Output = RunSummary;
+    fn run<B: Backend + 'static>(self, b: B) -> Result<RunSummary> {
+        run_on(b, self.cfg, self.resume, self.init)
     }
 }
 

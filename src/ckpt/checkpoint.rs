@@ -45,6 +45,10 @@ pub struct Manifest {
     pub optimizer: serde_json::Value,
     /// UTC time of saving, RFC 3339.
     pub created: String,
+    /// How the optimizer state is sharded (`ckpt::train_state::Sharding`);
+    /// null = one optimizer file for the whole model.
+    #[serde(default)]
+    pub sharding: serde_json::Value,
 }
 
 impl Manifest {
@@ -56,6 +60,7 @@ impl Manifest {
             step,
             config_toml: config_toml.into(),
             loader: serde_json::Value::Null,
+            sharding: serde_json::Value::Null,
             rng: serde_json::Value::Null,
             optimizer: serde_json::Value::Null,
             created: crate::util::time::now_rfc3339(),
@@ -156,6 +161,21 @@ pub fn save_with_bytes(
     optim_bytes: &[NamedBytes],
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_with_shards(run_dir, manifest, model, optim, optim_bytes, &[], keep_last)
+}
+
+/// [`save_with_bytes`] that also moves `shard_files` (other ranks' optimizer
+/// shards, already written) into the checkpoint before it is published: the
+/// checkpoint appears complete with every shard or not at all.
+pub fn save_with_shards(
+    run_dir: &Path,
+    manifest: &Manifest,
+    model: &[NamedTensor],
+    optim: &[NamedTensor],
+    optim_bytes: &[NamedBytes],
+    shard_files: &[PathBuf],
+    keep_last: usize,
+) -> Result<PathBuf> {
     let dir = step_dir(run_dir, manifest.step);
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -163,6 +183,10 @@ pub fn save_with_bytes(
     atomic::publish_dir(&dir, |staging| {
         write_tensors(&staging.join(MODEL_FILE), model, &[])?;
         write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
+        for f in shard_files {
+            let name = f.file_name().with_context(|| format!("shard file {} has no name", f.display()))?;
+            fs::rename(f, staging.join(name)).with_context(|| format!("cannot move shard {} into the checkpoint", f.display()))?;
+        }
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
             .with_context(|| format!("cannot write {}", staging.join(MANIFEST_FILE).display()))
@@ -171,7 +195,7 @@ pub fn save_with_bytes(
     Ok(dir)
 }
 
-fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
+pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
     let lens = list.iter().map(|t| (&t.name, &t.shape, t.data.len())).chain(bytes.iter().map(|t| (&t.name, &t.shape, t.data.len())));
     for (name, shape, len) in lens {
         let numel: usize = shape.iter().product();

@@ -10,9 +10,10 @@ pub mod checkpoint;
 pub mod hf;
 pub mod hf_config;
 pub mod tensors;
+pub mod train_state;
 
 pub use checkpoint::{
-    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes,
+    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes, save_with_shards,
     step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
 pub use hf::{export, hf_tensors, import, HfTensor, Source};

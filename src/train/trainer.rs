@@ -8,8 +8,11 @@ use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
 use crate::backend::select::{on_device, OnBackend};
-use crate::backend::{Backend, DType, View};
-use crate::ckpt;
+use crate::backend::Backend;
+use crate::ckpt::{self, train_state::{self, SaveParts, Sharding}};
+use crate::dist::Comm;
+use crate::optim::groups::MATRIX_OPTIMIZERS;
+use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
 use crate::model::{init::init_weights, Model, Recompute};
@@ -36,13 +39,23 @@ pub struct RunSummary {
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
+/// The weights, gradients and the communicator live in `zero` (ZeRO stage
+/// 0 at world size 1 is the single-process run); `model` holds the
+/// activations and runs the passes with `zero` as its parameter store.
 pub(super) struct State<B: Backend> {
     pub(super) model: Model,
+    pub(super) zero: Zero<B>,
     opt: Box<dyn Optimizer<B>>,
     train: Loader,
     val: Loader,
     rng: Rng,
     step: u64,
+}
+
+impl<B: Backend> State<B> {
+    fn lead(&self) -> bool {
+        self.zero.rank() == 0
+    }
 }
 
 /// Starts a new run (`resume = None`) or continues one from its newest
@@ -54,23 +67,26 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
         _ => None,
     };
-    on_device(&cfg.device, 0, TrainJob { cfg: &cfg, resume, init })
+    let world = crate::dist::WorldInfo::from_env()?;
+    on_device(&cfg.device, world.local_rank, TrainJob { cfg: &cfg, resume, init, world })
 }
 
 struct TrainJob<'a> {
     cfg: &'a Config,
     resume: Option<&'a Path>,
     init: Option<Vec<f32>>,
+    world: crate::dist::WorldInfo,
 }
 
 impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
-    fn run<B: Backend + 'static>(self, b: B) -> Result<RunSummary> {
-        run_on(b, self.cfg, self.resume, self.init)
+    fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
+        let comm = crate::dist::connect::<B>(&mut b, &self.world, &self.cfg.dist)?;
+        run_on(b, comm, self.cfg, self.resume, self.init)
     }
 }
 
-fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
+fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.path)?;
     if data.tokenizer.vocab_size() > cfg.model.vocab_size {
         bail!(
@@ -80,110 +96,143 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
             cfg.model.vocab_size
         );
     }
+    let mut st = new_state(&mut b, cfg, &data, comm)?;
+    let lead = st.lead();
+    // Rank 0 names and creates the run folder; the others learn its name.
     let run_dir = match resume {
         Some(dir) => dir.to_path_buf(),
-        None => run_dir::create(cfg)?,
+        None => {
+            let made = if lead { run_dir::create(cfg)?.display().to_string() } else { String::new() };
+            PathBuf::from(crate::dist::share_string(st.zero.comm.as_mut(), &made)?)
+        }
     };
-    crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
-    let mut st = new_state(&mut b, cfg, &data)?;
+    if lead {
+        crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+    }
     if let Some(weights) = init {
-        st.model.set_params(&mut b, &weights)?;
+        st.zero.set_weights(&mut b, &weights)?;
     }
     if resume.is_some() {
-        restore(&mut b, &mut st, &run_dir)?;
+        restore(&mut b, &mut st, cfg, &run_dir)?;
     }
-    let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
-    let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
-    progress.println(format!(
-        "run {} | {} on {} | {:.2}M parameters | {} tokens per step",
+    let mut metrics = if lead { Some(MetricsWriter::open(&run_dir, resume.map(|_| st.step))?) } else { None };
+    let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress && lead);
+    let say = |msg: String| {
+        if lead {
+            progress.println(msg)
+        }
+    };
+    let world = st.zero.world();
+    say(format!(
+        "run {} | {} on {}{} | {:.2}M parameters | {} tokens per step",
         run_dir.display(),
         cfg.model.preset,
         b.name(),
+        if world > 1 { format!(" × {world} ranks ({}, ZeRO stage {})", st.zero.comm.kind(), cfg.dist.zero_stage) } else { String::new() },
         st.model.num_params() as f64 / 1e6,
-        tokens_per_step(cfg)
+        tokens_per_step(cfg) * world
     ));
     if !cfg.model.init_from.is_empty() {
-        progress.println(format!("weights and model shape from {}", cfg.model.init_from));
+        say(format!("weights and model shape from {}", cfg.model.init_from));
     }
     let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-    progress.println(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+    say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
     let started = Instant::now();
     let first_step = st.step;
-    // MFU where the device's peak is known (causal attention FLOPs halved).
-    let peak_flops = telemetry::flops::peak_flops_for(&b.device_name());
+    // MFU where the device's peak is known (causal attention FLOPs halved);
+    // tokens per second are global, so the peak is the world's.
+    let peak_flops = telemetry::flops::peak_flops_for(&b.device_name()).map(|p| p * world as f64);
     let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
     while st.step < cfg.train.steps {
         let mut line = train_step(&mut b, &mut st, cfg)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
         summary.losses.push(line.loss as f32);
-        metrics.train(&line)?;
+        if let Some(m) = metrics.as_mut() {
+            m.train(&line)?;
+        }
         progress.update(st.step, line.loss, line.tokens_per_s);
         let last = st.step == cfg.train.steps;
         if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
-            metrics.eval(st.step, val as f64)?;
-            progress.println(format!("step {:>6} | val loss {val:.4}", st.step));
+            if let Some(m) = metrics.as_mut() {
+                m.eval(st.step, val as f64)?;
+            }
+            say(format!("step {:>6} | val loss {val:.4}", st.step));
             if cfg.train.samples > 0 && !last {
                 let text = sample_text(&mut b, &mut st, &data, cfg.train.sample_tokens.min(80))?;
-                progress.println(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
+                say(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
-            save(&mut b, &st, cfg, &run_dir)?;
+            save(&mut b, &mut st, cfg, &run_dir)?;
         }
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
-    summary.tokens_per_s = (st.step - first_step) as f64 * tokens_per_step(cfg) as f64 / secs.max(1e-9);
+    summary.tokens_per_s = (st.step - first_step) as f64 * (tokens_per_step(cfg) * world) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
-    let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
-    telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
+    if lead {
+        let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
+        telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
+    }
     summary.samples = samples(&mut b, &mut st, cfg, &data)?;
     Ok(summary)
 }
 
+/// Tokens one rank trains on per optimizer step.
 pub(super) fn tokens_per_step(cfg: &Config) -> usize {
     cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
 }
 
-pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> Result<State<B>> {
+pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>) -> Result<State<B>> {
     let t = &cfg.train;
-    let model = Model::new(b, &cfg.model, Recompute::of(t))?.with_logits_chunk(t.logits_chunk);
-    model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
-    let opt = optim::build(b, &cfg.optimizer, &model.layout, cfg.seed)?;
-    let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
-    let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
-    Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
+    let model = Model::new_bare(&cfg.model, Recompute::of(t)).with_logits_chunk(t.logits_chunk);
+    let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
+    let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
+    let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
+    let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+    let (rank, world) = (zero.rank(), zero.world());
+    let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
+    let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
+    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
 }
 
+/// One optimizer step: every micro-batch's forward and backward (gradients
+/// reduced as the store decides), the global gradient norm and clipping,
+/// the optimizer on this rank's shard, the weights brought up to date.
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
+    let world = st.zero.world();
     let start = Instant::now();
     b.clear_marks();
     st.model.clear_phase_spans();
-    st.model.zero_grads(b)?;
+    st.zero.zero_grads(b)?;
     let mut loss_sum = 0.0f64;
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch()?;
-        let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
-        loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+        // Summed over ranks by the reduction: the mean over the global batch.
+        let scale = 1.0 / (batch.targets.len() * t.grad_accum * world) as f32;
+        loss_sum += st.model.forward_backward_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
     }
-    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
-    let loss = (loss_sum / t.grad_accum as f64) as f32;
+    let comm_start = b.mark()?;
+    st.zero.finish_grads(b)?;
+    let loss = st.zero.mean_host(loss_sum / t.grad_accum as f64)? as f32;
     if !loss.is_finite() {
         bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
     }
-    let grad_norm = b.sum_squares(st.model.grads_view())?.sqrt() as f32;
+    let grad_norm = st.zero.grad_norm(b)? as f32;
     let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
-    b.synchronize()?;
-    let fwd_bwd_ms = start.elapsed().as_secs_f64() * 1e3;
+    let opt_start = b.mark()?;
     let lr = lr_at(t, cfg.optimizer.lr, st.step);
-    st.opt.step(b, st.model.params, st.model.grads, lr, clip)?;
-    b.synchronize()?;
+    st.opt.step(b, st.zero.shard_params, st.zero.shard_grads, lr, clip)?;
+    st.zero.after_step(b)?;
+    let end = b.mark()?;
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
+    let (opt_ms, reduce_ms) = (b.elapsed_ms(opt_start, end)?, b.elapsed_ms(comm_start, opt_start)?);
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(TrainMetrics {
@@ -191,88 +240,64 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         loss: loss as f64,
         lr: lr as f64,
         grad_norm: grad_norm as f64,
-        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
+        tokens_per_s: (tokens_per_step(cfg) * world) as f64 / (step_ms / 1e3),
         step_ms,
         peak_mem_bytes: b.peak_memory_bytes(),
         fwd_ms: Some(fwd_ms),
-        bwd_ms: Some(bwd_ms),
-        opt_ms: Some(step_ms - fwd_bwd_ms),
+        bwd_ms: Some(bwd_ms + reduce_ms),
+        opt_ms: Some(opt_ms),
         mfu: None,
     })
 }
 
-/// Mean validation loss over `eval_batches` fixed batches.
+/// Mean validation loss over `eval_batches` fixed batches (per rank; the
+/// mean over ranks).
 fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f32> {
     let t = &cfg.train;
     st.val.reset();
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
         let batch = st.val.next_batch()?;
-        sum += st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+        sum += st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
-    Ok((sum / t.eval_batches.max(1) as f64) as f32)
+    Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
 }
 
-fn download(b: &mut impl Backend, v: View) -> Result<Vec<f32>> {
-    let mut host = vec![0.0; v.len];
-    b.download(v, &mut host)?;
-    Ok(host)
-}
-
-fn save<B: Backend>(b: &mut B, st: &State<B>, cfg: &Config, run_dir: &Path) -> Result<PathBuf> {
-    let params = st.model.get_params(b)?;
-    let model_tensors: Vec<ckpt::NamedTensor> = st
-        .model
-        .layout
-        .params
-        .iter()
-        .map(|p| ckpt::NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: &params[p.offset..p.offset + p.numel()] })
-        .collect();
-    let (mut floats, mut bytes) = (vec![], vec![]);
-    for t in st.opt.state_tensors() {
-        match t.dtype {
-            DType::U8 => {
-                let mut host = vec![0u8; t.view.len];
-                b.download_u8(t.view, &mut host)?;
-                bytes.push((t.name, host));
-            }
-            _ => floats.push((t.name, download(b, t.view)?)),
-        }
+/// A checkpoint of the whole state (a collective: every rank calls it).
+fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<PathBuf> {
+    let weights = st.zero.full_weights(b)?;
+    let (rank, world) = (st.zero.rank(), st.zero.world());
+    let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
+    if rank > 0 && cfg.dist.zero_stage > 0 {
+        train_state::write_shard(b, st.opt.as_ref(), run_dir, st.step, rank)?;
     }
-    let optim_tensors: Vec<ckpt::NamedTensor> = floats.iter().map(|(n, d)| ckpt::NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let optim_bytes: Vec<ckpt::NamedBytes> = bytes.iter().map(|(n, d)| ckpt::NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let manifest = ckpt::Manifest {
-        loader: serde_json::to_value(st.train.state())?,
-        rng: serde_json::to_value(&st.rng)?,
-        optimizer: st.opt.meta(),
-        ..ckpt::Manifest::new(st.step, cfg.to_toml())
-    };
-    ckpt::save_with_bytes(run_dir, &manifest, &model_tensors, &optim_tensors, &optim_bytes, cfg.train.keep_ckpts)
+    st.zero.comm.barrier()?;
+    let mut dir = ckpt::step_dir(run_dir, st.step);
+    if rank == 0 {
+        let manifest = ckpt::Manifest {
+            loader: serde_json::to_value(st.train.state())?,
+            rng: serde_json::to_value(&st.rng)?,
+            optimizer: st.opt.meta(),
+            ..ckpt::Manifest::new(st.step, cfg.to_toml())
+        };
+        let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest, sharding, rank, keep_last: cfg.train.keep_ckpts };
+        dir = train_state::publish(b, st.opt.as_ref(), run_dir, parts)?;
+    }
+    // No rank runs ahead of a checkpoint that is not yet published.
+    st.zero.comm.barrier()?;
+    Ok(dir)
 }
 
-fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<()> {
+fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<()> {
     let Some(dir) = ckpt::latest(run_dir)? else {
         bail!("cannot resume {}: it has no complete checkpoint yet (checkpoints/step_*)", run_dir.display());
     };
     let loaded = ckpt::load(&dir)?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
-    st.model.set_params(b, &params)?;
-    for t in st.opt.state_tensors() {
-        let (name, view) = (&t.name, t.view);
-        let found = match t.dtype {
-            DType::U8 => loaded.optim_u8_tensor(name)?.data.len(),
-            _ => loaded.optim_tensor(name)?.data.len(),
-        };
-        if found != view.len {
-            bail!("checkpoint {}: optimizer tensor {name} has {found} values, expected {}", dir.display(), view.len);
-        }
-        match t.dtype {
-            DType::U8 => b.upload_u8(view, &loaded.optim_u8_tensor(name)?.data)?,
-            _ => b.upload(view, &loaded.optim_tensor(name)?.data)?,
-        }
-    }
-    st.opt.load_meta(&loaded.manifest.optimizer)?;
+    st.zero.set_weights(b, &params)?;
+    let now = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
+    train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?;
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
@@ -292,6 +317,8 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
         Some(eot) => vec![eot],
         None => tok.encode("\n"),
     };
-    let ids = sample::generate(b, &mut st.model, &prompt, opts, tok.eot(), &mut st.rng)?;
+    // Every rank samples the same tokens (same RNG): at ZeRO-3 the forward
+    // gathers weights, a collective all ranks must join.
+    let ids = sample::generate_in(b, &mut st.model, &mut st.zero, &prompt, opts, tok.eot(), &mut st.rng)?;
     Ok(tok.decode(&ids))
 }

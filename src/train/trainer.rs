@@ -82,6 +82,10 @@ impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
     fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
         let comm = crate::dist::connect::<B>(&mut b, &self.world, &self.cfg.dist)?;
+        let asked = self.cfg.dist.world;
+        if asked > 0 && asked != comm.world() {
+            bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());
+        }
         run_on(b, comm, self.cfg, self.resume, self.init)
     }
 }

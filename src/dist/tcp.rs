@@ -48,6 +48,11 @@ impl TcpComm {
         TcpComm { star }
     }
 
+    /// The transport, for `NcclComm`'s header checks.
+    pub(crate) fn star_mut(&mut self) -> &mut Star {
+        &mut self.star
+    }
+
     fn world(&self) -> usize {
         self.star.world()
     }

@@ -14,7 +14,9 @@
 //! let mut comm = dist::connect(&cfg.dist, &info, &mut b)?;
 //! ```
 
+pub mod bench;
 pub mod comm;
+pub mod launch;
 pub mod nccl;
 mod nccl_lib;
 pub mod rendezvous;

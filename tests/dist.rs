@@ -405,3 +405,38 @@ fn inconsistent_environments_name_the_variable() {
     assert!(err(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "n[1-2")]).contains("SLURM_JOB_NODELIST"));
     assert!(err(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "1")]).contains("OMPI_COMM_WORLD_RANK = 1"));
 }
+
+// ---- ferrotron launch ----
+
+fn ferrotron(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferrotron")).args(args).output().expect("running ferrotron")
+}
+
+#[test]
+fn launch_runs_bench_comm_on_two_ranks() {
+    let out = ferrotron(&["launch", "--nproc-per-node", "2", "bench", "comm", "--size-mb", "0.1", "--warmup", "1", "--iters", "2"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("[rank 0] {")).unwrap_or_else(|| panic!("no report line in:\n{stdout}"));
+    let report: serde_json::Value = serde_json::from_str(line.trim_start_matches("[rank 0] ")).unwrap();
+    assert_eq!(report["world"], 2);
+    assert_eq!(report["comm"], "tcp");
+    assert_eq!(report["checked"].as_array().unwrap().len(), 5);
+    // Rank 1 prints no report.
+    assert!(!stdout.contains("[rank 1] {"), "{stdout}");
+}
+
+#[test]
+fn launch_stops_everyone_when_a_rank_fails() {
+    let t0 = Instant::now();
+    // Rank 0 would wait 60 s for rank 1 at the rendezvous; the launcher must not.
+    let out = ferrotron(&["launch", "--nproc-per-node", "2", "bench", "comm", "--fail-rank", "1", "--set", "dist.timeout_s=60"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("[rank 1] error: rank 1 fails on purpose"), "{stderr}");
+    assert!(stderr.contains("error: rank 1 exited with status 1; stopped the other ranks"), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
+
+    let out = ferrotron(&["launch", "--nproc-per-node", "2", "--nnodes", "2", "bench", "comm"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--master-addr is needed"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -97,6 +97,12 @@ impl NcclComm {
         })
     }
 
+    /// Turn the per-collective header agreement on or off (default: on
+    /// when FERROTRON_DIST_CHECK=1). Every rank must choose the same.
+    pub fn set_checked(&mut self, on: bool) {
+        self.check = on;
+    }
+
     /// "NCCL 2.28.3 (libnccl.so.2)".
     pub fn describe(&self) -> String {
         format!("{} ({})", self.lib.version(), self.lib.path)

@@ -314,8 +314,9 @@ fn torchrun_environment() {
     .unwrap();
     assert_eq!((w.rank, w.world, w.local_rank, w.local_world, w.node_rank), (5, 8, 1, 4, 1));
     assert_eq!((w.master_addr.as_str(), w.master_port, w.launcher), ("node0", 1234, "torchrun"));
-    assert_eq!(w.cuda_device(4), 1);
-    assert_eq!(w.cuda_device(1), 0);
+    assert_eq!(w.cuda_device(None), 1);
+    assert_eq!(w.cuda_device(Some("0,1,2,3")), 1);
+    assert_eq!(w.cuda_device(Some("3")), 0, "one visible GPU is device 0");
 
     // Only RANK and WORLD_SIZE: one node, loopback, default port.
     let w = WorldInfo::from_vars(&vars(&[("RANK", "1"), ("WORLD_SIZE", "2")])).unwrap();

@@ -55,7 +55,7 @@ pub fn bench_comm(cfg: &Config, args: &CommBenchArgs) -> Result<Option<CommBench
     }
     match cfg.device.as_str() {
         "cpu" => run(crate::backend::cpu::CpuBackend::new(), cfg, &info, args),
-        _ => run(crate::backend::cuda::CudaBackend::new(info.local_rank)?, cfg, &info, args),
+        _ => run(super::open_cuda(&info)?, cfg, &info, args),
     }
 }
 

@@ -10,7 +10,7 @@
 //! The trainer calls [`connect`] once per process:
 //! ```ignore
 //! let info = WorldInfo::from_env()?;
-//! let mut b = CudaBackend::new(info.local_rank)?;
+//! let mut b = dist::open_cuda(&info)?;          // or CpuBackend::new()
 //! let mut comm = dist::connect(&cfg.dist, &info, &mut b)?;
 //! ```
 
@@ -39,6 +39,12 @@ use std::time::Duration;
 /// Set on ranks other than 0 by `ferrotron launch`: print no progress bar
 /// and no per-step log lines (errors still print).
 pub const QUIET_ENV: &str = "FERROTRON_RANK_QUIET";
+
+/// The CUDA backend on this rank's GPU (see [`WorldInfo::cuda_device`]).
+pub fn open_cuda(info: &WorldInfo) -> Result<CudaBackend> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    CudaBackend::new(info.cuda_device(visible.as_deref()))
+}
 
 /// `dist.timeout_s` as a duration.
 pub fn timeout(cfg: &DistConfig) -> Duration {

@@ -263,7 +263,7 @@ impl Comm<CudaBackend> for NcclComm {
 
     fn all_to_all(&mut self, b: &mut CudaBackend, send: View, recv: View, elem: Elem) -> Result<()> {
         let w = self.world;
-        if send.len != recv.len || send.len % w != 0 {
+        if send.len != recv.len || !send.len.is_multiple_of(w) {
             bail!("all_to_all: send ({}) and recv ({}) must have one length, divisible by the world size {w}", send.len, recv.len);
         }
         if send.buf == recv.buf && send.off < recv.off + recv.len && recv.off < send.off + send.len {

@@ -87,6 +87,13 @@ fn candidates() -> Vec<String> {
     c
 }
 
+/// A symbol's address as the function pointer type `F`.
+/// SAFETY: `F` must be the symbol's C function pointer type.
+unsafe fn as_fn<F: Copy>(p: *mut c_void) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>(), "a function pointer");
+    std::mem::transmute_copy(&p)
+}
+
 fn load() -> Result<NcclLib> {
     let tried = candidates();
     let (handle, path) = tried
@@ -116,21 +123,21 @@ fn load() -> Result<NcclLib> {
     // (nccl.h; the same prototypes cudarc's bindings are generated from).
     unsafe {
         Ok(NcclLib {
-            get_version: std::mem::transmute::<*mut c_void, _>(sym("ncclGetVersion")?),
-            get_unique_id: std::mem::transmute::<*mut c_void, _>(sym("ncclGetUniqueId")?),
-            comm_init_rank: std::mem::transmute::<*mut c_void, _>(sym("ncclCommInitRank")?),
-            comm_abort: std::mem::transmute::<*mut c_void, _>(sym("ncclCommAbort")?),
-            get_error_string: std::mem::transmute::<*mut c_void, _>(sym("ncclGetErrorString")?),
-            get_last_error: std::mem::transmute::<*mut c_void, _>(sym("ncclGetLastError")?),
-            all_reduce: std::mem::transmute::<*mut c_void, _>(sym("ncclAllReduce")?),
-            reduce_scatter: std::mem::transmute::<*mut c_void, _>(sym("ncclReduceScatter")?),
-            all_gather: std::mem::transmute::<*mut c_void, _>(sym("ncclAllGather")?),
-            broadcast: std::mem::transmute::<*mut c_void, _>(sym("ncclBroadcast")?),
-            reduce: std::mem::transmute::<*mut c_void, _>(sym("ncclReduce")?),
-            send: std::mem::transmute::<*mut c_void, _>(sym("ncclSend")?),
-            recv: std::mem::transmute::<*mut c_void, _>(sym("ncclRecv")?),
-            group_start: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupStart")?),
-            group_end: std::mem::transmute::<*mut c_void, _>(sym("ncclGroupEnd")?),
+            get_version: as_fn(sym("ncclGetVersion")?),
+            get_unique_id: as_fn(sym("ncclGetUniqueId")?),
+            comm_init_rank: as_fn(sym("ncclCommInitRank")?),
+            comm_abort: as_fn(sym("ncclCommAbort")?),
+            get_error_string: as_fn(sym("ncclGetErrorString")?),
+            get_last_error: as_fn(sym("ncclGetLastError")?),
+            all_reduce: as_fn(sym("ncclAllReduce")?),
+            reduce_scatter: as_fn(sym("ncclReduceScatter")?),
+            all_gather: as_fn(sym("ncclAllGather")?),
+            broadcast: as_fn(sym("ncclBroadcast")?),
+            reduce: as_fn(sym("ncclReduce")?),
+            send: as_fn(sym("ncclSend")?),
+            recv: as_fn(sym("ncclRecv")?),
+            group_start: as_fn(sym("ncclGroupStart")?),
+            group_end: as_fn(sym("ncclGroupEnd")?),
             path,
         })
     }

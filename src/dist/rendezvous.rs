@@ -77,14 +77,13 @@ impl WorldInfo {
         Ok(info)
     }
 
-    /// The CUDA device this rank should use: its local rank. A launcher
-    /// that gives each process one GPU through CUDA_VISIBLE_DEVICES shows
-    /// it as device 0, hence `visible`: with one visible device, 0.
-    pub fn cuda_device(&self, visible: usize) -> usize {
-        if visible == 1 {
-            0
-        } else {
-            self.local_rank
+    /// The CUDA device this rank should use: its local rank, or 0 when the
+    /// launcher gave each process one GPU through CUDA_VISIBLE_DEVICES
+    /// (`cuda_visible_devices` is that variable's value, if set).
+    pub fn cuda_device(&self, cuda_visible_devices: Option<&str>) -> usize {
+        match cuda_visible_devices {
+            Some(list) if list.split(',').filter(|d| !d.trim().is_empty()).count() == 1 => 0,
+            _ => self.local_rank,
         }
     }
 

@@ -181,7 +181,7 @@ impl<B: Backend> Comm<B> for TcpComm {
 
     fn all_to_all(&mut self, b: &mut B, send: View, recv: View, elem: Elem) -> Result<()> {
         let w = self.world();
-        if send.len != recv.len || send.len % w != 0 {
+        if send.len != recv.len || !send.len.is_multiple_of(w) {
             bail!("all_to_all: send ({}) and recv ({}) must have one length, divisible by the world size {w}", send.len, recv.len);
         }
         let call = self.star.begin(Op::AllToAll, elem.into(), 0, send.len, &[])?;

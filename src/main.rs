@@ -242,6 +242,9 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
         None => load_config(&args)?,
     };
     let s = train::trainer::train(&cfg, resume.as_deref())?;
+    if s.rank > 0 {
+        return Ok(());
+    }
     println!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s);
     if let Some(v) = s.final_val_loss {
         println!("final validation loss {v:.4}");

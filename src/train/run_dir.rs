@@ -58,7 +58,9 @@ fn merge_into(base: &mut toml::Value, over: toml::Value) {
 fn check_compatible(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
     let a = flat(saved)?;
     let b = flat(now)?;
-    let fixed = |k: &str| k.starts_with("model.") || ["seed", "data.path", "optimizer.name", "train.batch_size", "train.seq_len", "train.grad_accum"].contains(&k);
+    // train.batch_size is per rank: the trainer checks that batch × ranks
+    // (the global batch) is unchanged once it knows the number of ranks.
+    let fixed = |k: &str| k.starts_with("model.") || ["seed", "data.path", "optimizer.name", "train.seq_len", "train.grad_accum"].contains(&k);
     for (key, old) in &a {
         if !fixed(key) {
             continue;

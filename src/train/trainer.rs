@@ -36,6 +36,8 @@ pub struct RunSummary {
     /// Model FLOPs utilization of the whole run, where the peak is known.
     pub mfu: Option<f64>,
     pub samples: Vec<String>,
+    /// This process's rank (0 when not distributed): only rank 0 reports.
+    pub rank: usize,
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
@@ -85,10 +87,13 @@ impl OnBackend for TrainJob<'_> {
         // One process needs no rendezvous: the world of one.
         let comm: Box<dyn Comm<B>> = if self.world.world == 1 { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
         let asked = self.cfg.dist.world;
-        if asked > 0 && asked != comm.world() {
+        if asked > 0 && asked != comm.world() && self.resume.is_none() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());
         }
-        run_on(b, comm, self.cfg, self.resume, self.init)
+        // The run records the world it trains with (config.toml, manifests).
+        let mut cfg = self.cfg.clone();
+        cfg.dist.world = comm.world();
+        run_on(b, comm, &cfg, self.resume, self.init)
     }
 }
 
@@ -143,7 +148,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     }
     let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
     say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], rank: st.zero.rank() };
     let started = Instant::now();
     let first_step = st.step;
     // MFU where the device's peak is known (causal attention FLOPs halved);
@@ -299,6 +304,7 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
         bail!("cannot resume {}: it has no complete checkpoint yet (checkpoints/step_*)", run_dir.display());
     };
     let loaded = ckpt::load(&dir)?;
+    check_global_batch(&loaded, cfg, st.zero.world())?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.zero.set_weights(b, &params)?;
@@ -307,6 +313,26 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
+    Ok(())
+}
+
+/// A resume may change the number of ranks and the per-rank batch, not the
+/// global batch (the same sequences per step, whatever the world size).
+fn check_global_batch(loaded: &ckpt::Loaded, cfg: &Config, world: usize) -> Result<()> {
+    let saved = crate::config::from_run_toml(&loaded.manifest.config_toml, "the checkpoint's config")?;
+    let was = saved.train.batch_size * saved.dist.world.max(1);
+    let now = cfg.train.batch_size * world;
+    if was != now {
+        bail!(
+            "cannot resume {}: it trained with a global batch of {was} sequences (train.batch_size {} × {} rank(s)); \
+             this run has {now} ({} × {world}). Set train.batch_size = {} for {world} rank(s)",
+            loaded.dir.display(),
+            saved.train.batch_size,
+            saved.dist.world.max(1),
+            cfg.train.batch_size,
+            if was % world == 0 { (was / world).to_string() } else { format!("{was}/{world} (not a whole number: use a world size that divides {was})") }
+        );
+    }
     Ok(())
 }
 

@@ -84,8 +84,10 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
     fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
-        // One process needs no rendezvous: the world of one.
-        let comm: Box<dyn Comm<B>> = if self.world.world == 1 { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
+        // One process needs no rendezvous (the world of one), unless a
+        // communicator is asked for by name (e.g. to test NCCL on one GPU).
+        let solo = self.world.world == 1 && self.cfg.dist.backend == "auto";
+        let comm: Box<dyn Comm<B>> = if solo { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
         let asked = self.cfg.dist.world;
         if asked > 0 && asked != comm.world() && self.resume.is_none() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());

@@ -4,6 +4,7 @@
 //! metrics; every `eval_every` steps a validation pass, every `ckpt_every`
 //! steps a checkpoint.
 
+use super::guard::Guard;
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
@@ -15,7 +16,7 @@ use crate::model::{init::init_weights, Model, Recompute};
 use crate::optim::{self, Optimizer};
 use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
 use crate::util::rng::Rng;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ pub struct RunSummary {
     /// Model FLOPs utilization of the whole run, where the peak is known.
     pub mfu: Option<f64>,
     pub samples: Vec<String>,
+    /// Steps not applied over the whole run (see `guard`).
+    pub skipped_steps: u64,
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
@@ -39,9 +42,12 @@ pub(super) struct State<B: Backend> {
     pub(super) model: Model,
     opt: Box<dyn Optimizer<B>>,
     train: Loader,
-    val: Loader,
+    /// `None` when the data has no validation split (`prepare --val-fraction 0`).
+    val: Option<Loader>,
     rng: Rng,
     step: u64,
+    /// Bad-step policy (guard.rs).
+    pub(super) guard: Guard,
 }
 
 /// Starts a new run (`resume = None`) or continues one from its newest
@@ -53,6 +59,7 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
         _ => None,
     };
+    super::preflight::check_host_memory(&cfg)?;
     match cfg.device.as_str() {
         "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), &cfg, resume, init),
         _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, &cfg, resume, init),
@@ -69,8 +76,9 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
             cfg.model.vocab_size
         );
     }
-    let run_dir = match resume {
-        Some(dir) => dir.to_path_buf(),
+    // One process per run folder (util/lock.rs); held until this returns.
+    let (run_dir, _lock) = match resume {
+        Some(dir) => (dir.to_path_buf(), crate::util::lock::RunLock::acquire(dir)?),
         None => run_dir::create(cfg)?,
     };
     crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
@@ -79,7 +87,13 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         st.model.set_params(&mut b, &weights)?;
     }
     if resume.is_some() {
-        restore(&mut b, &mut st, &run_dir)?;
+        if !restore(&mut b, &mut st, cfg, &run_dir)? {
+            eprintln!("note: {} has no checkpoint yet (stopped before its first one?): starting it from step 0", run_dir.display());
+        }
+        // The resume rule: this resume's settings become the run's (README).
+        for change in run_dir::record_config(&run_dir, cfg)? {
+            eprintln!("note: config.toml updated: {change}");
+        }
     }
     let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
     let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
@@ -94,9 +108,13 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     if !cfg.model.init_from.is_empty() {
         progress.println(format!("weights and model shape from {}", cfg.model.init_from));
     }
-    let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-    progress.println(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![] };
+    if st.val.is_some() {
+        let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
+        progress.println(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+    } else {
+        progress.println(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
+    }
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0 };
     let started = Instant::now();
     let first_step = st.step;
     // MFU where the device's peak is known (causal attention FLOPs halved).
@@ -108,8 +126,12 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         summary.losses.push(line.loss as f32);
         metrics.train(&line)?;
         progress.update(st.step, line.loss, line.tokens_per_s);
+        if let Some(why) = &line.skipped {
+            progress.println(format!("step {:>6} | skipped, not applied: {why}", st.step));
+            st.guard.check_streak(why).with_context(|| format!("run {}", run_dir.display()))?;
+        }
         let last = st.step == cfg.train.steps;
-        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
+        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0 || last) && st.val.is_some() {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
             metrics.eval(st.step, val as f64)?;
@@ -120,12 +142,17 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
-            save(&mut b, &st, cfg, &run_dir)?;
+            if st.guard.in_streak() {
+                progress.println(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
+            } else {
+                save(&mut b, &st, cfg, &run_dir)?;
+            }
         }
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
+    summary.skipped_steps = st.guard.state.skipped;
     summary.tokens_per_s = (st.step - first_step) as f64 * tokens_per_step(cfg) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
@@ -145,8 +172,11 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
     model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
     let opt = optim::build(b, &cfg.optimizer, &model.layout, cfg.seed)?;
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
-    let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
-    Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
+    let val = match data.len(Split::Val) {
+        0 => None,
+        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, 0, 1)?),
+    };
+    Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
@@ -162,15 +192,16 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         bwd_ms += st.model.last_bwd_ms;
     }
     let loss = (loss_sum / t.grad_accum as f64) as f32;
-    if !loss.is_finite() {
-        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
-    }
     let grad_norm = b.sum_squares(st.model.grads_view())?.sqrt() as f32;
+    // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
+    let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
     let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
     b.synchronize()?;
     let fwd_bwd_ms = start.elapsed().as_secs_f64() * 1e3;
     let lr = lr_at(t, cfg.optimizer.lr, st.step);
-    st.opt.step(b, st.model.params, st.model.grads, lr, clip)?;
+    if skipped.is_none() {
+        st.opt.step(b, st.model.params, st.model.grads, lr, clip)?;
+    }
     b.synchronize()?;
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -186,16 +217,18 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         bwd_ms: Some(bwd_ms),
         opt_ms: Some(step_ms - fwd_bwd_ms),
         mfu: None,
+        skipped,
     })
 }
 
 /// Mean validation loss over `eval_batches` fixed batches.
 fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f32> {
     let t = &cfg.train;
-    st.val.reset();
+    let val = st.val.as_mut().expect("evaluate is called only with a validation split");
+    val.reset();
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
-        let batch = st.val.next_batch()?;
+        let batch = val.next_batch()?;
         sum += st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
     Ok((sum / t.eval_batches.max(1) as f64) as f32)
@@ -233,16 +266,18 @@ fn save<B: Backend>(b: &mut B, st: &State<B>, cfg: &Config, run_dir: &Path) -> R
         loader: serde_json::to_value(st.train.state())?,
         rng: serde_json::to_value(&st.rng)?,
         optimizer: st.opt.meta(),
+        guard: st.guard.to_json(),
         ..ckpt::Manifest::new(st.step, cfg.to_toml())
     };
     ckpt::save_with_bytes(run_dir, &manifest, &model_tensors, &optim_tensors, &optim_bytes, cfg.train.keep_ckpts)
 }
 
-fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<()> {
-    let Some(dir) = ckpt::latest(run_dir)? else {
-        bail!("cannot resume {}: it has no complete checkpoint yet (checkpoints/step_*)", run_dir.display());
-    };
-    let loaded = ckpt::load(&dir)?;
+/// Load the newest usable checkpoint (ckpt/recover.rs: damaged ones are
+/// passed over, saying so); `false` when the run has none.
+fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
+    let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
+    let dir = loaded.dir.clone();
+    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &dir)?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.model.set_params(b, &params)?;
@@ -264,7 +299,8 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, run_dir: &Path) -> Result<(
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
-    Ok(())
+    st.guard.load_json(&loaded.manifest.guard)?;
+    Ok(true)
 }
 
 /// A few samples from the trained model, printed at the end of the run.

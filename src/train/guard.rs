@@ -22,6 +22,7 @@
 
 use crate::config::TrainConfig;
 use anyhow::{bail, Result};
+use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Applied losses remembered for the spike rule.
@@ -105,21 +106,39 @@ impl Guard {
         self.state.streak > 0
     }
 
-    /// An error once `max_bad_steps` steps in a row were skipped.
-    pub fn check_streak(&self, last_reason: &str) -> Result<()> {
+    /// After a skipped step: an error when the run should stop, because
+    /// `max_bad_steps` steps in a row were skipped or because the weights
+    /// themselves are no longer finite (an update with a finite loss and
+    /// gradient overflowed them: no later step can be applied). The message
+    /// names the newest checkpoint of `run_dir` to continue from.
+    pub fn check_streak(&self, last_reason: &str, weights_finite: bool, run_dir: &Path) -> Result<()> {
         let s = &self.state;
-        if s.streak < self.max_bad_steps.max(1) {
+        let why = if !weights_finite {
+            format!(
+                "the weights hold non-finite values: the update of step {} overflowed them (its loss and gradient were finite), so no later step can be applied",
+                s.streak_start.saturating_sub(1)
+            )
+        } else if s.streak >= self.max_bad_steps.max(1) {
+            format!(
+                "{} steps in a row (steps {}..={}) were skipped (the last: {last_reason}) and none of them changed the weights (train.max_bad_steps = {})",
+                s.streak,
+                s.streak_start,
+                s.streak_start + s.streak - 1,
+                self.max_bad_steps
+            )
+        } else {
             return Ok(());
-        }
+        };
+        let from = match crate::ckpt::latest(run_dir).ok().flatten() {
+            Some(dir) => format!("its newest checkpoint ({}, finite weights)", dir.file_name().unwrap_or_default().to_string_lossy()),
+            None => "step 0 (no checkpoint was saved yet)".into(),
+        };
         bail!(
-            "stopping: {} steps in a row (steps {}..={}) were skipped (the last: {last_reason}); \
-             none of them changed the weights (train.max_bad_steps = {}). The newest checkpoint holds finite weights: \
-             continue it with `ferrotron train --resume RUN_DIR --set optimizer.lr=...` at a lower learning rate \
-             (or a longer train.warmup_steps, or train.grad_clip on)",
-            s.streak,
-            s.streak_start,
+            "run {} stopped at step {}: {why}. Continue from {from} at a lower learning rate: \
+             `ferrotron train --resume {} --set optimizer.lr=...` (or with a longer train.warmup_steps, or train.grad_clip on)",
+            run_dir.display(),
             s.streak_start + s.streak - 1,
-            self.max_bad_steps
+            run_dir.display()
         )
     }
 

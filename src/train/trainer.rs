@@ -16,7 +16,7 @@ use crate::model::{init::init_weights, Model, Recompute};
 use crate::optim::{self, Optimizer};
 use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
 use crate::util::rng::Rng;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -128,7 +128,8 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         progress.update(st.step, line.loss, line.tokens_per_s);
         if let Some(why) = &line.skipped {
             progress.println(format!("step {:>6} | skipped, not applied: {why}", st.step));
-            st.guard.check_streak(why).with_context(|| format!("run {}", run_dir.display()))?;
+            let weights_finite = b.sum_squares(st.model.params_view())?.is_finite();
+            st.guard.check_streak(why, weights_finite, &run_dir)?;
         }
         let last = st.step == cfg.train.steps;
         if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0 || last) && st.val.is_some() {
@@ -144,6 +145,8 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
             if st.guard.in_streak() {
                 progress.println(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
+            } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
+                progress.println(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
             } else {
                 save(&mut b, &st, cfg, &run_dir)?;
             }
@@ -232,6 +235,18 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
         sum += st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
     Ok((sum / t.eval_batches.max(1) as f64) as f32)
+}
+
+/// Whether the weights as they are now give a finite loss on the first
+/// validation batch: checked before a checkpoint is written, so that an
+/// update that overflowed the weights (finite, but useless) never replaces
+/// a good checkpoint (guard.rs). True without a validation split.
+fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<bool> {
+    let t = &cfg.train;
+    let Some(val) = st.val.as_mut() else { return Ok(true) };
+    val.reset();
+    let batch = val.next_batch()?;
+    Ok(st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)?.is_finite())
 }
 
 fn download(b: &mut impl Backend, v: View) -> Result<Vec<f32>> {

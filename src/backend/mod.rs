@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod profile;
+pub mod select;
 
 use anyhow::Result;
 
@@ -51,6 +52,10 @@ impl DType {
         }
     }
 }
+
+/// A point in a backend's stream of work ([`Backend::mark`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark(pub usize);
 
 /// A contiguous range of elements inside one buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +215,14 @@ pub trait Backend {
     fn live_memory_bytes(&self) -> u64 {
         0
     }
+    /// Records a point in the stream of submitted work, for timing phases
+    /// without making the host wait (CUDA: an event on the stream; CPU: the
+    /// clock, its ops being synchronous). Marks live until `clear_marks`.
+    fn mark(&mut self) -> Result<Mark>;
+    /// Milliseconds from mark `from` to mark `to` (waits for `to`'s work).
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64>;
+    /// Forgets every mark (the trainer calls it once per step).
+    fn clear_marks(&mut self);
 
     // ---- elementwise --------------------------------------------------
     /// `out = a + b`.

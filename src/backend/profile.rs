@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
+use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -93,6 +93,15 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn live_memory_bytes(&self) -> u64 {
         self.inner.live_memory_bytes()
+    }
+    fn mark(&mut self) -> Result<Mark> {
+        self.inner.mark()
+    }
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        self.inner.elapsed_ms(from, to)
+    }
+    fn clear_marks(&mut self) {
+        self.inner.clear_marks()
     }
     fn add(&mut self, out: View, a: View, b2: View) -> Result<()> {
         self.time("add", |b| b.add(out, a, b2))

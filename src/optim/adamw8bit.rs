@@ -28,8 +28,8 @@ pub fn bytes_8bit(numel: usize) -> u64 {
 /// The default groups split into 8-bit (`<group>`) and fp32 (`<group>.small`).
 fn split(cfg: &OptimizerConfig, layout: &ParamLayout) -> (Vec<ParamGroup>, Vec<ParamGroup>) {
     let groups = default_groups(layout, cfg);
-    let big = groups.iter().filter_map(|g| filter_group(g, &g.name, |t| t.numel() >= MIN_8BIT)).collect();
-    let small = groups.iter().filter_map(|g| filter_group(g, &format!("{}.small", g.name), |t| t.numel() < MIN_8BIT)).collect();
+    let big = groups.iter().filter_map(|g| filter_group(g, &g.name, |t| t.full_numel() >= MIN_8BIT)).collect();
+    let small = groups.iter().filter_map(|g| filter_group(g, &format!("{}.small", g.name), |t| t.full_numel() < MIN_8BIT)).collect();
     (big, small)
 }
 

@@ -1,7 +1,7 @@
 //! Loading a finished (or running) run folder for sampling and export.
 
 use super::sample::{self, SampleOptions};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::select::{on_device, OnBackend};
 use crate::backend::Backend;
 use crate::ckpt;
 use crate::config::{self, Config};
@@ -30,10 +30,21 @@ pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
 
 /// Samples `count` continuations of `prompt` on `device` (`cpu` or `cuda`).
 pub fn generate_from_run(run: &Path, prompt: &str, opts: SampleOptions, count: usize, seed: u64, device: &str) -> Result<Vec<String>> {
-    match device {
-        "cpu" => generate_on(CpuBackend::new(), run, prompt, opts, count, seed),
-        "cuda" => generate_on(crate::backend::cuda::CudaBackend::new(0)?, run, prompt, opts, count, seed),
-        other => bail!("--device {other} is not supported; use cpu or cuda"),
+    on_device(device, 0, GenerateJob { run, prompt, opts, count, seed })
+}
+
+struct GenerateJob<'a> {
+    run: &'a Path,
+    prompt: &'a str,
+    opts: SampleOptions,
+    count: usize,
+    seed: u64,
+}
+
+impl OnBackend for GenerateJob<'_> {
+    type Output = Vec<String>;
+    fn run<B: Backend + 'static>(self, b: B) -> Result<Vec<String>> {
+        generate_on(b, self.run, self.prompt, self.opts, self.count, self.seed)
     }
 }
 

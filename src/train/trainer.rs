@@ -8,6 +8,7 @@ use super::guard::Guard;
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
+use crate::backend::select::{on_device, OnBackend};
 use crate::backend::{Backend, DType, View};
 use crate::ckpt;
 use crate::config::Config;
@@ -60,9 +61,19 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         _ => None,
     };
     super::preflight::check_host_memory(&cfg)?;
-    match cfg.device.as_str() {
-        "cpu" => run_on(crate::backend::cpu::CpuBackend::new(), &cfg, resume, init),
-        _ => run_on(crate::backend::cuda::CudaBackend::new(0)?, &cfg, resume, init),
+    on_device(&cfg.device, 0, TrainJob { cfg: &cfg, resume, init })
+}
+
+struct TrainJob<'a> {
+    cfg: &'a Config,
+    resume: Option<&'a Path>,
+    init: Option<Vec<f32>>,
+}
+
+impl OnBackend for TrainJob<'_> {
+    type Output = RunSummary;
+    fn run<B: Backend + 'static>(self, b: B) -> Result<RunSummary> {
+        run_on(b, self.cfg, self.resume, self.init)
     }
 }
 
@@ -185,15 +196,16 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
     let start = Instant::now();
+    b.clear_marks();
+    st.model.clear_phase_spans();
     st.model.zero_grads(b)?;
-    let (mut loss_sum, mut fwd_ms, mut bwd_ms) = (0.0f64, 0.0, 0.0);
+    let mut loss_sum = 0.0f64;
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch()?;
         let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
         loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
-        fwd_ms += st.model.last_fwd_ms;
-        bwd_ms += st.model.last_bwd_ms;
     }
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
     let loss = (loss_sum / t.grad_accum as f64) as f32;
     let grad_norm = b.sum_squares(st.model.grads_view())?.sqrt() as f32;
     // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.

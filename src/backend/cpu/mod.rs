@@ -29,7 +29,7 @@ pub mod sign_descent;
 pub mod swiglu;
 pub mod xent;
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View, QUANT_BLOCK};
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View, QUANT_BLOCK};
 use anyhow::{bail, ensure, Context, Result};
 
 /// Storage of one buffer. `DType::Compute` is stored as f32 on CPU.
@@ -64,6 +64,8 @@ pub struct CpuBackend {
     bufs: Vec<Option<CpuBuf>>,
     live_bytes: u64,
     peak_bytes: u64,
+    /// Host clock readings of `mark` (ops run synchronously here).
+    marks: Vec<std::time::Instant>,
 }
 
 /// Output slices, input slices and token-id slices of one op call.
@@ -314,6 +316,17 @@ impl Backend for CpuBackend {
     }
     fn live_memory_bytes(&self) -> u64 {
         self.live_bytes
+    }
+    fn mark(&mut self) -> Result<Mark> {
+        self.marks.push(std::time::Instant::now());
+        Ok(Mark(self.marks.len() - 1))
+    }
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        let at = |m: Mark| self.marks.get(m.0).copied().ok_or_else(|| anyhow::anyhow!("mark {} was cleared or never made", m.0));
+        Ok(at(to)?.saturating_duration_since(at(from)?).as_secs_f64() * 1e3)
+    }
+    fn clear_marks(&mut self) {
+        self.marks.clear();
     }
 
     // ---- elementwise --------------------------------------------------

@@ -7,7 +7,7 @@ use super::kernels::{self, KArg, Kernels};
 use super::loader;
 use super::matmul::Lt;
 use super::memory::{Allocator, Buffer, Buffers, Dev, DevMem, Elem, Shadow};
-use crate::backend::{BufId, DType, View};
+use crate::backend::{BufId, DType, Mark, View};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
@@ -34,6 +34,8 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
+    /// Timing events recorded on the stream by `mark`, until `clear_marks`.
+    pub(super) marks: Vec<cudarc::driver::CudaEvent>,
     pub(super) stream: Arc<CudaStream>,
     pub(super) ctx: Arc<CudaContext>,
 }
@@ -100,7 +102,25 @@ impl CudaBackend {
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
+            marks: Vec::new(),
         })
+    }
+
+    /// A timing event recorded on the stream (no host wait).
+    pub(super) fn record_mark(&mut self) -> Result<Mark> {
+        let ev = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| anyhow!("cuEventRecord: {e:?}"))?;
+        self.marks.push(ev);
+        Ok(Mark(self.marks.len() - 1))
+    }
+
+    /// Milliseconds between two recorded events; waits for the later one.
+    pub(super) fn mark_elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        let (a, b) = match (self.marks.get(from.0), self.marks.get(to.0)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => bail!("timing mark {} or {} was cleared or never made", from.0, to.0),
+        };
+        b.synchronize().map_err(|e| anyhow!("waiting for a timing event: {e:?}"))?;
+        Ok(a.elapsed_ms(b).map_err(|e| anyhow!("cuEventElapsedTime: {e:?}"))? as f64)
     }
 
     /// Choose the CUDA-core attention kernels (true) or the tensor-core ones.

@@ -27,7 +27,7 @@ mod ops_train;
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
 
-use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
+use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View};
 use anyhow::Result;
 
 impl Backend for CudaBackend {
@@ -74,6 +74,15 @@ impl Backend for CudaBackend {
     }
     fn live_memory_bytes(&self) -> u64 {
         self.alloc.bytes_now
+    }
+    fn mark(&mut self) -> Result<Mark> {
+        self.record_mark()
+    }
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        self.mark_elapsed_ms(from, to)
+    }
+    fn clear_marks(&mut self) {
+        self.marks.clear();
     }
 
     fn add(&mut self, out: View, a: View, b: View) -> Result<()> {

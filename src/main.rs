@@ -102,6 +102,16 @@ enum Command {
         #[arg(long)]
         best_per_optimizer: bool,
     },
+    /// Where a run's step time went: PNGs of step time per phase and of MFU
+    /// over the run (from metrics.jsonl), and a short summary.
+    Report {
+        /// The run folder.
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Folder for the plots (default: the run folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
         #[arg(long, value_name = "RUN_DIR")]
@@ -164,6 +174,7 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Report { run, out } => out!("{}", ferrotron::telemetry::run_report::report(&run, out.as_deref())?.text),
         Command::Compare { runs, out, best_per_optimizer } => {
             out!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?)?;
             outln!("\nplot: {}", out.display())?;

@@ -57,6 +57,10 @@ pub struct DistConfig {
     /// Seconds any rendezvous or collective may wait before failing with
     /// the name of the rank it waits for.
     pub timeout_s: f64,
+    /// For `info`: the number of ranks to estimate per-rank memory for
+    /// (0 = 1). Training takes the world from the launcher and refuses a
+    /// different non-zero value.
+    pub world: usize,
 }
 
 impl DistConfig {
@@ -79,7 +83,7 @@ impl DistConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { zero_stage: 0, sp: 1, backend: "auto".into(), timeout_s: 60.0 }
+        DistConfig { zero_stage: 0, sp: 1, backend: "auto".into(), timeout_s: 60.0, world: 0 }
     }
 }
 

@@ -100,7 +100,7 @@ fn guard_skips_non_finite_and_spiking_steps_and_stops_after_a_streak() {
     assert_eq!(g.state.skipped, 3);
     // Non-finite weights stop at once.
     assert!(g.judge(6, f32::NAN, f32::NAN).is_some());
-    assert!(err_text(g.check_streak("loss is NaN", false, tmp.path())).contains("weights hold non-finite values"));
+    assert!(err_text(g.check_streak("loss is NaN", false, tmp.path())).contains("weights are no longer finite"));
 
     // The spike rule judges only after 16 applied steps; a loss 4 standard
     // deviations above the recent mean is skipped, a normal one is not.

@@ -46,8 +46,12 @@ pub struct Manifest {
     pub optimizer: serde_json::Value,
     /// UTC time of saving, RFC 3339.
     pub created: String,
-    /// `"crc32:…"` of each tensor file, verified on load (see `checksum`).
-    /// Empty in checkpoints saved before checksums existed.
+    /// How the optimizer state is sharded (`ckpt::train_state::Sharding`);
+    /// null = one optimizer file for the whole model.
+    #[serde(default)]
+    pub sharding: serde_json::Value,
+    /// `"crc32:…"` of each tensor file (shards included), verified on load
+    /// (see `checksum`). Empty in checkpoints saved before checksums existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub checksums: BTreeMap<String, String>,
     /// Bad-step policy state (owned by `train::guard`); null in older checkpoints.
@@ -64,6 +68,7 @@ impl Manifest {
             step,
             config_toml: config_toml.into(),
             loader: serde_json::Value::Null,
+            sharding: serde_json::Value::Null,
             rng: serde_json::Value::Null,
             optimizer: serde_json::Value::Null,
             created: crate::util::time::now_rfc3339(),
@@ -166,21 +171,35 @@ pub fn save_with_bytes(
     optim_bytes: &[NamedBytes],
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_with_shards(run_dir, manifest, model, optim, optim_bytes, &[], keep_last)
+}
+
+/// [`save_with_bytes`] that also moves `shard_files` (other ranks' optimizer
+/// shards, already written) into the checkpoint before it is published: the
+/// checkpoint appears complete with every shard or not at all.
+pub fn save_with_shards(
+    run_dir: &Path,
+    manifest: &Manifest,
+    model: &[NamedTensor],
+    optim: &[NamedTensor],
+    optim_bytes: &[NamedBytes],
+    shard_files: &[PathBuf],
+    keep_last: usize,
+) -> Result<PathBuf> {
     let dir = step_dir(run_dir, manifest.step);
-    // A checkpoint never holds a non-finite value: refuse before writing.
-    for (file, list) in [(MODEL_FILE, model), (OPTIM_FILE, optim)] {
-        for t in list {
-            checksum::ensure_finite(file, &t.name, t.data).with_context(|| {
-                format!("cannot save checkpoint {}: training has diverged; nothing was written and the older checkpoints are kept (resume the newest with a lower optimizer.lr)", dir.display())
-            })?;
-        }
-    }
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     atomic::publish_dir(&dir, |staging| {
         write_tensors(&staging.join(MODEL_FILE), model, &[])?;
         write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
-        let manifest = Manifest { checksums: checksum::checksums(staging, &[MODEL_FILE, OPTIM_FILE])?, ..manifest.clone() };
+        let mut files = vec![MODEL_FILE.to_string(), OPTIM_FILE.to_string()];
+        for f in shard_files {
+            let name = f.file_name().with_context(|| format!("shard file {} has no name", f.display()))?;
+            fs::rename(f, staging.join(name)).with_context(|| format!("cannot move shard {} into the checkpoint", f.display()))?;
+            files.push(name.to_string_lossy().into_owned());
+        }
+        let names: Vec<&str> = files.iter().map(|f| f.as_str()).collect();
+        let manifest = Manifest { checksums: checksum::checksums(staging, &names)?, ..manifest.clone() };
         let manifest_json = serde_json::to_vec_pretty(&manifest).context("cannot serialize the checkpoint manifest")?;
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
@@ -190,7 +209,16 @@ pub fn save_with_bytes(
     Ok(dir)
 }
 
-fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
+/// Writes one tensor file. A checkpoint never holds a non-finite value:
+/// they are refused before anything is written (the staging folder is then
+/// dropped, so nothing is published).
+pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for t in list {
+        checksum::ensure_finite(&file, &t.name, t.data).with_context(|| {
+            format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display())
+        })?;
+    }
     let lens = list.iter().map(|t| (&t.name, &t.shape, t.data.len())).chain(bytes.iter().map(|t| (&t.name, &t.shape, t.data.len())));
     for (name, shape, len) in lens {
         let numel: usize = shape.iter().product();

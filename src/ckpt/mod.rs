@@ -14,9 +14,10 @@ pub mod hf;
 pub mod hf_config;
 pub mod recover;
 pub mod tensors;
+pub mod train_state;
 
 pub use checkpoint::{
-    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes,
+    checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes, save_with_shards,
     step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
 pub use recover::load_newest_good;

@@ -53,7 +53,9 @@ impl Model {
 
     /// Runs `f` with the model's own flat store.
     fn with_flat<T>(&mut self, f: impl FnOnce(&mut Self, &mut FlatStore) -> Result<T>) -> Result<T> {
-        let mut flat = self.flat.take().expect("the model's flat store is in place between calls");
+        let Some(mut flat) = self.flat.take() else {
+            anyhow::bail!("this model's weights live in a store (ZeRO): use the *_in methods");
+        };
         let out = f(self, &mut flat);
         self.flat = Some(flat);
         out
@@ -74,6 +76,13 @@ impl Model {
     pub fn phase_ms<B: Backend>(&self, b: &mut B) -> Result<(f64, f64)> {
         let mut total = |spans: &[(Mark, Mark)]| -> Result<f64> { spans.iter().map(|&(s, e)| b.elapsed_ms(s, e)).sum() };
         Ok((total(&self.fwd_spans)?, total(&self.bwd_spans)?))
+    }
+
+    /// A model whose weights and gradients live in a store given to each
+    /// pass (`*_in` methods: ZeRO); it allocates only activations.
+    pub fn new_bare(cfg: &ModelConfig, recompute: Recompute) -> Self {
+        let unheld = BufId(usize::MAX);
+        Model { cfg: cfg.clone(), layout: ParamLayout::new(cfg), params: unheld, grads: unheld, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat: None, acts: None }
     }
 
     /// Computes the output head and loss `rows` token rows at a time
@@ -185,7 +194,10 @@ impl Model {
         }
         self.check_tokens(tokens)?;
         let acts = self.prepare_acts(b, batch, seq)?;
-        let mut flat = self.flat.take().expect("the model's flat store is in place between calls");
+        let Some(mut flat) = self.flat.take() else {
+            self.acts = Some(acts);
+            bail!("this model's weights live in a store (ZeRO): logits need the model's own buffers");
+        };
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
             self.forward_hidden(b, &mut flat, &acts)?;

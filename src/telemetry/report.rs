@@ -109,10 +109,16 @@ fn precision_note(device: &str) -> &'static str {
 fn memory_section(out: &mut String, cfg: &Config) {
     let est = estimate(cfg);
     let t = &cfg.train;
-    heading(out, &format!("Memory, one process ({}: {})", cfg.device, precision_note(&cfg.device)));
-    row(out, "weights", &human_bytes(est.weights), "");
-    row(out, "gradients", &human_bytes(est.grads), "");
+    let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
+    let who = if world > 1 || stage > 0 { format!("one rank of {world}, ZeRO stage {stage}") } else { "one process".into() };
+    heading(out, &format!("Memory, {who} ({}: {})", cfg.device, precision_note(&cfg.device)));
+    let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
+    row(out, "weights", &human_bytes(est.weights), &sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }));
+    row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
     optimizer_row(out, cfg, &est);
+    if est.comm_buffers > 0 {
+        row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), if stage == 3 { "a unit's gathered weights + gradients at the peak" } else { "a unit's gradients before reduce-scatter" });
+    }
     let recompute = match crate::model::Recompute::of(t) {
         crate::model::Recompute::Off => "recompute off",
         crate::model::Recompute::Elementwise => "recompute on (norms, MLP activation)",

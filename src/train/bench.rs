@@ -89,9 +89,9 @@ fn random_dataset(cfg: &Config, micro_batches: usize) -> Dataset {
 /// it recorded (the per-op profile).
 fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, mut after_warmup: impl FnMut(&mut B)) -> Result<(BenchResult, B)> {
     let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
-    let mut st = new_state(&mut b, cfg, &data)?;
+    let mut st = new_state(&mut b, cfg, &data, Box::new(crate::dist::SoloComm))?;
     if let Some(dir) = export_init {
-        let params = st.model.get_params(&mut b)?;
+        let params = st.zero.full_weights(&mut b)?;
         crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
     }
     let (mut step_ms, mut losses) = (Vec::new(), Vec::new());

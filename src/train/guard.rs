@@ -115,7 +115,7 @@ impl Guard {
         let s = &self.state;
         let why = if !weights_finite {
             format!(
-                "the weights hold non-finite values: the update of step {} overflowed them (its loss and gradient were finite), so no later step can be applied",
+                "the weights are no longer finite (their sum of squares is not): the update of step {} blew them up (its loss and gradient were finite), so no later step can be applied",
                 s.streak_start.saturating_sub(1)
             )
         } else if s.streak >= self.max_bad_steps.max(1) {

@@ -9,8 +9,11 @@ use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
 use crate::backend::select::{on_device, OnBackend};
-use crate::backend::{Backend, DType, View};
-use crate::ckpt;
+use crate::backend::Backend;
+use crate::ckpt::{self, train_state::{self, SaveParts, Sharding}};
+use crate::dist::Comm;
+use crate::optim::groups::MATRIX_OPTIMIZERS;
+use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
 use crate::model::{init::init_weights, Model, Recompute};
@@ -39,16 +42,27 @@ pub struct RunSummary {
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
+/// The weights, gradients and the communicator live in `zero` (ZeRO stage
+/// 0 at world size 1 is the single-process run); `model` holds the
+/// activations and runs the passes with `zero` as its parameter store.
 pub(super) struct State<B: Backend> {
     pub(super) model: Model,
+    pub(super) zero: Zero<B>,
     opt: Box<dyn Optimizer<B>>,
     train: Loader,
     /// `None` when the data has no validation split (`prepare --val-fraction 0`).
     val: Option<Loader>,
     rng: Rng,
     step: u64,
-    /// Bad-step policy (guard.rs).
+    /// Bad-step policy (guard.rs); its decisions use the global loss and
+    /// gradient norm, so every rank decides alike.
     pub(super) guard: Guard,
+}
+
+impl<B: Backend> State<B> {
+    fn lead(&self) -> bool {
+        self.zero.rank() == 0
+    }
 }
 
 /// Starts a new run (`resume = None`) or continues one from its newest
@@ -61,23 +75,30 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         _ => None,
     };
     super::preflight::check_host_memory(&cfg)?;
-    on_device(&cfg.device, 0, TrainJob { cfg: &cfg, resume, init })
+    let world = crate::dist::WorldInfo::from_env()?;
+    on_device(&cfg.device, world.local_rank, TrainJob { cfg: &cfg, resume, init, world })
 }
 
 struct TrainJob<'a> {
     cfg: &'a Config,
     resume: Option<&'a Path>,
     init: Option<Vec<f32>>,
+    world: crate::dist::WorldInfo,
 }
 
 impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
-    fn run<B: Backend + 'static>(self, b: B) -> Result<RunSummary> {
-        run_on(b, self.cfg, self.resume, self.init)
+    fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
+        let comm = crate::dist::connect::<B>(&mut b, &self.world, &self.cfg.dist)?;
+        let asked = self.cfg.dist.world;
+        if asked > 0 && asked != comm.world() {
+            bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());
+        }
+        run_on(b, comm, self.cfg, self.resume, self.init)
     }
 }
 
-fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
+fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.path)?;
     if data.tokenizer.vocab_size() > cfg.model.vocab_size {
         bail!(
@@ -87,79 +108,113 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
             cfg.model.vocab_size
         );
     }
-    // One process per run folder (util/lock.rs); held until this returns.
-    let (run_dir, _lock) = match resume {
-        Some(dir) => (dir.to_path_buf(), crate::util::lock::RunLock::acquire(dir)?),
-        None => run_dir::create(cfg)?,
+    let mut st = new_state(&mut b, cfg, &data, comm)?;
+    let lead = st.lead();
+    // Rank 0 names, creates and locks the run folder (one training per
+    // folder: util/lock.rs; held until this returns); the others learn its name.
+    let mut _lock = None;
+    let run_dir = match resume {
+        Some(dir) => {
+            if lead {
+                _lock = Some(crate::util::lock::RunLock::acquire(dir)?);
+            }
+            dir.to_path_buf()
+        }
+        None => {
+            let made = if lead {
+                let (dir, lock) = run_dir::create(cfg)?;
+                _lock = Some(lock);
+                dir.display().to_string()
+            } else {
+                String::new()
+            };
+            PathBuf::from(crate::dist::share_string(st.zero.comm.as_mut(), &made)?)
+        }
     };
-    crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
-    let mut st = new_state(&mut b, cfg, &data)?;
+    if lead {
+        crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+    }
     if let Some(weights) = init {
-        st.model.set_params(&mut b, &weights)?;
+        st.zero.set_weights(&mut b, &weights)?;
     }
     if resume.is_some() {
-        if !restore(&mut b, &mut st, cfg, &run_dir)? {
+        let restored = restore(&mut b, &mut st, cfg, &run_dir)?;
+        if lead && !restored {
             eprintln!("note: {} has no checkpoint yet (stopped before its first one?): starting it from step 0", run_dir.display());
         }
         // The resume rule: this resume's settings become the run's (README).
-        for change in run_dir::record_config(&run_dir, cfg)? {
-            eprintln!("note: config.toml updated: {change}");
+        if lead {
+            for change in run_dir::record_config(&run_dir, cfg)? {
+                eprintln!("note: config.toml updated: {change}");
+            }
         }
     }
-    let mut metrics = MetricsWriter::open(&run_dir, resume.map(|_| st.step))?;
-    let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress);
-    progress.println(format!(
-        "run {} | {} on {} | {:.2}M parameters | {} tokens per step",
+    let mut metrics = if lead { Some(MetricsWriter::open(&run_dir, resume.map(|_| st.step))?) } else { None };
+    let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress && lead);
+    let say = |msg: String| {
+        if lead {
+            progress.println(msg)
+        }
+    };
+    let world = st.zero.world();
+    say(format!(
+        "run {} | {} on {}{} | {:.2}M parameters | {} tokens per step",
         run_dir.display(),
         cfg.model.preset,
         b.name(),
+        if world > 1 { format!(" × {world} ranks ({}, ZeRO stage {})", st.zero.comm.kind(), cfg.dist.zero_stage) } else { String::new() },
         st.model.num_params() as f64 / 1e6,
-        tokens_per_step(cfg)
+        tokens_per_step(cfg) * world
     ));
     if !cfg.model.init_from.is_empty() {
-        progress.println(format!("weights and model shape from {}", cfg.model.init_from));
+        say(format!("weights and model shape from {}", cfg.model.init_from));
     }
     if st.val.is_some() {
         let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-        progress.println(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+        say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
     } else {
-        progress.println(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
+        say(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
     }
     let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0 };
     let started = Instant::now();
     let first_step = st.step;
-    // MFU where the device's peak is known (causal attention FLOPs halved).
-    let peak_flops = telemetry::flops::peak_flops_for(&b.device_name());
+    // MFU where the device's peak is known (causal attention FLOPs halved);
+    // tokens per second are global, so the peak is the world's.
+    let peak_flops = telemetry::flops::peak_flops_for(&b.device_name()).map(|p| p * world as f64);
     let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
     while st.step < cfg.train.steps {
         let mut line = train_step(&mut b, &mut st, cfg)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
         summary.losses.push(line.loss as f32);
-        metrics.train(&line)?;
+        if let Some(m) = metrics.as_mut() {
+            m.train(&line)?;
+        }
         progress.update(st.step, line.loss, line.tokens_per_s);
         if let Some(why) = &line.skipped {
-            progress.println(format!("step {:>6} | skipped, not applied: {why}", st.step));
-            let weights_finite = b.sum_squares(st.model.params_view())?.is_finite();
+            say(format!("step {:>6} | skipped, not applied: {why}", st.step));
+            let weights_finite = weights_finite(&mut b, &mut st)?;
             st.guard.check_streak(why, weights_finite, &run_dir)?;
         }
         let last = st.step == cfg.train.steps;
         if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0 || last) && st.val.is_some() {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
-            metrics.eval(st.step, val as f64)?;
-            progress.println(format!("step {:>6} | val loss {val:.4}", st.step));
+            if let Some(m) = metrics.as_mut() {
+                m.eval(st.step, val as f64)?;
+            }
+            say(format!("step {:>6} | val loss {val:.4}", st.step));
             if cfg.train.samples > 0 && !last {
                 let text = sample_text(&mut b, &mut st, &data, cfg.train.sample_tokens.min(80))?;
-                progress.println(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
+                say(format!("         | sample: {}", text.replace('\n', " ⏎ ")));
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
             if st.guard.in_streak() {
-                progress.println(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
+                say(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
             } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
-                progress.println(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
+                say(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
             } else {
-                save(&mut b, &st, cfg, &run_dir)?;
+                save(&mut b, &mut st, cfg, &run_dir)?;
             }
         }
     }
@@ -167,57 +222,71 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
     summary.skipped_steps = st.guard.state.skipped;
-    summary.tokens_per_s = (st.step - first_step) as f64 * tokens_per_step(cfg) as f64 / secs.max(1e-9);
+    summary.tokens_per_s = (st.step - first_step) as f64 * (tokens_per_step(cfg) * world) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
-    let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
-    telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
+    if lead {
+        let lines = telemetry::metrics::read_metrics(&run_dir.join("metrics.jsonl"))?;
+        telemetry::plot::plot_loss(&lines, &run_dir.join("loss.png"), &format!("{} — {}", cfg.model.preset, run_dir.display()))?;
+    }
     summary.samples = samples(&mut b, &mut st, cfg, &data)?;
     Ok(summary)
 }
 
+/// Tokens one rank trains on per optimizer step.
 pub(super) fn tokens_per_step(cfg: &Config) -> usize {
     cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
 }
 
-pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset) -> Result<State<B>> {
+pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>) -> Result<State<B>> {
     let t = &cfg.train;
-    let model = Model::new(b, &cfg.model, Recompute::of(t))?.with_logits_chunk(t.logits_chunk);
-    model.set_params(b, &init_weights(&cfg.model, &model.layout, cfg.seed))?;
-    let opt = optim::build(b, &cfg.optimizer, &model.layout, cfg.seed)?;
-    let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, 0, 1)?;
+    let model = Model::new_bare(&cfg.model, Recompute::of(t)).with_logits_chunk(t.logits_chunk);
+    let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
+    let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
+    let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
+    let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+    let (rank, world) = (zero.rank(), zero.world());
+    let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
     let val = match data.len(Split::Val) {
         0 => None,
-        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, 0, 1)?),
+        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?),
     };
-    Ok(State { model, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
+    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
+/// One optimizer step: every micro-batch's forward and backward (gradients
+/// reduced as the store decides), the global gradient norm and clipping,
+/// the optimizer on this rank's shard, the weights brought up to date.
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
     let t = &cfg.train;
+    let world = st.zero.world();
     let start = Instant::now();
     b.clear_marks();
     st.model.clear_phase_spans();
-    st.model.zero_grads(b)?;
+    st.zero.zero_grads(b)?;
     let mut loss_sum = 0.0f64;
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch()?;
-        let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
-        loss_sum += st.model.forward_backward(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+        // Summed over ranks by the reduction: the mean over the global batch.
+        let scale = 1.0 / (batch.targets.len() * t.grad_accum * world) as f32;
+        loss_sum += st.model.forward_backward_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
     }
-    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
-    let loss = (loss_sum / t.grad_accum as f64) as f32;
-    let grad_norm = b.sum_squares(st.model.grads_view())?.sqrt() as f32;
+    let comm_start = b.mark()?;
+    st.zero.finish_grads(b)?;
+    let loss = st.zero.mean_host(loss_sum / t.grad_accum as f64)? as f32;
+    let grad_norm = st.zero.grad_norm(b)? as f32;
     // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
     let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
     let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
-    b.synchronize()?;
-    let fwd_bwd_ms = start.elapsed().as_secs_f64() * 1e3;
+    let opt_start = b.mark()?;
     let lr = lr_at(t, cfg.optimizer.lr, st.step);
     if skipped.is_none() {
-        st.opt.step(b, st.model.params, st.model.grads, lr, clip)?;
+        st.opt.step(b, st.zero.shard_params, st.zero.shard_grads, lr, clip)?;
+        st.zero.after_step(b)?;
     }
-    b.synchronize()?;
+    let end = b.mark()?;
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
+    let (opt_ms, reduce_ms) = (b.elapsed_ms(opt_start, end)?, b.elapsed_ms(comm_start, opt_start)?);
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(TrainMetrics {
@@ -225,18 +294,19 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         loss: loss as f64,
         lr: lr as f64,
         grad_norm: grad_norm as f64,
-        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
+        tokens_per_s: (tokens_per_step(cfg) * world) as f64 / (step_ms / 1e3),
         step_ms,
         peak_mem_bytes: b.peak_memory_bytes(),
         fwd_ms: Some(fwd_ms),
-        bwd_ms: Some(bwd_ms),
-        opt_ms: Some(step_ms - fwd_bwd_ms),
+        bwd_ms: Some(bwd_ms + reduce_ms),
+        opt_ms: Some(opt_ms),
         mfu: None,
         skipped,
     })
 }
 
-/// Mean validation loss over `eval_batches` fixed batches.
+/// Mean validation loss over `eval_batches` fixed batches (per rank; the
+/// mean over ranks).
 fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f32> {
     let t = &cfg.train;
     let val = st.val.as_mut().expect("evaluate is called only with a validation split");
@@ -244,85 +314,70 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
         let batch = val.next_batch()?;
-        sum += st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+        sum += st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
-    Ok((sum / t.eval_batches.max(1) as f64) as f32)
+    Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
 }
 
 /// Whether the weights as they are now give a finite loss on the first
-/// validation batch: checked before a checkpoint is written, so that an
-/// update that overflowed the weights (finite, but useless) never replaces
-/// a good checkpoint (guard.rs). True without a validation split.
+/// validation batch (the mean over ranks): checked before a checkpoint is
+/// written, so that an update that overflowed the weights (finite, but
+/// useless) never replaces a good checkpoint (guard.rs). A collective like
+/// `evaluate`. True without a validation split.
 fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<bool> {
     let t = &cfg.train;
     let Some(val) = st.val.as_mut() else { return Ok(true) };
     val.reset();
     let batch = val.next_batch()?;
-    Ok(st.model.eval_loss(b, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)?.is_finite())
+    let loss = st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+    Ok(st.zero.mean_host(loss)?.is_finite())
 }
 
-fn download(b: &mut impl Backend, v: View) -> Result<Vec<f32>> {
-    let mut host = vec![0.0; v.len];
-    b.download(v, &mut host)?;
-    Ok(host)
+/// Whether the master weights of every rank are finite (their sum of
+/// squares, reduced over ranks; a collective). Asked after skipped steps.
+fn weights_finite<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<bool> {
+    let z = &st.zero;
+    let n = if z.stage == 0 { st.model.layout.total } else { z.part.shard_len(z.rank()) };
+    let ss = if n > 0 { b.sum_squares(crate::backend::View::whole(z.shard_params, n))? } else { 0.0 };
+    Ok(st.zero.mean_host(ss)?.is_finite())
 }
 
-fn save<B: Backend>(b: &mut B, st: &State<B>, cfg: &Config, run_dir: &Path) -> Result<PathBuf> {
-    let params = st.model.get_params(b)?;
-    let model_tensors: Vec<ckpt::NamedTensor> = st
-        .model
-        .layout
-        .params
-        .iter()
-        .map(|p| ckpt::NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: &params[p.offset..p.offset + p.numel()] })
-        .collect();
-    let (mut floats, mut bytes) = (vec![], vec![]);
-    for t in st.opt.state_tensors() {
-        match t.dtype {
-            DType::U8 => {
-                let mut host = vec![0u8; t.view.len];
-                b.download_u8(t.view, &mut host)?;
-                bytes.push((t.name, host));
-            }
-            _ => floats.push((t.name, download(b, t.view)?)),
-        }
+/// A checkpoint of the whole state (a collective: every rank calls it).
+fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<PathBuf> {
+    let weights = st.zero.full_weights(b)?;
+    let (rank, world) = (st.zero.rank(), st.zero.world());
+    let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
+    if rank > 0 && cfg.dist.zero_stage > 0 {
+        train_state::write_shard(b, st.opt.as_ref(), run_dir, st.step, rank)?;
     }
-    let optim_tensors: Vec<ckpt::NamedTensor> = floats.iter().map(|(n, d)| ckpt::NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let optim_bytes: Vec<ckpt::NamedBytes> = bytes.iter().map(|(n, d)| ckpt::NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let manifest = ckpt::Manifest {
-        loader: serde_json::to_value(st.train.state())?,
-        rng: serde_json::to_value(&st.rng)?,
-        optimizer: st.opt.meta(),
-        guard: st.guard.to_json(),
-        ..ckpt::Manifest::new(st.step, cfg.to_toml())
-    };
-    ckpt::save_with_bytes(run_dir, &manifest, &model_tensors, &optim_tensors, &optim_bytes, cfg.train.keep_ckpts)
+    st.zero.comm.barrier()?;
+    let mut dir = ckpt::step_dir(run_dir, st.step);
+    if rank == 0 {
+        let manifest = ckpt::Manifest {
+            loader: serde_json::to_value(st.train.state())?,
+            rng: serde_json::to_value(&st.rng)?,
+            optimizer: st.opt.meta(),
+            guard: st.guard.to_json(),
+            ..ckpt::Manifest::new(st.step, cfg.to_toml())
+        };
+        let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest, sharding, rank, keep_last: cfg.train.keep_ckpts };
+        dir = train_state::publish(b, st.opt.as_ref(), run_dir, parts)?;
+    }
+    // No rank runs ahead of a checkpoint that is not yet published.
+    st.zero.comm.barrier()?;
+    Ok(dir)
 }
 
 /// Load the newest usable checkpoint (ckpt/recover.rs: damaged ones are
 /// passed over, saying so); `false` when the run has none.
 fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
     let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
-    let dir = loaded.dir.clone();
-    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &dir)?;
+    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &loaded.dir)?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
-    st.model.set_params(b, &params)?;
-    for t in st.opt.state_tensors() {
-        let (name, view) = (&t.name, t.view);
-        let found = match t.dtype {
-            DType::U8 => loaded.optim_u8_tensor(name)?.data.len(),
-            _ => loaded.optim_tensor(name)?.data.len(),
-        };
-        if found != view.len {
-            bail!("checkpoint {}: optimizer tensor {name} has {found} values, expected {}", dir.display(), view.len);
-        }
-        match t.dtype {
-            DType::U8 => b.upload_u8(view, &loaded.optim_u8_tensor(name)?.data)?,
-            _ => b.upload(view, &loaded.optim_tensor(name)?.data)?,
-        }
-    }
-    st.opt.load_meta(&loaded.manifest.optimizer)?;
+    st.zero.set_weights(b, &params)?;
+    let now = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
+    train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?;
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
@@ -343,6 +398,8 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
         Some(eot) => vec![eot],
         None => tok.encode("\n"),
     };
-    let ids = sample::generate(b, &mut st.model, &prompt, opts, tok.eot(), &mut st.rng)?;
+    // Every rank samples the same tokens (same RNG): at ZeRO-3 the forward
+    // gathers weights, a collective all ranks must join.
+    let ids = sample::generate_in(b, &mut st.model, &mut st.zero, &prompt, opts, tok.eot(), &mut st.rng)?;
     Ok(tok.decode(&ids))
 }

@@ -11,14 +11,18 @@
 //! the previous checkpoint the newest complete one.
 //!
 //! Resuming with the same partition (world size and kind of partition;
-//! ZeRO 1, 2 and 3 share one) loads each rank's shard. A different world
-//! size or a change to or from stage 0 is refused with what works.
+//! ZeRO 1, 2 and 3 share one) loads each rank's shard. Any other partition
+//! (another world size, to or from stage 0) is resharded: every rank also
+//! saves which part of each state tensor belongs to which tensor or piece
+//! (`optim::StateSlice`, `optimizer.rankNNNNN.slices.json`), and a resuming
+//! rank assembles its own state from the overlapping slices of all saved
+//! shards.
 
 use super::checkpoint::{self, Loaded, Manifest, NamedBytes, NamedTensor};
 use super::tensors::{ByteTensor, Tensor};
-use crate::backend::{Backend, DType};
+use crate::backend::{Backend, DType, QUANT_BLOCK};
 use crate::model::layout::ParamLayout;
-use crate::optim::{Optimizer, StateTensor};
+use crate::optim::{Optimizer, SlicePer, StateSlice, StateTensor};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -48,6 +52,20 @@ impl Sharding {
 /// File of rank `r`'s optimizer shard (rank 0's is the usual optimizer file).
 fn shard_file(r: usize) -> String {
     format!("optimizer.rank{r:05}.safetensors")
+}
+
+/// File of rank `r`'s state slices (JSON list of `StateSlice`).
+fn slices_file(r: usize) -> String {
+    format!("optimizer.rank{r:05}.slices.json")
+}
+
+/// Writes `opt`'s state slices for rank `r` into `dir` (nothing for an
+/// optimizer whose state cannot be cut by tensor).
+fn write_slices<B: Backend>(opt: &dyn Optimizer<B>, dir: &Path, r: usize) -> Result<Option<PathBuf>> {
+    let Some(slices) = opt.state_slices() else { return Ok(None) };
+    let path = dir.join(slices_file(r));
+    std::fs::write(&path, serde_json::to_vec(&slices)?).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(path))
 }
 
 fn shards_dir(run_dir: &Path, step: u64) -> PathBuf {
@@ -92,7 +110,8 @@ pub fn write_shard<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let f: Vec<NamedTensor> = floats.iter().map(|(n, d)| NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
     let u: Vec<NamedBytes> = bytes.iter().map(|(n, d)| NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    checkpoint::write_tensors(&dir.join(shard_file(rank)), &f, &u)
+    checkpoint::write_tensors(&dir.join(shard_file(rank)), &f, &u)?;
+    write_slices(opt, &dir, rank).map(|_| ())
 }
 
 /// Phase 2, on rank 0 after every shard is written: the checkpoint itself.
@@ -102,7 +121,17 @@ pub fn publish<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path, pa
     let f: Vec<NamedTensor> = floats.iter().map(|(n, d)| NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
     let u: Vec<NamedBytes> = bytes.iter().map(|(n, d)| NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
     let step = parts.manifest.step;
-    let shards: Vec<PathBuf> = (1..parts.sharding.world).map(|r| shards_dir(run_dir, step).join(shard_file(r))).filter(|_| parts.sharding.zero_stage > 0).collect();
+    let staged = shards_dir(run_dir, step);
+    std::fs::create_dir_all(&staged).with_context(|| format!("cannot create {}", staged.display()))?;
+    let mut shards: Vec<PathBuf> = write_slices(opt, &staged, 0)?.into_iter().collect();
+    if parts.sharding.zero_stage > 0 {
+        for r in 1..parts.sharding.world {
+            shards.push(staged.join(shard_file(r)));
+            if opt.state_slices().is_some() {
+                shards.push(staged.join(slices_file(r)));
+            }
+        }
+    }
     let manifest = Manifest { sharding: serde_json::to_value(&parts.sharding)?, ..parts.manifest };
     let dir = checkpoint::save_with_shards(run_dir, &manifest, &model, &f, &u, &shards, parts.keep_last)?;
     let _ = std::fs::remove_dir(shards_dir(run_dir, step));
@@ -118,26 +147,89 @@ pub fn sharding_of(loaded: &Loaded) -> Sharding {
 pub fn restore_optimizer<B: Backend>(b: &mut B, opt: &mut dyn Optimizer<B>, loaded: &Loaded, now: &Sharding, rank: usize) -> Result<()> {
     let saved = sharding_of(loaded);
     if !saved.same_partition(now) {
-        bail!(
-            "checkpoint {} holds optimizer state sharded over {} rank(s) at ZeRO stage {}; this run has {} rank(s) at stage {}. \
-             Resume with the same number of ranks (ZeRO stages 1, 2 and 3 share one partition, so changing between them works), \
-             or start a new run from these weights with model.init_from after `ferrotron export`",
-            loaded.dir.display(),
-            saved.world,
-            saved.zero_stage,
-            now.world,
-            now.zero_stage
-        );
+        reshard(b, opt, loaded, &saved, now)?;
+        return opt.load_meta(&loaded.manifest.optimizer);
     }
-    let (floats, bytes): (Vec<Tensor>, Vec<ByteTensor>) = if rank == 0 || saved.zero_stage == 0 || saved.world == 1 {
-        (loaded.optim.clone(), loaded.optim_u8.clone())
-    } else {
-        super::tensors::read_all_mixed(&loaded.dir.join(shard_file(rank)))?
-    };
+    let (floats, bytes) = saved_shard(loaded, &saved, rank)?;
     for t in opt.state_tensors() {
         upload_state(b, &t, &floats, &bytes, &loaded.dir)?;
     }
     opt.load_meta(&loaded.manifest.optimizer)
+}
+
+/// Rank `r`'s optimizer tensors as saved.
+fn saved_shard(loaded: &Loaded, saved: &Sharding, r: usize) -> Result<(Vec<Tensor>, Vec<ByteTensor>)> {
+    if r == 0 || saved.zero_stage == 0 || saved.world == 1 {
+        Ok((loaded.optim.clone(), loaded.optim_u8.clone()))
+    } else {
+        super::tensors::read_all_mixed(&loaded.dir.join(shard_file(r)))
+    }
+}
+
+/// This rank's optimizer state assembled from every saved shard: each of
+/// its state slices is filled from the saved slices of the same state
+/// tensor and tensor whose pieces overlap it.
+fn reshard<B: Backend>(b: &mut B, opt: &mut dyn Optimizer<B>, loaded: &Loaded, saved: &Sharding, now: &Sharding) -> Result<()> {
+    let dir = &loaded.dir;
+    let Some(want) = opt.state_slices() else {
+        bail!(
+            "checkpoint {} was saved by {} rank(s) at ZeRO stage {}; this run has {} at stage {}, and {}'s state cannot be moved between partitions. \
+             Resume with the saved number of ranks and a stage of the same kind (1, 2 and 3 share one partition; 0 has none)",
+            dir.display(), saved.world, saved.zero_stage, now.world, now.zero_stage, opt.name()
+        );
+    };
+    let ranks = if saved.zero_stage == 0 { 1 } else { saved.world };
+    let mut floats: Vec<(String, Vec<f32>)> = opt.state_tensors().iter().filter(|t| t.dtype != DType::U8).map(|t| (t.name.clone(), vec![0.0; t.view.len])).collect();
+    let mut bytes: Vec<(String, Vec<u8>)> = opt.state_tensors().iter().filter(|t| t.dtype == DType::U8).map(|t| (t.name.clone(), vec![0; t.view.len])).collect();
+    let mut filled = vec![0usize; want.len()];
+    for r in 0..ranks {
+        let path = dir.join(slices_file(r));
+        let text = std::fs::read(&path).with_context(|| format!("cannot reshard {}: {} is missing (checkpoints from before resharding existed cannot change world size)", dir.display(), path.display()))?;
+        let have: Vec<StateSlice> = serde_json::from_slice(&text).with_context(|| format!("{} is damaged", path.display()))?;
+        let (src_f, src_u) = saved_shard(loaded, saved, r)?;
+        for (w, done) in want.iter().zip(filled.iter_mut()) {
+            for h in have.iter().filter(|h| h.state == w.state && h.tensor == w.tensor) {
+                let Some((from, to, n)) = overlap(h, w) else { continue };
+                *done += n;
+                if let Some((_, dst)) = floats.iter_mut().find(|(name, _)| *name == w.state) {
+                    let src = &src_f.iter().find(|t| t.name == h.state).with_context(|| format!("{}: rank {r}'s shard lacks {}", dir.display(), h.state))?.data;
+                    dst[to..to + n].copy_from_slice(&src[from..from + n]);
+                } else if let Some((_, dst)) = bytes.iter_mut().find(|(name, _)| *name == w.state) {
+                    let src = &src_u.iter().find(|t| t.name == h.state).with_context(|| format!("{}: rank {r}'s shard lacks {}", dir.display(), h.state))?.data;
+                    dst[to..to + n].copy_from_slice(&src[from..from + n]);
+                }
+            }
+        }
+    }
+    if let Some((w, n)) = want.iter().zip(&filled).find(|(w, n)| **n != w.len) {
+        bail!("cannot reshard {}: {} of {} values of {} (tensor {}) were found in the saved shards", dir.display(), n, w.len, w.state, w.tensor);
+    }
+    for t in opt.state_tensors() {
+        match t.dtype {
+            DType::U8 => b.upload_u8(t.view, &bytes.iter().find(|(n, _)| *n == t.name).expect("allocated above").1)?,
+            _ => b.upload(t.view, &floats.iter().find(|(n, _)| *n == t.name).expect("allocated above").1)?,
+        }
+    }
+    Ok(())
+}
+
+/// Where saved slice `h` and wanted slice `w` (same state, same tensor)
+/// share values: (offset in `h`'s state tensor, offset in `w`'s, count).
+fn overlap(h: &StateSlice, w: &StateSlice) -> Option<(usize, usize, usize)> {
+    let (start, end) = (h.piece.start.max(w.piece.start), h.piece.end.min(w.piece.end));
+    if start >= end {
+        return None;
+    }
+    match w.per {
+        SlicePer::Element => Some((h.off + start - h.piece.start, w.off + start - w.piece.start, end - start)),
+        // Pieces start on block boundaries (the partition snaps them), so
+        // the shared blocks are whole blocks of both.
+        SlicePer::Block => {
+            let (first, last) = (start / QUANT_BLOCK, end.div_ceil(QUANT_BLOCK));
+            Some((h.off + first - h.piece.start / QUANT_BLOCK, w.off + first - w.piece.start / QUANT_BLOCK, last - first))
+        }
+        SlicePer::Whole => (h.piece == w.piece && h.len == w.len).then_some((h.off, w.off, w.len)),
+    }
 }
 
 fn upload_state<B: Backend>(b: &mut B, t: &StateTensor, floats: &[Tensor], bytes: &[ByteTensor], dir: &Path) -> Result<()> {

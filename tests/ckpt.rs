@@ -799,7 +799,8 @@ fn load_newest_good_falls_back_past_damaged_and_incomplete_checkpoints() {
 
 /// A kill in the middle of pruning (a deletion) must not leave litter that
 /// is never cleaned: incomplete older step folders and `*.pruned.tmp`
-/// leftovers go at the next save; newer incomplete folders stay.
+/// leftovers go at the next save, and so do older `*.shards` staging
+/// folders of killed sharded saves; newer ones stay.
 #[test]
 fn prune_removes_incomplete_older_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -810,10 +811,13 @@ fn prune_removes_incomplete_older_checkpoints() {
     fs::write(run.join("checkpoints/step_00000050/optimizer.safetensors"), b"half deleted").unwrap();
     fs::create_dir_all(run.join("checkpoints/step_00000040.pruned.tmp")).unwrap();
     fs::create_dir_all(run.join("checkpoints/step_00000900")).unwrap();
+    // Shard staging of a save killed before publishing (ckpt/train_state.rs).
+    fs::create_dir_all(run.join("checkpoints/step_00000150.shards")).unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000950.shards")).unwrap();
     fx.save(run, 200, 2);
-    assert_eq!(step_names(run), ["step_00000100", "step_00000200", "step_00000900"]);
+    assert_eq!(step_names(run), ["step_00000100", "step_00000200", "step_00000900", "step_00000950.shards"]);
     fx.save(run, 300, 2);
-    assert_eq!(step_names(run), ["step_00000200", "step_00000300", "step_00000900"]);
+    assert_eq!(step_names(run), ["step_00000200", "step_00000300", "step_00000900", "step_00000950.shards"]);
 }
 
 /// A full disk is reported in words, not as Rust debug output.

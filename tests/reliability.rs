@@ -429,10 +429,13 @@ impl Delays {
     }
 }
 
-/// Every `step_*` folder must be complete and load (checksums, finite values).
+/// Every checkpoint folder (`step_<digits>`; staging `*.tmp` and
+/// `*.shards` are not checkpoints) must be complete and load (checksums,
+/// finite values).
 fn all_checkpoints_load(run: &Path) -> usize {
     let mut n = 0;
-    for name in step_dirs(run).into_iter().filter(|n| !n.ends_with(".tmp")) {
+    let is_checkpoint = |n: &String| n.strip_prefix("step_").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    for name in step_dirs(run).into_iter().filter(is_checkpoint) {
         let dir = run.join("checkpoints").join(&name);
         if let Err(e) = ferrotron::ckpt::load(&dir) {
             panic!("unloadable checkpoint {}: {e:#}", dir.display());
@@ -498,6 +501,9 @@ fn kill_9_torture() {
         }
         eprintln!("kill_9_torture: ckpt_every={every}: {kills} kills");
         assert!(all_checkpoints_load(&run) >= 1);
+        // The final saves cleaned every leftover of killed saves and prunes.
+        let litter: Vec<String> = step_dirs(&run).into_iter().filter(|n| n.ends_with(".tmp") || n.ends_with(".shards")).collect();
+        assert!(litter.is_empty(), "seed {seed}: leftovers {litter:?}");
         let last = format!("checkpoints/step_{steps:08}");
         let a = ferrotron::ckpt::load(&tmp.path().join("runs").join(&ref_name).join(&last)).unwrap();
         let b = ferrotron::ckpt::load(&run.join(&last)).unwrap();

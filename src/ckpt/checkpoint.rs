@@ -291,7 +291,9 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// renaming it to `step_N.pruned.tmp` (atomic), so a kill during deletion
 /// leaves only `*.tmp` litter, which the next save removes. Incomplete
 /// `step_*` directories older than `keep` (left by a kill during a deletion
-/// of an older ferrotron) are removed too; newer ones are left alone.
+/// of an older ferrotron) are removed too, and so are `step_N.shards`
+/// staging folders of older saves that were killed before publishing;
+/// newer ones are left alone.
 fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
     // The new checkpoint counts toward `keep_last`; of the others, the
     // newest `keep_last - 1` stay.
@@ -310,8 +312,11 @@ fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
     for entry in fs::read_dir(&parent).with_context(|| format!("cannot list {}", parent.display()))? {
         let path = entry.with_context(|| format!("cannot list {}", parent.display()))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let older_incomplete = parse_step(name).is_some_and(|s| keep_step.is_some_and(|k| s < k)) && !is_complete(&path);
-        if path.is_dir() && ((name.starts_with("step_") && name.ends_with(".tmp")) || older_incomplete) {
+        let older = |n: &str| parse_step(n).is_some_and(|s| keep_step.is_some_and(|k| s < k));
+        let older_incomplete = older(name) && !is_complete(&path);
+        // Shard staging of an older save that was killed before publishing.
+        let stale_shards = name.strip_suffix(".shards").is_some_and(older);
+        if path.is_dir() && ((name.starts_with("step_") && name.ends_with(".tmp")) || older_incomplete || stale_shards) {
             atomic::remove_dir_if_exists(&path)?;
         }
     }

@@ -1,4 +1,4 @@
-//! The `ferrotron` command line: train, prepare, generate, info, export.
+//! The `ferrotron` command line: train, prepare, generate, info, export, launch.
 
 use anyhow::{bail, Context, Result};
 use ferrotron::{out, outln};
@@ -119,6 +119,27 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a command as several ranks on this node (torchrun-style), e.g.
+    /// `ferrotron launch --nproc-per-node 2 train --set dist.zero_stage=3`.
+    Launch {
+        /// Ranks (processes, one per GPU) on this node.
+        #[arg(long)]
+        nproc_per_node: usize,
+        #[arg(long, default_value_t = 1)]
+        nnodes: usize,
+        /// This node's index in 0..nnodes.
+        #[arg(long, default_value_t = 0)]
+        node_rank: usize,
+        /// Host of node 0 (default 127.0.0.1 on one node).
+        #[arg(long)]
+        master_addr: Option<String>,
+        /// Rendezvous port (default: a free one on one node, 29500 on several).
+        #[arg(long)]
+        master_port: Option<u16>,
+        /// The ferrotron command each rank runs, with its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +172,23 @@ enum BenchCommand {
         /// Time every op (synchronizing after each) and report ms per step.
         #[arg(long)]
         profile: bool,
+    },
+    /// Communicator self-test and all-reduce bandwidth; run it under
+    /// `ferrotron launch` (or torchrun, srun, mpirun). Prints one JSON line on rank 0.
+    Comm {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// All-reduce size in MB (1e6 bytes) of f32.
+        #[arg(long, default_value_t = 64.0)]
+        size_mb: f64,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed all-reduces; the median is reported.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Test hook: this rank fails at once.
+        #[arg(long, hide = true)]
+        fail_rank: Option<usize>,
     },
 }
 
@@ -185,6 +223,17 @@ fn run(cmd: Command) -> Result<()> {
             let result = train::bench_optim::bench_optim(&cfg, warmup, steps, profile)?;
             outln!("{}", serde_json::to_string(&result)?)?;
             Ok(())
+        }
+        Command::Bench { what: BenchCommand::Comm { cfg, size_mb, warmup, iters, fail_rank } } => {
+            let cfg = load_config(&cfg)?;
+            let args = ferrotron::dist::bench::CommBenchArgs { size_mb, warmup, iters, fail_rank };
+            if let Some(result) = ferrotron::dist::bench::bench_comm(&cfg, &args)? {
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            Ok(())
+        }
+        Command::Launch { nproc_per_node, nnodes, node_rank, master_addr, master_port, command } => {
+            ferrotron::dist::launch::launch(&ferrotron::dist::launch::LaunchArgs { nproc_per_node, nnodes, node_rank, master_addr, master_port, command })
         }
         Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;

@@ -1,35 +1,8 @@
-//! What a training process does to join its world: read who it is from the
-//! launcher's environment, connect the communicator for its backend, and
-//! small helpers built on the collectives.
+//! Small helpers built on the collectives.
 
 use super::comm::Comm;
-use super::solo::SoloComm;
 use crate::backend::Backend;
-use crate::config::DistConfig;
 use anyhow::{bail, Result};
-
-/// This process's place in the world (until the launcher module lands:
-/// world size 1 only).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorldInfo {
-    pub rank: usize,
-    pub world: usize,
-    pub local_rank: usize,
-}
-
-impl WorldInfo {
-    pub fn from_env() -> Result<Self> {
-        Ok(WorldInfo { rank: 0, world: 1, local_rank: 0 })
-    }
-}
-
-/// The communicator for `world` on backend `B`.
-pub fn connect<B: Backend + 'static>(_b: &mut B, world: &WorldInfo, _cfg: &DistConfig) -> Result<Box<dyn Comm<B>>> {
-    if world.world == 1 {
-        return Ok(Box::new(SoloComm));
-    }
-    bail!("several ranks need a communicator; not available in this build")
-}
 
 /// Rank 0's `text` on every rank (at most 4096 bytes), through a host
 /// all-reduce: the others contribute zeros.

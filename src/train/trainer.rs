@@ -76,7 +76,8 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
     };
     super::preflight::check_host_memory(&cfg)?;
     let world = crate::dist::WorldInfo::from_env()?;
-    on_device(&cfg.device, world.local_rank, TrainJob { cfg: &cfg, resume, init, world })
+    let gpu = world.cuda_device(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
+    on_device(&cfg.device, gpu, TrainJob { cfg: &cfg, resume, init, world })
 }
 
 struct TrainJob<'a> {
@@ -89,7 +90,8 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
     fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
-        let comm = crate::dist::connect::<B>(&mut b, &self.world, &self.cfg.dist)?;
+        // One process needs no rendezvous: the world of one.
+        let comm: Box<dyn Comm<B>> = if self.world.world == 1 { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
         let asked = self.cfg.dist.world;
         if asked > 0 && asked != comm.world() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());

@@ -276,3 +276,40 @@ impl CudaBackend {
         }
     }
 }
+
+/// A view resolved for the communicator (dist::nccl): device address of its
+/// first element, bytes per stored element, and the buffer's storage class
+/// (`Compute` is bf16 here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawView {
+    pub ptr: u64,
+    pub elem_bytes: usize,
+    pub dtype: DType,
+}
+
+/// Accessors for dist::nccl, which passes raw pointers to NCCL on our stream.
+impl CudaBackend {
+    /// Make this backend's context current on the calling thread (NCCL
+    /// picks its device from it).
+    pub(crate) fn comm_bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))
+    }
+
+    /// The compute stream; collectives queued on it are ordered with every op.
+    pub(crate) fn comm_stream(&self) -> Arc<CudaStream> {
+        self.stream.clone()
+    }
+
+    /// A view NCCL reads (checked to lie inside its buffer).
+    pub(crate) fn comm_read(&self, v: View) -> Result<RawView> {
+        let d = self.bufs.dev(v)?;
+        Ok(RawView { ptr: d.ptr, elem_bytes: d.elem.size(), dtype: self.bufs.get(v.buf)?.dtype })
+    }
+
+    /// A view NCCL writes: the range's bf16 shadow (if any) goes stale.
+    pub(crate) fn comm_write(&mut self, v: View) -> Result<RawView> {
+        let r = self.comm_read(v)?;
+        self.bufs.written(v);
+        Ok(r)
+    }
+}

@@ -26,6 +26,8 @@ mod ops_train;
 
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
+/// For dist::nccl (raw device pointers of views).
+pub(crate) use device::RawView;
 
 use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View};
 use anyhow::Result;

@@ -228,7 +228,7 @@ fn run(cmd: Command) -> Result<()> {
             let cfg = load_config(&cfg)?;
             let args = ferrotron::dist::bench::CommBenchArgs { size_mb, warmup, iters, fail_rank };
             if let Some(result) = ferrotron::dist::bench::bench_comm(&cfg, &args)? {
-                println!("{}", serde_json::to_string(&result)?);
+                outln!("{}", serde_json::to_string(&result)?)?;
             }
             Ok(())
         }

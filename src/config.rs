@@ -197,6 +197,14 @@ pub struct TrainConfig {
     /// N·V, the largest activation of a long sequence). 0 = all rows at
     /// once; else a multiple of 64.
     pub logits_chunk: usize,
+    /// A step whose loss or gradient norm is not finite is skipped (not
+    /// applied); after this many skipped steps in a row the run stops
+    /// (see `train::guard`). At least 1.
+    pub max_bad_steps: u64,
+    /// Also skip a step whose loss is more than this many standard
+    /// deviations above the mean of the recent applied steps (llm.c's
+    /// z-score outlier rule); 0 = off.
+    pub skip_spike_z: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -336,6 +344,8 @@ impl Default for TrainConfig {
             checkpoint_layers: false,
             checkpoint_keep_attention: true,
             logits_chunk: 8192,
+            max_bad_steps: 10,
+            skip_spike_z: 0.0,
         }
     }
 }
@@ -492,9 +502,17 @@ pub fn apply_override(table: &mut Value, kv: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("--set expects key=value, got `{kv}` (e.g. --set train.steps=200)"))?;
     let key = key.trim();
     let raw = raw.trim();
-    let value = match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap(),
-        Err(_) => Value::String(raw.to_string()),
+    let literal = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v"),
+        Err(_) => None,
+    };
+    // The value is read as the key's own type: a string key takes the text
+    // as it is (`run.name=nan` is the name "nan", not a float), unless it is
+    // a quoted TOML string.
+    let value = match (expects_string(key), literal) {
+        (true, Some(Value::String(s))) => Value::String(s),
+        (true, _) | (false, None) => Value::String(raw.to_string()),
+        (false, Some(v)) => v,
     };
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = table;
@@ -507,6 +525,18 @@ pub fn apply_override(table: &mut Value, kv: &str) -> Result<()> {
         cur = t.entry(part.to_string()).or_insert_with(|| Value::Table(Default::default()));
     }
     Ok(())
+}
+
+/// Whether the default config holds a string at the dotted `key`.
+fn expects_string(key: &str) -> bool {
+    let mut cur = Value::try_from(Config::default()).expect("default config serializes");
+    for part in key.split('.') {
+        match cur.get(part) {
+            Some(v) => cur = v.clone(),
+            None => return false,
+        }
+    }
+    cur.is_str()
 }
 
 /// Every valid dotted key, from the default config.
@@ -674,6 +704,15 @@ impl Config {
         }
         if t.grad_clip < 0.0 {
             bail!("train.grad_clip must be >= 0 (0 turns clipping off), got {}", t.grad_clip);
+        }
+        if t.steps == 0 {
+            bail!("train.steps must be at least 1");
+        }
+        if t.max_bad_steps == 0 {
+            bail!("train.max_bad_steps must be at least 1 (skipped steps in a row before the run stops)");
+        }
+        if !(t.skip_spike_z >= 0.0 && t.skip_spike_z.is_finite()) {
+            bail!("train.skip_spike_z must be >= 0 (0 = off), got {}", t.skip_spike_z);
         }
         if t.keep_ckpts == 0 {
             bail!("train.keep_ckpts must be at least 1");

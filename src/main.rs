@@ -1,6 +1,7 @@
 //! The `ferrotron` command line: train, prepare, generate, info, export, launch.
 
 use anyhow::{bail, Context, Result};
+use ferrotron::{out, outln};
 use clap::{Parser, Subcommand};
 use ferrotron::config::{self, Config};
 use ferrotron::train::{self, sample::SampleOptions};
@@ -100,6 +101,16 @@ enum Command {
         /// loss), e.g. after a learning-rate sweep; the table keeps all runs.
         #[arg(long)]
         best_per_optimizer: bool,
+    },
+    /// Where a run's step time went: PNGs of step time per phase and of MFU
+    /// over the run (from metrics.jsonl), and a short summary.
+    Report {
+        /// The run folder.
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Folder for the plots (default: the run folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Export a run's weights as Hugging Face safetensors + config.json.
     Export {
@@ -201,22 +212,23 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
         Command::Export { run, out } => cmd_export(run, out),
+        Command::Report { run, out } => out!("{}", ferrotron::telemetry::run_report::report(&run, out.as_deref())?.text),
         Command::Compare { runs, out, best_per_optimizer } => {
-            print!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?);
-            println!("\nplot: {}", out.display());
+            out!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?)?;
+            outln!("\nplot: {}", out.display())?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps, profile } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench_optim::bench_optim(&cfg, warmup, steps, profile)?;
-            println!("{}", serde_json::to_string(&result)?);
+            outln!("{}", serde_json::to_string(&result)?)?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Comm { cfg, size_mb, warmup, iters, fail_rank } } => {
             let cfg = load_config(&cfg)?;
             let args = ferrotron::dist::bench::CommBenchArgs { size_mb, warmup, iters, fail_rank };
             if let Some(result) = ferrotron::dist::bench::bench_comm(&cfg, &args)? {
-                println!("{}", serde_json::to_string(&result)?);
+                outln!("{}", serde_json::to_string(&result)?)?;
             }
             Ok(())
         }
@@ -226,7 +238,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref(), profile)?;
-            println!("{}", serde_json::to_string(&result)?);
+            outln!("{}", serde_json::to_string(&result)?)?;
             Ok(())
         }
     }
@@ -245,20 +257,23 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     if s.rank > 0 {
         return Ok(());
     }
-    println!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s);
+    outln!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s)?;
+    if s.skipped_steps > 0 {
+        outln!("skipped steps (not applied: non-finite loss or gradient norm, or a loss spike): {} (metrics.jsonl: \"skipped\")", s.skipped_steps)?;
+    }
     if let Some(v) = s.final_val_loss {
-        println!("final validation loss {v:.4}");
+        outln!("final validation loss {v:.4}")?;
     }
     if let Some(mfu) = s.mfu {
-        println!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0);
+        outln!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0)?;
     }
     if s.peak_mem_bytes > 0 {
-        println!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64);
+        outln!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64)?;
     }
     for (i, text) in s.samples.iter().enumerate() {
-        println!("\n--- sample {} ---\n{}", i + 1, text.trim_end());
+        outln!("\n--- sample {} ---\n{}", i + 1, text.trim_end())?;
     }
-    println!("\nloss plot: {}", s.run_dir.join("loss.png").display());
+    outln!("\nloss plot: {}", s.run_dir.join("loss.png").display())?;
     Ok(())
 }
 
@@ -269,7 +284,7 @@ fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fractio
     }
     let opts = PrepareOptions { tokenizer, val_fraction, text_key: text_column, overwrite, ..PrepareOptions::default() };
     let summary = prepare(&input, &out, &opts)?;
-    println!("{summary}");
+    outln!("{summary}")?;
     Ok(())
 }
 
@@ -277,9 +292,9 @@ fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize,
     let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
     for (i, text) in texts.iter().enumerate() {
         if samples > 1 {
-            println!("--- sample {} ---", i + 1);
+            outln!("--- sample {} ---", i + 1)?;
         }
-        println!("{prompt}{text}");
+        outln!("{prompt}{text}")?;
     }
     Ok(())
 }
@@ -287,12 +302,12 @@ fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize,
 fn cmd_info(args: ConfigArgs, keys: bool) -> Result<()> {
     if keys {
         for k in config::known_keys() {
-            println!("{k}");
+            outln!("{k}")?;
         }
         return Ok(());
     }
     let cfg = load_config(&args)?;
-    print!("{}", ferrotron::telemetry::report::format_info(&cfg));
+    out!("{}", ferrotron::telemetry::report::format_info(&cfg))?;
     Ok(())
 }
 
@@ -300,6 +315,6 @@ fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
     let (cfg, params) = train::generate::load_run_weights(&run)?;
     ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::Dtype::F32)
         .with_context(|| format!("exporting to {}", out.display()))?;
-    println!("wrote Hugging Face safetensors + config.json to {}", out.display());
+    outln!("wrote Hugging Face safetensors + config.json to {}", out.display())?;
     Ok(())
 }

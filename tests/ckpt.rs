@@ -56,7 +56,9 @@ impl Fixture {
         params[0] = -0.0;
         params[1] = f32::MIN_POSITIVE / 4.0;
         params[2] = f32::MAX;
-        params[3] = f32::NAN;
+        // Not NaN: a checkpoint never holds a non-finite value (issue 17;
+        // see save_refuses_non_finite_values).
+        params[3] = -f32::MAX;
         let (m, v) = (values(layout.total, 2), values(layout.total, 3));
         Fixture { cfg, layout, params, m, v }
     }
@@ -98,7 +100,10 @@ fn save_load_round_trip_is_bit_exact() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let loaded = ckpt::load(&dir).unwrap();
-    assert_eq!(loaded.manifest, fx.manifest(200).clone_with_created(&loaded.manifest.created));
+    // The saved manifest gains a CRC-32 per tensor file.
+    assert_eq!(loaded.manifest.checksums.keys().collect::<Vec<_>>(), ["model.safetensors", "optimizer.safetensors"]);
+    let without_sums = Manifest { checksums: Default::default(), ..loaded.manifest.clone() };
+    assert_eq!(without_sums, fx.manifest(200).clone_with_created(&loaded.manifest.created));
     assert_eq!(loaded.model.len(), fx.layout.params.len());
     let mut back = vec![0.0; fx.layout.total];
     ckpt::load_into_layout(&loaded, &fx.layout, &mut back).unwrap();
@@ -690,4 +695,144 @@ fn export_refuses_configs_without_an_hf_equivalent() {
     let layout = ParamLayout::new(&cfg);
     let e = err_text(ckpt::export(tmp.path(), &cfg, &layout, &[0.0; 3], Dtype::F32));
     assert!(e.contains("3 values"), "{e}");
+}
+
+// ------------------------------------------------- integrity (issue 17)
+
+/// Byte offset where the tensor data of a safetensors file starts.
+fn data_start(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+/// Removes the manifest's checksums, as a checkpoint saved before they existed.
+fn strip_checksums(dir: &Path) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("checksums").expect("a new manifest has checksums");
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn flipped_bytes_fail_the_checksum_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Fixture::new(preset("tiny"));
+    let dir = fx.save(tmp.path(), 200, 2);
+    let file = dir.join("optimizer.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    // The lowest mantissa bit of one value: still a finite, plausible number.
+    let at = data_start(&bytes) + 4 * 1000;
+    bytes[at] ^= 0x01;
+    fs::write(&file, &bytes).unwrap();
+    let e = err_text(ckpt::load(&dir));
+    assert!(e.contains(&file.display().to_string()) && e.contains("damaged") && e.contains("CRC-32"), "{e}");
+    // NaN bytes written over a value are caught the same way.
+    bytes[at] ^= 0x01;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&file, &bytes).unwrap();
+    assert!(err_text(ckpt::load(&dir)).contains("damaged"));
+}
+
+/// Checkpoints saved before checksums existed still load (with a warning on
+/// stderr); non-finite values in them are refused, naming the tensor.
+#[test]
+fn checkpoints_without_checksums_load_but_non_finite_values_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Fixture::new(preset("tiny"));
+    let dir = fx.save(tmp.path(), 200, 2);
+    strip_checksums(&dir);
+    let loaded = ckpt::load(&dir).unwrap();
+    assert!(loaded.manifest.checksums.is_empty());
+    let file = dir.join("model.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    let at = data_start(&bytes);
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&file, &bytes).unwrap();
+    let e = err_text(ckpt::load(&dir));
+    assert!(e.contains("non-finite") && e.contains("model.safetensors") && e.contains("diverged"), "{e}");
+}
+
+#[test]
+fn save_refuses_non_finite_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fx = Fixture::new(preset("tiny"));
+    let good = fx.save(tmp.path(), 100, 1);
+    for (i, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+        fx.params[5] = bad;
+        let model = ckpt::named_from_layout(&fx.layout, &fx.params).unwrap();
+        let e = err_text(ckpt::save(tmp.path(), &fx.manifest(200 + i as u64), &model, &[], 1));
+        assert!(e.contains("non-finite") && e.contains(&fx.layout.params[0].name) && e.contains("older ones are kept"), "{e}");
+    }
+    fx.params[5] = 0.0;
+    fx.m[7] = f32::NAN;
+    let model = ckpt::named_from_layout(&fx.layout, &fx.params).unwrap();
+    let optim = vec![NamedTensor { name: "adamw.m".into(), shape: vec![fx.layout.total], data: &fx.m }];
+    let e = err_text(ckpt::save(tmp.path(), &fx.manifest(300), &model, &optim, 1));
+    assert!(e.contains("adamw.m") && e.contains("optimizer.safetensors"), "{e}");
+    // The one good checkpoint (keep 1) is still there and loads.
+    assert_eq!(step_names(tmp.path()), ["step_00000100"]);
+    ckpt::load(&good).unwrap();
+}
+
+/// The newest checkpoint that verifies is chosen; damaged and incomplete
+/// newer ones are passed over.
+#[test]
+fn load_newest_good_falls_back_past_damaged_and_incomplete_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path();
+    assert!(ckpt::load_newest_good(run).unwrap().is_none());
+    let fx = Fixture::new(preset("tiny"));
+    for step in [100, 200, 300] {
+        fx.save(run, step, 5);
+    }
+    let file = run.join("checkpoints/step_00000300/model.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    let at = data_start(&bytes) + 40;
+    bytes[at] ^= 0x10;
+    fs::write(&file, &bytes).unwrap();
+    fs::remove_file(run.join("checkpoints/step_00000200/manifest.json")).unwrap();
+    assert_eq!(ckpt::load_newest_good(run).unwrap().unwrap().manifest.step, 100);
+    // None usable: an error listing each reason.
+    fs::remove_file(run.join("checkpoints/step_00000100/optimizer.safetensors")).unwrap();
+    let e = err_text(ckpt::load_newest_good(run));
+    assert!(e.contains("no usable checkpoint") && e.contains("step_00000300") && e.contains("damaged") && e.contains("incomplete"), "{e}");
+}
+
+/// A kill in the middle of pruning (a deletion) must not leave litter that
+/// is never cleaned: incomplete older step folders and `*.pruned.tmp`
+/// leftovers go at the next save, and so do older `*.shards` staging
+/// folders of killed sharded saves; newer ones stay.
+#[test]
+fn prune_removes_incomplete_older_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path();
+    let fx = Fixture::new(preset("tiny"));
+    fx.save(run, 100, 2);
+    fs::create_dir_all(run.join("checkpoints/step_00000050")).unwrap();
+    fs::write(run.join("checkpoints/step_00000050/optimizer.safetensors"), b"half deleted").unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000040.pruned.tmp")).unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000900")).unwrap();
+    // Shard staging of a save killed before publishing (ckpt/train_state.rs).
+    fs::create_dir_all(run.join("checkpoints/step_00000150.shards")).unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000950.shards")).unwrap();
+    fx.save(run, 200, 2);
+    assert_eq!(step_names(run), ["step_00000100", "step_00000200", "step_00000900", "step_00000950.shards"]);
+    fx.save(run, 300, 2);
+    assert_eq!(step_names(run), ["step_00000200", "step_00000300", "step_00000900", "step_00000950.shards"]);
+}
+
+/// A full disk is reported in words, not as Rust debug output.
+#[test]
+fn write_errors_are_plain_words() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let data = [1.0f32; 4];
+    let t = ferrotron::ckpt::tensors::OutTensor {
+        name: "x".into(),
+        shape: vec![4],
+        dtype: Dtype::F32,
+        values: ferrotron::ckpt::tensors::OutValues::F32(Box::new(|| std::borrow::Cow::Borrowed(&data[..]))),
+    };
+    let e = err_text(ferrotron::ckpt::tensors::write(Path::new("/dev/full"), &[t], None));
+    assert!(e.contains("No space left on device") && !e.contains("IoError") && !e.contains("Os {"), "{e}");
 }

@@ -11,15 +11,17 @@ use crate::util::rng::Rng;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// The run's config and the fp32 weights of its newest complete checkpoint.
+/// The run's config and the fp32 weights of its newest usable checkpoint
+/// (never non-finite ones: `ckpt::load` refuses those).
 pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{} is not a run folder: cannot read {}", run.display(), cfg_path.display()))?;
     let cfg = config::from_run_toml(&text, &cfg_path.display().to_string())?;
-    let Some(dir) = ckpt::latest(run)? else {
+    // The newest checkpoint that verifies (checksums, finite values); a
+    // damaged newer one is passed over with a warning (ckpt/recover.rs).
+    let Some(loaded) = ckpt::load_newest_good(run)? else {
         bail!("run {} has no complete checkpoint yet (checkpoints/step_*)", run.display());
     };
-    let loaded = ckpt::load(&dir)?;
     let layout = crate::model::layout::ParamLayout::new(&cfg.model);
     let mut params = vec![0.0f32; layout.total];
     ckpt::load_into_layout(&loaded, &layout, &mut params)?;

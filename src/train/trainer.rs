@@ -4,6 +4,7 @@
 //! metrics; every `eval_every` steps a validation pass, every `ckpt_every`
 //! steps a checkpoint.
 
+use super::guard::Guard;
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
@@ -38,6 +39,8 @@ pub struct RunSummary {
     pub samples: Vec<String>,
     /// This process's rank (0 when not distributed): only rank 0 reports.
     pub rank: usize,
+    /// Steps not applied over the whole run (see `guard`).
+    pub skipped_steps: u64,
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
@@ -49,9 +52,13 @@ pub(super) struct State<B: Backend> {
     pub(super) zero: Zero<B>,
     opt: Box<dyn Optimizer<B>>,
     train: Loader,
-    val: Loader,
+    /// `None` when the data has no validation split (`prepare --val-fraction 0`).
+    val: Option<Loader>,
     rng: Rng,
     step: u64,
+    /// Bad-step policy (guard.rs); its decisions use the global loss and
+    /// gradient norm, so every rank decides alike.
+    pub(super) guard: Guard,
 }
 
 impl<B: Backend> State<B> {
@@ -69,6 +76,7 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
         _ => None,
     };
+    super::preflight::check_host_memory(&cfg)?;
     let world = crate::dist::WorldInfo::from_env()?;
     let gpu = world.cuda_device(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
     on_device(&cfg.device, gpu, TrainJob { cfg: &cfg, resume, init, world })
@@ -111,11 +119,24 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     }
     let mut st = new_state(&mut b, cfg, &data, comm)?;
     let lead = st.lead();
-    // Rank 0 names and creates the run folder; the others learn its name.
+    // Rank 0 names, creates and locks the run folder (one training per
+    // folder: util/lock.rs; held until this returns); the others learn its name.
+    let mut _lock = None;
     let run_dir = match resume {
-        Some(dir) => dir.to_path_buf(),
+        Some(dir) => {
+            if lead {
+                _lock = Some(crate::util::lock::RunLock::acquire(dir)?);
+            }
+            dir.to_path_buf()
+        }
         None => {
-            let made = if lead { run_dir::create(cfg)?.display().to_string() } else { String::new() };
+            let made = if lead {
+                let (dir, lock) = run_dir::create(cfg)?;
+                _lock = Some(lock);
+                dir.display().to_string()
+            } else {
+                String::new()
+            };
             PathBuf::from(crate::dist::share_string(st.zero.comm.as_mut(), &made)?)
         }
     };
@@ -126,7 +147,16 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
         st.zero.set_weights(&mut b, &weights)?;
     }
     if resume.is_some() {
-        restore(&mut b, &mut st, cfg, &run_dir)?;
+        let restored = restore(&mut b, &mut st, cfg, &run_dir)?;
+        if lead && !restored {
+            eprintln!("note: {} has no checkpoint yet (stopped before its first one?): starting it from step 0", run_dir.display());
+        }
+        // The resume rule: this resume's settings become the run's (README).
+        if lead {
+            for change in run_dir::record_config(&run_dir, cfg)? {
+                eprintln!("note: config.toml updated: {change}");
+            }
+        }
     }
     let mut metrics = if lead { Some(MetricsWriter::open(&run_dir, resume.map(|_| st.step))?) } else { None };
     let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress && lead);
@@ -148,9 +178,13 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     if !cfg.model.init_from.is_empty() {
         say(format!("weights and model shape from {}", cfg.model.init_from));
     }
-    let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-    say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], rank: st.zero.rank() };
+    if st.val.is_some() {
+        let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
+        say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+    } else {
+        say(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
+    }
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0, rank: st.zero.rank() };
     let started = Instant::now();
     let first_step = st.step;
     // MFU where the device's peak is known (causal attention FLOPs halved);
@@ -165,8 +199,13 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
             m.train(&line)?;
         }
         progress.update(st.step, line.loss, line.tokens_per_s);
+        if let Some(why) = &line.skipped {
+            say(format!("step {:>6} | skipped, not applied: {why}", st.step));
+            let weights_finite = weights_finite(&mut b, &mut st)?;
+            st.guard.check_streak(why, weights_finite, &run_dir)?;
+        }
         let last = st.step == cfg.train.steps;
-        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
+        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0 || last) && st.val.is_some() {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
             if let Some(m) = metrics.as_mut() {
@@ -179,12 +218,19 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
-            save(&mut b, &mut st, cfg, &run_dir)?;
+            if st.guard.in_streak() {
+                say(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
+            } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
+                say(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
+            } else {
+                save(&mut b, &mut st, cfg, &run_dir)?;
+            }
         }
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
+    summary.skipped_steps = st.guard.state.skipped;
     summary.tokens_per_s = (st.step - first_step) as f64 * (tokens_per_step(cfg) * world) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
@@ -210,8 +256,11 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
     let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
     let (rank, world) = (zero.rank(), zero.world());
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
-    let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
-    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
+    let val = match data.len(Split::Val) {
+        0 => None,
+        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?),
+    };
+    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
 /// One optimizer step: every micro-batch's forward and backward (gradients
@@ -234,15 +283,16 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
     let comm_start = b.mark()?;
     st.zero.finish_grads(b)?;
     let loss = st.zero.mean_host(loss_sum / t.grad_accum as f64)? as f32;
-    if !loss.is_finite() {
-        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
-    }
     let grad_norm = st.zero.grad_norm(b)? as f32;
+    // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
+    let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
     let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
     let opt_start = b.mark()?;
     let lr = lr_at(t, cfg.optimizer.lr, st.step);
-    st.opt.step(b, st.zero.shard_params, st.zero.shard_grads, lr, clip)?;
-    st.zero.after_step(b)?;
+    if skipped.is_none() {
+        st.opt.step(b, st.zero.shard_params, st.zero.shard_grads, lr, clip)?;
+        st.zero.after_step(b)?;
+    }
     let end = b.mark()?;
     let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
     let (opt_ms, reduce_ms) = (b.elapsed_ms(opt_start, end)?, b.elapsed_ms(comm_start, opt_start)?);
@@ -260,6 +310,7 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         bwd_ms: Some(bwd_ms + reduce_ms),
         opt_ms: Some(opt_ms),
         mfu: None,
+        skipped,
     })
 }
 
@@ -267,13 +318,37 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
 /// mean over ranks).
 fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f32> {
     let t = &cfg.train;
-    st.val.reset();
+    let val = st.val.as_mut().expect("evaluate is called only with a validation split");
+    val.reset();
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
-        let batch = st.val.next_batch()?;
+        let batch = val.next_batch()?;
         sum += st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
     Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
+}
+
+/// Whether the weights as they are now give a finite loss on the first
+/// validation batch (the mean over ranks): checked before a checkpoint is
+/// written, so that an update that overflowed the weights (finite, but
+/// useless) never replaces a good checkpoint (guard.rs). A collective like
+/// `evaluate`. True without a validation split.
+fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<bool> {
+    let t = &cfg.train;
+    let Some(val) = st.val.as_mut() else { return Ok(true) };
+    val.reset();
+    let batch = val.next_batch()?;
+    let loss = st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+    Ok(st.zero.mean_host(loss)?.is_finite())
+}
+
+/// Whether the master weights of every rank are finite (their sum of
+/// squares, reduced over ranks; a collective). Asked after skipped steps.
+fn weights_finite<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<bool> {
+    let z = &st.zero;
+    let n = if z.stage == 0 { st.model.layout.total } else { z.part.shard_len(z.rank()) };
+    let ss = if n > 0 { b.sum_squares(crate::backend::View::whole(z.shard_params, n))? } else { 0.0 };
+    Ok(st.zero.mean_host(ss)?.is_finite())
 }
 
 /// A checkpoint of the whole state (a collective: every rank calls it).
@@ -291,6 +366,7 @@ fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) 
             loader: serde_json::to_value(st.train.state())?,
             rng: serde_json::to_value(&st.rng)?,
             optimizer: st.opt.meta(),
+            guard: st.guard.to_json(),
             ..ckpt::Manifest::new(st.step, cfg.to_toml())
         };
         let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest, sharding, rank, keep_last: cfg.train.keep_ckpts };
@@ -301,11 +377,11 @@ fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) 
     Ok(dir)
 }
 
-fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<()> {
-    let Some(dir) = ckpt::latest(run_dir)? else {
-        bail!("cannot resume {}: it has no complete checkpoint yet (checkpoints/step_*)", run_dir.display());
-    };
-    let loaded = ckpt::load(&dir)?;
+/// Load the newest usable checkpoint (ckpt/recover.rs: damaged ones are
+/// passed over, saying so); `false` when the run has none.
+fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
+    let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
+    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &loaded.dir)?;
     check_global_batch(&loaded, cfg, st.zero.world())?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
@@ -315,7 +391,8 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
-    Ok(())
+    st.guard.load_json(&loaded.manifest.guard)?;
+    Ok(true)
 }
 
 /// A resume may change the number of ranks and the per-rank batch, not the

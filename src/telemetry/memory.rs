@@ -123,6 +123,9 @@ fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, w: u64) -> u64 {
     let len = |u: usize| part.units[u].len() as u64;
     let (embed, head) = (len(0), len(part.units.len() - 1));
     let layer = (1..part.units.len() - 1).map(len).max().unwrap_or(0);
+    if stage < 2 {
+        return 0;
+    }
     let wb = if stage == 3 { w } else { 0 };
     if cfg.model.tied_embeddings {
         ((embed + head) * (wb + FP32)).max(embed * FP32 + layer * (wb + FP32)).max(embed * wb)

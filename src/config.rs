@@ -38,6 +38,18 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     pub run: RunConfig,
     pub dist: DistConfig,
+    pub debug: DebugConfig,
+}
+
+/// Failure injection for tests of fault tolerance.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// After this step (0 = never) rank `fail_rank` exits with an error, in
+    /// the first attempt only: a run restarted by `launch --max-restarts`
+    /// does not fail again.
+    pub fail_step: u64,
+    pub fail_rank: usize,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself
@@ -292,6 +304,7 @@ impl Default for Config {
             optimizer: OptimizerConfig::default(),
             run: RunConfig::default(),
             dist: DistConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 }

@@ -136,6 +136,11 @@ enum Command {
         /// Rendezvous port (default: a free one on one node, 29500 on several).
         #[arg(long)]
         master_port: Option<u16>,
+        /// On a rank's failure, stop all ranks and start them again, up to N
+        /// times; `train` continues from its newest complete checkpoint (give
+        /// the run a name: --set run.name=...).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        max_restarts: u32,
         /// The ferrotron command each rank runs, with its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -232,8 +237,8 @@ fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Launch { nproc_per_node, nnodes, node_rank, master_addr, master_port, command } => {
-            ferrotron::dist::launch::launch(&ferrotron::dist::launch::LaunchArgs { nproc_per_node, nnodes, node_rank, master_addr, master_port, command })
+        Command::Launch { nproc_per_node, nnodes, node_rank, master_addr, master_port, max_restarts, command } => {
+            ferrotron::dist::launch::launch(&ferrotron::dist::launch::LaunchArgs { nproc_per_node, nnodes, node_rank, master_addr, master_port, command, max_restarts })
         }
         Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;
@@ -249,6 +254,7 @@ fn load_config(args: &ConfigArgs) -> Result<Config> {
 }
 
 fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
+    let resume = resume.or_else(|| restarted_run(&args));
     let cfg = match &resume {
         Some(dir) => train::run_dir::resume_config(dir, &args.set, args.config.as_deref())?,
         None => load_config(&args)?,
@@ -275,6 +281,17 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     }
     outln!("\nloss plot: {}", s.run_dir.join("loss.png").display())?;
     Ok(())
+}
+
+/// After a restart by `launch --max-restarts`, a new-run command continues
+/// the folder the first attempt created (named by run.name).
+fn restarted_run(args: &ConfigArgs) -> Option<PathBuf> {
+    if train::trainer::restart_count() == 0 {
+        return None;
+    }
+    let cfg = load_config(args).ok()?;
+    let dir = PathBuf::from(&cfg.run.dir).join(&cfg.run.name);
+    (!cfg.run.name.is_empty() && dir.join("config.toml").exists()).then_some(dir)
 }
 
 fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fraction: f64, text_column: String, overwrite: bool) -> Result<()> {

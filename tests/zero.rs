@@ -307,3 +307,42 @@ impl<B: ferrotron::backend::Backend> ferrotron::model::store::ParamStore<B> for 
         self.inner.grads()
     }
 }
+
+/// `launch --max-restarts 1` with rank 1 failing after step 5
+/// (`debug.fail_step`): every rank restarts from the step-4 checkpoint and
+/// the run ends with the losses and weights of an uninterrupted run.
+#[test]
+fn a_rank_failure_restarts_from_the_checkpoint_and_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = |n: &str| vec!["--set".to_string(), format!("train.ckpt_every={n}")];
+    run(tmp.path(), 2, base_args("plain", "adamw", GLOBAL_BATCH / 2, 10, &ck("4")));
+    let mut fail = ck("4");
+    fail.extend(["--set", "debug.fail_step=5", "--set", "debug.fail_rank=1", "--set", "dist.zero_stage=2"].map(String::from));
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(tmp.path()).args(["launch", "--nproc-per-node", "2", "--max-restarts", "1"]).args(base_args("restarted", "adamw", GLOBAL_BATCH / 2, 10, &fail));
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rank 1") && err.contains("restart 1 of 1"), "the launcher names the failed rank and the restart: {err}");
+    let dir = runs(tmp.path()).join("restarted");
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert!(text.contains("\"restarts\":1"), "steps after the restart record it");
+    assert_close("restarted", &runs(tmp.path()).join("plain"), &dir);
+}
+
+/// Without restarts a failing rank ends the whole run, non-zero, naming it;
+/// the newest checkpoint stays loadable.
+#[test]
+fn a_failing_rank_stops_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = ["--set", "debug.fail_step=5", "--set", "debug.fail_rank=1", "--set", "train.ckpt_every=4", "--set", "dist.zero_stage=3"].map(String::from).to_vec();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin()).current_dir(tmp.path()).args(["launch", "--nproc-per-node", "2"]).args(base_args("dies", "adamw", 6, 10, &extra)).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank 1 exited"), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the others stop within the timeout");
+    let dir = runs(tmp.path()).join("dies");
+    assert_eq!(ckpt::latest(&dir).unwrap().unwrap().file_name().unwrap(), "step_00000004");
+    assert!(ckpt::load(&ckpt::latest(&dir).unwrap().unwrap()).is_ok());
+}

@@ -42,6 +42,14 @@ pub struct TrainMetrics {
     /// loss spike); absent for applied steps. See `train::guard`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Step times over ranks (several ranks only): min/mean/max, the
+    /// slowest rank, and a straggler once one is consistently slowest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<super::ranks::RankTimes>,
+    /// Times the launcher restarted the ranks before this step (`launch
+    /// --max-restarts`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
 }
 
 /// `null` (how serde_json writes NaN and infinity) as NaN.

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod ranks;
 pub mod report;
 pub mod run_report;
 

@@ -191,9 +191,22 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     // tokens per second are global, so the peak is the world's.
     let peak_flops = telemetry::flops::peak_flops_for(&b.device_name()).map(|p| p * world as f64);
     let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
+    let restarts = restart_count();
+    if restarts > 0 {
+        say(format!("restart {restarts}: continuing from step {} (launch --max-restarts)", st.step));
+    }
+    let mut stragglers = telemetry::ranks::StragglerWatch::default();
     while st.step < cfg.train.steps {
         let mut line = train_step(&mut b, &mut st, cfg)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
+        line.restarts = (restarts > 0).then_some(restarts);
+        line.ranks = stragglers.observe(st.zero.comm.as_mut(), line.step_ms)?;
+        if let Some(r) = line.ranks.as_ref().and_then(|t| t.straggler) {
+            if lead && line.ranks.as_ref().is_some_and(|t| t.slowest == r) && (st.step % 50 == 0 || line.step == first_step + telemetry::ranks::STRAGGLER_STEPS as u64) {
+                say(format!("step {:>6} | rank {r} is a straggler: slowest by >{:.0}% for {}+ steps", st.step, telemetry::ranks::STRAGGLER_MARGIN * 100.0, telemetry::ranks::STRAGGLER_STEPS));
+            }
+        }
+        fail_on_purpose(cfg, st.zero.rank(), st.step, restarts)?;
         summary.losses.push(line.loss as f32);
         if let Some(m) = metrics.as_mut() {
             m.train(&line)?;
@@ -311,6 +324,7 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         opt_ms: Some(opt_ms),
         mfu: None,
         skipped,
+        ..Default::default()
     })
 }
 
@@ -393,6 +407,22 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
     st.step = loaded.manifest.step;
     st.guard.load_json(&loaded.manifest.guard)?;
     Ok(true)
+}
+
+/// Times `ferrotron launch --max-restarts` has restarted this run's ranks
+/// (its FERROTRON_RESTART variable).
+pub fn restart_count() -> u32 {
+    std::env::var(crate::dist::launch::RESTART_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// `debug.fail_step` / `debug.fail_rank`: this rank exits with an error
+/// after that step, in the first attempt only.
+fn fail_on_purpose(cfg: &Config, rank: usize, step: u64, restarts: u32) -> Result<()> {
+    let d = &cfg.debug;
+    if d.fail_step > 0 && step == d.fail_step && rank == d.fail_rank && restarts == 0 {
+        bail!("debug.fail_step: rank {rank} fails after step {step} on purpose");
+    }
+    Ok(())
 }
 
 /// A resume may change the number of ranks and the per-rank batch, not the

@@ -115,8 +115,8 @@ fn resume_across_tiers_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let nvme = format!("offload.path=\"{}\"", tmp.path().join("nvme").display());
     let full = train(&cfg(tmp.path(), "full", &["optimizer.name=adamw8bit"]), None).unwrap();
-    for (first, then) in [("offload.optimizer=nvme", "offload.optimizer=cpu"), ("offload.optimizer=cpu", "offload.optimizer=none"), ("offload.optimizer=none", "offload.optimizer=nvme")] {
-        let name = format!("k{}", first.len() + then.len());
+    for (i, (first, then)) in [("offload.optimizer=nvme", "offload.optimizer=cpu"), ("offload.optimizer=cpu", "offload.optimizer=none"), ("offload.optimizer=none", "offload.optimizer=nvme")].into_iter().enumerate() {
+        let name = format!("killed{i}");
         let run = tmp.path().join(&name);
         train(&cfg(tmp.path(), &name, &["optimizer.name=adamw8bit", first, &nvme]), None).unwrap();
         std::fs::remove_dir_all(run.join("checkpoints/step_00000010")).unwrap();

@@ -73,6 +73,9 @@ struct Job {
     grads: Vec<f32>,
     lr: f32,
     clip: f32,
+    /// The optimizer's scalar state before this step (a unit read from
+    /// its file needs it).
+    meta: serde_json::Value,
 }
 
 struct Done {
@@ -103,6 +106,9 @@ pub struct Offload {
     /// Each unit's complete gradients on the host, this step.
     host_grads: Vec<Option<Vec<f32>>>,
     last_micro: bool,
+    /// The optimizer's scalar state (step count) after the latest step:
+    /// the NVMe tier's files hold tensors only.
+    meta: serde_json::Value,
     lr: f32,
     overlap: bool,
     in_flight: usize,
@@ -161,6 +167,7 @@ impl Offload {
             gv: ModelViews::new(layout, NOT_HERE, cfg.model.n_layers),
             host_grads: vec![None; units],
             last_micro: true,
+            meta: serde_json::Value::Null,
             lr: 0.0,
             overlap: false,
             in_flight: 0,
@@ -191,12 +198,13 @@ impl Offload {
             let order: Vec<usize> = (0..self.ranges.len()).rev().collect();
             let (tx, rx) = sync_channel(self.prefetch);
             let sh = self.shared.clone();
+            let meta = self.meta.clone();
             std::thread::Builder::new()
                 .name("offload-prefetch".into())
                 .spawn(move || {
                     let files = sh.files.as_ref().expect("nvme tier has files");
                     for u in order {
-                        if tx.send((u, files.read(u, &sh.cfg, &sh.layouts[u]))).is_err() {
+                        if tx.send((u, files.read(u, &sh.cfg, &sh.layouts[u], &meta))).is_err() {
                             return;
                         }
                     }
@@ -221,7 +229,7 @@ impl Offload {
     fn dispatch(&mut self, u: usize, grads: Vec<f32>, clip: f32) -> Result<()> {
         let host = self.hosts[u].take();
         ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
-        self.send(Msg::Job(Job { unit: u, host, grads, lr: self.lr, clip }))?;
+        self.send(Msg::Job(Job { unit: u, host, grads, lr: self.lr, clip, meta: self.meta.clone() }))?;
         self.in_flight += 1;
         Ok(())
     }
@@ -271,6 +279,7 @@ impl Offload {
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
         b.upload(view, d.host.master())?;
         b.params_changed(view)?;
+        self.meta = d.host.opt.meta();
         if self.overlap {
             self.host_grads[d.unit] = Some(d.grads);
         }
@@ -297,7 +306,7 @@ impl Offload {
         match (&mut self.hosts[u], &self.shared.files) {
             (Some(h), _) => f(h),
             (None, Some(files)) => {
-                let mut h = files.read(u, &self.shared.cfg, &self.shared.layouts[u])?;
+                let mut h = files.read(u, &self.shared.cfg, &self.shared.layouts[u], &self.meta)?;
                 f(&mut h)?;
                 files.write(&mut h).map(|_| ())
             }
@@ -352,6 +361,7 @@ impl Offload {
                 h.opt.load_meta(&meta)
             })?;
         }
+        self.meta = meta;
         Ok(())
     }
 
@@ -490,7 +500,7 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
                     }
                     _ => {
                         *ahead = None;
-                        stash.insert(u, files.read(u, &sh.cfg, &sh.layouts[u]));
+                        stash.insert(u, files.read(u, &sh.cfg, &sh.layouts[u], &job.meta));
                     }
                 }
             }

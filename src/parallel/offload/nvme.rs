@@ -161,9 +161,13 @@ impl StateFiles {
         Ok(total as u64)
     }
 
-    /// A unit's master weights and state, read back from its file.
-    pub fn read(&self, unit: usize, cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<UnitHost> {
+    /// A unit's master weights and state, read back from its file, with
+    /// the optimizer's scalar state `meta` (step count; `Null`: fresh).
+    pub fn read(&self, unit: usize, cfg: &OptimizerConfig, layout: &ParamLayout, meta: &serde_json::Value) -> Result<UnitHost> {
         let mut host = UnitHost::new(unit, cfg, layout)?;
+        if !meta.is_null() {
+            host.opt.load_meta(meta)?;
+        }
         let states = host.opt.state_tensors();
         let mut sizes = vec![4 * host.master.len];
         sizes.extend(states.iter().map(|t| t.bytes() as usize));

@@ -39,6 +39,52 @@ pub struct Config {
     pub run: RunConfig,
     pub dist: DistConfig,
     pub debug: DebugConfig,
+    pub offload: OffloadConfig,
+}
+
+/// Where the optimizer's state and master weights live (ZeRO-Offload /
+/// Fuyou style): `none` (on the device), `cpu` (host memory, the step runs
+/// on the CPU), `nvme` (files under `path`, streamed through host memory).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadConfig {
+    /// `none`, `cpu` or `nvme`.
+    pub optimizer: String,
+    /// `none` (only value for now: weights stay on the device).
+    pub params: String,
+    /// Folder for the NVMe tier's scratch files (not checkpoints).
+    pub path: String,
+    /// NVMe tier: units read ahead of the optimizer step.
+    pub prefetch: usize,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2 }
+    }
+}
+
+impl OffloadConfig {
+    pub fn enabled(&self) -> bool {
+        self.optimizer != "none"
+    }
+    pub fn validate(&self) -> Result<()> {
+        if !["none", "cpu", "nvme"].contains(&self.optimizer.as_str()) {
+            bail!("offload.optimizer = `{}` is unknown; use none, cpu or nvme", self.optimizer);
+        }
+        match self.params.as_str() {
+            "none" => {}
+            "cpu" | "nvme" => bail!("offload.params = {} is not implemented yet: weights stay on the device; use offload.optimizer = cpu or nvme to move the optimizer state and master weights off it", self.params),
+            other => bail!("offload.params = `{other}` is unknown; use none"),
+        }
+        if self.optimizer == "nvme" && self.path.is_empty() {
+            bail!("offload.optimizer = nvme needs offload.path, a folder on a fast local disk for the state files");
+        }
+        if self.prefetch == 0 {
+            bail!("offload.prefetch must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 /// Failure injection for tests of fault tolerance.
@@ -305,6 +351,7 @@ impl Default for Config {
             run: RunConfig::default(),
             dist: DistConfig::default(),
             debug: DebugConfig::default(),
+            offload: OffloadConfig::default(),
         }
     }
 }
@@ -730,7 +777,12 @@ impl Config {
         if t.keep_ckpts == 0 {
             bail!("train.keep_ckpts must be at least 1");
         }
-        self.dist.validate()
+        self.dist.validate()?;
+        self.offload.validate()?;
+        if self.offload.enabled() && !["adamw", "adamw8bit"].contains(&self.optimizer.name.as_str()) {
+            bail!("offload.optimizer = {} runs AdamW and 8-bit AdamW on the CPU; optimizer.name = {} is not offloadable yet (use adamw or adamw8bit, or offload.optimizer = none)", self.offload.optimizer, self.optimizer.name);
+        }
+        Ok(())
     }
 
     /// The resolved config as TOML (saved in each run folder).

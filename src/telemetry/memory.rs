@@ -98,6 +98,14 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let (w, g, act) = precision(&cfg.device);
     let activations = activation_bytes(cfg, act);
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
+    if cfg.offload.enabled() {
+        // parallel::offload: the device keeps the compute weights and each
+        // unit's gradients while its backward runs (all of them across
+        // micro-batches when accumulating); state and master are off it.
+        let part = Partition::new(&cfg.model, &layout, 1, false);
+        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, unit_buffers(cfg, &part, 2, w)) };
+        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers };
+    }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
         return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0 };

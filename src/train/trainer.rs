@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::ckpt::{self, train_state::{self, SaveParts, Sharding}};
 use crate::dist::Comm;
 use crate::optim::groups::MATRIX_OPTIMIZERS;
+use crate::parallel::offload::{self, Offload};
 use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
@@ -51,6 +52,10 @@ pub(super) struct State<B: Backend> {
     pub(super) model: Model,
     pub(super) zero: Zero<B>,
     opt: Box<dyn Optimizer<B>>,
+    /// `offload.optimizer = cpu | nvme`: master weights and optimizer state
+    /// off the device (then `opt` is a stand-in and `zero` holds only the
+    /// device weights).
+    off: Option<Offload>,
     train: Loader,
     /// `None` when the data has no validation split (`prepare --val-fraction 0`).
     val: Option<Loader>,
@@ -145,6 +150,9 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     }
     if let Some(weights) = init {
         st.zero.set_weights(&mut b, &weights)?;
+        if let Some(off) = st.off.as_mut() {
+            off.set_weights(&weights)?;
+        }
     }
     if resume.is_some() {
         let restored = restore(&mut b, &mut st, cfg, &run_dir)?;
@@ -262,24 +270,41 @@ pub(super) fn tokens_per_step(cfg: &Config) -> usize {
 
 pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>) -> Result<State<B>> {
     let t = &cfg.train;
+    if cfg.offload.enabled() {
+        if comm.world() > 1 || cfg.dist.zero_stage > 0 {
+            bail!("offload.optimizer = {} runs in one process (ZeRO stage 0) for now; launch one rank or set offload.optimizer = none", cfg.offload.optimizer);
+        }
+        // Before anything is allocated: enough host memory and disk?
+        offload::budget::check_before_start(cfg)?;
+    }
     let model = Model::new_bare(&cfg.model, Recompute::of(t)).with_logits_chunk(t.logits_chunk);
     let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
-    let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
-    let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+    let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
+        let zero = Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights)?;
+        let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
+        (zero, Box::new(offload::OnHost { name }), Some(Offload::new(cfg, &model.layout, &weights)?))
+    } else {
+        let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
+        let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+        (zero, opt, None)
+    };
     let (rank, world) = (zero.rank(), zero.world());
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
     let val = match data.len(Split::Val) {
         0 => None,
         _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?),
     };
-    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
+    Ok(State { model, zero, opt, off, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
 /// One optimizer step: every micro-batch's forward and backward (gradients
 /// reduced as the store decides), the global gradient norm and clipping,
 /// the optimizer on this rank's shard, the weights brought up to date.
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+    if st.off.is_some() {
+        return offload_step(b, st, cfg);
+    }
     let t = &cfg.train;
     let world = st.zero.world();
     let start = Instant::now();
@@ -324,6 +349,50 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         opt_ms: Some(opt_ms),
         mfu: None,
         skipped,
+        ..Default::default()
+    })
+}
+
+/// [`train_step`] of an offloaded run: the gradients go to the host as
+/// each unit's backward ends, the optimizer steps there (see
+/// `parallel::offload` for the order and for clipping).
+fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+    let t = &cfg.train;
+    let start = Instant::now();
+    b.clear_marks();
+    st.model.clear_phase_spans();
+    let lr = lr_at(t, cfg.optimizer.lr, st.step);
+    let off = st.off.as_mut().expect("an offloaded run");
+    off.begin_step(lr, t.grad_clip)?;
+    let mut loss_sum = 0.0f64;
+    for i in 0..t.grad_accum {
+        let batch = st.train.next_batch()?;
+        let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
+        off.set_last_micro(i + 1 == t.grad_accum);
+        loss_sum += st.model.forward_backward_in(b, &mut off.store(&mut st.zero), &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+    }
+    let opt_start = b.mark()?;
+    let grad_norm = off.finish(b, &mut st.zero, t.grad_clip)?;
+    let loss = (loss_sum / t.grad_accum as f64) as f32;
+    if !loss.is_finite() {
+        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
+    }
+    let end = b.mark()?;
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
+    st.step += 1;
+    let step_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(TrainMetrics {
+        step: st.step,
+        loss: loss as f64,
+        lr: lr as f64,
+        grad_norm: grad_norm as f64,
+        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
+        step_ms,
+        peak_mem_bytes: b.peak_memory_bytes(),
+        fwd_ms: Some(fwd_ms),
+        bwd_ms: Some(bwd_ms),
+        opt_ms: Some(b.elapsed_ms(opt_start, end)?),
+        mfu: None,
         ..Default::default()
     })
 }
@@ -375,16 +444,28 @@ fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) 
     }
     st.zero.comm.barrier()?;
     let mut dir = ckpt::step_dir(run_dir, st.step);
+    // An offloaded run saves the same checkpoint as the plain run: its
+    // units' state assembled into the whole model's optimizer.
+    let mut host = match st.off.as_mut() {
+        Some(off) => Some(off.full_optimizer()?),
+        None => None,
+    };
     if rank == 0 {
         let manifest = ckpt::Manifest {
             loader: serde_json::to_value(st.train.state())?,
             rng: serde_json::to_value(&st.rng)?,
-            optimizer: st.opt.meta(),
+            optimizer: match &host {
+                Some((_, opt)) => opt.meta(),
+                None => st.opt.meta(),
+            },
             guard: st.guard.to_json(),
             ..ckpt::Manifest::new(st.step, cfg.to_toml())
         };
         let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest, sharding, rank, keep_last: cfg.train.keep_ckpts };
-        dir = train_state::publish(b, st.opt.as_ref(), run_dir, parts)?;
+        dir = match host.as_mut() {
+            Some((h, opt)) => train_state::publish(h, opt.as_ref(), run_dir, parts)?,
+            None => train_state::publish(b, st.opt.as_ref(), run_dir, parts)?,
+        };
     }
     // No rank runs ahead of a checkpoint that is not yet published.
     st.zero.comm.barrier()?;
@@ -401,7 +482,16 @@ fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.zero.set_weights(b, &params)?;
     let now = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
-    train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?;
+    match st.off.as_mut() {
+        Some(off) => {
+            off.set_weights(&params)?;
+            let mut h = crate::backend::cpu::CpuBackend::new();
+            let mut opt = offload::host_optimizer::host_optimizer(&mut h, &cfg.optimizer, &st.model.layout)?;
+            train_state::restore_optimizer(&mut h, opt.as_mut(), &loaded, &now, st.zero.rank())?;
+            off.load_optimizer(&mut h, &opt)?;
+        }
+        None => train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?,
+    }
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;

@@ -15,6 +15,6 @@ pub use checkpoint::{
     checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes,
     step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
-pub use hf::{export, hf_tensors, import, HfTensor, Source};
+pub use hf::{export, export_with, hf_tensors, import, ExportOptions, HfTensor, Source};
 pub use hf_config::{family_of, Family};
 pub use tensors::{ByteTensor, Dtype, Tensor};

@@ -73,7 +73,7 @@ fn run_on<B: Backend + 'static>(mut b: B, cfg: &Config, resume: Option<&Path>, i
         Some(dir) => dir.to_path_buf(),
         None => run_dir::create(cfg)?,
     };
-    crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+    data.tokenizer.save_to_run(&run_dir)?;
     let mut st = new_state(&mut b, cfg, &data)?;
     if let Some(weights) = init {
         st.model.set_params(&mut b, &weights)?;

@@ -31,7 +31,7 @@
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
-use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, PrecondArgs, SignArgs, View, IGNORE, QUANT_BLOCK};
+use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, Llama3Scaling, PrecondArgs, Rope, SignArgs, View, IGNORE, QUANT_BLOCK};
 
 const BF16_TOL: f32 = 1e-2;
 const MATMUL_TOL: f32 = 2e-2;
@@ -446,21 +446,30 @@ fn rope() {
     let Some(mut h) = gpu() else { return };
     // bf16 with head_dim % 8 == 0 takes the 4-wide kernel; f32 or other head
     // sizes the scalar one. q+k head counts below, at and above a multiple of
-    // the 8 heads a thread walks; positions up to 3000 (large angles).
+    // the 8 heads a thread walks; positions up to 3000 (large angles). Both
+    // backends rotate with the same host table (`Rope::inv_freq`), plain or
+    // with Llama 3 scaling (3.1's constants; and a small original context so
+    // that short sequences reach all three bands).
+    let plain = Rope::plain(10000.0);
+    let llama31 = Rope { theta: 500000.0, llama3: Some(Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 8192 }) };
+    let short = Rope { theta: 10000.0, llama3: Some(Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 64 }) };
     let cases = [
-        (AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 }, DType::Compute),
-        (AttnShape { batch: 1, seq: 3000, heads: 12, kv_heads: 4, head_dim: 64 }, DType::Compute),
-        (AttnShape { batch: 3, seq: 37, heads: 13, kv_heads: 13, head_dim: 32 }, DType::Compute),
-        (AttnShape { batch: 2, seq: 50, heads: 4, kv_heads: 2, head_dim: 6 }, DType::Compute),
-        (AttnShape { batch: 2, seq: 50, heads: 5, kv_heads: 1, head_dim: 16 }, DType::F32),
+        (AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 }, DType::Compute, plain),
+        (AttnShape { batch: 1, seq: 3000, heads: 12, kv_heads: 4, head_dim: 64 }, DType::Compute, plain),
+        (AttnShape { batch: 3, seq: 37, heads: 13, kv_heads: 13, head_dim: 32 }, DType::Compute, plain),
+        (AttnShape { batch: 2, seq: 50, heads: 4, kv_heads: 2, head_dim: 6 }, DType::Compute, plain),
+        (AttnShape { batch: 2, seq: 50, heads: 5, kv_heads: 1, head_dim: 16 }, DType::F32, plain),
+        (AttnShape { batch: 1, seq: 3000, heads: 8, kv_heads: 2, head_dim: 64 }, DType::Compute, llama31),
+        (AttnShape { batch: 2, seq: 200, heads: 2, kv_heads: 1, head_dim: 32 }, DType::Compute, short),
+        (AttnShape { batch: 2, seq: 200, heads: 2, kv_heads: 1, head_dim: 32 }, DType::F32, short),
     ];
-    for (s, dt) in cases {
+    for (s, dt, rope) in cases {
         let n = s.batch * s.seq * s.qkv_width();
         let x = h.randn(n, 1.0, dt);
-        let tag = format!("B={} T={} H={} KV={} D={} {dt:?}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
-        h.run(|be, i| be.rope_fwd(x[i], s, 10000.0));
+        let tag = format!("B={} T={} H={} KV={} D={} {dt:?} llama3={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, rope.llama3.is_some());
+        h.run(|be, i| be.rope_fwd(x[i], s, rope));
         h.check(&format!("rope_fwd (q,k rotated, v untouched) {tag}"), x, BF16_TOL);
-        h.run(|be, i| be.rope_bwd(x[i], s, 10000.0));
+        h.run(|be, i| be.rope_bwd(x[i], s, rope));
         h.check(&format!("rope_bwd (inverse) {tag}"), x, BF16_TOL);
     }
 }

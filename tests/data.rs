@@ -371,7 +371,7 @@ fn loader_over_many_shards_matches_memory() -> Result<()> {
     prepare(&[dir.path().join("in")], &out, &opts)?;
     let on_disk = Dataset::open(out.to_str().unwrap())?;
     let all = on_disk.tokens(Split::Train)?;
-    let in_memory = Dataset::from_tokens(on_disk.tokenizer, all.clone(), all, "memory");
+    let in_memory = Dataset::from_tokens(on_disk.tokenizer.clone(), all.clone(), all, "memory");
     let mut a = Loader::new(&on_disk, Split::Train, 3, 40, 9, 0, 1)?;
     let mut b = Loader::new(&in_memory, Split::Train, 3, 40, 9, 0, 1)?;
     for _ in 0..20 {

@@ -129,15 +129,17 @@ impl Rope {
         let (low_wavelen, high_wavelen) = ((old / s.low_freq_factor as f64) as f32, (old / s.high_freq_factor as f64) as f32);
         let span = (s.high_freq_factor as f64 - s.low_freq_factor as f64) as f32;
         let two_pi = std::f64::consts::TAU as f32;
+        // `scalar / tensor` in PyTorch is `tensor.reciprocal() * scalar`:
+        // two roundings, reproduced here.
         base.into_iter()
             .map(|f| {
-                let wavelen = two_pi / f;
+                let wavelen = (1.0 / f) * two_pi;
                 if wavelen > low_wavelen {
                     f / s.factor
                 } else if wavelen < high_wavelen {
                     f
                 } else {
-                    let smooth = (old as f32 / wavelen - s.low_freq_factor) / span;
+                    let smooth = ((1.0 / wavelen) * old as f32 - s.low_freq_factor) / span;
                     (1.0 - smooth) * f / s.factor + smooth * f
                 }
             })

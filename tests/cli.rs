@@ -217,7 +217,7 @@ fn generate_on_cuda_falls_back_to_the_cpu_for_other_head_sizes() {
 #[test]
 fn prepare_with_a_tokenizer_json_then_generate_and_export() {
     let tmp = tempfile::tempdir().unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let fixtures = fixtures_dir();
     std::fs::write(tmp.path().join("t.txt"), "The cat sat on the mat. The dog sat on the log.\n".repeat(30)).unwrap();
     fails_with(&ferrotron(&["prepare", "--input", "t.txt", "--out", "d", "--tokenizer", "nope/tokenizer.json"], tmp.path()), &["nope/tokenizer.json", "gpt2"]);
     let tok = fixtures.join("tokenizer").display().to_string();
@@ -243,4 +243,15 @@ fn prepare_with_a_tokenizer_json_then_generate_and_export() {
     for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(tmp.path().join("hf").join(f).exists(), "export lacks {f}");
     }
+}
+
+/// tests/fixtures/hf: relative to the working directory when it is there (a
+/// test executable run from a copy of the repository on another machine),
+/// else in the source tree this test was built from.
+fn fixtures_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new("tests/fixtures/hf");
+    if let Ok(abs) = here.canonicalize() {
+        return abs;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
 }

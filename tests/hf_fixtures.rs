@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
+    fixtures_dir()
 }
 
 /// name → (dtype, shape, raw bytes) of every tensor in a safetensors file.
@@ -312,4 +312,15 @@ fn llama3_vocabulary_in_info() {
     let c = config::load(None, &["model.preset=llama3-8b".into(), "model.rope_scaling_factor=32".into(), "model.rope_original_max_seq=8192".into()]).unwrap();
     let info = ferrotron::telemetry::report::format_info(&c);
     assert!(info.contains("128256") || info.contains("128,256"), "{info}");
+}
+
+/// tests/fixtures/hf: relative to the working directory when it is there (a
+/// test executable run from a copy of the repository on another machine),
+/// else in the source tree this test was built from.
+fn fixtures_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new("tests/fixtures/hf");
+    if let Ok(abs) = here.canonicalize() {
+        return abs;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
 }

@@ -105,25 +105,27 @@ def rounded(model, dtype):
     return model.eval()
 
 
-def train_briefly(model, fast, steps=300):
+def train_briefly(model, fast, steps=300, device="cpu"):
     """A few hundred AdamW steps on the corpus, so the model predicts it
     with clear margins: greedy generation then tests something readable
-    ("The cat sat" -> " on the mat. ...") and no near-tie decides a token."""
+    ("The cat sat" -> " on the mat. ...") and no near-tie decides a token.
+    Returns the model on the CPU."""
     ids = []
     for text in CORPUS:
         ids += fast(text)["input_ids"] + [fast.convert_tokens_to_ids(EOS)]
-    data = torch.tensor(ids)
+    data = torch.tensor(ids, device=device)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for step in range(steps):
-        start = torch.randint(0, len(data) - 65, (8,))
+        start = torch.randint(0, len(data) - 65, (8,))  # on the CPU generator: same draws on any device
         batch = torch.stack([data[s:s + 65] for s in start.tolist()])
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"trained {steps} steps, last loss {loss.item():.3f}")
-    return model.eval()
+    print(f"trained {steps} steps on {device}, last loss {loss.item():.3f}")
+    return model.cpu().eval()
 
 
 def save_model(model, out, dtype, tokens, max_shard_size=None):

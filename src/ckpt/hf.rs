@@ -435,3 +435,18 @@ fn import_file(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shard_groups;
+
+    #[test]
+    fn shards_hold_consecutive_tensors_up_to_the_limit() {
+        assert_eq!(shard_groups(&[10, 20, 30], 0), vec![0..3]);
+        assert_eq!(shard_groups(&[10, 20, 30], 60), vec![0..3]);
+        assert_eq!(shard_groups(&[10, 20, 30], 30), vec![0..2, 2..3]);
+        // A tensor above the limit gets a shard of its own.
+        assert_eq!(shard_groups(&[10, 50, 10, 10], 25), vec![0..1, 1..2, 2..4]);
+        assert_eq!(shard_groups(&[], 10), vec![0..0]);
+    }
+}

@@ -68,3 +68,20 @@ pub fn parse_size(text: &str) -> Result<u64> {
     }
     Ok((n * scale as f64) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_in_transformers_units() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("100KB").unwrap(), 100_000);
+        assert_eq!(parse_size("1.5 MB").unwrap(), 1_500_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("5XB").unwrap_err().to_string().contains("XB"));
+        assert!(parse_size("-1GB").is_err() && parse_size("GB").is_err());
+    }
+}

@@ -257,7 +257,7 @@ pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: 
                 weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
                 total += bytes(t);
             }
-            atomic::write_file_with(&dir.join(&name), |tmp| tensors::write(tmp, part, Some(meta.clone())))?;
+            atomic::write_file_with(&dir.join(name), |tmp| tensors::write(tmp, part, Some(meta.clone())))?;
         }
         let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let text = serde_json::to_vec_pretty(&index).context("cannot serialize the safetensors index")?;
@@ -282,7 +282,7 @@ fn dtype_bytes(dtype: Dtype) -> usize {
 /// tensor larger than `max` gets a run of its own); one run when `max` is 0.
 fn shard_groups(sizes: &[u64], max: u64) -> Vec<std::ops::Range<usize>> {
     if max == 0 || sizes.iter().sum::<u64>() <= max {
-        return vec![0..sizes.len()];
+        return std::iter::once(0..sizes.len()).collect();
     }
     let (mut groups, mut start, mut fill) = (Vec::new(), 0, 0u64);
     for (i, &b) in sizes.iter().enumerate() {

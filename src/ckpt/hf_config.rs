@@ -274,14 +274,13 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
         rope_original_max_seq: rope.llama3.map_or(8192, |s| s.original_max_seq),
         init_std: f.f32("initializer_range", 0.02)?,
         init_from: String::new(),
-        ..ModelConfig::default()
     })
 }
 
 /// The rotary embedding. transformers 4 writes a top-level `rope_theta` and
 /// `rope_scaling` (null, or `{rope_type | type, factor, ...}`); transformers
-/// >= 5 writes `rope_parameters: {rope_type, rope_theta, factor, ...}`. Read
-/// either; `default` and `llama3` are implemented, other types (linear,
+/// 5 and later write `rope_parameters: {rope_type, rope_theta, factor, ...}`.
+/// Read either; `default` and `llama3` are implemented, other types (linear,
 /// dynamic, yarn, ...) are refused rather than ignored.
 fn rope_of(f: &Fields) -> Result<Rope> {
     let top_theta = f.f32("rope_theta", 10000.0)?;

@@ -97,7 +97,7 @@ impl HfTokenizer {
         let bos = special("bos_token", &["<|begin_of_text|>", "<s>", "<bos>"])?;
         let eos = special("eos_token", &["<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>"])?;
         let probe = inner.encode_fast("a", true).map_err(|e| anyhow!("{}: cannot encode text: {e}", origin.display()))?;
-        let adds_specials = probe.get_special_tokens_mask().iter().any(|&m| m == 1);
+        let adds_specials = probe.get_special_tokens_mask().contains(&1);
         Ok(HfTokenizer { inner, vocab_size, bos, eos, adds_specials, json, config, source: origin.to_path_buf() })
     }
 

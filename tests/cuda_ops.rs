@@ -234,6 +234,17 @@ fn embedding() {
     }
     h.check("embed_bwd dwte (accumulated x2)", dwte, F32_TOL);
     h.check("embed_bwd dwpe (accumulated x2)", dwpe, F32_TOL);
+    // Llama 3's vocabulary: ids above 65535 index rows past 2^16 * c.
+    let (vocab, c) = (128256, 32);
+    let toks = h.ids(&[0, 65535, 65536, 100_000, 128255, 7]);
+    let wte = h.randn(vocab * c, 0.5, DType::F32);
+    let out = h.zeros(6 * c, DType::Compute);
+    h.run(|be, i| be.embed_fwd(out[i], toks[i], wte[i], None, 6, c));
+    h.check("embed_fwd vocab 128256", out, BF16_TOL);
+    let dout = h.randn(6 * c, 1.0, DType::Compute);
+    let dwte = h.zeros(vocab * c, DType::F32);
+    h.run(|be, i| be.embed_bwd(dwte[i], None, dout[i], toks[i], 6, c));
+    h.check("embed_bwd dwte vocab 128256", dwte, F32_TOL);
 }
 
 fn linear_case(h: &mut H, m: usize, k: usize, n: usize, off: usize, act: DType) {
@@ -546,11 +557,15 @@ fn attention_cases(h: &mut H) {
 #[test]
 fn softmax_xent() {
     let Some(mut h) = gpu() else { return };
-    // (rows, row width, classes): GPT-2's vocabulary unpadded and padded to 50304.
-    for (n, v, classes, dt) in [(37, 1000, 1000, DType::Compute), (8, 50257, 50257, DType::Compute), (8, 50304, 50257, DType::Compute), (19, 333, 301, DType::F32)] {
+    // (rows, row width, classes): GPT-2's vocabulary unpadded and padded to
+    // 50304; Llama 3's 128256 (targets above 65535 included).
+    for (n, v, classes, dt) in [(37, 1000, 1000, DType::Compute), (8, 50257, 50257, DType::Compute), (8, 50304, 50257, DType::Compute), (19, 333, 301, DType::F32), (6, 128256, 128256, DType::Compute)] {
         let logits = h.randn(n * v, 3.0, dt);
         let mut tg: Vec<u32> = (0..n).map(|_| (h.rng.u64() % classes as u64) as u32).collect();
         tg[1] = IGNORE;
+        if classes > 65536 {
+            (tg[2], tg[3]) = (65536, classes as u32 - 1);
+        }
         let t = h.ids(&tg);
         let losses = h.zeros(n, DType::F32);
         let dl = h.zeros(n * v, dt);

@@ -305,6 +305,26 @@ fn vocabularies_above_65536_use_u32_shards() {
     assert!(tokens.iter().any(|&t| t >= 65_536));
 }
 
+/// The CPU model and loss over a vocabulary above 65536 ids (padded to a
+/// multiple of 64): ids past 65535 embed and score like any other, and an
+/// untrained model's loss is the uniform guess ln(V).
+#[test]
+fn loss_over_a_vocabulary_above_65536() {
+    let cfg = config::load(None, &["model.preset=tiny-llama".into(), "model.vocab_size=70001".into(), "model.d_model=32".into(), "model.n_heads=2".into(), "model.n_kv_heads=1".into(), "model.d_ff=64".into(), "model.n_layers=1".into()]).unwrap().model;
+    assert_eq!(cfg.padded_vocab(), 70016);
+    let mut b = CpuBackend::new();
+    let mut m = Model::new(&mut b, &cfg, Recompute::Off).unwrap();
+    let mut w = ferrotron::model::init::init_weights(&cfg, &m.layout, 3);
+    w.iter_mut().for_each(|x| *x *= 1e-3); // near-uniform predictions
+    m.set_params(&mut b, &w).unwrap();
+    let tokens: Vec<u32> = (0..16).map(|i| 65_530 + 277 * i).collect();
+    let loss = m.eval_loss(&mut b, &tokens[..15], &tokens[1..], 1, 15).unwrap();
+    assert!((loss - (70001f32).ln()).abs() < 1e-3, "loss {loss} vs ln V {}", (70001f32).ln());
+    assert!(m.forward_backward(&mut b, &tokens[..15], &tokens[1..], 1, 15, 1.0).unwrap().is_finite());
+    // An id outside the vocabulary is an error, not a silent zero row.
+    assert!(m.eval_loss(&mut b, &[70001; 4], &[1; 4], 1, 4).is_err());
+}
+
 /// A Llama 3-shaped config (vocab 128256, the 3.2 rope scaling) is taken as
 /// a model config and `info` describes it.
 #[test]

@@ -200,6 +200,18 @@ pub struct ModelConfig {
     pub bias: bool,
     pub norm_eps: f32,
     pub rope_theta: f32,
+    /// Llama 3 rotary scaling (`rope_scaling` with `rope_type: "llama3"` in
+    /// a Hugging Face config): the factor long wavelengths are slowed down
+    /// by; 0 = no scaling. The next three keys apply only when it is > 0.
+    pub rope_scaling_factor: f32,
+    /// Wavelengths above `rope_original_max_seq / rope_low_freq_factor`
+    /// are divided by the factor.
+    pub rope_low_freq_factor: f32,
+    /// Wavelengths below `rope_original_max_seq / rope_high_freq_factor`
+    /// are kept; the band between is interpolated.
+    pub rope_high_freq_factor: f32,
+    /// The context length the model was pre-trained with before scaling.
+    pub rope_original_max_seq: usize,
     pub init_std: f32,
     /// A Hugging Face checkpoint (folder with `config.json` and
     /// `model.safetensors`, GPT2LMHeadModel or LlamaForCausalLM) to start
@@ -376,6 +388,10 @@ impl Default for ModelConfig {
             bias: true,
             norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling_factor: 0.0,
+            rope_low_freq_factor: 1.0,
+            rope_high_freq_factor: 4.0,
+            rope_original_max_seq: 8192,
             init_std: 0.02,
             init_from: String::new(),
         }
@@ -460,6 +476,17 @@ impl ModelConfig {
             Mlp::Swiglu => self.d_ff.div_ceil(self.ffn_multiple.max(1)) * self.ffn_multiple.max(1),
             Mlp::Gelu => self.d_ff,
         }
+    }
+
+    /// The rotary embedding of this model (base and Llama 3 scaling).
+    pub fn rope(&self) -> crate::backend::Rope {
+        let llama3 = (self.rope_scaling_factor > 0.0).then_some(crate::backend::Llama3Scaling {
+            factor: self.rope_scaling_factor,
+            low_freq_factor: self.rope_low_freq_factor,
+            high_freq_factor: self.rope_high_freq_factor,
+            original_max_seq: self.rope_original_max_seq,
+        });
+        crate::backend::Rope { theta: self.rope_theta, llama3 }
     }
 
     /// The same model without padding (what checkpoints elsewhere hold).
@@ -680,6 +707,29 @@ pub fn optimizer_defaults(name: &str) -> Value {
 }
 pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant"];
 
+/// The rotary keys: a positive base, and a Llama 3 scaling whose bands are
+/// well defined (the smooth band divides by high - low).
+fn check_rope(m: &ModelConfig) -> Result<()> {
+    if m.positions == Positions::Rope && !(m.rope_theta > 0.0 && m.rope_theta.is_finite()) {
+        bail!("model.rope_theta must be a positive number, got {}", m.rope_theta);
+    }
+    let f = m.rope_scaling_factor;
+    if f == 0.0 {
+        return Ok(());
+    }
+    if !(f > 0.0 && f.is_finite()) {
+        bail!("model.rope_scaling_factor must be 0 (no scaling) or a positive number (Llama 3.1: 8, 3.2: 32), got {f}");
+    }
+    let (lo, hi) = (m.rope_low_freq_factor, m.rope_high_freq_factor);
+    if !(lo > 0.0 && lo.is_finite() && hi.is_finite() && hi > lo) {
+        bail!("Llama 3 rope scaling needs 0 < model.rope_low_freq_factor < model.rope_high_freq_factor (Llama 3: 1 and 4), got {lo} and {hi}");
+    }
+    if m.rope_original_max_seq == 0 {
+        bail!("model.rope_original_max_seq must be at least 1 with rope scaling (Llama 3: 8192)");
+    }
+    Ok(())
+}
+
 impl OptimizerConfig {
     /// Checks of the optimizer-specific keys that need no model shape (the
     /// rank against matrix sizes is checked by `optim::plan`).
@@ -731,6 +781,14 @@ impl Config {
         if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head size; d_model / n_heads = {}", m.head_dim());
         }
+        check_rope(m)?;
+        if self.device == "cuda" && !crate::backend::cuda::supports_head_dim(m.head_dim()) {
+            bail!(
+                "head size d_model / n_heads = {} is not supported by the CUDA attention kernels (supported: {:?}); use device=cpu, or choose model.n_heads so the head size is one of those",
+                m.head_dim(),
+                crate::backend::cuda::HEAD_DIMS
+            );
+        }
         if !t.logits_chunk.is_multiple_of(64) {
             bail!("train.logits_chunk = {} must be 0 (all rows at once) or a multiple of 64", t.logits_chunk);
         }
@@ -740,8 +798,8 @@ impl Config {
         if !OPTIMIZERS.contains(&self.optimizer.name.as_str()) {
             bail!("optimizer.name = `{}` is unknown; available: {}", self.optimizer.name, OPTIMIZERS.join(", "));
         }
-        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
-            bail!("optimizer.lr must be a positive number, got {}", self.optimizer.lr);
+        if !(self.optimizer.lr >= 0.0 && self.optimizer.lr.is_finite()) {
+            bail!("optimizer.lr must be a number >= 0 (0 = weights unchanged), got {}", self.optimizer.lr);
         }
         for (name, b) in [("optimizer.beta1", self.optimizer.beta1), ("optimizer.beta2", self.optimizer.beta2)] {
             if !(0.0..1.0).contains(&b) {

@@ -43,8 +43,10 @@ enum Command {
         /// Output folder for the shards.
         #[arg(long)]
         out: PathBuf,
-        /// Tokenizer: gpt2 or bytes.
-        #[arg(long, default_value = "gpt2")]
+        /// Tokenizer: gpt2, bytes, or a Hugging Face tokenizer.json (the file, or
+        /// a folder holding it such as a model folder); its files are copied
+        /// into --out and runs on the data use them.
+        #[arg(long, default_value = "gpt2", value_name = "gpt2|bytes|PATH")]
         tokenizer: String,
         /// Fraction of documents held out for validation.
         #[arg(long, default_value_t = 0.005)]
@@ -75,6 +77,9 @@ enum Command {
         /// Where to run the model: cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Print each sample's generated token ids (a JSON array) instead of its text.
+        #[arg(long)]
+        ids: bool,
     },
     /// Parameter counts, FLOPs per token and a memory estimate for a config.
     Info {
@@ -112,12 +117,20 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Export a run's weights as Hugging Face safetensors + config.json.
+    /// Export a run's weights as Hugging Face safetensors + config.json
+    /// (and the run's tokenizer.json when it has one).
     Export {
         #[arg(long, value_name = "RUN_DIR")]
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Tensor type: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Split the weights into files of at most this size (e.g. 5GB,
+        /// 500MB) with a model.safetensors.index.json; 0 = one file.
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
     },
     /// Run a command as several ranks on this node (torchrun-style), e.g.
     /// `ferrotron launch --nproc-per-node 2 train --set dist.zero_stage=3`.
@@ -212,11 +225,11 @@ fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train { cfg, resume } => cmd_train(cfg, resume),
         Command::Prepare { input, out, tokenizer, val_fraction, text_column, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_column, overwrite),
-        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed, device } => {
-            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed, &device)
+        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed, device, ids } => {
+            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed, &device, ids)
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
-        Command::Export { run, out } => cmd_export(run, out),
+        Command::Export { run, out, dtype, max_shard_size } => cmd_export(run, out, &dtype, &max_shard_size),
         Command::Report { run, out } => out!("{}", ferrotron::telemetry::run_report::report(&run, out.as_deref())?.text),
         Command::Compare { runs, out, best_per_optimizer } => {
             out!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?)?;
@@ -305,13 +318,17 @@ fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fractio
     Ok(())
 }
 
-fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64, device: &str) -> Result<()> {
-    let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
-    for (i, text) in texts.iter().enumerate() {
+fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64, device: &str, ids: bool) -> Result<()> {
+    let out = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
+    for (i, g) in out.iter().enumerate() {
+        if ids {
+            println!("{}", serde_json::to_string(&g.ids)?);
+            continue;
+        }
         if samples > 1 {
             outln!("--- sample {} ---", i + 1)?;
         }
-        outln!("{prompt}{text}")?;
+        outln!("{prompt}{}", g.text)?;
     }
     Ok(())
 }
@@ -328,10 +345,14 @@ fn cmd_info(args: ConfigArgs, keys: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
-    let (cfg, params) = train::generate::load_run_weights(&run)?;
-    ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::Dtype::F32)
-        .with_context(|| format!("exporting to {}", out.display()))?;
+fn cmd_export(run: PathBuf, out: PathBuf, dtype: &str, max_shard_size: &str) -> Result<()> {
+    let dtype = match dtype {
+        "f32" | "float32" => ferrotron::ckpt::Dtype::F32,
+        "bf16" | "bfloat16" => ferrotron::ckpt::Dtype::Bf16,
+        other => bail!("--dtype {other} is not supported; use f32 or bf16"),
+    };
+    let max = train::export::parse_size(max_shard_size).context("--max-shard-size")?;
+    train::export::export_run(&run, &out, dtype, max)?;
     outln!("wrote Hugging Face safetensors + config.json to {}", out.display())?;
     Ok(())
 }

@@ -394,10 +394,95 @@ fn llama_rope_parameters_of_transformers_v5_are_read() {
     assert_eq!(cfg2.rope_theta, 50000.0);
     assert_eq!(bits(&params2), bits(&params));
 
-    j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0});
+    // Llama 3.1 as transformers 5 writes it.
+    let llama31 = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    j["rope_parameters"] = llama31.clone();
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let (cfg3, _) = ckpt::import(tmp.path()).unwrap();
+    let got = (cfg3.rope_theta, cfg3.rope_scaling_factor, cfg3.rope_low_freq_factor, cfg3.rope_high_freq_factor, cfg3.rope_original_max_seq);
+    assert_eq!(got, (500000.0, 8.0, 1.0, 4.0, 8192));
+
+    // Incomplete or other scalings are refused, naming what is missing.
+    let mut partial = llama31.clone();
+    partial.as_object_mut().unwrap().remove("low_freq_factor");
+    j["rope_parameters"] = partial;
     fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
     let e = err_text(ckpt::import(tmp.path()));
-    assert!(e.contains("config.json") && e.contains("rope_type `llama3` is not supported"), "{e}");
+    assert!(e.contains("config.json") && e.contains("needs `low_freq_factor`"), "{e}");
+    j["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0});
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let e = err_text(ckpt::import(tmp.path()));
+    assert!(e.contains("config.json") && e.contains("rope_type `yarn` is not supported") && e.contains("llama3"), "{e}");
+}
+
+/// transformers 4 writes `rope_theta` and `rope_scaling` (with `rope_type`,
+/// or `type` before 4.45); export writes that form back, and it round-trips.
+#[test]
+fn llama3_rope_scaling_of_transformers_v4_round_trips() {
+    let mut cfg = preset("tiny-llama");
+    cfg.rope_theta = 500000.0;
+    cfg.rope_scaling_factor = 32.0;
+    cfg.rope_original_max_seq = 8192;
+    cfg.tied_embeddings = true;
+    let layout = ParamLayout::new(&cfg);
+    let params = model_values(&cfg, 9);
+    let tmp = tempfile::tempdir().unwrap();
+    ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
+    let path = tmp.path().join("config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        j["rope_scaling"],
+        serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    );
+    assert_eq!(j["tie_word_embeddings"], true);
+    let (back, params2) = ckpt::import(tmp.path()).unwrap();
+    assert_eq!(back, ModelConfig { preset: back.preset.clone(), ..cfg.clone() });
+    assert_eq!(bits(&params2), bits(&params));
+    // The older spelling `type`.
+    let scaling = j["rope_scaling"].as_object_mut().unwrap();
+    let kind = scaling.remove("rope_type").unwrap();
+    scaling.insert("type".into(), kind);
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    assert_eq!(ckpt::import(tmp.path()).unwrap().0.rope_scaling_factor, 32.0);
+    // A plain model exports `rope_scaling: null`.
+    let plain = preset("tiny-llama");
+    ckpt::export(tmp.path(), &plain, &ParamLayout::new(&plain), &model_values(&plain, 1), Dtype::F32).unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert!(j["rope_scaling"].is_null());
+}
+
+/// Big checkpoints are written the way transformers' save_pretrained writes
+/// them: shards of at most max_shard_bytes plus an index; a later export
+/// into the same folder removes the files it does not replace.
+#[test]
+fn sharded_export_round_trips_and_replaces_earlier_files() {
+    let cfg = preset("tiny-llama");
+    let layout = ParamLayout::new(&cfg);
+    let params = model_values(&cfg, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ckpt::ExportOptions { max_shard_bytes: 200_000, ..ckpt::ExportOptions::new(Dtype::F32) };
+    ckpt::export_with(tmp.path(), &cfg, &layout, &params, &opts).unwrap();
+    let shards: Vec<String> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("model-")).collect();
+    assert!(shards.len() > 2, "{shards:?}");
+    for f in &shards {
+        let size = fs::metadata(tmp.path().join(f)).unwrap().len();
+        // A shard holds whole tensors up to the limit (plus its small header).
+        assert!(size < 200_000 + 4096, "{f}: {size} bytes");
+    }
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"], (4 * hf_tensors(&cfg, &layout).unwrap().iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>()) as u64);
+    let (back, params2) = ckpt::import(tmp.path()).unwrap();
+    assert_eq!(back.d_model, cfg.d_model);
+    assert_eq!(bits(&params2), bits(&params));
+    // One file now: the shards and index go.
+    ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
+    let left: Vec<String> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.starts_with("model-") && n != "model.safetensors.index.json"), "{left:?}");
+    assert_eq!(bits(&ckpt::import(tmp.path()).unwrap().1), bits(&params));
+    // And sharded again: model.safetensors goes.
+    ckpt::export_with(tmp.path(), &cfg, &layout, &params, &opts).unwrap();
+    assert!(!tmp.path().join("model.safetensors").exists());
 }
 
 fn names_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -650,8 +735,10 @@ fn hf_import_errors_are_clear() {
     assert!(e.contains("attention_bias") && e.contains("no biases"), "{e}");
     let e = case(with("hidden_act", "gelu".into()), &list);
     assert!(e.contains("hidden_act `gelu` is not supported"), "{e}");
+    let e = case(with("rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 8.0})), &list);
+    assert!(e.contains("rope_scaling.rope_type `linear` is not supported"), "{e}");
     let e = case(with("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})), &list);
-    assert!(e.contains("rope_scaling"), "{e}");
+    assert!(e.contains("rope_scaling of rope_type `llama3` needs `low_freq_factor`"), "{e}");
 
     // Wrong shape: the config says 1 kv head, the file has 2.
     let e = case(with("num_key_value_heads", 1.into()), &list);

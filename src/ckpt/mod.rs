@@ -21,6 +21,6 @@ pub use checkpoint::{
     step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
 pub use recover::load_newest_good;
-pub use hf::{export, hf_tensors, import, HfTensor, Source};
+pub use hf::{export, export_with, hf_tensors, import, ExportOptions, HfTensor, Source};
 pub use hf_config::{family_of, Family};
 pub use tensors::{ByteTensor, Dtype, Tensor};

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_optim;
+pub mod export;
 pub mod generate;
 pub mod guard;
 pub mod init_from;

@@ -146,7 +146,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
         }
     };
     if lead {
-        crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+        data.tokenizer.save_to_run(&run_dir)?;
     }
     if let Some(weights) = init {
         st.zero.set_weights(&mut b, &weights)?;

@@ -9,6 +9,7 @@ pub mod data;
 pub mod dist;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod telemetry;
 pub mod train;
 pub mod util;

@@ -174,3 +174,69 @@ fn bad_autolrs_settings_are_refused_clearly() {
     assert!(err(&["optimizer.lr=0"]).contains("optimizer.lr"));
     assert!(err(&["train.autolrs.max_tau=10"]).contains("max_tau"));
 }
+
+#[test]
+fn autolrs_with_offload_is_refused() {
+    let all: Vec<String> = ["train.schedule=autolrs", "offload.optimizer=cpu"].iter().map(|s| s.to_string()).collect();
+    let e = config::load(None, &all).unwrap_err().to_string();
+    assert!(e.contains("autolrs") && e.contains("offload.optimizer"), "{e}");
+}
+
+/// `ferrotron [launch --nproc-per-node N] train [--resume DIR]` with
+/// `sets` as `--set`s; fails the test if it fails.
+fn launched(world: usize, sets: &[String], resume: Option<&Path>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferrotron"));
+    if world > 1 {
+        cmd.args(["launch", "--nproc-per-node", &world.to_string()]);
+    }
+    cmd.arg("train");
+    if let Some(dir) = resume {
+        cmd.arg("--resume").arg(dir);
+    }
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{sets:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn train_losses(run: &Path) -> Vec<f64> {
+    lines(run).iter().filter(|l| l["kind"] == "train").map(|l| l["loss"].as_f64().unwrap()).collect()
+}
+
+/// Two ranks at ZeRO stages 0, 1 and 3: every rank runs the same trials
+/// from its own shard's snapshot (restores at stage 1 all-gather the
+/// weights), they agree on every stage's lr, rank 0 alone logs, and the
+/// run equals plain two-rank training at the chosen lrs bit for bit (the
+/// trials leave no trace on any rank).
+#[test]
+fn two_ranks_search_alike_and_leave_no_trace() {
+    for stage in [0, 1, 3] {
+        let tmp = tempfile::tempdir().unwrap();
+        let common: Vec<String> = [
+            "train.batch_size=2", "train.seq_len=32", "train.eval_every=0", "train.eval_batches=1", "train.samples=0", "train.warmup_steps=0",
+            "run.progress=false", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2", "model.d_ff=64",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("run.dir=\"{}\"", tmp.path().display()), format!("dist.zero_stage={stage}")])
+        .collect();
+        let with = |more: &[String]| common.iter().cloned().chain(more.iter().cloned()).collect::<Vec<_>>();
+        let mut auto_sets: Vec<String> = AUTO.iter().map(|s| s.to_string()).collect();
+        auto_sets.extend(["run.name=auto".into(), "optimizer.lr=3e-3".into(), "train.ckpt_every=0".into()]);
+        launched(2, &with(&auto_sets), None);
+        let run = tmp.path().join("auto");
+        let st = stages(&run);
+        assert_eq!(st.len(), 2, "stage {stage}");
+        let all = lines(&run);
+        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_trial").count(), 6, "stage {stage}: rank 0 alone logs the trials");
+        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_stage").count(), 2, "stage {stage}");
+        let auto = train_losses(&run);
+        assert_eq!(auto.len(), 12);
+
+        launched(2, &with(&["run.name=plain".into(), "train.schedule=constant".into(), "train.steps=4".into(), "train.ckpt_every=4".into(), lr_set(st[0].lr)]), None);
+        let plain = tmp.path().join("plain");
+        launched(2, &with(&["train.steps=12".into(), lr_set(st[1].lr)]), Some(&plain));
+        assert_eq!(auto, train_losses(&plain), "ZeRO stage {stage}: chosen lrs {} {}", st[0].lr, st[1].lr);
+    }
+}

@@ -164,23 +164,32 @@ impl Loader {
     }
 
     /// Continues from a saved state; the next batches are exactly those the
-    /// saved loader would have produced. The batch size may differ.
+    /// saved loader would have produced. The batch size may differ, and so
+    /// may the number of ranks: every rank consumes the same number of
+    /// windows per step, so the saved rank's cursor times the saved world
+    /// is the global position, which the new world divides among its ranks
+    /// (the same global batches, as long as batch × ranks is unchanged).
     pub fn restore(&mut self, st: &LoaderState) -> Result<()> {
-        let mine = (self.seq, self.windows as u64, self.rank, self.world);
-        let theirs = (st.seq, st.windows, st.rank, st.world);
+        let global = st.cursor * st.world as u64;
+        let st = &if st.world != self.world && global % self.world as u64 == 0 {
+            LoaderState { cursor: global / self.world as u64, rank: self.rank, world: self.world, ..st.clone() }
+        } else {
+            LoaderState { rank: if st.world == self.world { st.rank } else { usize::MAX }, ..st.clone() }
+        };
+        let mine = (self.seq, self.windows as u64, self.world);
+        let theirs = (st.seq, st.windows, st.world);
         if mine != theirs {
             bail!(
-                "cannot resume the {:?} data loader: the saved state is for seq_len {}, {} \
-                 windows, rank {} of {}, but this run has seq_len {}, {} windows, rank {} of {} \
-                 (the data, seq_len or number of ranks changed since the checkpoint)",
+                "cannot resume the {:?} data loader: the saved state is for seq_len {} and {} \
+                 windows over {} rank(s), but this run has seq_len {}, {} windows over {} rank(s) \
+                 (the data or seq_len changed since the checkpoint, or the new number of ranks \
+                 does not divide the windows already consumed)",
                 self.split,
                 st.seq,
                 st.windows,
-                st.rank,
                 st.world,
                 self.seq,
                 self.windows,
-                self.rank,
                 self.world
             );
         }

@@ -19,6 +19,8 @@ use crate::backend::{Backend, DType, View};
 use anyhow::Result;
 
 /// Element type of a collective's buffers (views do not carry one).
+/// `F32` means "float values": on CUDA a `Compute` buffer holds them as
+/// bf16, and NCCL then communicates (and sums) bf16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Elem {
     F32,
@@ -63,6 +65,10 @@ pub trait Comm<B: Backend> {
     fn all_reduce_host(&mut self, vals: &mut [f64]) -> Result<()>;
     fn barrier(&mut self) -> Result<()>;
     /// Payload bytes this rank has sent so far (what compression saves).
+    /// `TcpComm`: the bytes it writes (a star: rank 0 writes w-1 times what
+    /// the others do; table in `tcp.rs`). `NcclComm`: what a ring algorithm
+    /// sends per rank (NCCL's own traffic is not observable). Headers are
+    /// not counted, so compressed and dense collectives compare by payload.
     fn bytes_sent(&self) -> u64;
 }
 

@@ -1,6 +1,91 @@
 //! Distribution: the communicator (`Comm`) and its two implementations,
 //! rendezvous from launcher environments, and `ferrotron launch`.
+//!
+//! Files: `comm` (the trait), `rendezvous` (rank and world from torchrun,
+//! SLURM or Open MPI variables), `store` (rank 0's TCP rendezvous), `star`
+//! (the framed TCP protocol with sequence checks and timeouts), `tcp`
+//! (`TcpComm`, any backend), `nccl` + `nccl_lib` (`NcclComm`, CUDA),
+//! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`).
+//!
+//! The trainer calls [`connect`] once per process:
+//! ```ignore
+//! let info = WorldInfo::from_env()?;
+//! let mut b = dist::open_cuda(&info)?;          // or CpuBackend::new()
+//! let mut comm = dist::connect(&cfg.dist, &info, &mut b)?;
+//! ```
 
+pub mod bench;
 pub mod comm;
+pub mod launch;
+pub mod nccl;
+mod nccl_lib;
+pub mod rendezvous;
+pub mod setup;
+pub mod solo;
+pub mod star;
+pub mod store;
+pub mod tcp;
 
 pub use comm::{segment, Comm, Elem};
+pub use nccl::NcclComm;
+pub use rendezvous::WorldInfo;
+pub use setup::share_string;
+pub use solo::SoloComm;
+pub use tcp::TcpComm;
+
+use crate::backend::cuda::CudaBackend;
+use crate::backend::Backend;
+use crate::config::DistConfig;
+use anyhow::{bail, Result};
+use std::any::Any;
+use std::time::Duration;
+
+/// Set on ranks other than 0 by `ferrotron launch`: print no progress bar
+/// and no per-step log lines (errors still print).
+pub const QUIET_ENV: &str = "FERROTRON_RANK_QUIET";
+
+/// The CUDA backend on this rank's GPU (see [`WorldInfo::cuda_device`]).
+pub fn open_cuda(info: &WorldInfo) -> Result<CudaBackend> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    CudaBackend::new(info.cuda_device(visible.as_deref()))
+}
+
+/// `dist.timeout_s` as a duration.
+pub fn timeout(cfg: &DistConfig) -> Duration {
+    Duration::from_secs_f64(cfg.timeout_s)
+}
+
+/// The communicator `cfg.backend` asks for: `tcp`, `nccl`, or `auto` (nccl
+/// when `B` is the CUDA backend, tcp otherwise). Meets the other ranks of
+/// `info` first; `b` must already be on this rank's GPU
+/// (`info.local_rank`).
+pub fn connect<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, b: &mut B) -> Result<Box<dyn Comm<B>>> {
+    let is_cuda = (b as &mut dyn Any).is::<CudaBackend>();
+    let nccl = match cfg.backend.as_str() {
+        "tcp" => false,
+        "nccl" => true,
+        _ => is_cuda,
+    };
+    if !nccl {
+        return connect_tcp(cfg, info);
+    }
+    let Some(cuda) = (b as &mut dyn Any).downcast_mut::<CudaBackend>() else {
+        bail!("dist.backend = nccl needs device = cuda (this is the {} backend); use dist.backend = tcp or auto", b.name());
+    };
+    let comm: Box<dyn Any> = Box::new(connect_nccl(cfg, info, cuda)?);
+    // B is CudaBackend here, so this is the same type.
+    match comm.downcast::<Box<dyn Comm<B>>>() {
+        Ok(c) => Ok(*c),
+        Err(_) => bail!("internal: the NCCL communicator does not match the backend type"),
+    }
+}
+
+/// A `TcpComm` for any backend (host copies through download/upload).
+pub fn connect_tcp<B: Backend>(cfg: &DistConfig, info: &WorldInfo) -> Result<Box<dyn Comm<B>>> {
+    Ok(Box::new(TcpComm::connect(info, timeout(cfg))?))
+}
+
+/// An `NcclComm` on `b`'s GPU.
+pub fn connect_nccl(cfg: &DistConfig, info: &WorldInfo, b: &mut CudaBackend) -> Result<Box<dyn Comm<CudaBackend>>> {
+    Ok(Box::new(NcclComm::connect(info, timeout(cfg), b)?))
+}

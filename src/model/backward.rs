@@ -4,6 +4,7 @@
 
 use super::activations::{Activations, LayerActs};
 use super::views::{LayerViews, NormViews};
+use super::store::{ParamStore, Unit};
 use super::{Model, Recompute};
 use crate::backend::{Backend, View};
 use crate::config::{Mlp, Positions};
@@ -24,33 +25,46 @@ impl Model {
     /// The output head's backward for the token rows `rows` from their
     /// logits' gradient `dlogits`: those rows of `grads.dln` (overwrite)
     /// and the head's weight gradient (accumulate).
-    pub(super) fn head_bwd<B: Backend>(&self, b: &mut B, acts: &Activations, rows: Range<usize>, dlogits: View) -> Result<()> {
+    pub(super) fn head_bwd<B: Backend>(&self, b: &mut B, store: &dyn ParamStore<B>, acts: &Activations, rows: Range<usize>, dlogits: View) -> Result<()> {
         let (c, v) = (self.cfg.d_model, self.cfg.padded_vocab());
         let (at, len) = (rows.start * c, rows.len() * c);
-        b.linear_bwd(acts.grads.dln.sub(at, len), self.gv.head, None, dlogits, acts.lnf.sub(at, len), self.pv.head, rows.len(), c, v)
+        b.linear_bwd(acts.grads.dln.sub(at, len), store.grads().head, None, dlogits, acts.lnf.sub(at, len), store.params().head, rows.len(), c, v)
     }
 
     /// Backward from the gradient of the final norm's output, which
-    /// `head_bwd` left in `grads.dln` for every row.
-    pub(super) fn backward_from_lnf<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+    /// `head_bwd` left in `grads.dln` for every row. The head is fetched
+    /// (weights and gradients) on entry; every unit's gradients are handed
+    /// back to the store (`grads_done`) as soon as they are complete.
+    pub(super) fn backward_from_lnf<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
-        let (p, g, s) = (&self.pv, &self.gv, &acts.grads);
+        let s = &acts.grads;
         b.fill(s.dres, 0.0)?;
-        self.norm_bwd(b, p.ln_f, g.ln_f, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
+        let (p_lnf, g_lnf) = (store.params().ln_f, store.grads().ln_f);
+        self.norm_bwd(b, p_lnf, g_lnf, s.dres, s.dln, acts.res_out, acts.lnf_mean, acts.lnf_rstd, n)?;
+        store.grads_done(b, Unit::Head)?;
+        store.release(b, Unit::Head)?;
         for l in (0..m.n_layers).rev() {
+            store.fetch(b, Unit::Layer(l))?;
+            store.fetch_grads(b, Unit::Layer(l))?;
+            let (p, g) = (store.params().layers[l], store.grads().layers[l]);
             // Checkpointed blocks share one block's buffers, which hold the
             // last block's forward: every other block runs its forward again
             // (same inputs, same kernels: the same values).
             if let Recompute::Layers { keep_attention } = self.recompute {
                 if l + 1 < m.n_layers {
-                    self.block_fwd(b, &p.layers[l], &acts.layers[l], acts.layers[l + 1].res_in, acts, !keep_attention)?;
+                    self.block_fwd(b, &p, &acts.layers[l], acts.layers[l + 1].res_in, acts, !keep_attention)?;
                 }
             }
-            self.block_bwd(b, &p.layers[l], &g.layers[l], &acts.layers[l], acts)?;
+            self.block_bwd(b, &p, &g, &acts.layers[l], acts)?;
+            store.grads_done(b, Unit::Layer(l))?;
+            store.release(b, Unit::Layer(l))?;
         }
-        let dwpe = if m.positions == Positions::Learned { g.wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
-        b.embed_bwd(g.wte, dwpe, s.dres, acts.tokens, acts.seq, m.d_model)
+        store.fetch_grads(b, Unit::Embed)?;
+        let (dwte, dwpe) = (store.grads().wte, store.grads().wpe);
+        let dwpe = if m.positions == Positions::Learned { dwpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
+        b.embed_bwd(dwte, dwpe, s.dres, acts.tokens, acts.seq, m.d_model)?;
+        store.grads_done(b, Unit::Embed)
     }
 
     /// On entry `dres` = dL/d(block output); on exit dL/d(block input).
@@ -83,7 +97,7 @@ impl Model {
         b.linear_bwd(s.datty, g.attn_proj.w, g.attn_proj.b, s.dres, la.atty, p.attn_proj.w, n, m.n_heads * m.head_dim(), c)?;
         b.attention_bwd(s.dqkv, s.datty, la.qkv, la.atty, la.lse, shape)?;
         if m.positions == Positions::Rope {
-            b.rope_bwd(s.dqkv, shape, m.rope_theta)?;
+            b.rope_bwd(s.dqkv, shape, m.rope())?;
         }
         b.linear_bwd(s.dln, g.qkv.w, g.qkv.b, s.dqkv, la.ln1, p.qkv.w, n, c, shape.qkv_width())?;
         self.norm_bwd(b, p.ln1, g.ln1, s.dres, s.dln, la.res_in, la.ln1_mean, la.ln1_rstd, n)

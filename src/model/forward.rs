@@ -2,6 +2,7 @@
 
 use super::activations::{Activations, LayerActs};
 use super::views::{LayerViews, NormViews};
+use super::store::{ParamStore, Unit};
 use super::Model;
 use crate::backend::{AttnShape, Backend, View};
 use crate::config::{Mlp, Positions};
@@ -47,26 +48,35 @@ impl Model {
     /// Runs the blocks and the final norm on the tokens already uploaded
     /// into `acts.tokens`, leaving the last hidden state, normalized, in
     /// `acts.lnf` (the output head runs per chunk of rows: `head_fwd`).
-    pub(super) fn forward_hidden<B: Backend>(&self, b: &mut B, acts: &Activations) -> Result<()> {
+    /// Each unit is fetched from the store before use and released after;
+    /// the head stays fetched for the caller's loss loop.
+    pub(super) fn forward_hidden<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
-        let p = &self.pv;
+        store.fetch(b, Unit::Embed)?;
+        let (wte, wpe) = (store.params().wte, store.params().wpe);
         // Only the first `seq` rows of the position table are used.
-        let wpe = if m.positions == Positions::Learned { p.wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
-        b.embed_fwd(acts.layers[0].res_in, acts.tokens, p.wte, wpe, acts.seq, m.d_model)?;
+        let wpe = if m.positions == Positions::Learned { wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
+        b.embed_fwd(acts.layers[0].res_in, acts.tokens, wte, wpe, acts.seq, m.d_model)?;
+        store.release(b, Unit::Embed)?;
         for (l, la) in acts.layers.iter().enumerate() {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
-            self.block_fwd(b, &p.layers[l], la, out, acts, true)?;
+            store.fetch(b, Unit::Layer(l))?;
+            let p = store.params().layers[l];
+            self.block_fwd(b, &p, la, out, acts, true)?;
+            store.release(b, Unit::Layer(l))?;
         }
-        self.norm_fwd(b, p.ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)
+        store.fetch(b, Unit::Head)?;
+        self.norm_fwd(b, store.params().ln_f, acts.lnf, acts.lnf_mean, acts.lnf_rstd, acts.res_out, n)
     }
 
     /// Logits of the token rows `rows` into the start of `acts.logits`
-    /// (returned: `rows.len()` rows of the padded vocabulary).
-    pub(super) fn head_fwd<B: Backend>(&self, b: &mut B, acts: &Activations, rows: Range<usize>) -> Result<View> {
+    /// (returned: `rows.len()` rows of the padded vocabulary). The head
+    /// must be fetched.
+    pub(super) fn head_fwd<B: Backend>(&self, b: &mut B, store: &dyn ParamStore<B>, acts: &Activations, rows: Range<usize>) -> Result<View> {
         let (c, v) = (self.cfg.d_model, self.cfg.padded_vocab());
         let logits = acts.logits.sub(0, rows.len() * v);
-        b.linear_fwd(logits, acts.lnf.sub(rows.start * c, rows.len() * c), self.pv.head, None, rows.len(), c, v)?;
+        b.linear_fwd(logits, acts.lnf.sub(rows.start * c, rows.len() * c), store.params().head, None, rows.len(), c, v)?;
         Ok(logits)
     }
 
@@ -82,7 +92,7 @@ impl Model {
         self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
         b.linear_fwd(la.qkv, la.ln1, p.qkv.w, p.qkv.b, n, c, shape.qkv_width())?;
         if m.positions == Positions::Rope {
-            b.rope_fwd(la.qkv, shape, m.rope_theta)?;
+            b.rope_fwd(la.qkv, shape, m.rope())?;
         }
         if attention {
             b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;

@@ -18,6 +18,7 @@
 
 use crate::backend::{BufId, View};
 use crate::config::{Mlp, ModelConfig, Norm, Positions};
+use std::ops::Range;
 
 /// What a tensor is, for optimizer parameter groups and `info`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,21 +32,53 @@ pub enum ParamKind {
     Head,
 }
 
-#[derive(Clone, Debug)]
+/// One tensor as every part of the engine sees it: the model's layout, the
+/// optimizers' groups, ZeRO's partition and checkpoints. Usually the whole
+/// tensor; a ZeRO shard may hold only `piece`, a range of its elements in
+/// row-major order, found at `offset` in the shard's flat buffer.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParamInfo {
     pub name: String,
+    /// Position in the model's full layout (seeds per-tensor randomness,
+    /// so it must not depend on how tensors are sharded).
+    pub index: usize,
+    /// The whole tensor's shape.
     pub shape: Vec<usize>,
+    /// Where the first held element sits in the flat buffer.
     pub offset: usize,
     pub kind: ParamKind,
+    /// Elements of the whole tensor held here (`0..full_numel()` when whole).
+    pub piece: Range<usize>,
+    /// Weight decay, set when the tensor is placed in an optimizer group.
+    pub weight_decay: f32,
 }
 
 impl ParamInfo {
+    /// Elements held (the piece's length; the whole tensor unless sharded).
     pub fn numel(&self) -> usize {
+        self.piece.len()
+    }
+    /// Elements of the whole tensor.
+    pub fn full_numel(&self) -> usize {
         self.shape.iter().product()
     }
-    /// The view of this tensor inside a flat buffer with this layout.
+    pub fn is_whole(&self) -> bool {
+        self.piece.start == 0 && self.piece.end == self.full_numel()
+    }
+    /// Rows of a matrix (`[out, in]`); a vector counts as one row.
+    pub fn rows(&self) -> usize {
+        if self.shape.len() >= 2 { self.shape[0] } else { 1 }
+    }
+    pub fn cols(&self) -> usize {
+        if self.shape.len() >= 2 { self.full_numel() / self.shape[0] } else { self.full_numel() }
+    }
+    /// The held elements inside a flat buffer with this layout.
     pub fn view(&self, buf: BufId) -> View {
         View { buf, off: self.offset, len: self.numel() }
+    }
+    /// The held elements' range of the flat buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.numel()
     }
 }
 
@@ -110,7 +143,9 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: &str, shape: &[usize], kind: ParamKind) {
-        let info = ParamInfo { name: name.to_string(), shape: shape.to_vec(), offset: self.offset, kind };
+        let numel = shape.iter().product();
+        let index = self.params.len();
+        let info = ParamInfo { name: name.to_string(), index, shape: shape.to_vec(), offset: self.offset, kind, piece: 0..numel, weight_decay: 0.0 };
         self.offset += info.numel();
         self.params.push(info);
     }

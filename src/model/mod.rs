@@ -10,15 +10,16 @@ mod forward;
 pub mod init;
 pub mod layout;
 pub mod padding;
+pub mod store;
 pub mod views;
 
-use crate::backend::{Backend, BufId, DType, View, IGNORE};
+use crate::backend::{Backend, BufId, DType, Mark, View, IGNORE};
 use crate::config::ModelConfig;
 pub use activations::Recompute;
 use activations::Activations;
 use anyhow::{bail, Result};
 use layout::ParamLayout;
-use views::ModelViews;
+use store::{FlatStore, ParamStore, Unit};
 
 pub struct Model {
     pub cfg: ModelConfig,
@@ -31,11 +32,12 @@ pub struct Model {
     pub recompute: Recompute,
     /// Token rows of the output head at once (`train.logits_chunk`; 0 = all).
     pub logits_chunk: usize,
-    /// Wall time of the last `forward_backward`'s two halves (synchronized).
-    pub last_fwd_ms: f64,
-    pub last_bwd_ms: f64,
-    pv: ModelViews,
-    gv: ModelViews,
+    /// Timing marks of the last `forward_backward`: (start, end) spans of
+    /// the forward and of the backward (read with [`Model::phase_ms`]).
+    fwd_spans: Vec<(Mark, Mark)>,
+    bwd_spans: Vec<(Mark, Mark)>,
+    /// The model's own store over `params`/`grads` (one process).
+    flat: Option<FlatStore>,
     acts: Option<Activations>,
 }
 
@@ -45,9 +47,42 @@ impl Model {
         let layout = ParamLayout::new(cfg);
         let params = b.alloc(layout.total, DType::F32)?;
         let grads = b.alloc(layout.total, DType::F32)?;
-        let pv = ModelViews::new(&layout, params, cfg.n_layers);
-        let gv = ModelViews::new(&layout, grads, cfg.n_layers);
-        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, logits_chunk: 0, last_fwd_ms: 0.0, last_bwd_ms: 0.0, pv, gv, acts: None })
+        let flat = Some(FlatStore::new(&layout, params, grads, cfg.n_layers));
+        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat, acts: None })
+    }
+
+    /// Runs `f` with the model's own flat store.
+    fn with_flat<T>(&mut self, f: impl FnOnce(&mut Self, &mut FlatStore) -> Result<T>) -> Result<T> {
+        let Some(mut flat) = self.flat.take() else {
+            anyhow::bail!("this model's weights live in a store (ZeRO): use the *_in methods");
+        };
+        let out = f(self, &mut flat);
+        self.flat = Some(flat);
+        out
+    }
+
+    /// Starts a new timing window (the trainer: once per optimizer step,
+    /// after `Backend::clear_marks`).
+    pub fn clear_phase_spans(&mut self) {
+        self.fwd_spans.clear();
+        self.bwd_spans.clear();
+    }
+
+    /// Milliseconds of forward and backward of every `forward_backward`
+    /// since `clear_phase_spans`, from the backend's timing marks (waits for
+    /// the device here, never inside the passes). The output head's
+    /// backward, which runs chunk by chunk inside the loss loop, counts as
+    /// backward.
+    pub fn phase_ms<B: Backend>(&self, b: &mut B) -> Result<(f64, f64)> {
+        let mut total = |spans: &[(Mark, Mark)]| -> Result<f64> { spans.iter().map(|&(s, e)| b.elapsed_ms(s, e)).sum() };
+        Ok((total(&self.fwd_spans)?, total(&self.bwd_spans)?))
+    }
+
+    /// A model whose weights and gradients live in a store given to each
+    /// pass (`*_in` methods: ZeRO); it allocates only activations.
+    pub fn new_bare(cfg: &ModelConfig, recompute: Recompute) -> Self {
+        let unheld = BufId(usize::MAX);
+        Model { cfg: cfg.clone(), layout: ParamLayout::new(cfg), params: unheld, grads: unheld, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat: None, acts: None }
     }
 
     /// Computes the output head and loss `rows` token rows at a time
@@ -119,16 +154,19 @@ impl Model {
     /// gradients of the summed loss into the gradient buffer.
     /// Pass `grad_scale = 1 / (valid targets · micro-batches)` for the mean.
     pub fn forward_backward<B: Backend>(&mut self, b: &mut B, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
+        self.with_flat(|m, flat| m.forward_backward_in(b, flat, inputs, targets, batch, seq, grad_scale))
+    }
+
+    /// [`forward_backward`](Self::forward_backward) with the weights and
+    /// gradients held by `store` (a sharded store reduces each unit's
+    /// gradients as the backward leaves it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_in<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let start = std::time::Instant::now();
-        // The head's backward runs inside the loss loop (each chunk's logit
-        // gradient is consumed before the next chunk overwrites it); its
-        // time counts as backward.
-        let out = self.run_loss(b, &acts, inputs, targets, Some(grad_scale)).and_then(|(loss, head_bwd_ms)| {
-            self.last_fwd_ms = start.elapsed().as_secs_f64() * 1e3 - head_bwd_ms;
-            self.backward_from_lnf(b, &acts)?;
-            b.synchronize()?;
-            self.last_bwd_ms = start.elapsed().as_secs_f64() * 1e3 - self.last_fwd_ms;
+        let out = self.run_loss(b, store, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
+            let start = b.mark()?;
+            self.backward_from_lnf(b, store, &acts)?;
+            self.bwd_spans.push((start, b.mark()?));
             Ok(loss)
         });
         self.acts = Some(acts);
@@ -137,8 +175,13 @@ impl Model {
 
     /// Forward only: mean loss over the non-ignored targets.
     pub fn eval_loss<B: Backend>(&mut self, b: &mut B, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<f32> {
+        self.with_flat(|m, flat| m.eval_loss_in(b, flat, inputs, targets, batch, seq))
+    }
+
+    /// [`eval_loss`](Self::eval_loss) with the weights held by `store`.
+    pub fn eval_loss_in<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let out = self.run_loss(b, &acts, inputs, targets, None).map(|(loss, _)| loss);
+        let out = self.run_loss(b, store, &acts, inputs, targets, None);
         self.acts = Some(acts);
         out
     }
@@ -151,40 +194,51 @@ impl Model {
         }
         self.check_tokens(tokens)?;
         let acts = self.prepare_acts(b, batch, seq)?;
+        let Some(mut flat) = self.flat.take() else {
+            self.acts = Some(acts);
+            bail!("this model's weights live in a store (ZeRO): logits need the model's own buffers");
+        };
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_hidden(b, &acts)?;
+            self.forward_hidden(b, &mut flat, &acts)?;
             let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
             let mut out = Vec::with_capacity(batch * seq * v);
             let mut chunk = vec![0.0; acts.logits.len];
             for rows in acts.row_chunks() {
-                let logits = self.head_fwd(b, &acts, rows)?;
+                let logits = self.head_fwd(b, &flat, &acts, rows)?;
                 b.download(logits, &mut chunk[..logits.len])?;
                 out.extend(chunk[..logits.len].chunks(width).flat_map(|row| row[..v].iter().copied()));
             }
             Ok(out)
         })();
+        self.flat = Some(flat);
         self.acts = Some(acts);
         out
     }
 
     /// Logits of the last position of a single sequence (for sampling).
     pub fn last_logits<B: Backend>(&mut self, b: &mut B, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.with_flat(|m, flat| m.last_logits_in(b, flat, tokens))
+    }
+
+    /// [`last_logits`](Self::last_logits) with the weights held by `store`.
+    pub fn last_logits_in<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
         let seq = tokens.len();
         let acts = self.prepare_acts(b, 1, seq)?;
         let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_hidden(b, &acts)?;
+            self.forward_hidden(b, store, &acts)?;
             // The head on the last row only, started at a multiple of 8 rows
             // (the GPU's matmul operands stay 16-byte aligned) when the
             // logits buffer holds that many rows.
             let aligned = (seq - 1) / 8 * 8;
             let first = if seq - aligned <= acts.logit_rows { aligned } else { seq - 1 };
-            let logits = self.head_fwd(b, &acts, first..seq)?;
+            let logits = self.head_fwd(b, store, &acts, first..seq)?;
             let mut row = vec![0.0; v];
             b.download(logits.sub((seq - 1 - first) * width, v), &mut row)?;
+            store.release(b, Unit::Head)?;
             Ok(row)
         })();
         self.acts = Some(acts);
@@ -192,9 +246,11 @@ impl Model {
     }
 
     /// Forward, then the head and loss chunk by chunk; with `grad_scale`
-    /// also each chunk's logit gradient and the head's backward. Returns the
-    /// mean loss and the time of the head's backward (ms, synchronized).
-    fn run_loss<B: Backend>(&self, b: &mut B, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<(f32, f64)> {
+    /// also each chunk's logit gradient and the head's backward (timing
+    /// spans recorded). Returns the mean loss. Without `grad_scale` the
+    /// head's weights are released here; with it, `backward_from_lnf`
+    /// releases them after the final norm's backward.
+    fn run_loss<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<f32> {
         let n = acts.batch * acts.seq;
         if inputs.len() != n || targets.len() != n {
             bail!("batch has {} inputs and {} targets; expected {n}", inputs.len(), targets.len());
@@ -206,25 +262,34 @@ impl Model {
         }
         b.upload_u32(acts.tokens, inputs)?;
         b.upload_u32(acts.targets, targets)?;
-        self.forward_hidden(b, acts)?;
+        let mut fwd_start = b.mark()?;
+        self.forward_hidden(b, store, acts)?;
+        if grad_scale.is_some() {
+            store.fetch_grads(b, Unit::Head)?;
+        }
         let (width, classes) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
-        let mut head_bwd_ms = 0.0;
         for rows in acts.row_chunks() {
-            let logits = self.head_fwd(b, acts, rows.clone())?;
+            let logits = self.head_fwd(b, store, acts, rows.clone())?;
             let dlogits = grad_scale.map(|_| logits);
             let (losses, targets) = (acts.losses.sub(rows.start, rows.len()), acts.targets.sub(rows.start, rows.len()));
             b.softmax_xent(losses, dlogits, logits, targets, rows.len(), width, classes, grad_scale.unwrap_or(0.0))?;
             if let Some(dlogits) = dlogits {
-                b.synchronize()?;
-                let start = std::time::Instant::now();
-                self.head_bwd(b, acts, rows, dlogits)?;
-                b.synchronize()?;
-                head_bwd_ms += start.elapsed().as_secs_f64() * 1e3;
+                // The head's backward runs inside the loss loop (each chunk's
+                // logit gradient is consumed before the next chunk
+                // overwrites it); its time counts as backward.
+                let bwd_start = b.mark()?;
+                self.fwd_spans.push((fwd_start, bwd_start));
+                self.head_bwd(b, store, acts, rows, dlogits)?;
+                fwd_start = b.mark()?;
+                self.bwd_spans.push((bwd_start, fwd_start));
             }
+        }
+        if grad_scale.is_none() {
+            store.release(b, Unit::Head)?;
         }
         let mut losses = vec![0.0f32; n];
         b.download(acts.losses, &mut losses)?;
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();
-        Ok(((sum / valid.max(1) as f64) as f32, head_bwd_ms))
+        Ok((sum / valid.max(1) as f64) as f32)
     }
 }

@@ -5,7 +5,7 @@
 //! matrix optimizers use it for everything that is not a matrix.
 
 use super::plan::{row, GroupPlan};
-use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateTensor, TensorRef};
+use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateSlice, StateTensor, TensorRef};
 use crate::backend::{AdamSegment, AdamWArgs, Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -47,6 +47,8 @@ pub struct AdamWPart {
     /// Every group's merged ranges, each with its weight decay, in layout
     /// order: one `adamw_segments` call per step.
     segments: Vec<AdamSegment>,
+    /// (tensor index, piece, state offset) of every tensor, for resharding.
+    index: Vec<(usize, Range<usize>, usize)>,
     pub m: View,
     pub v: View,
 }
@@ -56,9 +58,11 @@ impl AdamWPart {
         let mut tensors: Vec<&TensorRef> = groups.iter().flat_map(|g| &g.tensors).collect();
         tensors.sort_by_key(|t| t.offset);
         let mut state_off = HashMap::new();
+        let mut index = vec![];
         let mut next = 0;
         for t in tensors {
             state_off.insert(t.offset, next);
+            index.push((t.index, t.piece.clone(), next));
             next += t.numel();
         }
         let mut segments: Vec<AdamSegment> = groups
@@ -68,7 +72,7 @@ impl AdamWPart {
         segments.sort_by_key(|s| s.param_off);
         let m = View::whole(b.alloc(next, DType::F32)?, next);
         let v = View::whole(b.alloc(next, DType::F32)?, next);
-        Ok(AdamWPart { segments, m, v })
+        Ok(AdamWPart { segments, index, m, v })
     }
 
     pub fn step<B: Backend>(&self, b: &mut B, params: BufId, grads: BufId, h: &AdamHyper) -> Result<()> {
@@ -85,6 +89,10 @@ impl AdamWPart {
 
     pub fn bytes(&self) -> u64 {
         ((self.m.len + self.v.len) * 4) as u64
+    }
+
+    pub fn state_slices(&self) -> Vec<StateSlice> {
+        StateSlice::per_element(&["adamw.m", "adamw.v"], &self.index)
     }
 }
 
@@ -150,5 +158,9 @@ impl<B: Backend> Optimizer<B> for AdamW {
 
     fn state_bytes(&self) -> u64 {
         self.part.bytes()
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        Some(self.part.state_slices())
     }
 }

@@ -10,7 +10,7 @@
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::filter_group;
 use super::plan::{row, GroupPlan};
-use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateTensor};
+use super::{default_groups, meta_steps, Optimizer, ParamGroup, SlicePer, StateSlice, StateTensor};
 use crate::backend::{AdamWArgs, Backend, BufId, DType, View, QUANT_BLOCK};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -28,8 +28,8 @@ pub fn bytes_8bit(numel: usize) -> u64 {
 /// The default groups split into 8-bit (`<group>`) and fp32 (`<group>.small`).
 fn split(cfg: &OptimizerConfig, layout: &ParamLayout) -> (Vec<ParamGroup>, Vec<ParamGroup>) {
     let groups = default_groups(layout, cfg);
-    let big = groups.iter().filter_map(|g| filter_group(g, &g.name, |t| t.numel() >= MIN_8BIT)).collect();
-    let small = groups.iter().filter_map(|g| filter_group(g, &format!("{}.small", g.name), |t| t.numel() < MIN_8BIT)).collect();
+    let big = groups.iter().filter_map(|g| filter_group(g, &g.name, |t| t.full_numel() >= MIN_8BIT)).collect();
+    let small = groups.iter().filter_map(|g| filter_group(g, &format!("{}.small", g.name), |t| t.full_numel() < MIN_8BIT)).collect();
     (big, small)
 }
 
@@ -42,6 +42,9 @@ pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Vec<GroupPlan> {
 
 /// Where one quantized tensor's state lives.
 struct Slot {
+    /// The tensor's layout index and the piece held (resharding).
+    tensor: usize,
+    piece: std::ops::Range<usize>,
     params: std::ops::Range<usize>,
     codes: usize,
     blocks: usize,
@@ -67,7 +70,7 @@ impl AdamW8bit {
         let (mut codes, mut blocks) = (0, 0);
         let mut slots = vec![];
         for (t, wd) in tensors {
-            slots.push(Slot { params: t.range(), codes, blocks, weight_decay: wd });
+            slots.push(Slot { tensor: t.index, piece: t.piece.clone(), params: t.range(), codes, blocks, weight_decay: wd });
             codes += t.numel();
             blocks += t.numel().div_ceil(QUANT_BLOCK);
         }
@@ -116,6 +119,16 @@ impl<B: Backend> Optimizer<B> for AdamW8bit {
     fn load_meta(&mut self, meta: &serde_json::Value) -> Result<()> {
         self.steps = meta_steps(meta, "adamw8bit")?;
         Ok(())
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        let codes: Vec<_> = self.slots.iter().map(|s| (s.tensor, s.piece.clone(), s.codes)).collect();
+        let mut out = StateSlice::per_element(&["adamw8bit.m_codes", "adamw8bit.v_codes"], &codes);
+        for name in ["adamw8bit.m_absmax", "adamw8bit.v_absmax"] {
+            out.extend(self.slots.iter().map(|s| StateSlice { state: name.into(), tensor: s.tensor, piece: s.piece.clone(), off: s.blocks, len: s.piece.len().div_ceil(QUANT_BLOCK), per: SlicePer::Block }));
+        }
+        out.extend(self.small.state_slices());
+        Some(out)
     }
 
     fn state_bytes(&self) -> u64 {

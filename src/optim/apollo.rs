@@ -24,7 +24,7 @@
 use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
 use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
-use super::{adamw_lr, Optimizer, StateTensor, TensorRef};
+use super::{adamw_lr, Optimizer, StateSlice, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -245,6 +245,16 @@ impl<B: Backend> Optimizer<B> for Apollo {
         }
         let h = AdamHyper::from_cfg(&self.cfg, adamw_lr(&self.cfg, lr), self.steps, grad_scale);
         self.adam.step(b, params, grads, &h)
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        let mut out = vec![];
+        for mat in &self.mats {
+            out.push(StateSlice::whole(&StateTensor::f32(format!("apollo.{}.m", mat.t.name), mat.m), &mat.t));
+            out.push(StateSlice::whole(&StateTensor::f32(format!("apollo.{}.v", mat.t.name), mat.v), &mat.t));
+        }
+        out.extend(self.adam.state_slices());
+        Some(out)
     }
 
     fn state_tensors(&self) -> Vec<StateTensor> {

@@ -34,7 +34,7 @@ use super::cholesky_qr::{download64, orthonormalize, upload64, QrScratch};
 use super::linalg::sym_eig;
 use super::newton_schulz::{NsWorkspace, STEPS};
 use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
-use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
+use super::{adamw_lr, meta_steps, Optimizer, StateSlice, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, PrecondArgs, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -244,6 +244,17 @@ impl<B: Backend> Optimizer<B> for Cosmos {
         }
         let h = AdamHyper::from_cfg(&self.cfg, adamw_lr(&self.cfg, lr), self.steps, grad_scale);
         self.adam.step(b, params, grads, &h)
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        let mut out = vec![];
+        for x in &self.mats {
+            for (what, v) in [("mom", x.mom), ("basis", x.p), ("gg", x.gg), ("v", x.v)] {
+                out.push(StateSlice::whole(&StateTensor::f32(format!("cosmos.{}.{what}", x.t.name), v), &x.t));
+            }
+        }
+        out.extend(self.adam.state_slices());
+        Some(out)
     }
 
     fn state_tensors(&self) -> Vec<StateTensor> {

@@ -4,45 +4,14 @@
 //! own group(s) and hand the rest to AdamW. `optimizer.groups` rules
 //! override both per tensor (first matching rule wins).
 
-use crate::backend::{BufId, View};
 use crate::config::{GroupRule, OptimizerConfig};
-use crate::model::layout::{ParamKind, ParamLayout};
+use crate::model::layout::{ParamInfo, ParamKind, ParamLayout};
 use anyhow::{bail, ensure, Result};
 use std::ops::Range;
 
-/// One tensor of a group, with what the matrix optimizers need: its
-/// position in the layout (seeds projections), offset and shape.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorRef {
-    pub name: String,
-    /// Index in `ParamLayout::params`.
-    pub index: usize,
-    pub offset: usize,
-    pub shape: Vec<usize>,
-    pub kind: ParamKind,
-    /// Its weight decay (the default for its kind, or its rule's).
-    pub weight_decay: f32,
-}
-
-impl TensorRef {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Rows of a matrix (`[out, in]`); a vector counts as one row.
-    pub fn rows(&self) -> usize {
-        if self.shape.len() >= 2 { self.shape[0] } else { 1 }
-    }
-    pub fn cols(&self) -> usize {
-        if self.shape.len() >= 2 { self.numel() / self.shape[0] } else { self.numel() }
-    }
-    /// This tensor inside a flat buffer with the layout.
-    pub fn view(&self, buf: BufId) -> View {
-        View { buf, off: self.offset, len: self.numel() }
-    }
-    pub fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.numel()
-    }
-}
+/// One tensor of a group: the model's one tensor descriptor, with its
+/// weight decay filled in by the grouping.
+pub type TensorRef = ParamInfo;
 
 #[derive(Clone, Debug)]
 pub struct ParamGroup {
@@ -68,7 +37,7 @@ impl ParamGroup {
 }
 
 fn tensor_refs(layout: &ParamLayout) -> impl Iterator<Item = TensorRef> + '_ {
-    layout.params.iter().enumerate().map(|(index, p)| TensorRef { name: p.name.clone(), index, offset: p.offset, shape: p.shape.clone(), kind: p.kind, weight_decay: 0.0 })
+    layout.params.iter().cloned()
 }
 
 fn decays(kind: ParamKind) -> bool {

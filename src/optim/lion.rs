@@ -4,7 +4,7 @@
 //! rate 3–10× smaller and weight decay 3–10× larger than AdamW's.
 
 use super::plan::{row, GroupPlan};
-use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateTensor};
+use super::{default_groups, meta_steps, Optimizer, ParamGroup, StateSlice, StateTensor};
 use crate::backend::{Backend, BufId, DType, LionArgs, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -64,5 +64,10 @@ impl<B: Backend> Optimizer<B> for Lion {
 
     fn state_bytes(&self) -> u64 {
         (self.m.len * 4) as u64
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        let tensors: Vec<_> = self.groups.iter().flat_map(|g| g.tensors.iter().map(|t| (t.index, t.piece.clone(), t.offset))).collect();
+        Some(StateSlice::per_element(&["lion.m"], &tensors))
     }
 }

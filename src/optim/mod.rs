@@ -54,6 +54,48 @@ impl StateTensor {
     }
 }
 
+/// One tensor's (or one piece's) share of a state tensor: what resharding
+/// a checkpoint to another world size moves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateSlice {
+    /// The state tensor's name (`StateTensor::name`).
+    pub state: String,
+    /// The parameter tensor's index in the full layout.
+    pub tensor: usize,
+    /// Elements of that tensor the slice describes.
+    pub piece: std::ops::Range<usize>,
+    /// Where the slice starts in the state tensor, and its length.
+    pub off: usize,
+    pub len: usize,
+    pub per: SlicePer,
+}
+
+/// How a slice's values follow its tensor's elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SlicePer {
+    /// One value per element.
+    Element,
+    /// One value per 256-element block counted from the tensor's start.
+    Block,
+    /// State of the whole tensor (matrix optimizers): moved as one.
+    Whole,
+}
+
+impl StateSlice {
+    /// Slices of `names` with one value per element of each `(index, piece,
+    /// state offset)`.
+    pub fn per_element(names: &[&str], tensors: &[(usize, std::ops::Range<usize>, usize)]) -> Vec<StateSlice> {
+        names
+            .iter()
+            .flat_map(|n| tensors.iter().map(move |(i, p, off)| StateSlice { state: n.to_string(), tensor: *i, piece: p.clone(), off: *off, len: p.len(), per: SlicePer::Element }))
+            .collect()
+    }
+    /// The whole state tensor `st` belongs to the whole tensor `t`.
+    pub fn whole(st: &StateTensor, t: &TensorRef) -> StateSlice {
+        StateSlice { state: st.name.clone(), tensor: t.index, piece: t.piece.clone(), off: 0, len: st.view.len, per: SlicePer::Whole }
+    }
+}
+
 pub trait Optimizer<B: Backend> {
     fn name(&self) -> &'static str;
     /// One update of `params` from `grads` (multiplied by `grad_scale`, the
@@ -71,6 +113,13 @@ pub trait Optimizer<B: Backend> {
     /// Bytes of optimizer state held on the device (including regenerated
     /// state such as projection matrices); equals [`plan`]'s total.
     fn state_bytes(&self) -> u64;
+    /// Which part of each state tensor belongs to which tensor (or piece):
+    /// with it a checkpoint's state moves to another partition (ZeRO at
+    /// another world size). `None`: this optimizer's state cannot be cut
+    /// by tensor (FRUGAL's shared subspace).
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        None
+    }
     /// Bytes of scratch buffers the optimizer keeps between steps (not
     /// state: never saved, contents dead between steps).
     fn workspace_bytes(&self) -> u64 {

@@ -13,7 +13,7 @@ use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::matrix_split;
 use super::newton_schulz::{NsWorkspace, STEPS};
 use super::plan::{matrix_rows, GroupPlan, WorkspacePlan};
-use super::{adamw_lr, meta_steps, Optimizer, StateTensor, TensorRef};
+use super::{adamw_lr, meta_steps, Optimizer, StateSlice, StateTensor, TensorRef};
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
@@ -88,6 +88,13 @@ impl<B: Backend> Optimizer<B> for Muon {
         }
         let h = AdamHyper::from_cfg(&self.cfg, adamw_lr(&self.cfg, lr), self.steps, grad_scale);
         self.adam.step(b, params, grads, &h)
+    }
+
+    fn state_slices(&self) -> Option<Vec<StateSlice>> {
+        let tensors: Vec<_> = self.matrices.iter().zip(&self.offs).map(|(t, &off)| (t.index, t.piece.clone(), off)).collect();
+        let mut out = StateSlice::per_element(&["muon.momentum"], &tensors);
+        out.extend(self.adam.state_slices());
+        Some(out)
     }
 
     fn state_tensors(&self) -> Vec<StateTensor> {

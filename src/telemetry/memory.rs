@@ -1,5 +1,6 @@
-//! Memory estimate of one training process (no sharding): what `info`
-//! prints and what a run can be checked against.
+//! Memory estimate of one training process — one rank under ZeRO
+//! (`dist.world`, `dist.zero_stage`): what `info` prints and what a run can
+//! be checked against.
 //!
 //! Precision follows the device (shared/DESIGN.md, "Mixed precision"):
 //! - `cpu`: fp32 weights, fp32 gradients, fp32 activations.
@@ -15,6 +16,7 @@ use crate::config::{Config, Mlp, Norm};
 use crate::model::layout::{ParamKind, ParamLayout};
 use crate::model::Recompute;
 use crate::optim::{self, GroupPlan};
+use crate::parallel::Partition;
 use anyhow::Result;
 
 const FP32: u64 = 4;
@@ -30,13 +32,16 @@ pub struct MemoryEstimate {
     /// [`optimizer_groups`] for the reason).
     pub optimizer_state: Option<u64>,
     pub activations: u64,
+    /// ZeRO's per-unit buffers at their peak: gathered weights (stage 3)
+    /// and a unit's gradients before their reduce-scatter (stages 2–3).
+    pub comm_buffers: u64,
 }
 
 impl MemoryEstimate {
     /// Sum of the parts; an unknown optimizer state counts as zero (the
     /// report says so next to the total).
     pub fn total(&self) -> u64 {
-        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations
+        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations + self.comm_buffers
     }
 }
 
@@ -84,11 +89,57 @@ fn precision(device: &str) -> (u64, u64, u64) {
     }
 }
 
+/// One rank's memory. Without ZeRO (world 1 or stage 0) every rank holds
+/// everything; with it, the rank with the largest shard is reported (the
+/// one that runs out first). See `parallel::zero` for what each stage keeps.
 pub fn estimate(cfg: &Config) -> MemoryEstimate {
-    let params = ParamLayout::new(&cfg.model).total as u64;
+    let layout = ParamLayout::new(&cfg.model);
+    let params = layout.total as u64;
     let (w, g, act) = precision(&cfg.device);
-    let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
-    MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations: activation_bytes(cfg, act) }
+    let activations = activation_bytes(cfg, act);
+    let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
+    if cfg.offload.enabled() {
+        // parallel::offload: the device keeps the compute weights and each
+        // unit's gradients while its backward runs (all of them across
+        // micro-batches when accumulating); state and master are off it.
+        let part = Partition::new(&cfg.model, &layout, 1, false);
+        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, unit_buffers(cfg, &part, 2, w)) };
+        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers };
+    }
+    if stage == 0 {
+        let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
+        return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0 };
+    }
+    let whole = crate::optim::groups::MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
+    let part = Partition::new(&cfg.model, &layout, world, whole);
+    let rank = (0..world).max_by_key(|&r| part.shard_len(r)).unwrap_or(0);
+    let shard = part.shard_len(rank) as u64;
+    let optimizer_state = optim::plan(&cfg.optimizer, &part.shard_layout(&layout, rank)).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
+    // Stages 1–2 keep every weight for the passes (and stage 1 every
+    // gradient) besides the shard's fp32 master and gradients.
+    let weights = if stage <= 2 { w * params } else { 0 } + FP32 * shard;
+    let grads = if stage == 1 { g * params } else { 0 } + FP32 * shard;
+    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, w) }
+}
+
+/// Peak bytes of ZeRO's per-unit buffers: at stage 3 a unit's gathered
+/// weights (`w` bytes each) and at stages 2–3 its gradient buffer, alive
+/// together while the unit's backward runs. Tied embeddings keep the
+/// embeddings' gradient buffer from the head's backward to the end, and the
+/// head's gather includes them.
+fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, w: u64) -> u64 {
+    let len = |u: usize| part.units[u].len() as u64;
+    let (embed, head) = (len(0), len(part.units.len() - 1));
+    let layer = (1..part.units.len() - 1).map(len).max().unwrap_or(0);
+    if stage < 2 {
+        return 0;
+    }
+    let wb = if stage == 3 { w } else { 0 };
+    if cfg.model.tied_embeddings {
+        ((embed + head) * (wb + FP32)).max(embed * FP32 + layer * (wb + FP32)).max(embed * wb)
+    } else {
+        [embed, head, layer].iter().map(|&n| n * (wb + FP32)).max().unwrap_or(0)
+    }
 }
 
 /// Element counts of what the forward pass keeps for backward, split by

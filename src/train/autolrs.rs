@@ -34,6 +34,17 @@
 //! = the stage's first step, like train lines; `autolrs.png` draws them.
 //! `autolrs.json` in the run folder holds the decided stages, so a resumed
 //! run continues the stage it was in at the same lr.
+//!
+//! Several ranks (ZeRO, any stage): every rank runs the same search — the
+//! snapshot is of its own shard, the trials are training steps with their
+//! collectives — and makes the same decisions, because they come only
+//! from the global training loss (the mean over ranks, which the host
+//! all-reduce computes in one place and hands to every rank bit for bit)
+//! through deterministic code. After each search the ranks check that
+//! they chose the same lr (two small collectives) and stop with an error
+//! if not. Rank 0 alone writes `autolrs.json`, the metrics lines and the
+//! plot. An offloaded run (`offload.optimizer`) is refused by the config:
+//! its state is off the device, outside the snapshot.
 
 pub mod forecast;
 pub mod gp;
@@ -43,7 +54,7 @@ use super::snapshot::Snapshot;
 use super::trainer::{train_step_at, State};
 use crate::backend::Backend;
 use crate::config::{AutoLrsConfig, Config};
-use crate::telemetry::{metrics::MetricsWriter, progress::Progress};
+use crate::telemetry::metrics::MetricsWriter;
 use crate::util::atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -93,12 +104,14 @@ pub struct AutoLrs {
     range: (f32, f32),
     stages: Vec<Stage>,
     path: PathBuf,
+    /// Rank 0: writes `autolrs.json`.
+    lead: bool,
 }
 
 impl AutoLrs {
     /// A new run starts with no stages; a resumed one keeps the stages that
     /// started before `resume_step`.
-    pub fn new(cfg: &Config, run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+    pub fn new(cfg: &Config, run_dir: &Path, resume_step: Option<u64>, lead: bool) -> Result<Self> {
         let a = &cfg.train.autolrs;
         a.validate(cfg.optimizer.lr, cfg.train.steps.saturating_sub(cfg.train.warmup_steps))?;
         let path = run_dir.join(STAGES_FILE);
@@ -110,7 +123,7 @@ impl AutoLrs {
                 stages = all.into_iter().filter(|s| s.start < step).collect();
             }
         }
-        Ok(AutoLrs { cfg: a.clone(), warmup: cfg.train.warmup_steps, total: cfg.train.steps, peak_lr: cfg.optimizer.lr, range: a.range(cfg.optimizer.lr), stages, path })
+        Ok(AutoLrs { cfg: a.clone(), warmup: cfg.train.warmup_steps, total: cfg.train.steps, peak_lr: cfg.optimizer.lr, range: a.range(cfg.optimizer.lr), stages, path, lead })
     }
 
     pub fn stages(&self) -> &[Stage] {
@@ -137,7 +150,7 @@ impl AutoLrs {
         (lo.ln() + x.clamp(0.0, 1.0) * (hi.ln() - lo.ln())).exp() as f32
     }
 
-    pub(super) fn lr_for_next_step<B: Backend>(&mut self, b: &mut B, st: &mut State<B>, cfg: &Config, metrics: &mut MetricsWriter, progress: &Progress) -> Result<f32> {
+    pub(super) fn lr_for_next_step<B: Backend>(&mut self, b: &mut B, st: &mut State<B>, cfg: &Config, mut metrics: Option<&mut MetricsWriter>, say: &dyn Fn(String)) -> Result<f32> {
         if st.step < self.warmup {
             return Ok(self.peak_lr * (st.step + 1) as f32 / self.warmup as f32);
         }
@@ -149,14 +162,17 @@ impl AutoLrs {
         if st.step != next_start {
             bail!("AutoLRS: step {} is not the start of stage {} (step {next_start}); {} does not match this run", st.step, self.stages.len(), self.path.display());
         }
-        let stage = self.search(b, st, cfg, metrics, progress)?;
+        let stage = self.search(b, st, cfg, &mut metrics, say)?;
+        ranks_agree(st, stage.index, stage.lr)?;
         self.stages.push(stage);
-        atomic::write_file(&self.path, serde_json::to_string_pretty(&self.stages)?.as_bytes())?;
+        if self.lead {
+            atomic::write_file(&self.path, serde_json::to_string_pretty(&self.stages)?.as_bytes())?;
+        }
         Ok(self.stages.last().unwrap().lr)
     }
 
     /// Decides the stage starting at `st.step`; leaves the state as found.
-    fn search<B: Backend>(&self, b: &mut B, st: &mut State<B>, cfg: &Config, metrics: &mut MetricsWriter, progress: &Progress) -> Result<Stage> {
+    fn search<B: Backend>(&self, b: &mut B, st: &mut State<B>, cfg: &Config, metrics: &mut Option<&mut MetricsWriter>, say: &dyn Fn(String)) -> Result<Stage> {
         let index = self.stages.len();
         let first = self.cfg.first_stage(self.total.saturating_sub(self.warmup));
         let (tau_full, tau_prime) = Self::stage_lengths(&self.cfg, first, index);
@@ -167,7 +183,9 @@ impl AutoLrs {
         if tau <= tau_prime {
             // Too little left to search: keep going at the current lr.
             let stage = Stage { index, start, tau, tau_prime, lr: prev, forecast: None };
-            metrics.write_value(&json!({"kind": "autolrs_stage", "step": first_line, "stage": index, "lr": prev, "tau": tau, "tau_prime": tau_prime, "search_ms": 0.0, "trial_steps": 0, "searched": false}))?;
+            if let Some(m) = metrics.as_mut() {
+                m.write_value(&json!({"kind": "autolrs_stage", "step": first_line, "stage": index, "lr": prev, "tau": tau, "tau_prime": tau_prime, "search_ms": 0.0, "trial_steps": 0, "searched": false}))?;
+            }
             return Ok(stage);
         }
         let began = Instant::now();
@@ -179,12 +197,14 @@ impl AutoLrs {
             let trial = run_trial(b, st, cfg, lr, tau_prime, tau, trials.first())?;
             snap.restore(b, st)?;
             let f = &trial.fit;
-            metrics.write_value(&json!({
-                "kind": "autolrs_trial", "step": first_line, "stage": index, "trial": i, "lr": lr, "tau": tau, "tau_prime": tau_prime,
-                "losses": trial.losses, "fit_of": if i == 0 { "loss" } else { "loss - trial 0's loss" },
-                "a": f.a, "b": f.b, "c": f.c, "rmse": f.rmse, "forecast": finite_or_null(trial.forecast),
-                "diverged": trial.diverged, "ms": trial.ms,
-            }))?;
+            if let Some(m) = metrics.as_mut() {
+                m.write_value(&json!({
+                    "kind": "autolrs_trial", "step": first_line, "stage": index, "trial": i, "lr": lr, "tau": tau, "tau_prime": tau_prime,
+                    "losses": trial.losses, "fit_of": if i == 0 { "loss" } else { "loss - trial 0's loss" },
+                    "a": f.a, "b": f.b, "c": f.c, "rmse": f.rmse, "forecast": finite_or_null(trial.forecast),
+                    "diverged": trial.diverged, "ms": trial.ms,
+                }))?;
+            }
             xs.push(x);
             trials.push(trial);
         }
@@ -192,12 +212,14 @@ impl AutoLrs {
         // Every trial diverged: the lowest lr of the range.
         let (lr, forecast) = best.map_or((self.range.0, None), |t| (t.lr, Some(t.forecast)));
         let search_ms = began.elapsed().as_secs_f64() * 1e3;
-        metrics.write_value(&json!({
-            "kind": "autolrs_stage", "step": first_line, "stage": index, "lr": lr, "tau": tau, "tau_prime": tau_prime,
-            "forecast": forecast, "search_ms": search_ms, "trial_steps": tau_prime * self.cfg.trials as u64, "searched": true,
-        }))?;
+        if let Some(m) = metrics.as_mut() {
+            m.write_value(&json!({
+                "kind": "autolrs_stage", "step": first_line, "stage": index, "lr": lr, "tau": tau, "tau_prime": tau_prime,
+                "forecast": forecast, "search_ms": search_ms, "trial_steps": tau_prime * self.cfg.trials as u64, "searched": true,
+            }))?;
+        }
         let tried: Vec<String> = trials.iter().map(|t| format!("{:.2e}", t.lr)).collect();
-        progress.println(format!(
+        say(format!(
             "step {:>6} | autolrs stage {index}: {tau} steps, tried lr {} for {tau_prime} steps each, chose {lr:.3e} (forecast {:.4}) in {:.1} s",
             start,
             tried.join(" "),
@@ -206,6 +228,31 @@ impl AutoLrs {
         ));
         Ok(Stage { index, start, tau, tau_prime, lr, forecast })
     }
+}
+
+/// Every rank must train the stage at the same lr (else their weights
+/// part ways): rank 0's lr goes to every rank (a sum where only rank 0
+/// adds a value is exact), then the ranks that differ are counted, so all
+/// of them stop together if any differs. Two host collectives; nothing
+/// with one rank.
+fn ranks_agree<B: Backend>(st: &mut State<B>, stage: usize, lr: f32) -> Result<()> {
+    if st.zero.world() == 1 {
+        return Ok(());
+    }
+    let rank = st.zero.rank();
+    let mut lead = [if rank == 0 { lr as f64 } else { 0.0 }];
+    st.zero.comm.all_reduce_host(&mut lead)?;
+    let differs = lead[0] != lr as f64;
+    let mut count = [differs as u8 as f64];
+    st.zero.comm.all_reduce_host(&mut count)?;
+    if count[0] > 0.0 {
+        bail!(
+            "AutoLRS: {} rank(s) chose another learning rate than rank 0 for stage {stage} (this rank: {lr:e}, rank 0: {:e}); the ranks' searches must agree (a bug)",
+            count[0],
+            lead[0]
+        );
+    }
+    Ok(())
 }
 
 fn finite_or_null(v: f64) -> serde_json::Value {
@@ -235,13 +282,9 @@ pub(super) fn run_trial<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, 
     for _ in 0..steps {
         match train_step_at(b, st, cfg, lr) {
             Ok(line) if line.loss.is_finite() => losses.push(line.loss),
+            // A non-finite (global) loss: the guard did not apply the step;
+            // the trial ends here on every rank alike.
             Ok(_) => {
-                diverged = true;
-                break;
-            }
-            // The trainer refuses a non-finite loss with this message; any
-            // other error is real.
-            Err(e) if e.to_string().starts_with("loss became") => {
                 diverged = true;
                 break;
             }

@@ -4,6 +4,7 @@
 //! bench/torch_train.py) trains exactly the same model side by side.
 
 use super::trainer::{new_state, tokens_per_step, train_step};
+use crate::backend::select::{on_device, OnBackend};
 use crate::backend::{profile::Profiled, Backend};
 use crate::config::Config;
 use crate::data::{Dataset, Tokenizer};
@@ -42,9 +43,21 @@ pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Optio
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    match cfg.device.as_str() {
-        "cpu" => with_backend(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, export_init, profile),
-        _ => with_backend(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, export_init, profile),
+    on_device(&cfg.device, 0, BenchJob { cfg, warmup, steps, export_init, profile })
+}
+
+struct BenchJob<'a> {
+    cfg: &'a Config,
+    warmup: usize,
+    steps: usize,
+    export_init: Option<&'a Path>,
+    profile: bool,
+}
+
+impl OnBackend for BenchJob<'_> {
+    type Output = BenchResult;
+    fn run<B: Backend + 'static>(self, b: B) -> Result<BenchResult> {
+        with_backend(b, self.cfg, self.warmup, self.steps, self.export_init, self.profile)
     }
 }
 
@@ -76,9 +89,9 @@ fn random_dataset(cfg: &Config, micro_batches: usize) -> Dataset {
 /// it recorded (the per-op profile).
 fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, mut after_warmup: impl FnMut(&mut B)) -> Result<(BenchResult, B)> {
     let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
-    let mut st = new_state(&mut b, cfg, &data)?;
+    let mut st = new_state(&mut b, cfg, &data, Box::new(crate::dist::SoloComm))?;
     if let Some(dir) = export_init {
-        let params = st.model.get_params(&mut b)?;
+        let params = st.zero.full_weights(&mut b)?;
         crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
     }
     let (mut step_ms, mut losses) = (Vec::new(), Vec::new());

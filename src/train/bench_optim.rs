@@ -60,9 +60,20 @@ pub fn bench_optim(cfg: &Config, warmup: usize, steps: usize, profile: bool) -> 
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    match cfg.device.as_str() {
-        "cpu" => with_backend(crate::backend::cpu::CpuBackend::new(), cfg, warmup, steps, profile),
-        _ => with_backend(crate::backend::cuda::CudaBackend::new(0)?, cfg, warmup, steps, profile),
+    crate::backend::select::on_device(&cfg.device, 0, OptimBenchJob { cfg, warmup, steps, profile })
+}
+
+struct OptimBenchJob<'a> {
+    cfg: &'a Config,
+    warmup: usize,
+    steps: usize,
+    profile: bool,
+}
+
+impl crate::backend::select::OnBackend for OptimBenchJob<'_> {
+    type Output = OptimBenchResult;
+    fn run<B: Backend + 'static>(self, b: B) -> Result<OptimBenchResult> {
+        with_backend(b, self.cfg, self.warmup, self.steps, self.profile)
     }
 }
 

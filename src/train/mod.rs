@@ -3,9 +3,12 @@
 pub mod autolrs;
 pub mod bench;
 pub mod bench_optim;
+pub mod export;
 pub mod generate;
+pub mod guard;
 pub mod init_from;
 pub mod lr_source;
+pub mod preflight;
 pub mod run_dir;
 pub mod sample;
 pub mod schedule;

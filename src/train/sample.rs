@@ -3,7 +3,7 @@
 //! which is fine for the model sizes sampled on the CPU).
 
 use crate::backend::Backend;
-use crate::model::Model;
+use crate::model::{store::ParamStore, Model};
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
 
@@ -19,18 +19,29 @@ pub struct SampleOptions {
 /// Extends `prompt` by up to `opts.max_tokens` sampled tokens, stopping
 /// early at `stop` (e.g. end-of-text). Returns only the new tokens.
 pub fn generate<B: Backend>(b: &mut B, model: &mut Model, prompt: &[u32], opts: SampleOptions, stop: Option<u32>, rng: &mut Rng) -> Result<Vec<u32>> {
+    let ctx_len = model.cfg.max_seq_len;
+    generate_with(|tokens| model.last_logits(b, tokens), ctx_len, prompt, opts, stop, rng)
+}
+
+/// [`generate`] with the weights held by `store` (a training run's).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_in<B: Backend>(b: &mut B, model: &mut Model, store: &mut dyn ParamStore<B>, prompt: &[u32], opts: SampleOptions, stop: Option<u32>, rng: &mut Rng) -> Result<Vec<u32>> {
+    let ctx_len = model.cfg.max_seq_len;
+    generate_with(|tokens| model.last_logits_in(b, store, tokens), ctx_len, prompt, opts, stop, rng)
+}
+
+fn generate_with(mut last_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>, ctx_len: usize, prompt: &[u32], opts: SampleOptions, stop: Option<u32>, rng: &mut Rng) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         bail!("generation needs at least one prompt token");
     }
     if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
         bail!("--temperature must be a number >= 0, got {}", opts.temperature);
     }
-    let ctx_len = model.cfg.max_seq_len;
     let mut tokens = prompt.to_vec();
     let mut out = Vec::new();
     for _ in 0..opts.max_tokens {
         let start = tokens.len().saturating_sub(ctx_len);
-        let logits = model.last_logits(b, &tokens[start..])?;
+        let logits = last_logits(&tokens[start..])?;
         let next = pick(&logits, opts, rng);
         if Some(next) == stop {
             break;

@@ -29,7 +29,7 @@ pub mod sign_descent;
 pub mod swiglu;
 pub mod xent;
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View, QUANT_BLOCK};
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View, QUANT_BLOCK};
 use anyhow::{bail, ensure, Context, Result};
 
 /// Storage of one buffer. `DType::Compute` is stored as f32 on CPU.
@@ -64,6 +64,8 @@ pub struct CpuBackend {
     bufs: Vec<Option<CpuBuf>>,
     live_bytes: u64,
     peak_bytes: u64,
+    /// Host clock readings of `mark` (ops run synchronously here).
+    marks: Vec<std::time::Instant>,
 }
 
 /// Output slices, input slices and token-id slices of one op call.
@@ -315,6 +317,17 @@ impl Backend for CpuBackend {
     fn live_memory_bytes(&self) -> u64 {
         self.live_bytes
     }
+    fn mark(&mut self) -> Result<Mark> {
+        self.marks.push(std::time::Instant::now());
+        Ok(Mark(self.marks.len() - 1))
+    }
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        let at = |m: Mark| self.marks.get(m.0).copied().ok_or_else(|| anyhow::anyhow!("mark {} was cleared or never made", m.0));
+        Ok(at(to)?.saturating_duration_since(at(from)?).as_secs_f64() * 1e3)
+    }
+    fn clear_marks(&mut self) {
+        self.marks.clear();
+    }
 
     // ---- elementwise --------------------------------------------------
     fn add(&mut self, out: View, a: View, b: View) -> Result<()> {
@@ -502,12 +515,12 @@ impl Backend for CpuBackend {
     }
 
     // ---- attention ----------------------------------------------------
-    fn rope_fwd(&mut self, qkv: View, s: AttnShape, theta: f32) -> Result<()> {
-        self.rope(qkv, s, theta, false)
+    fn rope_fwd(&mut self, qkv: View, s: AttnShape, rope: Rope) -> Result<()> {
+        self.rope(qkv, s, rope, false)
     }
 
-    fn rope_bwd(&mut self, dqkv: View, s: AttnShape, theta: f32) -> Result<()> {
-        self.rope(dqkv, s, theta, true)
+    fn rope_bwd(&mut self, dqkv: View, s: AttnShape, rope: Rope) -> Result<()> {
+        self.rope(dqkv, s, rope, true)
     }
 
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
@@ -620,12 +633,12 @@ impl CpuBackend {
         }
     }
 
-    fn rope(&mut self, qkv: View, s: AttnShape, theta: f32, inverse: bool) -> Result<()> {
+    fn rope(&mut self, qkv: View, s: AttnShape, r: Rope, inverse: bool) -> Result<()> {
         check_attn(&s)?;
         ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even, got {}", s.head_dim);
         expect_len(qkv, &[s.batch, s.seq, s.qkv_width()], "rope qkv")?;
         let ([x], []) = self.req([qkv], [])?;
-        rope::rope(x, &s, theta, inverse);
+        rope::rope(x, &s, &r.inv_freq(s.head_dim), inverse);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use super::kernels::{self, KArg, Kernels};
 use super::loader;
 use super::matmul::Lt;
 use super::memory::{Allocator, Buffer, Buffers, Dev, DevMem, Elem, Shadow};
-use crate::backend::{BufId, DType, View};
+use crate::backend::{BufId, DType, Mark, View};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
@@ -25,6 +25,8 @@ pub struct CudaBackend {
     pub(super) quant_maps: Option<DevMem>,
     /// AdamW segment tables (host copy, device copy), uploaded on first use.
     pub(super) adam_tables: Vec<(Vec<i64>, DevMem)>,
+    /// Rotary inverse-frequency tables (host copy, device copy), uploaded on first use.
+    pub(super) rope_tables: Vec<(Vec<f32>, DevMem)>,
     pub(super) lt: Lt,
     pub(super) kernels: Kernels,
     pub(super) alloc: Allocator,
@@ -34,6 +36,8 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
+    /// Timing events recorded on the stream by `mark`, until `clear_marks`.
+    pub(super) marks: Vec<cudarc::driver::CudaEvent>,
     pub(super) stream: Arc<CudaStream>,
     pub(super) ctx: Arc<CudaContext>,
 }
@@ -96,11 +100,30 @@ impl CudaBackend {
             retired: Vec::new(),
             quant_maps: None,
             adam_tables: Vec::new(),
+            rope_tables: Vec::new(),
             sms,
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
+            marks: Vec::new(),
         })
+    }
+
+    /// A timing event recorded on the stream (no host wait).
+    pub(super) fn record_mark(&mut self) -> Result<Mark> {
+        let ev = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| anyhow!("cuEventRecord: {e:?}"))?;
+        self.marks.push(ev);
+        Ok(Mark(self.marks.len() - 1))
+    }
+
+    /// Milliseconds between two recorded events; waits for the later one.
+    pub(super) fn mark_elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        let (a, b) = match (self.marks.get(from.0), self.marks.get(to.0)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => bail!("timing mark {} or {} was cleared or never made", from.0, to.0),
+        };
+        b.synchronize().map_err(|e| anyhow!("waiting for a timing event: {e:?}"))?;
+        Ok(a.elapsed_ms(b).map_err(|e| anyhow!("cuEventElapsedTime: {e:?}"))? as f64)
     }
 
     /// Choose the CUDA-core attention kernels (true) or the tensor-core ones.
@@ -254,5 +277,42 @@ impl CudaBackend {
             }
             None => Ok(0),
         }
+    }
+}
+
+/// A view resolved for the communicator (dist::nccl): device address of its
+/// first element, bytes per stored element, and the buffer's storage class
+/// (`Compute` is bf16 here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawView {
+    pub ptr: u64,
+    pub elem_bytes: usize,
+    pub dtype: DType,
+}
+
+/// Accessors for dist::nccl, which passes raw pointers to NCCL on our stream.
+impl CudaBackend {
+    /// Make this backend's context current on the calling thread (NCCL
+    /// picks its device from it).
+    pub(crate) fn comm_bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))
+    }
+
+    /// The compute stream; collectives queued on it are ordered with every op.
+    pub(crate) fn comm_stream(&self) -> Arc<CudaStream> {
+        self.stream.clone()
+    }
+
+    /// A view NCCL reads (checked to lie inside its buffer).
+    pub(crate) fn comm_read(&self, v: View) -> Result<RawView> {
+        let d = self.bufs.dev(v)?;
+        Ok(RawView { ptr: d.ptr, elem_bytes: d.elem.size(), dtype: self.bufs.get(v.buf)?.dtype })
+    }
+
+    /// A view NCCL writes: the range's bf16 shadow (if any) goes stale.
+    pub(crate) fn comm_write(&mut self, v: View) -> Result<RawView> {
+        let r = self.comm_read(v)?;
+        self.bufs.written(v);
+        Ok(r)
     }
 }

@@ -26,8 +26,17 @@ mod ops_train;
 
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
+/// For dist::nccl (raw device pointers of views).
+pub(crate) use device::RawView;
 
-use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, PrecondArgs, SignArgs, View};
+pub use ops_attention::HEAD_DIMS;
+
+/// Whether the CUDA attention kernels implement this head size ([`HEAD_DIMS`]).
+pub fn supports_head_dim(d: usize) -> bool {
+    HEAD_DIMS.contains(&d)
+}
+
+use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 
 impl Backend for CudaBackend {
@@ -74,6 +83,15 @@ impl Backend for CudaBackend {
     }
     fn live_memory_bytes(&self) -> u64 {
         self.alloc.bytes_now
+    }
+    fn mark(&mut self) -> Result<Mark> {
+        self.record_mark()
+    }
+    fn elapsed_ms(&mut self, from: Mark, to: Mark) -> Result<f64> {
+        self.mark_elapsed_ms(from, to)
+    }
+    fn clear_marks(&mut self) {
+        self.marks.clear();
     }
 
     fn add(&mut self, out: View, a: View, b: View) -> Result<()> {
@@ -159,11 +177,11 @@ impl Backend for CudaBackend {
         self.swiglu_bwd_op(dinp, inp, dout, n, f)
     }
 
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.rope_op(qkv, shape, theta, 1.0)
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.rope_op(qkv, shape, rope, 1.0)
     }
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.rope_op(dqkv, shape, theta, -1.0)
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.rope_op(dqkv, shape, rope, -1.0)
     }
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()> {
         self.attention_fwd_op(out, lse, qkv, shape)

@@ -1,0 +1,382 @@
+//! ZeRO over the data-parallel group: one engine for stages 0–3, and the
+//! parameter store the passes run with.
+//!
+//! | stage | every rank holds                       | gradients                         | after the step          |
+//! |-------|----------------------------------------|-----------------------------------|-------------------------|
+//! | 0     | all weights, all gradients, all state  | all-reduce once per step          | —                       |
+//! | 1     | all weights and gradients, its state   | reduce-scatter once per step      | all-gather the weights  |
+//! | 2     | all weights, its gradients and state   | reduce-scatter as each unit ends  | all-gather the weights  |
+//! | 3     | its weights, gradients and state       | reduce-scatter as each unit ends  | — (gathered when used)  |
+//!
+//! "Its" = this rank's shard of the [`Partition`]: fp32 master weights and
+//! gradients packed in two flat buffers, which its optimizer is built on
+//! (`Partition::shard_layout`). Stage 3 gathers a unit's weights into a
+//! buffer of its own on `fetch` and frees it on `release` (forward and
+//! again in backward); stages 2 and 3 accumulate a unit's gradients in a
+//! buffer of its own from `fetch_grads` to `grads_done`, then reduce-scatter
+//! it into the shard. Gradients are summed over ranks: callers scale each
+//! rank's loss gradient by 1 / (global tokens), so the sum is the mean.
+//!
+//! Collectives run in the backend's stream order (NCCL on the compute
+//! stream), so they do not yet overlap with compute.
+
+use super::partition::Partition;
+use crate::backend::{Backend, BufId, DType, View};
+use crate::config::ModelConfig;
+use crate::dist::{Comm, Elem};
+use crate::model::layout::ParamLayout;
+use crate::model::store::{ParamStore, Unit};
+use crate::model::views::ModelViews;
+use anyhow::{ensure, Result};
+
+/// A buffer no op may use: views of units not fetched point here.
+const UNFETCHED: BufId = BufId(usize::MAX);
+
+pub struct Zero<B: Backend> {
+    pub stage: u32,
+    pub part: Partition,
+    pub comm: Box<dyn Comm<B>>,
+    layout: ParamLayout,
+    n_layers: usize,
+    tied: bool,
+    /// Stages 0–2: every weight (fp32). Stage 3: none.
+    full_params: Option<BufId>,
+    /// Stages 0–1: every gradient. Stages 2–3: none (per-unit buffers).
+    full_grads: Option<BufId>,
+    /// This rank's master weights and gradients (stage 0: the full buffers).
+    pub shard_params: BufId,
+    pub shard_grads: BufId,
+    /// Stage 3: each unit's gathered weights and how many fetches hold them.
+    gathered: Vec<Option<(BufId, usize)>>,
+    /// Stages 2–3: each unit's gradient buffer while its backward runs.
+    grad_bufs: Vec<Option<BufId>>,
+    pv: ModelViews,
+    gv: ModelViews,
+}
+
+impl<B: Backend> Zero<B> {
+    /// Shards `weights` (the full model, layout order, identical on every
+    /// rank) for `stage`. `whole_tensors`: the optimizer needs whole
+    /// matrices (see `Partition`).
+    pub fn new(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32]) -> Result<Self> {
+        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, true)
+    }
+
+    /// Stage 0 without the gradient buffer: an offloaded run
+    /// (`parallel::offload`) keeps each unit's gradients only while its
+    /// backward runs. Only the weights are used from it.
+    pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32]) -> Result<Self> {
+        Self::build(b, cfg, layout, 0, comm, false, weights, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], device_grads: bool) -> Result<Self> {
+        ensure!(stage <= 3, "dist.zero_stage = {stage}: use 0, 1, 2 or 3");
+        ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        let (rank, world) = (comm.rank(), comm.world());
+        let part = Partition::new(cfg, layout, if stage == 0 { 1 } else { world }, whole_tensors);
+        let units = part.units.len();
+        let full_params = if stage <= 2 { Some(b.alloc(layout.total, DType::F32)?) } else { None };
+        let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
+        let (shard_params, shard_grads) = if stage == 0 {
+            (full_params.expect("stage 0 holds all weights"), full_grads.unwrap_or(UNFETCHED))
+        } else {
+            let n = part.shard_len(rank);
+            (b.alloc(n.max(1), DType::F32)?, b.alloc(n.max(1), DType::F32)?)
+        };
+        let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
+        let gv = ModelViews::new(layout, full_grads.unwrap_or(UNFETCHED), cfg.n_layers);
+        let mut z = Zero {
+            stage,
+            part,
+            comm,
+            layout: layout.clone(),
+            n_layers: cfg.n_layers,
+            tied: cfg.tied_embeddings,
+            full_params,
+            full_grads,
+            shard_params,
+            shard_grads,
+            gathered: vec![None; units],
+            grad_bufs: vec![None; units],
+            pv,
+            gv,
+        };
+        z.set_weights(b, weights)?;
+        z.zero_grads(b)?;
+        Ok(z)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    pub fn world(&self) -> usize {
+        self.comm.world()
+    }
+
+    /// The layout this rank's optimizer works on: its shard (stage 0: the
+    /// whole model).
+    pub fn optimizer_layout(&self) -> ParamLayout {
+        if self.stage == 0 { self.layout.clone() } else { self.part.shard_layout(&self.layout, self.rank()) }
+    }
+
+    /// Loads the full model's weights (layout order, the same on every rank).
+    pub fn set_weights(&mut self, b: &mut B, weights: &[f32]) -> Result<()> {
+        ensure!(weights.len() == self.layout.total, "{} weights for a layout of {}", weights.len(), self.layout.total);
+        if let Some(full) = self.full_params {
+            b.upload(View::whole(full, self.layout.total), weights)?;
+            b.params_changed(View::whole(full, self.layout.total))?;
+        }
+        if self.stage > 0 {
+            let r = self.rank();
+            for u in 0..self.part.units.len() {
+                let seg = self.part.segment(u, r);
+                b.upload(self.shard_view(u), &weights[seg])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The full model's weights on the host, on every rank (a collective at
+    /// stage 3, which gathers unit by unit).
+    pub fn full_weights(&mut self, b: &mut B) -> Result<Vec<f32>> {
+        let mut host = vec![0.0; self.layout.total];
+        match self.full_params {
+            Some(full) => b.download(View::whole(full, self.layout.total), &mut host)?,
+            None => {
+                for u in 0..self.part.units.len() {
+                    let range = self.part.units[u].clone();
+                    let buf = self.gather_unit(b, u)?;
+                    let out = b.download(View::whole(buf, range.len()), &mut host[range]);
+                    b.free(buf);
+                    out?;
+                }
+            }
+        }
+        Ok(host)
+    }
+
+    /// Values in this rank's master-weight shard (stage 0: every weight).
+    pub fn shard_len(&self) -> usize {
+        if self.stage == 0 { self.layout.total } else { self.part.shard_len(self.rank()) }
+    }
+
+    /// This rank's master weights (its shard, fp32) on the host; no
+    /// collective.
+    pub fn shard_weights(&self, b: &mut B) -> Result<Vec<f32>> {
+        let n = self.shard_len();
+        let mut host = vec![0.0; n];
+        if n > 0 {
+            b.download(View::whole(self.shard_params, n), &mut host)?;
+        }
+        Ok(host)
+    }
+
+    /// Puts back master weights taken with [`Zero::shard_weights`] and
+    /// brings every copy up to date: stage 0 the device's derived copies
+    /// (bf16), stages 1–2 the full weights (an all-gather: a collective
+    /// every rank must join), stage 3 nothing more (gathered when used).
+    pub fn set_shard_weights(&mut self, b: &mut B, shard: &[f32]) -> Result<()> {
+        let n = self.shard_len();
+        ensure!(shard.len() == n, "{} weights for a shard of {n}", shard.len());
+        if n > 0 {
+            b.upload(View::whole(self.shard_params, n), shard)?;
+        }
+        match self.stage {
+            0 => b.params_changed(View::whole(self.shard_params, n)),
+            _ => self.after_step(b),
+        }
+    }
+
+    /// This rank's segment of unit `u` inside its shard.
+    fn shard_view(&self, u: usize) -> View {
+        let r = self.rank();
+        View { buf: self.shard_params, off: self.part.shard_offset(u, r), len: self.part.counts[u][r] }
+    }
+
+    fn shard_grad_view(&self, u: usize) -> View {
+        View { buf: self.shard_grads, ..self.shard_view(u) }
+    }
+
+    /// Rank's segment of unit `u` inside a buffer holding the whole unit.
+    fn local_segment(&self, u: usize, buf: BufId) -> View {
+        let seg = self.part.segment(u, self.rank());
+        View { buf, off: seg.start - self.part.units[u].start, len: seg.len() }
+    }
+
+    /// A new buffer with unit `u`'s weights gathered from every rank.
+    fn gather_unit(&mut self, b: &mut B, u: usize) -> Result<BufId> {
+        let len = self.part.units[u].len();
+        let buf = b.alloc(len, DType::F32)?;
+        b.copy(self.local_segment(u, buf), self.shard_view(u))?;
+        self.comm.all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32)?;
+        Ok(buf)
+    }
+
+    pub fn zero_grads(&mut self, b: &mut B) -> Result<()> {
+        if let Some(g) = self.full_grads {
+            b.fill(View::whole(g, self.layout.total), 0.0)?;
+        }
+        if self.stage > 0 {
+            let n = self.part.shard_len(self.rank());
+            if n > 0 {
+                b.fill(View::whole(self.shard_grads, n), 0.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last micro-batch: stage 0 all-reduces every gradient,
+    /// stage 1 reduce-scatters them into the shard (stages 2–3 did so as
+    /// each unit's backward ended).
+    pub fn finish_grads(&mut self, b: &mut B) -> Result<()> {
+        let Some(full) = self.full_grads else { return Ok(()) };
+        if self.world() == 1 {
+            if self.stage == 1 {
+                for u in 0..self.part.units.len() {
+                    b.copy(self.shard_grad_view(u), self.local_segment_full(u, full))?;
+                }
+            }
+            return Ok(());
+        }
+        for u in 0..self.part.units.len() {
+            let range = self.part.units[u].clone();
+            let unit = View { buf: full, off: range.start, len: range.len() };
+            if self.stage == 0 {
+                self.comm.all_reduce_sum(b, unit)?;
+            } else {
+                self.comm.reduce_scatter_sum(b, unit, &self.part.counts[u])?;
+                b.copy(self.shard_grad_view(u), self.local_segment_full(u, full))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rank's segment of unit `u` inside a full-layout buffer.
+    fn local_segment_full(&self, u: usize, buf: BufId) -> View {
+        let seg = self.part.segment(u, self.rank());
+        View { buf, off: seg.start, len: seg.len() }
+    }
+
+    /// The global gradient norm (every rank gets the same value).
+    pub fn grad_norm(&mut self, b: &mut B) -> Result<f64> {
+        let n = if self.stage == 0 { self.layout.total } else { self.part.shard_len(self.rank()) };
+        let mut sq = [if n > 0 { b.sum_squares(View::whole(self.shard_grads, n))? } else { 0.0 }];
+        if self.stage > 0 {
+            self.comm.all_reduce_host(&mut sq)?;
+        }
+        Ok(sq[0].sqrt())
+    }
+
+    /// After the optimizer updated the shard: stages 1–2 bring every
+    /// rank's full weights up to date.
+    pub fn after_step(&mut self, b: &mut B) -> Result<()> {
+        let (Some(full), true) = (self.full_params, self.stage > 0) else { return Ok(()) };
+        for u in 0..self.part.units.len() {
+            let range = self.part.units[u].clone();
+            b.copy(self.local_segment_full(u, full), self.shard_view(u))?;
+            let unit = View { buf: full, off: range.start, len: range.len() };
+            self.comm.all_gather(b, unit, &self.part.counts[u], Elem::F32)?;
+            b.params_changed(unit)?;
+        }
+        Ok(())
+    }
+
+    /// Mean of a host value over ranks.
+    pub fn mean_host(&mut self, x: f64) -> Result<f64> {
+        let mut v = [x];
+        self.comm.all_reduce_host(&mut v)?;
+        Ok(v[0] / self.world() as f64)
+    }
+
+    fn unit_index(&self, unit: Unit) -> usize {
+        unit.index(self.n_layers)
+    }
+
+    /// For tied embeddings the head reads (and writes the gradient of) the
+    /// embedding matrix: fetching the head fetches the embeddings too.
+    fn with_tied(&self, unit: Unit) -> Vec<Unit> {
+        if unit == Unit::Head && self.tied { vec![Unit::Embed, Unit::Head] } else { vec![unit] }
+    }
+}
+
+impl<B: Backend> ParamStore<B> for Zero<B> {
+    fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        if self.stage < 3 {
+            return Ok(());
+        }
+        for unit in self.with_tied(unit) {
+            let u = self.unit_index(unit);
+            match self.gathered[u].as_mut() {
+                Some((_, holders)) => *holders += 1,
+                None => {
+                    let buf = self.gather_unit(b, u)?;
+                    self.gathered[u] = Some((buf, 1));
+                    self.pv.point_unit(&self.layout, unit, self.part.units[u].start, buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        if self.stage < 3 {
+            return Ok(());
+        }
+        for unit in self.with_tied(unit) {
+            let u = self.unit_index(unit);
+            if let Some((buf, holders)) = self.gathered[u].as_mut() {
+                *holders -= 1;
+                if *holders == 0 {
+                    b.free(*buf);
+                    self.gathered[u] = None;
+                    self.pv.point_unit(&self.layout, unit, self.part.units[u].start, UNFETCHED);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        if self.stage < 2 {
+            return Ok(());
+        }
+        for unit in self.with_tied(unit) {
+            let u = self.unit_index(unit);
+            if self.grad_bufs[u].is_none() {
+                let len = self.part.units[u].len();
+                let buf = b.alloc(len, DType::F32)?;
+                b.fill(View::whole(buf, len), 0.0)?;
+                self.grad_bufs[u] = Some(buf);
+                self.gv.point_unit(&self.layout, unit, self.part.units[u].start, buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages 2–3: reduce-scatter the unit's gradients into the shard and
+    /// free its buffer. (Tied embeddings: the head's call leaves the
+    /// embeddings' buffer, still accumulating, to the embeddings' call.)
+    fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        if self.stage < 2 {
+            return Ok(());
+        }
+        let u = self.unit_index(unit);
+        let Some(buf) = self.grad_bufs[u].take() else { return Ok(()) };
+        let len = self.part.units[u].len();
+        let out = (|| {
+            self.comm.reduce_scatter_sum(b, View::whole(buf, len), &self.part.counts[u])?;
+            b.accumulate(self.shard_grad_view(u), self.local_segment(u, buf))
+        })();
+        b.free(buf);
+        self.gv.point_unit(&self.layout, unit, self.part.units[u].start, UNFETCHED);
+        out
+    }
+
+    fn params(&self) -> &ModelViews {
+        &self.pv
+    }
+    fn grads(&self) -> &ModelViews {
+        &self.gv
+    }
+}

@@ -457,3 +457,51 @@ fn ulysses_nccl_world_1_on_gpu() {
     close(&results[1].0, &results[0].0, "nccl world 1: attention output");
     close(&results[1].1, &results[0].1, "nccl world 1: dqkv");
 }
+
+// ---- memory estimate ----------------------------------------------------------
+
+/// `info`'s per-rank estimate under sp = 2 differs from what a rank
+/// allocates exactly as the estimate of sp = 1 on the rank's share of the
+/// tokens does (the uncounted backward scratch is the same): the gathered
+/// per-block buffers and Ulysses' scratch are counted exactly.
+#[test]
+fn memory_estimate_counts_ulysses_buffers_exactly() {
+    use ferrotron::config::Config;
+    use ferrotron::model::Model;
+    use ferrotron::telemetry::memory::{activation_count, estimate};
+    let counted = |cfg: &Config| {
+        let c = activation_count(cfg);
+        4 * (c.act + c.fp32) as i64 + estimate(cfg).sp_buffers as i64
+    };
+    for checkpoint in [false, true] {
+        let mut cfg = Config::default();
+        cfg.model = ModelConfig { n_heads: 4, n_kv_heads: 2, d_model: 32, n_layers: 3, d_ff: 64, max_seq_len: 64, positions: Positions::Rope, ..Default::default() };
+        cfg.train.batch_size = 2;
+        cfg.train.seq_len = 16;
+        cfg.train.checkpoint_layers = checkpoint;
+        let (batch, seq) = (2, 16);
+        let tokens: Vec<u32> = (0..batch * seq).map(|i| (i % 200) as u32).collect();
+        // One rank's share without sequence parallelism.
+        let mut half = cfg.clone();
+        half.train.seq_len = seq / 2;
+        let local = {
+            let mut b = CpuBackend::new();
+            let mut model = Model::new(&mut b, &half.model, ulysses::recompute(&half.train, 1)).unwrap();
+            model.forward_backward(&mut b, &tokens[..batch * seq / 2], &tokens[..batch * seq / 2], batch, seq / 2, 1.0).unwrap();
+            b.live_memory_bytes() as i64 - counted(&half)
+        };
+        cfg.dist.sp = 2;
+        let lives = ranks(2, |r, comm| {
+            let mut b = CpuBackend::new();
+            let recompute = ulysses::recompute(&cfg.train, 2);
+            let mut model = Model::new(&mut b, &cfg.model, recompute).unwrap();
+            let mut u = Ulysses::new(&cfg.model, recompute, Box::new(comm)).unwrap();
+            let mine = &tokens[r * batch * seq / 2..(r + 1) * batch * seq / 2];
+            model.forward_backward_attn(&mut b, &mut u, mine, mine, batch, seq / 2, 1.0).unwrap();
+            b.live_memory_bytes() as i64
+        });
+        for live in lives {
+            assert_eq!(live - counted(&cfg), local, "checkpoint_layers = {checkpoint}");
+        }
+    }
+}

@@ -167,6 +167,13 @@ impl Model {
         self.forward_backward_with(b, store, &mut LocalAttention, inputs, targets, batch, seq, grad_scale)
     }
 
+    /// [`forward_backward`](Self::forward_backward) with the attention step
+    /// run by `attn` (the model's own weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_attn<B: Backend>(&mut self, b: &mut B, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
+        self.with_flat(|m, flat| m.forward_backward_with(b, flat, attn, inputs, targets, batch, seq, grad_scale))
+    }
+
     /// [`forward_backward_in`](Self::forward_backward_in) with the attention
     /// step run by `attn` (sequence parallelism: `seq` is this rank's share
     /// of each sequence, and the returned loss the mean over its tokens).

@@ -505,3 +505,16 @@ fn memory_estimate_counts_ulysses_buffers_exactly() {
         }
     }
 }
+
+/// The group of consecutive ranks: rank and world within it, its own port.
+#[test]
+fn group_info_derives_the_sequence_parallel_group() {
+    use ferrotron::dist::group_info;
+    let world = WorldInfo { rank: 5, world: 8, local_rank: 5, local_world: 8, master_port: 29500, ..WorldInfo::single() };
+    let g = group_info(&world, 4).unwrap();
+    assert_eq!((g.rank, g.world, g.master_port, g.local_rank), (1, 4, 29502, 5));
+    assert_eq!(group_info(&world, 2).unwrap().master_port, 29503);
+    assert!(group_info(&world, 3).unwrap_err().to_string().contains("does not divide the world of 8"));
+    let high = WorldInfo { master_port: 65535, ..world };
+    assert!(group_info(&high, 4).unwrap_err().to_string().contains("MASTER_PORT"));
+}

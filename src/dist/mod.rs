@@ -90,7 +90,7 @@ pub fn group_info(info: &WorldInfo, size: usize) -> Result<WorldInfo> {
         bail!("a group of {size} ranks does not divide the world of {}", info.world);
     }
     let group = info.rank / size;
-    let Some(port) = info.master_port.checked_add(1 + group as u16).filter(|_| group < u16::MAX as usize) else {
+    let Some(port) = u16::try_from(group + 1).ok().and_then(|g| info.master_port.checked_add(g)) else {
         bail!("MASTER_PORT {} + 1 + group {group} is not a port: set a lower MASTER_PORT", info.master_port);
     };
     Ok(WorldInfo { rank: info.rank % size, world: size, master_port: port, ..info.clone() })

@@ -154,9 +154,9 @@ fn transforms(p: usize, h: usize, kv: usize, batch: usize) {
         // Reference of to_tokens: every rank's row block of this rank's
         // tokens, its heads summed into the global columns.
         let mut want = vec![0.0f32; batch * s * w];
-        for j in 0..p {
+        for (j, grad) in grads.iter().enumerate() {
             let (qs, ks) = owned(h, kv, p, j);
-            let rows = token_slice(&grads[j], batch, seq, wh, r * s, (r + 1) * s);
+            let rows = token_slice(grad, batch, seq, wh, r * s, (r + 1) * s);
             for t in 0..batch * s {
                 let src = &rows[t * wh..(t + 1) * wh];
                 let dst = &mut want[t * w..(t + 1) * w];
@@ -474,8 +474,7 @@ fn memory_estimate_counts_ulysses_buffers_exactly() {
         4 * (c.act + c.fp32) as i64 + estimate(cfg).sp_buffers as i64
     };
     for checkpoint in [false, true] {
-        let mut cfg = Config::default();
-        cfg.model = ModelConfig { n_heads: 4, n_kv_heads: 2, d_model: 32, n_layers: 3, d_ff: 64, max_seq_len: 64, positions: Positions::Rope, ..Default::default() };
+        let mut cfg = Config { model: ModelConfig { n_heads: 4, n_kv_heads: 2, d_model: 32, n_layers: 3, d_ff: 64, max_seq_len: 64, positions: Positions::Rope, ..Default::default() }, ..Default::default() };
         cfg.train.batch_size = 2;
         cfg.train.seq_len = 16;
         cfg.train.checkpoint_layers = checkpoint;

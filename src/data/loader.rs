@@ -114,7 +114,7 @@ impl Loader {
     /// (sequence parallelism: the rank's place in its group). `seq_len`
     /// must be divisible by `parts`.
     pub fn with_seq_slice(mut self, part: usize, parts: usize) -> Result<Loader> {
-        if parts == 0 || part >= parts || self.seq % parts != 0 {
+        if parts == 0 || part >= parts || !self.seq.is_multiple_of(parts) {
             bail!("cannot cut sequences of {} tokens into {parts} equal slices (slice {part}): seq_len must be a multiple of dist.sp", self.seq);
         }
         self.slice = (part, parts);

@@ -86,7 +86,7 @@ pub fn connect<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, b: &mut
 /// first rank listens at MASTER_ADDR, so a group must include a rank on
 /// the master's node (every group does on one node).
 pub fn group_info(info: &WorldInfo, size: usize) -> Result<WorldInfo> {
-    if size == 0 || info.world % size != 0 {
+    if size == 0 || !info.world.is_multiple_of(size) {
         bail!("a group of {size} ranks does not divide the world of {}", info.world);
     }
     let group = info.rank / size;

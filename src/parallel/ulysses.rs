@@ -58,18 +58,18 @@ pub fn check(m: &ModelConfig, sp: usize, world: usize, seq_len: usize) -> Result
         return Ok(());
     }
     let (h, kv) = (m.n_heads, m.n_kv_heads);
-    let works: Vec<String> = (2..=h).filter(|&p| h % p == 0 && (kv % p == 0 || p % kv == 0)).map(|p| p.to_string()).collect();
+    let works: Vec<String> = (2..=h).filter(|&p| h.is_multiple_of(p) && (kv.is_multiple_of(p) || p.is_multiple_of(kv))).map(|p| p.to_string()).collect();
     let works = if works.is_empty() { "none above 1".to_string() } else { works.join(", ") };
-    if world % sp != 0 {
+    if !world.is_multiple_of(sp) {
         bail!("dist.sp = {sp} must divide the number of ranks ({world}): launch a multiple of {sp} ranks (data-parallel groups × sp)");
     }
-    if h % sp != 0 {
+    if !h.is_multiple_of(sp) {
         bail!("dist.sp = {sp} does not divide model.n_heads = {h} (uneven head shards are not supported); values of dist.sp that work for this model: {works}");
     }
-    if kv % sp != 0 && sp % kv != 0 {
+    if !kv.is_multiple_of(sp) && !sp.is_multiple_of(kv) {
         bail!("dist.sp = {sp} and model.n_kv_heads = {kv}: kv heads must be a multiple of dist.sp or divide it (each kv head then goes to dist.sp / n_kv_heads ranks); values of dist.sp that work for this model: {works}");
     }
-    if seq_len % sp != 0 {
+    if !seq_len.is_multiple_of(sp) {
         bail!("train.seq_len = {seq_len} is not divisible by dist.sp = {sp}: each rank holds seq_len / sp tokens; use a multiple of {sp}");
     }
     Ok(())

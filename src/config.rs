@@ -119,6 +119,9 @@ pub struct DistConfig {
     /// (0 = 1). Training takes the world from the launcher and refuses a
     /// different non-zero value.
     pub world: usize,
+    /// For `info`: GPU memory in GB (10^9 bytes) for its "longest sequence
+    /// per GPU" line (default 141, an H200).
+    pub gpu_memory_gb: f64,
 }
 
 impl DistConfig {
@@ -132,6 +135,9 @@ impl DistConfig {
         if !["auto", "nccl", "tcp"].contains(&self.backend.as_str()) {
             bail!("dist.backend = `{}` is unknown; use auto (nccl on cuda, tcp on cpu), nccl or tcp", self.backend);
         }
+        if !(self.gpu_memory_gb > 0.0 && self.gpu_memory_gb.is_finite()) {
+            bail!("dist.gpu_memory_gb must be a positive number of GB, got {}", self.gpu_memory_gb);
+        }
         if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
             bail!("dist.timeout_s must be a positive number of seconds, got {}", self.timeout_s);
         }
@@ -141,7 +147,7 @@ impl DistConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { zero_stage: 0, sp: 1, backend: "auto".into(), timeout_s: 60.0, world: 0 }
+        DistConfig { zero_stage: 0, sp: 1, backend: "auto".into(), timeout_s: 60.0, world: 0, gpu_memory_gb: 141.0 }
     }
 }
 

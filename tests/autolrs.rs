@@ -204,14 +204,15 @@ fn train_losses(run: &Path) -> Vec<f64> {
     lines(run).iter().filter(|l| l["kind"] == "train").map(|l| l["loss"].as_f64().unwrap()).collect()
 }
 
-/// Two ranks at ZeRO stages 0, 1 and 3: every rank runs the same trials
-/// from its own shard's snapshot (restores at stage 1 all-gather the
-/// weights), they agree on every stage's lr, rank 0 alone logs, and the
-/// run equals plain two-rank training at the chosen lrs bit for bit (the
-/// trials leave no trace on any rank).
+/// Two ranks at ZeRO stages 0, 1 and 3, and as one Ulysses group (dist.sp
+/// = 2): every rank runs the same trials from its own shard's snapshot
+/// (restores at stage 1 all-gather the weights), they agree on every
+/// stage's lr, rank 0 alone logs, and the run equals plain two-rank
+/// training at the chosen lrs bit for bit (the trials leave no trace on
+/// any rank).
 #[test]
 fn two_ranks_search_alike_and_leave_no_trace() {
-    for stage in [0, 1, 3] {
+    for (stage, sp) in [(0, 1), (1, 1), (3, 1), (1, 2)] {
         let tmp = tempfile::tempdir().unwrap();
         let common: Vec<String> = [
             "train.batch_size=2", "train.seq_len=32", "train.eval_every=0", "train.eval_batches=1", "train.samples=0", "train.warmup_steps=0",
@@ -219,7 +220,7 @@ fn two_ranks_search_alike_and_leave_no_trace() {
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain([format!("run.dir=\"{}\"", tmp.path().display()), format!("dist.zero_stage={stage}")])
+        .chain([format!("run.dir=\"{}\"", tmp.path().display()), format!("dist.zero_stage={stage}"), format!("dist.sp={sp}")])
         .collect();
         let with = |more: &[String]| common.iter().cloned().chain(more.iter().cloned()).collect::<Vec<_>>();
         let mut auto_sets: Vec<String> = AUTO.iter().map(|s| s.to_string()).collect();
@@ -227,16 +228,16 @@ fn two_ranks_search_alike_and_leave_no_trace() {
         launched(2, &with(&auto_sets), None);
         let run = tmp.path().join("auto");
         let st = stages(&run);
-        assert_eq!(st.len(), 2, "stage {stage}");
+        assert_eq!(st.len(), 2, "stage {stage} sp {sp}");
         let all = lines(&run);
-        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_trial").count(), 6, "stage {stage}: rank 0 alone logs the trials");
-        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_stage").count(), 2, "stage {stage}");
+        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_trial").count(), 6, "stage {stage} sp {sp}: rank 0 alone logs the trials");
+        assert_eq!(all.iter().filter(|l| l["kind"] == "autolrs_stage").count(), 2, "stage {stage} sp {sp}");
         let auto = train_losses(&run);
         assert_eq!(auto.len(), 12);
 
         launched(2, &with(&["run.name=plain".into(), "train.schedule=constant".into(), "train.steps=4".into(), "train.ckpt_every=4".into(), lr_set(st[0].lr)]), None);
         let plain = tmp.path().join("plain");
         launched(2, &with(&["train.steps=12".into(), lr_set(st[1].lr)]), Some(&plain));
-        assert_eq!(auto, train_losses(&plain), "ZeRO stage {stage}: chosen lrs {} {}", st[0].lr, st[1].lr);
+        assert_eq!(auto, train_losses(&plain), "ZeRO stage {stage}, sp {sp}: chosen lrs {} {}", st[0].lr, st[1].lr);
     }
 }

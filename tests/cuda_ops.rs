@@ -170,6 +170,29 @@ fn nvrtc_compiles_every_kernel() {
     }
 }
 
+/// `copy_strided` (Ulysses' layout transforms): element-wise and 16-byte
+/// paths, bf16 and fp32, copy and accumulate. Copies are exact; the bf16
+/// accumulate rounds once (BF16_TOL).
+#[test]
+fn copy_strided_matches_cpu() {
+    let Some(mut h) = gpu() else { return };
+    use ferrotron::backend::strided_len;
+    // (rows, cols, dst stride, src stride, dst offset, src offset)
+    for (rows, cols, ds, ss, doff, soff) in [(7, 64, 192, 128, 64, 0), (5, 24, 40, 24, 8, 0), (3, 5, 9, 7, 1, 3), (1, 100, 100, 100, 0, 0), (4, 128, 512, 1024, 256, 128)] {
+        for dt in [DType::Compute, DType::F32] {
+            for acc in [false, true] {
+                let src = h.randn(soff + strided_len(rows, cols, ss) + 5, 1.0, dt);
+                let dst = h.randn(doff + strided_len(rows, cols, ds) + 5, 1.0, dt);
+                let span = |v: P, off: usize, st: usize| [v[0].sub(off, strided_len(rows, cols, st)), v[1].sub(off, strided_len(rows, cols, st))];
+                let (dv, sv) = (span(dst, doff, ds), span(src, soff, ss));
+                h.run(|b, i| b.copy_strided(dv[i], ds, sv[i], ss, rows, cols, acc));
+                let tol = if acc && dt == DType::Compute { BF16_TOL } else { 0.0 };
+                h.check(&format!("copy_strided {rows}x{cols} {ds}/{ss} {dt:?} acc={acc}"), dst, tol);
+            }
+        }
+    }
+}
+
 #[test]
 fn memory_and_elementwise() {
     let Some(mut h) = gpu() else { return };

@@ -207,7 +207,7 @@ fn reference_target(r: &TrialSpec, at: u64) -> Result<(u64, f64)> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == "eval" && v["step"].as_u64().is_some_and(|s| s <= at))
         .filter_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
-        .last()
+        .next_back()
         .ok_or_else(|| anyhow!("the reference run {} logged no evaluation by step {at}", r.dir.display()))
 }
 

@@ -152,6 +152,12 @@ impl Rope {
     }
 }
 
+/// Elements a [`Backend::copy_strided`] view spans: `rows` rows of `cols`
+/// elements, `stride` apart (the last row ends after `cols`).
+pub fn strided_len(rows: usize, cols: usize, stride: usize) -> usize {
+    if rows == 0 { 0 } else { (rows - 1) * stride + cols }
+}
+
 /// Hyper-parameters of one fused AdamW step (PyTorch semantics).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWArgs {
@@ -261,6 +267,14 @@ pub trait Backend {
     fn fill(&mut self, dst: View, value: f32) -> Result<()>;
     /// `dst = src` (same length).
     fn copy(&mut self, dst: View, src: View) -> Result<()>;
+    /// Strided 2-D copy (a row block of one matrix into another; the
+    /// layout transforms around Ulysses' all-to-alls): for `r < rows`,
+    /// `c < cols`: `dst[r·dst_stride + c] = src[r·src_stride + c]`, or `+=`
+    /// with `accumulate`. Each view starts at element (0, 0) and spans
+    /// exactly [`strided_len`]`(rows, cols, stride)` elements; `cols` must
+    /// not exceed either stride. `dst` must not overlap `src`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()>;
     /// Wait for queued work (no-op on CPU).
     fn synchronize(&mut self) -> Result<()> {
         Ok(())

@@ -115,6 +115,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn sum_squares(&mut self, x: View) -> Result<f64> {
         self.time("sum_squares", |b| b.sum_squares(x))
     }
+    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+        self.time("copy_strided", |b| b.copy_strided(dst, dst_stride, src, src_stride, rows, cols, accumulate))
+    }
     fn axpby(&mut self, y: View, x: View, a: f32, b2: f32) -> Result<()> {
         self.time("axpby", |b| b.axpby(y, x, a, b2))
     }

@@ -314,8 +314,9 @@ fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let older = |n: &str| parse_step(n).is_some_and(|s| keep_step.is_some_and(|k| s < k));
         let older_incomplete = older(name) && !is_complete(&path);
-        // Shard staging of an older save that was killed before publishing.
-        let stale_shards = name.strip_suffix(".shards").is_some_and(older);
+        // Shard staging of an older save that was killed before publishing,
+        // or of this save (its files are in the checkpoint by now).
+        let stale_shards = name.strip_suffix(".shards").is_some_and(|n| parse_step(n).is_some_and(|s| keep_step.is_some_and(|k| s <= k)));
         if path.is_dir() && ((name.starts_with("step_") && name.ends_with(".tmp")) || older_incomplete || stale_shards) {
             atomic::remove_dir_if_exists(&path)?;
         }

@@ -13,6 +13,12 @@
 //! disjoint windows and stay in lockstep. Each rank gets `windows / world`
 //! windows per epoch (the remainder is skipped that epoch, so every rank makes
 //! the same number of steps). Batches run across epoch boundaries.
+//!
+//! Sequence parallelism (`dist.sp = P`): the `world` above is the number of
+//! data-parallel groups and `rank` the group's index, so the P ranks of a
+//! group read the same windows; [`Loader::with_seq_slice`] then gives rank
+//! `r` of the group tokens `[seq·r/P, seq·(r+1)/P)` of every window (inputs
+//! and their targets).
 
 use super::dataset::{Dataset, Split};
 use super::store::TokenStore;
@@ -61,6 +67,8 @@ pub struct Loader {
     order: Vec<u32>,
     epoch: u64,
     cursor: usize,
+    /// Which slice of each sequence this rank takes: (part, parts).
+    slice: (usize, usize),
 }
 
 impl Loader {
@@ -96,9 +104,21 @@ impl Loader {
             order: Vec::new(),
             epoch: 0,
             cursor: 0,
+            slice: (0, 1),
         };
         loader.reset();
         Ok(loader)
+    }
+
+    /// Hands out part `part` of `parts` equal slices of every sequence
+    /// (sequence parallelism: the rank's place in its group). `seq_len`
+    /// must be divisible by `parts`.
+    pub fn with_seq_slice(mut self, part: usize, parts: usize) -> Result<Loader> {
+        if parts == 0 || part >= parts || !self.seq.is_multiple_of(parts) {
+            bail!("cannot cut sequences of {} tokens into {parts} equal slices (slice {part}): seq_len must be a multiple of dist.sp", self.seq);
+        }
+        self.slice = (part, parts);
+        Ok(self)
     }
 
     /// Back to the first batch of epoch 0 (gives identical eval batches each time).
@@ -111,21 +131,23 @@ impl Loader {
     /// The next `batch` windows (an error only if reading a shard fails).
     pub fn next_batch(&mut self) -> Result<Batch> {
         let (b, s) = (self.batch, self.seq);
-        let mut inputs = Vec::with_capacity(b * s);
-        let mut targets = Vec::with_capacity(b * s);
+        let (part, parts) = self.slice;
+        let (lo, hi) = (s * part / parts, s * (part + 1) / parts);
+        let mut inputs = Vec::with_capacity(b * (hi - lo));
+        let mut targets = Vec::with_capacity(b * (hi - lo));
         let mut w = Vec::with_capacity(s + 1);
         for _ in 0..b {
             let start = self.next_window() * s;
             w.clear();
             self.tokens.read_into(start, s + 1, &mut w)?;
-            inputs.extend_from_slice(&w[..s]);
-            targets.extend_from_slice(&w[1..]);
+            inputs.extend_from_slice(&w[lo..hi]);
+            targets.extend_from_slice(&w[lo + 1..hi + 1]);
         }
         Ok(Batch {
             inputs,
             targets,
             batch: b,
-            seq: s,
+            seq: hi - lo,
         })
     }
 

@@ -80,6 +80,33 @@ pub fn connect<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, b: &mut
     }
 }
 
+/// This rank's place in its group of `size` consecutive ranks (sequence
+/// parallelism: ranks `g·size .. (g+1)·size` form group `g`): rank and
+/// world within the group, rendezvous on MASTER_PORT + 1 + g. The group's
+/// first rank listens at MASTER_ADDR, so a group must include a rank on
+/// the master's node (every group does on one node).
+pub fn group_info(info: &WorldInfo, size: usize) -> Result<WorldInfo> {
+    if size == 0 || !info.world.is_multiple_of(size) {
+        bail!("a group of {size} ranks does not divide the world of {}", info.world);
+    }
+    let group = info.rank / size;
+    let Some(port) = u16::try_from(group + 1).ok().and_then(|g| info.master_port.checked_add(g)) else {
+        bail!("MASTER_PORT {} + 1 + group {group} is not a port: set a lower MASTER_PORT", info.master_port);
+    };
+    Ok(WorldInfo { rank: info.rank % size, world: size, master_port: port, ..info.clone() })
+}
+
+/// A communicator over this rank's group of `size` consecutive ranks (see
+/// [`group_info`]), of the kind [`connect`] picks; a group of one needs
+/// no rendezvous.
+pub fn connect_group<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, size: usize, b: &mut B) -> Result<Box<dyn Comm<B>>> {
+    let group = group_info(info, size)?;
+    if size == 1 {
+        return Ok(Box::new(SoloComm));
+    }
+    connect(cfg, &group, b).map_err(|e| e.context(format!("connecting the group of ranks {}..{}", info.rank / size * size, (info.rank / size + 1) * size)))
+}
+
 /// A `TcpComm` for any backend (host copies through download/upload).
 pub fn connect_tcp<B: Backend>(cfg: &DistConfig, info: &WorldInfo) -> Result<Box<dyn Comm<B>>> {
     Ok(Box::new(TcpComm::connect(info, timeout(cfg))?))

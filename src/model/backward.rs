@@ -3,6 +3,7 @@
 //! gradient of the residual stream from the head down to the embeddings.
 
 use super::activations::{Activations, LayerActs};
+use super::attend::Attention;
 use super::views::{LayerViews, NormViews};
 use super::store::{ParamStore, Unit};
 use super::{Model, Recompute};
@@ -35,7 +36,7 @@ impl Model {
     /// `head_bwd` left in `grads.dln` for every row. The head is fetched
     /// (weights and gradients) on entry; every unit's gradients are handed
     /// back to the store (`grads_done`) as soon as they are complete.
-    pub(super) fn backward_from_lnf<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations) -> Result<()> {
+    pub(super) fn backward_from_lnf<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let s = &acts.grads;
@@ -53,22 +54,24 @@ impl Model {
             // (same inputs, same kernels: the same values).
             if let Recompute::Layers { keep_attention } = self.recompute {
                 if l + 1 < m.n_layers {
-                    self.block_fwd(b, &p, &acts.layers[l], acts.layers[l + 1].res_in, acts, !keep_attention)?;
+                    self.block_fwd(b, &p, attn, l, &acts.layers[l], acts.layers[l + 1].res_in, acts, !keep_attention)?;
                 }
             }
-            self.block_bwd(b, &p, &g, &acts.layers[l], acts)?;
+            self.block_bwd(b, &p, &g, attn, l, &acts.layers[l], acts)?;
             store.grads_done(b, Unit::Layer(l))?;
             store.release(b, Unit::Layer(l))?;
         }
         store.fetch_grads(b, Unit::Embed)?;
         let (dwte, dwpe) = (store.grads().wte, store.grads().wpe);
-        let dwpe = if m.positions == Positions::Learned { dwpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
+        let first = self.first_position(attn, acts.seq)?;
+        let dwpe = if m.positions == Positions::Learned { dwpe.map(|w| w.sub(first * m.d_model, acts.seq * m.d_model)) } else { None };
         b.embed_bwd(dwte, dwpe, s.dres, acts.tokens, acts.seq, m.d_model)?;
         store.grads_done(b, Unit::Embed)
     }
 
     /// On entry `dres` = dL/d(block output); on exit dL/d(block input).
-    fn block_bwd<B: Backend>(&self, b: &mut B, p: &LayerViews, g: &LayerViews, la: &LayerActs, acts: &Activations) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn block_bwd<B: Backend>(&self, b: &mut B, p: &LayerViews, g: &LayerViews, attn: &mut dyn Attention<B>, layer: usize, la: &LayerActs, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let c = m.d_model;
@@ -95,10 +98,7 @@ impl Model {
             self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
         }
         b.linear_bwd(s.datty, g.attn_proj.w, g.attn_proj.b, s.dres, la.atty, p.attn_proj.w, n, m.n_heads * m.head_dim(), c)?;
-        b.attention_bwd(s.dqkv, s.datty, la.qkv, la.atty, la.lse, shape)?;
-        if m.positions == Positions::Rope {
-            b.rope_bwd(s.dqkv, shape, m.rope())?;
-        }
+        attn.backward(b, layer, s.dqkv, s.datty, la.qkv, la.atty, la.lse, shape, self.rope())?;
         b.linear_bwd(s.dln, g.qkv.w, g.qkv.b, s.dqkv, la.ln1, p.qkv.w, n, c, shape.qkv_width())?;
         self.norm_bwd(b, p.ln1, g.ln1, s.dres, s.dln, la.res_in, la.ln1_mean, la.ln1_rstd, n)
     }

@@ -1,6 +1,7 @@
 //! The forward pass: embeddings → blocks → final norm → logits.
 
 use super::activations::{Activations, LayerActs};
+use super::attend::Attention;
 use super::views::{LayerViews, NormViews};
 use super::store::{ParamStore, Unit};
 use super::Model;
@@ -13,6 +14,23 @@ impl Model {
     pub(super) fn attn_shape(&self, acts: &Activations) -> AttnShape {
         let m = &self.cfg;
         AttnShape { batch: acts.batch, seq: acts.seq, heads: m.n_heads, kv_heads: m.n_kv_heads, head_dim: m.head_dim() }
+    }
+
+    /// RoPE's theta when the model uses rotary positions.
+    /// The rotary embedding of a RoPE model (with its Llama 3 scaling).
+    pub(super) fn rope(&self) -> Option<crate::backend::Rope> {
+        (self.cfg.positions == Positions::Rope).then(|| self.cfg.rope())
+    }
+
+    /// Global position of this rank's first token of each sequence of
+    /// `seq` local tokens; an error when the whole sequence is longer than
+    /// `model.max_seq_len` (the position table).
+    pub(super) fn first_position<B: Backend>(&self, attn: &dyn Attention<B>, seq: usize) -> Result<usize> {
+        let (first, full) = (attn.pos_offset(seq), attn.full_seq(seq));
+        if full > self.cfg.max_seq_len || first + seq > full {
+            anyhow::bail!("sequence of {full} tokens exceeds model.max_seq_len = {}", self.cfg.max_seq_len);
+        }
+        Ok(first)
     }
 
     /// LayerNorm or RMSNorm of `inp` into `out`, saving mean/rstd.
@@ -50,20 +68,22 @@ impl Model {
     /// `acts.lnf` (the output head runs per chunk of rows: `head_fwd`).
     /// Each unit is fetched from the store before use and released after;
     /// the head stays fetched for the caller's loss loop.
-    pub(super) fn forward_hidden<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations) -> Result<()> {
+    pub(super) fn forward_hidden<B: Backend>(&self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, acts: &Activations) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
+        let first = self.first_position(attn, acts.seq)?;
         store.fetch(b, Unit::Embed)?;
         let (wte, wpe) = (store.params().wte, store.params().wpe);
-        // Only the first `seq` rows of the position table are used.
-        let wpe = if m.positions == Positions::Learned { wpe.map(|w| w.sub(0, acts.seq * m.d_model)) } else { None };
+        // The rows of the position table of this rank's `seq` tokens (all
+        // of a sequence's first `seq` rows unless the sequence is split).
+        let wpe = if m.positions == Positions::Learned { wpe.map(|w| w.sub(first * m.d_model, acts.seq * m.d_model)) } else { None };
         b.embed_fwd(acts.layers[0].res_in, acts.tokens, wte, wpe, acts.seq, m.d_model)?;
         store.release(b, Unit::Embed)?;
         for (l, la) in acts.layers.iter().enumerate() {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
             store.fetch(b, Unit::Layer(l))?;
             let p = store.params().layers[l];
-            self.block_fwd(b, &p, la, out, acts, true)?;
+            self.block_fwd(b, &p, attn, l, la, out, acts, true)?;
             store.release(b, Unit::Layer(l))?;
         }
         store.fetch(b, Unit::Head)?;
@@ -83,7 +103,8 @@ impl Model {
     /// One block's forward into `out`. `attention` false: the block's
     /// attention output and log-sum-exp are already in `la` (a checkpointed
     /// block re-run in backward that kept them) and are not recomputed.
-    pub(super) fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, la: &LayerActs, out: View, acts: &Activations, attention: bool) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn block_fwd<B: Backend>(&self, b: &mut B, p: &LayerViews, attn: &mut dyn Attention<B>, layer: usize, la: &LayerActs, out: View, acts: &Activations, attention: bool) -> Result<()> {
         let m = &self.cfg;
         let n = acts.batch * acts.seq;
         let c = m.d_model;
@@ -91,12 +112,7 @@ impl Model {
         // Attention half: res_mid = res_in + proj(attn(rope(qkv(ln1(res_in))))).
         self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
         b.linear_fwd(la.qkv, la.ln1, p.qkv.w, p.qkv.b, n, c, shape.qkv_width())?;
-        if m.positions == Positions::Rope {
-            b.rope_fwd(la.qkv, shape, m.rope())?;
-        }
-        if attention {
-            b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;
-        }
+        attn.forward(b, layer, la.qkv, la.atty, la.lse, shape, self.rope(), attention)?;
         b.linear_fwd(acts.proj_out, la.atty, p.attn_proj.w, p.attn_proj.b, n, m.n_heads * m.head_dim(), c)?;
         // MLP half: out = res_mid + proj(act(fc(ln2(res_mid)))), the
         // residual add fused with ln2.

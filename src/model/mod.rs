@@ -5,6 +5,7 @@
 //! embeddings), written as explicit passes over the backend op set.
 
 pub mod activations;
+pub mod attend;
 mod backward;
 mod forward;
 pub mod init;
@@ -16,6 +17,7 @@ pub mod views;
 use crate::backend::{Backend, BufId, DType, Mark, View, IGNORE};
 use crate::config::ModelConfig;
 pub use activations::Recompute;
+pub use attend::{Attention, LocalAttention};
 use activations::Activations;
 use anyhow::{bail, Result};
 use layout::ParamLayout;
@@ -162,10 +164,25 @@ impl Model {
     /// gradients as the backward leaves it).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_in<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
+        self.forward_backward_with(b, store, &mut LocalAttention, inputs, targets, batch, seq, grad_scale)
+    }
+
+    /// [`forward_backward`](Self::forward_backward) with the attention step
+    /// run by `attn` (the model's own weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_attn<B: Backend>(&mut self, b: &mut B, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
+        self.with_flat(|m, flat| m.forward_backward_with(b, flat, attn, inputs, targets, batch, seq, grad_scale))
+    }
+
+    /// [`forward_backward_in`](Self::forward_backward_in) with the attention
+    /// step run by `attn` (sequence parallelism: `seq` is this rank's share
+    /// of each sequence, and the returned loss the mean over its tokens).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_with<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let out = self.run_loss(b, store, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
+        let out = self.run_loss(b, store, attn, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
             let start = b.mark()?;
-            self.backward_from_lnf(b, store, &acts)?;
+            self.backward_from_lnf(b, store, attn, &acts)?;
             self.bwd_spans.push((start, b.mark()?));
             Ok(loss)
         });
@@ -180,8 +197,14 @@ impl Model {
 
     /// [`eval_loss`](Self::eval_loss) with the weights held by `store`.
     pub fn eval_loss_in<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<f32> {
+        self.eval_loss_with(b, store, &mut LocalAttention, inputs, targets, batch, seq)
+    }
+
+    /// [`eval_loss_in`](Self::eval_loss_in) with the attention step run by `attn`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn eval_loss_with<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let out = self.run_loss(b, store, &acts, inputs, targets, None);
+        let out = self.run_loss(b, store, attn, &acts, inputs, targets, None);
         self.acts = Some(acts);
         out
     }
@@ -200,7 +223,7 @@ impl Model {
         };
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_hidden(b, &mut flat, &acts)?;
+            self.forward_hidden(b, &mut flat, &mut LocalAttention, &acts)?;
             let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
             let mut out = Vec::with_capacity(batch * seq * v);
             let mut chunk = vec![0.0; acts.logits.len];
@@ -229,7 +252,7 @@ impl Model {
         let (width, v) = (self.cfg.padded_vocab(), self.cfg.vocab_size);
         let out = (|| {
             b.upload_u32(acts.tokens, tokens)?;
-            self.forward_hidden(b, store, &acts)?;
+            self.forward_hidden(b, store, &mut LocalAttention, &acts)?;
             // The head on the last row only, started at a multiple of 8 rows
             // (the GPU's matmul operands stay 16-byte aligned) when the
             // logits buffer holds that many rows.
@@ -250,7 +273,8 @@ impl Model {
     /// spans recorded). Returns the mean loss. Without `grad_scale` the
     /// head's weights are released here; with it, `backward_from_lnf`
     /// releases them after the final norm's backward.
-    fn run_loss<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<f32> {
+    #[allow(clippy::too_many_arguments)]
+    fn run_loss<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, acts: &Activations, inputs: &[u32], targets: &[u32], grad_scale: Option<f32>) -> Result<f32> {
         let n = acts.batch * acts.seq;
         if inputs.len() != n || targets.len() != n {
             bail!("batch has {} inputs and {} targets; expected {n}", inputs.len(), targets.len());
@@ -263,7 +287,7 @@ impl Model {
         b.upload_u32(acts.tokens, inputs)?;
         b.upload_u32(acts.targets, targets)?;
         let mut fwd_start = b.mark()?;
-        self.forward_hidden(b, store, acts)?;
+        self.forward_hidden(b, store, attn, acts)?;
         if grad_scale.is_some() {
             store.fetch_grads(b, Unit::Head)?;
         }

@@ -1,8 +1,10 @@
 //! Parallelism built on the communicator: ZeRO stages 0–3 over the
-//! data-parallel group (`zero`), with the ownership it needs (`partition`).
+//! data-parallel group (`zero`), with the ownership it needs (`partition`);
+//! Ulysses sequence parallelism's attention step (`ulysses`).
 
 pub mod offload;
 pub mod partition;
+pub mod ulysses;
 pub mod zero;
 
 pub use partition::Partition;

@@ -1,6 +1,7 @@
 //! Memory estimate of one training process — one rank under ZeRO
-//! (`dist.world`, `dist.zero_stage`): what `info` prints and what a run can
-//! be checked against.
+//! (`dist.world`, `dist.zero_stage`) and Ulysses (`dist.sp`: each rank
+//! holds seq_len / sp tokens): what `info` prints and what a run can be
+//! checked against.
 //!
 //! Precision follows the device (shared/DESIGN.md, "Mixed precision"):
 //! - `cpu`: fp32 weights, fp32 gradients, fp32 activations.
@@ -35,13 +36,16 @@ pub struct MemoryEstimate {
     /// ZeRO's per-unit buffers at their peak: gathered weights (stage 3)
     /// and a unit's gradients before their reduce-scatter (stages 2–3).
     pub comm_buffers: u64,
+    /// Ulysses' scratch (`dist.sp` > 1): send and receive buffers of the
+    /// all-to-alls and the backward's gathered dout and dqkv.
+    pub sp_buffers: u64,
 }
 
 impl MemoryEstimate {
     /// Sum of the parts; an unknown optimizer state counts as zero (the
     /// report says so next to the total).
     pub fn total(&self) -> u64 {
-        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations + self.comm_buffers
+        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations + self.comm_buffers + self.sp_buffers
     }
 }
 
@@ -97,6 +101,7 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let params = layout.total as u64;
     let (w, g, act) = precision(&cfg.device);
     let activations = activation_bytes(cfg, act);
+    let sp_buffers = act * sp_scratch(cfg);
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
     if cfg.offload.enabled() {
         // parallel::offload: the device keeps the compute weights and each
@@ -104,11 +109,11 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
         // micro-batches when accumulating); state and master are off it.
         let part = Partition::new(&cfg.model, &layout, 1, false);
         let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, unit_buffers(cfg, &part, 2, w)) };
-        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers };
+        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
     }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
-        return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0 };
+        return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0, sp_buffers };
     }
     let whole = crate::optim::groups::MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let part = Partition::new(&cfg.model, &layout, world, whole);
@@ -119,7 +124,60 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     // gradient) besides the shard's fp32 master and gradients.
     let weights = if stage <= 2 { w * params } else { 0 } + FP32 * shard;
     let grads = if stage == 1 { g * params } else { 0 } + FP32 * shard;
-    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, w) }
+    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, w), sp_buffers }
+}
+
+/// Ulysses' elements per rank for one micro-batch (`dist.sp` = P > 1):
+/// (kept per block: the gathered q, k, v and attention output, all
+/// positions of H/P heads; scratch: send, receive, gathered dqkv and dout).
+/// KVp = max(KV/P, 1) kv heads per rank (replicated when KV < P).
+fn sp_elements(cfg: &Config) -> (u64, u64) {
+    let (m, p) = (&cfg.model, cfg.dist.sp as u64);
+    if p <= 1 {
+        return (0, 0);
+    }
+    let s = (cfg.train.batch_size * cfg.train.seq_len) as u64;
+    let (hp, kvp, d) = (m.n_heads as u64 / p, (m.n_kv_heads as u64 / p).max(1), m.head_dim() as u64);
+    let (qkv, out) = (s * (hp + 2 * kvp) * d, s * hp * d);
+    (qkv + out, 3 * qkv + out)
+}
+
+/// Ulysses' scratch elements (activation dtype), see [`sp_elements`].
+fn sp_scratch(cfg: &Config) -> u64 {
+    sp_elements(cfg).1
+}
+
+/// The longest `train.seq_len` (batch 1, a multiple of 64 · `dist.sp`)
+/// whose estimated memory per rank fits in `bytes`, all other settings as
+/// in `cfg`; learned positions cap it at `model.max_seq_len` (the table),
+/// rotary ones do not. `None` when not even the shortest fits.
+pub fn longest_seq(cfg: &Config, bytes: u64) -> Option<usize> {
+    let step = 64 * cfg.dist.sp.max(1);
+    let fits = |steps: usize| {
+        let mut c = cfg.clone();
+        c.train.batch_size = 1;
+        c.train.seq_len = steps * step;
+        if c.model.positions == crate::config::Positions::Rope {
+            c.model.max_seq_len = c.train.seq_len;
+        }
+        estimate(&c).total() <= bytes
+    };
+    let cap = if cfg.model.positions == crate::config::Positions::Learned { cfg.model.max_seq_len / step } else { usize::MAX / (4 * step) };
+    if cap == 0 || !fits(1) {
+        return None;
+    }
+    // Memory grows with the sequence: double, then bisect.
+    let (mut lo, mut hi) = (1usize, 2usize);
+    while hi <= cap && fits(hi) {
+        lo = hi;
+        hi = hi.saturating_mul(2);
+    }
+    let mut hi = hi.min(cap + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    Some(lo * step)
 }
 
 /// Peak bytes of ZeRO's per-unit buffers: at stage 3 a unit's gathered
@@ -182,9 +240,16 @@ pub struct ActivationCount {
 /// outputs are not kept apart. Once per model: the embedding output N·C,
 /// ln_f output N·C and its stats, and the logits of one chunk of rows,
 /// min(N, `train.logits_chunk`)·V (activation dtype).
+///
+/// With `dist.sp` = P > 1, N is this rank's batch_size · seq_len / P tokens,
+/// and each block also keeps Ulysses' gathered q, k, v and attention output
+/// (S·(H/P + 2·KVp)·D + S·(H/P)·D per sequence, [`sp_elements`]); whole-block
+/// checkpointing then keeps one block's worth of them and never keeps the
+/// attention output (`parallel::ulysses::recompute`).
 pub fn activation_count(cfg: &Config) -> ActivationCount {
     let m = &cfg.model;
-    let n = (cfg.train.batch_size * cfg.train.seq_len) as u64;
+    let n = (cfg.train.batch_size * cfg.train.seq_len / cfg.dist.sp.max(1)) as u64;
+    let gathered = sp_elements(cfg).0;
     let (c, h, kv, d, f, v) = (m.d_model as u64, m.n_heads as u64, m.n_kv_heads as u64, m.head_dim() as u64, m.padded_ff() as u64, m.padded_vocab() as u64);
     let stats = if m.norm == Norm::Layernorm { 2 * n } else { n };
     let fc_out = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
@@ -197,7 +262,7 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
     // The logits exist one chunk of rows at a time (`train.logits_chunk`).
     let logit_rows = crate::model::activations::logit_rows(n as usize, cfg.train.logits_chunk) as u64;
     let once = ActivationCount { act: 2 * n * c + logit_rows * v, fp32: stats };
-    let (per_layer, shared) = match Recompute::of(&cfg.train) {
+    let (per_layer, shared) = match crate::parallel::ulysses::recompute(&cfg.train, cfg.dist.sp) {
         Recompute::Off => (ActivationCount { act: inner + block_out + recomputable, fp32: per_block_fp32 }, ActivationCount::default()),
         Recompute::Elementwise => (ActivationCount { act: inner + block_out, fp32: per_block_fp32 }, ActivationCount { act: n * c + n * f, fp32: 0 }),
         // Each block keeps its output (the next block's input); one block's
@@ -208,7 +273,8 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
             (ActivationCount { act: block_out + att, fp32: lse }, ActivationCount { act: inner - att + recomputable, fp32: per_block_fp32 - lse })
         }
     };
-    ActivationCount { act: layers * per_layer.act + shared.act + once.act, fp32: layers * per_layer.fp32 + shared.fp32 + once.fp32 }
+    let sp_kept = if matches!(crate::parallel::ulysses::recompute(&cfg.train, cfg.dist.sp), Recompute::Layers { .. }) { gathered } else { layers * gathered };
+    ActivationCount { act: layers * per_layer.act + shared.act + once.act + sp_kept, fp32: layers * per_layer.fp32 + shared.fp32 + once.fp32 }
 }
 
 fn activation_bytes(cfg: &Config, act_bytes: u64) -> u64 {

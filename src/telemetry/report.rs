@@ -110,7 +110,9 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let est = estimate(cfg);
     let t = &cfg.train;
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
-    let who = if world > 1 || stage > 0 { format!("one rank of {world}, ZeRO stage {stage}") } else { "one process".into() };
+    let sp = cfg.dist.sp.max(1);
+    let sp_note = if sp > 1 { format!(", Ulysses sp {sp}") } else { String::new() };
+    let who = if world > 1 || stage > 0 || sp > 1 { format!("one rank of {world}, ZeRO stage {stage}{sp_note}") } else { "one process".into() };
     heading(out, &format!("Memory, {who} ({}: {})", cfg.device, precision_note(&cfg.device)));
     let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
     row(out, "weights", &human_bytes(est.weights), &sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }));
@@ -121,7 +123,10 @@ fn memory_section(out: &mut String, cfg: &Config) {
     } else if est.comm_buffers > 0 {
         row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), if stage == 3 { "a unit's gathered weights + gradients at the peak" } else { "a unit's gradients before reduce-scatter" });
     }
-    let recompute = match crate::model::Recompute::of(t) {
+    if est.sp_buffers > 0 {
+        row(out, "Ulysses buffers", &human_bytes(est.sp_buffers), "all-to-all send/receive, gathered dqkv and dout");
+    }
+    let recompute = match crate::parallel::ulysses::recompute(t, sp) {
         crate::model::Recompute::Off => "recompute off",
         crate::model::Recompute::Elementwise => "recompute on (norms, MLP activation)",
         crate::model::Recompute::Layers { keep_attention: true } => "checkpoint_layers on (blocks re-run in backward, attention output kept)",
@@ -130,10 +135,18 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let n = t.batch_size * t.seq_len;
     let rows = crate::model::activations::logit_rows(n, t.logits_chunk);
     let logits = if rows < n { format!(", logits {rows} rows at a time") } else { String::new() };
-    row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens, {recompute}{logits}", t.batch_size, t.seq_len));
+    let share = if sp > 1 { format!(" (this rank: {} tokens of each sequence, attention on all positions of {} of {} heads)", t.seq_len / sp, cfg.model.n_heads / sp, cfg.model.n_heads) } else { String::new() };
+    row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens{share}, {recompute}{logits}", t.batch_size, t.seq_len));
     rule(out);
     let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };
     row(out, "total", &human_bytes(est.total()), note);
+    let gb = cfg.dist.gpu_memory_gb;
+    let longest = match crate::telemetry::memory::longest_seq(cfg, (gb * 1e9) as u64) {
+        Some(s) => format!("{s} tokens"),
+        None => "none".into(),
+    };
+    let cap = if cfg.model.positions == crate::config::Positions::Learned { format!(", at most model.max_seq_len = {}", cfg.model.max_seq_len) } else { String::new() };
+    row(out, "longest sequence per GPU", &longest, &format!("estimate for {gb} GB (dist.gpu_memory_gb): batch 1, these settings, a multiple of {}{cap}", 64 * sp));
     offload_rows(out, cfg);
 }
 

@@ -35,9 +35,9 @@
 //! `autolrs.json` in the run folder holds the decided stages, so a resumed
 //! run continues the stage it was in at the same lr.
 //!
-//! Several ranks (ZeRO, any stage): every rank runs the same search — the
-//! snapshot is of its own shard, the trials are training steps with their
-//! collectives — and makes the same decisions, because they come only
+//! Several ranks (ZeRO, any stage; Ulysses groups): every rank runs the
+//! same search — the snapshot is of its own shard, the trials are training
+//! steps with their collectives — and makes the same decisions, because they come only
 //! from the global training loss (the mean over ranks, which the host
 //! all-reduce computes in one place and hands to every rank bit for bit)
 //! through deterministic code. After each search the ranks check that
@@ -145,7 +145,7 @@ impl AutoLrs {
         ((lr as f64).clamp(lo, hi).ln() - lo.ln()) / (hi.ln() - lo.ln())
     }
 
-    fn from_x(&self, x: f64) -> f32 {
+    fn lr_of_x(&self, x: f64) -> f32 {
         let (lo, hi) = (self.range.0 as f64, self.range.1 as f64);
         (lo.ln() + x.clamp(0.0, 1.0) * (hi.ln() - lo.ln())).exp() as f32
     }
@@ -193,7 +193,7 @@ impl AutoLrs {
         let (mut xs, mut trials): (Vec<f64>, Vec<Trial>) = (vec![], vec![]);
         for i in 0..self.cfg.trials {
             let x = if i == 0 { self.to_x(prev) } else { gp::Gp::fit(&xs, &gp_targets(&trials)).next_point(EI_GRID) };
-            let lr = self.from_x(x);
+            let lr = self.lr_of_x(x);
             let trial = run_trial(b, st, cfg, lr, tau_prime, tau, trials.first())?;
             snap.restore(b, st)?;
             let f = &trial.fit;

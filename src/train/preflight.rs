@@ -20,7 +20,9 @@ pub const SKIP_ENV: &str = "FERROTRON_SKIP_MEMORY_CHECK";
 /// An error naming the need, the availability and what to change when the
 /// run's memory estimate exceeds the host's available memory.
 pub fn check_host_memory(cfg: &Config) -> Result<()> {
-    if cfg.device != "cpu" || std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+    // An offloaded run checks its own host and disk needs
+    // (parallel::offload::budget) before it allocates anything.
+    if cfg.device != "cpu" || cfg.offload.enabled() || std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
         return Ok(());
     }
     let Some(available) = meminfo::mem_available() else { return Ok(()) };

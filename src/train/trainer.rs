@@ -18,7 +18,8 @@ use crate::parallel::offload::{self, Offload};
 use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
-use crate::model::{init::init_weights, Model, Recompute};
+use crate::model::{init::init_weights, Attention, LocalAttention, Model};
+use crate::parallel::ulysses::{self, Ulysses};
 use crate::optim::{self, Optimizer};
 use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
 use crate::util::rng::Rng;
@@ -57,6 +58,9 @@ pub(super) struct State<B: Backend> {
     /// off the device (then `opt` is a stand-in and `zero` holds only the
     /// device weights).
     pub(super) off: Option<Offload>,
+    /// The blocks' attention step: local, or Ulysses over the
+    /// sequence-parallel group (`dist.sp`).
+    attn: Box<dyn Attention<B>>,
     pub(super) train: Loader,
     /// `None` when the data has no validation split (`prepare --val-fraction 0`).
     val: Option<Loader>,
@@ -102,6 +106,11 @@ impl OnBackend for TrainJob<'_> {
         // communicator is asked for by name (e.g. to test NCCL on one GPU).
         let solo = self.world.world == 1 && self.cfg.dist.backend == "auto";
         let comm: Box<dyn Comm<B>> = if solo { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
+        // Sequence parallelism: a second communicator over this rank's
+        // group of dist.sp consecutive ranks.
+        let sp = self.cfg.dist.sp;
+        ulysses::check(&self.cfg.model, sp, comm.world(), self.cfg.train.seq_len)?;
+        let group = if sp > 1 { Some(crate::dist::connect_group(&self.cfg.dist, &self.world, sp, &mut b)?) } else { None };
         let asked = self.cfg.dist.world;
         if asked > 0 && asked != comm.world() && self.resume.is_none() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());
@@ -109,11 +118,11 @@ impl OnBackend for TrainJob<'_> {
         // The run records the world it trains with (config.toml, manifests).
         let mut cfg = self.cfg.clone();
         cfg.dist.world = comm.world();
-        run_on(b, comm, &cfg, self.resume, self.init)
+        run_on(b, comm, group, &cfg, self.resume, self.init)
     }
 }
 
-fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
+fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<Box<dyn Comm<B>>>, cfg: &Config, resume: Option<&Path>, init: Option<Vec<f32>>) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.path)?;
     if data.tokenizer.vocab_size() > cfg.model.vocab_size {
         bail!(
@@ -123,7 +132,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
             cfg.model.vocab_size
         );
     }
-    let mut st = new_state(&mut b, cfg, &data, comm)?;
+    let mut st = new_state_sp(&mut b, cfg, &data, comm, group)?;
     let lead = st.lead();
     // Rank 0 names, creates and locks the run folder (one training per
     // folder: util/lock.rs; held until this returns); the others learn its name.
@@ -180,9 +189,9 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
         run_dir.display(),
         cfg.model.preset,
         b.name(),
-        if world > 1 { format!(" × {world} ranks ({}, ZeRO stage {})", st.zero.comm.kind(), cfg.dist.zero_stage) } else { String::new() },
+        if world > 1 { format!(" × {world} ranks ({}, ZeRO stage {}{})", st.zero.comm.kind(), cfg.dist.zero_stage, if cfg.dist.sp > 1 { format!(", Ulysses sp {}", cfg.dist.sp) } else { String::new() }) } else { String::new() },
         st.model.num_params() as f64 / 1e6,
-        tokens_per_step(cfg) * world
+        global_tokens(cfg, world)
     ));
     if !cfg.model.init_from.is_empty() {
         say(format!("weights and model shape from {}", cfg.model.init_from));
@@ -269,7 +278,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
     summary.skipped_steps = st.guard.state.skipped;
-    summary.tokens_per_s = (st.step - first_step) as f64 * (tokens_per_step(cfg) * world) as f64 / secs.max(1e-9);
+    summary.tokens_per_s = (st.step - first_step) as f64 * global_tokens(cfg, world) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
     if lead {
@@ -286,16 +295,30 @@ pub(super) fn tokens_per_step(cfg: &Config) -> usize {
     cfg.train.batch_size * cfg.train.seq_len * cfg.train.grad_accum
 }
 
+/// Tokens of the whole world per optimizer step: each group of `dist.sp`
+/// ranks trains on the same sequences.
+pub(super) fn global_tokens(cfg: &Config, world: usize) -> usize {
+    tokens_per_step(cfg) * world / cfg.dist.sp.max(1)
+}
+
 pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>) -> Result<State<B>> {
+    new_state_sp(b, cfg, data, comm, None)
+}
+
+/// [`new_state`] with `group`, the sequence-parallel group's communicator
+/// when `dist.sp > 1`: ZeRO shards over the whole world (`comm`), the
+/// loader hands each group its sequences and each rank its slice of them.
+fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>, group: Option<Box<dyn Comm<B>>>) -> Result<State<B>> {
     let t = &cfg.train;
     if cfg.offload.enabled() {
-        if comm.world() > 1 || cfg.dist.zero_stage > 0 {
-            bail!("offload.optimizer = {} runs in one process (ZeRO stage 0) for now; launch one rank or set offload.optimizer = none", cfg.offload.optimizer);
+        if comm.world() > 1 || cfg.dist.zero_stage > 0 || cfg.dist.sp > 1 {
+            bail!("offload.optimizer = {} runs in one process (ZeRO stage 0, dist.sp = 1) for now; launch one rank or set offload.optimizer = none", cfg.offload.optimizer);
         }
         // Before anything is allocated: enough host memory and disk?
         offload::budget::check_before_start(cfg)?;
     }
-    let model = Model::new_bare(&cfg.model, Recompute::of(t)).with_logits_chunk(t.logits_chunk);
+    let recompute = ulysses::recompute(t, cfg.dist.sp);
+    let model = Model::new_bare(&cfg.model, recompute).with_logits_chunk(t.logits_chunk);
     let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
@@ -307,13 +330,25 @@ pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Da
         let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
         (zero, opt, None)
     };
-    let (rank, world) = (zero.rank(), zero.world());
-    let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
+    let (rank, world, sp) = (zero.rank(), zero.world(), cfg.dist.sp.max(1));
+    let attn: Box<dyn Attention<B>> = match group {
+        Some(g) if sp > 1 => {
+            if g.world() != sp || g.rank() != rank % sp {
+                bail!("the sequence-parallel group has rank {} of {}, expected {} of {sp}", g.rank(), g.world(), rank % sp);
+            }
+            Box::new(Ulysses::new(&cfg.model, recompute, g)?)
+        }
+        None if sp > 1 => bail!("dist.sp = {sp} needs the sequence-parallel group's communicator"),
+        _ => Box::new(LocalAttention),
+    };
+    // Data-parallel index = the group's; the rank's place in it = its slice.
+    let loader = |split| -> Result<Loader> { Loader::new(data, split, t.batch_size, t.seq_len, cfg.seed, rank / sp, world / sp)?.with_seq_slice(rank % sp, sp) };
+    let train = loader(Split::Train)?;
     let val = match data.len(Split::Val) {
         0 => None,
-        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?),
+        _ => Some(loader(Split::Val)?),
     };
-    Ok(State { model, zero, opt, off, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
+    Ok(State { model, zero, opt, off, attn, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
 /// One optimizer step at the schedule's learning rate.
@@ -339,8 +374,10 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     for _ in 0..t.grad_accum {
         let batch = st.train.next_batch()?;
         // Summed over ranks by the reduction: the mean over the global batch.
+        // With sequence parallelism the batch is this rank's slice of its
+        // group's sequences, and the world's slices add up to the global batch.
         let scale = 1.0 / (batch.targets.len() * t.grad_accum * world) as f32;
-        loss_sum += st.model.forward_backward_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+        loss_sum += st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)? as f64;
     }
     let comm_start = b.mark()?;
     st.zero.finish_grads(b)?;
@@ -364,7 +401,7 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         loss: loss as f64,
         lr: lr as f64,
         grad_norm: grad_norm as f64,
-        tokens_per_s: (tokens_per_step(cfg) * world) as f64 / (step_ms / 1e3),
+        tokens_per_s: global_tokens(cfg, world) as f64 / (step_ms / 1e3),
         step_ms,
         peak_mem_bytes: b.peak_memory_bytes(),
         fwd_ms: Some(fwd_ms),
@@ -428,7 +465,7 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
         let batch = val.next_batch()?;
-        sum += st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+        sum += st.model.eval_loss_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     }
     Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
 }
@@ -443,7 +480,7 @@ fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     let Some(val) = st.val.as_mut() else { return Ok(true) };
     val.reset();
     let batch = val.next_batch()?;
-    let loss = st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+    let loss = st.model.eval_loss_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     Ok(st.zero.mean_host(loss)?.is_finite())
 }
 
@@ -541,8 +578,9 @@ fn fail_on_purpose(cfg: &Config, rank: usize, step: u64, restarts: u32) -> Resul
 /// global batch (the same sequences per step, whatever the world size).
 fn check_global_batch(loaded: &ckpt::Loaded, cfg: &Config, world: usize) -> Result<()> {
     let saved = crate::config::from_run_toml(&loaded.manifest.config_toml, "the checkpoint's config")?;
-    let was = saved.train.batch_size * saved.dist.world.max(1);
-    let now = cfg.train.batch_size * world;
+    // Groups of dist.sp ranks share their sequences.
+    let was = saved.train.batch_size * saved.dist.world.max(1) / saved.dist.sp.max(1);
+    let now = cfg.train.batch_size * world / cfg.dist.sp.max(1);
     if was != now {
         bail!(
             "cannot resume {}: it trained with a global batch of {was} sequences (train.batch_size {} × {} rank(s)); \

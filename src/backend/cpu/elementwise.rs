@@ -42,6 +42,22 @@ pub fn copy(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
+/// `dst[r·ds + c] (+)= src[r·ss + c]` for `r < rows`, `c < cols` (see
+/// `Backend::copy_strided`; the slices span exactly those rows).
+pub fn copy_strided(dst: &mut [f32], ds: usize, src: &[f32], ss: usize, rows: usize, cols: usize, accumulate: bool) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    dst.par_chunks_mut(ds).enumerate().for_each(|(r, d)| {
+        let (d, s) = (&mut d[..cols], &src[r * ss..r * ss + cols]);
+        if accumulate {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        } else {
+            d.copy_from_slice(s);
+        }
+    });
+}
+
 /// Σ x² accumulated in f64: per-chunk partial sums, then summed in chunk
 /// order (deterministic).
 pub fn sum_squares(x: &[f32]) -> f64 {

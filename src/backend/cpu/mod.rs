@@ -105,6 +105,14 @@ fn check_attn(s: &AttnShape) -> Result<()> {
     Ok(())
 }
 
+/// The shape checks of [`Backend::copy_strided`] (shared with the CUDA backend).
+pub fn check_strided(what: &str, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize) -> Result<()> {
+    ensure!(cols <= dst_stride && cols <= src_stride, "{what}: {cols} columns do not fit the strides (dst {dst_stride}, src {src_stride})");
+    let (dl, sl) = (super::strided_len(rows, cols, dst_stride), super::strided_len(rows, cols, src_stride));
+    ensure!(dst.len == dl && src.len == sl, "{what}: {rows}×{cols} at strides {dst_stride}/{src_stride} spans {dl}/{sl} elements, views have {}/{}", dst.len, src.len);
+    Ok(())
+}
+
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
@@ -308,6 +316,13 @@ impl Backend for CpuBackend {
         ensure!(dst.len == src.len, "copy: dst has {} elements, src {}", dst.len, src.len);
         let ([d], [s]) = self.req([dst], [src])?;
         elementwise::copy(d, s);
+        Ok(())
+    }
+
+    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+        check_strided("copy_strided", dst, dst_stride, src, src_stride, rows, cols)?;
+        let ([d], [s]) = self.req([dst], [src])?;
+        elementwise::copy_strided(d, dst_stride, s, src_stride, rows, cols, accumulate);
         Ok(())
     }
 

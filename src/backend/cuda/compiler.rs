@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("xent", include_str!("kernels/xent.cu")),
     ("adamw", include_str!("kernels/adamw.cu")),
     ("axpby", include_str!("kernels/axpby.cu")),
+    ("layout", include_str!("kernels/layout.cu")),
     ("axis", include_str!("kernels/axis.cu")),
     ("lion", include_str!("kernels/lion.cu")),
     ("sign_descent", include_str!("kernels/sign_descent.cu")),

@@ -106,6 +106,9 @@ impl Backend for CudaBackend {
     fn sum_squares(&mut self, x: View) -> Result<f64> {
         self.sum_squares_op(x)
     }
+    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+        self.copy_strided_op(dst, dst_stride, src, src_stride, rows, cols, accumulate)
+    }
     fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
         self.axpby_op(y, x, a, b)
     }

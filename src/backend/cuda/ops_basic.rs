@@ -169,6 +169,33 @@ impl CudaBackend {
         Ok(host.iter().sum())
     }
 
+    /// [`crate::backend::Backend::copy_strided`]: 16-byte units when
+    /// both sides have one dtype, no accumulation and every offset, stride
+    /// and row length is a multiple of 16 bytes (bf16 heads of 64), else
+    /// element by element.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn copy_strided_op(&mut self, dst: View, ds: usize, src: View, ss: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+        self.begin()?;
+        crate::backend::cpu::check_strided("copy_strided", dst, ds, src, ss, rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        ensure!(dst.buf != src.buf || dst.off + dst.len <= src.off || src.off + src.len <= dst.off, "copy_strided: dst and src overlap");
+        let sd = self.dev(src)?;
+        let dd = self.out(dst)?;
+        let size = dd.elem.size();
+        let aligned = |x: usize| (x * size).is_multiple_of(16);
+        if !accumulate && sd.elem == dd.elem && dd.ptr.is_multiple_of(16) && sd.ptr.is_multiple_of(16) && aligned(ds) && aligned(ss) && aligned(cols) {
+            let units = |x: usize| (x * size / 16) as i64;
+            let cfg = self.grid(rows * cols * size / 16);
+            let args = [P(dd.ptr), L(units(ds)), P(sd.ptr), L(units(ss)), L(rows as i64), L(units(cols))];
+            return self.launch("layout", "copy_strided_v16_k", cfg, &args);
+        }
+        let cfg = self.grid(rows * cols);
+        let args = [P(dd.ptr), I(dd.dt()), L(ds as i64), P(sd.ptr), I(sd.dt()), L(ss as i64), L(rows as i64), L(cols as i64), I(accumulate as i32)];
+        self.launch("layout", "copy_strided_k", cfg, &args)
+    }
+
     pub(super) fn embed_fwd_op(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
         self.begin()?;
         let rows = tokens.len;

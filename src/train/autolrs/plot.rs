@@ -123,7 +123,7 @@ fn draw(path: &Path, lr: &[(f64, f64)], loss: &[(f64, f64)], trials: &[TrialLine
         let pts: Vec<(f64, f64)> = t.losses.iter().enumerate().map(|(i, &l)| (t.start + 1.0 + i as f64, l)).filter(|p| p.1.is_finite()).collect();
         c.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| err(&e))?;
         let clipped: Vec<(f64, f64)> = forecast_pts(t).into_iter().filter(|p| yr.contains(&p.1)).collect();
-        c.draw_series(DashedLineSeries::new(clipped, 6, 4, color.stroke_width(1).into())).map_err(|e| err(&e))?;
+        c.draw_series(DashedLineSeries::new(clipped, 6, 4, color.stroke_width(1))).map_err(|e| err(&e))?;
         if let Some(f) = t.forecast.filter(|f| yr.contains(f)) {
             c.draw_series(std::iter::once(Cross::new((t.start + t.tau, f), 5, color.stroke_width(2)))).map_err(|e| err(&e))?;
         }

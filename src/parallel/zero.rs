@@ -224,6 +224,23 @@ impl<B: Backend> Zero<B> {
         Ok(sq[0].sqrt())
     }
 
+    /// The norm of this rank's own (unreduced) gradients, when the
+    /// optimizer keeps gradients local (1-bit Adam after its freeze): no
+    /// communication, each rank its own value.
+    pub fn local_grad_norm(&mut self, b: &mut B) -> Result<f64> {
+        let Some(full) = self.full_grads else { anyhow::bail!("ZeRO stage {} keeps no full local gradients", self.stage) };
+        Ok(b.sum_squares(View::whole(full, self.layout.total))?.sqrt())
+    }
+
+    /// What an optimizer that communicates by itself needs for a step.
+    pub fn dist_step(&mut self) -> crate::optim::DistStep<'_, B> {
+        crate::optim::DistStep {
+            comm: self.comm.as_mut(),
+            local_grads: self.full_grads.map(|g| View::whole(g, self.layout.total)),
+            shard: (self.stage > 0).then_some(&self.part),
+        }
+    }
+
     /// After the optimizer updated the shard: stages 1–2 bring every
     /// rank's full weights up to date.
     pub fn after_step(&mut self, b: &mut B) -> Result<()> {

@@ -9,7 +9,10 @@
 //! - `t <= F`: exactly `adamw` (decoupled weight decay, bias corrections).
 //! - `t > F`: `m = β1·m + (1-β1)·g_local`; `m = compressed_mean(m)`;
 //!   `p *= 1 - lr·wd`; `p -= lr/(1-β1^t) · m / (sqrt(v)/s + eps)`, with v
-//!   and its bias correction frozen at step F. DeepSpeed applies no bias
+//!   and its bias correction frozen at step F (the local gradient is
+//!   scaled by the world size: the store's gradients are each rank's share
+//!   of a sum). Values that saw no gradient in the warmup (v = 0) are
+//!   masked: see [`OneBitAdam::mask_unseen`]. DeepSpeed applies no bias
 //!   correction at all; keeping AdamW's makes the step at the freeze
 //!   continuous (and 1-β1^t → 1 within a few dozen steps anyway).
 //!   No gradient clipping in this phase (local gradients differ per rank;
@@ -92,6 +95,19 @@ impl OneBitAdam {
         Ok(())
     }
 
+    /// At the freeze: values whose gradient was exactly 0 through the
+    /// whole warmup (vocabulary and SwiGLU padding, unused positions) get
+    /// v = +∞, so the frozen update leaves them alone (m/∞ = 0) although
+    /// the compressed momentum carries noise there. This is DeepSpeed's
+    /// momentum mask, derived from the data; it is saved with v. One host
+    /// round trip of v, once per run.
+    fn mask_unseen<B: Backend>(&self, b: &mut B) -> Result<()> {
+        let mut v = vec![0f32; self.part.v.len];
+        b.download(self.part.v, &mut v)?;
+        v.iter_mut().filter(|x| **x == 0.0).for_each(|x| *x = f32::INFINITY);
+        b.upload(self.part.v, &v)
+    }
+
     /// ZeRO-1: the full momentum from every rank's shard of it (a collective).
     fn gather_full<B: Backend>(&self, b: &mut B, comm: &mut dyn Comm<B>, shard: &Partition, full: View) -> Result<()> {
         let r = comm.rank();
@@ -105,8 +121,18 @@ impl OneBitAdam {
 
     fn compressed_step<B: Backend>(&mut self, b: &mut B, d: DistStep<'_, B>, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()> {
         let t = self.steps + 1;
-        let frozen_at = *self.frozen_at.get_or_insert(self.steps);
+        let frozen_at = match self.frozen_at {
+            Some(f) => f,
+            None => {
+                self.mask_unseen(b)?;
+                *self.frozen_at.insert(self.steps)
+            }
+        };
         let (rank, world) = (d.comm.rank(), d.comm.world());
+        // Each rank's gradient is its share of the global mean (the store
+        // sums gradients over ranks): times `world`, its mean over ranks is
+        // the global gradient, and so the averaged momentum is Adam's.
+        let grad_scale = grad_scale * world as f32;
         ensure!(self.segments.iter().all(|s| s.param_off == s.state_off), "onebit_adam: the state is not laid out like the parameters");
         let m = match d.shard {
             None => {

@@ -348,3 +348,84 @@ fn resume_keeps_frozen_state_and_resets_error_buffers() {
         }
     }
 }
+
+// ------------------------------------------------------- GPU (skips in CI)
+
+/// The CUDA kernels against their CPU twins (bits and decompressed values
+/// exactly: the same IEEE operations; scales to 1e-6 relative: the f64
+/// block sums run in another order), then the whole compressed all-reduce
+/// on the GPU over NCCL at world size 1 against the CPU over one rank.
+#[test]
+fn cuda_kernels_and_nccl_world_1_match_the_cpu() {
+    use ferrotron::backend::cuda::CudaBackend;
+    use ferrotron::dist::{NcclComm, SoloComm};
+    let mut g = match CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("skipping: no CUDA device ({e:#})");
+            return;
+        }
+    };
+    let mut c = CpuBackend::new();
+    for (n, block) in [(1usize, 8usize), (37, 8), (1000, 16), (4096, 2048), (100_003, 2048), (70_000, 64)] {
+        let mut x = normals(n as u64, n);
+        x[0] = 0.0; // sign(0) = +
+        let (nb, ns) = (n.div_ceil(8), n.div_ceil(block));
+        let mut outs = vec![];
+        for b in [&mut c as &mut dyn Backend, &mut g as &mut dyn Backend] {
+            let xv = View::whole(b.alloc(n, DType::F32).unwrap(), n);
+            b.upload(xv, &x).unwrap();
+            let bits = View::whole(b.alloc(nb, DType::U8).unwrap(), nb);
+            let scales = View::whole(b.alloc(ns, DType::F32).unwrap(), ns);
+            b.sign_compress(bits, scales, xv, block).unwrap();
+            // e = x - C(x) (the error update), and C(x)/3 + 0 (beta = 0 over NaNs).
+            let e = View::whole(b.alloc(n, DType::F32).unwrap(), n);
+            b.copy(e, xv).unwrap();
+            b.sign_decompress(e, bits, scales, block, -1.0, 1.0).unwrap();
+            let d = View::whole(b.alloc(n, DType::F32).unwrap(), n);
+            b.fill(d, f32::NAN).unwrap();
+            b.sign_decompress(d, bits, scales, block, 1.0 / 3.0, 0.0).unwrap();
+            let mut hb = vec![0u8; nb];
+            b.download_u8(bits, &mut hb).unwrap();
+            let (mut hs, mut he, mut hd) = (vec![0f32; ns], vec![0f32; n], vec![0f32; n]);
+            b.download(scales, &mut hs).unwrap();
+            b.download(e, &mut he).unwrap();
+            b.download(d, &mut hd).unwrap();
+            outs.push((hb, hs, he, hd));
+        }
+        let (cpu, gpu) = (&outs[0], &outs[1]);
+        assert_eq!(cpu.0, gpu.0, "n {n} block {block}: sign bits");
+        assert_eq!(cpu.0[0] & 1, 1, "sign(0) = +");
+        let srel = cpu.1.iter().zip(&gpu.1).map(|(a, b)| ((a - b) / a.abs().max(1e-30)).abs()).fold(0.0, f32::max);
+        println!("n {n} block {block}: scales rel {srel:e}, error {:e}, decompressed {:e}", max_diff(&cpu.2, &gpu.2), max_diff(&cpu.3, &gpu.3));
+        assert!(srel <= 1e-6, "n {n} block {block}: scales differ by {srel}");
+        // A scale 1 ulp apart moves e and d by that ulp at most.
+        let tol = 1e-6 * cpu.1.iter().fold(0.0f32, |m, s| m.max(*s));
+        assert!(max_diff(&cpu.2, &gpu.2) <= tol && max_diff(&cpu.3, &gpu.3) <= tol, "n {n} block {block}: decompression");
+    }
+    // The compressed all-reduce: NCCL (all_to_all, all_gather) at world 1.
+    let mut nccl = match NcclComm::connect(&WorldInfo::single(), Duration::from_secs(60), &mut g) {
+        Ok(c) => c,
+        Err(e) => panic!("a GPU but no NCCL at world 1: {e:#}"),
+    };
+    let n = 50_001;
+    let mut results = vec![];
+    for t in 0..3u64 {
+        let x = normals(t + 77, n);
+        let xc = put(&mut c, &x);
+        let xg = View::whole(g.alloc(n, DType::F32).unwrap(), n);
+        g.upload(xg, &x).unwrap();
+        results.push((xc, xg));
+    }
+    let mut car_c = CompressedAllReduce::new(&mut c, n, 0, 1, 2048).unwrap();
+    let mut car_g = CompressedAllReduce::new(&mut g, n, 0, 1, 2048).unwrap();
+    for (xc, xg) in results {
+        car_c.all_reduce_mean(&mut c, &mut SoloComm, xc).unwrap();
+        car_g.all_reduce_mean(&mut g, &mut nccl, xg).unwrap();
+        let mut hg = vec![0f32; n];
+        g.download(xg, &mut hg).unwrap();
+        let d = max_diff(&get(&mut c, xc), &hg);
+        println!("compressed all-reduce, NCCL world 1 vs CPU: max diff {d:e}");
+        assert!(d <= 1e-5, "compressed all-reduce on the GPU differs by {d}");
+    }
+}

@@ -237,7 +237,8 @@ pub struct OptimizerConfig {
     pub momentum: f32,
     /// 1-bit Adam: dense Adam steps before the variance is frozen and the
     /// momentum is communicated 1-bit compressed. 0 = 20% of train.steps
-    /// (resolved when the config loads and saved with the run).
+    /// but at least train.warmup_steps (resolved when the config loads and
+    /// saved with the run).
     pub freeze_step: u64,
     /// Parameter groups: which tensors get which settings, overriding the
     /// defaults (see [`GroupRule`]); the first rule naming a tensor applies.
@@ -457,8 +458,10 @@ fn resolve(user: Value) -> Result<Config> {
     merge(&mut merged, user);
     let mut cfg: Config = merged.try_into().map_err(|e: toml::de::Error| anyhow!("invalid config: {}", e.message()))?;
     if cfg.optimizer.name == "onebit_adam" && cfg.optimizer.freeze_step == 0 {
-        // DeepSpeed's guidance: freeze after roughly 15-25% of training.
-        cfg.optimizer.freeze_step = (cfg.train.steps / 5).max(1);
+        // DeepSpeed's guidance: freeze after roughly 15-25% of training;
+        // never inside the learning-rate warmup (gradients still grow there,
+        // and a variance frozen too small makes the updates blow up).
+        cfg.optimizer.freeze_step = (cfg.train.steps / 5).max(cfg.train.warmup_steps).max(1);
     }
     cfg.validate()?;
     Ok(cfg)

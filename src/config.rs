@@ -38,6 +38,64 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     pub run: RunConfig,
     pub dist: DistConfig,
+    pub debug: DebugConfig,
+    pub offload: OffloadConfig,
+}
+
+/// Where the optimizer's state and master weights live (ZeRO-Offload /
+/// Fuyou style): `none` (on the device), `cpu` (host memory, the step runs
+/// on the CPU), `nvme` (files under `path`, streamed through host memory).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadConfig {
+    /// `none`, `cpu` or `nvme`.
+    pub optimizer: String,
+    /// `none` (only value for now: weights stay on the device).
+    pub params: String,
+    /// Folder for the NVMe tier's scratch files (not checkpoints).
+    pub path: String,
+    /// NVMe tier: units read ahead of the optimizer step.
+    pub prefetch: usize,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2 }
+    }
+}
+
+impl OffloadConfig {
+    pub fn enabled(&self) -> bool {
+        self.optimizer != "none"
+    }
+    pub fn validate(&self) -> Result<()> {
+        if !["none", "cpu", "nvme"].contains(&self.optimizer.as_str()) {
+            bail!("offload.optimizer = `{}` is unknown; use none, cpu or nvme", self.optimizer);
+        }
+        match self.params.as_str() {
+            "none" => {}
+            "cpu" | "nvme" => bail!("offload.params = {} is not implemented yet: weights stay on the device; use offload.optimizer = cpu or nvme to move the optimizer state and master weights off it", self.params),
+            other => bail!("offload.params = `{other}` is unknown; use none"),
+        }
+        if self.optimizer == "nvme" && self.path.is_empty() {
+            bail!("offload.optimizer = nvme needs offload.path, a folder on a fast local disk for the state files");
+        }
+        if self.prefetch == 0 {
+            bail!("offload.prefetch must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Failure injection for tests of fault tolerance.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// After this step (0 = never) rank `fail_rank` exits with an error, in
+    /// the first attempt only: a run restarted by `launch --max-restarts`
+    /// does not fail again.
+    pub fail_step: u64,
+    pub fail_rank: usize,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself
@@ -142,6 +200,18 @@ pub struct ModelConfig {
     pub bias: bool,
     pub norm_eps: f32,
     pub rope_theta: f32,
+    /// Llama 3 rotary scaling (`rope_scaling` with `rope_type: "llama3"` in
+    /// a Hugging Face config): the factor long wavelengths are slowed down
+    /// by; 0 = no scaling. The next three keys apply only when it is > 0.
+    pub rope_scaling_factor: f32,
+    /// Wavelengths above `rope_original_max_seq / rope_low_freq_factor`
+    /// are divided by the factor.
+    pub rope_low_freq_factor: f32,
+    /// Wavelengths below `rope_original_max_seq / rope_high_freq_factor`
+    /// are kept; the band between is interpolated.
+    pub rope_high_freq_factor: f32,
+    /// The context length the model was pre-trained with before scaling.
+    pub rope_original_max_seq: usize,
     pub init_std: f32,
     /// A Hugging Face checkpoint (folder with `config.json` and
     /// `model.safetensors`, GPT2LMHeadModel or LlamaForCausalLM) to start
@@ -197,6 +267,14 @@ pub struct TrainConfig {
     /// N·V, the largest activation of a long sequence). 0 = all rows at
     /// once; else a multiple of 64.
     pub logits_chunk: usize,
+    /// A step whose loss or gradient norm is not finite is skipped (not
+    /// applied); after this many skipped steps in a row the run stops
+    /// (see `train::guard`). At least 1.
+    pub max_bad_steps: u64,
+    /// Also skip a step whose loss is more than this many standard
+    /// deviations above the mean of the recent applied steps (llm.c's
+    /// z-score outlier rule); 0 = off.
+    pub skip_spike_z: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -289,6 +367,8 @@ impl Default for Config {
             optimizer: OptimizerConfig::default(),
             run: RunConfig::default(),
             dist: DistConfig::default(),
+            debug: DebugConfig::default(),
+            offload: OffloadConfig::default(),
         }
     }
 }
@@ -313,6 +393,10 @@ impl Default for ModelConfig {
             bias: true,
             norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_scaling_factor: 0.0,
+            rope_low_freq_factor: 1.0,
+            rope_high_freq_factor: 4.0,
+            rope_original_max_seq: 8192,
             init_std: 0.02,
             init_from: String::new(),
         }
@@ -341,6 +425,8 @@ impl Default for TrainConfig {
             checkpoint_layers: false,
             checkpoint_keep_attention: true,
             logits_chunk: 8192,
+            max_bad_steps: 10,
+            skip_spike_z: 0.0,
         }
     }
 }
@@ -396,6 +482,17 @@ impl ModelConfig {
             Mlp::Swiglu => self.d_ff.div_ceil(self.ffn_multiple.max(1)) * self.ffn_multiple.max(1),
             Mlp::Gelu => self.d_ff,
         }
+    }
+
+    /// The rotary embedding of this model (base and Llama 3 scaling).
+    pub fn rope(&self) -> crate::backend::Rope {
+        let llama3 = (self.rope_scaling_factor > 0.0).then_some(crate::backend::Llama3Scaling {
+            factor: self.rope_scaling_factor,
+            low_freq_factor: self.rope_low_freq_factor,
+            high_freq_factor: self.rope_high_freq_factor,
+            original_max_seq: self.rope_original_max_seq,
+        });
+        crate::backend::Rope { theta: self.rope_theta, llama3 }
     }
 
     /// The same model without padding (what checkpoints elsewhere hold).
@@ -504,9 +601,17 @@ pub fn apply_override(table: &mut Value, kv: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("--set expects key=value, got `{kv}` (e.g. --set train.steps=200)"))?;
     let key = key.trim();
     let raw = raw.trim();
-    let value = match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap(),
-        Err(_) => Value::String(raw.to_string()),
+    let literal = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v"),
+        Err(_) => None,
+    };
+    // The value is read as the key's own type: a string key takes the text
+    // as it is (`run.name=nan` is the name "nan", not a float), unless it is
+    // a quoted TOML string.
+    let value = match (expects_string(key), literal) {
+        (true, Some(Value::String(s))) => Value::String(s),
+        (true, _) | (false, None) => Value::String(raw.to_string()),
+        (false, Some(v)) => v,
     };
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = table;
@@ -519,6 +624,18 @@ pub fn apply_override(table: &mut Value, kv: &str) -> Result<()> {
         cur = t.entry(part.to_string()).or_insert_with(|| Value::Table(Default::default()));
     }
     Ok(())
+}
+
+/// Whether the default config holds a string at the dotted `key`.
+fn expects_string(key: &str) -> bool {
+    let mut cur = Value::try_from(Config::default()).expect("default config serializes");
+    for part in key.split('.') {
+        match cur.get(part) {
+            Some(v) => cur = v.clone(),
+            None => return false,
+        }
+    }
+    cur.is_str()
 }
 
 /// Every valid dotted key, from the default config.
@@ -602,6 +719,29 @@ pub fn optimizer_defaults(name: &str) -> Value {
 }
 pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant"];
 
+/// The rotary keys: a positive base, and a Llama 3 scaling whose bands are
+/// well defined (the smooth band divides by high - low).
+fn check_rope(m: &ModelConfig) -> Result<()> {
+    if m.positions == Positions::Rope && !(m.rope_theta > 0.0 && m.rope_theta.is_finite()) {
+        bail!("model.rope_theta must be a positive number, got {}", m.rope_theta);
+    }
+    let f = m.rope_scaling_factor;
+    if f == 0.0 {
+        return Ok(());
+    }
+    if !(f > 0.0 && f.is_finite()) {
+        bail!("model.rope_scaling_factor must be 0 (no scaling) or a positive number (Llama 3.1: 8, 3.2: 32), got {f}");
+    }
+    let (lo, hi) = (m.rope_low_freq_factor, m.rope_high_freq_factor);
+    if !(lo > 0.0 && lo.is_finite() && hi.is_finite() && hi > lo) {
+        bail!("Llama 3 rope scaling needs 0 < model.rope_low_freq_factor < model.rope_high_freq_factor (Llama 3: 1 and 4), got {lo} and {hi}");
+    }
+    if m.rope_original_max_seq == 0 {
+        bail!("model.rope_original_max_seq must be at least 1 with rope scaling (Llama 3: 8192)");
+    }
+    Ok(())
+}
+
 impl OptimizerConfig {
     /// Checks of the optimizer-specific keys that need no model shape (the
     /// rank against matrix sizes is checked by `optim::plan`).
@@ -653,6 +793,14 @@ impl Config {
         if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head size; d_model / n_heads = {}", m.head_dim());
         }
+        check_rope(m)?;
+        if self.device == "cuda" && !crate::backend::cuda::supports_head_dim(m.head_dim()) {
+            bail!(
+                "head size d_model / n_heads = {} is not supported by the CUDA attention kernels (supported: {:?}); use device=cpu, or choose model.n_heads so the head size is one of those",
+                m.head_dim(),
+                crate::backend::cuda::HEAD_DIMS
+            );
+        }
         if !t.logits_chunk.is_multiple_of(64) {
             bail!("train.logits_chunk = {} must be 0 (all rows at once) or a multiple of 64", t.logits_chunk);
         }
@@ -662,8 +810,8 @@ impl Config {
         if !OPTIMIZERS.contains(&self.optimizer.name.as_str()) {
             bail!("optimizer.name = `{}` is unknown; available: {}", self.optimizer.name, OPTIMIZERS.join(", "));
         }
-        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
-            bail!("optimizer.lr must be a positive number, got {}", self.optimizer.lr);
+        if !(self.optimizer.lr >= 0.0 && self.optimizer.lr.is_finite()) {
+            bail!("optimizer.lr must be a number >= 0 (0 = weights unchanged), got {}", self.optimizer.lr);
         }
         for (name, b) in [("optimizer.beta1", self.optimizer.beta1), ("optimizer.beta2", self.optimizer.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -693,10 +841,24 @@ impl Config {
         if t.grad_clip < 0.0 {
             bail!("train.grad_clip must be >= 0 (0 turns clipping off), got {}", t.grad_clip);
         }
+        if t.steps == 0 {
+            bail!("train.steps must be at least 1");
+        }
+        if t.max_bad_steps == 0 {
+            bail!("train.max_bad_steps must be at least 1 (skipped steps in a row before the run stops)");
+        }
+        if !(t.skip_spike_z >= 0.0 && t.skip_spike_z.is_finite()) {
+            bail!("train.skip_spike_z must be >= 0 (0 = off), got {}", t.skip_spike_z);
+        }
         if t.keep_ckpts == 0 {
             bail!("train.keep_ckpts must be at least 1");
         }
-        self.dist.validate()
+        self.dist.validate()?;
+        self.offload.validate()?;
+        if self.offload.enabled() && !["adamw", "adamw8bit"].contains(&self.optimizer.name.as_str()) {
+            bail!("offload.optimizer = {} runs AdamW and 8-bit AdamW on the CPU; optimizer.name = {} is not offloadable yet (use adamw or adamw8bit, or offload.optimizer = none)", self.offload.optimizer, self.optimizer.name);
+        }
+        Ok(())
     }
 
     /// The resolved config as TOML (saved in each run folder).

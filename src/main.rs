@@ -1,6 +1,7 @@
 //! The `ferrotron` command line: train, prepare, generate, info, export, launch.
 
 use anyhow::{bail, Context, Result};
+use ferrotron::{out, outln};
 use clap::{Parser, Subcommand};
 use ferrotron::config::{self, Config};
 use ferrotron::train::{self, sample::SampleOptions};
@@ -42,8 +43,10 @@ enum Command {
         /// Output folder for the shards.
         #[arg(long)]
         out: PathBuf,
-        /// Tokenizer: gpt2 or bytes.
-        #[arg(long, default_value = "gpt2")]
+        /// Tokenizer: gpt2, bytes, or a Hugging Face tokenizer.json (the file, or
+        /// a folder holding it such as a model folder); its files are copied
+        /// into --out and runs on the data use them.
+        #[arg(long, default_value = "gpt2", value_name = "gpt2|bytes|PATH")]
         tokenizer: String,
         /// Fraction of documents held out for validation.
         #[arg(long, default_value_t = 0.005)]
@@ -74,6 +77,9 @@ enum Command {
         /// Where to run the model: cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Print each sample's generated token ids (a JSON array) instead of its text.
+        #[arg(long)]
+        ids: bool,
     },
     /// Parameter counts, FLOPs per token and a memory estimate for a config.
     Info {
@@ -101,12 +107,30 @@ enum Command {
         #[arg(long)]
         best_per_optimizer: bool,
     },
-    /// Export a run's weights as Hugging Face safetensors + config.json.
+    /// Where a run's step time went: PNGs of step time per phase and of MFU
+    /// over the run (from metrics.jsonl), and a short summary.
+    Report {
+        /// The run folder.
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Folder for the plots (default: the run folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Export a run's weights as Hugging Face safetensors + config.json
+    /// (and the run's tokenizer.json when it has one).
     Export {
         #[arg(long, value_name = "RUN_DIR")]
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Tensor type: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Split the weights into files of at most this size (e.g. 5GB,
+        /// 500MB) with a model.safetensors.index.json; 0 = one file.
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
     },
     /// Run a command as several ranks on this node (torchrun-style), e.g.
     /// `ferrotron launch --nproc-per-node 2 train --set dist.zero_stage=3`.
@@ -125,6 +149,11 @@ enum Command {
         /// Rendezvous port (default: a free one on one node, 29500 on several).
         #[arg(long)]
         master_port: Option<u16>,
+        /// On a rank's failure, stop all ranks and start them again, up to N
+        /// times; `train` continues from its newest complete checkpoint (give
+        /// the run a name: --set run.name=...).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        max_restarts: u32,
         /// The ferrotron command each rank runs, with its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -196,37 +225,38 @@ fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train { cfg, resume } => cmd_train(cfg, resume),
         Command::Prepare { input, out, tokenizer, val_fraction, text_column, overwrite } => cmd_prepare(input, out, tokenizer, val_fraction, text_column, overwrite),
-        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed, device } => {
-            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed, &device)
+        Command::Generate { run, prompt, temperature, top_k, max_tokens, samples, seed, device, ids } => {
+            cmd_generate(run, &prompt, SampleOptions { max_tokens, temperature, top_k }, samples, seed, &device, ids)
         }
         Command::Info { cfg, keys } => cmd_info(cfg, keys),
-        Command::Export { run, out } => cmd_export(run, out),
+        Command::Export { run, out, dtype, max_shard_size } => cmd_export(run, out, &dtype, &max_shard_size),
+        Command::Report { run, out } => out!("{}", ferrotron::telemetry::run_report::report(&run, out.as_deref())?.text),
         Command::Compare { runs, out, best_per_optimizer } => {
-            print!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?);
-            println!("\nplot: {}", out.display());
+            out!("{}", ferrotron::telemetry::compare::compare(&runs, &out, best_per_optimizer)?)?;
+            outln!("\nplot: {}", out.display())?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Optim { cfg, warmup, steps, profile } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench_optim::bench_optim(&cfg, warmup, steps, profile)?;
-            println!("{}", serde_json::to_string(&result)?);
+            outln!("{}", serde_json::to_string(&result)?)?;
             Ok(())
         }
         Command::Bench { what: BenchCommand::Comm { cfg, size_mb, warmup, iters, fail_rank } } => {
             let cfg = load_config(&cfg)?;
             let args = ferrotron::dist::bench::CommBenchArgs { size_mb, warmup, iters, fail_rank };
             if let Some(result) = ferrotron::dist::bench::bench_comm(&cfg, &args)? {
-                println!("{}", serde_json::to_string(&result)?);
+                outln!("{}", serde_json::to_string(&result)?)?;
             }
             Ok(())
         }
-        Command::Launch { nproc_per_node, nnodes, node_rank, master_addr, master_port, command } => {
-            ferrotron::dist::launch::launch(&ferrotron::dist::launch::LaunchArgs { nproc_per_node, nnodes, node_rank, master_addr, master_port, command })
+        Command::Launch { nproc_per_node, nnodes, node_rank, master_addr, master_port, max_restarts, command } => {
+            ferrotron::dist::launch::launch(&ferrotron::dist::launch::LaunchArgs { nproc_per_node, nnodes, node_rank, master_addr, master_port, command, max_restarts })
         }
         Command::Bench { what: BenchCommand::Train { cfg, warmup, steps, export_init, profile } } => {
             let cfg = load_config(&cfg)?;
             let result = train::bench::bench_train(&cfg, warmup, steps, export_init.as_deref(), profile)?;
-            println!("{}", serde_json::to_string(&result)?);
+            outln!("{}", serde_json::to_string(&result)?)?;
             Ok(())
         }
     }
@@ -237,6 +267,7 @@ fn load_config(args: &ConfigArgs) -> Result<Config> {
 }
 
 fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
+    let resume = resume.or_else(|| restarted_run(&args));
     let cfg = match &resume {
         Some(dir) => train::run_dir::resume_config(dir, &args.set, args.config.as_deref())?,
         None => load_config(&args)?,
@@ -245,25 +276,39 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     if s.rank > 0 {
         return Ok(());
     }
-    println!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s);
+    outln!("\ndone: {} steps in {} | {:.0} tokens/s", s.steps, s.run_dir.display(), s.tokens_per_s)?;
+    if s.skipped_steps > 0 {
+        outln!("skipped steps (not applied: non-finite loss or gradient norm, or a loss spike): {} (metrics.jsonl: \"skipped\")", s.skipped_steps)?;
+    }
     if let Some(v) = s.final_val_loss {
-        println!("final validation loss {v:.4}");
+        outln!("final validation loss {v:.4}")?;
     }
     if let Some(mfu) = s.mfu {
-        println!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0);
+        outln!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0)?;
     }
     if s.comm_bytes > 0 {
         let ratio = if s.dense_bytes > 0 { format!(" ({:.3} of dense f32 gradient all-reduces)", s.comm_bytes as f64 / s.dense_bytes as f64) } else { String::new() };
         println!("rank 0 sent {:.2} MB{ratio}", s.comm_bytes as f64 / 1e6);
     }
     if s.peak_mem_bytes > 0 {
-        println!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64);
+        outln!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64)?;
     }
     for (i, text) in s.samples.iter().enumerate() {
-        println!("\n--- sample {} ---\n{}", i + 1, text.trim_end());
+        outln!("\n--- sample {} ---\n{}", i + 1, text.trim_end())?;
     }
-    println!("\nloss plot: {}", s.run_dir.join("loss.png").display());
+    outln!("\nloss plot: {}", s.run_dir.join("loss.png").display())?;
     Ok(())
+}
+
+/// After a restart by `launch --max-restarts`, a new-run command continues
+/// the folder the first attempt created (named by run.name).
+fn restarted_run(args: &ConfigArgs) -> Option<PathBuf> {
+    if train::trainer::restart_count() == 0 {
+        return None;
+    }
+    let cfg = load_config(args).ok()?;
+    let dir = PathBuf::from(&cfg.run.dir).join(&cfg.run.name);
+    (!cfg.run.name.is_empty() && dir.join("config.toml").exists()).then_some(dir)
 }
 
 fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fraction: f64, text_column: String, overwrite: bool) -> Result<()> {
@@ -273,17 +318,21 @@ fn cmd_prepare(input: Vec<PathBuf>, out: PathBuf, tokenizer: String, val_fractio
     }
     let opts = PrepareOptions { tokenizer, val_fraction, text_key: text_column, overwrite, ..PrepareOptions::default() };
     let summary = prepare(&input, &out, &opts)?;
-    println!("{summary}");
+    outln!("{summary}")?;
     Ok(())
 }
 
-fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64, device: &str) -> Result<()> {
-    let texts = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
-    for (i, text) in texts.iter().enumerate() {
-        if samples > 1 {
-            println!("--- sample {} ---", i + 1);
+fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize, seed: u64, device: &str, ids: bool) -> Result<()> {
+    let out = train::generate::generate_from_run(&run, prompt, opts, samples, seed, device)?;
+    for (i, g) in out.iter().enumerate() {
+        if ids {
+            println!("{}", serde_json::to_string(&g.ids)?);
+            continue;
         }
-        println!("{prompt}{text}");
+        if samples > 1 {
+            outln!("--- sample {} ---", i + 1)?;
+        }
+        outln!("{prompt}{}", g.text)?;
     }
     Ok(())
 }
@@ -291,19 +340,23 @@ fn cmd_generate(run: PathBuf, prompt: &str, opts: SampleOptions, samples: usize,
 fn cmd_info(args: ConfigArgs, keys: bool) -> Result<()> {
     if keys {
         for k in config::known_keys() {
-            println!("{k}");
+            outln!("{k}")?;
         }
         return Ok(());
     }
     let cfg = load_config(&args)?;
-    print!("{}", ferrotron::telemetry::report::format_info(&cfg));
+    out!("{}", ferrotron::telemetry::report::format_info(&cfg))?;
     Ok(())
 }
 
-fn cmd_export(run: PathBuf, out: PathBuf) -> Result<()> {
-    let (cfg, params) = train::generate::load_run_weights(&run)?;
-    ferrotron::ckpt::hf::export(&out, &cfg.model, &ferrotron::model::layout::ParamLayout::new(&cfg.model), &params, ferrotron::ckpt::Dtype::F32)
-        .with_context(|| format!("exporting to {}", out.display()))?;
-    println!("wrote Hugging Face safetensors + config.json to {}", out.display());
+fn cmd_export(run: PathBuf, out: PathBuf, dtype: &str, max_shard_size: &str) -> Result<()> {
+    let dtype = match dtype {
+        "f32" | "float32" => ferrotron::ckpt::Dtype::F32,
+        "bf16" | "bfloat16" => ferrotron::ckpt::Dtype::Bf16,
+        other => bail!("--dtype {other} is not supported; use f32 or bf16"),
+    };
+    let max = train::export::parse_size(max_shard_size).context("--max-shard-size")?;
+    train::export::export_run(&run, &out, dtype, max)?;
+    outln!("wrote Hugging Face safetensors + config.json to {}", out.display())?;
     Ok(())
 }

@@ -56,7 +56,9 @@ impl Fixture {
         params[0] = -0.0;
         params[1] = f32::MIN_POSITIVE / 4.0;
         params[2] = f32::MAX;
-        params[3] = f32::NAN;
+        // Not NaN: a checkpoint never holds a non-finite value (issue 17;
+        // see save_refuses_non_finite_values).
+        params[3] = -f32::MAX;
         let (m, v) = (values(layout.total, 2), values(layout.total, 3));
         Fixture { cfg, layout, params, m, v }
     }
@@ -98,7 +100,10 @@ fn save_load_round_trip_is_bit_exact() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let loaded = ckpt::load(&dir).unwrap();
-    assert_eq!(loaded.manifest, fx.manifest(200).clone_with_created(&loaded.manifest.created));
+    // The saved manifest gains a CRC-32 per tensor file.
+    assert_eq!(loaded.manifest.checksums.keys().collect::<Vec<_>>(), ["model.safetensors", "optimizer.safetensors"]);
+    let without_sums = Manifest { checksums: Default::default(), ..loaded.manifest.clone() };
+    assert_eq!(without_sums, fx.manifest(200).clone_with_created(&loaded.manifest.created));
     assert_eq!(loaded.model.len(), fx.layout.params.len());
     let mut back = vec![0.0; fx.layout.total];
     ckpt::load_into_layout(&loaded, &fx.layout, &mut back).unwrap();
@@ -389,10 +394,95 @@ fn llama_rope_parameters_of_transformers_v5_are_read() {
     assert_eq!(cfg2.rope_theta, 50000.0);
     assert_eq!(bits(&params2), bits(&params));
 
-    j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0});
+    // Llama 3.1 as transformers 5 writes it.
+    let llama31 = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    j["rope_parameters"] = llama31.clone();
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let (cfg3, _) = ckpt::import(tmp.path()).unwrap();
+    let got = (cfg3.rope_theta, cfg3.rope_scaling_factor, cfg3.rope_low_freq_factor, cfg3.rope_high_freq_factor, cfg3.rope_original_max_seq);
+    assert_eq!(got, (500000.0, 8.0, 1.0, 4.0, 8192));
+
+    // Incomplete or other scalings are refused, naming what is missing.
+    let mut partial = llama31.clone();
+    partial.as_object_mut().unwrap().remove("low_freq_factor");
+    j["rope_parameters"] = partial;
     fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
     let e = err_text(ckpt::import(tmp.path()));
-    assert!(e.contains("config.json") && e.contains("rope_type `llama3` is not supported"), "{e}");
+    assert!(e.contains("config.json") && e.contains("needs `low_freq_factor`"), "{e}");
+    j["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0});
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let e = err_text(ckpt::import(tmp.path()));
+    assert!(e.contains("config.json") && e.contains("rope_type `yarn` is not supported") && e.contains("llama3"), "{e}");
+}
+
+/// transformers 4 writes `rope_theta` and `rope_scaling` (with `rope_type`,
+/// or `type` before 4.45); export writes that form back, and it round-trips.
+#[test]
+fn llama3_rope_scaling_of_transformers_v4_round_trips() {
+    let mut cfg = preset("tiny-llama");
+    cfg.rope_theta = 500000.0;
+    cfg.rope_scaling_factor = 32.0;
+    cfg.rope_original_max_seq = 8192;
+    cfg.tied_embeddings = true;
+    let layout = ParamLayout::new(&cfg);
+    let params = model_values(&cfg, 9);
+    let tmp = tempfile::tempdir().unwrap();
+    ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
+    let path = tmp.path().join("config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        j["rope_scaling"],
+        serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    );
+    assert_eq!(j["tie_word_embeddings"], true);
+    let (back, params2) = ckpt::import(tmp.path()).unwrap();
+    assert_eq!(back, ModelConfig { preset: back.preset.clone(), ..cfg.clone() });
+    assert_eq!(bits(&params2), bits(&params));
+    // The older spelling `type`.
+    let scaling = j["rope_scaling"].as_object_mut().unwrap();
+    let kind = scaling.remove("rope_type").unwrap();
+    scaling.insert("type".into(), kind);
+    fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    assert_eq!(ckpt::import(tmp.path()).unwrap().0.rope_scaling_factor, 32.0);
+    // A plain model exports `rope_scaling: null`.
+    let plain = preset("tiny-llama");
+    ckpt::export(tmp.path(), &plain, &ParamLayout::new(&plain), &model_values(&plain, 1), Dtype::F32).unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert!(j["rope_scaling"].is_null());
+}
+
+/// Big checkpoints are written the way transformers' save_pretrained writes
+/// them: shards of at most max_shard_bytes plus an index; a later export
+/// into the same folder removes the files it does not replace.
+#[test]
+fn sharded_export_round_trips_and_replaces_earlier_files() {
+    let cfg = preset("tiny-llama");
+    let layout = ParamLayout::new(&cfg);
+    let params = model_values(&cfg, 10);
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ckpt::ExportOptions { max_shard_bytes: 200_000, ..ckpt::ExportOptions::new(Dtype::F32) };
+    ckpt::export_with(tmp.path(), &cfg, &layout, &params, &opts).unwrap();
+    let shards: Vec<String> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("model-")).collect();
+    assert!(shards.len() > 2, "{shards:?}");
+    for f in &shards {
+        let size = fs::metadata(tmp.path().join(f)).unwrap().len();
+        // A shard holds whole tensors up to the limit (plus its small header).
+        assert!(size < 200_000 + 4096, "{f}: {size} bytes");
+    }
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    assert_eq!(index["metadata"]["total_size"], (4 * hf_tensors(&cfg, &layout).unwrap().iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>()) as u64);
+    let (back, params2) = ckpt::import(tmp.path()).unwrap();
+    assert_eq!(back.d_model, cfg.d_model);
+    assert_eq!(bits(&params2), bits(&params));
+    // One file now: the shards and index go.
+    ckpt::export(tmp.path(), &cfg, &layout, &params, Dtype::F32).unwrap();
+    let left: Vec<String> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.starts_with("model-") && n != "model.safetensors.index.json"), "{left:?}");
+    assert_eq!(bits(&ckpt::import(tmp.path()).unwrap().1), bits(&params));
+    // And sharded again: model.safetensors goes.
+    ckpt::export_with(tmp.path(), &cfg, &layout, &params, &opts).unwrap();
+    assert!(!tmp.path().join("model.safetensors").exists());
 }
 
 fn names_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -645,8 +735,10 @@ fn hf_import_errors_are_clear() {
     assert!(e.contains("attention_bias") && e.contains("no biases"), "{e}");
     let e = case(with("hidden_act", "gelu".into()), &list);
     assert!(e.contains("hidden_act `gelu` is not supported"), "{e}");
+    let e = case(with("rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 8.0})), &list);
+    assert!(e.contains("rope_scaling.rope_type `linear` is not supported"), "{e}");
     let e = case(with("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})), &list);
-    assert!(e.contains("rope_scaling"), "{e}");
+    assert!(e.contains("rope_scaling of rope_type `llama3` needs `low_freq_factor`"), "{e}");
 
     // Wrong shape: the config says 1 kv head, the file has 2.
     let e = case(with("num_key_value_heads", 1.into()), &list);
@@ -690,4 +782,144 @@ fn export_refuses_configs_without_an_hf_equivalent() {
     let layout = ParamLayout::new(&cfg);
     let e = err_text(ckpt::export(tmp.path(), &cfg, &layout, &[0.0; 3], Dtype::F32));
     assert!(e.contains("3 values"), "{e}");
+}
+
+// ------------------------------------------------- integrity (issue 17)
+
+/// Byte offset where the tensor data of a safetensors file starts.
+fn data_start(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+/// Removes the manifest's checksums, as a checkpoint saved before they existed.
+fn strip_checksums(dir: &Path) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("checksums").expect("a new manifest has checksums");
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn flipped_bytes_fail_the_checksum_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Fixture::new(preset("tiny"));
+    let dir = fx.save(tmp.path(), 200, 2);
+    let file = dir.join("optimizer.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    // The lowest mantissa bit of one value: still a finite, plausible number.
+    let at = data_start(&bytes) + 4 * 1000;
+    bytes[at] ^= 0x01;
+    fs::write(&file, &bytes).unwrap();
+    let e = err_text(ckpt::load(&dir));
+    assert!(e.contains(&file.display().to_string()) && e.contains("damaged") && e.contains("CRC-32"), "{e}");
+    // NaN bytes written over a value are caught the same way.
+    bytes[at] ^= 0x01;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&file, &bytes).unwrap();
+    assert!(err_text(ckpt::load(&dir)).contains("damaged"));
+}
+
+/// Checkpoints saved before checksums existed still load (with a warning on
+/// stderr); non-finite values in them are refused, naming the tensor.
+#[test]
+fn checkpoints_without_checksums_load_but_non_finite_values_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Fixture::new(preset("tiny"));
+    let dir = fx.save(tmp.path(), 200, 2);
+    strip_checksums(&dir);
+    let loaded = ckpt::load(&dir).unwrap();
+    assert!(loaded.manifest.checksums.is_empty());
+    let file = dir.join("model.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    let at = data_start(&bytes);
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&file, &bytes).unwrap();
+    let e = err_text(ckpt::load(&dir));
+    assert!(e.contains("non-finite") && e.contains("model.safetensors") && e.contains("diverged"), "{e}");
+}
+
+#[test]
+fn save_refuses_non_finite_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fx = Fixture::new(preset("tiny"));
+    let good = fx.save(tmp.path(), 100, 1);
+    for (i, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+        fx.params[5] = bad;
+        let model = ckpt::named_from_layout(&fx.layout, &fx.params).unwrap();
+        let e = err_text(ckpt::save(tmp.path(), &fx.manifest(200 + i as u64), &model, &[], 1));
+        assert!(e.contains("non-finite") && e.contains(&fx.layout.params[0].name) && e.contains("older ones are kept"), "{e}");
+    }
+    fx.params[5] = 0.0;
+    fx.m[7] = f32::NAN;
+    let model = ckpt::named_from_layout(&fx.layout, &fx.params).unwrap();
+    let optim = vec![NamedTensor { name: "adamw.m".into(), shape: vec![fx.layout.total], data: &fx.m }];
+    let e = err_text(ckpt::save(tmp.path(), &fx.manifest(300), &model, &optim, 1));
+    assert!(e.contains("adamw.m") && e.contains("optimizer.safetensors"), "{e}");
+    // The one good checkpoint (keep 1) is still there and loads.
+    assert_eq!(step_names(tmp.path()), ["step_00000100"]);
+    ckpt::load(&good).unwrap();
+}
+
+/// The newest checkpoint that verifies is chosen; damaged and incomplete
+/// newer ones are passed over.
+#[test]
+fn load_newest_good_falls_back_past_damaged_and_incomplete_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path();
+    assert!(ckpt::load_newest_good(run).unwrap().is_none());
+    let fx = Fixture::new(preset("tiny"));
+    for step in [100, 200, 300] {
+        fx.save(run, step, 5);
+    }
+    let file = run.join("checkpoints/step_00000300/model.safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    let at = data_start(&bytes) + 40;
+    bytes[at] ^= 0x10;
+    fs::write(&file, &bytes).unwrap();
+    fs::remove_file(run.join("checkpoints/step_00000200/manifest.json")).unwrap();
+    assert_eq!(ckpt::load_newest_good(run).unwrap().unwrap().manifest.step, 100);
+    // None usable: an error listing each reason.
+    fs::remove_file(run.join("checkpoints/step_00000100/optimizer.safetensors")).unwrap();
+    let e = err_text(ckpt::load_newest_good(run));
+    assert!(e.contains("no usable checkpoint") && e.contains("step_00000300") && e.contains("damaged") && e.contains("incomplete"), "{e}");
+}
+
+/// A kill in the middle of pruning (a deletion) must not leave litter that
+/// is never cleaned: incomplete older step folders and `*.pruned.tmp`
+/// leftovers go at the next save, and so do older `*.shards` staging
+/// folders of killed sharded saves; newer ones stay.
+#[test]
+fn prune_removes_incomplete_older_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path();
+    let fx = Fixture::new(preset("tiny"));
+    fx.save(run, 100, 2);
+    fs::create_dir_all(run.join("checkpoints/step_00000050")).unwrap();
+    fs::write(run.join("checkpoints/step_00000050/optimizer.safetensors"), b"half deleted").unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000040.pruned.tmp")).unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000900")).unwrap();
+    // Shard staging of a save killed before publishing (ckpt/train_state.rs).
+    fs::create_dir_all(run.join("checkpoints/step_00000150.shards")).unwrap();
+    fs::create_dir_all(run.join("checkpoints/step_00000950.shards")).unwrap();
+    fx.save(run, 200, 2);
+    assert_eq!(step_names(run), ["step_00000100", "step_00000200", "step_00000900", "step_00000950.shards"]);
+    fx.save(run, 300, 2);
+    assert_eq!(step_names(run), ["step_00000200", "step_00000300", "step_00000900", "step_00000950.shards"]);
+}
+
+/// A full disk is reported in words, not as Rust debug output.
+#[test]
+fn write_errors_are_plain_words() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let data = [1.0f32; 4];
+    let t = ferrotron::ckpt::tensors::OutTensor {
+        name: "x".into(),
+        shape: vec![4],
+        dtype: Dtype::F32,
+        values: ferrotron::ckpt::tensors::OutValues::F32(Box::new(|| std::borrow::Cow::Borrowed(&data[..]))),
+    };
+    let e = err_text(ferrotron::ckpt::tensors::write(Path::new("/dev/full"), &[t], None));
+    assert!(e.contains("No space left on device") && !e.contains("IoError") && !e.contains("Os {"), "{e}");
 }

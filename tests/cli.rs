@@ -171,3 +171,87 @@ fn generate_rejects_an_unknown_device() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     fails_with(&ferrotron(&["generate", "--run", "runs/r", "--device", "tpu"], tmp.path()), &["tpu", "cpu or cuda"]);
 }
+
+#[test]
+fn head_sizes_the_cuda_kernels_lack_are_refused_on_cuda_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ferrotron(&["info", "--set", "device=cuda", "--set", "model.d_model=32", "--set", "model.n_heads=2", "--set", "model.n_kv_heads=2"], tmp.path());
+    fails_with(&out, &["head size", "16", "[32, 64, 96, 128]", "device=cpu"]);
+}
+
+#[test]
+fn lr_0_is_a_value_and_rope_scaling_keys_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ferrotron(&["info", "--set", "optimizer.lr=0"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let llama = ["info", "--set", "model.preset=tiny-llama", "--set", "model.rope_scaling_factor=8"];
+    let out = ferrotron(&llama, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = [&llama[..], &["--set", "model.rope_high_freq_factor=0.5"]].concat();
+    fails_with(&ferrotron(&bad, tmp.path()), &["model.rope_low_freq_factor", "model.rope_high_freq_factor"]);
+    let bad = [&llama[..], &["--set", "model.rope_original_max_seq=0"]].concat();
+    fails_with(&ferrotron(&bad, tmp.path()), &["model.rope_original_max_seq"]);
+    fails_with(&ferrotron(&["info", "--set", "model.rope_scaling_factor=-2"], tmp.path()), &["model.rope_scaling_factor"]);
+}
+
+/// Head size 16 (QUICK's model) has no CUDA attention kernel: generate
+/// --device cuda says so and samples on the CPU, with the CPU's result.
+#[test]
+fn generate_on_cuda_falls_back_to_the_cpu_for_other_head_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = ferrotron(&train_args(&["--set", "train.samples=0"]), tmp.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let args = |dev: &'static str| vec!["generate", "--run", "runs/r", "--prompt", "The", "--temperature", "0", "--max-tokens", "12", "--ids", "--device", dev];
+    let cpu = ferrotron(&args("cpu"), tmp.path());
+    let cuda = ferrotron(&args("cuda"), tmp.path());
+    assert!(cpu.status.success() && cuda.status.success(), "{}", String::from_utf8_lossy(&cuda.stderr));
+    assert!(String::from_utf8_lossy(&cuda.stderr).contains("head size 16 is not supported by the CUDA attention kernels"), "{}", String::from_utf8_lossy(&cuda.stderr));
+    assert_eq!(cpu.stdout, cuda.stdout);
+    let ids: Vec<u32> = serde_json::from_slice(&cpu.stdout).unwrap();
+    assert_eq!(ids.len(), 12);
+}
+
+/// The checkpoint's own tokenizer through the command line: prepare
+/// --tokenizer, fine-tune from the checkpoint at lr 0, greedy generate
+/// (= transformers' tokens, recorded in the fixture), export as bf16 shards.
+#[test]
+fn prepare_with_a_tokenizer_json_then_generate_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = fixtures_dir();
+    std::fs::write(tmp.path().join("t.txt"), "The cat sat on the mat. The dog sat on the log.\n".repeat(30)).unwrap();
+    fails_with(&ferrotron(&["prepare", "--input", "t.txt", "--out", "d", "--tokenizer", "nope/tokenizer.json"], tmp.path()), &["nope/tokenizer.json", "gpt2"]);
+    let tok = fixtures.join("tokenizer").display().to_string();
+    let out = ferrotron(&["prepare", "--input", "t.txt", "--out", "d", "--tokenizer", &tok, "--val-fraction", "0.2"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("300 ids"), "{}", String::from_utf8_lossy(&out.stdout));
+    let init = format!("model.init_from={}", fixtures.join("llama32").display());
+    let train = ["train", "--set", &init, "--set", "model.preset=tiny-llama", "--set", "data.path=d", "--set", "optimizer.lr=0", "--set", "train.steps=1",
+        "--set", "train.batch_size=2", "--set", "train.seq_len=32", "--set", "train.samples=0", "--set", "run.progress=false", "--set", "run.name=ft"];
+    let out = ferrotron(&train, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let greedy: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures.join("llama32/greedy.json")).unwrap()).unwrap();
+    let out = ferrotron(&["generate", "--run", "runs/ft", "--prompt", "The cat sat", "--temperature", "0", "--max-tokens", "16", "--ids"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids, greedy["new_ids"]);
+    let out = ferrotron(&["generate", "--run", "runs/ft", "--prompt", "The cat sat", "--temperature", "0", "--max-tokens", "16"], tmp.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), format!("The cat sat{}", greedy["text"].as_str().unwrap()));
+    fails_with(&ferrotron(&["export", "--run", "runs/ft", "--out", "hf", "--dtype", "fp8"], tmp.path()), &["--dtype fp8", "bf16"]);
+    fails_with(&ferrotron(&["export", "--run", "runs/ft", "--out", "hf", "--max-shard-size", "5XB"], tmp.path()), &["--max-shard-size", "XB"]);
+    let out = ferrotron(&["export", "--run", "runs/ft", "--out", "hf", "--dtype", "bf16", "--max-shard-size", "100KB"], tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(tmp.path().join("hf").join(f).exists(), "export lacks {f}");
+    }
+}
+
+/// tests/fixtures/hf: relative to the working directory when it is there (a
+/// test executable run from a copy of the repository on another machine),
+/// else in the source tree this test was built from.
+fn fixtures_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new("tests/fixtures/hf");
+    if let Ok(abs) = here.canonicalize() {
+        return abs;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
+}

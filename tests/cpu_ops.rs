@@ -19,7 +19,7 @@
 //! error (each op's backward was mutated once to confirm the check fails).
 
 use ferrotron::backend::cpu::{matmul, CpuBackend};
-use ferrotron::backend::{AdamWArgs, AttnShape, Backend, BufId, DType, View, IGNORE};
+use ferrotron::backend::{AdamWArgs, AttnShape, Backend, BufId, DType, Llama3Scaling, Rope, View, IGNORE};
 
 const FD_EPS: f32 = 1e-2;
 const FD_ATOL: f64 = 2e-3;
@@ -398,13 +398,14 @@ fn swiglu_forward_and_gradient() {
 // ---------------------------------------------------------------- rope
 
 /// Hugging Face Llama RoPE, literally: emb = cat(freqs, freqs),
-/// x·cos(emb) + rotate_half(x)·sin(emb), rotate_half(x) = cat(-x2, x1).
-fn rope_reference(qkv: &[f32], s: &AttnShape, theta: f64) -> Vec<f64> {
+/// x·cos(emb) + rotate_half(x)·sin(emb), rotate_half(x) = cat(-x2, x1),
+/// freqs = pos · inv_freq.
+fn rope_reference(qkv: &[f32], s: &AttnShape, inv_freq: &[f64]) -> Vec<f64> {
     let (d, half, w) = (s.head_dim, s.head_dim / 2, s.qkv_width());
     let mut out: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
     for row in 0..s.batch * s.seq {
         let pos = (row % s.seq) as f64;
-        let emb: Vec<f64> = (0..d).map(|j| pos / theta.powf((2 * (j % half)) as f64 / d as f64)).collect();
+        let emb: Vec<f64> = (0..d).map(|j| pos * inv_freq[j % half]).collect();
         for head in 0..s.heads + s.kv_heads {
             let x = &qkv[row * w + head * d..row * w + (head + 1) * d];
             for j in 0..d {
@@ -416,30 +417,68 @@ fn rope_reference(qkv: &[f32], s: &AttnShape, theta: f64) -> Vec<f64> {
     out
 }
 
+/// transformers' `_compute_llama3_parameters`, in f64, written out from its
+/// definition: wavelength = 2π / f; above original / low_freq_factor divide
+/// by the factor, below original / high_freq_factor keep, in between mix
+/// with smooth = (original / wavelength - low) / (high - low).
+fn llama3_reference(theta: f64, d: usize, factor: f64, low: f64, high: f64, original: f64) -> Vec<f64> {
+    (0..d / 2)
+        .map(|i| {
+            let f = 1.0 / theta.powf((2 * i) as f64 / d as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < original / high {
+                f
+            } else if wavelen > original / low {
+                f / factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn rope_forward_inverse_and_gradient() {
     let s = AttnShape { batch: 2, seq: 5, heads: 4, kv_heads: 2, head_dim: 8 };
-    let theta = 10000.0f32;
-    let mut rng = Rng(11);
-    let (x, r) = (rng.vec(s.batch * s.seq * s.qkv_width()), rng.vec(s.batch * s.seq * s.qkv_width()));
-    let fwd = |x: &[f32]| {
+    let plain = Rope::plain(10000.0);
+    let plain_ref: Vec<f64> = (0..4).map(|i| 10000f64.powf(-(2.0 * i as f64) / 8.0)).collect();
+    // Llama 3 scaling with a short original context: the 4 pairs of head
+    // size 8 (wavelengths 6.3, 63, 628, 6283) fall in all three bands
+    // (kept below 100 / 4, divided above 100 / 1).
+    let scaled = Rope { theta: 10000.0, llama3: Some(Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 100 }) };
+    let scaled_ref = llama3_reference(10000.0, 8, 8.0, 1.0, 4.0, 100.0);
+    for (rope, inv_ref) in [(plain, plain_ref), (scaled, scaled_ref)] {
+        let ours = rope.inv_freq(8);
+        for (a, b) in ours.iter().zip(&inv_ref) {
+            assert!(((*a as f64 - b) / b).abs() < 1e-6, "inv_freq {ours:?} vs {inv_ref:?}");
+        }
+        let mut rng = Rng(11);
+        let (x, r) = (rng.vec(s.batch * s.seq * s.qkv_width()), rng.vec(s.batch * s.seq * s.qkv_width()));
+        let fwd = |x: &[f32]| {
+            let mut be = CpuBackend::new();
+            let v = put(&mut be, x);
+            be.rope_fwd(v, s, rope).unwrap();
+            get(&be, v)
+        };
+        let y = fwd(&x);
+        assert_close("rope fwd", &y, &rope_reference(&x, &s, &inv_ref), 1e-5, 1e-5);
+        // The inverse restores the input (and v heads were never touched).
         let mut be = CpuBackend::new();
-        let v = put(&mut be, x);
-        be.rope_fwd(v, s, theta).unwrap();
-        get(&be, v)
-    };
-    let y = fwd(&x);
-    assert_close("rope fwd", &y, &rope_reference(&x, &s, theta as f64), 1e-5, 1e-5);
-    // The inverse restores the input (and v heads were never touched).
-    let mut be = CpuBackend::new();
-    let v = put(&mut be, &y);
-    be.rope_bwd(v, s, theta).unwrap();
-    assert_close("rope inverse", &get(&be, v), &x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-5, 1e-5);
-    // Gradient: rope_bwd applied in place to dqkv = R.
-    let dv = put(&mut be, &r);
-    be.rope_bwd(dv, s, theta).unwrap();
-    let fd = fd_grads(&[x], |xs| dot64(&fwd(&xs[0]), &r));
-    assert_grad("rope dqkv", &get(&be, dv), &fd[0]);
+        let v = put(&mut be, &y);
+        be.rope_bwd(v, s, rope).unwrap();
+        assert_close("rope inverse", &get(&be, v), &x.iter().map(|&v| v as f64).collect::<Vec<_>>(), 1e-5, 1e-5);
+        // Gradient: rope_bwd applied in place to dqkv = R.
+        let dv = put(&mut be, &r);
+        be.rope_bwd(dv, s, rope).unwrap();
+        let fd = fd_grads(&[x], |xs| dot64(&fwd(&xs[0]), &r));
+        assert_grad("rope dqkv", &get(&be, dv), &fd[0]);
+    }
+    // The three bands are really there: one pair kept, one divided, the rest between.
+    let (p, q) = (plain.inv_freq(8), scaled.inv_freq(8));
+    assert_eq!(p[0], q[0]);
+    assert_eq!(p[3] / 8.0, q[3]);
+    assert!(q[1] < p[1] && q[1] > p[1] / 8.0, "{p:?} {q:?}");
 }
 
 // ---------------------------------------------------------------- attention

@@ -4,7 +4,11 @@
 //! - recompute modes give the same loss and gradients as keeping everything;
 //! - weights made by Hugging Face transformers give the same logits in
 //!   ferrotron (CPU and CUDA) as in PyTorch. Runs when FERROTRON_HF_FIXTURES
-//!   names the folder written by bench/hf_logits_fixtures.py.
+//!   names the folder written by bench/hf_logits_fixtures.py;
+//! - the committed Llama 3.2-style fixture (tests/fixtures/hf/llama32) gives
+//!   transformers' logits and greedy tokens on CUDA, and a 1-step lr-0
+//!   fine-tune on CUDA exports it back byte for byte;
+//! - a head size without CUDA attention kernels is a clear error.
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::CudaBackend;
@@ -167,4 +171,87 @@ fn hugging_face_weights_give_pytorch_logits() {
         let tol = (3.0 * d_torch).max(0.02 * scale);
         assert!(d_gpu_fp32 <= tol, "{family}: CUDA logits differ from PyTorch fp32 by {d_gpu_fp32} (tolerance {tol})");
     }
+}
+
+/// The Llama 3.2-style fixture made by transformers (tests/fixtures/hf:
+/// GQA, tied embeddings, llama3 rope scaling, sharded bf16) on CUDA:
+/// logits within bf16 tolerance of transformers' fp32 logits, and greedy
+/// generation token for token equal to transformers' `generate` (the
+/// smallest margin between the top two logits along it is recorded in
+/// greedy.json: 0.27, several times the bf16 error of these logits).
+#[test]
+fn llama32_fixture_on_cuda_matches_transformers() {
+    let Some(mut cuda) = gpu() else { return };
+    let dir = fixtures_dir().join("llama32");
+    let (cfg, params) = ferrotron::ckpt::import(&dir).unwrap();
+    let reference = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let tokens: Vec<u32> = st.tensor("tokens").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let theirs: Vec<f32> = st.tensor("logits").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mut m = Model::new(&mut cuda, &cfg, Recompute::Off).unwrap();
+    m.set_params(&mut cuda, &params).unwrap();
+    let ours = m.logits(&mut cuda, &tokens, 1, tokens.len()).unwrap();
+    let scale = theirs.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+    let d = max_abs_diff(&ours, &theirs);
+    println!("llama32 on CUDA: max |logit| {scale:.3}, max |ferrotron-cuda - transformers-fp32| {d:.3e}");
+    assert!(d <= 0.02 * scale, "CUDA logits differ from transformers by {d} (max |logit| {scale})");
+
+    let greedy: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("greedy.json")).unwrap()).unwrap();
+    let ids = |k: &str| greedy[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<u32>>();
+    let (prompt, expected) = (ids("prompt_ids"), ids("new_ids"));
+    let opts = ferrotron::train::sample::SampleOptions { max_tokens: expected.len(), temperature: 0.0, top_k: 0 };
+    let got = ferrotron::train::sample::generate(&mut cuda, &mut m, &prompt, opts, None, &mut ferrotron::util::rng::Rng::new(0)).unwrap();
+    assert_eq!(got, expected, "greedy tokens on CUDA vs transformers");
+}
+
+/// A 1-step fine-tune at lr 0 on CUDA (fp32 master weights, weight decay
+/// on) exports the imported checkpoint back byte for byte.
+#[test]
+fn lr_0_finetune_on_cuda_exports_the_imported_weights() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures_dir().join("llama32");
+    let sets: Vec<String> = vec![
+        "device=cuda".into(), "model.preset=tiny-llama".into(), format!("model.init_from=\"{}\"", dir.display()), "optimizer.lr=0".into(),
+        "optimizer.weight_decay=0.1".into(), "train.steps=1".into(), "train.batch_size=2".into(), "train.seq_len=32".into(), "train.eval_every=0".into(),
+        "train.samples=0".into(), "run.progress=false".into(), format!("run.dir=\"{}\"", tmp.path().display()), "run.name=ft".into(),
+    ];
+    train(&config::load(None, &sets).unwrap(), None).unwrap();
+    let out = tmp.path().join("export");
+    ferrotron::train::export::export_run(&tmp.path().join("ft"), &out, ferrotron::ckpt::Dtype::Bf16, 0).unwrap();
+    let read = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let ours = read(&out.join("model.safetensors"));
+    let mut theirs = read(&dir.join("model-00001-of-00002.safetensors"));
+    theirs.extend(read(&dir.join("model-00002-of-00002.safetensors")));
+    assert_eq!(ours, theirs);
+}
+
+/// Head size 16 has no CUDA attention kernel: a clear error, no panic.
+#[test]
+fn unsupported_head_size_on_cuda_is_a_clear_error() {
+    let Some(mut cuda) = gpu() else { return };
+    let dir = fixtures_dir().join("llama-gqa");
+    let (cfg, params) = ferrotron::ckpt::import(&dir).unwrap();
+    assert_eq!(cfg.head_dim(), 16);
+    let mut m = Model::new(&mut cuda, &cfg, Recompute::Off).unwrap();
+    m.set_params(&mut cuda, &params).unwrap();
+    let e = format!("{:#}", m.logits(&mut cuda, &[1, 2, 3, 4], 1, 4).unwrap_err());
+    assert!(e.contains("head_dim 16") && e.contains("32, 64, 96, 128") && e.contains("device=cpu"), "{e}");
+}
+
+/// tests/fixtures/hf: relative to the working directory when it is there (a
+/// test executable run from a copy of the repository on another machine),
+/// else in the source tree this test was built from.
+fn fixtures_dir() -> std::path::PathBuf {
+    let here = std::path::Path::new("tests/fixtures/hf");
+    if let Ok(abs) = here.canonicalize() {
+        return abs;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
 }

@@ -31,7 +31,7 @@
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
-use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, PrecondArgs, SignArgs, View, IGNORE, QUANT_BLOCK};
+use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, Llama3Scaling, PrecondArgs, Rope, SignArgs, View, IGNORE, QUANT_BLOCK};
 
 const BF16_TOL: f32 = 1e-2;
 const MATMUL_TOL: f32 = 2e-2;
@@ -234,6 +234,17 @@ fn embedding() {
     }
     h.check("embed_bwd dwte (accumulated x2)", dwte, F32_TOL);
     h.check("embed_bwd dwpe (accumulated x2)", dwpe, F32_TOL);
+    // Llama 3's vocabulary: ids above 65535 index rows past 2^16 * c.
+    let (vocab, c) = (128256, 32);
+    let toks = h.ids(&[0, 65535, 65536, 100_000, 128255, 7]);
+    let wte = h.randn(vocab * c, 0.5, DType::F32);
+    let out = h.zeros(6 * c, DType::Compute);
+    h.run(|be, i| be.embed_fwd(out[i], toks[i], wte[i], None, 6, c));
+    h.check("embed_fwd vocab 128256", out, BF16_TOL);
+    let dout = h.randn(6 * c, 1.0, DType::Compute);
+    let dwte = h.zeros(vocab * c, DType::F32);
+    h.run(|be, i| be.embed_bwd(dwte[i], None, dout[i], toks[i], 6, c));
+    h.check("embed_bwd dwte vocab 128256", dwte, F32_TOL);
 }
 
 fn linear_case(h: &mut H, m: usize, k: usize, n: usize, off: usize, act: DType) {
@@ -446,21 +457,30 @@ fn rope() {
     let Some(mut h) = gpu() else { return };
     // bf16 with head_dim % 8 == 0 takes the 4-wide kernel; f32 or other head
     // sizes the scalar one. q+k head counts below, at and above a multiple of
-    // the 8 heads a thread walks; positions up to 3000 (large angles).
+    // the 8 heads a thread walks; positions up to 3000 (large angles). Both
+    // backends rotate with the same host table (`Rope::inv_freq`), plain or
+    // with Llama 3 scaling (3.1's constants; and a small original context so
+    // that short sequences reach all three bands).
+    let plain = Rope::plain(10000.0);
+    let llama31 = Rope { theta: 500000.0, llama3: Some(Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 8192 }) };
+    let short = Rope { theta: 10000.0, llama3: Some(Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 64 }) };
     let cases = [
-        (AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 }, DType::Compute),
-        (AttnShape { batch: 1, seq: 3000, heads: 12, kv_heads: 4, head_dim: 64 }, DType::Compute),
-        (AttnShape { batch: 3, seq: 37, heads: 13, kv_heads: 13, head_dim: 32 }, DType::Compute),
-        (AttnShape { batch: 2, seq: 50, heads: 4, kv_heads: 2, head_dim: 6 }, DType::Compute),
-        (AttnShape { batch: 2, seq: 50, heads: 5, kv_heads: 1, head_dim: 16 }, DType::F32),
+        (AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: 64 }, DType::Compute, plain),
+        (AttnShape { batch: 1, seq: 3000, heads: 12, kv_heads: 4, head_dim: 64 }, DType::Compute, plain),
+        (AttnShape { batch: 3, seq: 37, heads: 13, kv_heads: 13, head_dim: 32 }, DType::Compute, plain),
+        (AttnShape { batch: 2, seq: 50, heads: 4, kv_heads: 2, head_dim: 6 }, DType::Compute, plain),
+        (AttnShape { batch: 2, seq: 50, heads: 5, kv_heads: 1, head_dim: 16 }, DType::F32, plain),
+        (AttnShape { batch: 1, seq: 3000, heads: 8, kv_heads: 2, head_dim: 64 }, DType::Compute, llama31),
+        (AttnShape { batch: 2, seq: 200, heads: 2, kv_heads: 1, head_dim: 32 }, DType::Compute, short),
+        (AttnShape { batch: 2, seq: 200, heads: 2, kv_heads: 1, head_dim: 32 }, DType::F32, short),
     ];
-    for (s, dt) in cases {
+    for (s, dt, rope) in cases {
         let n = s.batch * s.seq * s.qkv_width();
         let x = h.randn(n, 1.0, dt);
-        let tag = format!("B={} T={} H={} KV={} D={} {dt:?}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
-        h.run(|be, i| be.rope_fwd(x[i], s, 10000.0));
+        let tag = format!("B={} T={} H={} KV={} D={} {dt:?} llama3={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, rope.llama3.is_some());
+        h.run(|be, i| be.rope_fwd(x[i], s, rope));
         h.check(&format!("rope_fwd (q,k rotated, v untouched) {tag}"), x, BF16_TOL);
-        h.run(|be, i| be.rope_bwd(x[i], s, 10000.0));
+        h.run(|be, i| be.rope_bwd(x[i], s, rope));
         h.check(&format!("rope_bwd (inverse) {tag}"), x, BF16_TOL);
     }
 }
@@ -537,11 +557,15 @@ fn attention_cases(h: &mut H) {
 #[test]
 fn softmax_xent() {
     let Some(mut h) = gpu() else { return };
-    // (rows, row width, classes): GPT-2's vocabulary unpadded and padded to 50304.
-    for (n, v, classes, dt) in [(37, 1000, 1000, DType::Compute), (8, 50257, 50257, DType::Compute), (8, 50304, 50257, DType::Compute), (19, 333, 301, DType::F32)] {
+    // (rows, row width, classes): GPT-2's vocabulary unpadded and padded to
+    // 50304; Llama 3's 128256 (targets above 65535 included).
+    for (n, v, classes, dt) in [(37, 1000, 1000, DType::Compute), (8, 50257, 50257, DType::Compute), (8, 50304, 50257, DType::Compute), (19, 333, 301, DType::F32), (6, 128256, 128256, DType::Compute)] {
         let logits = h.randn(n * v, 3.0, dt);
         let mut tg: Vec<u32> = (0..n).map(|_| (h.rng.u64() % classes as u64) as u32).collect();
         tg[1] = IGNORE;
+        if classes > 65536 {
+            (tg[2], tg[3]) = (65536, classes as u32 - 1);
+        }
         let t = h.ids(&tg);
         let losses = h.zeros(n, DType::F32);
         let dl = h.zeros(n * v, dt);

@@ -214,6 +214,43 @@ fn shard_rejections_name_file_and_problem() {
     assert!(m.contains("300") && m.contains("256"), "{m}");
 }
 
+/// Version 2 headers carry the vocabulary size of a Hugging Face
+/// tokenizer (code 3); ids at or above it, and headers that cannot describe
+/// their vocabulary, are refused. Bytes and GPT-2 keep writing version 1.
+#[test]
+fn shard_version_2_carries_the_vocabulary_size() -> Result<()> {
+    let dir = tmp();
+    let path = dir.path().join("hf.bin");
+    let tokens: Vec<u32> = vec![0, 65_535, 65_536, 128_255];
+    ferrotron::data::write_shard_vocab(&path, TokenizerKind::Hf, 128_256, &tokens)?;
+    let bytes = fs::read(&path)?;
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into()?), 2, "version 2");
+    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into()?), 128_256, "vocabulary size");
+    let shard = read_shard(&path)?;
+    assert_eq!((shard.tokens, shard.vocab_size, shard.dtype), (tokens, 128_256, ferrotron::data::Dtype::U32));
+    let err = ferrotron::data::write_shard_vocab(&path, TokenizerKind::Hf, 1000, &[1000]).unwrap_err().to_string();
+    assert!(err.contains("1000") && err.contains("vocabulary"), "{err}");
+    assert!(write_shard(&path, TokenizerKind::Hf, &[1]).is_err(), "an hf shard needs its vocabulary size");
+    // Built-in tokenizers: version 1, as before.
+    write_shard(&path, TokenizerKind::Bytes, &[1, 2])?;
+    assert_eq!(u32::from_le_bytes(fs::read(&path)?[8..12].try_into()?), 1);
+
+    let mut v2 = header(2, 2, 3, 2);
+    v2[20..24].copy_from_slice(&300u32.to_le_bytes());
+    v2.extend([5u8, 0, 0x2C, 0x01]); // 5, then 300 >= 300
+    let m = shard_error("v2vocab.bin", &v2);
+    assert!(m.contains("300") && m.contains("hf"), "{m}");
+    let m = shard_error("v1hf.bin", &header(1, 2, 3, 0));
+    assert!(m.contains("version 1") && m.contains("hf"), "{m}");
+    let m = shard_error("v2zero.bin", &header(2, 4, 3, 0));
+    assert!(m.contains("vocabulary size 0"), "{m}");
+    let mut narrow = header(2, 2, 3, 0);
+    narrow[20..24].copy_from_slice(&128_256u32.to_le_bytes());
+    let m = shard_error("narrow.bin", &narrow);
+    assert!(m.contains("u16") && m.contains("128256"), "{m}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- prepare
 
 fn quiet(tokenizer: &str) -> PrepareOptions {
@@ -371,7 +408,7 @@ fn loader_over_many_shards_matches_memory() -> Result<()> {
     prepare(&[dir.path().join("in")], &out, &opts)?;
     let on_disk = Dataset::open(out.to_str().unwrap())?;
     let all = on_disk.tokens(Split::Train)?;
-    let in_memory = Dataset::from_tokens(on_disk.tokenizer, all.clone(), all, "memory");
+    let in_memory = Dataset::from_tokens(on_disk.tokenizer.clone(), all.clone(), all, "memory");
     let mut a = Loader::new(&on_disk, Split::Train, 3, 40, 9, 0, 1)?;
     let mut b = Loader::new(&in_memory, Split::Train, 3, 40, 9, 0, 1)?;
     for _ in 0..20 {

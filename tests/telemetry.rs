@@ -393,3 +393,42 @@ fn activation_estimate_tracks_allocations_across_recompute_modes() {
     assert_eq!(live_after_step(&chunked) - counted(&chunked), live_after_step(&all_rows) - counted(&all_rows));
     assert_eq!(counted(&all_rows) - counted(&chunked), 4 * 64 * 256, "64 rows of the 256-wide vocabulary fewer");
 }
+
+// ----------------------------------------------------------------- report
+
+/// `report`: the step-time plot always, the MFU plot where MFU was
+/// recorded, and a summary with the median step split by phase.
+#[test]
+fn run_report_plots_phases_and_mfu_and_summarizes() {
+    use ferrotron::telemetry::run_report::{bucket_medians, report, MAX_POINTS};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = MetricsWriter::create(dir.path()).unwrap();
+    for step in 1..=9 {
+        let line = TrainMetrics { step_ms: 10.0, fwd_ms: Some(3.0), bwd_ms: Some(5.0), opt_ms: Some(1.0), mfu: Some(0.4), ..train_line(step) };
+        w.train(&line).unwrap();
+    }
+    w.train(&TrainMetrics { loss: f64::NAN, grad_norm: f64::NAN, skipped: Some("loss is NaN".into()), ..train_line(10) }).unwrap();
+    w.eval(10, 3.5).unwrap();
+    let r = report(dir.path(), None).unwrap();
+    for png in [&r.time_png, r.mfu_png.as_ref().unwrap()] {
+        assert_eq!(&std::fs::read(png).unwrap()[..4], b"\x89PNG", "{}", png.display());
+    }
+    let t = &r.text;
+    assert!(t.contains("10 steps logged") && t.contains("1 skipped"), "{t}");
+    assert!(t.contains("median step 10.00 ms: forward 3.00 (30%), backward 5.00 (50%), optimizer 1.00 (10%), other 1.00 (10%"), "{t}");
+    assert!(t.contains("MFU median 40.0%") && t.contains("validation loss 3.5000 at step 10"), "{t}");
+    // Without MFU (a CPU run): no MFU plot, and the text says why.
+    let cpu = tempfile::tempdir().unwrap();
+    let mut w = MetricsWriter::create(cpu.path()).unwrap();
+    w.train(&train_line(1)).unwrap();
+    let r = report(cpu.path(), None).unwrap();
+    assert!(r.mfu_png.is_none() && r.text.contains("MFU not recorded"), "{}", r.text);
+    // Long runs are bucketed to at most MAX_POINTS points (medians).
+    let pts: Vec<(f64, f64)> = (0..10_000).map(|i| (i as f64, (i % 7) as f64)).collect();
+    let b = bucket_medians(pts);
+    assert!(b.len() <= MAX_POINTS && b.len() >= MAX_POINTS / 2, "{}", b.len());
+    // A run with no steps is a clear error.
+    let empty = tempfile::tempdir().unwrap();
+    MetricsWriter::create(empty.path()).unwrap();
+    assert!(format!("{:#}", report(empty.path(), None).err().unwrap()).contains("no training steps"));
+}

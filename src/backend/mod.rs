@@ -94,6 +94,64 @@ impl AttnShape {
     }
 }
 
+/// Rotary position embedding parameters: the base `theta` and optional
+/// Llama 3 frequency scaling. Both backends rotate with the same table of
+/// per-pair inverse frequencies, [`Rope::inv_freq`], so they cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f32,
+    pub llama3: Option<Llama3Scaling>,
+}
+
+/// Llama 3.1 / 3.2 `rope_scaling` (`rope_type: "llama3"`): long wavelengths
+/// (above `original_max_seq / low_freq_factor`) are slowed down by `factor`,
+/// short ones (below `original_max_seq / high_freq_factor`) kept, the band
+/// between interpolated smoothly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_seq: usize,
+}
+
+impl Rope {
+    /// Plain rotary positions with base `theta`.
+    pub fn plain(theta: f32) -> Rope {
+        Rope { theta, llama3: None }
+    }
+
+    /// The `head_dim / 2` inverse frequencies, pair `i` rotating by
+    /// `pos · inv_freq[i]`. Computed in f32 with the operations and order of
+    /// transformers (`_compute_default_rope_parameters` and
+    /// `_compute_llama3_parameters`), so imported checkpoints see the angles
+    /// they were trained with.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let d = head_dim as f32;
+        let base: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / self.theta.powf((2 * i) as f32 / d)).collect();
+        let Some(s) = self.llama3 else { return base };
+        let old = s.original_max_seq as f64;
+        let (low_wavelen, high_wavelen) = ((old / s.low_freq_factor as f64) as f32, (old / s.high_freq_factor as f64) as f32);
+        let span = (s.high_freq_factor as f64 - s.low_freq_factor as f64) as f32;
+        let two_pi = std::f64::consts::TAU as f32;
+        // `scalar / tensor` in PyTorch is `tensor.reciprocal() * scalar`:
+        // two roundings, reproduced here.
+        base.into_iter()
+            .map(|f| {
+                let wavelen = (1.0 / f) * two_pi;
+                if wavelen > low_wavelen {
+                    f / s.factor
+                } else if wavelen < high_wavelen {
+                    f
+                } else {
+                    let smooth = ((1.0 / wavelen) * old as f32 - s.low_freq_factor) / span;
+                    (1.0 - smooth) * f / s.factor + smooth * f
+                }
+            })
+            .collect()
+    }
+}
+
 /// Hyper-parameters of one fused AdamW step (PyTorch semantics).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWArgs {
@@ -352,10 +410,10 @@ pub trait Backend {
     // ---- attention ----------------------------------------------------
     /// Rotary embedding IN PLACE on the q and k heads of `qkv` (Hugging Face
     /// Llama "rotate_half" convention: element `i` pairs with `i + D/2`,
-    /// frequency `theta^(-2i/D)`, position = row % seq).
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()>;
+    /// angle `pos · rope.inv_freq(D)[i]` in f32, position = row % seq).
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
     /// Inverse rotation IN PLACE on the q and k parts of `dqkv`.
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()>;
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
     /// Causal attention, scale `1/sqrt(D)`. `out[N, H·D]`; saves the
     /// log-sum-exp of each score row in `lse[B,H,T]` for the backward pass.
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()>;

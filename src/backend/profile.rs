@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View};
+use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -187,11 +187,11 @@ impl<B: Backend> Backend for Profiled<B> {
     fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
         self.time("swiglu_bwd", |b| b.swiglu_bwd(dinp, inp, dout, n, f))
     }
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.time("rope_fwd", |b| b.rope_fwd(qkv, shape, theta))
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.time("rope_fwd", |b| b.rope_fwd(qkv, shape, rope))
     }
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.time("rope_bwd", |b| b.rope_bwd(dqkv, shape, theta))
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.time("rope_bwd", |b| b.rope_bwd(dqkv, shape, rope))
     }
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()> {
         self.time("attention_fwd", |b| b.attention_fwd(out, lse, qkv, shape))

@@ -18,7 +18,8 @@ use crate::model::layout::ParamLayout;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use super::checksum;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,13 @@ pub struct Manifest {
     /// null = one optimizer file for the whole model.
     #[serde(default)]
     pub sharding: serde_json::Value,
+    /// `"crc32:…"` of each tensor file (shards included), verified on load
+    /// (see `checksum`). Empty in checkpoints saved before checksums existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+    /// Bad-step policy state (owned by `train::guard`); null in older checkpoints.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub guard: serde_json::Value,
 }
 
 impl Manifest {
@@ -64,6 +72,8 @@ impl Manifest {
             rng: serde_json::Value::Null,
             optimizer: serde_json::Value::Null,
             created: crate::util::time::now_rfc3339(),
+            checksums: BTreeMap::new(),
+            guard: serde_json::Value::Null,
         }
     }
 }
@@ -179,14 +189,18 @@ pub fn save_with_shards(
     let dir = step_dir(run_dir, manifest.step);
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let manifest_json = serde_json::to_vec_pretty(manifest).context("cannot serialize the checkpoint manifest")?;
     atomic::publish_dir(&dir, |staging| {
         write_tensors(&staging.join(MODEL_FILE), model, &[])?;
         write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
+        let mut files = vec![MODEL_FILE.to_string(), OPTIM_FILE.to_string()];
         for f in shard_files {
             let name = f.file_name().with_context(|| format!("shard file {} has no name", f.display()))?;
             fs::rename(f, staging.join(name)).with_context(|| format!("cannot move shard {} into the checkpoint", f.display()))?;
+            files.push(name.to_string_lossy().into_owned());
         }
+        let names: Vec<&str> = files.iter().map(|f| f.as_str()).collect();
+        let manifest = Manifest { checksums: checksum::checksums(staging, &names)?, ..manifest.clone() };
+        let manifest_json = serde_json::to_vec_pretty(&manifest).context("cannot serialize the checkpoint manifest")?;
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
             .with_context(|| format!("cannot write {}", staging.join(MANIFEST_FILE).display()))
@@ -195,7 +209,16 @@ pub fn save_with_shards(
     Ok(dir)
 }
 
+/// Writes one tensor file. A checkpoint never holds a non-finite value:
+/// they are refused before anything is written (the staging folder is then
+/// dropped, so nothing is published).
 pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for t in list {
+        checksum::ensure_finite(&file, &t.name, t.data).with_context(|| {
+            format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display())
+        })?;
+    }
     let lens = list.iter().map(|t| (&t.name, &t.shape, t.data.len())).chain(bytes.iter().map(|t| (&t.name, &t.shape, t.data.len())));
     for (name, shape, len) in lens {
         let numel: usize = shape.iter().product();
@@ -224,7 +247,7 @@ pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedByt
 
 /// Step number of a `step_<digits>` directory name; `None` for anything
 /// else, including `step_N.tmp` staging directories.
-fn parse_step(name: &str) -> Option<u64> {
+pub(super) fn parse_step(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("step_")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -233,7 +256,7 @@ fn parse_step(name: &str) -> Option<u64> {
 }
 
 /// Whether `dir` holds all three files of a checkpoint.
-fn is_complete(dir: &Path) -> bool {
+pub(super) fn is_complete(dir: &Path) -> bool {
     [MANIFEST_FILE, MODEL_FILE, OPTIM_FILE].iter().all(|f| dir.join(f).is_file())
 }
 
@@ -264,21 +287,36 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Delete complete checkpoints beyond the newest `keep_last` (never `keep`)
-/// and staging leftovers of crashed saves. Incomplete `step_*` directories
-/// without `.tmp` are not ours to judge and are left alone.
+/// and staging leftovers of crashed saves. A checkpoint is deleted by first
+/// renaming it to `step_N.pruned.tmp` (atomic), so a kill during deletion
+/// leaves only `*.tmp` litter, which the next save removes. Incomplete
+/// `step_*` directories older than `keep` (left by a kill during a deletion
+/// of an older ferrotron) are removed too, and so are `step_N.shards`
+/// staging folders of older saves that were killed before publishing;
+/// newer ones are left alone.
 fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
     // The new checkpoint counts toward `keep_last`; of the others, the
     // newest `keep_last - 1` stay.
     let others: Vec<PathBuf> = complete_checkpoints(run_dir)?.into_iter().map(|(_, d)| d).filter(|d| d != keep).collect();
     let excess = others.len().saturating_sub(keep_last.max(1) - 1);
     for dir in &others[..excess] {
-        atomic::remove_dir_if_exists(dir)?;
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".pruned.tmp");
+        let doomed = dir.with_file_name(name);
+        atomic::remove_dir_if_exists(&doomed)?;
+        fs::rename(dir, &doomed).with_context(|| format!("cannot rename {} for deletion", dir.display()))?;
     }
+    let keep_step = keep.file_name().and_then(|n| n.to_str()).and_then(parse_step);
     let parent = checkpoints_dir(run_dir);
+    atomic::sync_dir(&parent)?;
     for entry in fs::read_dir(&parent).with_context(|| format!("cannot list {}", parent.display()))? {
         let path = entry.with_context(|| format!("cannot list {}", parent.display()))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("step_") && name.ends_with(".tmp") && path.is_dir() {
+        let older = |n: &str| parse_step(n).is_some_and(|s| keep_step.is_some_and(|k| s < k));
+        let older_incomplete = older(name) && !is_complete(&path);
+        // Shard staging of an older save that was killed before publishing.
+        let stale_shards = name.strip_suffix(".shards").is_some_and(older);
+        if path.is_dir() && ((name.starts_with("step_") && name.ends_with(".tmp")) || older_incomplete || stale_shards) {
             atomic::remove_dir_if_exists(&path)?;
         }
     }
@@ -287,11 +325,26 @@ fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
 
 /// Read a checkpoint directory: manifest (format-checked) and both tensor
 /// files. Errors name the file and the problem.
+///
+/// Then the integrity checks: each file against the manifest's checksum (a
+/// checkpoint without checksums, saved by an older ferrotron, loads with a
+/// warning) and every fp32 value finite.
 pub fn load(ckpt_dir: &Path) -> Result<Loaded> {
     let manifest = read_manifest(ckpt_dir)?;
     // read_all's errors already name the file and the problem.
     let model = tensors::read_all(&ckpt_dir.join(MODEL_FILE))?;
     let (optim, optim_u8) = tensors::read_all_mixed(&ckpt_dir.join(OPTIM_FILE))?;
+    if manifest.checksums.is_empty() {
+        eprintln!("warning: checkpoint {} has no checksums (saved by an older ferrotron): loaded without verifying its data", ckpt_dir.display());
+    }
+    checksum::verify(ckpt_dir, &manifest.checksums)?;
+    for (file, list) in [(MODEL_FILE, &model), (OPTIM_FILE, &optim)] {
+        for t in list {
+            checksum::ensure_finite(file, &t.name, &t.data).with_context(|| {
+                format!("checkpoint {} is unusable: it was saved after training diverged (older ferrotron versions did that)", ckpt_dir.display())
+            })?;
+        }
+    }
     Ok(Loaded { dir: ckpt_dir.to_path_buf(), manifest, model, optim, optim_u8 })
 }
 

@@ -180,15 +180,49 @@ fn scatter(spec: &HfTensor, info: &ParamInfo, params: &mut [f32], values: &[f32]
     }
 }
 
+/// How [`export_with`] writes a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportOptions {
+    /// Element type of the written tensors (`F32` or `Bf16`).
+    pub dtype: Dtype,
+    /// Largest safetensors file in bytes: a bigger model is split into
+    /// `model-0000i-of-0000n.safetensors` files plus
+    /// `model.safetensors.index.json`, as transformers' `save_pretrained`
+    /// does. 0 = always one `model.safetensors`.
+    pub max_shard_bytes: u64,
+    /// `bos_token_id` / `eos_token_id` for config.json (a number, a list as
+    /// Llama 3 writes, or null); `None` = the defaults of [`to_hf_json`].
+    pub token_ids: Option<(serde_json::Value, serde_json::Value)>,
+}
+
+impl ExportOptions {
+    pub fn new(dtype: Dtype) -> ExportOptions {
+        ExportOptions { dtype, max_shard_bytes: 0, token_ids: None }
+    }
+}
+
 /// Write `model.safetensors` and `config.json` into `dir` so that
 /// `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads the model.
 /// Each file is written atomically.
 pub fn export(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[f32], dtype: Dtype) -> Result<()> {
+    export_with(dir, cfg, layout, params, &ExportOptions::new(dtype))
+}
+
+/// [`export`] with a choice of sharding and token ids. Safetensors files of
+/// an earlier export into `dir` that this one does not replace (a single
+/// file after a sharded export, or shards after a single file) are removed,
+/// so transformers cannot load stale weights.
+pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[f32], opts: &ExportOptions) -> Result<()> {
     if params.len() != layout.total {
         bail!("export: the parameter buffer has {} values but the layout has {}", params.len(), layout.total);
     }
+    let dtype = opts.dtype;
     let specs = hf_tensors(cfg, layout)?;
-    let config = to_hf_json(cfg, dtype)?;
+    let mut config = to_hf_json(cfg, dtype)?;
+    if let Some((bos, eos)) = &opts.token_ids {
+        config["bos_token_id"] = bos.clone();
+        config["eos_token_id"] = eos.clone();
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let out: Vec<OutTensor> = specs
         .iter()
@@ -202,11 +236,81 @@ pub fn export(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[f32
             }
         })
         .collect();
+    let bytes = |t: &OutTensor| (t.shape.iter().product::<usize>() * dtype_bytes(dtype)) as u64;
+    let groups = shard_groups(&out.iter().map(bytes).collect::<Vec<_>>(), opts.max_shard_bytes);
+    let n = groups.len();
+    let names: Vec<String> = match n {
+        0 | 1 => vec!["model.safetensors".into()],
+        _ => (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).chain(["model.safetensors.index.json".into()]).collect(),
+    };
+    let stale = stale_weight_files(dir, &names)?;
     // transformers refuses safetensors without `format` metadata.
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    atomic::write_file_with(&dir.join("model.safetensors"), |tmp| tensors::write(tmp, &out, Some(meta)))?;
+    if n <= 1 {
+        atomic::write_file_with(&dir.join("model.safetensors"), |tmp| tensors::write(tmp, &out, Some(meta)))?;
+    } else {
+        let mut weight_map = serde_json::Map::new();
+        let mut total = 0u64;
+        for (range, name) in groups.iter().zip(&names) {
+            let part = &out[range.clone()];
+            for t in part {
+                weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
+                total += bytes(t);
+            }
+            atomic::write_file_with(&dir.join(name), |tmp| tensors::write(tmp, part, Some(meta.clone())))?;
+        }
+        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let text = serde_json::to_vec_pretty(&index).context("cannot serialize the safetensors index")?;
+        atomic::write_file(&dir.join("model.safetensors.index.json"), &text)?;
+    }
+    for f in stale {
+        std::fs::remove_file(&f).with_context(|| format!("cannot remove the earlier export's {}", f.display()))?;
+    }
     let json = serde_json::to_vec_pretty(&config).context("cannot serialize config.json")?;
     atomic::write_file(&dir.join("config.json"), &json)
+}
+
+fn dtype_bytes(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::F32 => 4,
+        Dtype::Bf16 => 2,
+        Dtype::U8 => 1,
+    }
+}
+
+/// Consecutive runs of tensors whose bytes stay within `max` per run (a
+/// tensor larger than `max` gets a run of its own); one run when `max` is 0.
+fn shard_groups(sizes: &[u64], max: u64) -> Vec<std::ops::Range<usize>> {
+    if max == 0 || sizes.iter().sum::<u64>() <= max {
+        return std::iter::once(0..sizes.len()).collect();
+    }
+    let (mut groups, mut start, mut fill) = (Vec::new(), 0, 0u64);
+    for (i, &b) in sizes.iter().enumerate() {
+        if i > start && fill + b > max {
+            groups.push(start..i);
+            (start, fill) = (i, 0);
+        }
+        fill += b;
+    }
+    groups.push(start..sizes.len());
+    groups
+}
+
+/// Weight files in `dir` (`model.safetensors`, its index, shards named
+/// `model-*-of-*.safetensors`) that an export writing `new` would leave
+/// behind from an earlier one.
+fn stale_weight_files(dir: &Path, new: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let shard = name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        let weights = shard || name == "model.safetensors" || name == "model.safetensors.index.json";
+        if weights && !new.contains(&name) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// Read an HF model directory (or its `.safetensors` file, with
@@ -330,4 +434,19 @@ fn import_file(
         filled[i] = true;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_groups;
+
+    #[test]
+    fn shards_hold_consecutive_tensors_up_to_the_limit() {
+        assert_eq!(shard_groups(&[10, 20, 30], 0), vec![0..3]);
+        assert_eq!(shard_groups(&[10, 20, 30], 60), vec![0..3]);
+        assert_eq!(shard_groups(&[10, 20, 30], 30), vec![0..2, 2..3]);
+        // A tensor above the limit gets a shard of its own.
+        assert_eq!(shard_groups(&[10, 50, 10, 10], 25), vec![0..1, 1..2, 2..4]);
+        assert_eq!(shard_groups(&[], 10), vec![0..0]);
+    }
 }

@@ -4,8 +4,11 @@
 //! Import reads HF's field names with HF's own defaults for missing keys (so
 //! we build the same model `from_pretrained` would), and refuses features
 //! ferrotron's decoder does not implement instead of silently dropping them.
+//! Llama 3.1 / 3.2 configs (`rope_scaling` of type `llama3`, tied
+//! embeddings) map to the `model.rope_*` keys and come back out the same way.
 
 use super::tensors::Dtype;
+use crate::backend::{Llama3Scaling, Rope};
 use crate::config::{Mlp, ModelConfig, Norm, Positions};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
@@ -91,7 +94,7 @@ pub fn to_hf_json(cfg: &ModelConfig, dtype: Dtype) -> Result<Value> {
             "max_position_embeddings": cfg.max_seq_len,
             "rms_norm_eps": num(cfg.norm_eps),
             "rope_theta": num(cfg.rope_theta),
-            "rope_scaling": null,
+            "rope_scaling": rope_scaling_json(cfg),
             "attention_bias": false,
             "mlp_bias": false,
             "attention_dropout": 0.0,
@@ -106,6 +109,21 @@ pub fn to_hf_json(cfg: &ModelConfig, dtype: Dtype) -> Result<Value> {
     v["bos_token_id"] = eot.clone();
     v["eos_token_id"] = eot;
     Ok(v)
+}
+
+/// Llama 3 scaling as transformers writes it (`rope_scaling`, read by
+/// transformers 4 and 5 alike), or null.
+fn rope_scaling_json(cfg: &ModelConfig) -> Value {
+    if cfg.rope_scaling_factor <= 0.0 {
+        return Value::Null;
+    }
+    json!({
+        "rope_type": "llama3",
+        "factor": num(cfg.rope_scaling_factor),
+        "low_freq_factor": num(cfg.rope_low_freq_factor),
+        "high_freq_factor": num(cfg.rope_high_freq_factor),
+        "original_max_position_embeddings": cfg.rope_original_max_seq,
+    })
 }
 
 /// Reads typed fields of one config.json with HF defaults and errors that
@@ -210,6 +228,7 @@ fn gpt2_from(f: &Fields) -> Result<ModelConfig> {
         rope_theta: ModelConfig::default().rope_theta,
         init_std: f.f32("initializer_range", 0.02)?,
         init_from: String::new(),
+        ..ModelConfig::default()
     })
 }
 
@@ -221,8 +240,7 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
     let no_bias = "ferrotron's Llama has no biases on linear layers";
     f.refuse_unless("attention_bias", &json!(false), no_bias)?;
     f.refuse_unless("mlp_bias", &json!(false), no_bias)?;
-    f.refuse_unless("rope_scaling", &Value::Null, "ferrotron implements plain rotary positions without scaling")?;
-    let rope_theta = rope_theta(f)?;
+    let rope = rope_of(f)?;
     let d_model = f.usize("hidden_size", 4096)?;
     let n_heads = f.usize("num_attention_heads", 32)?;
     let head_dim = f.usize("head_dim", d_model.checked_div(n_heads).unwrap_or(0))?;
@@ -249,28 +267,70 @@ fn llama_from(f: &Fields) -> Result<ModelConfig> {
         tied_embeddings: f.bool("tie_word_embeddings", false)?,
         bias: false,
         norm_eps: f.f32("rms_norm_eps", 1e-6)?,
-        rope_theta,
+        rope_theta: rope.theta,
+        rope_scaling_factor: rope.llama3.map_or(0.0, |s| s.factor),
+        rope_low_freq_factor: rope.llama3.map_or(1.0, |s| s.low_freq_factor),
+        rope_high_freq_factor: rope.llama3.map_or(4.0, |s| s.high_freq_factor),
+        rope_original_max_seq: rope.llama3.map_or(8192, |s| s.original_max_seq),
         init_std: f.f32("initializer_range", 0.02)?,
         init_from: String::new(),
     })
 }
 
-/// The rotary base. transformers >= 5 writes `rope_parameters: {rope_type,
-/// rope_theta}` instead of a top-level `rope_theta` (+ `rope_scaling`); read
-/// either, and refuse scaled rope types rather than ignore them.
-fn rope_theta(f: &Fields) -> Result<f32> {
-    let Some(params) = f.v.get("rope_parameters").filter(|p| !p.is_null()) else {
-        return f.f32("rope_theta", 10000.0);
+/// The rotary embedding. transformers 4 writes a top-level `rope_theta` and
+/// `rope_scaling` (null, or `{rope_type | type, factor, ...}`); transformers
+/// 5 and later write `rope_parameters: {rope_type, rope_theta, factor, ...}`.
+/// Read either; `default` and `llama3` are implemented, other types (linear,
+/// dynamic, yarn, ...) are refused rather than ignored.
+fn rope_of(f: &Fields) -> Result<Rope> {
+    let top_theta = f.f32("rope_theta", 10000.0)?;
+    let (params, key) = match (f.v.get("rope_parameters").filter(|p| !p.is_null()), f.v.get("rope_scaling").filter(|p| !p.is_null())) {
+        (Some(p), _) => (p, "rope_parameters"),
+        (None, Some(p)) => (p, "rope_scaling"),
+        (None, None) => return Ok(Rope::plain(top_theta)),
     };
-    let sub = Fields { v: params, origin: f.origin };
-    let kind = sub.str("rope_type", "default")?;
-    if kind != "default" {
-        bail!(
-            "{}: rope_parameters.rope_type `{kind}` is not supported: ferrotron implements plain rotary positions without scaling",
-            f.origin.display()
-        );
+    if !params.is_object() {
+        bail!("{}: `{key}` should be an object, got {params}", f.origin.display());
     }
-    sub.f32("rope_theta", f.f32("rope_theta", 10000.0)?)
+    let sub = Fields { v: params, origin: f.origin };
+    let theta = sub.f32("rope_theta", top_theta)?;
+    // transformers < 4.45 named the kind `type`.
+    let kind = match params.get("rope_type").filter(|t| !t.is_null()) {
+        Some(_) => sub.str("rope_type", "default")?,
+        None => sub.str("type", "default")?,
+    };
+    match kind.as_str() {
+        "default" => Ok(Rope::plain(theta)),
+        "llama3" => {
+            let need = |name: &str| -> Result<f32> {
+                match params.get(name) {
+                    None | Some(Value::Null) => bail!("{}: {key} of rope_type `llama3` needs `{name}`", f.origin.display()),
+                    Some(_) => sub.f32(name, 0.0),
+                }
+            };
+            let scaling = Llama3Scaling {
+                factor: need("factor")?,
+                low_freq_factor: need("low_freq_factor")?,
+                high_freq_factor: need("high_freq_factor")?,
+                original_max_seq: match params.get("original_max_position_embeddings") {
+                    None | Some(Value::Null) => bail!("{}: {key} of rope_type `llama3` needs `original_max_position_embeddings`", f.origin.display()),
+                    Some(_) => sub.usize("original_max_position_embeddings", 0)?,
+                },
+            };
+            let ok = scaling.factor > 0.0 && scaling.low_freq_factor > 0.0 && scaling.high_freq_factor > scaling.low_freq_factor && scaling.original_max_seq > 0;
+            if !ok {
+                bail!(
+                    "{}: {key} of rope_type `llama3` needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0, got {params}",
+                    f.origin.display()
+                );
+            }
+            Ok(Rope { theta, llama3: Some(scaling) })
+        }
+        other => bail!(
+            "{}: {key}.rope_type `{other}` is not supported: ferrotron implements plain rotary positions and Llama 3 scaling (`llama3`)",
+            f.origin.display()
+        ),
+    }
 }
 
 /// The shape checks `ParamLayout` relies on, phrased in HF terms.

@@ -3,12 +3,16 @@
 //! - [`tensors`]: safetensors reading/writing with errors that name the file.
 //! - [`checkpoint`]: training checkpoints in a run folder (model, optimizer
 //!   state, manifest), `latest`, pruning, loading into a `ParamLayout`.
+//! - [`checksum`]: per-file CRC-32 in the manifest, finite-values rule;
+//!   [`recover`]: the newest checkpoint that verifies (fallback, announced).
 //! - [`hf`] and [`hf_config`]: Hugging Face `GPT2LMHeadModel` /
 //!   `LlamaForCausalLM` import and export.
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod hf;
 pub mod hf_config;
+pub mod recover;
 pub mod tensors;
 pub mod train_state;
 
@@ -16,6 +20,7 @@ pub use checkpoint::{
     checkpoints_dir, fill_flat, latest, load, load_into_layout, named_from_layout, read_manifest, save, save_with_bytes, save_with_shards,
     step_dir, Loaded, Manifest, NamedBytes, NamedTensor, FORMAT,
 };
-pub use hf::{export, hf_tensors, import, HfTensor, Source};
+pub use recover::load_newest_good;
+pub use hf::{export, export_with, hf_tensors, import, ExportOptions, HfTensor, Source};
 pub use hf_config::{family_of, Family};
 pub use tensors::{ByteTensor, Dtype, Tensor};

@@ -114,8 +114,11 @@ pub fn write(path: &Path, tensors: &[OutTensor], metadata: Option<HashMap<String
             bail!("cannot write {}: tensor name {} appears twice", path.display(), t.name);
         }
     }
-    safetensors::serialize_to_file(tensors.iter().map(|t| (t.name.clone(), t)), &metadata, path)
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    safetensors::serialize_to_file(tensors.iter().map(|t| (t.name.clone(), t)), &metadata, path).map_err(|e| match e {
+        // The I/O error in words ("No space left on device"), not its Debug form.
+        SafeTensorError::IoError(io) => anyhow!("cannot write {}: {io}", path.display()),
+        other => anyhow!("cannot write {}: {other}", path.display()),
+    })
 }
 
 /// The whole file, with an error naming it if it cannot be read.

@@ -118,7 +118,16 @@ fn open_folder(dir: &Path) -> Result<Dataset> {
         bail!("{}", missing_meta_message(dir));
     }
     let meta = Meta::read(dir)?;
-    let tokenizer = Tokenizer::new(meta.tokenizer)?;
+    let tokenizer = Tokenizer::open_in(dir, meta.tokenizer)?;
+    if tokenizer.vocab_size() != meta.vocab_size {
+        bail!(
+            "{}: meta.json says {} token ids but the folder's {} tokenizer has {}; re-run `ferrotron prepare`",
+            dir.display(),
+            meta.vocab_size,
+            tokenizer.name(),
+            tokenizer.vocab_size()
+        );
+    }
     let train = read_split(dir, &meta, &meta.train)?;
     let val = read_split(dir, &meta, &meta.val)?;
     Ok(Dataset::from_stores(
@@ -168,6 +177,14 @@ fn read_split(dir: &Path, meta: &Meta, split: &SplitMeta) -> Result<TokenStore> 
                     path.display(),
                     shard.tokenizer.name(),
                     meta.tokenizer.name()
+                );
+            }
+            if shard.vocab_size != meta.vocab_size {
+                bail!(
+                    "{}: has a vocabulary of {} ids but meta.json says {}",
+                    path.display(),
+                    shard.vocab_size,
+                    meta.vocab_size
                 );
             }
             if shard.count != s.tokens {

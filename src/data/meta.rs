@@ -18,6 +18,11 @@ pub struct Meta {
     pub format: String,
     pub tokenizer: TokenizerKind,
     pub vocab_size: usize,
+    /// For an `hf` tokenizer: the `tokenizer.json` it was read from. The
+    /// folder holds a copy (`tokenizer.json`, and `tokenizer_config.json`
+    /// when there was one), which is what the data is read with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_source: Option<String>,
     /// Token placed before every document (GPT-2's `<|endoftext|>`), if any.
     pub eot: Option<u32>,
     pub train: SplitMeta,

@@ -13,6 +13,7 @@
 
 pub mod builtin;
 pub mod dataset;
+pub mod hf_tokenizer;
 pub mod loader;
 pub mod meta;
 mod parquet_text;
@@ -28,6 +29,6 @@ pub use dataset::{Dataset, Split};
 pub use loader::{Batch, Loader, LoaderState};
 pub use meta::Meta;
 pub use prepare::{prepare, PrepareOptions, PrepareSummary};
-pub use shard::{read_shard, write_shard, Dtype, Shard, ShardWriter};
+pub use shard::{read_shard, write_shard, write_shard_vocab, Dtype, Shard, ShardWriter};
 pub use stats::unigram_entropy;
 pub use tokenizer::{Tokenizer, TokenizerKind};

@@ -13,6 +13,10 @@
 //! `<|endoftext|>` (token 50256), as in GPT-2's own training data and llm.c;
 //! literal `<|endoftext|>` text inside a document stays plain text. The byte
 //! tokenizer has no such token, so documents are just separated by a newline.
+//! A Hugging Face `tokenizer.json` (`--tokenizer PATH`) encodes each
+//! document with its own post-processor (Llama 3 and Mistral put their BOS
+//! first) and the document ends with its EOS; without either, a newline
+//! separates documents. Its files are copied into the output folder.
 //!
 //! Small inputs: if hashing sent no document to validation (e.g. a handful of
 //! files), the last training document is moved there instead; with a single
@@ -36,7 +40,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
-    /// `gpt2` (default) or `bytes`.
+    /// `gpt2` (default), `bytes`, or the path of a Hugging Face
+    /// `tokenizer.json` (or of a folder holding one).
     pub tokenizer: String,
     /// Fraction of documents for validation (default 0.005); 0 = none.
     pub val_fraction: f64,
@@ -127,9 +132,12 @@ const SKIPPED_EXAMPLES: usize = 5;
 pub fn prepare(inputs: &[PathBuf], out: &Path, opts: &PrepareOptions) -> Result<PrepareSummary> {
     let started = std::time::Instant::now();
     check_options(inputs, opts)?;
-    let tokenizer = Tokenizer::from_name(&opts.tokenizer)?;
+    let tokenizer = Tokenizer::load(&opts.tokenizer)?;
     let files = expand(inputs, out)?;
     ready_out_dir(out, opts.overwrite)?;
+    if let Tokenizer::Hf(hf) = &tokenizer {
+        hf.save(out)?;
+    }
     let mut run = Run::new(tokenizer, out, opts, inputs);
     let result = run.read_all(&files).and_then(|_| run.finish());
     if result.is_err() {
@@ -215,7 +223,7 @@ impl<'a> Run<'a> {
         opts: &'a PrepareOptions,
         inputs: &[PathBuf],
     ) -> Run<'a> {
-        let kind = tokenizer.kind();
+        let (kind, vocab) = (tokenizer.kind(), tokenizer.vocab_size());
         let bar = if opts.progress {
             ProgressBar::new(0)
         } else {
@@ -231,8 +239,8 @@ impl<'a> Run<'a> {
             tokenizer,
             opts,
             out: out.to_path_buf(),
-            train: ShardSeq::new(out, "train", kind, opts.shard_tokens),
-            val: ShardSeq::new(out, "val", kind, opts.shard_tokens),
+            train: ShardSeq::new(out, "train", kind, vocab, opts.shard_tokens),
+            val: ShardSeq::new(out, "val", kind, vocab, opts.shard_tokens),
             held: None,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -297,10 +305,10 @@ impl<'a> Run<'a> {
 
     /// Tokenizes the pending documents in parallel, then routes them in order.
     fn flush(&mut self) -> Result<()> {
-        let tok = self.tokenizer;
+        let tok = self.tokenizer.clone();
         let docs = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let tokenized: Vec<Vec<u32>> = docs.par_iter().map(|d| doc_tokens(&tok, d)).collect();
+        let tokenized: Vec<Vec<u32>> = docs.par_iter().map(|d| doc_tokens(&tok, d)).collect::<Result<_>>()?;
         for tokens in tokenized {
             self.route(tokens)?;
         }
@@ -351,12 +359,16 @@ impl<'a> Run<'a> {
     }
 
     fn write_meta(&self, train: &SplitMeta, val: &SplitMeta) -> Result<()> {
-        let kind = self.tokenizer.kind();
+        let tok = &self.tokenizer;
         Meta {
             format: FORMAT.into(),
-            tokenizer: kind,
-            vocab_size: kind.vocab_size(),
-            eot: kind.eot(),
+            tokenizer: tok.kind(),
+            vocab_size: tok.vocab_size(),
+            tokenizer_source: match tok {
+                Tokenizer::Hf(hf) => Some(hf.source.display().to_string()),
+                _ => None,
+            },
+            eot: tok.eot(),
             train: train.clone(),
             val: val.clone(),
             sources: self.sources.clone(),
@@ -371,7 +383,10 @@ impl<'a> Run<'a> {
     fn summary(&self, train: &SplitMeta, val: &SplitMeta) -> PrepareSummary {
         PrepareSummary {
             out: self.out.clone(),
-            tokenizer: self.tokenizer.name().into(),
+            tokenizer: match &self.tokenizer {
+                Tokenizer::Hf(hf) => format!("{}, {} ids", hf.source.display(), hf.vocab_size()),
+                other => other.name().into(),
+            },
             files: self.files,
             skipped_files: self.skipped_count,
             skipped_examples: self.skipped.clone(),
@@ -393,8 +408,17 @@ impl<'a> Run<'a> {
 }
 
 /// Tokens of one document including its boundary marker (see module docs).
-fn doc_tokens(tok: &Tokenizer, text: &str) -> Vec<u32> {
-    match tok.eot() {
+fn doc_tokens(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    if let Tokenizer::Hf(hf) = tok {
+        let mut t = hf.encode(text)?;
+        match hf.eos() {
+            Some(eos) => t.push(eos),
+            None if !hf.adds_specials() && !text.ends_with('\n') => t.extend(hf.encode_plain("\n")?),
+            None => {}
+        }
+        return Ok(t);
+    }
+    Ok(match tok.eot() {
         Some(eot) => {
             let mut t = vec![eot];
             t.extend(tok.encode(text));
@@ -407,7 +431,7 @@ fn doc_tokens(tok: &Tokenizer, text: &str) -> Vec<u32> {
             }
             t
         }
-    }
+    })
 }
 
 /// Validation tokens cut from a single document: `fraction` of it, at least

@@ -4,13 +4,18 @@
 //! ```text
 //! offset size  field
 //!      0    8  magic  b"FTRNTOK\0"
-//!      8    4  format version (1)
+//!      8    4  format version (1 or 2)
 //!     12    4  dtype code: 2 = u16 tokens, 4 = u32 tokens (the byte width)
-//!     16    4  tokenizer code (1 = bytes, 2 = gpt2; see TokenizerKind::code)
-//!     20    4  reserved, zero (keeps the count 8-byte aligned)
+//!     16    4  tokenizer code (1 = bytes, 2 = gpt2, 3 = hf; see TokenizerKind::code)
+//!     20    4  version 1: reserved, zero; version 2: the vocabulary size
 //!     24    8  token count
 //!     32    …  tokens
 //! ```
+//! Version 1 (bytes and GPT-2, whose vocabularies are fixed) is still what
+//! those tokenizers write, so older builds keep reading their shards.
+//! Version 2 carries the vocabulary size for a Hugging Face tokenizer, whose
+//! size comes from its file; every id is checked against it. Vocabularies
+//! above 65536 ids (Llama 3: 128256) are stored as u32.
 //! Writers stream into a temporary file in the destination folder, fsync it
 //! and rename it into place, so a crash never leaves a half-written shard
 //! under the final name.
@@ -22,7 +27,8 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: [u8; 8] = *b"FTRNTOK\0";
-pub const VERSION: u32 = 1;
+/// The newest format version this build writes and reads (see module docs).
+pub const VERSION: u32 = 2;
 pub const HEADER_BYTES: usize = 32;
 
 /// How tokens are stored on disk.
@@ -67,13 +73,22 @@ impl Dtype {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub tokenizer: TokenizerKind,
+    pub vocab_size: usize,
     pub dtype: Dtype,
     pub tokens: Vec<u32>,
 }
 
-/// Writes a whole shard in one call (atomically).
+/// Writes a whole shard of a built-in tokenizer in one call (atomically).
 pub fn write_shard(path: &Path, tokenizer: TokenizerKind, tokens: &[u32]) -> Result<()> {
-    let mut w = ShardWriter::create(path, tokenizer)?;
+    let Some(vocab) = tokenizer.fixed_vocab() else {
+        bail!("write_shard: a {} tokenizer's shard needs its vocabulary size (write_shard_vocab)", tokenizer.name());
+    };
+    write_shard_vocab(path, tokenizer, vocab, tokens)
+}
+
+/// Writes a whole shard of ids below `vocab_size` in one call (atomically).
+pub fn write_shard_vocab(path: &Path, tokenizer: TokenizerKind, vocab_size: usize, tokens: &[u32]) -> Result<()> {
+    let mut w = ShardWriter::create(path, tokenizer, vocab_size)?;
     w.push(tokens)?;
     w.finish()?;
     Ok(())
@@ -86,12 +101,22 @@ pub struct ShardWriter {
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
     tokenizer: TokenizerKind,
+    vocab: u32,
     dtype: Dtype,
     count: u64,
 }
 
 impl ShardWriter {
-    pub fn create(path: &Path, tokenizer: TokenizerKind) -> Result<ShardWriter> {
+    /// A shard of `tokenizer` ids below `vocab_size` (which must be the
+    /// built-in size for bytes and GPT-2).
+    pub fn create(path: &Path, tokenizer: TokenizerKind, vocab_size: usize) -> Result<ShardWriter> {
+        if let Some(fixed) = tokenizer.fixed_vocab().filter(|&f| f != vocab_size) {
+            bail!("a {} shard has {fixed} token ids, not {vocab_size}", tokenizer.name());
+        }
+        let vocab = u32::try_from(vocab_size)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| anyhow!("a shard's vocabulary needs 1 to 2^32-1 ids, got {vocab_size}"))?;
         let tmp = temp_path(path);
         let file = File::create(&tmp)
             .with_context(|| format!("cannot create temporary shard {}", tmp.display()))?;
@@ -100,7 +125,8 @@ impl ShardWriter {
             tmp,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             tokenizer,
-            dtype: Dtype::for_vocab(tokenizer.vocab_size()),
+            vocab,
+            dtype: Dtype::for_vocab(vocab_size),
             count: 0,
         };
         // The count is patched in `finish`; a crash leaves only the temp file.
@@ -109,7 +135,7 @@ impl ShardWriter {
     }
 
     fn write_header(&mut self) -> Result<()> {
-        let header = encode_header(self.dtype, self.tokenizer, self.count);
+        let header = encode_header(self.dtype, self.tokenizer, self.vocab, self.count);
         let f = self.file.as_mut().expect("writer is open until finish");
         f.write_all(&header)
             .with_context(|| format!("cannot write {}", self.tmp.display()))
@@ -117,7 +143,7 @@ impl ShardWriter {
 
     /// Appends tokens; ids must be inside the tokenizer's vocabulary.
     pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
-        let vocab = self.tokenizer.vocab_size() as u32;
+        let vocab = self.vocab;
         if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
             bail!(
                 "token id {bad} is outside the {} vocabulary (size {vocab}) while writing {}",
@@ -146,7 +172,7 @@ impl ShardWriter {
             .map_err(|e| e.into_error())
             .with_context(ctx)?;
         file.seek(SeekFrom::Start(0)).with_context(ctx)?;
-        file.write_all(&encode_header(self.dtype, self.tokenizer, self.count))
+        file.write_all(&encode_header(self.dtype, self.tokenizer, self.vocab, self.count))
             .with_context(ctx)?;
         file.sync_all().with_context(ctx)?;
         drop(file);
@@ -197,12 +223,17 @@ fn sync_parent_dir(path: &Path) {
     }
 }
 
-fn encode_header(dtype: Dtype, tokenizer: TokenizerKind, count: u64) -> [u8; HEADER_BYTES] {
+fn encode_header(dtype: Dtype, tokenizer: TokenizerKind, vocab: u32, count: u64) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    // Built-in tokenizers keep writing version 1 (readable by older builds).
+    let version: u32 = if tokenizer.fixed_vocab().is_some() { 1 } else { 2 };
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&dtype.code().to_le_bytes());
     h[16..20].copy_from_slice(&tokenizer.code().to_le_bytes());
+    if version == 2 {
+        h[20..24].copy_from_slice(&vocab.to_le_bytes());
+    }
     h[24..32].copy_from_slice(&count.to_le_bytes());
     h
 }
@@ -228,7 +259,7 @@ pub fn read_shard(path: &Path) -> Result<Shard> {
 }
 
 fn parse_shard(bytes: &[u8]) -> Result<Shard> {
-    let (dtype, tokenizer, count) = parse_header(bytes)?;
+    let Header { dtype, tokenizer, vocab, count } = parse_header(bytes)?;
     let expected = (count as u128) * dtype.width() as u128 + HEADER_BYTES as u128;
     if expected != bytes.len() as u128 {
         bail!(
@@ -238,15 +269,23 @@ fn parse_shard(bytes: &[u8]) -> Result<Shard> {
         );
     }
     let tokens = decode_tokens(dtype, &bytes[HEADER_BYTES..]);
-    check_vocab(&tokens, tokenizer)?;
+    check_vocab(&tokens, tokenizer, vocab)?;
     Ok(Shard {
         tokenizer,
+        vocab_size: vocab as usize,
         dtype,
         tokens,
     })
 }
 
-fn parse_header(bytes: &[u8]) -> Result<(Dtype, TokenizerKind, u64)> {
+struct Header {
+    dtype: Dtype,
+    tokenizer: TokenizerKind,
+    vocab: u32,
+    count: u64,
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header> {
     if bytes.is_empty() {
         bail!("the file is empty (0 bytes), not a ferrotron token shard");
     }
@@ -261,15 +300,29 @@ fn parse_header(bytes: &[u8]) -> Result<(Dtype, TokenizerKind, u64)> {
     }
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     let version = u32_at(8);
-    if version != VERSION {
-        bail!("unsupported shard format version {version} (this build reads version {VERSION})");
+    if version == 0 || version > VERSION {
+        bail!("unsupported shard format version {version} (this build reads versions 1 to {VERSION})");
     }
     let dtype = Dtype::from_code(u32_at(12))
         .with_context(|| format!("unknown token dtype code {} (expected 2 or 4)", u32_at(12)))?;
     let tokenizer = TokenizerKind::from_code(u32_at(16))
         .with_context(|| format!("unknown tokenizer code {}", u32_at(16)))?;
+    let vocab = match (version, tokenizer.fixed_vocab()) {
+        (1, Some(fixed)) => fixed as u32,
+        (1, None) => bail!("a version 1 header cannot describe a {} tokenizer (no vocabulary size)", tokenizer.name()),
+        (_, fixed) => {
+            let v = u32_at(20);
+            if v == 0 || fixed.is_some_and(|f| f as u32 != v) {
+                bail!("the header's vocabulary size {v} is not valid for a {} tokenizer", tokenizer.name());
+            }
+            v
+        }
+    };
+    if dtype == Dtype::U16 && vocab > 1 << 16 {
+        bail!("u16 tokens cannot hold a vocabulary of {vocab} ids");
+    }
     let count = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
-    Ok((dtype, tokenizer, count))
+    Ok(Header { dtype, tokenizer, vocab, count })
 }
 
 fn decode_tokens(dtype: Dtype, body: &[u8]) -> Vec<u32> {
@@ -285,8 +338,7 @@ fn decode_tokens(dtype: Dtype, body: &[u8]) -> Vec<u32> {
     }
 }
 
-fn check_vocab(tokens: &[u32], tokenizer: TokenizerKind) -> Result<()> {
-    let vocab = tokenizer.vocab_size() as u32;
+fn check_vocab(tokens: &[u32], tokenizer: TokenizerKind, vocab: u32) -> Result<()> {
     if let Some(i) = tokens.iter().position(|&t| t >= vocab) {
         bail!(
             "token {i} has id {} but the {} vocabulary has only {vocab} ids",
@@ -305,6 +357,7 @@ pub struct ShardFile {
     path: std::path::PathBuf,
     file: fs::File,
     pub tokenizer: TokenizerKind,
+    pub vocab_size: usize,
     pub dtype: Dtype,
     pub count: u64,
 }
@@ -323,7 +376,7 @@ fn open_checked(path: &Path) -> Result<ShardFile> {
     let size = file.metadata()?.len();
     let mut head = vec![0u8; HEADER_BYTES.min(size as usize)];
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)?;
-    let (dtype, tokenizer, count) = parse_header(&head)?;
+    let Header { dtype, tokenizer, vocab, count } = parse_header(&head)?;
     let expected = (count as u128) * dtype.width() as u128 + HEADER_BYTES as u128;
     if expected != size as u128 {
         bail!(
@@ -331,14 +384,14 @@ fn open_checked(path: &Path) -> Result<ShardFile> {
              {expected} bytes, but it is {size} bytes; re-run `ferrotron prepare` to rebuild it"
         );
     }
-    let shard = ShardFile { path: path.to_path_buf(), file, tokenizer, dtype, count };
+    let shard = ShardFile { path: path.to_path_buf(), file, tokenizer, vocab_size: vocab as usize, dtype, count };
     let mut buf = Vec::new();
     let mut start = 0u64;
     while start < count {
         let n = (count - start).min(SCAN_TOKENS as u64) as usize;
         buf.clear();
         shard.read_into(start, n, &mut buf)?;
-        check_vocab(&buf, tokenizer).map_err(|e| anyhow!("{e:#} (in tokens {start}..{})", start + n as u64))?;
+        check_vocab(&buf, tokenizer, vocab).map_err(|e| anyhow!("{e:#} (in tokens {start}..{})", start + n as u64))?;
         start += n as u64;
     }
     Ok(shard)

@@ -12,6 +12,7 @@ pub struct ShardSeq {
     dir: PathBuf,
     prefix: &'static str,
     kind: TokenizerKind,
+    vocab_size: usize,
     shard_tokens: u64,
     current: Option<ShardWriter>,
     done: SplitMeta,
@@ -22,12 +23,14 @@ impl ShardSeq {
         dir: &Path,
         prefix: &'static str,
         kind: TokenizerKind,
+        vocab_size: usize,
         shard_tokens: usize,
     ) -> ShardSeq {
         ShardSeq {
             dir: dir.to_path_buf(),
             prefix,
             kind,
+            vocab_size,
             shard_tokens: shard_tokens as u64,
             current: None,
             done: SplitMeta::default(),
@@ -70,7 +73,7 @@ impl ShardSeq {
     fn open(&mut self) -> Result<&mut ShardWriter> {
         if self.current.is_none() {
             let path = self.dir.join(self.name(self.done.shards.len()));
-            self.current = Some(ShardWriter::create(&path, self.kind)?);
+            self.current = Some(ShardWriter::create(&path, self.kind, self.vocab_size)?);
         }
         Ok(self.current.as_mut().expect("just opened"))
     }

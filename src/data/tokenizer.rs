@@ -1,4 +1,5 @@
-//! Tokenizers: raw bytes (vocab 256) and GPT-2 BPE (vocab 50257).
+//! Tokenizers: raw bytes (vocab 256), GPT-2 BPE (vocab 50257), and a
+//! checkpoint's own Hugging Face `tokenizer.json` (see `hf_tokenizer`).
 //!
 //! GPT-2 BPE comes from `tiktoken-rs`' `r50k_base`, whose merge ranks are
 //! embedded in the crate, so nothing is downloaded. Building it parses ~50k
@@ -11,9 +12,11 @@
 //! end-of-text token between documents, so untrusted text cannot forge
 //! document boundaries.
 
+use super::hf_tokenizer::HfTokenizer;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use tiktoken_rs::CoreBPE;
 
 /// Which tokenizer, without the (possibly large) tables behind it. Cheap to
@@ -23,16 +26,20 @@ use tiktoken_rs::CoreBPE;
 pub enum TokenizerKind {
     Bytes,
     Gpt2,
+    /// A Hugging Face `tokenizer.json`; its vocabulary size travels beside
+    /// the kind (shard headers, `meta.json`).
+    Hf,
 }
 
 impl TokenizerKind {
-    pub const ALL: [TokenizerKind; 2] = [TokenizerKind::Bytes, TokenizerKind::Gpt2];
+    pub const ALL: [TokenizerKind; 3] = [TokenizerKind::Bytes, TokenizerKind::Gpt2, TokenizerKind::Hf];
 
+    /// The built-in tokenizers by name (`Hf` needs a file: [`Tokenizer::load`]).
     pub fn from_name(name: &str) -> Result<TokenizerKind> {
         match name.trim().to_ascii_lowercase().as_str() {
             "bytes" | "byte" => Ok(TokenizerKind::Bytes),
             "gpt2" | "gpt-2" | "r50k_base" => Ok(TokenizerKind::Gpt2),
-            other => bail!("unknown tokenizer `{other}`: use `bytes` or `gpt2`"),
+            other => bail!("unknown tokenizer `{other}`: use `bytes` or `gpt2`, or the path of a Hugging Face tokenizer.json (prepare --tokenizer PATH)"),
         }
     }
 
@@ -40,20 +47,17 @@ impl TokenizerKind {
         match self {
             TokenizerKind::Bytes => "bytes",
             TokenizerKind::Gpt2 => "gpt2",
+            TokenizerKind::Hf => "hf",
         }
     }
 
-    pub fn vocab_size(self) -> usize {
+    /// The vocabulary size of a built-in tokenizer; `None` for `Hf`, whose
+    /// size depends on its file.
+    pub fn fixed_vocab(self) -> Option<usize> {
         match self {
-            TokenizerKind::Bytes => 256,
-            TokenizerKind::Gpt2 => 50257,
-        }
-    }
-
-    pub fn eot(self) -> Option<u32> {
-        match self {
-            TokenizerKind::Bytes => None,
-            TokenizerKind::Gpt2 => Some(GPT2_EOT),
+            TokenizerKind::Bytes => Some(256),
+            TokenizerKind::Gpt2 => Some(50257),
+            TokenizerKind::Hf => None,
         }
     }
 
@@ -62,6 +66,7 @@ impl TokenizerKind {
         match self {
             TokenizerKind::Bytes => 1,
             TokenizerKind::Gpt2 => 2,
+            TokenizerKind::Hf => 3,
         }
     }
 
@@ -73,12 +78,17 @@ impl TokenizerKind {
 /// GPT-2's `<|endoftext|>` token id.
 pub const GPT2_EOT: u32 = 50256;
 
-/// A ready-to-use tokenizer. Cloning is cheap (GPT-2 tables are shared).
-#[derive(Clone, Copy)]
+/// A ready-to-use tokenizer. Cloning is cheap (tables are shared).
+#[derive(Clone)]
 pub enum Tokenizer {
     Bytes,
     Gpt2(&'static Gpt2Bpe),
+    Hf(Arc<HfTokenizer>),
 }
+
+/// What a run folder records about its tokenizer: `tokenizer.txt` holds the
+/// name; an `hf` tokenizer's files lie beside it.
+pub const RUN_TOKENIZER_FILE: &str = "tokenizer.txt";
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,7 +98,10 @@ impl std::fmt::Debug for Tokenizer {
 
 impl PartialEq for Tokenizer {
     fn eq(&self, other: &Self) -> bool {
-        self.kind() == other.kind()
+        match (self, other) {
+            (Tokenizer::Hf(a), Tokenizer::Hf(b)) => a.json_bytes() == b.json_bytes(),
+            _ => self.kind() == other.kind(),
+        }
     }
 }
 
@@ -98,17 +111,60 @@ impl Tokenizer {
         Tokenizer::new(TokenizerKind::from_name(name)?)
     }
 
+    /// A built-in tokenizer (`Hf` needs its file: use [`Tokenizer::load`]).
     pub fn new(kind: TokenizerKind) -> Result<Tokenizer> {
         Ok(match kind {
             TokenizerKind::Bytes => Tokenizer::Bytes,
             TokenizerKind::Gpt2 => Tokenizer::Gpt2(Gpt2Bpe::shared()?),
+            TokenizerKind::Hf => bail!("a Hugging Face tokenizer needs its tokenizer.json"),
         })
+    }
+
+    /// `bytes`, `gpt2`, or the path of a Hugging Face `tokenizer.json` (or
+    /// of a folder holding one, such as a model folder).
+    pub fn load(name_or_path: &str) -> Result<Tokenizer> {
+        if TokenizerKind::from_name(name_or_path).is_ok() {
+            return Tokenizer::from_name(name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        if !path.exists() {
+            bail!("tokenizer `{name_or_path}` is neither `bytes`, `gpt2` nor an existing tokenizer.json file or folder");
+        }
+        Ok(Tokenizer::Hf(Arc::new(HfTokenizer::load(path)?)))
+    }
+
+    /// The tokenizer a run folder or prepared data folder recorded: its
+    /// `tokenizer.json` when `kind` is `Hf`, else the built-in one.
+    pub fn open_in(dir: &Path, kind: TokenizerKind) -> Result<Tokenizer> {
+        match kind {
+            TokenizerKind::Hf => Ok(Tokenizer::Hf(Arc::new(HfTokenizer::load(&dir.join(super::hf_tokenizer::TOKENIZER_JSON))?))),
+            other => Tokenizer::new(other),
+        }
+    }
+
+    /// The tokenizer of a run folder (`tokenizer.txt`; runs older than it used GPT-2).
+    pub fn of_run(run: &Path) -> Result<Tokenizer> {
+        let name = std::fs::read_to_string(run.join(RUN_TOKENIZER_FILE)).unwrap_or_else(|_| "gpt2".into());
+        let kind = match name.trim() {
+            "hf" => TokenizerKind::Hf,
+            other => TokenizerKind::from_name(other)?,
+        };
+        Tokenizer::open_in(run, kind)
+    }
+
+    /// Records this tokenizer in a run folder (see [`Tokenizer::of_run`]).
+    pub fn save_to_run(&self, run: &Path) -> Result<()> {
+        if let Tokenizer::Hf(hf) = self {
+            hf.save(run)?;
+        }
+        crate::util::atomic::write_file(&run.join(RUN_TOKENIZER_FILE), self.name().as_bytes())
     }
 
     pub fn kind(&self) -> TokenizerKind {
         match self {
             Tokenizer::Bytes => TokenizerKind::Bytes,
             Tokenizer::Gpt2(_) => TokenizerKind::Gpt2,
+            Tokenizer::Hf(_) => TokenizerKind::Hf,
         }
     }
 
@@ -117,19 +173,55 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.kind().vocab_size()
-    }
-
-    /// The end-of-text token placed between documents, if the tokenizer has one.
-    pub fn eot(&self) -> Option<u32> {
-        self.kind().eot()
-    }
-
-    /// Encodes text; special-token text is encoded as plain text (see module docs).
-    pub fn encode(&self, text: &str) -> Vec<u32> {
         match self {
+            Tokenizer::Hf(hf) => hf.vocab_size(),
+            other => other.kind().fixed_vocab().unwrap_or(0),
+        }
+    }
+
+    /// The end-of-text token that ends a document (GPT-2's `<|endoftext|>`,
+    /// a Hugging Face tokenizer's EOS), if the tokenizer has one; sampling
+    /// stops there.
+    pub fn eot(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Gpt2(_) => Some(GPT2_EOT),
+            Tokenizer::Hf(hf) => hf.eos(),
+        }
+    }
+
+    /// Encodes text; special-token text is encoded as plain text (see module
+    /// docs). A Hugging Face tokenizer adds what its post-processor adds (a
+    /// BOS first for Llama and Mistral), as transformers' `tokenizer(text)`
+    /// does; the others add nothing. The rare text a Hugging Face tokenizer
+    /// cannot encode yields no tokens here: use [`Tokenizer::try_encode`].
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.try_encode(text).unwrap_or_default()
+    }
+
+    /// [`Tokenizer::encode`], with the Hugging Face tokenizer's errors.
+    pub fn try_encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(match self {
             Tokenizer::Bytes => text.bytes().map(u32::from).collect(),
             Tokenizer::Gpt2(bpe) => bpe.core.encode_ordinary(text),
+            Tokenizer::Hf(hf) => hf.encode(text)?,
+        })
+    }
+
+    /// The tokens that start a new document for sampling: the BOS a Hugging
+    /// Face tokenizer adds, else the end-of-text token, else a newline.
+    pub fn doc_start(&self) -> Vec<u32> {
+        if let Tokenizer::Hf(hf) = self {
+            if let (true, Some(bos)) = (hf.adds_specials(), hf.bos()) {
+                return vec![bos];
+            }
+        }
+        match self.eot() {
+            Some(e) => vec![e],
+            None => match self {
+                Tokenizer::Hf(hf) => hf.encode_plain("\n").unwrap_or_default(),
+                other => other.encode("\n"),
+            },
         }
     }
 
@@ -137,6 +229,9 @@ impl Tokenizer {
     /// multi-byte character cut in half by sampling) and ids outside the
     /// vocabulary become U+FFFD instead of failing, so sampling never crashes.
     pub fn decode(&self, tokens: &[u32]) -> String {
+        if let Tokenizer::Hf(hf) = self {
+            return hf.decode(tokens);
+        }
         let mut bytes = Vec::with_capacity(tokens.len() * 2);
         for &t in tokens {
             match self.token_bytes(t) {
@@ -147,11 +242,14 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// The raw bytes behind one token, or `None` if the id is out of range.
+    /// The raw bytes behind one token, or `None` if the id is out of range
+    /// (or, for a Hugging Face tokenizer, not a plain byte sequence: use
+    /// `decode` there).
     pub fn token_bytes(&self, token: u32) -> Option<&[u8]> {
         match self {
             Tokenizer::Bytes => BYTE_TABLE.get(token as usize).map(std::slice::from_ref),
             Tokenizer::Gpt2(bpe) => bpe.pieces.get(token as usize).map(Vec::as_slice),
+            Tokenizer::Hf(_) => None,
         }
     }
 }
@@ -187,7 +285,7 @@ impl Gpt2Bpe {
         // `_decode_native_and_split` yields one byte string per id; we ask for
         // every id once and keep the table, so decode never touches the
         // crate's panicking lookup path.
-        let ids: Vec<u32> = (0..TokenizerKind::Gpt2.vocab_size() as u32).collect();
+        let ids: Vec<u32> = (0..50257).collect();
         let pieces: Vec<Vec<u8>> = core._decode_native_and_split(ids).collect();
         Ok(Gpt2Bpe { core, pieces })
     }

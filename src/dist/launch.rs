@@ -43,7 +43,15 @@ pub struct LaunchArgs {
     pub master_port: Option<u16>,
     /// The ferrotron subcommand and its arguments, e.g. `train --set …`.
     pub command: Vec<String>,
+    /// When a rank fails, stop all and start them all again, up to this
+    /// many times (one node only); the trainer continues from the newest
+    /// complete checkpoint.
+    pub max_restarts: u32,
 }
+
+/// Set on every rank to the number of restarts so far (0 on the first
+/// attempt): `train` continues its run folder when it is above 0.
+pub const RESTART_ENV: &str = "FERROTRON_RESTART";
 
 /// The resolved world of this node's children.
 struct Plan {
@@ -56,13 +64,34 @@ struct Plan {
 }
 
 pub fn launch(args: &LaunchArgs) -> Result<()> {
-    let plan = plan(args)?;
+    if args.max_restarts > 0 && args.nnodes > 1 {
+        bail!("--max-restarts works on one node (--nnodes 1): restarting needs every node's ranks stopped and started together; use your cluster's restart policy (e.g. SLURM --requeue) across nodes");
+    }
     install_signal_handlers();
     let exe = std::env::current_exe().context("finding this executable to start the ranks")?;
+    let mut attempt = 0;
+    loop {
+        // A new rendezvous port each attempt: the old one may linger.
+        let plan = plan(args)?;
+        let signals = SIGNALS.load(Ordering::SeqCst);
+        let outcome = run_once(&exe, args, &plan, attempt);
+        let interrupted = SIGNALS.load(Ordering::SeqCst) != signals;
+        match outcome {
+            Err(e) if !interrupted && attempt < args.max_restarts => {
+                attempt += 1;
+                eprintln!("error: {e:#}\nrestart {attempt} of {}: starting every rank again (they continue from the newest complete checkpoint)", args.max_restarts);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Starts every rank of this node once and supervises them to the end.
+fn run_once(exe: &std::path::Path, args: &LaunchArgs, plan: &Plan, attempt: u32) -> Result<()> {
     let mut ranks = Vec::new();
     for local in 0..plan.local_world {
         let rank = plan.first_rank + local;
-        match spawn(&exe, &args.command, &plan, local) {
+        match spawn(exe, &args.command, plan, local, attempt) {
             Ok(r) => ranks.push(r),
             Err(e) => {
                 stop(&mut ranks, libc::SIGTERM);
@@ -130,7 +159,7 @@ impl Rank {
     }
 }
 
-fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize) -> Result<Rank> {
+fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize, attempt: u32) -> Result<Rank> {
     let rank = plan.first_rank + local;
     let mut cmd = Command::new(exe);
     cmd.args(command)
@@ -141,6 +170,7 @@ fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize) -
         .env("GROUP_RANK", plan.node_rank.to_string())
         .env("MASTER_ADDR", &plan.addr)
         .env("MASTER_PORT", plan.port.to_string())
+        .env(RESTART_ENV, attempt.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         // Our own group: the terminal's Ctrl-C reaches the child once, through us.
@@ -213,13 +243,19 @@ fn supervise(ranks: &mut [Rank]) -> Result<()> {
                 return finish(ranks, failure);
             }
         }
-        for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
-            if let Ok(Some(st)) = r.child.try_wait() {
-                r.status = Some(st);
-                if !st.success() && failure.is_none() {
-                    failure = Some(format!("rank {} {}; stopped the other ranks", r.rank, describe(st)));
-                }
+        poll(ranks);
+        if ranks.iter().any(|r| r.status.is_some_and(|s| !s.success())) {
+            // A rank that fails usually takes its peers down within moments
+            // (they see its connection close): collect those too, so the
+            // message names every failed rank, not only whichever exited
+            // first in this poll.
+            let settle = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < settle && ranks.iter().any(|r| r.status.is_none()) {
+                std::thread::sleep(Duration::from_millis(20));
+                poll(ranks);
             }
+            let failed: Vec<String> = ranks.iter().filter_map(|r| r.status.filter(|s| !s.success()).map(|s| format!("rank {} {}", r.rank, describe(s)))).collect();
+            failure = Some(format!("{}; stopped the other ranks (each rank's own error is above)", failed.join(", ")));
         }
         if failure.is_some() {
             stop(ranks, libc::SIGTERM);
@@ -229,6 +265,15 @@ fn supervise(ranks: &mut [Rank]) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Records the exit status of every rank that has ended.
+fn poll(ranks: &mut [Rank]) {
+    for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+        if let Ok(Some(st)) = r.child.try_wait() {
+            r.status = Some(st);
+        }
     }
 }
 

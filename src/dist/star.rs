@@ -404,8 +404,10 @@ fn arrival_error(k: usize, e: std::io::Error, timeout: Duration) -> anyhow::Erro
 fn peer_error(k: usize, e: std::io::Error, waited: Duration) -> anyhow::Error {
     if is_timeout(&e) {
         anyhow!("rank {k} sent nothing for {:.1} s (dist.timeout_s)", waited.as_secs_f64())
-    } else if e.kind() == ErrorKind::UnexpectedEof {
-        anyhow!("rank {k} closed its connection; did it exit or crash?")
+    } else if matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe) {
+        // A peer that exits with unread data in its socket resets the
+        // connection instead of closing it: the same event for us.
+        anyhow!("rank {k} closed its connection ({e}); did it exit or crash?")
     } else {
         anyhow!("the connection to rank {k} failed: {e}")
     }

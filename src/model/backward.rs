@@ -97,7 +97,7 @@ impl Model {
         b.linear_bwd(s.datty, g.attn_proj.w, g.attn_proj.b, s.dres, la.atty, p.attn_proj.w, n, m.n_heads * m.head_dim(), c)?;
         b.attention_bwd(s.dqkv, s.datty, la.qkv, la.atty, la.lse, shape)?;
         if m.positions == Positions::Rope {
-            b.rope_bwd(s.dqkv, shape, m.rope_theta)?;
+            b.rope_bwd(s.dqkv, shape, m.rope())?;
         }
         b.linear_bwd(s.dln, g.qkv.w, g.qkv.b, s.dqkv, la.ln1, p.qkv.w, n, c, shape.qkv_width())?;
         self.norm_bwd(b, p.ln1, g.ln1, s.dres, s.dln, la.res_in, la.ln1_mean, la.ln1_rstd, n)

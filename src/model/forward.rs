@@ -92,7 +92,7 @@ impl Model {
         self.norm_fwd(b, p.ln1, la.ln1, la.ln1_mean, la.ln1_rstd, la.res_in, n)?;
         b.linear_fwd(la.qkv, la.ln1, p.qkv.w, p.qkv.b, n, c, shape.qkv_width())?;
         if m.positions == Positions::Rope {
-            b.rope_fwd(la.qkv, shape, m.rope_theta)?;
+            b.rope_fwd(la.qkv, shape, m.rope())?;
         }
         if attention {
             b.attention_fwd(la.atty, la.lse, la.qkv, shape)?;

@@ -59,15 +59,27 @@ impl<B: Backend> Zero<B> {
     /// rank) for `stage`. `whole_tensors`: the optimizer needs whole
     /// matrices (see `Partition`).
     pub fn new(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32]) -> Result<Self> {
+        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, true)
+    }
+
+    /// Stage 0 without the gradient buffer: an offloaded run
+    /// (`parallel::offload`) keeps each unit's gradients only while its
+    /// backward runs. Only the weights are used from it.
+    pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32]) -> Result<Self> {
+        Self::build(b, cfg, layout, 0, comm, false, weights, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], device_grads: bool) -> Result<Self> {
         ensure!(stage <= 3, "dist.zero_stage = {stage}: use 0, 1, 2 or 3");
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         let (rank, world) = (comm.rank(), comm.world());
         let part = Partition::new(cfg, layout, if stage == 0 { 1 } else { world }, whole_tensors);
         let units = part.units.len();
         let full_params = if stage <= 2 { Some(b.alloc(layout.total, DType::F32)?) } else { None };
-        let full_grads = if stage <= 1 { Some(b.alloc(layout.total, DType::F32)?) } else { None };
+        let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
         let (shard_params, shard_grads) = if stage == 0 {
-            (full_params.expect("stage 0 holds all weights"), full_grads.expect("stage 0 holds all gradients"))
+            (full_params.expect("stage 0 holds all weights"), full_grads.unwrap_or(UNFETCHED))
         } else {
             let n = part.shard_len(rank);
             (b.alloc(n.max(1), DType::F32)?, b.alloc(n.max(1), DType::F32)?)
@@ -224,12 +236,17 @@ impl<B: Backend> Zero<B> {
         Ok(sq[0].sqrt())
     }
 
-    /// The norm of this rank's own (unreduced) gradients, when the
-    /// optimizer keeps gradients local (1-bit Adam after its freeze): no
-    /// communication, each rank its own value.
+    /// When the optimizer keeps gradients local (1-bit Adam after its
+    /// freeze): the root mean square over ranks of each rank's own gradient
+    /// norm (its share of the sum times the world size), the same value on
+    /// every rank (one host all-reduce of 8 bytes), so that every rank's
+    /// bad-step guard decides alike.
     pub fn local_grad_norm(&mut self, b: &mut B) -> Result<f64> {
         let Some(full) = self.full_grads else { anyhow::bail!("ZeRO stage {} keeps no full local gradients", self.stage) };
-        Ok(b.sum_squares(View::whole(full, self.layout.total))?.sqrt())
+        let w = self.world() as f64;
+        let mut sq = [b.sum_squares(View::whole(full, self.layout.total))? * w * w];
+        self.comm.all_reduce_host(&mut sq)?;
+        Ok((sq[0] / w).sqrt())
     }
 
     /// What an optimizer that communicates by itself needs for a step.

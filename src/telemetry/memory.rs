@@ -98,6 +98,14 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let (w, g, act) = precision(&cfg.device);
     let activations = activation_bytes(cfg, act);
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
+    if cfg.offload.enabled() {
+        // parallel::offload: the device keeps the compute weights and each
+        // unit's gradients while its backward runs (all of them across
+        // micro-batches when accumulating); state and master are off it.
+        let part = Partition::new(&cfg.model, &layout, 1, false);
+        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, unit_buffers(cfg, &part, 2, w)) };
+        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers };
+    }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
         return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0 };
@@ -123,6 +131,9 @@ fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, w: u64) -> u64 {
     let len = |u: usize| part.units[u].len() as u64;
     let (embed, head) = (len(0), len(part.units.len() - 1));
     let layer = (1..part.units.len() - 1).map(len).max().unwrap_or(0);
+    if stage < 2 {
+        return 0;
+    }
     let wb = if stage == 3 { w } else { 0 };
     if cfg.model.tied_embeddings {
         ((embed + head) * (wb + FP32)).max(embed * FP32 + layer * (wb + FP32)).max(embed * wb)

@@ -20,8 +20,12 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainMetrics {
     pub step: u64,
+    /// JSON has no NaN: a non-finite loss or norm is written as `null`,
+    /// which reads back as NaN.
+    #[serde(deserialize_with = "nullable_f64")]
     pub loss: f64,
     pub lr: f64,
+    #[serde(deserialize_with = "nullable_f64")]
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub step_ms: f64,
@@ -34,6 +38,18 @@ pub struct TrainMetrics {
     pub opt_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// Why this step was not applied (non-finite loss or gradient norm, a
+    /// loss spike); absent for applied steps. See `train::guard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Step times over ranks (several ranks only): min/mean/max, the
+    /// slowest rank, and a straggler once one is consistently slowest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<super::ranks::RankTimes>,
+    /// Times the launcher restarted the ranks before this step (`launch
+    /// --max-restarts`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
     /// Payload bytes this rank sent during the step (several ranks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm_bytes: Option<u64>,
@@ -42,6 +58,11 @@ pub struct TrainMetrics {
     /// freeze step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm_ratio: Option<f64>,
+}
+
+/// `null` (how serde_json writes NaN and infinity) as NaN.
+fn nullable_f64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// One evaluation on held-out data.
@@ -87,12 +108,25 @@ impl MetricsWriter {
     /// died) are dropped first, so the continued run does not log those
     /// steps twice. The trimmed file replaces the old one atomically: a
     /// crash here leaves the old file, never a truncated one.
+    ///
+    /// Lines that are not JSON objects (binary garbage after a crash or a
+    /// disk fault) are dropped too, saying so; the file as it was is kept
+    /// beside it as `metrics.jsonl.damaged`.
     pub fn resume(run_dir: &Path, resume_step: u64) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
         if path.exists() {
-            let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let kept = keep_up_to(&text, resume_step);
-            if kept.len() != text.len() {
+            let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let (kept, unreadable) = keep_up_to(&bytes, resume_step);
+            if unreadable > 0 {
+                let copy = run_dir.join(format!("{METRICS_FILE}.damaged"));
+                atomic::write_file(&copy, &bytes)?;
+                eprintln!(
+                    "warning: dropped {unreadable} unreadable line(s) from {} (not JSON); the file as it was is kept as {}",
+                    path.display(),
+                    copy.display()
+                );
+            }
+            if kept.len() != bytes.len() {
                 atomic::write_file(&path, kept.as_bytes())?;
             }
         }
@@ -137,20 +171,28 @@ impl MetricsWriter {
     }
 }
 
-/// The lines of `text` whose `step` is at most `max_step`. Lines without a
-/// step (future kinds) are kept; a torn last line (no newline) is dropped.
-fn keep_up_to(text: &str, max_step: u64) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        if !line.ends_with('\n') {
+/// The lines of `bytes` whose `step` is at most `max_step`, and how many
+/// lines were dropped for not being JSON objects. Lines without a step
+/// (future kinds) are kept; a torn last line (no newline) is dropped.
+fn keep_up_to(bytes: &[u8], max_step: u64) -> (String, usize) {
+    let mut out = String::with_capacity(bytes.len());
+    let mut unreadable = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
             break;
         }
-        let step = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64());
-        if step.is_none_or(|s| s <= max_step) {
-            out.push_str(line);
+        let value = std::str::from_utf8(line).ok().and_then(|l| Some((l, serde_json::from_str::<serde_json::Value>(l).ok()?)));
+        match value {
+            Some((l, v)) if v.is_object() => {
+                if v.get("step").and_then(|s| s.as_u64()).is_none_or(|s| s <= max_step) {
+                    out.push_str(l);
+                }
+            }
+            Some((l, _)) if l.trim().is_empty() => {}
+            _ => unreadable += 1,
         }
     }
-    out
+    (out, unreadable)
 }
 
 /// Read every train and eval line of a metrics file, in file order.

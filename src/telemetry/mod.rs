@@ -7,6 +7,7 @@
 //! - [`memory`]: parameter counts and the memory estimate
 //! - [`report`]: the text of `ferrotron info`
 //! - [`compare`]: several runs side by side (plot + table)
+//! - [`run_report`]: `ferrotron report`: step time by phase and MFU over a run
 
 pub mod compare;
 pub mod flops;
@@ -14,7 +15,9 @@ pub mod memory;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod ranks;
 pub mod report;
+pub mod run_report;
 
 pub use flops::{flops_per_token, mfu, peak_flops_for};
 pub use memory::{estimate, param_counts, MemoryEstimate};

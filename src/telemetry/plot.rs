@@ -7,7 +7,10 @@
 use crate::util::atomic;
 use super::metrics::MetricLine;
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
+use plotters_backend::DrawingErrorKind;
+use plotters_bitmap::BitMapBackendError;
 use plotters::style::{register_font, FontStyle};
 use std::ops::Range;
 use std::path::Path;
@@ -136,7 +139,18 @@ fn draw(series: &[Series], path: &Path, axes: &Axes) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e)).context("cannot encode the PNG")
+    root.present().map_err(|e| anyhow!("{}", plain_words(e))).context("cannot encode the PNG")
+}
+
+/// A bitmap backend error in words: an I/O failure (a full disk) as the
+/// operating system says it, not as Rust debug output (plotters' own
+/// Display of these is their Debug form).
+fn plain_words(e: DrawingAreaErrorKind<BitMapBackendError>) -> String {
+    match e {
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(BitMapBackendError::IOError(io))) => io.to_string(),
+        DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(BitMapBackendError::ImageError(img))) => img.to_string(),
+        other => format!("plotting failed: {other}"),
+    }
 }
 
 /// Axis label for a whole number (steps, tokens): 950, 12k, 1.5M, 2B.

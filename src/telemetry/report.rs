@@ -116,7 +116,9 @@ fn memory_section(out: &mut String, cfg: &Config) {
     row(out, "weights", &human_bytes(est.weights), &sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }));
     row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
     optimizer_row(out, cfg, &est);
-    if est.comm_buffers > 0 {
+    if est.comm_buffers > 0 && cfg.offload.enabled() {
+        row(out, "unit gradient buffers", &human_bytes(est.comm_buffers), "a unit's gradients until they are copied to the host");
+    } else if est.comm_buffers > 0 {
         row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), if stage == 3 { "a unit's gathered weights + gradients at the peak" } else { "a unit's gradients before reduce-scatter" });
     }
     let recompute = match crate::model::Recompute::of(t) {
@@ -132,6 +134,25 @@ fn memory_section(out: &mut String, cfg: &Config) {
     rule(out);
     let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };
     row(out, "total", &human_bytes(est.total()), note);
+    offload_rows(out, cfg);
+}
+
+/// Host and disk bytes of `offload.optimizer = cpu | nvme`.
+fn offload_rows(out: &mut String, cfg: &Config) {
+    if !cfg.offload.enabled() {
+        return;
+    }
+    match crate::parallel::offload::budget::offload_bytes(cfg) {
+        Ok(b) => {
+            let tier = &cfg.offload.optimizer;
+            let what = if tier == "cpu" { "fp32 master + optimizer state + gradient copies" } else { "gradient copies + read-ahead window" };
+            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), what);
+            if b.disk > 0 {
+                row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("fp32 master + optimizer state files under {}", cfg.offload.path));
+            }
+        }
+        Err(e) => row(out, "offload", "unknown", &e.to_string()),
+    }
 }
 
 fn optimizer_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {

@@ -2,24 +2,42 @@
 //! `metrics.jsonl`, `checkpoints/`, `loss.png` and `tokenizer.txt`.
 
 use crate::config::{self, Config};
+use crate::util::lock::RunLock;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Picks and creates the folder for a new run. Refuses to reuse a folder
-/// that already holds a run, so nothing on disk is overwritten.
-pub fn create(cfg: &Config) -> Result<PathBuf> {
+/// Picks, creates and locks the folder for a new run. Refuses a folder
+/// that another process is using (see `util::lock`) or that holds a run
+/// with a checkpoint, so nothing on disk is overwritten. A folder whose
+/// run never saved a checkpoint (killed early) is started over, saying so:
+/// there is nothing in it to continue.
+pub fn create(cfg: &Config) -> Result<(PathBuf, RunLock)> {
     let name = if cfg.run.name.is_empty() {
         format!("{}-{}", cfg.model.preset, crate::util::time::now_compact())
     } else {
         cfg.run.name.clone()
     };
     let dir = Path::new(&cfg.run.dir).join(name);
-    if dir.join("config.toml").exists() {
-        bail!("run folder {} already holds a run; continue it with `ferrotron train --resume {}` or pick another --set run.name=...", dir.display(), dir.display());
-    }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run folder {}", dir.display()))?;
+    let lock = RunLock::acquire(&dir)?;
+    if dir.join("config.toml").exists() {
+        if has_checkpoint_folders(&dir)? {
+            bail!("run folder {} already holds a run; continue it with `ferrotron train --resume {}` or pick another --set run.name=...", dir.display(), dir.display());
+        }
+        eprintln!("note: run folder {} holds a run that never saved a checkpoint (stopped early?); starting it over", dir.display());
+    }
     crate::util::atomic::write_file(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    Ok(dir)
+    Ok((dir, lock))
+}
+
+/// Whether `<dir>/checkpoints` holds any `step_*` entry (complete or not).
+pub fn has_checkpoint_folders(dir: &Path) -> Result<bool> {
+    let parent = crate::ckpt::checkpoints_dir(dir);
+    match std::fs::read_dir(&parent) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("step_"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot list {}", parent.display())),
+    }
 }
 
 /// Loads the config of an existing run and applies `--set` overrides,
@@ -37,8 +55,39 @@ pub fn resume_config(dir: &Path, overrides: &[String], user_file: Option<&Path>)
         config::apply_override(&mut table, kv)?;
     }
     let now = config::from_toml_str(&toml::to_string(&table)?, "resumed config")?;
-    check_compatible(&saved, &now, dir)?;
+    check_compatible(&saved, &now, dir, "the run")?;
     Ok(now)
+}
+
+/// The resume rule's second half: the fixed keys must also equal those the
+/// checkpoint being continued was trained with (its manifest's config), so
+/// a hand edit of config.toml is held to the same rule as `--set`.
+pub fn check_against_checkpoint(manifest_config: &str, now: &Config, dir: &Path, ckpt_dir: &Path) -> Result<()> {
+    let trained = config::from_run_toml(manifest_config, &format!("the config in {}", ckpt_dir.display()))?;
+    let name = ckpt_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    check_compatible(&trained, now, dir, &format!("checkpoint {name}"))
+}
+
+/// Write the settings a resume runs with into config.toml (if they differ),
+/// so that the next plain `--resume` continues with them too. Returns the
+/// changed keys as `key: old -> new`.
+pub fn record_config(dir: &Path, now: &Config) -> Result<Vec<String>> {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let saved = config::from_run_toml(&text, &path.display().to_string())?;
+    if &saved == now {
+        return Ok(vec![]);
+    }
+    let (a, b) = (flat(&saved)?, flat(now)?);
+    let mut changed = Vec::new();
+    for (key, new) in &b {
+        let old = a.iter().find(|(k, _)| k == key).map(|(_, v)| v.to_string()).unwrap_or_else(|| "unset".into());
+        if old != new.to_string() {
+            changed.push(format!("{key}: {old} -> {new}"));
+        }
+    }
+    crate::util::atomic::write_file(&path, now.to_toml().as_bytes())?;
+    Ok(changed)
 }
 
 fn merge_into(base: &mut toml::Value, over: toml::Value) {
@@ -54,8 +103,10 @@ fn merge_into(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
-/// Fields that must not change when a run continues.
-fn check_compatible(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
+/// Fields that must not change when a run continues: the model, the seed,
+/// the data and how it is cut into steps, the optimizer kind. `origin` says
+/// what `saved` is ("the run" = its config.toml, or a checkpoint).
+fn check_compatible(saved: &Config, now: &Config, dir: &Path, origin: &str) -> Result<()> {
     let a = flat(saved)?;
     let b = flat(now)?;
     // train.batch_size is per rank: the trainer checks that batch × ranks
@@ -68,7 +119,7 @@ fn check_compatible(saved: &Config, now: &Config, dir: &Path) -> Result<()> {
         let new = b.iter().find(|(k, _)| k == key).map(|(_, v)| v);
         if new != Some(old) {
             bail!(
-                "cannot resume {}: {key} differs (the run has {old}, now {}); resume with the run's own setting or start a new run",
+                "cannot resume {}: {key} differs ({origin} has {old}, now {}); resume with the run's own setting or start a new run",
                 dir.display(),
                 new.map(|v| v.to_string()).unwrap_or_else(|| "nothing".into())
             );

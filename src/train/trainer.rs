@@ -4,6 +4,7 @@
 //! metrics; every `eval_every` steps a validation pass, every `ckpt_every`
 //! steps a checkpoint.
 
+use super::guard::Guard;
 use super::run_dir;
 use super::sample::{self, SampleOptions};
 use super::schedule::lr_at;
@@ -12,6 +13,7 @@ use crate::backend::Backend;
 use crate::ckpt::{self, train_state::{self, SaveParts, Sharding}};
 use crate::dist::Comm;
 use crate::optim::groups::MATRIX_OPTIMIZERS;
+use crate::parallel::offload::{self, Offload};
 use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
@@ -38,6 +40,8 @@ pub struct RunSummary {
     pub samples: Vec<String>,
     /// This process's rank (0 when not distributed): only rank 0 reports.
     pub rank: usize,
+    /// Steps not applied over the whole run (see `guard`).
+    pub skipped_steps: u64,
     /// Payload bytes this rank sent during the training steps of this
     /// process, and what dense f32 all-reduces of the gradients would have
     /// sent over those steps (0 on one process).
@@ -53,10 +57,18 @@ pub(super) struct State<B: Backend> {
     pub(super) model: Model,
     pub(super) zero: Zero<B>,
     opt: Box<dyn Optimizer<B>>,
+    /// `offload.optimizer = cpu | nvme`: master weights and optimizer state
+    /// off the device (then `opt` is a stand-in and `zero` holds only the
+    /// device weights).
+    off: Option<Offload>,
     train: Loader,
-    val: Loader,
+    /// `None` when the data has no validation split (`prepare --val-fraction 0`).
+    val: Option<Loader>,
     rng: Rng,
     step: u64,
+    /// Bad-step policy (guard.rs); its decisions use the global loss and
+    /// gradient norm, so every rank decides alike.
+    pub(super) guard: Guard,
 }
 
 impl<B: Backend> State<B> {
@@ -74,6 +86,7 @@ pub fn train(cfg: &Config, resume: Option<&Path>) -> Result<RunSummary> {
         None if !cfg.model.init_from.is_empty() => Some(super::init_from::load(&mut cfg)?),
         _ => None,
     };
+    super::preflight::check_host_memory(&cfg)?;
     let world = crate::dist::WorldInfo::from_env()?;
     let gpu = world.cuda_device(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
     on_device(&cfg.device, gpu, TrainJob { cfg: &cfg, resume, init, world })
@@ -89,8 +102,10 @@ struct TrainJob<'a> {
 impl OnBackend for TrainJob<'_> {
     type Output = RunSummary;
     fn run<B: Backend + 'static>(self, mut b: B) -> Result<RunSummary> {
-        // One process needs no rendezvous: the world of one.
-        let comm: Box<dyn Comm<B>> = if self.world.world == 1 { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
+        // One process needs no rendezvous (the world of one), unless a
+        // communicator is asked for by name (e.g. to test NCCL on one GPU).
+        let solo = self.world.world == 1 && self.cfg.dist.backend == "auto";
+        let comm: Box<dyn Comm<B>> = if solo { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
         let asked = self.cfg.dist.world;
         if asked > 0 && asked != comm.world() && self.resume.is_none() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());
@@ -114,22 +129,47 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     }
     let mut st = new_state(&mut b, cfg, &data, comm)?;
     let lead = st.lead();
-    // Rank 0 names and creates the run folder; the others learn its name.
+    // Rank 0 names, creates and locks the run folder (one training per
+    // folder: util/lock.rs; held until this returns); the others learn its name.
+    let mut _lock = None;
     let run_dir = match resume {
-        Some(dir) => dir.to_path_buf(),
+        Some(dir) => {
+            if lead {
+                _lock = Some(crate::util::lock::RunLock::acquire(dir)?);
+            }
+            dir.to_path_buf()
+        }
         None => {
-            let made = if lead { run_dir::create(cfg)?.display().to_string() } else { String::new() };
+            let made = if lead {
+                let (dir, lock) = run_dir::create(cfg)?;
+                _lock = Some(lock);
+                dir.display().to_string()
+            } else {
+                String::new()
+            };
             PathBuf::from(crate::dist::share_string(st.zero.comm.as_mut(), &made)?)
         }
     };
     if lead {
-        crate::util::atomic::write_file(&run_dir.join("tokenizer.txt"), data.tokenizer.name().as_bytes())?;
+        data.tokenizer.save_to_run(&run_dir)?;
     }
     if let Some(weights) = init {
         st.zero.set_weights(&mut b, &weights)?;
+        if let Some(off) = st.off.as_mut() {
+            off.set_weights(&weights)?;
+        }
     }
     if resume.is_some() {
-        restore(&mut b, &mut st, cfg, &run_dir)?;
+        let restored = restore(&mut b, &mut st, cfg, &run_dir)?;
+        if lead && !restored {
+            eprintln!("note: {} has no checkpoint yet (stopped before its first one?): starting it from step 0", run_dir.display());
+        }
+        // The resume rule: this resume's settings become the run's (README).
+        if lead {
+            for change in run_dir::record_config(&run_dir, cfg)? {
+                eprintln!("note: config.toml updated: {change}");
+            }
+        }
     }
     let mut metrics = if lead { Some(MetricsWriter::open(&run_dir, resume.map(|_| st.step))?) } else { None };
     let progress = Progress::new(cfg.train.steps, st.step, cfg.run.progress && lead);
@@ -151,18 +191,35 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
     if !cfg.model.init_from.is_empty() {
         say(format!("weights and model shape from {}", cfg.model.init_from));
     }
-    let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
-    say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], rank: st.zero.rank(), comm_bytes: 0, dense_bytes: 0 };
+    if st.val.is_some() {
+        let unigram = crate::data::unigram_entropy(&data.tokens(Split::Val)?);
+        say(format!("baseline: uniform guess {:.3} nats/token, unigram frequencies {unigram:.3}", (cfg.model.vocab_size as f64).ln()));
+    } else {
+        say(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
+    }
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0, rank: st.zero.rank(), comm_bytes: 0, dense_bytes: 0 };
     let started = Instant::now();
     let first_step = st.step;
     // MFU where the device's peak is known (causal attention FLOPs halved);
     // tokens per second are global, so the peak is the world's.
     let peak_flops = telemetry::flops::peak_flops_for(&b.device_name()).map(|p| p * world as f64);
     let flops_per_token = telemetry::flops::flops_per_token(&cfg.model, cfg.train.seq_len, true);
+    let restarts = restart_count();
+    if restarts > 0 {
+        say(format!("restart {restarts}: continuing from step {} (launch --max-restarts)", st.step));
+    }
+    let mut stragglers = telemetry::ranks::StragglerWatch::default();
     while st.step < cfg.train.steps {
         let mut line = train_step(&mut b, &mut st, cfg)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
+        line.restarts = (restarts > 0).then_some(restarts);
+        line.ranks = stragglers.observe(st.zero.comm.as_mut(), line.step_ms)?;
+        if let Some(r) = line.ranks.as_ref().and_then(|t| t.straggler) {
+            if lead && line.ranks.as_ref().is_some_and(|t| t.slowest == r) && (st.step % 50 == 0 || line.step == first_step + telemetry::ranks::STRAGGLER_STEPS as u64) {
+                say(format!("step {:>6} | rank {r} is a straggler: slowest by >{:.0}% for {}+ steps", st.step, telemetry::ranks::STRAGGLER_MARGIN * 100.0, telemetry::ranks::STRAGGLER_STEPS));
+            }
+        }
+        fail_on_purpose(cfg, st.zero.rank(), st.step, restarts)?;
         summary.losses.push(line.loss as f32);
         if let (Some(sent), Some(ratio)) = (line.comm_bytes, line.comm_ratio) {
             summary.comm_bytes += sent;
@@ -172,8 +229,13 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
             m.train(&line)?;
         }
         progress.update(st.step, line.loss, line.tokens_per_s);
+        if let Some(why) = &line.skipped {
+            say(format!("step {:>6} | skipped, not applied: {why}", st.step));
+            let weights_finite = weights_finite(&mut b, &mut st)?;
+            st.guard.check_streak(why, weights_finite, &run_dir)?;
+        }
         let last = st.step == cfg.train.steps;
-        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0) || last {
+        if (cfg.train.eval_every > 0 && st.step % cfg.train.eval_every == 0 || last) && st.val.is_some() {
             let val = evaluate(&mut b, &mut st, cfg)?;
             summary.final_val_loss = Some(val);
             if let Some(m) = metrics.as_mut() {
@@ -186,12 +248,19 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, cfg: &Config, 
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
-            save(&mut b, &mut st, cfg, &run_dir)?;
+            if st.guard.in_streak() {
+                say(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
+            } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
+                say(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
+            } else {
+                save(&mut b, &mut st, cfg, &run_dir)?;
+            }
         }
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
+    summary.skipped_steps = st.guard.state.skipped;
     summary.tokens_per_s = (st.step - first_step) as f64 * (tokens_per_step(cfg) * world) as f64 / secs.max(1e-9);
     summary.peak_mem_bytes = b.peak_memory_bytes();
     summary.mfu = peak_flops.map(|p| telemetry::flops::mfu(summary.tokens_per_s, flops_per_token, p));
@@ -210,21 +279,41 @@ pub(super) fn tokens_per_step(cfg: &Config) -> usize {
 
 pub(super) fn new_state<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, comm: Box<dyn Comm<B>>) -> Result<State<B>> {
     let t = &cfg.train;
+    if cfg.offload.enabled() {
+        if comm.world() > 1 || cfg.dist.zero_stage > 0 {
+            bail!("offload.optimizer = {} runs in one process (ZeRO stage 0) for now; launch one rank or set offload.optimizer = none", cfg.offload.optimizer);
+        }
+        // Before anything is allocated: enough host memory and disk?
+        offload::budget::check_before_start(cfg)?;
+    }
     let model = Model::new_bare(&cfg.model, Recompute::of(t)).with_logits_chunk(t.logits_chunk);
     let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
-    let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
-    let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+    let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
+        let zero = Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights)?;
+        let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
+        (zero, Box::new(offload::OnHost { name }), Some(Offload::new(cfg, &model.layout, &weights)?))
+    } else {
+        let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
+        let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
+        (zero, opt, None)
+    };
     let (rank, world) = (zero.rank(), zero.world());
     let train = Loader::new(data, Split::Train, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
-    let val = Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?;
-    Ok(State { model, zero, opt, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0 })
+    let val = match data.len(Split::Val) {
+        0 => None,
+        _ => Some(Loader::new(data, Split::Val, t.batch_size, t.seq_len, cfg.seed, rank, world)?),
+    };
+    Ok(State { model, zero, opt, off, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
 }
 
 /// One optimizer step: every micro-batch's forward and backward (gradients
 /// reduced as the store decides), the global gradient norm and clipping,
 /// the optimizer on this rank's shard, the weights brought up to date.
 pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+    if st.off.is_some() {
+        return offload_step(b, st, cfg);
+    }
     let t = &cfg.train;
     let world = st.zero.world();
     let start = Instant::now();
@@ -247,16 +336,17 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         st.zero.finish_grads(b)?;
     }
     let loss = st.zero.mean_host(loss_sum / t.grad_accum as f64)? as f32;
-    if !loss.is_finite() {
-        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
-    }
     let grad_norm = if local { st.zero.local_grad_norm(b)? } else { st.zero.grad_norm(b)? } as f32;
+    // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
+    let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
     let clip = if !local && t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
     let opt_start = b.mark()?;
     let lr = lr_at(t, cfg.optimizer.lr, st.step);
-    let (params, grads) = (st.zero.shard_params, st.zero.shard_grads);
-    st.opt.step_dist(b, st.zero.dist_step(), params, grads, lr, clip)?;
-    st.zero.after_step(b)?;
+    if skipped.is_none() {
+        let (params, grads) = (st.zero.shard_params, st.zero.shard_grads);
+        st.opt.step_dist(b, st.zero.dist_step(), params, grads, lr, clip)?;
+        st.zero.after_step(b)?;
+    }
     let end = b.mark()?;
     let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
     let (opt_ms, reduce_ms) = (b.elapsed_ms(opt_start, end)?, b.elapsed_ms(comm_start, opt_start)?);
@@ -274,7 +364,52 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
         bwd_ms: Some(bwd_ms + reduce_ms),
         opt_ms: Some(opt_ms),
         mfu: None,
+        skipped,
         ..comm_metrics(st, bytes_before)
+    })
+}
+
+/// [`train_step`] of an offloaded run: the gradients go to the host as
+/// each unit's backward ends, the optimizer steps there (see
+/// `parallel::offload` for the order and for clipping).
+fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<TrainMetrics> {
+    let t = &cfg.train;
+    let start = Instant::now();
+    b.clear_marks();
+    st.model.clear_phase_spans();
+    let lr = lr_at(t, cfg.optimizer.lr, st.step);
+    let off = st.off.as_mut().expect("an offloaded run");
+    off.begin_step(lr, t.grad_clip)?;
+    let mut loss_sum = 0.0f64;
+    for i in 0..t.grad_accum {
+        let batch = st.train.next_batch()?;
+        let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
+        off.set_last_micro(i + 1 == t.grad_accum);
+        loss_sum += st.model.forward_backward_in(b, &mut off.store(&mut st.zero), &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
+    }
+    let opt_start = b.mark()?;
+    let grad_norm = off.finish(b, &mut st.zero, t.grad_clip)?;
+    let loss = (loss_sum / t.grad_accum as f64) as f32;
+    if !loss.is_finite() {
+        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
+    }
+    let end = b.mark()?;
+    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
+    st.step += 1;
+    let step_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(TrainMetrics {
+        step: st.step,
+        loss: loss as f64,
+        lr: lr as f64,
+        grad_norm: grad_norm as f64,
+        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
+        step_ms,
+        peak_mem_bytes: b.peak_memory_bytes(),
+        fwd_ms: Some(fwd_ms),
+        bwd_ms: Some(bwd_ms),
+        opt_ms: Some(b.elapsed_ms(opt_start, end)?),
+        mfu: None,
+        ..Default::default()
     })
 }
 
@@ -294,13 +429,37 @@ fn comm_metrics<B: Backend>(st: &State<B>, bytes_before: u64) -> TrainMetrics {
 /// mean over ranks).
 fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f32> {
     let t = &cfg.train;
-    st.val.reset();
+    let val = st.val.as_mut().expect("evaluate is called only with a validation split");
+    val.reset();
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
-        let batch = st.val.next_batch()?;
+        let batch = val.next_batch()?;
         sum += st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
     }
     Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
+}
+
+/// Whether the weights as they are now give a finite loss on the first
+/// validation batch (the mean over ranks): checked before a checkpoint is
+/// written, so that an update that overflowed the weights (finite, but
+/// useless) never replaces a good checkpoint (guard.rs). A collective like
+/// `evaluate`. True without a validation split.
+fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<bool> {
+    let t = &cfg.train;
+    let Some(val) = st.val.as_mut() else { return Ok(true) };
+    val.reset();
+    let batch = val.next_batch()?;
+    let loss = st.model.eval_loss_in(b, &mut st.zero, &batch.inputs, &batch.targets, t.batch_size, t.seq_len)? as f64;
+    Ok(st.zero.mean_host(loss)?.is_finite())
+}
+
+/// Whether the master weights of every rank are finite (their sum of
+/// squares, reduced over ranks; a collective). Asked after skipped steps.
+fn weights_finite<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<bool> {
+    let z = &st.zero;
+    let n = if z.stage == 0 { st.model.layout.total } else { z.part.shard_len(z.rank()) };
+    let ss = if n > 0 { b.sum_squares(crate::backend::View::whole(z.shard_params, n))? } else { 0.0 };
+    Ok(st.zero.mean_host(ss)?.is_finite())
 }
 
 /// A checkpoint of the whole state (a collective: every rank calls it).
@@ -313,35 +472,74 @@ fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) 
     }
     st.zero.comm.barrier()?;
     let mut dir = ckpt::step_dir(run_dir, st.step);
+    // An offloaded run saves the same checkpoint as the plain run: its
+    // units' state assembled into the whole model's optimizer.
+    let mut host = match st.off.as_mut() {
+        Some(off) => Some(off.full_optimizer()?),
+        None => None,
+    };
     if rank == 0 {
         let manifest = ckpt::Manifest {
             loader: serde_json::to_value(st.train.state())?,
             rng: serde_json::to_value(&st.rng)?,
-            optimizer: st.opt.meta(),
+            optimizer: match &host {
+                Some((_, opt)) => opt.meta(),
+                None => st.opt.meta(),
+            },
+            guard: st.guard.to_json(),
             ..ckpt::Manifest::new(st.step, cfg.to_toml())
         };
         let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest, sharding, rank, keep_last: cfg.train.keep_ckpts };
-        dir = train_state::publish(b, st.opt.as_ref(), run_dir, parts)?;
+        dir = match host.as_mut() {
+            Some((h, opt)) => train_state::publish(h, opt.as_ref(), run_dir, parts)?,
+            None => train_state::publish(b, st.opt.as_ref(), run_dir, parts)?,
+        };
     }
     // No rank runs ahead of a checkpoint that is not yet published.
     st.zero.comm.barrier()?;
     Ok(dir)
 }
 
-fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<()> {
-    let Some(dir) = ckpt::latest(run_dir)? else {
-        bail!("cannot resume {}: it has no complete checkpoint yet (checkpoints/step_*)", run_dir.display());
-    };
-    let loaded = ckpt::load(&dir)?;
+/// Load the newest usable checkpoint (ckpt/recover.rs: damaged ones are
+/// passed over, saying so); `false` when the run has none.
+fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
+    let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
+    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &loaded.dir)?;
     check_global_batch(&loaded, cfg, st.zero.world())?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.zero.set_weights(b, &params)?;
     let now = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
-    train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?;
+    match st.off.as_mut() {
+        Some(off) => {
+            off.set_weights(&params)?;
+            let mut h = crate::backend::cpu::CpuBackend::new();
+            let mut opt = offload::host_optimizer::host_optimizer(&mut h, &cfg.optimizer, &st.model.layout)?;
+            train_state::restore_optimizer(&mut h, opt.as_mut(), &loaded, &now, st.zero.rank())?;
+            off.load_optimizer(&mut h, &opt)?;
+        }
+        None => train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?,
+    }
     st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
     st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
     st.step = loaded.manifest.step;
+    st.guard.load_json(&loaded.manifest.guard)?;
+    Ok(true)
+}
+
+/// Times `ferrotron launch --max-restarts` has restarted this run's ranks
+/// (its FERROTRON_RESTART variable).
+pub fn restart_count() -> u32 {
+    std::env::var(crate::dist::launch::RESTART_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// `debug.fail_step` / `debug.fail_rank`: this rank exits with an error
+/// after that step, in the first attempt only.
+fn fail_on_purpose(cfg: &Config, rank: usize, step: u64, restarts: u32) -> Result<()> {
+    let d = &cfg.debug;
+    if d.fail_step > 0 && step == d.fail_step && rank == d.fail_rank && restarts == 0 {
+        bail!("debug.fail_step: rank {rank} fails after step {step} on purpose");
+    }
     Ok(())
 }
 

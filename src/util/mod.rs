@@ -3,3 +3,6 @@
 pub mod atomic;
 pub mod rng;
 pub mod time;
+pub mod lock;
+pub mod meminfo;
+pub mod stdout;

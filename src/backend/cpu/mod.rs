@@ -30,7 +30,7 @@ pub mod sign_descent;
 pub mod swiglu;
 pub mod xent;
 
-use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View, QUANT_BLOCK};
+use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View, QUANT_BLOCK};
 use anyhow::{bail, ensure, Context, Result};
 
 /// Storage of one buffer. `DType::Compute` is stored as f32 on CPU.
@@ -516,12 +516,12 @@ impl Backend for CpuBackend {
     }
 
     // ---- attention ----------------------------------------------------
-    fn rope_fwd(&mut self, qkv: View, s: AttnShape, theta: f32) -> Result<()> {
-        self.rope(qkv, s, theta, false)
+    fn rope_fwd(&mut self, qkv: View, s: AttnShape, rope: Rope) -> Result<()> {
+        self.rope(qkv, s, rope, false)
     }
 
-    fn rope_bwd(&mut self, dqkv: View, s: AttnShape, theta: f32) -> Result<()> {
-        self.rope(dqkv, s, theta, true)
+    fn rope_bwd(&mut self, dqkv: View, s: AttnShape, rope: Rope) -> Result<()> {
+        self.rope(dqkv, s, rope, true)
     }
 
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
@@ -664,12 +664,12 @@ impl CpuBackend {
         }
     }
 
-    fn rope(&mut self, qkv: View, s: AttnShape, theta: f32, inverse: bool) -> Result<()> {
+    fn rope(&mut self, qkv: View, s: AttnShape, r: Rope, inverse: bool) -> Result<()> {
         check_attn(&s)?;
         ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even, got {}", s.head_dim);
         expect_len(qkv, &[s.batch, s.seq, s.qkv_width()], "rope qkv")?;
         let ([x], []) = self.req([qkv], [])?;
-        rope::rope(x, &s, theta, inverse);
+        rope::rope(x, &s, &r.inv_freq(s.head_dim), inverse);
         Ok(())
     }
 }

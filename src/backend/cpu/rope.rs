@@ -1,7 +1,8 @@
 //! Rotary position embedding, Hugging Face Llama "rotate_half" convention.
 //!
 //! Within each head of size D, element i (< D/2) pairs with i + D/2 and the
-//! pair is rotated by angle = pos · theta^(-2i/D):
+//! pair is rotated by angle = pos · inv_freq[i] (see `Rope::inv_freq`:
+//! theta^(-2i/D), with Llama 3 scaling where configured):
 //!   x'[i]       = x[i]·cos - x[i+D/2]·sin
 //!   x'[i+D/2]   = x[i+D/2]·cos + x[i]·sin
 //! Applied in place to the first H + KV heads of each qkv row (q then k; v is
@@ -11,14 +12,15 @@
 use crate::backend::AttnShape;
 use rayon::prelude::*;
 
-/// `(cos, sin)` tables `[seq, D/2]`, angles computed in f64 then rounded.
-fn tables(seq: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = d / 2;
+/// `(cos, sin)` tables `[seq, D/2]`. The angle is the f32 product
+/// `pos · inv_freq` (as transformers computes it); its cosine and sine are
+/// taken in f64 and rounded.
+fn tables(seq: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
     let (mut cos, mut sin) = (Vec::with_capacity(seq * half), Vec::with_capacity(seq * half));
     for pos in 0..seq {
-        for i in 0..half {
-            let inv_freq = (theta as f64).powf(-2.0 * i as f64 / d as f64);
-            let angle = pos as f64 * inv_freq;
+        for &f in inv_freq {
+            let angle = (pos as f32 * f) as f64;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
         }
@@ -27,9 +29,11 @@ fn tables(seq: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Rotate q and k heads of every row in place; `inverse` rotates by -angle.
-pub fn rope(qkv: &mut [f32], s: &AttnShape, theta: f32, inverse: bool) {
+/// `inv_freq` has `head_dim / 2` entries.
+pub fn rope(qkv: &mut [f32], s: &AttnShape, inv_freq: &[f32], inverse: bool) {
     let (d, half) = (s.head_dim, s.head_dim / 2);
-    let (cos, sin) = tables(s.seq, d, theta);
+    debug_assert_eq!(inv_freq.len(), half, "rope: one inverse frequency per pair");
+    let (cos, sin) = tables(s.seq, inv_freq);
     let sign = if inverse { -1.0 } else { 1.0 };
     let rotated = (s.heads + s.kv_heads) * d;
     qkv.par_chunks_mut(s.qkv_width()).enumerate().for_each(|(row, x)| {

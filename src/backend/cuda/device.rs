@@ -25,6 +25,8 @@ pub struct CudaBackend {
     pub(super) quant_maps: Option<DevMem>,
     /// AdamW segment tables (host copy, device copy), uploaded on first use.
     pub(super) adam_tables: Vec<(Vec<i64>, DevMem)>,
+    /// Rotary inverse-frequency tables (host copy, device copy), uploaded on first use.
+    pub(super) rope_tables: Vec<(Vec<f32>, DevMem)>,
     pub(super) lt: Lt,
     pub(super) kernels: Kernels,
     pub(super) alloc: Allocator,
@@ -98,6 +100,7 @@ impl CudaBackend {
             retired: Vec::new(),
             quant_maps: None,
             adam_tables: Vec::new(),
+            rope_tables: Vec::new(),
             sms,
             max_smem,
             device_name,

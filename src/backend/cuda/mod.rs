@@ -30,7 +30,14 @@ pub use device::CudaBackend;
 /// For dist::nccl (raw device pointers of views).
 pub(crate) use device::RawView;
 
-use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, SignArgs, View};
+pub use ops_attention::HEAD_DIMS;
+
+/// Whether the CUDA attention kernels implement this head size ([`HEAD_DIMS`]).
+pub fn supports_head_dim(d: usize) -> bool {
+    HEAD_DIMS.contains(&d)
+}
+
+use crate::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 
 impl Backend for CudaBackend {
@@ -177,11 +184,11 @@ impl Backend for CudaBackend {
         self.swiglu_bwd_op(dinp, inp, dout, n, f)
     }
 
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.rope_op(qkv, shape, theta, 1.0)
+    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.rope_op(qkv, shape, rope, 1.0)
     }
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, theta: f32) -> Result<()> {
-        self.rope_op(dqkv, shape, theta, -1.0)
+    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
+        self.rope_op(dqkv, shape, rope, -1.0)
     }
     fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()> {
         self.attention_fwd_op(out, lse, qkv, shape)

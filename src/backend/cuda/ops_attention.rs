@@ -28,11 +28,15 @@ fn tile_bytes(rows: usize, d: usize) -> usize {
     rows * (d + 8) * 2
 }
 
+/// Head sizes the CUDA attention kernels implement (one lane per dimension
+/// needs D = 32·k; the tile sizes stop at 128).
+pub const HEAD_DIMS: [usize; 4] = [32, 64, 96, 128];
+
 /// Kernel name suffix for a head dimension (lane-per-dimension needs D = 32·k).
 fn variant(d: usize) -> Result<usize> {
     match d {
         32 | 64 | 96 | 128 => Ok(d),
-        _ => bail!("attention: head_dim {d} is not supported by the CUDA kernels (supported: 32, 64, 96, 128)"),
+        _ => bail!("attention: head_dim {d} is not supported by the CUDA kernels (supported: 32, 64, 96, 128); use device=cpu"),
     }
 }
 

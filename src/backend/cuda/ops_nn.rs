@@ -3,7 +3,7 @@
 use super::device::CudaBackend;
 use super::kernels::KArg::{F, I, L, P};
 use super::memory::{bf16x8_groups, Dev, Elem};
-use crate::backend::{AttnShape, View};
+use crate::backend::{AttnShape, Rope, View};
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
 
@@ -214,18 +214,32 @@ impl CudaBackend {
     }
 
     /// In-place rotation of the q and k heads; `dir` -1 is the inverse (backward).
-    pub(super) fn rope_op(&mut self, qkv: View, s: AttnShape, theta: f32, dir: f32) -> Result<()> {
+    pub(super) fn rope_op(&mut self, qkv: View, s: AttnShape, rope: Rope, dir: f32) -> Result<()> {
         self.begin()?;
         let rows = s.batch * s.seq;
         ensure!(qkv.len == rows * s.qkv_width(), "rope: qkv has {} values, shape needs {}", qkv.len, rows * s.qkv_width());
         ensure!(s.head_dim.is_multiple_of(2), "rope: head_dim must be even");
+        let inv_freq = self.rope_table(rope.inv_freq(s.head_dim))?;
         let x = self.out(qkv)?;
         let heads = s.heads + s.kv_heads;
         // Each thread: `vec` pair indices of one row, ROPE_HEADS heads.
         let vec4 = x.elem == Elem::Bf16 && x.ptr.is_multiple_of(8) && s.head_dim.is_multiple_of(8);
         let (kernel, vec) = if vec4 { ("rope_bf16x4_k", 4) } else { ("rope_k", 1) };
         let cfg = self.grid(rows * heads.div_ceil(ROPE_HEADS) * (s.head_dim / 2 / vec));
-        let args = [P(x.ptr), I(x.dt()), L(rows as i64), I(s.seq as i32), I(heads as i32), I(s.qkv_width() as i32), I(s.head_dim as i32), F(theta), F(dir)];
+        let args = [P(x.ptr), I(x.dt()), L(rows as i64), I(s.seq as i32), I(heads as i32), I(s.qkv_width() as i32), I(s.head_dim as i32), P(inv_freq), F(dir)];
         self.launch("rope", kernel, cfg, &args)
+    }
+
+    /// Device copy of an inverse-frequency table, uploaded once per distinct
+    /// table (one per model in practice) and kept for the backend's life.
+    fn rope_table(&mut self, host: Vec<f32>) -> Result<u64> {
+        if let Some((_, mem)) = self.rope_tables.iter().find(|(k, _)| *k == host) {
+            return Ok(mem.ptr);
+        }
+        let mem = self.alloc.alloc(4 * host.len().max(1))?;
+        let ptr = mem.ptr;
+        self.htod(ptr, &host)?;
+        self.rope_tables.push((host, mem));
+        Ok(ptr)
     }
 }

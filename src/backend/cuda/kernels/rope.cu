@@ -1,6 +1,8 @@
 // Rotary embedding in place on the q and k heads of qkv (HF Llama
-// rotate_half: element i pairs with i + D/2). Angles are computed in fp32
-// exactly as Hugging Face does: inv_freq = 1 / theta^(2i/D), angle = pos*inv_freq.
+// rotate_half: element i pairs with i + D/2). The D/2 inverse frequencies
+// come from the host (`Rope::inv_freq`, the table the CPU backend uses too:
+// theta^(-2i/D), with Llama 3 scaling where configured); the angle is the
+// fp32 product pos*inv_freq, as Hugging Face computes it.
 // `dir` = +1 rotates (forward), -1 applies the inverse rotation (backward).
 //
 // One thread owns V consecutive pair indices i of one token row and walks
@@ -38,7 +40,7 @@ __device__ __forceinline__ void rope_store(void* p, int dt, i64 at, const float 
 // ceil(heads_qk / ROPE_HEADS).
 template <int V, bool BF16X4>
 __device__ __forceinline__ void rope_body(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
-                                          float theta, float dir) {
+                                          const float* __restrict__ inv_freq, float dir) {
     const int half = d / 2, groups = half / V, chunks = (heads_qk + ROPE_HEADS - 1) / ROPE_HEADS;
     GRID_LOOP(idx, rows * chunks * groups) {
         const int g = (int)(idx % groups);
@@ -50,8 +52,7 @@ __device__ __forceinline__ void rope_body(void* qkv, int dt, i64 rows, int seq, 
 #pragma unroll
         for (int k = 0; k < V; k++) {
             const int i = g * V + k;
-            const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)d);
-            sincosf(pos * inv_freq, &s[k], &c[k]);
+            sincosf(__fmul_rn(pos, inv_freq[i]), &s[k], &c[k]);
             s[k] *= dir;
         }
         const int h_end = min(heads_qk, (chunk + 1) * ROPE_HEADS);
@@ -73,12 +74,12 @@ __device__ __forceinline__ void rope_body(void* qkv, int dt, i64 rows, int seq, 
 
 // Any dtype, any even d.
 extern "C" __global__ void rope_k(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
-                                  float theta, float dir) {
-    rope_body<1, false>(qkv, dt, rows, seq, heads_qk, width, d, theta, dir);
+                                  const float* inv_freq, float dir) {
+    rope_body<1, false>(qkv, dt, rows, seq, heads_qk, width, d, inv_freq, dir);
 }
 
 // bf16, d a multiple of 8, qkv 8-byte aligned (the caller checks).
 extern "C" __global__ void rope_bf16x4_k(void* qkv, int dt, i64 rows, int seq, int heads_qk, int width, int d,
-                                         float theta, float dir) {
-    rope_body<4, true>(qkv, dt, rows, seq, heads_qk, width, d, theta, dir);
+                                         const float* inv_freq, float dir) {
+    rope_body<4, true>(qkv, dt, rows, seq, heads_qk, width, d, inv_freq, dir);
 }

@@ -1,0 +1,569 @@
+//! CPU and NVMe offload of the optimizer (ZeRO-Offload / Fuyou style).
+//!
+//! With `offload.optimizer = cpu | nvme` the device keeps only what the
+//! passes use: the compute weights (fp32, plus the bf16 shadow on CUDA)
+//! and the gradients of the units whose backward is running. The fp32
+//! master weights and the optimizer state live per unit (embeddings, each
+//! block, head) in host memory (`cpu`) or in one file per unit under
+//! `offload.path` (`nvme`, see [`nvme`]).
+//!
+//! One step:
+//! 1. backward: as each unit's gradients complete (`grads_done` of the last
+//!    micro-batch) they are copied to the host and the unit's device
+//!    buffer is freed;
+//! 2. the unit's optimizer step runs on a worker thread
+//!    ([`host_optimizer`], the CPU backend's AdamW / 8-bit AdamW kernels);
+//! 3. the updated master weights are uploaded to the device (and the bf16
+//!    shadow refreshed) before the step returns, so the next forward reads
+//!    them.
+//!
+//! Gradient clipping needs the global norm before any update. With
+//! `train.grad_clip = 0` nothing needs it, so each unit's step starts as
+//! soon as its gradients are on the host and overlaps the rest of backward
+//! (Fuyou). With clipping on, the order is DeepSpeed's: the gradients are
+//! copied as backward goes, the norm is taken over all of them (bit for
+//! bit the device's `sum_squares`), then the steps run (the NVMe tier has
+//! already read the first units ahead while backward ran). Either way the
+//! update is the plain run's, not a delayed or approximated one.
+//!
+//! One process only for now (`dist.world = 1`, ZeRO stage 0).
+
+pub mod budget;
+pub mod host_optimizer;
+pub mod nvme;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, BufId, DType, View};
+use crate::config::{Config, OptimizerConfig};
+use crate::model::layout::ParamLayout;
+use crate::model::store::{unit_ranges, ParamStore, Unit};
+use crate::model::views::ModelViews;
+use crate::optim::{Optimizer, StateTensor};
+use crate::parallel::zero::Zero;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use host_optimizer::{host_optimizer, sum_squares_concat, unit_layout, HostOpt, UnitHost};
+use nvme::StateFiles;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Views of units whose gradients are not on the device point here.
+const NOT_HERE: BufId = BufId(usize::MAX);
+
+/// Which tier holds the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Cpu,
+    Nvme,
+}
+
+/// Everything a worker needs to read a unit from its file.
+struct Shared {
+    cfg: OptimizerConfig,
+    layouts: Vec<ParamLayout>,
+    files: Option<StateFiles>,
+}
+
+struct Job {
+    unit: usize,
+    /// The resident unit (cpu tier); `None`: read it from its file.
+    host: Option<UnitHost>,
+    grads: Vec<f32>,
+    lr: f32,
+    clip: f32,
+    /// The optimizer's scalar state before this step (a unit read from
+    /// its file needs it).
+    meta: serde_json::Value,
+}
+
+struct Done {
+    unit: usize,
+    host: UnitHost,
+    grads: Vec<f32>,
+}
+
+enum Msg {
+    /// Units read ahead from their files, in the order the steps will want them.
+    Prefetch(Receiver<(usize, Result<UnitHost>)>),
+    Job(Job),
+}
+
+pub struct Offload {
+    pub tier: Tier,
+    shared: Arc<Shared>,
+    ranges: Vec<Range<usize>>,
+    layout: ParamLayout,
+    n_layers: usize,
+    tied: bool,
+    prefetch: usize,
+    /// cpu tier: each unit's resident host (`None` while its step runs).
+    hosts: Vec<Option<UnitHost>>,
+    /// Each unit's gradient buffer on the device during backward.
+    dev_grads: Vec<Option<BufId>>,
+    gv: ModelViews,
+    /// Each unit's complete gradients on the host, this step.
+    host_grads: Vec<Option<Vec<f32>>>,
+    last_micro: bool,
+    /// The optimizer's scalar state (step count) after the latest step:
+    /// the NVMe tier's files hold tensors only.
+    meta: serde_json::Value,
+    lr: f32,
+    overlap: bool,
+    in_flight: usize,
+    jobs: Option<Sender<Msg>>,
+    done: Receiver<Result<Done>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Offload {
+    /// Master weights `weights` (full layout) and fresh optimizer state,
+    /// in host memory or (nvme) in a new scratch folder under `offload.path`.
+    pub fn new(cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Self> {
+        ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        let tier = match cfg.offload.optimizer.as_str() {
+            "cpu" => Tier::Cpu,
+            "nvme" => Tier::Nvme,
+            other => bail!("offload.optimizer = {other}: nothing to offload"),
+        };
+        let ranges = unit_ranges(&cfg.model, layout);
+        let layouts: Vec<ParamLayout> = ranges.iter().map(|r| unit_layout(layout, r)).collect();
+        let files = match tier {
+            Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path))?),
+            Tier::Cpu => None,
+        };
+        let mut hosts = vec![];
+        for (u, l) in layouts.iter().enumerate() {
+            let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
+            host.set_master(&weights[ranges[u].clone()])?;
+            match &files {
+                Some(f) => {
+                    f.write(&mut host)?;
+                    hosts.push(None);
+                }
+                None => hosts.push(Some(host)),
+            }
+        }
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files });
+        let (jobs, job_rx) = channel::<Msg>();
+        let (done_tx, done) = channel();
+        let sh = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("offload-optimizer".into())
+            .spawn(move || worker_loop(sh, job_rx, done_tx))
+            .context("cannot start the offload optimizer thread")?;
+        let units = ranges.len();
+        Ok(Offload {
+            tier,
+            shared,
+            ranges,
+            layout: layout.clone(),
+            n_layers: cfg.model.n_layers,
+            tied: cfg.model.tied_embeddings,
+            prefetch: cfg.offload.prefetch,
+            hosts,
+            dev_grads: vec![None; units],
+            gv: ModelViews::new(layout, NOT_HERE, cfg.model.n_layers),
+            host_grads: vec![None; units],
+            last_micro: true,
+            meta: serde_json::Value::Null,
+            lr: 0.0,
+            overlap: false,
+            in_flight: 0,
+            jobs: Some(jobs),
+            done,
+            worker: Some(worker),
+        })
+    }
+
+    /// The NVMe tier's scratch folder.
+    pub fn files_dir(&self) -> Option<&std::path::Path> {
+        self.shared.files.as_ref().map(|f| f.dir.as_path())
+    }
+
+    /// Units whose master weights and state are in host memory now.
+    pub fn resident_units(&self) -> usize {
+        self.hosts.iter().filter(|h| h.is_some()).count()
+    }
+
+    /// Starts a step at learning rate `lr`. `grad_clip = 0` (no clipping)
+    /// lets each unit's step overlap the rest of backward.
+    pub fn begin_step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
+        ensure!(self.in_flight == 0, "offload: a step begins while {} unit steps are still running", self.in_flight);
+        self.lr = lr;
+        self.overlap = grad_clip == 0.0;
+        self.last_micro = true;
+        if self.shared.files.is_some() {
+            let order: Vec<usize> = (0..self.ranges.len()).rev().collect();
+            let (tx, rx) = sync_channel(self.prefetch);
+            let sh = self.shared.clone();
+            let meta = self.meta.clone();
+            std::thread::Builder::new()
+                .name("offload-prefetch".into())
+                .spawn(move || {
+                    let files = sh.files.as_ref().expect("nvme tier has files");
+                    for u in order {
+                        if tx.send((u, files.read(u, &sh.cfg, &sh.layouts[u], &meta))).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .context("cannot start the offload prefetch thread")?;
+            self.send(Msg::Prefetch(rx))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the coming micro-batch is the step's last (gradients are
+    /// complete only after it).
+    pub fn set_last_micro(&mut self, last: bool) {
+        self.last_micro = last;
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let tx = self.jobs.as_ref().ok_or_else(|| anyhow!("offload worker is gone"))?;
+        tx.send(msg).map_err(|_| anyhow!("the offload optimizer thread stopped (an earlier error or panic)"))
+    }
+
+    fn dispatch(&mut self, u: usize, grads: Vec<f32>, clip: f32) -> Result<()> {
+        let host = self.hosts[u].take();
+        ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
+        self.send(Msg::Job(Job { unit: u, host, grads, lr: self.lr, clip, meta: self.meta.clone() }))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// After the last micro-batch: the gradient norm (the plain run's,
+    /// bit for bit), every unit's step done and its weights uploaded into
+    /// `zero`'s device weights. Returns the norm.
+    pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+        let units = self.ranges.len();
+        let mut norm = None;
+        if !self.overlap {
+            let parts = (0..units).map(|u| self.host_grads[u].as_deref().ok_or_else(|| anyhow!("offload: unit {u} has no gradients this step"))).collect::<Result<Vec<_>>>()?;
+            let n = sum_squares_concat(&parts).sqrt() as f32;
+            let clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
+            for u in (0..units).rev() {
+                let g = self.host_grads[u].take().expect("checked above");
+                self.dispatch(u, g, clip)?;
+            }
+            norm = Some(n);
+        }
+        let mut first_err = None;
+        while self.in_flight > 0 {
+            let got = self.done.recv().map_err(|_| anyhow!("the offload optimizer thread stopped"));
+            self.in_flight -= 1;
+            match got.and_then(|r| r).and_then(|d| self.install(b, zero, d)) {
+                Ok(()) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let norm = match norm {
+            Some(n) => n,
+            None => {
+                let parts = (0..units).map(|u| self.host_grads[u].as_deref().ok_or_else(|| anyhow!("offload: unit {u} has no gradients this step"))).collect::<Result<Vec<_>>>()?;
+                sum_squares_concat(&parts).sqrt() as f32
+            }
+        };
+        self.host_grads.iter_mut().for_each(|g| *g = None);
+        Ok(norm)
+    }
+
+    /// A stepped unit: its weights to the device, its host kept (cpu tier).
+    fn install<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, d: Done) -> Result<()> {
+        let r = self.ranges[d.unit].clone();
+        let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
+        b.upload(view, d.host.master())?;
+        b.params_changed(view)?;
+        self.meta = d.host.opt.meta();
+        if self.overlap {
+            self.host_grads[d.unit] = Some(d.grads);
+        }
+        if self.tier == Tier::Cpu {
+            self.hosts[d.unit] = Some(d.host);
+        }
+        Ok(())
+    }
+
+    /// Replaces the master weights (init from Hugging Face, resume).
+    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+        ensure!(weights.len() == self.layout.total, "{} weights for a layout of {}", weights.len(), self.layout.total);
+        for u in 0..self.ranges.len() {
+            let w = &weights[self.ranges[u].clone()];
+            self.with_unit(u, |h| h.set_master(w))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on unit `u`'s host (read from and written back to its file
+    /// in the nvme tier). Not while steps run.
+    fn with_unit(&mut self, u: usize, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        ensure!(self.in_flight == 0, "offload: state accessed while unit steps run");
+        match (&mut self.hosts[u], &self.shared.files) {
+            (Some(h), _) => f(h),
+            (None, Some(files)) => {
+                let mut h = files.read(u, &self.shared.cfg, &self.shared.layouts[u], &self.meta)?;
+                f(&mut h)?;
+                files.write(&mut h).map(|_| ())
+            }
+            (None, None) => bail!("offload: unit {u}'s state is missing"),
+        }
+    }
+
+    /// The whole model's optimizer, assembled on a host backend of its
+    /// own from every unit's state: what a checkpoint saves (the same
+    /// tensors and names as the plain run's optimizer).
+    pub fn full_optimizer(&mut self) -> Result<(CpuBackend, HostOpt)> {
+        let mut th = CpuBackend::new();
+        let mut full = host_optimizer(&mut th, &self.shared.cfg, &self.layout)?;
+        let targets = full.state_tensors();
+        let mut offs = vec![0usize; targets.len()];
+        let mut meta = None;
+        for u in 0..self.ranges.len() {
+            self.with_unit(u, |h| {
+                let parts = h.opt.state_tensors();
+                check_names(&targets, &parts)?;
+                for (i, (t, p)) in targets.iter().zip(&parts).enumerate() {
+                    copy_state(&mut h.h, p.view, &mut th, t.view.sub(offs[i], p.view.len), t.dtype)?;
+                    offs[i] += p.view.len;
+                }
+                meta.get_or_insert_with(|| h.opt.meta());
+                Ok(())
+            })?;
+        }
+        for (t, o) in targets.iter().zip(&offs) {
+            ensure!(*o == t.view.len, "offload: units hold {o} elements of {} but the model's optimizer has {}", t.name, t.view.len);
+        }
+        if let Some(m) = meta {
+            full.load_meta(&m)?;
+        }
+        Ok((th, full))
+    }
+
+    /// Splits a whole-model optimizer's state (restored from a
+    /// checkpoint) into the units.
+    pub fn load_optimizer(&mut self, th: &mut CpuBackend, full: &HostOpt) -> Result<()> {
+        let sources = full.state_tensors();
+        let meta = full.meta();
+        let mut offs = vec![0usize; sources.len()];
+        for u in 0..self.ranges.len() {
+            self.with_unit(u, |h| {
+                let parts = h.opt.state_tensors();
+                check_names(&sources, &parts)?;
+                for (i, (s, p)) in sources.iter().zip(&parts).enumerate() {
+                    copy_state(th, s.view.sub(offs[i], p.view.len), &mut h.h, p.view, s.dtype)?;
+                    offs[i] += p.view.len;
+                }
+                h.opt.load_meta(&meta)
+            })?;
+        }
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn unit_index(&self, unit: Unit) -> usize {
+        unit.index(self.n_layers)
+    }
+
+    /// For tied embeddings the head writes the embedding matrix's gradient.
+    fn with_tied(&self, unit: Unit) -> Vec<Unit> {
+        if unit == Unit::Head && self.tied { vec![Unit::Embed, Unit::Head] } else { vec![unit] }
+    }
+
+    /// Unit `unit`'s gradient buffer on the device (tests).
+    pub fn device_grads(&self, unit: Unit) -> Option<View> {
+        let u = self.unit_index(unit);
+        self.dev_grads[u].map(|buf| View::whole(buf, self.ranges[u].len()))
+    }
+
+    pub fn fetch_grads<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        for unit in self.with_tied(unit) {
+            let u = self.unit_index(unit);
+            if self.dev_grads[u].is_none() {
+                let len = self.ranges[u].len();
+                let buf = b.alloc(len.max(1), DType::F32)?;
+                b.fill(View::whole(buf, len), 0.0)?;
+                self.dev_grads[u] = Some(buf);
+                self.gv.point_unit(&self.layout, unit, self.ranges[u].start, buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last micro-batch: the unit's gradients to the host, its
+    /// device buffer freed, its step started (no clipping) or queued.
+    pub fn grads_done<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        if !self.last_micro {
+            return Ok(());
+        }
+        let u = self.unit_index(unit);
+        let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
+        let mut host = vec![0.0f32; self.ranges[u].len()];
+        let out = b.download(View::whole(buf, host.len()), &mut host);
+        b.free(buf);
+        self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
+        out?;
+        if self.overlap {
+            self.dispatch(u, host, 1.0)
+        } else {
+            self.host_grads[u] = Some(host);
+            Ok(())
+        }
+    }
+
+    /// The store the passes run with: `zero` (stage 0, one process) holds
+    /// the device weights, this offload the gradients.
+    pub fn store<'a, B: Backend>(&'a mut self, zero: &'a mut Zero<B>) -> OffloadStore<'a, B> {
+        OffloadStore { zero, off: self }
+    }
+}
+
+impl Drop for Offload {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        if let Some(f) = &self.shared.files {
+            let _ = std::fs::remove_dir_all(&f.dir);
+        }
+    }
+}
+
+/// A fresh scratch folder under `offload.path` for this process.
+fn scratch_dir(path: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::path::Path::new(path).join(format!("ferrotron-offload-{}-{n}", std::process::id()))
+}
+
+fn check_names(full: &[StateTensor], unit: &[StateTensor]) -> Result<()> {
+    let (a, b): (Vec<_>, Vec<_>) = (full.iter().map(|t| &t.name).collect(), unit.iter().map(|t| &t.name).collect());
+    ensure!(a == b, "offload: a unit's optimizer state {b:?} does not match the model's {a:?}");
+    Ok(())
+}
+
+/// Copies a state tensor's values between two host backends.
+fn copy_state(from: &mut CpuBackend, src: View, to: &mut CpuBackend, dst: View, dtype: DType) -> Result<()> {
+    ensure!(src.len == dst.len, "offload: state copy of {} into {} elements", src.len, dst.len);
+    if src.len == 0 {
+        return Ok(());
+    }
+    match dtype {
+        DType::U8 => {
+            let mut tmp = vec![0u8; src.len];
+            from.download_u8(src, &mut tmp)?;
+            to.upload_u8(dst, &tmp)
+        }
+        _ => {
+            let mut tmp = vec![0.0f32; src.len];
+            from.download(src, &mut tmp)?;
+            to.upload(dst, &tmp)
+        }
+    }
+}
+
+fn worker_loop(sh: Arc<Shared>, jobs: Receiver<Msg>, done: Sender<Result<Done>>) {
+    let mut ahead: Option<Receiver<(usize, Result<UnitHost>)>> = None;
+    let mut stash: HashMap<usize, Result<UnitHost>> = HashMap::new();
+    for msg in jobs {
+        let job = match msg {
+            Msg::Prefetch(rx) => {
+                ahead = Some(rx);
+                stash.clear();
+                continue;
+            }
+            Msg::Job(job) => job,
+        };
+        let out = run_job(&sh, job, &mut ahead, &mut stash);
+        if done.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<UnitHost>)>>, stash: &mut HashMap<usize, Result<UnitHost>>) -> Result<Done> {
+    let u = job.unit;
+    let mut host = match job.host {
+        Some(h) => h,
+        None => {
+            let files = sh.files.as_ref().ok_or_else(|| anyhow!("offload: unit {u} is neither in memory nor in a file"))?;
+            // Take it from the read-ahead window, else read it now.
+            while !stash.contains_key(&u) {
+                match ahead.as_ref().map(|rx| rx.recv()) {
+                    Some(Ok((v, h))) => {
+                        stash.insert(v, h);
+                    }
+                    _ => {
+                        *ahead = None;
+                        stash.insert(u, files.read(u, &sh.cfg, &sh.layouts[u], &job.meta));
+                    }
+                }
+            }
+            stash.remove(&u).expect("just checked")?
+        }
+    };
+    host.step(&job.grads, job.lr, job.clip).with_context(|| format!("offloaded optimizer step of unit {u}"))?;
+    if let Some(files) = &sh.files {
+        files.write(&mut host)?;
+    }
+    Ok(Done { unit: u, host, grads: job.grads })
+}
+
+/// The parameter store of an offloaded run.
+pub struct OffloadStore<'a, B: Backend> {
+    zero: &'a mut Zero<B>,
+    off: &'a mut Offload,
+}
+
+impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
+    fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.zero.fetch(b, unit)
+    }
+    fn release(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.zero.release(b, unit)
+    }
+    fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.off.fetch_grads(b, unit)
+    }
+    fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.off.grads_done(b, unit)
+    }
+    fn params(&self) -> &ModelViews {
+        self.zero.params()
+    }
+    fn grads(&self) -> &ModelViews {
+        &self.off.gv
+    }
+}
+
+/// Stands in for the device optimizer of an offloaded run (the state is
+/// in the [`Offload`]): no state on the device, and a step is an error.
+pub struct OnHost {
+    pub name: &'static str,
+}
+
+impl<B: Backend> Optimizer<B> for OnHost {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn step(&mut self, _: &mut B, _: BufId, _: BufId, _: f32, _: f32) -> Result<()> {
+        bail!("the optimizer of an offloaded run steps on the host (parallel::offload), not on the device")
+    }
+    fn state_tensors(&self) -> Vec<StateTensor> {
+        vec![]
+    }
+    fn meta(&self) -> serde_json::Value {
+        serde_json::json!({ "name": self.name, "offloaded": true })
+    }
+    fn load_meta(&mut self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    fn state_bytes(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,228 @@
+//! Optimizer offload (`offload.optimizer = cpu | nvme`) on the CPU backend:
+//! offloaded runs equal the plain run bit for bit (losses, weights,
+//! optimizer state), the NVMe tier's files really hold the state, resume
+//! works across tiers, and a run that would not fit refuses before it
+//! starts.
+
+use ferrotron::backend::cpu::CpuBackend;
+use ferrotron::backend::{Backend, View};
+use ferrotron::ckpt;
+use ferrotron::config::{self, Config};
+use ferrotron::model::init::init_weights;
+use ferrotron::model::layout::ParamLayout;
+use ferrotron::model::store::Unit;
+use ferrotron::parallel::offload::budget;
+use ferrotron::parallel::offload::Offload;
+use ferrotron::parallel::zero::Zero;
+use ferrotron::train::trainer::train;
+use std::path::Path;
+
+fn cfg(dir: &Path, name: &str, extra: &[&str]) -> Config {
+    let mut sets: Vec<String> = [
+        "train.steps=10", "train.batch_size=2", "train.seq_len=32", "train.eval_every=5", "train.eval_batches=1",
+        "train.ckpt_every=5", "train.keep_ckpts=5", "train.samples=0", "train.warmup_steps=2", "run.progress=false",
+        "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2", "model.d_ff=128",
+        "optimizer.lr=3e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.push(format!("run.dir=\"{}\"", dir.display()));
+    sets.push(format!("run.name={name}"));
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    config::load(None, &sets).unwrap()
+}
+
+fn last_ckpt(run: &Path) -> ckpt::Loaded {
+    ckpt::load(&ckpt::latest(run).unwrap().unwrap()).unwrap()
+}
+
+/// Every model and optimizer tensor of two checkpoints, bit for bit.
+fn assert_same_state(a: &ckpt::Loaded, b: &ckpt::Loaded, what: &str) {
+    let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (x, y) in [(&a.model, &b.model), (&a.optim, &b.optim)] {
+        assert_eq!(x.len(), y.len(), "{what}: tensor counts");
+        for (s, t) in x.iter().zip(y.iter()) {
+            assert_eq!(s.name, t.name);
+            assert!(bits(&s.data) == bits(&t.data), "{what}: {} differs", s.name);
+        }
+    }
+    assert_eq!(a.optim_u8.len(), b.optim_u8.len());
+    for (s, t) in a.optim_u8.iter().zip(&b.optim_u8) {
+        assert!(s.name == t.name && s.data == t.data, "{what}: {} differs", s.name);
+    }
+    assert_eq!(a.manifest.optimizer, b.manifest.optimizer, "{what}: optimizer meta");
+}
+
+/// Plain vs offloaded with the same settings: same losses, same weights
+/// and state in the final checkpoint, bit for bit.
+fn same_as_plain(opt: &str, offload: &[&str], extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut base = vec![format!("optimizer.name={opt}")];
+    base.extend(extra.iter().map(|s| s.to_string()));
+    let base: Vec<&str> = base.iter().map(|s| s.as_str()).collect();
+    let plain = train(&cfg(tmp.path(), "plain", &base), None).unwrap();
+    let mut with = base.clone();
+    let nvme_dir = tmp.path().join("nvme");
+    let path_set = format!("offload.path=\"{}\"", nvme_dir.display());
+    with.extend(offload);
+    with.push(&path_set);
+    let off = train(&cfg(tmp.path(), "off", &with), None).unwrap();
+    let what = format!("{opt} {offload:?} {extra:?}");
+    assert_eq!(plain.losses.len(), 10);
+    assert!(plain.losses.iter().zip(&off.losses).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: losses {:?} vs {:?}", plain.losses, off.losses);
+    assert_eq!(plain.final_val_loss.map(f32::to_bits), off.final_val_loss.map(f32::to_bits), "{what}: val loss");
+    assert_same_state(&last_ckpt(&tmp.path().join("plain")), &last_ckpt(&tmp.path().join("off")), &what);
+    // The scratch folder is gone with the run.
+    if nvme_dir.exists() {
+        assert_eq!(std::fs::read_dir(&nvme_dir).unwrap().count(), 0, "{what}: scratch files left behind");
+    }
+}
+
+#[test]
+fn cpu_tier_equals_plain_adamw_and_8bit() {
+    for opt in ["adamw", "adamw8bit"] {
+        same_as_plain(opt, &["offload.optimizer=cpu"], &[]);
+    }
+}
+
+#[test]
+fn nvme_tier_equals_plain_adamw_and_8bit() {
+    for opt in ["adamw", "adamw8bit"] {
+        same_as_plain(opt, &["offload.optimizer=nvme", "offload.prefetch=1"], &[]);
+    }
+}
+
+/// Clipping active every step (grad_clip far below the norm): the norm
+/// over the host copies is the device's, so the clip factor is too.
+#[test]
+fn clipping_and_accumulation_equal_plain() {
+    same_as_plain("adamw", &["offload.optimizer=cpu"], &["train.grad_clip=0.05", "train.grad_accum=2"]);
+    same_as_plain("adamw8bit", &["offload.optimizer=nvme"], &["train.grad_clip=0.05", "train.grad_accum=3"]);
+}
+
+/// No clipping: each unit's step overlaps the rest of backward.
+#[test]
+fn overlapped_steps_equal_plain() {
+    same_as_plain("adamw", &["offload.optimizer=cpu"], &["train.grad_clip=0"]);
+    same_as_plain("adamw8bit", &["offload.optimizer=nvme", "offload.prefetch=3"], &["train.grad_clip=0", "model.tied_embeddings=false"]);
+}
+
+/// Checkpoints are the plain run's: a run killed after step 5 resumes with
+/// another tier (or none) and ends where the uninterrupted run ends.
+#[test]
+fn resume_across_tiers_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nvme = format!("offload.path=\"{}\"", tmp.path().join("nvme").display());
+    let full = train(&cfg(tmp.path(), "full", &["optimizer.name=adamw8bit"]), None).unwrap();
+    for (i, (first, then)) in [("offload.optimizer=nvme", "offload.optimizer=cpu"), ("offload.optimizer=cpu", "offload.optimizer=none"), ("offload.optimizer=none", "offload.optimizer=nvme")].into_iter().enumerate() {
+        let name = format!("killed{i}");
+        let run = tmp.path().join(&name);
+        train(&cfg(tmp.path(), &name, &["optimizer.name=adamw8bit", first, &nvme]), None).unwrap();
+        std::fs::remove_dir_all(run.join("checkpoints/step_00000010")).unwrap();
+        let resumed = train(&cfg(tmp.path(), &name, &["optimizer.name=adamw8bit", then, &nvme]), Some(&run)).unwrap();
+        assert_eq!(resumed.losses, full.losses[5..].to_vec(), "{first} then {then}");
+        assert_same_state(&last_ckpt(&tmp.path().join("full")), &last_ckpt(&run), &format!("{first} then {then}"));
+    }
+}
+
+/// The NVMe tier keeps master weights and state in its files, not in host
+/// or device memory, and every step rewrites them.
+#[test]
+fn nvme_files_hold_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path(), "x", &["optimizer.name=adamw", "offload.optimizer=nvme", &format!("offload.path=\"{}\"", tmp.path().display()), "train.grad_clip=0"]);
+    let layout = ParamLayout::new(&c.model);
+    let weights = init_weights(&c.model, &layout, 1);
+    let mut b = CpuBackend::new();
+    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+    let device_bytes = b.live_bytes();
+    assert_eq!(device_bytes, 4 * layout.total as u64, "the device holds the weights only: no gradients, no optimizer state");
+    let mut off = Offload::new(&c, &layout, &weights).unwrap();
+    assert_eq!(off.resident_units(), 0, "no unit's state in host memory");
+    let dir = off.files_dir().unwrap().to_path_buf();
+    let files = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    };
+    let units = Unit::all(c.model.n_layers);
+    assert_eq!(files(&dir).len(), units.len());
+    // Each file: master weights + m + v (AdamW), each section 4 KiB-padded.
+    let ranges = ferrotron::model::store::unit_ranges(&c.model, &layout);
+    for (f, r) in files(&dir).iter().zip(&ranges) {
+        let want = 3 * (4 * r.len()).div_ceil(4096) * 4096;
+        assert_eq!(std::fs::metadata(f).unwrap().len() as usize, want, "{}", f.display());
+    }
+    let read_all = |d: &Path| files(d).iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let before = read_all(&dir);
+    for step in 0..2 {
+        off.begin_step(1e-2, 0.0).unwrap();
+        // What the passes do: each unit's gradients from fetch_grads to
+        // grads_done (here filled with a constant), in backward order.
+        for &u in units.iter().rev() {
+            off.fetch_grads(&mut b, u).unwrap();
+            let v = off.device_grads(u).unwrap();
+            b.fill(v, 0.01 * (step + 1) as f32).unwrap();
+            off.grads_done(&mut b, u).unwrap();
+            assert!(off.device_grads(u).is_none());
+        }
+        assert_eq!(b.live_bytes(), device_bytes, "gradient buffers freed after their unit's backward");
+        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        assert_eq!(off.resident_units(), 0);
+        let now = read_all(&dir);
+        for (a, n) in before.iter().zip(&now) {
+            assert_ne!(a, n, "step {step} rewrote every file");
+        }
+    }
+    // The device weights are the files' master weights.
+    let mut dev = vec![0.0f32; layout.total];
+    b.download(View::whole(zero.shard_params, layout.total), &mut dev).unwrap();
+    for (f, r) in files(&dir).iter().zip(&ranges) {
+        let bytes = std::fs::read(f).unwrap();
+        let master: Vec<f32> = bytes[..4 * r.len()].chunks(4).map(|c| f32::from_ne_bytes(c.try_into().unwrap())).collect();
+        assert!(master.iter().zip(&dev[r.clone()]).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(master.iter().zip(&weights[r.clone()]).any(|(a, b)| a != b), "weights changed");
+    }
+    drop(off);
+    assert!(!dir.exists(), "scratch folder removed with the run");
+}
+
+#[test]
+fn refuses_when_disk_or_host_is_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path(), "x", &["offload.optimizer=nvme", &format!("offload.path=\"{}\"", tmp.path().display())]);
+    let need = budget::offload_bytes(&c).unwrap();
+    assert!(need.disk > 0 && need.host > 0);
+    let e = budget::check(&c, need, Some(u64::MAX), Some(need.disk - 1)).unwrap_err().to_string();
+    assert!(e.contains("of disk") && e.contains("offload.path"), "{e}");
+    let e = budget::check(&c, need, Some(need.host - 1), Some(u64::MAX)).unwrap_err().to_string();
+    assert!(e.contains("host memory") && e.contains("offload.optimizer = nvme"), "{e}");
+    budget::check(&c, need, Some(need.host), Some(need.disk)).unwrap();
+    // A real run whose state cannot fit on this disk refuses before it
+    // creates anything (about 3·10^11 parameters: terabytes of state).
+    let big = cfg(tmp.path(), "big", &["offload.optimizer=nvme", &format!("offload.path=\"{}\"", tmp.path().join("scratch").display()), "model.d_model=8192", "model.n_layers=400", "model.n_heads=64", "model.n_kv_heads=64", "model.d_ff=22016"]);
+    let need = budget::offload_bytes(&big).unwrap();
+    let free = budget::disk_available(tmp.path()).unwrap();
+    if need.disk <= free {
+        eprintln!("skipped: {free} bytes free, more than the {} the big model needs", need.disk);
+        return;
+    }
+    let e = train(&big, None).unwrap_err().to_string();
+    assert!(e.contains("of disk"), "{e}");
+    assert!(!tmp.path().join("big").exists() && !tmp.path().join("scratch").exists(), "nothing created");
+}
+
+#[test]
+fn offload_settings_are_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |sets: &[&str]| {
+        let mut v: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        v.push(format!("run.dir=\"{}\"", tmp.path().display()));
+        config::load(None, &v).map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(load(&["offload.optimizer=gpu"]).contains("none, cpu or nvme"));
+    assert!(load(&["offload.optimizer=nvme"]).contains("offload.path"));
+    assert!(load(&["offload.params=cpu"]).contains("not implemented yet"));
+    assert!(load(&["offload.optimizer=cpu", "optimizer.name=muon"]).contains("adamw or adamw8bit"));
+}

@@ -12,7 +12,7 @@
 //!   and its bias correction frozen at step F (the local gradient is
 //!   scaled by the world size: the store's gradients are each rank's share
 //!   of a sum). Values that saw no gradient in the warmup (v = 0) are
-//!   masked: see [`OneBitAdam::mask_unseen`]. DeepSpeed applies no bias
+//!   masked: see `OneBitAdam::mask_unseen`. DeepSpeed applies no bias
 //!   correction at all; keeping AdamW's makes the step at the freeze
 //!   continuous (and 1-β1^t → 1 within a few dozen steps anyway).
 //!   No gradient clipping in this phase (local gradients differ per rank;
@@ -97,14 +97,15 @@ impl OneBitAdam {
 
     /// At the freeze: values whose gradient was exactly 0 through the
     /// whole warmup (vocabulary and SwiGLU padding, unused positions) get
-    /// v = +∞, so the frozen update leaves them alone (m/∞ = 0) although
-    /// the compressed momentum carries noise there. This is DeepSpeed's
+    /// v = f32::MAX, so the frozen update leaves them alone (m/1.8e19 ≈ 0)
+    /// although the compressed momentum carries noise there (finite, so
+    /// checkpoints stay finite). This is DeepSpeed's
     /// momentum mask, derived from the data; it is saved with v. One host
     /// round trip of v, once per run.
     fn mask_unseen<B: Backend>(&self, b: &mut B) -> Result<()> {
         let mut v = vec![0f32; self.part.v.len];
         b.download(self.part.v, &mut v)?;
-        v.iter_mut().filter(|x| **x == 0.0).for_each(|x| *x = f32::INFINITY);
+        v.iter_mut().filter(|x| **x == 0.0).for_each(|x| *x = f32::MAX);
         b.upload(self.part.v, &v)
     }
 

@@ -398,6 +398,11 @@ pub struct OptimizerConfig {
     pub rho: f32,
     /// Muon: Nesterov momentum coefficient μ.
     pub momentum: f32,
+    /// 1-bit Adam: dense Adam steps before the variance is frozen and the
+    /// momentum is communicated 1-bit compressed. 0 = 20% of train.steps
+    /// but at least train.warmup_steps (resolved when the config loads and
+    /// saved with the run).
+    pub freeze_step: u64,
     /// Parameter groups: which tensors get which settings, overriding the
     /// defaults (see [`GroupRule`]); the first rule naming a tensor applies.
     pub groups: Vec<GroupRule>,
@@ -534,6 +539,7 @@ impl Default for OptimizerConfig {
             scale: 1.0,
             rho: 0.25,
             momentum: 0.95,
+            freeze_step: 0,
             groups: Vec::new(),
         }
     }
@@ -634,7 +640,13 @@ fn resolve(user: Value) -> Result<Config> {
         .to_string();
     merge(&mut merged, optimizer_defaults(&optimizer));
     merge(&mut merged, user);
-    let cfg: Config = merged.try_into().map_err(|e: toml::de::Error| anyhow!("invalid config: {}", e.message()))?;
+    let mut cfg: Config = merged.try_into().map_err(|e: toml::de::Error| anyhow!("invalid config: {}", e.message()))?;
+    if cfg.optimizer.name == "onebit_adam" && cfg.optimizer.freeze_step == 0 {
+        // DeepSpeed's guidance: freeze after roughly 15-25% of training;
+        // never inside the learning-rate warmup (gradients still grow there,
+        // and a variance frozen too small makes the updates blow up).
+        cfg.optimizer.freeze_step = (cfg.train.steps / 5).max(cfg.train.warmup_steps).max(1);
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -762,7 +774,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-pub const OPTIMIZERS: &[&str] = &["adamw", "adamw8bit", "lion", "apollo", "apollo_mini", "frugal", "muon", "cosmos"];
+pub const OPTIMIZERS: &[&str] = &["adamw", "adamw8bit", "lion", "apollo", "apollo_mini", "frugal", "muon", "cosmos", "onebit_adam"];
 
 /// Each optimizer's paper defaults, applied over the preset (whose
 /// `optimizer` values are tuned for AdamW) and under the user's settings.
@@ -897,6 +909,12 @@ impl Config {
             bail!("optimizer.weight_decay must be >= 0, got {}", self.optimizer.weight_decay);
         }
         self.optimizer.validate()?;
+        if self.optimizer.name == "onebit_adam" && self.dist.zero_stage > 1 {
+            bail!(
+                "optimizer.name = onebit_adam works with dist.zero_stage = 0 or 1, not {}: after its freeze step every rank folds its own full gradient into its momentum, which stages 2 and 3 do not keep",
+                self.dist.zero_stage
+            );
+        }
         crate::optim::groups::check_rules(&crate::model::layout::ParamLayout::new(&self.model), &self.optimizer)?;
         if !SCHEDULES.contains(&t.schedule.as_str()) {
             bail!("train.schedule = `{}` is unknown; available: {}", t.schedule, SCHEDULES.join(", "));
@@ -932,6 +950,11 @@ impl Config {
         self.offload.validate()?;
         if self.offload.enabled() && !["adamw", "adamw8bit"].contains(&self.optimizer.name.as_str()) {
             bail!("offload.optimizer = {} runs AdamW and 8-bit AdamW on the CPU; optimizer.name = {} is not offloadable yet (use adamw or adamw8bit, or offload.optimizer = none)", self.offload.optimizer, self.optimizer.name);
+        }
+        if self.optimizer.name == "onebit_adam" && t.schedule == "autolrs" {
+            bail!(
+                "train.schedule = autolrs cannot run with optimizer.name = onebit_adam: after its freeze step 1-bit Adam keeps error-feedback buffers that are not part of its saved state, so AutoLRS' trials could not be undone exactly; use another schedule or optimizer"
+            );
         }
         if self.offload.enabled() && t.schedule == "autolrs" {
             bail!(

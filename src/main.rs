@@ -348,6 +348,10 @@ fn cmd_train(args: ConfigArgs, resume: Option<PathBuf>) -> Result<()> {
     if let Some(mfu) = s.mfu {
         outln!("MFU {:.1}% (causal attention FLOPs halved)", mfu * 100.0)?;
     }
+    if s.comm_bytes > 0 {
+        let ratio = if s.dense_bytes > 0 { format!(" ({:.3} of dense f32 gradient all-reduces)", s.comm_bytes as f64 / s.dense_bytes as f64) } else { String::new() };
+        println!("rank 0 sent {:.2} MB{ratio}", s.comm_bytes as f64 / 1e6);
+    }
     if s.peak_mem_bytes > 0 {
         outln!("peak device memory {:.2} GiB", s.peak_mem_bytes as f64 / (1u64 << 30) as f64)?;
     }

@@ -176,10 +176,12 @@ fn bad_autolrs_settings_are_refused_clearly() {
 }
 
 #[test]
-fn autolrs_with_offload_is_refused() {
-    let all: Vec<String> = ["train.schedule=autolrs", "offload.optimizer=cpu"].iter().map(|s| s.to_string()).collect();
-    let e = config::load(None, &all).unwrap_err().to_string();
-    assert!(e.contains("autolrs") && e.contains("offload.optimizer"), "{e}");
+fn autolrs_with_offload_or_onebit_adam_is_refused() {
+    for (set, names) in [("offload.optimizer=cpu", "offload.optimizer"), ("optimizer.name=onebit_adam", "onebit_adam")] {
+        let all: Vec<String> = ["train.schedule=autolrs", set].iter().map(|s| s.to_string()).collect();
+        let e = config::load(None, &all).unwrap_err().to_string();
+        assert!(e.contains("autolrs") && e.contains(names), "{e}");
+    }
 }
 
 /// `ferrotron [launch --nproc-per-node N] train [--resume DIR]` with

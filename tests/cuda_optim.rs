@@ -27,6 +27,7 @@ fn cfg(name: &str) -> Config {
     match name {
         "apollo" | "cosmos" => sets.push("optimizer.rank=8".into()),
         "frugal" => sets.push("optimizer.update_every=3".into()),
+        "onebit_adam" => sets.push("optimizer.freeze_step=3".into()),
         _ => {}
     }
     if name == "apollo" || name == "apollo_mini" {
@@ -73,6 +74,10 @@ fn tolerance(name: &str) -> f64 {
         // does; fp32 on the CPU): each product carries ~2^-9 relative
         // rounding, through five iterations.
         "muon" | "cosmos" => 3e-2,
+        // AdamW for 3 steps, then 1-bit compressed momentum: the per-block
+        // scales sum in f64 in another order (1 ulp of f32 at most), which
+        // can flip the sign of a value within an ulp of zero.
+        "onebit_adam" => 1e-3,
         other => panic!("no tolerance for optimizer {other}"),
     }
 }

@@ -482,6 +482,24 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()>;
 
+    // ---- 1-bit compression (1-bit Adam's compressed all-reduce) ----------
+    /// Compress `x` to one sign bit per value and one scale per block of
+    /// `block` values (`block` a positive multiple of 8; the last block may
+    /// be shorter): `scales[k] = sqrt(Σ x² / n_k)` over block `k`'s `n_k`
+    /// values (f64 sum, stored as f32), so `scale·sign` keeps the block's
+    /// l2 norm; bit `j` of byte `i` of `bits` (a `U8` view) is 1 when
+    /// `x[8i + j] >= 0` (sign(0) = +1), bits past the end of `x` are 0.
+    /// `bits` has `ceil(n / 8)` bytes, `scales` `ceil(n / block)` values.
+    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()>;
+    /// The inverse, scaled and mixed: `out[i] = alpha·d_i + beta·out[i]`
+    /// with `d_i = ±scales[i / block]` (+ where bit `i` of `bits` is 1),
+    /// rounded like [`Backend::axpby`] of `d` (with `beta == 0`, `out` is
+    /// not read). Error feedback (`e = x - d`: `alpha = -1, beta = 1` on a
+    /// copy of x) and the server's average (`alpha = 1/world, beta = 1`)
+    /// are calls of this op.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()>;
+
     /// Called after the optimizer changed `params` (a view of the F32 master
     /// weights) so a backend holding low-precision copies can refresh them.
     fn params_changed(&mut self, _params: View) -> Result<()> {

@@ -124,6 +124,12 @@ impl<B: Backend> Backend for Profiled<B> {
     fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
         self.time("muon_momentum", |b| b.muon_momentum(m, u, g, mu, grad_scale))
     }
+    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
+        self.time("sign_compress", |b| b.sign_compress(bits, scales, x, block))
+    }
+    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
+        self.time("sign_decompress", |b| b.sign_decompress(out, bits, scales, block, alpha, beta))
+    }
     fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.time("axis_sum_squares", |b| b.axis_sum_squares(out, x, rows, cols, per_row))
     }

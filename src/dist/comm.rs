@@ -70,6 +70,14 @@ pub trait Comm<B: Backend> {
     /// sends per rank (NCCL's own traffic is not observable). Headers are
     /// not counted, so compressed and dense collectives compare by payload.
     fn bytes_sent(&self) -> u64;
+    /// What [`Comm::bytes_sent`] would count for one dense all-reduce of
+    /// `n` values of `elem` on this rank: the yardstick of compressed
+    /// communication (`comm_ratio` in metrics.jsonl). Default: a ring,
+    /// `2·(w-1)/w·n·e` (what `NcclComm` counts).
+    fn all_reduce_bytes(&self, n: usize, elem: Elem) -> u64 {
+        let w = self.world() as f64;
+        (2.0 * (w - 1.0) / w * (n * elem.bytes()) as f64).round() as u64
+    }
 }
 
 /// Segment boundaries of `counts`: `(offset, len)` of rank `r`'s segment.

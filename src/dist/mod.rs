@@ -5,7 +5,8 @@
 //! SLURM or Open MPI variables), `store` (rank 0's TCP rendezvous), `star`
 //! (the framed TCP protocol with sequence checks and timeouts), `tcp`
 //! (`TcpComm`, any backend), `nccl` + `nccl_lib` (`NcclComm`, CUDA),
-//! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`).
+//! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`),
+//! `compressed` (the error-compensated 1-bit all-reduce of 1-bit Adam).
 //!
 //! The trainer calls [`connect`] once per process:
 //! ```ignore
@@ -16,6 +17,7 @@
 
 pub mod bench;
 pub mod comm;
+pub mod compressed;
 pub mod launch;
 pub mod nccl;
 mod nccl_lib;
@@ -27,6 +29,7 @@ pub mod store;
 pub mod tcp;
 
 pub use comm::{segment, Comm, Elem};
+pub use compressed::CompressedAllReduce;
 pub use nccl::NcclComm;
 pub use rendezvous::WorldInfo;
 pub use setup::share_string;

@@ -250,6 +250,12 @@ impl<B: Backend> Comm<B> for TcpComm {
     fn bytes_sent(&self) -> u64 {
         self.star.bytes_sent()
     }
+    /// The star's all-reduce (table above).
+    fn all_reduce_bytes(&self, n: usize, elem: Elem) -> u64 {
+        let w = self.world();
+        let per = (n * elem.bytes()) as u64;
+        if w == 1 { 0 } else if self.star.rank() == 0 { (w as u64 - 1) * per } else { per }
+    }
 }
 
 /// `counts` cut `full` into one segment per rank.

@@ -83,6 +83,11 @@ impl AdamWPart {
         Ok(())
     }
 
+    /// The merged parameter runs, each with its state offset and decay.
+    pub fn segments(&self) -> &[AdamSegment] {
+        &self.segments
+    }
+
     pub fn state_tensors(&self) -> Vec<StateTensor> {
         vec![StateTensor::f32("adamw.m", self.m), StateTensor::f32("adamw.v", self.v)]
     }

@@ -22,12 +22,15 @@ pub mod linalg;
 pub mod lion;
 pub mod muon;
 pub mod newton_schulz;
+pub mod onebit;
 pub mod plan;
 pub mod quant_map;
 
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::OptimizerConfig;
+use crate::dist::Comm;
 use crate::model::layout::ParamLayout;
+use crate::parallel::partition::Partition;
 use anyhow::{bail, Result};
 pub use groups::{default_groups, ParamGroup, TensorRef};
 pub use plan::{plan, workspace_plan, GroupPlan, WorkspacePlan};
@@ -96,12 +99,40 @@ impl StateSlice {
     }
 }
 
+/// What an optimizer that communicates by itself (1-bit Adam) gets for a
+/// step: the communicator, the model's gradients as this rank computed
+/// them, and where its shard sits in the model.
+pub struct DistStep<'a, B: Backend> {
+    pub comm: &'a mut dyn Comm<B>,
+    /// Every gradient of the model in the full layout, as summed on this
+    /// rank (not reduced when [`Optimizer::local_gradients`] said so).
+    /// `None`: the optimizer's own gradient buffer is the whole model
+    /// (one process), or the store keeps no full gradients (ZeRO 2–3).
+    pub local_grads: Option<View>,
+    /// `None`: the optimizer's layout is the whole model (ZeRO stage 0);
+    /// else the partition whose rank-`comm.rank()` shard it updates.
+    pub shard: Option<&'a Partition>,
+}
+
 pub trait Optimizer<B: Backend> {
     fn name(&self) -> &'static str;
     /// One update of `params` from `grads` (multiplied by `grad_scale`, the
     /// clipping factor) at learning rate `lr` (`optimizer.lr` after the
     /// schedule; `optimizer.adamw_lr` follows the same schedule).
     fn step(&mut self, b: &mut B, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()>;
+    /// True when the NEXT step wants each rank's own gradients, not their
+    /// sum: the store skips its gradient reduction and the optimizer
+    /// averages what it needs in [`Optimizer::step_dist`] (1-bit Adam
+    /// after its freeze step).
+    fn local_gradients(&self) -> bool {
+        false
+    }
+    /// [`Optimizer::step`] with the communicator at hand; optimizers that
+    /// do not communicate ignore it.
+    fn step_dist(&mut self, b: &mut B, dist: DistStep<'_, B>, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()> {
+        let _ = dist;
+        self.step(b, params, grads, lr, grad_scale)
+    }
     /// Named state tensors, saved in and restored from checkpoints. State
     /// that is regenerated from the seed (APOLLO's projections) is not
     /// listed.
@@ -139,6 +170,7 @@ pub fn build<B: Backend + 'static>(b: &mut B, cfg: &OptimizerConfig, layout: &Pa
         "frugal" => Box::new(frugal::Frugal::new(b, cfg, layout, seed)?),
         "muon" => Box::new(muon::Muon::new(b, cfg, layout)?),
         "cosmos" => Box::new(cosmos::Cosmos::new(b, cfg, layout, seed)?),
+        onebit::NAME => Box::new(onebit::OneBitAdam::new(b, cfg, layout)?),
         other => bail!("optimizer `{other}` is not available; use one of {}", crate::config::OPTIMIZERS.join(", ")),
     })
 }

@@ -68,6 +68,8 @@ pub fn plan(cfg: &OptimizerConfig, layout: &ParamLayout) -> Result<Vec<GroupPlan
         "frugal" => frugal::plan(cfg, layout)?,
         "muon" => muon::plan(cfg, layout),
         "cosmos" => cosmos::plan(cfg, layout)?,
+        // m and v; the error buffers come at the freeze step (see onebit.rs).
+        super::onebit::NAME => adamw::plan(cfg, layout),
         other => bail!("optimizer `{other}` is not available; use one of {}", crate::config::OPTIMIZERS.join(", ")),
     })
 }

@@ -268,6 +268,28 @@ impl<B: Backend> Zero<B> {
         Ok(sq[0].sqrt())
     }
 
+    /// When the optimizer keeps gradients local (1-bit Adam after its
+    /// freeze): the root mean square over ranks of each rank's own gradient
+    /// norm (its share of the sum times the world size), the same value on
+    /// every rank (one host all-reduce of 8 bytes), so that every rank's
+    /// bad-step guard decides alike.
+    pub fn local_grad_norm(&mut self, b: &mut B) -> Result<f64> {
+        let Some(full) = self.full_grads else { anyhow::bail!("ZeRO stage {} keeps no full local gradients", self.stage) };
+        let w = self.world() as f64;
+        let mut sq = [b.sum_squares(View::whole(full, self.layout.total))? * w * w];
+        self.comm.all_reduce_host(&mut sq)?;
+        Ok((sq[0] / w).sqrt())
+    }
+
+    /// What an optimizer that communicates by itself needs for a step.
+    pub fn dist_step(&mut self) -> crate::optim::DistStep<'_, B> {
+        crate::optim::DistStep {
+            comm: self.comm.as_mut(),
+            local_grads: self.full_grads.map(|g| View::whole(g, self.layout.total)),
+            shard: (self.stage > 0).then_some(&self.part),
+        }
+    }
+
     /// After the optimizer updated the shard: stages 1–2 bring every
     /// rank's full weights up to date.
     pub fn after_step(&mut self, b: &mut B) -> Result<()> {

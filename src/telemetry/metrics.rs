@@ -50,6 +50,14 @@ pub struct TrainMetrics {
     /// --max-restarts`); absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// Payload bytes this rank sent during the step (several ranks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_bytes: Option<u64>,
+    /// `comm_bytes` / the bytes of one dense f32 all-reduce of every
+    /// gradient on the same communicator (1-bit Adam: ~0.03 after its
+    /// freeze step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_ratio: Option<f64>,
 }
 
 /// `null` (how serde_json writes NaN and infinity) as NaN.

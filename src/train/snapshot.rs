@@ -15,7 +15,9 @@
 //! not state: every step overwrites them.
 //!
 //! An offloaded run (`offload.optimizer`) keeps its master weights and
-//! optimizer state on the host or disk; it has no snapshot.
+//! optimizer state on the host or disk; it has no snapshot. 1-bit Adam's
+//! error-feedback buffers (after its freeze step) are not in its state
+//! tensors either: AutoLRS refuses `onebit_adam`.
 //!
 //! AutoLRS uses it to try several learning rates from one point of training.
 
@@ -129,7 +131,8 @@ mod tests {
     fn restore_after_a_detour_is_bit_exact_for_every_optimizer() {
         let data = Dataset::open("builtin").unwrap();
         for stage in 0..=3 {
-            for name in OPTIMIZERS {
+            // 1-bit Adam's error buffers are outside its state (AutoLRS refuses it).
+            for name in OPTIMIZERS.iter().filter(|n| **n != "onebit_adam") {
                 let sets: Vec<String> = [
                     &format!("optimizer.name={name}")[..], &format!("dist.zero_stage={stage}"), "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2",
                     "model.d_ff=64", "train.batch_size=2", "train.seq_len=16", "optimizer.rank=4", "optimizer.update_every=2", "optimizer.lr=1e-3",

@@ -44,6 +44,11 @@ pub struct RunSummary {
     pub rank: usize,
     /// Steps not applied over the whole run (see `guard`).
     pub skipped_steps: u64,
+    /// Payload bytes this rank sent during the training steps of this
+    /// process, and what dense f32 all-reduces of the gradients would have
+    /// sent over those steps (0 on one process).
+    pub comm_bytes: u64,
+    pub dense_bytes: u64,
 }
 
 /// Everything the loop mutates, kept together so checkpoints capture it.
@@ -205,7 +210,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
         }
         say(format!("{} has no validation split (prepared with --val-fraction 0): no evaluation", cfg.data.path));
     }
-    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0, rank: st.zero.rank() };
+    let mut summary = RunSummary { run_dir: run_dir.clone(), steps: st.step, losses: vec![], final_val_loss: None, tokens_per_s: 0.0, peak_mem_bytes: 0, mfu: None, samples: vec![], skipped_steps: 0, rank: st.zero.rank(), comm_bytes: 0, dense_bytes: 0 };
     let started = Instant::now();
     let first_step = st.step;
     // MFU where the device's peak is known (causal attention FLOPs halved);
@@ -233,6 +238,10 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
         }
         fail_on_purpose(cfg, st.zero.rank(), st.step, restarts)?;
         summary.losses.push(line.loss as f32);
+        if let (Some(sent), Some(ratio)) = (line.comm_bytes, line.comm_ratio) {
+            summary.comm_bytes += sent;
+            summary.dense_bytes += if ratio > 0.0 { (sent as f64 / ratio).round() as u64 } else { 0 };
+        }
         if let Some(m) = metrics.as_mut() {
             m.train(&line)?;
         }
@@ -367,6 +376,7 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     let t = &cfg.train;
     let world = st.zero.world();
     let start = Instant::now();
+    let bytes_before = st.zero.comm.bytes_sent();
     b.clear_marks();
     st.model.clear_phase_spans();
     st.zero.zero_grads(b)?;
@@ -380,15 +390,21 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         loss_sum += st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)? as f64;
     }
     let comm_start = b.mark()?;
-    st.zero.finish_grads(b)?;
+    // 1-bit Adam after its freeze step averages its momentum itself: the
+    // gradients stay local, unclipped (each rank's norm is its own).
+    let local = st.opt.local_gradients();
+    if !local {
+        st.zero.finish_grads(b)?;
+    }
     let loss = st.zero.mean_host(loss_sum / t.grad_accum as f64)? as f32;
-    let grad_norm = st.zero.grad_norm(b)? as f32;
+    let grad_norm = if local { st.zero.local_grad_norm(b)? } else { st.zero.grad_norm(b)? } as f32;
     // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
     let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
-    let clip = if t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
+    let clip = if !local && t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
     let opt_start = b.mark()?;
     if skipped.is_none() {
-        st.opt.step(b, st.zero.shard_params, st.zero.shard_grads, lr, clip)?;
+        let (params, grads) = (st.zero.shard_params, st.zero.shard_grads);
+        st.opt.step_dist(b, st.zero.dist_step(), params, grads, lr, clip)?;
         st.zero.after_step(b)?;
     }
     let end = b.mark()?;
@@ -409,7 +425,7 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         opt_ms: Some(opt_ms),
         mfu: None,
         skipped,
-        ..Default::default()
+        ..comm_metrics(st, bytes_before)
     })
 }
 
@@ -454,6 +470,18 @@ fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32)
         mfu: None,
         ..Default::default()
     })
+}
+
+/// Bytes this rank sent during the step and their ratio to one dense f32
+/// all-reduce of every gradient (None on one process).
+fn comm_metrics<B: Backend>(st: &State<B>, bytes_before: u64) -> TrainMetrics {
+    let comm = st.zero.comm.as_ref();
+    let sent = comm.bytes_sent() - bytes_before;
+    let dense = comm.all_reduce_bytes(st.model.layout.total, crate::dist::Elem::F32);
+    if comm.world() == 1 {
+        return TrainMetrics::default();
+    }
+    TrainMetrics { comm_bytes: Some(sent), comm_ratio: (dense > 0).then(|| sent as f64 / dense as f64), ..Default::default() }
 }
 
 /// Mean validation loss over `eval_batches` fixed batches (per rank; the

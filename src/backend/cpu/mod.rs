@@ -22,6 +22,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod lion;
 pub mod matmul;
+pub mod onebit;
 pub mod precondition;
 pub mod rmsnorm;
 pub mod rope;
@@ -634,6 +635,36 @@ impl Backend for CpuBackend {
         adamw8bit::adamw8bit(p, g, mc, vc, ma, va, &args);
         Ok(())
     }
+
+    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
+        check_sign_block(block)?;
+        ensure!(bits.len == x.len.div_ceil(8), "sign_compress: bits has {} bytes, {} values need {}", bits.len, x.len, x.len.div_ceil(8));
+        ensure!(scales.len == x.len.div_ceil(block), "sign_compress: scales has {} values, {} values in blocks of {block} need {}", scales.len, x.len, x.len.div_ceil(block));
+        let pb = self.ptr_u8(bits)?;
+        let ([s], [x]) = self.req([scales], [x])?;
+        // SAFETY: ptr_u8 range-checked `bits`; it lives in a u8 buffer, which
+        // the f32 slices cannot point into; nothing is reallocated meanwhile.
+        let b = unsafe { std::slice::from_raw_parts_mut(pb, bits.len) };
+        onebit::sign_compress(b, s, x, block);
+        Ok(())
+    }
+
+    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
+        check_sign_block(block)?;
+        ensure!(bits.len == out.len.div_ceil(8), "sign_decompress: bits has {} bytes, {} values need {}", bits.len, out.len, out.len.div_ceil(8));
+        ensure!(scales.len == out.len.div_ceil(block), "sign_decompress: scales has {} values, {} values in blocks of {block} need {}", scales.len, out.len, out.len.div_ceil(block));
+        let pb = self.ptr_u8(bits)?;
+        let ([o], [s]) = self.req([out], [scales])?;
+        // SAFETY: as in sign_compress (read-only here).
+        let b = unsafe { std::slice::from_raw_parts(pb as *const u8, bits.len) };
+        onebit::sign_decompress(o, b, s, block, alpha, beta);
+        Ok(())
+    }
+}
+
+fn check_sign_block(block: usize) -> Result<()> {
+    ensure!(block > 0 && block.is_multiple_of(8), "1-bit compression: block = {block} must be a positive multiple of 8 (whole bytes of sign bits)");
+    Ok(())
 }
 
 impl CpuBackend {

@@ -31,6 +31,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("sign_descent", include_str!("kernels/sign_descent.cu")),
     ("precondition", include_str!("kernels/precondition.cu")),
     ("adamw8bit", include_str!("kernels/adamw8bit.cu")),
+    ("onebit", include_str!("kernels/onebit.cu")),
 ];
 
 pub struct Compiler {

@@ -21,6 +21,7 @@ mod ops_basic;
 mod ops_linear;
 mod ops_matrix;
 mod ops_nn;
+mod ops_onebit;
 mod ops_optim;
 mod ops_train;
 
@@ -114,6 +115,12 @@ impl Backend for CudaBackend {
     }
     fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
         self.muon_momentum_op(m, u, g, mu, grad_scale)
+    }
+    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
+        self.sign_compress_op(bits, scales, x, block)
+    }
+    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
+        self.sign_decompress_op(out, bits, scales, block, alpha, beta)
     }
     fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.axis_sum_squares_op(out, x, rows, cols, per_row)

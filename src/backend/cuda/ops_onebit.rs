@@ -1,0 +1,47 @@
+//! 1-bit compression ops (kernels/onebit.cu): sign packing with per-block
+//! scales, and scaled unpacking. Values are F32 buffers, bits U8 buffers.
+
+use super::device::CudaBackend;
+use super::kernels::KArg::{F, L, P};
+use super::memory::{Dev, Elem};
+use crate::backend::View;
+use anyhow::{ensure, Result};
+use cudarc::driver::LaunchConfig;
+
+fn check(block: usize, n: usize, bits: &Dev, scales: &Dev, x: &Dev, op: &str) -> Result<()> {
+    ensure!(block > 0 && block.is_multiple_of(8), "{op}: block = {block} must be a positive multiple of 8 (whole bytes of sign bits)");
+    ensure!(bits.elem == Elem::U8, "{op}: bits must be a U8 buffer, got {:?}", bits.elem);
+    ensure!(scales.elem == Elem::F32 && x.elem == Elem::F32, "{op}: values and scales must be F32 buffers");
+    ensure!(bits.len == n.div_ceil(8), "{op}: bits has {} bytes, {n} values need {}", bits.len, n.div_ceil(8));
+    ensure!(scales.len == n.div_ceil(block), "{op}: scales has {} values, {n} values in blocks of {block} need {}", scales.len, n.div_ceil(block));
+    Ok(())
+}
+
+impl CudaBackend {
+    pub(super) fn sign_compress_op(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
+        self.begin()?;
+        let xd = self.dev(x)?;
+        // U8 buffers have no bf16 shadow to invalidate (`out` is for floats).
+        let (bd, sd) = (self.dev(bits)?, self.out(scales)?);
+        check(block, x.len, &bd, &sd, &xd, "sign_compress")?;
+        let nblocks = x.len.div_ceil(block);
+        if nblocks == 0 {
+            return Ok(());
+        }
+        let grid = nblocks.min(self.sms as usize * 32) as u32;
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        self.launch("onebit", "sign_compress_k", cfg, &[P(bd.ptr), P(sd.ptr), P(xd.ptr), L(x.len as i64), L(block as i64)])
+    }
+
+    pub(super) fn sign_decompress_op(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
+        self.begin()?;
+        let (bd, sd) = (self.dev(bits)?, self.dev(scales)?);
+        let od = self.out(out)?;
+        check(block, out.len, &bd, &sd, &od, "sign_decompress")?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let cfg = self.grid(out.len);
+        self.launch("onebit", "sign_decompress_k", cfg, &[P(od.ptr), P(bd.ptr), P(sd.ptr), L(out.len as i64), L(block as i64), F(alpha), F(beta)])
+    }
+}

@@ -110,6 +110,31 @@ pub fn connect_group<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, s
     connect(cfg, &group, b).map_err(|e| e.context(format!("connecting the group of ranks {}..{}", info.rank / size * size, (info.rank / size + 1) * size)))
 }
 
+/// Rendezvous ports for the groups of `size` consecutive ranks, agreed
+/// over the world communicator: each group's first rank asks the OS for a
+/// free port and every rank learns all of them. (Fixed offsets from
+/// MASTER_PORT can collide with ports other programs hold.)
+pub fn group_ports<B: Backend>(world: &mut dyn Comm<B>, size: usize) -> Result<Vec<u16>> {
+    let groups = world.world() / size.max(1);
+    let mut ports = vec![0.0f64; groups];
+    if world.rank() % size == 0 {
+        let l = std::net::TcpListener::bind("0.0.0.0:0").map_err(|e| anyhow::anyhow!("finding a free port for the sequence-parallel group: {e}"))?;
+        ports[world.rank() / size] = l.local_addr()?.port() as f64;
+    }
+    world.all_reduce_host(&mut ports)?;
+    Ok(ports.into_iter().map(|p| p as u16).collect())
+}
+
+/// [`connect_group`] with the group's rendezvous at `port` (from
+/// [`group_ports`]).
+pub fn connect_group_at<B: Backend + 'static>(cfg: &DistConfig, info: &WorldInfo, size: usize, port: u16, b: &mut B) -> Result<Box<dyn Comm<B>>> {
+    let group = WorldInfo { master_port: port, ..group_info(info, size)? };
+    if size == 1 {
+        return Ok(Box::new(SoloComm));
+    }
+    connect(cfg, &group, b).map_err(|e| e.context(format!("connecting the group of ranks {}..{}", info.rank / size * size, (info.rank / size + 1) * size)))
+}
+
 /// A `TcpComm` for any backend (host copies through download/upload).
 pub fn connect_tcp<B: Backend>(cfg: &DistConfig, info: &WorldInfo) -> Result<Box<dyn Comm<B>>> {
     Ok(Box::new(TcpComm::connect(info, timeout(cfg))?))

@@ -110,12 +110,18 @@ impl OnBackend for TrainJob<'_> {
         // One process needs no rendezvous (the world of one), unless a
         // communicator is asked for by name (e.g. to test NCCL on one GPU).
         let solo = self.world.world == 1 && self.cfg.dist.backend == "auto";
-        let comm: Box<dyn Comm<B>> = if solo { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
+        let mut comm: Box<dyn Comm<B>> = if solo { Box::new(crate::dist::SoloComm) } else { crate::dist::connect(&self.cfg.dist, &self.world, &mut b)? };
         // Sequence parallelism: a second communicator over this rank's
-        // group of dist.sp consecutive ranks.
+        // group of dist.sp consecutive ranks, met at a port its first rank
+        // found free.
         let sp = self.cfg.dist.sp;
         ulysses::check(&self.cfg.model, sp, comm.world(), self.cfg.train.seq_len)?;
-        let group = if sp > 1 { Some(crate::dist::connect_group(&self.cfg.dist, &self.world, sp, &mut b)?) } else { None };
+        let group = if sp > 1 {
+            let ports = crate::dist::group_ports(comm.as_mut(), sp)?;
+            Some(crate::dist::connect_group_at(&self.cfg.dist, &self.world, sp, ports[self.world.rank / sp], &mut b)?)
+        } else {
+            None
+        };
         let asked = self.cfg.dist.world;
         if asked > 0 && asked != comm.world() && self.resume.is_none() {
             bail!("dist.world = {asked} but the launcher started {} rank(s); drop dist.world (it is for `info` estimates) or launch {asked} ranks", comm.world());

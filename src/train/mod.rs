@@ -8,6 +8,7 @@ pub mod generate;
 pub mod guard;
 pub mod init_from;
 pub mod lr_source;
+pub mod offload_step;
 pub mod preflight;
 pub mod run_dir;
 pub mod sample;

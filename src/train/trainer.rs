@@ -377,7 +377,7 @@ pub(super) fn train_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config)
 /// weights brought up to date.
 pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32) -> Result<TrainMetrics> {
     if st.off.is_some() {
-        return offload_step(b, st, cfg, lr);
+        return super::offload_step::offload_step(b, st, cfg, lr);
     }
     let t = &cfg.train;
     let world = st.zero.world();
@@ -432,49 +432,6 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         mfu: None,
         skipped,
         ..comm_metrics(st, bytes_before)
-    })
-}
-
-/// [`train_step`] of an offloaded run: the gradients go to the host as
-/// each unit's backward ends, the optimizer steps there (see
-/// `parallel::offload` for the order and for clipping).
-fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, lr: f32) -> Result<TrainMetrics> {
-    let t = &cfg.train;
-    let start = Instant::now();
-    b.clear_marks();
-    st.model.clear_phase_spans();
-    let off = st.off.as_mut().expect("an offloaded run");
-    off.begin_step(lr, t.grad_clip)?;
-    let mut loss_sum = 0.0f64;
-    for i in 0..t.grad_accum {
-        let batch = st.train.next_batch()?;
-        let scale = 1.0 / (batch.targets.len() * t.grad_accum) as f32;
-        off.set_last_micro(i + 1 == t.grad_accum);
-        loss_sum += st.model.forward_backward_in(b, &mut off.store(&mut st.zero), &batch.inputs, &batch.targets, t.batch_size, t.seq_len, scale)? as f64;
-    }
-    let opt_start = b.mark()?;
-    let grad_norm = off.finish(b, &mut st.zero, t.grad_clip)?;
-    let loss = (loss_sum / t.grad_accum as f64) as f32;
-    if !loss.is_finite() {
-        bail!("loss became {loss} at step {}; lower optimizer.lr or raise train.warmup_steps", st.step + 1);
-    }
-    let end = b.mark()?;
-    let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
-    st.step += 1;
-    let step_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(TrainMetrics {
-        step: st.step,
-        loss: loss as f64,
-        lr: lr as f64,
-        grad_norm: grad_norm as f64,
-        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
-        step_ms,
-        peak_mem_bytes: b.peak_memory_bytes(),
-        fwd_ms: Some(fwd_ms),
-        bwd_ms: Some(bwd_ms),
-        opt_ms: Some(b.elapsed_ms(opt_start, end)?),
-        mfu: None,
-        ..Default::default()
     })
 }
 

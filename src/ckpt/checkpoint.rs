@@ -260,8 +260,9 @@ pub(super) fn is_complete(dir: &Path) -> bool {
     [MANIFEST_FILE, MODEL_FILE, OPTIM_FILE].iter().all(|f| dir.join(f).is_file())
 }
 
-/// All complete checkpoints, oldest first.
-fn complete_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// Every `step_<N>` directory of a run, complete or not, oldest first
+/// (none when the run has no checkpoint folder).
+pub(super) fn step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let parent = checkpoints_dir(run_dir);
     let entries = match fs::read_dir(&parent) {
         Ok(e) => e,
@@ -272,12 +273,17 @@ fn complete_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", parent.display()))?;
         let Some(step) = entry.file_name().to_str().and_then(parse_step) else { continue };
-        if entry.path().is_dir() && is_complete(&entry.path()) {
+        if entry.path().is_dir() {
             found.push((step, entry.path()));
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// All complete checkpoints, oldest first.
+fn complete_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    Ok(step_dirs(run_dir)?.into_iter().filter(|(_, d)| is_complete(d)).collect())
 }
 
 /// The newest complete checkpoint of a run, if any. Staging (`*.tmp`) and

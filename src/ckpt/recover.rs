@@ -3,32 +3,9 @@
 //! damaged (checksum), unreadable or non-finite is passed over, and the
 //! fallback is announced on stderr, never silent.
 
-use super::checkpoint::{self, checkpoints_dir, is_complete, parse_step, Loaded, MANIFEST_FILE, MODEL_FILE, OPTIM_FILE};
-use anyhow::{bail, Context, Result};
-use std::fs;
-use std::path::{Path, PathBuf};
-
-/// Every `step_<N>` directory of a run (complete or not), newest first.
-fn step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let parent = checkpoints_dir(run_dir);
-    let entries = match fs::read_dir(&parent) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", parent.display())),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", parent.display()))?;
-        if let Some(step) = entry.file_name().to_str().and_then(parse_step) {
-            if entry.path().is_dir() {
-                found.push((step, entry.path()));
-            }
-        }
-    }
-    found.sort();
-    found.reverse();
-    Ok(found)
-}
+use super::checkpoint::{self, is_complete, step_dirs, Loaded, MANIFEST_FILE, MODEL_FILE, OPTIM_FILE};
+use anyhow::{bail, Result};
+use std::path::Path;
 
 /// The newest checkpoint of `run_dir` that loads and verifies, or `None`
 /// when the run has no checkpoint folder at all. Every newer checkpoint
@@ -36,7 +13,7 @@ fn step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// checkpoints exist but none is usable (each one's reason listed).
 pub fn load_newest_good(run_dir: &Path) -> Result<Option<Loaded>> {
     let mut passed = Vec::new();
-    for (_, dir) in step_dirs(run_dir)? {
+    for (_, dir) in step_dirs(run_dir)?.into_iter().rev() {
         let result = if is_complete(&dir) {
             checkpoint::load(&dir)
         } else {

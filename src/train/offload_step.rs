@@ -4,7 +4,7 @@
 //! (`parallel::offload` for the order and for clipping). One process,
 //! ZeRO stage 0; the trainer's `train_step` hands over to it.
 
-use super::trainer::{tokens_per_step, State};
+use super::trainer::{step_line, tokens_per_step, Phases, State};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::telemetry::metrics::TrainMetrics;
@@ -38,19 +38,6 @@ pub(super) fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Confi
     let (fwd_ms, bwd_ms) = st.model.phase_ms(b)?;
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(TrainMetrics {
-        step: st.step,
-        loss: loss as f64,
-        lr: lr as f64,
-        grad_norm: grad_norm as f64,
-        tokens_per_s: tokens_per_step(cfg) as f64 / (step_ms / 1e3),
-        step_ms,
-        peak_mem_bytes: b.peak_memory_bytes(),
-        fwd_ms: Some(fwd_ms),
-        bwd_ms: Some(bwd_ms),
-        opt_ms: Some(b.elapsed_ms(opt_start, end)?),
-        mfu: None,
-        ..Default::default()
-    })
+    let phases = Phases { fwd_ms, bwd_ms, opt_ms: b.elapsed_ms(opt_start, end)?, step_ms };
+    Ok(step_line(st.step, loss, lr, grad_norm, tokens_per_step(cfg), phases, b.peak_memory_bytes(), TrainMetrics::default()))
 }
-

@@ -417,21 +417,36 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     let (opt_ms, reduce_ms) = (b.elapsed_ms(opt_start, end)?, b.elapsed_ms(comm_start, opt_start)?);
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(TrainMetrics {
-        step: st.step,
+    let phases = Phases { fwd_ms, bwd_ms: bwd_ms + reduce_ms, opt_ms, step_ms };
+    Ok(TrainMetrics { skipped, ..step_line(st.step, loss, lr, grad_norm, global_tokens(cfg, world), phases, b.peak_memory_bytes(), comm_metrics(st, bytes_before)) })
+}
+
+/// Milliseconds of one step and its phases.
+pub(super) struct Phases {
+    pub fwd_ms: f64,
+    pub bwd_ms: f64,
+    pub opt_ms: f64,
+    pub step_ms: f64,
+}
+
+/// The metrics line of a finished step (`rest` supplies the fields not
+/// named here).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn step_line(step: u64, loss: f32, lr: f32, grad_norm: f32, tokens: usize, p: Phases, peak_mem_bytes: u64, rest: TrainMetrics) -> TrainMetrics {
+    TrainMetrics {
+        step,
         loss: loss as f64,
         lr: lr as f64,
         grad_norm: grad_norm as f64,
-        tokens_per_s: global_tokens(cfg, world) as f64 / (step_ms / 1e3),
-        step_ms,
-        peak_mem_bytes: b.peak_memory_bytes(),
-        fwd_ms: Some(fwd_ms),
-        bwd_ms: Some(bwd_ms + reduce_ms),
-        opt_ms: Some(opt_ms),
+        tokens_per_s: tokens as f64 / (p.step_ms / 1e3),
+        step_ms: p.step_ms,
+        peak_mem_bytes,
+        fwd_ms: Some(p.fwd_ms),
+        bwd_ms: Some(p.bwd_ms),
+        opt_ms: Some(p.opt_ms),
         mfu: None,
-        skipped,
-        ..comm_metrics(st, bytes_before)
-    })
+        ..rest
+    }
 }
 
 /// Bytes this rank sent during the step and their ratio to one dense f32

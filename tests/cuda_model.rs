@@ -10,13 +10,25 @@
 //!   fine-tune on CUDA exports it back byte for byte;
 //! - a head size without CUDA attention kernels is a clear error.
 
+#[path = "common/tolerance.rs"]
+mod tolerance;
+
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::config;
 use ferrotron::config::{Mlp, ModelConfig};
 use ferrotron::backend::Backend;
-use ferrotron::model::{init::init_weights, Model, Recompute};
+use ferrotron::model::{init::init_weights, layout::ParamLayout, Model, Recompute};
 use ferrotron::train::trainer::train;
+use tolerance::{rms, BF16_U as U, Tol};
+
+/// Largest relative gap |cuda − cpu| / cpu between the two 20-step loss
+/// curves of `cuda_tracks_cpu_loss_curve_for_20_steps` seen on the H200
+/// across five sessions (bench/results: gpu_2026-11-28_step3,
+/// _optimizers, _night/tests_call1, gpu_2026-11-29/tests_call1,
+/// gpu_2026-12-02/call2; ten curves, 200 steps): 1.15e-4 (tiny-llama,
+/// step 18); the typical gap is 2e-5 to 5e-5, with no trend over the 20 steps.
+const LOSS_GAP_SEEN: f32 = 1.15e-4;
 
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
@@ -51,12 +63,16 @@ fn cuda_tracks_cpu_loss_curve_for_20_steps() {
         let cpu = losses("cpu", preset, tmp.path());
         let cuda = losses("cuda", preset, tmp.path());
         println!("{preset}: cpu {cpu:?}\n{preset}: cuda {cuda:?}");
-        for (i, (a, b)) in cpu.iter().zip(&cuda).enumerate() {
-            // bf16 activations carry ~3 significant digits (2^-8 relative);
-            // over 20 AdamW steps the trajectories drift apart slowly, so we
-            // allow 2% of the loss (0.11 nats at the 5.5-nat start).
-            assert!((a - b).abs() <= 0.02 * a.abs(), "{preset} step {}: cpu {a} vs cuda {b}", i + 1);
-        }
+        // bf16 activations carry ~3 significant digits, yet a loss averages
+        // 512 tokens' bf16 errors, so the curves stay ~1e-4 apart (see
+        // LOSS_GAP_SEEN). 4x the largest gap seen allows other kernels'
+        // rounding patterns (the gap is their noise, not a drift) and still
+        // fails a real divergence long before the old 2% (0.11 nats) did.
+        let tol = 4.0 * LOSS_GAP_SEEN;
+        let gaps: Vec<f32> = cpu.iter().zip(&cuda).map(|(a, b)| (a - b).abs() / a.abs()).collect();
+        let (worst, gap) = gaps.iter().enumerate().fold((0, 0f32), |w, (i, &g)| if g > w.1 { (i, g) } else { w });
+        println!("{preset}: largest relative gap {gap:.2e} at step {} (tolerance {tol:.1e})", worst + 1);
+        assert!(gap <= tol, "{preset} step {}: cpu {} vs cuda {}: relative gap {gap:.2e} > {tol:.1e}", worst + 1, cpu[worst], cuda[worst]);
         assert!(cuda[19] < cuda[0] - 1.0, "{preset}: CUDA run should learn: {cuda:?}");
     }
 }
@@ -85,18 +101,21 @@ fn recompute_modes_match_on_cuda() {
         let cfg = config::load(None, &[format!("model.preset={preset}")]).unwrap().model;
         let mut run = |mode: Recompute| loss_and_grads(&mut cuda, &cfg, mode, 0);
         let (l0, g0) = run(Recompute::Off);
-        let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
         for mode in [Recompute::Elementwise, Recompute::Layers { keep_attention: false }, Recompute::Layers { keep_attention: true }] {
             let (l, g) = run(mode);
-            let diff = max_abs_diff(&g, &g0);
-            println!("{preset} {mode:?}: loss {l} vs {l0}; max grad diff {diff:.2e} of max |grad| {scale:.2e}");
+            println!("{preset} {mode:?}: loss {l} vs {l0}");
             assert_eq!(l, l0, "{preset} {mode:?}: loss");
             // GPT-2's forward takes GELU from the matmul epilogue (cuBLASLt's
             // own GELU), the elementwise recompute from our GELU kernel: the
-            // two differ by up to one bf16 ulp (2^-8 relative) per element,
-            // which bounds the gradients' difference at 2^-8 of their scale.
-            let tol = if mode == Recompute::Elementwise && cfg.mlp == Mlp::Gelu { 2f32.powi(-8) } else { 1e-5 };
-            assert!(diff <= tol * scale, "{preset} {mode:?}: gradients differ by {diff}");
+            // two may differ by one bf16 rounding (U) per activation. Only
+            // the MLP output weights' gradient reads the activation (act^T ·
+            // dout): a sum of products each off by up to U, a random walk of
+            // at most ~1.2U·rms per element, ~5U·rms at the largest of its
+            // elements if every activation differed: rtol 2U, atol 8U·rms.
+            // Otherwise the same kernels run again: equal but for the order
+            // of fp32 atomic adds (embedding backward), fp32-level.
+            let (rtol, atol_rms) = if mode == Recompute::Elementwise && cfg.mlp == Mlp::Gelu { (2.0 * U, 8.0 * U) } else { (1e-5, 1e-5) };
+            assert_close_per_tensor(&format!("{preset} {mode:?} grad"), &cfg, &g, &g0, rtol, atol_rms);
         }
     }
 }
@@ -105,8 +124,9 @@ fn recompute_modes_match_on_cuda() {
 /// all rows at once, on the GPU. cuBLASLt may pick another algorithm for a
 /// 64-row matmul than for a 256-row one (another summation order inside a
 /// logit, then rounded to bf16), so unlike on the CPU the two need not agree
-/// to the bit: the loss within 1e-4 relative, gradients within 1e-2 of their
-/// scale (a bf16 rounding of the logit gradients, 2^-8, with margin).
+/// to the bit: the loss within 1e-4 relative; gradients per tensor and per
+/// element within one bf16 rounding of a logit gradient carried into each
+/// (rtol U, atol 2U·rms of the tensor; seen: ~3e-8 of the largest gradient).
 #[test]
 fn chunked_logits_match_on_cuda() {
     let Some(mut cuda) = gpu() else { return };
@@ -115,12 +135,30 @@ fn chunked_logits_match_on_cuda() {
         let mut run = |chunk: usize| loss_and_grads(&mut cuda, &cfg, Recompute::Off, chunk);
         let (l0, g0) = run(0);
         let (l, g) = run(64);
-        let scale = g0.iter().fold(0f32, |a, x| a.max(x.abs()));
-        let diff = max_abs_diff(&g, &g0);
-        println!("{preset} chunk 64: loss {l} vs {l0}; max grad diff {diff:.2e} of max |grad| {scale:.2e}");
+        println!("{preset} chunk 64: loss {l} vs {l0}");
         assert!((l - l0).abs() <= 1e-4 * l0.abs(), "{preset}: loss {l} vs {l0}");
-        assert!(diff <= 1e-2 * scale, "{preset}: gradients differ by {diff}");
+        assert_close_per_tensor(&format!("{preset} chunk 64 grad"), &cfg, &g, &g0, U, 2.0 * U);
     }
+}
+
+/// Gradients of two GPU runs compared tensor by tensor (each parameter's
+/// range in the flat buffer), element-wise with atol = `atol_rms` × the
+/// RMS of that tensor's reference gradient: tensors differ in scale by
+/// orders of magnitude (embeddings vs norms), so one RMS for all would not
+/// do. Every tensor is checked and printed before the first failure panics.
+fn assert_close_per_tensor(name: &str, cfg: &ModelConfig, got: &[f32], reference: &[f32], rtol: f32, atol_rms: f32) {
+    let layout = ParamLayout::new(cfg);
+    let mut failures = vec![];
+    for p in &layout.params {
+        let (g, r) = (&got[p.range()], &reference[p.range()]);
+        let tol = Tol { rtol, atol: atol_rms * rms(r) };
+        let c = tolerance::closeness(g, r, tol);
+        println!("  {name} {:<28} n={:<7} rms={:.3e} max|diff|={:.3e} worst/allowed={:.3}", p.name, c.n, rms(r), c.max_abs_diff, c.worst_ratio);
+        if c.failing > 0 {
+            failures.push(tolerance::failure_message(&format!("{name} {}", p.name), &c, tol));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Reads a safetensors file of f32 tensors into (name → values).

@@ -162,11 +162,11 @@ def build_model(m, seq, sdpa, checkpointing):
             if self.wpe is not None:
                 x = x + self.wpe(torch.arange(t, device=idx.device))
             else:
-                cos, sin = self.cos[:t].repeat(1, 2), self.sin[:t].repeat(1, 2)
+                cos, sin = self.cos[:t], self.sin[:t]  # (T, hd/2): rope() rotates halves
             for block in self.blocks:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False) if checkpointing else block(x, cos, sin)
             logits = self.head(self.ln_f(x))
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
     return Model()
 

@@ -186,12 +186,32 @@ pub fn save_with_shards(
     shard_files: &[PathBuf],
     keep_last: usize,
 ) -> Result<PathBuf> {
+    save_staged(run_dir, manifest, (model, optim, optim_bytes), shard_files, keep_last, &mut || Ok(()))
+}
+
+/// Tensors of a checkpoint's own files: (model, fp32 optimizer state,
+/// 8-bit optimizer state).
+pub type Tensors<'a, 'b> = (&'a [NamedTensor<'b>], &'a [NamedTensor<'b>], &'a [NamedBytes<'b>]);
+
+/// [`save_with_shards`] that calls `before_shards` once the model and
+/// optimizer files are staged and before the shard files are moved in and
+/// the manifest written: the asynchronous save waits there for the other
+/// ranks' shards, and `debug.ckpt_write_delay_ms` sleeps there.
+pub fn save_staged(
+    run_dir: &Path,
+    manifest: &Manifest,
+    (model, optim, optim_bytes): Tensors,
+    shard_files: &[PathBuf],
+    keep_last: usize,
+    before_shards: &mut dyn FnMut() -> Result<()>,
+) -> Result<PathBuf> {
     let dir = step_dir(run_dir, manifest.step);
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     atomic::publish_dir(&dir, |staging| {
         write_tensors(&staging.join(MODEL_FILE), model, &[])?;
         write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
+        before_shards()?;
         let mut files = vec![MODEL_FILE.to_string(), OPTIM_FILE.to_string()];
         for f in shard_files {
             let name = f.file_name().with_context(|| format!("shard file {} has no name", f.display()))?;

@@ -3,11 +3,14 @@
 //! - [`tensors`]: safetensors reading/writing with errors that name the file.
 //! - [`checkpoint`]: training checkpoints in a run folder (model, optimizer
 //!   state, manifest), `latest`, pruning, loading into a `ParamLayout`.
+//! - [`async_save`]: two-stage checkpoints: a host copy at the step
+//!   boundary, written by a background thread.
 //! - [`checksum`]: per-file CRC-32 in the manifest, finite-values rule;
 //!   [`recover`]: the newest checkpoint that verifies (fallback, announced).
 //! - [`hf`] and [`hf_config`]: Hugging Face `GPT2LMHeadModel` /
 //!   `LlamaForCausalLM` import and export.
 
+pub mod async_save;
 pub mod checkpoint;
 pub mod checksum;
 pub mod hf;

@@ -59,16 +59,17 @@ fn slices_file(r: usize) -> String {
     format!("optimizer.rank{r:05}.slices.json")
 }
 
-/// Writes `opt`'s state slices for rank `r` into `dir` (nothing for an
+/// Writes the state slices of rank `r` into `dir` (nothing for an
 /// optimizer whose state cannot be cut by tensor).
-fn write_slices<B: Backend>(opt: &dyn Optimizer<B>, dir: &Path, r: usize) -> Result<Option<PathBuf>> {
-    let Some(slices) = opt.state_slices() else { return Ok(None) };
+fn write_slices(slices: Option<&[StateSlice]>, dir: &Path, r: usize) -> Result<Option<PathBuf>> {
+    let Some(slices) = slices else { return Ok(None) };
     let path = dir.join(slices_file(r));
-    std::fs::write(&path, serde_json::to_vec(&slices)?).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_vec(slices)?).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Some(path))
 }
 
-fn shards_dir(run_dir: &Path, step: u64) -> PathBuf {
+/// Where ranks other than 0 put their shards before rank 0 publishes.
+pub(crate) fn shards_dir(run_dir: &Path, step: u64) -> PathBuf {
     checkpoint::checkpoints_dir(run_dir).join(format!("step_{step:08}.shards"))
 }
 
@@ -92,6 +93,35 @@ pub fn download_state<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>) -> Result<(
     Ok((floats, bytes))
 }
 
+/// One rank's optimizer state copied to host memory: everything of the
+/// optimizer a save writes besides the manifest's scalars. Owned, so a
+/// background thread can write it while training changes the device copy.
+pub struct HostOptState {
+    pub floats: Vec<(String, Vec<f32>)>,
+    pub bytes: Vec<(String, Vec<u8>)>,
+    /// Which part of which tensor each state holds (`None`: the optimizer's
+    /// state cannot be cut by tensor, so it cannot be resharded).
+    pub slices: Option<Vec<StateSlice>>,
+}
+
+impl HostOptState {
+    pub fn download<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>) -> Result<Self> {
+        let (floats, bytes) = download_state(b, opt)?;
+        Ok(HostOptState { floats, bytes, slices: opt.state_slices() })
+    }
+
+    /// Host bytes held (for logs).
+    pub fn size_bytes(&self) -> u64 {
+        (self.floats.iter().map(|(_, v)| 4 * v.len()).sum::<usize>() + self.bytes.iter().map(|(_, v)| v.len()).sum::<usize>()) as u64
+    }
+
+    fn named(&self) -> (Vec<NamedTensor<'_>>, Vec<NamedBytes<'_>>) {
+        let f = self.floats.iter().map(|(n, d)| NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+        let u = self.bytes.iter().map(|(n, d)| NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+        (f, u)
+    }
+}
+
 /// Everything of one rank a checkpoint needs.
 pub struct SaveParts<'a> {
     pub layout: &'a ParamLayout,
@@ -105,35 +135,43 @@ pub struct SaveParts<'a> {
 
 /// Phase 1 of a save, on every rank but 0: its optimizer shard to disk.
 pub fn write_shard<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path, step: u64, rank: usize) -> Result<()> {
-    let (floats, bytes) = download_state(b, opt)?;
+    write_shard_host(&HostOptState::download(b, opt)?, run_dir, step, rank)
+}
+
+/// [`write_shard`] from a host copy of the state.
+pub fn write_shard_host(state: &HostOptState, run_dir: &Path, step: u64, rank: usize) -> Result<()> {
     let dir = shards_dir(run_dir, step);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let f: Vec<NamedTensor> = floats.iter().map(|(n, d)| NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let u: Vec<NamedBytes> = bytes.iter().map(|(n, d)| NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+    let (f, u) = state.named();
     checkpoint::write_tensors(&dir.join(shard_file(rank)), &f, &u)?;
-    write_slices(opt, &dir, rank).map(|_| ())
+    write_slices(state.slices.as_deref(), &dir, rank).map(|_| ())
 }
 
 /// Phase 2, on rank 0 after every shard is written: the checkpoint itself.
-pub fn publish<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path, parts: SaveParts) -> Result<PathBuf> {
+pub fn publish<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path, parts: SaveParts, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
+    publish_host(&HostOptState::download(b, opt)?, run_dir, parts, before_publish)
+}
+
+/// [`publish`] from a host copy of rank 0's state. `before_publish` runs
+/// once rank 0's own files are staged, before the other ranks' shards are
+/// moved in (the asynchronous save waits for them there).
+pub fn publish_host(state: &HostOptState, run_dir: &Path, parts: SaveParts, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
     let model: Vec<NamedTensor> = parts.layout.params.iter().map(|p| NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: &parts.weights[p.offset..p.offset + p.numel()] }).collect();
-    let (floats, bytes) = download_state(b, opt)?;
-    let f: Vec<NamedTensor> = floats.iter().map(|(n, d)| NamedTensor { name: n.clone(), shape: vec![d.len()], data: d }).collect();
-    let u: Vec<NamedBytes> = bytes.iter().map(|(n, d)| NamedBytes { name: n.clone(), shape: vec![d.len()], data: d }).collect();
+    let (f, u) = state.named();
     let step = parts.manifest.step;
     let staged = shards_dir(run_dir, step);
     std::fs::create_dir_all(&staged).with_context(|| format!("cannot create {}", staged.display()))?;
-    let mut shards: Vec<PathBuf> = write_slices(opt, &staged, 0)?.into_iter().collect();
+    let mut shards: Vec<PathBuf> = write_slices(state.slices.as_deref(), &staged, 0)?.into_iter().collect();
     if parts.sharding.zero_stage > 0 {
         for r in 1..parts.sharding.world {
             shards.push(staged.join(shard_file(r)));
-            if opt.state_slices().is_some() {
+            if state.slices.is_some() {
                 shards.push(staged.join(slices_file(r)));
             }
         }
     }
     let manifest = Manifest { sharding: serde_json::to_value(&parts.sharding)?, ..parts.manifest };
-    let dir = checkpoint::save_with_shards(run_dir, &manifest, &model, &f, &u, &shards, parts.keep_last)?;
+    let dir = checkpoint::save_staged(run_dir, &manifest, (&model, &f, &u), &shards, parts.keep_last, before_publish)?;
     let _ = std::fs::remove_dir(shards_dir(run_dir, step));
     Ok(dir)
 }

@@ -9,7 +9,8 @@
 //! for), and reports nccl-tests' figures: algorithm bandwidth = bytes /
 //! time, bus bandwidth = algbw · 2(w-1)/w (what each link carries in a
 //! ring; comparable across world sizes). The time is the slowest rank's
-//! median.
+//! median. The trainer's start-of-run self-test (`dist::self_test`) runs
+//! the same checks and timing ([`check_collectives`], [`time_all_reduce`]).
 
 use super::{connect, segment, Comm, Elem, WorldInfo};
 use crate::backend::{Backend, DType, View};
@@ -62,51 +63,102 @@ pub fn bench_comm(cfg: &Config, args: &CommBenchArgs) -> Result<Option<CommBench
 fn run<B: Backend + 'static>(mut b: B, cfg: &Config, info: &WorldInfo, args: &CommBenchArgs) -> Result<Option<CommBenchResult>> {
     let mut comm = connect(&cfg.dist, info, &mut b)?;
     let c = comm.as_mut();
-    let checked = self_test(&mut b, c)?;
+    let checked = check_collectives(&mut b, c)?;
     let n = ((args.size_mb * 1e6 / 4.0) as usize).max(1);
-    let v = View::whole(b.alloc(n, DType::F32)?, n);
-    b.fill(v, 0.0)?; // zeros stay zeros however often they are summed
-    for _ in 0..args.warmup {
-        c.all_reduce_sum(&mut b, v)?;
-    }
-    b.synchronize()?;
-    let mut ms = Vec::with_capacity(args.iters);
-    let sent0 = c.bytes_sent();
-    for _ in 0..args.iters {
-        let t = Instant::now();
-        c.all_reduce_sum(&mut b, v)?;
-        b.synchronize()?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let per_iter = (c.bytes_sent() - sent0) / args.iters as u64;
-    // Every rank's median, gathered through a host sum of one-hot slots.
-    let mut medians = vec![0.0; info.world];
-    medians[info.rank] = median(&mut ms);
-    c.all_reduce_host(&mut medians)?;
+    let t = time_all_reduce(&mut b, c, n, args.warmup, args.iters)?;
     c.barrier()?;
     if info.rank != 0 {
         return Ok(None);
     }
-    let slowest = medians.iter().cloned().fold(0.0, f64::max);
-    let w = info.world as f64;
-    let algbw = 4.0 * n as f64 / (slowest * 1e-3) / 1e9;
     Ok(Some(CommBenchResult {
         comm: c.kind().into(),
         device: b.device_name(),
         world: info.world,
-        bytes: 4 * n,
+        bytes: t.bytes,
         iters: args.iters,
+        median_ms: t.median_ms,
+        rank_median_ms: t.rank_median_ms,
+        algbw_gbps: t.algbw_gbps,
+        busbw_gbps: t.busbw_gbps,
+        bytes_sent_per_iter: t.bytes_sent_per_iter,
+        checked,
+    }))
+}
+
+/// One timed series of all-reduces, the same on every rank.
+#[derive(Clone, Debug)]
+pub struct AllReduceTiming {
+    pub bytes: usize,
+    /// Slowest rank's median time of one all-reduce.
+    pub median_ms: f64,
+    /// Every rank's median, in rank order.
+    pub rank_median_ms: Vec<f64>,
+    pub algbw_gbps: f64,
+    pub busbw_gbps: f64,
+    pub bytes_sent_per_iter: u64,
+}
+
+/// Times `iters` all-reduces of `n` f32 values after `warmup` untimed ones
+/// (each call waited for); a collective. The buffer is freed afterwards.
+pub fn time_all_reduce<B: Backend>(b: &mut B, c: &mut dyn Comm<B>, n: usize, warmup: usize, iters: usize) -> Result<AllReduceTiming> {
+    let buf = b.alloc(n, DType::F32)?;
+    let v = View::whole(buf, n);
+    let timed = time_on(b, c, v, warmup, iters.max(1));
+    b.free(buf);
+    let (ms, per_iter) = timed?;
+    // Every rank's median, gathered through a host sum of one-hot slots.
+    let (rank, world) = (c.rank(), c.world());
+    let mut medians = vec![0.0; world];
+    medians[rank] = ms;
+    c.all_reduce_host(&mut medians)?;
+    let slowest = medians.iter().cloned().fold(0.0, f64::max);
+    let w = world as f64;
+    let algbw = 4.0 * n as f64 / (slowest * 1e-3) / 1e9;
+    Ok(AllReduceTiming {
+        bytes: 4 * n,
         median_ms: slowest,
         rank_median_ms: medians,
         algbw_gbps: algbw,
         busbw_gbps: algbw * 2.0 * (w - 1.0) / w,
         bytes_sent_per_iter: per_iter,
-        checked,
-    }))
+    })
 }
 
-/// Exact-result checks of the collectives; returns what was checked.
-fn self_test<B: Backend>(b: &mut B, c: &mut dyn Comm<B>) -> Result<Vec<String>> {
+/// This rank's median time of one all-reduce of `v` and its bytes sent per call.
+fn time_on<B: Backend>(b: &mut B, c: &mut dyn Comm<B>, v: View, warmup: usize, iters: usize) -> Result<(f64, u64)> {
+    b.fill(v, 0.0)?; // zeros stay zeros however often they are summed
+    for _ in 0..warmup {
+        c.all_reduce_sum(b, v)?;
+    }
+    b.synchronize()?;
+    let mut ms = Vec::with_capacity(iters);
+    let sent0 = c.bytes_sent();
+    for _ in 0..iters {
+        let t = Instant::now();
+        c.all_reduce_sum(b, v)?;
+        b.synchronize()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(&mut ms), (c.bytes_sent() - sent0) / iters as u64))
+}
+
+/// Exact-result checks of the collectives; returns what was checked. The
+/// test buffers are freed afterwards (the trainer runs this at its start).
+pub fn check_collectives<B: Backend>(b: &mut B, c: &mut dyn Comm<B>) -> Result<Vec<String>> {
+    let mut bufs = Vec::new();
+    let result = checks(b, c, &mut bufs);
+    for buf in bufs {
+        b.free(buf);
+    }
+    result
+}
+
+fn checks<B: Backend>(b: &mut B, c: &mut dyn Comm<B>, bufs: &mut Vec<crate::backend::BufId>) -> Result<Vec<String>> {
+    let mut upload = |b: &mut B, x: &[f32]| -> Result<View> {
+        let v = upload(b, x)?;
+        bufs.push(v.buf);
+        Ok(v)
+    };
     let (r, w) = (c.rank(), c.world());
     let n = 1000 + 7 * w;
     // Rank r holds (i % 13) + r: sums are small integers.

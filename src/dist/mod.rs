@@ -6,6 +6,7 @@
 //! (the framed TCP protocol with sequence checks and timeouts), `tcp`
 //! (`TcpComm`, any backend), `nccl` + `nccl_lib` (`NcclComm`, CUDA),
 //! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`),
+//! `self_test` (the start-of-run check and bandwidth of several ranks),
 //! `compressed` (the error-compensated 1-bit all-reduce of 1-bit Adam).
 //!
 //! The trainer calls [`connect`] once per process:
@@ -22,6 +23,7 @@ pub mod launch;
 pub mod nccl;
 mod nccl_lib;
 pub mod rendezvous;
+pub mod self_test;
 pub mod setup;
 pub mod solo;
 pub mod star;

@@ -72,6 +72,27 @@ pub struct EvalMetrics {
     pub val_loss: f64,
 }
 
+/// One checkpoint's cost (`kind: "ckpt"`), logged when it is complete (a
+/// two-stage save: when its background write has finished, so the line can
+/// follow later steps' lines). Rank 0's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CkptMetrics {
+    pub step: u64,
+    /// Two-stage save (`train.async_checkpoint`).
+    #[serde(rename = "async")]
+    pub async_write: bool,
+    /// Time the training loop was blocked by the save: waiting for the
+    /// previous write plus the host copy (synchronous: the whole save).
+    pub ckpt_block_ms: f64,
+    /// Part of `ckpt_block_ms` spent waiting for the previous write.
+    pub ckpt_wait_ms: f64,
+    /// Wall time of the write on the background thread, waiting for the
+    /// other ranks' shards included (synchronous: the whole save).
+    pub ckpt_write_ms: f64,
+    /// Bytes of the host copy (0 for a synchronous save).
+    pub ckpt_bytes: u64,
+}
+
 /// A line of `metrics.jsonl`, tagged by its `kind` field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -157,6 +178,12 @@ impl MetricsWriter {
 
     pub fn eval(&mut self, step: u64, val_loss: f64) -> Result<()> {
         self.write(&MetricLine::Eval(EvalMetrics { step, val_loss }))
+    }
+
+    pub fn ckpt(&mut self, m: &CkptMetrics) -> Result<()> {
+        let mut v = serde_json::to_value(m)?;
+        v["kind"] = "ckpt".into();
+        self.write_value(&v)
     }
 
     /// One line, written with a single `write_all` on an unbuffered file so

@@ -8,9 +8,11 @@
 //! - [`report`]: the text of `ferrotron info`
 //! - [`compare`]: several runs side by side (plot + table)
 //! - [`run_report`]: `ferrotron report`: step time by phase and MFU over a run
+//! - [`ranks`] and [`heatmap`]: per-rank step times, stragglers, the heat map
 
 pub mod compare;
 pub mod flops;
+pub mod heatmap;
 pub mod memory;
 pub mod metrics;
 pub mod plot;

@@ -145,7 +145,7 @@ fn draw(series: &[Series], path: &Path, axes: &Axes) -> Result<()> {
 /// A bitmap backend error in words: an I/O failure (a full disk) as the
 /// operating system says it, not as Rust debug output (plotters' own
 /// Display of these is their Debug form).
-fn plain_words(e: DrawingAreaErrorKind<BitMapBackendError>) -> String {
+pub(crate) fn plain_words(e: DrawingAreaErrorKind<BitMapBackendError>) -> String {
     match e {
         DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(BitMapBackendError::IOError(io))) => io.to_string(),
         DrawingAreaErrorKind::BackendError(DrawingErrorKind::DrawingError(BitMapBackendError::ImageError(img))) => img.to_string(),

@@ -1,11 +1,13 @@
-//! Per-rank step times, MegaScale style: every step each rank's time is
-//! shared with all ranks (one host all-reduce of a world-long vector, each
-//! rank filling its own slot), so rank 0 logs min / mean / max and which
-//! rank was slowest, and flags a straggler: a rank slowest by a margin for
+//! Per-rank step times, MegaScale style: every step each rank's step and
+//! phase times are shared with all ranks (one host all-reduce of a vector
+//! of 4 × world slots, each rank filling its own), so rank 0 logs every
+//! rank's times (the report's heat map), min / mean / max and which rank
+//! was slowest, and flags a straggler: a rank slowest by a margin for
 //! several steps in a row.
 
 use crate::backend::Backend;
 use crate::dist::Comm;
+use super::metrics::TrainMetrics;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +26,21 @@ pub struct RankTimes {
     /// Set on steps where a rank has been the straggler long enough.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub straggler: Option<usize>,
+    /// Each rank's step time, in rank order (empty in older runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_step_ms: Vec<f64>,
+    /// Each rank's forward, backward (with the gradient reduction) and
+    /// optimizer time, where every rank measured them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_fwd_ms: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_bwd_ms: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_opt_ms: Vec<f64>,
 }
+
+/// A phase no rank measured is sent as this (times are never negative).
+const UNMEASURED: f64 = -1.0;
 
 #[derive(Default)]
 pub struct StragglerWatch {
@@ -33,17 +49,30 @@ pub struct StragglerWatch {
 }
 
 impl StragglerWatch {
-    /// Shares `my_ms` with every rank and returns the spread (`None` for a
-    /// world of one: nothing to compare).
-    pub fn observe<B: Backend>(&mut self, comm: &mut dyn Comm<B>, my_ms: f64) -> Result<Option<RankTimes>> {
+    /// Shares this rank's step and phase times (`mine`) with every rank and
+    /// returns the spread with every rank's times (`None` for a world of
+    /// one: nothing to compare).
+    pub fn observe<B: Backend>(&mut self, comm: &mut dyn Comm<B>, mine: &TrainMetrics) -> Result<Option<RankTimes>> {
         let world = comm.world();
         if world == 1 {
             return Ok(None);
         }
-        let mut all = vec![0.0; world];
-        all[comm.rank()] = my_ms;
+        // Slots: [step | fwd | bwd | opt], each world long; a rank's own
+        // slot plus zeros from the others sums to exactly its value.
+        let mut all = vec![0.0; 4 * world];
+        let r = comm.rank();
+        let mine = [Some(mine.step_ms), mine.fwd_ms, mine.bwd_ms, mine.opt_ms];
+        for (k, v) in mine.iter().enumerate() {
+            all[k * world + r] = v.unwrap_or(UNMEASURED);
+        }
         comm.all_reduce_host(&mut all)?;
-        Ok(Some(self.spread(&all)))
+        let mut times = self.spread(&all[..world]);
+        let phase = |k: usize| -> Vec<f64> {
+            let v = &all[k * world..(k + 1) * world];
+            if v.iter().all(|&x| x >= 0.0) { v.to_vec() } else { vec![] }
+        };
+        (times.rank_fwd_ms, times.rank_bwd_ms, times.rank_opt_ms) = (phase(1), phase(2), phase(3));
+        Ok(Some(times))
     }
 
     /// The spread of one step's times, updating the straggler streak.
@@ -62,7 +91,7 @@ impl StragglerWatch {
             self.streak = behind as u32;
         }
         let straggler = (self.streak >= STRAGGLER_STEPS).then_some(slowest);
-        RankTimes { min_ms: min, mean_ms: mean, max_ms: max, slowest, straggler }
+        RankTimes { min_ms: min, mean_ms: mean, max_ms: max, slowest, straggler, rank_step_ms: times.to_vec(), ..Default::default() }
     }
 }
 

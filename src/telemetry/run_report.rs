@@ -5,6 +5,8 @@
 //!   optimizer: the `fwd_ms`, `bwd_ms`, `opt_ms` fields) against step;
 //! - `report_mfu.png`: model FLOPs utilization against step, where the run
 //!   recorded it (devices with a known peak; not the CPU);
+//! - `report_ranks.png`: for a run of several ranks, the per-rank heat map
+//!   (steps × ranks, colour = step time and each phase; `heatmap.rs`);
 //! - a short text: steps (and skipped ones), the median step split by phase,
 //!   throughput, MFU, loss, peak memory.
 //!
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub const TIME_PNG: &str = "report_time.png";
 pub const MFU_PNG: &str = "report_mfu.png";
+pub const RANKS_PNG: &str = "report_ranks.png";
 pub const MAX_POINTS: usize = 1000;
 
 /// What `report` wrote and printed.
@@ -29,6 +32,8 @@ pub struct RunReport {
     pub time_png: PathBuf,
     /// `None` when no step recorded an MFU.
     pub mfu_png: Option<PathBuf>,
+    /// The per-rank heat map; `None` for a run of one rank.
+    pub ranks_png: Option<PathBuf>,
 }
 
 /// Read `run/metrics.jsonl`, write the plots into `out_dir` (default: the
@@ -61,8 +66,19 @@ pub fn report(run: &Path, out_dir: Option<&Path>) -> Result<RunReport> {
         plot_series(&[Series { label: "MFU %".into(), points: mfu_points, thin: true }], &path, &Axes { title: &format!("{title}: model FLOPs utilization"), x: "step", y: "MFU (%)" })?;
         Some(path)
     };
-    let text = summary(run, &lines, &train, &time_png, mfu_png.as_deref());
-    Ok(RunReport { text, time_png, mfu_png })
+    let grids = super::heatmap::rank_grids(&train);
+    let ranks_png = if grids.is_empty() {
+        None
+    } else {
+        let path = out_dir.join(RANKS_PNG);
+        super::heatmap::plot_heatmap(&grids, &path, &format!("{title}: time per rank and step"))?;
+        Some(path)
+    };
+    let mut text = summary(run, &lines, &train, &time_png, mfu_png.as_deref());
+    if let Some(p) = &ranks_png {
+        text += &ranks_summary(&train, p);
+    }
+    Ok(RunReport { text, time_png, mfu_png, ranks_png })
 }
 
 fn summary(run: &Path, lines: &[MetricLine], train: &[&TrainMetrics], time_png: &Path, mfu_png: Option<&Path>) -> String {
@@ -119,6 +135,23 @@ fn summary(run: &Path, lines: &[MetricLine], train: &[&TrainMetrics], time_png: 
         let _ = write!(s, ", {}", p.display());
     }
     s.push('\n');
+    s
+}
+
+/// Which rank was slowest how often, and the heat map's file.
+fn ranks_summary(train: &[&TrainMetrics], png: &Path) -> String {
+    let slowest: Vec<usize> = train.iter().filter_map(|t| Some(t.ranks.as_ref()?.slowest)).collect();
+    let flagged = train.iter().filter(|t| t.ranks.as_ref().is_some_and(|r| r.straggler.is_some())).count();
+    let mut counts = std::collections::BTreeMap::new();
+    for r in &slowest {
+        *counts.entry(*r).or_insert(0usize) += 1;
+    }
+    let mut s = String::new();
+    if let Some((rank, n)) = counts.iter().max_by_key(|(_, n)| **n) {
+        let _ = write!(s, "slowest rank most often: {rank} ({:.0}% of {} steps)", 100.0 * *n as f64 / slowest.len() as f64, slowest.len());
+        let _ = writeln!(s, "{}", if flagged > 0 { format!("; straggler flagged on {flagged} steps") } else { String::new() });
+    }
+    let _ = writeln!(s, "per-rank heat map: {}", png.display());
     s
 }
 

@@ -226,7 +226,18 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     if restarts > 0 {
         say(format!("restart {restarts}: continuing from step {} (launch --max-restarts)", st.step));
     }
+    if world > 1 && cfg.dist.self_test {
+        if let Some(report) = crate::dist::self_test::run(&mut b, st.zero.comm.as_mut(), &cfg.dist, st.step)? {
+            say(report.summary());
+            if let Some(m) = metrics.as_mut() {
+                m.write_value(&report.to_json()?)?;
+            }
+        }
+    }
     let mut stragglers = telemetry::ranks::StragglerWatch::default();
+    // Declared after the run folder's lock, so an error exit finishes the
+    // write in flight (its Drop) before the lock is released.
+    let mut ckpts = super::checkpointing::Checkpoints::new(cfg);
     // Each step's learning rate: the schedule, or AutoLRS (whose search runs
     // its trials here, on every rank alike).
     let mut lrs = LrSource::new(cfg, &run_dir, resume.map(|_| st.step), lead)?;
@@ -235,7 +246,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
         let mut line = train_step_at(&mut b, &mut st, cfg, lr)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
         line.restarts = (restarts > 0).then_some(restarts);
-        line.ranks = stragglers.observe(st.zero.comm.as_mut(), line.step_ms)?;
+        line.ranks = stragglers.observe(st.zero.comm.as_mut(), &line)?;
         if let Some(r) = line.ranks.as_ref().and_then(|t| t.straggler) {
             if lead && line.ranks.as_ref().is_some_and(|t| t.slowest == r) && (st.step % 50 == 0 || line.step == first_step + telemetry::ranks::STRAGGLER_STEPS as u64) {
                 say(format!("step {:>6} | rank {r} is a straggler: slowest by >{:.0}% for {}+ steps", st.step, telemetry::ranks::STRAGGLER_MARGIN * 100.0, telemetry::ranks::STRAGGLER_STEPS));
@@ -250,6 +261,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
         if let Some(m) = metrics.as_mut() {
             m.train(&line)?;
         }
+        log_ckpt(metrics.as_mut(), ckpts.poll()?)?;
         progress.update(st.step, line.loss, line.tokens_per_s);
         if let Some(why) = &line.skipped {
             say(format!("step {:>6} | skipped, not applied: {why}", st.step));
@@ -281,13 +293,15 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
             } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
                 say(format!("step {:>6} | no checkpoint: the weights give a non-finite loss (the last update overflowed them)", st.step));
             } else {
-                super::checkpointing::save(&mut b, &mut st, cfg, &run_dir)?;
+                let done = ckpts.save(&mut b, &mut st, cfg, &run_dir)?;
+                log_ckpt(metrics.as_mut(), done)?;
             }
         }
         if last {
             break;
         }
     }
+    log_ckpt(metrics.as_mut(), ckpts.finish()?)?;
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
@@ -302,6 +316,14 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     }
     summary.samples = samples(&mut b, &mut st, cfg, &data)?;
     Ok(summary)
+}
+
+/// Logs a complete checkpoint's timing line (rank 0).
+fn log_ckpt(metrics: Option<&mut MetricsWriter>, done: Option<telemetry::metrics::CkptMetrics>) -> Result<()> {
+    match (metrics, done) {
+        (Some(m), Some(line)) => m.ckpt(&line),
+        _ => Ok(()),
+    }
 }
 
 /// Tokens one rank trains on per optimizer step.

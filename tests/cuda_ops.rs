@@ -910,25 +910,55 @@ fn rms_precondition_parity() {
 #[test]
 fn adamw8bit_ten_steps() {
     let Some(mut h) = gpu() else { return };
+    // Misaligned views (params at offset 3, codes at odd byte offsets): the
+    // kernel's element-by-element path throughout.
     for n in [1, 100, 255, 256, 257, 5 * 256 + 77, 40 * 256 + 3] {
-        adamw8bit_case(&mut h, n);
+        adamw8bit_case(&mut h, n, Views8 { aligned: false, bf16_grads: false, steps: 10 });
     }
+    // Aligned views: the 16-byte path on full blocks, the element path on a
+    // partial last block; bf16 gradients (8-byte loads) too; and more quant
+    // blocks than one pass of the grid covers (132 SMs x 16 thread blocks x
+    // 8 warps = 16896 on an H200), so the grid-stride loop runs.
+    for n in [256, 257, 4096, 5 * 256 + 77, 40 * 256 + 3] {
+        for bf16_grads in [false, true] {
+            adamw8bit_case(&mut h, n, Views8 { aligned: true, bf16_grads, steps: 10 });
+        }
+    }
+    adamw8bit_case(&mut h, 17_000 * 256 + 5, Views8 { aligned: true, bf16_grads: false, steps: 2 });
 }
 
-fn adamw8bit_case(h: &mut H, n: usize) {
+/// How `adamw8bit_case` lays out its views.
+#[derive(Clone, Copy, Debug)]
+struct Views8 {
+    /// Params, grads and code views at 16-byte-aligned starts (else odd offsets).
+    aligned: bool,
+    /// Gradients in bf16 (`Compute`) rather than F32.
+    bf16_grads: bool,
+    steps: u64,
+}
+
+fn adamw8bit_case(h: &mut H, n: usize, views: Views8) {
     let nb = n.div_ceil(QUANT_BLOCK);
-    // Params at an odd offset in a flat buffer; both code arrays in one U8
-    // buffer at odd offsets (v after m, with a gap).
-    let flat = h.randn(n + 3, 1.0, DType::F32);
-    let p = [flat[0].sub(3, n), flat[1].sub(3, n)];
-    let codes: Vec<u8> = (0..2 * n + 5).map(|_| h.rng.u64() as u8).collect();
+    // Params in a flat buffer, both code arrays in one U8 buffer (v after m,
+    // with a gap that must stay untouched): at offsets 0 and a multiple of
+    // 16 bytes, or at odd offsets.
+    let (p_off, v_off) = if views.aligned { (0, (n + 5).div_ceil(16) * 16) } else { (3, n + 5) };
+    let flat = h.randn(n + p_off, 1.0, DType::F32);
+    let p = [flat[0].sub(p_off, n), flat[1].sub(p_off, n)];
+    let codes: Vec<u8> = (0..v_off + n).map(|_| h.rng.u64() as u8).collect();
     let cb = h.bytes(&codes);
-    let (mc, vc) = ([cb[0].sub(0, n), cb[1].sub(0, n)], [cb[0].sub(n + 5, n), cb[1].sub(n + 5, n)]);
+    let (mc, vc) = ([cb[0].sub(0, n), cb[1].sub(0, n)], [cb[0].sub(v_off, n), cb[1].sub(v_off, n)]);
     let amax: Vec<f32> = (0..2 * nb).map(|_| h.rng.normal().abs() * 0.1).collect();
     let ab = h.buf(&amax, DType::F32);
     let (ma, va) = ([ab[0].sub(0, nb), ab[1].sub(0, nb)], [ab[0].sub(nb, nb), ab[1].sub(nb, nb)]);
-    for step in 1..=10u64 {
+    for step in 1..=views.steps {
         let g = grads_with_zeros(h, n);
+        let g = if views.bf16_grads {
+            let (gpu_grads, _) = h.get(g);
+            h.buf(&gpu_grads, DType::Compute)
+        } else {
+            g
+        };
         let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.8 };
         h.run(|be, i| be.adamw8bit(p[i], g[i], mc[i], vc[i], ma[i], va[i], a));
         // A later part of the range on its own (the optimizer steps one
@@ -938,20 +968,22 @@ fn adamw8bit_case(h: &mut H, n: usize) {
             h.run(|be, i| be.adamw8bit(p[i].sub(s, len), g[i].sub(s, len), mc[i].sub(s, len), vc[i].sub(s, len), ma[i].sub(bs, bl), va[i].sub(bs, bl), a));
         }
     }
-    h.check(&format!("adamw8bit params n={n}"), p, OPT);
-    h.check(&format!("adamw8bit m absmax n={n}"), ma, OPT);
-    h.check(&format!("adamw8bit v absmax n={n}"), va, OPT);
+    let tag = format!("n={n} {views:?}");
+    h.check(&format!("adamw8bit params {tag}"), p, OPT);
+    h.check(&format!("adamw8bit m absmax {tag}"), ma, OPT);
+    h.check(&format!("adamw8bit v absmax {tag}"), va, OPT);
     for (name, v) in [("m", mc), ("v", vc)] {
         let (g, c) = h.get_u8(v);
         let diff: Vec<i32> = g.iter().zip(&c).map(|(a, b)| *a as i32 - *b as i32).collect();
         let wrong = diff.iter().filter(|d| **d != 0).count();
         let worst = diff.iter().map(|d| d.abs()).max().unwrap_or(0);
-        println!("adamw8bit {name} codes n={n}: {wrong} differ from the CPU (max step {worst})");
-        assert!(worst <= 1 && wrong * 1000 <= n, "adamw8bit {name} codes n={n}: {wrong} differ, max step {worst}");
+        let first = diff.iter().position(|d| *d != 0);
+        println!("adamw8bit {name} codes {tag}: {wrong} differ from the CPU (max step {worst}, first at {first:?})");
+        assert!(worst <= 1 && wrong * 1000 <= n, "adamw8bit {name} codes {tag}: {wrong} differ, max step {worst}, first at {first:?}");
     }
-    // The untouched bytes between and after the code arrays stay as uploaded.
+    // The untouched bytes between the code arrays stay as uploaded.
     let (g, _) = h.get_u8(cb);
-    assert_eq!(&g[n..n + 5], &codes[n..n + 5], "adamw8bit wrote outside its code views");
+    assert_eq!(&g[n..v_off], &codes[n..v_off], "adamw8bit wrote outside its code views");
 }
 
 #[test]

@@ -123,9 +123,20 @@ impl CudaBackend {
         }
         let maps = self.quant_maps_ptr()?;
         let decay = 1.0 - a.lr * a.weight_decay; // f32, as the CPU computes it
-        let grid = blocks.min(self.sms as usize * 8) as u32;
-        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (QUANT_BLOCK as u32, 1, 1), shared_mem_bytes: 0 };
-        let args = [P(p.ptr), P(g.ptr), I(g.dt()), P(mc.ptr), P(vc.ptr), P(ma.ptr), P(va.ptr), P(shadow), P(maps), L(n as i64), Adam(adam_args(&a)), F(decay)];
+        // One warp per quant block, 8 per thread block (adamw8bit.cu's WARPS);
+        // enough thread blocks to fill the GPU, the kernel strides over the rest.
+        const WARPS: usize = 8;
+        let grid = blocks.div_ceil(WARPS).min(self.sms as usize * 16) as u32;
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+        // The vector path reads 4 elements at once: 16-byte params and fp32
+        // grads, 8-byte bf16 grads and shadow, 4-byte code words.
+        let g_aligned = match g.elem {
+            Elem::F32 => g.ptr % 16 == 0,
+            Elem::Bf16 => g.ptr % 8 == 0,
+            _ => false, // other gradient types: the scalar path's general load
+        };
+        let aligned = p.ptr % 16 == 0 && g_aligned && mc.ptr % 4 == 0 && vc.ptr % 4 == 0 && shadow % 8 == 0;
+        let args = [P(p.ptr), P(g.ptr), I(g.dt()), P(mc.ptr), P(vc.ptr), P(ma.ptr), P(va.ptr), P(shadow), P(maps), L(n as i64), Adam(adam_args(&a)), F(decay), I(aligned as i32)];
         self.launch("adamw8bit", "adamw8bit_k", cfg, &args)
     }
 

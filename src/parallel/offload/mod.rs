@@ -31,6 +31,7 @@
 pub mod budget;
 pub mod host_optimizer;
 pub mod nvme;
+pub mod timing;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BufId, DType, View};
@@ -48,6 +49,8 @@ use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+use timing::{ms_since, OffloadTimes};
 
 /// Views of units whose gradients are not on the device point here.
 const NOT_HERE: BufId = BufId(usize::MAX);
@@ -82,6 +85,8 @@ struct Done {
     unit: usize,
     host: UnitHost,
     grads: Vec<f32>,
+    /// How long the unit's step took on the worker.
+    opt_ms: f64,
 }
 
 enum Msg {
@@ -115,6 +120,8 @@ pub struct Offload {
     jobs: Option<Sender<Msg>>,
     done: Receiver<Result<Done>>,
     worker: Option<JoinHandle<()>>,
+    /// This step's host-side phases.
+    times: OffloadTimes,
 }
 
 impl Offload {
@@ -174,6 +181,7 @@ impl Offload {
             jobs: Some(jobs),
             done,
             worker: Some(worker),
+            times: OffloadTimes::default(),
         })
     }
 
@@ -192,6 +200,7 @@ impl Offload {
     pub fn begin_step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
         ensure!(self.in_flight == 0, "offload: a step begins while {} unit steps are still running", self.in_flight);
         self.lr = lr;
+        self.times = OffloadTimes::default();
         self.overlap = grad_clip == 0.0;
         self.last_micro = true;
         if self.shared.files.is_some() {
@@ -252,7 +261,10 @@ impl Offload {
         }
         let mut first_err = None;
         while self.in_flight > 0 {
-            let got = self.done.recv().map_err(|_| anyhow!("the offload optimizer thread stopped"));
+            let waited = Instant::now();
+            let got = self.done.recv();
+            self.times.offload_wait_ms += ms_since(waited);
+            let got = got.map_err(|_| anyhow!("the offload optimizer thread stopped"));
             self.in_flight -= 1;
             match got.and_then(|r| r).and_then(|d| self.install(b, zero, d)) {
                 Ok(()) => {}
@@ -277,8 +289,11 @@ impl Offload {
     fn install<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, d: Done) -> Result<()> {
         let r = self.ranges[d.unit].clone();
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
+        let t = Instant::now();
         b.upload(view, d.host.master())?;
         b.params_changed(view)?;
+        self.times.offload_h2d_ms += ms_since(t);
+        self.times.offload_opt_ms += d.opt_ms;
         self.meta = d.host.opt.meta();
         if self.overlap {
             self.host_grads[d.unit] = Some(d.grads);
@@ -287,6 +302,11 @@ impl Offload {
             self.hosts[d.unit] = Some(d.host);
         }
         Ok(())
+    }
+
+    /// This step's host-side phases (complete after [`Offload::finish`]).
+    pub fn times(&self) -> OffloadTimes {
+        self.times
     }
 
     /// Replaces the master weights (init from Hugging Face, resume).
@@ -402,11 +422,13 @@ impl Offload {
         }
         let u = self.unit_index(unit);
         let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
+        let t = Instant::now();
         let mut host = vec![0.0f32; self.ranges[u].len()];
         let out = b.download(View::whole(buf, host.len()), &mut host);
         b.free(buf);
         self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
         out?;
+        self.times.offload_d2h_ms += ms_since(t);
         if self.overlap {
             self.dispatch(u, host, 1.0)
         } else {
@@ -507,11 +529,12 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
             stash.remove(&u).expect("just checked")?
         }
     };
+    let t = Instant::now();
     host.step(&job.grads, job.lr, job.clip).with_context(|| format!("offloaded optimizer step of unit {u}"))?;
     if let Some(files) = &sh.files {
         files.write(&mut host)?;
     }
-    Ok(Done { unit: u, host, grads: job.grads })
+    Ok(Done { unit: u, host, grads: job.grads, opt_ms: ms_since(t) })
 }
 
 /// The parameter store of an offloaded run.

@@ -24,6 +24,7 @@ pub mod lion;
 pub mod matmul;
 pub mod onebit;
 pub mod precondition;
+pub mod quant_search;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sign_descent;
@@ -232,6 +233,33 @@ impl CpuBackend {
     /// Read access to a u8 view. Panics on a bad view.
     pub fn slice_u8(&self, v: View) -> &[u8] {
         self.slice_u8_checked(v).unwrap()
+    }
+
+    /// Lends `data` to the backend as an f32 buffer, without copying (the
+    /// offloaded optimizer steps on gradients that arrived in a host
+    /// vector); [`CpuBackend::take_f32`] hands it back.
+    pub fn adopt_f32(&mut self, data: Vec<f32>) -> BufId {
+        let buf = CpuBuf::F32(data);
+        self.live_bytes += buf.bytes();
+        self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+        self.bufs.push(Some(buf));
+        BufId(self.bufs.len() - 1)
+    }
+
+    /// Frees an f32 buffer and returns its contents.
+    pub fn take_f32(&mut self, buf: BufId) -> Result<Vec<f32>> {
+        match self.bufs.get_mut(buf.0).and_then(Option::take) {
+            Some(CpuBuf::F32(v)) => {
+                self.live_bytes -= 4 * v.len() as u64;
+                Ok(v)
+            }
+            Some(other) => {
+                let kind = other.kind();
+                self.bufs[buf.0] = Some(other);
+                bail!("take_f32: buffer {} is {kind} buffer", buf.0)
+            }
+            None => bail!("take_f32: buffer {} does not exist", buf.0),
+        }
     }
 
     /// Read access to a u32 view. Panics on a bad view.

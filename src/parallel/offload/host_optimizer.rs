@@ -64,12 +64,16 @@ impl UnitHost {
         self.h.upload(self.master, w)
     }
 
-    /// One optimizer step of this unit from its gradients `grads`.
-    pub fn step(&mut self, grads: &[f32], lr: f32, clip: f32) -> Result<()> {
-        let g = self.h.alloc(grads.len().max(1), DType::F32)?;
-        let out = self.h.upload(View::whole(g, grads.len()), grads).and_then(|_| self.opt.step(&mut self.h, self.master.buf, g, lr, clip));
-        self.h.free(g);
-        out
+    /// One optimizer step of this unit from its gradients `grads`, which
+    /// the step reads in place (lent to the unit's backend, no copy) and
+    /// hands back for the next step to fill.
+    pub fn step(&mut self, grads: Vec<f32>, lr: f32, clip: f32) -> (Result<()>, Vec<f32>) {
+        let g = self.h.adopt_f32(grads);
+        let out = self.opt.step(&mut self.h, self.master.buf, g, lr, clip);
+        match self.h.take_f32(g) {
+            Ok(grads) => (out, grads),
+            Err(e) => (out.and(Err(e)), Vec::new()),
+        }
     }
 }
 

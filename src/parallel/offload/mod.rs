@@ -67,6 +67,19 @@ struct Shared {
     cfg: OptimizerConfig,
     layouts: Vec<ParamLayout>,
     files: Option<StateFiles>,
+    /// The threads the host optimizer's kernels run on: every core but
+    /// one, which stays with the thread driving the device.
+    pool: rayon::ThreadPool,
+}
+
+/// Host optimizer threads: the available cores minus one (at least one).
+fn optimizer_pool() -> Result<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("offload-opt-{i}"))
+        .build()
+        .context("cannot start the offload optimizer's threads")
 }
 
 struct Job {
@@ -110,6 +123,9 @@ pub struct Offload {
     gv: ModelViews,
     /// Each unit's complete gradients on the host, this step.
     host_grads: Vec<Option<Vec<f32>>>,
+    /// Each unit's host gradient vector between steps, reused so that a
+    /// step does not fault in fresh pages for every gradient.
+    spare_grads: Vec<Vec<f32>>,
     last_micro: bool,
     /// The optimizer's scalar state (step count) after the latest step:
     /// the NVMe tier's files hold tensors only.
@@ -152,7 +168,7 @@ impl Offload {
                 None => hosts.push(Some(host)),
             }
         }
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files });
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()? });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -173,6 +189,7 @@ impl Offload {
             dev_grads: vec![None; units],
             gv: ModelViews::new(layout, NOT_HERE, cfg.model.n_layers),
             host_grads: vec![None; units],
+            spare_grads: vec![Vec::new(); units],
             last_micro: true,
             meta: serde_json::Value::Null,
             lr: 0.0,
@@ -281,7 +298,11 @@ impl Offload {
                 sum_squares_concat(&parts).sqrt() as f32
             }
         };
-        self.host_grads.iter_mut().for_each(|g| *g = None);
+        for (spare, g) in self.spare_grads.iter_mut().zip(self.host_grads.iter_mut()) {
+            if let Some(g) = g.take() {
+                *spare = g;
+            }
+        }
         Ok(norm)
     }
 
@@ -297,6 +318,8 @@ impl Offload {
         self.meta = d.host.opt.meta();
         if self.overlap {
             self.host_grads[d.unit] = Some(d.grads);
+        } else {
+            self.spare_grads[d.unit] = d.grads;
         }
         if self.tier == Tier::Cpu {
             self.hosts[d.unit] = Some(d.host);
@@ -423,7 +446,8 @@ impl Offload {
         let u = self.unit_index(unit);
         let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
         let t = Instant::now();
-        let mut host = vec![0.0f32; self.ranges[u].len()];
+        let mut host = std::mem::take(&mut self.spare_grads[u]);
+        host.resize(self.ranges[u].len(), 0.0);
         let out = b.download(View::whole(buf, host.len()), &mut host);
         b.free(buf);
         self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
@@ -530,11 +554,12 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         }
     };
     let t = Instant::now();
-    host.step(&job.grads, job.lr, job.clip).with_context(|| format!("offloaded optimizer step of unit {u}"))?;
+    let (out, grads) = sh.pool.install(|| host.step(job.grads, job.lr, job.clip));
+    out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
     if let Some(files) = &sh.files {
         files.write(&mut host)?;
     }
-    Ok(Done { unit: u, host, grads: job.grads, opt_ms: ms_since(t) })
+    Ok(Done { unit: u, host, grads, opt_ms: ms_since(t) })
 }
 
 /// The parameter store of an offloaded run.

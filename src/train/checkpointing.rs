@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 
 /// A checkpoint of the whole state (a collective: every rank calls it).
 pub(super) fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<PathBuf> {
-    let weights = st.zero.full_weights(b)?;
+    // An offloaded run's fp32 weights are its host master weights (the
+    // device holds the compute dtype).
+    let weights = match st.off.as_mut() {
+        Some(off) => off.master_weights()?,
+        None => st.zero.full_weights(b)?,
+    };
     let (rank, world) = (st.zero.rank(), st.zero.world());
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage > 0 {

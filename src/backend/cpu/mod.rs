@@ -15,6 +15,7 @@
 pub mod adamw;
 pub mod adamw8bit;
 pub mod attention;
+mod deferred_copies;
 pub mod axis;
 pub mod elementwise;
 pub mod embed;
@@ -68,6 +69,8 @@ pub struct CpuBackend {
     peak_bytes: u64,
     /// Host clock readings of `mark` (ops run synchronously here).
     marks: Vec<std::time::Instant>,
+    /// Test twin of the CUDA copy stream (deferred_copies.rs); None: off.
+    deferred: Option<deferred_copies::Deferred>,
 }
 
 /// Output slices, input slices and token-id slices of one op call.
@@ -299,6 +302,16 @@ impl Backend for CpuBackend {
         let ([d], []) = self.req([dst], [])?;
         d.copy_from_slice(src);
         Ok(())
+    }
+
+    unsafe fn download_start(&mut self, src: View, dst: &mut [f32]) -> Result<super::CopyTicket> {
+        self.download_start_op(src, dst)
+    }
+    unsafe fn upload_start(&mut self, dst: View, src: super::HostSrc<'_>) -> Result<super::CopyTicket> {
+        self.upload_start_op(dst, src)
+    }
+    fn copy_wait(&mut self, t: super::CopyTicket) -> Result<()> {
+        self.copy_wait_op(t)
     }
 
     fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()> {

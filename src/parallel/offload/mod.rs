@@ -34,7 +34,7 @@ pub mod nvme;
 pub mod timing;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BufId, DType, View};
+use crate::backend::{Backend, BufId, CopyTicket, DType, HostSrc, View};
 use crate::config::{Config, OptimizerConfig};
 use crate::model::layout::ParamLayout;
 use crate::model::store::{unit_ranges, ParamStore, Unit};
@@ -47,6 +47,8 @@ use nvme::StateFiles;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -70,6 +72,23 @@ struct Shared {
     /// The threads the host optimizer's kernels run on: every core but
     /// one, which stays with the thread driving the device.
     pool: rayon::ThreadPool,
+    /// The device holds bf16 weights: each step also rounds the unit's
+    /// master weights into its bf16 image (set from the backend).
+    bf16_images: AtomicBool,
+}
+
+/// Gradient copies in flight at once: unit u's gradients go to the host
+/// while the backward of the next units runs; the host waits for the
+/// oldest copy only when more than this many are in flight.
+const COPY_LAG: usize = 2;
+
+/// A unit's gradients on their way to the host.
+struct Landing {
+    u: usize,
+    /// The device buffer being read (freed once the copy is done).
+    buf: BufId,
+    host: Vec<f32>,
+    ticket: CopyTicket,
 }
 
 /// Host optimizer threads: the available cores minus one (at least one).
@@ -138,6 +157,12 @@ pub struct Offload {
     worker: Option<JoinHandle<()>>,
     /// This step's host-side phases.
     times: OffloadTimes,
+    /// Gradient copies in flight, oldest first.
+    landing: VecDeque<Landing>,
+    /// Weight uploads in flight and the hosts they read from.
+    uploading: Vec<(CopyTicket, UnitHost)>,
+    /// Host ranges this offload had the backend pin (start addresses).
+    pinned: HashSet<usize>,
 }
 
 impl Offload {
@@ -168,7 +193,7 @@ impl Offload {
                 None => hosts.push(Some(host)),
             }
         }
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()? });
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false) });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -199,6 +224,9 @@ impl Offload {
             done,
             worker: Some(worker),
             times: OffloadTimes::default(),
+            landing: VecDeque::new(),
+            uploading: Vec::new(),
+            pinned: HashSet::new(),
         })
     }
 
@@ -264,6 +292,10 @@ impl Offload {
     /// bit for bit), every unit's step done and its weights uploaded into
     /// `zero`'s device weights. Returns the norm.
     pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+        if let Err(e) = self.land_all(b) {
+            self.abandon_copies(b);
+            return Err(e);
+        }
         let units = self.ranges.len();
         let mut norm = None;
         if !self.overlap {
@@ -288,7 +320,11 @@ impl Offload {
                 Err(e) => first_err = first_err.or(Some(e)),
             }
         }
+        if first_err.is_none() {
+            first_err = self.finish_uploads(b).err();
+        }
         if let Some(e) = first_err {
+            self.abandon_copies(b);
             return Err(e);
         }
         let norm = match norm {
@@ -311,9 +347,6 @@ impl Offload {
         let r = self.ranges[d.unit].clone();
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
         let t = Instant::now();
-        b.upload(view, d.host.master())?;
-        b.params_changed(view)?;
-        self.times.offload_h2d_ms += ms_since(t);
         self.times.offload_opt_ms += d.opt_ms;
         self.meta = d.host.opt.meta();
         if self.overlap {
@@ -321,10 +354,87 @@ impl Offload {
         } else {
             self.spare_grads[d.unit] = d.grads;
         }
-        if self.tier == Tier::Cpu {
-            self.hosts[d.unit] = Some(d.host);
+        let host = d.host;
+        let src = if b.compute_is_bf16() { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
+        self.pin(b, src)?;
+        // SAFETY: `host` (and so `src`) stays in `uploading`, unchanged,
+        // until finish_uploads waits for the ticket.
+        let ticket = unsafe { b.upload_start(view, src) }?;
+        self.uploading.push((ticket, host));
+        b.params_changed(view)?;
+        self.times.offload_h2d_ms += ms_since(t);
+        Ok(())
+    }
+
+    /// Waits for the weight uploads; the cpu tier's hosts go back home.
+    fn finish_uploads<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let t = Instant::now();
+        let mut first_err = None;
+        for (ticket, host) in std::mem::take(&mut self.uploading) {
+            if let Err(e) = b.copy_wait(ticket) {
+                first_err = first_err.or(Some(e));
+            }
+            if self.tier == Tier::Cpu {
+                let u = host.unit;
+                self.hosts[u] = Some(host);
+            }
+        }
+        self.times.offload_h2d_ms += ms_since(t);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Page-locks a long-lived host range (cpu tier only: the NVMe tier's
+    /// units are read into fresh memory every step).
+    fn pin<B: Backend>(&mut self, b: &mut B, src: HostSrc<'_>) -> Result<()> {
+        let (ptr, bytes) = match src {
+            HostSrc::F32(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
+            HostSrc::Bf16(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
+        };
+        if self.tier != Tier::Cpu || bytes == 0 || self.pinned.contains(&(ptr as usize)) {
+            return Ok(());
+        }
+        // SAFETY: the range belongs to a unit's host (its gradient vector,
+        // master or image), allocated once and kept for the whole run; the
+        // backend unpins what is left at its end.
+        unsafe { b.pin_host(ptr, bytes) }?;
+        self.pinned.insert(ptr as usize);
+        Ok(())
+    }
+
+    /// Waits for the oldest gradient copy: frees its device buffer and
+    /// hands the gradients on (a step now, or kept for the norm).
+    fn land_oldest<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let Some(l) = self.landing.pop_front() else { return Ok(()) };
+        let t = Instant::now();
+        let out = b.copy_wait(l.ticket);
+        b.free(l.buf);
+        self.times.offload_d2h_ms += ms_since(t);
+        out?;
+        if self.overlap {
+            self.dispatch(l.u, l.host, 1.0)
+        } else {
+            self.host_grads[l.u] = Some(l.host);
+            Ok(())
+        }
+    }
+
+    fn land_all<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        while !self.landing.is_empty() {
+            self.land_oldest(b)?;
         }
         Ok(())
+    }
+
+    /// After an error: no copy may still write into or read from host
+    /// memory that is about to be dropped.
+    fn abandon_copies<B: Backend>(&mut self, b: &mut B) {
+        for l in std::mem::take(&mut self.landing) {
+            let _ = b.copy_wait(l.ticket);
+            b.free(l.buf);
+        }
+        for (ticket, _) in std::mem::take(&mut self.uploading) {
+            let _ = b.copy_wait(ticket);
+        }
     }
 
     /// This step's host-side phases (complete after [`Offload::finish`]).
@@ -340,6 +450,20 @@ impl Offload {
             self.with_unit(u, |h| h.set_master(w))?;
         }
         Ok(())
+    }
+
+    /// The master weights of the whole model (layout order): what a
+    /// checkpoint saves (the device may hold only their bf16 rounding).
+    pub fn master_weights(&mut self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.layout.total];
+        for u in 0..self.ranges.len() {
+            let r = self.ranges[u].clone();
+            self.with_unit(u, |h| {
+                out[r].copy_from_slice(h.master());
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// Runs `f` on unit `u`'s host (read from and written back to its file
@@ -445,20 +569,31 @@ impl Offload {
         }
         let u = self.unit_index(unit);
         let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
+        self.shared.bf16_images.store(b.compute_is_bf16(), Ordering::Relaxed);
+        self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
         let t = Instant::now();
         let mut host = std::mem::take(&mut self.spare_grads[u]);
         host.resize(self.ranges[u].len(), 0.0);
-        let out = b.download(View::whole(buf, host.len()), &mut host);
-        b.free(buf);
-        self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
-        out?;
+        let started = self.pin(b, HostSrc::F32(&host)).and_then(|_| {
+            // SAFETY: `host` moves into `landing` (its heap memory does not
+            // move) and `buf` is freed only after copy_wait (land_oldest,
+            // abandon_copies).
+            unsafe { b.download_start(View::whole(buf, host.len()), &mut host) }
+        });
+        let ticket = match started {
+            Ok(t) => t,
+            Err(e) => {
+                b.free(buf);
+                return Err(e);
+            }
+        };
+        self.landing.push_back(Landing { u, buf, host, ticket });
         self.times.offload_d2h_ms += ms_since(t);
-        if self.overlap {
-            self.dispatch(u, host, 1.0)
-        } else {
-            self.host_grads[u] = Some(host);
-            Ok(())
+        // Copies already done (the CPU backend's always are) land at once.
+        while self.landing.len() > COPY_LAG || self.landing.front().is_some_and(|l| l.ticket == CopyTicket::DONE) {
+            self.land_oldest(b)?;
         }
+        Ok(())
     }
 
     /// The store the passes run with: `zero` (stage 0, one process) holds
@@ -554,7 +689,14 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         }
     };
     let t = Instant::now();
-    let (out, grads) = sh.pool.install(|| host.step(job.grads, job.lr, job.clip));
+    let bf16 = sh.bf16_images.load(Ordering::Relaxed);
+    let (out, grads) = sh.pool.install(|| {
+        let out = host.step(job.grads, job.lr, job.clip);
+        if bf16 && out.0.is_ok() {
+            host.refresh_image();
+        }
+        out
+    });
     out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
     if let Some(files) = &sh.files {
         files.write(&mut host)?;

@@ -276,3 +276,67 @@ fn deferred_copies_give_the_same_weights() {
         assert!(bits(&dev) == bits(&dev_d) && bits(&dev) == bits(&master), "{sets:?}: device weights");
     }
 }
+
+/// A store that records the largest rise of live bytes over `base` right
+/// after each gradient fetch.
+struct Peak<'a> {
+    inner: &'a mut dyn ferrotron::model::store::ParamStore<CpuBackend>,
+    base: u64,
+    peak: u64,
+}
+
+impl ferrotron::model::store::ParamStore<CpuBackend> for Peak<'_> {
+    fn fetch(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.fetch(b, u)
+    }
+    fn release(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.release(b, u)
+    }
+    fn fetch_grads(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.fetch_grads(b, u)?;
+        self.peak = self.peak.max(b.live_memory_bytes().saturating_sub(self.base));
+        Ok(())
+    }
+    fn grads_done(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.grads_done(b, u)
+    }
+    fn params(&self) -> &ferrotron::model::views::ModelViews {
+        self.inner.params()
+    }
+    fn grads(&self) -> &ferrotron::model::views::ModelViews {
+        self.inner.grads()
+    }
+}
+
+/// `info`'s device bytes of an offloaded run equal what it allocates: the
+/// compute weights exactly, no gradients or state at rest, and the
+/// gradient buffers at their peak over a step with copies in flight (the
+/// copy-stream twin keeps them there as long as a GPU may).
+#[test]
+fn info_equals_an_offloaded_runs_device_allocations() {
+    use ferrotron::model::{Model, Recompute};
+    let tmp = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let c = cfg(tmp.path(), "x", &["model.preset=tiny-llama", "offload.optimizer=cpu", "train.grad_clip=0", &format!("model.tied_embeddings={tied}")]);
+        let est = ferrotron::telemetry::memory::estimate(&c);
+        let layout = ParamLayout::new(&c.model);
+        let weights = init_weights(&c.model, &layout, 1);
+        let mut b = CpuBackend::new();
+        b.defer_copies(true);
+        let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+        assert_eq!(b.live_memory_bytes(), est.weights + est.grads + est.optimizer_state.unwrap(), "tied {tied}: allocated vs info");
+        let mut off = Offload::new(&c, &layout, &weights).unwrap();
+        let mut model = Model::new_bare(&c.model, Recompute::Off);
+        let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+        model.eval_loss_in(&mut b, &mut off.store(&mut zero), &tokens, &tokens, 2, 32).unwrap();
+        let base = b.live_memory_bytes();
+        off.begin_step(1e-3, 0.0).unwrap();
+        let mut store = off.store(&mut zero);
+        let mut probe = Peak { inner: &mut store, base, peak: 0 };
+        model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
+        let peak = probe.peak;
+        drop(store);
+        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        assert_eq!(peak, est.comm_buffers, "tied {tied}: gradient buffers vs info");
+    }
+}

@@ -80,7 +80,7 @@ struct Shared {
 /// Gradient copies in flight at once: unit u's gradients go to the host
 /// while the backward of the next units runs; the host waits for the
 /// oldest copy only when more than this many are in flight.
-const COPY_LAG: usize = 2;
+pub const COPY_LAG: usize = 2;
 
 /// A unit's gradients on their way to the host.
 struct Landing {

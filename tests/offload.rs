@@ -226,3 +226,117 @@ fn offload_settings_are_validated() {
     assert!(load(&["offload.params=cpu"]).contains("not implemented yet"));
     assert!(load(&["offload.optimizer=cpu", "optimizer.name=muon"]).contains("adamw or adamw8bit"));
 }
+
+/// Three steps of an offload driven as the passes drive it, with
+/// deterministic gradients; returns the master and the device weights.
+fn drive(c: &Config, defer: bool) -> (Vec<f32>, Vec<f32>) {
+    let layout = ParamLayout::new(&c.model);
+    let weights = init_weights(&c.model, &layout, 1);
+    let mut b = CpuBackend::new();
+    b.defer_copies(defer);
+    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+    let mut off = Offload::new(c, &layout, &weights).unwrap();
+    let units = Unit::all(c.model.n_layers);
+    for step in 0..3 {
+        off.begin_step(1e-2, c.train.grad_clip).unwrap();
+        for (k, &u) in units.iter().rev().enumerate() {
+            off.fetch_grads(&mut b, u).unwrap();
+            let v = off.device_grads(u).unwrap();
+            let g: Vec<f32> = (0..v.len).map(|i| ((i * 7 + k * 3 + step) % 11) as f32 * 1e-3 - 5e-3).collect();
+            b.upload(v, &g).unwrap();
+            off.grads_done(&mut b, u).unwrap();
+            // The copy stream's twin: copies stay in flight behind backward.
+            assert!(b.copies_in_flight() <= 2, "at most COPY_LAG gradient copies in flight");
+        }
+        off.finish(&mut b, &mut zero, c.train.grad_clip).unwrap();
+        assert_eq!(b.copies_in_flight(), 0, "every copy waited for by the end of the step");
+    }
+    let mut dev = vec![0.0f32; layout.total];
+    b.download(View::whole(zero.shard_params, layout.total), &mut dev).unwrap();
+    (off.master_weights().unwrap(), dev)
+}
+
+/// Gradient copies that land only when waited for (as on a copy stream)
+/// give the same weights as copies done at once: the offload waits before
+/// it reads, frees device buffers only after their copy, and leaves
+/// uploaded weights alone until their copy is done (the twin checks all
+/// three). The device weights are the master weights.
+#[test]
+fn deferred_copies_give_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = format!("offload.path=\"{}\"", tmp.path().display());
+    for sets in [vec!["offload.optimizer=cpu", "train.grad_clip=0"], vec!["offload.optimizer=cpu", "train.grad_clip=0.01"], vec!["offload.optimizer=nvme", "train.grad_clip=0", "optimizer.name=adamw8bit"]] {
+        let mut sets: Vec<&str> = sets;
+        sets.push(&path);
+        let c = cfg(tmp.path(), "x", &sets);
+        let (master, dev) = drive(&c, false);
+        let (master_d, dev_d) = drive(&c, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&master) == bits(&master_d), "{sets:?}: master weights");
+        assert!(bits(&dev) == bits(&dev_d) && bits(&dev) == bits(&master), "{sets:?}: device weights");
+    }
+}
+
+/// A store that records the largest rise of live bytes over `base` right
+/// after each gradient fetch.
+struct Peak<'a> {
+    inner: &'a mut dyn ferrotron::model::store::ParamStore<CpuBackend>,
+    base: u64,
+    peak: u64,
+}
+
+impl ferrotron::model::store::ParamStore<CpuBackend> for Peak<'_> {
+    fn fetch(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.fetch(b, u)
+    }
+    fn release(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.release(b, u)
+    }
+    fn fetch_grads(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.fetch_grads(b, u)?;
+        self.peak = self.peak.max(b.live_memory_bytes().saturating_sub(self.base));
+        Ok(())
+    }
+    fn grads_done(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
+        self.inner.grads_done(b, u)
+    }
+    fn params(&self) -> &ferrotron::model::views::ModelViews {
+        self.inner.params()
+    }
+    fn grads(&self) -> &ferrotron::model::views::ModelViews {
+        self.inner.grads()
+    }
+}
+
+/// `info`'s device bytes of an offloaded run equal what it allocates: the
+/// compute weights exactly, no gradients or state at rest, and the
+/// gradient buffers at their peak over a step with copies in flight (the
+/// copy-stream twin keeps them there as long as a GPU may).
+#[test]
+fn info_equals_an_offloaded_runs_device_allocations() {
+    use ferrotron::model::{Model, Recompute};
+    let tmp = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let c = cfg(tmp.path(), "x", &["model.preset=tiny-llama", "offload.optimizer=cpu", "train.grad_clip=0", &format!("model.tied_embeddings={tied}")]);
+        let est = ferrotron::telemetry::memory::estimate(&c);
+        let layout = ParamLayout::new(&c.model);
+        let weights = init_weights(&c.model, &layout, 1);
+        let mut b = CpuBackend::new();
+        b.defer_copies(true);
+        let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+        assert_eq!(b.live_memory_bytes(), est.weights + est.grads + est.optimizer_state.unwrap(), "tied {tied}: allocated vs info");
+        let mut off = Offload::new(&c, &layout, &weights).unwrap();
+        let mut model = Model::new_bare(&c.model, Recompute::Off);
+        let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+        model.eval_loss_in(&mut b, &mut off.store(&mut zero), &tokens, &tokens, 2, 32).unwrap();
+        let base = b.live_memory_bytes();
+        off.begin_step(1e-3, 0.0).unwrap();
+        let mut store = off.store(&mut zero);
+        let mut probe = Peak { inner: &mut store, base, peak: 0 };
+        model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
+        let peak = probe.peak;
+        drop(store);
+        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        assert_eq!(peak, est.comm_buffers, "tied {tied}: gradient buffers vs info");
+    }
+}

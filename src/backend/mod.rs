@@ -53,6 +53,24 @@ impl DType {
     }
 }
 
+/// A host↔device copy started by [`Backend::download_start`] or
+/// [`Backend::upload_start`], finished by [`Backend::copy_wait`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "wait for the copy before touching its host memory"]
+pub struct CopyTicket(pub usize);
+
+impl CopyTicket {
+    /// A copy that finished before its start call returned.
+    pub const DONE: CopyTicket = CopyTicket(usize::MAX);
+}
+
+/// Host values to upload: f32, or bf16 bit patterns for a bf16 buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum HostSrc<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
 /// A point in a backend's stream of work ([`Backend::mark`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mark(pub usize);
@@ -499,6 +517,60 @@ pub trait Backend {
     /// are calls of this op.
     #[allow(clippy::too_many_arguments)]
     fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()>;
+
+    // ---- offload transfers (parallel::offload; CUDA: cuda/host_memory.rs).
+    // The defaults are the synchronous twin every backend has: the same
+    // calls, copies done before they return (what the CPU backend uses).
+
+    /// Whether `Compute` buffers hold bf16 (CUDA) rather than f32 (CPU):
+    /// the offload then uploads bf16 images of its master weights.
+    fn compute_is_bf16(&self) -> bool {
+        false
+    }
+    /// Page-locks `bytes` bytes of host memory at `ptr` so that copies
+    /// from and to it run at full bus speed, asynchronously. Returns
+    /// whether it did (the CPU backend: nothing to do, false).
+    ///
+    /// # Safety
+    /// The memory must stay allocated until [`Backend::unpin_host`] (or
+    /// the backend's end).
+    unsafe fn pin_host(&mut self, _ptr: *const u8, _bytes: usize) -> Result<bool> {
+        Ok(false)
+    }
+    /// Undoes [`Backend::pin_host`].
+    ///
+    /// # Safety
+    /// `ptr` was pinned by `pin_host` and no copy from or to it is in flight.
+    unsafe fn unpin_host(&mut self, _ptr: *const u8) {}
+    /// Starts copying the F32 view `src` into `dst`, after every op queued
+    /// so far, on a copy stream (the compute stream runs on). Finish with
+    /// [`Backend::copy_wait`].
+    ///
+    /// # Safety
+    /// `dst` must stay allocated and unread, and `src`'s buffer must not
+    /// be freed or written, until `copy_wait` of the returned ticket.
+    unsafe fn download_start(&mut self, src: View, dst: &mut [f32]) -> Result<CopyTicket> {
+        self.download(src, dst)?;
+        Ok(CopyTicket::DONE)
+    }
+    /// Starts copying host values into `dst` on the copy stream; every op
+    /// queued after this call reads the new values (the device waits, not
+    /// the host). [`HostSrc::Bf16`] needs a bf16 buffer (`Compute` on CUDA).
+    ///
+    /// # Safety
+    /// `src` must stay allocated and unchanged until `copy_wait` of the
+    /// returned ticket.
+    unsafe fn upload_start(&mut self, dst: View, src: HostSrc<'_>) -> Result<CopyTicket> {
+        match src {
+            HostSrc::F32(v) => self.upload(dst, v)?,
+            HostSrc::Bf16(v) => self.upload(dst, &v.iter().map(|&x| half::bf16::from_bits(x).to_f32()).collect::<Vec<f32>>())?,
+        }
+        Ok(CopyTicket::DONE)
+    }
+    /// Blocks the host until the copy is done.
+    fn copy_wait(&mut self, _t: CopyTicket) -> Result<()> {
+        Ok(())
+    }
 
     /// Called after the optimizer changed `params` (a view of the F32 master
     /// weights) so a backend holding low-precision copies can refresh them.

@@ -104,12 +104,13 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let sp_buffers = act * sp_scratch(cfg);
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
     if cfg.offload.enabled() {
-        // parallel::offload: the device keeps the compute weights and each
-        // unit's gradients while its backward runs (all of them across
-        // micro-batches when accumulating); state and master are off it.
+        // parallel::offload: the device keeps only the compute-dtype weights
+        // (bf16 on CUDA; the fp32 master is on the host) and each unit's
+        // gradients from its backward until its copy to the host lands
+        // (all of them across micro-batches when accumulating).
         let part = Partition::new(&cfg.model, &layout, 1, false);
-        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, unit_buffers(cfg, &part, 2, w)) };
-        return MemoryEstimate { params, weights: w * params, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
+        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
+        return MemoryEstimate { params, weights: act * params, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
     }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
@@ -185,6 +186,19 @@ pub fn longest_seq(cfg: &Config, bytes: u64) -> Option<usize> {
 /// together while the unit's backward runs. Tied embeddings keep the
 /// embeddings' gradient buffer from the head's backward to the end, and the
 /// head's gather includes them.
+/// An offloaded run's gradient buffers at their peak: in backward order,
+/// the unit whose backward runs and the `COPY_LAG` before it whose copies
+/// to the host are in flight, plus (tied embeddings) the embeddings'
+/// buffer, which accumulates from the head's backward to the end.
+fn offload_grad_buffers(cfg: &Config, part: &Partition) -> u64 {
+    let lens: Vec<u64> = part.units.iter().map(|r| r.len() as u64).collect();
+    let tied = cfg.model.tied_embeddings;
+    let backward: Vec<u64> = lens.iter().skip(usize::from(tied)).rev().copied().collect();
+    let lag = crate::parallel::offload::COPY_LAG;
+    let window = (0..backward.len()).map(|k| backward[k.saturating_sub(lag)..=k].iter().sum::<u64>()).max().unwrap_or(0);
+    FP32 * (window + if tied { lens[0] } else { 0 })
+}
+
 fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, w: u64) -> u64 {
     let len = |u: usize| part.units[u].len() as u64;
     let (embed, head) = (len(0), len(part.units.len() - 1));

@@ -58,6 +58,9 @@ pub struct TrainMetrics {
     /// freeze step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm_ratio: Option<f64>,
+    /// Offloaded runs: host-side phases of the step (parallel::offload::timing).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<crate::parallel::offload::timing::OffloadTimes>,
 }
 
 /// `null` (how serde_json writes NaN and infinity) as NaN.

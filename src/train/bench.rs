@@ -91,7 +91,10 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
     let mut st = new_state(&mut b, cfg, &data, Box::new(crate::dist::SoloComm))?;
     if let Some(dir) = export_init {
-        let params = st.zero.full_weights(&mut b)?;
+        let params = match st.off.as_mut() {
+            Some(off) => off.master_weights()?,
+            None => st.zero.full_weights(&mut b)?,
+        };
         crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
     }
     let (mut step_ms, mut losses) = (Vec::new(), Vec::new());

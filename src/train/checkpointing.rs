@@ -93,7 +93,7 @@ impl Checkpoints {
 /// weights): this rank's part of the checkpoint copied to host memory;
 /// `None` on a rank that writes nothing (ranks > 0 without ZeRO).
 fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<Option<HostCheckpoint>> {
-    let weights = st.zero.full_weights(b)?;
+    let weights = full_weights(b, st)?;
     let (rank, world) = (st.zero.rank(), st.zero.world());
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage == 0 {
@@ -113,6 +113,15 @@ fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
     Ok(Some(HostCheckpoint { run_dir: run_dir.to_path_buf(), step: st.step, rank, sharding, opt, lead }))
 }
 
+/// The full model's fp32 weights on the host: an offloaded run's are its
+/// host master weights (the device holds only the compute dtype).
+fn full_weights<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<Vec<f32>> {
+    match st.off.as_mut() {
+        Some(off) => off.master_weights(),
+        None => st.zero.full_weights(b),
+    }
+}
+
 /// The manifest's state fields; `optimizer` = the optimizer's scalars.
 fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde_json::Value) -> Result<ckpt::Manifest> {
     Ok(ckpt::Manifest {
@@ -127,7 +136,7 @@ fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde_json::Valu
 /// The synchronous save (`train.async_checkpoint = false`): every rank
 /// but 0 writes its shard, all meet, rank 0 publishes, all meet again.
 fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, delay: Duration) -> Result<PathBuf> {
-    let weights = st.zero.full_weights(b)?;
+    let weights = full_weights(b, st)?;
     let (rank, world) = (st.zero.rank(), st.zero.world());
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage > 0 {

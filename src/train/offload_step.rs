@@ -39,5 +39,6 @@ pub(super) fn offload_step<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Confi
     st.step += 1;
     let step_ms = start.elapsed().as_secs_f64() * 1e3;
     let phases = Phases { fwd_ms, bwd_ms, opt_ms: b.elapsed_ms(opt_start, end)?, step_ms };
-    Ok(step_line(st.step, loss, lr, grad_norm, tokens_per_step(cfg), phases, b.peak_memory_bytes(), TrainMetrics::default()))
+    let rest = TrainMetrics { offload: Some(off.times()), ..TrainMetrics::default() };
+    Ok(step_line(st.step, loss, lr, grad_norm, tokens_per_step(cfg), phases, b.peak_memory_bytes(), rest))
 }

@@ -15,6 +15,7 @@
 pub mod adamw;
 pub mod adamw8bit;
 pub mod attention;
+mod deferred_copies;
 pub mod axis;
 pub mod elementwise;
 pub mod embed;
@@ -24,6 +25,7 @@ pub mod lion;
 pub mod matmul;
 pub mod onebit;
 pub mod precondition;
+pub mod quant_search;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sign_descent;
@@ -67,6 +69,8 @@ pub struct CpuBackend {
     peak_bytes: u64,
     /// Host clock readings of `mark` (ops run synchronously here).
     marks: Vec<std::time::Instant>,
+    /// Test twin of the CUDA copy stream (deferred_copies.rs); None: off.
+    deferred: Option<deferred_copies::Deferred>,
 }
 
 /// Output slices, input slices and token-id slices of one op call.
@@ -234,6 +238,33 @@ impl CpuBackend {
         self.slice_u8_checked(v).unwrap()
     }
 
+    /// Lends `data` to the backend as an f32 buffer, without copying (the
+    /// offloaded optimizer steps on gradients that arrived in a host
+    /// vector); [`CpuBackend::take_f32`] hands it back.
+    pub fn adopt_f32(&mut self, data: Vec<f32>) -> BufId {
+        let buf = CpuBuf::F32(data);
+        self.live_bytes += buf.bytes();
+        self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+        self.bufs.push(Some(buf));
+        BufId(self.bufs.len() - 1)
+    }
+
+    /// Frees an f32 buffer and returns its contents.
+    pub fn take_f32(&mut self, buf: BufId) -> Result<Vec<f32>> {
+        match self.bufs.get_mut(buf.0).and_then(Option::take) {
+            Some(CpuBuf::F32(v)) => {
+                self.live_bytes -= 4 * v.len() as u64;
+                Ok(v)
+            }
+            Some(other) => {
+                let kind = other.kind();
+                self.bufs[buf.0] = Some(other);
+                bail!("take_f32: buffer {} is {kind} buffer", buf.0)
+            }
+            None => bail!("take_f32: buffer {} does not exist", buf.0),
+        }
+    }
+
     /// Read access to a u32 view. Panics on a bad view.
     pub fn slice_u32(&self, v: View) -> &[u32] {
         let p = self.ptr_u32(v).unwrap();
@@ -271,6 +302,16 @@ impl Backend for CpuBackend {
         let ([d], []) = self.req([dst], [])?;
         d.copy_from_slice(src);
         Ok(())
+    }
+
+    unsafe fn download_start(&mut self, src: View, dst: &mut [f32]) -> Result<super::CopyTicket> {
+        self.download_start_op(src, dst)
+    }
+    unsafe fn upload_start(&mut self, dst: View, src: super::HostSrc<'_>) -> Result<super::CopyTicket> {
+        self.upload_start_op(dst, src)
+    }
+    fn copy_wait(&mut self, t: super::CopyTicket) -> Result<()> {
+        self.copy_wait_op(t)
     }
 
     fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()> {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub struct CudaBackend {
     // Field order is drop order: everything holding device memory or
     // handles goes before the stream and context it lives on.
+    /// The offload's copy stream and pinned host memory (host_memory.rs).
+    pub(super) copies: Option<super::host_memory::Copies>,
     pub(super) bufs: Buffers,
     /// Per-op scratch (partial sums, conversions); reset at each op start.
     scratch: Option<DevMem>,
@@ -106,6 +108,7 @@ impl CudaBackend {
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
             marks: Vec::new(),
+            copies: None,
         })
     }
 

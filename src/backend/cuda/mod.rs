@@ -12,6 +12,7 @@
 
 mod compiler;
 mod device;
+mod host_memory;
 mod kernels;
 mod loader;
 mod matmul;
@@ -57,6 +58,24 @@ impl Backend for CudaBackend {
     }
     fn upload(&mut self, dst: View, src: &[f32]) -> Result<()> {
         self.upload_f32(dst, src)
+    }
+    fn compute_is_bf16(&self) -> bool {
+        true
+    }
+    unsafe fn pin_host(&mut self, ptr: *const u8, bytes: usize) -> Result<bool> {
+        self.pin_host_op(ptr, bytes)
+    }
+    unsafe fn unpin_host(&mut self, ptr: *const u8) {
+        self.unpin_host_op(ptr)
+    }
+    unsafe fn download_start(&mut self, src: View, dst: &mut [f32]) -> Result<crate::backend::CopyTicket> {
+        self.download_start_op(src, dst)
+    }
+    unsafe fn upload_start(&mut self, dst: View, src: crate::backend::HostSrc<'_>) -> Result<crate::backend::CopyTicket> {
+        self.upload_start_op(dst, src)
+    }
+    fn copy_wait(&mut self, t: crate::backend::CopyTicket) -> Result<()> {
+        self.copy_wait_op(t)
     }
     fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
         self.download_f32(src, dst)

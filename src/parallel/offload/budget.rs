@@ -13,7 +13,8 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffloadBytes {
     /// Host memory at its peak: master weights and state (cpu tier) or the
-    /// read-ahead window (nvme tier), plus every unit's gradient copy.
+    /// read-ahead window (nvme tier), plus every unit's gradient copy (and,
+    /// on CUDA, every unit's bf16 image of its weights).
     pub host: u64,
     /// The NVMe tier's state files (0 for the cpu tier).
     pub disk: u64,
@@ -36,7 +37,10 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
         let state: u64 = crate::optim::plan(&cfg.optimizer, &unit_layout(&layout, r))?.iter().map(|g| g.state_bytes).sum();
         per_unit.push((4 * r.len() as u64, state));
     }
-    let grads = 4 * layout.total as u64;
+    // The host gradient copies, plus (CUDA: the device computes in bf16)
+    // each unit's bf16 image of its master weights.
+    let images = if cfg.device == "cuda" { 2 * layout.total as u64 } else { 0 };
+    let grads = 4 * layout.total as u64 + images;
     let biggest = per_unit.iter().map(|(m, s)| m + s).max().unwrap_or(0);
     let biggest_grads = per_unit.iter().map(|(m, _)| *m).max().unwrap_or(0);
     Ok(match cfg.offload.optimizer.as_str() {

@@ -45,6 +45,10 @@ pub struct UnitHost {
     pub h: CpuBackend,
     pub opt: HostOpt,
     pub master: View,
+    /// The master weights rounded to bf16 (round to nearest even, as the
+    /// device's conversions): what a device holding bf16 weights receives
+    /// (half the bytes of fp32). Empty when the device computes in fp32.
+    pub image: Vec<u16>,
 }
 
 impl UnitHost {
@@ -53,7 +57,7 @@ impl UnitHost {
         let mut h = CpuBackend::new();
         let opt = host_optimizer(&mut h, cfg, layout)?;
         let master = View::whole(h.alloc(layout.total.max(1), DType::F32)?, layout.total);
-        Ok(UnitHost { unit, h, opt, master })
+        Ok(UnitHost { unit, h, opt, master, image: Vec::new() })
     }
 
     pub fn master(&self) -> &[f32] {
@@ -64,12 +68,28 @@ impl UnitHost {
         self.h.upload(self.master, w)
     }
 
-    /// One optimizer step of this unit from its gradients `grads`.
-    pub fn step(&mut self, grads: &[f32], lr: f32, clip: f32) -> Result<()> {
-        let g = self.h.alloc(grads.len().max(1), DType::F32)?;
-        let out = self.h.upload(View::whole(g, grads.len()), grads).and_then(|_| self.opt.step(&mut self.h, self.master.buf, g, lr, clip));
-        self.h.free(g);
-        out
+    /// Rounds the master weights into [`UnitHost::image`] (in parallel on
+    /// the calling rayon pool).
+    pub fn refresh_image(&mut self) {
+        let master = self.h.slice(self.master);
+        self.image.resize(master.len(), 0);
+        self.image.par_chunks_mut(CHUNK).zip(master.par_chunks(CHUNK)).for_each(|(out, w)| {
+            for (o, &x) in out.iter_mut().zip(w) {
+                *o = half::bf16::from_f32(x).to_bits();
+            }
+        });
+    }
+
+    /// One optimizer step of this unit from its gradients `grads`, which
+    /// the step reads in place (lent to the unit's backend, no copy) and
+    /// hands back for the next step to fill.
+    pub fn step(&mut self, grads: Vec<f32>, lr: f32, clip: f32) -> (Result<()>, Vec<f32>) {
+        let g = self.h.adopt_f32(grads);
+        let out = self.opt.step(&mut self.h, self.master.buf, g, lr, clip);
+        match self.h.take_f32(g) {
+            Ok(grads) => (out, grads),
+            Err(e) => (out.and(Err(e)), Vec::new()),
+        }
     }
 }
 

@@ -31,9 +31,10 @@
 pub mod budget;
 pub mod host_optimizer;
 pub mod nvme;
+pub mod timing;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BufId, DType, View};
+use crate::backend::{Backend, BufId, CopyTicket, DType, HostSrc, View};
 use crate::config::{Config, OptimizerConfig};
 use crate::model::layout::ParamLayout;
 use crate::model::store::{unit_ranges, ParamStore, Unit};
@@ -46,8 +47,12 @@ use nvme::StateFiles;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+use timing::{ms_since, OffloadTimes};
 
 /// Views of units whose gradients are not on the device point here.
 const NOT_HERE: BufId = BufId(usize::MAX);
@@ -64,6 +69,36 @@ struct Shared {
     cfg: OptimizerConfig,
     layouts: Vec<ParamLayout>,
     files: Option<StateFiles>,
+    /// The threads the host optimizer's kernels run on: every core but
+    /// one, which stays with the thread driving the device.
+    pool: rayon::ThreadPool,
+    /// The device holds bf16 weights: each step also rounds the unit's
+    /// master weights into its bf16 image (set from the backend).
+    bf16_images: AtomicBool,
+}
+
+/// Gradient copies in flight at once: unit u's gradients go to the host
+/// while the backward of the next units runs; the host waits for the
+/// oldest copy only when more than this many are in flight.
+pub const COPY_LAG: usize = 2;
+
+/// A unit's gradients on their way to the host.
+struct Landing {
+    u: usize,
+    /// The device buffer being read (freed once the copy is done).
+    buf: BufId,
+    host: Vec<f32>,
+    ticket: CopyTicket,
+}
+
+/// Host optimizer threads: the available cores minus one (at least one).
+fn optimizer_pool() -> Result<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("offload-opt-{i}"))
+        .build()
+        .context("cannot start the offload optimizer's threads")
 }
 
 struct Job {
@@ -82,6 +117,8 @@ struct Done {
     unit: usize,
     host: UnitHost,
     grads: Vec<f32>,
+    /// How long the unit's step took on the worker.
+    opt_ms: f64,
 }
 
 enum Msg {
@@ -105,6 +142,9 @@ pub struct Offload {
     gv: ModelViews,
     /// Each unit's complete gradients on the host, this step.
     host_grads: Vec<Option<Vec<f32>>>,
+    /// Each unit's host gradient vector between steps, reused so that a
+    /// step does not fault in fresh pages for every gradient.
+    spare_grads: Vec<Vec<f32>>,
     last_micro: bool,
     /// The optimizer's scalar state (step count) after the latest step:
     /// the NVMe tier's files hold tensors only.
@@ -115,6 +155,14 @@ pub struct Offload {
     jobs: Option<Sender<Msg>>,
     done: Receiver<Result<Done>>,
     worker: Option<JoinHandle<()>>,
+    /// This step's host-side phases.
+    times: OffloadTimes,
+    /// Gradient copies in flight, oldest first.
+    landing: VecDeque<Landing>,
+    /// Weight uploads in flight and the hosts they read from.
+    uploading: Vec<(CopyTicket, UnitHost)>,
+    /// Host ranges this offload had the backend pin (start addresses).
+    pinned: HashSet<usize>,
 }
 
 impl Offload {
@@ -145,7 +193,7 @@ impl Offload {
                 None => hosts.push(Some(host)),
             }
         }
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files });
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false) });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -166,6 +214,7 @@ impl Offload {
             dev_grads: vec![None; units],
             gv: ModelViews::new(layout, NOT_HERE, cfg.model.n_layers),
             host_grads: vec![None; units],
+            spare_grads: vec![Vec::new(); units],
             last_micro: true,
             meta: serde_json::Value::Null,
             lr: 0.0,
@@ -174,6 +223,10 @@ impl Offload {
             jobs: Some(jobs),
             done,
             worker: Some(worker),
+            times: OffloadTimes::default(),
+            landing: VecDeque::new(),
+            uploading: Vec::new(),
+            pinned: HashSet::new(),
         })
     }
 
@@ -192,6 +245,7 @@ impl Offload {
     pub fn begin_step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
         ensure!(self.in_flight == 0, "offload: a step begins while {} unit steps are still running", self.in_flight);
         self.lr = lr;
+        self.times = OffloadTimes::default();
         self.overlap = grad_clip == 0.0;
         self.last_micro = true;
         if self.shared.files.is_some() {
@@ -238,6 +292,10 @@ impl Offload {
     /// bit for bit), every unit's step done and its weights uploaded into
     /// `zero`'s device weights. Returns the norm.
     pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+        if let Err(e) = self.land_all(b) {
+            self.abandon_copies(b);
+            return Err(e);
+        }
         let units = self.ranges.len();
         let mut norm = None;
         if !self.overlap {
@@ -252,14 +310,21 @@ impl Offload {
         }
         let mut first_err = None;
         while self.in_flight > 0 {
-            let got = self.done.recv().map_err(|_| anyhow!("the offload optimizer thread stopped"));
+            let waited = Instant::now();
+            let got = self.done.recv();
+            self.times.offload_wait_ms += ms_since(waited);
+            let got = got.map_err(|_| anyhow!("the offload optimizer thread stopped"));
             self.in_flight -= 1;
             match got.and_then(|r| r).and_then(|d| self.install(b, zero, d)) {
                 Ok(()) => {}
                 Err(e) => first_err = first_err.or(Some(e)),
             }
         }
+        if first_err.is_none() {
+            first_err = self.finish_uploads(b).err();
+        }
         if let Some(e) = first_err {
+            self.abandon_copies(b);
             return Err(e);
         }
         let norm = match norm {
@@ -269,7 +334,11 @@ impl Offload {
                 sum_squares_concat(&parts).sqrt() as f32
             }
         };
-        self.host_grads.iter_mut().for_each(|g| *g = None);
+        for (spare, g) in self.spare_grads.iter_mut().zip(self.host_grads.iter_mut()) {
+            if let Some(g) = g.take() {
+                *spare = g;
+            }
+        }
         Ok(norm)
     }
 
@@ -277,16 +346,100 @@ impl Offload {
     fn install<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, d: Done) -> Result<()> {
         let r = self.ranges[d.unit].clone();
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
-        b.upload(view, d.host.master())?;
-        b.params_changed(view)?;
+        let t = Instant::now();
+        self.times.offload_opt_ms += d.opt_ms;
         self.meta = d.host.opt.meta();
         if self.overlap {
             self.host_grads[d.unit] = Some(d.grads);
+        } else {
+            self.spare_grads[d.unit] = d.grads;
         }
-        if self.tier == Tier::Cpu {
-            self.hosts[d.unit] = Some(d.host);
+        let host = d.host;
+        let src = if b.compute_is_bf16() { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
+        self.pin(b, src)?;
+        // SAFETY: `host` (and so `src`) stays in `uploading`, unchanged,
+        // until finish_uploads waits for the ticket.
+        let ticket = unsafe { b.upload_start(view, src) }?;
+        self.uploading.push((ticket, host));
+        b.params_changed(view)?;
+        self.times.offload_h2d_ms += ms_since(t);
+        Ok(())
+    }
+
+    /// Waits for the weight uploads; the cpu tier's hosts go back home.
+    fn finish_uploads<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let t = Instant::now();
+        let mut first_err = None;
+        for (ticket, host) in std::mem::take(&mut self.uploading) {
+            if let Err(e) = b.copy_wait(ticket) {
+                first_err = first_err.or(Some(e));
+            }
+            if self.tier == Tier::Cpu {
+                let u = host.unit;
+                self.hosts[u] = Some(host);
+            }
+        }
+        self.times.offload_h2d_ms += ms_since(t);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Page-locks a long-lived host range (cpu tier only: the NVMe tier's
+    /// units are read into fresh memory every step).
+    fn pin<B: Backend>(&mut self, b: &mut B, src: HostSrc<'_>) -> Result<()> {
+        let (ptr, bytes) = match src {
+            HostSrc::F32(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
+            HostSrc::Bf16(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
+        };
+        if self.tier != Tier::Cpu || bytes == 0 || self.pinned.contains(&(ptr as usize)) {
+            return Ok(());
+        }
+        // SAFETY: the range belongs to a unit's host (its gradient vector,
+        // master or image), allocated once and kept for the whole run; the
+        // backend unpins what is left at its end.
+        unsafe { b.pin_host(ptr, bytes) }?;
+        self.pinned.insert(ptr as usize);
+        Ok(())
+    }
+
+    /// Waits for the oldest gradient copy: frees its device buffer and
+    /// hands the gradients on (a step now, or kept for the norm).
+    fn land_oldest<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let Some(l) = self.landing.pop_front() else { return Ok(()) };
+        let t = Instant::now();
+        let out = b.copy_wait(l.ticket);
+        b.free(l.buf);
+        self.times.offload_d2h_ms += ms_since(t);
+        out?;
+        if self.overlap {
+            self.dispatch(l.u, l.host, 1.0)
+        } else {
+            self.host_grads[l.u] = Some(l.host);
+            Ok(())
+        }
+    }
+
+    fn land_all<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        while !self.landing.is_empty() {
+            self.land_oldest(b)?;
         }
         Ok(())
+    }
+
+    /// After an error: no copy may still write into or read from host
+    /// memory that is about to be dropped.
+    fn abandon_copies<B: Backend>(&mut self, b: &mut B) {
+        for l in std::mem::take(&mut self.landing) {
+            let _ = b.copy_wait(l.ticket);
+            b.free(l.buf);
+        }
+        for (ticket, _) in std::mem::take(&mut self.uploading) {
+            let _ = b.copy_wait(ticket);
+        }
+    }
+
+    /// This step's host-side phases (complete after [`Offload::finish`]).
+    pub fn times(&self) -> OffloadTimes {
+        self.times
     }
 
     /// Replaces the master weights (init from Hugging Face, resume).
@@ -297,6 +450,20 @@ impl Offload {
             self.with_unit(u, |h| h.set_master(w))?;
         }
         Ok(())
+    }
+
+    /// The master weights of the whole model (layout order): what a
+    /// checkpoint saves (the device may hold only their bf16 rounding).
+    pub fn master_weights(&mut self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.layout.total];
+        for u in 0..self.ranges.len() {
+            let r = self.ranges[u].clone();
+            self.with_unit(u, |h| {
+                out[r].copy_from_slice(h.master());
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// Runs `f` on unit `u`'s host (read from and written back to its file
@@ -402,17 +569,31 @@ impl Offload {
         }
         let u = self.unit_index(unit);
         let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
-        let mut host = vec![0.0f32; self.ranges[u].len()];
-        let out = b.download(View::whole(buf, host.len()), &mut host);
-        b.free(buf);
+        self.shared.bf16_images.store(b.compute_is_bf16(), Ordering::Relaxed);
         self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
-        out?;
-        if self.overlap {
-            self.dispatch(u, host, 1.0)
-        } else {
-            self.host_grads[u] = Some(host);
-            Ok(())
+        let t = Instant::now();
+        let mut host = std::mem::take(&mut self.spare_grads[u]);
+        host.resize(self.ranges[u].len(), 0.0);
+        let started = self.pin(b, HostSrc::F32(&host)).and_then(|_| {
+            // SAFETY: `host` moves into `landing` (its heap memory does not
+            // move) and `buf` is freed only after copy_wait (land_oldest,
+            // abandon_copies).
+            unsafe { b.download_start(View::whole(buf, host.len()), &mut host) }
+        });
+        let ticket = match started {
+            Ok(t) => t,
+            Err(e) => {
+                b.free(buf);
+                return Err(e);
+            }
+        };
+        self.landing.push_back(Landing { u, buf, host, ticket });
+        self.times.offload_d2h_ms += ms_since(t);
+        // Copies already done (the CPU backend's always are) land at once.
+        while self.landing.len() > COPY_LAG || self.landing.front().is_some_and(|l| l.ticket == CopyTicket::DONE) {
+            self.land_oldest(b)?;
         }
+        Ok(())
     }
 
     /// The store the passes run with: `zero` (stage 0, one process) holds
@@ -507,11 +688,20 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
             stash.remove(&u).expect("just checked")?
         }
     };
-    host.step(&job.grads, job.lr, job.clip).with_context(|| format!("offloaded optimizer step of unit {u}"))?;
+    let t = Instant::now();
+    let bf16 = sh.bf16_images.load(Ordering::Relaxed);
+    let (out, grads) = sh.pool.install(|| {
+        let out = host.step(job.grads, job.lr, job.clip);
+        if bf16 && out.0.is_ok() {
+            host.refresh_image();
+        }
+        out
+    });
+    out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
     if let Some(files) = &sh.files {
         files.write(&mut host)?;
     }
-    Ok(Done { unit: u, host, grads: job.grads })
+    Ok(Done { unit: u, host, grads, opt_ms: ms_since(t) })
 }
 
 /// The parameter store of an offloaded run.

@@ -1,0 +1,22 @@
+//! Where an offloaded step's host time goes, per step: the gradient copies
+//! to the host (`d2h`), the host optimizer (`opt`, summed over units, on
+//! the worker), the weight copies back (`h2d`), and the time the training
+//! thread sat waiting for unit steps at the end of the step (`wait`: the
+//! part of `opt` that backward did not hide). Written to metrics.jsonl as
+//! `offload_d2h_ms`, `offload_opt_ms`, `offload_h2d_ms`, `offload_wait_ms`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffloadTimes {
+    pub offload_d2h_ms: f64,
+    pub offload_opt_ms: f64,
+    pub offload_h2d_ms: f64,
+    pub offload_wait_ms: f64,
+}
+
+/// Milliseconds since `t`.
+pub fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

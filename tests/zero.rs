@@ -269,8 +269,37 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
     }
 }
 
+/// Stage 3 prefetches (the passes hint the next unit) but never holds more
+/// than `MAX_GATHERED_UNITS` = 2 units gathered at once — fetched plus
+/// prefetched — over a forward and backward, with untied and tied
+/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks.
+/// The counter is the store's own; the memory test above checks the bytes.
+#[test]
+fn stage3_holds_at_most_two_gathered_units() {
+    use ferrotron::backend::cpu::CpuBackend;
+    use ferrotron::model::{init::init_weights, Model, Recompute};
+    use ferrotron::parallel::zero::{Zero, MAX_GATHERED_UNITS};
+    assert_eq!(MAX_GATHERED_UNITS, 2);
+    for tied in [false, true] {
+        for layers in 1..=4 {
+            let sets = ["model.preset=tiny-llama".to_string(), format!("model.tied_embeddings={tied}"), format!("model.n_layers={layers}")];
+            let cfg = ferrotron::config::load(None, &sets).unwrap();
+            let layout = ferrotron::model::layout::ParamLayout::new(&cfg.model);
+            let mut b = CpuBackend::new();
+            let weights = init_weights(&cfg.model, &layout, 1);
+            let mut zero = Zero::new(&mut b, &cfg.model, &layout, 3, Box::new(Pretend { rank: 0, world: 2 }), false, &weights).unwrap();
+            let mut model = Model::new_bare(&cfg.model, Recompute::Off);
+            let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+            model.forward_backward_in(&mut b, &mut zero, &tokens, &tokens, 2, 32, 1.0).unwrap();
+            // Prefetching happened (2 at once), and never more.
+            assert_eq!(zero.take_peak_gathered(), 2, "tied {tied}, {layers} blocks");
+        }
+    }
+}
+
 /// A store that records the largest rise of live bytes over `base` seen
-/// right after each fetch (weights gathered, gradients allocated).
+/// right after each fetch and prefetch (weights gathered, gradients
+/// allocated).
 struct Peak<'a, B: ferrotron::backend::Backend> {
     inner: &'a mut ferrotron::parallel::zero::Zero<B>,
     base: u64,
@@ -286,6 +315,11 @@ impl<B: ferrotron::backend::Backend> Peak<'_, B> {
 impl<B: ferrotron::backend::Backend> ferrotron::model::store::ParamStore<B> for Peak<'_, B> {
     fn fetch(&mut self, b: &mut B, u: ferrotron::model::store::Unit) -> anyhow::Result<()> {
         self.inner.fetch(b, u)?;
+        self.see(b);
+        Ok(())
+    }
+    fn prefetch(&mut self, b: &mut B, u: ferrotron::model::store::Unit) -> anyhow::Result<()> {
+        self.inner.prefetch(b, u)?;
         self.see(b);
         Ok(())
     }

@@ -28,7 +28,7 @@ pub mod star;
 pub mod store;
 pub mod tcp;
 
-pub use comm::{segment, Comm, Elem};
+pub use comm::{segment, Comm, Elem, Ticket};
 pub use compressed::CompressedAllReduce;
 pub use nccl::NcclComm;
 pub use rendezvous::WorldInfo;

@@ -386,7 +386,13 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     st.model.clear_phase_spans();
     st.zero.zero_grads(b)?;
     let mut loss_sum = 0.0f64;
-    for _ in 0..t.grad_accum {
+    // 1-bit Adam after its freeze step averages its momentum itself: the
+    // gradients stay local, unclipped (each rank's norm is its own).
+    let local = st.opt.local_gradients();
+    for micro in 0..t.grad_accum {
+        // The last micro-batch reduces each unit's gradients as its
+        // backward ends (overlapped with the rest of backward).
+        st.zero.reduce_during_backward(micro + 1 == t.grad_accum && !local);
         let batch = st.train.next_batch()?;
         // Summed over ranks by the reduction: the mean over the global batch.
         // With sequence parallelism the batch is this rank's slice of its
@@ -395,9 +401,6 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         loss_sum += st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)? as f64;
     }
     let comm_start = b.mark()?;
-    // 1-bit Adam after its freeze step averages its momentum itself: the
-    // gradients stay local, unclipped (each rank's norm is its own).
-    let local = st.opt.local_gradients();
     if !local {
         st.zero.finish_grads(b)?;
     }

@@ -27,6 +27,7 @@ pub mod solo;
 pub mod star;
 pub mod store;
 pub mod tcp;
+pub mod watchdog;
 
 pub use comm::{segment, Comm, Elem, Ticket};
 pub use compressed::CompressedAllReduce;

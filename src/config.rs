@@ -96,6 +96,11 @@ pub struct DebugConfig {
     /// does not fail again.
     pub fail_step: u64,
     pub fail_rank: usize,
+    /// After this step (0 = never) rank `hang_rank` stops making progress
+    /// (sleeps forever, outside any collective), in the first attempt only:
+    /// for tests of the launcher's heartbeat watch.
+    pub hang_step: u64,
+    pub hang_rank: usize,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself

@@ -380,3 +380,33 @@ fn a_failing_rank_stops_every_rank() {
     assert_eq!(ckpt::latest(&dir).unwrap().unwrap().file_name().unwrap(), "step_00000004");
     assert!(ckpt::load(&ckpt::latest(&dir).unwrap().unwrap()).is_ok());
 }
+
+/// A rank that stops making progress outside any collective
+/// (`debug.hang_step`). Alone under the launcher no collective can time
+/// out: only its heartbeat shows the hang, and the launcher stops the run
+/// soon after `dist.timeout_s`, naming the rank and its last step. With a
+/// peer the run ends as fast, naming the hung rank, whichever sees it
+/// first: the launcher's heartbeat watch or the peer's collective timeout.
+#[test]
+fn a_hung_rank_is_stopped_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (world, hung) in [(1, 0), (2, 1)] {
+        let extra: Vec<String> = ["--set", "debug.hang_step=2", "--set", &format!("debug.hang_rank={hung}"), "--set", "dist.timeout_s=2"].map(String::from).to_vec();
+        let started = std::time::Instant::now();
+        let args = base_args(&format!("hangs{world}"), "adamw", GLOBAL_BATCH / world, 10, &extra);
+        let out = Command::new(bin()).current_dir(tmp.path()).args(["launch", "--nproc-per-node", &world.to_string()]).args(args).output().unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "world {world}: {err}");
+        println!("world {world}: stopped after {secs:.1} s:\n{err}");
+        assert!(secs < 20.0, "world {world}: took {secs:.1} s for a 2 s timeout");
+        if world == 1 {
+            assert!(err.contains("rank 0 made no progress") && err.contains("last heartbeat: step 2"), "{err}");
+        } else {
+            assert!(err.contains(&format!("rank {hung} made no progress")) || err.contains(&format!("rank {hung} did not reach this collective")), "{err}");
+            assert!(!err.contains("rank 0 made no progress"), "the rank waiting in a collective is not blamed: {err}");
+        }
+        let beat = std::fs::read_to_string(runs(tmp.path()).join(format!("hangs{world}/heartbeat/rank{hung}.json"))).unwrap();
+        assert!(beat.contains("\"step\":2"), "{beat}");
+    }
+}

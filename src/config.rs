@@ -118,7 +118,8 @@ pub struct DistConfig {
     /// `auto` (nccl on cuda, tcp on cpu), `nccl` or `tcp`.
     pub backend: String,
     /// Seconds any rendezvous or collective may wait before failing with
-    /// the name of the rank it waits for.
+    /// the name of the rank it waits for; also the NCCL watchdog's limit
+    /// per collective and `launch`'s limit on a rank's heartbeat age.
     pub timeout_s: f64,
     /// For `info`: the number of ranks to estimate per-rank memory for
     /// (0 = 1). Training takes the world from the launcher and refuses a

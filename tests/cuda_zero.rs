@@ -49,11 +49,15 @@ fn bf16_round(x: f32) -> f32 {
 /// One forward and backward with bf16-representable weights: stage 3 over
 /// NCCL (bf16 gathers, prefetch, async reduce-scatter) gives the plain
 /// stage-0 run's loss and every gradient bit for bit.
-/// Stage 3's curve vs the plain run's: the first step (the initial
-/// weights) within float noise, later steps within BF16_CURVE relative:
-/// norm weights and embeddings read in bf16 (relative rounding 2^-9 per
-/// weight) instead of fp32. A wrong shard or a stale gather moves the loss
-/// by far more (1e-2 and up).
+/// Stage 3's curve vs the plain run's. Step 1 (the initial weights, not
+/// bf16-rounded here): only the embeddings differ, rounded to bf16 (2^-9
+/// relative each, random signs), 1e-3 relative. Later steps: the norm
+/// weights, near 1 where bf16's spacing is 2^-7, move by ~lr = 1e-3 per
+/// step, so stage 3 sees them rounded by up to 0.4% while the plain run
+/// sees the fp32 values; the loss follows at the 1e-3 level, hence
+/// BF16_CURVE = 5e-3. ESTIMATED, not yet measured on a GPU (the test
+/// prints both curves: tighten to ~2× the measured gap). A wrong shard or
+/// a stale gather moves the loss by far more (1e-2 and up).
 fn assert_close_bf16(name: &str, a: &[f32], b: &[f32]) {
     println!("{name}: {a:?}\n{:>width$} {b:?}", "", width = name.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -63,7 +67,7 @@ fn assert_close_bf16(name: &str, a: &[f32], b: &[f32]) {
 }
 
 /// See [`assert_close_bf16`].
-const BF16_CURVE: f32 = 2e-3;
+const BF16_CURVE: f32 = 5e-3;
 
 #[test]
 fn zero3_bf16_gathers_equal_the_plain_bf16_shadow_bit_for_bit() {

@@ -5,6 +5,7 @@
 //! SLURM or Open MPI variables), `store` (rank 0's TCP rendezvous), `star`
 //! (the framed TCP protocol with sequence checks and timeouts), `tcp`
 //! (`TcpComm`, any backend), `nccl` + `nccl_lib` (`NcclComm`, CUDA),
+//! `watchdog` (NCCL collectives that hang or fail end the process),
 //! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`),
 //! `compressed` (the error-compensated 1-bit all-reduce of 1-bit Adam).
 //!

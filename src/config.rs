@@ -100,6 +100,11 @@ pub struct DebugConfig {
     /// are written and before it is published (0 = none): makes the
     /// background write slow enough for tests to kill a run inside it.
     pub ckpt_write_delay_ms: u64,
+    /// After this step (0 = never) rank `hang_rank` stops making progress
+    /// (sleeps forever, outside any collective), in the first attempt only:
+    /// for tests of the launcher's heartbeat watch.
+    pub hang_step: u64,
+    pub hang_rank: usize,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself
@@ -117,7 +122,8 @@ pub struct DistConfig {
     /// `auto` (nccl on cuda, tcp on cpu), `nccl` or `tcp`.
     pub backend: String,
     /// Seconds any rendezvous or collective may wait before failing with
-    /// the name of the rank it waits for.
+    /// the name of the rank it waits for; also the NCCL watchdog's limit
+    /// per collective and `launch`'s limit on a rank's heartbeat age.
     pub timeout_s: f64,
     /// For `info`: the number of ranks to estimate per-rank memory for
     /// (0 = 1). Training takes the world from the launcher and refuses a

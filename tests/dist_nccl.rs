@@ -142,6 +142,37 @@ fn nccl_at_world_1() {
     assert_eq!(get(&mut b, DType::Compute, y), vec![16.0; m * nn], "the matmul used a stale bf16 shadow after NCCL wrote the weight");
 }
 
+/// Asynchronous collectives (`start_*` on NCCL's own stream, `wait` makes
+/// the compute stream wait for its event): started back to back, the
+/// compute stream writing other buffers meanwhile, waited out of order;
+/// results as the synchronous calls give; a ticket waits once.
+#[test]
+fn nccl_async_collectives_at_world_1() {
+    let Some(mut b) = gpu(0) else { return };
+    let mut nccl = NcclComm::connect(&WorldInfo::single(), TIMEOUT, &mut b).expect("NCCL on one GPU");
+    let x: Vec<f32> = (0..4096).map(|i| (i % 97) as f32).collect();
+    let (a, g) = (put(&mut b, DType::F32, &x), put(&mut b, DType::Compute, &x));
+    let r = put(&mut b, DType::F32, &x);
+    let ta = nccl.start_all_reduce_sum(&mut b, a).unwrap();
+    let tg = nccl.start_all_gather(&mut b, g, &[x.len()], Elem::F32).unwrap();
+    let tr = nccl.start_reduce_scatter_sum(&mut b, r, &[x.len()]).unwrap();
+    // Compute-stream work on another buffer while they run.
+    let other = put(&mut b, DType::F32, &x);
+    b.scale(other, 2.0).unwrap();
+    nccl.wait(&mut b, tr).unwrap();
+    nccl.wait(&mut b, ta).unwrap();
+    nccl.wait(&mut b, tg).unwrap();
+    assert_eq!(get(&mut b, DType::F32, a), x);
+    assert_eq!(get(&mut b, DType::Compute, g), x);
+    assert_eq!(get(&mut b, DType::F32, r), x);
+    assert_eq!(get(&mut b, DType::F32, other), x.iter().map(|v| 2.0 * v).collect::<Vec<_>>());
+    let t = nccl.start_all_reduce_sum(&mut b, a).unwrap();
+    let n = t.0;
+    nccl.wait(&mut b, t).unwrap();
+    let again = nccl.wait(&mut b, ferrotron::dist::Ticket(n)).unwrap_err().to_string();
+    assert!(again.contains("waited for already"), "{again}");
+}
+
 #[test]
 fn nccl_matches_tcp_on_every_gpu() {
     let Some(b0) = gpu(0) else { return };

@@ -239,10 +239,12 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
     use ferrotron::backend::{cpu::CpuBackend, Backend};
     use ferrotron::model::{init::init_weights, Model, Recompute};
     use ferrotron::parallel::zero::Zero;
-    for opt in ["adamw", "adamw8bit", "muon"] {
+    // Tied embeddings change which buffers live together (the head's
+    // gather brings the embeddings, whose gradients live to the end).
+    for (opt, tied) in [("adamw", false), ("adamw", true), ("adamw8bit", false), ("muon", false)] {
         for world in 1..=4 {
             for stage in 0..=3u32 {
-                let sets = [format!("optimizer.name={opt}"), format!("dist.world={world}"), format!("dist.zero_stage={stage}"), "model.preset=tiny-llama".into(), "train.batch_size=2".into(), "train.seq_len=32".into()];
+                let sets = [format!("optimizer.name={opt}"), format!("dist.world={world}"), format!("dist.zero_stage={stage}"), "model.preset=tiny-llama".into(), "train.batch_size=2".into(), "train.seq_len=32".into(), format!("model.tied_embeddings={tied}")];
                 let cfg = ferrotron::config::load(None, &sets).unwrap();
                 let est = ferrotron::telemetry::memory::estimate(&cfg);
                 let layout = ferrotron::model::layout::ParamLayout::new(&cfg.model);
@@ -255,7 +257,7 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
                 let o = ferrotron::optim::build(&mut b, &cfg.optimizer, &zero.optimizer_layout(), 1).unwrap();
                 let setup = b.live_memory_bytes() - o.workspace_bytes();
                 let want = est.weights + est.grads + est.optimizer_state.unwrap();
-                assert_eq!(setup, want, "{opt} world {world} stage {stage}: allocated vs info");
+                assert_eq!(setup, want, "{opt} tied {tied} world {world} stage {stage}: allocated vs info");
                 // One step's unit buffers: the store's peak above its base.
                 let mut model = Model::new_bare(&cfg.model, Recompute::Off);
                 let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
@@ -263,14 +265,43 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
                 let base = b.live_memory_bytes();
                 let mut probe = Peak { inner: &mut zero, base, peak: 0 };
                 model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
-                assert_eq!(probe.peak, est.comm_buffers, "{opt} world {world} stage {stage}: unit buffers vs info");
+                assert_eq!(probe.peak, est.comm_buffers, "{opt} tied {tied} world {world} stage {stage}: unit buffers vs info");
             }
         }
     }
 }
 
+/// Stage 3 prefetches (the passes hint the next unit) but never holds more
+/// than `MAX_GATHERED_UNITS` = 2 units gathered at once — fetched plus
+/// prefetched — over a forward and backward, with untied and tied
+/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks.
+/// The counter is the store's own; the memory test above checks the bytes.
+#[test]
+fn stage3_holds_at_most_two_gathered_units() {
+    use ferrotron::backend::cpu::CpuBackend;
+    use ferrotron::model::{init::init_weights, Model, Recompute};
+    use ferrotron::parallel::zero::{Zero, MAX_GATHERED_UNITS};
+    assert_eq!(MAX_GATHERED_UNITS, 2);
+    for tied in [false, true] {
+        for layers in 1..=4 {
+            let sets = ["model.preset=tiny-llama".to_string(), format!("model.tied_embeddings={tied}"), format!("model.n_layers={layers}")];
+            let cfg = ferrotron::config::load(None, &sets).unwrap();
+            let layout = ferrotron::model::layout::ParamLayout::new(&cfg.model);
+            let mut b = CpuBackend::new();
+            let weights = init_weights(&cfg.model, &layout, 1);
+            let mut zero = Zero::new(&mut b, &cfg.model, &layout, 3, Box::new(Pretend { rank: 0, world: 2 }), false, &weights).unwrap();
+            let mut model = Model::new_bare(&cfg.model, Recompute::Off);
+            let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+            model.forward_backward_in(&mut b, &mut zero, &tokens, &tokens, 2, 32, 1.0).unwrap();
+            // Prefetching happened (2 at once), and never more.
+            assert_eq!(zero.take_peak_gathered(), 2, "tied {tied}, {layers} blocks");
+        }
+    }
+}
+
 /// A store that records the largest rise of live bytes over `base` seen
-/// right after each fetch (weights gathered, gradients allocated).
+/// right after each fetch and prefetch (weights gathered, gradients
+/// allocated).
 struct Peak<'a, B: ferrotron::backend::Backend> {
     inner: &'a mut ferrotron::parallel::zero::Zero<B>,
     base: u64,
@@ -286,6 +317,11 @@ impl<B: ferrotron::backend::Backend> Peak<'_, B> {
 impl<B: ferrotron::backend::Backend> ferrotron::model::store::ParamStore<B> for Peak<'_, B> {
     fn fetch(&mut self, b: &mut B, u: ferrotron::model::store::Unit) -> anyhow::Result<()> {
         self.inner.fetch(b, u)?;
+        self.see(b);
+        Ok(())
+    }
+    fn prefetch(&mut self, b: &mut B, u: ferrotron::model::store::Unit) -> anyhow::Result<()> {
+        self.inner.prefetch(b, u)?;
         self.see(b);
         Ok(())
     }
@@ -345,4 +381,34 @@ fn a_failing_rank_stops_every_rank() {
     let dir = runs(tmp.path()).join("dies");
     assert_eq!(ckpt::latest(&dir).unwrap().unwrap().file_name().unwrap(), "step_00000004");
     assert!(ckpt::load(&ckpt::latest(&dir).unwrap().unwrap()).is_ok());
+}
+
+/// A rank that stops making progress outside any collective
+/// (`debug.hang_step`). Alone under the launcher no collective can time
+/// out: only its heartbeat shows the hang, and the launcher stops the run
+/// soon after `dist.timeout_s`, naming the rank and its last step. With a
+/// peer the run ends as fast, naming the hung rank, whichever sees it
+/// first: the launcher's heartbeat watch or the peer's collective timeout.
+#[test]
+fn a_hung_rank_is_stopped_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (world, hung) in [(1, 0), (2, 1)] {
+        let extra: Vec<String> = ["--set", "debug.hang_step=2", "--set", &format!("debug.hang_rank={hung}"), "--set", "dist.timeout_s=2"].map(String::from).to_vec();
+        let started = std::time::Instant::now();
+        let args = base_args(&format!("hangs{world}"), "adamw", GLOBAL_BATCH / world, 10, &extra);
+        let out = Command::new(bin()).current_dir(tmp.path()).args(["launch", "--nproc-per-node", &world.to_string()]).args(args).output().unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "world {world}: {err}");
+        println!("world {world}: stopped after {secs:.1} s:\n{err}");
+        assert!(secs < 20.0, "world {world}: took {secs:.1} s for a 2 s timeout");
+        if world == 1 {
+            assert!(err.contains("rank 0 made no progress") && err.contains("last heartbeat: step 2"), "{err}");
+        } else {
+            assert!(err.contains(&format!("rank {hung} made no progress")) || err.contains(&format!("rank {hung} did not reach this collective")), "{err}");
+            assert!(!err.contains("rank 0 made no progress"), "the rank waiting in a collective is not blamed: {err}");
+        }
+        let beat = std::fs::read_to_string(runs(tmp.path()).join(format!("hangs{world}/heartbeat/rank{hung}.json"))).unwrap();
+        assert!(beat.contains("\"step\":2"), "{beat}");
+    }
 }

@@ -14,6 +14,15 @@
 //! - Every collective is numbered; ranks that call collectives in a
 //!   different order or with different lengths get an error that names the
 //!   collective, its number and the ranks that disagree, not a hang.
+//! - Asynchronous collectives (`start_*` → [`Ticket`], then [`Comm::wait`]):
+//!   the collective may still run after `start_*` returns, on the
+//!   communicator's own stream (NCCL), while the caller queues compute.
+//!   Until `wait(ticket)` the caller must neither read nor write the
+//!   buffer, nor free it; after `wait` every op queued on the backend is
+//!   ordered after the collective (on CUDA: the compute stream waits for
+//!   it on the device, no host sync). Tickets are waited in any order,
+//!   each once. The default implementation runs the collective at once
+//!   (wait is a no-op): what `TcpComm` does.
 
 use crate::backend::{Backend, DType, View};
 use anyhow::Result;
@@ -42,6 +51,16 @@ impl Elem {
     }
 }
 
+/// A collective started with one of the `start_*` calls, to be handed to
+/// [`Comm::wait`]. `Ticket::DONE`: already complete (nothing to wait for).
+#[must_use = "a started collective must be waited for before its buffer is used"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ticket(pub u64);
+
+impl Ticket {
+    pub const DONE: Ticket = Ticket(0);
+}
+
 pub trait Comm<B: Backend> {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
@@ -61,6 +80,23 @@ pub trait Comm<B: Backend> {
     /// `send` and `recv` are cut into `world` equal chunks; chunk `j` of this
     /// rank's `send` lands in chunk `rank` of rank `j`'s `recv`.
     fn all_to_all(&mut self, b: &mut B, send: View, recv: View, elem: Elem) -> Result<()>;
+    /// [`Comm::all_reduce_sum`], possibly still running on return.
+    fn start_all_reduce_sum(&mut self, b: &mut B, v: View) -> Result<Ticket> {
+        self.all_reduce_sum(b, v).map(|_| Ticket::DONE)
+    }
+    /// [`Comm::reduce_scatter_sum`], possibly still running on return.
+    fn start_reduce_scatter_sum(&mut self, b: &mut B, full: View, counts: &[usize]) -> Result<Ticket> {
+        self.reduce_scatter_sum(b, full, counts).map(|_| Ticket::DONE)
+    }
+    /// [`Comm::all_gather`], possibly still running on return.
+    fn start_all_gather(&mut self, b: &mut B, full: View, counts: &[usize], elem: Elem) -> Result<Ticket> {
+        self.all_gather(b, full, counts, elem).map(|_| Ticket::DONE)
+    }
+    /// Orders every op queued on `b` from now on after the started
+    /// collective (its buffer may then be used and freed).
+    fn wait(&mut self, _b: &mut B, _ticket: Ticket) -> Result<()> {
+        Ok(())
+    }
     /// Host values summed over ranks (losses, norms, counts), in f64.
     fn all_reduce_host(&mut self, vals: &mut [f64]) -> Result<()>;
     fn barrier(&mut self) -> Result<()>;

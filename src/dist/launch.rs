@@ -18,12 +18,20 @@
 //! then SIGKILL after [`GRACE`]) and we fail naming it; children get
 //! SIGTERM if we die (PR_SET_PDEATHSIG). Restarts (`--max-restarts`, issue
 //! 17) belong in [`supervise`]: re-spawn all ranks with a new port.
+//!
+//! Hangs: a rank stuck inside a collective is caught by the collective's
+//! own timeout (TCP) or the NCCL watchdog; a rank stuck elsewhere is caught
+//! here: each rank links its heartbeat (train/heartbeat.rs) into a folder
+//! we name in `FERROTRON_HEARTBEAT_DIR`, and a living rank whose heartbeat
+//! is older than its `timeout_s` (`dist.timeout_s`) stops the run, named.
 
 use super::rendezvous::DEFAULT_PORT;
+use crate::train::heartbeat;
 use super::QUIET_ENV;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -88,10 +96,11 @@ pub fn launch(args: &LaunchArgs) -> Result<()> {
 
 /// Starts every rank of this node once and supervises them to the end.
 fn run_once(exe: &std::path::Path, args: &LaunchArgs, plan: &Plan, attempt: u32) -> Result<()> {
+    let beats = HeartbeatDir::new(attempt)?;
     let mut ranks = Vec::new();
     for local in 0..plan.local_world {
         let rank = plan.first_rank + local;
-        match spawn(exe, &args.command, plan, local, attempt) {
+        match spawn(exe, &args.command, plan, local, attempt, &beats.0) {
             Ok(r) => ranks.push(r),
             Err(e) => {
                 stop(&mut ranks, libc::SIGTERM);
@@ -99,7 +108,7 @@ fn run_once(exe: &std::path::Path, args: &LaunchArgs, plan: &Plan, attempt: u32)
             }
         }
     }
-    let outcome = supervise(&mut ranks);
+    let outcome = supervise(&mut ranks, &beats.0);
     for r in ranks.iter_mut() {
         r.join_output();
     }
@@ -159,7 +168,7 @@ impl Rank {
     }
 }
 
-fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize, attempt: u32) -> Result<Rank> {
+fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize, attempt: u32, beats: &Path) -> Result<Rank> {
     let rank = plan.first_rank + local;
     let mut cmd = Command::new(exe);
     cmd.args(command)
@@ -171,6 +180,7 @@ fn spawn(exe: &std::path::Path, command: &[String], plan: &Plan, local: usize, a
         .env("MASTER_ADDR", &plan.addr)
         .env("MASTER_PORT", plan.port.to_string())
         .env(RESTART_ENV, attempt.to_string())
+        .env(heartbeat::DIR_ENV, beats)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         // Our own group: the terminal's Ctrl-C reaches the child once, through us.
@@ -229,8 +239,9 @@ fn forward(stream: impl Read + Send + 'static, rank: usize, to_stderr: bool) -> 
 
 // ---- supervision ----
 
-/// Wait for every rank; on the first failure or a signal, stop the rest.
-fn supervise(ranks: &mut [Rank]) -> Result<()> {
+/// Wait for every rank; on the first failure, a hung rank or a signal,
+/// stop the rest.
+fn supervise(ranks: &mut [Rank], beats: &Path) -> Result<()> {
     let mut failure: Option<String> = None;
     let mut seen_signals = 0;
     loop {
@@ -257,6 +268,9 @@ fn supervise(ranks: &mut [Rank]) -> Result<()> {
             let failed: Vec<String> = ranks.iter().filter_map(|r| r.status.filter(|s| !s.success()).map(|s| format!("rank {} {}", r.rank, describe(s)))).collect();
             failure = Some(format!("{}; stopped the other ranks (each rank's own error is above)", failed.join(", ")));
         }
+        if failure.is_none() {
+            failure = hung(ranks, beats);
+        }
         if failure.is_some() {
             stop(ranks, libc::SIGTERM);
             return finish(ranks, failure);
@@ -265,6 +279,49 @@ fn supervise(ranks: &mut [Rank]) -> Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A living rank whose heartbeat is older than its timeout, described.
+/// When several are, the one whose heartbeat stopped first is named: the
+/// others are usually waiting for it in a collective.
+fn hung(ranks: &[Rank], beats: &Path) -> Option<String> {
+    let now = heartbeat::now();
+    let mut stale: Vec<(usize, heartbeat::Beat)> = ranks
+        .iter()
+        .filter(|r| r.status.is_none())
+        .filter_map(|r| heartbeat::read(&beats.join(format!("rank{}.json", r.rank))).map(|b| (r.rank, b)))
+        .filter(|(_, b)| now - b.time > b.timeout_s)
+        .collect();
+    stale.sort_by(|a, b| a.1.time.total_cmp(&b.1.time));
+    let (rank, b) = stale.first()?;
+    let others: Vec<String> = stale[1..].iter().map(|(r, _)| r.to_string()).collect();
+    let also = if others.is_empty() { String::new() } else { format!(" (rank(s) {} stalled after it, likely waiting for it)", others.join(", ")) };
+    Some(format!(
+        "rank {rank} made no progress for {:.1} s (its last heartbeat: step {}, phase {}; dist.timeout_s = {}): it hangs outside any collective{also}; stopped every rank",
+        now - b.time,
+        b.step,
+        b.phase,
+        b.timeout_s
+    ))
+}
+
+/// The folder the ranks link their heartbeats into, one per attempt,
+/// removed when the attempt ends.
+struct HeartbeatDir(PathBuf);
+
+impl HeartbeatDir {
+    fn new(attempt: u32) -> Result<HeartbeatDir> {
+        let dir = std::env::temp_dir().join(format!("ferrotron-launch-{}-{attempt}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(HeartbeatDir(dir))
+    }
+}
+
+impl Drop for HeartbeatDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

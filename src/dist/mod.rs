@@ -5,6 +5,7 @@
 //! SLURM or Open MPI variables), `store` (rank 0's TCP rendezvous), `star`
 //! (the framed TCP protocol with sequence checks and timeouts), `tcp`
 //! (`TcpComm`, any backend), `nccl` + `nccl_lib` (`NcclComm`, CUDA),
+//! `watchdog` (NCCL collectives that hang or fail end the process),
 //! `launch` (`ferrotron launch`), `bench` (`ferrotron bench comm`),
 //! `self_test` (the start-of-run check and bandwidth of several ranks),
 //! `compressed` (the error-compensated 1-bit all-reduce of 1-bit Adam).
@@ -29,8 +30,9 @@ pub mod solo;
 pub mod star;
 pub mod store;
 pub mod tcp;
+pub mod watchdog;
 
-pub use comm::{segment, Comm, Elem};
+pub use comm::{segment, Comm, Elem, Ticket};
 pub use compressed::CompressedAllReduce;
 pub use nccl::NcclComm;
 pub use rendezvous::WorldInfo;

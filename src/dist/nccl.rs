@@ -3,10 +3,13 @@
 //! - Rendezvous: rank 0 makes NCCL's unique id and hands it out over the
 //!   TCP store (`store`); the TCP connections stay open for the host-side
 //!   collectives (`all_reduce_host`, `barrier`), which need no GPU.
-//! - Stream: collectives run on the backend's compute stream, so they are
-//!   ordered after the ops that produced their input and before the ops
-//!   that read their output, with no events; the price is no overlap of
-//!   communication with compute yet (a separate stream + events later).
+//! - Streams: collectives run on a stream of their own (`side`), ordered
+//!   with the compute stream by events (backend/cuda/streams.rs): before a
+//!   collective the side stream waits for an event recorded on the compute
+//!   stream (its input is ready); after it an event is recorded on the
+//!   side stream, and `wait(ticket)` makes the compute stream wait for that
+//!   event on the device (no host sync). The synchronous calls are
+//!   `start_*` + `wait`; ZeRO uses `start_*` to overlap (parallel/zero.rs).
 //! - Element types follow the buffers: F32 buffers as fp32, `Compute`
 //!   buffers (bf16 on CUDA) as bf16 (sums then run in NCCL's bf16), U8 as
 //!   bytes. Every length is checked here; NCCL trusts its caller.
@@ -26,30 +29,44 @@
 //!   step fail with a message instead of hanging in NCCL; off by default
 //!   (one TCP round trip per collective).
 //! - Timeouts: NCCL itself waits forever for a rank that never joins a
-//!   collective; only the rendezvous, host collectives and checked headers
-//!   time out. (A watchdog over ncclCommGetAsyncError is future work.)
+//!   collective, so every device collective is numbered and registered
+//!   with a watchdog thread (dist/watchdog.rs) that polls its end event and
+//!   ncclCommGetAsyncError; past `dist.timeout_s`, or on an NCCL error, it
+//!   aborts the communicator and exits non-zero naming this rank, the
+//!   collective and its number. The rendezvous, host collectives and
+//!   checked headers time out on their own (TCP).
 //! - Drop aborts the communicator (ncclCommAbort: no wait for other ranks).
 
-use super::comm::{segment, Comm, Elem};
+use super::comm::{segment, Comm, Elem, Ticket};
 use super::nccl_lib::{nccl, NcclLib};
 use super::rendezvous::WorldInfo;
 use super::star::{Op, Wire};
 use super::store::rendezvous;
 use super::tcp::{check_counts, TcpComm};
-use crate::backend::cuda::{CudaBackend, RawView};
+use super::watchdog::{self, Watchdog};
+use crate::backend::cuda::{event_done, record, stream_waits, CudaBackend, RawView};
 use crate::backend::{DType, View};
 use anyhow::{bail, Result};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaEvent, CudaStream};
 use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclUniqueId};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct NcclComm {
+    /// First field: stopped (joined) before the communicator is aborted.
+    watchdog: Option<Watchdog>,
     lib: &'static NcclLib,
     comm: ncclComm_t,
+    /// The stream collectives run on.
+    side: Arc<CudaStream>,
     /// The backend's compute stream (kept alive as long as the comm).
-    stream: Arc<CudaStream>,
+    compute: Arc<CudaStream>,
+    /// Device collectives queued so far (their sequence numbers).
+    seq: u64,
+    /// End events of started collectives not yet waited for, by ticket.
+    flights: HashMap<u64, Arc<CudaEvent>>,
     /// Host collectives and optional header checks.
     host: TcpComm,
     rank: usize,
@@ -85,10 +102,22 @@ impl NcclComm {
         // this blocks until all ranks have called it.
         let r = unsafe { (lib.comm_init_rank)(&mut comm, info.world as i32, id, info.rank as i32) };
         lib.check("ncclCommInitRank", r, std::ptr::null_mut())?;
+        let side = match b.side_stream() {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: the communicator just made, never used.
+                unsafe { (lib.comm_abort)(comm) };
+                return Err(e);
+            }
+        };
         Ok(NcclComm {
+            watchdog: Some(start_watchdog(lib, comm, info, timeout)),
             lib,
             comm,
-            stream: b.comm_stream(),
+            side,
+            compute: b.comm_stream(),
+            seq: 0,
+            flights: HashMap::new(),
             host: TcpComm::from_star(star),
             rank: info.rank,
             world: info.world,
@@ -108,8 +137,29 @@ impl NcclComm {
         format!("{} ({})", self.lib.version(), self.lib.path)
     }
 
+    /// The stream NCCL calls are queued on.
     fn stream(&self) -> cudaStream_t {
-        self.stream.cu_stream() as cudaStream_t
+        self.side.cu_stream() as cudaStream_t
+    }
+
+    /// Before queuing a collective: the side stream waits for everything
+    /// queued on the compute stream so far (the collective's input).
+    fn enter(&mut self, b: &CudaBackend) -> Result<()> {
+        b.comm_bind()?;
+        stream_waits(&self.side, &b.compute_event()?)
+    }
+
+    /// After queuing collective `name`: its end event, watched by the
+    /// watchdog and waited for through the returned ticket.
+    fn leave(&mut self, name: &str) -> Result<Ticket> {
+        self.seq += 1;
+        let end = Arc::new(record(&self.side)?);
+        if let Some(w) = &self.watchdog {
+            let probe = end.clone();
+            w.register(name, self.seq, Box::new(move || event_done(&probe)));
+        }
+        self.flights.insert(self.seq, end);
+        Ok(Ticket(self.seq))
     }
 
     /// With FERROTRON_DIST_CHECK=1: all ranks agree on this call first.
@@ -138,6 +188,106 @@ impl NcclComm {
         self.device_bytes += (factor * (w - 1.0) / w * (n * elem_bytes) as f64).round() as u64;
     }
 }
+
+impl NcclComm {
+    /// [`Comm::broadcast`], possibly still running on return.
+    fn start_broadcast(&mut self, b: &mut CudaBackend, v: View, root: usize, elem: Elem) -> Result<Ticket> {
+        if root >= self.world {
+            bail!("broadcast: root {root} is not a rank of a world of {}", self.world);
+        }
+        self.agree(Op::Broadcast, elem, root, v.len, &[])?;
+        let r = b.comm_write(v)?;
+        let t = nccl_type(&r, elem, "broadcast")?;
+        if v.len == 0 {
+            return Ok(Ticket::DONE);
+        }
+        self.enter(b)?;
+        // SAFETY: in place over a checked view.
+        let res = unsafe { (self.lib.broadcast)(at(&r, 0), at(&r, 0), v.len, t, root as i32, self.comm, self.stream()) };
+        self.ok("broadcast (ncclBroadcast)", res)?;
+        self.ring_bytes(v.len, r.elem_bytes, 1.0);
+        self.leave("broadcast")
+    }
+
+    /// [`Comm::all_to_all`], possibly still running on return.
+    fn start_all_to_all(&mut self, b: &mut CudaBackend, send: View, recv: View, elem: Elem) -> Result<Ticket> {
+        let w = self.world;
+        if send.len != recv.len || !send.len.is_multiple_of(w) {
+            bail!("all_to_all: send ({}) and recv ({}) must have one length, divisible by the world size {w}", send.len, recv.len);
+        }
+        if send.buf == recv.buf && send.off < recv.off + recv.len && recv.off < send.off + send.len {
+            bail!("all_to_all: send and recv overlap; use two buffers");
+        }
+        self.agree(Op::AllToAll, elem, 0, send.len, &[])?;
+        let s = b.comm_read(send)?;
+        let r = b.comm_write(recv)?;
+        let t = nccl_type(&s, elem, "all_to_all send")?;
+        if nccl_type(&r, elem, "all_to_all recv")? != t {
+            bail!("all_to_all: send is {:?} but recv is {:?}; use one storage type", s.dtype, r.dtype);
+        }
+        if send.len == 0 {
+            return Ok(Ticket::DONE);
+        }
+        self.enter(b)?;
+        let (c, me, comm, stream) = (send.len / w, self.rank, self.comm, self.stream());
+        // Our own chunk does not leave the GPU.
+        let own = self.side.cu_stream();
+        // SAFETY: two disjoint ranges of checked views, on our stream.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(at(&r, c * me) as u64, at(&s, c * me) as u64, c * s.elem_bytes, own) }
+            .map_err(|e| anyhow::anyhow!("all_to_all: copying the own chunk: {e:?}"))?;
+        self.group(|x| {
+            for j in (0..w).filter(|&j| j != me) {
+                // SAFETY: chunk j of checked views; NCCL pairs our send to j
+                // with j's receive from us.
+                let res = unsafe { (x.lib.send)(at(&s, c * j), c, t, j as i32, comm, stream) };
+                x.ok("all_to_all (ncclSend)", res)?;
+                let res = unsafe { (x.lib.recv)(at(&r, c * j), c, t, j as i32, comm, stream) };
+                x.ok("all_to_all (ncclRecv)", res)?;
+            }
+            Ok(())
+        })?;
+        self.ring_bytes(send.len, s.elem_bytes, 1.0);
+        self.leave("all_to_all")
+    }
+
+}
+
+/// The watchdog of `comm`'s collectives; on a hang or an NCCL error it
+/// aborts the communicator, says why and exits the process (status 3), so
+/// the launcher stops the other ranks.
+fn start_watchdog(lib: &'static NcclLib, comm: ncclComm_t, info: &WorldInfo, timeout: Duration) -> Watchdog {
+    let handle = CommHandle(comm);
+    let async_error = Box::new(move || {
+        let h = &handle;
+        let mut state = cudarc::nccl::sys::ncclResult_t::ncclSuccess;
+        // SAFETY: the communicator outlives the watchdog (joined before
+        // abort, see Drop); this query is thread-safe in NCCL.
+        let r = unsafe { (lib.comm_get_async_error)(h.0, &mut state) };
+        match (r, state) {
+            (cudarc::nccl::sys::ncclResult_t::ncclSuccess, cudarc::nccl::sys::ncclResult_t::ncclSuccess | cudarc::nccl::sys::ncclResult_t::ncclInProgress) => None,
+            (cudarc::nccl::sys::ncclResult_t::ncclSuccess, e) => Some(lib.check("(asynchronous)", e, h.0).err().map(|e| format!("{e:#}")).unwrap_or_default()),
+            (e, _) => Some(format!("ncclCommGetAsyncError itself failed: {e:?}")),
+        }
+    });
+    let on_failure = Box::new(move |msg: String| {
+        let h = handle; // the whole handle moves in (Send), not its pointer
+        // SAFETY: ends every NCCL operation of this communicator so no
+        // kernel keeps the GPU; the process exits right after.
+        unsafe {
+            let _ = (lib.comm_abort)(h.0);
+        }
+        eprintln!("error: {msg}");
+        std::process::exit(3);
+    });
+    Watchdog::start(info.rank, info.world, timeout, watchdog::POLL, async_error, on_failure)
+}
+
+/// The communicator handle, for the watchdog thread.
+#[derive(Clone, Copy)]
+struct CommHandle(ncclComm_t);
+// SAFETY: NCCL allows ncclCommGetAsyncError and ncclCommAbort from another
+// thread than the one that queues work.
+unsafe impl Send for CommHandle {}
 
 /// NCCL's type for a buffer used as `elem`.
 fn nccl_type(v: &RawView, elem: Elem, what: &str) -> Result<ncclDataType_t> {
@@ -168,30 +318,30 @@ impl Comm<CudaBackend> for NcclComm {
         "nccl"
     }
 
-    fn all_reduce_sum(&mut self, b: &mut CudaBackend, v: View) -> Result<()> {
+    fn start_all_reduce_sum(&mut self, b: &mut CudaBackend, v: View) -> Result<Ticket> {
         self.agree(Op::AllReduceSum, Elem::F32, 0, v.len, &[])?;
         let r = b.comm_write(v)?;
         let t = nccl_type(&r, Elem::F32, "all_reduce_sum")?;
         if v.len == 0 {
-            return Ok(());
+            return Ok(Ticket::DONE);
         }
-        b.comm_bind()?;
+        self.enter(b)?;
         // SAFETY: in place over a checked view, on the stream that orders it.
         let res = unsafe { (self.lib.all_reduce)(at(&r, 0), at(&r, 0), v.len, t, ncclRedOp_t::ncclSum, self.comm, self.stream()) };
         self.ok("all_reduce_sum (ncclAllReduce)", res)?;
         self.ring_bytes(v.len, r.elem_bytes, 2.0);
-        Ok(())
+        self.leave("all_reduce_sum")
     }
 
-    fn reduce_scatter_sum(&mut self, b: &mut CudaBackend, full: View, counts: &[usize]) -> Result<()> {
+    fn start_reduce_scatter_sum(&mut self, b: &mut CudaBackend, full: View, counts: &[usize]) -> Result<Ticket> {
         check_counts("reduce_scatter_sum", full, counts, self.world)?;
         self.agree(Op::ReduceScatterSum, Elem::F32, 0, full.len, counts)?;
         let r = b.comm_write(full)?;
         let t = nccl_type(&r, Elem::F32, "reduce_scatter_sum")?;
         if full.len == 0 {
-            return Ok(());
+            return Ok(Ticket::DONE);
         }
-        b.comm_bind()?;
+        self.enter(b)?;
         let (comm, stream, sum) = (self.comm, self.stream(), ncclRedOp_t::ncclSum);
         if equal(counts) {
             let (c, own) = (counts[0], at(&r, counts[0] * self.rank));
@@ -210,18 +360,18 @@ impl Comm<CudaBackend> for NcclComm {
             })?;
         }
         self.ring_bytes(full.len, r.elem_bytes, 1.0);
-        Ok(())
+        self.leave("reduce_scatter_sum")
     }
 
-    fn all_gather(&mut self, b: &mut CudaBackend, full: View, counts: &[usize], elem: Elem) -> Result<()> {
+    fn start_all_gather(&mut self, b: &mut CudaBackend, full: View, counts: &[usize], elem: Elem) -> Result<Ticket> {
         check_counts("all_gather", full, counts, self.world)?;
         self.agree(Op::AllGather, elem, 0, full.len, counts)?;
         let r = b.comm_write(full)?;
         let t = nccl_type(&r, elem, "all_gather")?;
         if full.len == 0 {
-            return Ok(());
+            return Ok(Ticket::DONE);
         }
-        b.comm_bind()?;
+        self.enter(b)?;
         let (comm, stream) = (self.comm, self.stream());
         if equal(counts) {
             let (c, own) = (counts[0], at(&r, counts[0] * self.rank));
@@ -240,74 +390,55 @@ impl Comm<CudaBackend> for NcclComm {
             })?;
         }
         self.ring_bytes(full.len, r.elem_bytes, 1.0);
-        Ok(())
+        self.leave("all_gather")
+    }
+
+    fn all_reduce_sum(&mut self, b: &mut CudaBackend, v: View) -> Result<()> {
+        let t = self.start_all_reduce_sum(b, v)?;
+        self.wait(b, t)
+    }
+
+    fn reduce_scatter_sum(&mut self, b: &mut CudaBackend, full: View, counts: &[usize]) -> Result<()> {
+        let t = self.start_reduce_scatter_sum(b, full, counts)?;
+        self.wait(b, t)
+    }
+
+    fn all_gather(&mut self, b: &mut CudaBackend, full: View, counts: &[usize], elem: Elem) -> Result<()> {
+        let t = self.start_all_gather(b, full, counts, elem)?;
+        self.wait(b, t)
     }
 
     fn broadcast(&mut self, b: &mut CudaBackend, v: View, root: usize, elem: Elem) -> Result<()> {
-        if root >= self.world {
-            bail!("broadcast: root {root} is not a rank of a world of {}", self.world);
-        }
-        self.agree(Op::Broadcast, elem, root, v.len, &[])?;
-        let r = b.comm_write(v)?;
-        let t = nccl_type(&r, elem, "broadcast")?;
-        if v.len == 0 {
-            return Ok(());
-        }
-        b.comm_bind()?;
-        // SAFETY: in place over a checked view.
-        let res = unsafe { (self.lib.broadcast)(at(&r, 0), at(&r, 0), v.len, t, root as i32, self.comm, self.stream()) };
-        self.ok("broadcast (ncclBroadcast)", res)?;
-        self.ring_bytes(v.len, r.elem_bytes, 1.0);
-        Ok(())
+        let t = self.start_broadcast(b, v, root, elem)?;
+        self.wait(b, t)
     }
 
     fn all_to_all(&mut self, b: &mut CudaBackend, send: View, recv: View, elem: Elem) -> Result<()> {
-        let w = self.world;
-        if send.len != recv.len || !send.len.is_multiple_of(w) {
-            bail!("all_to_all: send ({}) and recv ({}) must have one length, divisible by the world size {w}", send.len, recv.len);
-        }
-        if send.buf == recv.buf && send.off < recv.off + recv.len && recv.off < send.off + send.len {
-            bail!("all_to_all: send and recv overlap; use two buffers");
-        }
-        self.agree(Op::AllToAll, elem, 0, send.len, &[])?;
-        let s = b.comm_read(send)?;
-        let r = b.comm_write(recv)?;
-        let t = nccl_type(&s, elem, "all_to_all send")?;
-        if nccl_type(&r, elem, "all_to_all recv")? != t {
-            bail!("all_to_all: send is {:?} but recv is {:?}; use one storage type", s.dtype, r.dtype);
-        }
-        if send.len == 0 {
+        let t = self.start_all_to_all(b, send, recv, elem)?;
+        self.wait(b, t)
+    }
+
+    /// The compute stream waits (on the device) for the collective's end.
+    fn wait(&mut self, b: &mut CudaBackend, ticket: Ticket) -> Result<()> {
+        if ticket == Ticket::DONE {
             return Ok(());
         }
+        let Some(end) = self.flights.remove(&ticket.0) else {
+            bail!("wait: collective #{} was never started or was waited for already", ticket.0)
+        };
         b.comm_bind()?;
-        let (c, me, comm, stream) = (send.len / w, self.rank, self.comm, self.stream());
-        // Our own chunk does not leave the GPU.
-        let own = self.stream.cu_stream();
-        // SAFETY: two disjoint ranges of checked views, on our stream.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(at(&r, c * me) as u64, at(&s, c * me) as u64, c * s.elem_bytes, own) }
-            .map_err(|e| anyhow::anyhow!("all_to_all: copying the own chunk: {e:?}"))?;
-        self.group(|x| {
-            for j in (0..w).filter(|&j| j != me) {
-                // SAFETY: chunk j of checked views; NCCL pairs our send to j
-                // with j's receive from us.
-                let res = unsafe { (x.lib.send)(at(&s, c * j), c, t, j as i32, comm, stream) };
-                x.ok("all_to_all (ncclSend)", res)?;
-                let res = unsafe { (x.lib.recv)(at(&r, c * j), c, t, j as i32, comm, stream) };
-                x.ok("all_to_all (ncclRecv)", res)?;
-            }
-            Ok(())
-        })?;
-        self.ring_bytes(send.len, s.elem_bytes, 1.0);
-        Ok(())
+        b.compute_waits(&end)
     }
 
     fn all_reduce_host(&mut self, vals: &mut [f64]) -> Result<()> {
         Comm::<CudaBackend>::all_reduce_host(&mut self.host, vals)
     }
 
-    /// Waits for this rank's queued GPU work, then for every rank.
+    /// Waits for this rank's queued GPU work (both streams), then for every rank.
     fn barrier(&mut self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| anyhow::anyhow!("barrier: CUDA error while waiting for the GPU: {e:?}"))?;
+        for s in [&self.compute, &self.side] {
+            s.synchronize().map_err(|e| anyhow::anyhow!("barrier: CUDA error while waiting for the GPU: {e:?}"))?;
+        }
         Comm::<CudaBackend>::barrier(&mut self.host)
     }
 
@@ -318,6 +449,8 @@ impl Comm<CudaBackend> for NcclComm {
 
 impl Drop for NcclComm {
     fn drop(&mut self) {
+        // Stop watching first: the thread uses the communicator.
+        self.watchdog = None;
         // SAFETY: our communicator, aborted once; abort does not wait for
         // other ranks (destroy would).
         unsafe {

@@ -47,6 +47,10 @@ impl Model {
         store.release(b, Unit::Head)?;
         for l in (0..m.n_layers).rev() {
             store.fetch(b, Unit::Layer(l))?;
+            if l > 0 {
+                // Overlap the previous block's gather with this one's backward.
+                store.prefetch(b, Unit::Layer(l - 1))?;
+            }
             store.fetch_grads(b, Unit::Layer(l))?;
             let (p, g) = (store.params().layers[l], store.grads().layers[l]);
             // Checkpointed blocks share one block's buffers, which hold the

@@ -82,6 +82,8 @@ impl Model {
         for (l, la) in acts.layers.iter().enumerate() {
             let out = acts.layers.get(l + 1).map(|next| next.res_in).unwrap_or(acts.res_out);
             store.fetch(b, Unit::Layer(l))?;
+            // Overlap the next unit's gather with this block's compute.
+            store.prefetch(b, if l + 1 < m.n_layers { Unit::Layer(l + 1) } else { Unit::Head })?;
             let p = store.params().layers[l];
             self.block_fwd(b, &p, attn, l, la, out, acts, true)?;
             store.release(b, Unit::Layer(l))?;

@@ -61,6 +61,14 @@ pub trait ParamStore<B: Backend> {
     /// `unit`'s parameters are about to be read: after this call its entries
     /// in [`params`](Self::params) are valid until [`release`](Self::release).
     fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()>;
+    /// A hint: `unit` will be fetched soon (the next block in forward, the
+    /// previous one in backward), so a store that gathers may start now and
+    /// overlap the transfer with the current unit's compute. The next
+    /// `fetch` of `unit` is still required; stores that hold everything
+    /// ignore it.
+    fn prefetch(&mut self, _b: &mut B, _unit: Unit) -> Result<()> {
+        Ok(())
+    }
     /// The pass is done reading `unit`'s parameters for now.
     fn release(&mut self, b: &mut B, unit: Unit) -> Result<()>;
     /// `unit`'s gradients are about to be accumulated: its entries in

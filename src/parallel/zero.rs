@@ -17,17 +17,40 @@
 //! it into the shard. Gradients are summed over ranks: callers scale each
 //! rank's loss gradient by 1 / (global tokens), so the sum is the mean.
 //!
-//! Collectives run in the backend's stream order (NCCL on the compute
-//! stream), so they do not yet overlap with compute.
+//! Overlap (the communicator's `start_*`/`wait`: on NCCL a stream of its
+//! own, ordered with compute by events; on TCP synchronous):
+//! - Stages 2–3 start a unit's reduce-scatter at `grads_done` and wait for
+//!   it (then add the rank's segment to the shard and free the buffer) at
+//!   the next unit's `grads_done`, so it runs while the next unit's
+//!   backward computes; the last unit of backward (the embeddings) waits at
+//!   once. Two units' gradient buffers are alive at a time.
+//! - Stages 0–1, on the last micro-batch (`reduce_during_backward`): each
+//!   unit's all-reduce (stage 0, DDP-style) or reduce-scatter (stage 1) of
+//!   the full gradient buffer starts at its `grads_done`; `finish_grads`
+//!   waits for them all.
+//! - Stage 3 prefetches: `prefetch(unit)` (hinted by the passes: the next
+//!   block in forward, the previous one in backward) starts the unit's
+//!   all-gather, `fetch` waits for it. At most two units are gathered at
+//!   once (fetched or prefetched): a prefetch beyond that is skipped.
+//! - Bucketing: a unit (every tensor of a block, norms and biases included;
+//!   the embeddings; the final norm with the head) is one buffer and one
+//!   collective; no collective ever runs per tensor.
+//!
+//! Stage 3 gathers in the backend's `Compute` dtype (bf16 on CUDA: half the
+//! bytes of fp32; f32 on CPU): each rank converts its fp32 master segment
+//! and the passes read the gathered weights directly (the matmuls take bf16
+//! operands anyway). Gradients are reduced in fp32. `full_weights` (for
+//! checkpoints) gathers fp32.
 
 use super::partition::Partition;
 use crate::backend::{Backend, BufId, DType, View};
 use crate::config::ModelConfig;
-use crate::dist::{Comm, Elem};
+use crate::dist::{Comm, Elem, Ticket};
 use crate::model::layout::ParamLayout;
 use crate::model::store::{ParamStore, Unit};
 use crate::model::views::ModelViews;
 use anyhow::{ensure, Result};
+use std::collections::VecDeque;
 
 /// A buffer no op may use: views of units not fetched point here.
 const UNFETCHED: BufId = BufId(usize::MAX);
@@ -50,9 +73,31 @@ pub struct Zero<B: Backend> {
     gathered: Vec<Option<(BufId, usize)>>,
     /// Stages 2–3: each unit's gradient buffer while its backward runs.
     grad_bufs: Vec<Option<BufId>>,
+    /// Stage 3: units gathered ahead of their fetch, all-gather in flight.
+    prefetched: Vec<Option<(BufId, Ticket)>>,
+    /// Gradient reductions started in backward and not yet waited for,
+    /// oldest first.
+    pending: VecDeque<Pending>,
+    /// Stages 0–1: reduce each unit's gradients as its backward ends (the
+    /// last micro-batch of a step), and which units have been.
+    reduce_in_backward: bool,
+    reduced: Vec<bool>,
+    /// Stage 3: most units gathered at once since `take_peak_gathered`.
+    peak_gathered: usize,
     pv: ModelViews,
     gv: ModelViews,
 }
+
+/// A gradient reduction in flight.
+enum Pending {
+    /// Stages 2–3: unit `u`'s own gradient buffer, reduce-scattered.
+    Unit { u: usize, buf: BufId, ticket: Ticket },
+    /// Stages 0–1: unit `u`'s range of the full gradient buffer.
+    Full { u: usize, ticket: Ticket },
+}
+
+/// Most units stage 3 holds gathered at once (fetched plus prefetched).
+pub const MAX_GATHERED_UNITS: usize = 2;
 
 impl<B: Backend> Zero<B> {
     /// Shards `weights` (the full model, layout order, identical on every
@@ -102,6 +147,11 @@ impl<B: Backend> Zero<B> {
             shard_grads,
             gathered: vec![None; units],
             grad_bufs: vec![None; units],
+            prefetched: (0..units).map(|_| None).collect(),
+            pending: VecDeque::new(),
+            reduce_in_backward: false,
+            reduced: vec![false; units],
+            peak_gathered: 0,
             pv,
             gv,
         };
@@ -126,6 +176,7 @@ impl<B: Backend> Zero<B> {
     /// Loads the full model's weights (layout order, the same on every rank).
     pub fn set_weights(&mut self, b: &mut B, weights: &[f32]) -> Result<()> {
         ensure!(weights.len() == self.layout.total, "{} weights for a layout of {}", weights.len(), self.layout.total);
+        self.drop_prefetched(b)?;
         if let Some(full) = self.full_params {
             b.upload(View::whole(full, self.layout.total), weights)?;
             b.params_changed(View::whole(full, self.layout.total))?;
@@ -149,7 +200,7 @@ impl<B: Backend> Zero<B> {
             None => {
                 for u in 0..self.part.units.len() {
                     let range = self.part.units[u].clone();
-                    let buf = self.gather_unit(b, u)?;
+                    let buf = self.gather_unit_f32(b, u)?;
                     let out = b.download(View::whole(buf, range.len()), &mut host[range]);
                     b.free(buf);
                     out?;
@@ -182,6 +233,7 @@ impl<B: Backend> Zero<B> {
     pub fn set_shard_weights(&mut self, b: &mut B, shard: &[f32]) -> Result<()> {
         let n = self.shard_len();
         ensure!(shard.len() == n, "{} weights for a shard of {n}", shard.len());
+        self.drop_prefetched(b)?;
         if n > 0 {
             b.upload(View::whole(self.shard_params, n), shard)?;
         }
@@ -207,16 +259,109 @@ impl<B: Backend> Zero<B> {
         View { buf, off: seg.start - self.part.units[u].start, len: seg.len() }
     }
 
-    /// A new buffer with unit `u`'s weights gathered from every rank.
-    fn gather_unit(&mut self, b: &mut B, u: usize) -> Result<BufId> {
+    /// A new fp32 buffer with unit `u`'s master weights gathered from
+    /// every rank (checkpoints: exact values).
+    fn gather_unit_f32(&mut self, b: &mut B, u: usize) -> Result<BufId> {
         let len = self.part.units[u].len();
         let buf = b.alloc(len, DType::F32)?;
         b.copy(self.local_segment(u, buf), self.shard_view(u))?;
-        self.comm.all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32)?;
+        if let Err(e) = self.comm.all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32) {
+            b.free(buf);
+            return Err(e);
+        }
         Ok(buf)
     }
 
+    /// Starts gathering unit `u`'s weights for the passes into a new
+    /// `Compute` buffer (bf16 on CUDA: this rank's fp32 segment converted
+    /// by the copy, half the bytes on the wire).
+    fn start_gather(&mut self, b: &mut B, u: usize) -> Result<(BufId, Ticket)> {
+        let len = self.part.units[u].len();
+        let buf = b.alloc(len, DType::Compute)?;
+        let started = b.copy(self.local_segment(u, buf), self.shard_view(u)).and_then(|_| self.comm.start_all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32));
+        match started {
+            Ok(t) => Ok((buf, t)),
+            Err(e) => {
+                b.free(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Units gathered now (fetched or prefetched).
+    fn gathered_units(&self) -> usize {
+        self.gathered.iter().filter(|g| g.is_some()).count() + self.prefetched.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// The most units gathered at once since the last call (stage 3; the
+    /// bound is [`MAX_GATHERED_UNITS`]).
+    pub fn take_peak_gathered(&mut self) -> usize {
+        std::mem::take(&mut self.peak_gathered)
+    }
+
+    fn note_gathered(&mut self) {
+        self.peak_gathered = self.peak_gathered.max(self.gathered_units());
+    }
+
+    /// Waits for and frees every prefetched unit (their weights would be
+    /// stale once the shard changes).
+    fn drop_prefetched(&mut self, b: &mut B) -> Result<()> {
+        for u in 0..self.prefetched.len() {
+            if let Some((buf, ticket)) = self.prefetched[u].take() {
+                let waited = self.comm.wait(b, ticket);
+                b.free(buf);
+                waited?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages 0–1: whether the backward about to run (the step's last
+    /// micro-batch) reduces each unit's gradients as it completes; the
+    /// trainer sets it per micro-batch (off: everything in `finish_grads`).
+    pub fn reduce_during_backward(&mut self, on: bool) {
+        self.reduce_in_backward = on;
+    }
+
+    /// Waits for the oldest gradient reductions until at most `keep` are in
+    /// flight, and puts their results in place: stages 2–3 add the rank's
+    /// segment to its shard and free the unit's buffer; stage 1 copies its
+    /// segment into the shard.
+    fn drain(&mut self, b: &mut B, keep: usize) -> Result<()> {
+        while self.pending.len() > keep {
+            match self.pending.pop_front().expect("pending is longer than keep") {
+                Pending::Unit { u, buf, ticket } => {
+                    let out = self.comm.wait(b, ticket).and_then(|_| b.accumulate(self.shard_grad_view(u), self.local_segment(u, buf)));
+                    b.free(buf);
+                    out?;
+                }
+                Pending::Full { u, ticket } => {
+                    self.comm.wait(b, ticket)?;
+                    if self.stage == 1 {
+                        let full = self.full_grads.expect("stage 1 holds the full gradients");
+                        b.copy(self.shard_grad_view(u), self.local_segment_full(u, full))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages 0–1: starts unit `u`'s reduction over its range of the full
+    /// gradient buffer.
+    fn start_full_reduction(&mut self, b: &mut B, u: usize) -> Result<()> {
+        let full = self.full_grads.expect("stages 0-1 hold the full gradients");
+        let range = self.part.units[u].clone();
+        let unit = View { buf: full, off: range.start, len: range.len() };
+        let ticket = if self.stage == 0 { self.comm.start_all_reduce_sum(b, unit)? } else { self.comm.start_reduce_scatter_sum(b, unit, &self.part.counts[u])? };
+        self.pending.push_back(Pending::Full { u, ticket });
+        self.reduced[u] = true;
+        Ok(())
+    }
+
     pub fn zero_grads(&mut self, b: &mut B) -> Result<()> {
+        self.drain(b, 0)?;
+        self.reduced.iter_mut().for_each(|r| *r = false);
         if let Some(g) = self.full_grads {
             b.fill(View::whole(g, self.layout.total), 0.0)?;
         }
@@ -229,10 +374,15 @@ impl<B: Backend> Zero<B> {
         Ok(())
     }
 
-    /// After the last micro-batch: stage 0 all-reduces every gradient,
-    /// stage 1 reduce-scatters them into the shard (stages 2–3 did so as
-    /// each unit's backward ended).
+    /// After the last micro-batch: waits for the reductions started in
+    /// backward; stage 0 all-reduces every gradient not yet reduced, stage 1
+    /// reduce-scatters them into the shard (stages 2–3 did so as each
+    /// unit's backward ended).
     pub fn finish_grads(&mut self, b: &mut B) -> Result<()> {
+        self.drain(b, 0)?;
+        self.drop_prefetched(b)?;
+        self.reduce_in_backward = false;
+        let reduced = std::mem::replace(&mut self.reduced, vec![false; self.part.units.len()]);
         let Some(full) = self.full_grads else { return Ok(()) };
         if self.world() == 1 {
             if self.stage == 1 {
@@ -242,7 +392,7 @@ impl<B: Backend> Zero<B> {
             }
             return Ok(());
         }
-        for u in 0..self.part.units.len() {
+        for u in (0..self.part.units.len()).filter(|&u| !reduced[u]) {
             let range = self.part.units[u].clone();
             let unit = View { buf: full, off: range.start, len: range.len() };
             if self.stage == 0 {
@@ -296,6 +446,7 @@ impl<B: Backend> Zero<B> {
     /// After the optimizer updated the shard: stages 1–2 bring every
     /// rank's full weights up to date.
     pub fn after_step(&mut self, b: &mut B) -> Result<()> {
+        self.drop_prefetched(b)?;
         let (Some(full), true) = (self.full_params, self.stage > 0) else { return Ok(()) };
         for u in 0..self.part.units.len() {
             let range = self.part.units[u].clone();
@@ -332,15 +483,32 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
         }
         for unit in self.with_tied(unit) {
             let u = self.unit_index(unit);
-            match self.gathered[u].as_mut() {
-                Some((_, holders)) => *holders += 1,
-                None => {
-                    let buf = self.gather_unit(b, u)?;
-                    self.gathered[u] = Some((buf, 1));
-                    self.pv.point_unit(&self.layout, unit, self.part.units[u].start, buf);
-                }
+            if let Some((_, holders)) = self.gathered[u].as_mut() {
+                *holders += 1;
+                continue;
             }
+            let (buf, ticket) = match self.prefetched[u].take() {
+                Some(p) => p,
+                None => self.start_gather(b, u)?,
+            };
+            self.gathered[u] = Some((buf, 1));
+            self.pv.point_unit(&self.layout, unit, self.part.units[u].start, buf);
+            self.note_gathered();
+            self.comm.wait(b, ticket)?;
         }
+        Ok(())
+    }
+
+    /// Stage 3: starts gathering `unit` unless it is gathered already or
+    /// [`MAX_GATHERED_UNITS`] are (then its fetch gathers it). Only the
+    /// unit itself: the tied embeddings of the head are gathered on fetch.
+    fn prefetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        let u = self.unit_index(unit);
+        if self.stage < 3 || self.gathered[u].is_some() || self.prefetched[u].is_some() || self.gathered_units() >= MAX_GATHERED_UNITS {
+            return Ok(());
+        }
+        self.prefetched[u] = Some(self.start_gather(b, u)?);
+        self.note_gathered();
         Ok(())
     }
 
@@ -379,23 +547,32 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
         Ok(())
     }
 
-    /// Stages 2–3: reduce-scatter the unit's gradients into the shard and
-    /// free its buffer. (Tied embeddings: the head's call leaves the
-    /// embeddings' buffer, still accumulating, to the embeddings' call.)
+    /// Stages 2–3: starts the reduce-scatter of the unit's gradients and
+    /// finishes the previous unit's (see the module doc). Stages 0–1 on
+    /// the last micro-batch: starts the unit's reduction. (Tied
+    /// embeddings: the head's call leaves the embeddings' buffer, still
+    /// accumulating, to the embeddings' call.)
     fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        let u = self.unit_index(unit);
+        // The embeddings end backward: nothing left to overlap with.
+        let keep = if unit == Unit::Embed { 0 } else { 1 };
         if self.stage < 2 {
+            if self.reduce_in_backward && self.world() > 1 && self.full_grads.is_some() && !self.reduced[u] {
+                self.start_full_reduction(b, u)?;
+            }
             return Ok(());
         }
-        let u = self.unit_index(unit);
-        let Some(buf) = self.grad_bufs[u].take() else { return Ok(()) };
-        let len = self.part.units[u].len();
-        let out = (|| {
-            self.comm.reduce_scatter_sum(b, View::whole(buf, len), &self.part.counts[u])?;
-            b.accumulate(self.shard_grad_view(u), self.local_segment(u, buf))
-        })();
-        b.free(buf);
+        let Some(buf) = self.grad_bufs[u].take() else { return self.drain(b, keep) };
         self.gv.point_unit(&self.layout, unit, self.part.units[u].start, UNFETCHED);
-        out
+        let len = self.part.units[u].len();
+        match self.comm.start_reduce_scatter_sum(b, View::whole(buf, len), &self.part.counts[u]) {
+            Ok(ticket) => self.pending.push_back(Pending::Unit { u, buf, ticket }),
+            Err(e) => {
+                b.free(buf);
+                return Err(e);
+            }
+        }
+        self.drain(b, keep)
     }
 
     fn params(&self) -> &ModelViews {

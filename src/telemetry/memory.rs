@@ -6,7 +6,8 @@
 //! Precision follows the device (shared/DESIGN.md, "Mixed precision"):
 //! - `cpu`: fp32 weights, fp32 gradients, fp32 activations.
 //! - `cuda`: fp32 master weights plus a bf16 compute copy (6 B/param), fp32
-//!   gradients, bf16 activations.
+//!   gradients, bf16 activations; ZeRO-3 gathers units in bf16 (2 B/param,
+//!   no fp32 copy).
 //!
 //! Softmax statistics (norm mean/rstd, attention log-sum-exp) stay fp32 on
 //! both devices. Logits are an activation (bf16 on cuda): the fused
@@ -125,7 +126,7 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     // gradient) besides the shard's fp32 master and gradients.
     let weights = if stage <= 2 { w * params } else { 0 } + FP32 * shard;
     let grads = if stage == 1 { g * params } else { 0 } + FP32 * shard;
-    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, w), sp_buffers }
+    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, act), sp_buffers }
 }
 
 /// Ulysses' elements per rank for one micro-batch (`dist.sp` = P > 1):
@@ -181,11 +182,49 @@ pub fn longest_seq(cfg: &Config, bytes: u64) -> Option<usize> {
     Some(lo * step)
 }
 
-/// Peak bytes of ZeRO's per-unit buffers: at stage 3 a unit's gathered
-/// weights (`w` bytes each) and at stages 2–3 its gradient buffer, alive
-/// together while the unit's backward runs. Tied embeddings keep the
-/// embeddings' gradient buffer from the head's backward to the end, and the
-/// head's gather includes them.
+/// Peak bytes of ZeRO's per-unit buffers over one micro-batch, walked in
+/// the order the passes call the store (model/forward.rs, model/mod.rs's
+/// loss loop, model/backward.rs) with what `parallel::zero` keeps alive:
+/// - stage 3: gathered weights (`wb` bytes each: the `Compute` dtype) of
+///   the fetched unit and of the one prefetched beside it (the next block
+///   in forward, the head after the last block, the previous block in
+///   backward); the head's gather brings the tied embeddings;
+/// - stages 2–3: fp32 gradients of the unit whose backward runs plus the
+///   previous unit's, still being reduce-scattered; tied embeddings keep
+///   their buffer from the head's backward to the end.
+fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
+    if stage < 2 {
+        return 0;
+    }
+    let len = |u: usize| part.units[u].len() as u64;
+    let (embed, head, layers) = (0, part.units.len() - 1, part.units.len() - 2);
+    let layer = |l: usize| 1 + l;
+    let w = |u: usize| if stage == 3 { wb * len(u) } else { 0 };
+    let g = |u: usize| FP32 * len(u);
+    let tied = cfg.model.tied_embeddings;
+    let mut peak = w(embed);
+    // Forward: block l fetched, the next unit prefetched.
+    for l in 0..layers {
+        let next = if l + 1 < layers { layer(l + 1) } else { head };
+        peak = peak.max(w(layer(l)) + w(next));
+    }
+    // The loss loop: the head's weights and gradients (with the tied
+    // embeddings').
+    let head_units = if tied { len(head) + len(embed) } else { len(head) };
+    let head_w = if stage == 3 { wb * head_units } else { 0 };
+    peak = peak.max(head_w + FP32 * head_units);
+    // Backward: block l's weights and gradients, the previous block's
+    // weights prefetched, the unit after it still reducing.
+    let kept = if tied { g(embed) } else { 0 };
+    for l in (0..layers).rev() {
+        let reducing = if l + 1 < layers { g(layer(l + 1)) } else { g(head) };
+        let prefetched = if l > 0 { w(layer(l - 1)) } else { 0 };
+        peak = peak.max(kept + reducing + w(layer(l)) + g(layer(l)) + prefetched);
+    }
+    let last_block = if layers > 0 { g(layer(0)) } else { g(head) };
+    peak.max(if tied { kept } else { last_block + g(embed) })
+}
+
 /// An offloaded run's gradient buffers at their peak: in backward order,
 /// the unit whose backward runs and the `COPY_LAG` before it whose copies
 /// to the host are in flight, plus (tied embeddings) the embeddings'
@@ -197,21 +236,6 @@ fn offload_grad_buffers(cfg: &Config, part: &Partition) -> u64 {
     let lag = crate::parallel::offload::COPY_LAG;
     let window = (0..backward.len()).map(|k| backward[k.saturating_sub(lag)..=k].iter().sum::<u64>()).max().unwrap_or(0);
     FP32 * (window + if tied { lens[0] } else { 0 })
-}
-
-fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, w: u64) -> u64 {
-    let len = |u: usize| part.units[u].len() as u64;
-    let (embed, head) = (len(0), len(part.units.len() - 1));
-    let layer = (1..part.units.len() - 1).map(len).max().unwrap_or(0);
-    if stage < 2 {
-        return 0;
-    }
-    let wb = if stage == 3 { w } else { 0 };
-    if cfg.model.tied_embeddings {
-        ((embed + head) * (wb + FP32)).max(embed * FP32 + layer * (wb + FP32)).max(embed * wb)
-    } else {
-        [embed, head, layer].iter().map(|&n| n * (wb + FP32)).max().unwrap_or(0)
-    }
 }
 
 /// Element counts of what the forward pass keeps for backward, split by

@@ -7,6 +7,7 @@ pub mod checkpointing;
 pub mod export;
 pub mod generate;
 pub mod guard;
+pub mod heartbeat;
 pub mod init_from;
 pub mod lr_source;
 pub mod offload_step;

@@ -241,7 +241,10 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     // Each step's learning rate: the schedule, or AutoLRS (whose search runs
     // its trials here, on every rank alike).
     let mut lrs = LrSource::new(cfg, &run_dir, resume.map(|_| st.step), lead)?;
+    // This rank is alive (RUN/heartbeat/rank<R>.json, watched by launch).
+    let heartbeat = super::heartbeat::Heartbeat::start(&run_dir, st.zero.rank(), cfg.dist.timeout_s)?;
     while st.step < cfg.train.steps {
+        heartbeat.beat(st.step + 1, "step")?; // the step now running
         let lr = lrs.lr_for_next_step(&mut b, &mut st, cfg, metrics.as_mut(), &say)?;
         let mut line = train_step_at(&mut b, &mut st, cfg, lr)?;
         line.mfu = peak_flops.map(|p| telemetry::flops::mfu(line.tokens_per_s, flops_per_token, p));
@@ -288,6 +291,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
             }
         }
         if (cfg.train.ckpt_every > 0 && st.step % cfg.train.ckpt_every == 0) || last {
+            heartbeat.beat(st.step, "checkpoint")?;
             if st.guard.in_streak() {
                 say(format!("step {:>6} | no checkpoint while steps are being skipped", st.step));
             } else if !weights_give_finite_loss(&mut b, &mut st, cfg)? {
@@ -408,7 +412,13 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     st.model.clear_phase_spans();
     st.zero.zero_grads(b)?;
     let mut loss_sum = 0.0f64;
-    for _ in 0..t.grad_accum {
+    // 1-bit Adam after its freeze step averages its momentum itself: the
+    // gradients stay local, unclipped (each rank's norm is its own).
+    let local = st.opt.local_gradients();
+    for micro in 0..t.grad_accum {
+        // The last micro-batch reduces each unit's gradients as its
+        // backward ends (overlapped with the rest of backward).
+        st.zero.reduce_during_backward(micro + 1 == t.grad_accum && !local);
         let batch = st.train.next_batch()?;
         // Summed over ranks by the reduction: the mean over the global batch.
         // With sequence parallelism the batch is this rank's slice of its
@@ -417,9 +427,6 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         loss_sum += st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)? as f64;
     }
     let comm_start = b.mark()?;
-    // 1-bit Adam after its freeze step averages its momentum itself: the
-    // gradients stay local, unclipped (each rank's norm is its own).
-    let local = st.opt.local_gradients();
     if !local {
         st.zero.finish_grads(b)?;
     }
@@ -527,11 +534,18 @@ pub fn restart_count() -> u32 {
 }
 
 /// `debug.fail_step` / `debug.fail_rank`: this rank exits with an error
+/// (`debug.hang_step` / `debug.hang_rank`: it hangs)
 /// after that step, in the first attempt only.
 fn fail_on_purpose(cfg: &Config, rank: usize, step: u64, restarts: u32) -> Result<()> {
     let d = &cfg.debug;
     if d.fail_step > 0 && step == d.fail_step && rank == d.fail_rank && restarts == 0 {
         bail!("debug.fail_step: rank {rank} fails after step {step} on purpose");
+    }
+    if d.hang_step > 0 && step == d.hang_step && rank == d.hang_rank && restarts == 0 {
+        eprintln!("debug.hang_step: rank {rank} stops making progress after step {step} on purpose");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
     Ok(())
 }

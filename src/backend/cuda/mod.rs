@@ -6,7 +6,9 @@
 //! an error saying what is missing instead of panicking.
 //!
 //! Ops are queued on one stream; host-visible results (download,
-//! sum_squares) synchronize. Files: `device` (setup, memory, shadows,
+//! sum_squares) synchronize; `streams` adds the side stream and events
+//! the NCCL communicator overlaps on, `weights` the fp32 view of bf16
+//! weights for the norm kernels. Files: `device` (setup, memory, shadows,
 //! scratch), `ops_*` (one group of trait ops each), `matmul` (cuBLASLt),
 //! `compiler`/`kernels` (NVRTC, launching), `loader` (library probing).
 
@@ -25,11 +27,15 @@ mod ops_nn;
 mod ops_onebit;
 mod ops_optim;
 mod ops_train;
+mod streams;
+mod weights;
 
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
 /// For dist::nccl (raw device pointers of views).
 pub(crate) use device::RawView;
+/// For dist::nccl (the communicator's stream and its events).
+pub(crate) use streams::{event_done, record, stream_waits};
 
 pub use ops_attention::HEAD_DIMS;
 

@@ -51,6 +51,7 @@ impl CudaBackend {
         self.begin()?;
         ensure!(inp.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && b.len == c, "layernorm_fwd: views do not match n={n} c={c}");
         let (x, wd, bd) = (self.dev(inp)?, self.dev(w)?, self.dev(b)?);
+        let (wd, bd) = (self.f32_weight(wd)?, self.f32_weight(bd)?);
         let (o, mu, rs) = (self.out(out)?, self.out(mean)?, self.out(rstd)?);
         if norm_vector_path(&[o, x], &[wd, bd, mu, rs], c, LN_FUSED_MAX_C) {
             let args = [P(o.ptr), P(mu.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), P(bd.ptr), L(n as i64), I(c as i32), F(eps)];
@@ -68,6 +69,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (g, x, wd, mu, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(mean)?, self.dev(rstd)?);
+        let wd = self.f32_weight(wd)?;
         let (di, dwd, dbd) = (self.out(dinp)?, self.out(dw)?, self.out(db)?);
         let chunks = if norm_vector_path(&[di, g, x], &[wd, mu, rs], c, LN_FUSED_MAX_C) {
             // One pass: dinp and the dw/db partials of each block of rows.
@@ -97,6 +99,7 @@ impl CudaBackend {
         self.begin()?;
         ensure!(inp.len == n * c && out.len == n * c && rstd.len == n && w.len == c, "rmsnorm_fwd: views do not match n={n} c={c}");
         let (x, wd) = (self.dev(inp)?, self.dev(w)?);
+        let wd = self.f32_weight(wd)?;
         let (o, rs) = (self.out(out)?, self.out(rstd)?);
         if norm_vector_path(&[o, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
             let args = [P(o.ptr), P(rs.ptr), P(x.ptr), P(wd.ptr), L(n as i64), I(c as i32), F(eps)];
@@ -116,6 +119,7 @@ impl CudaBackend {
             "add_rmsnorm_fwd: views do not match n={n} c={c}"
         );
         let (x, y, wd) = (self.dev(a)?, self.dev(b)?, self.dev(w)?);
+        let wd = self.f32_weight(wd)?;
         let (s, o, rs) = (self.out(sum)?, self.out(out)?, self.out(rstd)?);
         if norm_vector_path(&[s, o, x, y], &[wd, rs], c, RMS_VECTOR_MAX_C) {
             let args = [P(s.ptr), P(o.ptr), P(rs.ptr), P(x.ptr), P(y.ptr), P(wd.ptr), L(n as i64), I(c as i32), F(eps)];
@@ -133,6 +137,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (g, x, wd, rs) = (self.dev(dout)?, self.dev(inp)?, self.dev(w)?, self.dev(rstd)?);
+        let wd = self.f32_weight(wd)?;
         let (di, dwd) = (self.out(dinp)?, self.out(dw)?);
         let (partial, chunks) = if norm_vector_path(&[di, g, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
             // One pass: dinp and the dw partials of each block of rows.

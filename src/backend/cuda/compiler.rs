@@ -7,31 +7,31 @@ use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
 /// Prepended to every kernel file (dtype helpers, reductions).
-const COMMON: &str = include_str!("kernels/common.cuh");
+const COMMON: &str = include_str!("ops/common.cuh");
 
 /// Every kernel file, one concept each: (name, source).
 pub const SOURCES: &[(&str, &str)] = &[
-    ("elementwise", include_str!("kernels/elementwise.cu")),
-    ("norm", include_str!("kernels/norm.cu")),
-    ("embed", include_str!("kernels/embed.cu")),
-    ("layernorm", include_str!("kernels/layernorm.cu")),
-    ("rmsnorm", include_str!("kernels/rmsnorm.cu")),
-    ("gelu", include_str!("kernels/gelu.cu")),
-    ("swiglu", include_str!("kernels/swiglu.cu")),
-    ("rope", include_str!("kernels/rope.cu")),
-    ("attention", include_str!("kernels/attention.cu")),
-    ("attention_mma", include_str!("kernels/attention_mma.cu")),
-    ("attention_fa2", include_str!("kernels/attention_fa2.cu")),
-    ("xent", include_str!("kernels/xent.cu")),
-    ("adamw", include_str!("kernels/adamw.cu")),
-    ("axpby", include_str!("kernels/axpby.cu")),
-    ("layout", include_str!("kernels/layout.cu")),
-    ("axis", include_str!("kernels/axis.cu")),
-    ("lion", include_str!("kernels/lion.cu")),
-    ("sign_descent", include_str!("kernels/sign_descent.cu")),
-    ("precondition", include_str!("kernels/precondition.cu")),
-    ("adamw8bit", include_str!("kernels/adamw8bit.cu")),
-    ("onebit", include_str!("kernels/onebit.cu")),
+    ("elementwise", include_str!("ops/elementwise.cu")),
+    ("sum_squares", include_str!("ops/sum_squares.cu")),
+    ("embed", include_str!("ops/embed.cu")),
+    ("layernorm", include_str!("ops/layernorm.cu")),
+    ("rmsnorm", include_str!("ops/rmsnorm.cu")),
+    ("gelu", include_str!("ops/gelu.cu")),
+    ("swiglu", include_str!("ops/swiglu.cu")),
+    ("rope", include_str!("ops/rope.cu")),
+    ("attention", include_str!("ops/attention.cu")),
+    ("attention_mma", include_str!("ops/attention_mma.cu")),
+    ("attention_fa2", include_str!("ops/attention_fa2.cu")),
+    ("xent", include_str!("ops/xent.cu")),
+    ("adamw", include_str!("ops/adamw.cu")),
+    ("axpby", include_str!("ops/axpby.cu")),
+    ("copy_strided", include_str!("ops/copy_strided.cu")),
+    ("axis", include_str!("ops/axis.cu")),
+    ("lion", include_str!("ops/lion.cu")),
+    ("sign_descent", include_str!("ops/sign_descent.cu")),
+    ("precondition", include_str!("ops/precondition.cu")),
+    ("adamw8bit", include_str!("ops/adamw8bit.cu")),
+    ("onebit", include_str!("ops/onebit.cu")),
 ];
 
 pub struct Compiler {

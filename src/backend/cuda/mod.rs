@@ -16,21 +16,14 @@ mod kernels;
 mod loader;
 mod matmul;
 mod memory;
-mod ops_attention;
-mod ops_basic;
-mod ops_linear;
-mod ops_matrix;
-mod ops_nn;
-mod ops_onebit;
-mod ops_optim;
-mod ops_train;
+mod ops;
 
 pub use compiler::compile_all as compile_all_kernels;
 pub use device::CudaBackend;
 /// For dist::nccl (raw device pointers of views).
 pub(crate) use device::RawView;
 
-pub use ops_attention::HEAD_DIMS;
+pub use ops::attention::HEAD_DIMS;
 
 /// Whether the CUDA attention kernels implement this head size ([`HEAD_DIMS`]).
 pub fn supports_head_dim(d: usize) -> bool {

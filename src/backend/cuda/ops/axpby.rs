@@ -2,33 +2,33 @@
 //! COSMOS): `axpby`, Muon's fused momentum, per-row/column sums of squares,
 //! per-row/column scaling.
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{F, I, L, P};
-use super::memory::{Dev, Elem};
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{F, I, L, P};
+use super::super::memory::{Dev, Elem};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
 
 /// Address of element `k` of `d`.
-pub(super) fn at(d: Dev, k: usize) -> u64 {
+pub(in crate::backend::cuda) fn at(d: Dev, k: usize) -> u64 {
     d.ptr + (k * d.elem.size()) as u64
 }
 
 /// Groups of 4 elements the float4 kernel can take (the rest go to the
 /// scalar kernel): `n / 4` when every buffer is F32 and 16-byte aligned and
 /// the bf16 shadow (0 = none) is 8-byte aligned, else 0.
-pub(super) fn vec4_groups(n: usize, devs: &[Dev], shadow: u64) -> usize {
+pub(in crate::backend::cuda) fn vec4_groups(n: usize, devs: &[Dev], shadow: u64) -> usize {
     let ok = devs.iter().all(|d| d.elem == Elem::F32 && d.ptr.is_multiple_of(16)) && shadow.is_multiple_of(8);
     if ok { n / 4 } else { 0 }
 }
 
 /// Shadow pointer `k` elements on (0 stays 0: no shadow).
-pub(super) fn shadow_at(shadow: u64, k: usize) -> u64 {
+pub(in crate::backend::cuda) fn shadow_at(shadow: u64, k: usize) -> u64 {
     if shadow == 0 { 0 } else { shadow + 2 * k as u64 }
 }
 
 impl CudaBackend {
-    pub(super) fn axpby_op(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn axpby_op(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()> {
         self.begin()?;
         ensure!(y.len == x.len, "axpby: lengths differ ({}, {})", y.len, x.len);
         let xd = self.dev(x)?;
@@ -50,7 +50,7 @@ impl CudaBackend {
 
     /// [`crate::backend::Backend::muon_momentum`] in one kernel: reads g and
     /// m once, writes m and u, and the per-block partial sums of u².
-    pub(super) fn muon_momentum_op(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
+    pub(in crate::backend::cuda) fn muon_momentum_op(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
         self.begin()?;
         ensure!(m.len == g.len && u.len == g.len, "muon_momentum: lengths differ (m {}, u {}, g {})", m.len, u.len, g.len);
         let gd = self.dev(g)?;
@@ -67,7 +67,7 @@ impl CudaBackend {
         self.sum_partials(cfg, partial)
     }
 
-    pub(super) fn axis_sum_squares_op(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+    pub(in crate::backend::cuda) fn axis_sum_squares_op(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.begin()?;
         ensure!(x.len == rows * cols, "axis_sum_squares: x has {} values, not {rows}x{cols}", x.len);
         let want = if per_row { rows } else { cols };
@@ -89,7 +89,7 @@ impl CudaBackend {
         }
     }
 
-    pub(super) fn scale_axis_op(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
+    pub(in crate::backend::cuda) fn scale_axis_op(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
         self.begin()?;
         ensure!(x.len == rows * cols, "scale_axis: x has {} values, not {rows}x{cols}", x.len);
         let want = if per_row { rows } else { cols };

@@ -1,9 +1,9 @@
 //! 1-bit compression ops (kernels/onebit.cu): sign packing with per-block
 //! scales, and scaled unpacking. Values are F32 buffers, bits U8 buffers.
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{F, L, P};
-use super::memory::{Dev, Elem};
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{F, L, P};
+use super::super::memory::{Dev, Elem};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -18,7 +18,7 @@ fn check(block: usize, n: usize, bits: &Dev, scales: &Dev, x: &Dev, op: &str) ->
 }
 
 impl CudaBackend {
-    pub(super) fn sign_compress_op(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn sign_compress_op(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
         self.begin()?;
         let xd = self.dev(x)?;
         // U8 buffers have no bf16 shadow to invalidate (`out` is for floats).
@@ -33,7 +33,7 @@ impl CudaBackend {
         self.launch("onebit", "sign_compress_k", cfg, &[P(bd.ptr), P(sd.ptr), P(xd.ptr), L(x.len as i64), L(block as i64)])
     }
 
-    pub(super) fn sign_decompress_op(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn sign_decompress_op(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
         self.begin()?;
         let (bd, sd) = (self.dev(bits)?, self.dev(scales)?);
         let od = self.out(out)?;

@@ -1,16 +1,16 @@
 //! Loss and optimizer: fused softmax cross-entropy, fused AdamW.
 
-use super::device::CudaBackend;
-use super::kernels::AdamArgs;
-use super::kernels::KArg::{Adam, F, I, L, P};
-use super::memory::Elem;
+use super::super::device::CudaBackend;
+use super::super::kernels::AdamArgs;
+use super::super::kernels::KArg::{Adam, F, I, L, P};
+use super::super::memory::Elem;
 use crate::backend::{AdamSegment, AdamWArgs, BufId, View};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, (n, v, classes): (usize, usize, usize), grad_scale: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, (n, v, classes): (usize, usize, usize), grad_scale: f32) -> Result<()> {
         self.begin()?;
         ensure!((1..=v).contains(&classes), "softmax_xent: classes = {classes} must be in 1..=v (v = {v})");
         ensure!(logits.len == n * v && losses.len == n && targets.len == n, "softmax_xent: views do not match n={n} v={v}");
@@ -42,7 +42,7 @@ impl CudaBackend {
         self.launch("xent", "xent_k", cfg, &args)
     }
 
-    pub(super) fn adamw_op(&mut self, params: View, grads: View, m: View, v: View, a: AdamWArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn adamw_op(&mut self, params: View, grads: View, m: View, v: View, a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n && m.len == n && v.len == n, "adamw: params, grads, m, v lengths differ");
@@ -76,7 +76,7 @@ impl CudaBackend {
     /// AdamW over many segments in one launch when every segment is
     /// float4-aligned (always, for our layouts: tensor sizes are multiples
     /// of 4), else one `adamw_op` per segment.
-    pub(super) fn adamw_segments_op(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], a: AdamWArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn adamw_segments_op(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let whole = |s: &Self, buf| -> Result<View> { Ok(View { buf, off: 0, len: s.bufs.get(buf)?.len }) };
         let (pv, gv) = (whole(self, params)?, whole(self, grads)?);
@@ -126,7 +126,7 @@ impl CudaBackend {
 }
 
 /// Kernel arguments of an AdamW step; bias corrections in f64 like the CPU.
-pub(super) fn adam_args(a: &AdamWArgs) -> AdamArgs {
+pub(in crate::backend::cuda) fn adam_args(a: &AdamWArgs) -> AdamArgs {
     let t = a.step.max(1) as f64;
     AdamArgs {
         lr: a.lr,

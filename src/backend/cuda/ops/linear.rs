@@ -5,10 +5,10 @@
 //! bf16 operands (F32 weights via their bf16 shadow), fp32 accumulation,
 //! output in the output buffer's dtype; weight grads accumulate (beta = 1).
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{I, L, P};
-use super::matmul::{alignment, Epilogue, Problem};
-use super::memory::{Dev, Elem};
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{I, L, P};
+use super::super::matmul::{alignment, Epilogue, Problem};
+use super::super::memory::{Dev, Elem};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -38,7 +38,7 @@ impl CudaBackend {
     /// epilogue, `pre` as its auxiliary output) when the shapes need no
     /// padding, everything is bf16 and aligned and cuBLASLt has an
     /// algorithm; else the matmul and the GELU kernel.
-    pub(super) fn linear_gelu_fwd_op(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, (m, k, n): (usize, usize, usize)) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_gelu_fwd_op(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, (m, k, n): (usize, usize, usize)) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == m * k && w.len == n * k && pre.len == m * n && act.len == m * n, "linear_gelu_fwd: views do not match m={m} k={k} n={n}");
         let (pd, ad) = (self.dev(pre)?, self.dev(act)?);
@@ -74,7 +74,7 @@ impl CudaBackend {
     /// as the auxiliary input) when nothing needs padding and everything is
     /// bf16 and aligned; else linear_bwd into `dact` and the GELU kernel.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_gelu_bwd_op(&mut self, (dpre, dact): (View, View), dw: View, dbias: Option<View>, (dout, act, w, pre): (View, View, View, View), (m, k, n): (usize, usize, usize)) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_gelu_bwd_op(&mut self, (dpre, dact): (View, View), dw: View, dbias: Option<View>, (dout, act, w, pre): (View, View, View, View), (m, k, n): (usize, usize, usize)) -> Result<()> {
         self.begin()?;
         ensure!(
             dpre.len == m * k && dact.len == m * k && pre.len == m * k && act.len == m * k && w.len == n * k && dw.len == n * k && dout.len == m * n,
@@ -124,7 +124,7 @@ fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize,
 impl CudaBackend {
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_fwd_op(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_fwd_op(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == m * k && w.len == n * k && out.len == m * n, "linear_fwd: views do not match m={m} k={k} n={n}");
         let wp = self.bf16_operand(w)?;
@@ -160,7 +160,7 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_bwd_op(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_bwd_op(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(
             inp.len == m * k && dinp.len == m * k && w.len == n * k && dw.len == n * k && dout.len == m * n,
@@ -279,7 +279,7 @@ impl CudaBackend {
     }
 
     /// dst[c] += sum over rows of x[rows, cols]: deterministic two-stage sum.
-    pub(super) fn colsum_accumulate(&mut self, dst: View, x: View, rows: usize, cols: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn colsum_accumulate(&mut self, dst: View, x: View, rows: usize, cols: usize) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
@@ -300,14 +300,14 @@ impl CudaBackend {
     /// `force_bf16`: F32 operands through their bf16 shadows) runs
     /// bf16 x bf16 -> fp32.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
+    pub(in crate::backend::cuda) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
         self.gemm_with_c_op(c, None, a, b, mkn, trans, alpha, beta, force_bf16)
     }
 
     /// `c = alpha·op(a)·op(b) + beta·c_in` (`c_in` None: `c` itself). A
     /// `c_in` of another element type than `c` is copied into `c` first.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm_with_c_op(&mut self, c: View, c_in: Option<View>, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
+    pub(in crate::backend::cuda) fn gemm_with_c_op(&mut self, c: View, c_in: Option<View>, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
         self.begin()?;
         let (m, k, n) = mkn;
         ensure!(a.len == m * k && b.len == k * n && c.len == m * n, "gemm: views do not match m={m} k={k} n={n}");

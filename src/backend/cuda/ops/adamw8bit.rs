@@ -5,11 +5,11 @@
 //! bit. Kernels that update params also write their bf16 shadow (when the
 //! buffer has one), like the fused AdamW.
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{Adam, F, I, L, P};
-use super::memory::{Dev, Elem};
-use super::ops_matrix::{at, shadow_at, vec4_groups};
-use super::ops_train::adam_args;
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{Adam, F, I, L, P};
+use super::super::memory::{Dev, Elem};
+use super::axpby::{at, shadow_at, vec4_groups};
+use super::adamw::adam_args;
 use crate::backend::{AdamWArgs, LionArgs, PrecondArgs, SignArgs, View, QUANT_BLOCK};
 use crate::optim::quant_map;
 use anyhow::{ensure, Result};
@@ -31,7 +31,7 @@ impl CudaBackend {
         Ok((p, self.shadow_for_write(params)?))
     }
 
-    pub(super) fn lion_op(&mut self, params: View, grads: View, m: View, a: LionArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn lion_op(&mut self, params: View, grads: View, m: View, a: LionArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n && m.len == n, "lion: params/grads/m lengths differ");
@@ -56,7 +56,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(super) fn sign_descent_op(&mut self, params: View, grads: View, a: SignArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn sign_descent_op(&mut self, params: View, grads: View, a: SignArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n, "sign_descent: params/grads lengths differ");
@@ -79,7 +79,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(super) fn rms_precondition_op(&mut self, out: View, num: View, v: View, grads: View, a: PrecondArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn rms_precondition_op(&mut self, out: View, num: View, v: View, grads: View, a: PrecondArgs) -> Result<()> {
         self.begin()?;
         let n = out.len;
         ensure!(num.len == n && v.len == n && grads.len == n, "rms_precondition: out/num/v/grads lengths differ");
@@ -104,7 +104,7 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn adamw8bit_op(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, a: AdamWArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn adamw8bit_op(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n && m_codes.len == n && v_codes.len == n, "adamw8bit: params/grads/m_codes/v_codes lengths differ");

@@ -1,15 +1,15 @@
 //! Memory transfers, elementwise ops, sum of squares, embedding.
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{self, I, L, P, U};
-use super::memory::{bf16x8_groups, Elem};
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{self, I, L, P, U};
+use super::super::memory::{bf16x8_groups, Elem};
 use crate::backend::View;
 use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{result, LaunchConfig};
 use half::bf16;
 
 impl CudaBackend {
-    pub(super) fn htod<T>(&mut self, dst: u64, src: &[T]) -> Result<()> {
+    pub(in crate::backend::cuda) fn htod<T>(&mut self, dst: u64, src: &[T]) -> Result<()> {
         // SAFETY: dst was bounds-checked for src.len() elements of T; we
         // synchronize before `src` can go away.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| anyhow!("upload: {e:?}"))?;
@@ -22,7 +22,7 @@ impl CudaBackend {
         self.sync()
     }
 
-    pub(super) fn upload_f32(&mut self, dst: View, src: &[f32]) -> Result<()> {
+    pub(in crate::backend::cuda) fn upload_f32(&mut self, dst: View, src: &[f32]) -> Result<()> {
         self.begin()?;
         ensure!(src.len() == dst.len, "upload: {} values into a view of {}", src.len(), dst.len);
         let d = self.out(dst)?;
@@ -33,7 +33,7 @@ impl CudaBackend {
         }
     }
 
-    pub(super) fn upload_ids(&mut self, dst: View, src: &[u32]) -> Result<()> {
+    pub(in crate::backend::cuda) fn upload_ids(&mut self, dst: View, src: &[u32]) -> Result<()> {
         self.begin()?;
         ensure!(src.len() == dst.len, "upload_u32: {} values into a view of {}", src.len(), dst.len);
         let d = self.dev(dst)?;
@@ -41,7 +41,7 @@ impl CudaBackend {
         self.htod(d.ptr, src)
     }
 
-    pub(super) fn upload_bytes(&mut self, dst: View, src: &[u8]) -> Result<()> {
+    pub(in crate::backend::cuda) fn upload_bytes(&mut self, dst: View, src: &[u8]) -> Result<()> {
         self.begin()?;
         ensure!(src.len() == dst.len, "upload_u8: {} host bytes into a view of {}", src.len(), dst.len);
         let d = self.dev(dst)?;
@@ -49,7 +49,7 @@ impl CudaBackend {
         self.htod(d.ptr, src)
     }
 
-    pub(super) fn download_bytes(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
+    pub(in crate::backend::cuda) fn download_bytes(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
         self.begin()?;
         ensure!(src.len == dst.len(), "download_u8: view of {} into {} host bytes", src.len, dst.len());
         let d = self.dev(src)?;
@@ -57,7 +57,7 @@ impl CudaBackend {
         self.dtoh(dst, d.ptr)
     }
 
-    pub(super) fn download_f32(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
+    pub(in crate::backend::cuda) fn download_f32(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
         self.begin()?;
         ensure!(src.len == dst.len(), "download: view of {} into {} values", src.len, dst.len());
         let d = self.dev(src)?;
@@ -80,14 +80,14 @@ impl CudaBackend {
         }
     }
 
-    pub(super) fn fill_op(&mut self, dst: View, value: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn fill_op(&mut self, dst: View, value: f32) -> Result<()> {
         self.begin()?;
         let d = self.out(dst)?;
         let cfg = self.grid(d.len);
         self.launch("elementwise", "fill_k", cfg, &[P(d.ptr), I(d.dt()), L(d.len as i64), KArg::F(value)])
     }
 
-    pub(super) fn copy_op(&mut self, dst: View, src: View) -> Result<()> {
+    pub(in crate::backend::cuda) fn copy_op(&mut self, dst: View, src: View) -> Result<()> {
         self.begin()?;
         ensure!(dst.len == src.len, "copy: lengths differ ({} vs {})", dst.len, src.len);
         let s = self.dev(src)?;
@@ -102,7 +102,7 @@ impl CudaBackend {
         self.launch("elementwise", "convert_k", cfg, &[P(d.ptr), I(d.dt()), P(s.ptr), I(s.dt()), L(d.len as i64)])
     }
 
-    pub(super) fn add_op(&mut self, out: View, a: View, b: View) -> Result<()> {
+    pub(in crate::backend::cuda) fn add_op(&mut self, out: View, a: View, b: View) -> Result<()> {
         self.begin()?;
         ensure!(out.len == a.len && a.len == b.len, "add: lengths differ");
         let (a, b) = (self.dev(a)?, self.dev(b)?);
@@ -120,7 +120,7 @@ impl CudaBackend {
         self.launch("elementwise", "add_k", cfg, &[P(o.at(done)), I(o.dt()), P(a.at(done)), I(a.dt()), P(b.at(done)), I(b.dt()), L(rest as i64)])
     }
 
-    pub(super) fn accumulate_op(&mut self, dst: View, src: View) -> Result<()> {
+    pub(in crate::backend::cuda) fn accumulate_op(&mut self, dst: View, src: View) -> Result<()> {
         self.begin()?;
         ensure!(dst.len == src.len, "accumulate: lengths differ ({} vs {})", dst.len, src.len);
         let s = self.dev(src)?;
@@ -129,7 +129,7 @@ impl CudaBackend {
         self.launch("elementwise", "accumulate_k", cfg, &[P(d.ptr), I(d.dt()), P(s.ptr), I(s.dt()), L(d.len as i64)])
     }
 
-    pub(super) fn scale_op(&mut self, x: View, s: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn scale_op(&mut self, x: View, s: f32) -> Result<()> {
         self.begin()?;
         let d = self.out(x)?;
         let cfg = self.grid(d.len);
@@ -137,7 +137,7 @@ impl CudaBackend {
     }
 
     /// fp64 per-block partials on the device, summed here in a fixed order.
-    pub(super) fn sum_squares_op(&mut self, x: View) -> Result<f64> {
+    pub(in crate::backend::cuda) fn sum_squares_op(&mut self, x: View) -> Result<f64> {
         self.begin()?;
         let d = self.dev(x)?;
         if d.len == 0 {
@@ -145,9 +145,9 @@ impl CudaBackend {
         }
         let (cfg, partial) = self.partial_sums(d.len)?;
         if d.elem == Elem::F32 && d.ptr % 16 == 0 {
-            self.launch("norm", "sumsq_partial_f32x4_k", cfg, &[P(partial), P(d.ptr), L(d.len as i64)])?;
+            self.launch("sum_squares", "sumsq_partial_f32x4_k", cfg, &[P(partial), P(d.ptr), L(d.len as i64)])?;
         } else {
-            self.launch("norm", "sumsq_partial_k", cfg, &[P(partial), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
+            self.launch("sum_squares", "sumsq_partial_k", cfg, &[P(partial), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
         }
         self.sum_partials(cfg, partial)
     }
@@ -155,7 +155,7 @@ impl CudaBackend {
     /// Launch shape and fp64 scratch of a kernel that leaves one partial sum
     /// per block over `n` elements: up to 1024 blocks (enough to stream HBM;
     /// fixed, so the sum order does not depend on the GPU model).
-    pub(super) fn partial_sums(&mut self, n: usize) -> Result<(LaunchConfig, u64)> {
+    pub(in crate::backend::cuda) fn partial_sums(&mut self, n: usize) -> Result<(LaunchConfig, u64)> {
         let blocks = n.div_ceil(1024).min(1024);
         let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         Ok((cfg, self.scratch(blocks * 8)?))
@@ -163,7 +163,7 @@ impl CudaBackend {
 
     /// The host's sum, in block order, of the partials a kernel launched
     /// with [`Self::partial_sums`] left (waits for it).
-    pub(super) fn sum_partials(&mut self, cfg: LaunchConfig, partial: u64) -> Result<f64> {
+    pub(in crate::backend::cuda) fn sum_partials(&mut self, cfg: LaunchConfig, partial: u64) -> Result<f64> {
         let mut host = vec![0f64; cfg.grid_dim.0 as usize];
         self.dtoh(&mut host, partial)?;
         Ok(host.iter().sum())
@@ -174,7 +174,7 @@ impl CudaBackend {
     /// and row length is a multiple of 16 bytes (bf16 heads of 64), else
     /// element by element.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn copy_strided_op(&mut self, dst: View, ds: usize, src: View, ss: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
+    pub(in crate::backend::cuda) fn copy_strided_op(&mut self, dst: View, ds: usize, src: View, ss: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
         self.begin()?;
         crate::backend::cpu::check_strided("copy_strided", dst, ds, src, ss, rows, cols)?;
         if rows == 0 || cols == 0 {
@@ -189,14 +189,14 @@ impl CudaBackend {
             let units = |x: usize| (x * size / 16) as i64;
             let cfg = self.grid(rows * cols * size / 16);
             let args = [P(dd.ptr), L(units(ds)), P(sd.ptr), L(units(ss)), L(rows as i64), L(units(cols))];
-            return self.launch("layout", "copy_strided_v16_k", cfg, &args);
+            return self.launch("copy_strided", "copy_strided_v16_k", cfg, &args);
         }
         let cfg = self.grid(rows * cols);
         let args = [P(dd.ptr), I(dd.dt()), L(ds as i64), P(sd.ptr), I(sd.dt()), L(ss as i64), L(rows as i64), L(cols as i64), I(accumulate as i32)];
-        self.launch("layout", "copy_strided_k", cfg, &args)
+        self.launch("copy_strided", "copy_strided_k", cfg, &args)
     }
 
-    pub(super) fn embed_fwd_op(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn embed_fwd_op(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
         self.begin()?;
         let rows = tokens.len;
         ensure!(out.len == rows * c && wte.len.is_multiple_of(c), "embed_fwd: out {} != tokens {} * c {}", out.len, rows, c);
@@ -220,7 +220,7 @@ impl CudaBackend {
         self.launch("embed", "embed_fwd_k", cfg, &args)
     }
 
-    pub(super) fn embed_bwd_op(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn embed_bwd_op(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
         self.begin()?;
         let rows = tokens.len;
         ensure!(dout.len == rows * c && dwte.len.is_multiple_of(c), "embed_bwd: dout {} != tokens {} * c {}", dout.len, rows, c);

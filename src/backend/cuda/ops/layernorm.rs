@@ -1,8 +1,8 @@
 //! Normalization, activations and rotary embedding.
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{F, I, L, P};
-use super::memory::{bf16x8_groups, Dev, Elem};
+use super::super::device::CudaBackend;
+use super::super::kernels::KArg::{F, I, L, P};
+use super::super::memory::{bf16x8_groups, Dev, Elem};
 use crate::backend::{AttnShape, Rope, View};
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -47,7 +47,7 @@ fn colsum_plan(n: usize, c: usize) -> (usize, usize, LaunchConfig) {
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn layernorm_fwd_op(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn layernorm_fwd_op(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && b.len == c, "layernorm_fwd: views do not match n={n} c={c}");
         let (x, wd, bd) = (self.dev(inp)?, self.dev(w)?, self.dev(b)?);
@@ -61,7 +61,7 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn layernorm_bwd_op(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn layernorm_bwd_op(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * c && dinp.len == n * c && dout.len == n * c && mean.len == n && rstd.len == n && w.len == c && dw.len == c && db.len == c, "layernorm_bwd: views do not match n={n} c={c}");
         if n == 0 {
@@ -93,7 +93,7 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn rmsnorm_fwd_op(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn rmsnorm_fwd_op(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * c && out.len == n * c && rstd.len == n && w.len == c, "rmsnorm_fwd: views do not match n={n} c={c}");
         let (x, wd) = (self.dev(inp)?, self.dev(w)?);
@@ -109,7 +109,7 @@ impl CudaBackend {
     /// One pass over the rows on the bf16 vector path; else the add and
     /// the norm as two ops.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_rmsnorm_fwd_op(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn add_rmsnorm_fwd_op(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
         self.begin()?;
         ensure!(
             a.len == n * c && b.len == n * c && sum.len == n * c && out.len == n * c && rstd.len == n && w.len == c,
@@ -126,7 +126,7 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn rmsnorm_bwd_op(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn rmsnorm_bwd_op(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * c && dinp.len == n * c && dout.len == n * c && rstd.len == n && w.len == c && dw.len == c, "rmsnorm_bwd: views do not match n={n} c={c}");
         if n == 0 {
@@ -155,7 +155,7 @@ impl CudaBackend {
         self.launch("elementwise", "colsum_finish_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(partial), I(chunks as i32), I(c as i32)])
     }
 
-    pub(super) fn gelu_fwd_op(&mut self, out: View, inp: View) -> Result<()> {
+    pub(in crate::backend::cuda) fn gelu_fwd_op(&mut self, out: View, inp: View) -> Result<()> {
         self.begin()?;
         ensure!(out.len == inp.len, "gelu_fwd: lengths differ");
         let x = self.dev(inp)?;
@@ -172,7 +172,7 @@ impl CudaBackend {
         self.launch("gelu", "gelu_fwd_k", cfg, &[P(o.at(done)), I(o.dt()), P(x.at(done)), I(x.dt()), L(rest as i64)])
     }
 
-    pub(super) fn gelu_bwd_op(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
+    pub(in crate::backend::cuda) fn gelu_bwd_op(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
         self.begin()?;
         ensure!(dinp.len == inp.len && inp.len == dout.len, "gelu_bwd: lengths differ");
         let (x, g) = (self.dev(inp)?, self.dev(dout)?);
@@ -189,7 +189,7 @@ impl CudaBackend {
         self.launch("gelu", "gelu_bwd_k", cfg, &[P(d.at(done)), I(d.dt()), P(x.at(done)), I(x.dt()), P(g.at(done)), I(g.dt()), L(rest as i64)])
     }
 
-    pub(super) fn swiglu_fwd_op(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn swiglu_fwd_op(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * 2 * f && out.len == n * f, "swiglu_fwd: views do not match n={n} f={f}");
         let x = self.dev(inp)?;
@@ -201,7 +201,7 @@ impl CudaBackend {
         self.launch("swiglu", "swiglu_fwd_k", cfg, &[P(o.ptr), I(o.dt()), P(x.ptr), I(x.dt()), L(n as i64), L(f as i64)])
     }
 
-    pub(super) fn swiglu_bwd_op(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn swiglu_bwd_op(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == n * 2 * f && dinp.len == n * 2 * f && dout.len == n * f, "swiglu_bwd: views do not match n={n} f={f}");
         let (x, g) = (self.dev(inp)?, self.dev(dout)?);
@@ -214,7 +214,7 @@ impl CudaBackend {
     }
 
     /// In-place rotation of the q and k heads; `dir` -1 is the inverse (backward).
-    pub(super) fn rope_op(&mut self, qkv: View, s: AttnShape, rope: Rope, dir: f32) -> Result<()> {
+    pub(in crate::backend::cuda) fn rope_op(&mut self, qkv: View, s: AttnShape, rope: Rope, dir: f32) -> Result<()> {
         self.begin()?;
         let rows = s.batch * s.seq;
         ensure!(qkv.len == rows * s.qkv_width(), "rope: qkv has {} values, shape needs {}", qkv.len, rows * s.qkv_width());

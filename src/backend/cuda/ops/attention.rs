@@ -8,10 +8,10 @@
 //!   `simple_attention` is set (FERROTRON_ATTN=simple; the tests use it to
 //!   keep the fallback checked).
 
-use super::device::CudaBackend;
-use super::kernels::AttnDims;
-use super::kernels::KArg::{Attn, I, P};
-use super::memory::Elem;
+use super::super::device::CudaBackend;
+use super::super::kernels::AttnDims;
+use super::super::kernels::KArg::{Attn, I, P};
+use super::super::memory::Elem;
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -19,7 +19,7 @@ use cudarc::driver::LaunchConfig;
 const TILE: usize = 32;
 
 /// bf16 and 16-byte aligned (cp.async copies 16 bytes at a time).
-fn fa2_ok(v: &super::memory::Dev) -> bool {
+fn fa2_ok(v: &super::super::memory::Dev) -> bool {
     v.elem == Elem::Bf16 && v.ptr.is_multiple_of(16)
 }
 
@@ -62,7 +62,7 @@ macro_rules! pick {
 }
 
 impl CudaBackend {
-    pub(super) fn attention_fwd_op(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
+    pub(in crate::backend::cuda) fn attention_fwd_op(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
         self.begin()?;
         let a = check(&s)?;
         let (n, d) = (s.batch * s.seq, s.head_dim);
@@ -94,7 +94,7 @@ impl CudaBackend {
         self.launch("attention", pick!("attn_fwd_", d), c, &[P(o.ptr), I(o.dt()), P(l.ptr), I(l.dt()), P(q.ptr), I(q.dt()), Attn(a)])
     }
 
-    pub(super) fn attention_bwd_op(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {
+    pub(in crate::backend::cuda) fn attention_bwd_op(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {
         self.begin()?;
         let a = check(&s)?;
         let (n, d) = (s.batch * s.seq, s.head_dim);
@@ -125,7 +125,7 @@ impl CudaBackend {
     /// three kernels write disjoint parts of dqkv, so the result does not
     /// depend on launch order or scheduling.
     #[allow(clippy::too_many_arguments)]
-    fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: super::memory::Dev, l: super::memory::Dev, s: AttnShape, a: AttnDims) -> Result<()> {
+    fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: super::super::memory::Dev, l: super::super::memory::Dev, s: AttnShape, a: AttnDims) -> Result<()> {
         let d = s.head_dim;
         let tp = s.seq.div_ceil(64) * 64;
         let rows = s.batch * s.heads * tp;

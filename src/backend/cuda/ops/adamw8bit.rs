@@ -1,110 +1,29 @@
-//! Optimizer steps beyond AdamW: Lion, sign descent, the RMS preconditioner
-//! of APOLLO/COSMOS and blockwise 8-bit AdamW. Params and state are F32.
-//! The kernels use round-to-nearest fp32 intrinsics in the CPU's operation
-//! order (no FMA contraction), so results match the CPU reference bit for
-//! bit. Kernels that update params also write their bf16 shadow (when the
-//! buffer has one), like the fused AdamW.
+//! Blockwise 8-bit AdamW (bitsandbytes semantics): F32 params (and their
+//! bf16 shadow), U8 state codes with one F32 absmax per block. The kernel
+//! uses round-to-nearest fp32 intrinsics in the CPU's operation order (no
+//! FMA contraction), so results match the CPU reference bit for bit.
 
 use super::super::device::CudaBackend;
-use super::super::kernels::KArg::{Adam, F, I, L, P};
-use super::super::memory::{Dev, Elem};
-use super::axpby::{at, shadow_at, vec4_groups};
-use super::adamw::adam_args;
-use crate::backend::{AdamWArgs, LionArgs, PrecondArgs, SignArgs, View, QUANT_BLOCK};
+use super::super::kernels::{kernel, KernelFile};
+use super::super::memory::Elem;
+use super::adamw::{adam_args, AdamArgs};
+use crate::backend::{AdamWArgs, View, QUANT_BLOCK};
 use crate::optim::quant_map;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
 
+pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "adamw8bit", source: include_str!("adamw8bit.cu") };
+
+kernel! {
+    /// One block of QUANT_BLOCK threads per state block (grid-strided).
+    struct Adamw8bit(FILE, adamw8bit_k) {
+        p: u64, g: u64, dtg: i32, mc: u64, vc: u64, mabs: u64, vabs: u64, shadow: u64, maps: u64, n: i64, a: AdamArgs, decay: f32,
+    }
+}
+
 impl CudaBackend {
-    /// Resolve an F32 view an optimizer kernel writes (shadow goes stale).
-    fn f32_out(&mut self, v: View, what: &str) -> Result<Dev> {
-        let d = self.out(v)?;
-        ensure!(d.elem == Elem::F32, "{what} must be an F32 buffer (fp32 master weights / optimizer state), got {:?}", d.elem);
-        Ok(d)
-    }
-
-    /// Resolve F32 params and their shadow pointer (0 = none); the kernel
-    /// rewrites the shadow, so the range counts as fresh afterwards.
-    fn params_and_shadow(&mut self, params: View, op: &str) -> Result<(Dev, u64)> {
-        let p = self.dev(params)?;
-        ensure!(p.elem == Elem::F32, "{op}: params must be an F32 buffer (fp32 master weights), got {:?}", p.elem);
-        Ok((p, self.shadow_for_write(params)?))
-    }
-
-    pub(in crate::backend::cuda) fn lion_op(&mut self, params: View, grads: View, m: View, a: LionArgs) -> Result<()> {
-        self.begin()?;
-        let n = params.len;
-        ensure!(grads.len == n && m.len == n, "lion: params/grads/m lengths differ");
-        let g = self.dev(grads)?;
-        let md = self.f32_out(m, "lion: m")?;
-        let (p, shadow) = self.params_and_shadow(params, "lion")?;
-        // f32, exactly as the CPU computes it.
-        let decay = 1.0 - a.lr * a.weight_decay;
-        let hp = [F(a.lr), F(a.beta1), F(a.beta2), F(decay), F(a.grad_scale)];
-        let n4 = vec4_groups(n, &[p, g, md], shadow);
-        if n4 > 0 {
-            let cfg = self.grid(n4);
-            let args = [&[P(p.ptr), P(g.ptr), P(md.ptr), P(shadow), L(n4 as i64)][..], &hp].concat();
-            self.launch("lion", "lion_vec4_k", cfg, &args)?;
-        }
-        let done = 4 * n4;
-        if done < n {
-            let cfg = self.grid(n - done);
-            let head = [P(at(p, done)), P(at(g, done)), I(g.dt()), P(at(md, done)), P(shadow_at(shadow, done)), L((n - done) as i64)];
-            self.launch("lion", "lion_k", cfg, &[&head[..], &hp].concat())?;
-        }
-        Ok(())
-    }
-
-    pub(in crate::backend::cuda) fn sign_descent_op(&mut self, params: View, grads: View, a: SignArgs) -> Result<()> {
-        self.begin()?;
-        let n = params.len;
-        ensure!(grads.len == n, "sign_descent: params/grads lengths differ");
-        let g = self.dev(grads)?;
-        let (p, shadow) = self.params_and_shadow(params, "sign_descent")?;
-        let decay = 1.0 - a.lr * a.weight_decay;
-        let hp = [F(a.lr), F(decay), F(a.grad_scale)];
-        let n4 = vec4_groups(n, &[p, g], shadow);
-        if n4 > 0 {
-            let cfg = self.grid(n4);
-            let args = [&[P(p.ptr), P(g.ptr), P(shadow), L(n4 as i64)][..], &hp].concat();
-            self.launch("sign_descent", "sign_descent_vec4_k", cfg, &args)?;
-        }
-        let done = 4 * n4;
-        if done < n {
-            let cfg = self.grid(n - done);
-            let head = [P(at(p, done)), P(at(g, done)), I(g.dt()), P(shadow_at(shadow, done)), L((n - done) as i64)];
-            self.launch("sign_descent", "sign_descent_k", cfg, &[&head[..], &hp].concat())?;
-        }
-        Ok(())
-    }
-
-    pub(in crate::backend::cuda) fn rms_precondition_op(&mut self, out: View, num: View, v: View, grads: View, a: PrecondArgs) -> Result<()> {
-        self.begin()?;
-        let n = out.len;
-        ensure!(num.len == n && v.len == n && grads.len == n, "rms_precondition: out/num/v/grads lengths differ");
-        ensure!(!a.bias_correction || a.step >= 1, "rms_precondition: step is 1-based, got 0");
-        let (nd, g) = (self.dev(num)?, self.dev(grads)?);
-        let vd = self.f32_out(v, "rms_precondition: v")?;
-        let o = self.f32_out(out, "rms_precondition: out")?;
-        let hp = [F(a.beta2), F(a.eps), F(a.bc2_sqrt()), F(a.grad_scale)];
-        let n4 = vec4_groups(n, &[o, nd, vd, g], 0);
-        if n4 > 0 {
-            let cfg = self.grid(n4);
-            let args = [&[P(o.ptr), P(nd.ptr), P(vd.ptr), P(g.ptr), L(n4 as i64)][..], &hp].concat();
-            self.launch("precondition", "rms_precondition_vec4_k", cfg, &args)?;
-        }
-        let done = 4 * n4;
-        if done < n {
-            let cfg = self.grid(n - done);
-            let head = [P(at(o, done)), P(at(nd, done)), I(nd.dt()), P(at(vd, done)), P(at(g, done)), I(g.dt()), L((n - done) as i64)];
-            self.launch("precondition", "rms_precondition_k", cfg, &[&head[..], &hp].concat())?;
-        }
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
-    pub(in crate::backend::cuda) fn adamw8bit_op(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, a: AdamWArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n && m_codes.len == n && v_codes.len == n, "adamw8bit: params/grads/m_codes/v_codes lengths differ");
@@ -125,8 +44,8 @@ impl CudaBackend {
         let decay = 1.0 - a.lr * a.weight_decay; // f32, as the CPU computes it
         let grid = blocks.min(self.sms as usize * 8) as u32;
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (QUANT_BLOCK as u32, 1, 1), shared_mem_bytes: 0 };
-        let args = [P(p.ptr), P(g.ptr), I(g.dt()), P(mc.ptr), P(vc.ptr), P(ma.ptr), P(va.ptr), P(shadow), P(maps), L(n as i64), Adam(adam_args(&a)), F(decay)];
-        self.launch("adamw8bit", "adamw8bit_k", cfg, &args)
+        let k = Adamw8bit { p: p.ptr, g: g.ptr, dtg: g.dt(), mc: mc.ptr, vc: vc.ptr, mabs: ma.ptr, vabs: va.ptr, shadow, maps, n: n as i64, a: adam_args(&a), decay };
+        self.launch(cfg, k)
     }
 
     /// Device copy of the two dynamic maps and their decision thresholds

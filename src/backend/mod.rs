@@ -17,6 +17,27 @@
 //! - All values are f32 in the interface. A backend may store `Compute`
 //!   buffers in lower precision (the CUDA backend uses bf16); `F32` buffers
 //!   are always full precision (master weights, grads, optimizer state).
+//!
+//! Adding an op (the places it is written):
+//! 1. the trait: one entry in [`backend_ops!`] (docs, signature, and a
+//!    default body if other ops can compose it). [`Backend`] declares it,
+//!    `cuda/mod.rs` forwards it and [`profile::Profiled`] times it from
+//!    that entry (`profile_key!` in profile.rs if its time should be filed
+//!    under another name, e.g. by matmul shape);
+//! 2. the CUDA op's own files: `cuda/ops/<op>.rs`, an inherent
+//!    `CudaBackend` method of the trait method's name and signature (it
+//!    checks its views, picks a path and launches), with a `kernel!`
+//!    struct per kernel, beside `cuda/ops/<op>.cu` with the kernels; a new
+//!    `.cu` file adds one line to `kernel_modules!` in `cuda/ops/mod.rs`.
+//!    A forgotten CUDA method is a compile error (the forwarding would
+//!    recurse), and so is a launch whose arguments do not fit its struct;
+//!    the lib test `kernel_structs_match_cu` checks each struct against
+//!    its CUDA signature;
+//! 3. the CPU twin: the readable reference `cpu/<op>.rs` and the trait
+//!    method in `cpu/mod.rs` that checks the views and calls it.
+//!
+//! Then a parity test (tests/cuda_ops.rs) and a gradient check where the
+//! op has a backward.
 
 pub mod cpu;
 pub mod cuda;

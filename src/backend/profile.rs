@@ -127,3 +127,40 @@ impl<B: Backend> Backend for Profiled<B> {
 
     backend_ops!(timed_ops);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    /// Each op is filed under its key (matmuls by shape, the upload and
+    /// AdamW variants with their plain op), results come through, and
+    /// bookkeeping calls are not timed.
+    #[test]
+    fn files_ops_under_their_keys() -> Result<()> {
+        let mut p = Profiled::new(CpuBackend::new());
+        let (a, b, c) = (p.alloc(6, DType::F32)?, p.alloc(6, DType::F32)?, p.alloc(4, DType::F32)?);
+        let ids = p.alloc(2, DType::U32)?;
+        let (av, bv, cv) = (View::whole(a, 6), View::whole(b, 6), View::whole(c, 4));
+        p.upload(av, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+        p.upload(bv, &[1.0; 6])?;
+        p.upload_u32(View::whole(ids, 2), &[0, 1])?;
+        // c[2,2] = a[2,3] · b[2,3]ᵀ
+        p.linear_fwd(cv, av, bv, None, 2, 3, 2)?;
+        p.gemm(cv, av, bv, 2, 3, 2, false, true, 1.0, 0.0)?;
+        let d = View::whole(p.alloc(4, DType::F32)?, 4);
+        p.gemm_bf16_plus(d, cv, av, bv, 2, 3, 2, false, true, 1.0, 1.0)?;
+        let (m, v) = (p.alloc(6, DType::F32)?, p.alloc(6, DType::F32)?);
+        let args = AdamWArgs { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
+        let seg = AdamSegment { param_off: 0, state_off: 0, len: 6, weight_decay: 0.0 };
+        p.adamw_segments(a, b, View::whole(m, 6), View::whole(v, 6), &[seg], args)?;
+        assert_eq!(p.sum_squares(bv)?, 6.0);
+        p.synchronize()?;
+        let keys: Vec<(String, u64)> = p.report().into_iter().map(|(k, n, _)| (k, n)).collect();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort();
+        let want = [("adamw", 1), ("gemm 2x3x2 ABᵀ", 1), ("gemm_bf16 2x3x2 ABᵀ + C", 1), ("linear_fwd 2x3x2", 1), ("sum_squares", 1), ("upload", 3)];
+        assert_eq!(keys_sorted, want.map(|(k, n)| (k.to_string(), n)).to_vec());
+        Ok(())
+    }
+}

@@ -17,6 +17,27 @@
 //! - All values are f32 in the interface. A backend may store `Compute`
 //!   buffers in lower precision (the CUDA backend uses bf16); `F32` buffers
 //!   are always full precision (master weights, grads, optimizer state).
+//!
+//! Adding an op (the places it is written):
+//! 1. the trait: one entry in [`backend_ops!`] (docs, signature, and a
+//!    default body if other ops can compose it). [`Backend`] declares it,
+//!    `cuda/mod.rs` forwards it and [`profile::Profiled`] times it from
+//!    that entry (`profile_key!` in profile.rs if its time should be filed
+//!    under another name, e.g. by matmul shape);
+//! 2. the CUDA op's own files: `cuda/ops/<op>.rs`, an inherent
+//!    `CudaBackend` method of the trait method's name and signature (it
+//!    checks its views, picks a path and launches), with a `kernel!`
+//!    struct per kernel, beside `cuda/ops/<op>.cu` with the kernels; a new
+//!    `.cu` file adds one line to `kernel_modules!` in `cuda/ops/mod.rs`.
+//!    A forgotten CUDA method is a compile error (the forwarding would
+//!    recurse), and so is a launch whose arguments do not fit its struct;
+//!    the lib test `kernel_structs_match_cu` checks each struct against
+//!    its CUDA signature;
+//! 3. the CPU twin: the readable reference `cpu/<op>.rs` and the trait
+//!    method in `cpu/mod.rs` that checks the views and calls it.
+//!
+//! Then a parity test (tests/cuda_ops.rs) and a gradient check where the
+//! op has a backward.
 
 pub mod cpu;
 pub mod cuda;
@@ -263,36 +284,18 @@ impl PrecondArgs {
 pub const QUANT_BLOCK: usize = 256;
 
 /// The op set. See each method for exact semantics; `backend/cpu` is the
-/// readable reference for all of them.
+/// readable reference for all of them. The ops themselves are listed once,
+/// in [`backend_ops!`] below; the methods written here are bookkeeping
+/// (not timed by [`profile::Profiled`], written out by each backend).
 pub trait Backend {
     fn name(&self) -> &'static str;
     /// Human-readable device, e.g. `NVIDIA H200` (used to look up peak FLOP/s).
     fn device_name(&self) -> String {
         self.name().to_string()
     }
-
-    // ---- memory -------------------------------------------------------
     /// Allocate `len` zeroed elements.
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId>;
     fn free(&mut self, buf: BufId);
-    fn upload(&mut self, dst: View, src: &[f32]) -> Result<()>;
-    fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()>;
-    fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()>;
-    /// Copy host bytes into a `U8` view (8-bit optimizer state on resume).
-    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()>;
-    /// Copy a `U8` view to the host (8-bit optimizer state for checkpoints).
-    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()>;
-    fn fill(&mut self, dst: View, value: f32) -> Result<()>;
-    /// `dst = src` (same length).
-    fn copy(&mut self, dst: View, src: View) -> Result<()>;
-    /// Strided 2-D copy (a row block of one matrix into another; the
-    /// layout transforms around Ulysses' all-to-alls): for `r < rows`,
-    /// `c < cols`: `dst[r·dst_stride + c] = src[r·src_stride + c]`, or `+=`
-    /// with `accumulate`. Each view starts at element (0, 0) and spans
-    /// exactly [`strided_len`]`(rows, cols, stride)` elements; `cols` must
-    /// not exceed either stride. `dst` must not overlap `src`.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()>;
     /// Wait for queued work (no-op on CPU).
     fn synchronize(&mut self) -> Result<()> {
         Ok(())
@@ -314,209 +317,7 @@ pub trait Backend {
     /// Forgets every mark (the trainer calls it once per step).
     fn clear_marks(&mut self);
 
-    // ---- elementwise --------------------------------------------------
-    /// `out = a + b`.
-    fn add(&mut self, out: View, a: View, b: View) -> Result<()>;
-    /// `dst += src`.
-    fn accumulate(&mut self, dst: View, src: View) -> Result<()>;
-    /// `x *= s`.
-    fn scale(&mut self, x: View, s: f32) -> Result<()>;
-    /// Sum of squares of all elements (f64 accumulation), for the global
-    /// gradient norm.
-    fn sum_squares(&mut self, x: View) -> Result<f64>;
-    /// `y = a·x + b·y` (same length). With `b == 0`, `y` is not read (NaNs
-    /// in it are overwritten). Momentum buffers, Nesterov mixes, decoupled
-    /// weight decay plus an update, Newton–Schulz combinations.
-    fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()>;
-    /// Muon's momentum with its Nesterov mix, `c = (1 - mu)·grad_scale`:
-    /// `m = c·g + mu·m`, then `u = mu·m + c·g`; returns `Σ u²` (f64), the
-    /// Frobenius norm² Newton–Schulz normalizes by. Each term rounds as
-    /// [`Backend::axpby`] does: the default is three axpby calls and
-    /// `sum_squares`, which a backend may fuse into one pass.
-    fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
-        let c = (1.0 - mu) * grad_scale;
-        self.axpby(m, g, c, mu)?;
-        self.axpby(u, g, c, 0.0)?;
-        self.axpby(u, m, mu, 1.0)?;
-        self.sum_squares(u)
-    }
-    /// Sums of squares along one axis of the row-major `x[rows, cols]`
-    /// (f64 accumulation in index order, stored as f32):
-    /// `per_row`: `out[i] = Σ_j x[i,j]²` (`out` has `rows` elements);
-    /// otherwise `out[j] = Σ_i x[i,j]²` (`cols` elements). Squared channel
-    /// norms for APOLLO's channel-wise scaling.
-    #[allow(clippy::too_many_arguments)]
-    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
-    /// Broadcast multiply IN PLACE on the row-major `x[rows, cols]`:
-    /// `per_row`: `x[i,j] *= s[i]` (`s` has `rows` elements); otherwise
-    /// `x[i,j] *= s[j]` (`cols` elements).
-    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
-
-    // ---- embedding ----------------------------------------------------
-    /// `out[n,:] = wte[tokens[n],:] (+ wpe[n % seq,:])`. out `[N,C]`.
-    fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()>;
-    /// `dwte[tokens[n],:] += dout[n,:]`, `dwpe[n % seq,:] += dout[n,:]`.
-    fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()>;
-
-    // ---- matmul -------------------------------------------------------
-    /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
-    /// `pre = inp · wᵀ (+ bias)` and `act = gelu(pre)` (GPT-2's MLP up
-    /// projection): a GPU fuses the GELU (and bias) into the matmul's
-    /// epilogue, writing `pre` as its auxiliary output for the backward pass.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
-        self.linear_fwd(pre, inp, w, bias, m, k, n)?;
-        self.gelu_fwd(act, pre)
-    }
-    /// Backward of [`Backend::linear_gelu_fwd`]'s consumer: the linear layer
-    /// `out = act · wᵀ (+ bias)` whose input is `act = gelu(pre)`.
-    /// `dw += doutᵀ · act`, `dbias += Σ dout`, `dpre = (dout · w) ⊙ gelu'(pre)`
-    /// (overwrite); `dact` is scratch for `dout · w` (a GPU fuses the GELU
-    /// derivative into that matmul's epilogue and may leave it untouched).
-    #[allow(clippy::too_many_arguments)]
-    fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
-        self.linear_bwd(dact, dw, dbias, dout, act, w, m, k, n)?;
-        self.gelu_bwd(dpre, pre, dact)
-    }
-    /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
-    /// `dbias[N] += Σ_rows dout`.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()>;
-    /// General matmul used by matrix optimizers:
-    /// `c[M,N] = alpha · op(a) · op(b) + beta · c` where `op(a)` is `[M,K]`
-    /// (`a` stored `[K,M]` when `trans_a`) and `op(b)` is `[K,N]` (`b` stored
-    /// `[N,K]` when `trans_b`).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()>;
-    /// [`Backend::gemm`] with the operands rounded to bf16 (fp32
-    /// accumulation and output) where the hardware has bf16 tensor cores:
-    /// what Muon's reference runs its Newton–Schulz iteration in, ~10× the
-    /// fp32 throughput. The CPU reference computes in fp32.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_bf16(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.gemm(c, a, b, m, k, n, trans_a, trans_b, alpha, beta)
-    }
-
-    /// `d = alpha · op(a) · op(b) + beta · c` with the operands of
-    /// [`Backend::gemm_bf16`] and `c` only read: saves the copy of `c` into
-    /// `d` (Newton–Schulz' `a·X + B·X`). `d` must not overlap `a`, `b` or `c`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.copy(d, c)?;
-        self.gemm_bf16(d, a, b, m, k, n, trans_a, trans_b, alpha, beta)
-    }
-
-    // ---- normalization -------------------------------------------------
-    /// LayerNorm over rows of `inp[N,C]`; saves `mean[N]`, `rstd[N]`.
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()>;
-    /// `dinp += …` (the residual stream accumulates), `dw += …`, `db += …`.
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()>;
-    /// RMSNorm: `out = inp · rstd · w`, `rstd = 1/sqrt(mean(inp²) + eps)`.
-    #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()>;
-    /// `dinp += …`, `dw += …`.
-    #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()>;
-    /// The residual add and the next RMSNorm: `sum = a + b`, then
-    /// [`Backend::rmsnorm_fwd`] of `sum` (a GPU reads the rows once).
-    #[allow(clippy::too_many_arguments)]
-    fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
-        self.add(sum, a, b)?;
-        self.rmsnorm_fwd(out, rstd, sum, w, n, c, eps)
-    }
-
-    // ---- activations --------------------------------------------------
-    /// GELU, tanh approximation (GPT-2's `gelu_new`).
-    fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()>;
-    /// `dinp = dout · gelu'(inp)` (overwrite).
-    fn gelu_bwd(&mut self, dinp: View, inp: View, dout: View) -> Result<()>;
-    /// `inp` rows are `[gate (F) | up (F)]`; `out[n,f] = silu(gate) · up`.
-    fn swiglu_fwd(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()>;
-    /// `dinp[N,2F] = …` (overwrite).
-    fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()>;
-
-    // ---- attention ----------------------------------------------------
-    /// Rotary embedding IN PLACE on the q and k heads of `qkv` (Hugging Face
-    /// Llama "rotate_half" convention: element `i` pairs with `i + D/2`,
-    /// angle `pos · rope.inv_freq(D)[i]` in f32, position = row % seq).
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
-    /// Inverse rotation IN PLACE on the q and k parts of `dqkv`.
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
-    /// Causal attention, scale `1/sqrt(D)`. `out[N, H·D]`; saves the
-    /// log-sum-exp of each score row in `lse[B,H,T]` for the backward pass.
-    fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()>;
-    /// `dqkv = …` (overwrite) from `dout[N, H·D]`.
-    fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()>;
-
-    // ---- loss ---------------------------------------------------------
-    /// Fused softmax cross-entropy over `logits[N,V]` whose first `classes`
-    /// columns are the classes (the rest is vocabulary padding: not part of
-    /// the softmax, gradient 0). Writes the per-row loss to `losses[N]` (0
-    /// where `targets[n] == IGNORE`). If `dlogits` is given, writes
-    /// `(softmax - onehot) · grad_scale` there (overwrite; may be the same
-    /// view as `logits`: in place). Probabilities are never stored.
-    #[allow(clippy::too_many_arguments)]
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()>;
-
-    // ---- optimizer ----------------------------------------------------
-    /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()>;
-    /// [`Backend::adamw`] over several segments of one parameter buffer in
-    /// one call (each with its own weight decay; `args.weight_decay` is
-    /// ignored). A model's decayed matrices and undecayed norms interleave in
-    /// the layout: a GPU does them all in one launch instead of one per run.
-    #[allow(clippy::too_many_arguments)]
-    fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
-        for s in segs {
-            let [p, g, sm, sv] = s.views(params, grads, m, v);
-            self.adamw(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..args })?;
-        }
-        Ok(())
-    }
-    /// Fused Lion step over a flat range (see [`LionArgs`]); `m` is F32.
-    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()>;
-    /// Sign descent over a flat range (see [`SignArgs`]): FRUGAL's
-    /// state-free part.
-    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()>;
-    /// Update the second moment `v` from `grads` and write the
-    /// preconditioned `num` to `out` (see [`PrecondArgs`]). All views have
-    /// the same length; `out` must not overlap the others.
-    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()>;
-    /// Blockwise 8-bit AdamW (bitsandbytes semantics) over a flat range of
-    /// `n` elements. `m_codes`/`v_codes` are `U8` views of `n` codes;
-    /// `m_absmax`/`v_absmax` are F32 views of `ceil(n / QUANT_BLOCK)` values,
-    /// block `k` covering elements `[k·QUANT_BLOCK, (k+1)·QUANT_BLOCK)` of
-    /// the view. Codes index the fixed dynamic maps of
-    /// `optim::quant_map` (signed map for m, unsigned for v). Per block:
-    /// `m = signed[m_code]·m_absmax`, `v = unsigned[v_code]·v_absmax`; the
-    /// fp32 AdamW step of [`Backend::adamw`] with those m, v (parameters
-    /// use the updated fp32 m, v); then new `absmax = max |·|` over the
-    /// block and each value is stored as the code nearest to
-    /// `value / absmax` (absmax 0: all values are 0, codes of 0.0).
-    #[allow(clippy::too_many_arguments)]
-    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()>;
-
-    // ---- 1-bit compression (1-bit Adam's compressed all-reduce) ----------
-    /// Compress `x` to one sign bit per value and one scale per block of
-    /// `block` values (`block` a positive multiple of 8; the last block may
-    /// be shorter): `scales[k] = sqrt(Σ x² / n_k)` over block `k`'s `n_k`
-    /// values (f64 sum, stored as f32), so `scale·sign` keeps the block's
-    /// l2 norm; bit `j` of byte `i` of `bits` (a `U8` view) is 1 when
-    /// `x[8i + j] >= 0` (sign(0) = +1), bits past the end of `x` are 0.
-    /// `bits` has `ceil(n / 8)` bytes, `scales` `ceil(n / block)` values.
-    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()>;
-    /// The inverse, scaled and mixed: `out[i] = alpha·d_i + beta·out[i]`
-    /// with `d_i = ±scales[i / block]` (+ where bit `i` of `bits` is 1),
-    /// rounded like [`Backend::axpby`] of `d` (with `beta == 0`, `out` is
-    /// not read). Error feedback (`e = x - d`: `alpha = -1, beta = 1` on a
-    /// copy of x) and the server's average (`alpha = 1/world, beta = 1`)
-    /// are calls of this op.
-    #[allow(clippy::too_many_arguments)]
-    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()>;
+    backend_ops!(declare_ops);
 
     // ---- offload transfers (parallel::offload; CUDA: cuda/host_memory.rs).
     // The defaults are the synchronous twin every backend has: the same
@@ -571,13 +372,259 @@ pub trait Backend {
     fn copy_wait(&mut self, _t: CopyTicket) -> Result<()> {
         Ok(())
     }
-
-    /// Called after the optimizer changed `params` (a view of the F32 master
-    /// weights) so a backend holding low-precision copies can refresh them.
-    fn params_changed(&mut self, _params: View) -> Result<()> {
-        Ok(())
-    }
 }
+
+/// Every op of [`Backend`], written once: `backend_ops!(m)` hands this list
+/// to macro `m`, which declares the trait methods ([`declare_ops!`]),
+/// forwards them to `CudaBackend`'s methods of the same names
+/// (cuda/mod.rs) or times them ([`profile::Profiled`]). An entry is a
+/// trait method with `-> R;`, or `-> R = { default body };`.
+macro_rules! backend_ops {
+    ($m:ident) => {
+        $m! {
+            // ---- memory transfers -----------------------------------------
+            fn upload(&mut self, dst: View, src: &[f32]) -> Result<()>;
+            fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()>;
+            fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()>;
+            /// Copy host bytes into a `U8` view (8-bit optimizer state on resume).
+            fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()>;
+            /// Copy a `U8` view to the host (8-bit optimizer state for checkpoints).
+            fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()>;
+            fn fill(&mut self, dst: View, value: f32) -> Result<()>;
+            /// `dst = src` (same length).
+            fn copy(&mut self, dst: View, src: View) -> Result<()>;
+            /// Strided 2-D copy (a row block of one matrix into another; the
+            /// layout transforms around Ulysses' all-to-alls): for `r < rows`,
+            /// `c < cols`: `dst[r·dst_stride + c] = src[r·src_stride + c]`, or `+=`
+            /// with `accumulate`. Each view starts at element (0, 0) and spans
+            /// exactly [`strided_len`]`(rows, cols, stride)` elements; `cols` must
+            /// not exceed either stride. `dst` must not overlap `src`.
+            #[allow(clippy::too_many_arguments)]
+            fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()>;
+
+            // ---- elementwise --------------------------------------------------
+            /// `out = a + b`.
+            fn add(&mut self, out: View, a: View, b: View) -> Result<()>;
+            /// `dst += src`.
+            fn accumulate(&mut self, dst: View, src: View) -> Result<()>;
+            /// `x *= s`.
+            fn scale(&mut self, x: View, s: f32) -> Result<()>;
+            /// Sum of squares of all elements (f64 accumulation), for the global
+            /// gradient norm.
+            fn sum_squares(&mut self, x: View) -> Result<f64>;
+            /// `y = a·x + b·y` (same length). With `b == 0`, `y` is not read (NaNs
+            /// in it are overwritten). Momentum buffers, Nesterov mixes, decoupled
+            /// weight decay plus an update, Newton–Schulz combinations.
+            fn axpby(&mut self, y: View, x: View, a: f32, b: f32) -> Result<()>;
+            /// Muon's momentum with its Nesterov mix, `c = (1 - mu)·grad_scale`:
+            /// `m = c·g + mu·m`, then `u = mu·m + c·g`; returns `Σ u²` (f64), the
+            /// Frobenius norm² Newton–Schulz normalizes by. Each term rounds as
+            /// [`Backend::axpby`] does: the default is three axpby calls and
+            /// `sum_squares`, which a backend may fuse into one pass.
+            fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> = {
+                let c = (1.0 - mu) * grad_scale;
+                self.axpby(m, g, c, mu)?;
+                self.axpby(u, g, c, 0.0)?;
+                self.axpby(u, m, mu, 1.0)?;
+                self.sum_squares(u)
+            };
+            /// Sums of squares along one axis of the row-major `x[rows, cols]`
+            /// (f64 accumulation in index order, stored as f32):
+            /// `per_row`: `out[i] = Σ_j x[i,j]²` (`out` has `rows` elements);
+            /// otherwise `out[j] = Σ_i x[i,j]²` (`cols` elements). Squared channel
+            /// norms for APOLLO's channel-wise scaling.
+            #[allow(clippy::too_many_arguments)]
+            fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
+            /// Broadcast multiply IN PLACE on the row-major `x[rows, cols]`:
+            /// `per_row`: `x[i,j] *= s[i]` (`s` has `rows` elements); otherwise
+            /// `x[i,j] *= s[j]` (`cols` elements).
+            fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()>;
+
+            // ---- embedding ----------------------------------------------------
+            /// `out[n,:] = wte[tokens[n],:] (+ wpe[n % seq,:])`. out `[N,C]`.
+            fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()>;
+            /// `dwte[tokens[n],:] += dout[n,:]`, `dwpe[n % seq,:] += dout[n,:]`.
+            fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()>;
+
+            // ---- matmul -------------------------------------------------------
+            /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
+            #[allow(clippy::too_many_arguments)]
+            fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
+            /// `pre = inp · wᵀ (+ bias)` and `act = gelu(pre)` (GPT-2's MLP up
+            /// projection): a GPU fuses the GELU (and bias) into the matmul's
+            /// epilogue, writing `pre` as its auxiliary output for the backward pass.
+            #[allow(clippy::too_many_arguments)]
+            fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> = {
+                self.linear_fwd(pre, inp, w, bias, m, k, n)?;
+                self.gelu_fwd(act, pre)
+            };
+            /// Backward of [`Backend::linear_gelu_fwd`]'s consumer: the linear layer
+            /// `out = act · wᵀ (+ bias)` whose input is `act = gelu(pre)`.
+            /// `dw += doutᵀ · act`, `dbias += Σ dout`, `dpre = (dout · w) ⊙ gelu'(pre)`
+            /// (overwrite); `dact` is scratch for `dout · w` (a GPU fuses the GELU
+            /// derivative into that matmul's epilogue and may leave it untouched).
+            #[allow(clippy::too_many_arguments)]
+            fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> = {
+                self.linear_bwd(dact, dw, dbias, dout, act, w, m, k, n)?;
+                self.gelu_bwd(dpre, pre, dact)
+            };
+            /// `dinp[M,K] = dout · w` (overwrite), `dw[N,K] += doutᵀ · inp`,
+            /// `dbias[N] += Σ_rows dout`.
+            #[allow(clippy::too_many_arguments)]
+            fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()>;
+            /// General matmul used by matrix optimizers:
+            /// `c[M,N] = alpha · op(a) · op(b) + beta · c` where `op(a)` is `[M,K]`
+            /// (`a` stored `[K,M]` when `trans_a`) and `op(b)` is `[K,N]` (`b` stored
+            /// `[N,K]` when `trans_b`).
+            #[allow(clippy::too_many_arguments)]
+            fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()>;
+            /// [`Backend::gemm`] with the operands rounded to bf16 (fp32
+            /// accumulation and output) where the hardware has bf16 tensor cores:
+            /// what Muon's reference runs its Newton–Schulz iteration in, ~10× the
+            /// fp32 throughput. The CPU reference computes in fp32.
+            #[allow(clippy::too_many_arguments)]
+            fn gemm_bf16(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> = {
+                self.gemm(c, a, b, m, k, n, trans_a, trans_b, alpha, beta)
+            };
+
+            /// `d = alpha · op(a) · op(b) + beta · c` with the operands of
+            /// [`Backend::gemm_bf16`] and `c` only read: saves the copy of `c` into
+            /// `d` (Newton–Schulz' `a·X + B·X`). `d` must not overlap `a`, `b` or `c`.
+            #[allow(clippy::too_many_arguments)]
+            fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> = {
+                self.copy(d, c)?;
+                self.gemm_bf16(d, a, b, m, k, n, trans_a, trans_b, alpha, beta)
+            };
+
+            // ---- normalization -------------------------------------------------
+            /// LayerNorm over rows of `inp[N,C]`; saves `mean[N]`, `rstd[N]`.
+            #[allow(clippy::too_many_arguments)]
+            fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, b: View, n: usize, c: usize, eps: f32) -> Result<()>;
+            /// `dinp += …` (the residual stream accumulates), `dw += …`, `db += …`.
+            #[allow(clippy::too_many_arguments)]
+            fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()>;
+            /// RMSNorm: `out = inp · rstd · w`, `rstd = 1/sqrt(mean(inp²) + eps)`.
+            #[allow(clippy::too_many_arguments)]
+            fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()>;
+            /// `dinp += …`, `dw += …`.
+            #[allow(clippy::too_many_arguments)]
+            fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()>;
+            /// The residual add and the next RMSNorm: `sum = a + b`, then
+            /// [`Backend::rmsnorm_fwd`] of `sum` (a GPU reads the rows once).
+            #[allow(clippy::too_many_arguments)]
+            fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> = {
+                self.add(sum, a, b)?;
+                self.rmsnorm_fwd(out, rstd, sum, w, n, c, eps)
+            };
+
+            // ---- activations --------------------------------------------------
+            /// GELU, tanh approximation (GPT-2's `gelu_new`).
+            fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()>;
+            /// `dinp = dout · gelu'(inp)` (overwrite).
+            fn gelu_bwd(&mut self, dinp: View, inp: View, dout: View) -> Result<()>;
+            /// `inp` rows are `[gate (F) | up (F)]`; `out[n,f] = silu(gate) · up`.
+            fn swiglu_fwd(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()>;
+            /// `dinp[N,2F] = …` (overwrite).
+            fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()>;
+
+            // ---- attention ----------------------------------------------------
+            /// Rotary embedding IN PLACE on the q and k heads of `qkv` (Hugging Face
+            /// Llama "rotate_half" convention: element `i` pairs with `i + D/2`,
+            /// angle `pos · rope.inv_freq(D)[i]` in f32, position = row % seq).
+            fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
+            /// Inverse rotation IN PLACE on the q and k parts of `dqkv`.
+            fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()>;
+            /// Causal attention, scale `1/sqrt(D)`. `out[N, H·D]`; saves the
+            /// log-sum-exp of each score row in `lse[B,H,T]` for the backward pass.
+            fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()>;
+            /// `dqkv = …` (overwrite) from `dout[N, H·D]`.
+            fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()>;
+
+            // ---- loss ---------------------------------------------------------
+            /// Fused softmax cross-entropy over `logits[N,V]` whose first `classes`
+            /// columns are the classes (the rest is vocabulary padding: not part of
+            /// the softmax, gradient 0). Writes the per-row loss to `losses[N]` (0
+            /// where `targets[n] == IGNORE`). If `dlogits` is given, writes
+            /// `(softmax - onehot) · grad_scale` there (overwrite; may be the same
+            /// view as `logits`: in place). Probabilities are never stored.
+            #[allow(clippy::too_many_arguments)]
+            fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()>;
+
+            // ---- optimizer ----------------------------------------------------
+            /// Fused AdamW over a flat range (PyTorch semantics, decoupled decay).
+            fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()>;
+            /// [`Backend::adamw`] over several segments of one parameter buffer in
+            /// one call (each with its own weight decay; `args.weight_decay` is
+            /// ignored). A model's decayed matrices and undecayed norms interleave in
+            /// the layout: a GPU does them all in one launch instead of one per run.
+            #[allow(clippy::too_many_arguments)]
+            fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> = {
+                for s in segs {
+                    let [p, g, sm, sv] = s.views(params, grads, m, v);
+                    self.adamw(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..args })?;
+                }
+                Ok(())
+            };
+            /// Fused Lion step over a flat range (see [`LionArgs`]); `m` is F32.
+            fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()>;
+            /// Sign descent over a flat range (see [`SignArgs`]): FRUGAL's
+            /// state-free part.
+            fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()>;
+            /// Update the second moment `v` from `grads` and write the
+            /// preconditioned `num` to `out` (see [`PrecondArgs`]). All views have
+            /// the same length; `out` must not overlap the others.
+            fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()>;
+            /// Blockwise 8-bit AdamW (bitsandbytes semantics) over a flat range of
+            /// `n` elements. `m_codes`/`v_codes` are `U8` views of `n` codes;
+            /// `m_absmax`/`v_absmax` are F32 views of `ceil(n / QUANT_BLOCK)` values,
+            /// block `k` covering elements `[k·QUANT_BLOCK, (k+1)·QUANT_BLOCK)` of
+            /// the view. Codes index the fixed dynamic maps of
+            /// `optim::quant_map` (signed map for m, unsigned for v). Per block:
+            /// `m = signed[m_code]·m_absmax`, `v = unsigned[v_code]·v_absmax`; the
+            /// fp32 AdamW step of [`Backend::adamw`] with those m, v (parameters
+            /// use the updated fp32 m, v); then new `absmax = max |·|` over the
+            /// block and each value is stored as the code nearest to
+            /// `value / absmax` (absmax 0: all values are 0, codes of 0.0).
+            #[allow(clippy::too_many_arguments)]
+            fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()>;
+
+            // ---- 1-bit compression (1-bit Adam's compressed all-reduce) ----------
+            /// Compress `x` to one sign bit per value and one scale per block of
+            /// `block` values (`block` a positive multiple of 8; the last block may
+            /// be shorter): `scales[k] = sqrt(Σ x² / n_k)` over block `k`'s `n_k`
+            /// values (f64 sum, stored as f32), so `scale·sign` keeps the block's
+            /// l2 norm; bit `j` of byte `i` of `bits` (a `U8` view) is 1 when
+            /// `x[8i + j] >= 0` (sign(0) = +1), bits past the end of `x` are 0.
+            /// `bits` has `ceil(n / 8)` bytes, `scales` `ceil(n / block)` values.
+            fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()>;
+            /// The inverse, scaled and mixed: `out[i] = alpha·d_i + beta·out[i]`
+            /// with `d_i = ±scales[i / block]` (+ where bit `i` of `bits` is 1),
+            /// rounded like [`Backend::axpby`] of `d` (with `beta == 0`, `out` is
+            /// not read). Error feedback (`e = x - d`: `alpha = -1, beta = 1` on a
+            /// copy of x) and the server's average (`alpha = 1/world, beta = 1`)
+            /// are calls of this op.
+            #[allow(clippy::too_many_arguments)]
+            fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()>;
+
+            /// Called after the optimizer changed `params` (a view of the F32 master
+            /// weights) so a backend holding low-precision copies can refresh them.
+            fn params_changed(&mut self, _params: View) -> Result<()> = {
+                Ok(())
+            };
+        }
+    };
+}
+pub(crate) use backend_ops;
+
+/// Declares the ops of [`backend_ops!`] as trait methods.
+macro_rules! declare_ops {
+    ($( $(#[$m:meta])* fn $name:ident(&mut $s:ident $(, $a:ident : $t:ty)* $(,)?) -> $r:ty $(= $body:block)? ; )*) => {
+        $( declare_ops!(@one [$(#[$m])* fn $name(&mut $s $(, $a: $t)*) -> $r] $($body)?); )*
+    };
+    (@one [$($sig:tt)*]) => { $($sig)*; };
+    (@one [$($sig:tt)*] $body:block) => { $($sig)* $body };
+}
+use declare_ops;
 
 /// Target id that contributes no loss and no gradient.
 pub const IGNORE: u32 = u32::MAX;

@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
+use super::{backend_ops, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -36,10 +36,6 @@ impl<B: Backend> Profiled<B> {
         rows
     }
 
-    fn time<T>(&mut self, op: &'static str, f: impl FnOnce(&mut B) -> Result<T>) -> Result<T> {
-        self.time_keyed(op.to_string(), f)
-    }
-
     fn time_keyed<T>(&mut self, key: String, f: impl FnOnce(&mut B) -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let out = f(&mut self.inner)?;
@@ -51,6 +47,52 @@ impl<B: Backend> Profiled<B> {
     }
 }
 
+/// The name an op's time is filed under: its own, except matmuls (by shape)
+/// and the upload/download variants and AdamW's segment form (with their
+/// plain op). Arms bind the op's arguments by position.
+macro_rules! profile_key {
+    (upload_u32 $($a:ident)*) => { "upload".to_string() };
+    (upload_u8 $($a:ident)*) => { "upload".to_string() };
+    (download_u8 $($a:ident)*) => { "download".to_string() };
+    (adamw_segments $($a:ident)*) => { "adamw".to_string() };
+    (linear_fwd $out:ident $inp:ident $w:ident $bias:ident $m:ident $k:ident $n:ident) => {
+        format!("linear_fwd {}x{}x{}", $m, $k, $n)
+    };
+    (linear_gelu_fwd $pre:ident $act:ident $inp:ident $w:ident $bias:ident $m:ident $k:ident $n:ident) => {
+        format!("linear_gelu_fwd {}x{}x{}", $m, $k, $n)
+    };
+    (linear_gelu_bwd $dpre:ident $dact:ident $dw:ident $dbias:ident $dout:ident $act:ident $w:ident $pre:ident $m:ident $k:ident $n:ident) => {
+        format!("linear_gelu_bwd {}x{}x{}", $m, $k, $n)
+    };
+    (linear_bwd $dinp:ident $dw:ident $dbias:ident $dout:ident $inp:ident $w:ident $m:ident $k:ident $n:ident) => {
+        format!("linear_bwd {}x{}x{}", $m, $k, $n)
+    };
+    (gemm $c:ident $a:ident $b:ident $m:ident $k:ident $n:ident $ta:ident $tb:ident $alpha:ident $beta:ident) => {
+        format!("gemm {}", gemm_shape($m, $k, $n, $ta, $tb))
+    };
+    (gemm_bf16 $c:ident $a:ident $b:ident $m:ident $k:ident $n:ident $ta:ident $tb:ident $alpha:ident $beta:ident) => {
+        format!("gemm_bf16 {}", gemm_shape($m, $k, $n, $ta, $tb))
+    };
+    (gemm_bf16_plus $d:ident $c:ident $a:ident $b:ident $m:ident $k:ident $n:ident $ta:ident $tb:ident $alpha:ident $beta:ident) => {
+        format!("gemm_bf16 {} + C", gemm_shape($m, $k, $n, $ta, $tb))
+    };
+    ($name:ident $($a:ident)*) => { stringify!($name).to_string() };
+}
+
+/// Times every op of `backend_ops!`: the call on the inner backend, then a
+/// synchronize, filed under [`profile_key!`].
+macro_rules! timed_ops {
+    ($( $(#[$m:meta])* fn $name:ident(&mut $s:ident $(, $a:ident : $t:ty)* $(,)?) -> $r:ty $(= $body:block)? ; )*) => {
+        $(
+            #[allow(clippy::too_many_arguments)]
+            fn $name(&mut $s $(, $a: $t)*) -> $r {
+                $s.time_keyed(profile_key!($name $($a)*), |inner| inner.$name($($a),*))
+            }
+        )*
+    };
+}
+
+/// Bookkeeping calls pass straight through; every op is timed.
 impl<B: Backend> Backend for Profiled<B> {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -63,27 +105,6 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn free(&mut self, buf: BufId) {
         self.inner.free(buf)
-    }
-    fn upload(&mut self, dst: View, src: &[f32]) -> Result<()> {
-        self.time("upload", |b| b.upload(dst, src))
-    }
-    fn download(&mut self, src: View, dst: &mut [f32]) -> Result<()> {
-        self.time("download", |b| b.download(src, dst))
-    }
-    fn upload_u32(&mut self, dst: View, src: &[u32]) -> Result<()> {
-        self.time("upload", |b| b.upload_u32(dst, src))
-    }
-    fn upload_u8(&mut self, dst: View, src: &[u8]) -> Result<()> {
-        self.time("upload", |b| b.upload_u8(dst, src))
-    }
-    fn download_u8(&mut self, src: View, dst: &mut [u8]) -> Result<()> {
-        self.time("download", |b| b.download_u8(src, dst))
-    }
-    fn fill(&mut self, dst: View, value: f32) -> Result<()> {
-        self.time("fill", |b| b.fill(dst, value))
-    }
-    fn copy(&mut self, dst: View, src: View) -> Result<()> {
-        self.time("copy", |b| b.copy(dst, src))
     }
     fn synchronize(&mut self) -> Result<()> {
         self.inner.synchronize()
@@ -103,128 +124,43 @@ impl<B: Backend> Backend for Profiled<B> {
     fn clear_marks(&mut self) {
         self.inner.clear_marks()
     }
-    fn add(&mut self, out: View, a: View, b2: View) -> Result<()> {
-        self.time("add", |b| b.add(out, a, b2))
-    }
-    fn accumulate(&mut self, dst: View, src: View) -> Result<()> {
-        self.time("accumulate", |b| b.accumulate(dst, src))
-    }
-    fn scale(&mut self, x: View, s: f32) -> Result<()> {
-        self.time("scale", |b| b.scale(x, s))
-    }
-    fn sum_squares(&mut self, x: View) -> Result<f64> {
-        self.time("sum_squares", |b| b.sum_squares(x))
-    }
-    fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
-        self.time("copy_strided", |b| b.copy_strided(dst, dst_stride, src, src_stride, rows, cols, accumulate))
-    }
-    fn axpby(&mut self, y: View, x: View, a: f32, b2: f32) -> Result<()> {
-        self.time("axpby", |b| b.axpby(y, x, a, b2))
-    }
-    fn muon_momentum(&mut self, m: View, u: View, g: View, mu: f32, grad_scale: f32) -> Result<f64> {
-        self.time("muon_momentum", |b| b.muon_momentum(m, u, g, mu, grad_scale))
-    }
-    fn sign_compress(&mut self, bits: View, scales: View, x: View, block: usize) -> Result<()> {
-        self.time("sign_compress", |b| b.sign_compress(bits, scales, x, block))
-    }
-    fn sign_decompress(&mut self, out: View, bits: View, scales: View, block: usize, alpha: f32, beta: f32) -> Result<()> {
-        self.time("sign_decompress", |b| b.sign_decompress(out, bits, scales, block, alpha, beta))
-    }
-    fn axis_sum_squares(&mut self, out: View, x: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
-        self.time("axis_sum_squares", |b| b.axis_sum_squares(out, x, rows, cols, per_row))
-    }
-    fn scale_axis(&mut self, x: View, s: View, rows: usize, cols: usize, per_row: bool) -> Result<()> {
-        self.time("scale_axis", |b| b.scale_axis(x, s, rows, cols, per_row))
-    }
-    fn embed_fwd(&mut self, out: View, tokens: View, wte: View, wpe: Option<View>, seq: usize, c: usize) -> Result<()> {
-        self.time("embed_fwd", |b| b.embed_fwd(out, tokens, wte, wpe, seq, c))
-    }
-    fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
-        self.time("embed_bwd", |b| b.embed_bwd(dwte, dwpe, dout, tokens, seq, c))
-    }
-    fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time_keyed(format!("linear_fwd {m}x{k}x{n}"), |b| b.linear_fwd(out, inp, w, bias, m, k, n))
-    }
-    fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time_keyed(format!("linear_gelu_fwd {m}x{k}x{n}"), |b| b.linear_gelu_fwd(pre, act, inp, w, bias, m, k, n))
-    }
-    fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time_keyed(format!("linear_gelu_bwd {m}x{k}x{n}"), |b| b.linear_gelu_bwd(dpre, dact, dw, dbias, dout, act, w, pre, m, k, n))
-    }
-    fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
-        self.time_keyed(format!("linear_bwd {m}x{k}x{n}"), |b| b.linear_bwd(dinp, dw, dbias, dout, inp, w, m, k, n))
-    }
-    fn gemm(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.time_keyed(format!("gemm {}", gemm_shape(m, k, n, ta, tb)), |b| b.gemm(c, a, b2, m, k, n, ta, tb, alpha, beta))
-    }
-    fn gemm_bf16(&mut self, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.time_keyed(format!("gemm_bf16 {}", gemm_shape(m, k, n, ta, tb)), |b| b.gemm_bf16(c, a, b2, m, k, n, ta, tb, alpha, beta))
-    }
-    fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b2: View, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) -> Result<()> {
-        self.time_keyed(format!("gemm_bf16 {} + C", gemm_shape(m, k, n, ta, tb)), |b| b.gemm_bf16_plus(d, c, a, b2, m, k, n, ta, tb, alpha, beta))
-    }
-    fn layernorm_fwd(&mut self, out: View, mean: View, rstd: View, inp: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> {
-        self.time("layernorm_fwd", |b| b.layernorm_fwd(out, mean, rstd, inp, w, bias, n, c, eps))
-    }
-    fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
-        self.time("layernorm_bwd", |b| b.layernorm_bwd(dinp, dw, db, dout, inp, w, mean, rstd, n, c))
-    }
-    fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
-        self.time("rmsnorm_fwd", |b| b.rmsnorm_fwd(out, rstd, inp, w, n, c, eps))
-    }
-    fn add_rmsnorm_fwd(&mut self, sum: View, out: View, rstd: View, a: View, b: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
-        self.time("add_rmsnorm_fwd", |bk| bk.add_rmsnorm_fwd(sum, out, rstd, a, b, w, n, c, eps))
-    }
-    fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
-        self.time("rmsnorm_bwd", |b| b.rmsnorm_bwd(dinp, dw, dout, inp, w, rstd, n, c))
-    }
-    fn gelu_fwd(&mut self, out: View, inp: View) -> Result<()> {
-        self.time("gelu_fwd", |b| b.gelu_fwd(out, inp))
-    }
-    fn gelu_bwd(&mut self, dinp: View, inp: View, dout: View) -> Result<()> {
-        self.time("gelu_bwd", |b| b.gelu_bwd(dinp, inp, dout))
-    }
-    fn swiglu_fwd(&mut self, out: View, inp: View, n: usize, f: usize) -> Result<()> {
-        self.time("swiglu_fwd", |b| b.swiglu_fwd(out, inp, n, f))
-    }
-    fn swiglu_bwd(&mut self, dinp: View, inp: View, dout: View, n: usize, f: usize) -> Result<()> {
-        self.time("swiglu_bwd", |b| b.swiglu_bwd(dinp, inp, dout, n, f))
-    }
-    fn rope_fwd(&mut self, qkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
-        self.time("rope_fwd", |b| b.rope_fwd(qkv, shape, rope))
-    }
-    fn rope_bwd(&mut self, dqkv: View, shape: AttnShape, rope: Rope) -> Result<()> {
-        self.time("rope_bwd", |b| b.rope_bwd(dqkv, shape, rope))
-    }
-    fn attention_fwd(&mut self, out: View, lse: View, qkv: View, shape: AttnShape) -> Result<()> {
-        self.time("attention_fwd", |b| b.attention_fwd(out, lse, qkv, shape))
-    }
-    fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, shape: AttnShape) -> Result<()> {
-        self.time("attention_bwd", |b| b.attention_bwd(dqkv, dout, qkv, out, lse, shape))
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn softmax_xent(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, n: usize, v: usize, classes: usize, grad_scale: f32) -> Result<()> {
-        self.time("softmax_xent", |b| b.softmax_xent(losses, dlogits, logits, targets, n, v, classes, grad_scale))
-    }
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, args: AdamWArgs) -> Result<()> {
-        self.time("adamw", |b| b.adamw(params, grads, m, v, args))
-    }
-    fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], args: AdamWArgs) -> Result<()> {
-        self.time("adamw", |b| b.adamw_segments(params, grads, m, v, segs, args))
-    }
-    fn lion(&mut self, params: View, grads: View, m: View, args: LionArgs) -> Result<()> {
-        self.time("lion", |b| b.lion(params, grads, m, args))
-    }
-    fn sign_descent(&mut self, params: View, grads: View, args: SignArgs) -> Result<()> {
-        self.time("sign_descent", |b| b.sign_descent(params, grads, args))
-    }
-    fn rms_precondition(&mut self, out: View, num: View, v: View, grads: View, args: PrecondArgs) -> Result<()> {
-        self.time("rms_precondition", |b| b.rms_precondition(out, num, v, grads, args))
-    }
-    fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()> {
-        self.time("adamw8bit", |b| b.adamw8bit(params, grads, m_codes, v_codes, m_absmax, v_absmax, args))
-    }
-    fn params_changed(&mut self, params: View) -> Result<()> {
-        self.time("params_changed", |b| b.params_changed(params))
+
+    backend_ops!(timed_ops);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    /// Each op is filed under its key (matmuls by shape, the upload and
+    /// AdamW variants with their plain op), results come through, and
+    /// bookkeeping calls are not timed.
+    #[test]
+    fn files_ops_under_their_keys() -> Result<()> {
+        let mut p = Profiled::new(CpuBackend::new());
+        let (a, b, c) = (p.alloc(6, DType::F32)?, p.alloc(6, DType::F32)?, p.alloc(4, DType::F32)?);
+        let ids = p.alloc(2, DType::U32)?;
+        let (av, bv, cv) = (View::whole(a, 6), View::whole(b, 6), View::whole(c, 4));
+        p.upload(av, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+        p.upload(bv, &[1.0; 6])?;
+        p.upload_u32(View::whole(ids, 2), &[0, 1])?;
+        // c[2,2] = a[2,3] · b[2,3]ᵀ
+        p.linear_fwd(cv, av, bv, None, 2, 3, 2)?;
+        p.gemm(cv, av, bv, 2, 3, 2, false, true, 1.0, 0.0)?;
+        let d = View::whole(p.alloc(4, DType::F32)?, 4);
+        p.gemm_bf16_plus(d, cv, av, bv, 2, 3, 2, false, true, 1.0, 1.0)?;
+        let (m, v) = (p.alloc(6, DType::F32)?, p.alloc(6, DType::F32)?);
+        let args = AdamWArgs { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0, step: 1, grad_scale: 1.0 };
+        let seg = AdamSegment { param_off: 0, state_off: 0, len: 6, weight_decay: 0.0 };
+        p.adamw_segments(a, b, View::whole(m, 6), View::whole(v, 6), &[seg], args)?;
+        assert_eq!(p.sum_squares(bv)?, 6.0);
+        p.synchronize()?;
+        let keys: Vec<(String, u64)> = p.report().into_iter().map(|(k, n, _)| (k, n)).collect();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort();
+        let want = [("adamw", 1), ("gemm 2x3x2 ABᵀ", 1), ("gemm_bf16 2x3x2 ABᵀ + C", 1), ("linear_fwd 2x3x2", 1), ("sum_squares", 1), ("upload", 3)];
+        assert_eq!(keys_sorted, want.map(|(k, n)| (k.to_string(), n)).to_vec());
+        Ok(())
     }
 }

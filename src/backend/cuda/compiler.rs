@@ -2,37 +2,14 @@
 //! backend keeps the loaded modules), and cached on disk by content hash
 //! (~/.cache/ferrotron/ptx) so later processes skip NVRTC entirely.
 
+use super::kernels::KernelFile;
 use super::loader;
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
 /// Prepended to every kernel file (dtype helpers, reductions).
-const COMMON: &str = include_str!("kernels/common.cuh");
+const COMMON: &str = include_str!("ops/common.cuh");
 
-/// Every kernel file, one concept each: (name, source).
-pub const SOURCES: &[(&str, &str)] = &[
-    ("elementwise", include_str!("kernels/elementwise.cu")),
-    ("norm", include_str!("kernels/norm.cu")),
-    ("embed", include_str!("kernels/embed.cu")),
-    ("layernorm", include_str!("kernels/layernorm.cu")),
-    ("rmsnorm", include_str!("kernels/rmsnorm.cu")),
-    ("gelu", include_str!("kernels/gelu.cu")),
-    ("swiglu", include_str!("kernels/swiglu.cu")),
-    ("rope", include_str!("kernels/rope.cu")),
-    ("attention", include_str!("kernels/attention.cu")),
-    ("attention_mma", include_str!("kernels/attention_mma.cu")),
-    ("attention_fa2", include_str!("kernels/attention_fa2.cu")),
-    ("xent", include_str!("kernels/xent.cu")),
-    ("adamw", include_str!("kernels/adamw.cu")),
-    ("axpby", include_str!("kernels/axpby.cu")),
-    ("layout", include_str!("kernels/layout.cu")),
-    ("axis", include_str!("kernels/axis.cu")),
-    ("lion", include_str!("kernels/lion.cu")),
-    ("sign_descent", include_str!("kernels/sign_descent.cu")),
-    ("precondition", include_str!("kernels/precondition.cu")),
-    ("adamw8bit", include_str!("kernels/adamw8bit.cu")),
-    ("onebit", include_str!("kernels/onebit.cu")),
-];
 
 pub struct Compiler {
     include: PathBuf,
@@ -54,26 +31,36 @@ impl Compiler {
         ]
     }
 
-    /// PTX text of kernel file `name`.
-    pub fn ptx(&self, name: &str) -> Result<String> {
-        let body = SOURCES.iter().find(|(n, _)| *n == name).ok_or_else(|| anyhow!("no kernel file {name}.cu"))?.1;
-        let src = format!("{COMMON}\n#line 1 \"{name}.cu\"\n{body}");
-        let opts = self.options();
-        let key = fnv64(&[src.as_bytes(), opts.join(" ").as_bytes(), env!("CARGO_PKG_VERSION").as_bytes()]);
-        let cached = cache_dir().map(|d| d.join(format!("{name}-{key:016x}.ptx")));
+    /// PTX text of a kernel file, from the disk cache when it is there.
+    pub fn ptx(&self, file: &KernelFile) -> Result<String> {
+        let src = source_text(file);
+        let key = fnv64(&[src.as_bytes(), self.options().join(" ").as_bytes(), env!("CARGO_PKG_VERSION").as_bytes()]);
+        let cached = cache_dir().map(|d| d.join(format!("{}-{key:016x}.ptx", file.name)));
         if let Some(text) = cached.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
             return Ok(text);
         }
-        let ptx = loader::no_panic("NVRTC", || {
-            let o = cudarc::nvrtc::CompileOptions { options: opts, name: Some(format!("{name}.cu")), ..Default::default() };
-            cudarc::nvrtc::compile_ptx_with_opts(&src, o).map_err(|e| compile_error(name, e))
-        })?
-        .to_src();
+        let ptx = self.compile(file.name, &src)?;
         if let Some(p) = cached {
             store(&p, &ptx);
         }
         Ok(ptx)
     }
+
+    /// NVRTC's PTX for `src`, compiled as `name.cu`.
+    fn compile(&self, name: &str, src: &str) -> Result<String> {
+        let opts = self.options();
+        Ok(loader::no_panic("NVRTC", || {
+            let o = cudarc::nvrtc::CompileOptions { options: opts, name: Some(format!("{name}.cu")), ..Default::default() };
+            cudarc::nvrtc::compile_ptx_with_opts(src, o).map_err(|e| compile_error(name, e))
+        })?
+        .to_src())
+    }
+}
+
+/// What NVRTC compiles for a kernel file: the shared header, then the file
+/// (its line numbers in errors counted from its own first line).
+fn source_text(file: &KernelFile) -> String {
+    format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", file.name, file.source)
 }
 
 fn compile_error(name: &str, e: cudarc::nvrtc::CompileError) -> anyhow::Error {
@@ -125,9 +112,28 @@ fn fnv64(parts: &[&[u8]]) -> u64 {
 pub fn compile_all(cc: Option<(i32, i32)>) -> Result<Vec<&'static str>> {
     let c = Compiler::new(cc.unwrap_or((9, 0)))?;
     let mut done = Vec::new();
-    for (name, _) in SOURCES {
-        c.ptx(name)?;
-        done.push(*name);
+    for file in super::ops::FILES {
+        c.ptx(file)?;
+        done.push(file.name);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With FERROTRON_PTX_DUMP=DIR: writes `DIR/<file>.ptx` for every kernel
+    /// file, freshly compiled by this code (no cache), for
+    /// `tools/kernel_ptx.py compare`. Does nothing otherwise.
+    #[test]
+    fn dump_ptx() {
+        let Some(dir) = std::env::var_os("FERROTRON_PTX_DUMP").map(PathBuf::from) else { return };
+        let c = Compiler::new((9, 0)).expect("NVRTC and the CUDA headers (set CUDA_HOME)");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in super::super::ops::FILES {
+            let ptx = c.compile(f.name, &source_text(f)).unwrap();
+            std::fs::write(dir.join(format!("{}.ptx", f.name)), ptx).unwrap();
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! kernel launch.
 
 use super::compiler::Compiler;
-use super::kernels::{self, KArg, Kernels};
+use super::kernels::{self, Kernel, Kernels};
+use super::ops::elementwise::{Convert, F32ToBf16Vec4};
 use super::loader;
 use super::matmul::Lt;
 use super::memory::{Allocator, Buffer, Buffers, Dev, DevMem, Elem, Shadow};
@@ -193,8 +194,10 @@ impl CudaBackend {
         Ok(d)
     }
 
-    pub(super) fn launch(&mut self, file: &'static str, name: &'static str, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
-        let f = self.kernels.get(file, name)?;
+    /// Queue kernel `k` (a struct of its arguments, see `kernels::kernel!`).
+    pub(super) fn launch<K: Kernel>(&mut self, cfg: LaunchConfig, k: K) -> Result<()> {
+        let name = k.name();
+        let f = self.kernels.get(K::FILE, name)?;
         if cfg.shared_mem_bytes > 48 * 1024 {
             if cfg.shared_mem_bytes > self.max_smem {
                 bail!("{name} needs {} bytes of shared memory, the GPU allows {}", cfg.shared_mem_bytes, self.max_smem);
@@ -203,7 +206,7 @@ impl CudaBackend {
             f.set_attribute(FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
                 .map_err(|e| anyhow!("{name}: raising shared memory: {e:?}"))?;
         }
-        kernels::launch(&self.stream, &f, cfg, args)
+        kernels::launch(&self.stream, &f, cfg, &k)
     }
 
     pub(super) fn grid(&self, n: usize) -> LaunchConfig {
@@ -215,14 +218,13 @@ impl CudaBackend {
         let n4 = if src.is_multiple_of(16) && dst.is_multiple_of(8) { n / 4 } else { 0 };
         if n4 > 0 {
             let cfg = self.grid(n4);
-            self.launch("elementwise", "f32_to_bf16_vec4_k", cfg, &[KArg::P(dst), KArg::P(src), KArg::L(n4 as i64)])?;
+            self.launch(cfg, F32ToBf16Vec4 { out: dst, inp: src, n4: n4 as i64 })?;
         }
         let rest = n - 4 * n4;
         if rest > 0 {
             let (d, s) = (dst + 8 * n4 as u64, src + 16 * n4 as u64);
             let cfg = self.grid(rest);
-            let args = [KArg::P(d), KArg::I(1), KArg::P(s), KArg::I(0), KArg::L(rest as i64)];
-            self.launch("elementwise", "convert_k", cfg, &args)?;
+            self.launch(cfg, Convert { out: d, dto: Elem::Bf16 as i32, inp: s, dti: Elem::F32 as i32, n: rest as i64 })?;
         }
         Ok(())
     }

@@ -7,8 +7,8 @@
 //! run holds when those are bf16-representable.
 
 use super::device::CudaBackend;
-use super::kernels::KArg::{I, L, P};
 use super::memory::{Dev, Elem};
+use super::ops::elementwise::Convert;
 use anyhow::Result;
 
 impl CudaBackend {
@@ -19,7 +19,7 @@ impl CudaBackend {
         }
         let ptr = self.scratch(d.len * Elem::F32.size())?;
         let cfg = self.grid(d.len);
-        self.launch("elementwise", "convert_k", cfg, &[P(ptr), I(Elem::F32 as i32), P(d.ptr), I(d.dt()), L(d.len as i64)])?;
+        self.launch(cfg, Convert { out: ptr, dto: Elem::F32 as i32, inp: d.ptr, dti: d.dt(), n: d.len as i64 })?;
         Ok(Dev { ptr, elem: Elem::F32, len: d.len })
     }
 }

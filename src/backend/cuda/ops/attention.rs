@@ -8,18 +8,61 @@
 //!   `simple_attention` is set (FERROTRON_ATTN=simple; the tests use it to
 //!   keep the fallback checked).
 
-use super::device::CudaBackend;
-use super::kernels::AttnDims;
-use super::kernels::KArg::{Attn, I, P};
-use super::memory::Elem;
+use super::super::device::CudaBackend;
+use super::super::kernels::{kernel, KernelFile};
+use super::super::memory::{Dev, Elem};
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, ensure, Result};
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "attention", source: include_str!("attention.cu") };
+pub(in crate::backend::cuda) const MMA_FILE: KernelFile = KernelFile { name: "attention_mma", source: include_str!("attention_mma.cu") };
+pub(in crate::backend::cuda) const FA2_FILE: KernelFile = KernelFile { name: "attention_fa2", source: include_str!("attention_fa2.cu") };
+
+/// Mirrors `AttnDims` in attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(in crate::backend::cuda) struct AttnDims {
+    pub b: i32,
+    pub t: i32,
+    pub h: i32,
+    pub kv: i32,
+}
+// SAFETY: plain-old-data with the same layout as the CUDA struct.
+unsafe impl DeviceRepr for AttnDims {}
+
+kernel! {
+    /// CUDA cores, one kernel per head size.
+    struct SimpleFwd(FILE, SimpleFwdKernel { D32: attn_fwd_d32, D64: attn_fwd_d64, D96: attn_fwd_d96, D128: attn_fwd_d128 }) {
+        out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, dtq: i32, a: AttnDims,
+    }
+    /// `delta = rowsum(dout ⊙ out)` for the CUDA-core backward.
+    struct SimpleBwdDelta(FILE, attn_bwd_delta_k) { delta: u64, dout: u64, dtdo: i32, out: u64, dto: i32, a: AttnDims, d: i32 }
+    /// dQ, and dK/dV per kv head, one kernel per head size.
+    struct SimpleBwd(FILE, SimpleBwdKernel {
+        Dq32: attn_bwd_dq_d32, Dq64: attn_bwd_dq_d64, Dq96: attn_bwd_dq_d96, Dq128: attn_bwd_dq_d128,
+        Dkv32: attn_bwd_dkv_d32, Dkv64: attn_bwd_dkv_d64, Dkv96: attn_bwd_dkv_d96, Dkv128: attn_bwd_dkv_d128,
+    }) {
+        dqkv: u64, dtg: i32, dout: u64, dtdo: i32, qkv: u64, dtq: i32, lse: u64, dtl: i32, delta: u64, a: AttnDims,
+    }
+    /// wmma tensor cores (bf16 qkv), one kernel per head size.
+    struct MmaFwd(MMA_FILE, MmaFwdKernel { D32: attn_fwd_mma_d32, D64: attn_fwd_mma_d64, D96: attn_fwd_mma_d96, D128: attn_fwd_mma_d128 }) {
+        out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, a: AttnDims,
+    }
+    struct Fa2Fwd(FA2_FILE, Fa2FwdKernel { D64: fa2_fwd_d64, D128: fa2_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
+    /// delta and lse·log2e, rows padded to `tp`.
+    struct Fa2BwdPrep(FA2_FILE, fa2_bwd_prep) {
+        delta: u64, lse2: u64, dout: u64, dtdo: i32, out: u64, dto: i32, lse: u64, dtl: i32, a: AttnDims, d: i32, tp: i32,
+    }
+    struct Fa2Bwd(FA2_FILE, Fa2BwdKernel { Dkv64: fa2_bwd_dkv_d64, Dkv128: fa2_bwd_dkv_d128, Dq64: fa2_bwd_dq_d64, Dq128: fa2_bwd_dq_d128 }) {
+        dqkv: u64, dout: u64, qkv: u64, delta: u64, lse2: u64, a: AttnDims, tp: i32,
+    }
+}
 
 const TILE: usize = 32;
 
 /// bf16 and 16-byte aligned (cp.async copies 16 bytes at a time).
-fn fa2_ok(v: &super::memory::Dev) -> bool {
+fn fa2_ok(v: &Dev) -> bool {
     v.elem == Elem::Bf16 && v.ptr.is_multiple_of(16)
 }
 
@@ -32,11 +75,11 @@ fn tile_bytes(rows: usize, d: usize) -> usize {
 /// needs D = 32·k; the tile sizes stop at 128).
 pub const HEAD_DIMS: [usize; 4] = [32, 64, 96, 128];
 
-/// Kernel name suffix for a head dimension (lane-per-dimension needs D = 32·k).
+/// Index of a head dimension in [`HEAD_DIMS`] (the kernel variant).
 fn variant(d: usize) -> Result<usize> {
-    match d {
-        32 | 64 | 96 | 128 => Ok(d),
-        _ => bail!("attention: head_dim {d} is not supported by the CUDA kernels (supported: 32, 64, 96, 128); use device=cpu"),
+    match HEAD_DIMS.iter().position(|&x| x == d) {
+        Some(i) => Ok(i),
+        None => bail!("attention: head_dim {d} is not supported by the CUDA kernels (supported: 32, 64, 96, 128); use device=cpu"),
     }
 }
 
@@ -50,19 +93,8 @@ fn cfg(tiles: usize, y: usize, z: usize, smem_floats: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (tiles as u32, y as u32, z as u32), block_dim: (256, 1, 1), shared_mem_bytes: (smem_floats * 4) as u32 }
 }
 
-macro_rules! pick {
-    ($prefix:literal, $d:expr) => {
-        match $d {
-            32 => concat!($prefix, "d32"),
-            64 => concat!($prefix, "d64"),
-            96 => concat!($prefix, "d96"),
-            _ => concat!($prefix, "d128"),
-        }
-    };
-}
-
 impl CudaBackend {
-    pub(super) fn attention_fwd_op(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
+    pub(in crate::backend::cuda) fn attention_fwd(&mut self, out: View, lse: View, qkv: View, s: AttnShape) -> Result<()> {
         self.begin()?;
         let a = check(&s)?;
         let (n, d) = (s.batch * s.seq, s.head_dim);
@@ -72,14 +104,15 @@ impl CudaBackend {
         }
         let q = self.dev(qkv)?;
         let (o, l) = (self.out(out)?, self.out(lse)?);
+        let v = variant(d)?;
         if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&o) {
             // 4 warps x 32 query rows for D = 64; x 16 rows for D = 128 (the
             // O accumulator of 32 rows would not fit in registers).
             let bq = if d == 64 { 128 } else { 64 };
             let bytes = tile_bytes(bq, d) + 4 * tile_bytes(64, d);
             let c = LaunchConfig { grid_dim: (s.seq.div_ceil(bq) as u32, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
-            let name = if d == 64 { "fa2_fwd_d64" } else { "fa2_fwd_d128" };
-            return self.launch("attention_fa2", name, c, &[P(o.ptr), P(l.ptr), I(l.dt()), P(q.ptr), Attn(a)]);
+            let kernel = if d == 64 { Fa2FwdKernel::D64 } else { Fa2FwdKernel::D128 };
+            return self.launch(c, Fa2Fwd { kernel, out: o.ptr, lse: l.ptr, dtl: l.dt(), qkv: q.ptr, a });
         }
         // Tensor-core path: bf16 qkv with 16-byte aligned rows.
         if !self.simple_attention && q.elem == Elem::Bf16 && q.ptr % 16 == 0 {
@@ -87,14 +120,16 @@ impl CudaBackend {
             let bytes = 3 * 64 * ldq * 2 + 2 * 64 * ldx * 4 + 64 * 72 * 2 + 64 * 4;
             let c = cfg(s.seq.div_ceil(64), s.heads, s.batch, bytes.div_ceil(4));
             let c = LaunchConfig { block_dim: (128, 1, 1), ..c };
-            return self.launch("attention_mma", pick!("attn_fwd_mma_", d), c, &[P(o.ptr), I(o.dt()), P(l.ptr), I(l.dt()), P(q.ptr), Attn(a)]);
+            let kernel = [MmaFwdKernel::D32, MmaFwdKernel::D64, MmaFwdKernel::D96, MmaFwdKernel::D128][v];
+            return self.launch(c, MmaFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, a });
         }
         let smem = TILE * d + TILE * (d + 1) + TILE * d;
         let c = cfg(s.seq.div_ceil(TILE), s.heads, s.batch, smem);
-        self.launch("attention", pick!("attn_fwd_", d), c, &[P(o.ptr), I(o.dt()), P(l.ptr), I(l.dt()), P(q.ptr), I(q.dt()), Attn(a)])
+        let kernel = [SimpleFwdKernel::D32, SimpleFwdKernel::D64, SimpleFwdKernel::D96, SimpleFwdKernel::D128][v];
+        self.launch(c, SimpleFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, dtq: q.dt(), a })
     }
 
-    pub(super) fn attention_bwd_op(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {
+    pub(in crate::backend::cuda) fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {
         self.begin()?;
         let a = check(&s)?;
         let (n, d) = (s.batch * s.seq, s.head_dim);
@@ -112,36 +147,38 @@ impl CudaBackend {
         }
         let delta = self.scratch(n * s.heads * 4)?;
         let c = LaunchConfig { grid_dim: ((n * s.heads).div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        self.launch("attention", "attn_bwd_delta_k", c, &[P(delta), P(g.ptr), I(g.dt()), P(o.ptr), I(o.dt()), Attn(a), I(d as i32)])?;
-        let args = [P(dq.ptr), I(dq.dt()), P(g.ptr), I(g.dt()), P(q.ptr), I(q.dt()), P(l.ptr), I(l.dt()), P(delta), Attn(a)];
+        self.launch(c, SimpleBwdDelta { delta, dout: g.ptr, dtdo: g.dt(), out: o.ptr, dto: o.dt(), a, d: d as i32 })?;
+        use SimpleBwdKernel::*;
+        let v = variant(d)?;
+        let k = SimpleBwd { kernel: [Dq32, Dq64, Dq96, Dq128][v], dqkv: dq.ptr, dtg: dq.dt(), dout: g.ptr, dtdo: g.dt(), qkv: q.ptr, dtq: q.dt(), lse: l.ptr, dtl: l.dt(), delta, a };
         let tiles = s.seq.div_ceil(TILE);
         let smem = 2 * TILE * d + 2 * TILE * (d + 1);
-        self.launch("attention", pick!("attn_bwd_dq_", d), cfg(tiles, s.heads, s.batch, smem), &args)?;
+        self.launch(cfg(tiles, s.heads, s.batch, smem), k)?;
         let smem = 2 * TILE * d + 2 * TILE * (d + 1) + 2 * TILE;
-        self.launch("attention", pick!("attn_bwd_dkv_", d), cfg(tiles, s.kv_heads, s.batch, smem), &args)
+        self.launch(cfg(tiles, s.kv_heads, s.batch, smem), SimpleBwd { kernel: [Dkv32, Dkv64, Dkv96, Dkv128][v], ..k })
     }
 
     /// FlashAttention-2 backward: prep (delta, lse·log2e), dK/dV, dQ. The
     /// three kernels write disjoint parts of dqkv, so the result does not
     /// depend on launch order or scheduling.
     #[allow(clippy::too_many_arguments)]
-    fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: super::memory::Dev, l: super::memory::Dev, s: AttnShape, a: AttnDims) -> Result<()> {
+    fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: Dev, l: Dev, s: AttnShape, a: AttnDims) -> Result<()> {
         let d = s.head_dim;
         let tp = s.seq.div_ceil(64) * 64;
         let rows = s.batch * s.heads * tp;
         let delta = self.scratch(rows * 4)?;
         let lse2 = self.scratch(rows * 4)?;
         let c = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let (gd, od) = (Elem::Bf16 as i32, o.dt());
-        self.launch("attention_fa2", "fa2_bwd_prep", c, &[P(delta), P(lse2), P(g), I(gd), P(o.ptr), I(od), P(l.ptr), I(l.dt()), Attn(a), I(d as i32), I(tp as i32)])?;
-        let args = [P(dq), P(g), P(q), P(delta), P(lse2), Attn(a), I(tp as i32)];
+        let prep = Fa2BwdPrep { delta, lse2, dout: g, dtdo: Elem::Bf16 as i32, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), a, d: d as i32, tp: tp as i32 };
+        self.launch(c, prep)?;
+        let (kv, qn) = if d == 64 { (Fa2BwdKernel::Dkv64, Fa2BwdKernel::Dq64) } else { (Fa2BwdKernel::Dkv128, Fa2BwdKernel::Dq128) };
+        let k = Fa2Bwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
         let tiles = s.seq.div_ceil(64) as u32;
         let bytes = 6 * tile_bytes(64, d) + 4 * 64 * 4;
         let c = LaunchConfig { grid_dim: (tiles, s.kv_heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
-        let (kv, qn) = if d == 64 { ("fa2_bwd_dkv_d64", "fa2_bwd_dq_d64") } else { ("fa2_bwd_dkv_d128", "fa2_bwd_dq_d128") };
-        self.launch("attention_fa2", kv, c, &args)?;
+        self.launch(c, k)?;
         let bytes = 6 * tile_bytes(64, d);
         let c = LaunchConfig { grid_dim: (tiles, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
-        self.launch("attention_fa2", qn, c, &args)
+        self.launch(c, Fa2Bwd { kernel: qn, ..k })
     }
 }

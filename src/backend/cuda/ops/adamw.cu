@@ -60,7 +60,7 @@ extern "C" __global__ void adamw_vec4_k(float4* p, const float4* g, float4* m, f
 
 // One segment of adamw_segments_vec4_k, in float4 units: params/grads
 // [p4, p4 + len), state [s4, s4 + len), covering [start4, start4 + len) of
-// the launch's index space. Layout shared with ops_train.rs (32 bytes).
+// the launch's index space. Layout shared with adamw.rs (32 bytes).
 struct AdamSeg {
     i64 p4, s4, start4;
     float wd;

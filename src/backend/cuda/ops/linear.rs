@@ -5,10 +5,10 @@
 //! bf16 operands (F32 weights via their bf16 shadow), fp32 accumulation,
 //! output in the output buffer's dtype; weight grads accumulate (beta = 1).
 
-use super::device::CudaBackend;
-use super::kernels::KArg::{I, L, P};
-use super::matmul::{alignment, Epilogue, Problem};
-use super::memory::{Dev, Elem};
+use super::super::device::CudaBackend;
+use super::super::matmul::{alignment, Epilogue, Problem};
+use super::super::memory::{Dev, Elem};
+use super::elementwise::{Accumulate, AddBias, ColsumFinish, ColsumPartial, CopyPad};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -38,7 +38,8 @@ impl CudaBackend {
     /// epilogue, `pre` as its auxiliary output) when the shapes need no
     /// padding, everything is bf16 and aligned and cuBLASLt has an
     /// algorithm; else the matmul and the GELU kernel.
-    pub(super) fn linear_gelu_fwd_op(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, (m, k, n): (usize, usize, usize)) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cuda) fn linear_gelu_fwd(&mut self, pre: View, act: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == m * k && w.len == n * k && pre.len == m * n && act.len == m * n, "linear_gelu_fwd: views do not match m={m} k={k} n={n}");
         let (pd, ad) = (self.dev(pre)?, self.dev(act)?);
@@ -63,8 +64,8 @@ impl CudaBackend {
                 return self.lt.run(p, wp, ip, ad.ptr, (bp.unwrap_or(0), pd.ptr), 1.0, 0.0, stream);
             }
         }
-        self.linear_fwd_op(pre, inp, w, bias, m, k, n)?;
-        self.gelu_fwd_op(act, pre)
+        self.linear_fwd(pre, inp, w, bias, m, k, n)?;
+        self.gelu_fwd(act, pre)
     }
 }
 
@@ -74,7 +75,7 @@ impl CudaBackend {
     /// as the auxiliary input) when nothing needs padding and everything is
     /// bf16 and aligned; else linear_bwd into `dact` and the GELU kernel.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_gelu_bwd_op(&mut self, (dpre, dact): (View, View), dw: View, dbias: Option<View>, (dout, act, w, pre): (View, View, View, View), (m, k, n): (usize, usize, usize)) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_gelu_bwd(&mut self, dpre: View, dact: View, dw: View, dbias: Option<View>, dout: View, act: View, w: View, pre: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(
             dpre.len == m * k && dact.len == m * k && pre.len == m * k && act.len == m * k && w.len == n * k && dw.len == n * k && dout.len == m * n,
@@ -97,8 +98,8 @@ impl CudaBackend {
                 return self.weight_and_bias_grads((ip, gp), dwd, dbias, dout, (m, k, n));
             }
         }
-        self.linear_bwd_op(dact, dw, dbias, dout, act, w, m, k, n)?;
-        self.gelu_bwd_op(dpre, pre, dact)
+        self.linear_bwd(dact, dw, dbias, dout, act, w, m, k, n)?;
+        self.gelu_bwd(dpre, pre, dact)
     }
 }
 
@@ -124,7 +125,7 @@ fn problem((ta, tb): (bool, bool), (m, n, k): (usize, usize, usize), ld: (usize,
 impl CudaBackend {
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_fwd_op(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(inp.len == m * k && w.len == n * k && out.len == m * n, "linear_fwd: views do not match m={m} k={k} n={n}");
         let wp = self.bf16_operand(w)?;
@@ -153,14 +154,13 @@ impl CudaBackend {
         if let (Some(bv), None) = (bias, epi) {
             let bd = self.dev(bv)?;
             let cfg = self.grid(m * n);
-            let args = [P(o.ptr), I(o.dt()), P(bd.ptr), I(bd.dt()), L(m as i64), I(n as i32)];
-            self.launch("elementwise", "add_bias_k", cfg, &args)?;
+            self.launch(cfg, AddBias { out: o.ptr, dto: o.dt(), bias: bd.ptr, dtb: bd.dt(), rows: m as i64, cols: n as i32 })?;
         }
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear_bwd_op(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
+    pub(in crate::backend::cuda) fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
         self.begin()?;
         ensure!(
             inp.len == m * k && dinp.len == m * k && w.len == n * k && dw.len == n * k && dout.len == m * n,
@@ -204,7 +204,7 @@ impl CudaBackend {
                 self.lt.run(p, ip, gp, dwd.ptr, (partial, 0), 1.0, 1.0, stream)?;
                 let d = self.out(bv)?;
                 let cfg = self.grid(n);
-                return self.launch("elementwise", "accumulate_k", cfg, &[P(d.ptr), I(d.dt()), P(partial), I(Elem::F32 as i32), L(n as i64)]);
+                return self.launch(cfg, Accumulate { dst: d.ptr, dtd: d.dt(), src: partial, dts: Elem::F32 as i32, n: n as i64 });
             }
         }
         self.matmul(false, true, (k, n, m), (k, n, k), (ip, gp, dwd.ptr), Elem::Bf16, dwd.elem, None, 1.0, 1.0)?;
@@ -268,18 +268,29 @@ impl CudaBackend {
             c
         };
         let cfg = self.grid(n * k);
-        self.launch("elementwise", "accumulate_k", cfg, &[P(dwd.ptr), I(dwd.dt()), P(dw_block), I(f32), L((n * k) as i64)])
+        self.launch(cfg, Accumulate { dst: dwd.ptr, dtd: dwd.dt(), src: dw_block, dts: f32, n: (n * k) as i64 })
     }
 
     /// `copy_pad_k` between (pointer, dtype, row pitch, rows, cols) blocks.
     fn copy_pad(&mut self, dst: (u64, i32, usize, usize, usize), src: (u64, i32, usize, usize, usize)) -> Result<()> {
         let cfg = self.grid(dst.3 * dst.4);
-        let args = [P(dst.0), I(dst.1), L(dst.2 as i64), L(dst.3 as i64), I(dst.4 as i32), P(src.0), I(src.1), L(src.2 as i64), L(src.3 as i64), I(src.4 as i32)];
-        self.launch("elementwise", "copy_pad_k", cfg, &args)
+        let k = CopyPad {
+            dst: dst.0,
+            dtd: dst.1,
+            dst_ld: dst.2 as i64,
+            dst_rows: dst.3 as i64,
+            dst_cols: dst.4 as i32,
+            src: src.0,
+            dts: src.1,
+            src_ld: src.2 as i64,
+            src_rows: src.3 as i64,
+            src_cols: src.4 as i32,
+        };
+        self.launch(cfg, k)
     }
 
     /// dst[c] += sum over rows of x[rows, cols]: deterministic two-stage sum.
-    pub(super) fn colsum_accumulate(&mut self, dst: View, x: View, rows: usize, cols: usize) -> Result<()> {
+    fn colsum_accumulate(&mut self, dst: View, x: View, rows: usize, cols: usize) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
@@ -289,25 +300,35 @@ impl CudaBackend {
         let chunks = rows.div_ceil(rpc);
         let partial = self.scratch(chunks * cols * 4)?;
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-        let args = [P(partial), P(xd.ptr), I(xd.dt()), L(rows as i64), I(cols as i32), I(rpc as i32)];
-        self.launch("elementwise", "colsum_partial_k", cfg, &args)?;
+        self.launch(cfg, ColsumPartial { partial, x: xd.ptr, dt: xd.dt(), rows: rows as i64, cols: cols as i32, rpc: rpc as i32 })?;
         let cfg = self.grid(cols);
-        self.launch("elementwise", "colsum_finish_k", cfg, &[P(d.ptr), I(d.dt()), P(partial), I(chunks as i32), I(cols as i32)])
+        self.launch(cfg, ColsumFinish { dst: d.ptr, dt: d.dt(), partial, chunks: chunks as i32, cols: cols as i32 })
     }
 
     /// c[M,N] = alpha op(a) op(b) + beta c. All-F32 runs in true fp32
-    /// (CUBLAS_COMPUTE_32F, no TF32) unless `force_bf16`; any bf16 input (or
-    /// `force_bf16`: F32 operands through their bf16 shadows) runs
-    /// bf16 x bf16 -> fp32.
+    /// (CUBLAS_COMPUTE_32F, no TF32); any bf16 input runs bf16 x bf16 -> fp32.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm_op(&mut self, c: View, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
-        self.gemm_with_c_op(c, None, a, b, mkn, trans, alpha, beta, force_bf16)
+    pub(in crate::backend::cuda) fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm_with_c(c, None, a, b, (m, k, n), (trans_a, trans_b), alpha, beta, false)
+    }
+
+    /// [`Self::gemm`] with F32 operands through their bf16 shadows.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cuda) fn gemm_bf16(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm_with_c(c, None, a, b, (m, k, n), (trans_a, trans_b), alpha, beta, true)
+    }
+
+    /// `d = alpha·op(a)·op(b) + beta·c` in bf16 operands, `c` only read.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cuda) fn gemm_bf16_plus(&mut self, d: View, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
+        self.gemm_with_c(d, Some(c), a, b, (m, k, n), (trans_a, trans_b), alpha, beta, true)
     }
 
     /// `c = alpha·op(a)·op(b) + beta·c_in` (`c_in` None: `c` itself). A
     /// `c_in` of another element type than `c` is copied into `c` first.
+    /// `force_bf16`: F32 operands through their bf16 shadows.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm_with_c_op(&mut self, c: View, c_in: Option<View>, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
+    fn gemm_with_c(&mut self, c: View, c_in: Option<View>, a: View, b: View, mkn: (usize, usize, usize), trans: (bool, bool), alpha: f32, beta: f32, force_bf16: bool) -> Result<()> {
         self.begin()?;
         let (m, k, n) = mkn;
         ensure!(a.len == m * k && b.len == k * n && c.len == m * n, "gemm: views do not match m={m} k={k} n={n}");
@@ -321,7 +342,7 @@ impl CudaBackend {
         // cuBLASLt's C has D's type: another type is copied into D first.
         let c_in = match c_in {
             Some(v) if self.dev(v)?.elem != c_elem => {
-                self.copy_op(c, v)?;
+                self.copy(c, v)?;
                 None
             }
             other => other,

@@ -1,48 +1,44 @@
-//! Loss and optimizer: fused softmax cross-entropy, fused AdamW.
+//! Fused AdamW (PyTorch semantics) over a flat range, or over many
+//! segments of one parameter buffer in one launch; the kernels also write
+//! the parameters' bf16 shadow.
 
-use super::device::CudaBackend;
-use super::kernels::AdamArgs;
-use super::kernels::KArg::{Adam, F, I, L, P};
-use super::memory::Elem;
+use super::super::device::CudaBackend;
+use super::super::kernels::{kernel, KernelFile};
+use super::super::memory::Elem;
 use crate::backend::{AdamSegment, AdamWArgs, BufId, View};
 use anyhow::{bail, ensure, Result};
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::DeviceRepr;
+
+pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "adamw", source: include_str!("adamw.cu") };
+
+/// Mirrors `AdamArgs` in adamw.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(in crate::backend::cuda) struct AdamArgs {
+    pub lr: f32,
+    pub b1: f32,
+    pub b2: f32,
+    pub eps: f32,
+    pub wd: f32,
+    pub grad_scale: f32,
+    /// lr / (1 - beta1^t), computed in f64 on the host.
+    pub step_size: f32,
+    pub sqrt_bc2: f32,
+}
+// SAFETY: plain-old-data with the same layout as the CUDA struct.
+unsafe impl DeviceRepr for AdamArgs {}
+
+kernel! {
+    /// Any gradient dtype; `shadow` 0 = none.
+    struct Adamw(FILE, adamw_k) { p: u64, g: u64, dtg: i32, m: u64, v: u64, shadow: u64, n: i64, a: AdamArgs }
+    /// F32 and 16-byte aligned: float4 loads.
+    struct AdamwVec4(FILE, adamw_vec4_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, n4: i64, a: AdamArgs }
+    /// Every segment of a table (`AdamSeg` in adamw.cu), float4 units.
+    struct AdamwSegmentsVec4(FILE, adamw_segments_vec4_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, segs: u64, nseg: i32, total4: i64, a: AdamArgs }
+}
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn softmax_xent_op(&mut self, losses: View, dlogits: Option<View>, logits: View, targets: View, (n, v, classes): (usize, usize, usize), grad_scale: f32) -> Result<()> {
-        self.begin()?;
-        ensure!((1..=v).contains(&classes), "softmax_xent: classes = {classes} must be in 1..=v (v = {v})");
-        ensure!(logits.len == n * v && losses.len == n && targets.len == n, "softmax_xent: views do not match n={n} v={v}");
-        let (x, t) = (self.dev(logits)?, self.dev(targets)?);
-        ensure!(t.elem == Elem::U32, "softmax_xent: targets must be a U32 buffer");
-        let g = match dlogits {
-            Some(dv) => {
-                ensure!(dv.len == n * v, "softmax_xent: dlogits has {} values, needs n*v", dv.len);
-                let overlaps = dv.buf == logits.buf && dv.off < logits.off + logits.len && logits.off < dv.off + dv.len;
-                ensure!(!overlaps || dv.off == logits.off, "softmax_xent: dlogits must be logits itself or disjoint from it");
-                Some(self.out(dv)?)
-            }
-            None => None,
-        };
-        let lo = self.out(losses)?;
-        if n == 0 {
-            return Ok(());
-        }
-        // Enough threads per row to stream V once; 1024 for GPT-2's 50257.
-        let threads = v.div_ceil(32).clamp(1, 32) as u32 * 32;
-        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let (gp, gd) = g.map_or((0, 0), |g| (g.ptr, g.dt()));
-        let wide = x.is_bf16x8() && v.is_multiple_of(8) && g.is_none_or(|g| g.is_bf16x8());
-        if wide {
-            let args = [P(lo.ptr), I(lo.dt()), P(gp), P(x.ptr), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
-            return self.launch("xent", "xent_bf16x8_k", cfg, &args);
-        }
-        let args = [P(lo.ptr), I(lo.dt()), P(gp), I(gd), P(x.ptr), I(x.dt()), P(t.ptr), L(v as i64), L(classes as i64), F(grad_scale)];
-        self.launch("xent", "xent_k", cfg, &args)
-    }
-
-    pub(super) fn adamw_op(&mut self, params: View, grads: View, m: View, v: View, a: AdamWArgs) -> Result<()> {
+    pub(in crate::backend::cuda) fn adamw(&mut self, params: View, grads: View, m: View, v: View, a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let n = params.len;
         ensure!(grads.len == n && m.len == n && v.len == n, "adamw: params, grads, m, v lengths differ");
@@ -57,7 +53,7 @@ impl CudaBackend {
         let n4 = if aligned && g.elem == Elem::F32 { n / 4 } else { 0 };
         if n4 > 0 {
             let cfg = self.grid(n4);
-            self.launch("adamw", "adamw_vec4_k", cfg, &[P(p.ptr), P(g.ptr), P(md.ptr), P(vd.ptr), P(shadow), L(n4 as i64), Adam(args)])?;
+            self.launch(cfg, AdamwVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, n4: n4 as i64, a: args })?;
         }
         let done = 4 * n4 as u64;
         if (done as usize) < n {
@@ -65,18 +61,16 @@ impl CudaBackend {
             let sh = if shadow == 0 { 0 } else { shadow + 2 * done };
             let gs = g.ptr + done * g.elem.size() as u64;
             let cfg = self.grid(rest);
-            let kargs = [P(p.ptr + 4 * done), P(gs), I(g.dt()), P(md.ptr + 4 * done), P(vd.ptr + 4 * done), P(sh), L(rest as i64), Adam(args)];
-            self.launch("adamw", "adamw_k", cfg, &kargs)?;
+            let k = Adamw { p: p.ptr + 4 * done, g: gs, dtg: g.dt(), m: md.ptr + 4 * done, v: vd.ptr + 4 * done, shadow: sh, n: rest as i64, a: args };
+            self.launch(cfg, k)?;
         }
         Ok(())
     }
-}
 
-impl CudaBackend {
     /// AdamW over many segments in one launch when every segment is
     /// float4-aligned (always, for our layouts: tensor sizes are multiples
-    /// of 4), else one `adamw_op` per segment.
-    pub(super) fn adamw_segments_op(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], a: AdamWArgs) -> Result<()> {
+    /// of 4), else one `adamw` per segment.
+    pub(in crate::backend::cuda) fn adamw_segments(&mut self, params: BufId, grads: BufId, m: View, v: View, segs: &[AdamSegment], a: AdamWArgs) -> Result<()> {
         self.begin()?;
         let whole = |s: &Self, buf| -> Result<View> { Ok(View { buf, off: 0, len: s.bufs.get(buf)?.len }) };
         let (pv, gv) = (whole(self, params)?, whole(self, grads)?);
@@ -89,7 +83,7 @@ impl CudaBackend {
         if !aligned || segs.is_empty() {
             for s in segs {
                 let [p, g, sm, sv] = s.views(params, grads, m, v);
-                self.adamw_op(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..a })?;
+                self.adamw(p, g, sm, sv, AdamWArgs { weight_decay: s.weight_decay, ..a })?;
             }
             return Ok(());
         }
@@ -101,8 +95,8 @@ impl CudaBackend {
         }
         let (table, total4) = self.adam_segment_table(segs)?;
         let cfg = self.grid(total4);
-        let args = [P(p.ptr), P(g.ptr), P(md.ptr), P(vd.ptr), P(shadow), P(table), I(segs.len() as i32), L(total4 as i64), Adam(adam_args(&a))];
-        self.launch("adamw", "adamw_segments_vec4_k", cfg, &args)
+        let k = AdamwSegmentsVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, segs: table, nseg: segs.len() as i32, total4: total4 as i64, a: adam_args(&a) };
+        self.launch(cfg, k)
     }
 
     /// Device copy of a segment table (`AdamSeg` in adamw.cu), uploaded on
@@ -126,7 +120,7 @@ impl CudaBackend {
 }
 
 /// Kernel arguments of an AdamW step; bias corrections in f64 like the CPU.
-pub(super) fn adam_args(a: &AdamWArgs) -> AdamArgs {
+pub(in crate::backend::cuda) fn adam_args(a: &AdamWArgs) -> AdamArgs {
     let t = a.step.max(1) as f64;
     AdamArgs {
         lr: a.lr,

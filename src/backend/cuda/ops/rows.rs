@@ -1,0 +1,36 @@
+//! Launch shapes and path choices shared by the row-wise kernels (the
+//! norms, SwiGLU).
+
+use super::super::memory::{Dev, Elem};
+use cudarc::driver::LaunchConfig;
+
+/// Warp-per-row kernels: 8 rows per 256-thread block.
+pub(super) fn rows_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// 2-D launch for row-wise elementwise kernels: 256-thread blocks over up
+/// to 16 column tiles, rows strided over at most 4096 block rows.
+pub(super) fn rows_cols_cfg(rows: usize, cols: usize) -> LaunchConfig {
+    let x = cols.div_ceil(256).clamp(1, 16) as u32;
+    let y = rows.clamp(1, 4096) as u32;
+    LaunchConfig { grid_dim: (x, y, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The bf16 norm kernels (layernorm.cu, rmsnorm.cu) apply: bf16
+/// 16-byte-aligned activations, fp32 weights and statistics, rows of a
+/// multiple of 8 up to `max_c` (what a lane keeps in registers).
+pub(super) fn norm_vector_path(acts: &[Dev], f32s: &[Dev], c: usize, max_c: usize) -> bool {
+    acts.iter().all(Dev::is_bf16x8) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= max_c
+}
+
+/// Rows per block of the one-pass bf16 norm backward kernels
+/// (`layernorm_bwd_bf16_k`, `rmsnorm_bwd_bf16_k`): 8 warps × 4 rows.
+pub(super) const FUSED_BWD_ROWS_PER_BLOCK: usize = 32;
+
+/// Column-partial kernels: (32 columns) x (row chunks), chunks <= 256.
+pub(super) fn colsum_plan(n: usize, c: usize) -> (usize, usize, LaunchConfig) {
+    let rpc = n.div_ceil(256).max(64);
+    let chunks = n.div_ceil(rpc).max(1);
+    (rpc, chunks, LaunchConfig { grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 })
+}

@@ -153,7 +153,7 @@ impl CudaBackend {
         ensure!(src.len == dst.len(), "download_start: view of {} into {} values", src.len, dst.len());
         let d = self.dev(src)?;
         if d.elem != Elem::F32 {
-            self.download_f32(src, dst)?;
+            CudaBackend::download(self, src, dst)?;
             return Ok(CopyTicket::DONE);
         }
         let compute = self.stream.cu_stream();

@@ -9,9 +9,11 @@
 //! (2e-5 relative on losses, 1e-4 absolute on weights), far below what a
 //! wrong shard or missing reduction moves (1e-2).
 
-use ferrotron::ckpt;
+#[path = "common/runs.rs"]
+mod runs;
+
+use runs::{losses, weights};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> &'static str {
@@ -51,20 +53,6 @@ fn check(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-fn losses(run_dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
-fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let dir = ckpt::latest(run_dir).unwrap().expect("a checkpoint");
-    ckpt::load(&dir).unwrap().model.into_iter().map(|t| (t.name, t.data)).collect()
-}
 
 /// Two nodes of two ranks each (world 4), ZeRO-3, against one process.
 #[test]

@@ -31,7 +31,10 @@
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{AttnShape, Backend, DType, View};
-use ferrotron::ckpt;
+#[path = "common/runs.rs"]
+mod runs;
+
+use runs::{losses, weights};
 use ferrotron::config::{ModelConfig, Positions};
 use ferrotron::dist::{TcpComm, WorldInfo};
 use ferrotron::model::{Attention, LocalAttention, Recompute};
@@ -311,20 +314,6 @@ fn run_ok(dir: &Path, world: usize, args: &[String]) -> PathBuf {
     dir.join("runs").join(name)
 }
 
-fn losses(run_dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
-fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let dir = ckpt::latest(run_dir).unwrap().expect("a checkpoint");
-    ckpt::load(&dir).unwrap().model.into_iter().map(|t| (t.name, t.data)).collect()
-}
 
 fn same_run(base: &Path, other: &Path, what: &str) {
     let (a, b) = (losses(base), losses(other));

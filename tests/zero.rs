@@ -12,7 +12,11 @@
 //! still catching any wrong shard, missing reduction or stale weight, which
 //! move losses at the 1e-2 level.
 
+#[path = "common/runs.rs"]
+mod runs;
+
 use ferrotron::ckpt;
+use runs::{losses, weights};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,20 +67,6 @@ fn run(dir: &Path, world: usize, args: Vec<String>) {
     assert!(out.status.success(), "{:?} failed:\n{}\n{}", args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-fn losses(run_dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
-fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let dir = ckpt::latest(run_dir).unwrap().expect("a checkpoint");
-    ckpt::load(&dir).unwrap().model.into_iter().map(|t| (t.name, t.data)).collect()
-}
 
 /// Losses within `rel` (relative) and weights within `abs` of the reference.
 fn assert_close_by(name: &str, reference: &Path, other: &Path, rel: f64, abs: f32) {

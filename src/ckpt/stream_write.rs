@@ -194,4 +194,36 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("refused w") && text.contains("non-finite"), "{text}");
     }
+
+    /// Throughput against the old path (the crate's writer, then a CRC pass
+    /// that reads the file back), both synced to disk. By hand:
+    /// `cargo test --release --lib stream_write -- --ignored --nocapture`
+    /// (`FERROTRON_BENCH_DIR` picks the disk; default a temporary folder).
+    #[test]
+    #[ignore]
+    fn write_speed_against_the_old_path() {
+        let dir = match std::env::var_os("FERROTRON_BENCH_DIR") {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        let values: Vec<f32> = (0..(128usize << 20)).map(|i| i as f32 * 1e-3).collect();
+        let floats = vec![NamedTensor { name: "w".into(), shape: vec![values.len()], data: &values }];
+        let gb = 4.0 * values.len() as f64 / 1e9;
+        // FERROTRON_BENCH_NOSYNC=1: into the page cache only (the CPU side).
+        let no_sync = std::env::var_os("FERROTRON_BENCH_NOSYNC").is_some();
+        let sync = |p: &Path| if !no_sync { File::open(p).unwrap().sync_all().unwrap() };
+        let t = std::time::Instant::now();
+        let ours = dir.path().join("ours.safetensors");
+        write_tensors(&ours, &floats, &[], &|n| n.to_string()).unwrap();
+        sync(&ours);
+        let new_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let theirs = dir.path().join("theirs.safetensors");
+        let out = vec![OutTensor { name: "w".into(), shape: vec![values.len()], dtype: tensors::Dtype::F32, values: OutValues::F32(Box::new(|| Cow::Borrowed(&values[..]))) }];
+        tensors::write(&theirs, &out, None).unwrap();
+        sync(&theirs);
+        checksum::file_crc32(&theirs).unwrap();
+        let old_s = t.elapsed().as_secs_f64();
+        println!("{gb:.2} GB: streamed {:.2} GB/s, old path {:.2} GB/s", gb / new_s, gb / old_s);
+    }
 }

@@ -240,6 +240,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     // Declared after the run folder's lock, so an error exit finishes the
     // write in flight (its Drop) before the lock is released.
     let mut ckpts = super::checkpointing::Checkpoints::new(cfg);
+    ckpts.prepare(&mut b, &st, cfg)?;
     // Each step's learning rate: the schedule, or AutoLRS (whose search runs
     // its trials here, on every rank alike).
     let mut lrs = LrSource::new(cfg, &run_dir, resume.map(|_| st.step), lead)?;

@@ -53,7 +53,15 @@ impl SnapshotBuffers {
         let buf = vec![0.0f32; len];
         // SAFETY: the pool keeps `buf` allocated (here or with a checkpoint
         // that hands it back) until `release_one` unpins it first.
-        let locked = unsafe { b.pin_host(buf.as_ptr() as *const u8, std::mem::size_of_val(&buf[..]))? };
+        let locked = match unsafe { b.pin_host(buf.as_ptr() as *const u8, std::mem::size_of_val(&buf[..])) } {
+            Ok(locked) => locked,
+            // Unlocked memory still takes the copies, only slower: a save
+            // must not fail for it (a low `ulimit -l`, say).
+            Err(e) => {
+                eprintln!("warning: checkpoint host buffers are not page-locked, so saves copy slower: {e:#}");
+                false
+            }
+        };
         self.owned.insert(buf.as_ptr() as usize, locked);
         Ok(buf)
     }

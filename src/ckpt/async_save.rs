@@ -94,13 +94,14 @@ pub fn clear_stale_shards(run_dir: &Path, step: u64) -> Result<()> {
 }
 
 /// Stage 2: write this rank's part (rank 0: publish the checkpoint).
-pub fn write(host: HostCheckpoint, opts: WriteOptions) -> Result<Written> {
+/// Borrows `host`, so its buffers can be reused for the next save.
+pub fn write(host: &HostCheckpoint, opts: WriteOptions) -> Result<Written> {
     let start = Instant::now();
     let shards = train_state::shards_dir(&host.run_dir, host.step);
-    let dir = match host.lead {
+    let dir = match &host.lead {
         Some(lead) => {
             let world = if host.sharding.zero_stage > 0 { host.sharding.world } else { 1 };
-            let parts = SaveParts { layout: &lead.layout, weights: &lead.weights, manifest: lead.manifest, sharding: host.sharding.clone(), rank: 0, keep_last: lead.keep_last };
+            let parts = SaveParts { layout: &lead.layout, weights: &lead.weights, manifest: lead.manifest.clone(), sharding: host.sharding.clone(), rank: 0, keep_last: lead.keep_last };
             let mut before_publish = || {
                 std::thread::sleep(opts.delay);
                 wait_for_markers(&shards, world, opts.timeout)
@@ -139,8 +140,13 @@ fn wait_for_markers(shards: &Path, world: usize, timeout: Duration) -> Result<()
 /// The background writer: at most one stage 2 in flight.
 #[derive(Default)]
 pub struct AsyncSaver {
-    pending: Option<(u64, JoinHandle<Result<Written>>)>,
+    pending: Option<(u64, JoinHandle<Finished>)>,
+    /// The host copy of the last finished write, for reuse (`take_returned`).
+    returned: Option<HostCheckpoint>,
 }
+
+/// What the writer thread gives back: the copy it wrote, and how that went.
+type Finished = (HostCheckpoint, Result<Written>);
 
 impl AsyncSaver {
     /// Starts stage 2 of `host` on a background thread; the previous write
@@ -152,7 +158,10 @@ impl AsyncSaver {
         let step = host.step;
         let handle = std::thread::Builder::new()
             .name(format!("ckpt-write-{step}"))
-            .spawn(move || write(host, opts))
+            .spawn(move || {
+                let written = write(&host, opts);
+                (host, written)
+            })
             .context("cannot start the checkpoint writer thread")?;
         self.pending = Some((step, handle));
         Ok(())
@@ -161,7 +170,11 @@ impl AsyncSaver {
     /// Waits for the write in flight, if any, and returns its result.
     pub fn wait(&mut self) -> Result<Option<Written>> {
         match self.pending.take() {
-            Some((step, handle)) => join(step, handle).map(Some),
+            Some((step, handle)) => {
+                let (host, written) = join(step, handle)?;
+                self.returned = Some(host);
+                written.with_context(|| format!("the checkpoint of step {step} was not written")).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -177,11 +190,16 @@ impl AsyncSaver {
     pub fn in_flight(&self) -> bool {
         self.pending.is_some()
     }
+
+    /// The host copy of the last write waited for (written or not), so its
+    /// buffers can serve the next save.
+    pub fn take_returned(&mut self) -> Option<HostCheckpoint> {
+        self.returned.take()
+    }
 }
 
-fn join(step: u64, handle: JoinHandle<Result<Written>>) -> Result<Written> {
-    let result = handle.join().map_err(|_| anyhow!("the checkpoint writer of step {step} panicked"))?;
-    result.with_context(|| format!("the checkpoint of step {step} was not written"))
+fn join(step: u64, handle: JoinHandle<Finished>) -> Result<Finished> {
+    handle.join().map_err(|_| anyhow!("the checkpoint writer of step {step} panicked"))
 }
 
 /// An error exit (or a panic) still finishes the write in flight: the
@@ -189,8 +207,8 @@ fn join(step: u64, handle: JoinHandle<Result<Written>>) -> Result<Written> {
 /// abandoned while the run folder's lock is released.
 impl Drop for AsyncSaver {
     fn drop(&mut self) {
-        if let Some((step, handle)) = self.pending.take() {
-            if let Err(e) = join(step, handle) {
+        if self.pending.is_some() {
+            if let Err(e) = self.wait() {
                 eprintln!("warning: {e:#}");
             }
         }

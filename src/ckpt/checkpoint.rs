@@ -13,12 +13,12 @@
 //! memory; the trainer downloads device buffers first.
 
 use crate::util::atomic;
-use super::tensors::{self, shape_str, ByteTensor, OutTensor, OutValues, Tensor};
+use super::tensors::{self, shape_str, ByteTensor, Tensor};
 use crate::model::layout::ParamLayout;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use super::checksum;
+use super::stream_write;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -209,17 +209,26 @@ pub fn save_staged(
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     atomic::publish_dir(&dir, |staging| {
-        write_tensors(&staging.join(MODEL_FILE), model, &[])?;
-        write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes)?;
+        // The two files go out in parallel (each one sequential, in large
+        // writes); their CRCs come from the writing itself.
+        let (model_crc, optim_crc) = std::thread::scope(|s| {
+            let model_writer = s.spawn(|| write_tensors(&staging.join(MODEL_FILE), model, &[]));
+            let optim_crc = write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes);
+            let model_crc = model_writer.join().unwrap_or_else(|_| Err(anyhow!("the writer of {MODEL_FILE} panicked")));
+            (model_crc, optim_crc)
+        });
+        let mut checksums = BTreeMap::from([(MODEL_FILE.to_string(), stream_write::crc_entry(model_crc?)), (OPTIM_FILE.to_string(), stream_write::crc_entry(optim_crc?))]);
         before_shards()?;
-        let mut files = vec![MODEL_FILE.to_string(), OPTIM_FILE.to_string()];
+        let mut shards = vec![];
         for f in shard_files {
             let name = f.file_name().with_context(|| format!("shard file {} has no name", f.display()))?;
             fs::rename(f, staging.join(name)).with_context(|| format!("cannot move shard {} into the checkpoint", f.display()))?;
-            files.push(name.to_string_lossy().into_owned());
+            shards.push(name.to_string_lossy().into_owned());
         }
-        let names: Vec<&str> = files.iter().map(|f| f.as_str()).collect();
-        let manifest = Manifest { checksums: checksum::checksums(staging, &names)?, ..manifest.clone() };
+        // Other ranks' shards were written elsewhere: read back for theirs.
+        let names: Vec<&str> = shards.iter().map(|f| f.as_str()).collect();
+        checksums.extend(checksum::checksums(staging, &names)?);
+        let manifest = Manifest { checksums, ..manifest.clone() };
         let manifest_json = serde_json::to_vec_pretty(&manifest).context("cannot serialize the checkpoint manifest")?;
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
@@ -229,40 +238,13 @@ pub fn save_staged(
     Ok(dir)
 }
 
-/// Writes one tensor file. A checkpoint never holds a non-finite value:
-/// they are refused before anything is written (the staging folder is then
-/// dropped, so nothing is published).
-pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<()> {
-    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    for t in list {
-        checksum::ensure_finite(&file, &t.name, t.data).with_context(|| {
-            format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display())
-        })?;
-    }
-    let lens = list.iter().map(|t| (&t.name, &t.shape, t.data.len())).chain(bytes.iter().map(|t| (&t.name, &t.shape, t.data.len())));
-    for (name, shape, len) in lens {
-        let numel: usize = shape.iter().product();
-        if numel != len {
-            bail!(
-                "cannot save {}: tensor {} has shape {} ({numel} values) but {} values were given",
-                path.display(),
-                name,
-                shape_str(shape),
-                len
-            );
-        }
-    }
-    let mut out: Vec<OutTensor> = list
-        .iter()
-        .map(|t| OutTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype: tensors::Dtype::F32,
-            values: OutValues::F32(Box::new(move || Cow::Borrowed(t.data))),
-        })
-        .collect();
-    out.extend(bytes.iter().map(|t| OutTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: tensors::Dtype::U8, values: OutValues::U8(t.data) }));
-    tensors::write(path, &out, None)
+/// Writes one tensor file and returns its CRC-32 (`stream_write`). A
+/// checkpoint never holds a non-finite value: the first one met is an
+/// error (the staging folder is then dropped, so nothing is published).
+pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<u32> {
+    stream_write::check_shapes(path, list, bytes)?;
+    let refuse = |_: &str| format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display());
+    stream_write::write_tensors(path, list, bytes, &refuse)
 }
 
 /// Step number of a `step_<digits>` directory name; `None` for anything

@@ -5,6 +5,9 @@
 //!   state, manifest), `latest`, pruning, loading into a `ParamLayout`.
 //! - [`async_save`]: two-stage checkpoints: a host copy at the step
 //!   boundary, written by a background thread.
+//! - [`stream_write`]: checkpoint tensor files in large writes, CRC as
+//!   they go out; [`snapshot_buffers`]: reused page-locked host buffers
+//!   of stage 1.
 //! - [`checksum`]: per-file CRC-32 in the manifest, finite-values rule;
 //!   [`recover`]: the newest checkpoint that verifies (fallback, announced).
 //! - [`hf`] and [`hf_config`]: Hugging Face `GPT2LMHeadModel` /
@@ -16,6 +19,8 @@ pub mod checksum;
 pub mod hf;
 pub mod hf_config;
 pub mod recover;
+pub mod snapshot_buffers;
+pub mod stream_write;
 pub mod tensors;
 pub mod train_state;
 

@@ -191,6 +191,13 @@ impl<B: Backend> Zero<B> {
         Ok(())
     }
 
+    /// The device buffer of the full model's fp32 weights (stages 0–2;
+    /// `None` at stage 3, which holds only shards): a checkpoint copies it
+    /// to the host asynchronously.
+    pub fn full_weights_view(&self) -> Option<View> {
+        self.full_params.map(|full| View::whole(full, self.layout.total))
+    }
+
     /// The full model's weights on the host, on every rank (a collective at
     /// stage 3, which gathers unit by unit).
     pub fn full_weights(&mut self, b: &mut B) -> Result<Vec<f32>> {

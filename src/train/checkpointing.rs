@@ -9,77 +9,113 @@
 
 use super::run_dir;
 use super::trainer::State;
-use crate::backend::Backend;
+use crate::backend::{Backend, CopyTicket, DType, View};
 use crate::ckpt::async_save::{self, AsyncSaver, HostCheckpoint, LeadParts, WriteOptions, Written};
+use crate::ckpt::snapshot_buffers::{state_slot, SnapshotBuffers, WEIGHTS_SLOT};
+use crate::optim::Optimizer;
 use crate::ckpt::{self, train_state::{self, HostOptState, SaveParts, Sharding}};
 use crate::config::Config;
 use crate::parallel::offload;
 use crate::telemetry::metrics::CkptMetrics;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The run's saves as the loop sees them: two-stage (`train.async_checkpoint`,
 /// `ckpt::async_save`) or synchronous, and the timing line each save logs
 /// once it is complete (metrics.jsonl `kind: "ckpt"`).
+///
+/// Stage 1 does not block: at the step boundary the device→host copies of
+/// the weights and the optimizer state start on the copy stream into
+/// reused page-locked buffers (`ckpt::snapshot_buffers`), and the loop goes
+/// on. The copies must land before anything overwrites their sources, so
+/// the trainer calls [`before_update`] right before the next optimizer
+/// update: it waits for them and hands the copy to the background writer.
 pub(super) struct Checkpoints {
-    saver: AsyncSaver,
+    writer: Arc<Mutex<Writer>>,
     async_write: bool,
     opts: WriteOptions,
+    /// Land the copies inside `save` (no overlap): AutoLRS rewrites the
+    /// weights (its trials' restores) before the next optimizer update.
+    land_at_once: bool,
+}
+
+/// The state of two-stage saves shared by [`Checkpoints`] and the update
+/// hook (`State::ckpt_hook`).
+#[derive(Default)]
+pub(super) struct Writer {
+    saver: AsyncSaver,
+    /// Stage 1 of the newest save while its copies may still be landing.
+    landing: Option<Landing>,
+    buffers: SnapshotBuffers,
     /// The line of the save in flight, completed when its write finishes.
     pending: Option<CkptMetrics>,
 }
 
-impl Checkpoints {
-    pub(super) fn new(cfg: &Config) -> Self {
-        let opts = WriteOptions { delay: Duration::from_millis(cfg.debug.ckpt_write_delay_ms), timeout: Duration::from_secs_f64(cfg.dist.timeout_s) };
-        Checkpoints { saver: AsyncSaver::default(), async_write: cfg.train.async_checkpoint, opts, pending: None }
-    }
+/// A host copy whose device→host copies were started, not yet waited for.
+struct Landing {
+    host: HostCheckpoint,
+    tickets: Vec<CopyTicket>,
+    opts: WriteOptions,
+}
 
-    /// A checkpoint of the whole state (a collective: every rank calls it).
-    /// Synchronous: written and published before this returns. Two-stage:
-    /// the previous write is waited for, the state copied to host memory
-    /// and handed to the background writer. Returns the line of a save
-    /// that is complete now (this one, or the previous one).
-    pub(super) fn save<B: Backend>(&mut self, b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<Option<CkptMetrics>> {
+/// The trainer's handle on the save in flight (a field of `State`), set
+/// by the first two-stage save.
+#[derive(Clone, Default)]
+pub(crate) struct UpdateHook(Option<Arc<Mutex<Writer>>>);
+
+/// Called by the trainer right before every optimizer update: the copies
+/// of a checkpoint taken at the last step boundary land (the host waits for
+/// them) before the update overwrites their sources, and the copy goes to
+/// the background writer. Its wait counts into the save's `ckpt_block_ms`.
+pub(super) fn before_update<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<()> {
+    match &st.ckpt_hook.0 {
+        Some(writer) => lock(writer).land(b),
+        None => Ok(()),
+    }
+}
+
+fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    // Only the training thread locks it; a panic there ends the run anyway.
+    writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Writer {
+    /// Waits for the started copies (if any) and starts the write.
+    fn land<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let Some(landing) = self.landing.take() else { return Ok(()) };
         let start = Instant::now();
-        if !self.async_write {
-            save_sync(b, st, cfg, run_dir, self.opts.delay)?;
-            let ms = start.elapsed().as_secs_f64() * 1e3;
-            return Ok(Some(CkptMetrics { step: st.step, async_write: false, ckpt_block_ms: ms, ckpt_wait_ms: 0.0, ckpt_write_ms: ms, ckpt_bytes: 0 }));
-        }
-        let previous = self.saver.wait()?;
-        let done = self.complete(previous);
-        let wait_ms = start.elapsed().as_secs_f64() * 1e3;
-        let host = capture(b, st, cfg, run_dir)?;
-        // Stale markers of a killed attempt at this step are gone before
-        // any writer of this save starts (ckpt/async_save.rs).
-        if st.zero.world() > 1 && cfg.dist.zero_stage > 0 {
-            if st.zero.rank() == 0 {
-                async_save::clear_stale_shards(run_dir, st.step)?;
+        // Every ticket is waited for, even after an error: no copy may
+        // still be landing in a buffer that goes back to the pool.
+        let mut landed = Ok(());
+        for t in landing.tickets {
+            let r = b.copy_wait(t);
+            if landed.is_ok() {
+                landed = r;
             }
-            st.zero.comm.barrier()?;
         }
-        let bytes = host.as_ref().map_or(0, HostCheckpoint::size_bytes);
-        if let Some(host) = host {
-            self.saver.start(host, self.opts)?;
+        if let Some(line) = self.pending.as_mut() {
+            line.ckpt_block_ms += start.elapsed().as_secs_f64() * 1e3;
         }
-        let block_ms = start.elapsed().as_secs_f64() * 1e3;
-        self.pending = Some(CkptMetrics { step: st.step, async_write: true, ckpt_block_ms: block_ms, ckpt_wait_ms: wait_ms, ckpt_write_ms: 0.0, ckpt_bytes: bytes });
-        Ok(done)
+        if let Err(e) = landed {
+            self.buffers.recycle(landing.host);
+            return Err(e.context("the checkpoint's copy to host memory failed"));
+        }
+        self.saver.start(landing.host, landing.opts)
     }
 
-    /// The line of the save in flight if its write has finished (never
-    /// blocks); an error if the write failed.
-    pub(super) fn poll(&mut self) -> Result<Option<CkptMetrics>> {
-        let written = self.saver.poll()?;
-        Ok(self.complete(written))
+    /// Waits for the write in flight; its buffers go back to the pool.
+    fn wait(&mut self) -> Result<Option<Written>> {
+        let written = self.saver.wait();
+        self.take_back_buffers();
+        written
     }
 
-    /// Waits for the save in flight (the end of the run).
-    pub(super) fn finish(&mut self) -> Result<Option<CkptMetrics>> {
-        let written = self.saver.wait()?;
-        Ok(self.complete(written))
+    fn take_back_buffers(&mut self) {
+        if let Some(host) = self.saver.take_returned() {
+            self.buffers.recycle(host);
+        }
     }
 
     fn complete(&mut self, written: Option<Written>) -> Option<CkptMetrics> {
@@ -89,12 +125,130 @@ impl Checkpoints {
     }
 }
 
+/// An error exit: the write in flight finishes (`AsyncSaver`'s rule), and
+/// buffers that copies may still be landing in are leaked, never freed.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("warning: {e:#}");
+        }
+        if let Some(landing) = self.landing.take() {
+            std::mem::forget(landing.host);
+        }
+    }
+}
+
+impl Checkpoints {
+    pub(super) fn new(cfg: &Config) -> Self {
+        let opts = WriteOptions { delay: Duration::from_millis(cfg.debug.ckpt_write_delay_ms), timeout: Duration::from_secs_f64(cfg.dist.timeout_s) };
+        let land_at_once = cfg.train.schedule == "autolrs";
+        Checkpoints { writer: Arc::default(), async_write: cfg.train.async_checkpoint, opts, land_at_once }
+    }
+
+    /// A checkpoint of the whole state (a collective: every rank calls it).
+    /// Synchronous: written and published before this returns. Two-stage:
+    /// the previous write is waited for and the copies to host memory
+    /// started; the write starts once they landed ([`before_update`]).
+    /// Returns the line of a save that is complete now (this one, or the
+    /// previous one).
+    pub(super) fn save<B: Backend>(&mut self, b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<Option<CkptMetrics>> {
+        let start = Instant::now();
+        if !self.async_write {
+            save_sync(b, st, cfg, run_dir, self.opts.delay)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            return Ok(Some(CkptMetrics { step: st.step, async_write: false, ckpt_block_ms: ms, ckpt_wait_ms: 0.0, ckpt_write_ms: ms, ckpt_bytes: 0 }));
+        }
+        st.ckpt_hook = UpdateHook(Some(self.writer.clone()));
+        let mut w = lock(&self.writer);
+        // A save with no update since the last one: that one lands first.
+        w.land(b)?;
+        let previous = w.wait()?;
+        let done = w.complete(previous);
+        let wait_ms = start.elapsed().as_secs_f64() * 1e3;
+        let captured = capture(b, st, cfg, run_dir, &mut w.buffers)?;
+        // Stale markers of a killed attempt at this step are gone before
+        // any writer of this save starts (ckpt/async_save.rs).
+        if st.zero.world() > 1 && cfg.dist.zero_stage > 0 {
+            if st.zero.rank() == 0 {
+                async_save::clear_stale_shards(run_dir, st.step)?;
+            }
+            st.zero.comm.barrier()?;
+        }
+        let bytes = captured.as_ref().map_or(0, |(host, _)| host.size_bytes());
+        w.pending = Some(CkptMetrics { step: st.step, async_write: true, ckpt_block_ms: 0.0, ckpt_wait_ms: wait_ms, ckpt_write_ms: 0.0, ckpt_bytes: bytes });
+        if let Some((host, tickets)) = captured {
+            let in_flight = tickets.iter().any(|t| *t != CopyTicket::DONE);
+            w.landing = Some(Landing { host, tickets, opts: self.opts });
+            if self.land_at_once || !in_flight {
+                w.land(b)?;
+            }
+        }
+        // The hook's wait is added to this when the copies land.
+        if let Some(line) = w.pending.as_mut() {
+            line.ckpt_block_ms = start.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(done)
+    }
+
+    /// Allocates and page-locks the host buffers of two-stage saves at the
+    /// start of the run, so that no save pays for it: locking 17 GB (and
+    /// faulting it in) takes seconds, which would otherwise block the loop
+    /// at the first save.
+    pub(super) fn prepare<B: Backend>(&mut self, b: &mut B, st: &State<B>, cfg: &Config) -> Result<()> {
+        if !self.async_write || st.off.is_some() {
+            return Ok(());
+        }
+        let mut w = lock(&self.writer);
+        let buffers = &mut w.buffers;
+        if let (0, Some(view)) = (st.zero.rank(), st.zero.full_weights_view()) {
+            let buf = buffers.take(b, WEIGHTS_SLOT, view.len)?;
+            buffers.give_back(WEIGHTS_SLOT, buf);
+        }
+        if st.zero.rank() == 0 || cfg.dist.zero_stage > 0 {
+            for (i, t) in st.opt.state_tensors().iter().filter(|t| t.dtype != DType::U8).enumerate() {
+                let buf = buffers.take(b, state_slot(i), t.view.len)?;
+                buffers.give_back(state_slot(i), buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// The line of the save in flight if its write has finished (never
+    /// blocks); an error if the write failed.
+    pub(super) fn poll(&mut self) -> Result<Option<CkptMetrics>> {
+        let mut w = lock(&self.writer);
+        let written = w.saver.poll();
+        w.take_back_buffers();
+        let written = written?;
+        Ok(w.complete(written))
+    }
+
+    /// Lands and writes the save in flight (the end of the run) and frees
+    /// the host buffers.
+    pub(super) fn finish<B: Backend>(&mut self, b: &mut B) -> Result<Option<CkptMetrics>> {
+        let mut w = lock(&self.writer);
+        w.land(b)?;
+        let written = w.wait()?;
+        w.buffers.release(b);
+        Ok(w.complete(written))
+    }
+}
+
 /// Stage 1 of a two-stage save (a collective at ZeRO-3, which gathers the
-/// weights): this rank's part of the checkpoint copied to host memory;
-/// `None` on a rank that writes nothing (ranks > 0 without ZeRO).
-fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<Option<HostCheckpoint>> {
-    let weights = full_weights(b, st)?;
+/// weights): this rank's part of the checkpoint, its copies to host memory
+/// started (the tickets to wait for); `None` on a rank that writes nothing
+/// (ranks > 0 without ZeRO). The buffers come from `buffers`.
+fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, buffers: &mut SnapshotBuffers) -> Result<Option<(HostCheckpoint, Vec<CopyTicket>)>> {
     let (rank, world) = (st.zero.rank(), st.zero.world());
+    let mut tickets = vec![];
+    // Stage 3 and offloaded runs: today's synchronous weights, on every
+    // rank (a gather at stage 3).
+    let device_weights = st.zero.full_weights_view().filter(|_| st.off.is_none());
+    let weights = match device_weights {
+        Some(view) if rank == 0 => Some(start_download(b, view, buffers, WEIGHTS_SLOT, &mut tickets)?),
+        Some(_) => None,
+        None => Some(full_weights(b, st)?),
+    };
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage == 0 {
         return Ok(None);
@@ -104,13 +258,46 @@ fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Pat
             let (mut h, opt) = off.full_optimizer()?;
             (HostOptState::download(&mut h, opt.as_ref())?, opt.meta())
         }
-        None => (HostOptState::download(b, st.opt.as_ref())?, st.opt.meta()),
+        None => (start_state_download(b, st.opt.as_ref(), buffers, &mut tickets)?, st.opt.meta()),
     };
-    let lead = match rank {
-        0 => Some(LeadParts { layout: st.model.layout.clone(), weights, manifest: manifest(st, cfg, meta)?, keep_last: cfg.train.keep_ckpts }),
+    let lead = match (rank, weights) {
+        (0, Some(weights)) => Some(LeadParts { layout: st.model.layout.clone(), weights, manifest: manifest(st, cfg, meta)?, keep_last: cfg.train.keep_ckpts }),
         _ => None,
     };
-    Ok(Some(HostCheckpoint { run_dir: run_dir.to_path_buf(), step: st.step, rank, sharding, opt, lead }))
+    Ok(Some((HostCheckpoint { run_dir: run_dir.to_path_buf(), step: st.step, rank, sharding, opt, lead }, tickets)))
+}
+
+/// Starts copying `view` into the pool's buffer of `slot`.
+fn start_download<B: Backend>(b: &mut B, view: View, buffers: &mut SnapshotBuffers, slot: usize, tickets: &mut Vec<CopyTicket>) -> Result<Vec<f32>> {
+    let mut host = buffers.take(b, slot, view.len)?;
+    // SAFETY: `host` is read only after its ticket is waited for (the
+    // writer gets it from `Writer::land`, or it is leaked), and the source
+    // is not written before then: `before_update` runs before the next
+    // optimizer update, the only writer of weights and state in the loop
+    // (AutoLRS, which restores weights earlier, lands at once).
+    tickets.push(unsafe { b.download_start(view, &mut host)? });
+    Ok(host)
+}
+
+/// This rank's optimizer state: fp32 tensors by started copies into pool
+/// buffers, 8-bit codes downloaded at once (small, and the copy stream
+/// moves f32 only).
+fn start_state_download<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, buffers: &mut SnapshotBuffers, tickets: &mut Vec<CopyTicket>) -> Result<HostOptState> {
+    let (mut floats, mut bytes) = (vec![], vec![]);
+    for t in opt.state_tensors() {
+        match t.dtype {
+            DType::U8 => {
+                let mut host = vec![0u8; t.view.len];
+                b.download_u8(t.view, &mut host)?;
+                bytes.push((t.name, host));
+            }
+            _ => {
+                let host = start_download(b, t.view, buffers, state_slot(floats.len()), tickets)?;
+                floats.push((t.name, host));
+            }
+        }
+    }
+    Ok(HostOptState { floats, bytes, slices: opt.state_slices() })
 }
 
 /// The full model's fp32 weights on the host: an offloaded run's are its
@@ -218,3 +405,71 @@ fn check_global_batch(loaded: &ckpt::Loaded, cfg: &Config, world: usize) -> Resu
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::super::trainer::{new_state, train_step_at};
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::ckpt::train_state::download_state;
+    use crate::config;
+    use crate::data::Dataset;
+
+    /// The state at a step, downloaded synchronously (the reference).
+    fn state_now(b: &mut CpuBackend, st: &mut State<CpuBackend>) -> (Vec<u32>, Vec<(String, Vec<u32>)>) {
+        let weights = st.zero.full_weights(b).unwrap().iter().map(|x| x.to_bits()).collect();
+        let (floats, _) = download_state(b, st.opt.as_ref()).unwrap();
+        (weights, floats.into_iter().map(|(n, v)| (n, v.iter().map(|x| x.to_bits()).collect())).collect())
+    }
+
+    /// The same, read back from the checkpoint of `step`.
+    fn state_saved(run_dir: &Path, st: &State<CpuBackend>, step: u64) -> (Vec<u32>, Vec<(String, Vec<u32>)>) {
+        let loaded = ckpt::load(&ckpt::step_dir(run_dir, step)).unwrap();
+        let mut weights = vec![0.0f32; st.model.layout.total];
+        ckpt::load_into_layout(&loaded, &st.model.layout, &mut weights).unwrap();
+        let mut floats: Vec<(String, Vec<u32>)> = loaded.optim.iter().map(|t| (t.name.clone(), t.data.iter().map(|x| x.to_bits()).collect())).collect();
+        floats.sort();
+        (weights.iter().map(|x| x.to_bits()).collect(), floats)
+    }
+
+    /// With the CPU backend's deferred copies (a started download lands
+    /// only when waited for, as late as a GPU copy stream may), the
+    /// checkpoint of step N holds step N's weights and optimizer state bit
+    /// for bit although the next step ran before the copies landed; a
+    /// second save into the reused buffers holds its own step's state.
+    #[test]
+    fn checkpoint_holds_its_step_though_copies_land_during_the_next_step() {
+        let data = Dataset::open("builtin").unwrap();
+        let sets: Vec<String> = ["optimizer.name=adamw", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=2", "model.d_ff=64", "train.batch_size=2", "train.seq_len=16", "train.async_checkpoint=true", "train.keep_ckpts=3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let cfg = config::load(None, &sets).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = CpuBackend::new();
+        b.defer_copies(true);
+        let mut st = new_state(&mut b, &cfg, &data, Box::new(crate::dist::SoloComm)).unwrap();
+        let mut ckpts = Checkpoints::new(&cfg);
+        ckpts.prepare(&mut b, &st, &cfg).unwrap();
+        let mut saved = vec![];
+        for round in 0..2 {
+            for _ in 0..2 {
+                train_step_at(&mut b, &mut st, &cfg, 1e-3).unwrap();
+            }
+            let (weights, mut floats) = state_now(&mut b, &mut st);
+            floats.sort();
+            ckpts.save(&mut b, &mut st, &cfg, dir.path()).unwrap();
+            assert!(b.copies_in_flight() > 0, "round {round}: stage 1 should leave its copies in flight");
+            train_step_at(&mut b, &mut st, &cfg, 1e-3).unwrap();
+            assert_eq!(b.copies_in_flight(), 0, "round {round}: the update hook lands the copies");
+            assert_ne!(state_now(&mut b, &mut st).0, weights, "round {round}: the next step should change the weights");
+            saved.push((st.step - 1, weights, floats));
+        }
+        ckpts.finish(&mut b).unwrap();
+        for (step, weights, floats) in saved {
+            let (w, f) = state_saved(dir.path(), &st, step);
+            assert!(w == weights, "step {step}: the checkpoint's weights are not that step's");
+            assert!(f == floats, "step {step}: the checkpoint's optimizer state is not that step's");
+        }
+    }
+}

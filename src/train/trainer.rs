@@ -73,6 +73,8 @@ pub(super) struct State<B: Backend> {
     /// Bad-step policy (guard.rs); its decisions use the global loss and
     /// gradient norm, so every rank decides alike.
     pub(super) guard: Guard,
+    /// A checkpoint's copies to host memory still landing (checkpointing.rs).
+    pub(super) ckpt_hook: super::checkpointing::UpdateHook,
 }
 
 impl<B: Backend> State<B> {
@@ -238,6 +240,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     // Declared after the run folder's lock, so an error exit finishes the
     // write in flight (its Drop) before the lock is released.
     let mut ckpts = super::checkpointing::Checkpoints::new(cfg);
+    ckpts.prepare(&mut b, &st, cfg)?;
     // Each step's learning rate: the schedule, or AutoLRS (whose search runs
     // its trials here, on every rank alike).
     let mut lrs = LrSource::new(cfg, &run_dir, resume.map(|_| st.step), lead)?;
@@ -305,7 +308,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
             break;
         }
     }
-    log_ckpt(metrics.as_mut(), ckpts.finish()?)?;
+    log_ckpt(metrics.as_mut(), ckpts.finish(&mut b)?)?;
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     summary.steps = st.step;
@@ -388,7 +391,7 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         0 => None,
         _ => Some(loader(Split::Val)?),
     };
-    Ok(State { model, zero, opt, off, attn, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t) })
+    Ok(State { model, zero, opt, off, attn, train, val, rng: Rng::new(cfg.seed ^ 0x5A4D_504C), step: 0, guard: Guard::new(t), ckpt_hook: Default::default() })
 }
 
 /// One optimizer step at the schedule's learning rate.
@@ -435,6 +438,8 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     // Bad-step policy (guard.rs): a non-finite or spiking step is not applied.
     let skipped = st.guard.judge(st.step + 1, loss, grad_norm);
     let clip = if !local && t.grad_clip > 0.0 && grad_norm > t.grad_clip { t.grad_clip / grad_norm } else { 1.0 };
+    // A checkpoint taken at the last step boundary lands before the update.
+    super::checkpointing::before_update(b, st)?;
     let opt_start = b.mark()?;
     if skipped.is_none() {
         let (params, grads) = (st.zero.shard_params, st.zero.shard_grads);

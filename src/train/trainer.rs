@@ -13,7 +13,6 @@ use crate::backend::select::{on_device, OnBackend};
 use crate::backend::Backend;
 use crate::dist::Comm;
 use crate::optim::groups::MATRIX_OPTIMIZERS;
-use crate::model::store::ParamStore;
 use crate::parallel::offload::{self, Offload};
 use crate::parallel::zero::Zero;
 use crate::config::Config;
@@ -474,14 +473,7 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
         let batch = val.next_batch()?;
-        let mut offloaded;
-        let store: &mut dyn ParamStore<B> = match st.off.as_mut() {
-            Some(off) => {
-                offloaded = off.store(&mut st.zero);
-                &mut offloaded
-            }
-            None => &mut st.zero,
-        };
+        let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
         sum += st.model.eval_loss_with(b, store, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     }
     Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
@@ -497,14 +489,7 @@ fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     let Some(val) = st.val.as_mut() else { return Ok(true) };
     val.reset();
     let batch = val.next_batch()?;
-    let mut offloaded;
-    let store: &mut dyn ParamStore<B> = match st.off.as_mut() {
-        Some(off) => {
-            offloaded = off.store(&mut st.zero);
-            &mut offloaded
-        }
-        None => &mut st.zero,
-    };
+    let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
     let loss = st.model.eval_loss_with(b, store, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     Ok(st.zero.mean_host(loss)?.is_finite())
 }
@@ -549,14 +534,7 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
     };
     // Every rank samples the same tokens (same RNG): at ZeRO-3 the forward
     // gathers weights, a collective all ranks must join.
-    let mut offloaded;
-    let store: &mut dyn ParamStore<B> = match st.off.as_mut() {
-        Some(off) => {
-            offloaded = off.store(&mut st.zero);
-            &mut offloaded
-        }
-        None => &mut st.zero,
-    };
+    let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
     let ids = sample::generate_in(b, &mut st.model, store, &prompt, opts, tok.eot(), &mut st.rng)?;
     Ok(tok.decode(&ids))
 }

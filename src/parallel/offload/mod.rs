@@ -818,3 +818,53 @@ impl<B: Backend> Optimizer<B> for OnHost {
         0
     }
 }
+
+/// The store a run's passes read through: an offloaded run's (it may
+/// stream the weights: `offload.params = cpu`), else ZeRO's.
+pub enum RunStore<'a, B: Backend> {
+    Offloaded(OffloadStore<'a, B>),
+    Zero(&'a mut Zero<B>),
+}
+
+impl<'a, B: Backend> RunStore<'a, B> {
+    pub fn new(off: Option<&'a mut Offload>, zero: &'a mut Zero<B>) -> Self {
+        match off {
+            Some(off) => RunStore::Offloaded(off.store(zero)),
+            None => RunStore::Zero(zero),
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn ParamStore<B> {
+        match self {
+            RunStore::Offloaded(s) => s,
+            RunStore::Zero(z) => *z,
+        }
+    }
+}
+
+impl<B: Backend> ParamStore<B> for RunStore<'_, B> {
+    fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.inner().fetch(b, unit)
+    }
+    fn release(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.inner().release(b, unit)
+    }
+    fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.inner().fetch_grads(b, unit)
+    }
+    fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        self.inner().grads_done(b, unit)
+    }
+    fn params(&self) -> &ModelViews {
+        match self {
+            RunStore::Offloaded(s) => s.params(),
+            RunStore::Zero(z) => z.params(),
+        }
+    }
+    fn grads(&self) -> &ModelViews {
+        match self {
+            RunStore::Offloaded(s) => s.grads(),
+            RunStore::Zero(z) => z.grads(),
+        }
+    }
+}

@@ -630,6 +630,12 @@ impl Offload {
                 h.refresh_image();
             }
             self.images_ready = true;
+            // Page-locked once: the images keep their memory for the run.
+            let images: Vec<(*const u16, usize)> = self.hosts.iter().flatten().map(|h| (h.image.as_ptr(), h.image.len())).collect();
+            for (p, n) in images {
+                // SAFETY: a unit's image, alive and not resized for the run.
+                self.pin(b, HostSrc::Bf16(unsafe { std::slice::from_raw_parts(p, n) }))?;
+            }
         }
         for unit in self.with_tied(unit) {
             let u = self.unit_index(unit);

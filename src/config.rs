@@ -50,7 +50,8 @@ pub struct Config {
 pub struct OffloadConfig {
     /// `none`, `cpu` or `nvme`.
     pub optimizer: String,
-    /// `none` (only value for now: weights stay on the device).
+    /// `none` (compute weights stay on the device) or `cpu` (they live in
+    /// host memory and stream to the device per unit; needs optimizer = cpu).
     pub params: String,
     /// Folder for the NVMe tier's scratch files (not checkpoints).
     pub path: String,
@@ -74,8 +75,10 @@ impl OffloadConfig {
         }
         match self.params.as_str() {
             "none" => {}
-            "cpu" | "nvme" => bail!("offload.params = {} is not implemented yet: weights stay on the device; use offload.optimizer = cpu or nvme to move the optimizer state and master weights off it", self.params),
-            other => bail!("offload.params = `{other}` is unknown; use none"),
+            "cpu" if self.optimizer == "cpu" => {}
+            "cpu" => bail!("offload.params = cpu needs offload.optimizer = cpu (the weights stream from the host copies the cpu tier keeps)"),
+            "nvme" => bail!("offload.params = nvme is not built yet; use offload.params = cpu (weights in host memory, streamed per layer) or none"),
+            other => bail!("offload.params = `{other}` is unknown; use none or cpu"),
         }
         if self.optimizer == "nvme" && self.path.is_empty() {
             bail!("offload.optimizer = nvme needs offload.path, a folder on a fast local disk for the state files");

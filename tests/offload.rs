@@ -108,6 +108,16 @@ fn overlapped_steps_equal_plain() {
     same_as_plain("adamw8bit", &["offload.optimizer=nvme", "offload.prefetch=3"], &["train.grad_clip=0", "model.tied_embeddings=false"]);
 }
 
+/// `offload.params = cpu`: the weights stream to the device unit by unit
+/// (and the unit ahead is uploaded early); same losses, weights and state
+/// as the plain run, with and without clipping and tied embeddings.
+#[test]
+fn streamed_params_equal_plain() {
+    same_as_plain("adamw", &["offload.optimizer=cpu", "offload.params=cpu"], &[]);
+    same_as_plain("adamw8bit", &["offload.optimizer=cpu", "offload.params=cpu"], &["train.grad_clip=0", "model.tied_embeddings=false"]);
+    same_as_plain("adamw8bit", &["offload.optimizer=cpu", "offload.params=cpu"], &["train.grad_clip=0", "train.checkpoint_layers=true", "train.grad_accum=2"]);
+}
+
 /// Checkpoints are the plain run's: a run killed after step 5 resumes with
 /// another tier (or none) and ends where the uninterrupted run ends.
 #[test]
@@ -223,7 +233,8 @@ fn offload_settings_are_validated() {
     };
     assert!(load(&["offload.optimizer=gpu"]).contains("none, cpu or nvme"));
     assert!(load(&["offload.optimizer=nvme"]).contains("offload.path"));
-    assert!(load(&["offload.params=cpu"]).contains("not implemented yet"));
+    assert!(load(&["offload.params=cpu"]).contains("needs offload.optimizer = cpu"));
+    assert!(load(&["offload.params=nvme", "offload.optimizer=cpu"]).contains("not built yet"));
     assert!(load(&["offload.optimizer=cpu", "optimizer.name=muon"]).contains("adamw or adamw8bit"));
 }
 
@@ -338,5 +349,38 @@ fn info_equals_an_offloaded_runs_device_allocations() {
         drop(store);
         off.finish(&mut b, &mut zero, 0.0).unwrap();
         assert_eq!(peak, est.comm_buffers, "tied {tied}: gradient buffers vs info");
+    }
+}
+
+/// `offload.params = cpu`: no weights on the device at rest, and at most
+/// `info`'s window of streamed units during a step (a bound: the two
+/// largest neighbouring units, plus tied embeddings).
+#[test]
+fn streamed_weights_stay_within_infos_window() {
+    use ferrotron::model::{Model, Recompute};
+    let tmp = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let c = cfg(tmp.path(), "x", &["model.preset=tiny-llama", "offload.optimizer=cpu", "offload.params=cpu", "train.grad_clip=0", &format!("model.tied_embeddings={tied}")]);
+        let est = ferrotron::telemetry::memory::estimate(&c);
+        let layout = ParamLayout::new(&c.model);
+        let weights = init_weights(&c.model, &layout, 1);
+        let mut b = CpuBackend::new();
+        let mut zero = Zero::new_streamed(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm)).unwrap();
+        assert_eq!(b.live_memory_bytes(), 0, "tied {tied}: nothing on the device at rest");
+        let mut off = Offload::new(&c, &layout, &weights).unwrap();
+        let mut model = Model::new_bare(&c.model, Recompute::Off);
+        let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+        model.eval_loss_in(&mut b, &mut off.store(&mut zero), &tokens, &tokens, 2, 32).unwrap();
+        let base = b.live_memory_bytes();
+        off.begin_step(1e-3, 0.0).unwrap();
+        let mut store = off.store(&mut zero);
+        let mut probe = Peak { inner: &mut store, base, peak: 0 };
+        model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
+        let peak = probe.peak;
+        drop(store);
+        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        println!("tied {tied}: streamed weights + gradients peak {peak} B, info {} + {} B, whole model {} B", est.weights, est.comm_buffers, 4 * layout.total);
+        assert!(peak <= est.weights + est.comm_buffers, "tied {tied}: peak {peak} above info's {} + {}", est.weights, est.comm_buffers);
+        assert!(est.weights < 4 * layout.total as u64, "tied {tied}: the window is less than the model");
     }
 }

@@ -111,7 +111,8 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
         // (all of them across micro-batches when accumulating).
         let part = Partition::new(&cfg.model, &layout, 1, false);
         let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
-        return MemoryEstimate { params, weights: act * params, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
+        let weights = if cfg.offload.params == "cpu" { act * streamed_window(cfg, &part) } else { act * params };
+        return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
     }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
@@ -236,6 +237,16 @@ fn offload_grad_buffers(cfg: &Config, part: &Partition) -> u64 {
     let lag = crate::parallel::offload::COPY_LAG;
     let window = (0..backward.len()).map(|k| backward[k.saturating_sub(lag)..=k].iter().sum::<u64>()).max().unwrap_or(0);
     FP32 * (window + if tied { lens[0] } else { 0 })
+}
+
+/// `offload.params = cpu` (parallel::offload::stream): elements of the
+/// weights on the device at their peak, bounded by the two largest
+/// neighbouring units (the one computing and the one uploaded ahead) plus
+/// the embeddings when the head reads them (tied).
+fn streamed_window(cfg: &Config, part: &Partition) -> u64 {
+    let lens: Vec<u64> = part.units.iter().map(|r| r.len() as u64).collect();
+    let pair = lens.windows(2).map(|w| w[0] + w[1]).max().unwrap_or(lens[0]);
+    pair + if cfg.model.tied_embeddings { lens[0] } else { 0 }
 }
 
 /// Element counts of what the forward pass keeps for backward, split by

@@ -113,13 +113,15 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let sp = cfg.dist.sp.max(1);
     let sp_note = if sp > 1 { format!(", Ulysses sp {sp}") } else { String::new() };
     let who = if world > 1 || stage > 0 || sp > 1 { format!("one rank of {world}, ZeRO stage {stage}{sp_note}") } else { "one process".into() };
-    heading(out, &format!("Memory, {who} ({}: {})", cfg.device, precision_note(&cfg.device)));
+    let precision = if cfg.offload.enabled() && cfg.device == "cuda" { "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations" } else { precision_note(&cfg.device) };
+    heading(out, &format!("Memory, {who} ({}: {precision})", cfg.device));
     let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
-    row(out, "weights", &human_bytes(est.weights), &sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }));
+    let weights_note = if cfg.offload.params == "cpu" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }) };
+    row(out, "weights", &human_bytes(est.weights), &weights_note);
     row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
     optimizer_row(out, cfg, &est);
     if est.comm_buffers > 0 && cfg.offload.enabled() {
-        row(out, "unit gradient buffers", &human_bytes(est.comm_buffers), "a unit's gradients until they are copied to the host");
+        row(out, "unit gradient buffers", &human_bytes(est.comm_buffers), "the backward unit's gradients and those of the units still being copied to the host");
     } else if est.comm_buffers > 0 {
         row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), if stage == 3 { "a unit's gathered weights + gradients at the peak" } else { "a unit's gradients before reduce-scatter" });
     }

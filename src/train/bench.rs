@@ -37,6 +37,9 @@ pub struct BenchResult {
     /// With `--profile`: (op, calls per step, ms per step), slowest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<(String, f64, f64)>>,
+    /// Offloaded runs: each timed step's host-side phases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offload: Vec<crate::parallel::offload::timing::OffloadTimes>,
 }
 
 pub fn bench_train(cfg: &Config, warmup: usize, steps: usize, export_init: Option<&Path>, profile: bool) -> Result<BenchResult> {
@@ -97,7 +100,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         };
         crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
     }
-    let (mut step_ms, mut losses) = (Vec::new(), Vec::new());
+    let (mut step_ms, mut losses, mut offload) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         if i == warmup {
             after_warmup(&mut b);
@@ -106,6 +109,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         if i >= warmup {
             step_ms.push(line.step_ms);
             losses.push(line.loss);
+            offload.extend(line.offload);
         }
     }
     let median = median(&step_ms);
@@ -129,6 +133,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         step_ms,
         losses,
         profile: None,
+        offload,
     };
     Ok((result, b))
 }

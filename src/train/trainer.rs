@@ -365,7 +365,10 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
     let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
-        let zero = Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights)?;
+        let zero = match cfg.offload.params.as_str() {
+            "cpu" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
+            _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights)?,
+        };
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         (zero, Box::new(offload::OnHost { name }), Some(Offload::new(cfg, &model.layout, &weights)?))
     } else {
@@ -504,7 +507,8 @@ fn evaluate<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config) -> Result<f3
     let mut sum = 0.0f64;
     for _ in 0..t.eval_batches.max(1) {
         let batch = val.next_batch()?;
-        sum += st.model.eval_loss_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
+        let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
+        sum += st.model.eval_loss_with(b, store, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     }
     Ok(st.zero.mean_host(sum / t.eval_batches.max(1) as f64)? as f32)
 }
@@ -519,7 +523,8 @@ fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
     let Some(val) = st.val.as_mut() else { return Ok(true) };
     val.reset();
     let batch = val.next_batch()?;
-    let loss = st.model.eval_loss_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
+    let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
+    let loss = st.model.eval_loss_with(b, store, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq)? as f64;
     Ok(st.zero.mean_host(loss)?.is_finite())
 }
 
@@ -570,6 +575,7 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
     };
     // Every rank samples the same tokens (same RNG): at ZeRO-3 the forward
     // gathers weights, a collective all ranks must join.
-    let ids = sample::generate_in(b, &mut st.model, &mut st.zero, &prompt, opts, tok.eot(), &mut st.rng)?;
+    let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
+    let ids = sample::generate_in(b, &mut st.model, store, &prompt, opts, tok.eot(), &mut st.rng)?;
     Ok(tok.decode(&ids))
 }

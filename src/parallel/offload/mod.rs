@@ -31,13 +31,17 @@
 pub mod budget;
 pub mod host_optimizer;
 pub mod nvme;
+pub mod store;
+pub mod stream;
 pub mod timing;
+
+pub use store::{OffloadStore, RunStore};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BufId, CopyTicket, DType, HostSrc, View};
 use crate::config::{Config, OptimizerConfig};
 use crate::model::layout::ParamLayout;
-use crate::model::store::{unit_ranges, ParamStore, Unit};
+use crate::model::store::{unit_ranges, Unit};
 use crate::model::views::ModelViews;
 use crate::optim::{Optimizer, StateTensor};
 use crate::parallel::zero::Zero;
@@ -163,6 +167,11 @@ pub struct Offload {
     uploading: Vec<(CopyTicket, UnitHost)>,
     /// Host ranges this offload had the backend pin (start addresses).
     pinned: HashSet<usize>,
+    /// `offload.params = cpu`: the weights stream to the device per unit.
+    stream: Option<stream::Streamed>,
+    /// The units' bf16 images match their master weights (CUDA, before
+    /// the first step and after the weights were replaced).
+    images_ready: bool,
 }
 
 impl Offload {
@@ -170,6 +179,7 @@ impl Offload {
     /// in host memory or (nvme) in a new scratch folder under `offload.path`.
     pub fn new(cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        ensure!(cfg.offload.params == "none" || cfg.offload.optimizer == "cpu", "offload.params = {} needs offload.optimizer = cpu (the weights stream from the host copies of the cpu tier)", cfg.offload.params);
         let tier = match cfg.offload.optimizer.as_str() {
             "cpu" => Tier::Cpu,
             "nvme" => Tier::Nvme,
@@ -227,6 +237,8 @@ impl Offload {
             landing: VecDeque::new(),
             uploading: Vec::new(),
             pinned: HashSet::new(),
+            stream: (cfg.offload.params == "cpu").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
+            images_ready: false,
         })
     }
 
@@ -280,7 +292,11 @@ impl Offload {
         tx.send(msg).map_err(|_| anyhow!("the offload optimizer thread stopped (an earlier error or panic)"))
     }
 
-    fn dispatch(&mut self, u: usize, grads: Vec<f32>, clip: f32) -> Result<()> {
+    fn dispatch<B: Backend>(&mut self, b: &mut B, u: usize, grads: Vec<f32>, clip: f32) -> Result<()> {
+        // A streamed unit's upload reads the host the step will change.
+        if let Some(s) = self.stream.as_mut() {
+            s.settle(b, u)?;
+        }
         let host = self.hosts[u].take();
         ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
         self.send(Msg::Job(Job { unit: u, host, grads, lr: self.lr, clip, meta: self.meta.clone() }))?;
@@ -292,7 +308,11 @@ impl Offload {
     /// bit for bit), every unit's step done and its weights uploaded into
     /// `zero`'s device weights. Returns the norm.
     pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
-        if let Err(e) = self.land_all(b) {
+        let idle = match self.stream.as_mut() {
+            Some(s) => s.clear_idle(b),
+            None => Ok(()),
+        };
+        if let Err(e) = idle.and_then(|_| self.land_all(b)) {
             self.abandon_copies(b);
             return Err(e);
         }
@@ -304,7 +324,7 @@ impl Offload {
             let clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
             for u in (0..units).rev() {
                 let g = self.host_grads[u].take().expect("checked above");
-                self.dispatch(u, g, clip)?;
+                self.dispatch(b, u, g, clip)?;
             }
             norm = Some(n);
         }
@@ -355,6 +375,13 @@ impl Offload {
             self.spare_grads[d.unit] = d.grads;
         }
         let host = d.host;
+        if self.stream.is_some() {
+            // The weights go to the device when the next pass fetches them.
+            let u = host.unit;
+            self.hosts[u] = Some(host);
+            self.times.offload_h2d_ms += ms_since(t);
+            return Ok(());
+        }
         let src = if b.compute_is_bf16() { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
         self.pin(b, src)?;
         // SAFETY: `host` (and so `src`) stays in `uploading`, unchanged,
@@ -411,7 +438,7 @@ impl Offload {
         self.times.offload_d2h_ms += ms_since(t);
         out?;
         if self.overlap {
-            self.dispatch(l.u, l.host, 1.0)
+            self.dispatch(b, l.u, l.host, 1.0)
         } else {
             self.host_grads[l.u] = Some(l.host);
             Ok(())
@@ -449,6 +476,7 @@ impl Offload {
             let w = &weights[self.ranges[u].clone()];
             self.with_unit(u, |h| h.set_master(w))?;
         }
+        self.images_ready = false;
         Ok(())
     }
 
@@ -596,6 +624,33 @@ impl Offload {
         Ok(())
     }
 
+    /// `offload.params = cpu`: brings `unit` (and, tied, the embeddings)
+    /// to the device from the host, and the next unit ahead.
+    fn fetch_streamed<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+        let bf16 = b.compute_is_bf16();
+        if bf16 && !self.images_ready {
+            for h in self.hosts.iter_mut().flatten() {
+                h.refresh_image();
+            }
+            self.images_ready = true;
+            // Page-locked once: the images keep their memory for the run.
+            let images: Vec<(*const u16, usize)> = self.hosts.iter().flatten().map(|h| (h.image.as_ptr(), h.image.len())).collect();
+            for (p, n) in images {
+                // SAFETY: a unit's image, alive and not resized for the run.
+                self.pin(b, HostSrc::Bf16(unsafe { std::slice::from_raw_parts(p, n) }))?;
+            }
+        }
+        for unit in self.with_tied(unit) {
+            let u = self.unit_index(unit);
+            let (hosts, ranges) = (&self.hosts, &self.ranges);
+            let src_of = |v: usize| {
+                hosts[v].as_ref().map(|h| (ranges[v].start, if bf16 { HostSrc::Bf16(&h.image) } else { HostSrc::F32(h.master()) }))
+            };
+            self.stream.as_mut().expect("streaming").fetch(b, u, src_of)?;
+        }
+        Ok(())
+    }
+
     /// The store the passes run with: `zero` (stage 0, one process) holds
     /// the device weights, this offload the gradients.
     pub fn store<'a, B: Backend>(&'a mut self, zero: &'a mut Zero<B>) -> OffloadStore<'a, B> {
@@ -702,33 +757,6 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         files.write(&mut host)?;
     }
     Ok(Done { unit: u, host, grads, opt_ms: ms_since(t) })
-}
-
-/// The parameter store of an offloaded run.
-pub struct OffloadStore<'a, B: Backend> {
-    zero: &'a mut Zero<B>,
-    off: &'a mut Offload,
-}
-
-impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
-    fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        self.zero.fetch(b, unit)
-    }
-    fn release(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        self.zero.release(b, unit)
-    }
-    fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        self.off.fetch_grads(b, unit)
-    }
-    fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        self.off.grads_done(b, unit)
-    }
-    fn params(&self) -> &ModelViews {
-        self.zero.params()
-    }
-    fn grads(&self) -> &ModelViews {
-        &self.off.gv
-    }
 }
 
 /// Stands in for the device optimizer of an offloaded run (the state is

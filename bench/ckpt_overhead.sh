@@ -41,9 +41,14 @@ run() { # name, extra --set pairs
   cp "$RUNS/$name/metrics.jsonl" "$OUT/$name.metrics.jsonl" 2>/dev/null
   rm -rf "$RUNS"
 }
-run none --set train.ckpt_every=0
-run async --set train.ckpt_every=100 --set train.async_checkpoint=true
-run sync --set train.ckpt_every=100 --set train.async_checkpoint=false
+# MODES picks the runs (default all three), e.g. MODES="none async".
+for m in ${MODES:-none async sync}; do
+  case $m in
+    none) run none --set train.ckpt_every=0 ;;
+    async) run async --set train.ckpt_every=100 --set train.async_checkpoint=true ;;
+    sync) run sync --set train.ckpt_every=100 --set train.async_checkpoint=false ;;
+  esac
+done
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
 import json, sys, os
 out = sys.argv[1]

@@ -8,10 +8,10 @@ grep -qx '/.dev/' .git/info/exclude 2>/dev/null || echo '/.dev/' >> .git/info/ex
 cargo build --release
 mkdir -p .dev
 cp target/release/ferrotron .dev/ferrotron
-for t in cuda_ops cuda_model cuda_optim cuda_zero dist_nccl cuda_offload ulysses onebit; do
+for t in ${TESTS:-cuda_ops cuda_model cuda_optim cuda_zero dist_nccl cuda_offload ulysses onebit}; do
   exe=$(cargo test --release --no-run --test $t --message-format=json 2>/dev/null \
         | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
   cp "$exe" .dev/$t
 done
-strip .dev/ferrotron .dev/cuda_* .dev/ulysses .dev/onebit
+strip .dev/*
 ls -la .dev

@@ -75,6 +75,22 @@ pub(crate) fn shards_dir(run_dir: &Path, step: u64) -> PathBuf {
 
 /// This rank's optimizer state, downloaded: (fp32 tensors, byte tensors).
 pub fn download_state<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>) -> Result<(Vec<(String, Vec<f32>)>, Vec<(String, Vec<u8>)>)> {
+    collect_state(b, opt, |b, view, _| {
+        let mut host = vec![0.0; view.len];
+        b.download(view, &mut host)?;
+        Ok(host)
+    })
+}
+
+/// This rank's optimizer state on the host: byte tensors (8-bit codes)
+/// downloaded here, fp32 tensors by `floats_of(backend, view, index among
+/// the fp32 tensors)` (a plain download, or a copy started into a reused
+/// buffer).
+pub fn collect_state<B: Backend>(
+    b: &mut B,
+    opt: &dyn Optimizer<B>,
+    mut floats_of: impl FnMut(&mut B, crate::backend::View, usize) -> Result<Vec<f32>>,
+) -> Result<(Vec<(String, Vec<f32>)>, Vec<(String, Vec<u8>)>)> {
     let (mut floats, mut bytes) = (vec![], vec![]);
     for t in opt.state_tensors() {
         match t.dtype {
@@ -84,8 +100,7 @@ pub fn download_state<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>) -> Result<(
                 bytes.push((t.name, host));
             }
             _ => {
-                let mut host = vec![0.0; t.view.len];
-                b.download(t.view, &mut host)?;
+                let host = floats_of(b, t.view, floats.len())?;
                 floats.push((t.name, host));
             }
         }

@@ -283,20 +283,7 @@ fn start_download<B: Backend>(b: &mut B, view: View, buffers: &mut SnapshotBuffe
 /// buffers, 8-bit codes downloaded at once (small, and the copy stream
 /// moves f32 only).
 fn start_state_download<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, buffers: &mut SnapshotBuffers, tickets: &mut Vec<CopyTicket>) -> Result<HostOptState> {
-    let (mut floats, mut bytes) = (vec![], vec![]);
-    for t in opt.state_tensors() {
-        match t.dtype {
-            DType::U8 => {
-                let mut host = vec![0u8; t.view.len];
-                b.download_u8(t.view, &mut host)?;
-                bytes.push((t.name, host));
-            }
-            _ => {
-                let host = start_download(b, t.view, buffers, state_slot(floats.len()), tickets)?;
-                floats.push((t.name, host));
-            }
-        }
-    }
+    let (floats, bytes) = train_state::collect_state(b, opt, |b, view, i| start_download(b, view, buffers, state_slot(i), tickets))?;
     Ok(HostOptState { floats, bytes, slices: opt.state_slices() })
 }
 

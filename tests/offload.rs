@@ -319,13 +319,30 @@ impl ferrotron::model::store::ParamStore<CpuBackend> for Peak<'_> {
     }
 }
 
+/// Device bytes above the resting state at their peak over one offloaded
+/// training step (after an evaluation pass has made every lazy buffer).
+fn offloaded_step_peak(c: &Config, b: &mut CpuBackend, zero: &mut Zero<CpuBackend>, off: &mut Offload) -> u64 {
+    use ferrotron::model::{Model, Recompute};
+    let mut model = Model::new_bare(&c.model, Recompute::Off);
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
+    model.eval_loss_in(b, &mut off.store(zero), &tokens, &tokens, 2, 32).unwrap();
+    let base = b.live_memory_bytes();
+    off.begin_step(1e-3, 0.0).unwrap();
+    let mut store = off.store(zero);
+    let mut probe = Peak { inner: &mut store, base, peak: 0 };
+    model.forward_backward_in(b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
+    let peak = probe.peak;
+    drop(store);
+    off.finish(b, zero, 0.0).unwrap();
+    peak
+}
+
 /// `info`'s device bytes of an offloaded run equal what it allocates: the
 /// compute weights exactly, no gradients or state at rest, and the
 /// gradient buffers at their peak over a step with copies in flight (the
 /// copy-stream twin keeps them there as long as a GPU may).
 #[test]
 fn info_equals_an_offloaded_runs_device_allocations() {
-    use ferrotron::model::{Model, Recompute};
     let tmp = tempfile::tempdir().unwrap();
     for tied in [true, false] {
         let c = cfg(tmp.path(), "x", &["model.preset=tiny-llama", "offload.optimizer=cpu", "train.grad_clip=0", &format!("model.tied_embeddings={tied}")]);
@@ -337,17 +354,7 @@ fn info_equals_an_offloaded_runs_device_allocations() {
         let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
         assert_eq!(b.live_memory_bytes(), est.weights + est.grads + est.optimizer_state.unwrap(), "tied {tied}: allocated vs info");
         let mut off = Offload::new(&c, &layout, &weights).unwrap();
-        let mut model = Model::new_bare(&c.model, Recompute::Off);
-        let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
-        model.eval_loss_in(&mut b, &mut off.store(&mut zero), &tokens, &tokens, 2, 32).unwrap();
-        let base = b.live_memory_bytes();
-        off.begin_step(1e-3, 0.0).unwrap();
-        let mut store = off.store(&mut zero);
-        let mut probe = Peak { inner: &mut store, base, peak: 0 };
-        model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
-        let peak = probe.peak;
-        drop(store);
-        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        let peak = offloaded_step_peak(&c, &mut b, &mut zero, &mut off);
         assert_eq!(peak, est.comm_buffers, "tied {tied}: gradient buffers vs info");
     }
 }
@@ -357,7 +364,6 @@ fn info_equals_an_offloaded_runs_device_allocations() {
 /// largest neighbouring units, plus tied embeddings).
 #[test]
 fn streamed_weights_stay_within_infos_window() {
-    use ferrotron::model::{Model, Recompute};
     let tmp = tempfile::tempdir().unwrap();
     for tied in [true, false] {
         let c = cfg(tmp.path(), "x", &["model.preset=tiny-llama", "offload.optimizer=cpu", "offload.params=cpu", "train.grad_clip=0", &format!("model.tied_embeddings={tied}")]);
@@ -368,17 +374,7 @@ fn streamed_weights_stay_within_infos_window() {
         let mut zero = Zero::new_streamed(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm)).unwrap();
         assert_eq!(b.live_memory_bytes(), 0, "tied {tied}: nothing on the device at rest");
         let mut off = Offload::new(&c, &layout, &weights).unwrap();
-        let mut model = Model::new_bare(&c.model, Recompute::Off);
-        let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 200) as u32).collect();
-        model.eval_loss_in(&mut b, &mut off.store(&mut zero), &tokens, &tokens, 2, 32).unwrap();
-        let base = b.live_memory_bytes();
-        off.begin_step(1e-3, 0.0).unwrap();
-        let mut store = off.store(&mut zero);
-        let mut probe = Peak { inner: &mut store, base, peak: 0 };
-        model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap();
-        let peak = probe.peak;
-        drop(store);
-        off.finish(&mut b, &mut zero, 0.0).unwrap();
+        let peak = offloaded_step_peak(&c, &mut b, &mut zero, &mut off);
         println!("tied {tied}: streamed weights + gradients peak {peak} B, info {} + {} B, whole model {} B", est.weights, est.comm_buffers, 4 * layout.total);
         assert!(peak <= est.weights + est.comm_buffers, "tied {tied}: peak {peak} above info's {} + {}", est.weights, est.comm_buffers);
         assert!(est.weights < 4 * layout.total as u64, "tied {tied}: the window is less than the model");

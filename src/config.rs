@@ -108,6 +108,12 @@ pub struct DebugConfig {
     /// for tests of the launcher's heartbeat watch.
     pub hang_step: u64,
     pub hang_rank: usize,
+    /// An offloaded run (`offload.optimizer = cpu | nvme`, `offload.params =
+    /// none`) keeps fp32 weights on the device (plus the GEMMs' bf16
+    /// shadow) instead of bf16 only: the plain run's arithmetic in the
+    /// passes, for tests that separate the host optimizer from bf16
+    /// weight rounding.
+    pub offload_fp32_weights: bool,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself

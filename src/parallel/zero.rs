@@ -104,7 +104,7 @@ impl<B: Backend> Zero<B> {
     /// rank) for `stage`. `whole_tensors`: the optimizer needs whole
     /// matrices (see `Partition`).
     pub fn new(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32]) -> Result<Self> {
-        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, true, true)
+        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, true, true, true)
     }
 
     /// Stage 0 without the gradient buffer, weights in the compute dtype:
@@ -112,24 +112,25 @@ impl<B: Backend> Zero<B> {
     /// on the host and each unit's gradients on the device only while its
     /// backward runs, so the device holds just what the passes read (bf16
     /// on CUDA: 2 bytes per parameter instead of 4 + a 2-byte shadow).
-    pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32]) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, weights, false, true)
+    /// `fp32`: keep fp32 weights instead (`debug.offload_fp32_weights`).
+    pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32], fp32: bool) -> Result<Self> {
+        Self::build(b, cfg, layout, 0, comm, false, weights, false, true, fp32)
     }
 
     /// [`Zero::new_offloaded`] with no weights on the device at all
     /// (`offload.params = cpu`: the offload's store streams them per unit).
     pub fn new_streamed(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, &vec![0.0; layout.total], false, false)
+        Self::build(b, cfg, layout, 0, comm, false, &vec![0.0; layout.total], false, false, false)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], device_grads: bool, device_weights: bool) -> Result<Self> {
+    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], device_grads: bool, device_weights: bool, fp32_weights: bool) -> Result<Self> {
         ensure!(stage <= 3, "dist.zero_stage = {stage}: use 0, 1, 2 or 3");
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         let (rank, world) = (comm.rank(), comm.world());
         let part = Partition::new(cfg, layout, if stage == 0 { 1 } else { world }, whole_tensors);
         let units = part.units.len();
-        let weight_dtype = if device_grads { DType::F32 } else { DType::Compute };
+        let weight_dtype = if fp32_weights { DType::F32 } else { DType::Compute };
         let full_params = if stage <= 2 && device_weights { Some(b.alloc(layout.total, weight_dtype)?) } else { None };
         let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
         let (shard_params, shard_grads) = if stage == 0 {

@@ -367,7 +367,7 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
         let zero = match cfg.offload.params.as_str() {
             "cpu" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
-            _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights)?,
+            _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         (zero, Box::new(offload::OnHost { name }), Some(Offload::new(cfg, &model.layout, &weights)?))

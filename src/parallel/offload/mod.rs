@@ -172,6 +172,8 @@ pub struct Offload {
     /// The units' bf16 images match their master weights (CUDA, before
     /// the first step and after the weights were replaced).
     images_ready: bool,
+    /// `debug.offload_fp32_weights`: the device holds fp32 weights.
+    fp32_device: bool,
 }
 
 impl Offload {
@@ -239,6 +241,7 @@ impl Offload {
             pinned: HashSet::new(),
             stream: (cfg.offload.params == "cpu").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
             images_ready: false,
+            fp32_device: cfg.debug.offload_fp32_weights,
         })
     }
 
@@ -382,7 +385,7 @@ impl Offload {
             self.times.offload_h2d_ms += ms_since(t);
             return Ok(());
         }
-        let src = if b.compute_is_bf16() { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
+        let src = if b.compute_is_bf16() && !self.fp32_device { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
         self.pin(b, src)?;
         // SAFETY: `host` (and so `src`) stays in `uploading`, unchanged,
         // until finish_uploads waits for the ticket.

@@ -6,15 +6,25 @@
 //! and the passes run in bf16, so runs drift apart slowly instead of
 //! matching bit for bit (on the CPU backend they do: tests/offload.rs).
 //! Tolerance: every step's loss within 2% of the plain run's, and the final
-//! weights within 2% (relative Frobenius norm of the difference) — the
-//! level at which two plain CUDA runs with a different kernel order agree
-//! after 50 steps on this model, far below what a wrong update (a missing
-//! bias correction gives > 10% after 3 steps) would show. The offloaded
-//! runs keep only bf16 weights on the device (norm and embedding weights
-//! are read in bf16 too, where the plain run reads fp32): the same 2%
-//! holds, as the bf16 passes dominate the difference. Both clipping (steps
-//! after backward) and no clipping (steps overlapping backward, gradient
-//! copies on the copy stream in flight behind it) are run.
+//! weights within 2% (relative Frobenius norm of the difference), far
+//! below what a wrong update (a missing bias correction gives > 10% after
+//! 3 steps) would show. The offloaded runs keep only bf16 weights on the
+//! device (norm and embedding weights are read in bf16 too, where the
+//! plain run reads fp32, as DeepSpeed's and FSDP2's bf16 parameters do).
+//! Both clipping (steps after backward) and no clipping (steps overlapping
+//! backward, gradient copies on the copy stream in flight behind it) are
+//! run.
+//!
+//! Learning rate 1e-3, not the 2e-3 these tests used until 2026-12-02: at
+//! 2e-3 this model's loss spikes (to 5.1 at step 12 with clipping, 9.3
+//! without), and inside a spike the bf16 passes amplify any difference:
+//! measured on the H200 (bench/results/gpu_2026-12-02c.md, call 1), an
+//! offloaded run with fp32 device weights, whose passes read exactly what
+//! the plain run's read (only the optimizer kernel's rounding differs),
+//! was 1.5% off the plain loss at step 25, and the bf16-weight run 7.2% at
+//! step 12, while the same offloaded run twice was bit-identical (no copy
+//! race). A comparison there measures the spike, not the offload. The
+//! bound itself is unchanged.
 
 use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::ckpt;
@@ -36,7 +46,7 @@ fn cfg(dir: &Path, name: &str, extra: &[String]) -> Config {
     let mut sets: Vec<String> = [
         "device=cuda", "train.steps=50", "train.batch_size=4", "train.seq_len=64", "train.eval_every=50", "train.eval_batches=1",
         "train.ckpt_every=50", "train.samples=0", "train.warmup_steps=5", "run.progress=false",
-        "model.d_model=128", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=4", "model.d_ff=256", "optimizer.lr=2e-3",
+        "model.d_model=128", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=4", "model.d_ff=256", "optimizer.lr=1e-3",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -81,7 +91,8 @@ fn offloaded_cuda_runs_track_the_plain_run() {
             let diff: f64 = wp.iter().zip(&wo).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
             let norm: f64 = wp.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
             assert!(diff <= 0.02 * norm, "{name}: weights differ by {:.4} relative", diff / norm);
-            println!("{name}: final loss {} vs {}, weights rel diff {:.2e}", off.losses[49], plain.losses[49], diff / norm);
+            let (gap, at) = worst_gap(&plain.losses, &off.losses);
+            println!("{name}: final loss {} vs {}, worst step gap {gap:.2e} (step {at}), weights rel diff {:.2e}", off.losses[49], plain.losses[49], diff / norm);
         }
     }
 }

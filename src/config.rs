@@ -918,8 +918,9 @@ impl Config {
         check_rope(m)?;
         if self.device == "cuda" && !crate::backend::cuda::supports_head_dim(m.head_dim()) {
             bail!(
-                "head size d_model / n_heads = {} is not supported by the CUDA attention kernels (supported: {:?}); use device=cpu, or choose model.n_heads so the head size is one of those",
+                "head size d_model / n_heads = {} is not supported by the CUDA attention kernels (1 to {}; the tensor-core kernels take {:?}); use device=cpu, or more model.n_heads",
                 m.head_dim(),
+                crate::backend::cuda::MAX_HEAD_DIM,
                 crate::backend::cuda::HEAD_DIMS
             );
         }

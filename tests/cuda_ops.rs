@@ -634,7 +634,12 @@ fn attention_cases(h: &mut H) {
     attention_case(h, AttnShape { batch: 1, seq: 513, heads: 2, kv_heads: 2, head_dim: 64 });
     attention_case(h, AttnShape { batch: 2, seq: 257, heads: 4, kv_heads: 2, head_dim: 128 });
     attention_case(h, AttnShape { batch: 1, seq: 384, heads: 3, kv_heads: 1, head_dim: 128 });
-    let s = AttnShape { batch: 1, seq: 8, heads: 2, kv_heads: 2, head_dim: 48 };
+    // Head sizes off the tensor-core list run on the CUDA-core kernels,
+    // padded to the next multiple of 32 (zero columns), GQA included.
+    for d in [16, 24, 48, 80] {
+        attention_case(h, AttnShape { batch: 2, seq: 100, heads: 4, kv_heads: 2, head_dim: d });
+    }
+    let s = AttnShape { batch: 1, seq: 8, heads: 2, kv_heads: 2, head_dim: 160 };
     let err = h.g.attention_fwd(View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), View::whole(ferrotron::backend::BufId(0), 1), s);
     println!("unsupported head_dim -> {:?}", err.as_ref().err().map(|e| e.to_string()));
     assert!(err.is_err());

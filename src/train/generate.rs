@@ -45,7 +45,7 @@ pub fn generate_from_run(run: &Path, prompt: &str, opts: SampleOptions, count: u
     let tok = Tokenizer::of_run(run).with_context(|| format!("reading the tokenizer of run {}", run.display()))?;
     let d = cfg.model.head_dim();
     let device = if device == "cuda" && !crate::backend::cuda::supports_head_dim(d) {
-        eprintln!("note: head size {d} is not supported by the CUDA attention kernels (supported: {:?}); generating on the CPU", crate::backend::cuda::HEAD_DIMS);
+        eprintln!("note: head size {d} is not supported by the CUDA attention kernels (1 to {}); generating on the CPU", crate::backend::cuda::MAX_HEAD_DIM);
         "cpu"
     } else {
         device

@@ -32,11 +32,12 @@ pub(crate) use device::RawView;
 /// For dist::nccl (the communicator's stream and its events).
 pub(crate) use streams::{event_done, record, stream_waits};
 
-pub use ops::attention::HEAD_DIMS;
+pub use ops::attention::{HEAD_DIMS, MAX_HEAD_DIM};
 
-/// Whether the CUDA attention kernels implement this head size ([`HEAD_DIMS`]).
+/// Whether the CUDA attention kernels implement this head size (any up to
+/// [`MAX_HEAD_DIM`]; the tensor-core paths take [`HEAD_DIMS`]).
 pub fn supports_head_dim(d: usize) -> bool {
-    HEAD_DIMS.contains(&d)
+    (1..=MAX_HEAD_DIM).contains(&d)
 }
 
 use crate::backend::{backend_ops, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};

@@ -23,30 +23,32 @@ __device__ __forceinline__ i64 qcol(const AttnDims& a, int h, int d) { return (i
 __device__ __forceinline__ i64 kcol(const AttnDims& a, int g, int d) { return (i64)(a.H + g) * d; }
 __device__ __forceinline__ i64 vcol(const AttnDims& a, int g, int d) { return (i64)(a.H + a.KV + g) * d; }
 
-// Load rows [r0, r0+TILE) of one head (column offset `col`) into smem with
-// row stride `ld`; rows >= T are zero.
+// Load rows [r0, r0+TILE) of one head (column offset `col`, `hd` values a
+// row) into smem with row stride `ld`, padded with zeros to D columns;
+// rows >= T are zero. Zero columns add nothing to the dot products, so a
+// head size hd <= D = 32*DP runs on the D kernel.
 __device__ __forceinline__ void load_tile(float* dst, int ld_, const void* src, int dt, i64 row_base, int r0, int T,
-                                          i64 width, i64 col, int D) {
+                                          i64 width, i64 col, int D, int hd) {
     for (int idx = threadIdx.x; idx < TILE * D; idx += blockDim.x) {
         int r = idx / D, d = idx % D;
         int t = r0 + r;
-        dst[r * ld_ + d] = t < T ? ld(src, dt, (row_base + t) * width + col + d) : 0.0f;
+        dst[r * ld_ + d] = t < T && d < hd ? ld(src, dt, (row_base + t) * width + col + d) : 0.0f;
     }
 }
 
 template <int DP>
-__device__ void attn_fwd(void* out, int dto, void* lse, int dtl, const void* qkv, int dtq, AttnDims a) {
-    const int D = DP * 32;
+__device__ void attn_fwd(void* out, int dto, void* lse, int dtl, const void* qkv, int dtq, AttnDims a, int hd) {
+    const int D = DP * 32;  // padded: the head size hd is at most D
     extern __shared__ float smem[];
     float* sq = smem;               // [TILE][D]
     float* sk = sq + TILE * D;      // [TILE][D+1]
     float* sv = sk + TILE * (D + 1);  // [TILE][D]
     int q0 = blockIdx.x * TILE, h = blockIdx.y, b = blockIdx.z;
     int g = h / (a.H / a.KV);
-    i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T;
-    float scale = 1.0f / sqrtf((float)D);
+    i64 W = (i64)(a.H + 2 * a.KV) * hd, rb = (i64)b * a.T;
+    float scale = 1.0f / sqrtf((float)hd);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    load_tile(sq, D, qkv, dtq, rb, q0, a.T, W, qcol(a, h, D), D);
+    load_tile(sq, D, qkv, dtq, rb, q0, a.T, W, qcol(a, h, hd), D, hd);
     float m[RPW], l[RPW], o[RPW][DP];
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
@@ -58,8 +60,8 @@ __device__ void attn_fwd(void* out, int dto, void* lse, int dtl, const void* qkv
     int kend = min(a.T, q0 + TILE);
     for (int k0 = 0; k0 < kend; k0 += TILE) {
         __syncthreads();
-        load_tile(sk, D + 1, qkv, dtq, rb, k0, a.T, W, kcol(a, g, D), D);
-        load_tile(sv, D, qkv, dtq, rb, k0, a.T, W, vcol(a, g, D), D);
+        load_tile(sk, D + 1, qkv, dtq, rb, k0, a.T, W, kcol(a, g, hd), D, hd);
+        load_tile(sv, D, qkv, dtq, rb, k0, a.T, W, vcol(a, g, hd), D, hd);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
@@ -92,9 +94,10 @@ __device__ void attn_fwd(void* out, int dto, void* lse, int dtl, const void* qkv
         int t = q0 + warp * RPW + r;
         if (t >= a.T) continue;
         float inv = 1.0f / l[r];
-        i64 orow = (rb + t) * (i64)a.H * D + (i64)h * D;
+        i64 orow = (rb + t) * (i64)a.H * hd + (i64)h * hd;
 #pragma unroll
-        for (int p = 0; p < DP; p++) st(out, dto, orow + p * 32 + lane, o[r][p] * inv);
+        for (int p = 0; p < DP; p++)
+            if (p * 32 + lane < hd) st(out, dto, orow + p * 32 + lane, o[r][p] * inv);
         if (lane == 0) st(lse, dtl, ((i64)b * a.H + h) * a.T + t, m[r] + logf(l[r]));
     }
 }
@@ -119,7 +122,7 @@ extern "C" __global__ void attn_bwd_delta_k(float* delta, const void* dout, int 
 // dQ: per query row, loop over key tiles; ds = p (dO.v - delta), dq += ds k.
 template <int DP>
 __device__ void attn_bwd_dq(void* dqkv, int dtg, const void* dout, int dtdo, const void* qkv, int dtq,
-                            const void* lse, int dtl, const float* delta, AttnDims a) {
+                            const void* lse, int dtl, const float* delta, AttnDims a, int hd) {
     const int D = DP * 32;
     extern __shared__ float smem[];
     float* sq = smem;                 // [TILE][D]
@@ -128,11 +131,11 @@ __device__ void attn_bwd_dq(void* dqkv, int dtg, const void* dout, int dtdo, con
     float* sv = sk + TILE * (D + 1);  // [TILE][D+1]
     int q0 = blockIdx.x * TILE, h = blockIdx.y, b = blockIdx.z;
     int g = h / (a.H / a.KV);
-    i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T;
-    float scale = 1.0f / sqrtf((float)D);
+    i64 W = (i64)(a.H + 2 * a.KV) * hd, rb = (i64)b * a.T;
+    float scale = 1.0f / sqrtf((float)hd);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    load_tile(sq, D, qkv, dtq, rb, q0, a.T, W, qcol(a, h, D), D);
-    load_tile(sdo, D, dout, dtdo, rb, q0, a.T, (i64)a.H * D, (i64)h * D, D);
+    load_tile(sq, D, qkv, dtq, rb, q0, a.T, W, qcol(a, h, hd), D, hd);
+    load_tile(sdo, D, dout, dtdo, rb, q0, a.T, (i64)a.H * hd, (i64)h * hd, D, hd);
     float lr[RPW], dr[RPW], dq[RPW][DP];
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
@@ -146,8 +149,8 @@ __device__ void attn_bwd_dq(void* dqkv, int dtg, const void* dout, int dtdo, con
     int kend = min(a.T, q0 + TILE);
     for (int k0 = 0; k0 < kend; k0 += TILE) {
         __syncthreads();
-        load_tile(sk, D + 1, qkv, dtq, rb, k0, a.T, W, kcol(a, g, D), D);
-        load_tile(sv, D + 1, qkv, dtq, rb, k0, a.T, W, vcol(a, g, D), D);
+        load_tile(sk, D + 1, qkv, dtq, rb, k0, a.T, W, kcol(a, g, hd), D, hd);
+        load_tile(sv, D + 1, qkv, dtq, rb, k0, a.T, W, vcol(a, g, hd), D, hd);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
@@ -176,9 +179,10 @@ __device__ void attn_bwd_dq(void* dqkv, int dtg, const void* dout, int dtdo, con
     for (int r = 0; r < RPW; r++) {
         int t = q0 + warp * RPW + r;
         if (t >= a.T) continue;
-        i64 row = (rb + t) * W + qcol(a, h, D);
+        i64 row = (rb + t) * W + qcol(a, h, hd);
 #pragma unroll
-        for (int p = 0; p < DP; p++) st(dqkv, dtg, row + p * 32 + lane, dq[r][p] * scale);
+        for (int p = 0; p < DP; p++)
+            if (p * 32 + lane < hd) st(dqkv, dtg, row + p * 32 + lane, dq[r][p] * scale);
     }
 }
 
@@ -188,7 +192,7 @@ __device__ void attn_bwd_dq(void* dqkv, int dtg, const void* dout, int dtdo, con
 // sums in a fixed order.
 template <int DP>
 __device__ void attn_bwd_dkv(void* dqkv, int dtg, const void* dout, int dtdo, const void* qkv, int dtq,
-                             const void* lse, int dtl, const float* delta, AttnDims a) {
+                             const void* lse, int dtl, const float* delta, AttnDims a, int hd) {
     const int D = DP * 32;
     extern __shared__ float smem[];
     float* sk = smem;                  // [TILE][D]
@@ -199,11 +203,11 @@ __device__ void attn_bwd_dkv(void* dqkv, int dtg, const void* dout, int dtdo, co
     float* sd = sl + TILE;             // [TILE]
     int k0 = blockIdx.x * TILE, g = blockIdx.y, b = blockIdx.z;
     int group = a.H / a.KV;
-    i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T;
-    float scale = 1.0f / sqrtf((float)D);
+    i64 W = (i64)(a.H + 2 * a.KV) * hd, rb = (i64)b * a.T;
+    float scale = 1.0f / sqrtf((float)hd);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    load_tile(sk, D, qkv, dtq, rb, k0, a.T, W, kcol(a, g, D), D);
-    load_tile(sv, D, qkv, dtq, rb, k0, a.T, W, vcol(a, g, D), D);
+    load_tile(sk, D, qkv, dtq, rb, k0, a.T, W, kcol(a, g, hd), D, hd);
+    load_tile(sv, D, qkv, dtq, rb, k0, a.T, W, vcol(a, g, hd), D, hd);
     float dk[RPW][DP], dv[RPW][DP];
 #pragma unroll
     for (int r = 0; r < RPW; r++)
@@ -212,8 +216,8 @@ __device__ void attn_bwd_dkv(void* dqkv, int dtg, const void* dout, int dtdo, co
     for (int h = g * group; h < (g + 1) * group; h++) {
         for (int q0 = k0; q0 < a.T; q0 += TILE) {
             __syncthreads();
-            load_tile(sq, D + 1, qkv, dtq, rb, q0, a.T, W, qcol(a, h, D), D);
-            load_tile(sdo, D + 1, dout, dtdo, rb, q0, a.T, (i64)a.H * D, (i64)h * D, D);
+            load_tile(sq, D + 1, qkv, dtq, rb, q0, a.T, W, qcol(a, h, hd), D, hd);
+            load_tile(sdo, D + 1, dout, dtdo, rb, q0, a.T, (i64)a.H * hd, (i64)h * hd, D, hd);
             if (threadIdx.x < TILE) {
                 int t = q0 + threadIdx.x;
                 i64 li = ((i64)b * a.H + h) * a.T + t;
@@ -256,26 +260,27 @@ __device__ void attn_bwd_dkv(void* dqkv, int dtg, const void* dout, int dtdo, co
         i64 row = (rb + j) * W;
 #pragma unroll
         for (int p = 0; p < DP; p++) {
-            st(dqkv, dtg, row + kcol(a, g, D) + p * 32 + lane, dk[r][p] * scale);
-            st(dqkv, dtg, row + vcol(a, g, D) + p * 32 + lane, dv[r][p]);
+            if (p * 32 + lane >= hd) continue;
+            st(dqkv, dtg, row + kcol(a, g, hd) + p * 32 + lane, dk[r][p] * scale);
+            st(dqkv, dtg, row + vcol(a, g, hd) + p * 32 + lane, dv[r][p]);
         }
     }
 }
 
 #define ATTN_INSTANTIATE(DP, NAME)                                                                                   \
     extern "C" __global__ void __launch_bounds__(256) attn_fwd_##NAME(void* out, int dto, void* lse, int dtl,       \
-                                                                      const void* qkv, int dtq, AttnDims a) {       \
-        attn_fwd<DP>(out, dto, lse, dtl, qkv, dtq, a);                                                               \
+                                                                      const void* qkv, int dtq, AttnDims a, int hd) { \
+        attn_fwd<DP>(out, dto, lse, dtl, qkv, dtq, a, hd);                                                           \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                                                \
         attn_bwd_dq_##NAME(void* dqkv, int dtg, const void* dout, int dtdo, const void* qkv, int dtq,               \
-                           const void* lse, int dtl, const float* delta, AttnDims a) {                               \
-        attn_bwd_dq<DP>(dqkv, dtg, dout, dtdo, qkv, dtq, lse, dtl, delta, a);                                        \
+                           const void* lse, int dtl, const float* delta, AttnDims a, int hd) {                       \
+        attn_bwd_dq<DP>(dqkv, dtg, dout, dtdo, qkv, dtq, lse, dtl, delta, a, hd);                                    \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                                                \
         attn_bwd_dkv_##NAME(void* dqkv, int dtg, const void* dout, int dtdo, const void* qkv, int dtq,              \
-                            const void* lse, int dtl, const float* delta, AttnDims a) {                              \
-        attn_bwd_dkv<DP>(dqkv, dtg, dout, dtdo, qkv, dtq, lse, dtl, delta, a);                                       \
+                            const void* lse, int dtl, const float* delta, AttnDims a, int hd) {                      \
+        attn_bwd_dkv<DP>(dqkv, dtg, dout, dtdo, qkv, dtq, lse, dtl, delta, a, hd);                                   \
     }
 
 ATTN_INSTANTIATE(1, d32)

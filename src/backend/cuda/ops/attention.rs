@@ -32,9 +32,10 @@ pub(in crate::backend::cuda) struct AttnDims {
 unsafe impl DeviceRepr for AttnDims {}
 
 kernel! {
-    /// CUDA cores, one kernel per head size.
+    /// CUDA cores, one kernel per head size padded to a multiple of 32
+    /// (`hd`: the real head size).
     struct SimpleFwd(FILE, SimpleFwdKernel { D32: attn_fwd_d32, D64: attn_fwd_d64, D96: attn_fwd_d96, D128: attn_fwd_d128 }) {
-        out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, dtq: i32, a: AttnDims,
+        out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, dtq: i32, a: AttnDims, hd: i32,
     }
     /// `delta = rowsum(dout ⊙ out)` for the CUDA-core backward.
     struct SimpleBwdDelta(FILE, attn_bwd_delta_k) { delta: u64, dout: u64, dtdo: i32, out: u64, dto: i32, a: AttnDims, d: i32 }
@@ -43,7 +44,7 @@ kernel! {
         Dq32: attn_bwd_dq_d32, Dq64: attn_bwd_dq_d64, Dq96: attn_bwd_dq_d96, Dq128: attn_bwd_dq_d128,
         Dkv32: attn_bwd_dkv_d32, Dkv64: attn_bwd_dkv_d64, Dkv96: attn_bwd_dkv_d96, Dkv128: attn_bwd_dkv_d128,
     }) {
-        dqkv: u64, dtg: i32, dout: u64, dtdo: i32, qkv: u64, dtq: i32, lse: u64, dtl: i32, delta: u64, a: AttnDims,
+        dqkv: u64, dtg: i32, dout: u64, dtdo: i32, qkv: u64, dtq: i32, lse: u64, dtl: i32, delta: u64, a: AttnDims, hd: i32,
     }
     /// wmma tensor cores (bf16 qkv), one kernel per head size.
     struct MmaFwd(MMA_FILE, MmaFwdKernel { D32: attn_fwd_mma_d32, D64: attn_fwd_mma_d64, D96: attn_fwd_mma_d96, D128: attn_fwd_mma_d128 }) {
@@ -71,15 +72,21 @@ fn tile_bytes(rows: usize, d: usize) -> usize {
     rows * (d + 8) * 2
 }
 
-/// Head sizes the CUDA attention kernels implement (one lane per dimension
-/// needs D = 32·k; the tile sizes stop at 128).
+/// Head sizes the tensor-core kernels implement (wmma: 32·k; FlashAttention-2
+/// style: 64 and 128). Other sizes up to [`MAX_HEAD_DIM`] run on the
+/// CUDA-core kernels.
 pub const HEAD_DIMS: [usize; 4] = [32, 64, 96, 128];
 
-/// Index of a head dimension in [`HEAD_DIMS`] (the kernel variant).
+/// The largest head size the CUDA kernels take: the CUDA-core kernels pad
+/// a head to the next multiple of 32 (one lane per dimension) and their
+/// tiles stop at 128.
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// The kernel variant of head size `d`: `d` padded to 32, 64, 96 or 128.
 fn variant(d: usize) -> Result<usize> {
-    match HEAD_DIMS.iter().position(|&x| x == d) {
-        Some(i) => Ok(i),
-        None => bail!("attention: head_dim {d} is not supported by the CUDA kernels (supported: 32, 64, 96, 128); use device=cpu"),
+    match d {
+        1..=MAX_HEAD_DIM => Ok(d.div_ceil(32) - 1),
+        _ => bail!("attention: head_dim {d} is not supported by the CUDA kernels (1 to {MAX_HEAD_DIM}); use device=cpu, or more heads"),
     }
 }
 
@@ -115,7 +122,7 @@ impl CudaBackend {
             return self.launch(c, Fa2Fwd { kernel, out: o.ptr, lse: l.ptr, dtl: l.dt(), qkv: q.ptr, a });
         }
         // Tensor-core path: bf16 qkv with 16-byte aligned rows.
-        if !self.simple_attention && q.elem == Elem::Bf16 && q.ptr % 16 == 0 {
+        if !self.simple_attention && HEAD_DIMS.contains(&d) && q.elem == Elem::Bf16 && q.ptr % 16 == 0 {
             let (ldq, ldx) = (d + 8, d.max(64) + 4);
             let bytes = 3 * 64 * ldq * 2 + 2 * 64 * ldx * 4 + 64 * 72 * 2 + 64 * 4;
             let c = cfg(s.seq.div_ceil(64), s.heads, s.batch, bytes.div_ceil(4));
@@ -123,10 +130,11 @@ impl CudaBackend {
             let kernel = [MmaFwdKernel::D32, MmaFwdKernel::D64, MmaFwdKernel::D96, MmaFwdKernel::D128][v];
             return self.launch(c, MmaFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, a });
         }
-        let smem = TILE * d + TILE * (d + 1) + TILE * d;
+        let dp = 32 * (v + 1);
+        let smem = TILE * dp + TILE * (dp + 1) + TILE * dp;
         let c = cfg(s.seq.div_ceil(TILE), s.heads, s.batch, smem);
         let kernel = [SimpleFwdKernel::D32, SimpleFwdKernel::D64, SimpleFwdKernel::D96, SimpleFwdKernel::D128][v];
-        self.launch(c, SimpleFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, dtq: q.dt(), a })
+        self.launch(c, SimpleFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, dtq: q.dt(), a, hd: d as i32 })
     }
 
     pub(in crate::backend::cuda) fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {
@@ -150,11 +158,12 @@ impl CudaBackend {
         self.launch(c, SimpleBwdDelta { delta, dout: g.ptr, dtdo: g.dt(), out: o.ptr, dto: o.dt(), a, d: d as i32 })?;
         use SimpleBwdKernel::*;
         let v = variant(d)?;
-        let k = SimpleBwd { kernel: [Dq32, Dq64, Dq96, Dq128][v], dqkv: dq.ptr, dtg: dq.dt(), dout: g.ptr, dtdo: g.dt(), qkv: q.ptr, dtq: q.dt(), lse: l.ptr, dtl: l.dt(), delta, a };
+        let k = SimpleBwd { kernel: [Dq32, Dq64, Dq96, Dq128][v], dqkv: dq.ptr, dtg: dq.dt(), dout: g.ptr, dtdo: g.dt(), qkv: q.ptr, dtq: q.dt(), lse: l.ptr, dtl: l.dt(), delta, a, hd: d as i32 };
         let tiles = s.seq.div_ceil(TILE);
-        let smem = 2 * TILE * d + 2 * TILE * (d + 1);
+        let dp = 32 * (v + 1);
+        let smem = 2 * TILE * dp + 2 * TILE * (dp + 1);
         self.launch(cfg(tiles, s.heads, s.batch, smem), k)?;
-        let smem = 2 * TILE * d + 2 * TILE * (d + 1) + 2 * TILE;
+        let smem = 2 * TILE * dp + 2 * TILE * (dp + 1) + 2 * TILE;
         self.launch(cfg(tiles, s.kv_heads, s.batch, smem), SimpleBwd { kernel: [Dkv32, Dkv64, Dkv96, Dkv128][v], ..k })
     }
 

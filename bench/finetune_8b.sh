@@ -98,7 +98,7 @@ COMMON=("${MODEL[@]}" --set device="$DEVICE" --set data.path="$WORK/data" --set 
   --set train.checkpoint_layers=true --set optimizer.name=adamw8bit --set optimizer.lr="$LR"
   --set train.warmup_steps="$WARMUP" --set train.schedule=cosine --set train.eval_every=0 --set train.eval_batches=4
   --set train.ckpt_every=0 --set train.keep_ckpts=1 --set train.samples=1 --set train.sample_tokens=32
-  --set run.dir="$WORK/runs" --set seed=1337)
+  --set seed=1337)
 PROMPT=${PROMPT:-"The Python standard library"}
 
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
@@ -122,8 +122,8 @@ phase() {
 
 # Keeps a run's small files under $OUT and frees its checkpoint's disk.
 keep_run() {
-  local run=$WORK/runs/$1
-  [ -d "$run" ] || return 0
+  local run=${RUN_DIR[$1]:-}
+  [ -n "$run" ] && [ -d "$run" ] || return 0
   mkdir -p "$OUT/$1"
   cp "$run"/metrics.jsonl "$run"/config.toml "$run"/loss.png "$OUT/$1/" 2>/dev/null
   du -sh "$run/checkpoints" 2>/dev/null | tee -a "$OUT/phases.txt"
@@ -134,8 +134,11 @@ keep_run() {
 # (extra --set ... after them), in the array TRAIN; its old folder removed.
 train_cmd() {
   local name=$1 seq=$2 steps=$3; shift 3
-  rm -rf "$WORK/runs/$name"
-  TRAIN=("$F" train "${COMMON[@]}" --set run.name="$name" --set train.seq_len="$seq" --set train.steps="$steps" "$@")
+  local dir; dir=$(runs_dir "$name" "$([[ "$*" == *offload.optimizer=cpu* ]] && echo offload)")
+  RUN_DIR[$name]=$dir/$name
+  rm -rf "${RUN_DIR[$name]}"
+  [ "$dir" = "$WORK/runs" ] || echo "$name: run folder in $dir (the disk under $WORK is short for its checkpoint)" | tee -a "$OUT/phases.txt"
+  TRAIN=("$F" train "${COMMON[@]}" --set run.dir="$dir" --set run.name="$name" --set train.seq_len="$seq" --set train.steps="$steps" "$@")
 }
 
 data_phase() {
@@ -146,24 +149,34 @@ data_phase() {
 }
 
 generate_phase() {
-  local run=$WORK/runs/ft-gpu2048
+  local run=${RUN_DIR[ft-gpu2048]:-$WORK/runs/ft-gpu2048}
   if [ ! -d "$run/checkpoints" ]; then echo "generate: no checkpoint in $run (phase gpu2048 did not finish)" | tee -a "$OUT/phases.txt"; return 1; fi
   local g=("$F" generate --run "$run" --device "$DEVICE" --prompt "$PROMPT" --max-tokens 24 --temperature 0)
   phase generate 120 40 "${g[@]}" && cp "$OUT/generate.out" "$OUT/generate.txt"
 }
 
 # A run ends with a checkpoint (fp32 weights + 8-bit AdamW state: ~6.1 bytes
-# a parameter); say so up front when the disk under $WORK cannot hold one.
+# a parameter, 49 GB at 8B) that the 64 GiB disk may not hold. Where the
+# disk under $WORK is short, a GPU-only run keeps its run folder in
+# /dev/shm when that has room (its host memory holds little else); an
+# offloaded run holds ~92 GiB of host state already, so it stays on the
+# disk and, if its final save fails, its metrics are kept all the same.
+CKPT_NEED=0
 disk_check() {
-  local params avail need
+  local params
   params=$("$F" info "${MODEL[@]}" --set optimizer.name=adamw8bit 2>/dev/null | awk '$1 == "total" && $3 ~ /^[0-9,]+$/ {gsub(",", "", $3); print $3; exit}')
-  avail=$(df -B1 --output=avail "$WORK" 2>/dev/null | tail -1)
-  [ -n "$params" ] && [ -n "$avail" ] || return 0
-  need=$(( params * 61 / 10 + (2 << 30) ))
-  echo "disk: $(( avail >> 30 )) GiB free under $WORK, a checkpoint of $params parameters needs ~$(( need >> 30 )) GiB" | tee -a "$OUT/phases.txt"
-  [ "$avail" -ge "$need" ] || echo "disk: NOT ENOUGH: each run's final checkpoint will fail (its metrics are kept; generate needs it): set WORK to a larger disk" | tee -a "$OUT/phases.txt"
+  [ -n "$params" ] && CKPT_NEED=$(( params * 61 / 10 + (2 << 30) ))
+  echo "checkpoint: $params parameters, ~$(( CKPT_NEED >> 30 )) GiB; free: $(( $(free_bytes "$WORK") >> 30 )) GiB under $WORK, $(( $(free_bytes /dev/shm) >> 30 )) GiB in /dev/shm" | tee -a "$OUT/phases.txt"
 }
+free_bytes() { local v; v=$(df -B1 --output=avail "$1" 2>/dev/null | tail -1 | tr -dc 0-9); echo "${v:-0}"; }
 
+# The runs folder of run NAME (offloaded: "offload" as $2).
+runs_dir() {
+  if [ "$(free_bytes "$WORK")" -ge "$CKPT_NEED" ] || [ "${2:-}" = offload ]; then echo "$WORK/runs"
+  elif [ "$(free_bytes /dev/shm)" -ge "$CKPT_NEED" ]; then echo "/dev/shm/ft8b-runs"
+  else echo "$WORK/runs"; fi
+}
+declare -A RUN_DIR
 
 disk_check
 RUNS=()
@@ -192,4 +205,5 @@ if [ ${#existing[@]} -gt 0 ]; then
     echo; echo '```'; cat "$OUT/phases.txt"; echo '```'; } > "$OUT/summary.md"
   cat "$OUT/summary.md"
 fi
+rm -rf /dev/shm/ft8b-runs
 echo "total $(( $(date +%s) - START ))s"

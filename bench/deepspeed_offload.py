@@ -16,7 +16,9 @@ The GPU machine has no internet: when `import deepspeed` fails, DeepSpeed
 bench/deepspeed_wheels.sh). The DeepSpeed wheel is pure Python: the CPU Adam
 op (two C++ files) is built at first use by the machine's g++ through ninja
 (JIT, into TORCH_EXTENSIONS_DIR); the JSON reports the install and build
-times, and `--install-only` does just those two.
+times, and `--install-only` does just those two. Compiling those two files
+took 107 CPU-seconds here (bench/offload_compare.md): about a minute with
+ninja's two parallel jobs.
 Host memory: ZeRO-2 offload keeps an fp32 master copy, fp32 gradients and
 AdamW's two moments on the host, 16 bytes a parameter, like FSDP2's offload:
 `--layers auto` steps the depth down as bench/offload_fit.py says.

@@ -14,6 +14,7 @@
 #   bash bench/offload_speed.sh deepspeed-8b     # DeepSpeed 0.19.8 ZeRO-2 + offload_optimizer cpu (DeepSpeedCPUAdam), bf16,
 #                                                #   installed from .dev/wheels, CPU Adam op built first; same step-down;
 #                                                #   then ferrotron AdamW offload at its shape unless fsdp2-8b ran it
+#                                                #   (8-bit AdamW too where AdamW does not fit there)
 #   bash bench/offload_speed.sh deepspeed-install  # only the install + CPU Adam build, timed
 #   bash bench/offload_speed.sh 1b-offload       # llama-1b offloaded ...
 #   bash bench/offload_speed.sh 1b-plain         # ... vs the plain GPU run
@@ -77,7 +78,8 @@ ft_step_down() {
 # usage: py_step_down CASE SCRIPT ARGS...
 py_step_down() {
   local name=$1 script=$2; shift 2
-  local l; l=$(cd bench && python3 -c 'import offload_fit as o; print(o.pick_layers("llama3-8b", "auto")[0])') || return 1
+  local l=${PY_LAYERS:-}  # PY_LAYERS=24: start there (e.g. the shape ferrotron's AdamW fits)
+  [ -n "$l" ] || l=$(cd bench && python3 -c 'import offload_fit as o; print(o.pick_layers("llama3-8b", "auto")[0])') || return 1
   for try in 1 2 3; do
     measure "$name" python3 "$script" --preset llama3-8b --seq 4096 --batch 1 --layers "$l" "$@" && { echo "$l" > "$OUT/$name.layers"; return 0; }
     [ $? -eq 124 ] && return 1  # out of time: a smaller shape would not help
@@ -89,11 +91,18 @@ py_step_down() {
 }
 
 # ferrotron offload at the shape a PyTorch case ended at (AdamW, as PyTorch
-# has; and 8-bit AdamW), grad_clip 0 like the PyTorch runs.
+# has; and 8-bit AdamW with "both", or when AdamW's 18 B/param do not fit
+# where PyTorch's 16 did), grad_clip 0 like the PyTorch runs.
 same_shape() {
   local l; l=$(cat "$OUT/$1.layers" 2>/dev/null) || { echo "$1 did not run: no shape to match"; return 1; }
-  measure "8b-L$l-adamw" $F bench train $B8 --set model.n_layers=$l --set optimizer.name=adamw --set offload.optimizer=cpu --set train.grad_clip=0 --warmup 1 --steps 3
-  [ "$2" = both ] && measure "8b-L$l-adamw8bit" $F bench train $B8 --set model.n_layers=$l --set offload.optimizer=cpu --set train.grad_clip=0 --warmup 1 --steps 3
+  local fit=yes
+  if [ ! -s "$OUT/8b-L$l-adamw.json" ]; then
+    measure "8b-L$l-adamw" $F bench train $B8 --set model.n_layers=$l --set optimizer.name=adamw --set offload.optimizer=cpu --set train.grad_clip=0 --warmup 1 --steps 3 ||
+      { grep -q "of host memory" "$OUT/8b-L$l-adamw.err" && fit=no; }
+  fi
+  if [ "$2" = both ] || [ $fit = no ]; then
+    [ -s "$OUT/8b-L$l-adamw8bit.json" ] || measure "8b-L$l-adamw8bit" $F bench train $B8 --set model.n_layers=$l --set offload.optimizer=cpu --set train.grad_clip=0 --warmup 1 --steps 3
+  fi
   return 0
 }
 
@@ -110,9 +119,7 @@ run_case() {
     fsdp2-1b) measure $1 python3 bench/fsdp2_offload.py --preset llama-1b --seq 4096 --batch 1 --layers 24 --warmup 2 --steps 5 ;;
     fsdp2-8b) py_step_down $1 bench/fsdp2_offload.py --warmup 1 --steps 3; same_shape fsdp2-8b both ;;
     deepspeed-install) measure $1 python3 bench/deepspeed_offload.py --install-only ;;
-    deepspeed-8b) py_step_down $1 bench/deepspeed_offload.py --warmup 1 --steps 3
-                  l=$(cat "$OUT/deepspeed-8b.layers" 2>/dev/null)
-                  [ -n "$l" ] && [ ! -f "$OUT/8b-L$l-adamw.json" ] && same_shape deepspeed-8b adamw ;;
+    deepspeed-8b) py_step_down $1 bench/deepspeed_offload.py --warmup 1 --steps 3; same_shape deepspeed-8b adamw ;;
     *) echo "unknown case $1"; exit 2 ;;
   esac
 }

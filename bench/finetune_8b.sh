@@ -141,7 +141,21 @@ train_cmd() {
   TRAIN=("$F" train "${COMMON[@]}" --set run.dir="$dir" --set run.name="$name" --set train.seq_len="$seq" --set train.steps="$steps" "$@")
 }
 
+# The tokenizer on this machine gives Llama 3's ids for a known text
+# (<|begin_of_text|> Hello world <|end_of_text|>: 128000 9906 1917 128001).
+tokenizer_check() {
+  local d; d=$(mktemp -d)
+  echo '{"text": "Hello world"}' > "$d/hw.jsonl"
+  "$F" prepare --input "$d/hw.jsonl" --out "$d/data" --tokenizer "$TOK" --val-fraction 0 > /dev/null &&
+    python3 -c 'import sys; sys.path.insert(0, "bench"); import llama3_tokenizer as L; print(L.read_shard(sys.argv[1]))' "$d/data/train_000000.bin" |
+    tee "$OUT/tokenizer_check.txt"
+  grep -q '^\[128000, 9906, 1917, 128001\]$' "$OUT/tokenizer_check.txt" && echo "tokenizer: Llama 3 ids for 'Hello world'" | tee -a "$OUT/phases.txt" ||
+    echo "tokenizer: NOT Llama 3's ids for 'Hello world' (see tokenizer_check.txt)" | tee -a "$OUT/phases.txt"
+  rm -rf "$d"
+}
+
 data_phase() {
+  [ -n "$INIT_FROM" ] || tokenizer_check
   if [ -f "$WORK/data/meta.json" ]; then echo "kept $WORK/data" | tee -a "$OUT/phases.txt"; return 0; fi
   local stdlib; stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
   phase prose 120 20 python3 bench/algoperf_prose.py "$WORK/prose.jsonl" "$stdlib" &&

@@ -10,35 +10,36 @@ batch random tokens; timed like `ferrotron bench train`: median step
 (zero_grad, forward, backward, clip, step, synchronize) after warm-up.
 Prints one JSON line (host peak RSS included).
 
-    python3 bench/fsdp2_offload.py --preset llama3-8b --seq 4096 --batch 1
+    python3 bench/fsdp2_offload.py --preset llama3-8b --seq 4096 --batch 1 --layers auto
 
-DeepSpeed is not on the GPU machine; FSDP2 with CPU offload is the
-strongest offload setup that is. PyTorch has no 8-bit AdamW on the CPU:
-compare with ferrotron's `optimizer.name=adamw` for like-for-like state.
-fp32 AdamW offload needs 16 bytes of host memory per parameter (llama3-8b:
-~128 GB; the one-GPU machine has 128 GiB), so llama3-8b may not fit here.
+The process group is "cpu:gloo,cuda:nccl" (one process): the offloaded
+gradients live on the CPU, so gradient clipping's norm reduction needs gloo.
+DeepSpeed ZeRO-Offload is bench/deepspeed_offload.py (installed from
+carried wheels). PyTorch has no 8-bit AdamW on the CPU: compare with
+ferrotron's `optimizer.name=adamw` for like-for-like state. fp32 AdamW
+offload needs 16 bytes of host memory per parameter (llama3-8b: ~128 GB; the
+one-GPU machine has 128 GiB): `--layers auto` (bench/offload_fit.py) takes
+the deepest llama3-8b-wide shape whose estimate fits MemAvailable, and
+bench/offload_speed.sh steps down further if the process dies anyway.
 """
 import argparse
 import json
 import os
 import resource
 import statistics
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-PRESETS = {
-    # name: (vocab, d_model, layers, heads, kv_heads, d_ff, rope_theta, tied)
-    "llama-1b": (50257, 2048, 24, 32, 32, 5461, 10000.0, False),
-    "llama3-8b": (128256, 4096, 32, 32, 8, 14336, 500000.0, False),
-}
+from offload_fit import PRESETS, host_need, mem_available, pick_layers, torch_dist_env
 
 
-def build(preset, seq):
+def build(preset, seq, layers):
     from transformers import LlamaConfig, LlamaForCausalLM
-    v, c, layers, heads, kv, ff, theta, tied = PRESETS[preset]
+    v, c, _, heads, kv, ff, theta, tied = PRESETS[preset]
     cfg = LlamaConfig(vocab_size=v, hidden_size=c, num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, intermediate_size=ff, rope_theta=theta, tie_word_embeddings=tied,
                       max_position_embeddings=max(seq, 2048), rms_norm_eps=1e-6, attn_implementation="sdpa")
@@ -56,16 +57,18 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--clip", type=float, default=0.0, help="gradient clipping (0: off, like ferrotron's overlapped offload)")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--layers", default="auto", help="decoder blocks: a number, or auto (deepest that fits host memory)")
     args = ap.parse_args()
-    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    layers, why = pick_layers(args.preset, args.layers)
+    print(f"fsdp2_offload: {args.preset} width, {layers} layers ({why})", file=sys.stderr, flush=True)
+    torch_dist_env(29533)
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl")
+    dist.init_process_group("cpu:gloo,cuda:nccl")
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    cfg, model = build(args.preset, args.seq)
+    t_init = time.perf_counter()
+    cfg, model = build(args.preset, args.seq, layers)
     if not args.no_checkpointing:
         for i, block in enumerate(model.model.layers):
             model.model.layers[i] = checkpoint_wrapper(block)
@@ -77,20 +80,22 @@ def main():
     model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
+            # The local shard (the whole tensor at world size 1), on the
+            # CPU: DTensor's own random ops would go through the CUDA RNG tracker.
+            t = p.to_local() if hasattr(p, "to_local") else p
             if p.dim() >= 2:
-                p.normal_(0.0, 0.02)
+                t.normal_(0.0, 0.02)
             else:
-                p.fill_(1.0)
+                t.fill_(1.0)
     # to_empty left the rotary table uninitialised: a fresh one on the GPU
     # (buffers are not offloaded; the inputs are there).
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
     model.model.rotary_emb = LlamaRotaryEmbedding(config=cfg, device="cuda")
-    try:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        fused = True
-    except Exception:  # fused CPU AdamW missing: foreach
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
-        fused = False
+    init_s = time.perf_counter() - t_init
+    # Fused CPU AdamW is PyTorch's fastest; where it refuses the sharded
+    # (DTensor) parameters at the first step, foreach takes over.
+    make_opt = lambda **kw: torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1, **kw)
+    opt, impl = make_opt(fused=True), "fused"
     gen = torch.Generator(device="cuda").manual_seed(1337)
     times, losses = [], []
     torch.cuda.reset_peak_memory_stats()
@@ -102,10 +107,18 @@ def main():
         opt.zero_grad(set_to_none=True)
         logits = model(input_ids=inp).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), tgt.view(-1))
+        del logits
         loss.backward()
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
+        try:
+            opt.step()
+        except RuntimeError as e:
+            if impl != "fused" or i > 0:
+                raise
+            print(f"fsdp2_offload: fused AdamW refused ({str(e)[:200]}); foreach instead", file=sys.stderr, flush=True)
+            opt, impl = make_opt(foreach=True), "foreach"
+            opt.step()
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) * 1e3
         if i >= args.warmup:
@@ -117,12 +130,17 @@ def main():
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "preset": args.preset,
-        "optimizer": "adamw (fp32 state on the CPU, fused=%s)" % fused,
+        "optimizer": "adamw (fp32 state on the CPU, %s)" % impl,
         "batch_size": args.batch,
         "seq_len": args.seq,
         "checkpointing": not args.no_checkpointing,
         "grad_clip": args.clip,
+        "n_layers": layers,
+        "layers_chosen": why,
         "params": sum(p.numel() for p in model.parameters()),
+        "host_need_estimate_bytes": host_need(args.preset, layers),
+        "host_available_at_end_bytes": mem_available(),
+        "setup_s": init_s,
         "median_step_ms": med,
         "tokens_per_s": args.batch * args.seq / (med / 1e3),
         "peak_mem_bytes": torch.cuda.max_memory_allocated(),

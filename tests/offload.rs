@@ -234,7 +234,7 @@ fn offload_settings_are_validated() {
     assert!(load(&["offload.optimizer=gpu"]).contains("none, cpu or nvme"));
     assert!(load(&["offload.optimizer=nvme"]).contains("offload.path"));
     assert!(load(&["offload.params=cpu"]).contains("needs offload.optimizer = cpu"));
-    assert!(load(&["offload.params=nvme", "offload.optimizer=cpu"]).contains("not built yet"));
+    assert!(load(&["offload.params=nvme", "offload.optimizer=cpu"]).contains("needs offload.optimizer = nvme"));
     assert!(load(&["offload.optimizer=cpu", "optimizer.name=muon"]).contains("adamw or adamw8bit"));
 }
 

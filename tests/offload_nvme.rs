@@ -90,6 +90,15 @@ fn three_ways_equal(opt: &str, extra: &[&str]) {
         assert_eq!(plain.final_val_loss.map(f32::to_bits), other.final_val_loss.map(f32::to_bits), "{what} {name}: val loss");
         assert_same_state(&last_ckpt(&tmp.path().join("plain")), &last_ckpt(&tmp.path().join(if name == "params=cpu" { "cpu" } else { "nvme" })), &format!("{what} {name}"));
     }
+    // metrics.jsonl: every step of the nvme run read weights from disk.
+    let read_mb: Vec<f64> = std::fs::read_to_string(tmp.path().join("nvme/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["offload_read_mb"].as_f64().unwrap())
+        .collect();
+    assert!(read_mb.len() == 8 && read_mb.iter().all(|&m| m > 0.0), "{what}: offload_read_mb {read_mb:?}");
     if scratch.exists() {
         let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "{what}: scratch files left behind: {left:?}");
@@ -113,19 +122,31 @@ fn streamed_from_disk_equals_plain_and_host_adamw8bit() {
 struct HostProbe<'a, 'b> {
     inner: &'a mut ferrotron::parallel::offload::OffloadStore<'b, CpuBackend>,
     most: usize,
+    /// Device bytes at rest, and the most above them after a fetch.
+    base: u64,
+    device_peak: u64,
+}
+
+impl HostProbe<'_, '_> {
+    fn watch(&mut self, b: &CpuBackend) {
+        self.most = self.most.max(self.inner.offload().streamed_from_disk().unwrap().0);
+        self.device_peak = self.device_peak.max(b.live_memory_bytes().saturating_sub(self.base));
+    }
 }
 
 impl ParamStore<CpuBackend> for HostProbe<'_, '_> {
     fn fetch(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
         self.inner.fetch(b, u)?;
-        self.most = self.most.max(self.inner.offload().streamed_from_disk().unwrap().0);
+        self.watch(b);
         Ok(())
     }
     fn release(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
         self.inner.release(b, u)
     }
     fn fetch_grads(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
-        self.inner.fetch_grads(b, u)
+        self.inner.fetch_grads(b, u)?;
+        self.watch(b);
+        Ok(())
     }
     fn grads_done(&mut self, b: &mut CpuBackend, u: Unit) -> anyhow::Result<()> {
         self.inner.grads_done(b, u)
@@ -140,7 +161,8 @@ impl ParamStore<CpuBackend> for HostProbe<'_, '_> {
 
 /// The units' files hold the weights: between steps no unit is in host
 /// memory (neither master and state nor the compute weights) and the
-/// device holds nothing; during a pass at most the pool's buffers; every
+/// device holds nothing; during a pass at most the pool's buffers on the
+/// host and `info`'s window of weights on the device; every
 /// pass reads each unit's weights from its file; the step rewrites the
 /// files and the next pass reads the new weights (copies deferred as on a
 /// copy stream: a buffer goes back to the pool only after its upload).
@@ -177,15 +199,22 @@ fn files_hold_the_weights_between_uses() {
             let reads_before = off.streamed_from_disk().unwrap().1.reads;
             off.begin_step(1e-2, 0.0).unwrap();
             let mut store = off.store(&mut zero);
-            let mut probe = HostProbe { inner: &mut store, most: 0 };
+            let mut probe = HostProbe { inner: &mut store, most: 0, base: rest.unwrap_or(0), device_peak: 0 };
             losses.push(model.forward_backward_in(&mut b, &mut probe, &tokens, &tokens, 2, 32, 1.0).unwrap());
-            let most = probe.most;
+            let (most, device_peak) = (probe.most, probe.device_peak);
             drop(store);
             off.finish(&mut b, &mut zero, 0.0).unwrap();
             if step == 0 {
                 rest = Some(b.live_memory_bytes());
             }
             let stats = off.streamed_from_disk().unwrap().1;
+            if step > 0 {
+                // The device holds `info`'s window of streamed weights at most
+                // (as params = cpu: the same device side), plus gradients.
+                let est = ferrotron::telemetry::memory::estimate(&c);
+                assert!(device_peak <= est.weights + est.comm_buffers, "tied {tied}: device peak {device_peak} above info's {} + {}", est.weights, est.comm_buffers);
+                assert!(est.weights < 4 * layout.total as u64, "the window is less than the model");
+            }
             assert!(most <= pool, "tied {tied}: {most} units on the host during a pass, pool {pool}");
             assert!(stats.buffers <= pool, "tied {tied}: {} buffers allocated, pool {pool}", stats.buffers);
             // Forward reads every unit, backward every block (tied: the head

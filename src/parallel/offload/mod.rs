@@ -172,6 +172,8 @@ pub struct Offload {
     stream: Option<stream::Streamed>,
     /// `offload.params = nvme`: the weights stream from the units' files.
     disk: Option<stream_nvme::DiskStream>,
+    /// The disk stream's counters when this step began.
+    reads_at_begin: stream_nvme::ReadStats,
     /// The units' bf16 images match their master weights (CUDA, before
     /// the first step and after the weights were replaced).
     images_ready: bool,
@@ -245,6 +247,7 @@ impl Offload {
             pinned: HashSet::new(),
             stream: (params != "none").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
             disk,
+            reads_at_begin: Default::default(),
             images_ready: false,
         })
     }
@@ -275,6 +278,7 @@ impl Offload {
         self.last_micro = true;
         if let Some(d) = self.disk.as_mut() {
             d.set_training(true);
+            self.reads_at_begin = d.stats();
         }
         if self.shared.files.is_some() {
             let order: Vec<usize> = (0..self.ranges.len()).rev().collect();
@@ -387,6 +391,9 @@ impl Offload {
         }
         if let Some(d) = self.disk.as_mut() {
             d.set_training(false);
+            let (now, then) = (d.stats(), self.reads_at_begin);
+            self.times.offload_read_mb = (now.bytes - then.bytes) as f64 / 1e6;
+            self.times.offload_read_wait_ms = now.wait_ms - then.wait_ms;
         }
         Ok(norm)
     }

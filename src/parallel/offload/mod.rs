@@ -26,6 +26,11 @@
 //! already read the first units ahead while backward ran). Either way the
 //! update is the plain run's, not a delayed or approximated one.
 //!
+//! `offload.params = cpu` streams each unit's compute weights to the device
+//! per use from the cpu tier's hosts ([`stream`]); `offload.params = nvme`
+//! from the nvme tier's files, read ahead into a small pool of host
+//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]).
+//!
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
 pub mod budget;

@@ -376,3 +376,24 @@ fn kill_9_mid_run_resumes_bit_identical() {
     let (a, b) = (ckpt::load(&tmp.path().join("runs/ref").join(&last)).unwrap(), ckpt::load(&run.join(&last)).unwrap());
     assert_same_state(&a, &b, "killed and resumed vs uninterrupted");
 }
+
+/// A start removes the scratch folders of ended runs (their lock is free)
+/// and leaves those of live runs (locked) and anything not ours alone.
+#[test]
+fn sweep_removes_dead_scratch_only() {
+    use ferrotron::parallel::offload::nvme::{sweep_dead_scratch, SCRATCH_PREFIX};
+    let tmp = tempfile::tempdir().unwrap();
+    // Names with other pids than ours: the sweep judges them by their lock.
+    let live_dir = tmp.path().join(format!("{SCRATCH_PREFIX}1-0"));
+    let live = StateFiles::create(&live_dir, false).unwrap();
+    let dead = tmp.path().join(format!("{SCRATCH_PREFIX}2-0"));
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("unit_0000.state"), vec![0u8; 8192]).unwrap();
+    let other = tmp.path().join("my-data");
+    std::fs::create_dir(&other).unwrap();
+    assert_eq!(sweep_dead_scratch(tmp.path()), (1, 8192));
+    assert!(live_dir.exists() && !dead.exists() && other.exists());
+    drop(live);
+    assert_eq!(sweep_dead_scratch(tmp.path()).0, 1, "its process ended: swept");
+    assert!(!live_dir.exists() && other.exists());
+}

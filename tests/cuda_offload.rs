@@ -113,8 +113,9 @@ fn offloaded_cuda_run_keeps_bf16_weights_only() {
 /// `offload.params = nvme` on the GPU: the device holds no weights between
 /// uses (its peak is below the params = none offloaded run's by most of
 /// the bf16 weights), the files lead with bf16 images (a pass reads 2
-/// bytes per parameter: `info`'s disk bytes include them), and host memory
-/// holds no unit's weights after a step.
+/// bytes per parameter: `info`'s disk bytes include them), a run equals
+/// the params = cpu run bit for bit, and host memory holds no unit's
+/// weights after a step.
 #[test]
 fn params_on_nvme_stream_bf16_images_from_disk() {
     if !have_gpu() {
@@ -134,6 +135,18 @@ fn params_on_nvme_stream_bf16_images_from_disk() {
     let need = ferrotron::parallel::offload::budget::offload_bytes(&c).unwrap();
     let without = ferrotron::parallel::offload::budget::offload_bytes(&cfg(tmp.path(), "r", &sets("none"))).unwrap();
     assert!(need.disk >= without.disk + 2 * params, "disk bytes include the bf16 images");
+    // The same bf16 images reach the device as with params = cpu (the same
+    // rounding of the same host optimizer's master weights) and the device
+    // kernels are deterministic: the two runs agree bit for bit.
+    let short = |name: &str, tier: &str| {
+        let mut v = vec![format!("offload.optimizer={tier}"), format!("offload.params={tier}"), scratch.clone(), "train.steps=10".into(), "train.ckpt_every=10".into(), "train.eval_every=10".into()];
+        v.push("optimizer.name=adamw8bit".into());
+        train(&cfg(tmp.path(), name, &v), None).unwrap()
+    };
+    let (host, disk) = (short("host", "cpu"), short("disk", "nvme"));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&host.losses) == bits(&disk.losses), "params=nvme losses {:?} vs params=cpu {:?}", disk.losses, host.losses);
+    assert!(bits(&weights(&tmp.path().join("host"))) == bits(&weights(&tmp.path().join("disk"))), "params=nvme final weights differ from params=cpu");
     // Driven by hand: after a step no unit's weights are in host memory.
     use ferrotron::backend::cuda::CudaBackend;
     use ferrotron::model::{Model, Recompute};

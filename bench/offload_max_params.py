@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Largest Llama-shaped model that trains one step on one GPU (issue 14):
 PyTorch AdamW vs ferrotron GPU-only vs ferrotron offload.optimizer = cpu vs
-nvme. Shape: llama3-8b's width (d_model 4096, d_ff 14336, 32 heads, 8 kv
+nvme vs nvme with offload.params = nvme too (engine `nvme-params`: the bf16
+weights also stream from the files, read ahead offload.prefetch units). Shape: llama3-8b's width (d_model 4096, d_ff 14336, 32 heads, 8 kv
 heads, vocabulary 128256), n_layers varied; batch 1, seq 2048, activation
 checkpointing per block in every engine.
 
@@ -15,7 +16,7 @@ one fresh process per try, one step each, until one fails (out of memory,
 host memory or disk refused, or the per-try timeout). One JSON line per try
 and one summary per engine into $OUT/offload_max_params.jsonl.
 
-    python3 bench/offload_max_params.py --engines pytorch,gpu,cpu,nvme --nvme-path /tmp/ft_nvme
+    python3 bench/offload_max_params.py --engines pytorch,gpu,cpu,nvme,nvme-params --nvme-path /tmp/ft_nvme
 """
 import argparse
 import json
@@ -69,7 +70,10 @@ def command(engine, layers, seq, nvme_path, optimizer):
     }
     if engine in ("cpu", "nvme"):
         sets["offload.optimizer"] = engine
-    if engine == "nvme":
+    if engine == "nvme-params":
+        sets["offload.optimizer"] = "nvme"
+        sets["offload.params"] = "nvme"
+    if engine in ("nvme", "nvme-params"):
         sets["offload.path"] = f'"{nvme_path}"'
     cmd = [BIN, "bench", "train", "--warmup", "0", "--steps", "1"]
     for k, v in sets.items():

@@ -50,12 +50,16 @@ pub struct Config {
 pub struct OffloadConfig {
     /// `none`, `cpu` or `nvme`.
     pub optimizer: String,
-    /// `none` (compute weights stay on the device) or `cpu` (they live in
-    /// host memory and stream to the device per unit; needs optimizer = cpu).
+    /// `none` (compute weights stay on the device), `cpu` (they live in
+    /// host memory and stream to the device per unit; needs optimizer =
+    /// cpu) or `nvme` (they live in the units' files under `path`, bf16 on
+    /// CUDA, and are read and uploaded per unit with `prefetch` units read
+    /// ahead; needs optimizer = nvme).
     pub params: String,
     /// Folder for the NVMe tier's scratch files (not checkpoints).
     pub path: String,
-    /// NVMe tier: units read ahead of the optimizer step.
+    /// NVMe tier: units read ahead of the optimizer step, and (params =
+    /// nvme) of the passes.
     pub prefetch: usize,
 }
 
@@ -77,8 +81,9 @@ impl OffloadConfig {
             "none" => {}
             "cpu" if self.optimizer == "cpu" => {}
             "cpu" => bail!("offload.params = cpu needs offload.optimizer = cpu (the weights stream from the host copies the cpu tier keeps)"),
-            "nvme" => bail!("offload.params = nvme is not built yet; use offload.params = cpu (weights in host memory, streamed per layer) or none"),
-            other => bail!("offload.params = `{other}` is unknown; use none or cpu"),
+            "nvme" if self.optimizer == "nvme" => {}
+            "nvme" => bail!("offload.params = nvme needs offload.optimizer = nvme (the weights stream from the state files the nvme tier keeps under offload.path)"),
+            other => bail!("offload.params = `{other}` is unknown; use none, cpu or nvme"),
         }
         if self.optimizer == "nvme" && self.path.is_empty() {
             bail!("offload.optimizer = nvme needs offload.path, a folder on a fast local disk for the state files");

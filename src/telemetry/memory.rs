@@ -111,7 +111,7 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
         // (all of them across micro-batches when accumulating).
         let part = Partition::new(&cfg.model, &layout, 1, false);
         let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
-        let weights = if cfg.offload.params == "cpu" { act * streamed_window(cfg, &part) } else { act * params };
+        let weights = if cfg.offload.params != "none" { act * streamed_window(cfg, &part) } else { act * params };
         return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
     }
     if stage == 0 {
@@ -239,7 +239,7 @@ fn offload_grad_buffers(cfg: &Config, part: &Partition) -> u64 {
     FP32 * (window + if tied { lens[0] } else { 0 })
 }
 
-/// `offload.params = cpu` (parallel::offload::stream): elements of the
+/// `offload.params = cpu | nvme` (parallel::offload::stream): elements of the
 /// weights on the device at their peak, bounded by the two largest
 /// neighbouring units (the one computing and the one uploaded ahead) plus
 /// the embeddings when the head reads them (tied).

@@ -116,7 +116,7 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let precision = if cfg.offload.enabled() && cfg.device == "cuda" { "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations" } else { precision_note(&cfg.device) };
     heading(out, &format!("Memory, {who} ({}: {precision})", cfg.device));
     let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
-    let weights_note = if cfg.offload.params == "cpu" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }) };
+    let weights_note = if cfg.offload.params != "none" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }) };
     row(out, "weights", &human_bytes(est.weights), &weights_note);
     row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
     optimizer_row(out, cfg, &est);
@@ -160,10 +160,16 @@ fn offload_rows(out: &mut String, cfg: &Config) {
     match crate::parallel::offload::budget::offload_bytes(cfg) {
         Ok(b) => {
             let tier = &cfg.offload.optimizer;
-            let what = if tier == "cpu" { "fp32 master + optimizer state + gradient copies" } else { "gradient copies + read-ahead window" };
+            let streamed = cfg.offload.params == "nvme";
+            let what = match (tier.as_str(), streamed) {
+                ("cpu", _) => "fp32 master + optimizer state + gradient copies",
+                (_, false) => "gradient copies + read-ahead window",
+                (_, true) => "gradient copies + read-ahead windows (optimizer, and the passes' weight buffers)",
+            };
             row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), what);
             if b.disk > 0 {
-                row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("fp32 master + optimizer state files under {}", cfg.offload.path));
+                let image = if streamed && cfg.device == "cuda" { "bf16 image + " } else { "" };
+                row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("{image}fp32 master + optimizer state files under {}", cfg.offload.path));
             }
         }
         Err(e) => row(out, "offload", "unknown", &e.to_string()),

@@ -366,7 +366,7 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
         let zero = match cfg.offload.params.as_str() {
-            "cpu" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
+            "cpu" | "nvme" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
             _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };

@@ -2,7 +2,8 @@
 //! start one that would run out of either (before anything is allocated).
 
 use super::host_optimizer::unit_layout;
-use super::nvme::ALIGN;
+use super::nvme::{sweep_dead_scratch, ALIGN};
+use super::stream_nvme::pool_buffers;
 use crate::config::Config;
 use crate::model::layout::ParamLayout;
 use crate::model::store::unit_ranges;
@@ -14,9 +15,12 @@ use std::path::Path;
 pub struct OffloadBytes {
     /// Host memory at its peak: master weights and state (cpu tier) or the
     /// read-ahead window (nvme tier), plus every unit's gradient copy (and,
-    /// on CUDA, every unit's bf16 image of its weights).
+    /// on CUDA, every unit's bf16 image of its weights, unless
+    /// `offload.params = nvme` keeps those in the files: then the pool of
+    /// buffers the passes read weights into instead).
     pub host: u64,
-    /// The NVMe tier's state files (0 for the cpu tier).
+    /// The NVMe tier's state files (0 for the cpu tier), with each unit's
+    /// bf16 image for `offload.params = nvme` on CUDA.
     pub disk: u64,
 }
 
@@ -38,8 +42,11 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
         per_unit.push((4 * r.len() as u64, state));
     }
     // The host gradient copies, plus (CUDA: the device computes in bf16)
-    // each unit's bf16 image of its master weights.
-    let images = if cfg.device == "cuda" { 2 * layout.total as u64 } else { 0 };
+    // each unit's bf16 image of its master weights, in host memory unless
+    // params = nvme keeps it in the unit's file.
+    let streamed_from_disk = cfg.offload.params == "nvme";
+    let cuda = cfg.device == "cuda";
+    let images = if cuda && !streamed_from_disk { 2 * layout.total as u64 } else { 0 };
     let grads = 4 * layout.total as u64 + images;
     let biggest = per_unit.iter().map(|(m, s)| m + s).max().unwrap_or(0);
     let biggest_grads = per_unit.iter().map(|(m, _)| *m).max().unwrap_or(0);
@@ -50,8 +57,19 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
             // read, the one stepping, the one being written (its I/O
             // buffer doubles it).
             let alive = cfg.offload.prefetch as u64 + 3;
-            let disk = per_unit.iter().map(|(m, s)| m + s + (1 + MAX_STATE_TENSORS) * ALIGN as u64).sum();
-            OffloadBytes { host: grads + alive * 2 * biggest + biggest_grads, disk }
+            let mut disk: u64 = per_unit.iter().map(|(m, s)| m + s + (1 + MAX_STATE_TENSORS) * ALIGN as u64).sum();
+            let mut host = grads + alive * 2 * biggest + biggest_grads;
+            if streamed_from_disk {
+                // The leading bf16 image section of each file (CUDA), and
+                // the pool the passes read into: each buffer holds the
+                // largest unit's pass section (bf16 image or fp32 master).
+                if cuda {
+                    disk += ranges.iter().map(|r| padded(2 * r.len() as u64)).sum::<u64>();
+                }
+                let pass = ranges.iter().map(|r| padded(if cuda { 2 } else { 4 } * r.len() as u64)).max().unwrap_or(0);
+                host += pool_buffers(cfg.offload.prefetch) as u64 * pass;
+            }
+            OffloadBytes { host, disk }
         }
     })
 }
@@ -80,6 +98,10 @@ pub fn disk_available(path: &Path) -> Option<u64> {
     Some(s.f_bavail as u64 * s.f_frsize as u64)
 }
 
+fn padded(bytes: u64) -> u64 {
+    bytes.div_ceil(ALIGN as u64) * ALIGN as u64
+}
+
 fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
@@ -92,10 +114,11 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
         if need.disk > free {
             bail!(
                 "offload.optimizer = {tier} needs {} of disk for the state files under offload.path = {} but only {} is free there; \
-                 point offload.path at a larger disk, use offload.optimizer = cpu if host memory allows, or a smaller model / optimizer.name = adamw8bit",
+                 point offload.path at a larger disk, use offload.optimizer = cpu if host memory allows, or a smaller model / optimizer.name = adamw8bit{}",
                 gib(need.disk),
                 cfg.offload.path,
-                gib(free)
+                gib(free),
+                if cfg.offload.params == "nvme" && cfg.device == "cuda" { " (offload.params = nvme adds a bf16 image of the weights to the files)" } else { "" }
             );
         }
     }
@@ -112,9 +135,17 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
     Ok(())
 }
 
-/// The check a run makes before it allocates anything.
+/// The check a run makes before it allocates anything. The scratch
+/// folders of killed nvme runs under `offload.path` are removed first (a
+/// resume after a kill must not find its disk full of its own past).
 pub fn check_before_start(cfg: &Config) -> Result<()> {
     let need = offload_bytes(cfg)?;
+    if cfg.offload.optimizer == "nvme" {
+        let (folders, bytes) = sweep_dead_scratch(Path::new(&cfg.offload.path));
+        if folders > 0 {
+            eprintln!("note: removed {folders} scratch folder(s) of ended runs under offload.path = {} ({})", cfg.offload.path, gib(bytes));
+        }
+    }
     let disk = if cfg.offload.optimizer == "nvme" { disk_available(Path::new(&cfg.offload.path)) } else { None };
     check(cfg, need, host_available(), disk)
 }

@@ -26,6 +26,11 @@
 //! already read the first units ahead while backward ran). Either way the
 //! update is the plain run's, not a delayed or approximated one.
 //!
+//! `offload.params = cpu` streams each unit's compute weights to the device
+//! per use from the cpu tier's hosts ([`stream`]); `offload.params = nvme`
+//! from the nvme tier's files, read ahead into a small pool of host
+//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]).
+//!
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
 pub mod budget;
@@ -33,6 +38,7 @@ pub mod host_optimizer;
 pub mod nvme;
 pub mod store;
 pub mod stream;
+pub mod stream_nvme;
 pub mod timing;
 
 pub use store::{OffloadStore, RunStore};
@@ -167,8 +173,12 @@ pub struct Offload {
     uploading: Vec<(CopyTicket, UnitHost)>,
     /// Host ranges this offload had the backend pin (start addresses).
     pinned: HashSet<usize>,
-    /// `offload.params = cpu`: the weights stream to the device per unit.
+    /// `offload.params = cpu | nvme`: the weights stream to the device per unit.
     stream: Option<stream::Streamed>,
+    /// `offload.params = nvme`: the weights stream from the units' files.
+    disk: Option<stream_nvme::DiskStream>,
+    /// The disk stream's counters when this step began.
+    reads_at_begin: stream_nvme::ReadStats,
     /// The units' bf16 images match their master weights (CUDA, before
     /// the first step and after the weights were replaced).
     images_ready: bool,
@@ -181,7 +191,8 @@ impl Offload {
     /// in host memory or (nvme) in a new scratch folder under `offload.path`.
     pub fn new(cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
-        ensure!(cfg.offload.params == "none" || cfg.offload.optimizer == "cpu", "offload.params = {} needs offload.optimizer = cpu (the weights stream from the host copies of the cpu tier)", cfg.offload.params);
+        let params = cfg.offload.params.as_str();
+        ensure!(params == "none" || params == cfg.offload.optimizer, "offload.params = {params} needs offload.optimizer = {params} (the weights stream from where the optimizer keeps the master weights)");
         let tier = match cfg.offload.optimizer.as_str() {
             "cpu" => Tier::Cpu,
             "nvme" => Tier::Nvme,
@@ -190,7 +201,8 @@ impl Offload {
         let ranges = unit_ranges(&cfg.model, layout);
         let layouts: Vec<ParamLayout> = ranges.iter().map(|r| unit_layout(layout, r)).collect();
         let files = match tier {
-            Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path))?),
+            // params = nvme on a bf16 device: the files lead with bf16 images.
+            Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path), params == "nvme" && cfg.device == "cuda")?),
             Tier::Cpu => None,
         };
         let mut hosts = vec![];
@@ -214,6 +226,7 @@ impl Offload {
             .spawn(move || worker_loop(sh, job_rx, done_tx))
             .context("cannot start the offload optimizer thread")?;
         let units = ranges.len();
+        let disk = if params == "nvme" { Some(disk_stream(&shared, &ranges, cfg)?) } else { None };
         Ok(Offload {
             tier,
             shared,
@@ -239,7 +252,9 @@ impl Offload {
             landing: VecDeque::new(),
             uploading: Vec::new(),
             pinned: HashSet::new(),
-            stream: (cfg.offload.params == "cpu").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
+            stream: (params != "none").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
+            disk,
+            reads_at_begin: Default::default(),
             images_ready: false,
             fp32_device: cfg.debug.offload_fp32_weights,
         })
@@ -255,6 +270,12 @@ impl Offload {
         self.hosts.iter().filter(|h| h.is_some()).count()
     }
 
+    /// `offload.params = nvme`: units whose compute weights are in host
+    /// memory now (read ahead, or lent to an upload), and the reads so far.
+    pub fn streamed_from_disk(&self) -> Option<(usize, stream_nvme::ReadStats)> {
+        self.disk.as_ref().map(|d| (d.host_units(), d.stats()))
+    }
+
     /// Starts a step at learning rate `lr`. `grad_clip = 0` (no clipping)
     /// lets each unit's step overlap the rest of backward.
     pub fn begin_step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
@@ -263,6 +284,10 @@ impl Offload {
         self.times = OffloadTimes::default();
         self.overlap = grad_clip == 0.0;
         self.last_micro = true;
+        if let Some(d) = self.disk.as_mut() {
+            d.set_training(true);
+            self.reads_at_begin = d.stats();
+        }
         if self.shared.files.is_some() {
             let order: Vec<usize> = (0..self.ranges.len()).rev().collect();
             let (tx, rx) = sync_channel(self.prefetch);
@@ -288,6 +313,9 @@ impl Offload {
     /// complete only after it).
     pub fn set_last_micro(&mut self, last: bool) {
         self.last_micro = last;
+        if let Some(d) = self.disk.as_mut() {
+            d.set_last_micro(last);
+        }
     }
 
     fn send(&mut self, msg: Msg) -> Result<()> {
@@ -299,6 +327,10 @@ impl Offload {
         // A streamed unit's upload reads the host the step will change.
         if let Some(s) = self.stream.as_mut() {
             s.settle(b, u)?;
+        }
+        // Its file is about to be rewritten: no pass reads it meanwhile.
+        if let Some(d) = self.disk.as_mut() {
+            d.begin_unit_step(u)?;
         }
         let host = self.hosts[u].take();
         ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
@@ -315,6 +347,9 @@ impl Offload {
             Some(s) => s.clear_idle(b),
             None => Ok(()),
         };
+        if let (Some(d), Some(s)) = (self.disk.as_mut(), self.stream.as_ref()) {
+            d.recycle(s);
+        }
         if let Err(e) = idle.and_then(|_| self.land_all(b)) {
             self.abandon_copies(b);
             return Err(e);
@@ -362,6 +397,12 @@ impl Offload {
                 *spare = g;
             }
         }
+        if let Some(d) = self.disk.as_mut() {
+            d.set_training(false);
+            let (now, then) = (d.stats(), self.reads_at_begin);
+            self.times.offload_read_mb = (now.bytes - then.bytes) as f64 / 1e6;
+            self.times.offload_read_wait_ms = now.wait_ms - then.wait_ms;
+        }
         Ok(norm)
     }
 
@@ -379,9 +420,13 @@ impl Offload {
         }
         let host = d.host;
         if self.stream.is_some() {
-            // The weights go to the device when the next pass fetches them.
+            // The weights go to the device when the next pass fetches them
+            // (params = nvme: from the file the step wrote).
             let u = host.unit;
-            self.hosts[u] = Some(host);
+            match self.disk.as_mut() {
+                Some(d) => d.end_unit_step(u),
+                None => self.hosts[u] = Some(host),
+            }
             self.times.offload_h2d_ms += ms_since(t);
             return Ok(());
         }
@@ -501,6 +546,9 @@ impl Offload {
     /// in the nvme tier). Not while steps run.
     fn with_unit(&mut self, u: usize, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
         ensure!(self.in_flight == 0, "offload: state accessed while unit steps run");
+        if let Some(d) = self.disk.as_mut() {
+            d.forget(u)?;
+        }
         match (&mut self.hosts[u], &self.shared.files) {
             (Some(h), _) => f(h),
             (None, Some(files)) => {
@@ -631,6 +679,13 @@ impl Offload {
     /// to the device from the host, and the next unit ahead.
     fn fetch_streamed<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         let bf16 = b.compute_is_bf16();
+        if self.disk.is_some() {
+            let images = self.shared.files.as_ref().is_some_and(|f| f.images());
+            ensure!(images == bf16, "offload.params = nvme: the files hold {} weights but the device computes in {} (device = cuda computes in bf16)", if images { "bf16" } else { "fp32" }, if bf16 { "bf16" } else { "fp32" });
+            let units: Vec<usize> = self.with_tied(unit).into_iter().map(|v| v.index(self.n_layers)).collect();
+            let (d, s) = (self.disk.as_mut().expect("checked"), self.stream.as_mut().expect("params = nvme streams"));
+            return d.fetch(b, s, &units);
+        }
         if bf16 && !self.images_ready {
             for h in self.hosts.iter_mut().flatten() {
                 h.refresh_image();
@@ -663,6 +718,8 @@ impl Offload {
 
 impl Drop for Offload {
     fn drop(&mut self) {
+        // The parameter reader stops before the files go.
+        self.disk = None;
         self.jobs = None;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -677,7 +734,18 @@ impl Drop for Offload {
 fn scratch_dir(path: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::path::Path::new(path).join(format!("ferrotron-offload-{}-{n}", std::process::id()))
+    std::path::Path::new(path).join(format!("{}{}-{n}", nvme::SCRATCH_PREFIX, std::process::id()))
+}
+
+/// `offload.params = nvme`: the parameter stream over `shared`'s files.
+fn disk_stream(shared: &Arc<Shared>, ranges: &[Range<usize>], cfg: &Config) -> Result<stream_nvme::DiskStream> {
+    let files = shared.files.as_ref().ok_or_else(|| anyhow!("offload.params = nvme needs offload.optimizer = nvme"))?;
+    let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+    let pass_bytes = lens.iter().map(|&n| files.pass_bytes(n)).max().unwrap_or(0);
+    let (sh, sizes) = (shared.clone(), lens.clone());
+    let read: stream_nvme::ReadFn = Box::new(move |u, buf| sh.files.as_ref().expect("nvme tier has files").read_pass(u, sizes[u], buf));
+    let starts = ranges.iter().map(|r| r.start).collect();
+    stream_nvme::DiskStream::new(lens, starts, files.images(), pass_bytes, cfg.offload.prefetch, cfg.model.tied_embeddings, read)
 }
 
 fn check_names(full: &[StateTensor], unit: &[StateTensor]) -> Result<()> {
@@ -747,7 +815,8 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         }
     };
     let t = Instant::now();
-    let bf16 = sh.bf16_images.load(Ordering::Relaxed);
+    // A file with an image section gets it from `files.write`.
+    let bf16 = sh.bf16_images.load(Ordering::Relaxed) && !sh.files.as_ref().is_some_and(|f| f.images());
     let (out, grads) = sh.pool.install(|| {
         let out = host.step(job.grads, job.lr, job.clip);
         if bf16 && out.0.is_ok() {

@@ -4,13 +4,27 @@
 //! memory). Filesystems that refuse `O_DIRECT` (tmpfs, some overlay
 //! filesystems) get buffered I/O instead, noted once.
 //!
-//! File layout: the master weights, then each optimizer state tensor in
-//! `state_tensors` order, every section padded to [`ALIGN`] bytes.
+//! File layout, every section padded to [`ALIGN`] bytes:
+//! 1. with `offload.params = nvme` on a device computing in bf16 (CUDA):
+//!    the unit's bf16 image of its master weights (round to nearest even,
+//!    as [`UnitHost::refresh_image`]), what a pass reads: 2 bytes per
+//!    parameter in one aligned read from the start of the file;
+//! 2. the fp32 master weights (without an image section they come first,
+//!    and a pass on an fp32 device reads them);
+//! 3. each optimizer state tensor in `state_tensors` order.
+//!
+//! [`StateFiles::read_pass`] reads the leading section only; the
+//! optimizer's [`StateFiles::read`] skips the image; every
+//! [`StateFiles::write`] (a unit's step, a checkpoint load) rounds the
+//! image afresh from the master it writes, so the image never lags it.
 //!
 //! These files are scratch, never checkpoints: checkpoints are written by
 //! `ckpt/` (atomic, as for every run) and a resume rewrites every file
 //! from the checkpoint, so a kill in the middle of a write here loses
-//! nothing.
+//! nothing. Each folder's process keeps the folder itself locked (`flock`
+//! on its directory, released by the kernel however the process ends): the next
+//! run removes the folders of killed runs ([`sweep_dead_scratch`]) before
+//! it checks the free disk, so their gigabytes do not block a resume.
 
 use super::host_optimizer::UnitHost;
 use crate::backend::{Backend, DType};
@@ -19,8 +33,8 @@ use crate::model::layout::ParamLayout;
 use anyhow::{bail, Context, Result};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -61,7 +75,7 @@ impl AlignedBuf {
     }
     /// `n` f32 values starting at byte `off` (a multiple of 4: sections
     /// start at multiples of ALIGN).
-    fn f32s(&self, off: usize, n: usize) -> &[f32] {
+    pub fn f32s(&self, off: usize, n: usize) -> &[f32] {
         assert!(off % 4 == 0 && off + 4 * n <= self.len);
         // SAFETY: in range (checked), aligned (base is ALIGN-aligned, off % 4 == 0), any bits are valid f32.
         unsafe { std::slice::from_raw_parts(self.ptr.add(off) as *const f32, n) }
@@ -70,6 +84,24 @@ impl AlignedBuf {
         assert!(off % 4 == 0 && off + 4 * n <= self.len);
         // SAFETY: as in f32s, uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off) as *mut f32, n) }
+    }
+    /// `n` bf16 bit patterns starting at byte `off` (a multiple of 2).
+    pub fn u16s(&self, off: usize, n: usize) -> &[u16] {
+        assert!(off % 2 == 0 && off + 2 * n <= self.len);
+        // SAFETY: in range (checked), aligned as f32s, any bits are valid u16.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off) as *const u16, n) }
+    }
+    fn u16s_mut(&mut self, off: usize, n: usize) -> &mut [u16] {
+        assert!(off % 2 == 0 && off + 2 * n <= self.len);
+        // SAFETY: as in u16s, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off) as *mut u16, n) }
+    }
+    /// Bytes the buffer holds (a multiple of [`ALIGN`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -81,17 +113,58 @@ impl Drop for AlignedBuf {
 }
 
 /// The state files of every unit in one folder.
+/// Name prefix of a scratch folder under `offload.path`.
+pub const SCRATCH_PREFIX: &str = "ferrotron-offload-";
+
 pub struct StateFiles {
     pub dir: PathBuf,
+    /// Held (flock) while this process uses the folder.
+    _lock: File,
+    /// Each file leads with the unit's bf16 image (see the module doc).
+    images: bool,
     direct: AtomicBool,
     noted: AtomicBool,
 }
 
 impl StateFiles {
-    /// Creates `dir` (a folder of its own under `offload.path`).
-    pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create offload.path folder {}", dir.display()))?;
-        Ok(StateFiles { dir: dir.to_path_buf(), direct: AtomicBool::new(true), noted: AtomicBool::new(false) })
+    /// Creates `dir` (a folder of its own under `offload.path`); `images`:
+    /// each file leads with a bf16 image of the master weights.
+    pub fn create(dir: &Path, images: bool) -> Result<Self> {
+        // Made under a hidden name, locked, then renamed: a sweep by
+        // another process never sees it unlocked.
+        let (parent, name) = (dir.parent().unwrap_or(Path::new(".")), dir.file_name().unwrap_or_default().to_string_lossy());
+        let staging = parent.join(format!(".{name}"));
+        std::fs::create_dir_all(&staging).with_context(|| format!("cannot create offload.path folder {}", staging.display()))?;
+        let lock = File::open(&staging).with_context(|| format!("cannot open folder {}", staging.display()))?;
+        if !try_lock(&lock) {
+            bail!("offload scratch folder {} is in use by another process", staging.display());
+        }
+        std::fs::rename(&staging, dir).with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))?;
+        Ok(StateFiles { dir: dir.to_path_buf(), _lock: lock, images, direct: AtomicBool::new(true), noted: AtomicBool::new(false) })
+    }
+
+    /// Whether the files lead with bf16 images of the master weights.
+    pub fn images(&self) -> bool {
+        self.images
+    }
+
+    /// Bytes of the leading section a pass reads for a unit of `n`
+    /// parameters (its bf16 image, else its fp32 master), padded.
+    pub fn pass_bytes(&self, n: usize) -> usize {
+        padded(if self.images { 2 * n } else { 4 * n })
+    }
+
+    /// Section sizes (unpadded bytes) of a unit's file.
+    fn sections(&self, n: usize, states: &[crate::optim::StateTensor]) -> Vec<usize> {
+        let mut sizes = if self.images { vec![2 * n] } else { vec![] };
+        sizes.push(4 * n);
+        sizes.extend(states.iter().map(|t| t.bytes() as usize));
+        sizes
+    }
+
+    /// Bytes before the master weights (the image section, if any).
+    fn master_offset(&self, n: usize) -> usize {
+        if self.images { padded(2 * n) } else { 0 }
     }
 
     pub fn path(&self, unit: usize) -> PathBuf {
@@ -134,12 +207,15 @@ impl StateFiles {
     /// Writes `host`'s master weights and state to its file.
     pub fn write(&self, host: &mut UnitHost) -> Result<u64> {
         let states = host.opt.state_tensors();
-        let mut sizes = vec![4 * host.master.len];
-        sizes.extend(states.iter().map(|t| t.bytes() as usize));
-        let total: usize = sizes.iter().map(|&s| padded(s)).sum();
+        let n = host.master.len;
+        let total: usize = self.sections(n, &states).iter().map(|&s| padded(s)).sum();
         let mut buf = AlignedBuf::new(total)?;
-        buf.f32s_mut(0, host.master.len).copy_from_slice(host.master());
-        let mut off = padded(sizes[0]);
+        let at = self.master_offset(n);
+        if self.images {
+            round_bf16(host.master(), buf.u16s_mut(0, n));
+        }
+        buf.f32s_mut(at, n).copy_from_slice(host.master());
+        let mut off = at + padded(4 * n);
         for t in &states {
             match t.dtype {
                 DType::U8 => host.h.download_u8(t.view, &mut buf.bytes_mut()[off..off + t.view.len])?,
@@ -169,26 +245,18 @@ impl StateFiles {
             host.opt.load_meta(meta)?;
         }
         let states = host.opt.state_tensors();
-        let mut sizes = vec![4 * host.master.len];
-        sizes.extend(states.iter().map(|t| t.bytes() as usize));
-        let total: usize = sizes.iter().map(|&s| padded(s)).sum();
-        let mut buf = AlignedBuf::new(total)?;
-        let path = self.path(unit);
-        let mut f = self.open(unit, false)?;
-        let got = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if got != total as u64 {
-            bail!("offload state file {} has {got} bytes, expected {total}: it is not this run's (delete offload.path's folder)", path.display());
-        }
-        if let Err(e) = f.read_exact(buf.bytes_mut()) {
-            if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e).with_context(|| format!("cannot read {}", path.display()));
-            }
-            self.fall_back(&e);
-            self.open(unit, false)?.read_exact(buf.bytes_mut()).with_context(|| format!("cannot read {}", path.display()))?;
-        }
         let n = host.master.len;
+        let total: usize = self.sections(n, &states).iter().map(|&s| padded(s)).sum();
+        let skip = self.master_offset(n);
+        let mut buf = AlignedBuf::new(total - skip)?;
+        let got = std::fs::metadata(self.path(unit)).map(|m| m.len()).unwrap_or(0);
+        if got != total as u64 {
+            bail!("offload state file {} has {got} bytes, expected {total}: it is not this run's (delete offload.path's folder)", self.path(unit).display());
+        }
+        // The optimizer does not need the image: read from the master on.
+        self.read_at(unit, skip as u64, &mut buf.bytes_mut()[..total - skip])?;
         host.set_master(buf.f32s(0, n))?;
-        let mut off = padded(sizes[0]);
+        let mut off = padded(4 * n);
         for t in &states {
             match t.dtype {
                 DType::U8 => host.h.upload_u8(t.view, &buf.bytes()[off..off + t.view.len])?,
@@ -198,4 +266,77 @@ impl StateFiles {
         }
         Ok(host)
     }
+
+    /// The leading section of unit `unit`'s file (`n` parameters): its
+    /// compute weights, what a pass uploads (`offload.params = nvme`).
+    pub fn read_pass(&self, unit: usize, n: usize, buf: &mut AlignedBuf) -> Result<()> {
+        let bytes = self.pass_bytes(n);
+        if buf.len() < bytes {
+            bail!("offload: a {}-byte buffer cannot hold unit {unit}'s {bytes}-byte weights", buf.len());
+        }
+        self.read_at(unit, 0, &mut buf.bytes_mut()[..bytes])
+    }
+
+    /// Fills `dst` (aligned, a multiple of ALIGN long) from byte `at` of
+    /// unit `unit`'s file, in one read (O_DIRECT unless refused).
+    fn read_at(&self, unit: usize, at: u64, dst: &mut [u8]) -> Result<()> {
+        let path = self.path(unit);
+        let f = self.open(unit, false)?;
+        if let Err(e) = f.read_exact_at(dst, at) {
+            if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+            }
+            self.fall_back(&e);
+            self.open(unit, false)?.read_exact_at(dst, at).with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// `out[i]` = `master[i]` rounded to bf16 (nearest even): the bits
+/// [`UnitHost::refresh_image`] gives, in parallel chunks.
+fn round_bf16(master: &[f32], out: &mut [u16]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK).zip(master.par_chunks(CHUNK)).for_each(|(o, w)| {
+        for (o, &x) in o.iter_mut().zip(w) {
+            *o = half::bf16::from_f32(x).to_bits();
+        }
+    });
+}
+
+/// Takes an exclusive `flock` on `f` without waiting: false if another
+/// open of the file holds it.
+fn try_lock(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Removes the scratch folders under `path` whose process is gone (their
+/// lock is free: killed runs; a clean end removes its own). Returns the
+/// folders and bytes removed. Live folders, of this or another process,
+/// stay.
+pub fn sweep_dead_scratch(path: &Path) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(path) else { return (0, 0) };
+    let (mut folders, mut bytes) = (0, 0);
+    for e in entries.flatten() {
+        let dir = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        // This process's own folders are alive (or being created).
+        let own = format!("{SCRATCH_PREFIX}{}-", std::process::id());
+        if !name.starts_with(SCRATCH_PREFIX) || name.starts_with(&own) || !dir.is_dir() {
+            continue;
+        }
+        let Ok(lock) = File::open(&dir) else { continue };
+        if !try_lock(&lock) {
+            continue;
+        }
+        let size: u64 = std::fs::read_dir(&dir).map(|d| d.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            folders += 1;
+            bytes += size;
+        }
+    }
+    (folders, bytes)
 }

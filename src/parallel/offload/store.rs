@@ -1,6 +1,6 @@
 //! The parameter stores of an offloaded run: [`OffloadStore`] (the
 //! offload's gradients, and its streamed weights with `offload.params =
-//! cpu`, else ZeRO's weights) and [`RunStore`], which a run's passes read
+//! cpu | nvme`, else ZeRO's weights) and [`RunStore`], which a run's passes read
 //! through whether it is offloaded or not.
 
 use super::Offload;
@@ -16,6 +16,13 @@ pub struct OffloadStore<'a, B: Backend> {
     pub(super) off: &'a mut Offload,
 }
 
+impl<B: Backend> OffloadStore<'_, B> {
+    /// The offload behind this store (tests watch its host memory).
+    pub fn offload(&self) -> &Offload {
+        self.off
+    }
+}
+
 impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
     fn fetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         match self.off.stream.is_some() {
@@ -29,6 +36,9 @@ impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
             Some(s) => {
                 for unit in units {
                     s.release(b, unit.index(n_layers))?;
+                }
+                if let Some(d) = self.off.disk.as_mut() {
+                    d.recycle(s);
                 }
                 Ok(())
             }
@@ -53,7 +63,7 @@ impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
 }
 
 /// The store a run's passes read through: an offloaded run's (it may
-/// stream the weights: `offload.params = cpu`), else ZeRO's.
+/// stream the weights: `offload.params = cpu | nvme`), else ZeRO's.
 pub enum RunStore<'a, B: Backend> {
     Offloaded(OffloadStore<'a, B>),
     Zero(&'a mut Zero<B>),

@@ -93,6 +93,11 @@ impl Streamed {
         Ok(())
     }
 
+    /// Whether unit `u` is on the device (fetched, or uploaded ahead).
+    pub fn resident(&self, u: usize) -> bool {
+        self.units[u].is_some()
+    }
+
     pub fn release<B: Backend>(&mut self, b: &mut B, u: usize) -> Result<()> {
         let Some(r) = self.units[u].as_mut() else { return Ok(()) };
         r.holders = r.holders.saturating_sub(1);

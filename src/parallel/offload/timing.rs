@@ -4,6 +4,9 @@
 //! thread sat waiting for unit steps at the end of the step (`wait`: the
 //! part of `opt` that backward did not hide). Written to metrics.jsonl as
 //! `offload_d2h_ms`, `offload_opt_ms`, `offload_h2d_ms`, `offload_wait_ms`.
+//! With `offload.params = nvme` also the weights the passes read from disk
+//! (`offload_read_mb`) and how long the training thread waited for those
+//! reads (`offload_read_wait_ms`: the part the read-ahead did not hide).
 
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -14,6 +17,10 @@ pub struct OffloadTimes {
     pub offload_opt_ms: f64,
     pub offload_h2d_ms: f64,
     pub offload_wait_ms: f64,
+    #[serde(default)]
+    pub offload_read_mb: f64,
+    #[serde(default)]
+    pub offload_read_wait_ms: f64,
 }
 
 /// Milliseconds since `t`.

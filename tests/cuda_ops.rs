@@ -916,9 +916,10 @@ fn adamw8bit_ten_steps() {
         adamw8bit_case(&mut h, n, Views8 { aligned: false, bf16_grads: false, steps: 10 });
     }
     // Aligned views: the 16-byte path on full blocks, the element path on a
-    // partial last block; bf16 gradients (8-byte loads) too; and more quant
-    // blocks than one pass of the grid covers (132 SMs x 16 thread blocks x
-    // 8 warps = 16896 on an H200), so the grid-stride loop runs.
+    // partial last block; bf16 gradients (8-byte loads) too; and many more
+    // quant blocks than the resident grid's warps (132 SMs x 2-3 thread
+    // blocks x 8 warps on an H200), so every warp strides (and prefetches)
+    // through hundreds of blocks.
     for n in [256, 257, 4096, 5 * 256 + 77, 40 * 256 + 3] {
         for bf16_grads in [false, true] {
             adamw8bit_case(&mut h, n, Views8 { aligned: true, bf16_grads, steps: 10 });

@@ -997,9 +997,10 @@ fn check_codes(h: &mut H, what: &str, v: P) {
 /// launch (the CPU runs `adamw8bit` per tensor), with the parameters in
 /// one buffer with gaps (norm weights between matrices), code ranges at odd
 /// byte offsets with untouched gaps, their own weight decays, F32 and bf16
-/// gradients, a bf16 shadow that must stay fresh, and (odd steps) all
+/// gradients, a bf16 shadow that must stay fresh, and (even steps) all
 /// parameters at odd offsets: the element-by-element path. A table whose
-/// absmax blocks do not follow each other takes the per-tensor fallback.
+/// absmax blocks do not follow each other, or whose params overlap, takes
+/// the per-tensor fallback.
 /// Tolerances as in `adamw8bit_ten_steps` (expected: bit-identical).
 /// Every kernel variant: run with FERROTRON_ADAM8=prefetch|prefetch3|plain|pertensor.
 #[test]
@@ -1053,6 +1054,10 @@ fn adamw8bit_segments_one_launch() {
     let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 7, grad_scale: 1.0 };
     let g = grads_with_zeros(&mut h, np);
     h.run(|be, i| be.adamw8bit_segments(p[i].buf, g[i].buf, mc[i], vc[i], ma[i], va[i], &reordered, a));
+    // Two segments updating the same params (own codes and blocks): in
+    // order, one launch each, as the CPU does.
+    let twice = [Adam8Segment { param_off: segs[1].param_off, code_off: 0, block_off: 0, len: 64, weight_decay: 0.1 }, Adam8Segment { block_off: 1, ..segs[1] }];
+    h.run(|be, i| be.adamw8bit_segments(p[i].buf, g[i].buf, mc[i], vc[i], ma[i], va[i], &twice, a));
     h.check("adamw8bit_segments params", p, OPT);
     h.check("adamw8bit_segments m absmax", ma, OPT);
     h.check("adamw8bit_segments v absmax", va, OPT);

@@ -82,6 +82,14 @@ fn aligned(p: &Dev, g: &Dev, mc: &Dev, vc: &Dev, shadow: u64, param_off: usize, 
     (p.ptr + 4 * param_off as u64) % 16 == 0 && g_ok && (mc.ptr + code_off as u64) % 4 == 0 && (vc.ptr + code_off as u64) % 4 == 0 && (shadow + 2 * param_off as u64) % 8 == 0
 }
 
+/// Whether no two (start, len) ranges share an element: one launch runs
+/// the segments in parallel.
+fn disjoint(ranges: impl Iterator<Item = (usize, usize)>) -> bool {
+    let mut r: Vec<(usize, usize)> = ranges.filter(|(_, len)| *len > 0).collect();
+    r.sort_unstable();
+    r.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0)
+}
+
 /// Device views an 8-bit AdamW launch writes, checked.
 struct State8 {
     mc: Dev,
@@ -109,7 +117,9 @@ impl CudaBackend {
     }
 
     /// Every segment in one launch when their absmax blocks follow each
-    /// other from block 0 (an optimizer's layout), else one launch each.
+    /// other from block 0 and their params and codes do not overlap (an
+    /// optimizer's layout), else one launch each, in order (the trait's
+    /// meaning for any table).
     #[allow(clippy::too_many_arguments)]
     pub(in crate::backend::cuda) fn adamw8bit_segments(&mut self, params: BufId, grads: BufId, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, segs: &[Adam8Segment], a: AdamWArgs) -> Result<()> {
         self.begin()?;
@@ -119,7 +129,8 @@ impl CudaBackend {
             Some(ok)
         });
         let consecutive = consecutive.fold(true, |all, ok| all && ok);
-        if variant()?.1 || !consecutive || segs.is_empty() {
+        let disjoint = disjoint(segs.iter().map(|s| (s.param_off, s.len))) && disjoint(segs.iter().map(|s| (s.code_off, s.len)));
+        if variant()?.1 || !consecutive || !disjoint || segs.is_empty() {
             for s in segs {
                 let [p, g, mc, vc, ma, va] = s.views(params, grads, m_codes, v_codes, m_absmax, v_absmax);
                 self.adamw8bit(p, g, mc, vc, ma, va, AdamWArgs { weight_decay: s.weight_decay, ..a })?;

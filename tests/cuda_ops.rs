@@ -53,7 +53,7 @@ mod tolerance;
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
-use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, Llama3Scaling, PrecondArgs, Rope, SignArgs, View, IGNORE, QUANT_BLOCK};
+use ferrotron::backend::{Adam8Segment, AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, Llama3Scaling, PrecondArgs, Rope, SignArgs, View, IGNORE, QUANT_BLOCK};
 use tolerance::{assert_close, rms, RelTol, Tol, BF16_U as U};
 
 /// k bf16 roundings of an elementwise result (see the module comment).
@@ -921,9 +921,10 @@ fn adamw8bit_ten_steps() {
         adamw8bit_case(&mut h, n, Views8 { aligned: false, bf16_grads: false, steps: 10 });
     }
     // Aligned views: the 16-byte path on full blocks, the element path on a
-    // partial last block; bf16 gradients (8-byte loads) too; and more quant
-    // blocks than one pass of the grid covers (132 SMs x 16 thread blocks x
-    // 8 warps = 16896 on an H200), so the grid-stride loop runs.
+    // partial last block; bf16 gradients (8-byte loads) too; and many more
+    // quant blocks than the resident grid's warps (132 SMs x 2-3 thread
+    // blocks x 8 warps on an H200), so every warp strides (and prefetches)
+    // through hundreds of blocks.
     for n in [256, 257, 4096, 5 * 256 + 77, 40 * 256 + 3] {
         for bf16_grads in [false, true] {
             adamw8bit_case(&mut h, n, Views8 { aligned: true, bf16_grads, steps: 10 });
@@ -978,17 +979,97 @@ fn adamw8bit_case(h: &mut H, n: usize, views: Views8) {
     h.check(&format!("adamw8bit m absmax {tag}"), ma, OPT);
     h.check(&format!("adamw8bit v absmax {tag}"), va, OPT);
     for (name, v) in [("m", mc), ("v", vc)] {
-        let (g, c) = h.get_u8(v);
-        let diff: Vec<i32> = g.iter().zip(&c).map(|(a, b)| *a as i32 - *b as i32).collect();
-        let wrong = diff.iter().filter(|d| **d != 0).count();
-        let worst = diff.iter().map(|d| d.abs()).max().unwrap_or(0);
-        let first = diff.iter().position(|d| *d != 0);
-        println!("adamw8bit {name} codes {tag}: {wrong} differ from the CPU (max step {worst}, first at {first:?})");
-        assert!(worst <= 1 && wrong * 1000 <= n, "adamw8bit {name} codes {tag}: {wrong} differ, max step {worst}, first at {first:?}");
+        check_codes(h, &format!("{name} codes {tag}"), v);
     }
     // The untouched bytes between the code arrays stay as uploaded.
     let (g, _) = h.get_u8(cb);
     assert_eq!(&g[n..v_off], &codes[n..v_off], "adamw8bit wrote outside its code views");
+}
+
+/// 8-bit codes against the CPU's: the contract of `adamw8bit_ten_steps`
+/// (every |Δcode| <= 1, at most 1 in 1000 differing); expected 0.
+fn check_codes(h: &mut H, what: &str, v: P) {
+    let (g, c) = h.get_u8(v);
+    let diff: Vec<i32> = g.iter().zip(&c).map(|(a, b)| *a as i32 - *b as i32).collect();
+    let wrong = diff.iter().filter(|d| **d != 0).count();
+    let worst = diff.iter().map(|d| d.abs()).max().unwrap_or(0);
+    let first = diff.iter().position(|d| *d != 0);
+    println!("adamw8bit {what}: {wrong} differ from the CPU (max step {worst}, first at {first:?})");
+    assert!(worst <= 1 && wrong * 1000 <= g.len(), "adamw8bit {what}: {wrong} differ, max step {worst}, first at {first:?}");
+}
+
+/// `adamw8bit_segments`: many tensors of odd and quant-block sizes in one
+/// launch (the CPU runs `adamw8bit` per tensor), with the parameters in
+/// one buffer with gaps (norm weights between matrices), code ranges at odd
+/// byte offsets with untouched gaps, their own weight decays, F32 and bf16
+/// gradients, a bf16 shadow that must stay fresh, and (even steps) all
+/// parameters at odd offsets: the element-by-element path. A table whose
+/// absmax blocks do not follow each other, or whose params overlap, takes
+/// the per-tensor fallback.
+/// Tolerances as in `adamw8bit_ten_steps` (expected: bit-identical).
+/// Every kernel variant: run with FERROTRON_ADAM8=prefetch|prefetch3|plain|pertensor.
+#[test]
+fn adamw8bit_segments_one_launch() {
+    let Some(mut h) = gpu() else { return };
+    let sizes = [4096, 64, 1, 255, 256, 257, 1000, 5 * 256 + 77, 12, 40 * 256 + 3, 3 * 4096];
+    // Tensor k's params start 16-byte aligned after a gap (1 element later
+    // in the `shifted` layout of even steps), its codes after a gap of 4 to
+    // 7 bytes: 4-byte aligned for even k (the vector path on full blocks),
+    // 1 byte past that for odd k (element by element).
+    let (mut segs, mut shifted) = (vec![], vec![]);
+    let (mut param_off, mut code_off, mut block_off) = (0, 0, 0);
+    for (k, &len) in sizes.iter().enumerate() {
+        let weight_decay = if k % 3 == 0 { 0.0 } else { 0.1 * k as f32 };
+        let code_at = code_off + k % 2;
+        segs.push(Adam8Segment { param_off, code_off: code_at, block_off, len, weight_decay });
+        shifted.push(Adam8Segment { param_off: param_off + 1, ..segs[k] });
+        param_off = (param_off + len + k + 4).div_ceil(4) * 4;
+        code_off = (code_at + len + 4).div_ceil(4) * 4;
+        block_off += len.div_ceil(QUANT_BLOCK);
+    }
+    let (np, nc, nb) = (param_off + 1, code_off, block_off);
+    let p = h.randn(np, 1.0, DType::F32);
+    let codes: Vec<u8> = (0..2 * nc).map(|_| h.rng.u64() as u8).collect();
+    let cb = h.bytes(&codes);
+    let (mc, vc) = ([cb[0].sub(0, nc), cb[1].sub(0, nc)], [cb[0].sub(nc, nc), cb[1].sub(nc, nc)]);
+    let amax: Vec<f32> = (0..2 * nb).map(|_| h.rng.normal().abs() * 0.1).collect();
+    let ab = h.buf(&amax, DType::F32);
+    let (ma, va) = ([ab[0].sub(0, nb), ab[1].sub(0, nb)], [ab[0].sub(nb, nb), ab[1].sub(nb, nb)]);
+    // The first 4096 params are a 64x64 matrix: its bf16 shadow exists.
+    let x = h.randn(4 * 64, 1.0, DType::Compute);
+    let y = h.zeros(4 * 64, DType::Compute);
+    let w = [p[0].sub(0, 4096), p[1].sub(0, 4096)];
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, 64, 64));
+    for step in 1..=6u64 {
+        let g = grads_with_zeros(&mut h, np);
+        let g = if step % 3 == 2 {
+            let (gpu_grads, _) = h.get(g);
+            h.buf(&gpu_grads, DType::Compute)
+        } else {
+            g
+        };
+        let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 99.0, step, grad_scale: 0.8 };
+        let table: &[Adam8Segment] = if step % 2 == 1 { &segs } else { &shifted };
+        h.run(|be, i| be.adamw8bit_segments(p[i].buf, g[i].buf, mc[i], vc[i], ma[i], va[i], table, a));
+        h.run(|be, i| table.iter().try_for_each(|s| be.params_changed(View { buf: p[i].buf, off: s.param_off, len: s.len })));
+    }
+    // Absmax blocks out of order: one launch per tensor.
+    let mut reordered = segs.clone();
+    reordered.swap(0, 1);
+    let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 7, grad_scale: 1.0 };
+    let g = grads_with_zeros(&mut h, np);
+    h.run(|be, i| be.adamw8bit_segments(p[i].buf, g[i].buf, mc[i], vc[i], ma[i], va[i], &reordered, a));
+    // Two segments updating the same params (own codes and blocks): in
+    // order, one launch each, as the CPU does.
+    let twice = [Adam8Segment { param_off: segs[1].param_off, code_off: 0, block_off: 0, len: 64, weight_decay: 0.1 }, Adam8Segment { block_off: 1, ..segs[1] }];
+    h.run(|be, i| be.adamw8bit_segments(p[i].buf, g[i].buf, mc[i], vc[i], ma[i], va[i], &twice, a));
+    h.check("adamw8bit_segments params", p, OPT);
+    h.check("adamw8bit_segments m absmax", ma, OPT);
+    h.check("adamw8bit_segments v absmax", va, OPT);
+    check_codes(&mut h, "segments m codes", mc);
+    check_codes(&mut h, "segments v codes", vc);
+    h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, 4, 64, 64));
+    h.check("linear_fwd after adamw8bit_segments (shadow fresh)", y, MATMUL);
 }
 
 #[test]

@@ -230,6 +230,28 @@ impl AdamSegment {
     }
 }
 
+/// One tensor of an [`Backend::adamw8bit_segments`] call:
+/// `params[param_off .. param_off+len]` (and the same range of the grads),
+/// its codes `m/v_codes[code_off .. code_off+len]` and its
+/// `ceil(len / QUANT_BLOCK)` absmax values from `m/v_absmax[block_off]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adam8Segment {
+    pub param_off: usize,
+    pub code_off: usize,
+    pub block_off: usize,
+    pub len: usize,
+    pub weight_decay: f32,
+}
+
+impl Adam8Segment {
+    /// (params, grads, m codes, v codes, m absmax, v absmax) views of this segment.
+    pub fn views(&self, params: BufId, grads: BufId, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View) -> [View; 6] {
+        let at = |buf| View { buf, off: self.param_off, len: self.len };
+        let blocks = self.len.div_ceil(QUANT_BLOCK);
+        [at(params), at(grads), m_codes.sub(self.code_off, self.len), v_codes.sub(self.code_off, self.len), m_absmax.sub(self.block_off, blocks), v_absmax.sub(self.block_off, blocks)]
+    }
+}
+
 /// Lion step (Chen et al. 2023), decoupled weight decay:
 ///   g = grad · grad_scale
 ///   p *= 1 - lr·wd
@@ -587,6 +609,18 @@ macro_rules! backend_ops {
             /// `value / absmax` (absmax 0: all values are 0, codes of 0.0).
             #[allow(clippy::too_many_arguments)]
             fn adamw8bit(&mut self, params: View, grads: View, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, args: AdamWArgs) -> Result<()>;
+            /// [`Backend::adamw8bit`] over several tensors of one parameter buffer
+            /// in one call (each with its own weight decay; `args.weight_decay` is
+            /// ignored): a GPU updates every 8-bit tensor of a model in one launch
+            /// instead of one per tensor.
+            #[allow(clippy::too_many_arguments)]
+            fn adamw8bit_segments(&mut self, params: BufId, grads: BufId, m_codes: View, v_codes: View, m_absmax: View, v_absmax: View, segs: &[Adam8Segment], args: AdamWArgs) -> Result<()> = {
+                for s in segs {
+                    let [p, g, mc, vc, ma, va] = s.views(params, grads, m_codes, v_codes, m_absmax, v_absmax);
+                    self.adamw8bit(p, g, mc, vc, ma, va, AdamWArgs { weight_decay: s.weight_decay, ..args })?;
+                }
+                Ok(())
+            };
 
             // ---- 1-bit compression (1-bit Adam's compressed all-reduce) ----------
             /// Compress `x` to one sign bit per value and one scale per block of

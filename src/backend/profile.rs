@@ -4,7 +4,7 @@
 //! Synchronizing after every op removes overlap between launches, so totals
 //! are slightly higher than in an unprofiled step; the split is what matters.
 
-use super::{backend_ops, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
+use super::{backend_ops, Adam8Segment, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -48,13 +48,14 @@ impl<B: Backend> Profiled<B> {
 }
 
 /// The name an op's time is filed under: its own, except matmuls (by shape)
-/// and the upload/download variants and AdamW's segment form (with their
+/// and the upload/download variants and the AdamW segment forms (with their
 /// plain op). Arms bind the op's arguments by position.
 macro_rules! profile_key {
     (upload_u32 $($a:ident)*) => { "upload".to_string() };
     (upload_u8 $($a:ident)*) => { "upload".to_string() };
     (download_u8 $($a:ident)*) => { "download".to_string() };
     (adamw_segments $($a:ident)*) => { "adamw".to_string() };
+    (adamw8bit_segments $($a:ident)*) => { "adamw8bit".to_string() };
     (linear_fwd $out:ident $inp:ident $w:ident $bias:ident $m:ident $k:ident $n:ident) => {
         format!("linear_fwd {}x{}x{}", $m, $k, $n)
     };

@@ -11,7 +11,7 @@ use super::adamw::{plan_groups, AdamHyper, AdamWPart};
 use super::groups::filter_group;
 use super::plan::{row, GroupPlan};
 use super::{default_groups, meta_steps, Optimizer, ParamGroup, SlicePer, StateSlice, StateTensor};
-use crate::backend::{AdamWArgs, Backend, BufId, DType, View, QUANT_BLOCK};
+use crate::backend::{Adam8Segment, AdamWArgs, Backend, BufId, DType, View, QUANT_BLOCK};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use anyhow::Result;
@@ -90,13 +90,12 @@ impl<B: Backend> Optimizer<B> for AdamW8bit {
     fn step(&mut self, b: &mut B, params: BufId, grads: BufId, lr: f32, grad_scale: f32) -> Result<()> {
         self.steps += 1;
         let c = &self.cfg;
+        // Every quantized tensor in one call (its own weight decay each).
+        let segs: Vec<Adam8Segment> = self.slots.iter().map(|s| Adam8Segment { param_off: s.params.start, code_off: s.codes, block_off: s.blocks, len: s.params.len(), weight_decay: s.weight_decay }).collect();
+        let args = AdamWArgs { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: 0.0, step: self.steps, grad_scale };
+        b.adamw8bit_segments(params, grads, self.m_codes, self.v_codes, self.m_absmax, self.v_absmax, &segs, args)?;
         for s in &self.slots {
-            let n = s.params.len();
-            let nb = n.div_ceil(QUANT_BLOCK);
-            let args = AdamWArgs { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: s.weight_decay, step: self.steps, grad_scale };
-            let at = |buf: BufId| View { buf, off: s.params.start, len: n };
-            b.adamw8bit(at(params), at(grads), self.m_codes.sub(s.codes, n), self.v_codes.sub(s.codes, n), self.m_absmax.sub(s.blocks, nb), self.v_absmax.sub(s.blocks, nb), args)?;
-            b.params_changed(at(params))?;
+            b.params_changed(View { buf: params, off: s.params.start, len: s.params.len() })?;
         }
         self.small.step(b, params, grads, &AdamHyper::from_cfg(c, lr, self.steps, grad_scale))
     }

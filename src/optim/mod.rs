@@ -24,6 +24,7 @@ pub mod muon;
 pub mod newton_schulz;
 pub mod onebit;
 pub mod plan;
+pub mod quant_bins;
 pub mod quant_map;
 
 use crate::backend::{Backend, BufId, DType, View};

@@ -14,7 +14,9 @@ typedef long long i64;
 #define __device__
 #define __forceinline__ inline
 #define __global__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
+using std::min;
+using std::max;
 #define __shared__ static thread_local_shared
 struct dim3e { unsigned x, y, z; };
 extern thread_local dim3e threadIdx, blockIdx;
@@ -29,6 +31,8 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2
 struct float4 { float x, y, z, w; };
 struct uchar4 { unsigned char x, y, z, w; };
 struct uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 struct float2 { float x, y; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline uchar4 make_uchar4(unsigned char a, unsigned char b, unsigned char c, unsigned char d) { return {a, b, c, d}; }

@@ -209,6 +209,14 @@ impl CudaBackend {
         kernels::launch(&self.stream, &f, cfg, &k)
     }
 
+    /// Thread blocks of `block` threads (no dynamic shared memory) that
+    /// the whole GPU holds at once for kernel `k`: a persistent grid.
+    pub(super) fn resident_blocks<K: Kernel>(&mut self, k: &K, block: u32) -> Result<u32> {
+        let f = self.kernels.get(K::FILE, k.name())?;
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(block, 0, None).map_err(|e| anyhow!("{}: occupancy query: {e:?}", k.name()))?;
+        Ok(per_sm.max(1) * self.sms)
+    }
+
     pub(super) fn grid(&self, n: usize) -> LaunchConfig {
         kernels::grid1d(n, self.sms)
     }

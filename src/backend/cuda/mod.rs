@@ -40,7 +40,7 @@ pub fn supports_head_dim(d: usize) -> bool {
     (1..=MAX_HEAD_DIM).contains(&d)
 }
 
-use crate::backend::{backend_ops, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
+use crate::backend::{backend_ops, Adam8Segment, AdamSegment, AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View};
 use anyhow::Result;
 
 /// Forwards every op of `backend_ops!` to the `CudaBackend` method of the

@@ -108,14 +108,21 @@ impl CudaBackend {
             host.extend([(s.param_off / 4) as i64, (s.state_off / 4) as i64, start4 as i64, s.weight_decay.to_bits() as i64]);
             start4 += s.len / 4;
         }
+        Ok((self.device_table(host)?, start4))
+    }
+
+    /// Device copy of a table of i64 words (an optimizer's segments),
+    /// uploaded on first use and kept by content: an optimizer passes the
+    /// same table every step.
+    pub(in crate::backend::cuda) fn device_table(&mut self, host: Vec<i64>) -> Result<u64> {
         if let Some((_, mem)) = self.adam_tables.iter().find(|(k, _)| *k == host) {
-            return Ok((mem.ptr, start4));
+            return Ok(mem.ptr);
         }
         let mem = self.alloc.alloc(8 * host.len())?;
         let ptr = mem.ptr;
         self.htod(ptr, &host)?;
         self.adam_tables.push((host, mem));
-        Ok((ptr, start4))
+        Ok(ptr)
     }
 }
 

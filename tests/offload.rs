@@ -145,7 +145,7 @@ fn nvme_files_hold_the_state() {
     let layout = ParamLayout::new(&c.model);
     let weights = init_weights(&c.model, &layout, 1);
     let mut b = CpuBackend::new();
-    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights, false).unwrap();
     let device_bytes = b.live_bytes();
     assert_eq!(device_bytes, 4 * layout.total as u64, "the device holds the weights only: no gradients, no optimizer state");
     let mut off = Offload::new(&c, &layout, &weights).unwrap();
@@ -245,7 +245,7 @@ fn drive(c: &Config, defer: bool) -> (Vec<f32>, Vec<f32>) {
     let weights = init_weights(&c.model, &layout, 1);
     let mut b = CpuBackend::new();
     b.defer_copies(defer);
-    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+    let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights, false).unwrap();
     let mut off = Offload::new(c, &layout, &weights).unwrap();
     let units = Unit::all(c.model.n_layers);
     for step in 0..3 {
@@ -351,7 +351,7 @@ fn info_equals_an_offloaded_runs_device_allocations() {
         let weights = init_weights(&c.model, &layout, 1);
         let mut b = CpuBackend::new();
         b.defer_copies(true);
-        let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights).unwrap();
+        let mut zero = Zero::new_offloaded(&mut b, &c.model, &layout, Box::new(ferrotron::dist::SoloComm), &weights, false).unwrap();
         assert_eq!(b.live_memory_bytes(), est.weights + est.grads + est.optimizer_state.unwrap(), "tied {tied}: allocated vs info");
         let mut off = Offload::new(&c, &layout, &weights).unwrap();
         let peak = offloaded_step_peak(&c, &mut b, &mut zero, &mut off);

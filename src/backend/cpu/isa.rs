@@ -23,10 +23,22 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The widest variant this CPU runs, detected once.
+    /// The variant the kernels run: the widest this CPU has, or the one
+    /// `FERROTRON_CPU_ISA` (baseline | avx2 | avx512) names, if the CPU has
+    /// it (to compare them on a host, or to avoid one slow there).
+    /// Decided once.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| *Isa::available().last().expect("baseline is always available"))
+        *BEST.get_or_init(|| {
+            let available = Isa::available();
+            let widest = *available.last().expect("baseline is always available");
+            let Ok(name) = std::env::var("FERROTRON_CPU_ISA") else { return widest };
+            available.iter().copied().find(|isa| isa.name() == name).unwrap_or_else(|| {
+                let names: Vec<_> = available.iter().map(|isa| isa.name()).collect();
+                eprintln!("warning: FERROTRON_CPU_ISA={name} is not one this CPU runs ({}); using {}", names.join(", "), widest.name());
+                widest
+            })
+        })
     }
 
     /// Every variant this CPU runs, narrowest first (tests and benchmarks

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 /// Ordered narrowest first: a CPU that runs one variant runs all before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Isa {
     /// Whatever the build target has (SSE2 on x86-64; any other arch).
     Baseline,

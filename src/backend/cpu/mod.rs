@@ -14,12 +14,16 @@
 
 pub mod adamw;
 pub mod adamw8bit;
+#[cfg(target_arch = "x86_64")]
+mod adamw8bit_x86;
 pub mod attention;
 mod deferred_copies;
 pub mod axis;
+pub mod bf16;
 pub mod elementwise;
 pub mod embed;
 pub mod gelu;
+pub mod isa;
 pub mod layernorm;
 pub mod lion;
 pub mod matmul;

@@ -73,11 +73,7 @@ impl UnitHost {
     pub fn refresh_image(&mut self) {
         let master = self.h.slice(self.master);
         self.image.resize(master.len(), 0);
-        self.image.par_chunks_mut(CHUNK).zip(master.par_chunks(CHUNK)).for_each(|(out, w)| {
-            for (o, &x) in out.iter_mut().zip(w) {
-                *o = half::bf16::from_f32(x).to_bits();
-            }
-        });
+        crate::backend::cpu::bf16::round_to_bf16(&mut self.image, master);
     }
 
     /// One optimizer step of this unit from its gradients `grads`, which

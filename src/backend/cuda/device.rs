@@ -39,6 +39,12 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
+    /// Run the attention forward through the Hopper wgmma kernel where the
+    /// GPU (cc 9.0) and the shape allow (FERROTRON_ATTN=wgmma / fa2, or
+    /// `use_wgmma_attention`; default `attention::WGMMA_BY_DEFAULT`).
+    pub(super) wgmma_attention: bool,
+    /// Compute capability (major, minor).
+    pub(super) cc: (i32, i32),
     /// Timing events recorded on the stream by `mark`, until `clear_marks`.
     pub(super) marks: Vec<cudarc::driver::CudaEvent>,
     pub(super) stream: Arc<CudaStream>,
@@ -108,6 +114,8 @@ impl CudaBackend {
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
+            wgmma_attention: super::ops::attention::wgmma_from_env(),
+            cc,
             marks: Vec::new(),
             copies: None,
         })
@@ -133,6 +141,18 @@ impl CudaBackend {
     /// Choose the CUDA-core attention kernels (true) or the tensor-core ones.
     pub fn use_simple_attention(&mut self, yes: bool) {
         self.simple_attention = yes;
+    }
+
+    /// Choose the Hopper wgmma attention forward (true) or the
+    /// FlashAttention-2 one (false) for the shapes both take; it applies
+    /// only on a cc 9.0 GPU ([`Self::wgmma_attention_available`]).
+    pub fn use_wgmma_attention(&mut self, yes: bool) {
+        self.wgmma_attention = yes;
+    }
+
+    /// Whether this GPU runs the wgmma attention kernel (compute capability 9.0).
+    pub fn wgmma_attention_available(&self) -> bool {
+        self.cc == (9, 0)
     }
 
     pub(super) fn alloc_buf(&mut self, len: usize, dtype: DType) -> Result<BufId> {

@@ -1,6 +1,10 @@
 //! Causal flash-style attention: forward saves the per-row log-sum-exp;
 //! backward recomputes probabilities from it.
 //! Paths, fastest first:
+//! - forward only, Hopper (cc 9.0): wgmma kernels (attention_wgmma.cu) for
+//!   the cases the FlashAttention-2 kernels take, when chosen
+//!   (FERROTRON_ATTN=wgmma, `use_wgmma_attention`, or [`WGMMA_BY_DEFAULT`]);
+//!   their output and lse feed the FlashAttention-2 backward unchanged;
 //! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
 //!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
 //! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
@@ -18,6 +22,22 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "attention", source: include_str!("attention.cu") };
 pub(in crate::backend::cuda) const MMA_FILE: KernelFile = KernelFile { name: "attention_mma", source: include_str!("attention_mma.cu") };
 pub(in crate::backend::cuda) const FA2_FILE: KernelFile = KernelFile { name: "attention_fa2", source: include_str!("attention_fa2.cu") };
+pub(in crate::backend::cuda) const WGMMA_FILE: KernelFile = KernelFile { name: "attention_wgmma", source: include_str!("attention_wgmma.cu") };
+
+/// Whether the wgmma forward is used on a cc 9.0 GPU when FERROTRON_ATTN
+/// does not say. Off until the kernel is verified on a GPU; then flip it to
+/// make wgmma the default (FERROTRON_ATTN=fa2 keeps the old path).
+pub const WGMMA_BY_DEFAULT: bool = false;
+
+/// FERROTRON_ATTN=wgmma chooses the wgmma forward, =fa2 (or =simple) the
+/// others; unset, [`WGMMA_BY_DEFAULT`].
+pub(in crate::backend::cuda) fn wgmma_from_env() -> bool {
+    match std::env::var("FERROTRON_ATTN").as_deref() {
+        Ok("wgmma") => true,
+        Ok(_) => false,
+        Err(_) => WGMMA_BY_DEFAULT,
+    }
+}
 
 /// Mirrors `AttnDims` in attention.cu.
 #[repr(C)]
@@ -50,6 +70,8 @@ kernel! {
         out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, a: AttnDims,
     }
     struct Fa2Fwd(FA2_FILE, Fa2FwdKernel { D64: fa2_fwd_d64, D128: fa2_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
+    /// Hopper wgmma forward (same arguments and results as `Fa2Fwd`).
+    struct WgmmaFwd(WGMMA_FILE, WgmmaFwdKernel { D64: wgmma_fwd_d64, D128: wgmma_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
     /// delta and lse·log2e, rows padded to `tp`.
     struct Fa2BwdPrep(FA2_FILE, fa2_bwd_prep) {
         delta: u64, lse2: u64, dout: u64, dtdo: i32, out: u64, dto: i32, lse: u64, dtl: i32, a: AttnDims, d: i32, tp: i32,
@@ -106,6 +128,9 @@ impl CudaBackend {
         let (o, l) = (self.out(out)?, self.out(lse)?);
         let v = variant(d)?;
         if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&o) {
+            if self.wgmma_attention && self.cc == (9, 0) {
+                return self.attention_fwd_wgmma(o.ptr, l, q.ptr, s, a);
+            }
             // 4 warps x 32 query rows for D = 64; x 16 rows for D = 128 (the
             // O accumulator of 32 rows would not fit in registers).
             let bq = if d == 64 { 128 } else { 64 };
@@ -127,6 +152,20 @@ impl CudaBackend {
         let c = cfg(s.seq.div_ceil(TILE), s.heads, s.batch, smem);
         let kernel = [SimpleFwdKernel::D32, SimpleFwdKernel::D64, SimpleFwdKernel::D96, SimpleFwdKernel::D128][v];
         self.launch(c, SimpleFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, dtq: q.dt(), a })
+    }
+
+    /// Hopper forward: 64 query rows per warpgroup, 3 warpgroups for D = 64
+    /// and 2 for D = 128; shared memory = the Q tile + 2 K and 2 V buffers of
+    /// 128 keys, plus 1024 bytes to align the tiles to the swizzle atom.
+    fn attention_fwd_wgmma(&mut self, out: u64, lse: Dev, qkv: u64, s: AttnShape, a: AttnDims) -> Result<()> {
+        let (d, nwg) = (s.head_dim, if s.head_dim == 64 { 3 } else { 2 });
+        let bq = 64 * nwg;
+        let tiles = s.seq.div_ceil(bq);
+        ensure!(s.batch <= 65535 && tiles <= 65535, "attention_fwd (wgmma): batch {} or {tiles} query tiles over the grid limit 65535", s.batch);
+        let bytes = (bq + 4 * 128) * d * 2 + 1024;
+        let c = LaunchConfig { grid_dim: (s.heads as u32, s.batch as u32, tiles as u32), block_dim: (128 * nwg as u32, 1, 1), shared_mem_bytes: bytes as u32 };
+        let kernel = if d == 64 { WgmmaFwdKernel::D64 } else { WgmmaFwdKernel::D128 };
+        self.launch(c, WgmmaFwd { kernel, out, lse: lse.ptr, dtl: lse.dt(), qkv, a })
     }
 
     pub(in crate::backend::cuda) fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {

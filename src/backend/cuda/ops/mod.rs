@@ -37,7 +37,7 @@ kernel_modules! {
     gelu: FILE;
     swiglu: FILE;
     rope: FILE;
-    attention: FILE, MMA_FILE, FA2_FILE;
+    attention: FILE, MMA_FILE, FA2_FILE, WGMMA_FILE;
     xent: FILE;
     adamw: FILE;
     axpby: FILE;

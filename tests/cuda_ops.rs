@@ -52,7 +52,7 @@
 mod tolerance;
 
 use ferrotron::backend::cpu::CpuBackend;
-use ferrotron::backend::cuda::{compile_all_kernels, CudaBackend};
+use ferrotron::backend::cuda::{compile_all_kernels, AttnForward, CudaBackend};
 use ferrotron::backend::{AdamSegment, AdamWArgs, AttnShape, Backend, DType, LionArgs, Llama3Scaling, PrecondArgs, Rope, SignArgs, View, IGNORE, QUANT_BLOCK};
 use tolerance::{assert_close, rms, RelTol, Tol, BF16_U as U};
 
@@ -617,62 +617,66 @@ fn attention_case(h: &mut H, s: AttnShape) {
 #[test]
 fn attention() {
     let Some(mut h) = gpu() else { return };
-    h.g.use_wgmma_attention(false);
+    h.g.set_attention_forward(AttnForward::Fa2);
     attention_cases(&mut h);
 }
 
-/// The Hopper wgmma forward (cc 9.0 only; skips elsewhere) on the same
-/// cases, each followed by the FlashAttention-2 backward on its output and
-/// lse, then longer GQA sequences; every forward is also compared with the
-/// FlashAttention-2 forward on the same inputs.
+/// The Hopper wgmma forwards (cc 9.0 only; skips elsewhere), the
+/// warp-specialized TMA one and the cp.async one, on the same cases, each
+/// followed by the FlashAttention-2 backward on its output and lse; then
+/// longer GQA sequences; then each compared with the FlashAttention-2
+/// forward on the same inputs.
 #[test]
 fn attention_wgmma() {
     let Some(mut h) = gpu() else { return };
     if !h.g.wgmma_attention_available() {
-        println!("skipping: the wgmma attention kernel needs a compute capability 9.0 GPU");
+        println!("skipping: the wgmma attention kernels need a compute capability 9.0 GPU");
         return;
     }
-    h.g.use_wgmma_attention(true);
-    attention_cases(&mut h);
-    attention_case(&mut h, AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 });
-    attention_case(&mut h, AttnShape { batch: 1, seq: 4096, heads: 4, kv_heads: 1, head_dim: 128 });
-    for s in [
-        AttnShape { batch: 2, seq: 257, heads: 8, kv_heads: 4, head_dim: 64 },
-        AttnShape { batch: 2, seq: 600, heads: 4, kv_heads: 2, head_dim: 128 },
-        AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 },
-        AttnShape { batch: 1, seq: 4096, heads: 4, kv_heads: 1, head_dim: 128 },
-    ] {
-        wgmma_matches_fa2(&mut h, s);
+    for kind in [AttnForward::WgmmaTma, AttnForward::WgmmaSync] {
+        println!("forward: {kind:?}");
+        h.g.set_attention_forward(kind);
+        attention_cases(&mut h);
+        attention_case(&mut h, AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 });
+        attention_case(&mut h, AttnShape { batch: 1, seq: 4096, heads: 4, kv_heads: 1, head_dim: 128 });
+        for s in [
+            AttnShape { batch: 2, seq: 257, heads: 8, kv_heads: 4, head_dim: 64 },
+            AttnShape { batch: 2, seq: 600, heads: 4, kv_heads: 2, head_dim: 128 },
+            AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 },
+            AttnShape { batch: 1, seq: 4096, heads: 4, kv_heads: 1, head_dim: 128 },
+        ] {
+            matches_fa2(&mut h, kind, s);
+        }
     }
 }
 
-/// The wgmma and FlashAttention-2 forwards on the same GPU inputs. Each is
-/// within ATTN_FWD of the exact result (checked against the CPU above);
-/// their P roundings differ (128- vs 64-key tiles, so another running max
-/// when P is rounded), so by the triangle inequality they may differ by up
-/// to twice that bound: 2·ATTN_FWD, and 2·FP32 for the lse.
-fn wgmma_matches_fa2(h: &mut H, s: AttnShape) {
+/// Forward `kind` and the FlashAttention-2 forward on the same GPU inputs.
+/// Each is within ATTN_FWD of the exact result (checked against the CPU
+/// above); their P roundings differ (128- vs 64-key tiles, so another
+/// running max when P is rounded), so by the triangle inequality they may
+/// differ by up to twice that bound: 2·ATTN_FWD, and 2·FP32 for the lse.
+fn matches_fa2(h: &mut H, kind: AttnForward, s: AttnShape) {
     let n = s.batch * s.seq;
     let qkv = h.randn(n * s.qkv_width(), 1.0, DType::Compute)[0];
     let width = n * s.heads * s.head_dim;
     let mut results = Vec::new();
-    for wgmma in [true, false] {
+    for k in [kind, AttnForward::Fa2] {
         let out = View::whole(h.g.alloc(width, DType::Compute).unwrap(), width);
         let lse = View::whole(h.g.alloc(s.batch * s.heads * s.seq, DType::F32).unwrap(), s.batch * s.heads * s.seq);
         h.g.fill(out, f32::NAN).unwrap();
-        h.g.use_wgmma_attention(wgmma);
+        h.g.set_attention_forward(k);
         h.g.attention_fwd(out, lse, qkv, s).unwrap();
         let (mut o, mut l) = (vec![0.0; out.len], vec![0.0; lse.len]);
         h.g.download(out, &mut o).unwrap();
         h.g.download(lse, &mut l).unwrap();
         results.push((o, l));
     }
-    h.g.use_wgmma_attention(true);
-    let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+    h.g.set_attention_forward(kind);
+    let tag = format!("{kind:?} B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
     let twice = |t: RelTol| RelTol { rtol: 2.0 * t.rtol, atol_rms: 2.0 * t.atol_rms };
     let (fa2_out, fa2_lse) = (&results[1].0, &results[1].1);
-    assert_close(&format!("wgmma vs fa2 out {tag}"), &results[0].0, fa2_out, twice(ATTN_FWD).for_reference(fa2_out));
-    assert_close(&format!("wgmma vs fa2 lse {tag}"), &results[0].1, fa2_lse, twice(FP32).for_reference(fa2_lse));
+    assert_close(&format!("vs fa2 out {tag}"), &results[0].0, fa2_out, twice(ATTN_FWD).for_reference(fa2_out));
+    assert_close(&format!("vs fa2 lse {tag}"), &results[0].1, fa2_lse, twice(FP32).for_reference(fa2_lse));
 }
 
 /// The CUDA-core forward (fallback for f32 / misaligned qkv) on the same cases.
@@ -1146,7 +1150,7 @@ fn speed_smoke() {
 /// forward and backward TFLOP/s at GPT-2 124M head shapes (B=8, H=12,
 /// D=64) for T = 1024 .. 16384, plus D=128 (H=6, same model width). The
 /// forward is timed with the FlashAttention-2 kernel and, on a cc 9.0 GPU,
-/// with the wgmma kernel ("-" elsewhere); the backward is the same kernel
+/// with both wgmma kernels ("-" elsewhere); the backward is the same kernel
 /// either way.
 /// FLOP convention (causal, as FlashAttention reports): forward
 /// 2·B·H·T²·D (= 4·B·H·T²·D halved by the mask), backward 2.5× forward.
@@ -1181,8 +1185,8 @@ fn attention_bench() {
         v
     };
     let hopper = g.wgmma_attention_available();
-    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma fwd ms | wgmma fwd TFLOP/s | bwd ms | bwd TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma (TMA) fwd ms | TFLOP/s | wgmma (sync) fwd ms | TFLOP/s | bwd ms | bwd TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (d, heads, ts) in [(64usize, 12usize, &[1024usize, 2048, 4096, 8192, 16384][..]), (128, 6, &[1024, 4096, 16384][..])] {
         let tmax = *ts.last().unwrap();
         let smax = AttnShape { batch: 8, seq: tmax, heads, kv_heads: heads, head_dim: d };
@@ -1199,15 +1203,20 @@ fn attention_bench() {
             let (out, lse, dqkv) = (out_all.sub(0, n * heads * d), lse_all.sub(0, 8 * heads * t), dqkv_all.sub(0, n * s.qkv_width()));
             let reps = if t <= 4096 { 15 } else { 5 };
             let fl = 2.0 * 8.0 * heads as f64 * (t * t) as f64 * d as f64;
-            g.use_wgmma_attention(false);
+            g.set_attention_forward(AttnForward::Fa2);
             let tf = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());
-            let wgmma = if hopper {
-                g.use_wgmma_attention(true);
-                let tw = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());
-                format!("{:.3} | {:.1}", tw * 1e3, fl / tw / 1e12)
-            } else {
-                "- | -".to_string()
-            };
+            let mut wgmma = Vec::new();
+            for kind in [AttnForward::WgmmaTma, AttnForward::WgmmaSync] {
+                wgmma.push(if hopper {
+                    g.set_attention_forward(kind);
+                    let tw = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());
+                    format!("{:.3} | {:.1}", tw * 1e3, fl / tw / 1e12)
+                } else {
+                    "- | -".to_string()
+                });
+            }
+            g.set_attention_forward(AttnForward::Fa2);
+            let wgmma = wgmma.join(" | ");
             let tb = median(g, reps, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
             println!("| {d} | 8 | {heads} | {t} | {:.3} | {:.1} | {wgmma} | {:.3} | {:.1} |", tf * 1e3, fl / tf / 1e12, tb * 1e3, 2.5 * fl / tb / 1e12);
         }

@@ -4,6 +4,7 @@
 
 use super::compiler::Compiler;
 use super::kernels::{self, Kernel, Kernels};
+use super::ops::attention::AttnForward;
 use super::ops::elementwise::{Convert, F32ToBf16Vec4};
 use super::loader;
 use super::matmul::Lt;
@@ -39,10 +40,9 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
-    /// Run the attention forward through the Hopper wgmma kernel where the
-    /// GPU (cc 9.0) and the shape allow (FERROTRON_ATTN=wgmma / fa2, or
-    /// `use_wgmma_attention`; default `attention::WGMMA_BY_DEFAULT`).
-    pub(super) wgmma_attention: bool,
+    /// The attention forward for the FlashAttention-2 cases (FERROTRON_ATTN,
+    /// `set_attention_forward`; default `attention::DEFAULT_FORWARD`).
+    pub(super) attn_forward: AttnForward,
     /// Compute capability (major, minor).
     pub(super) cc: (i32, i32),
     /// Timing events recorded on the stream by `mark`, until `clear_marks`.
@@ -114,7 +114,7 @@ impl CudaBackend {
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
-            wgmma_attention: super::ops::attention::wgmma_from_env(),
+            attn_forward: super::ops::attention::forward_from_env(),
             cc,
             marks: Vec::new(),
             copies: None,
@@ -143,11 +143,11 @@ impl CudaBackend {
         self.simple_attention = yes;
     }
 
-    /// Choose the Hopper wgmma attention forward (true) or the
-    /// FlashAttention-2 one (false) for the shapes both take; it applies
-    /// only on a cc 9.0 GPU ([`Self::wgmma_attention_available`]).
-    pub fn use_wgmma_attention(&mut self, yes: bool) {
-        self.wgmma_attention = yes;
+    /// Choose the attention forward for the shapes the FlashAttention-2
+    /// kernels take; the wgmma ones apply only on a cc 9.0 GPU
+    /// ([`Self::wgmma_attention_available`]), `Fa2` runs elsewhere.
+    pub fn set_attention_forward(&mut self, k: AttnForward) {
+        self.attn_forward = k;
     }
 
     /// Whether this GPU runs the wgmma attention kernel (compute capability 9.0).

@@ -32,7 +32,7 @@ pub(crate) use device::RawView;
 /// For dist::nccl (the communicator's stream and its events).
 pub(crate) use streams::{event_done, record, stream_waits};
 
-pub use ops::attention::HEAD_DIMS;
+pub use ops::attention::{AttnForward, DEFAULT_FORWARD as DEFAULT_ATTENTION_FORWARD, HEAD_DIMS};
 
 /// Whether the CUDA attention kernels implement this head size ([`HEAD_DIMS`]).
 pub fn supports_head_dim(d: usize) -> bool {

@@ -87,6 +87,16 @@ __device__ __forceinline__ u64 smem_desc(unsigned addr, unsigned lbo, unsigned s
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
 }
 
+// desc moved `bytes` further in shared memory (the start address is the low
+// field; addresses stay below 2^18, so no carry leaves it). Volatile so the
+// compiler recomputes it at each use instead of keeping every step's
+// descriptor live across the key loop (which spilled registers).
+__device__ __forceinline__ u64 desc_plus(u64 desc, unsigned bytes) {
+    u64 r;
+    asm volatile("add.s64 %0, %1, %2;\n" : "=l"(r) : "l"(desc), "l"((u64)(bytes >> 4)));
+    return r;
+}
+
 // Byte offset of 16-byte chunk c (of D/8) of row r in a swizzled tile of ROWS rows.
 template <int ROWS>
 __device__ __forceinline__ unsigned swz(int r, int c) {
@@ -157,26 +167,32 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float* d, const unsigned* a,
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
-// One key tile for one warpgroup: S = Q K^T (wgmma, both from shared
-// memory), online softmax in registers (scores in the log2 domain, causal
-// mask only on tiles that reach past the warpgroup's first row), then
-// O = O * corr + P V (wgmma, P from registers). `row` is this thread's first
-// row (its second is row + 8); sQw is the warpgroup's 64 query rows.
+// The three steps of one key tile for one warpgroup. `row` is this
+// thread's first query row (its second is row + 8); sQw is the warpgroup's
+// 64 query rows; s holds S (then P, in place) as accumulators.
+
+// Issues S = Q K^T (wgmma, both operands from shared memory) as one
+// wgmma group; the caller waits for it and then pins s.
 template <int D, int BQ, int BK>
-__device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsigned sQw, unsigned sKb, unsigned sVb,
-                                            int k0, int r0, int row, int lane, float sl2) {
-    float s[BK / 2];
+__device__ __forceinline__ void issue_qk(float* s, unsigned sQw, unsigned sKb) {
+    u64 q0 = smem_desc(sQw, 16, 1024), k0 = smem_desc(sKb, 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
-        u64 dq = smem_desc(sQw + (kk >> 2) * BQ * 128 + (kk & 3) * 32, 16, 1024);
-        u64 dk = smem_desc(sKb + (kk >> 2) * BK * 128 + (kk & 3) * 32, 16, 1024);
+        u64 dq = desc_plus(q0, (kk >> 2) * BQ * 128 + (kk & 3) * 32);
+        u64 dk = desc_plus(k0, (kk >> 2) * BK * 128 + (kk & 3) * 32);
         wgmma_m64n128k16_ss(s, dq, dk, kk);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    pin<BK / 2>(s);
+}
 
+// Online softmax of one tile in registers: scores to the log2 domain, the
+// causal mask (only on tiles that reach past the warpgroup's first row r0),
+// new row maxima m, s = exp2(s - m) in place, row sums l (per thread; the
+// quad is reduced at the end). corr[hf] is the factor O must be scaled by.
+template <int BK>
+__device__ __forceinline__ void softmax_tile(float* s, float* m, float* l, float* corr, int k0, int r0, int row,
+                                             int lane, float sl2) {
     bool diag = k0 + BK - 1 > r0;  // warpgroup-uniform
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
@@ -197,7 +213,7 @@ __device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsign
         // Key tile 0 (processed first) holds key 0 <= r, so m is finite
         // from then on and exp2(-inf - m) is a clean 0.
         float mnew = fmaxf(m[hf], mx);
-        float corr = fast_exp2(m[hf] - mnew);
+        corr[hf] = fast_exp2(m[hf] - mnew);
         m[hf] = mnew;
         float sum = 0.0f;
 #pragma unroll
@@ -208,17 +224,25 @@ __device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsign
                 s[4 * i + 2 * hf + e] = p;
                 sum += p;
             }
-        // Per-thread partial row sum; the quad is reduced once at the end.
-        l[hf] = l[hf] * corr + sum;
-#pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            o[4 * i + 2 * hf] *= corr;
-            o[4 * i + 2 * hf + 1] *= corr;
-        }
+        l[hf] = l[hf] * corr[hf] + sum;
     }
+}
 
-    // P as bf16 A fragments: k16 step kk = S columns 16kk .. 16kk+15.
-    unsigned p[BK / 16][4];
+// O *= corr, row by row.
+template <int D>
+__device__ __forceinline__ void rescale(float* o, const float* corr) {
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) {
+        o[4 * i] *= corr[0];
+        o[4 * i + 1] *= corr[0];
+        o[4 * i + 2] *= corr[1];
+        o[4 * i + 3] *= corr[1];
+    }
+}
+
+// P (in s) as bf16 A fragments: k16 step kk = S columns 16kk .. 16kk+15.
+template <int BK>
+__device__ __forceinline__ void pack_p(unsigned (*p)[4], const float* s) {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
         p[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
@@ -226,10 +250,17 @@ __device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsign
         p[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
         p[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
     }
+}
+
+// Issues O += P V (wgmma, P from registers, V MN-major from shared memory)
+// as one wgmma group; the caller waits for it and then pins o and p.
+template <int D, int BK>
+__device__ __forceinline__ void issue_pv(float* o, unsigned (*p)[4], unsigned sVb) {
+    u64 v0 = smem_desc(sVb, BK * 128, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
-        u64 dv = smem_desc(sVb + kk * 16 * 128, BK * 128, 1024);
+        u64 dv = desc_plus(v0, kk * 16 * 128);
         if constexpr (D == 64) {
             wgmma_m64n64k16_rs(o, p[kk], dv);
         } else {
@@ -237,9 +268,46 @@ __device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsign
         }
     }
     wgmma_commit();
+}
+
+// One key tile, each step waited for: S, softmax, O = O * corr + P V.
+template <int D, int BQ, int BK>
+__device__ __forceinline__ void attend_tile(float* o, float* m, float* l, unsigned sQw, unsigned sKb, unsigned sVb,
+                                            int k0, int r0, int row, int lane, float sl2) {
+    float s[BK / 2], corr[2];
+    unsigned p[BK / 16][4];
+    issue_qk<D, BQ, BK>(s, sQw, sKb);
+    wgmma_wait<0>();
+    pin<BK / 2>(s);
+    softmax_tile<BK>(s, m, l, corr, k0, r0, row, lane, sl2);
+    rescale<D>(o, corr);
+    pack_p<BK>(p, s);
+    issue_pv<D, BK>(o, p, sVb);
     wgmma_wait<0>();
     pin<D / 2>(o);
     pin<BK / 4>(&p[0][0]);
+}
+
+// Normalizes O by the row sums and stores it (bf16) and the natural-log
+// log-sum-exp, for rows < T.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* out, void* lse, int dtl, const float* o, const float* m,
+                                           const float* l, AttnDims a, int b, int h, int row, int lane) {
+    i64 rb = (i64)b * a.T;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float lt = l[hf];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        int r = row + 8 * hf;
+        if (r >= a.T) continue;
+        float inv = 1.0f / lt;
+        bf16* orow = out + (rb + r) * (i64)a.H * D + (i64)h * D + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < D / 8; i++)
+            *reinterpret_cast<unsigned*>(orow + 8 * i) = pack_bf16(o[4 * i + 2 * hf] * inv, o[4 * i + 2 * hf + 1] * inv);
+        if ((lane & 3) == 0) st(lse, dtl, ((i64)b * a.H + h) * a.T + r, (m[hf] + log2f(lt)) * LN2);
+    }
 }
 
 template <int D, int NWG>
@@ -297,19 +365,194 @@ __device__ void wgmma_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDi
         __syncthreads();  // every warpgroup is done with buffer j & 1
     }
 
+    store_rows<D>(out, lse, dtl, o, m, l, a, b, h, row, lane);
+}
+
+// ---------------------------------------------------------------------------
+// Warp-specialized variant (wgmma_tma_fwd), FlashAttention-3's structure:
+// one producer warpgroup (its first thread issues every load) and NWG
+// consumer warpgroups, no block-wide barrier after the start.
+// - Loads: cp.async.bulk.tensor (TMA) with tensor maps built on the host
+//   (attention.rs: 3-D [B][T][row width] bf16, 64-column boxes, 128-byte
+//   swizzle, the layout described at the top); rows past T lie outside the
+//   map and arrive as zeros. Each load completes on an mbarrier that counts
+//   its bytes (complete_tx).
+// - Barriers (mbarrier, in shared memory): q_full; per stage k_full and
+//   v_full (count 1: the producer's arrive.expect_tx, then the bytes) and
+//   kv_empty (count = every consumer thread). Stage st holds key tiles
+//   st, st + NS, ...; tile j is phase j / NS of its stage's barriers.
+// - Every consumer warpgroup arrives on kv_empty for every tile the block
+//   loads, also for tiles past its causal range (after seeing them loaded,
+//   so the arrival lands in that tile's phase), so the count per phase holds.
+// - Registers: setmaxnreg gives the producer 24 and the consumers the rest.
+// - Inside a consumer warpgroup, softmax of tile j overlaps the P V product
+//   of tile j - 1 (issued S_j, then PV_{j-1}; wait for S_j only; softmax;
+//   wait for PV_{j-1}; then rescale O and pack P_j).
+
+struct __align__(64) TensorMap {
+    u64 words[16];
+};
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of `bar` with this parity has completed. A lost
+// arrival would hang the GPU: with TRAP, after ~2^26 polls (seconds) trap
+// instead, so a bug fails the launch with an error. Only the producer
+// traps: a trap in the consumers' code made ptxas serialize their wgmmas
+// (C7512); the producer's final wait (produce) covers their hangs too.
+template <bool TRAP>
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    for (unsigned polls = 0;; polls++) {
+        unsigned done;
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (TRAP && polls > (1u << 26)) __trap();
+    }
+}
+// Box (c0 = column, c1 = row t, c2 = batch) of tensor map `tm` into shared
+// memory at `dst`, completing on `bar`.
+__device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* tm, int c0, int c1, int c2, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(tm)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+        : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// The producer's one thread: Q, then key/value tile j into stage j % NS
+// once every consumer has released the tile NS before it.
+template <int D, int BQ, int BK, int NS>
+__device__ __forceinline__ void produce(const TensorMap* tq, const TensorMap* tkv, unsigned sQ, unsigned sK, unsigned sV,
+                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned kv_empty,
+                                        AttnDims a, int b, int h, int q0, int nk) {
+    const unsigned KVBYTES = BK * D * 2;
+    int g = h / (a.H / a.KV);
+    int qcol = h * D, kcol = (a.H + g) * D, vcol = (a.H + a.KV + g) * D;
+    mbar_expect_tx(q_full, BQ * D * 2);
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        float lt = l[hf];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        int r = row + 8 * hf;
-        if (r >= a.T) continue;
-        float inv = 1.0f / lt;
-        bf16* orow = out + (rb + r) * (i64)a.H * D + (i64)h * D + 2 * (lane & 3);
+    for (int pn = 0; pn < D / 64; pn++) tma_load(sQ + pn * BQ * 128, tq, qcol + 64 * pn, q0, b, q_full);
+    for (int j = 0; j < nk; j++) {
+        int st = j % NS;
+        if (j >= NS) mbar_wait<true>(kv_empty + 8 * st, (j / NS - 1) & 1);
+        unsigned kdst = sK + st * KVBYTES, vdst = sV + st * KVBYTES;
+        mbar_expect_tx(k_full + 8 * st, KVBYTES);
 #pragma unroll
-        for (int i = 0; i < D / 8; i++)
-            *reinterpret_cast<unsigned*>(orow + 8 * i) = pack_bf16(o[4 * i + 2 * hf] * inv, o[4 * i + 2 * hf + 1] * inv);
-        if ((lane & 3) == 0) st(lse, dtl, ((i64)b * a.H + h) * a.T + r, (m[hf] + log2f(lt)) * LN2);
+        for (int pn = 0; pn < D / 64; pn++) tma_load(kdst + pn * BK * 128, tkv, kcol + 64 * pn, j * BK, b, k_full + 8 * st);
+        mbar_expect_tx(v_full + 8 * st, KVBYTES);
+#pragma unroll
+        for (int pn = 0; pn < D / 64; pn++) tma_load(vdst + pn * BK * 128, tkv, vcol + 64 * pn, j * BK, b, v_full + 8 * st);
+    }
+    // Wait until the consumers have released the last tile of each stage:
+    // a consumer stuck on a barrier then ends in this wait's trap.
+    for (int j = max(nk - NS, 0); j < nk; j++) mbar_wait<true>(kv_empty + 8 * (j % NS), (j / NS) & 1);
+}
+
+// One consumer warpgroup: its 64 query rows against key tiles 0 .. wnk-1,
+// softmax of tile j overlapping P V of tile j - 1; then the rows stored.
+template <int D, int BQ, int BK, int NS>
+__device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned sQw, unsigned sK, unsigned sV,
+                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned kv_empty,
+                                        AttnDims a, int b, int h, int r0, int nk) {
+    const unsigned KVBYTES = BK * D * 2;
+    int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    int row = r0 + 16 * warp + (lane >> 2);
+    int wnk = r0 < a.T ? min(a.T - 1, r0 + 63) / BK + 1 : 0;
+    const float sl2 = LOG2E / sqrtf((float)D);
+    float o[D / 2], s[BK / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    unsigned p[BK / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
+
+    mbar_wait<false>(q_full, 0);
+    if (wnk > 0) {  // tile 0: O is still 0, nothing to rescale
+        mbar_wait<false>(k_full, 0);
+        issue_qk<D, BQ, BK>(s, sQw, sK);
+        wgmma_wait<0>();
+        pin<BK / 2>(s);
+        softmax_tile<BK>(s, m, l, corr, 0, r0, row, lane, sl2);
+        pack_p<BK>(p, s);
+    }
+    for (int j = 1; j < wnk; j++) {
+        int st = j % NS, pst = (j - 1) % NS;
+        mbar_wait<false>(k_full + 8 * st, (j / NS) & 1);
+        issue_qk<D, BQ, BK>(s, sQw, sK + st * KVBYTES);
+        mbar_wait<false>(v_full + 8 * pst, ((j - 1) / NS) & 1);
+        issue_pv<D, BK>(o, p, sV + pst * KVBYTES);
+        wgmma_wait<1>();  // S_j is done; PV_{j-1} may still run
+        pin<BK / 2>(s);
+        softmax_tile<BK>(s, m, l, corr, j * BK, r0, row, lane, sl2);
+        wgmma_wait<0>();
+        pin<D / 2>(o);
+        pin<BK / 4>(&p[0][0]);
+        mbar_arrive(kv_empty + 8 * pst);  // tile j - 1 is no longer read
+        rescale<D>(o, corr);
+        pack_p<BK>(p, s);
+    }
+    if (wnk > 0) {
+        int pst = (wnk - 1) % NS;
+        mbar_wait<false>(v_full + 8 * pst, ((wnk - 1) / NS) & 1);
+        issue_pv<D, BK>(o, p, sV + pst * KVBYTES);
+        wgmma_wait<0>();
+        pin<D / 2>(o);
+        pin<BK / 4>(&p[0][0]);
+        mbar_arrive(kv_empty + 8 * pst);
+    }
+    // Tiles past this warpgroup's rows: released once loaded (see above).
+    for (int j = wnk; j < nk; j++) {
+        mbar_wait<false>(k_full + 8 * (j % NS), (j / NS) & 1);
+        mbar_arrive(kv_empty + 8 * (j % NS));
+    }
+    store_rows<D>(out, lse, dtl, o, m, l, a, b, h, row, lane);
+}
+
+template <int D, int NWG, int CONSUMER_REGS>
+__device__ void wgmma_tma_fwd(bf16* out, void* lse, int dtl, const TensorMap* tq, const TensorMap* tkv, AttnDims a) {
+    const int BQ = 64 * NWG, BK = 128, NS = 2;
+    const unsigned QBYTES = BQ * D * 2, KVBYTES = BK * D * 2;
+    extern __shared__ unsigned char smem_raw[];
+    unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    unsigned sK = sQ + QBYTES;       // NS stages
+    unsigned sV = sK + NS * KVBYTES;  // NS stages
+    unsigned q_full = sV + NS * KVBYTES, k_full = q_full + 8, v_full = k_full + 8 * NS, kv_empty = v_full + 8 * NS;
+
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
+    int q0 = qt * BQ, nk = (min(a.T, q0 + BQ) - 1) / BK + 1;
+    int wg = threadIdx.x >> 7;  // 0 .. NWG-1 consumers, NWG the producer
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 1);
+        for (int st = 0; st < NS; st++) {
+            mbar_init(k_full + 8 * st, 1);
+            mbar_init(v_full + 8 * st, 1);
+            mbar_init(kv_empty + 8 * st, 128 * NWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == NWG) {
+        setmaxnreg_dec<24>();
+        if (threadIdx.x == 128 * NWG) produce<D, BQ, BK, NS>(tq, tkv, sQ, sK, sV, q_full, k_full, v_full, kv_empty, a, b, h, q0, nk);
+    } else {
+        setmaxnreg_inc<CONSUMER_REGS>();
+        consume<D, BQ, BK, NS>(out, lse, dtl, sQ + wg * 64 * 128, sK, sV, q_full, k_full, v_full, kv_empty, a, b, h,
+                               q0 + 64 * wg, nk);
     }
 }
 
@@ -323,3 +566,17 @@ __device__ void wgmma_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDi
 
 WGMMA_INSTANTIATE(64, 3)
 WGMMA_INSTANTIATE(128, 2)
+
+// Warp-specialized: NWG consumer warpgroups + 1 producer; the consumers'
+// register count fills the register file once the producer drops to 24:
+// (65536 / threads rounded down to 8, at entry) -> 240 for D = 128 (384
+// threads), 160 for D = 64 (512 threads).
+#define WGMMA_TMA_INSTANTIATE(D, NWG, REGS)                                                                       \
+    extern "C" __global__ void __launch_bounds__(128 * (NWG + 1), 1)                                               \
+        wgmma_tma_fwd_d##D(bf16* out, void* lse, int dtl, const __grid_constant__ TensorMap tq,                    \
+                           const __grid_constant__ TensorMap tkv, AttnDims a) {                                     \
+        wgmma_tma_fwd<D, NWG, REGS>(out, lse, dtl, &tq, &tkv, a);                                                  \
+    }
+
+WGMMA_TMA_INSTANTIATE(64, 3, 160)
+WGMMA_TMA_INSTANTIATE(128, 2, 240)

@@ -10,6 +10,7 @@
 mod flat;
 pub(super) mod linear;
 mod rows;
+mod tensor_map;
 mod transfer;
 
 use super::kernels::KernelFile;

@@ -388,6 +388,7 @@ __device__ void wgmma_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDi
 // - Inside a consumer warpgroup, softmax of tile j overlaps the P V product
 //   of tile j - 1 (issued S_j, then PV_{j-1}; wait for S_j only; softmax;
 //   wait for PV_{j-1}; then rescale O and pack P_j).
+// tools/wgmma_pipeline.py model-checks this barrier protocol on the CPU.
 
 struct __align__(64) TensorMap {
     u64 words[16];

@@ -48,10 +48,11 @@ def run(t_len, nwg, seed):
     nk = (min(t_len, q0 + bq) - 1) // BK + 1
     k_full = [Barrier(1) for _ in range(NS)]
     v_full = [Barrier(1) for _ in range(NS)]
-    empty = [Barrier(nwg) for _ in range(NS)]  # one arrival per warpgroup (all its threads, modelled as one)
-    stage = [None] * NS        # tile whose copy was issued into the stage
-    landed = [set() for _ in range(NS)]  # "k"/"v" parts of it that have landed
-    readers = [set() for _ in range(NS)]
+    # one arrival per warpgroup (all its threads, modelled as one)
+    empty = {"k": [Barrier(nwg) for _ in range(NS)], "v": [Barrier(nwg) for _ in range(NS)]}
+    stage = {"k": [None] * NS, "v": [None] * NS}      # tile whose copy was issued into the stage
+    landed = {"k": [False] * NS, "v": [False] * NS}   # ... and whether it has landed
+    readers = {"k": [set() for _ in range(NS)], "v": [set() for _ in range(NS)]}
     inflight = []              # (stage, part, tile, barrier)
 
     def wait(bar, parity):
@@ -61,22 +62,25 @@ def run(t_len, nwg, seed):
     def producer():
         for j in range(nk):
             st = j % NS
-            if j >= NS:
-                yield from wait(empty[st], (j // NS - 1) & 1)
-            assert not readers[st], f"producer refills stage {st} while warpgroups {readers[st]} read it"
-            stage[st], landed[st] = j, set()
-            k_full[st].arrive(tx=1)
-            inflight.append((st, "k", j, k_full[st]))
-            yield "step"
-            v_full[st].arrive(tx=1)
-            inflight.append((st, "v", j, v_full[st]))
-            yield "step"
+            for part, full in (("k", k_full), ("v", v_full)):
+                if j >= NS:
+                    yield from wait(empty[part][st], (j // NS - 1) & 1)
+                assert not readers[part][st], f"producer refills {part} stage {st} while {readers[part][st]} read it"
+                stage[part][st], landed[part][st] = j, False
+                full[st].arrive(tx=1)
+                inflight.append((st, part, j, full[st]))
+                yield "step"
         for j in range(max(nk - NS, 0), nk):
-            yield from wait(empty[j % NS], (j // NS) & 1)
+            yield from wait(empty["k"][j % NS], (j // NS) & 1)
+            yield from wait(empty["v"][j % NS], (j // NS) & 1)
 
     def read(wg, st, part, j):
-        assert stage[st] == j and part in landed[st], f"wg {wg} expects tile {j} {part} in stage {st}"
-        readers[st].add(wg)
+        assert stage[part][st] == j and landed[part][st], f"wg {wg} expects tile {j} {part} in stage {st}"
+        readers[part][st].add(wg)
+
+    def release(wg, st, part):
+        readers[part][st].discard(wg)
+        empty[part][st].arrive()
 
     def consumer(wg):
         r0 = q0 + 64 * wg
@@ -85,29 +89,31 @@ def run(t_len, nwg, seed):
             yield from wait(k_full[0], 0)
             read(wg, 0, "k", 0)
             yield "step"
+            release(wg, 0, "k")  # S_0 done
         for j in range(1, wnk):
             st, pst = j % NS, (j - 1) % NS
             yield from wait(k_full[st], (j // NS) & 1)
-            read(wg, st, "k", j)
+            read(wg, st, "k", j)  # issue S_j
             yield "step"
             yield from wait(v_full[pst], ((j - 1) // NS) & 1)
-            read(wg, pst, "v", j - 1)
+            read(wg, pst, "v", j - 1)  # issue PV_{j-1}
             yield "step"
-            readers[st].discard(wg) if st != pst else None  # S_j done (wait<1>); K_j no longer read
+            release(wg, st, "k")  # wait<1>: S_j done
             yield "step"
-            readers[pst].discard(wg)  # PV_{j-1} done (wait<0>)
-            empty[pst].arrive()
+            release(wg, pst, "v")  # wait<0>: PV_{j-1} done
             yield "step"
         if wnk > 0:
             pst = (wnk - 1) % NS
             yield from wait(v_full[pst], ((wnk - 1) // NS) & 1)
             read(wg, pst, "v", wnk - 1)
             yield "step"
-            readers[pst].discard(wg)
-            empty[pst].arrive()
+            release(wg, pst, "v")
         for j in range(wnk, nk):
             yield from wait(k_full[j % NS], (j // NS) & 1)
-            empty[j % NS].arrive()
+            empty["k"][j % NS].arrive()
+            yield "step"
+            yield from wait(v_full[j % NS], (j // NS) & 1)
+            empty["v"][j % NS].arrive()
             yield "step"
 
     actors = [producer()] + [consumer(w) for w in range(nwg)]
@@ -116,8 +122,8 @@ def run(t_len, nwg, seed):
     while live:
         if inflight and rng.random() < 0.3:
             st, part, j, bar = inflight.pop(rng.randrange(len(inflight)))
-            if stage[st] == j:
-                landed[st].add(part)
+            if stage[part][st] == j:
+                landed[part][st] = True
             bar.complete_tx(1)
             idle_rounds = 0
             continue

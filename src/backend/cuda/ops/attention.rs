@@ -183,13 +183,13 @@ impl CudaBackend {
     /// Hopper forward: 64 query rows per consumer warpgroup, 3 warpgroups
     /// for D = 64 and 2 for D = 128 (+ 1 producer warpgroup for WgmmaTma);
     /// shared memory = the Q tile + 2 K and 2 V buffers of 128 keys, 1024
-    /// bytes to align the tiles to the swizzle atom, 64 for the mbarriers.
+    /// bytes to align the tiles to the swizzle atom, 128 for the 9 mbarriers.
     fn attention_fwd_wgmma(&mut self, out: u64, lse: Dev, qkv: u64, s: AttnShape, a: AttnDims) -> Result<()> {
         let (d, nwg) = (s.head_dim, if s.head_dim == 64 { 3 } else { 2 });
         let bq = 64 * nwg;
         let tiles = s.seq.div_ceil(bq);
         ensure!(s.batch <= 65535 && tiles <= 65535, "attention_fwd (wgmma): batch {} or {tiles} query tiles over the grid limit 65535", s.batch);
-        let bytes = (bq + 4 * 128) * d * 2 + 1024 + 64;
+        let bytes = (bq + 4 * 128) * d * 2 + 1024 + 128;
         let grid_dim = (s.heads as u32, s.batch as u32, tiles as u32);
         if self.attn_forward == AttnForward::WgmmaSync {
             let c = LaunchConfig { grid_dim, block_dim: (128 * nwg as u32, 1, 1), shared_mem_bytes: bytes as u32 };

@@ -379,11 +379,14 @@ __device__ void wgmma_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDi
 //   its bytes (complete_tx).
 // - Barriers (mbarrier, in shared memory): q_full; per stage k_full and
 //   v_full (count 1: the producer's arrive.expect_tx, then the bytes) and
-//   kv_empty (count = every consumer thread). Stage st holds key tiles
-//   st, st + NS, ...; tile j is phase j / NS of its stage's barriers.
-// - Every consumer warpgroup arrives on kv_empty for every tile the block
-//   loads, also for tiles past its causal range (after seeing them loaded,
-//   so the arrival lands in that tile's phase), so the count per phase holds.
+//   k_empty and v_empty (count = every consumer thread). Stage st holds
+//   key tiles st, st + NS, ...; tile j is phase j / NS of its stage's
+//   barriers. K and V stages are released separately (K_j once S_j is
+//   done, V_j once P_j V_j is), so K_{j+2} loads while tile j+1 is used.
+// - Every consumer warpgroup arrives on k_empty and v_empty for every tile
+//   the block loads, also for tiles past its causal range (after seeing
+//   them loaded, so the arrival lands in that tile's phase), so the count
+//   per phase holds.
 // - Registers: setmaxnreg gives the producer 24 and the consumers the rest.
 // - Inside a consumer warpgroup, softmax of tile j overlaps the P V product
 //   of tile j - 1 (issued S_j, then PV_{j-1}; wait for S_j only; softmax;
@@ -442,8 +445,8 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 // once every consumer has released the tile NS before it.
 template <int D, int BQ, int BK, int NS>
 __device__ __forceinline__ void produce(const TensorMap* tq, const TensorMap* tkv, unsigned sQ, unsigned sK, unsigned sV,
-                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned kv_empty,
-                                        AttnDims a, int b, int h, int q0, int nk) {
+                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned k_empty,
+                                        unsigned v_empty, AttnDims a, int b, int h, int q0, int nk) {
     const unsigned KVBYTES = BK * D * 2;
     int g = h / (a.H / a.KV);
     int qcol = h * D, kcol = (a.H + g) * D, vcol = (a.H + a.KV + g) * D;
@@ -452,26 +455,30 @@ __device__ __forceinline__ void produce(const TensorMap* tq, const TensorMap* tk
     for (int pn = 0; pn < D / 64; pn++) tma_load(sQ + pn * BQ * 128, tq, qcol + 64 * pn, q0, b, q_full);
     for (int j = 0; j < nk; j++) {
         int st = j % NS;
-        if (j >= NS) mbar_wait<true>(kv_empty + 8 * st, (j / NS - 1) & 1);
         unsigned kdst = sK + st * KVBYTES, vdst = sV + st * KVBYTES;
+        if (j >= NS) mbar_wait<true>(k_empty + 8 * st, (j / NS - 1) & 1);
         mbar_expect_tx(k_full + 8 * st, KVBYTES);
 #pragma unroll
         for (int pn = 0; pn < D / 64; pn++) tma_load(kdst + pn * BK * 128, tkv, kcol + 64 * pn, j * BK, b, k_full + 8 * st);
+        if (j >= NS) mbar_wait<true>(v_empty + 8 * st, (j / NS - 1) & 1);
         mbar_expect_tx(v_full + 8 * st, KVBYTES);
 #pragma unroll
         for (int pn = 0; pn < D / 64; pn++) tma_load(vdst + pn * BK * 128, tkv, vcol + 64 * pn, j * BK, b, v_full + 8 * st);
     }
     // Wait until the consumers have released the last tile of each stage:
     // a consumer stuck on a barrier then ends in this wait's trap.
-    for (int j = max(nk - NS, 0); j < nk; j++) mbar_wait<true>(kv_empty + 8 * (j % NS), (j / NS) & 1);
+    for (int j = max(nk - NS, 0); j < nk; j++) {
+        mbar_wait<true>(k_empty + 8 * (j % NS), (j / NS) & 1);
+        mbar_wait<true>(v_empty + 8 * (j % NS), (j / NS) & 1);
+    }
 }
 
 // One consumer warpgroup: its 64 query rows against key tiles 0 .. wnk-1,
 // softmax of tile j overlapping P V of tile j - 1; then the rows stored.
 template <int D, int BQ, int BK, int NS>
 __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned sQw, unsigned sK, unsigned sV,
-                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned kv_empty,
-                                        AttnDims a, int b, int h, int r0, int nk) {
+                                        unsigned q_full, unsigned k_full, unsigned v_full, unsigned k_empty,
+                                        unsigned v_empty, AttnDims a, int b, int h, int r0, int nk) {
     const unsigned KVBYTES = BK * D * 2;
     int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int row = r0 + 16 * warp + (lane >> 2);
@@ -488,6 +495,7 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
         issue_qk<D, BQ, BK>(s, sQw, sK);
         wgmma_wait<0>();
         pin<BK / 2>(s);
+        mbar_arrive(k_empty);  // K_0 is no longer read
         softmax_tile<BK>(s, m, l, corr, 0, r0, row, lane, sl2);
         pack_p<BK>(p, s);
     }
@@ -499,11 +507,12 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
         issue_pv<D, BK>(o, p, sV + pst * KVBYTES);
         wgmma_wait<1>();  // S_j is done; PV_{j-1} may still run
         pin<BK / 2>(s);
+        mbar_arrive(k_empty + 8 * st);  // K_j is no longer read
         softmax_tile<BK>(s, m, l, corr, j * BK, r0, row, lane, sl2);
         wgmma_wait<0>();
         pin<D / 2>(o);
         pin<BK / 4>(&p[0][0]);
-        mbar_arrive(kv_empty + 8 * pst);  // tile j - 1 is no longer read
+        mbar_arrive(v_empty + 8 * pst);  // V_{j-1} is no longer read
         rescale<D>(o, corr);
         pack_p<BK>(p, s);
     }
@@ -514,12 +523,14 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
         wgmma_wait<0>();
         pin<D / 2>(o);
         pin<BK / 4>(&p[0][0]);
-        mbar_arrive(kv_empty + 8 * pst);
+        mbar_arrive(v_empty + 8 * pst);
     }
     // Tiles past this warpgroup's rows: released once loaded (see above).
     for (int j = wnk; j < nk; j++) {
         mbar_wait<false>(k_full + 8 * (j % NS), (j / NS) & 1);
-        mbar_arrive(kv_empty + 8 * (j % NS));
+        mbar_arrive(k_empty + 8 * (j % NS));
+        mbar_wait<false>(v_full + 8 * (j % NS), (j / NS) & 1);
+        mbar_arrive(v_empty + 8 * (j % NS));
     }
     store_rows<D>(out, lse, dtl, o, m, l, a, b, h, row, lane);
 }
@@ -532,7 +543,9 @@ __device__ void wgmma_tma_fwd(bf16* out, void* lse, int dtl, const TensorMap* tq
     unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned sK = sQ + QBYTES;       // NS stages
     unsigned sV = sK + NS * KVBYTES;  // NS stages
-    unsigned q_full = sV + NS * KVBYTES, k_full = q_full + 8, v_full = k_full + 8 * NS, kv_empty = v_full + 8 * NS;
+    // mbarriers: q_full, then NS each of k_full, v_full, k_empty, v_empty.
+    unsigned q_full = sV + NS * KVBYTES, k_full = q_full + 8, v_full = k_full + 8 * NS;
+    unsigned k_empty = v_full + 8 * NS, v_empty = k_empty + 8 * NS;
 
     int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
     int q0 = qt * BQ, nk = (min(a.T, q0 + BQ) - 1) / BK + 1;
@@ -542,18 +555,19 @@ __device__ void wgmma_tma_fwd(bf16* out, void* lse, int dtl, const TensorMap* tq
         for (int st = 0; st < NS; st++) {
             mbar_init(k_full + 8 * st, 1);
             mbar_init(v_full + 8 * st, 1);
-            mbar_init(kv_empty + 8 * st, 128 * NWG);
+            mbar_init(k_empty + 8 * st, 128 * NWG);
+            mbar_init(v_empty + 8 * st, 128 * NWG);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
     if (wg == NWG) {
         setmaxnreg_dec<24>();
-        if (threadIdx.x == 128 * NWG) produce<D, BQ, BK, NS>(tq, tkv, sQ, sK, sV, q_full, k_full, v_full, kv_empty, a, b, h, q0, nk);
+        if (threadIdx.x == 128 * NWG) produce<D, BQ, BK, NS>(tq, tkv, sQ, sK, sV, q_full, k_full, v_full, k_empty, v_empty, a, b, h, q0, nk);
     } else {
         setmaxnreg_inc<CONSUMER_REGS>();
-        consume<D, BQ, BK, NS>(out, lse, dtl, sQ + wg * 64 * 128, sK, sV, q_full, k_full, v_full, kv_empty, a, b, h,
-                               q0 + 64 * wg, nk);
+        consume<D, BQ, BK, NS>(out, lse, dtl, sQ + wg * 64 * 128, sK, sV, q_full, k_full, v_full, k_empty, v_empty, a, b,
+                               h, q0 + 64 * wg, nk);
     }
 }
 

@@ -665,7 +665,7 @@ fn wgmma_cases(kind: AttnForward) {
 /// An emulation of the forward's roundings at T = 4096, one head
 /// (tools/attn_fwd_tolerance.py: f64 reference, P rounded to bf16 per key
 /// tile, output rounded) puts the worst element at 0.71 to 1.22 of
-/// ATTN_FWD's bound with the whole-tensor RMS over ten random heads, always
+/// ATTN_FWD's bound with the whole-tensor RMS over twelve random heads, always
 /// in the first rows, for 128- and 64-key tiles alike (so the fa2 kernel
 /// would fail it too), and at 0.31 to 0.35 with the per-row RMS (T = 600:
 /// 0.39-0.41 and 0.28-0.29). The whole-tensor ratio is printed too.

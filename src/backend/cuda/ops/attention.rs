@@ -50,12 +50,17 @@ pub enum AttnForward {
 pub const DEFAULT_FORWARD: AttnForward = AttnForward::Fa2;
 
 /// FERROTRON_ATTN: `wgmma`, `wgmma-sync` or `fa2` (also `simple`, handled
-/// by the backend: the CUDA-core kernels); unset, [`DEFAULT_FORWARD`].
+/// by the backend: the CUDA-core kernels); unset, [`DEFAULT_FORWARD`]. Any
+/// other value is reported on stderr and runs `fa2`.
 pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
     match std::env::var("FERROTRON_ATTN").as_deref() {
         Ok("wgmma") => AttnForward::WgmmaTma,
         Ok("wgmma-sync") => AttnForward::WgmmaSync,
-        Ok(_) => AttnForward::Fa2,
+        Ok("fa2") | Ok("simple") => AttnForward::Fa2,
+        Ok(other) => {
+            eprintln!("FERROTRON_ATTN={other} is not one of fa2, wgmma, wgmma-sync, simple: using fa2");
+            AttnForward::Fa2
+        }
         Err(_) => DEFAULT_FORWARD,
     }
 }

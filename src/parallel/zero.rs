@@ -36,6 +36,14 @@
 //!   the embeddings; the final norm with the head) is one buffer and one
 //!   collective; no collective ever runs per tensor.
 //!
+//! One process (world 1), stages 2–3: the shard is the whole model in
+//! layout order, so the gradient views point straight into the shard's
+//! gradient buffer: no per-unit buffer, no copy, and the same sums in the
+//! same order as stage 0 (bit-identical gradients). Stage 3 at world 1
+//! still gathers each unit (a conversion fp32 → `Compute` into the unit's
+//! buffer; the solo communicator moves nothing): the device then holds no
+//! bf16 copy of every weight, only of the units in use.
+//!
 //! Stage 3 gathers in the backend's `Compute` dtype (bf16 on CUDA: half the
 //! bytes of fp32; f32 on CPU): each rank converts its fp32 master segment
 //! and the passes read the gathered weights directly (the matmuls take bf16
@@ -73,6 +81,9 @@ pub struct Zero<B: Backend> {
     gathered: Vec<Option<(BufId, usize)>>,
     /// Stages 2–3: each unit's gradient buffer while its backward runs.
     grad_bufs: Vec<Option<BufId>>,
+    /// Stages 2–3 at world 1: the gradient views point into `shard_grads`
+    /// (see the module doc); `grad_bufs` stays empty.
+    grads_in_shard: bool,
     /// Stage 3: units gathered ahead of their fetch, all-gather in flight.
     prefetched: Vec<Option<(BufId, Ticket)>>,
     /// Gradient reductions started in backward and not yet waited for,
@@ -98,6 +109,13 @@ enum Pending {
 
 /// Most units stage 3 holds gathered at once (fetched plus prefetched).
 pub const MAX_GATHERED_UNITS: usize = 2;
+
+/// Whether rank 0's shard is the whole layout in layout order (world 1:
+/// every unit's segment is the whole unit, at the unit's own offset), so
+/// that views of the layout can point into the shard's buffers.
+fn shard_is_layout(part: &Partition) -> bool {
+    part.world == 1 && (0..part.units.len()).all(|u| part.shard_offset(u, 0) == part.units[u].start && part.counts[u][0] == part.units[u].len())
+}
 
 impl<B: Backend> Zero<B> {
     /// Shards `weights` (the full model, layout order, identical on every
@@ -138,8 +156,10 @@ impl<B: Backend> Zero<B> {
             let n = part.shard_len(rank);
             (b.alloc(n.max(1), DType::F32)?, b.alloc(n.max(1), DType::F32)?)
         };
+        let grads_in_shard = stage >= 2 && device_grads && shard_is_layout(&part);
         let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
-        let gv = ModelViews::new(layout, full_grads.unwrap_or(UNFETCHED), cfg.n_layers);
+        let grads_home = if grads_in_shard { shard_grads } else { full_grads.unwrap_or(UNFETCHED) };
+        let gv = ModelViews::new(layout, grads_home, cfg.n_layers);
         let mut z = Zero {
             stage,
             part,
@@ -153,6 +173,7 @@ impl<B: Backend> Zero<B> {
             shard_grads,
             gathered: vec![None; units],
             grad_bufs: vec![None; units],
+            grads_in_shard,
             prefetched: (0..units).map(|_| None).collect(),
             pending: VecDeque::new(),
             reduce_in_backward: false,
@@ -544,7 +565,7 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
     }
 
     fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        if self.stage < 2 {
+        if self.stage < 2 || self.grads_in_shard {
             return Ok(());
         }
         for unit in self.with_tied(unit) {

@@ -190,9 +190,10 @@ pub fn longest_seq(cfg: &Config, bytes: u64) -> Option<usize> {
 ///   the fetched unit and of the one prefetched beside it (the next block
 ///   in forward, the head after the last block, the previous block in
 ///   backward); the head's gather brings the tied embeddings;
-/// - stages 2–3: fp32 gradients of the unit whose backward runs plus the
-///   previous unit's, still being reduce-scattered; tied embeddings keep
-///   their buffer from the head's backward to the end.
+/// - stages 2–3 over several ranks: fp32 gradients of the unit whose
+///   backward runs plus the previous unit's, still being reduce-scattered;
+///   tied embeddings keep their buffer from the head's backward to the end.
+///   At world 1 the gradients go straight into the shard: none.
 fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
     if stage < 2 {
         return 0;
@@ -201,7 +202,8 @@ fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
     let (embed, head, layers) = (0, part.units.len() - 1, part.units.len() - 2);
     let layer = |l: usize| 1 + l;
     let w = |u: usize| if stage == 3 { wb * len(u) } else { 0 };
-    let g = |u: usize| FP32 * len(u);
+    let unit_grads = if part.world > 1 { FP32 } else { 0 };
+    let g = |u: usize| unit_grads * len(u);
     let tied = cfg.model.tied_embeddings;
     let mut peak = w(embed);
     // Forward: block l fetched, the next unit prefetched.
@@ -213,7 +215,7 @@ fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
     // embeddings').
     let head_units = if tied { len(head) + len(embed) } else { len(head) };
     let head_w = if stage == 3 { wb * head_units } else { 0 };
-    peak = peak.max(head_w + FP32 * head_units);
+    peak = peak.max(head_w + unit_grads * head_units);
     // Backward: block l's weights and gradients, the previous block's
     // weights prefetched, the unit after it still reducing.
     let kept = if tied { g(embed) } else { 0 };

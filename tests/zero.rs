@@ -289,7 +289,8 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
 /// Stage 3 prefetches (the passes hint the next unit) but never holds more
 /// than `MAX_GATHERED_UNITS` = 2 units gathered at once — fetched plus
 /// prefetched — over a forward and backward, with untied and tied
-/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks.
+/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks; at
+/// world 1 it does not prefetch.
 /// The counter is the store's own; the memory test above checks the bytes.
 #[test]
 fn stage3_holds_at_most_two_gathered_units() {
@@ -310,6 +311,13 @@ fn stage3_holds_at_most_two_gathered_units() {
             model.forward_backward_in(&mut b, &mut zero, &tokens, &tokens, 2, 32, 1.0).unwrap();
             // Prefetching happened (2 at once), and never more.
             assert_eq!(zero.take_peak_gathered(), 2, "tied {tied}, {layers} blocks");
+            // One process: a gather is a conversion on the compute stream,
+            // nothing to overlap, so no prefetch and one unit at a time
+            // (with tied embeddings the head's fetch holds the embeddings
+            // too: two units).
+            let mut solo = Zero::new(&mut b, &cfg.model, &layout, 3, Box::new(Pretend { rank: 0, world: 1 }), false, &weights).unwrap();
+            model.forward_backward_in(&mut b, &mut solo, &tokens, &tokens, 2, 32, 1.0).unwrap();
+            assert_eq!(solo.take_peak_gathered(), if tied { 2 } else { 1 }, "world 1, tied {tied}, {layers} blocks");
         }
     }
 }

@@ -40,9 +40,11 @@
 //! layout order, so the gradient views point straight into the shard's
 //! gradient buffer: no per-unit buffer, no copy, and the same sums in the
 //! same order as stage 0 (bit-identical gradients). Stage 3 at world 1
-//! still gathers each unit (a conversion fp32 → `Compute` into the unit's
-//! buffer; the solo communicator moves nothing): the device then holds no
-//! bf16 copy of every weight, only of the units in use.
+//! still gathers each unit, but a gather is only a conversion fp32 →
+//! `Compute` into the unit's buffer (no collective, whatever the
+//! communicator) and nothing is prefetched (the conversion runs on the
+//! compute stream: nothing to overlap), so one unit is held at a time:
+//! the device holds no bf16 copy of every weight, only of the unit in use.
 //!
 //! Stage 3 gathers in the backend's `Compute` dtype (bf16 on CUDA: half the
 //! bytes of fp32; f32 on CPU): each rank converts its fp32 master segment
@@ -312,7 +314,11 @@ impl<B: Backend> Zero<B> {
     fn start_gather(&mut self, b: &mut B, u: usize) -> Result<(BufId, Ticket)> {
         let len = self.part.units[u].len();
         let buf = b.alloc(len, DType::Compute)?;
-        let started = b.copy(self.local_segment(u, buf), self.shard_view(u)).and_then(|_| self.comm.start_all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32));
+        let converted = b.copy(self.local_segment(u, buf), self.shard_view(u));
+        let started = match self.world() {
+            1 => converted.map(|_| Ticket::DONE),
+            _ => converted.and_then(|_| self.comm.start_all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32)),
+        };
         match started {
             Ok(t) => Ok((buf, t)),
             Err(e) => {
@@ -533,12 +539,13 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
         Ok(())
     }
 
-    /// Stage 3: starts gathering `unit` unless it is gathered already or
-    /// [`MAX_GATHERED_UNITS`] are (then its fetch gathers it). Only the
-    /// unit itself: the tied embeddings of the head are gathered on fetch.
+    /// Stage 3 over several ranks: starts gathering `unit` unless it is
+    /// gathered already or [`MAX_GATHERED_UNITS`] are (then its fetch
+    /// gathers it). Only the unit itself: the tied embeddings of the head
+    /// are gathered on fetch. At world 1 nothing (see the module doc).
     fn prefetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         let u = self.unit_index(unit);
-        if self.stage < 3 || self.gathered[u].is_some() || self.prefetched[u].is_some() || self.gathered_units() >= MAX_GATHERED_UNITS {
+        if self.stage < 3 || self.world() == 1 || self.gathered[u].is_some() || self.prefetched[u].is_some() || self.gathered_units() >= MAX_GATHERED_UNITS {
             return Ok(());
         }
         self.prefetched[u] = Some(self.start_gather(b, u)?);

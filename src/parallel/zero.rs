@@ -220,19 +220,21 @@ impl<B: Backend> Zero<B> {
         Ok(())
     }
 
-    /// The device buffer of the full model's fp32 weights (stages 0–2;
-    /// `None` at stage 3, which holds only shards): a checkpoint copies it
-    /// to the host asynchronously.
+    /// The device buffer of the full model's fp32 weights (stages 0–2, and
+    /// stage 3 at world 1, whose shard is the whole model in layout order;
+    /// `None` at stage 3 over several ranks, which hold only shards): a
+    /// checkpoint copies it to the host asynchronously.
     pub fn full_weights_view(&self) -> Option<View> {
-        self.full_params.map(|full| View::whole(full, self.layout.total))
+        let whole = |buf| View::whole(buf, self.layout.total);
+        self.full_params.map(whole).or_else(|| (self.stage == 3 && shard_is_layout(&self.part)).then(|| whole(self.shard_params)))
     }
 
     /// The full model's weights on the host, on every rank (a collective at
-    /// stage 3, which gathers unit by unit).
+    /// stage 3 over several ranks, which gathers unit by unit).
     pub fn full_weights(&mut self, b: &mut B) -> Result<Vec<f32>> {
         let mut host = vec![0.0; self.layout.total];
-        match self.full_params {
-            Some(full) => b.download(View::whole(full, self.layout.total), &mut host)?,
+        match self.full_weights_view() {
+            Some(full) => b.download(full, &mut host)?,
             None => {
                 for u in 0..self.part.units.len() {
                     let range = self.part.units[u].clone();

@@ -67,7 +67,9 @@ fn oom(bytes: usize, held: u64) -> anyhow::Error {
     anyhow!(
         "out of GPU memory: asked for {bytes} bytes ({:.2} GiB); {:.2} GiB free of {:.2} GiB, ferrotron holds {:.2} GiB. \
          Reduce train.batch_size or train.seq_len, or turn on train.recompute \
-         (norms and MLP activations recomputed) or train.checkpoint_layers (whole blocks recomputed: least memory).",
+         (norms and MLP activations recomputed) or train.checkpoint_layers (whole blocks recomputed: least memory); \
+         dist.zero_stage=3 in one process drops the bf16 copy of every weight (2 bytes per parameter). \
+         `ferrotron info` estimates each setting.",
         gib(bytes as u64),
         gib(free as u64),
         gib(total as u64),

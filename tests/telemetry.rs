@@ -450,3 +450,29 @@ fn run_report_plots_phases_and_mfu_and_summarizes() {
     MetricsWriter::create(empty.path()).unwrap();
     assert!(format!("{:#}", report(empty.path(), None).err().unwrap()).contains("no training steps"));
 }
+
+/// `info`'s total is what a one-process training step allocates at its
+/// peak (the CPU backend counts every buffer; per-op scratch is not a
+/// buffer there): plain, ZeRO stage 2 and 3 in one process (gradients
+/// straight into the shard, one unit gathered at a time), with layer
+/// checkpointing, logits in chunks, 8-bit AdamW, tied and untied
+/// embeddings — the settings the llama3-8b row of the benchmarks uses.
+#[test]
+fn one_process_step_peak_equals_info_total() {
+    let cases: &[&[&str]] = &[
+        &[],
+        &["dist.zero_stage=2"],
+        &["dist.zero_stage=3"],
+        &["dist.zero_stage=3", "model.tied_embeddings=false", "optimizer.name=adamw8bit", "train.checkpoint_layers=true"],
+        &["dist.zero_stage=3", "train.checkpoint_layers=true", "train.checkpoint_keep_attention=false", "train.logits_chunk=64"],
+        &["train.checkpoint_layers=true", "optimizer.name=adamw8bit", "train.logits_chunk=64"],
+    ];
+    for extra in cases {
+        let mut sets: Vec<String> = ["model.preset=tiny-llama", "train.batch_size=2", "train.seq_len=128"].iter().map(|s| s.to_string()).collect();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = ferrotron::config::load(None, &sets).unwrap();
+        let r = ferrotron::train::bench::bench_train(&cfg, 1, 2, None, false).unwrap();
+        assert_eq!(r.peak_mem_bytes, r.estimate_bytes, "{extra:?}: measured peak vs info");
+        assert_eq!(r.estimate_bytes, ferrotron::telemetry::memory::estimate(&cfg).total());
+    }
+}

@@ -453,14 +453,16 @@ fn run_report_plots_phases_and_mfu_and_summarizes() {
 
 /// `info`'s total is what a one-process training step allocates at its
 /// peak (the CPU backend counts every buffer; per-op scratch is not a
-/// buffer there): plain, ZeRO stage 2 and 3 in one process (gradients
-/// straight into the shard, one unit gathered at a time), with layer
+/// buffer there): plain, ZeRO stages 1–3 in one process (no fp32 copy of
+/// the full buffers; stages 2–3: gradients straight into the shard; stage
+/// 3: one unit gathered at a time), with layer
 /// checkpointing, logits in chunks, 8-bit AdamW, tied and untied
 /// embeddings — the settings the llama3-8b row of the benchmarks uses.
 #[test]
 fn one_process_step_peak_equals_info_total() {
     let cases: &[&[&str]] = &[
         &[],
+        &["dist.zero_stage=1"],
         &["dist.zero_stage=2"],
         &["dist.zero_stage=3"],
         &["dist.zero_stage=3", "model.tied_embeddings=false", "optimizer.name=adamw8bit", "train.checkpoint_layers=true"],

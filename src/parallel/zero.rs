@@ -152,11 +152,19 @@ impl<B: Backend> Zero<B> {
         let weight_dtype = if device_grads { DType::F32 } else { DType::Compute };
         let full_params = if stage <= 2 && device_weights { Some(b.alloc(layout.total, weight_dtype)?) } else { None };
         let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
-        let (shard_params, shard_grads) = if stage == 0 {
-            (full_params.unwrap_or(UNFETCHED), full_grads.unwrap_or(UNFETCHED))
-        } else {
-            let n = part.shard_len(rank);
-            (b.alloc(n.max(1), DType::F32)?, b.alloc(n.max(1), DType::F32)?)
+        // One process: the shard is the whole model in layout order, so a
+        // full buffer, where there is one, is the shard too (no fp32 copy).
+        let one_copy = stage == 0 || shard_is_layout(&part);
+        let n = part.shard_len(rank);
+        let shard_params = match full_params {
+            Some(full) if one_copy => full,
+            _ if stage == 0 => UNFETCHED,
+            _ => b.alloc(n.max(1), DType::F32)?,
+        };
+        let shard_grads = match full_grads {
+            Some(full) if one_copy => full,
+            _ if stage == 0 => UNFETCHED,
+            _ => b.alloc(n.max(1), DType::F32)?,
         };
         let grads_in_shard = stage >= 2 && device_grads && shard_is_layout(&part);
         let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
@@ -427,11 +435,7 @@ impl<B: Backend> Zero<B> {
         let reduced = std::mem::replace(&mut self.reduced, vec![false; self.part.units.len()]);
         let Some(full) = self.full_grads else { return Ok(()) };
         if self.world() == 1 {
-            if self.stage == 1 {
-                for u in 0..self.part.units.len() {
-                    b.copy(self.shard_grad_view(u), self.local_segment_full(u, full))?;
-                }
-            }
+            // The shard's gradients are the full buffer (see `build`).
             return Ok(());
         }
         for u in (0..self.part.units.len()).filter(|&u| !reduced[u]) {
@@ -486,10 +490,14 @@ impl<B: Backend> Zero<B> {
     }
 
     /// After the optimizer updated the shard: stages 1–2 bring every
-    /// rank's full weights up to date.
+    /// rank's full weights up to date (one process: the shard is the full
+    /// buffer, only its bf16 copy may need it).
     pub fn after_step(&mut self, b: &mut B) -> Result<()> {
         self.drop_prefetched(b)?;
         let (Some(full), true) = (self.full_params, self.stage > 0) else { return Ok(()) };
+        if full == self.shard_params {
+            return b.params_changed(View::whole(full, self.layout.total));
+        }
         for u in 0..self.part.units.len() {
             let range = self.part.units[u].clone();
             b.copy(self.local_segment_full(u, full), self.shard_view(u))?;

@@ -133,9 +133,11 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let shard = part.shard_len(rank) as u64;
     let optimizer_state = optim::plan(&cfg.optimizer, &part.shard_layout(&layout, rank)).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
     // Stages 1–2 keep every weight for the passes (and stage 1 every
-    // gradient) besides the shard's fp32 master and gradients.
-    let weights = if stage <= 2 { w * params } else { 0 } + FP32 * shard;
-    let grads = if stage == 1 { g * params } else { 0 } + FP32 * shard;
+    // gradient) besides the shard's fp32 master and gradients; in one
+    // process the full buffers are the shard's.
+    let copy = if world == 1 { 0 } else { FP32 * shard };
+    let weights = if stage <= 2 { w * params + copy } else { FP32 * shard };
+    let grads = if stage == 1 { g * params + copy } else { FP32 * shard };
     MemoryEstimate { params, weights, grads, optimizer_state, activations, scratch, comm_buffers: unit_buffers(cfg, &part, stage, act), sp_buffers }
 }
 

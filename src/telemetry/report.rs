@@ -125,11 +125,16 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let weights_note = if cfg.offload.params == "cpu" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(match (stage, world) {
         (3, 1) => "fp32 master, no bf16 copy (units gathered in bf16 when used)",
         (3, _) => "fp32 shard",
-        (_, 1) => "all, + fp32 copy (dist.zero_stage = 3 holds no bf16 copy)",
+        (_, 1) => "all (one process: the shard is the whole model)",
         _ => "all, + fp32 shard",
     }) };
     row(out, "weights", &human_bytes(est.weights), &weights_note);
-    row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
+    let grads_note = match (stage, world) {
+        (1, 1) => "all (one process: the shard is the whole model)",
+        (1, _) => "all, + fp32 shard",
+        _ => "fp32 shard",
+    };
+    row(out, "gradients", &human_bytes(est.grads), &sharded(grads_note));
     optimizer_row(out, cfg, &est);
     if est.comm_buffers > 0 && cfg.offload.enabled() {
         row(out, "unit gradient buffers", &human_bytes(est.comm_buffers), "the backward unit's gradients and those of the units still being copied to the host");

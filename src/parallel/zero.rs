@@ -154,18 +154,14 @@ impl<B: Backend> Zero<B> {
         let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
         // One process: the shard is the whole model in layout order, so a
         // full buffer, where there is one, is the shard too (no fp32 copy).
+        // (Stage 0 partitions for one rank whatever the rank: no shard.)
         let one_copy = stage == 0 || shard_is_layout(&part);
-        let n = part.shard_len(rank);
-        let shard_params = match full_params {
-            Some(full) if one_copy => full,
-            _ if stage == 0 => UNFETCHED,
-            _ => b.alloc(n.max(1), DType::F32)?,
+        let mut shard_buf = |full: Option<BufId>| match full {
+            Some(full) if one_copy => Ok(full),
+            _ if stage == 0 => Ok(UNFETCHED),
+            _ => b.alloc(part.shard_len(rank).max(1), DType::F32),
         };
-        let shard_grads = match full_grads {
-            Some(full) if one_copy => full,
-            _ if stage == 0 => UNFETCHED,
-            _ => b.alloc(n.max(1), DType::F32)?,
-        };
+        let (shard_params, shard_grads) = (shard_buf(full_params)?, shard_buf(full_grads)?);
         let grads_in_shard = stage >= 2 && device_grads && shard_is_layout(&part);
         let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
         let grads_home = if grads_in_shard { shard_grads } else { full_grads.unwrap_or(UNFETCHED) };
@@ -323,7 +319,9 @@ impl<B: Backend> Zero<B> {
     /// by the copy, half the bytes on the wire).
     fn start_gather(&mut self, b: &mut B, u: usize) -> Result<(BufId, Ticket)> {
         let len = self.part.units[u].len();
-        let buf = b.alloc(len, DType::Compute)?;
+        // Written whole: this rank's segment by the copy, the rest by the
+        // all-gather (at world 1 the segment is the unit).
+        let buf = b.alloc_for_overwrite(len, DType::Compute)?;
         let converted = b.copy(self.local_segment(u, buf), self.shard_view(u));
         let started = match self.world() {
             1 => converted.map(|_| Ticket::DONE),

@@ -157,8 +157,18 @@ impl CudaBackend {
 
     pub(super) fn alloc_buf(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         let mem = self.alloc.alloc(len * Elem::of(dtype).size())?;
+        Ok(self.new_buf(mem, len, dtype))
+    }
+
+    /// [`Self::alloc_buf`] without the zeroing (`Backend::alloc_for_overwrite`).
+    pub(super) fn alloc_buf_unzeroed(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        let mem = self.alloc.alloc_unzeroed(len * Elem::of(dtype).size())?;
+        Ok(self.new_buf(mem, len, dtype))
+    }
+
+    fn new_buf(&mut self, mem: DevMem, len: usize, dtype: DType) -> BufId {
         self.bufs.slots.push(Some(Buffer { mem, len, dtype, shadow: None }));
-        Ok(BufId(self.bufs.slots.len() - 1))
+        BufId(self.bufs.slots.len() - 1)
     }
 
     pub(super) fn free_buf(&mut self, id: BufId) {

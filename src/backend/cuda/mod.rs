@@ -71,6 +71,9 @@ impl Backend for CudaBackend {
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         self.alloc_buf(len, dtype)
     }
+    fn alloc_for_overwrite(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        self.alloc_buf_unzeroed(len, dtype)
+    }
     fn free(&mut self, buf: BufId) {
         self.free_buf(buf)
     }

@@ -76,7 +76,16 @@ fn host_pieces_speed() {
     pool.install(|| measure(threads));
 }
 
+/// The CPU's model name (Linux), to read the numbers against.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let line = info.lines().find(|l| l.starts_with("model name"));
+    line.and_then(|l| l.split(':').nth(1)).map_or("unknown".into(), |m| m.trim().to_string())
+}
+
 fn measure(threads: usize) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("cpu: {} ({cores} logical cores), variants: {:?}", cpu_model(), Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>());
     let src: Vec<f32> = (0..N).map(|i| (i % 1000) as f32 * 1e-3).collect();
     let mut dst = vec![0.0f32; N];
     let (copy, _) = best_of(5, || {

@@ -44,10 +44,12 @@ pub enum AttnForward {
     WgmmaSync,
 }
 
-/// The forward used when FERROTRON_ATTN does not choose one. `Fa2` until the
-/// wgmma kernels are verified on a GPU; then set `WgmmaTma` (or `WgmmaSync`)
-/// to make it the default (FERROTRON_ATTN=fa2 keeps the old path).
-pub const DEFAULT_FORWARD: AttnForward = AttnForward::Fa2;
+/// The forward used when FERROTRON_ATTN does not choose one: the
+/// warp-specialized TMA kernel, verified on the H200 (parity with the CPU
+/// twin and fa2; 458 TFLOP/s at D=128, T=16384 against fa2's 225:
+/// bench/results/gpu_2026-12-02c.md, call 2). On GPUs other than cc 9.0
+/// the fa2 kernel runs; FERROTRON_ATTN=fa2 chooses it everywhere.
+pub const DEFAULT_FORWARD: AttnForward = AttnForward::WgmmaTma;
 
 /// FERROTRON_ATTN: `wgmma`, `wgmma-sync` or `fa2` (also `simple`, handled
 /// by the backend: the CUDA-core kernels); unset, [`DEFAULT_FORWARD`]. Any

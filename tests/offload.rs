@@ -174,7 +174,7 @@ fn nvme_files_hold_the_state() {
             off.fetch_grads(&mut b, u).unwrap();
             let v = off.device_grads(u).unwrap();
             b.fill(v, 0.01 * (step + 1) as f32).unwrap();
-            off.grads_done(&mut b, u).unwrap();
+            off.grads_done(&mut b, &mut zero, u).unwrap();
             assert!(off.device_grads(u).is_none());
         }
         assert_eq!(b.live_bytes(), device_bytes, "gradient buffers freed after their unit's backward");
@@ -255,7 +255,7 @@ fn drive(c: &Config, defer: bool) -> (Vec<f32>, Vec<f32>) {
             let v = off.device_grads(u).unwrap();
             let g: Vec<f32> = (0..v.len).map(|i| ((i * 7 + k * 3 + step) % 11) as f32 * 1e-3 - 5e-3).collect();
             b.upload(v, &g).unwrap();
-            off.grads_done(&mut b, u).unwrap();
+            off.grads_done(&mut b, &mut zero, u).unwrap();
             // The copy stream's twin: copies stay in flight behind backward.
             assert!(b.copies_in_flight() <= 2, "at most COPY_LAG gradient copies in flight");
         }

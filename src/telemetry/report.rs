@@ -160,8 +160,10 @@ fn offload_rows(out: &mut String, cfg: &Config) {
     match crate::parallel::offload::budget::offload_bytes(cfg) {
         Ok(b) => {
             let tier = &cfg.offload.optimizer;
-            let what = if tier == "cpu" { "fp32 master + optimizer state + gradient copies" } else { "gradient copies + read-ahead window" };
-            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), what);
+            let pool = format!("{} gradient buffers {}", crate::parallel::offload::POOL_BUFFERS, human_bytes(b.host_pool));
+            let images = if b.host_images > 0 { format!(" + kept bf16 images {}", human_bytes(b.host_images)) } else { String::new() };
+            let what = if tier == "cpu" { format!("fp32 master + optimizer state {} + {pool}{images}", human_bytes(b.host - b.host_pool - b.host_images)) } else { format!("read-ahead window + {pool}") };
+            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &what);
             if b.disk > 0 {
                 row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("fp32 master + optimizer state files under {}", cfg.offload.path));
             }

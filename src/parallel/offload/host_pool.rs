@@ -29,10 +29,15 @@ pub struct HostPool {
 }
 
 impl HostPool {
-    /// `count` buffers of `full` elements each, zeroed (the pages are
-    /// touched by their first use).
+    /// `count` buffers of `full` elements each, zeroed and resident.
     pub fn new(full: usize, count: usize) -> Self {
-        let free: Vec<Vec<f32>> = (0..count).map(|_| vec![0.0f32; full.max(1)]).collect();
+        let free: Vec<Vec<f32>> = (0..count)
+            .map(|_| {
+                let mut v = vec![0.0f32; full.max(1)];
+                touch(&mut v);
+                v
+            })
+            .collect();
         let ranges = free.iter().map(|v| (v.as_ptr() as usize, 4 * v.capacity())).collect();
         HostPool { free, full: full.max(1), ranges }
     }
@@ -69,6 +74,18 @@ impl HostPool {
         // are still initialised f32s (any bit pattern is a valid f32).
         unsafe { v.set_len(self.full) };
         self.free.push(v);
+    }
+}
+
+/// Writes every page of `v`: the pool's memory is resident from the
+/// start (as page-locking makes it on CUDA), not faulted in by the first
+/// steps, so the host budget holds from the first moment.
+fn touch(v: &mut [f32]) {
+    const PAGE_FLOATS: usize = 4096 / 4;
+    for i in (0..v.len()).step_by(PAGE_FLOATS) {
+        // SAFETY: i < v.len(). Volatile: a zero stored into memory known
+        // to be zero would otherwise be optimised away.
+        unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
     }
 }
 

@@ -4,7 +4,8 @@
 //! (what `info` prints and the start-up check refuses on) within 2%, and
 //! the Offload's own count of its allocations against it exactly — for
 //! AdamW and 8-bit AdamW, `offload.params` none and cpu, with and without
-//! clipping.
+//! clipping. Building the offload from weights it consumes adds the pool
+//! and about one unit to the peak, not a second copy of the weights.
 //!
 //! Each case runs in a fresh process (this test binary again, one case
 //! named in an environment variable) with glibc's mmap threshold fixed
@@ -89,7 +90,16 @@ fn measure(case: &str) {
     let dev = b.live_bytes() - dev0;
     let predicted = budget::offload_bytes(&c).unwrap().host;
     let peak = hwm().saturating_sub(rss0).saturating_sub(b.peak_memory_bytes() - dev0);
-    println!("HOSTMEM {} {} {} {} {}", grown - dev, predicted, off.host_bytes(), layout.total, peak);
+    // Building from weights it consumes (what a run does) never holds a
+    // second copy of them: the growth at its peak is the new part of the
+    // offload (pool, state) less what it took over, plus about a unit.
+    let given = weights.clone();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss1 = rss();
+    let owned = Offload::new_owned(&c, &layout, given).unwrap();
+    let build_peak = hwm().saturating_sub(rss1);
+    drop(owned);
+    println!("HOSTMEM {} {} {} {} {} {}", grown - dev, predicted, off.host_bytes(), layout.total, peak, build_peak);
 }
 
 #[test]
@@ -112,7 +122,14 @@ fn host_memory_is_what_info_says() {
                 // The harness may print the test's name on the same line.
                 let line = text.lines().find_map(|l| l.split_once("HOSTMEM ")).unwrap_or_else(|| panic!("{case}: no measurement in\n{text}")).1;
                 let v: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
-                let (measured, predicted, counted, params_n, peak) = (v[0], v[1], v[2], v[3], v[4]);
+                let (measured, predicted, counted, params_n, peak, build_peak) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+                let c = cfg(&case);
+                let pool = budget::offload_bytes(&c).unwrap().host_pool;
+                let layout = ParamLayout::new(&c.model);
+                let biggest = ferrotron::model::store::unit_ranges(&c.model, &layout).iter().map(|r| r.len()).max().unwrap() as u64;
+                println!("{case}: building from owned weights grew the peak by {build_peak} B (weights {} B, pool {pool} B)", 4 * params_n);
+                // Slack: 1 MiB for the process's own small allocations.
+                assert!(build_peak <= pool + 4 * biggest + (1 << 20), "{case}: building the offload from its weights held more than the pool and one unit besides them");
                 println!(
                     "{case}: measured {measured} B, info {predicted} B ({:.3} B/param), counted {counted} B, diff {:+.2}%; \
                      peak growth less the device's peak {peak} B (informative: the two peaks need not coincide)",

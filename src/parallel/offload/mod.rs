@@ -224,6 +224,26 @@ impl Offload {
     /// in host memory or (nvme) in a new scratch folder under `offload.path`.
     pub fn new(cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        Self::build(cfg, layout, |h, r| h.set_master(&weights[r]))
+    }
+
+    /// [`Offload::new`] from weights it may consume: each unit's part is
+    /// released as soon as the unit holds it (last unit first, the vector
+    /// shrunk behind it), so building adds about one unit to host memory,
+    /// not a second copy of the model.
+    pub fn new_owned(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>) -> Result<Self> {
+        ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        Self::build(cfg, layout, |h, r| {
+            h.set_master(&weights[r.clone()])?;
+            weights.truncate(r.start);
+            weights.shrink_to_fit();
+            Ok(())
+        })
+    }
+
+    /// Makes the units, last first; `set_master(host, range)` gives each its
+    /// weights.
+    fn build(cfg: &Config, layout: &ParamLayout, mut set_master: impl FnMut(&mut UnitHost, Range<usize>) -> Result<()>) -> Result<Self> {
         ensure!(cfg.offload.params == "none" || cfg.offload.optimizer == "cpu", "offload.params = {} needs offload.optimizer = cpu (the weights stream from the host copies of the cpu tier)", cfg.offload.params);
         let tier = match cfg.offload.optimizer.as_str() {
             "cpu" => Tier::Cpu,
@@ -236,16 +256,15 @@ impl Offload {
             Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path))?),
             Tier::Cpu => None,
         };
-        let mut hosts = vec![];
-        for (u, l) in layouts.iter().enumerate() {
+        let mut hosts: Vec<Option<UnitHost>> = (0..ranges.len()).map(|_| None).collect();
+        for (u, l) in layouts.iter().enumerate().rev() {
             let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
-            host.set_master(&weights[ranges[u].clone()])?;
+            set_master(&mut host, ranges[u].clone())?;
             match &files {
                 Some(f) => {
                     f.write(&mut host)?;
-                    hosts.push(None);
                 }
-                None => hosts.push(Some(host)),
+                None => hosts[u] = Some(host),
             }
         }
         let keep_images = cfg.offload.params == "cpu";

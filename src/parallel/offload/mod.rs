@@ -394,10 +394,16 @@ impl Offload {
         if out.is_err() {
             self.abandon_copies(b);
         }
-        if let Some(whole) = self.whole.take() {
-            b.free(whole);
+        // Device gradients no copy reads any more (none after a good step).
+        let whole = self.whole.take();
+        for v in self.dev_grads.iter_mut().filter_map(Option::take) {
+            if Some(v.buf) != whole {
+                b.free(v.buf);
+            }
         }
-        self.dev_grads.iter_mut().for_each(|g| *g = None);
+        if let Some(w) = whole {
+            b.free(w);
+        }
         out
     }
 
@@ -453,8 +459,8 @@ impl Offload {
     /// device buffer to free once the copy is done. Copies beyond
     /// [`COPY_LAG`] (and copies already done) land and go to the worker.
     fn start_landing<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, view: View, free: Option<BufId>) -> Result<()> {
-        let t = Instant::now();
         let got = self.reclaim(b, zero).and_then(|_| self.pool.take(view.len).ok_or_else(|| anyhow!("offload: no host gradient buffer is free")));
+        let t = Instant::now();
         let mut host = match got {
             Ok(h) => h,
             Err(e) => {
@@ -579,9 +585,16 @@ impl Offload {
             }
         };
         self.uploading.push_back(Upload { ticket, host, image });
-        b.params_changed(view)?;
+        let params_changed = b.params_changed(view);
+        // Done copies (the CPU backend's) and copies beyond the pool's
+        // count give back what they read now: an NVMe unit's host is a
+        // whole unit's state, not kept for the step.
+        while self.uploading.front().is_some_and(|up| up.ticket == CopyTicket::DONE) || self.uploading.len() > POOL_BUFFERS {
+            let up = self.uploading.pop_front().expect("checked");
+            self.upload_done(b, up)?;
+        }
         self.times.offload_h2d_ms += ms_since(t);
-        Ok(())
+        params_changed
     }
 
     /// A unit's host back home (cpu tier) and its pool buffer back.

@@ -1,0 +1,144 @@
+//! The host memory of `offload.optimizer = cpu`, measured: the growth of
+//! the process's resident memory (/proc/self/statm) from before the
+//! Offload is built to after two steps, against `budget::offload_bytes`
+//! (what `info` prints and the start-up check refuses on) within 2%, and
+//! the Offload's own count of its allocations against it exactly — for
+//! AdamW and 8-bit AdamW, `offload.params` none and cpu, with and without
+//! clipping. Building the offload from weights it consumes adds the pool
+//! and about one unit to the peak, not a second copy of the weights.
+//!
+//! Each case runs in a fresh process (this test binary again, one case
+//! named in an environment variable) with glibc's mmap threshold fixed
+//! low, so that large buffers are mapped on allocation and unmapped on
+//! free: the resident growth is then what is live, not what an earlier
+//! case or a freed gradient buffer left in the heap.
+
+use ferrotron::backend::cpu::CpuBackend;
+use ferrotron::backend::Backend;
+use ferrotron::config::{self, Config};
+use ferrotron::model::init::init_weights;
+use ferrotron::model::layout::ParamLayout;
+use ferrotron::model::store::Unit;
+use ferrotron::parallel::offload::{budget, Offload};
+use ferrotron::parallel::zero::Zero;
+
+const CASE_VAR: &str = "FERROTRON_OFFLOAD_HOSTMEM_CASE";
+const TEST_NAME: &str = "host_memory_is_what_info_says";
+
+/// A model of ~25M parameters: hundreds of MB of state, so that the fixed
+/// costs of a process (thread stacks, allocator arenas: a few MB) stay
+/// well under the 2% measured.
+fn cfg(case: &str) -> Config {
+    let mut words = case.split(',');
+    let (opt, params, clip) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap());
+    let sets: Vec<String> = [
+        "model.d_model=384", "model.n_layers=12", "model.n_heads=6", "model.n_kv_heads=6", "model.d_ff=1536",
+        "offload.optimizer=cpu", "run.progress=false",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("optimizer.name={opt}"), format!("offload.params={params}"), format!("train.grad_clip={clip}")])
+    .collect();
+    config::load(None, &sets).unwrap()
+}
+
+/// Resident bytes of this process now.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// Peak resident bytes of this process (VmHWM).
+fn hwm() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb * 1024
+}
+
+/// The child's part: builds the Offload, runs two steps (gradients made
+/// on the device as backward would, every unit), prints the numbers.
+fn measure(case: &str) {
+    // SAFETY: called before this process allocates anything large.
+    assert_eq!(unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024) }, 1, "mallopt");
+    let c = cfg(case);
+    let layout = ParamLayout::new(&c.model);
+    let weights = init_weights(&c.model, &layout, 1);
+    let mut b = CpuBackend::new();
+    let comm = Box::new(ferrotron::dist::SoloComm);
+    let mut zero = match c.offload.params.as_str() {
+        "cpu" => Zero::new_streamed(&mut b, &c.model, &layout, comm).unwrap(),
+        _ => Zero::new_offloaded(&mut b, &c.model, &layout, comm, &weights, false).unwrap(),
+    };
+    // Peak resident memory from here on (Linux: writing 5 resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (rss0, dev0) = (rss(), b.live_bytes());
+    let mut off = Offload::new(&c, &layout, &weights).unwrap();
+    let units = Unit::all(c.model.n_layers);
+    for step in 0..2 {
+        off.begin_step(1e-3, c.train.grad_clip).unwrap();
+        for &u in units.iter().rev() {
+            off.fetch_grads(&mut b, u).unwrap();
+            let v = off.device_grads(u).unwrap();
+            b.fill(v, 1e-3 * (step + 1) as f32).unwrap();
+            off.grads_done(&mut b, &mut zero, u).unwrap();
+        }
+        off.finish(&mut b, &mut zero, c.train.grad_clip).unwrap();
+    }
+    let grown = rss() - rss0;
+    let dev = b.live_bytes() - dev0;
+    let predicted = budget::offload_bytes(&c).unwrap().host;
+    let peak = hwm().saturating_sub(rss0).saturating_sub(b.peak_memory_bytes() - dev0);
+    // Building from weights it consumes (what a run does) never holds a
+    // second copy of them: the growth at its peak is the new part of the
+    // offload (pool, state) less what it took over, plus about a unit.
+    let given = weights.clone();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss1 = rss();
+    let owned = Offload::new_owned(&c, &layout, given).unwrap();
+    let build_peak = hwm().saturating_sub(rss1);
+    drop(owned);
+    println!("HOSTMEM {} {} {} {} {} {}", grown - dev, predicted, off.host_bytes(), layout.total, peak, build_peak);
+}
+
+#[test]
+fn host_memory_is_what_info_says() {
+    if let Ok(case) = std::env::var(CASE_VAR) {
+        measure(&case);
+        return;
+    }
+    for opt in ["adamw", "adamw8bit"] {
+        for params in ["none", "cpu"] {
+            for clip in ["0", "1"] {
+                let case = format!("{opt},{params},{clip}");
+                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+                    .env(CASE_VAR, &case)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "{case}: the measuring process failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+                // The harness may print the test's name on the same line.
+                let line = text.lines().find_map(|l| l.split_once("HOSTMEM ")).unwrap_or_else(|| panic!("{case}: no measurement in\n{text}")).1;
+                let v: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                let (measured, predicted, counted, params_n, peak, build_peak) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+                let c = cfg(&case);
+                let pool = budget::offload_bytes(&c).unwrap().host_pool;
+                let layout = ParamLayout::new(&c.model);
+                let biggest = ferrotron::model::store::unit_ranges(&c.model, &layout).iter().map(|r| r.len()).max().unwrap() as u64;
+                println!("{case}: building from owned weights grew the peak by {build_peak} B (weights {} B, pool {pool} B)", 4 * params_n);
+                // Slack: 1 MiB for the process's own small allocations.
+                assert!(build_peak <= pool + 4 * biggest + (1 << 20), "{case}: building the offload from its weights held more than the pool and one unit besides them");
+                println!(
+                    "{case}: measured {measured} B, info {predicted} B ({:.3} B/param), counted {counted} B, diff {:+.2}%; \
+                     peak growth less the device's peak {peak} B (informative: the two peaks need not coincide)",
+                    predicted as f64 / params_n as f64,
+                    100.0 * (measured as f64 - predicted as f64) / predicted as f64
+                );
+                assert_eq!(counted, predicted, "{case}: the offload's own count of its allocations vs info");
+                assert!(measured.abs_diff(predicted) as f64 <= 0.02 * predicted as f64, "{case}: measured {measured} B vs info {predicted} B: more than 2% apart");
+            }
+        }
+    }
+}

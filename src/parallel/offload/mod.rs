@@ -127,8 +127,9 @@ struct Landing {
 /// A stepped unit's weights on their way to the device.
 struct Upload {
     ticket: CopyTicket,
-    /// The unit's host (its master weights may be the source).
-    host: UnitHost,
+    /// The unit's host while its master weights are the source (fp32
+    /// device weights); `None` when the image in `image` is.
+    host: Option<UnitHost>,
     /// The pool buffer holding the bf16 image being read, if that is the
     /// source.
     image: Option<Vec<f32>>,
@@ -628,15 +629,25 @@ impl Offload {
         if image.is_none() {
             self.pin(b, src)?;
         }
-        // SAFETY: `host` and `image` (and so `src`) stay in `uploading`,
-        // unchanged, until upload_done waits for the ticket.
+        // SAFETY: what `src` reads (`image`, else `host`) stays in
+        // `uploading`, unchanged, until upload_done waits for the ticket.
         let ticket = unsafe { b.upload_start(view, src) };
         let ticket = match ticket {
             Ok(t) => t,
             Err(e) => {
-                self.park(host, image);
+                self.park(Some(host), image);
                 return Err(e);
             }
+        };
+        // An upload from the image does not read the host: it goes home
+        // (cpu tier) or is dropped (nvme tier: a whole unit's state, its
+        // file already written) now, not when the upload is waited for.
+        let host = match image {
+            Some(_) => {
+                self.park(Some(host), None);
+                None
+            }
+            None => Some(host),
         };
         self.uploading.push_back(Upload { ticket, host, image });
         let params_changed = b.params_changed(view);
@@ -652,11 +663,11 @@ impl Offload {
     }
 
     /// A unit's host back home (cpu tier) and its pool buffer back.
-    fn park(&mut self, host: UnitHost, image: Option<Vec<f32>>) {
+    fn park(&mut self, host: Option<UnitHost>, image: Option<Vec<f32>>) {
         if let Some(buf) = image {
             self.pool.give(buf);
         }
-        if self.tier == Tier::Cpu {
+        if let Some(host) = host.filter(|_| self.tier == Tier::Cpu) {
             let u = host.unit;
             self.hosts[u] = Some(host);
         }

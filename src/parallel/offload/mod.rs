@@ -30,8 +30,10 @@
 //! Gradient clipping needs the global norm before any update. With
 //! `train.grad_clip = 0` nothing needs it, so each unit's step starts as
 //! soon as its gradients are on the host and overlaps the rest of backward
-//! (Fuyou); when the pool runs dry, backward waits for the worker. The
-//! reported norm is summed from the units as they pass ([`grad_norm`]).
+//! (Fuyou); when the pool runs dry, backward waits for the worker, and a
+//! stepped unit's upload then starts during backward (on CUDA the compute
+//! stream waits for it: the host optimizer is the slower side anyway).
+//! The reported norm is summed from the units as they pass ([`grad_norm`]).
 //! With clipping on, the gradients stay on the device — one buffer for
 //! the whole model, as the plain run's: the device holds only bf16 weights
 //! besides, so it has room — until backward ends; the norm is the

@@ -8,6 +8,14 @@
 #   bash bench/side_by_side_strong.sh A   # GPT-2 8x1024, 32x1024; llama-1b 4x2048, 8x2048
 #   bash bench/side_by_side_strong.sh B   # llama-1b 1x32768 ckpt; llama3-8b 1x4096 ckpt 8-bit AdamW
 #   bash bench/side_by_side_strong.sh gpt2-8x1024 llama1b-4x2048   # any workloads by name
+#   FT_EXTRA="--set train.checkpoint_keep_attention=true" bash bench/side_by_side_strong.sh llama3-8b-1x4096-ckpt-8bit
+#       # FT_EXTRA: more ferrotron --set flags, after the workload's own (a later --set wins)
+#
+# llama3-8b runs as one process at ZeRO stage 3 (no bf16 copy of every
+# weight: units converted to bf16 when used, gradients straight into the
+# fp32 buffer), logits 1024 rows at a time and attention recomputed with
+# the blocks (as PyTorch's per-block checkpointing does): the lean settings
+# `ferrotron info` estimates at 78.2 GiB (plain: 93.9 GiB).
 #
 # Needs .dev/ferrotron (bench/stage_binaries.sh; carry .dev) and, for the
 # 8-bit row's PyTorch side, bitsandbytes unpacked in .whl/site (bench/README.md;
@@ -17,7 +25,8 @@
 # ferrotron (`--between`) before each of its REPEATS timed blocks, keeping its
 # weights and optimizer state on the GPU meanwhile (both fit for every
 # workload but the 8B). llama3-8b (PyTorch at rest ~48 GB + ferrotron's
-# 101 GB peak would not fit in 141 GB) runs ferrotron, then PyTorch's blocks
+# ~84 GB estimated peak, 101 GB before the lean settings, leaves too little
+# of 141 GB for allocator slack) runs ferrotron, then PyTorch's blocks
 # in one process, then ferrotron twice more.
 #
 # Time (estimates for a 10-minute call, each workload given a deadline so a
@@ -41,6 +50,7 @@ mkdir -p "$OUT"
 B=./.dev/ferrotron
 J=$OUT/strong.jsonl
 REPEATS=${REPEATS:-3}
+FT_EXTRA=${FT_EXTRA:-}
 DEADLINE_S=${DEADLINE_S:-570}
 START=$(date +%s)
 [ -x "$B" ] || { echo "no $B: build with bench/stage_binaries.sh and carry .dev" >&2; exit 1; }
@@ -59,7 +69,7 @@ workload() {
       PT="--preset llama-1b --batch 8 --seq 2048 --warmup 3 --steps 10"; EST=160 ;;
     llama1b-1x32768-ckpt) FT="--set model.preset=llama-1b --set train.batch_size=1 --set train.seq_len=32768 --set train.checkpoint_layers=true --warmup 1 --steps 3"
       PT="--preset llama-1b --batch 1 --seq 32768 --checkpointing --warmup 2 --steps 3"; EST=200 ;;
-    llama3-8b-1x4096-ckpt-8bit) FT="--set model.preset=llama3-8b --set train.batch_size=1 --set train.seq_len=4096 --set train.checkpoint_layers=true --set optimizer.name=adamw8bit --warmup 2 --steps 5"
+    llama3-8b-1x4096-ckpt-8bit) FT="--set model.preset=llama3-8b --set train.batch_size=1 --set train.seq_len=4096 --set train.checkpoint_layers=true --set optimizer.name=adamw8bit --set dist.zero_stage=3 --set train.logits_chunk=1024 --set train.checkpoint_keep_attention=false --warmup 2 --steps 5"
       PT="--preset llama3-8b --batch 1 --seq 4096 --checkpointing --optim adamw8bit --warmup 3 --steps 5"; EST=300 ;;
     *) echo "unknown workload $1" >&2; return 1 ;;
   esac
@@ -67,7 +77,7 @@ workload() {
 
 # ferrotron's JSON line, tagged with the workload and repeat.
 ft_tagged() {  # NAME REPEAT
-  $B bench train --set device=cuda $FT 2>>"$OUT/stderr.log" | python3 -c "
+  $B bench train --set device=cuda $FT $FT_EXTRA 2>>"$OUT/stderr.log" | python3 -c "
 import json, sys
 lines = [l for l in sys.stdin if l.startswith('{')]
 r = json.loads(lines[-1]) if lines else {'engine': 'ferrotron', 'error': 'no JSON line (see stderr.log)'}
@@ -86,7 +96,7 @@ run_workload() {  # NAME
   fi
   echo "== $name (${left}s left)" >&2
   if [[ $name == llama3-8b* ]]; then
-    export -f ft_tagged; export B FT OUT
+    export -f ft_tagged; export B FT FT_EXTRA OUT
     timeout "$(remaining)" bash -c "ft_tagged $name 1" | tee -a "$J"
     (( $(remaining) > 0 )) && timeout "$(remaining)" python3 bench/strong_torch.py $PT --repeats $REPEATS --tag $name 2>>"$OUT/stderr.log" | tee -a "$J"
     for r in $(seq 2 $REPEATS); do
@@ -94,7 +104,7 @@ run_workload() {  # NAME
     done
   else
     timeout "$left" python3 bench/strong_torch.py $PT --repeats $REPEATS --tag $name \
-      --between "$B bench train --set device=cuda $FT 2>>$OUT/stderr.log" 2>>"$OUT/stderr.log" | tee -a "$J"
+      --between "$B bench train --set device=cuda $FT $FT_EXTRA 2>>$OUT/stderr.log" 2>>"$OUT/stderr.log" | tee -a "$J"
   fi
 }
 

@@ -1,6 +1,7 @@
 //! Speed of the host side of an offloaded step, measured piece by piece on
 //! this machine: the copy bandwidth of all threads (the ceiling), and the
-//! AdamW / 8-bit AdamW kernels and the bf16 image rounding in ns per
+//! AdamW / 8-bit AdamW kernels and the bf16 image rounding (apart, and
+//! written by the 8-bit kernel in the same pass) in ns per
 //! parameter and GB/s of memory moved, for every instruction-set variant
 //! the CPU has (`isa`; the fastest is what runs). Work runs on a pool of
 //! cores − 1 threads, as the offloaded optimizer's does. Ignored by default:
@@ -76,7 +77,16 @@ fn host_pieces_speed() {
     pool.install(|| measure(threads));
 }
 
+/// The CPU's model name (Linux), to read the numbers against.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let line = info.lines().find(|l| l.starts_with("model name"));
+    line.and_then(|l| l.split(':').nth(1)).map_or("unknown".into(), |m| m.trim().to_string())
+}
+
 fn measure(threads: usize) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("cpu: {} ({cores} logical cores), variants: {:?}", cpu_model(), Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>());
     let src: Vec<f32> = (0..N).map(|i| (i % 1000) as f32 * 1e-3).collect();
     let mut dst = vec![0.0f32; N];
     let (copy, _) = best_of(5, || {
@@ -91,7 +101,7 @@ fn measure(threads: usize) {
     let (mut ma, mut va) = (vec![0.0f32; N / QUANT_BLOCK], vec![0.0f32; N / QUANT_BLOCK]);
     let mut image = vec![0u16; N];
     let mut step = 0;
-    let mut last = (0.0, 0.0, 0.0);
+    let mut last = (0.0, 0.0, 0.0, 0.0);
     // Up to the variant that runs (FERROTRON_CPU_ISA may cap it).
     for isa in Isa::available().into_iter().filter(|&isa| isa <= Isa::best()) {
         let t_adamw = best_of(5, || {
@@ -100,25 +110,32 @@ fn measure(threads: usize) {
         });
         let t_8bit = best_of(5, || {
             step += 1;
-            adamw8bit_with(isa, &mut p, &g, &mut mc, &mut vc, &mut ma, &mut va, &args(step));
+            adamw8bit_with(isa, &mut p, &g, &mut mc, &mut vc, &mut ma, &mut va, &args(step), None);
+        });
+        let t_fused = best_of(5, || {
+            step += 1;
+            adamw8bit_with(isa, &mut p, &g, &mut mc, &mut vc, &mut ma, &mut va, &args(step), Some(&mut image));
         });
         let t_bf16 = best_of(5, || round_to_bf16_with(isa, &mut image, &p));
         let name = isa.name();
         println!("{name:>8}: adamw {}", rates(t_adamw, ADAMW_BYTES));
         println!("{name:>8}: adamw8bit {}", rates(t_8bit, ADAMW8BIT_BYTES));
         println!("{name:>8}: bf16 image {}", rates(t_bf16, BF16_BYTES));
-        last = (t_adamw.0, t_8bit.0, t_bf16.0);
+        println!("{name:>8}: adamw8bit writing the image in the same pass {}", rates(t_fused, ADAMW8BIT_BYTES + 2));
+        last = (t_adamw.0, t_8bit.0, t_bf16.0, t_fused.0);
     }
-    let (t_adamw, t_8bit, t_bf16) = last;
+    let (t_adamw, t_8bit, t_bf16, t_fused) = last;
     let per_param = |t: f64| t / N as f64;
     println!(
-        "SUMMARY threads={threads} isa={} copy={:.1}GB/s adamw8bit={} adamw={} bf16_image={} | llama3-8b host step: adamw8bit+image {:.2} s, adamw+image {:.2} s",
+        "SUMMARY threads={threads} isa={} copy={:.1}GB/s adamw8bit={} adamw={} bf16_image={} adamw8bit_fused_image={} | llama3-8b host step: adamw8bit+image {:.2} s (fused {:.2} s), adamw+image {:.2} s",
         Isa::best().name(),
         (8 * N) as f64 / copy / 1e9,
         rate(t_8bit, ADAMW8BIT_BYTES),
         rate(t_adamw, ADAMW_BYTES),
         rate(t_bf16, BF16_BYTES),
+        rate(t_fused, ADAMW8BIT_BYTES + 2),
         (per_param(t_8bit) + per_param(t_bf16)) * PARAMS_8B,
+        per_param(t_fused) * PARAMS_8B,
         (per_param(t_adamw) + per_param(t_bf16)) * PARAMS_8B,
     );
 }

@@ -109,6 +109,31 @@ fn zero_stages_match_single_process() {
     }
 }
 
+/// One process at stages 1, 2 and 3 trains bit for bit like one process
+/// without ZeRO (stage 0): the CPU backend's compute dtype is f32, so a
+/// gathered unit holds the master weights themselves, and at world 1
+/// stages 2–3 accumulate gradients straight into the shard in the same
+/// order as stage 0 (no per-unit buffer added in afterwards: with two
+/// micro-batches per step that order is what this checks). Tied and untied
+/// embeddings (the head's fetch brings the embeddings), an elementwise
+/// optimizer (AdamW) and a whole-matrix one (Muon).
+#[test]
+fn one_process_stages_match_plain_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (opt, tied, accum) in [("adamw", true, 1), ("adamw", false, 2), ("muon", true, 2)] {
+        let common = |stage: u32| -> Vec<String> {
+            [format!("dist.zero_stage={stage}"), format!("model.tied_embeddings={tied}"), format!("train.grad_accum={accum}")].into_iter().flat_map(|kv| ["--set".to_string(), kv]).collect()
+        };
+        let plain = format!("{opt}-tied{tied}-accum{accum}-z0");
+        run(tmp.path(), 1, base_args(&plain, opt, GLOBAL_BATCH / accum, 6, &common(0)));
+        for stage in 1..=3 {
+            let name = format!("{opt}-tied{tied}-accum{accum}-z{stage}");
+            run(tmp.path(), 1, base_args(&name, opt, GLOBAL_BATCH / accum, 6, &common(stage)));
+            assert_close_by(&name, &runs(tmp.path()).join(&plain), &runs(tmp.path()).join(&name), 0.0, 0.0);
+        }
+    }
+}
+
 /// A checkpoint saved by 4 ranks at stage 3 resumes on 2 ranks at stage 1,
 /// one saved by 2 ranks on 1 process without ZeRO, one of 1 process on 3
 /// ranks at stage 3, and each continues like the uninterrupted
@@ -264,7 +289,8 @@ fn info_per_rank_memory_equals_a_ranks_allocations() {
 /// Stage 3 prefetches (the passes hint the next unit) but never holds more
 /// than `MAX_GATHERED_UNITS` = 2 units gathered at once — fetched plus
 /// prefetched — over a forward and backward, with untied and tied
-/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks.
+/// embeddings (the head's fetch brings the embeddings), 1 to 4 blocks; at
+/// world 1 it does not prefetch.
 /// The counter is the store's own; the memory test above checks the bytes.
 #[test]
 fn stage3_holds_at_most_two_gathered_units() {
@@ -285,6 +311,13 @@ fn stage3_holds_at_most_two_gathered_units() {
             model.forward_backward_in(&mut b, &mut zero, &tokens, &tokens, 2, 32, 1.0).unwrap();
             // Prefetching happened (2 at once), and never more.
             assert_eq!(zero.take_peak_gathered(), 2, "tied {tied}, {layers} blocks");
+            // One process: a gather is a conversion on the compute stream,
+            // nothing to overlap, so no prefetch and one unit at a time
+            // (with tied embeddings the head's fetch holds the embeddings
+            // too: two units).
+            let mut solo = Zero::new(&mut b, &cfg.model, &layout, 3, Box::new(Pretend { rank: 0, world: 1 }), false, &weights).unwrap();
+            model.forward_backward_in(&mut b, &mut solo, &tokens, &tokens, 2, 32, 1.0).unwrap();
+            assert_eq!(solo.take_peak_gathered(), if tied { 2 } else { 1 }, "world 1, tied {tied}, {layers} blocks");
         }
     }
 }

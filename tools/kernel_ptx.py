@@ -9,7 +9,8 @@ byte for byte as it was. No GPU: NVRTC only, called through ctypes.
 
 It compiles each file the way src/backend/cuda/compiler.rs does: the shared
 header (common.cuh), a `#line 1 "<name>.cu"` directive, then the file, with
-`--gpu-architecture=compute_90 --std=c++17 --include-path=<CUDA headers>`.
+`--gpu-architecture=compute_90 --std=c++17 --include-path=<CUDA headers>`
+(compute_90a for the files compiler.rs lists in SM90A_FILES).
 The files are found from the `include_str!` lines of the Rust sources under
 src/backend/cuda at that revision (the old `("name", include_str!(...))`
 table and the `KernelFile { name, source: include_str!(...) }` form).
@@ -103,13 +104,18 @@ def compile_ptx(lib, src, name, options):
     return buf.value.decode()
 
 
+# Files with sm_90a-only instructions (wgmma), as in compiler.rs.
+SM90A_FILES = {"attention_wgmma"}
+
+
 def dump(args):
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     lib = nvrtc(cuda_home)
-    options = ["--gpu-architecture=compute_90", "--std=c++17", f"--include-path={os.path.join(cuda_home, 'include')}"]
     common, files = kernel_sources(args.rev)
     os.makedirs(args.out, exist_ok=True)
     for name, body in files:
+        arch = "compute_90a" if name in SM90A_FILES else "compute_90"
+        options = [f"--gpu-architecture={arch}", "--std=c++17", f"--include-path={os.path.join(cuda_home, 'include')}"]
         ptx = compile_ptx(lib, f'{common}\n#line 1 "{name}.cu"\n{body}', f"{name}.cu", options)
         with open(os.path.join(args.out, f"{name}.ptx"), "w", encoding="utf-8") as f:
             f.write(ptx)

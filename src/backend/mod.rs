@@ -317,6 +317,11 @@ pub trait Backend {
     }
     /// Allocate `len` zeroed elements.
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId>;
+    /// Allocate `len` elements the caller overwrites entirely before any
+    /// read (ZeRO's gathered units): a backend may skip the zeroing.
+    fn alloc_for_overwrite(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        self.alloc(len, dtype)
+    }
     fn free(&mut self, buf: BufId);
     /// Wait for queued work (no-op on CPU).
     fn synchronize(&mut self) -> Result<()> {

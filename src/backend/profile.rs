@@ -104,6 +104,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         self.inner.alloc(len, dtype)
     }
+    fn alloc_for_overwrite(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        self.inner.alloc_for_overwrite(len, dtype)
+    }
     fn free(&mut self, buf: BufId) {
         self.inner.free(buf)
     }

@@ -9,7 +9,7 @@
 //! refilled by re-running the block's forward in backward.
 
 use crate::backend::{Backend, BufId, DType, View};
-use crate::config::{Mlp, ModelConfig};
+use crate::config::{Mlp, ModelConfig, Norm};
 use anyhow::Result;
 
 /// What the backward pass recomputes instead of keeping.
@@ -133,18 +133,25 @@ impl Activations {
         // each is read (with whole-block recompute each block re-runs its
         // full forward, which needs ln1 and ln2 at once: no sharing there).
         let (shared_ln, shared_act) = if recompute == Recompute::Elementwise { (Some(a.act(n * c)?), Some(a.act(n * f)?)) } else { (None, None) };
+        // RMSNorm computes no mean: every norm's mean view is this one
+        // unused buffer instead of one each.
+        let rms_mean = if m.norm == Norm::Rmsnorm { Some(a.f32(n)?) } else { None };
+        let mean = |a: &mut Alloc<'_, B>| match rms_mean {
+            Some(v) => Ok(v),
+            None => a.f32(n),
+        };
         let block = |a: &mut Alloc<'_, B>, res_in: View| -> Result<LayerActs> {
             Ok(LayerActs {
                 res_in,
                 ln1: match shared_ln { Some(v) => v, None => a.act(n * c)? },
-                ln1_mean: a.f32(n)?,
+                ln1_mean: mean(a)?,
                 ln1_rstd: a.f32(n)?,
                 qkv: a.act(n * qkv_w)?,
                 atty: a.act(n * att_w)?,
                 lse: a.f32(batch * m.n_heads * seq)?,
                 res_mid: a.act(n * c)?,
                 ln2: match shared_ln { Some(v) => v, None => a.act(n * c)? },
-                ln2_mean: a.f32(n)?,
+                ln2_mean: mean(a)?,
                 ln2_rstd: a.f32(n)?,
                 fch: a.act(n * fc_w)?,
                 fch_act: match shared_act { Some(v) => v, None => a.act(n * f)? },
@@ -188,7 +195,7 @@ impl Activations {
             layers,
             res_out: a.act(n * c)?,
             lnf: a.act(n * c)?,
-            lnf_mean: a.f32(n)?,
+            lnf_mean: mean(&mut a)?,
             lnf_rstd: a.f32(n)?,
             // bf16 on CUDA: the loss kernel reads them and computes in fp32;
             // storing them in fp32 would double the biggest activation.

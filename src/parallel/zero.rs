@@ -36,6 +36,16 @@
 //!   the embeddings; the final norm with the head) is one buffer and one
 //!   collective; no collective ever runs per tensor.
 //!
+//! One process (world 1), stages 2–3: the shard is the whole model in
+//! layout order, so the gradient views point straight into the shard's
+//! gradient buffer: no per-unit buffer, no copy, and the same sums in the
+//! same order as stage 0 (bit-identical gradients). Stage 3 at world 1
+//! still gathers each unit, but a gather is only a conversion fp32 →
+//! `Compute` into the unit's buffer (no collective, whatever the
+//! communicator) and nothing is prefetched (the conversion runs on the
+//! compute stream: nothing to overlap), so one unit is held at a time:
+//! the device holds no bf16 copy of every weight, only of the unit in use.
+//!
 //! Stage 3 gathers in the backend's `Compute` dtype (bf16 on CUDA: half the
 //! bytes of fp32; f32 on CPU): each rank converts its fp32 master segment
 //! and the passes read the gathered weights directly (the matmuls take bf16
@@ -73,6 +83,9 @@ pub struct Zero<B: Backend> {
     gathered: Vec<Option<(BufId, usize)>>,
     /// Stages 2–3: each unit's gradient buffer while its backward runs.
     grad_bufs: Vec<Option<BufId>>,
+    /// Stages 2–3 at world 1: the gradient views point into `shard_grads`
+    /// (see the module doc); `grad_bufs` stays empty.
+    grads_in_shard: bool,
     /// Stage 3: units gathered ahead of their fetch, all-gather in flight.
     prefetched: Vec<Option<(BufId, Ticket)>>,
     /// Gradient reductions started in backward and not yet waited for,
@@ -98,6 +111,13 @@ enum Pending {
 
 /// Most units stage 3 holds gathered at once (fetched plus prefetched).
 pub const MAX_GATHERED_UNITS: usize = 2;
+
+/// Whether rank 0's shard is the whole layout in layout order (world 1:
+/// every unit's segment is the whole unit, at the unit's own offset), so
+/// that views of the layout can point into the shard's buffers.
+fn shard_is_layout(part: &Partition) -> bool {
+    part.world == 1 && (0..part.units.len()).all(|u| part.shard_offset(u, 0) == part.units[u].start && part.counts[u][0] == part.units[u].len())
+}
 
 impl<B: Backend> Zero<B> {
     /// Shards `weights` (the full model, layout order, identical on every
@@ -133,14 +153,20 @@ impl<B: Backend> Zero<B> {
         let weight_dtype = if fp32_weights { DType::F32 } else { DType::Compute };
         let full_params = if stage <= 2 && device_weights { Some(b.alloc(layout.total, weight_dtype)?) } else { None };
         let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
-        let (shard_params, shard_grads) = if stage == 0 {
-            (full_params.unwrap_or(UNFETCHED), full_grads.unwrap_or(UNFETCHED))
-        } else {
-            let n = part.shard_len(rank);
-            (b.alloc(n.max(1), DType::F32)?, b.alloc(n.max(1), DType::F32)?)
+        // One process: the shard is the whole model in layout order, so a
+        // full buffer, where there is one, is the shard too (no fp32 copy).
+        // (Stage 0 partitions for one rank whatever the rank: no shard.)
+        let one_copy = stage == 0 || shard_is_layout(&part);
+        let mut shard_buf = |full: Option<BufId>| match full {
+            Some(full) if one_copy => Ok(full),
+            _ if stage == 0 => Ok(UNFETCHED),
+            _ => b.alloc(part.shard_len(rank).max(1), DType::F32),
         };
+        let (shard_params, shard_grads) = (shard_buf(full_params)?, shard_buf(full_grads)?);
+        let grads_in_shard = stage >= 2 && device_grads && shard_is_layout(&part);
         let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
-        let gv = ModelViews::new(layout, full_grads.unwrap_or(UNFETCHED), cfg.n_layers);
+        let grads_home = if grads_in_shard { shard_grads } else { full_grads.unwrap_or(UNFETCHED) };
+        let gv = ModelViews::new(layout, grads_home, cfg.n_layers);
         let mut z = Zero {
             stage,
             part,
@@ -154,6 +180,7 @@ impl<B: Backend> Zero<B> {
             shard_grads,
             gathered: vec![None; units],
             grad_bufs: vec![None; units],
+            grads_in_shard,
             prefetched: (0..units).map(|_| None).collect(),
             pending: VecDeque::new(),
             reduce_in_backward: false,
@@ -198,19 +225,21 @@ impl<B: Backend> Zero<B> {
         Ok(())
     }
 
-    /// The device buffer of the full model's fp32 weights (stages 0–2;
-    /// `None` at stage 3, which holds only shards): a checkpoint copies it
-    /// to the host asynchronously.
+    /// The device buffer of the full model's fp32 weights (stages 0–2, and
+    /// stage 3 at world 1, whose shard is the whole model in layout order;
+    /// `None` at stage 3 over several ranks, which hold only shards): a
+    /// checkpoint copies it to the host asynchronously.
     pub fn full_weights_view(&self) -> Option<View> {
-        self.full_params.map(|full| View::whole(full, self.layout.total))
+        let whole = |buf| View::whole(buf, self.layout.total);
+        self.full_params.map(whole).or_else(|| (self.stage == 3 && shard_is_layout(&self.part)).then(|| whole(self.shard_params)))
     }
 
     /// The full model's weights on the host, on every rank (a collective at
-    /// stage 3, which gathers unit by unit).
+    /// stage 3 over several ranks, which gathers unit by unit).
     pub fn full_weights(&mut self, b: &mut B) -> Result<Vec<f32>> {
         let mut host = vec![0.0; self.layout.total];
-        match self.full_params {
-            Some(full) => b.download(View::whole(full, self.layout.total), &mut host)?,
+        match self.full_weights_view() {
+            Some(full) => b.download(full, &mut host)?,
             None => {
                 for u in 0..self.part.units.len() {
                     let range = self.part.units[u].clone();
@@ -291,8 +320,14 @@ impl<B: Backend> Zero<B> {
     /// by the copy, half the bytes on the wire).
     fn start_gather(&mut self, b: &mut B, u: usize) -> Result<(BufId, Ticket)> {
         let len = self.part.units[u].len();
-        let buf = b.alloc(len, DType::Compute)?;
-        let started = b.copy(self.local_segment(u, buf), self.shard_view(u)).and_then(|_| self.comm.start_all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32));
+        // Written whole: this rank's segment by the copy, the rest by the
+        // all-gather (at world 1 the segment is the unit).
+        let buf = b.alloc_for_overwrite(len, DType::Compute)?;
+        let converted = b.copy(self.local_segment(u, buf), self.shard_view(u));
+        let started = match self.world() {
+            1 => converted.map(|_| Ticket::DONE),
+            _ => converted.and_then(|_| self.comm.start_all_gather(b, View::whole(buf, len), &self.part.counts[u], Elem::F32)),
+        };
         match started {
             Ok(t) => Ok((buf, t)),
             Err(e) => {
@@ -399,11 +434,7 @@ impl<B: Backend> Zero<B> {
         let reduced = std::mem::replace(&mut self.reduced, vec![false; self.part.units.len()]);
         let Some(full) = self.full_grads else { return Ok(()) };
         if self.world() == 1 {
-            if self.stage == 1 {
-                for u in 0..self.part.units.len() {
-                    b.copy(self.shard_grad_view(u), self.local_segment_full(u, full))?;
-                }
-            }
+            // The shard's gradients are the full buffer (see `build`).
             return Ok(());
         }
         for u in (0..self.part.units.len()).filter(|&u| !reduced[u]) {
@@ -458,10 +489,14 @@ impl<B: Backend> Zero<B> {
     }
 
     /// After the optimizer updated the shard: stages 1–2 bring every
-    /// rank's full weights up to date.
+    /// rank's full weights up to date (one process: the shard is the full
+    /// buffer, only its bf16 copy may need it).
     pub fn after_step(&mut self, b: &mut B) -> Result<()> {
         self.drop_prefetched(b)?;
         let (Some(full), true) = (self.full_params, self.stage > 0) else { return Ok(()) };
+        if full == self.shard_params {
+            return b.params_changed(View::whole(full, self.layout.total));
+        }
         for u in 0..self.part.units.len() {
             let range = self.part.units[u].clone();
             b.copy(self.local_segment_full(u, full), self.shard_view(u))?;
@@ -513,12 +548,13 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
         Ok(())
     }
 
-    /// Stage 3: starts gathering `unit` unless it is gathered already or
-    /// [`MAX_GATHERED_UNITS`] are (then its fetch gathers it). Only the
-    /// unit itself: the tied embeddings of the head are gathered on fetch.
+    /// Stage 3 over several ranks: starts gathering `unit` unless it is
+    /// gathered already or [`MAX_GATHERED_UNITS`] are (then its fetch
+    /// gathers it). Only the unit itself: the tied embeddings of the head
+    /// are gathered on fetch. At world 1 nothing (see the module doc).
     fn prefetch(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         let u = self.unit_index(unit);
-        if self.stage < 3 || self.gathered[u].is_some() || self.prefetched[u].is_some() || self.gathered_units() >= MAX_GATHERED_UNITS {
+        if self.stage < 3 || self.world() == 1 || self.gathered[u].is_some() || self.prefetched[u].is_some() || self.gathered_units() >= MAX_GATHERED_UNITS {
             return Ok(());
         }
         self.prefetched[u] = Some(self.start_gather(b, u)?);
@@ -545,7 +581,7 @@ impl<B: Backend> ParamStore<B> for Zero<B> {
     }
 
     fn fetch_grads(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        if self.stage < 2 {
+        if self.stage < 2 || self.grads_in_shard {
             return Ok(());
         }
         for unit in self.with_tied(unit) {

@@ -11,8 +11,11 @@
 //!
 //! Softmax statistics (norm mean/rstd, attention log-sum-exp) stay fp32 on
 //! both devices. Logits are an activation (bf16 on cuda): the fused
-//! softmax-cross-entropy reads them and does its math in fp32. Transient buffers (activation gradients, matmul workspaces, the
-//! allocator's slack) are not counted.
+//! softmax-cross-entropy reads them and does its math in fp32. The
+//! backward's activation gradients and the other buffers the passes keep
+//! for the whole run are counted apart ([`scratch_count`]); per-op
+//! scratch, library workspaces (cuBLASLt) and the allocator's slack are
+//! not counted.
 
 use crate::config::{Config, Mlp, Norm};
 use crate::model::layout::{ParamKind, ParamLayout};
@@ -34,6 +37,8 @@ pub struct MemoryEstimate {
     /// [`optimizer_groups`] for the reason).
     pub optimizer_state: Option<u64>,
     pub activations: u64,
+    /// The passes' buffers besides the saved activations ([`scratch_count`]).
+    pub scratch: u64,
     /// ZeRO's per-unit buffers at their peak: gathered weights (stage 3)
     /// and a unit's gradients before their reduce-scatter (stages 2–3).
     pub comm_buffers: u64,
@@ -46,7 +51,7 @@ impl MemoryEstimate {
     /// Sum of the parts; an unknown optimizer state counts as zero (the
     /// report says so next to the total).
     pub fn total(&self) -> u64 {
-        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations + self.comm_buffers + self.sp_buffers
+        self.weights + self.grads + self.optimizer_state.unwrap_or(0) + self.activations + self.scratch + self.comm_buffers + self.sp_buffers
     }
 }
 
@@ -102,6 +107,10 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let params = layout.total as u64;
     let (w, g, act) = precision(&cfg.device);
     let activations = activation_bytes(cfg, act);
+    let scratch = {
+        let c = scratch_count(cfg);
+        c.act * act + c.fp32 * FP32
+    };
     let sp_buffers = act * sp_scratch(cfg);
     let (world, stage) = (cfg.dist.world.max(1), cfg.dist.zero_stage);
     if cfg.offload.enabled() {
@@ -114,11 +123,11 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
         let all_grads = cfg.train.grad_accum > 1 || cfg.train.grad_clip != 0.0;
         let (grads, comm_buffers) = if all_grads { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
         let weights = if cfg.offload.params != "none" { act * streamed_window(cfg, &part) } else { act * params };
-        return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, comm_buffers, sp_buffers: 0 };
+        return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, scratch, comm_buffers, sp_buffers: 0 };
     }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
-        return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, comm_buffers: 0, sp_buffers };
+        return MemoryEstimate { params, weights: w * params, grads: g * params, optimizer_state, activations, scratch, comm_buffers: 0, sp_buffers };
     }
     let whole = crate::optim::groups::MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let part = Partition::new(&cfg.model, &layout, world, whole);
@@ -126,10 +135,12 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let shard = part.shard_len(rank) as u64;
     let optimizer_state = optim::plan(&cfg.optimizer, &part.shard_layout(&layout, rank)).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());
     // Stages 1–2 keep every weight for the passes (and stage 1 every
-    // gradient) besides the shard's fp32 master and gradients.
-    let weights = if stage <= 2 { w * params } else { 0 } + FP32 * shard;
-    let grads = if stage == 1 { g * params } else { 0 } + FP32 * shard;
-    MemoryEstimate { params, weights, grads, optimizer_state, activations, comm_buffers: unit_buffers(cfg, &part, stage, act), sp_buffers }
+    // gradient) besides the shard's fp32 master and gradients; in one
+    // process the full buffers are the shard's.
+    let copy = if world == 1 { 0 } else { FP32 * shard };
+    let weights = if stage <= 2 { w * params + copy } else { FP32 * shard };
+    let grads = if stage == 1 { g * params + copy } else { FP32 * shard };
+    MemoryEstimate { params, weights, grads, optimizer_state, activations, scratch, comm_buffers: unit_buffers(cfg, &part, stage, act), sp_buffers }
 }
 
 /// Ulysses' elements per rank for one micro-batch (`dist.sp` = P > 1):
@@ -191,10 +202,12 @@ pub fn longest_seq(cfg: &Config, bytes: u64) -> Option<usize> {
 /// - stage 3: gathered weights (`wb` bytes each: the `Compute` dtype) of
 ///   the fetched unit and of the one prefetched beside it (the next block
 ///   in forward, the head after the last block, the previous block in
-///   backward); the head's gather brings the tied embeddings;
-/// - stages 2–3: fp32 gradients of the unit whose backward runs plus the
-///   previous unit's, still being reduce-scattered; tied embeddings keep
-///   their buffer from the head's backward to the end.
+///   backward; none at world 1, where there is nothing to overlap); the
+///   head's gather brings the tied embeddings;
+/// - stages 2–3 over several ranks: fp32 gradients of the unit whose
+///   backward runs plus the previous unit's, still being reduce-scattered;
+///   tied embeddings keep their buffer from the head's backward to the end.
+///   At world 1 the gradients go straight into the shard: none.
 fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
     if stage < 2 {
         return 0;
@@ -203,25 +216,27 @@ fn unit_buffers(cfg: &Config, part: &Partition, stage: u32, wb: u64) -> u64 {
     let (embed, head, layers) = (0, part.units.len() - 1, part.units.len() - 2);
     let layer = |l: usize| 1 + l;
     let w = |u: usize| if stage == 3 { wb * len(u) } else { 0 };
-    let g = |u: usize| FP32 * len(u);
+    let unit_grads = if part.world > 1 { FP32 } else { 0 };
+    let g = |u: usize| unit_grads * len(u);
+    let ahead = |u: usize| if part.world > 1 { w(u) } else { 0 };
     let tied = cfg.model.tied_embeddings;
     let mut peak = w(embed);
     // Forward: block l fetched, the next unit prefetched.
     for l in 0..layers {
         let next = if l + 1 < layers { layer(l + 1) } else { head };
-        peak = peak.max(w(layer(l)) + w(next));
+        peak = peak.max(w(layer(l)) + ahead(next));
     }
     // The loss loop: the head's weights and gradients (with the tied
     // embeddings').
     let head_units = if tied { len(head) + len(embed) } else { len(head) };
     let head_w = if stage == 3 { wb * head_units } else { 0 };
-    peak = peak.max(head_w + FP32 * head_units);
+    peak = peak.max(head_w + unit_grads * head_units);
     // Backward: block l's weights and gradients, the previous block's
     // weights prefetched, the unit after it still reducing.
     let kept = if tied { g(embed) } else { 0 };
     for l in (0..layers).rev() {
         let reducing = if l + 1 < layers { g(layer(l + 1)) } else { g(head) };
-        let prefetched = if l > 0 { w(layer(l - 1)) } else { 0 };
+        let prefetched = if l > 0 { ahead(layer(l - 1)) } else { 0 };
         peak = peak.max(kept + reducing + w(layer(l)) + g(layer(l)) + prefetched);
     }
     let last_block = if layers > 0 { g(layer(0)) } else { g(head) };
@@ -326,6 +341,24 @@ pub fn activation_count(cfg: &Config) -> ActivationCount {
     };
     let sp_kept = if matches!(crate::parallel::ulysses::recompute(&cfg.train, cfg.dist.sp), Recompute::Layers { .. }) { gathered } else { layers * gathered };
     ActivationCount { act: layers * per_layer.act + shared.act + once.act + sp_kept, fp32: layers * per_layer.fp32 + shared.fp32 + once.fp32 }
+}
+
+/// Elements of the buffers the passes keep besides the saved activations
+/// (model/activations.rs), for one micro-batch of N tokens: the backward's
+/// gradients of the residual stream and of a norm's output (N·C each), the
+/// two buffers the attention and MLP halves of a block's backward share
+/// (N·max((H+2·KV)·D, fc width) and N·max(H·D, F)), the projections'
+/// output (N·C), all in the activation dtype; token ids, targets and
+/// per-token losses (N each, 4 bytes), and with RMSNorm one N-element
+/// stand-in for the norm means it never computes.
+pub fn scratch_count(cfg: &Config) -> ActivationCount {
+    let m = &cfg.model;
+    let n = (cfg.train.batch_size * cfg.train.seq_len / cfg.dist.sp.max(1)) as u64;
+    let (c, d, f) = (m.d_model as u64, m.head_dim() as u64, m.padded_ff() as u64);
+    let (qkv, att) = ((m.n_heads + 2 * m.n_kv_heads) as u64 * d, m.n_heads as u64 * d);
+    let fc = if m.mlp == Mlp::Swiglu { 2 * f } else { f };
+    let unused_mean = if m.norm == Norm::Layernorm { 0 } else { n };
+    ActivationCount { act: 3 * n * c + n * qkv.max(fc) + n * att.max(f), fp32: 3 * n + unused_mean }
 }
 
 fn activation_bytes(cfg: &Config, act_bytes: u64) -> u64 {

@@ -113,17 +113,38 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let sp = cfg.dist.sp.max(1);
     let sp_note = if sp > 1 { format!(", Ulysses sp {sp}") } else { String::new() };
     let who = if world > 1 || stage > 0 || sp > 1 { format!("one rank of {world}, ZeRO stage {stage}{sp_note}") } else { "one process".into() };
-    let precision = if cfg.offload.enabled() && cfg.device == "cuda" { "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations" } else { precision_note(&cfg.device) };
+    let precision = if cfg.offload.enabled() && cfg.device == "cuda" {
+        "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations"
+    } else if stage == 3 && cfg.device == "cuda" {
+        "fp32 master, bf16 weights only of the units in use, fp32 grads, bf16 activations"
+    } else {
+        precision_note(&cfg.device)
+    };
     heading(out, &format!("Memory, {who} ({}: {precision})", cfg.device));
     let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
-    let weights_note = if cfg.offload.params != "none" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(if stage == 3 { "fp32 shard" } else { "all, + fp32 shard" }) };
+    let weights_note = if cfg.offload.params != "none" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(match (stage, world) {
+        (3, 1) => "fp32 master, no bf16 copy (units gathered in bf16 when used)",
+        (3, _) => "fp32 shard",
+        (_, 1) => "all (one process: the shard is the whole model)",
+        _ => "all, + fp32 shard",
+    }) };
     row(out, "weights", &human_bytes(est.weights), &weights_note);
-    row(out, "gradients", &human_bytes(est.grads), &sharded(if stage == 1 { "all, + fp32 shard" } else { "fp32 shard" }));
+    let grads_note = match (stage, world) {
+        (1, 1) => "all (one process: the shard is the whole model)",
+        (1, _) => "all, + fp32 shard",
+        _ => "fp32 shard",
+    };
+    row(out, "gradients", &human_bytes(est.grads), &sharded(grads_note));
     optimizer_row(out, cfg, &est);
     if est.comm_buffers > 0 && cfg.offload.enabled() {
         row(out, "unit gradient buffers", &human_bytes(est.comm_buffers), "the backward unit's gradients and those of the units still being copied to the host");
     } else if est.comm_buffers > 0 {
-        row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), if stage == 3 { "a unit's gathered weights + gradients at the peak" } else { "a unit's gradients before reduce-scatter" });
+        let what = match (stage, world) {
+            (3, 1) => "the units' gathered bf16 weights at the peak (gradients go straight into the shard)",
+            (3, _) => "a unit's gathered weights + gradients at the peak",
+            _ => "a unit's gradients before reduce-scatter",
+        };
+        row(out, "ZeRO unit buffers", &human_bytes(est.comm_buffers), what);
     }
     if est.sp_buffers > 0 {
         row(out, "Ulysses buffers", &human_bytes(est.sp_buffers), "all-to-all send/receive, gathered dqkv and dout");
@@ -139,9 +160,11 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let logits = if rows < n { format!(", logits {rows} rows at a time") } else { String::new() };
     let share = if sp > 1 { format!(" (this rank: {} tokens of each sequence, attention on all positions of {} of {} heads)", t.seq_len / sp, cfg.model.n_heads / sp, cfg.model.n_heads) } else { String::new() };
     row(out, "activations", &human_bytes(est.activations), &format!("micro-batch {} × {} tokens{share}, {recompute}{logits}", t.batch_size, t.seq_len));
+    row(out, "backward scratch", &human_bytes(est.scratch), "activation gradients, projection output, token ids, losses");
     rule(out);
-    let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. transient buffers" };
+    let note = if est.optimizer_state.is_none() { "without optimizer state" } else { "excl. per-op scratch, cuBLASLt workspace, allocator slack" };
     row(out, "total", &human_bytes(est.total()), note);
+    no_shadow_row(out, cfg, &est);
     let gb = cfg.dist.gpu_memory_gb;
     let longest = match crate::telemetry::memory::longest_seq(cfg, (gb * 1e9) as u64) {
         Some(s) => format!("{s} tokens"),
@@ -150,6 +173,21 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let cap = if cfg.model.positions == crate::config::Positions::Learned { format!(", at most model.max_seq_len = {}", cfg.model.max_seq_len) } else { String::new() };
     row(out, "longest sequence per GPU", &longest, &format!("estimate for {gb} GB (dist.gpu_memory_gb): batch 1, these settings, a multiple of {}{cap}", 64 * sp));
     offload_rows(out, cfg);
+}
+
+/// One CUDA process without ZeRO keeps a bf16 copy of every weight (the
+/// matmuls' operands); ZeRO stage 3 in the same single process keeps only
+/// the fp32 master and gathers each unit into bf16 when it is used. Shows
+/// that total beside this one.
+fn no_shadow_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {
+    if cfg.device != "cuda" || cfg.offload.enabled() || cfg.dist.world.max(1) > 1 || cfg.dist.zero_stage == 3 {
+        return;
+    }
+    let mut s3 = cfg.clone();
+    s3.dist.zero_stage = 3;
+    let lean = estimate(&s3).total();
+    let saved = est.total().saturating_sub(lean);
+    row(out, "with dist.zero_stage = 3", &human_bytes(lean), &format!("same process, no bf16 copy of every weight: {} less", human_bytes(saved)));
 }
 
 /// Host and disk bytes of `offload.optimizer = cpu | nvme`.

@@ -26,12 +26,20 @@ pub struct BenchResult {
     pub checkpoint_layers: bool,
     /// `train.checkpoint_keep_attention` with `checkpoint_layers` on.
     pub checkpoint_keep_attention: bool,
+    /// `dist.zero_stage` (3 in one process: no bf16 copy of every weight).
+    pub zero_stage: u32,
+    /// `train.logits_chunk`: token rows of the output head at once.
+    pub logits_chunk: usize,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
     /// Model FLOPs utilization with causal attention FLOPs halved.
     pub mfu: Option<f64>,
     pub peak_mem_bytes: u64,
+    /// `ferrotron info`'s total for these settings (excludes the
+    /// allocator's slack and library workspaces): what the peak is checked
+    /// against.
+    pub estimate_bytes: u64,
     pub step_ms: Vec<f64>,
     pub losses: Vec<f64>,
     /// With `--profile`: (op, calls per step, ms per step), slowest first.
@@ -125,11 +133,14 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         recompute: cfg.train.recompute,
         checkpoint_layers: cfg.train.checkpoint_layers,
         checkpoint_keep_attention: cfg.train.checkpoint_layers && cfg.train.checkpoint_keep_attention,
+        zero_stage: cfg.dist.zero_stage,
+        logits_chunk: cfg.train.logits_chunk,
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,
         mfu,
         peak_mem_bytes: b.peak_memory_bytes(),
+        estimate_bytes: crate::telemetry::memory::estimate(cfg).total(),
         step_ms,
         losses,
         profile: None,

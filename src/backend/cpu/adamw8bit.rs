@@ -15,6 +15,7 @@
 //! end of a tensor. Both do the same operations per element in the same
 //! order, so every variant gives the same bits.
 
+use super::bf16;
 use super::isa::Isa;
 use super::quant_search::{self, NearestTable};
 use crate::backend::{AdamWArgs, QUANT_BLOCK};
@@ -85,7 +86,7 @@ fn requantize(vals: &[f32], codes: &mut [u8], table: &NearestTable) -> f32 {
 
 /// One block, scalar: the baseline and the last, short block of a tensor.
 #[allow(clippy::too_many_arguments)]
-fn block_scalar(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables) {
+fn block_scalar(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables, image: Option<&mut [u16]>) {
     let mut m = [0f32; QUANT_BLOCK];
     let mut v = [0f32; QUANT_BLOCK];
     let n = p.len();
@@ -101,51 +102,69 @@ fn block_scalar(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut
     }
     *ma = requantize(&m[..n], mc, t.snear);
     *va = requantize(&v[..n], vc, t.unear);
+    if let Some(image) = image {
+        bf16::round_body(image, p);
+    }
 }
 
 /// One block with the widest instructions `isa` allows.
 #[allow(clippy::too_many_arguments)]
-fn block_step(isa: Isa, p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables) {
+fn block_step(isa: Isa, p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables, image: Option<&mut [u16]>) {
     #[cfg(target_arch = "x86_64")]
     if p.len() == QUANT_BLOCK {
         use super::adamw8bit_x86::{block_avx2, block_avx512};
         // SAFETY: `isa` was capped at what CPU detection found.
         match isa.min(Isa::best()) {
-            Isa::Avx512 => return unsafe { block_avx512(p, g, mc, vc, ma, va, f, t) },
-            Isa::Avx2 => return unsafe { block_avx2(p, g, mc, vc, ma, va, f, t) },
+            Isa::Avx512 => return unsafe { block_avx512(p, g, mc, vc, ma, va, f, t, image) },
+            Isa::Avx2 => return unsafe { block_avx2(p, g, mc, vc, ma, va, f, t, image) },
             Isa::Baseline => {}
         }
     }
     let _ = isa;
-    block_scalar(p, g, mc, vc, ma, va, f, t)
+    block_scalar(p, g, mc, vc, ma, va, f, t, image)
+}
+
+/// One parallel task: `BLOCKS_PER_TASK` blocks (fewer at the end).
+#[allow(clippy::too_many_arguments)]
+fn task(isa: Isa, p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut [f32], va: &mut [f32], f: &Factors, t: &Tables, mut image: Option<&mut [u16]>) {
+    let blocks = p.chunks_mut(QUANT_BLOCK).zip(g.chunks(QUANT_BLOCK)).zip(mc.chunks_mut(QUANT_BLOCK)).zip(vc.chunks_mut(QUANT_BLOCK));
+    for (k, ((((p, g), mc), vc), (ma, va))) in blocks.zip(ma.iter_mut().zip(va.iter_mut())).enumerate() {
+        let lo = k * QUANT_BLOCK;
+        let image = image.as_deref_mut().map(|img| &mut img[lo..lo + p.len()]);
+        block_step(isa, p, g, mc, vc, ma, va, f, t, image);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn adamw8bit(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut [f32], va: &mut [f32], a: &AdamWArgs) {
-    adamw8bit_with(Isa::best(), p, g, mc, vc, ma, va, a)
+    adamw8bit_with(Isa::best(), p, g, mc, vc, ma, va, a, None)
 }
 
 /// [`adamw8bit`] with instructions up to `isa` (tests and benchmarks
-/// compare the variants; a variant the CPU lacks falls back).
+/// compare the variants; a variant the CPU lacks falls back), and
+/// optionally the bf16 rounding of the updated parameters written to
+/// `image` in the same pass (what `bf16::round_to_bf16` would give, without
+/// reading the parameters from memory again: an offloaded step's image
+/// costs 2 B/param written instead of 6 B/param moved).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw8bit_with(isa: Isa, p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut [f32], va: &mut [f32], a: &AdamWArgs) {
+pub fn adamw8bit_with(isa: Isa, p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut [f32], va: &mut [f32], a: &AdamWArgs, image: Option<&mut [u16]>) {
     let n = p.len();
     assert!(g.len() == n && mc.len() == n && vc.len() == n);
     assert!(ma.len() == n.div_ceil(QUANT_BLOCK) && va.len() == ma.len());
+    assert!(image.as_ref().is_none_or(|img| img.len() == n), "adamw8bit: the bf16 image needs one value per parameter");
     let (f, t) = (factors(a), tables());
-    let task = BLOCKS_PER_TASK * QUANT_BLOCK;
-    p.par_chunks_mut(task)
-        .zip(g.par_chunks(task))
-        .zip(mc.par_chunks_mut(task))
-        .zip(vc.par_chunks_mut(task))
+    let size = BLOCKS_PER_TASK * QUANT_BLOCK;
+    let tasks = p
+        .par_chunks_mut(size)
+        .zip(g.par_chunks(size))
+        .zip(mc.par_chunks_mut(size))
+        .zip(vc.par_chunks_mut(size))
         .zip(ma.par_chunks_mut(BLOCKS_PER_TASK))
-        .zip(va.par_chunks_mut(BLOCKS_PER_TASK))
-        .for_each(|(((((p, g), mc), vc), ma), va)| {
-            let blocks = p.chunks_mut(QUANT_BLOCK).zip(g.chunks(QUANT_BLOCK)).zip(mc.chunks_mut(QUANT_BLOCK)).zip(vc.chunks_mut(QUANT_BLOCK));
-            for ((((p, g), mc), vc), (ma, va)) in blocks.zip(ma.iter_mut().zip(va.iter_mut())) {
-                block_step(isa, p, g, mc, vc, ma, va, &f, &t);
-            }
-        });
+        .zip(va.par_chunks_mut(BLOCKS_PER_TASK));
+    match image {
+        Some(image) => tasks.zip(image.par_chunks_mut(size)).for_each(|((((((p, g), mc), vc), ma), va), img)| task(isa, p, g, mc, vc, ma, va, &f, &t, Some(img))),
+        None => tasks.for_each(|(((((p, g), mc), vc), ma), va)| task(isa, p, g, mc, vc, ma, va, &f, &t, None)),
+    }
 }
 
 #[cfg(test)]
@@ -200,12 +219,36 @@ mod tests {
             for step in 1..=6 {
                 let g = gradient(&mut rng, n);
                 let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
-                adamw8bit_with(isa, &mut p, &g, &mut state.0, &mut state.1, &mut state.2, &mut state.3, &a);
+                adamw8bit_with(isa, &mut p, &g, &mut state.0, &mut state.1, &mut state.2, &mut state.3, &a, None);
                 reference(&mut q, &g, &mut rstate.0, &mut rstate.1, &mut rstate.2, &mut rstate.3, &a);
                 let isa = isa.name();
                 assert!(p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: weights, step {step}");
                 assert!(state.0 == rstate.0 && state.1 == rstate.1, "{isa}: codes, step {step}");
                 assert!(state.2.iter().chain(&state.3).zip(rstate.2.iter().chain(&rstate.3)).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: absmax, step {step}");
+            }
+        }
+    }
+
+    /// The image written in the pass equals rounding the updated weights
+    /// afterwards, and writing it changes nothing else.
+    #[test]
+    fn fused_image_equals_rounding_afterwards() {
+        let n = BLOCKS_PER_TASK * QUANT_BLOCK + 3 * QUANT_BLOCK + 77;
+        for isa in Isa::available() {
+            let mut rng = crate::util::rng::Rng::new(5);
+            let mut p: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let mut state = (vec![0u8; n], vec![0u8; n], vec![0f32; n.div_ceil(QUANT_BLOCK)], vec![0f32; n.div_ceil(QUANT_BLOCK)]);
+            let (mut q, mut qstate) = (p.clone(), state.clone());
+            let mut image = vec![0u16; n];
+            for step in 1..=3 {
+                let g = gradient(&mut rng, n);
+                let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 1.0 };
+                adamw8bit_with(isa, &mut p, &g, &mut state.0, &mut state.1, &mut state.2, &mut state.3, &a, Some(&mut image));
+                adamw8bit_with(isa, &mut q, &g, &mut qstate.0, &mut qstate.1, &mut qstate.2, &mut qstate.3, &a, None);
+                let mut want = vec![0u16; n];
+                bf16::round_to_bf16(&mut want, &q);
+                assert!(image == want, "{}: image, step {step}", isa.name());
+                assert!(p.iter().zip(&q).all(|(x, y)| x.to_bits() == y.to_bits()) && state.0 == qstate.0 && state.1 == qstate.1, "{}: step {step}", isa.name());
             }
         }
     }

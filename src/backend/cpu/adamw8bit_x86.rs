@@ -9,14 +9,16 @@
 //! NaN, so the final order-free reduction equals the scalar fold.
 
 use super::adamw8bit::{Factors, Tables};
+use super::bf16::round_body;
 use super::quant_search::NearestTable;
 use crate::backend::QUANT_BLOCK;
 use std::arch::x86_64::*;
 
-/// AVX-512 block: `p`, `g`, `mc`, `vc` hold exactly `QUANT_BLOCK` values.
+/// AVX-512 block: `p`, `g`, `mc`, `vc` (and `image`, the bf16 of the
+/// updated `p`, if asked for) hold exactly `QUANT_BLOCK` values.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn block_avx512(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables) {
+pub(super) fn block_avx512(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables, image: Option<&mut [u16]>) {
     const L: usize = 16;
     assert!(p.len() == QUANT_BLOCK && g.len() == QUANT_BLOCK && mc.len() == QUANT_BLOCK && vc.len() == QUANT_BLOCK);
     let mut m = [0f32; QUANT_BLOCK];
@@ -50,6 +52,9 @@ pub(super) fn block_avx512(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8
     *va = _mm512_reduce_max_ps(vmax);
     encode_avx512(&m, *ma, mc, t.snear);
     encode_avx512(&v, *va, vc, t.unear);
+    if let Some(image) = image {
+        round_body(image, p);
+    }
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
@@ -88,10 +93,10 @@ fn gather_entries(table: &NearestTable, idx: __m512i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
-/// AVX2 block: `p`, `g`, `mc`, `vc` hold exactly `QUANT_BLOCK` values.
+/// AVX2 block: as [`block_avx512`], 8 lanes.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn block_avx2(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables) {
+pub(super) fn block_avx2(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8], ma: &mut f32, va: &mut f32, f: &Factors, t: &Tables, image: Option<&mut [u16]>) {
     const L: usize = 8;
     assert!(p.len() == QUANT_BLOCK && g.len() == QUANT_BLOCK && mc.len() == QUANT_BLOCK && vc.len() == QUANT_BLOCK);
     let mut m = [0f32; QUANT_BLOCK];
@@ -123,6 +128,9 @@ pub(super) fn block_avx2(p: &mut [f32], g: &[f32], mc: &mut [u8], vc: &mut [u8],
     *va = reduce_max_avx2(vmax);
     encode_avx2(&m, *ma, mc, t.snear);
     encode_avx2(&v, *va, vc, t.unear);
+    if let Some(image) = image {
+        round_body(image, p);
+    }
 }
 
 /// Largest lane (no lane is NaN).

@@ -24,8 +24,10 @@ pub fn to_bf16(x: f32) -> u16 {
     (if nan { quiet_nan } else { rounded }) as u16
 }
 
+/// `out[i] = bf16(x[i])`, inlined into its caller's instruction set (the
+/// 8-bit AdamW blocks write their image with it while the block is in L1).
 #[inline(always)]
-fn round_body(out: &mut [u16], x: &[f32]) {
+pub(super) fn round_body(out: &mut [u16], x: &[f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = to_bf16(v);
     }

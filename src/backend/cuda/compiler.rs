@@ -4,28 +4,45 @@
 
 use super::kernels::KernelFile;
 use super::loader;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::PathBuf;
 
 /// Prepended to every kernel file (dtype helpers, reductions).
 const COMMON: &str = include_str!("ops/common.cuh");
 
+/// Kernel files written for Hopper's arch-specific instructions (wgmma,
+/// setmaxnreg): compiled for `compute_90a`, and only for a cc 9.0 device.
+/// PTX for `sm_90a` runs on cc 9.0 alone, so every other file keeps the
+/// device's plain arch.
+const SM90A_FILES: &[&str] = &["attention_wgmma"];
+
+/// Whether kernel file `name` can be built for (and run on) compute capability `cc`.
+pub fn file_supported(name: &str, cc: (i32, i32)) -> bool {
+    !SM90A_FILES.contains(&name) || cc == (9, 0)
+}
 
 pub struct Compiler {
     include: PathBuf,
-    /// e.g. "compute_90": PTX for the device's own arch, JIT-ed by the driver.
-    arch: String,
+    /// The device's compute capability: PTX for its own arch ("compute_90"),
+    /// JIT-ed by the driver; "compute_90a" for [`SM90A_FILES`].
+    cc: (i32, i32),
 }
 
 impl Compiler {
     pub fn new(cc: (i32, i32)) -> Result<Self> {
         loader::probe_nvrtc()?;
-        Ok(Compiler { include: loader::cuda_include_dir()?, arch: format!("compute_{}{}", cc.0, cc.1) })
+        Ok(Compiler { include: loader::cuda_include_dir()?, cc })
     }
 
-    fn options(&self) -> Vec<String> {
+    /// NVRTC's virtual architecture for kernel file `name`.
+    fn arch(&self, name: &str) -> String {
+        let suffix = if SM90A_FILES.contains(&name) { "a" } else { "" };
+        format!("compute_{}{}{suffix}", self.cc.0, self.cc.1)
+    }
+
+    fn options(&self, name: &str) -> Vec<String> {
         vec![
-            format!("--gpu-architecture={}", self.arch),
+            format!("--gpu-architecture={}", self.arch(name)),
             "--std=c++17".into(),
             format!("--include-path={}", self.include.display()),
         ]
@@ -33,8 +50,11 @@ impl Compiler {
 
     /// PTX text of a kernel file, from the disk cache when it is there.
     pub fn ptx(&self, file: &KernelFile) -> Result<String> {
+        if !file_supported(file.name, self.cc) {
+            bail!("{}.cu needs a compute capability 9.0 GPU (sm_90a instructions); this one is {}.{}", file.name, self.cc.0, self.cc.1);
+        }
         let src = source_text(file);
-        let key = fnv64(&[src.as_bytes(), self.options().join(" ").as_bytes(), env!("CARGO_PKG_VERSION").as_bytes()]);
+        let key = fnv64(&[src.as_bytes(), self.options(file.name).join(" ").as_bytes(), env!("CARGO_PKG_VERSION").as_bytes()]);
         let cached = cache_dir().map(|d| d.join(format!("{}-{key:016x}.ptx", file.name)));
         if let Some(text) = cached.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
             return Ok(text);
@@ -48,7 +68,7 @@ impl Compiler {
 
     /// NVRTC's PTX for `src`, compiled as `name.cu`.
     fn compile(&self, name: &str, src: &str) -> Result<String> {
-        let opts = self.options();
+        let opts = self.options(name);
         Ok(loader::no_panic("NVRTC", || {
             let o = cudarc::nvrtc::CompileOptions { options: opts, name: Some(format!("{name}.cu")), ..Default::default() };
             cudarc::nvrtc::compile_ptx_with_opts(src, o).map_err(|e| compile_error(name, e))
@@ -108,11 +128,13 @@ fn fnv64(parts: &[&[u8]]) -> u64 {
 }
 
 /// Compile every kernel file with NVRTC (no GPU needed), for tests and
-/// `info`: returns the names compiled. `cc` defaults to 9.0 (H100/H200).
+/// `info`: returns the names compiled. `cc` defaults to 9.0 (H100/H200);
+/// files for another device's arch only (sm_90a) are left out.
 pub fn compile_all(cc: Option<(i32, i32)>) -> Result<Vec<&'static str>> {
-    let c = Compiler::new(cc.unwrap_or((9, 0)))?;
+    let cc = cc.unwrap_or((9, 0));
+    let c = Compiler::new(cc)?;
     let mut done = Vec::new();
-    for file in super::ops::FILES {
+    for file in super::ops::FILES.iter().filter(|f| file_supported(f.name, cc)) {
         c.ptx(file)?;
         done.push(file.name);
     }

@@ -4,6 +4,7 @@
 
 use super::compiler::Compiler;
 use super::kernels::{self, Kernel, Kernels};
+use super::ops::attention::AttnForward;
 use super::ops::elementwise::{Convert, F32ToBf16Vec4};
 use super::loader;
 use super::matmul::Lt;
@@ -39,6 +40,11 @@ pub struct CudaBackend {
     /// Use the CUDA-core attention kernels (forward and backward) instead of
     /// the tensor-core ones (FERROTRON_ATTN=simple, or `use_simple_attention`).
     pub(super) simple_attention: bool,
+    /// The attention forward for the FlashAttention-2 cases (FERROTRON_ATTN,
+    /// `set_attention_forward`; default `attention::DEFAULT_FORWARD`).
+    pub(super) attn_forward: AttnForward,
+    /// Compute capability (major, minor).
+    pub(super) cc: (i32, i32),
     /// Timing events recorded on the stream by `mark`, until `clear_marks`.
     pub(super) marks: Vec<cudarc::driver::CudaEvent>,
     pub(super) stream: Arc<CudaStream>,
@@ -108,6 +114,8 @@ impl CudaBackend {
             max_smem,
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
+            attn_forward: super::ops::attention::forward_from_env(),
+            cc,
             marks: Vec::new(),
             copies: None,
         })
@@ -135,10 +143,32 @@ impl CudaBackend {
         self.simple_attention = yes;
     }
 
+    /// Choose the attention forward for the shapes the FlashAttention-2
+    /// kernels take; the wgmma ones apply only on a cc 9.0 GPU
+    /// ([`Self::wgmma_attention_available`]), `Fa2` runs elsewhere.
+    pub fn set_attention_forward(&mut self, k: AttnForward) {
+        self.attn_forward = k;
+    }
+
+    /// Whether this GPU runs the wgmma attention kernel (compute capability 9.0).
+    pub fn wgmma_attention_available(&self) -> bool {
+        self.cc == (9, 0)
+    }
+
     pub(super) fn alloc_buf(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         let mem = self.alloc.alloc(len * Elem::of(dtype).size())?;
+        Ok(self.new_buf(mem, len, dtype))
+    }
+
+    /// [`Self::alloc_buf`] without the zeroing (`Backend::alloc_for_overwrite`).
+    pub(super) fn alloc_buf_unzeroed(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        let mem = self.alloc.alloc_unzeroed(len * Elem::of(dtype).size())?;
+        Ok(self.new_buf(mem, len, dtype))
+    }
+
+    fn new_buf(&mut self, mem: DevMem, len: usize, dtype: DType) -> BufId {
         self.bufs.slots.push(Some(Buffer { mem, len, dtype, shadow: None }));
-        Ok(BufId(self.bufs.slots.len() - 1))
+        BufId(self.bufs.slots.len() - 1)
     }
 
     pub(super) fn free_buf(&mut self, id: BufId) {

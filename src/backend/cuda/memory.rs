@@ -38,8 +38,18 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn alloc(&mut self, bytes: usize) -> Result<DevMem> {
+        let mem = self.alloc_unzeroed(bytes)?;
+        // SAFETY: mem is a fresh allocation of `mem.bytes` bytes.
+        unsafe { result::memset_d8_async(mem.ptr, 0, mem.bytes, self.stream) }.map_err(|e| anyhow!("memset: {e:?}"))?;
+        Ok(mem)
+    }
+
+    /// [`Self::alloc`] without zeroing: for memory written whole before it
+    /// is read.
+    pub fn alloc_unzeroed(&mut self, bytes: usize) -> Result<DevMem> {
         let bytes = bytes.max(1);
-        // SAFETY: plain allocation on our stream, zeroed before use.
+        // SAFETY: plain allocation on our stream; `alloc` zeroes it, the
+        // callers of this one write it whole before reading it.
         let ptr = unsafe {
             if self.pooled { result::malloc_async(self.stream, bytes) } else { result::malloc_sync(bytes) }
         };
@@ -48,8 +58,6 @@ impl Allocator {
             Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => return Err(oom(bytes, self.bytes_now)),
             Err(e) => bail!("cuMemAlloc of {bytes} bytes failed: {e:?}"),
         };
-        // SAFETY: ptr is a fresh allocation of `bytes` bytes.
-        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream) }.map_err(|e| anyhow!("memset: {e:?}"))?;
         self.bytes_now += bytes as u64;
         self.bytes_peak = self.bytes_peak.max(self.bytes_now);
         Ok(DevMem { ptr, bytes, stream: self.stream, pooled: self.pooled })
@@ -67,7 +75,9 @@ fn oom(bytes: usize, held: u64) -> anyhow::Error {
     anyhow!(
         "out of GPU memory: asked for {bytes} bytes ({:.2} GiB); {:.2} GiB free of {:.2} GiB, ferrotron holds {:.2} GiB. \
          Reduce train.batch_size or train.seq_len, or turn on train.recompute \
-         (norms and MLP activations recomputed) or train.checkpoint_layers (whole blocks recomputed: least memory).",
+         (norms and MLP activations recomputed) or train.checkpoint_layers (whole blocks recomputed: least memory); \
+         dist.zero_stage=3 in one process drops the bf16 copy of every weight (2 bytes per parameter). \
+         `ferrotron info` estimates each setting.",
         gib(bytes as u64),
         gib(free as u64),
         gib(total as u64),

@@ -32,7 +32,7 @@ pub(crate) use device::RawView;
 /// For dist::nccl (the communicator's stream and its events).
 pub(crate) use streams::{event_done, record, stream_waits};
 
-pub use ops::attention::{HEAD_DIMS, MAX_HEAD_DIM};
+pub use ops::attention::{AttnForward, DEFAULT_FORWARD as DEFAULT_ATTENTION_FORWARD, HEAD_DIMS, MAX_HEAD_DIM};
 
 /// Whether the CUDA attention kernels implement this head size (any up to
 /// [`MAX_HEAD_DIM`]; the tensor-core paths take [`HEAD_DIMS`]).
@@ -70,6 +70,9 @@ impl Backend for CudaBackend {
     }
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         self.alloc_buf(len, dtype)
+    }
+    fn alloc_for_overwrite(&mut self, len: usize, dtype: DType) -> Result<BufId> {
+        self.alloc_buf_unzeroed(len, dtype)
     }
     fn free(&mut self, buf: BufId) {
         self.free_buf(buf)

@@ -61,9 +61,12 @@ const WARPS: u32 = 8;
 fn variant() -> Result<(Adam8Kernel, bool)> {
     static V: OnceLock<Result<(Adam8Kernel, bool), String>> = OnceLock::new();
     let v = V.get_or_init(|| match std::env::var("FERROTRON_ADAM8").as_deref() {
-        Err(_) | Ok("") | Ok("prefetch") => Ok((Adam8Kernel::Prefetch, false)),
+        // plain is the default: on the H200 it ran a llama-1b step in 7.90 ms
+        // (0.68 of copy bandwidth) against prefetch's 10.0 ms and
+        // prefetch3's 8.79 ms (bench/results/gpu_2026-12-02c.md, call 2).
+        Err(_) | Ok("") | Ok("plain") => Ok((Adam8Kernel::Plain, false)),
+        Ok("prefetch") => Ok((Adam8Kernel::Prefetch, false)),
         Ok("prefetch3") => Ok((Adam8Kernel::Prefetch3, false)),
-        Ok("plain") => Ok((Adam8Kernel::Plain, false)),
         Ok("pertensor") => Ok((Adam8Kernel::Prefetch, true)),
         Ok(other) => Err(format!("FERROTRON_ADAM8={other}: expected prefetch, prefetch3, plain or pertensor")),
     });

@@ -1,6 +1,11 @@
 //! Causal flash-style attention: forward saves the per-row log-sum-exp;
 //! backward recomputes probabilities from it.
 //! Paths, fastest first:
+//! - forward only, Hopper (cc 9.0): wgmma kernels (attention_wgmma.cu) for
+//!   the cases the FlashAttention-2 kernels take, when chosen
+//!   ([`AttnForward`]: FERROTRON_ATTN=wgmma / wgmma-sync,
+//!   `set_attention_forward`, or [`DEFAULT_FORWARD`]); their output and lse
+//!   feed the FlashAttention-2 backward unchanged;
 //! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
 //!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
 //! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
@@ -11,6 +16,7 @@
 use super::super::device::CudaBackend;
 use super::super::kernels::{kernel, KernelFile};
 use super::super::memory::{Dev, Elem};
+use super::tensor_map::{bf16_3d_swizzled, TensorMap};
 use crate::backend::{AttnShape, View};
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
@@ -18,6 +24,48 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "attention", source: include_str!("attention.cu") };
 pub(in crate::backend::cuda) const MMA_FILE: KernelFile = KernelFile { name: "attention_mma", source: include_str!("attention_mma.cu") };
 pub(in crate::backend::cuda) const FA2_FILE: KernelFile = KernelFile { name: "attention_fa2", source: include_str!("attention_fa2.cu") };
+pub(in crate::backend::cuda) const WGMMA_FILE: KernelFile = KernelFile { name: "attention_wgmma", source: include_str!("attention_wgmma.cu") };
+
+/// Which kernel runs the attention forward for the cases the
+/// FlashAttention-2 kernels take (bf16, 16-byte aligned, D = 64 / 128); the
+/// Hopper ones only on a cc 9.0 GPU (elsewhere `Fa2` runs). The backward is
+/// the FlashAttention-2 one in every case: the forwards save the same output
+/// and log-sum-exp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnForward {
+    /// mma.sync, attention_fa2.cu (FERROTRON_ATTN=fa2).
+    Fa2,
+    /// wgmma, warp-specialized: a TMA producer warpgroup feeding 2 or 3
+    /// consumer warpgroups through mbarriers, softmax overlapping P·V
+    /// (FERROTRON_ATTN=wgmma).
+    WgmmaTma,
+    /// wgmma, every thread loads with cp.async, block-wide barriers per key
+    /// tile (FERROTRON_ATTN=wgmma-sync).
+    WgmmaSync,
+}
+
+/// The forward used when FERROTRON_ATTN does not choose one: the
+/// warp-specialized TMA kernel, verified on the H200 (parity with the CPU
+/// twin and fa2; 458 TFLOP/s at D=128, T=16384 against fa2's 225:
+/// bench/results/gpu_2026-12-02c.md, call 2). On GPUs other than cc 9.0
+/// the fa2 kernel runs; FERROTRON_ATTN=fa2 chooses it everywhere.
+pub const DEFAULT_FORWARD: AttnForward = AttnForward::WgmmaTma;
+
+/// FERROTRON_ATTN: `wgmma`, `wgmma-sync` or `fa2` (also `simple`, handled
+/// by the backend: the CUDA-core kernels); unset, [`DEFAULT_FORWARD`]. Any
+/// other value is reported on stderr and runs `fa2`.
+pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
+    match std::env::var("FERROTRON_ATTN").as_deref() {
+        Ok("wgmma") => AttnForward::WgmmaTma,
+        Ok("wgmma-sync") => AttnForward::WgmmaSync,
+        Ok("fa2") | Ok("simple") => AttnForward::Fa2,
+        Ok(other) => {
+            eprintln!("FERROTRON_ATTN={other} is not one of fa2, wgmma, wgmma-sync, simple: using fa2");
+            AttnForward::Fa2
+        }
+        Err(_) => DEFAULT_FORWARD,
+    }
+}
 
 /// Mirrors `AttnDims` in attention.cu.
 #[repr(C)]
@@ -51,6 +99,13 @@ kernel! {
         out: u64, dto: i32, lse: u64, dtl: i32, qkv: u64, a: AttnDims,
     }
     struct Fa2Fwd(FA2_FILE, Fa2FwdKernel { D64: fa2_fwd_d64, D128: fa2_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
+    /// Hopper wgmma forward, cp.async loads (same results as `Fa2Fwd`).
+    struct WgmmaFwd(WGMMA_FILE, WgmmaFwdKernel { D64: wgmma_fwd_d64, D128: wgmma_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
+    /// Hopper wgmma forward, warp-specialized with TMA loads: `tq` maps qkv
+    /// in boxes of 64 columns x BQ rows, `tkv` in 64 x 128.
+    struct WgmmaTmaFwd(WGMMA_FILE, WgmmaTmaFwdKernel { D64: wgmma_tma_fwd_d64, D128: wgmma_tma_fwd_d128 }) {
+        out: u64, lse: u64, dtl: i32, tq: TensorMap, tkv: TensorMap, a: AttnDims,
+    }
     /// delta and lse·log2e, rows padded to `tp`.
     struct Fa2BwdPrep(FA2_FILE, fa2_bwd_prep) {
         delta: u64, lse2: u64, dout: u64, dtdo: i32, out: u64, dto: i32, lse: u64, dtl: i32, a: AttnDims, d: i32, tp: i32,
@@ -113,6 +168,9 @@ impl CudaBackend {
         let (o, l) = (self.out(out)?, self.out(lse)?);
         let v = variant(d)?;
         if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&o) {
+            if self.cc == (9, 0) && self.attn_forward != AttnForward::Fa2 {
+                return self.attention_fwd_wgmma(o.ptr, l, q.ptr, s, a);
+            }
             // 4 warps x 32 query rows for D = 64; x 16 rows for D = 128 (the
             // O accumulator of 32 rows would not fit in registers).
             let bq = if d == 64 { 128 } else { 64 };
@@ -135,6 +193,30 @@ impl CudaBackend {
         let c = cfg(s.seq.div_ceil(TILE), s.heads, s.batch, smem);
         let kernel = [SimpleFwdKernel::D32, SimpleFwdKernel::D64, SimpleFwdKernel::D96, SimpleFwdKernel::D128][v];
         self.launch(c, SimpleFwd { kernel, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), qkv: q.ptr, dtq: q.dt(), a, hd: d as i32 })
+    }
+
+    /// Hopper forward: 64 query rows per consumer warpgroup, 3 warpgroups
+    /// for D = 64 and 2 for D = 128 (+ 1 producer warpgroup for WgmmaTma);
+    /// shared memory = the Q tile + 2 K and 2 V buffers of 128 keys, 1024
+    /// bytes to align the tiles to the swizzle atom, 128 for the 9 mbarriers.
+    fn attention_fwd_wgmma(&mut self, out: u64, lse: Dev, qkv: u64, s: AttnShape, a: AttnDims) -> Result<()> {
+        let (d, nwg) = (s.head_dim, if s.head_dim == 64 { 3 } else { 2 });
+        let bq = 64 * nwg;
+        let tiles = s.seq.div_ceil(bq);
+        ensure!(s.batch <= 65535 && tiles <= 65535, "attention_fwd (wgmma): batch {} or {tiles} query tiles over the grid limit 65535", s.batch);
+        let bytes = (bq + 4 * 128) * d * 2 + 1024 + 128;
+        let grid_dim = (s.heads as u32, s.batch as u32, tiles as u32);
+        if self.attn_forward == AttnForward::WgmmaSync {
+            let c = LaunchConfig { grid_dim, block_dim: (128 * nwg as u32, 1, 1), shared_mem_bytes: bytes as u32 };
+            let kernel = if d == 64 { WgmmaFwdKernel::D64 } else { WgmmaFwdKernel::D128 };
+            return self.launch(c, WgmmaFwd { kernel, out, lse: lse.ptr, dtl: lse.dt(), qkv, a });
+        }
+        let width = s.qkv_width();
+        let tq = bf16_3d_swizzled(qkv, s.batch, s.seq, width, 64, bq as u32)?;
+        let tkv = bf16_3d_swizzled(qkv, s.batch, s.seq, width, 64, 128)?;
+        let c = LaunchConfig { grid_dim, block_dim: (128 * (nwg as u32 + 1), 1, 1), shared_mem_bytes: bytes as u32 };
+        let kernel = if d == 64 { WgmmaTmaFwdKernel::D64 } else { WgmmaTmaFwdKernel::D128 };
+        self.launch(c, WgmmaTmaFwd { kernel, out, lse: lse.ptr, dtl: lse.dt(), tq, tkv, a })
     }
 
     pub(in crate::backend::cuda) fn attention_bwd(&mut self, dqkv: View, dout: View, qkv: View, out: View, lse: View, s: AttnShape) -> Result<()> {

@@ -10,6 +10,7 @@
 mod flat;
 pub(super) mod linear;
 mod rows;
+mod tensor_map;
 mod transfer;
 
 use super::kernels::KernelFile;
@@ -37,7 +38,7 @@ kernel_modules! {
     gelu: FILE;
     swiglu: FILE;
     rope: FILE;
-    attention: FILE, MMA_FILE, FA2_FILE;
+    attention: FILE, MMA_FILE, FA2_FILE, WGMMA_FILE;
     xent: FILE;
     adamw: FILE;
     axpby: FILE;

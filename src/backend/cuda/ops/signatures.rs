@@ -15,12 +15,13 @@ struct CudaKernel {
 }
 
 /// The Rust type a CUDA parameter is passed as: pointers as `u64`, scalars
-/// by width, structs by their `#[repr(C)]` mirror of the same name.
+/// by width, structs by their `#[repr(C)]` mirror of the same name (by
+/// value, also as `const __grid_constant__`).
 fn rust_type(param: &str) -> String {
     if param.contains('*') {
         return "u64".into();
     }
-    let words: Vec<&str> = param.split_whitespace().filter(|w| *w != "const").collect();
+    let words: Vec<&str> = param.split_whitespace().filter(|w| *w != "const" && *w != "__grid_constant__").collect();
     let ty = words[..words.len() - 1].join(" ");
     match ty.as_str() {
         "int" => "i32".into(),

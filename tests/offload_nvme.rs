@@ -292,12 +292,16 @@ fn budget_and_refusal_for_params_on_disk() {
     assert!(disk_cuda.disk >= none_cuda.disk + 2 * layout.total as u64, "the files hold the bf16 images");
     assert!(disk_cuda.disk <= none_cuda.disk + 2 * layout.total as u64 + 4096 * 64, "images padded per unit only");
     assert_eq!(disk_cpu.disk, with("none", "cpu").disk, "fp32 passes read the master: no image section");
-    // The host: no unit's image (2 bytes per parameter), but the pool of
-    // buffers, each the largest unit's bf16 image.
+    // The host: no unit's image with either (params = none writes a
+    // stepped unit's image into its gradient pool buffer), and params =
+    // nvme adds the pool the passes read into, each buffer the largest
+    // unit's bf16 image.
     let ranges = ferrotron::model::store::unit_ranges(&cfg(tmp.path(), "x", &strings(&["model.preset=tiny-llama"])).model, &layout);
     let biggest = ranges.iter().map(|r| (2 * r.len()).div_ceil(4096) * 4096).max().unwrap() as u64;
     let pool = ferrotron::parallel::offload::stream_nvme::pool_buffers(2) as u64;
-    assert_eq!(disk_cuda.host, none_cuda.host - 2 * layout.total as u64 + pool * biggest, "host bytes: images out, pool in");
+    assert_eq!((none_cuda.host_images, disk_cuda.host_images), (0, 0), "no kept images");
+    assert_eq!(disk_cuda.host_reads, pool * biggest, "the passes' read pool");
+    assert_eq!(disk_cuda.host, none_cuda.host + pool * biggest, "host bytes: the read pool in");
     // Refusal names the disk and the image.
     let c = cfg(tmp.path(), "x", &strings(&["offload.optimizer=nvme", "offload.params=nvme", &path, "device=cuda"]));
     let need = budget::offload_bytes(&c).unwrap();

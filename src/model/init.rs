@@ -11,7 +11,13 @@ use crate::util::rng::{fill_normal_parallel, mix};
 /// do not change the drawn values.
 pub fn init_weights(cfg: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     let tight = cfg.unpadded();
-    let host = init_unpadded(&tight, &ParamLayout::new(&tight), seed);
+    let tight_layout = ParamLayout::new(&tight);
+    let host = init_unpadded(&tight, &tight_layout, seed);
+    if tight_layout.total == layout.total {
+        // No padding (it only adds elements): the same layout. Returned as
+        // is, so a big model is never held twice here.
+        return host;
+    }
     let out = super::padding::repad(&tight, cfg, &host);
     debug_assert_eq!(out.len(), layout.total);
     out

@@ -116,10 +116,12 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     if cfg.offload.enabled() {
         // parallel::offload: the device keeps only the compute-dtype weights
         // (bf16 on CUDA; the fp32 master is on the host) and each unit's
-        // gradients from its backward until its copy to the host lands
-        // (all of them across micro-batches when accumulating).
+        // gradients from its backward until its copy to the host lands —
+        // all of them when accumulating (across micro-batches) or clipping
+        // (the norm comes before any unit leaves the device).
         let part = Partition::new(&cfg.model, &layout, 1, false);
-        let (grads, comm_buffers) = if cfg.train.grad_accum > 1 { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
+        let all_grads = cfg.train.grad_accum > 1 || cfg.train.grad_clip != 0.0;
+        let (grads, comm_buffers) = if all_grads { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
         let weights = if cfg.offload.params != "none" { act * streamed_window(cfg, &part) } else { act * params };
         return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, scratch, comm_buffers, sp_buffers: 0 };
     }

@@ -199,12 +199,15 @@ fn offload_rows(out: &mut String, cfg: &Config) {
         Ok(b) => {
             let tier = &cfg.offload.optimizer;
             let streamed = cfg.offload.params == "nvme";
-            let what = match (tier.as_str(), streamed) {
-                ("cpu", _) => "fp32 master + optimizer state + gradient copies",
-                (_, false) => "gradient copies + read-ahead window",
-                (_, true) => "gradient copies + read-ahead windows (optimizer, and the passes' weight buffers)",
+            let pool = format!("{} gradient buffers {}", crate::parallel::offload::POOL_BUFFERS, human_bytes(b.host_pool));
+            let images = if b.host_images > 0 { format!(" + kept bf16 images {}", human_bytes(b.host_images)) } else { String::new() };
+            let reads = if b.host_reads > 0 { format!(" + the passes' weight buffers {}", human_bytes(b.host_reads)) } else { String::new() };
+            let what = if tier == "cpu" {
+                format!("fp32 master + optimizer state {} + {pool}{images}", human_bytes(b.host - b.host_pool - b.host_images))
+            } else {
+                format!("optimizer read-ahead window {} + {pool}{reads}", human_bytes(b.host - b.host_pool - b.host_images - b.host_reads))
             };
-            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), what);
+            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &what);
             if b.disk > 0 {
                 let image = if streamed && cfg.device == "cuda" { "bf16 image + " } else { "" };
                 row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("{image}fp32 master + optimizer state files under {}", cfg.offload.path));

@@ -370,7 +370,8 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
             _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
-        (zero, Box::new(offload::OnHost { name }), Some(Offload::new(cfg, &model.layout, &weights)?))
+        // The offload takes the weights over unit by unit (no second copy).
+        (zero, Box::new(offload::OnHost { name }), Some(Offload::new_owned(cfg, &model.layout, weights)?))
     } else {
         let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
         let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;

@@ -2,6 +2,7 @@
 //! start one that would run out of either (before anything is allocated).
 
 use super::host_optimizer::unit_layout;
+use super::host_pool::POOL_BUFFERS;
 use super::nvme::{sweep_dead_scratch, ALIGN};
 use super::stream_nvme::pool_buffers;
 use crate::config::Config;
@@ -14,11 +15,19 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffloadBytes {
     /// Host memory at its peak: master weights and state (cpu tier) or the
-    /// read-ahead window (nvme tier), plus every unit's gradient copy (and,
-    /// on CUDA, every unit's bf16 image of its weights, unless
-    /// `offload.params = nvme` keeps those in the files: then the pool of
-    /// buffers the passes read weights into instead).
+    /// read-ahead window (nvme tier), plus the gradient pool and the kept
+    /// bf16 images (the two parts below), plus (`offload.params = nvme`)
+    /// the buffers the passes read weights into (`host_reads`).
     pub host: u64,
+    /// Of `host`: the pooled gradient buffers ([`POOL_BUFFERS`] of the
+    /// biggest unit), which also carry the bf16 images to the device.
+    pub host_pool: u64,
+    /// Of `host`: every unit's bf16 image, kept for the run (CUDA with
+    /// `offload.params = cpu`: the passes upload the weights from them).
+    pub host_images: u64,
+    /// Of `host`: `offload.params = nvme`'s read buffers (each holds the
+    /// largest unit's pass section: bf16 image on CUDA, else fp32 master).
+    pub host_reads: u64,
     /// The NVMe tier's state files (0 for the cpu tier), with each unit's
     /// bf16 image for `offload.params = nvme` on CUDA.
     pub disk: u64,
@@ -41,25 +50,27 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
         let state: u64 = crate::optim::plan(&cfg.optimizer, &unit_layout(&layout, r))?.iter().map(|g| g.state_bytes).sum();
         per_unit.push((4 * r.len() as u64, state));
     }
-    // The host gradient copies, plus (CUDA: the device computes in bf16)
-    // each unit's bf16 image of its master weights, in host memory unless
-    // params = nvme keeps it in the unit's file.
-    let streamed_from_disk = cfg.offload.params == "nvme";
+    // The gradient pool: buffers of the biggest unit (fp32), allocated
+    // once (parallel::offload::host_pool).
+    let biggest_len = ranges.iter().map(|r| r.len()).max().unwrap_or(0).max(1) as u64;
+    let pool = POOL_BUFFERS as u64 * 4 * biggest_len;
+    // Streamed weights on CUDA (bf16 passes) upload from a bf16 image of
+    // each unit, kept for the run (params = cpu); params = nvme reads them
+    // from the files; otherwise the image of a stepped unit is written
+    // into its pool buffer.
     let cuda = cfg.device == "cuda";
-    let images = if cuda && !streamed_from_disk { 2 * layout.total as u64 } else { 0 };
-    let grads = 4 * layout.total as u64 + images;
+    let images = if cuda && cfg.offload.params == "cpu" { 2 * layout.total as u64 } else { 0 };
     let biggest = per_unit.iter().map(|(m, s)| m + s).max().unwrap_or(0);
-    let biggest_grads = per_unit.iter().map(|(m, _)| *m).max().unwrap_or(0);
     Ok(match cfg.offload.optimizer.as_str() {
-        "cpu" => OffloadBytes { host: per_unit.iter().map(|(m, s)| m + s).sum::<u64>() + grads + biggest_grads, disk: 0 },
+        "cpu" => OffloadBytes { host: per_unit.iter().map(|(m, s)| m + s).sum::<u64>() + pool + images, host_pool: pool, host_images: images, host_reads: 0, disk: 0 },
         _ => {
             // Units alive at once: the read-ahead window, the one being
             // read, the one stepping, the one being written (its I/O
             // buffer doubles it).
             let alive = cfg.offload.prefetch as u64 + 3;
             let mut disk: u64 = per_unit.iter().map(|(m, s)| m + s + (1 + MAX_STATE_TENSORS) * ALIGN as u64).sum();
-            let mut host = grads + alive * 2 * biggest + biggest_grads;
-            if streamed_from_disk {
+            let mut reads = 0;
+            if cfg.offload.params == "nvme" {
                 // The leading bf16 image section of each file (CUDA), and
                 // the pool the passes read into: each buffer holds the
                 // largest unit's pass section (bf16 image or fp32 master).
@@ -67,9 +78,9 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
                     disk += ranges.iter().map(|r| padded(2 * r.len() as u64)).sum::<u64>();
                 }
                 let pass = ranges.iter().map(|r| padded(if cuda { 2 } else { 4 } * r.len() as u64)).max().unwrap_or(0);
-                host += pool_buffers(cfg.offload.prefetch) as u64 * pass;
+                reads = pool_buffers(cfg.offload.prefetch) as u64 * pass;
             }
-            OffloadBytes { host, disk }
+            OffloadBytes { host: pool + images + alive * 2 * biggest + reads, host_pool: pool, host_images: images, host_reads: reads, disk }
         }
     })
 }
@@ -125,7 +136,7 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
     if let Some(free) = host {
         if need.host > free {
             bail!(
-                "offload.optimizer = {tier} needs {} of host memory (master weights, optimizer state, gradient copies) but only {} is available; \
+                "offload.optimizer = {tier} needs {} of host memory (master weights, optimizer state, gradient buffers) but only {} is available; \
                  use offload.optimizer = nvme with offload.path on a fast disk, optimizer.name = adamw8bit, or a smaller model",
                 gib(need.host),
                 gib(free)

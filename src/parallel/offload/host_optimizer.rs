@@ -8,13 +8,12 @@
 //! span tensors), so running them unit by unit gives exactly the bits of
 //! one call over the whole model.
 
-use crate::backend::cpu::{elementwise::CHUNK, CpuBackend};
+use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use crate::optim::{adamw::AdamW, adamw8bit::AdamW8bit, Optimizer};
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 use std::ops::Range;
 
 pub type HostOpt = Box<dyn Optimizer<CpuBackend> + Send>;
@@ -71,9 +70,19 @@ impl UnitHost {
     /// Rounds the master weights into [`UnitHost::image`] (in parallel on
     /// the calling rayon pool).
     pub fn refresh_image(&mut self) {
+        let mut image = std::mem::take(&mut self.image);
+        image.resize(self.master.len, 0);
+        self.write_image(&mut image);
+        self.image = image;
+    }
+
+    /// Rounds the master weights into `out` (one value per weight), in
+    /// parallel on the calling rayon pool: a bf16 image kept elsewhere
+    /// (the offload's pooled upload buffers).
+    pub fn write_image(&self, out: &mut [u16]) {
         let master = self.h.slice(self.master);
-        self.image.resize(master.len(), 0);
-        crate::backend::cpu::bf16::round_to_bf16(&mut self.image, master);
+        assert_eq!(out.len(), master.len(), "a bf16 image of {} values for {} weights", out.len(), master.len());
+        crate::backend::cpu::bf16::round_to_bf16(out, master);
     }
 
     /// One optimizer step of this unit from its gradients `grads`, which
@@ -86,48 +95,5 @@ impl UnitHost {
             Ok(grads) => (out, grads),
             Err(e) => (out.and(Err(e)), Vec::new()),
         }
-    }
-}
-
-/// Σ x² of the concatenation of `parts`, bit for bit what the CPU
-/// backend's `sum_squares` gives on one buffer holding them all: the same
-/// 16K-element chunks counted from the start of the whole, each summed
-/// in order in f64, then the chunk sums in order. So the gradient norm (and
-/// the clipping factor) of an offloaded run equals the plain run's.
-pub fn sum_squares_concat(parts: &[&[f32]]) -> f64 {
-    let mut starts = Vec::with_capacity(parts.len());
-    let mut total = 0;
-    for p in parts {
-        starts.push(total);
-        total += p.len();
-    }
-    let partial: Vec<f64> = (0..total.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|k| {
-            let (lo, hi) = (k * CHUNK, ((k + 1) * CHUNK).min(total));
-            parts
-                .iter()
-                .zip(&starts)
-                .filter(|(p, &s)| s < hi && s + p.len() > lo)
-                .flat_map(|(p, &s)| p[lo.max(s) - s..hi.min(s + p.len()) - s].iter())
-                .map(|&v| (v as f64) * (v as f64))
-                .sum()
-        })
-        .collect();
-    partial.iter().sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn concat_norm_is_the_backends_bit_for_bit() {
-        let mut rng = crate::util::rng::Rng::new(7);
-        let sizes = [5, CHUNK - 3, 1, 2 * CHUNK + 17, 0, 999, CHUNK];
-        let parts: Vec<Vec<f32>> = sizes.iter().map(|&n| (0..n).map(|_| rng.normal() as f32 * 1.7).collect()).collect();
-        let all: Vec<f32> = parts.concat();
-        let refs: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
-        assert_eq!(sum_squares_concat(&refs).to_bits(), crate::backend::cpu::elementwise::sum_squares(&all).to_bits());
     }
 }

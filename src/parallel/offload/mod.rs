@@ -9,22 +9,38 @@
 //!
 //! One step:
 //! 1. backward: as each unit's gradients complete (`grads_done` of the last
-//!    micro-batch) they are copied to the host and the unit's device
-//!    buffer is freed;
+//!    micro-batch) they are copied to the host, into one of a few pooled
+//!    host buffers ([`host_pool`]), and the unit's device buffer is freed;
 //! 2. the unit's optimizer step runs on a worker thread
-//!    ([`host_optimizer`], the CPU backend's AdamW / 8-bit AdamW kernels);
-//! 3. the updated master weights are uploaded to the device (and the bf16
-//!    shadow refreshed) before the step returns, so the next forward reads
-//!    them.
+//!    ([`host_optimizer`], the CPU backend's AdamW / 8-bit AdamW kernels),
+//!    reading the gradients in place; on CUDA it then writes the unit's
+//!    bf16 weights into the same buffer;
+//! 3. the updated weights are uploaded to the device from there (the bf16
+//!    image) or from the master weights (fp32 devices), and the buffer goes
+//!    back to the pool. Every upload is waited for before the step
+//!    returns, so the next forward reads the new weights.
+//!
+//! Host memory is the master weights and the state plus [`POOL_BUFFERS`]
+//! buffers of the biggest unit — not a gradient copy (and a bf16 image)
+//! of every unit. `offload.params = cpu` keeps each unit's bf16 image,
+//! since the weights are uploaded from it on every pass; `offload.params
+//! = nvme` keeps none (the passes read them from the files into a pool of
+//! their own, [`stream_nvme`]).
 //!
 //! Gradient clipping needs the global norm before any update. With
 //! `train.grad_clip = 0` nothing needs it, so each unit's step starts as
 //! soon as its gradients are on the host and overlaps the rest of backward
-//! (Fuyou). With clipping on, the order is DeepSpeed's: the gradients are
-//! copied as backward goes, the norm is taken over all of them (bit for
-//! bit the device's `sum_squares`), then the steps run (the NVMe tier has
-//! already read the first units ahead while backward ran). Either way the
-//! update is the plain run's, not a delayed or approximated one.
+//! (Fuyou); when the pool runs dry, backward waits for the worker, and a
+//! stepped unit's upload then starts during backward (on CUDA the compute
+//! stream waits for it: the host optimizer is the slower side anyway).
+//! The reported norm is summed from the units as they pass ([`grad_norm`]).
+//! With clipping on, the gradients stay on the device — one buffer for
+//! the whole model, as the plain run's: the device holds only bf16 weights
+//! besides, so it has room — until backward ends; the norm is the
+//! device's `sum_squares` over that buffer (the plain run's, bit for bit),
+//! then the units stream through the pool: copy to the host, step, upload,
+//! a few in flight. Either way the update is the plain run's, not a
+//! delayed or approximated one.
 //!
 //! `offload.params = cpu` streams each unit's compute weights to the device
 //! per use from the cpu tier's hosts ([`stream`]); `offload.params = nvme`
@@ -34,7 +50,9 @@
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
 pub mod budget;
+pub mod grad_norm;
 pub mod host_optimizer;
+pub mod host_pool;
 pub mod nvme;
 pub mod store;
 pub mod stream;
@@ -52,12 +70,14 @@ use crate::model::views::ModelViews;
 use crate::optim::{Optimizer, StateTensor};
 use crate::parallel::zero::Zero;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use host_optimizer::{host_optimizer, sum_squares_concat, unit_layout, HostOpt, UnitHost};
+use grad_norm::UnitSquares;
+use host_optimizer::{host_optimizer, unit_layout, HostOpt, UnitHost};
+use host_pool::HostPool;
+pub use host_pool::POOL_BUFFERS;
 use nvme::StateFiles;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,8 +103,11 @@ struct Shared {
     /// one, which stays with the thread driving the device.
     pool: rayon::ThreadPool,
     /// The device holds bf16 weights: each step also rounds the unit's
-    /// master weights into its bf16 image (set from the backend).
+    /// master weights into a bf16 image (set from the backend).
     bf16_images: AtomicBool,
+    /// `offload.params = cpu`: the image is the unit's own, kept for the
+    /// passes; else it goes into the step's pooled buffer.
+    keep_images: bool,
 }
 
 /// Gradient copies in flight at once: unit u's gradients go to the host
@@ -95,10 +118,23 @@ pub const COPY_LAG: usize = 2;
 /// A unit's gradients on their way to the host.
 struct Landing {
     u: usize,
-    /// The device buffer being read (freed once the copy is done).
-    buf: BufId,
+    /// The unit's own device buffer, freed once the copy is done (`None`:
+    /// a part of the whole-model buffer, freed at the end).
+    free: Option<BufId>,
+    /// A pool buffer.
     host: Vec<f32>,
     ticket: CopyTicket,
+}
+
+/// A stepped unit's weights on their way to the device.
+struct Upload {
+    ticket: CopyTicket,
+    /// The unit's host while its master weights are the source (fp32
+    /// device weights); `None` when the image in `image` is.
+    host: Option<UnitHost>,
+    /// The pool buffer holding the bf16 image being read, if that is the
+    /// source.
+    image: Option<Vec<f32>>,
 }
 
 /// Host optimizer threads: the available cores minus one (at least one).
@@ -115,7 +151,12 @@ struct Job {
     unit: usize,
     /// The resident unit (cpu tier); `None`: read it from its file.
     host: Option<UnitHost>,
+    /// A pool buffer holding the unit's gradients.
     grads: Vec<f32>,
+    /// The unit's offset in the whole model and whether to sum its
+    /// gradients' squares for the norm (overlapped steps).
+    start: usize,
+    squares: bool,
     lr: f32,
     clip: f32,
     /// The optimizer's scalar state before this step (a unit read from
@@ -126,7 +167,10 @@ struct Job {
 struct Done {
     unit: usize,
     host: UnitHost,
+    /// The pool buffer back (holding the bf16 image, when one was made
+    /// for the upload).
     grads: Vec<f32>,
+    squares: Option<UnitSquares>,
     /// How long the unit's step took on the worker.
     opt_ms: f64,
 }
@@ -147,14 +191,20 @@ pub struct Offload {
     prefetch: usize,
     /// cpu tier: each unit's resident host (`None` while its step runs).
     hosts: Vec<Option<UnitHost>>,
-    /// Each unit's gradient buffer on the device during backward.
-    dev_grads: Vec<Option<BufId>>,
+    /// Each unit's gradients on the device, from its first fetch until
+    /// they are copied to the host.
+    dev_grads: Vec<Option<View>>,
+    /// With clipping: the whole model's gradients on the device, one
+    /// buffer (the units' are views of it) kept until the norm is known.
+    whole: Option<BufId>,
     gv: ModelViews,
-    /// Each unit's complete gradients on the host, this step.
-    host_grads: Vec<Option<Vec<f32>>>,
-    /// Each unit's host gradient vector between steps, reused so that a
-    /// step does not fault in fresh pages for every gradient.
-    spare_grads: Vec<Vec<f32>>,
+    /// Host buffers the gradients land in (see [`host_pool`]).
+    pool: HostPool,
+    pool_pinned: bool,
+    /// Overlapped steps: each unit's part of the norm, this step.
+    squares: Vec<Option<UnitSquares>>,
+    /// This step's clipping factor, once known (1 while overlapping).
+    clip: f32,
     last_micro: bool,
     /// The optimizer's scalar state (step count) after the latest step:
     /// the NVMe tier's files hold tensors only.
@@ -169,8 +219,8 @@ pub struct Offload {
     times: OffloadTimes,
     /// Gradient copies in flight, oldest first.
     landing: VecDeque<Landing>,
-    /// Weight uploads in flight and the hosts they read from.
-    uploading: Vec<(CopyTicket, UnitHost)>,
+    /// Weight uploads in flight, oldest first.
+    uploading: VecDeque<Upload>,
     /// Host ranges this offload had the backend pin (start addresses).
     pinned: HashSet<usize>,
     /// `offload.params = cpu | nvme`: the weights stream to the device per unit.
@@ -191,6 +241,26 @@ impl Offload {
     /// in host memory or (nvme) in a new scratch folder under `offload.path`.
     pub fn new(cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        Self::build(cfg, layout, |h, r| h.set_master(&weights[r]))
+    }
+
+    /// [`Offload::new`] from weights it may consume: each unit's part is
+    /// released as soon as the unit holds it (last unit first, the vector
+    /// shrunk behind it), so building adds about one unit to host memory,
+    /// not a second copy of the model.
+    pub fn new_owned(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>) -> Result<Self> {
+        ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        Self::build(cfg, layout, |h, r| {
+            h.set_master(&weights[r.clone()])?;
+            weights.truncate(r.start);
+            weights.shrink_to_fit();
+            Ok(())
+        })
+    }
+
+    /// Makes the units, last first; `set_master(host, range)` gives each its
+    /// weights.
+    fn build(cfg: &Config, layout: &ParamLayout, mut set_master: impl FnMut(&mut UnitHost, Range<usize>) -> Result<()>) -> Result<Self> {
         let params = cfg.offload.params.as_str();
         ensure!(params == "none" || params == cfg.offload.optimizer, "offload.params = {params} needs offload.optimizer = {params} (the weights stream from where the optimizer keeps the master weights)");
         let tier = match cfg.offload.optimizer.as_str() {
@@ -205,19 +275,19 @@ impl Offload {
             Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path), params == "nvme" && cfg.device == "cuda")?),
             Tier::Cpu => None,
         };
-        let mut hosts = vec![];
-        for (u, l) in layouts.iter().enumerate() {
+        let mut hosts: Vec<Option<UnitHost>> = (0..ranges.len()).map(|_| None).collect();
+        for (u, l) in layouts.iter().enumerate().rev() {
             let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
-            host.set_master(&weights[ranges[u].clone()])?;
+            set_master(&mut host, ranges[u].clone())?;
             match &files {
                 Some(f) => {
                     f.write(&mut host)?;
-                    hosts.push(None);
                 }
-                None => hosts.push(Some(host)),
+                None => hosts[u] = Some(host),
             }
         }
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false) });
+        let keep_images = cfg.offload.params == "cpu";
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -227,6 +297,7 @@ impl Offload {
             .context("cannot start the offload optimizer thread")?;
         let units = ranges.len();
         let disk = if params == "nvme" { Some(disk_stream(&shared, &ranges, cfg)?) } else { None };
+        let biggest = ranges.iter().map(|r| r.len()).max().unwrap_or(0);
         Ok(Offload {
             tier,
             shared,
@@ -237,9 +308,12 @@ impl Offload {
             prefetch: cfg.offload.prefetch,
             hosts,
             dev_grads: vec![None; units],
+            whole: None,
             gv: ModelViews::new(layout, NOT_HERE, cfg.model.n_layers),
-            host_grads: vec![None; units],
-            spare_grads: vec![Vec::new(); units],
+            pool: HostPool::new(biggest, POOL_BUFFERS),
+            pool_pinned: false,
+            squares: vec![None; units],
+            clip: 1.0,
             last_micro: true,
             meta: serde_json::Value::Null,
             lr: 0.0,
@@ -250,13 +324,14 @@ impl Offload {
             worker: Some(worker),
             times: OffloadTimes::default(),
             landing: VecDeque::new(),
-            uploading: Vec::new(),
+            uploading: VecDeque::new(),
             pinned: HashSet::new(),
             stream: (params != "none").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
             disk,
             reads_at_begin: Default::default(),
             images_ready: false,
-            fp32_device: cfg.debug.offload_fp32_weights,
+            // The flag applies to resident device weights (params = none).
+            fp32_device: cfg.debug.offload_fp32_weights && params == "none",
         })
     }
 
@@ -276,6 +351,17 @@ impl Offload {
         self.disk.as_ref().map(|d| (d.host_units(), d.stats()))
     }
 
+    /// Host bytes this offload holds now, counted from its allocations:
+    /// the resident units' master weights and state, their kept bf16
+    /// images, the gradient pool and (`offload.params = nvme`) the buffers
+    /// the passes read weights into (what `budget::offload_bytes` predicts
+    /// for the cpu tier; call it between steps).
+    pub fn host_bytes(&self) -> u64 {
+        let units: u64 = self.hosts.iter().flatten().map(|h| h.h.live_bytes() + 2 * h.image.capacity() as u64).sum();
+        let reads = self.disk.as_ref().map_or(0, |d| d.host_bytes());
+        units + self.pool.bytes() + reads
+    }
+
     /// Starts a step at learning rate `lr`. `grad_clip = 0` (no clipping)
     /// lets each unit's step overlap the rest of backward.
     pub fn begin_step(&mut self, lr: f32, grad_clip: f32) -> Result<()> {
@@ -283,6 +369,8 @@ impl Offload {
         self.lr = lr;
         self.times = OffloadTimes::default();
         self.overlap = grad_clip == 0.0;
+        self.clip = 1.0;
+        self.squares.iter_mut().for_each(|s| *s = None);
         self.last_micro = true;
         if let Some(d) = self.disk.as_mut() {
             d.set_training(true);
@@ -323,7 +411,7 @@ impl Offload {
         tx.send(msg).map_err(|_| anyhow!("the offload optimizer thread stopped (an earlier error or panic)"))
     }
 
-    fn dispatch<B: Backend>(&mut self, b: &mut B, u: usize, grads: Vec<f32>, clip: f32) -> Result<()> {
+    fn dispatch<B: Backend>(&mut self, b: &mut B, u: usize, grads: Vec<f32>) -> Result<()> {
         // A streamed unit's upload reads the host the step will change.
         if let Some(s) = self.stream.as_mut() {
             s.settle(b, u)?;
@@ -334,7 +422,8 @@ impl Offload {
         }
         let host = self.hosts[u].take();
         ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
-        self.send(Msg::Job(Job { unit: u, host, grads, lr: self.lr, clip, meta: self.meta.clone() }))?;
+        let job = Job { unit: u, host, grads, start: self.ranges[u].start, squares: self.overlap, lr: self.lr, clip: self.clip, meta: self.meta.clone() };
+        self.send(Msg::Job(job))?;
         self.in_flight += 1;
         Ok(())
     }
@@ -343,59 +432,10 @@ impl Offload {
     /// bit for bit), every unit's step done and its weights uploaded into
     /// `zero`'s device weights. Returns the norm.
     pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
-        let idle = match self.stream.as_mut() {
-            Some(s) => s.clear_idle(b),
-            None => Ok(()),
-        };
-        if let (Some(d), Some(s)) = (self.disk.as_mut(), self.stream.as_ref()) {
-            d.recycle(s);
-        }
-        if let Err(e) = idle.and_then(|_| self.land_all(b)) {
+        self.note_device(b);
+        let out = self.finish_steps(b, zero, grad_clip);
+        if out.is_err() {
             self.abandon_copies(b);
-            return Err(e);
-        }
-        let units = self.ranges.len();
-        let mut norm = None;
-        if !self.overlap {
-            let parts = (0..units).map(|u| self.host_grads[u].as_deref().ok_or_else(|| anyhow!("offload: unit {u} has no gradients this step"))).collect::<Result<Vec<_>>>()?;
-            let n = sum_squares_concat(&parts).sqrt() as f32;
-            let clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
-            for u in (0..units).rev() {
-                let g = self.host_grads[u].take().expect("checked above");
-                self.dispatch(b, u, g, clip)?;
-            }
-            norm = Some(n);
-        }
-        let mut first_err = None;
-        while self.in_flight > 0 {
-            let waited = Instant::now();
-            let got = self.done.recv();
-            self.times.offload_wait_ms += ms_since(waited);
-            let got = got.map_err(|_| anyhow!("the offload optimizer thread stopped"));
-            self.in_flight -= 1;
-            match got.and_then(|r| r).and_then(|d| self.install(b, zero, d)) {
-                Ok(()) => {}
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-        if first_err.is_none() {
-            first_err = self.finish_uploads(b).err();
-        }
-        if let Some(e) = first_err {
-            self.abandon_copies(b);
-            return Err(e);
-        }
-        let norm = match norm {
-            Some(n) => n,
-            None => {
-                let parts = (0..units).map(|u| self.host_grads[u].as_deref().ok_or_else(|| anyhow!("offload: unit {u} has no gradients this step"))).collect::<Result<Vec<_>>>()?;
-                sum_squares_concat(&parts).sqrt() as f32
-            }
-        };
-        for (spare, g) in self.spare_grads.iter_mut().zip(self.host_grads.iter_mut()) {
-            if let Some(g) = g.take() {
-                *spare = g;
-            }
         }
         if let Some(d) = self.disk.as_mut() {
             d.set_training(false);
@@ -403,25 +443,173 @@ impl Offload {
             self.times.offload_read_mb = (now.bytes - then.bytes) as f64 / 1e6;
             self.times.offload_read_wait_ms = now.wait_ms - then.wait_ms;
         }
-        Ok(norm)
+        // Device gradients no copy reads any more (none after a good step).
+        let whole = self.whole.take();
+        for v in self.dev_grads.iter_mut().filter_map(Option::take) {
+            if Some(v.buf) != whole {
+                b.free(v.buf);
+            }
+        }
+        if let Some(w) = whole {
+            b.free(w);
+        }
+        out
     }
 
-    /// A stepped unit: its weights to the device, its host kept (cpu tier).
+    fn finish_steps<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+        if let Some(s) = self.stream.as_mut() {
+            let idle = s.clear_idle(b);
+            // Read buffers of units no longer on the device go back.
+            if let Some(d) = self.disk.as_mut() {
+                d.recycle(s);
+            }
+            idle?;
+        }
+        self.land_all(b)?;
+        let norm = match self.overlap {
+            true => None,
+            false => Some(self.stream_clipped(b, zero, grad_clip)?),
+        };
+        let mut first_err = None;
+        while self.in_flight > 0 {
+            if let Err(e) = self.receive(b, zero) {
+                first_err = first_err.or(Some(e));
+            }
+        }
+        if first_err.is_none() {
+            first_err = self.finish_uploads(b).err();
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        match norm {
+            Some(n) => Ok(n),
+            None => {
+                let parts = (0..self.ranges.len()).map(|u| self.squares[u].as_ref().ok_or_else(|| anyhow!("offload: unit {u} has no gradients this step"))).collect::<Result<Vec<_>>>()?;
+                Ok(grad_norm::total(parts).sqrt() as f32)
+            }
+        }
+    }
+
+    /// With clipping: the norm over the whole-model gradient buffer on the
+    /// device (the plain run's `sum_squares`, bit for bit), then every
+    /// unit, last first, through the pool: copy to the host, step with the
+    /// clipping factor (the worker), upload (as steps finish). Returns the
+    /// norm.
+    fn stream_clipped<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+        let whole = self.whole.ok_or_else(|| anyhow!("offload: no gradients this step (no unit's backward ran)"))?;
+        let n = b.sum_squares(View::whole(whole, self.layout.total))?.sqrt() as f32;
+        self.clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
+        for u in (0..self.ranges.len()).rev() {
+            let view = self.dev_grads[u].take().unwrap_or(View { buf: whole, off: self.ranges[u].start, len: self.ranges[u].len() });
+            self.start_landing(b, zero, u, view, None)?;
+        }
+        self.land_all(b)?;
+        Ok(n)
+    }
+
+    /// Unit `u`'s gradients (device `view`) start their copy into a pool
+    /// buffer (waiting for one to come back if none is free); `free`: the
+    /// device buffer to free once the copy is done. Copies beyond
+    /// [`COPY_LAG`] (and copies already done) land and go to the worker.
+    fn start_landing<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, view: View, free: Option<BufId>) -> Result<()> {
+        let got = self.reclaim(b, zero).and_then(|_| self.pool.take(view.len).ok_or_else(|| anyhow!("offload: no host gradient buffer is free")));
+        let t = Instant::now();
+        let mut host = match got {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(buf) = free {
+                    b.free(buf);
+                }
+                return Err(e);
+            }
+        };
+        // SAFETY: `host` moves into `landing` (its heap memory does not
+        // move) and the device buffer is freed only after copy_wait
+        // (land_oldest, abandon_copies, finish).
+        let started = unsafe { b.download_start(view, &mut host) };
+        let ticket = match started {
+            Ok(t) => t,
+            Err(e) => {
+                self.pool.give(host);
+                if let Some(buf) = free {
+                    b.free(buf);
+                }
+                return Err(e);
+            }
+        };
+        self.landing.push_back(Landing { u, free, host, ticket });
+        self.times.offload_d2h_ms += ms_since(t);
+        // Copies already done (the CPU backend's always are) land at once.
+        while self.landing.len() > COPY_LAG || self.landing.front().is_some_and(|l| l.ticket == CopyTicket::DONE) {
+            self.land_oldest(b)?;
+        }
+        Ok(())
+    }
+
+    /// Until a pool buffer is free: wait for the oldest upload that reads
+    /// one, else hand the worker a landed copy, else wait for a step.
+    fn reclaim<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>) -> Result<()> {
+        self.pin_pool(b)?;
+        while self.pool.is_empty() {
+            if let Some(i) = self.uploading.iter().position(|up| up.image.is_some()) {
+                let up = self.uploading.remove(i).expect("found above");
+                self.upload_done(b, up)?;
+            } else if !self.landing.is_empty() {
+                self.land_oldest(b)?;
+            } else if self.in_flight > 0 {
+                self.receive(b, zero)?;
+            } else {
+                bail!("offload: every host gradient buffer is taken and none is on its way back");
+            }
+        }
+        Ok(())
+    }
+
+    /// Page-locks the pool's buffers, once.
+    fn pin_pool<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        if self.pool_pinned {
+            return Ok(());
+        }
+        for &(ptr, bytes) in self.pool.ranges() {
+            // SAFETY: a pool buffer, allocated once and never reallocated
+            // for the offload's life; the backend unpins what is left at
+            // its end.
+            unsafe { b.pin_host(ptr as *const u8, bytes) }?;
+        }
+        self.pool_pinned = true;
+        Ok(())
+    }
+
+    /// Waits for the worker's next finished unit and installs it.
+    fn receive<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>) -> Result<()> {
+        let waited = Instant::now();
+        let got = self.done.recv();
+        self.times.offload_wait_ms += ms_since(waited);
+        // Counted as back even when the thread is gone, so that a caller
+        // draining the steps ends.
+        self.in_flight -= 1;
+        let done = got.map_err(|_| anyhow!("the offload optimizer thread stopped"))??;
+        self.install(b, zero, done)
+    }
+
+    /// A stepped unit: its weights to the device (from the bf16 image in
+    /// its pool buffer, or from its master weights), its host kept (cpu
+    /// tier).
     fn install<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, d: Done) -> Result<()> {
         let r = self.ranges[d.unit].clone();
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
         let t = Instant::now();
         self.times.offload_opt_ms += d.opt_ms;
         self.meta = d.host.opt.meta();
-        if self.overlap {
-            self.host_grads[d.unit] = Some(d.grads);
-        } else {
-            self.spare_grads[d.unit] = d.grads;
+        if d.squares.is_some() {
+            self.squares[d.unit] = d.squares;
         }
         let host = d.host;
         if self.stream.is_some() {
             // The weights go to the device when the next pass fetches them
             // (params = nvme: from the file the step wrote).
+            self.pool.give(d.grads);
             let u = host.unit;
             match self.disk.as_mut() {
                 Some(d) => d.end_unit_step(u),
@@ -430,36 +618,85 @@ impl Offload {
             self.times.offload_h2d_ms += ms_since(t);
             return Ok(());
         }
-        let src = if b.compute_is_bf16() && !self.fp32_device { HostSrc::Bf16(&host.image) } else { HostSrc::F32(host.master()) };
-        self.pin(b, src)?;
-        // SAFETY: `host` (and so `src`) stays in `uploading`, unchanged,
-        // until finish_uploads waits for the ticket.
-        let ticket = unsafe { b.upload_start(view, src) }?;
-        self.uploading.push((ticket, host));
-        b.params_changed(view)?;
-        self.times.offload_h2d_ms += ms_since(t);
-        Ok(())
-    }
-
-    /// Waits for the weight uploads; the cpu tier's hosts go back home.
-    fn finish_uploads<B: Backend>(&mut self, b: &mut B) -> Result<()> {
-        let t = Instant::now();
-        let mut first_err = None;
-        for (ticket, host) in std::mem::take(&mut self.uploading) {
-            if let Err(e) = b.copy_wait(ticket) {
-                first_err = first_err.or(Some(e));
+        let image = if self.bf16_device(b) {
+            Some(d.grads)
+        } else {
+            self.pool.give(d.grads);
+            None
+        };
+        let src = match &image {
+            Some(buf) => HostSrc::Bf16(host_pool::image(buf)),
+            None => HostSrc::F32(host.master()),
+        };
+        if image.is_none() {
+            self.pin(b, src)?;
+        }
+        // SAFETY: what `src` reads (`image`, else `host`) stays in
+        // `uploading`, unchanged, until upload_done waits for the ticket.
+        let ticket = unsafe { b.upload_start(view, src) };
+        let ticket = match ticket {
+            Ok(t) => t,
+            Err(e) => {
+                self.park(Some(host), image);
+                return Err(e);
             }
-            if self.tier == Tier::Cpu {
-                let u = host.unit;
-                self.hosts[u] = Some(host);
+        };
+        // An upload from the image does not read the host: it goes home
+        // (cpu tier) or is dropped (nvme tier: a whole unit's state, its
+        // file already written) now, not when the upload is waited for.
+        let host = match image {
+            Some(_) => {
+                self.park(Some(host), None);
+                None
             }
+            None => Some(host),
+        };
+        self.uploading.push_back(Upload { ticket, host, image });
+        let params_changed = b.params_changed(view);
+        // Done copies (the CPU backend's) and copies beyond the pool's
+        // count give back what they read now: an NVMe unit's host is a
+        // whole unit's state, not kept for the step.
+        while self.uploading.front().is_some_and(|up| up.ticket == CopyTicket::DONE) || self.uploading.len() > POOL_BUFFERS {
+            let up = self.uploading.pop_front().expect("checked");
+            self.upload_done(b, up)?;
         }
         self.times.offload_h2d_ms += ms_since(t);
+        params_changed
+    }
+
+    /// A unit's host back home (cpu tier) and its pool buffer back.
+    fn park(&mut self, host: Option<UnitHost>, image: Option<Vec<f32>>) {
+        if let Some(buf) = image {
+            self.pool.give(buf);
+        }
+        if let Some(host) = host.filter(|_| self.tier == Tier::Cpu) {
+            let u = host.unit;
+            self.hosts[u] = Some(host);
+        }
+    }
+
+    /// Waits for one upload, then parks what it read from.
+    fn upload_done<B: Backend>(&mut self, b: &mut B, up: Upload) -> Result<()> {
+        let t = Instant::now();
+        let out = b.copy_wait(up.ticket);
+        self.park(up.host, up.image);
+        self.times.offload_h2d_ms += ms_since(t);
+        out
+    }
+
+    /// Waits for every weight upload.
+    fn finish_uploads<B: Backend>(&mut self, b: &mut B) -> Result<()> {
+        let mut first_err = None;
+        while let Some(up) = self.uploading.pop_front() {
+            if let Err(e) = self.upload_done(b, up) {
+                first_err = first_err.or(Some(e));
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Page-locks a long-lived host range (cpu tier only: the NVMe tier's
-    /// units are read into fresh memory every step).
+    /// Page-locks a long-lived host range of a unit (cpu tier only: the
+    /// NVMe tier's units are read into fresh memory every step).
     fn pin<B: Backend>(&mut self, b: &mut B, src: HostSrc<'_>) -> Result<()> {
         let (ptr, bytes) = match src {
             HostSrc::F32(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
@@ -468,29 +705,29 @@ impl Offload {
         if self.tier != Tier::Cpu || bytes == 0 || self.pinned.contains(&(ptr as usize)) {
             return Ok(());
         }
-        // SAFETY: the range belongs to a unit's host (its gradient vector,
-        // master or image), allocated once and kept for the whole run; the
-        // backend unpins what is left at its end.
+        // SAFETY: the range belongs to a unit's host (its master or kept
+        // image), allocated once and kept for the whole run; the backend
+        // unpins what is left at its end.
         unsafe { b.pin_host(ptr, bytes) }?;
         self.pinned.insert(ptr as usize);
         Ok(())
     }
 
-    /// Waits for the oldest gradient copy: frees its device buffer and
-    /// hands the gradients on (a step now, or kept for the norm).
+    /// Waits for the oldest gradient copy, frees its device buffer (a
+    /// unit's own) and hands the gradients to the worker.
     fn land_oldest<B: Backend>(&mut self, b: &mut B) -> Result<()> {
         let Some(l) = self.landing.pop_front() else { return Ok(()) };
         let t = Instant::now();
         let out = b.copy_wait(l.ticket);
-        b.free(l.buf);
-        self.times.offload_d2h_ms += ms_since(t);
-        out?;
-        if self.overlap {
-            self.dispatch(b, l.u, l.host, 1.0)
-        } else {
-            self.host_grads[l.u] = Some(l.host);
-            Ok(())
+        if let Some(buf) = l.free {
+            b.free(buf);
         }
+        self.times.offload_d2h_ms += ms_since(t);
+        if let Err(e) = out {
+            self.pool.give(l.host);
+            return Err(e);
+        }
+        self.dispatch(b, l.u, l.host)
     }
 
     fn land_all<B: Backend>(&mut self, b: &mut B) -> Result<()> {
@@ -501,14 +738,17 @@ impl Offload {
     }
 
     /// After an error: no copy may still write into or read from host
-    /// memory that is about to be dropped.
+    /// memory that is about to be reused or dropped.
     fn abandon_copies<B: Backend>(&mut self, b: &mut B) {
         for l in std::mem::take(&mut self.landing) {
             let _ = b.copy_wait(l.ticket);
-            b.free(l.buf);
+            if let Some(buf) = l.free {
+                b.free(buf);
+            }
+            self.pool.give(l.host);
         }
-        for (ticket, _) in std::mem::take(&mut self.uploading) {
-            let _ = b.copy_wait(ticket);
+        while let Some(up) = self.uploading.pop_front() {
+            let _ = self.upload_done(b, up);
         }
     }
 
@@ -620,63 +860,83 @@ impl Offload {
         if unit == Unit::Head && self.tied { vec![Unit::Embed, Unit::Head] } else { vec![unit] }
     }
 
-    /// Unit `unit`'s gradient buffer on the device (tests).
+    /// Unit `unit`'s gradients on the device (tests).
     pub fn device_grads(&self, unit: Unit) -> Option<View> {
-        let u = self.unit_index(unit);
-        self.dev_grads[u].map(|buf| View::whole(buf, self.ranges[u].len()))
+        self.dev_grads[self.unit_index(unit)]
     }
 
+    /// Whether the gradients of the step stay on the device, in one
+    /// buffer, until backward ends (clipping: the norm comes first).
+    fn keeps_whole(&self) -> bool {
+        !self.overlap
+    }
+
+    /// The unit's (and, for the head with tied embeddings, the
+    /// embeddings') gradients on the device, zeroed on first use this step:
+    /// a buffer of its own, or its part of the whole-model buffer.
     pub fn fetch_grads<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         for unit in self.with_tied(unit) {
             let u = self.unit_index(unit);
-            if self.dev_grads[u].is_none() {
-                let len = self.ranges[u].len();
-                let buf = b.alloc(len.max(1), DType::F32)?;
-                b.fill(View::whole(buf, len), 0.0)?;
-                self.dev_grads[u] = Some(buf);
-                self.gv.point_unit(&self.layout, unit, self.ranges[u].start, buf);
+            if self.dev_grads[u].is_some() {
+                continue;
             }
+            let r = self.ranges[u].clone();
+            let (view, buf_start) = if self.keeps_whole() {
+                let whole = match self.whole {
+                    Some(w) => w,
+                    None => {
+                        let w = b.alloc(self.layout.total.max(1), DType::F32)?;
+                        b.fill(View::whole(w, self.layout.total), 0.0)?;
+                        self.whole = Some(w);
+                        w
+                    }
+                };
+                (View { buf: whole, off: r.start, len: r.len() }, 0)
+            } else {
+                let buf = b.alloc(r.len().max(1), DType::F32)?;
+                b.fill(View::whole(buf, r.len()), 0.0)?;
+                (View::whole(buf, r.len()), r.start)
+            };
+            self.dev_grads[u] = Some(view);
+            self.gv.point_unit(&self.layout, unit, buf_start, view.buf);
         }
         Ok(())
     }
 
-    /// After the last micro-batch: the unit's gradients to the host, its
-    /// device buffer freed, its step started (no clipping) or queued.
-    pub fn grads_done<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
+    /// Whether the device's weights are bf16 (CUDA, unless
+    /// `debug.offload_fp32_weights` keeps them fp32): the uploads read a
+    /// bf16 image, not the master weights.
+    fn bf16_device<B: Backend>(&self, b: &B) -> bool {
+        b.compute_is_bf16() && !self.fp32_device
+    }
+
+    /// Tells the worker whether to make bf16 images (the device's dtype).
+    fn note_device<B: Backend>(&self, b: &B) {
+        self.shared.bf16_images.store(self.bf16_device(b), Ordering::Relaxed);
+    }
+
+    /// After the last micro-batch: overlapped, the unit's gradients go to
+    /// the host, its device buffer is freed and its step starts (`zero`:
+    /// where stepped units' weights are uploaded, should one be installed
+    /// to free a host buffer). With clipping they stay on the device until
+    /// [`Offload::finish`].
+    pub fn grads_done<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, unit: Unit) -> Result<()> {
         if !self.last_micro {
             return Ok(());
         }
+        self.note_device(b);
         let u = self.unit_index(unit);
-        let Some(buf) = self.dev_grads[u].take() else { return Ok(()) };
-        self.shared.bf16_images.store(b.compute_is_bf16(), Ordering::Relaxed);
         self.gv.point_unit(&self.layout, unit, self.ranges[u].start, NOT_HERE);
-        let t = Instant::now();
-        let mut host = std::mem::take(&mut self.spare_grads[u]);
-        host.resize(self.ranges[u].len(), 0.0);
-        let started = self.pin(b, HostSrc::F32(&host)).and_then(|_| {
-            // SAFETY: `host` moves into `landing` (its heap memory does not
-            // move) and `buf` is freed only after copy_wait (land_oldest,
-            // abandon_copies).
-            unsafe { b.download_start(View::whole(buf, host.len()), &mut host) }
-        });
-        let ticket = match started {
-            Ok(t) => t,
-            Err(e) => {
-                b.free(buf);
-                return Err(e);
-            }
-        };
-        self.landing.push_back(Landing { u, buf, host, ticket });
-        self.times.offload_d2h_ms += ms_since(t);
-        // Copies already done (the CPU backend's always are) land at once.
-        while self.landing.len() > COPY_LAG || self.landing.front().is_some_and(|l| l.ticket == CopyTicket::DONE) {
-            self.land_oldest(b)?;
+        if self.keeps_whole() {
+            return Ok(());
         }
-        Ok(())
+        let Some(view) = self.dev_grads[u].take() else { return Ok(()) };
+        self.start_landing(b, zero, u, view, Some(view.buf))
     }
 
-    /// `offload.params = cpu`: brings `unit` (and, tied, the embeddings)
-    /// to the device from the host, and the next unit ahead.
+    /// `offload.params = cpu | nvme`: brings `unit` (and, tied, the
+    /// embeddings) to the device from the host (or the files), and the
+    /// next unit ahead.
     fn fetch_streamed<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         let bf16 = b.compute_is_bf16();
         if self.disk.is_some() {
@@ -817,18 +1077,23 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
     let t = Instant::now();
     // A file with an image section gets it from `files.write`.
     let bf16 = sh.bf16_images.load(Ordering::Relaxed) && !sh.files.as_ref().is_some_and(|f| f.images());
-    let (out, grads) = sh.pool.install(|| {
-        let out = host.step(job.grads, job.lr, job.clip);
-        if bf16 && out.0.is_ok() {
-            host.refresh_image();
+    let (squares, out, grads) = sh.pool.install(|| {
+        let squares = job.squares.then(|| grad_norm::unit_squares(job.start, &job.grads));
+        let (out, mut grads) = host.step(job.grads, job.lr, job.clip);
+        if bf16 && out.is_ok() {
+            // The gradients are spent: the upload's image goes where they were.
+            match sh.keep_images {
+                true => host.refresh_image(),
+                false => host.write_image(host_pool::image_mut(&mut grads)),
+            }
         }
-        out
+        (squares, out, grads)
     });
     out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
     if let Some(files) = &sh.files {
         files.write(&mut host)?;
     }
-    Ok(Done { unit: u, host, grads, opt_ms: ms_since(t) })
+    Ok(Done { unit: u, host, grads, squares, opt_ms: ms_since(t) })
 }
 
 /// Stands in for the device optimizer of an offloaded run (the state is

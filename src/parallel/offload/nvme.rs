@@ -212,7 +212,7 @@ impl StateFiles {
         let mut buf = AlignedBuf::new(total)?;
         let at = self.master_offset(n);
         if self.images {
-            round_bf16(host.master(), buf.u16s_mut(0, n));
+            host.write_image(buf.u16s_mut(0, n));
         }
         buf.f32s_mut(at, n).copy_from_slice(host.master());
         let mut off = at + padded(4 * n);
@@ -291,18 +291,6 @@ impl StateFiles {
         }
         Ok(())
     }
-}
-
-/// `out[i]` = `master[i]` rounded to bf16 (nearest even): the bits
-/// [`UnitHost::refresh_image`] gives, in parallel chunks.
-fn round_bf16(master: &[f32], out: &mut [u16]) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    out.par_chunks_mut(CHUNK).zip(master.par_chunks(CHUNK)).for_each(|(o, w)| {
-        for (o, &x) in o.iter_mut().zip(w) {
-            *o = half::bf16::from_f32(x).to_bits();
-        }
-    });
 }
 
 /// Takes an exclusive `flock` on `f` without waiting: false if another

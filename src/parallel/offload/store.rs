@@ -49,7 +49,7 @@ impl<B: Backend> ParamStore<B> for OffloadStore<'_, B> {
         self.off.fetch_grads(b, unit)
     }
     fn grads_done(&mut self, b: &mut B, unit: Unit) -> Result<()> {
-        self.off.grads_done(b, unit)
+        self.off.grads_done(b, self.zero, unit)
     }
     fn params(&self) -> &ModelViews {
         match &self.off.stream {

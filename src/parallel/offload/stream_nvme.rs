@@ -197,6 +197,12 @@ impl DiskStream {
         self.slots.iter().filter(|s| matches!(s, Slot::Reading | Slot::Ready(_) | Slot::Lent(_))).count()
     }
 
+    /// Host bytes of the read buffers allocated so far (they are kept for
+    /// the run and reused).
+    pub fn host_bytes(&self) -> u64 {
+        (self.stats.buffers * self.buf_bytes) as u64
+    }
+
     /// A training step starts (`true`) or ends: the passes' order.
     pub fn set_training(&mut self, training: bool) {
         self.order.training = training;

@@ -1,8 +1,9 @@
 //! Where an offloaded step's host time goes, per step: the gradient copies
 //! to the host (`d2h`), the host optimizer (`opt`, summed over units, on
 //! the worker), the weight copies back (`h2d`), and the time the training
-//! thread sat waiting for unit steps at the end of the step (`wait`: the
-//! part of `opt` that backward did not hide). Written to metrics.jsonl as
+//! thread sat waiting for unit steps (`wait`: the part of `opt` that
+//! backward did not hide — at the end of the step, or in backward when
+//! every pooled gradient buffer was taken). Written to metrics.jsonl as
 //! `offload_d2h_ms`, `offload_opt_ms`, `offload_h2d_ms`, `offload_wait_ms`.
 //! With `offload.params = nvme` also the weights the passes read from disk
 //! (`offload_read_mb`) and how long the training thread waited for those

@@ -70,6 +70,31 @@ fn weights(run: &Path) -> Vec<f32> {
     l.model.iter().flat_map(|t| t.data.iter().copied()).collect()
 }
 
+/// The latest checkpoint's model tensors (layout order).
+fn tensors(run: &Path) -> Vec<ckpt::tensors::Tensor> {
+    ckpt::load(&ckpt::latest(run).unwrap().unwrap()).unwrap().model
+}
+
+/// Relative Frobenius norm of `a - b`.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// The tensors whose values differ: name, elements that differ, relative gap.
+fn describe_diff(a: &[ckpt::tensors::Tensor], b: &[ckpt::tensors::Tensor]) -> String {
+    let parts: Vec<String> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| {
+            let n = x.data.iter().zip(&y.data).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+            (n > 0).then(|| format!("{} {n} of {} ({:.2e})", x.name, x.data.len(), rel_diff(&x.data, &y.data)))
+        })
+        .collect();
+    if parts.is_empty() { "bit for bit".into() } else { parts.join(", ") }
+}
+
 #[test]
 fn offloaded_cuda_runs_track_the_plain_run() {
     if !have_gpu() {
@@ -174,7 +199,8 @@ fn offloaded_cuda_run_is_deterministic_and_fp32_weights_track_plain() {
 /// uses (its peak is below the params = none offloaded run's by most of
 /// the bf16 weights), the files lead with bf16 images (a pass reads 2
 /// bytes per parameter: `info`'s disk bytes include them), a run equals
-/// the params = cpu run bit for bit, and host memory holds no unit's
+/// the params = cpu run bit for bit (losses; the final weights but for
+/// the token embedding's atomics, see below), and host memory holds no unit's
 /// weights after a step.
 #[test]
 fn params_on_nvme_stream_bf16_images_from_disk() {
@@ -204,9 +230,31 @@ fn params_on_nvme_stream_bf16_images_from_disk() {
         train(&cfg(tmp.path(), name, &v), None).unwrap()
     };
     let (host, disk) = (short("host", "cpu"), short("disk", "nvme"));
+    short("host2", "cpu");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert!(bits(&host.losses) == bits(&disk.losses), "params=nvme losses {:?} vs params=cpu {:?}", disk.losses, host.losses);
-    assert!(bits(&weights(&tmp.path().join("host"))) == bits(&weights(&tmp.path().join("disk"))), "params=nvme final weights differ from params=cpu");
+    // The final master weights: bit for bit but the token embedding. The
+    // CUDA embedding backward adds rows sharing a token with fp32 atomics
+    // (embed.cu, embed_bwd_wte_k), so the wte gradient, and through the
+    // update a few wte master weights, differ in their last bits from run
+    // to run, params=cpu twice as well (printed below); the bf16 passes
+    // hide that (equal losses). Call 3 of 2026-12-02 failed a bit-for-bit
+    // comparison of the whole model on this. 1e-5: a few fp32 ulps of a
+    // few elements are ~1e-8 of wte's norm, while a lost or stale update
+    // of the unit (lr 1e-3) is ~1e-3 of it.
+    let (h, h2, d) = (tensors(&tmp.path().join("host")), tensors(&tmp.path().join("host2")), tensors(&tmp.path().join("disk")));
+    println!("params=cpu twice: {}", describe_diff(&h, &h2));
+    println!("params=cpu vs params=nvme: {}", describe_diff(&h, &d));
+    assert_eq!(h.len(), d.len(), "tensor counts");
+    for (a, b) in h.iter().zip(&d) {
+        assert_eq!(a.name, b.name);
+        if a.name == "wte" {
+            let gap = rel_diff(&a.data, &b.data);
+            assert!(gap <= 1e-5, "params=nvme wte differs from params=cpu by {gap:.3e} (relative): more than the atomics' last bits");
+        } else {
+            assert!(bits(&a.data) == bits(&b.data), "params=nvme final weights of {} differ from params=cpu", a.name);
+        }
+    }
     // Driven by hand: after a step no unit's weights are in host memory.
     use ferrotron::backend::cuda::CudaBackend;
     use ferrotron::model::{Model, Recompute};

@@ -4,9 +4,11 @@
 //! works across tiers, and a run that would not fit refuses before it
 //! starts.
 
+#[path = "common/checkpoints.rs"]
+mod checkpoints;
+use checkpoints::{assert_same_state, last_ckpt};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{Backend, View};
-use ferrotron::ckpt;
 use ferrotron::config::{self, Config};
 use ferrotron::model::init::init_weights;
 use ferrotron::model::layout::ParamLayout;
@@ -39,26 +41,6 @@ fn grad_norms(run: &Path) -> Vec<f64> {
     text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().get("grad_norm").and_then(|v| v.as_f64())).collect()
 }
 
-fn last_ckpt(run: &Path) -> ckpt::Loaded {
-    ckpt::load(&ckpt::latest(run).unwrap().unwrap()).unwrap()
-}
-
-/// Every model and optimizer tensor of two checkpoints, bit for bit.
-fn assert_same_state(a: &ckpt::Loaded, b: &ckpt::Loaded, what: &str) {
-    let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for (x, y) in [(&a.model, &b.model), (&a.optim, &b.optim)] {
-        assert_eq!(x.len(), y.len(), "{what}: tensor counts");
-        for (s, t) in x.iter().zip(y.iter()) {
-            assert_eq!(s.name, t.name);
-            assert!(bits(&s.data) == bits(&t.data), "{what}: {} differs", s.name);
-        }
-    }
-    assert_eq!(a.optim_u8.len(), b.optim_u8.len());
-    for (s, t) in a.optim_u8.iter().zip(&b.optim_u8) {
-        assert!(s.name == t.name && s.data == t.data, "{what}: {} differs", s.name);
-    }
-    assert_eq!(a.manifest.optimizer, b.manifest.optimizer, "{what}: optimizer meta");
-}
 
 /// Plain vs offloaded with the same settings: same losses, same weights
 /// and state in the final checkpoint, bit for bit.

@@ -7,6 +7,9 @@
 //! written; a kill -9 leaves the last checkpoint loadable and `--resume`
 //! ends where the uninterrupted run ends.
 
+#[path = "common/checkpoints.rs"]
+mod checkpoints;
+use checkpoints::{assert_same_state, last_ckpt};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{Backend, View};
 use ferrotron::ckpt;
@@ -43,26 +46,6 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-fn last_ckpt(run: &Path) -> ckpt::Loaded {
-    ckpt::load(&ckpt::latest(run).unwrap().unwrap()).unwrap()
-}
-
-/// Every model and optimizer tensor of two checkpoints, bit for bit.
-fn assert_same_state(a: &ckpt::Loaded, b: &ckpt::Loaded, what: &str) {
-    let bits = |d: &[f32]| d.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    for (x, y) in [(&a.model, &b.model), (&a.optim, &b.optim)] {
-        assert_eq!(x.len(), y.len(), "{what}: tensor counts");
-        for (s, t) in x.iter().zip(y.iter()) {
-            assert_eq!(s.name, t.name);
-            assert!(bits(&s.data) == bits(&t.data), "{what}: {} differs", s.name);
-        }
-    }
-    assert_eq!(a.optim_u8.len(), b.optim_u8.len());
-    for (s, t) in a.optim_u8.iter().zip(&b.optim_u8) {
-        assert!(s.name == t.name && s.data == t.data, "{what}: {} differs", s.name);
-    }
-    assert_eq!(a.manifest.optimizer, b.manifest.optimizer, "{what}: optimizer meta");
-}
 
 /// The plain run, `offload.params = cpu` and `offload.params = nvme`
 /// with the same settings: same losses (train and validation), same

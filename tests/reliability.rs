@@ -518,3 +518,26 @@ fn kill_9_torture() {
         assert_eq!(train_steps, (1..=steps).collect::<Vec<_>>(), "seed {seed}");
     }
 }
+
+/// A run killed after publishing its last checkpoint but before the prune
+/// that follows leaves staging litter (`step_N.shards`, `*.tmp`) that no
+/// later save would clear, since the run has nothing left to save: the
+/// resume clears it (the case kill_9_torture hit on a loaded CI machine).
+#[test]
+fn resume_of_a_finished_run_clears_litter_of_killed_saves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args: Vec<String> = train_args(&[]).iter().map(|s| s.to_string()).chain(["--set".into(), "train.steps=4".into(), "--set".into(), "train.ckpt_every=2".into(), "--set".into(), "run.name=done".into()]).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrotron")).args(&args).current_dir(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = tmp.path().join("runs").join("done");
+    let ckpts = run.join("checkpoints");
+    for litter in ["step_00000004.shards", "step_00000004.pruned.tmp", "step_00000002.shards"] {
+        std::fs::create_dir_all(ckpts.join(litter)).unwrap();
+        std::fs::write(ckpts.join(litter).join("rank00000.done"), b"").unwrap();
+    }
+    let out = ferrotron(&["train", "--resume", "runs/done"], tmp.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left: Vec<String> = step_dirs(&run).into_iter().filter(|n| n.ends_with(".tmp") || n.ends_with(".shards")).collect();
+    assert!(left.is_empty(), "litter left after the resume: {left:?}");
+    assert!(ferrotron::ckpt::load(&ckpts.join("step_00000004")).is_ok());
+}

@@ -315,6 +315,15 @@ fn prune(run_dir: &Path, keep: &Path, keep_last: usize) -> Result<()> {
         fs::rename(dir, &doomed).with_context(|| format!("cannot rename {} for deletion", dir.display()))?;
     }
     let keep_step = keep.file_name().and_then(|n| n.to_str()).and_then(parse_step);
+    remove_litter(run_dir, keep_step)
+}
+
+/// Removes the staging leftovers of interrupted saves and prunes (see
+/// [`prune`]) up to the checkpoint of step `keep_step`. A resumed run calls
+/// it for the checkpoint it continues from: a run killed after publishing
+/// its last checkpoint but before its prune has nothing left to save, so
+/// no later save would clear them.
+pub fn remove_litter(run_dir: &Path, keep_step: Option<u64>) -> Result<()> {
     let parent = checkpoints_dir(run_dir);
     atomic::sync_dir(&parent)?;
     for entry in fs::read_dir(&parent).with_context(|| format!("cannot list {}", parent.display()))? {

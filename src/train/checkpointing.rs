@@ -349,6 +349,11 @@ fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &P
 pub(super) fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
     let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
     run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &loaded.dir)?;
+    if st.zero.rank() == 0 {
+        // No save is in flight yet on any rank: litter up to this
+        // checkpoint belongs to killed attempts.
+        ckpt::checkpoint::remove_litter(run_dir, Some(loaded.manifest.step))?;
+    }
     check_global_batch(&loaded, cfg, st.zero.world())?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;

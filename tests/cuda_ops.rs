@@ -573,16 +573,24 @@ fn check_qkv_sections(h: &mut H, name: &str, dqkv: P, s: AttnShape) {
     }
 }
 
-fn attention_case(h: &mut H, s: AttnShape) {
+/// Random qkv for shape `s`, the forward run on both backends (the GPU's
+/// outputs poisoned first: an element no kernel writes shows up as NaN):
+/// (qkv, out, lse, a tag naming the shape).
+fn attention_fwd_both(h: &mut H, s: AttnShape) -> (P, P, P, String) {
     let n = s.batch * s.seq;
     let qkv = h.randn(n * s.qkv_width(), 1.0, DType::Compute);
     let out = h.zeros(n * s.heads * s.head_dim, DType::Compute);
     let lse = h.zeros(s.batch * s.heads * s.seq, DType::F32);
     let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
-    // Poison the GPU outputs: an element no kernel writes shows up as NaN.
     h.g.fill(out[0], f32::NAN).unwrap();
     h.g.fill(lse[0], f32::NAN).unwrap();
     h.run(|be, i| be.attention_fwd(out[i], lse[i], qkv[i], s));
+    (qkv, out, lse, tag)
+}
+
+fn attention_case(h: &mut H, s: AttnShape) {
+    let n = s.batch * s.seq;
+    let (qkv, out, lse, tag) = attention_fwd_both(h, s);
     h.check(&format!("attention_fwd out {tag}"), out, ATTN_FWD);
     h.check(&format!("attention_fwd lse {tag}"), lse, FP32);
     // Both backwards read the GPU's saved (bf16) output: D = rowsum(dO∘O)
@@ -708,14 +716,7 @@ fn row_tolerance_helper() {
 /// the lse with FP32. The backward (the FlashAttention-2 kernel whatever the
 /// forward) is checked on the wgmma output at the shorter cases.
 fn long_attention_fwd(h: &mut H, s: AttnShape) {
-    let n = s.batch * s.seq;
-    let qkv = h.randn(n * s.qkv_width(), 1.0, DType::Compute);
-    let out = h.zeros(n * s.heads * s.head_dim, DType::Compute);
-    let lse = h.zeros(s.batch * s.heads * s.seq, DType::F32);
-    let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
-    h.g.fill(out[0], f32::NAN).unwrap();
-    h.g.fill(lse[0], f32::NAN).unwrap();
-    h.run(|be, i| be.attention_fwd(out[i], lse[i], qkv[i], s));
+    let (_, out, lse, tag) = attention_fwd_both(h, s);
     let (g, c) = h.get(out);
     assert_close_rows(&format!("attention_fwd out {tag}"), &g, &c, s.head_dim, ATTN_FWD);
     h.check(&format!("attention_fwd lse {tag}"), lse, FP32);

@@ -197,7 +197,7 @@ RUNS=()
 for p in "${PHASES[@]}"; do
   case $p in
     data) data_phase || { echo "no data: stopping"; exit 1; } ;;
-    gpu2048) train_cmd ft-gpu2048 "$SEQ" "$STEPS"; phase gpu2048 240 90 "${TRAIN[@]}"
+    gpu2048) train_cmd ft-gpu2048 "$SEQ" "$STEPS"; phase gpu2048 $(( 150 + STEPS / 2 > 240 ? 150 + STEPS / 2 : 240 )) 90 "${TRAIN[@]}"
              keep_run ft-gpu2048 keep; RUNS+=("1x$SEQ=$OUT/ft-gpu2048") ;;
     generate) generate_phase; keep_run ft-gpu2048 ;;
     gpu4096) train_cmd ft-gpu4096 $(( SEQ * 2 )) $(( STEPS > 7 ? STEPS / 2 : 4 )); phase gpu4096 200 90 "${TRAIN[@]}"

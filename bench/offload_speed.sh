@@ -20,6 +20,7 @@
 #   bash bench/offload_speed.sh 1b-plain         # ... vs the plain GPU run
 #   bash bench/offload_speed.sh fsdp2-1b         # PyTorch FSDP2 + CPUOffloadPolicy, llama-1b (AdamW)
 #   bash bench/offload_speed.sh 1b-offload-adamw # ferrotron with the same optimizer as FSDP2
+#   bash bench/offload_speed.sh deepspeed-1b     # DeepSpeed ZeRO-2 + offload_optimizer cpu, llama-1b (AdamW)
 # Each case writes $OUT/<case>.json (bench JSON: median step, tok/s, GPU
 # peak, per-step offload phases; the PyTorch scripts add n_layers and their
 # setup times), <case>.err and <case>.rss (host peak RSS, bytes).
@@ -118,6 +119,7 @@ run_case() {
     1b-plain) measure $1 $F bench train $B1 --set train.grad_clip=0 --warmup 2 --steps 5 ;;
     fsdp2-1b) measure $1 python3 bench/fsdp2_offload.py --preset llama-1b --seq 4096 --batch 1 --layers 24 --warmup 2 --steps 5 ;;
     fsdp2-8b) py_step_down $1 bench/fsdp2_offload.py --warmup 1 --steps 3; same_shape fsdp2-8b both ;;
+    deepspeed-1b) measure $1 python3 bench/deepspeed_offload.py --preset llama-1b --seq 4096 --batch 1 --layers 24 --warmup 2 --steps 5 ;;
     deepspeed-install) measure $1 python3 bench/deepspeed_offload.py --install-only ;;
     deepspeed-8b) py_step_down $1 bench/deepspeed_offload.py --warmup 1 --steps 3; same_shape deepspeed-8b adamw ;;
     *) echo "unknown case $1"; exit 2 ;;

@@ -164,6 +164,21 @@ fn info_works_for_every_preset() {
     }
 }
 
+/// A preset's file given with --config is that preset, not its keys over
+/// `tiny`'s (the header said "preset tiny" for configs/llama3-8b.toml).
+#[test]
+fn a_preset_file_given_as_config_names_its_preset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, _) in ferrotron::config::PRESETS {
+        let file = root.join("configs").join(format!("{name}.toml"));
+        let out = ferrotron(&["info", "--config", file.to_str().unwrap()], tmp.path());
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let header = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
+        assert!(header.contains(&format!("preset {name} ")), "{name}: {header}");
+    }
+}
+
 #[test]
 fn generate_rejects_an_unknown_device() {
     let tmp = tempfile::tempdir().unwrap();

@@ -109,8 +109,8 @@ mod tests {
         assert_eq!(on_disk(&units, u64::MAX), vec![false; 5]);
         // 60 + 60 + 24: embeddings, head, then the lowest block.
         assert_eq!(on_disk(&units, 150), vec![false, false, true, true, false]);
-        // 60 fits one big unit (the first in layout order), then 24 more.
-        assert_eq!(on_disk(&units, 84), vec![false, true, true, true, true]);
+        // 84: one big unit (the first in layout order), then one block.
+        assert_eq!(on_disk(&units, 84), vec![false, false, true, true, true]);
         // A big unit that does not fit is skipped; smaller ones still go in.
         assert_eq!(on_disk(&units, 59), vec![true, false, false, true, true]);
     }

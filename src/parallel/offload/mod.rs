@@ -42,10 +42,20 @@
 //! a few in flight. Either way the update is the plain run's, not a
 //! delayed or approximated one.
 //!
+//! The two tiers mix (ZeRO-Infinity style): with `offload.optimizer = nvme`
+//! and `offload.host_gb > 0` the units that budget holds ([`placement`]:
+//! the largest first) stay resident in host memory as the cpu tier keeps
+//! them (page-locked the same way, no file) and the rest live in their
+//! files; each step reads and rewrites only those. Every path above is per
+//! unit, so a unit behaves as its tier's would; the checkpoint accessors
+//! (`with_unit`) read either kind.
+//!
 //! `offload.params = cpu` streams each unit's compute weights to the device
 //! per use from the cpu tier's hosts ([`stream`]); `offload.params = nvme`
 //! from the nvme tier's files, read ahead into a small pool of host
-//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]).
+//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]) — with
+//! `offload.host_gb`, the resident units' from the bf16 image each keeps
+//! in host memory, as `params = cpu` does.
 //!
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 

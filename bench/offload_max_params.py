@@ -94,6 +94,8 @@ def command(engine, layers, a):
         sets["offload.params"] = "nvme"
     if engine in ("mixed", "mixed-params"):
         sets["offload.host_gb"] = a.host_gb
+    if a.prefetch and engine in ("nvme", "nvme-params", "mixed", "mixed-params"):
+        sets["offload.prefetch"] = a.prefetch
     cmd = [BIN, "bench", "train", "--warmup", "0", "--steps", "1"]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
@@ -179,6 +181,8 @@ def main():
     ap.add_argument("--optimizer", default="adamw8bit", help="ferrotron's optimizer.name (adamw or adamw8bit)")
     ap.add_argument("--nvme-path", default="/tmp/ferrotron_nvme")
     ap.add_argument("--host-gb", type=float, default=95.0, help="offload.host_gb of the mixed engines (10^9 bytes)")
+    ap.add_argument("--prefetch", type=int, default=0, help="offload.prefetch of the nvme engines (0: ferrotron's default); "
+                    "each unit less in the read-ahead window frees 2 units' master + state of host memory")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per try")
     ap.add_argument("--seconds", type=int, default=580, help="total budget")
     a = ap.parse_args()

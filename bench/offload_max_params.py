@@ -2,31 +2,47 @@
 """Largest Llama-shaped model that trains one step on one GPU (issue 14):
 PyTorch AdamW vs ferrotron GPU-only vs ferrotron offload.optimizer = cpu vs
 nvme vs nvme with offload.params = nvme too (engine `nvme-params`: the bf16
-weights also stream from the files, read ahead offload.prefetch units). Shape: llama3-8b's width (d_model 4096, d_ff 14336, 32 heads, 8 kv
-heads, vocabulary 128256), n_layers varied; batch 1, seq 2048, activation
-checkpointing per block in every engine.
+weights also stream from the files, read ahead offload.prefetch units) vs
+the mixed tiers (engine `mixed`: offload.optimizer = nvme with
+offload.host_gb = --host-gb, the largest units resident in host memory and
+the rest in files under --nvme-path; `mixed-params` streams the weights the
+same way). Shape: llama3-8b's width (d_model 4096, d_ff 14336, 32 heads, 8
+kv heads, vocabulary 128256), n_layers varied; batch 1, seq 2048, activation
+checkpointing per block in every engine, no gradient clipping (ferrotron's
+offloaded device then holds the bf16 weights and one unit's gradients, not
+a whole-model gradient; PyTorch's loop does not clip either).
 
 PyTorch baseline: transformers LlamaForCausalLM built from a config (random
 init, fp32 master weights on the GPU), bf16 autocast, SDPA, fused AdamW,
 gradient checkpointing (no torch.compile: it changes speed, not the
 weights/gradients/state bytes that set the limit).
 
-For each engine the layer counts in --layers are tried in increasing order,
-one fresh process per try, one step each, until one fails (out of memory,
-host memory or disk refused, or the per-try timeout). One JSON line per try
-and one summary per engine into $OUT/offload_max_params.jsonl.
+For each engine its layer counts are tried in increasing order, one fresh
+process per try, one step each, until one fails (out of memory, host memory
+or disk refused, or the per-try timeout); the largest that trained is the
+engine's result. Layer counts: `--layers 16,24,32` for every engine, or per
+engine `--layers pytorch=32,36,38,40 --layers mixed=100,108,116` (repeatable;
+a plain list is the default for engines not named). Each try records
+params, ok, step time, GPU peak bytes, host peak RSS (the child's own
+ru_maxrss, from wait4), the most bytes under --nvme-path while it ran
+(sampled), wall time and the output's last lines. One JSON line per try and
+one summary per engine into $OUT/offload_max_params.jsonl.
 
-    python3 bench/offload_max_params.py --engines pytorch,gpu,cpu,nvme,nvme-params --nvme-path /tmp/ft_nvme
+    python3 bench/offload_max_params.py --engines pytorch,mixed --layers pytorch=36,38,40 \\
+        --layers mixed=100,108,116 --host-gb 95 --nvme-path /tmp/ft_nvme --timeout 300 --seconds 580
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 BIN = os.environ.get("FERROTRON_BIN", "./target/release/ferrotron")
 SHAPE = dict(d_model=4096, d_ff=14336, n_heads=32, n_kv_heads=8, vocab=128256)
+ENGINES = ("pytorch", "gpu", "cpu", "nvme", "nvme-params", "mixed", "mixed-params")
 
 
 def params(layers):
@@ -56,65 +72,169 @@ loss.backward()
 opt.step()
 opt.zero_grad(set_to_none=True)
 torch.cuda.synchronize()
-print(json.dumps({"loss": loss.item(), "step_s": time.time() - t, "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+print(json.dumps({"loss": loss.item(), "median_step_ms": 1e3 * (time.time() - t), "peak_mem_bytes": torch.cuda.max_memory_allocated(),
                   "params": sum(p.numel() for p in model.parameters())}))
 '''
 
 
-def command(engine, layers, seq, nvme_path, optimizer):
+def command(engine, layers, a):
     if engine == "pytorch":
-        return [sys.executable, "-c", TORCH, str(layers), str(seq)]
+        return [sys.executable, "-c", TORCH, str(layers), str(a.seq)]
     sets = {
-        "model.preset": "llama3-8b", "model.n_layers": layers, "model.max_seq_len": seq, "device": "cuda",
-        "train.batch_size": 1, "train.seq_len": seq, "train.checkpoint_layers": "true", "optimizer.name": optimizer,
+        "model.preset": "llama3-8b", "model.n_layers": layers, "model.max_seq_len": a.seq, "device": "cuda",
+        "train.batch_size": 1, "train.seq_len": a.seq, "train.checkpoint_layers": "true", "optimizer.name": a.optimizer,
+        "train.grad_clip": 0,
     }
-    if engine in ("cpu", "nvme"):
-        sets["offload.optimizer"] = engine
-    if engine == "nvme-params":
+    if engine == "cpu":
+        sets["offload.optimizer"] = "cpu"
+    if engine in ("nvme", "nvme-params", "mixed", "mixed-params"):
         sets["offload.optimizer"] = "nvme"
+        sets["offload.path"] = f'"{a.nvme_path}"'
+    if engine in ("nvme-params", "mixed-params"):
         sets["offload.params"] = "nvme"
-    if engine in ("nvme", "nvme-params"):
-        sets["offload.path"] = f'"{nvme_path}"'
+    if engine in ("mixed", "mixed-params"):
+        sets["offload.host_gb"] = a.host_gb
+    if a.prefetch and engine in ("nvme", "nvme-params", "mixed", "mixed-params"):
+        sets["offload.prefetch"] = a.prefetch
     cmd = [BIN, "bench", "train", "--warmup", "0", "--steps", "1"]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
 
 
+def tree_bytes(path):
+    """Bytes of the files under `path` now (0 if none)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def run_try(cmd, timeout, nvme_path):
+    """Runs one try. Returns (exit status or None on timeout, output tail,
+    peak RSS bytes of the child, most bytes seen under nvme_path)."""
+    with tempfile.TemporaryFile("w+") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        start, disk, status, rss = time.time(), 0, None, 0
+        while True:
+            pid, st, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                status, rss = os.waitstatus_to_exitcode(st), ru.ru_maxrss * 1024
+                break
+            disk = max(disk, tree_bytes(nvme_path))
+            if time.time() - start > timeout:
+                os.killpg(p.pid, 9)
+                _, _, ru = os.wait4(p.pid, 0)
+                rss = ru.ru_maxrss * 1024
+                break
+            time.sleep(0.25)
+        p.returncode = status if status is not None else -9
+        log.seek(0)
+        text = log.read()
+    return status, text, rss, disk
+
+
+def result_json(text):
+    """The last JSON object line of a try's output (bench train's result,
+    or the PyTorch script's), else None."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    # bench train prints one pretty-printed object: parse from its first "{".
+    i = text.find("{")
+    if i >= 0:
+        try:
+            return json.loads(text[i:])
+        except ValueError:
+            pass
+    return None
+
+
+def layer_lists(specs, engines):
+    """`--layers` values → {engine: [layers]}."""
+    default, per = None, {}
+    for s in specs:
+        if "=" in s:
+            e, lst = s.split("=", 1)
+            if e not in ENGINES:
+                raise SystemExit(f"--layers {s}: unknown engine {e} (use one of {', '.join(ENGINES)})")
+            per[e] = [int(x) for x in lst.split(",") if x]
+        else:
+            default = [int(x) for x in s.split(",") if x]
+    default = default or [16, 24, 32, 40, 48, 56, 64, 72, 80, 96]
+    return {e: per.get(e, default) for e in engines}
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", default="pytorch,gpu,cpu,nvme")
-    ap.add_argument("--layers", default="16,24,32,40,48,56,64,72,80,96")
+    ap.add_argument("--layers", action="append", default=[], help="LIST for every engine, or ENGINE=LIST (repeatable)")
     ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--optimizer", default="adamw", help="ferrotron's optimizer.name (adamw or adamw8bit)")
+    ap.add_argument("--optimizer", default="adamw8bit", help="ferrotron's optimizer.name (adamw or adamw8bit)")
     ap.add_argument("--nvme-path", default="/tmp/ferrotron_nvme")
-    ap.add_argument("--timeout", type=int, default=240, help="seconds per try")
-    ap.add_argument("--seconds", type=int, default=480, help="total budget")
+    ap.add_argument("--host-gb", type=float, default=95.0, help="offload.host_gb of the mixed engines (10^9 bytes)")
+    ap.add_argument("--prefetch", type=int, default=0, help="offload.prefetch of the nvme engines (0: ferrotron's default); "
+                    "each unit less in the read-ahead window frees 2 units' master + state of host memory")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per try")
+    ap.add_argument("--seconds", type=int, default=580, help="total budget")
     a = ap.parse_args()
+    engines = a.engines.split(",")
+    for e in engines:
+        if e not in ENGINES:
+            raise SystemExit(f"--engines: unknown engine {e} (use {', '.join(ENGINES)})")
+    lists = layer_lists(a.layers, engines)
     out_dir = os.environ.get("OUT", ".")
     out = open(os.path.join(out_dir, "offload_max_params.jsonl"), "a")
+
+    def emit(obj):
+        print(json.dumps(obj), flush=True)
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
     start = time.time()
-    for engine in a.engines.split(","):
-        best = None
-        for layers in [int(x) for x in a.layers.split(",")]:
+    for engine in engines:
+        best, first_fail = None, None
+        for layers in sorted(lists[engine]):
             left = a.seconds - (time.time() - start)
             if left < 30:
+                emit({"engine": engine, "layers": layers, "skipped": "out of total time"})
                 break
+            # A killed try may leave its scratch folder: not this try's disk.
+            shutil.rmtree(a.nvme_path, ignore_errors=True)
             t = time.time()
-            try:
-                p = subprocess.run(command(engine, layers, a.seq, a.nvme_path, a.optimizer), capture_output=True, text=True, timeout=min(a.timeout, left))
-                ok, tail = p.returncode == 0, (p.stdout + p.stderr)[-600:]
-            except subprocess.TimeoutExpired:
-                ok, tail = False, "timeout"
-            line = {"engine": engine, "layers": layers, "params": params(layers), "ok": ok, "wall_s": round(time.time() - t, 1), "tail": tail.strip().splitlines()[-3:]}
-            print(json.dumps(line), flush=True)
-            out.write(json.dumps(line) + "\n")
+            status, text, rss, disk = run_try(command(engine, layers, a), min(a.timeout, left), a.nvme_path)
+            ok = status == 0
+            res = result_json(text) if ok else None
+            line = {
+                "engine": engine, "layers": layers, "params": params(layers), "ok": ok,
+                "exit": status if status is not None else "timeout", "wall_s": round(time.time() - t, 1),
+                "step_ms": res.get("median_step_ms") if res else None,
+                "gpu_peak_bytes": res.get("peak_mem_bytes") if res else None,
+                "host_peak_rss_bytes": rss, "disk_peak_bytes": disk,
+                "params_reported": res.get("params") if res else None,
+                "tail": [l[:400] for l in text.strip().splitlines()[-3:]],
+            }
+            if res and res.get("offload"):
+                line["offload"] = res["offload"][-1]
+            emit(line)
             if not ok:
+                first_fail = layers
                 break
-            best = layers
-        summary = {"engine": engine, "summary": True, "max_layers": best, "max_params": params(best) if best else None}
-        print(json.dumps(summary), flush=True)
-        out.write(json.dumps(summary) + "\n")
+            best = line
+        shutil.rmtree(a.nvme_path, ignore_errors=True)
+        emit({"engine": engine, "summary": True, "max_layers": best["layers"] if best else None,
+              "max_params": best["params"] if best else None, "first_failed_layers": first_fail,
+              "step_ms": best["step_ms"] if best else None, "gpu_peak_bytes": best["gpu_peak_bytes"] if best else None,
+              "host_peak_rss_bytes": best["host_peak_rss_bytes"] if best else None,
+              "disk_peak_bytes": best["disk_peak_bytes"] if best else None})
 
 
 if __name__ == "__main__":

@@ -61,11 +61,17 @@ pub struct OffloadConfig {
     /// NVMe tier: units read ahead of the optimizer step, and (params =
     /// nvme) of the passes.
     pub prefetch: usize,
+    /// NVMe tier: GB (10^9 bytes) of host memory for units kept resident
+    /// (master weights, optimizer state and, with params = nvme on CUDA,
+    /// the bf16 image), as the cpu tier keeps them; the other units live
+    /// in their files. 0: every unit in its file. Which units: largest
+    /// first (parallel::offload::placement).
+    pub host_gb: f64,
 }
 
 impl Default for OffloadConfig {
     fn default() -> Self {
-        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2 }
+        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2, host_gb: 0.0 }
     }
 }
 
@@ -90,6 +96,12 @@ impl OffloadConfig {
         }
         if self.prefetch == 0 {
             bail!("offload.prefetch must be at least 1");
+        }
+        if !self.host_gb.is_finite() || self.host_gb < 0.0 {
+            bail!("offload.host_gb = {} must be a number of GB, 0 or more", self.host_gb);
+        }
+        if self.host_gb > 0.0 && self.optimizer != "nvme" {
+            bail!("offload.host_gb mixes host memory and files and needs offload.optimizer = nvme (the cpu tier keeps every unit in host memory; none keeps them on the device)");
         }
         Ok(())
     }

@@ -274,3 +274,56 @@ fn params_on_nvme_stream_bf16_images_from_disk() {
         println!("reads {} ({} bytes, {:.1} ms waited), {} pool buffers", stats.reads, stats.bytes, stats.wait_ms, stats.buffers);
     }
 }
+
+/// Mixed tiers on CUDA (`offload.optimizer = nvme` with `offload.host_gb`
+/// holding about half of the units): the resident units' bf16 images come
+/// from host memory (the pool buffer, or with params = nvme their kept
+/// image), the others' from their files' step or image section. The same
+/// host optimizer and the same rounding: the losses equal the all-resident
+/// (cpu tier) and all-in-files runs bit for bit, the final weights too but
+/// for wte's atomics (see `params_on_nvme_stream_bf16_images_from_disk`).
+#[test]
+fn mixed_tiers_equal_single_tiers_on_cuda() {
+    if !have_gpu() {
+        return;
+    }
+    use ferrotron::parallel::offload::placement;
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = format!("offload.path=\"{}\"", tmp.path().join("scratch").display());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for params in ["none", "nvme"] {
+        let base = vec!["optimizer.name=adamw8bit".to_string(), scratch.clone(), "train.steps=10".into(), "train.ckpt_every=10".into(), "train.eval_every=10".into(), "train.grad_clip=0".into(), "model.n_layers=8".into()];
+        let with = |name: &str, extra: &[String]| {
+            let mut v = base.clone();
+            v.extend(extra.iter().cloned());
+            cfg(tmp.path(), name, &v)
+        };
+        let probe = with("probe", &["offload.optimizer=nvme".into(), format!("offload.params={params}")]);
+        let layout = ferrotron::model::layout::ParamLayout::new(&probe.model);
+        let units = placement::unit_bytes(&probe, &layout).unwrap();
+        let half: u64 = units.iter().map(|u| u.resident()).sum::<u64>() / 2;
+        let split = format!("offload.host_gb={}", (half as f64 + 0.5) / 1e9);
+        let host_params = if params == "none" { "none" } else { "cpu" };
+        let runs = [
+            (format!("{params}-host"), vec!["offload.optimizer=cpu".to_string(), format!("offload.params={host_params}")]),
+            (format!("{params}-files"), vec!["offload.optimizer=nvme".to_string(), format!("offload.params={params}")]),
+            (format!("{params}-mixed"), vec!["offload.optimizer=nvme".to_string(), format!("offload.params={params}"), split.clone()]),
+        ];
+        let mixed_need = ferrotron::parallel::offload::budget::offload_bytes(&with("m", &runs[2].1)).unwrap();
+        assert!(mixed_need.host_units > 0 && mixed_need.disk_units > 0, "{split}: a split with both tiers");
+        let out: Vec<_> = runs.iter().map(|(name, extra)| train(&with(name, extra), None).unwrap()).collect();
+        let t: Vec<_> = runs.iter().map(|(name, _)| tensors(&tmp.path().join(name))).collect();
+        for i in [0, 1] {
+            let what = format!("params={params}: mixed vs {}", runs[i].0);
+            assert!(bits(&out[2].losses) == bits(&out[i].losses), "{what}: losses {:?} vs {:?}", out[2].losses, out[i].losses);
+            println!("{what}: {}", describe_diff(&t[i], &t[2]));
+            for (a, b) in t[i].iter().zip(&t[2]) {
+                if a.name == "wte" {
+                    assert!(rel_diff(&a.data, &b.data) <= 1e-5, "{what}: wte differs by more than the atomics' last bits");
+                } else {
+                    assert!(bits(&a.data) == bits(&b.data), "{what}: final weights of {} differ", a.name);
+                }
+            }
+        }
+    }
+}

@@ -36,12 +36,13 @@ const TEST_NAME: &str = "host_memory_is_what_info_says";
 /// A model of ~25M parameters: hundreds of MB of state, so that the fixed
 /// costs of a process (thread stacks, allocator arenas: a few MB) stay
 /// well under the 2% measured.
-/// `case`: optimizer,params,clip[,tier] (tier cpu unless named); the
-/// nvme tier's files go under `path`.
+/// `case`: optimizer,params,clip[,tier[,host_gb]] (tier cpu unless named,
+/// host_gb 0); the nvme tier's files go under `path`.
 fn cfg(case: &str, path: &Path) -> Config {
     let mut words = case.split(',');
     let (opt, params, clip) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap());
     let tier = words.next().unwrap_or("cpu");
+    let host_gb = words.next().unwrap_or("0");
     let sets: Vec<String> = [
         "model.d_model=384", "model.n_layers=12", "model.n_heads=6", "model.n_kv_heads=6", "model.d_ff=1536",
         "run.progress=false",
@@ -49,7 +50,7 @@ fn cfg(case: &str, path: &Path) -> Config {
     .iter()
     .map(|s| s.to_string())
     .chain([format!("optimizer.name={opt}"), format!("offload.params={params}"), format!("train.grad_clip={clip}")])
-    .chain([format!("offload.optimizer={tier}"), format!("offload.path=\"{}\"", path.display())])
+    .chain([format!("offload.optimizer={tier}"), format!("offload.path=\"{}\"", path.display()), format!("offload.host_gb={host_gb}")])
     .collect();
     config::load(None, &sets).unwrap()
 }
@@ -139,6 +140,10 @@ fn host_memory_is_what_info_says() {
             check_nvme_tier(&format!("adamw8bit,{params},{clip},nvme"));
         }
     }
+    // Mixed: about half of the units resident (0.08 GB of ~0.15 GB).
+    for params in ["none", "nvme"] {
+        check_mixed(&format!("adamw8bit,{params},0,nvme,0.08"));
+    }
 }
 
 /// What a measuring process reported.
@@ -188,6 +193,36 @@ fn check_cpu_tier(case: &str) {
     );
     assert_eq!(counted, predicted, "{case}: the offload's own count of its allocations vs info");
     assert!(measured.abs_diff(predicted) as f64 <= 0.02 * predicted as f64, "{case}: measured {measured} B vs info {predicted} B: more than 2% apart");
+}
+
+/// A mixed split (`offload.host_gb`): between steps the host holds the
+/// resident units, the gradient pool and (params = nvme) the read buffers
+/// — the Offload's count, `info`'s resident part and pool exactly, the
+/// measured growth within 2% of it; `info`'s whole host figure (with the
+/// window of units in files passing through a step) bounds the peaks.
+fn check_mixed(case: &str) {
+    let Measured { grown, predicted, counted, params: params_n, peak, build_peak } = run_case(case);
+    let b = budget::offload_bytes(&cfg(case, Path::new("unused"))).unwrap();
+    println!(
+        "{case}: {} units resident ({} B), {} in files; between steps measured {grown} B, counted {counted} B, diff {:+.2}%; \
+         peaks: steps {peak} B, build {build_peak} B, info {predicted} B ({:.3} B/param)",
+        b.host_units,
+        b.host_resident(),
+        b.disk_units,
+        100.0 * (grown as f64 - counted as f64) / counted as f64,
+        predicted as f64 / params_n as f64
+    );
+    assert!(b.host_units > 0 && b.disk_units > 0, "{case}: a split with both tiers");
+    let resident = b.host_resident() + b.host_images + b.host_pool;
+    assert!(counted >= resident && counted <= resident + b.host_reads, "{case}: counted {counted} B vs info's resident part and pool {resident} B (+ read buffers {} B)", b.host_reads);
+    if case.contains(",none,") {
+        assert_eq!(counted, resident, "{case}: the offload's own count vs info");
+    }
+    // 2% plus the nvme tier's thread stacks and arenas (see check_nvme_tier).
+    let slack = 0.02 * counted as f64 + (4 << 20) as f64;
+    assert!(grown.abs_diff(counted) as f64 <= slack, "{case}: measured {grown} B vs counted {counted} B: more than 2% + 4 MiB apart");
+    assert!(peak <= predicted, "{case}: the steps' peak {peak} B is above info's {predicted} B");
+    assert!(build_peak <= predicted, "{case}: the build's peak {build_peak} B is above info's {predicted} B");
 }
 
 /// The nvme tier keeps no unit on the host between steps: what stays is

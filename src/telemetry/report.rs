@@ -190,7 +190,8 @@ fn no_shadow_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {
     row(out, "with dist.zero_stage = 3", &human_bytes(lean), &format!("same process, no bf16 copy of every weight: {} less", human_bytes(saved)));
 }
 
-/// Host and disk bytes of `offload.optimizer = cpu | nvme`.
+/// Host and disk bytes of `offload.optimizer = cpu | nvme`, and which
+/// units each tier holds (`offload.host_gb` splits the nvme tier).
 fn offload_rows(out: &mut String, cfg: &Config) {
     if !cfg.offload.enabled() {
         return;
@@ -202,19 +203,33 @@ fn offload_rows(out: &mut String, cfg: &Config) {
             let pool = format!("{} gradient buffers {}", crate::parallel::offload::POOL_BUFFERS, human_bytes(b.host_pool));
             let images = if b.host_images > 0 { format!(" + kept bf16 images {}", human_bytes(b.host_images)) } else { String::new() };
             let reads = if b.host_reads > 0 { format!(" + the passes' weight buffers {}", human_bytes(b.host_reads)) } else { String::new() };
-            let what = if tier == "cpu" {
-                format!("fp32 master + optimizer state {} + {pool}{images}", human_bytes(b.host - b.host_pool - b.host_images))
-            } else {
-                format!("optimizer read-ahead window {} + {pool}{reads}", human_bytes(b.host - b.host_pool - b.host_images - b.host_reads))
-            };
-            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &what);
+            let resident = if b.host_units > 0 { format!("fp32 master + optimizer state of {} units {} + ", b.host_units, human_bytes(b.host_resident())) } else { String::new() };
+            let window = if b.disk_units > 0 { format!("optimizer read-ahead window {} + ", human_bytes(b.host_window)) } else { String::new() };
+            row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &format!("{resident}{window}{pool}{images}{reads}"));
             if b.disk > 0 {
                 let image = if streamed && cfg.device == "cuda" { "bf16 image + " } else { "" };
-                row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("{image}fp32 master + optimizer state files under {}", cfg.offload.path));
+                row(out, "disk (offload.path)", &human_bytes(b.disk), &format!("{image}fp32 master + optimizer state files of {} units under {}", b.disk_units, cfg.offload.path));
             }
+            placement_row(out, cfg, &b);
         }
         Err(e) => row(out, "offload", "unknown", &e.to_string()),
     }
+}
+
+/// Which tier holds the units: the device their compute weights (all, or
+/// a window when streamed), host memory and files their master weights
+/// and optimizer state.
+fn placement_row(out: &mut String, cfg: &Config, b: &crate::parallel::offload::budget::OffloadBytes) {
+    let units = b.host_units + b.disk_units;
+    let gpu = match cfg.offload.params.as_str() {
+        "none" => format!("GPU {units} units' compute weights"),
+        _ => "GPU a window of streamed weights".to_string(),
+    };
+    let tier = |n: usize, p: u64, bytes: u64| format!("{n} units, {} params, {}", human_count(p as f64), human_bytes(bytes));
+    let host = tier(b.host_units, b.host_params, b.host_resident() + b.host_images);
+    let disk = tier(b.disk_units, b.disk_params, b.disk);
+    let label = if cfg.offload.host_gb > 0.0 { format!("placement (host_gb = {})", cfg.offload.host_gb) } else { "placement".to_string() };
+    row(out, &label, "", &format!("{gpu} · host {host} · disk {disk}"));
 }
 
 fn optimizer_row(out: &mut String, cfg: &Config, est: &MemoryEstimate) {

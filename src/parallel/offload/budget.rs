@@ -1,36 +1,54 @@
 //! Host and disk bytes of an offloaded run, and the check that refuses to
 //! start one that would run out of either (before anything is allocated).
 
-use super::host_optimizer::unit_layout;
 use super::host_pool::POOL_BUFFERS;
+use super::placement;
 use super::nvme::{sweep_dead_scratch, ALIGN};
 use super::stream_nvme::pool_buffers;
 use crate::config::Config;
 use crate::model::layout::ParamLayout;
-use crate::model::store::unit_ranges;
 use anyhow::{bail, Result};
 use std::path::Path;
 
 /// Bytes an offloaded run keeps off the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffloadBytes {
-    /// Host memory at its peak: master weights and state (cpu tier) or the
-    /// read-ahead window (nvme tier), plus the gradient pool and the kept
-    /// bf16 images (the two parts below), plus (`offload.params = nvme`)
-    /// the buffers the passes read weights into (`host_reads`).
+    /// Host memory at its peak: the resident units' master weights and
+    /// state (every unit in the cpu tier, those `offload.host_gb` holds in
+    /// the nvme tier), the nvme tier's read-ahead window of the units in
+    /// files, plus the gradient pool and the kept bf16 images (the parts
+    /// below), plus (`offload.params = nvme`) the buffers the passes read
+    /// weights into (`host_reads`).
     pub host: u64,
     /// Of `host`: the pooled gradient buffers ([`POOL_BUFFERS`] of the
     /// biggest unit), which also carry the bf16 images to the device.
     pub host_pool: u64,
-    /// Of `host`: every unit's bf16 image, kept for the run (CUDA with
-    /// `offload.params = cpu`: the passes upload the weights from them).
+    /// Of `host`: the resident units' bf16 images, kept for the run (CUDA
+    /// with `offload.params = cpu`, or `nvme` for the units not in files:
+    /// the passes upload the weights from them).
     pub host_images: u64,
     /// Of `host`: `offload.params = nvme`'s read buffers (each holds the
-    /// largest unit's pass section: bf16 image on CUDA, else fp32 master).
+    /// largest file unit's pass section: bf16 image on CUDA, else fp32
+    /// master).
     pub host_reads: u64,
+    /// Of `host`: the nvme tier's units passing through a step (read
+    /// ahead, stepping, being written), sized by the largest unit in a file.
+    pub host_window: u64,
     /// The NVMe tier's state files (0 for the cpu tier), with each unit's
     /// bf16 image for `offload.params = nvme` on CUDA.
     pub disk: u64,
+    /// Units (and their parameters) resident in host memory and in files.
+    pub host_units: usize,
+    pub host_params: u64,
+    pub disk_units: usize,
+    pub disk_params: u64,
+}
+
+impl OffloadBytes {
+    /// Of `host`: the resident units' master weights and state.
+    pub fn host_resident(&self) -> u64 {
+        self.host - self.host_pool - self.host_images - self.host_reads - self.host_window
+    }
 }
 
 /// State tensors per unit an optimizer has at most (8-bit AdamW: codes
@@ -38,51 +56,57 @@ pub struct OffloadBytes {
 /// each file section may add.
 const MAX_STATE_TENSORS: u64 = 6;
 
-/// Host and disk bytes of `cfg`'s offload setting (zeros when off).
+/// Host and disk bytes of `cfg`'s offload setting (zeros when off), with
+/// the units split between host memory and files as the run splits them
+/// ([`placement`]).
 pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
     if !cfg.offload.enabled() {
         return Ok(OffloadBytes::default());
     }
     let layout = ParamLayout::new(&cfg.model);
-    let ranges = unit_ranges(&cfg.model, &layout);
-    let mut per_unit = vec![];
-    for r in &ranges {
-        let state: u64 = crate::optim::plan(&cfg.optimizer, &unit_layout(&layout, r))?.iter().map(|g| g.state_bytes).sum();
-        per_unit.push((4 * r.len() as u64, state));
-    }
+    let (units, on_disk) = placement::plan(cfg, &layout)?;
+    let resident = || units.iter().zip(&on_disk).filter(|(_, d)| !**d).map(|(u, _)| u);
+    let in_files = || units.iter().zip(&on_disk).filter(|(_, d)| **d).map(|(u, _)| u);
     // The gradient pool: buffers of the biggest unit (fp32), allocated
     // once (parallel::offload::host_pool).
-    let biggest_len = ranges.iter().map(|r| r.len()).max().unwrap_or(0).max(1) as u64;
+    let biggest_len = units.iter().map(|u| u.params).max().unwrap_or(0).max(1);
     let pool = POOL_BUFFERS as u64 * 4 * biggest_len;
     // Streamed weights on CUDA (bf16 passes) upload from a bf16 image of
-    // each unit, kept for the run (params = cpu); params = nvme reads them
-    // from the files; otherwise the image of a stepped unit is written
-    // into its pool buffer.
+    // each resident unit, kept for the run; params = nvme reads the file
+    // units' images from their files; otherwise the image of a stepped
+    // unit is written into its pool buffer.
+    let images: u64 = resident().map(|u| u.image).sum();
+    let resident_bytes: u64 = resident().map(|u| u.master_state()).sum();
     let cuda = cfg.device == "cuda";
-    let images = if cuda && cfg.offload.params == "cpu" { 2 * layout.total as u64 } else { 0 };
-    let biggest = per_unit.iter().map(|(m, s)| m + s).max().unwrap_or(0);
-    Ok(match cfg.offload.optimizer.as_str() {
-        "cpu" => OffloadBytes { host: per_unit.iter().map(|(m, s)| m + s).sum::<u64>() + pool + images, host_pool: pool, host_images: images, host_reads: 0, disk: 0 },
-        _ => {
-            // Units alive at once: the read-ahead window, the one being
-            // read, the one stepping, the one being written (its I/O
-            // buffer doubles it).
-            let alive = cfg.offload.prefetch as u64 + 3;
-            let mut disk: u64 = per_unit.iter().map(|(m, s)| m + s + (1 + MAX_STATE_TENSORS) * ALIGN as u64).sum();
-            let mut reads = 0;
-            if cfg.offload.params == "nvme" {
-                // The leading bf16 image section of each file (CUDA), and
-                // the pool the passes read into: each buffer holds the
-                // largest unit's pass section (bf16 image or fp32 master).
-                if cuda {
-                    disk += ranges.iter().map(|r| padded(2 * r.len() as u64)).sum::<u64>();
-                }
-                let pass = ranges.iter().map(|r| padded(if cuda { 2 } else { 4 } * r.len() as u64)).max().unwrap_or(0);
-                reads = pool_buffers(cfg.offload.prefetch) as u64 * pass;
+    let mut out = OffloadBytes {
+        host_pool: pool,
+        host_images: images,
+        host_units: resident().count(),
+        host_params: resident().map(|u| u.params).sum(),
+        disk_units: in_files().count(),
+        disk_params: in_files().map(|u| u.params).sum(),
+        ..Default::default()
+    };
+    if out.disk_units > 0 {
+        // Units alive at once: the read-ahead window, the one being read,
+        // the one stepping, the one being written (its I/O buffer doubles it).
+        let alive = cfg.offload.prefetch as u64 + 3;
+        let biggest = in_files().map(|u| u.master_state()).max().unwrap_or(0);
+        out.host_window = alive * 2 * biggest;
+        out.disk = in_files().map(|u| u.master_state() + (1 + MAX_STATE_TENSORS) * ALIGN as u64).sum();
+        if cfg.offload.params == "nvme" {
+            // The leading bf16 image section of each file (CUDA), and the
+            // pool the passes read into: each buffer holds the largest
+            // file unit's pass section (bf16 image or fp32 master).
+            if cuda {
+                out.disk += in_files().map(|u| padded(2 * u.params)).sum::<u64>();
             }
-            OffloadBytes { host: pool + images + alive * 2 * biggest + reads, host_pool: pool, host_images: images, host_reads: reads, disk }
+            let pass = in_files().map(|u| padded(if cuda { 2 } else { 4 } * u.params)).max().unwrap_or(0);
+            out.host_reads = pool_buffers(cfg.offload.prefetch) as u64 * pass;
         }
-    })
+    }
+    out.host = resident_bytes + pool + images + out.host_window + out.host_reads;
+    Ok(out)
 }
 
 /// Bytes of host memory available now (`MemAvailable` of /proc/meminfo).
@@ -124,11 +148,14 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
     if let Some(free) = disk {
         if need.disk > free {
             bail!(
-                "offload.optimizer = {tier} needs {} of disk for the state files under offload.path = {} but only {} is free there; \
-                 point offload.path at a larger disk, use offload.optimizer = cpu if host memory allows, or a smaller model / optimizer.name = adamw8bit{}",
+                "offload.optimizer = {tier} needs {} of disk for the state files of {} units ({} parameters) under offload.path = {} but only {} is free there; \
+                 point offload.path at a larger disk, keep more units in host memory (offload.host_gb = {}), use offload.optimizer = cpu if host memory allows, or a smaller model / optimizer.name = adamw8bit{}",
                 gib(need.disk),
+                need.disk_units,
+                need.disk_params,
                 cfg.offload.path,
                 gib(free),
+                cfg.offload.host_gb,
                 if cfg.offload.params == "nvme" && cfg.device == "cuda" { " (offload.params = nvme adds a bf16 image of the weights to the files)" } else { "" }
             );
         }
@@ -136,10 +163,13 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
     if let Some(free) = host {
         if need.host > free {
             bail!(
-                "offload.optimizer = {tier} needs {} of host memory (master weights, optimizer state, gradient buffers) but only {} is available; \
-                 use offload.optimizer = nvme with offload.path on a fast disk, optimizer.name = adamw8bit, or a smaller model",
+                "offload.optimizer = {tier} needs {} of host memory ({} resident units' master weights and optimizer state {}, gradient buffers, read-ahead window) but only {} is available; \
+                 {}, optimizer.name = adamw8bit, or a smaller model",
                 gib(need.host),
-                gib(free)
+                need.host_units,
+                gib(need.host_resident()),
+                gib(free),
+                if tier == "nvme" { format!("lower offload.host_gb (now {}) to keep fewer units in host memory", cfg.offload.host_gb) } else { "use offload.optimizer = nvme with offload.path on a fast disk (offload.host_gb mixes the two)".to_string() }
             );
         }
     }

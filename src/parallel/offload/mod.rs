@@ -42,10 +42,20 @@
 //! a few in flight. Either way the update is the plain run's, not a
 //! delayed or approximated one.
 //!
+//! The two tiers mix (ZeRO-Infinity style): with `offload.optimizer = nvme`
+//! and `offload.host_gb > 0` the units that budget holds ([`placement`]:
+//! the largest first) stay resident in host memory as the cpu tier keeps
+//! them (page-locked the same way, no file) and the rest live in their
+//! files; each step reads and rewrites only those. Every path above is per
+//! unit, so a unit behaves as its tier's would; the checkpoint accessors
+//! (`with_unit`) read either kind.
+//!
 //! `offload.params = cpu` streams each unit's compute weights to the device
 //! per use from the cpu tier's hosts ([`stream`]); `offload.params = nvme`
 //! from the nvme tier's files, read ahead into a small pool of host
-//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]).
+//! buffers ([`stream_nvme`]; the files' layout is in [`nvme`]) — with
+//! `offload.host_gb`, the resident units' from the bf16 image each keeps
+//! in host memory, as `params = cpu` does.
 //!
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
@@ -54,6 +64,7 @@ pub mod grad_norm;
 pub mod host_optimizer;
 pub mod host_pool;
 pub mod nvme;
+pub mod placement;
 pub mod store;
 pub mod stream;
 pub mod stream_nvme;
@@ -105,9 +116,13 @@ struct Shared {
     /// The device holds bf16 weights: each step also rounds the unit's
     /// master weights into a bf16 image (set from the backend).
     bf16_images: AtomicBool,
-    /// `offload.params = cpu`: the image is the unit's own, kept for the
-    /// passes; else it goes into the step's pooled buffer.
-    keep_images: bool,
+    /// Per unit: its image is its own, kept for the passes (`offload.params
+    /// = cpu`, or `nvme` for a unit resident in host memory); else it goes
+    /// into the step's pooled buffer or (params = nvme) its file.
+    keep_images: Vec<bool>,
+    /// Per unit: its master weights and state live in its file (nvme
+    /// tier), else in host memory ([`placement`]).
+    on_disk: Vec<bool>,
 }
 
 /// Gradient copies in flight at once: unit u's gradients go to the host
@@ -270,6 +285,7 @@ impl Offload {
         };
         let ranges = unit_ranges(&cfg.model, layout);
         let layouts: Vec<ParamLayout> = ranges.iter().map(|r| unit_layout(layout, r)).collect();
+        let (_, on_disk) = placement::plan(cfg, layout)?;
         let files = match tier {
             // params = nvme on a bf16 device: the files lead with bf16 images.
             Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path), params == "nvme" && cfg.device == "cuda")?),
@@ -280,14 +296,14 @@ impl Offload {
             let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
             set_master(&mut host, ranges[u].clone())?;
             match &files {
-                Some(f) => {
+                Some(f) if on_disk[u] => {
                     f.write(&mut host)?;
                 }
-                None => hosts[u] = Some(host),
+                _ => hosts[u] = Some(host),
             }
         }
-        let keep_images = cfg.offload.params == "cpu";
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images });
+        let keep_images = on_disk.iter().map(|&d| params == "cpu" || (params == "nvme" && !d)).collect();
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images, on_disk });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -376,8 +392,9 @@ impl Offload {
             d.set_training(true);
             self.reads_at_begin = d.stats();
         }
-        if self.shared.files.is_some() {
-            let order: Vec<usize> = (0..self.ranges.len()).rev().collect();
+        // The units in files, read ahead in the order backward steps them.
+        let order: Vec<usize> = (0..self.ranges.len()).rev().filter(|&u| self.shared.on_disk[u]).collect();
+        if self.shared.files.is_some() && !order.is_empty() {
             let (tx, rx) = sync_channel(self.prefetch);
             let sh = self.shared.clone();
             let meta = self.meta.clone();
@@ -421,7 +438,7 @@ impl Offload {
             d.begin_unit_step(u)?;
         }
         let host = self.hosts[u].take();
-        ensure!(host.is_some() || self.tier == Tier::Nvme, "offload: unit {u} is already being stepped");
+        ensure!(host.is_some() || self.shared.on_disk[u], "offload: unit {u} is already being stepped");
         let job = Job { unit: u, host, grads, start: self.ranges[u].start, squares: self.overlap, lr: self.lr, clip: self.clip, meta: self.meta.clone() };
         self.send(Msg::Job(job))?;
         self.in_flight += 1;
@@ -608,12 +625,15 @@ impl Offload {
         let host = d.host;
         if self.stream.is_some() {
             // The weights go to the device when the next pass fetches them
-            // (params = nvme: from the file the step wrote).
+            // (from the unit's kept image or master, or, for a unit in a
+            // file, from the file the step wrote).
             self.pool.give(d.grads);
             let u = host.unit;
-            match self.disk.as_mut() {
-                Some(d) => d.end_unit_step(u),
-                None => self.hosts[u] = Some(host),
+            if let Some(d) = self.disk.as_mut() {
+                d.end_unit_step(u);
+            }
+            if !self.shared.on_disk[u] {
+                self.hosts[u] = Some(host);
             }
             self.times.offload_h2d_ms += ms_since(t);
             return Ok(());
@@ -629,7 +649,7 @@ impl Offload {
             None => HostSrc::F32(host.master()),
         };
         if image.is_none() {
-            self.pin(b, src)?;
+            self.pin(b, d.unit, src)?;
         }
         // SAFETY: what `src` reads (`image`, else `host`) stays in
         // `uploading`, unchanged, until upload_done waits for the ticket.
@@ -669,7 +689,7 @@ impl Offload {
         if let Some(buf) = image {
             self.pool.give(buf);
         }
-        if let Some(host) = host.filter(|_| self.tier == Tier::Cpu) {
+        if let Some(host) = host.filter(|h| !self.shared.on_disk[h.unit]) {
             let u = host.unit;
             self.hosts[u] = Some(host);
         }
@@ -695,14 +715,14 @@ impl Offload {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Page-locks a long-lived host range of a unit (cpu tier only: the
-    /// NVMe tier's units are read into fresh memory every step).
-    fn pin<B: Backend>(&mut self, b: &mut B, src: HostSrc<'_>) -> Result<()> {
+    /// Page-locks a long-lived host range of unit `u` (resident units only:
+    /// the NVMe tier's units in files are read into fresh memory every step).
+    fn pin<B: Backend>(&mut self, b: &mut B, u: usize, src: HostSrc<'_>) -> Result<()> {
         let (ptr, bytes) = match src {
             HostSrc::F32(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
             HostSrc::Bf16(v) => (v.as_ptr() as *const u8, std::mem::size_of_val(v)),
         };
-        if self.tier != Tier::Cpu || bytes == 0 || self.pinned.contains(&(ptr as usize)) {
+        if self.shared.on_disk[u] || bytes == 0 || self.pinned.contains(&(ptr as usize)) {
             return Ok(());
         }
         // SAFETY: the range belongs to a unit's host (its master or kept
@@ -939,34 +959,31 @@ impl Offload {
     /// next unit ahead.
     fn fetch_streamed<B: Backend>(&mut self, b: &mut B, unit: Unit) -> Result<()> {
         let bf16 = b.compute_is_bf16();
-        if self.disk.is_some() {
-            let images = self.shared.files.as_ref().is_some_and(|f| f.images());
-            ensure!(images == bf16, "offload.params = nvme: the files hold {} weights but the device computes in {} (device = cuda computes in bf16)", if images { "bf16" } else { "fp32" }, if bf16 { "bf16" } else { "fp32" });
-            let units: Vec<usize> = self.with_tied(unit).into_iter().map(|v| v.index(self.n_layers)).collect();
-            let (d, s) = (self.disk.as_mut().expect("checked"), self.stream.as_mut().expect("params = nvme streams"));
-            return d.fetch(b, s, &units);
-        }
         if bf16 && !self.images_ready {
             for h in self.hosts.iter_mut().flatten() {
                 h.refresh_image();
             }
             self.images_ready = true;
             // Page-locked once: the images keep their memory for the run.
-            let images: Vec<(*const u16, usize)> = self.hosts.iter().flatten().map(|h| (h.image.as_ptr(), h.image.len())).collect();
-            for (p, n) in images {
+            let images: Vec<(usize, *const u16, usize)> = self.hosts.iter().flatten().map(|h| (h.unit, h.image.as_ptr(), h.image.len())).collect();
+            for (u, p, n) in images {
                 // SAFETY: a unit's image, alive and not resized for the run.
-                self.pin(b, HostSrc::Bf16(unsafe { std::slice::from_raw_parts(p, n) }))?;
+                self.pin(b, u, HostSrc::Bf16(unsafe { std::slice::from_raw_parts(p, n) }))?;
             }
         }
-        for unit in self.with_tied(unit) {
-            let u = self.unit_index(unit);
-            let (hosts, ranges) = (&self.hosts, &self.ranges);
-            let src_of = |v: usize| {
-                hosts[v].as_ref().map(|h| (ranges[v].start, if bf16 { HostSrc::Bf16(&h.image) } else { HostSrc::F32(h.master()) }))
-            };
-            self.stream.as_mut().expect("streaming").fetch(b, u, src_of)?;
+        let units: Vec<usize> = self.with_tied(unit).into_iter().map(|v| v.index(self.n_layers)).collect();
+        let (hosts, ranges) = (&self.hosts, &self.ranges);
+        // Resident units upload from their host (kept image or master).
+        let host_src = |v: usize| hosts[v].as_ref().map(|h| (ranges[v].start, if bf16 { HostSrc::Bf16(&h.image) } else { HostSrc::F32(h.master()) }));
+        let s = self.stream.as_mut().expect("streaming");
+        match self.disk.as_mut() {
+            Some(d) => {
+                let images = self.shared.files.as_ref().is_some_and(|f| f.images());
+                ensure!(images == bf16, "offload.params = nvme: the files hold {} weights but the device computes in {} (device = cuda computes in bf16)", if images { "bf16" } else { "fp32" }, if bf16 { "bf16" } else { "fp32" });
+                d.fetch(b, s, &units, host_src)
+            }
+            None => units.iter().try_for_each(|&u| s.fetch(b, u, host_src)),
         }
-        Ok(())
     }
 
     /// The store the passes run with: `zero` (stage 0, one process) holds
@@ -1001,11 +1018,12 @@ fn scratch_dir(path: &str) -> std::path::PathBuf {
 fn disk_stream(shared: &Arc<Shared>, ranges: &[Range<usize>], cfg: &Config) -> Result<stream_nvme::DiskStream> {
     let files = shared.files.as_ref().ok_or_else(|| anyhow!("offload.params = nvme needs offload.optimizer = nvme"))?;
     let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
-    let pass_bytes = lens.iter().map(|&n| files.pass_bytes(n)).max().unwrap_or(0);
+    // The read buffers hold the largest unit in a file.
+    let pass_bytes = lens.iter().zip(&shared.on_disk).filter(|(_, &d)| d).map(|(&n, _)| files.pass_bytes(n)).max().unwrap_or(0);
     let (sh, sizes) = (shared.clone(), lens.clone());
     let read: stream_nvme::ReadFn = Box::new(move |u, buf| sh.files.as_ref().expect("nvme tier has files").read_pass(u, sizes[u], buf));
     let starts = ranges.iter().map(|r| r.start).collect();
-    stream_nvme::DiskStream::new(lens, starts, files.images(), pass_bytes, cfg.offload.prefetch, cfg.model.tied_embeddings, read)
+    stream_nvme::DiskStream::new(lens, starts, shared.on_disk.clone(), files.images(), pass_bytes, cfg.offload.prefetch, cfg.model.tied_embeddings, read)
 }
 
 fn check_names(full: &[StateTensor], unit: &[StateTensor]) -> Result<()> {
@@ -1076,13 +1094,14 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
     };
     let t = Instant::now();
     // A file with an image section gets it from `files.write`.
-    let bf16 = sh.bf16_images.load(Ordering::Relaxed) && !sh.files.as_ref().is_some_and(|f| f.images());
+    let to_file = sh.on_disk[u];
+    let bf16 = sh.bf16_images.load(Ordering::Relaxed) && !(to_file && sh.files.as_ref().is_some_and(|f| f.images()));
     let (squares, out, grads) = sh.pool.install(|| {
         let squares = job.squares.then(|| grad_norm::unit_squares(job.start, &job.grads));
         let (out, mut grads) = host.step(job.grads, job.lr, job.clip);
         if bf16 && out.is_ok() {
             // The gradients are spent: the upload's image goes where they were.
-            match sh.keep_images {
+            match sh.keep_images[u] {
                 true => host.refresh_image(),
                 false => host.write_image(host_pool::image_mut(&mut grads)),
             }
@@ -1090,7 +1109,7 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         (squares, out, grads)
     });
     out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
-    if let Some(files) = &sh.files {
+    if let Some(files) = sh.files.as_ref().filter(|_| to_file) {
         files.write(&mut host)?;
     }
     Ok(Done { unit: u, host, grads, squares, opt_ms: ms_since(t) })

@@ -89,6 +89,9 @@ struct Order {
     last_micro: bool,
     /// Index in [`Order::cycle`] of the latest fetch.
     pos: Option<usize>,
+    /// Units whose weights are in files (the others, resident in host
+    /// memory with `offload.host_gb`, are never read ahead).
+    in_files: Vec<bool>,
 }
 
 impl Order {
@@ -118,7 +121,7 @@ impl Order {
         for v in (1..=steps).map(|s| c[(pos + s) % c.len()]) {
             let with_tied = if self.tied && v == self.units - 1 { vec![0, v] } else { vec![v] };
             for w in with_tied {
-                if out.len() < k && !out.contains(&w) {
+                if self.in_files[w] && out.len() < k && !out.contains(&w) {
                     out.push(w);
                 }
             }
@@ -131,6 +134,9 @@ pub struct DiskStream {
     /// Each unit's parameter count and start in the layout.
     lens: Vec<usize>,
     starts: Vec<usize>,
+    /// Units whose weights are in files; the others are resident in host
+    /// memory and come from the caller's source.
+    on_disk: Vec<bool>,
     /// The files hold bf16 images (the device computes in bf16).
     bf16: bool,
     /// Bytes of one pool buffer (the largest unit's pass section).
@@ -151,9 +157,11 @@ pub struct DiskStream {
 }
 
 impl DiskStream {
-    /// Units with `lens` parameters starting at `starts`; `pass_bytes`:
-    /// the largest unit's pass section; `read` runs on the reader thread.
-    pub fn new(lens: Vec<usize>, starts: Vec<usize>, bf16: bool, pass_bytes: usize, prefetch: usize, tied: bool, read: ReadFn) -> Result<Self> {
+    /// Units with `lens` parameters starting at `starts`, those marked in
+    /// `on_disk` in files; `pass_bytes`: the largest file unit's pass
+    /// section; `read` runs on the reader thread.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lens: Vec<usize>, starts: Vec<usize>, on_disk: Vec<bool>, bf16: bool, pass_bytes: usize, prefetch: usize, tied: bool, read: ReadFn) -> Result<Self> {
         let units = lens.len();
         let (requests, rx) = channel::<(usize, AlignedBuf)>();
         let (tx, landed) = channel();
@@ -168,9 +176,11 @@ impl DiskStream {
                 }
             })
             .map_err(|e| anyhow!("cannot start the offload parameter reader thread: {e}"))?;
+        let in_files = on_disk.clone();
         Ok(DiskStream {
             lens,
             starts,
+            on_disk,
             bf16,
             buf_bytes: pass_bytes,
             cap: pool_buffers(prefetch),
@@ -178,7 +188,7 @@ impl DiskStream {
             slots: (0..units).map(|_| Slot::Empty).collect(),
             free: vec![],
             stepping: vec![false; units],
-            order: Order { units, tied, training: false, last_micro: true, pos: None },
+            order: Order { units, tied, training: false, last_micro: true, pos: None, in_files },
             reading: 0,
             requests: Some(requests),
             landed,
@@ -217,12 +227,15 @@ impl DiskStream {
     /// The pass fetches `units` (the unit it names last, after the tied
     /// embeddings): each is read from disk unless on the device or read
     /// ahead already, then uploaded; reads for the units after them start.
-    pub fn fetch<B: Backend>(&mut self, b: &mut B, s: &mut Streamed, units: &[usize]) -> Result<()> {
+    /// Units not in files upload from `host_src` (their start in the
+    /// layout and host values, `None` while their step runs).
+    pub fn fetch<'h, B: Backend>(&mut self, b: &mut B, s: &mut Streamed, units: &[usize], host_src: impl Fn(usize) -> Option<(usize, HostSrc<'h>)>) -> Result<()> {
         let named = *units.last().ok_or_else(|| anyhow!("offload: a fetch of no unit"))?;
         self.land_done()?;
         self.order.advance(named);
         let window = self.order.ahead(self.prefetch);
-        for &u in units {
+        let from_files: Vec<usize> = units.iter().copied().filter(|&u| self.on_disk[u]).collect();
+        for &u in &from_files {
             if self.stepping[u] {
                 bail!("offload.params = nvme: unit {u} is fetched while its optimizer step rewrites its file");
             }
@@ -232,8 +245,9 @@ impl DiskStream {
         }
         self.read_ahead(b, s, units, &window)?;
         for &u in units {
-            let (slots, starts, lens, bf16) = (&self.slots, &self.starts, &self.lens, self.bf16);
+            let (slots, starts, lens, bf16, on_disk) = (&self.slots, &self.starts, &self.lens, self.bf16, &self.on_disk);
             let src_of = |v: usize| match &slots[v] {
+                _ if !on_disk[v] => host_src(v),
                 Slot::Ready(buf) | Slot::Lent(buf) => Some((starts[v], source(buf, lens[v], bf16))),
                 _ => None,
             };
@@ -436,7 +450,7 @@ mod tests {
     use super::*;
 
     fn order(units: usize, tied: bool, training: bool) -> Order {
-        Order { units, tied, training, last_micro: true, pos: None }
+        Order { units, tied, training, last_micro: true, pos: None, in_files: vec![true; units] }
     }
 
     #[test]

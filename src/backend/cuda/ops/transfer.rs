@@ -28,8 +28,20 @@ impl CudaBackend {
         let d = self.out(dst)?;
         match d.elem {
             Elem::F32 => self.htod(d.ptr, src),
-            // Round to nearest even, like the kernels' __float2bfloat16_rn.
-            _ => self.htod(d.ptr, &src.iter().map(|&x| bf16::from_f32(x).to_bits()).collect::<Vec<u16>>()),
+            // Round to nearest even, like the kernels' __float2bfloat16_rn,
+            // a chunk at a time: a whole-model upload (an offloaded run's
+            // initial bf16 weights, tens of GB) must not hold a bf16 copy
+            // of the model in host memory besides the fp32 one.
+            _ => {
+                const CHUNK: usize = 1 << 26;
+                let mut tmp: Vec<u16> = Vec::with_capacity(src.len().min(CHUNK));
+                for (i, part) in src.chunks(CHUNK).enumerate() {
+                    tmp.clear();
+                    tmp.extend(part.iter().map(|&x| bf16::from_f32(x).to_bits()));
+                    self.htod(d.ptr + (i * CHUNK * std::mem::size_of::<u16>()) as u64, &tmp)?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -10,6 +10,8 @@
 
 use super::checkpoint::{read_manifest, Manifest, MODEL_FILE, OPTIM_FILE};
 use super::checksum;
+use super::tensors::shape_str;
+use crate::model::layout::ParamLayout;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -194,6 +196,43 @@ fn entries(path: &Path, json: &serde_json::Value, base: u64) -> Result<HashMap<S
         out.insert(name.clone(), Entry { kind, dtype, shape, at: base + start, bytes: end - start });
     }
     Ok(out)
+}
+
+/// `ckpt::fill_flat`'s checks on the model file: every layout tensor,
+/// with its shape, and nothing else; fp32 (what checkpoints hold).
+pub fn check_model(model: &TensorFile, layout: &ParamLayout) -> Result<()> {
+    let file = model.path().display();
+    let expected: std::collections::HashSet<&str> = layout.params.iter().map(|p| p.name.as_str()).collect();
+    let mut extra: Vec<&String> = model.entries().map(|(n, _)| n).filter(|n| !expected.contains(n.as_str())).collect();
+    extra.sort();
+    if let Some(extra) = extra.first() {
+        bail!("checkpoint {file}: tensor {extra} is not part of the configured model (a different config?)");
+    }
+    for p in &layout.params {
+        let t = model.entry(&p.name).with_context(|| format!("checkpoint {file}: tensor {} is missing (the config expects shape {})", p.name, shape_str(&p.shape)))?;
+        if t.shape != p.shape {
+            bail!("checkpoint {file}: tensor {} has shape {} but the config expects {}", p.name, shape_str(&t.shape), shape_str(&p.shape));
+        }
+        if t.kind != Kind::F32 {
+            bail!("checkpoint {file}: tensor {} has dtype {}; a training checkpoint holds F32 weights", p.name, t.dtype);
+        }
+    }
+    Ok(())
+}
+
+/// Fills `params` (flat, `layout`) from the model file of the verified
+/// checkpoint in `dir`, tensor by tensor: the weights alone, without the
+/// optimizer state or a second copy (`ferrotron export`, `generate`).
+pub fn read_model(dir: &Path, layout: &ParamLayout, params: &mut [f32]) -> Result<()> {
+    if params.len() != layout.total {
+        bail!("flat buffer has {} values but the layout has {}", params.len(), layout.total);
+    }
+    let model = TensorFile::open(&dir.join(MODEL_FILE))?;
+    check_model(&model, layout)?;
+    for p in &layout.params {
+        model.read_f32(&p.name, 0, &mut params[p.offset..p.offset + p.numel()])?;
+    }
+    Ok(())
 }
 
 /// The integrity checks of `checkpoint::load` without loading: the

@@ -28,7 +28,6 @@ use crate::ckpt::checkpoint::{Manifest, MODEL_FILE, OPTIM_FILE};
 use crate::ckpt::part_read::{self, Kind, TensorFile};
 use crate::ckpt::part_write::{PartFile, TensorSpec};
 use crate::ckpt::stream_write::crc_entry;
-use crate::ckpt::tensors::shape_str;
 use crate::ckpt::train_state::{self, Sharding};
 use crate::ckpt::{self, recover};
 use crate::config::{Config, OptimizerConfig};
@@ -196,7 +195,7 @@ fn load_units<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, dir: &Path
 /// there are such). Its optimizer state must be one file (not sharded).
 pub fn read_units<B: Backend>(b: &mut B, device: Option<View>, off: &mut Offload, layout: &ParamLayout, cfg: &Config, dir: &Path, manifest: &Manifest) -> Result<()> {
     let (model, optim) = (TensorFile::open(&dir.join(MODEL_FILE))?, TensorFile::open(&dir.join(OPTIM_FILE))?);
-    check_model(&model, layout)?;
+    part_read::check_model(&model, layout)?;
     let units = plan(off.unit_ranges(), &cfg.optimizer, layout)?;
     let states = full_states(&units)?;
     check_states(&optim, &states, dir)?;
@@ -236,28 +235,6 @@ fn read_unit_state(h: &mut UnitHost, optim: &TensorFile, at: &mut [usize]) -> Re
             }
         }
         *a += t.view.len;
-    }
-    Ok(())
-}
-
-/// `ckpt::fill_flat`'s checks on the model file: every layout tensor,
-/// with its shape, and nothing else; fp32 (what checkpoints hold).
-fn check_model(model: &TensorFile, layout: &ParamLayout) -> Result<()> {
-    let file = model.path().display();
-    let expected: std::collections::HashSet<&str> = layout.params.iter().map(|p| p.name.as_str()).collect();
-    let mut extra: Vec<&String> = model.entries().map(|(n, _)| n).filter(|n| !expected.contains(n.as_str())).collect();
-    extra.sort();
-    if let Some(extra) = extra.first() {
-        bail!("checkpoint {file}: tensor {extra} is not part of the configured model (a different config?)");
-    }
-    for p in &layout.params {
-        let t = model.entry(&p.name).with_context(|| format!("checkpoint {file}: tensor {} is missing (the config expects shape {})", p.name, shape_str(&p.shape)))?;
-        if t.shape != p.shape {
-            bail!("checkpoint {file}: tensor {} has shape {} but the config expects {}", p.name, shape_str(&t.shape), shape_str(&p.shape));
-        }
-        if t.kind != Kind::F32 {
-            bail!("checkpoint {file}: tensor {} has dtype {}; a training checkpoint holds F32 weights", p.name, t.dtype);
-        }
     }
     Ok(())
 }

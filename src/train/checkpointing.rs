@@ -5,6 +5,8 @@
 //! batch may not change; the number of ranks and the per-rank batch may).
 //! Saves are two-stage by default (`train.async_checkpoint`): a host copy
 //! at the step boundary, written in the background (`ckpt/async_save.rs`).
+//! Offloaded runs save and resume unit by unit, synchronously
+//! (`checkpoint_offload.rs`): the same files, no whole-model host copy.
 //! The files themselves are `ckpt/train_state.rs`'s business.
 
 use super::checkpoint_offload;

@@ -6,6 +6,7 @@ pub mod bench_optim;
 pub mod checkpoint_offload;
 pub mod checkpointing;
 pub mod export;
+pub mod export_offload;
 pub mod generate;
 pub mod guard;
 pub mod heartbeat;

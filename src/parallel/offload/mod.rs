@@ -768,8 +768,10 @@ impl Offload {
         Ok(())
     }
 
-    /// The master weights of the whole model (layout order): what a
-    /// checkpoint saves (the device may hold only their bf16 rounding).
+    /// The master weights of the whole model (layout order; the device may
+    /// hold only their bf16 rounding), in one new vector: a second copy of
+    /// the model on the host. Checkpoints go unit by unit instead
+    /// ([`Offload::read_unit`], `train::checkpoint_offload`).
     pub fn master_weights(&mut self) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; self.layout.total];
         for u in 0..self.ranges.len() {
@@ -834,8 +836,9 @@ impl Offload {
     }
 
     /// The whole model's optimizer, assembled on a host backend of its
-    /// own from every unit's state: what a checkpoint saves (the same
-    /// tensors and names as the plain run's optimizer).
+    /// own from every unit's state (the same tensors and names as the
+    /// plain run's optimizer): a second copy of all state on the host, so
+    /// only for a resume from a sharded checkpoint (and tests).
     pub fn full_optimizer(&mut self) -> Result<(CpuBackend, HostOpt)> {
         let mut th = CpuBackend::new();
         let mut full = host_optimizer(&mut th, &self.shared.cfg, &self.layout)?;

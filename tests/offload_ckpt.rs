@@ -330,3 +330,43 @@ fn save_and_load_hold_about_a_unit_not_the_model() {
         assert!(save * 4 < model, "{case}: the save's peak {save} B is not small against the model's {model} B");
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A checkpoint whose optimizer state two ZeRO-1 ranks saved as shards
+/// resumes in one offloaded process (resharded into the units, the one
+/// resume that assembles the whole state on the host) exactly as in one
+/// plain process: the same losses and the same final files.
+#[test]
+fn sharded_checkpoint_resumes_offloaded_like_plain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ["train.steps=6", "train.ckpt_every=3", "train.batch_size=1", "dist.zero_stage=1", "optimizer.name=adamw8bit"];
+    let mut args = vec!["launch".to_string(), "--nproc-per-node".into(), "2".into(), "train".into()];
+    args.extend(cli(&sets(tmp.path(), "ranks", &base)));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrotron")).args(&args).current_dir(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut ends = vec![];
+    for (name, offload) in [("plain", "offload.optimizer=none"), ("off", "offload.optimizer=cpu")] {
+        let run = tmp.path().join(name);
+        copy_dir(&tmp.path().join("ranks"), &run);
+        let over: Vec<String> = ["train.steps=10", "train.batch_size=2", "dist.zero_stage=0", offload].iter().map(|s| s.to_string()).collect();
+        let c = ferrotron::train::run_dir::resume_config(&run, &over, None).unwrap();
+        let s = train(&c, Some(&run)).unwrap();
+        assert_eq!(s.losses.len(), 4, "{name}: resumed from step 6");
+        ends.push((s.losses, files(&run.join("checkpoints/step_00000010"))));
+    }
+    assert_eq!(ends[0].0, ends[1].0, "losses after the resume");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(ends[0].1[f] == ends[1].1[f], "{f} differs");
+    }
+}

@@ -5,7 +5,8 @@
 //!   be asynchronous or not), manifests equal but for time and config;
 //! - a resume from them (or from a plain run's, or into a plain run)
 //!   continues bit for bit, also when the newest checkpoint is damaged and
-//!   the resume falls back to the one before;
+//!   the resume falls back to the one before; a checkpoint sharded by
+//!   ZeRO ranks resumes offloaded exactly as plain;
 //! - kill -9 while a save is in its staging folder leaves the previous
 //!   checkpoint the newest, loadable, and the resume exact;
 //! - the save's and the load's extra host memory is about a unit, not the

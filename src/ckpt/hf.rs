@@ -148,9 +148,9 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// The HF tensor's values, taken from our flat buffer.
-fn gather(spec: &HfTensor, info: &ParamInfo, params: &[f32]) -> Vec<f32> {
-    let ours = &params[info.offset..info.offset + info.numel()];
+/// The HF tensor's values, taken from `ours`, the values of our tensor
+/// `info`.
+fn gather(spec: &HfTensor, info: &ParamInfo, ours: &[f32]) -> Vec<f32> {
     match spec.source {
         Source::Same => ours.to_vec(),
         Source::Transposed => transpose(ours, info.shape[0], info.shape[1]),
@@ -216,6 +216,22 @@ pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: 
     if params.len() != layout.total {
         bail!("export: the parameter buffer has {} values but the layout has {}", params.len(), layout.total);
     }
+    export_from(dir, cfg, layout, &|info| Ok(Cow::Borrowed(&params[info.offset..info.offset + info.numel()])), opts)
+}
+
+/// Our tensor `info`'s values, whole, as an export reads them.
+pub type TensorSource<'a> = dyn Fn(&ParamInfo) -> Result<Cow<'a, [f32]>> + 'a;
+
+/// [`export_with`] reading each of our tensors from `source` when its file
+/// is written (an offloaded run's units, one at a time) instead of from a
+/// flat buffer of the whole model. A failed read fails the export before
+/// the file it belongs to is published.
+pub fn export_from<'a>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, source: &TensorSource<'a>, opts: &ExportOptions) -> Result<()> {
+    // The writer asks for values without a way to fail: the first error
+    // waits here and fails the file's write.
+    let failed: std::cell::RefCell<Option<anyhow::Error>> = Default::default();
+    let failed = &failed;
+    let checked = |written: Result<()>| written.and_then(|()| failed.borrow_mut().take().map_or(Ok(()), Err));
     let dtype = opts.dtype;
     let specs = hf_tensors(cfg, layout)?;
     let mut config = to_hf_json(cfg, dtype)?;
@@ -232,7 +248,13 @@ pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: 
                 name: spec.hf_name.clone(),
                 shape: spec.shape.clone(),
                 dtype,
-                values: OutValues::F32(Box::new(move || Cow::Owned(gather(spec, info, params)))),
+                values: OutValues::F32(Box::new(move || match source(info) {
+                    Ok(ours) => Cow::Owned(gather(spec, info, &ours)),
+                    Err(e) => {
+                        failed.borrow_mut().get_or_insert(e);
+                        Cow::Owned(vec![0.0; spec.shape.iter().product()])
+                    }
+                })),
             }
         })
         .collect();
@@ -247,7 +269,7 @@ pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: 
     // transformers refuses safetensors without `format` metadata.
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     if n <= 1 {
-        atomic::write_file_with(&dir.join("model.safetensors"), |tmp| tensors::write(tmp, &out, Some(meta)))?;
+        atomic::write_file_with(&dir.join("model.safetensors"), |tmp| checked(tensors::write(tmp, &out, Some(meta))))?;
     } else {
         let mut weight_map = serde_json::Map::new();
         let mut total = 0u64;
@@ -257,7 +279,7 @@ pub fn export_with(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: 
                 weight_map.insert(t.name.clone(), serde_json::Value::String(name.clone()));
                 total += bytes(t);
             }
-            atomic::write_file_with(&dir.join(name), |tmp| tensors::write(tmp, part, Some(meta.clone())))?;
+            atomic::write_file_with(&dir.join(name), |tmp| checked(tensors::write(tmp, part, Some(meta.clone()))))?;
         }
         let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let text = serde_json::to_vec_pretty(&index).context("cannot serialize the safetensors index")?;

@@ -102,11 +102,11 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     let data = random_dataset(cfg, (warmup + steps) * cfg.train.grad_accum);
     let mut st = new_state(&mut b, cfg, &data, Box::new(crate::dist::SoloComm))?;
     if let Some(dir) = export_init {
-        let params = match st.off.as_mut() {
-            Some(off) => off.master_weights()?,
-            None => st.zero.full_weights(&mut b)?,
-        };
-        crate::ckpt::export(dir, &cfg.model, &st.model.layout, &params, crate::ckpt::Dtype::F32)?;
+        match st.off.as_mut() {
+            // Unit by unit: no second host copy of the model.
+            Some(off) => super::export_offload::export_units(off, &cfg.model, &st.model.layout, dir, crate::ckpt::Dtype::F32)?,
+            None => crate::ckpt::export(dir, &cfg.model, &st.model.layout, &st.zero.full_weights(&mut b)?, crate::ckpt::Dtype::F32)?,
+        }
     }
     let (mut step_ms, mut losses, mut offload) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {

@@ -19,12 +19,14 @@ pub fn load_run_weights(run: &Path) -> Result<(Config, Vec<f32>)> {
     let cfg = config::from_run_toml(&text, &cfg_path.display().to_string())?;
     // The newest checkpoint that verifies (checksums, finite values); a
     // damaged newer one is passed over with a warning (ckpt/recover.rs).
-    let Some(loaded) = ckpt::load_newest_good(run)? else {
+    // Verified in one streamed pass, then only the weights are read: the
+    // optimizer state (twice the weights for AdamW) never enters memory.
+    let Some(dir) = ckpt::recover::newest_good_by(run, |d| ckpt::part_read::verify(d).map(|_| d.to_path_buf()))? else {
         bail!("run {} has no complete checkpoint yet (checkpoints/step_*)", run.display());
     };
     let layout = crate::model::layout::ParamLayout::new(&cfg.model);
     let mut params = vec![0.0f32; layout.total];
-    ckpt::load_into_layout(&loaded, &layout, &mut params)?;
+    ckpt::part_read::read_model(&dir, &layout, &mut params)?;
     Ok((cfg, params))
 }
 

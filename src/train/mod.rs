@@ -3,8 +3,10 @@
 pub mod autolrs;
 pub mod bench;
 pub mod bench_optim;
+pub mod checkpoint_offload;
 pub mod checkpointing;
 pub mod export;
+pub mod export_offload;
 pub mod generate;
 pub mod guard;
 pub mod heartbeat;

@@ -788,8 +788,10 @@ impl Offload {
         Ok(())
     }
 
-    /// The master weights of the whole model (layout order): what a
-    /// checkpoint saves (the device may hold only their bf16 rounding).
+    /// The master weights of the whole model (layout order; the device may
+    /// hold only their bf16 rounding), in one new vector: a second copy of
+    /// the model on the host. Checkpoints go unit by unit instead
+    /// ([`Offload::read_unit`], `train::checkpoint_offload`).
     pub fn master_weights(&mut self) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; self.layout.total];
         for u in 0..self.ranges.len() {
@@ -820,9 +822,43 @@ impl Offload {
         }
     }
 
+    /// Each unit's part of the whole model (layout order).
+    pub fn unit_ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Runs `f` on unit `u`'s master weights and state, changing nothing
+    /// (in the nvme tier read from its file and not written back): a
+    /// checkpoint save, one unit at a time. Not while steps run.
+    pub fn read_unit(&mut self, u: usize, f: impl FnOnce(&UnitHost) -> Result<()>) -> Result<()> {
+        ensure!(self.in_flight == 0, "offload: state read while unit steps run");
+        match (&self.hosts[u], &self.shared.files) {
+            (Some(h), _) => f(h),
+            (None, Some(files)) => f(&files.read(u, &self.shared.cfg, &self.shared.layouts[u], &self.meta)?),
+            (None, None) => bail!("offload: unit {u}'s state is missing"),
+        }
+    }
+
+    /// Unit `u`'s master weights and state replaced by `f` (written to
+    /// its file in the nvme tier), its optimizer's scalars by `meta`: a
+    /// resume, one unit at a time.
+    pub fn restore_unit(&mut self, u: usize, meta: &serde_json::Value, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        let mut loaded = None;
+        self.with_unit(u, |h| {
+            f(h)?;
+            h.opt.load_meta(meta)?;
+            loaded = Some(h.opt.meta());
+            Ok(())
+        })?;
+        self.meta = loaded.unwrap_or_default();
+        self.images_ready = false;
+        Ok(())
+    }
+
     /// The whole model's optimizer, assembled on a host backend of its
-    /// own from every unit's state: what a checkpoint saves (the same
-    /// tensors and names as the plain run's optimizer).
+    /// own from every unit's state (the same tensors and names as the
+    /// plain run's optimizer): a second copy of all state on the host, so
+    /// only for a resume from a sharded checkpoint (and tests).
     pub fn full_optimizer(&mut self) -> Result<(CpuBackend, HostOpt)> {
         let mut th = CpuBackend::new();
         let mut full = host_optimizer(&mut th, &self.shared.cfg, &self.layout)?;

@@ -61,6 +61,11 @@ pub enum DType {
     U32,
     /// Bytes: 8-bit optimizer state codes (indices into a quantization map).
     U8,
+    /// bf16 on every backend: the gradients under `train.grad_dtype =
+    /// bf16`. CUDA stores 2 bytes; the CPU reference stores f32 values
+    /// rounded to bf16 after each op that writes the buffer (only the ops
+    /// that write gradients may: cpu/bf16_buffers.rs).
+    Bf16,
 }
 
 impl DType {
@@ -69,6 +74,7 @@ impl DType {
     pub fn bytes(self) -> usize {
         match self {
             DType::F32 | DType::Compute | DType::U32 => 4,
+            DType::Bf16 => 2,
             DType::U8 => 1,
         }
     }

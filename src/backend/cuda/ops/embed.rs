@@ -3,6 +3,7 @@
 use super::super::device::CudaBackend;
 use super::super::kernels::{kernel, KernelFile};
 use super::super::memory::Elem;
+use super::elementwise::Accumulate;
 use crate::backend::View;
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -14,7 +15,8 @@ kernel! {
     struct EmbedFwd(FILE, embed_fwd_k) {
         out: u64, dto: i32, tok: u64, wte: u64, dtw: i32, wpe: u64, dtp: i32, seq: i32, c: i32, vocab: u32,
     }
-    /// fp32 atomics into `dwte`, one block per row.
+    /// fp32 atomics into `dwte` (a bf16 gradient: into fp32 sums of the
+    /// whole tensor, then added to it and rounded once), one block per row.
     struct EmbedBwdWte(FILE, embed_bwd_wte_k) { dwte: u64, dout: u64, dtd: i32, tok: u64, c: i32, vocab: u32 }
     /// Each position's sum over the batch, in row order.
     struct EmbedBwdWpe(FILE, embed_bwd_wpe_k) { dwpe: u64, dtp: i32, dout: u64, dtd: i32, seq: i32, c: i32, rows: i64 }
@@ -52,14 +54,23 @@ impl CudaBackend {
         let (t, g) = (self.dev(tokens)?, self.dev(dout)?);
         ensure!(t.elem == Elem::U32, "embed_bwd: tokens must be a U32 buffer");
         let w = self.out(dwte)?;
-        if w.elem != Elem::F32 {
-            bail!("embed_bwd: dwte must be an F32 buffer (fp32 atomics accumulate it)");
+        if !matches!(w.elem, Elem::F32 | Elem::Bf16) {
+            bail!("embed_bwd: dwte must be an F32 or bf16 buffer, got {:?}", w.elem);
         }
         if rows == 0 {
             return Ok(());
         }
+        // bf16 gradients (train.grad_dtype = bf16): the atomics need fp32,
+        // so they sum into a zeroed fp32 copy of the tensor's shape (not the
+        // scratch arena, which would keep that size: at llama3-8b 2.1 GB,
+        // held only during this op), added to dwte and rounded once.
+        let sums = if w.elem == Elem::F32 { w.ptr } else { self.temporary(dwte.len * 4)? };
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        self.launch(cfg, EmbedBwdWte { dwte: w.ptr, dout: g.ptr, dtd: g.dt(), tok: t.ptr, c: c as i32, vocab: (dwte.len / c) as u32 })?;
+        self.launch(cfg, EmbedBwdWte { dwte: sums, dout: g.ptr, dtd: g.dt(), tok: t.ptr, c: c as i32, vocab: (dwte.len / c) as u32 })?;
+        if sums != w.ptr {
+            let cfg = self.grid(dwte.len);
+            self.launch(cfg, Accumulate { dst: w.ptr, dtd: w.dt(), src: sums, dts: Elem::F32 as i32, n: dwte.len as i64 })?;
+        }
         if let Some(pv) = dwpe {
             ensure!(pv.len >= seq * c, "embed_bwd: dwpe has {} values, needs seq*c = {}", pv.len, seq * c);
             let p = self.out(pv)?;

@@ -1432,6 +1432,15 @@ fn bf16_gradient_buffers() {
     }
     h.check("bf16 grads: embed_bwd dwte (x2)", dwte, bf16_grad(2.0));
     h.check("bf16 grads: embed_bwd dwpe (x2)", dwpe, bf16_grad(2.0));
+    // Llama-wide rows (c = 4096: 16 KB of shared memory per block), 1000
+    // rows of 3 tokens: each token's rows span every 256-row chunk.
+    let (vocab, rows, c) = (5, 1000, 4096);
+    let toks: Vec<u32> = (0..rows).map(|_| (h.rng.u64() % 3) as u32).collect();
+    let t = h.ids(&toks);
+    let dout = h.randn(rows * c, 1.0, DType::Compute);
+    let dwte = h.randn(vocab * c, 4.0, bf);
+    h.run(|be, i| be.embed_bwd(dwte[i], None, dout[i], t[i], rows, c));
+    h.check("bf16 grads: embed_bwd dwte c=4096, 1000 rows of 3 tokens", dwte, bf16_grad(1.0));
     // Norm weights (vector and general kernels) and biases.
     for (n, c) in [(1030, 768), (40, 100)] {
         let x = h.randn(n * c, 1.0, DType::Compute);

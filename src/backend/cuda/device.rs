@@ -210,17 +210,6 @@ impl CudaBackend {
         Ok(ptr)
     }
 
-    /// `bytes` of zeroed device memory of this op alone, returned to the
-    /// allocator when the next op starts: for a large buffer (a whole
-    /// tensor's fp32 sums) that the scratch arena, which keeps its
-    /// largest size for the rest of the run, should not grow to.
-    pub(super) fn temporary(&mut self, bytes: usize) -> Result<u64> {
-        let mem = self.alloc.alloc(bytes)?;
-        let ptr = mem.ptr;
-        self.retired.push(mem);
-        Ok(ptr)
-    }
-
     pub(super) fn dev(&self, v: View) -> Result<Dev> {
         self.bufs.dev(v)
     }

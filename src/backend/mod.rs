@@ -16,7 +16,9 @@
 //! - Activation gradients are overwritten (`=`) unless the op says `+=`.
 //! - All values are f32 in the interface. A backend may store `Compute`
 //!   buffers in lower precision (the CUDA backend uses bf16); `F32` buffers
-//!   are always full precision (master weights, grads, optimizer state).
+//!   are always full precision (master weights, grads, optimizer state);
+//!   `Bf16` buffers hold bf16 on every backend (gradients under
+//!   `train.grad_dtype = bf16`: an op adds its fp32 result and rounds once).
 //!
 //! Adding an op (the places it is written):
 //! 1. the trait: one entry in [`backend_ops!`] (docs, signature, and a
@@ -53,7 +55,8 @@ pub struct BufId(pub usize);
 /// Storage class requested at allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
-    /// Always fp32: master weights, gradients, optimizer state, losses.
+    /// Always fp32: master weights, gradients (unless `train.grad_dtype =
+    /// bf16`), optimizer state, losses.
     F32,
     /// Activations: fp32 on CPU, bf16 on CUDA.
     Compute,

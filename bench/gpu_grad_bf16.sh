@@ -12,7 +12,8 @@
 #   OUT=/tmp/gradbf16 bash bench/gpu_grad_bf16.sh
 # Output: $OUT/summary.md (test lines and the table), $OUT/*.log, $OUT/<name>.json, $OUT/<name>.err.
 # The side-by-side against PyTorch (another call, carry [".dev", ".whl"]):
-#   FT_EXTRA="--set train.grad_dtype=bf16" REPEATS=2 bash bench/side_by_side_strong.sh llama3-8b-1x4096-ckpt-8bit
+#   REPEATS=2 bash bench/side_by_side_strong.sh llama3-8b-1x4096-ckpt-8bit-bf16grads
+#   (the same as FT_EXTRA="--set train.grad_dtype=bf16" ... llama3-8b-1x4096-ckpt-8bit)
 set -uo pipefail
 export CUDA_HOME=/usr/local/cuda NCCL_NVLS_ENABLE=0 RUST_BACKTRACE=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -259,3 +259,26 @@ fn trainer_runs_with_bf16_gradients() {
         assert!(saved.contains("grad_dtype = \"bf16\""), "{name}: the run records its gradient dtype");
     }
 }
+
+/// `info`: 2 bytes per parameter of gradients with bf16 on CUDA (the CPU
+/// reference stores bf16 values in f32: 4), at stage 0 and in one process
+/// at stage 3; nothing else changes.
+#[test]
+fn info_counts_two_bytes_per_parameter() {
+    use ferrotron::telemetry::memory::estimate;
+    for stage in ["0", "3"] {
+        let base = ["device=cuda", "model.preset=llama3-8b", "train.batch_size=1", "train.seq_len=4096", "optimizer.name=adamw8bit", "train.checkpoint_layers=true"];
+        let load = |grads: &str| {
+            let mut sets: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            sets.push(format!("dist.zero_stage={stage}"));
+            sets.push(format!("train.grad_dtype={grads}"));
+            estimate(&config::load(None, &sets).unwrap())
+        };
+        let (fp32, bf16) = (load("fp32"), load("bf16"));
+        assert_eq!(fp32.grads, 4 * fp32.params, "stage {stage}");
+        assert_eq!(bf16.grads, 2 * bf16.params, "stage {stage}");
+        assert_eq!(fp32.total() - bf16.total(), 2 * fp32.params, "stage {stage}: only the gradients shrink");
+    }
+    let cpu = estimate(&config::load(None, &["train.grad_dtype=bf16".to_string()]).unwrap());
+    assert_eq!(cpu.grads, 4 * cpu.params, "the CPU stores bf16 gradients as f32");
+}

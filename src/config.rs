@@ -567,6 +567,13 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The storage of the gradient buffers `train.grad_dtype` names.
+    pub fn grad_buffer_dtype(&self) -> crate::backend::DType {
+        if self.grad_dtype == "bf16" { crate::backend::DType::Bf16 } else { crate::backend::DType::F32 }
+    }
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig { path: "builtin".into() }
@@ -853,13 +860,6 @@ pub fn optimizer_defaults(name: &str) -> Value {
     table.insert("optimizer".into(), Value::Table(text.parse::<toml::Table>().expect("optimizer defaults are valid TOML")));
     Value::Table(table)
 }
-impl TrainConfig {
-    /// The storage of the gradient buffers `train.grad_dtype` names.
-    pub fn grad_buffer_dtype(&self) -> crate::backend::DType {
-        if self.grad_dtype == "bf16" { crate::backend::DType::Bf16 } else { crate::backend::DType::F32 }
-    }
-}
-
 /// Values of `train.grad_dtype`.
 pub const GRAD_DTYPES: &[&str] = &["fp32", "bf16"];
 

@@ -293,6 +293,14 @@ pub struct TrainConfig {
     pub decay_fraction: f32,
     /// Global gradient-norm clip (0 = off).
     pub grad_clip: f32,
+    /// Storage of the gradient buffers: `fp32` (4 bytes per parameter) or
+    /// `bf16` (2: the weight-gradient GEMMs write bf16, the norm, bias and
+    /// embedding gradients are summed in fp32 and rounded once per
+    /// micro-batch; the precision PyTorch autocast's gradients have for
+    /// one micro-batch, less with `grad_accum > 1`, each micro-batch
+    /// rounding its sum again). bf16: AdamW or 8-bit AdamW in one process,
+    /// no offload (see [`GRAD_DTYPES`] and `Config::validate`).
+    pub grad_dtype: String,
     /// Evaluate every N steps (0 = only at the end).
     pub eval_every: u64,
     /// Micro-batches per evaluation.
@@ -551,6 +559,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             decay_fraction: 0.2,
             grad_clip: 1.0,
+            grad_dtype: "fp32".into(),
             eval_every: 50,
             eval_batches: 4,
             ckpt_every: 0,
@@ -567,6 +576,13 @@ impl Default for TrainConfig {
             max_bad_steps: 10,
             skip_spike_z: 0.0,
         }
+    }
+}
+
+impl TrainConfig {
+    /// The storage of the gradient buffers `train.grad_dtype` names.
+    pub fn grad_buffer_dtype(&self) -> crate::backend::DType {
+        if self.grad_dtype == "bf16" { crate::backend::DType::Bf16 } else { crate::backend::DType::F32 }
     }
 }
 
@@ -856,6 +872,9 @@ pub fn optimizer_defaults(name: &str) -> Value {
     table.insert("optimizer".into(), Value::Table(text.parse::<toml::Table>().expect("optimizer defaults are valid TOML")));
     Value::Table(table)
 }
+/// Values of `train.grad_dtype`.
+pub const GRAD_DTYPES: &[&str] = &["fp32", "bf16"];
+
 pub const SCHEDULES: &[&str] = &["cosine", "wsd", "constant", "autolrs"];
 
 /// The rotary keys: a positive base, and a Llama 3 scaling whose bands are
@@ -981,6 +1000,7 @@ impl Config {
         if t.grad_clip < 0.0 {
             bail!("train.grad_clip must be >= 0 (0 turns clipping off), got {}", t.grad_clip);
         }
+        self.check_grad_dtype()?;
         if t.steps == 0 {
             bail!("train.steps must be at least 1");
         }
@@ -1014,6 +1034,33 @@ impl Config {
                 "train.schedule = autolrs cannot run with offload.optimizer = {}: its trials save and restore the optimizer state in memory, which an offloaded run keeps on the host or on disk; use another schedule or offload.optimizer = none",
                 self.offload.optimizer
             );
+        }
+        Ok(())
+    }
+
+    /// `train.grad_dtype`: a known name, and bf16 only where its kernels
+    /// exist (AdamW and 8-bit AdamW read bf16 gradients; one process
+    /// without offload: the ZeRO reductions, the offload's gradient copies
+    /// and 1-bit Adam's compression are fp32).
+    pub fn check_grad_dtype(&self) -> Result<()> {
+        // (A world launched without dist.world is refused when the
+        // communicator is up, before anything is allocated: trainer.rs.)
+        let t = &self.train;
+        if !GRAD_DTYPES.contains(&t.grad_dtype.as_str()) {
+            bail!("train.grad_dtype = `{}` is unknown; available: {}", t.grad_dtype, GRAD_DTYPES.join(", "));
+        }
+        if t.grad_dtype != "bf16" {
+            return Ok(());
+        }
+        let allowed = "train.grad_dtype = bf16 runs with optimizer.name = adamw or adamw8bit, in one process (dist.world = 1, dist.sp = 1, any dist.zero_stage) and offload.optimizer = none";
+        if !["adamw", "adamw8bit"].contains(&self.optimizer.name.as_str()) {
+            bail!("{allowed}; optimizer.name = {} reads fp32 gradients (use train.grad_dtype = fp32)", self.optimizer.name);
+        }
+        if self.dist.world > 1 || self.dist.sp > 1 {
+            bail!("{allowed}; dist.world = {}, dist.sp = {} reduce gradients across ranks in fp32 (use train.grad_dtype = fp32)", self.dist.world, self.dist.sp);
+        }
+        if self.offload.enabled() {
+            bail!("{allowed}; offload.optimizer = {} copies fp32 gradients to the host (use train.grad_dtype = fp32)", self.offload.optimizer);
         }
         Ok(())
     }

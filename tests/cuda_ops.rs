@@ -47,6 +47,11 @@
 //!   rounded to f32, except for a value within 1e-15 of an f32 rounding
 //!   midpoint (1 ulp, 6e-8 relative).
 //! - `EXACT`: copies, uploads, untouched buffers.
+//! - `BF16_GRAD` per call (rtol = atol_rms = 2U per call): a gradient in a
+//!   `DType::Bf16` buffer (`train.grad_dtype = bf16`) is summed in fp32 and
+//!   rounded to bf16 by each call on BOTH backends; the fp32 sums differ in
+//!   summation order only (~1e-6), but near a rounding midpoint that order
+//!   decides the direction: one bf16 ulp (2U of the value) per call at most.
 
 #[path = "common/tolerance.rs"]
 mod tolerance;
@@ -75,6 +80,11 @@ const MATMUL_GELU: RelTol = RelTol { rtol: 3.0 * U, atol_rms: 8.0 * U };
 /// rounding errors of a rotated pair (not relative to itself), then is
 /// rounded again. Emulated at T = 3000, D = 64: at most 0.39.
 const ROPE_BWD: RelTol = RelTol { rtol: 2.0 * U, atol_rms: 6.0 * U };
+
+/// `BF16_GRAD` of the module comment: `calls` roundings on both sides.
+const fn bf16_grad(calls: f32) -> RelTol {
+    RelTol { rtol: 2.0 * calls * U, atol_rms: 2.0 * calls * U }
+}
 
 /// splitmix64 + Box-Muller (no extra dependency).
 struct Rng(u64);
@@ -127,7 +137,7 @@ fn gpu() -> Option<H> {
 
 impl H {
     fn buf(&mut self, data: &[f32], dt: DType) -> P {
-        let data: Vec<f32> = if dt == DType::Compute { data.iter().map(|&x| round_bf16(x)).collect() } else { data.to_vec() };
+        let data: Vec<f32> = if matches!(dt, DType::Compute | DType::Bf16) { data.iter().map(|&x| round_bf16(x)).collect() } else { data.to_vec() };
         let g = self.g.alloc(data.len(), dt).unwrap();
         let c = self.c.alloc(data.len(), dt).unwrap();
         let v = [View::whole(g, data.len()), View::whole(c, data.len())];
@@ -1400,4 +1410,113 @@ fn attention_bench() {
     let tb = median(g, 3, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
     println!("previous CUDA-core backward, D=64 B=8 H=12 T=1024: {:.3} ms, {:.1} TFLOP/s", tb * 1e3, 2.5 * fl / tb / 1e12);
     g.use_simple_attention(false);
+}
+
+/// `train.grad_dtype = bf16`: every op that writes a weight gradient, into
+/// `DType::Bf16` buffers on both backends (the CPU rounds after each op),
+/// accumulating onto earlier values; then the ops that read them (the
+/// gradient norm, AdamW). Tolerances: `BF16_GRAD` per call.
+#[test]
+fn bf16_gradient_buffers() {
+    let Some(mut h) = gpu() else { return };
+    let bf = DType::Bf16;
+    // Embedding: repeated tokens (the fp32 atomics into the temporary),
+    // two calls, each rounding onto the bf16 gradient.
+    let (vocab, seq, batch, c) = (50, 7, 5, 96);
+    let toks: Vec<u32> = (0..seq * batch).map(|_| (h.rng.u64() % 9) as u32).collect();
+    let t = h.ids(&toks);
+    let dout = h.randn(seq * batch * c, 1.0, DType::Compute);
+    let (dwte, dwpe) = (h.randn(vocab * c, 0.5, bf), h.zeros(seq * c, bf));
+    for _ in 0..2 {
+        h.run(|be, i| be.embed_bwd(dwte[i], Some(dwpe[i]), dout[i], t[i], seq, c));
+    }
+    h.check("bf16 grads: embed_bwd dwte (x2)", dwte, bf16_grad(2.0));
+    h.check("bf16 grads: embed_bwd dwpe (x2)", dwpe, bf16_grad(2.0));
+    // Llama-wide rows (c = 4096: 16 KB of shared memory per block), 1000
+    // rows of 3 tokens: each token's rows span every 256-row chunk.
+    let (vocab, rows, c) = (5, 1000, 4096);
+    let toks: Vec<u32> = (0..rows).map(|_| (h.rng.u64() % 3) as u32).collect();
+    let t = h.ids(&toks);
+    let dout = h.randn(rows * c, 1.0, DType::Compute);
+    let dwte = h.randn(vocab * c, 4.0, bf);
+    h.run(|be, i| be.embed_bwd(dwte[i], None, dout[i], t[i], rows, c));
+    h.check("bf16 grads: embed_bwd dwte c=4096, 1000 rows of 3 tokens", dwte, bf16_grad(1.0));
+    // Norm weights (vector and general kernels) and biases.
+    for (n, c) in [(1030, 768), (40, 100)] {
+        let x = h.randn(n * c, 1.0, DType::Compute);
+        let w = h.randn(c, 1.0, DType::F32);
+        let bias = h.randn(c, 1.0, DType::F32);
+        let (out, mean, rstd) = (h.zeros(n * c, DType::Compute), h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+        h.run(|be, i| be.layernorm_fwd(out[i], mean[i], rstd[i], x[i], w[i], bias[i], n, c, 1e-5));
+        let dout = h.randn(n * c, 1.0, DType::Compute);
+        let dx = h.zeros(n * c, DType::Compute);
+        let (dw, db) = (h.randn(c, 1.0, bf), h.randn(c, 1.0, bf));
+        h.run(|be, i| be.layernorm_bwd(dx[i], dw[i], db[i], dout[i], x[i], w[i], mean[i], rstd[i], n, c));
+        h.check(&format!("bf16 grads: layernorm_bwd dw (+=) n={n} c={c}"), dw, bf16_grad(1.0));
+        h.check(&format!("bf16 grads: layernorm_bwd db (+=) n={n} c={c}"), db, bf16_grad(1.0));
+        h.run(|be, i| be.rmsnorm_fwd(out[i], rstd[i], x[i], w[i], n, c, 1e-6));
+        let dw = h.randn(c, 1.0, bf);
+        h.run(|be, i| be.rmsnorm_bwd(dx[i], dw[i], dout[i], x[i], w[i], rstd[i], n, c));
+        h.check(&format!("bf16 grads: rmsnorm_bwd dw (+=) n={n} c={c}"), dw, bf16_grad(1.0));
+    }
+    // Weight-gradient GEMMs writing bf16 (beta = 1 onto the bf16 values),
+    // aligned and padded shapes (the padded path accumulates an fp32 block),
+    // twice; bias gradients by the column sum.
+    for (m, k, n, off) in [(64, 96, 80, 0), (257, 768, 2304, 4), (200, 333, 1001, 2)] {
+        let w = h.randn(n * k, 0.5 / (k as f32).sqrt(), DType::F32);
+        let x = h.randn(m * k, 1.0, DType::Compute);
+        let dy = h.randn(m * n, 1.0, DType::Compute);
+        let dx = h.zeros(m * k, DType::Compute);
+        let dflat = h.randn(off + n * k + n, 0.1, bf);
+        let dw = [dflat[0].sub(off, n * k), dflat[1].sub(off, n * k)];
+        let db = [dflat[0].sub(off + n * k, n), dflat[1].sub(off + n * k, n)];
+        for _ in 0..2 {
+            h.run(|be, i| be.linear_bwd(dx[i], dw[i], Some(db[i]), dy[i], x[i], w[i], m, k, n));
+        }
+        h.check(&format!("bf16 grads: linear_bwd dw (+= x2) m={m} k={k} n={n} off={off}"), dw, bf16_grad(2.0));
+        h.check(&format!("bf16 grads: linear_bwd dbias (+= x2) m={m} k={k} n={n} off={off}"), db, bf16_grad(2.0));
+        h.check(&format!("bf16 grads: linear_bwd dinp m={m} k={k} n={n}"), dx, MATMUL);
+    }
+    // The gradient norm: the 8-wide kernel with a tail, and a view at an
+    // odd offset (the general kernel); the same bf16 values on both sides,
+    // f64 sums in another order: ~1e-16 relative.
+    let big = h.randn(3_000_005, 1.0, bf);
+    for v in [big, [big[0].sub(1, 2_999_999), big[1].sub(1, 2_999_999)]] {
+        let (sg, sc) = (h.g.sum_squares(v[0]).unwrap(), h.c.sum_squares(v[1]).unwrap());
+        println!("bf16 grads: sum_squares n={}: gpu {sg} cpu {sc} rel {:.2e}", v[0].len, (sg - sc).abs() / sc);
+        assert!((sg - sc).abs() / sc < 1e-12, "bf16 sum_squares n={}: gpu {sg} cpu {sc}", v[0].len);
+    }
+    bf16_gradient_adamw(&mut h);
+}
+
+/// AdamW reading bf16 gradients: against the CPU (`FP32`, as the fp32
+/// AdamW tests), and bit for bit against the GPU's own fp32-gradient
+/// kernels given the same (bf16-representable) values, which the bf16
+/// kernels only widen.
+fn bf16_gradient_adamw(h: &mut H) {
+    let n = 4096 + 64 + 1024 + 12;
+    let grads: Vec<f32> = h.rng.vec(n, 1.0).into_iter().map(round_bf16).collect();
+    let g16 = h.buf(&grads, DType::Bf16);
+    let g32 = h.buf(&grads, DType::F32);
+    let start = h.rng.vec(n, 1.0);
+    let seg = |param_off, state_off, len, weight_decay| AdamSegment { param_off, state_off, len, weight_decay };
+    let segs = [seg(0, 64, 4096, 0.1), seg(4096, 0, 64, 0.0), seg(4160, 4160, 1024, 0.1), seg(5184, 5184, 12, 0.0)];
+    let mut finals = vec![];
+    for g in [g16, g32] {
+        let p = h.buf(&start, DType::F32);
+        let (m, v) = (h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+        for step in 1..=4u64 {
+            let a = AdamWArgs { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step, grad_scale: 0.7 };
+            // One launch over segments; the whole range (4-wide body + tail);
+            // a sub-range at an odd offset (the scalar kernel).
+            h.run(|be, i| be.adamw_segments(p[i].buf, g[i].buf, m[i], v[i], &segs, a));
+            h.run(|be, i| be.adamw(p[i].sub(0, n - 3), g[i].sub(0, n - 3), m[i].sub(0, n - 3), v[i].sub(0, n - 3), a));
+            h.run(|be, i| be.adamw(p[i].sub(1, n - 2), g[i].sub(1, n - 2), m[i].sub(1, n - 2), v[i].sub(1, n - 2), a));
+        }
+        h.check("bf16 grads: adamw params", p, FP32);
+        h.check("bf16 grads: adamw m", m, FP32);
+        h.check("bf16 grads: adamw v", v, FP32);
+        finals.push(h.get(p).0);
+    }
+    assert!(finals[0].iter().zip(&finals[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "GPU AdamW: bf16 gradients give other results than the same values in fp32");
 }

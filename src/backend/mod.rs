@@ -16,7 +16,9 @@
 //! - Activation gradients are overwritten (`=`) unless the op says `+=`.
 //! - All values are f32 in the interface. A backend may store `Compute`
 //!   buffers in lower precision (the CUDA backend uses bf16); `F32` buffers
-//!   are always full precision (master weights, grads, optimizer state).
+//!   are always full precision (master weights, grads, optimizer state);
+//!   `Bf16` buffers hold bf16 on every backend (gradients under
+//!   `train.grad_dtype = bf16`: an op adds its fp32 result and rounds once).
 //!
 //! Adding an op (the places it is written):
 //! 1. the trait: one entry in [`backend_ops!`] (docs, signature, and a
@@ -53,7 +55,8 @@ pub struct BufId(pub usize);
 /// Storage class requested at allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
-    /// Always fp32: master weights, gradients, optimizer state, losses.
+    /// Always fp32: master weights, gradients (unless `train.grad_dtype =
+    /// bf16`), optimizer state, losses.
     F32,
     /// Activations: fp32 on CPU, bf16 on CUDA.
     Compute,
@@ -61,6 +64,11 @@ pub enum DType {
     U32,
     /// Bytes: 8-bit optimizer state codes (indices into a quantization map).
     U8,
+    /// bf16 on every backend: the gradients under `train.grad_dtype =
+    /// bf16`. CUDA stores 2 bytes; the CPU reference stores f32 values
+    /// rounded to bf16 after each op that writes the buffer (only the ops
+    /// that write gradients may: cpu/bf16_buffers.rs).
+    Bf16,
 }
 
 impl DType {
@@ -69,6 +77,7 @@ impl DType {
     pub fn bytes(self) -> usize {
         match self {
             DType::F32 | DType::Compute | DType::U32 => 4,
+            DType::Bf16 => 2,
             DType::U8 => 1,
         }
     }

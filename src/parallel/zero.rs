@@ -46,6 +46,11 @@
 //! compute stream: nothing to overlap), so one unit is held at a time:
 //! the device holds no bf16 copy of every weight, only of the unit in use.
 //!
+//! Gradients in bf16 (`train.grad_dtype = bf16`, [`Zero::with_grad_dtype`]):
+//! one process only (the reductions and per-unit buffers are fp32), the
+//! gradient buffer (stages 0–1) or the shard's (stages 2–3, the views
+//! pointing into it) is allocated `DType::Bf16`: 2 bytes per parameter.
+//!
 //! Stage 3 gathers in the backend's `Compute` dtype (bf16 on CUDA: half the
 //! bytes of fp32; f32 on CPU): each rank converts its fp32 master segment
 //! and the passes read the gathered weights directly (the matmuls take bf16
@@ -124,7 +129,21 @@ impl<B: Backend> Zero<B> {
     /// rank) for `stage`. `whole_tensors`: the optimizer needs whole
     /// matrices (see `Partition`).
     pub fn new(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32]) -> Result<Self> {
-        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, true, true, true)
+        Self::with_grad_dtype(b, cfg, layout, stage, comm, whole_tensors, weights, DType::F32)
+    }
+
+    /// [`Zero::new`] with the gradients stored in `grad_dtype` (`F32`, or
+    /// `Bf16` in one process: see the module doc). Refuses bf16 over
+    /// several ranks before allocating anything.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_grad_dtype(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], grad_dtype: DType) -> Result<Self> {
+        ensure!(matches!(grad_dtype, DType::F32 | DType::Bf16), "ZeRO gradients are F32 or Bf16, not {grad_dtype:?}");
+        ensure!(
+            grad_dtype == DType::F32 || comm.world() == 1,
+            "train.grad_dtype = bf16 runs in one process; this run has {} ranks, whose gradient reductions are fp32 (use train.grad_dtype = fp32)",
+            comm.world()
+        );
+        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, Some(grad_dtype), true, true)
     }
 
     /// Stage 0 without the gradient buffer, weights in the compute dtype:
@@ -134,17 +153,19 @@ impl<B: Backend> Zero<B> {
     /// on CUDA: 2 bytes per parameter instead of 4 + a 2-byte shadow).
     /// `fp32`: keep fp32 weights instead (`debug.offload_fp32_weights`).
     pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32], fp32: bool) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, weights, false, true, fp32)
+        Self::build(b, cfg, layout, 0, comm, false, weights, None, true, fp32)
     }
 
     /// [`Zero::new_offloaded`] with no weights on the device at all
     /// (`offload.params = cpu`: the offload's store streams them per unit).
     pub fn new_streamed(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, &vec![0.0; layout.total], false, false, false)
+        Self::build(b, cfg, layout, 0, comm, false, &vec![0.0; layout.total], None, false, false)
     }
 
+    /// `grads`: the device gradients' dtype, None for none on the device.
     #[allow(clippy::too_many_arguments)]
-    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], device_grads: bool, device_weights: bool, fp32_weights: bool) -> Result<Self> {
+    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], grads: Option<DType>, device_weights: bool, fp32_weights: bool) -> Result<Self> {
+        let (device_grads, grad_dtype) = (grads.is_some(), grads.unwrap_or(DType::F32));
         ensure!(stage <= 3, "dist.zero_stage = {stage}: use 0, 1, 2 or 3");
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         let (rank, world) = (comm.rank(), comm.world());
@@ -152,17 +173,17 @@ impl<B: Backend> Zero<B> {
         let units = part.units.len();
         let weight_dtype = if fp32_weights { DType::F32 } else { DType::Compute };
         let full_params = if stage <= 2 && device_weights { Some(b.alloc(layout.total, weight_dtype)?) } else { None };
-        let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, DType::F32)?) } else { None };
+        let full_grads = if stage <= 1 && device_grads { Some(b.alloc(layout.total, grad_dtype)?) } else { None };
         // One process: the shard is the whole model in layout order, so a
         // full buffer, where there is one, is the shard too (no fp32 copy).
         // (Stage 0 partitions for one rank whatever the rank: no shard.)
         let one_copy = stage == 0 || shard_is_layout(&part);
-        let mut shard_buf = |full: Option<BufId>| match full {
+        let mut shard_buf = |full: Option<BufId>, dtype| match full {
             Some(full) if one_copy => Ok(full),
             _ if stage == 0 => Ok(UNFETCHED),
-            _ => b.alloc(part.shard_len(rank).max(1), DType::F32),
+            _ => b.alloc(part.shard_len(rank).max(1), dtype),
         };
-        let (shard_params, shard_grads) = (shard_buf(full_params)?, shard_buf(full_grads)?);
+        let (shard_params, shard_grads) = (shard_buf(full_params, DType::F32)?, shard_buf(full_grads, grad_dtype)?);
         let grads_in_shard = stage >= 2 && device_grads && shard_is_layout(&part);
         let pv = ModelViews::new(layout, full_params.unwrap_or(UNFETCHED), cfg.n_layers);
         let grads_home = if grads_in_shard { shard_grads } else { full_grads.unwrap_or(UNFETCHED) };

@@ -7,7 +7,8 @@
 //! - `cpu`: fp32 weights, fp32 gradients, fp32 activations.
 //! - `cuda`: fp32 master weights plus a bf16 compute copy (6 B/param), fp32
 //!   gradients, bf16 activations; ZeRO-3 gathers units in bf16 (2 B/param,
-//!   no fp32 copy).
+//!   no fp32 copy). `train.grad_dtype = bf16`: 2 B/param of gradients (the
+//!   CPU reference stores them as bf16-valued f32: 4).
 //!
 //! Softmax statistics (norm mean/rstd, attention log-sum-exp) stay fp32 on
 //! both devices. Logits are an activation (bf16 on cuda): the fused
@@ -91,10 +92,12 @@ pub fn padding_params(cfg: &Config) -> usize {
     ParamLayout::new(&cfg.model).total - ParamLayout::new(&cfg.model.unpadded()).total
 }
 
-/// Bytes per element of (weights, gradients, activations) on a device.
-fn precision(device: &str) -> (u64, u64, u64) {
-    match device {
-        "cuda" => (FP32 + BF16, FP32, BF16),
+/// Bytes per element of (weights, gradients, activations) on a device,
+/// gradients as `train.grad_dtype` stores them.
+fn precision(device: &str, grad_dtype: &str) -> (u64, u64, u64) {
+    match (device, grad_dtype) {
+        ("cuda", "bf16") => (FP32 + BF16, BF16, BF16),
+        ("cuda", _) => (FP32 + BF16, FP32, BF16),
         _ => (FP32, FP32, FP32),
     }
 }
@@ -105,7 +108,7 @@ fn precision(device: &str) -> (u64, u64, u64) {
 pub fn estimate(cfg: &Config) -> MemoryEstimate {
     let layout = ParamLayout::new(&cfg.model);
     let params = layout.total as u64;
-    let (w, g, act) = precision(&cfg.device);
+    let (w, g, act) = precision(&cfg.device, &cfg.train.grad_dtype);
     let activations = activation_bytes(cfg, act);
     let scratch = {
         let c = scratch_count(cfg);
@@ -139,7 +142,8 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
     // process the full buffers are the shard's.
     let copy = if world == 1 { 0 } else { FP32 * shard };
     let weights = if stage <= 2 { w * params + copy } else { FP32 * shard };
-    let grads = if stage == 1 { g * params + copy } else { FP32 * shard };
+    // (bf16 gradients run in one process only: `copy` is 0 then.)
+    let grads = if stage == 1 { g * params + copy } else { g * shard };
     MemoryEstimate { params, weights, grads, optimizer_state, activations, scratch, comm_buffers: unit_buffers(cfg, &part, stage, act), sp_buffers }
 }
 

@@ -120,6 +120,8 @@ fn memory_section(out: &mut String, cfg: &Config) {
     } else {
         precision_note(&cfg.device)
     };
+    // train.grad_dtype = bf16 stores the gradients in 2 bytes on CUDA.
+    let precision = if cfg.device == "cuda" && t.grad_dtype == "bf16" { precision.replace("fp32 grads", "bf16 grads") } else { precision.to_string() };
     heading(out, &format!("Memory, {who} ({}: {precision})", cfg.device));
     let sharded = |note: &str| if stage > 0 { note.to_string() } else { String::new() };
     let weights_note = if cfg.offload.params != "none" { "the streamed window: the unit computing and the one uploaded ahead".to_string() } else { sharded(match (stage, world) {
@@ -132,6 +134,7 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let grads_note = match (stage, world) {
         (1, 1) => "all (one process: the shard is the whole model)",
         (1, _) => "all, + fp32 shard",
+        _ if t.grad_dtype == "bf16" => "the shard (one process: the whole model)",
         _ => "fp32 shard",
     };
     row(out, "gradients", &human_bytes(est.grads), &sharded(grads_note));

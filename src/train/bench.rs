@@ -30,6 +30,8 @@ pub struct BenchResult {
     pub zero_stage: u32,
     /// `train.logits_chunk`: token rows of the output head at once.
     pub logits_chunk: usize,
+    /// `train.grad_dtype`: `fp32` or `bf16` gradient buffers.
+    pub grad_dtype: String,
     pub params: usize,
     pub median_step_ms: f64,
     pub tokens_per_s: f64,
@@ -135,6 +137,7 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
         checkpoint_keep_attention: cfg.train.checkpoint_layers && cfg.train.checkpoint_keep_attention,
         zero_stage: cfg.dist.zero_stage,
         logits_chunk: cfg.train.logits_chunk,
+        grad_dtype: cfg.train.grad_dtype.clone(),
         params: st.model.num_params(),
         median_step_ms: median,
         tokens_per_s,

@@ -373,7 +373,7 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         // The offload takes the weights over unit by unit (no second copy).
         (zero, Box::new(offload::OnHost { name }), Some(Offload::new_owned(cfg, &model.layout, weights)?))
     } else {
-        let zero = Zero::new(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights)?;
+        let zero = Zero::with_grad_dtype(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights, t.grad_buffer_dtype())?;
         let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
         (zero, opt, None)
     };

@@ -20,6 +20,7 @@ pub mod attention;
 mod deferred_copies;
 pub mod axis;
 pub mod bf16;
+mod bf16_buffers;
 pub mod elementwise;
 pub mod embed;
 pub mod gelu;
@@ -39,9 +40,12 @@ pub mod xent;
 use super::{AdamWArgs, AttnShape, Backend, BufId, DType, LionArgs, Mark, PrecondArgs, Rope, SignArgs, View, QUANT_BLOCK};
 use anyhow::{bail, ensure, Context, Result};
 
-/// Storage of one buffer. `DType::Compute` is stored as f32 on CPU.
+/// Storage of one buffer. `DType::Compute` is stored as f32 on CPU;
+/// `DType::Bf16` as f32 values that are always bf16-representable
+/// (bf16_buffers.rs).
 enum CpuBuf {
     F32(Vec<f32>),
+    Bf16(Vec<f32>),
     U32(Vec<u32>),
     U8(Vec<u8>),
 }
@@ -49,7 +53,7 @@ enum CpuBuf {
 impl CpuBuf {
     fn bytes(&self) -> u64 {
         match self {
-            CpuBuf::F32(v) => 4 * v.len() as u64,
+            CpuBuf::F32(v) | CpuBuf::Bf16(v) => 4 * v.len() as u64,
             CpuBuf::U32(v) => 4 * v.len() as u64,
             CpuBuf::U8(v) => v.len() as u64,
         }
@@ -58,6 +62,7 @@ impl CpuBuf {
     fn kind(&self) -> &'static str {
         match self {
             CpuBuf::F32(_) => "an f32",
+            CpuBuf::Bf16(_) => "a bf16",
             CpuBuf::U32(_) => "a u32",
             CpuBuf::U8(_) => "a u8",
         }
@@ -75,6 +80,9 @@ pub struct CpuBackend {
     marks: Vec<std::time::Instant>,
     /// Test twin of the CUDA copy stream (deferred_copies.rs); None: off.
     deferred: Option<deferred_copies::Deferred>,
+    /// Whether the op running now may write `Bf16` buffers
+    /// (bf16_buffers.rs: it rounds them when it returns).
+    bf16_writes: bool,
 }
 
 /// Output slices, input slices and token-id slices of one op call.
@@ -132,7 +140,7 @@ impl CpuBackend {
     /// several views of one buffer can be resolved one after another.
     fn ptr_f32(&mut self, v: View) -> Result<*mut f32> {
         match self.bufs.get_mut(v.buf.0) {
-            Some(Some(CpuBuf::F32(data))) => {
+            Some(Some(CpuBuf::F32(data) | CpuBuf::Bf16(data))) => {
                 check_range(v, data.len())?;
                 // SAFETY: off <= len was just checked (one-past-the-end is allowed).
                 Ok(unsafe { data.as_mut_ptr().add(v.off) })
@@ -182,6 +190,7 @@ impl CpuBackend {
             for other in others.chain(ins.iter()).flatten() {
                 ensure!(!overlaps(o, *other), "output view {o:?} overlaps view {other:?} (only in-place ops may alias)");
             }
+            self.check_bf16_write(o)?;
         }
         let mut po = [None; O];
         for (p, v) in po.iter_mut().zip(outs) {
@@ -218,7 +227,7 @@ impl CpuBackend {
     /// Read access to an f32 view, as an error on a bad view.
     pub fn try_slice(&self, v: View) -> Result<&[f32]> {
         match self.bufs.get(v.buf.0) {
-            Some(Some(CpuBuf::F32(data))) => {
+            Some(Some(CpuBuf::F32(data) | CpuBuf::Bf16(data))) => {
                 check_range(v, data.len())?;
                 Ok(&data[v.off..v.off + v.len])
             }
@@ -286,6 +295,7 @@ impl Backend for CpuBackend {
     fn alloc(&mut self, len: usize, dtype: DType) -> Result<BufId> {
         let buf = match dtype {
             DType::F32 | DType::Compute => CpuBuf::F32(vec![0.0; len]),
+            DType::Bf16 => CpuBuf::Bf16(vec![0.0; len]),
             DType::U32 => CpuBuf::U32(vec![0; len]),
             DType::U8 => CpuBuf::U8(vec![0; len]),
         };
@@ -302,10 +312,12 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&mut self, dst: View, src: &[f32]) -> Result<()> {
-        ensure!(src.len() == dst.len, "upload: {} host elements into a view of {}", src.len(), dst.len);
-        let ([d], []) = self.req([dst], [])?;
-        d.copy_from_slice(src);
-        Ok(())
+        self.writing_bf16(&[Some(dst)], |s| {
+            ensure!(src.len() == dst.len, "upload: {} host elements into a view of {}", src.len(), dst.len);
+            let ([d], []) = s.req([dst], [])?;
+            d.copy_from_slice(src);
+            Ok(())
+        })
     }
 
     unsafe fn download_start(&mut self, src: View, dst: &mut [f32]) -> Result<super::CopyTicket> {
@@ -353,16 +365,20 @@ impl Backend for CpuBackend {
     }
 
     fn fill(&mut self, dst: View, value: f32) -> Result<()> {
-        let ([d], []) = self.req([dst], [])?;
-        elementwise::fill(d, value);
-        Ok(())
+        self.writing_bf16(&[Some(dst)], |s| {
+            let ([d], []) = s.req([dst], [])?;
+            elementwise::fill(d, value);
+            Ok(())
+        })
     }
 
     fn copy(&mut self, dst: View, src: View) -> Result<()> {
-        ensure!(dst.len == src.len, "copy: dst has {} elements, src {}", dst.len, src.len);
-        let ([d], [s]) = self.req([dst], [src])?;
-        elementwise::copy(d, s);
-        Ok(())
+        self.writing_bf16(&[Some(dst)], |s| {
+            ensure!(dst.len == src.len, "copy: dst has {} elements, src {}", dst.len, src.len);
+            let ([d], [s]) = s.req([dst], [src])?;
+            elementwise::copy(d, s);
+            Ok(())
+        })
     }
 
     fn copy_strided(&mut self, dst: View, dst_stride: usize, src: View, src_stride: usize, rows: usize, cols: usize, accumulate: bool) -> Result<()> {
@@ -399,16 +415,20 @@ impl Backend for CpuBackend {
     }
 
     fn accumulate(&mut self, dst: View, src: View) -> Result<()> {
-        ensure!(dst.len == src.len, "accumulate: lengths differ ({}, {})", dst.len, src.len);
-        let ([d], [s]) = self.req([dst], [src])?;
-        elementwise::accumulate(d, s);
-        Ok(())
+        self.writing_bf16(&[Some(dst)], |s| {
+            ensure!(dst.len == src.len, "accumulate: lengths differ ({}, {})", dst.len, src.len);
+            let ([d], [s]) = s.req([dst], [src])?;
+            elementwise::accumulate(d, s);
+            Ok(())
+        })
     }
 
-    fn scale(&mut self, x: View, s: f32) -> Result<()> {
-        let ([x], []) = self.req([x], [])?;
-        elementwise::scale(x, s);
-        Ok(())
+    fn scale(&mut self, x: View, factor: f32) -> Result<()> {
+        self.writing_bf16(&[Some(x)], |s| {
+            let ([x], []) = s.req([x], [])?;
+            elementwise::scale(x, factor);
+            Ok(())
+        })
     }
 
     fn sum_squares(&mut self, x: View) -> Result<f64> {
@@ -452,16 +472,18 @@ impl Backend for CpuBackend {
     }
 
     fn embed_bwd(&mut self, dwte: View, dwpe: Option<View>, dout: View, tokens: View, seq: usize, c: usize) -> Result<()> {
-        ensure!(c > 0 && seq > 0 && dwte.len.is_multiple_of(c), "embed_bwd: bad c={c} / seq={seq} for dwte of {}", dwte.len);
-        expect_len(dout, &[tokens.len, c], "embed_bwd dout")?;
-        if let Some(p) = dwpe {
-            expect_len(p, &[seq, c], "embed_bwd dwpe")?;
-        }
-        let ([dwte, dwpe], [dout], [tok]) = self.io([Some(dwte), dwpe], [Some(dout)], [tokens])?;
-        let dwte = dwte.unwrap();
-        embed::check_tokens(tok, dwte.len() / c)?;
-        embed::embed_bwd(dwte, dwpe, dout.unwrap(), tok, seq, c);
-        Ok(())
+        self.writing_bf16(&[Some(dwte), dwpe], |s| {
+            ensure!(c > 0 && seq > 0 && dwte.len.is_multiple_of(c), "embed_bwd: bad c={c} / seq={seq} for dwte of {}", dwte.len);
+            expect_len(dout, &[tokens.len, c], "embed_bwd dout")?;
+            if let Some(p) = dwpe {
+                expect_len(p, &[seq, c], "embed_bwd dwpe")?;
+            }
+            let ([dwte, dwpe], [dout], [tok]) = s.io([Some(dwte), dwpe], [Some(dout)], [tokens])?;
+            let dwte = dwte.unwrap();
+            embed::check_tokens(tok, dwte.len() / c)?;
+            embed::embed_bwd(dwte, dwpe, dout.unwrap(), tok, seq, c);
+            Ok(())
+        })
     }
 
     // ---- matmul -------------------------------------------------------
@@ -478,17 +500,19 @@ impl Backend for CpuBackend {
     }
 
     fn linear_bwd(&mut self, dinp: View, dw: View, dbias: Option<View>, dout: View, inp: View, w: View, m: usize, k: usize, n: usize) -> Result<()> {
-        expect_len(dinp, &[m, k], "linear_bwd dinp")?;
-        expect_len(dw, &[n, k], "linear_bwd dw")?;
-        expect_len(dout, &[m, n], "linear_bwd dout")?;
-        expect_len(inp, &[m, k], "linear_bwd inp")?;
-        expect_len(w, &[n, k], "linear_bwd w")?;
-        if let Some(b) = dbias {
-            expect_len(b, &[n], "linear_bwd dbias")?;
-        }
-        let ([dx, dw, db], [dy, x, w], []) = self.io([Some(dinp), Some(dw), dbias], [Some(dout), Some(inp), Some(w)], [])?;
-        matmul::linear_bwd(dx.unwrap(), dw.unwrap(), db, dy.unwrap(), x.unwrap(), w.unwrap(), m, k, n);
-        Ok(())
+        self.writing_bf16(&[Some(dinp), Some(dw), dbias], |s| {
+            expect_len(dinp, &[m, k], "linear_bwd dinp")?;
+            expect_len(dw, &[n, k], "linear_bwd dw")?;
+            expect_len(dout, &[m, n], "linear_bwd dout")?;
+            expect_len(inp, &[m, k], "linear_bwd inp")?;
+            expect_len(w, &[n, k], "linear_bwd w")?;
+            if let Some(b) = dbias {
+                expect_len(b, &[n], "linear_bwd dbias")?;
+            }
+            let ([dx, dw, db], [dy, x, w], []) = s.io([Some(dinp), Some(dw), dbias], [Some(dout), Some(inp), Some(w)], [])?;
+            matmul::linear_bwd(dx.unwrap(), dw.unwrap(), db, dy.unwrap(), x.unwrap(), w.unwrap(), m, k, n);
+            Ok(())
+        })
     }
 
     fn gemm(&mut self, c: View, a: View, b: View, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Result<()> {
@@ -512,13 +536,15 @@ impl Backend for CpuBackend {
     }
 
     fn layernorm_bwd(&mut self, dinp: View, dw: View, db: View, dout: View, inp: View, w: View, mean: View, rstd: View, n: usize, c: usize) -> Result<()> {
-        for (v, d, what) in [(dinp, &[n, c][..], "dinp"), (dout, &[n, c], "dout"), (inp, &[n, c], "inp"), (mean, &[n], "mean"), (rstd, &[n], "rstd"), (w, &[c], "w"), (dw, &[c], "dw"), (db, &[c], "db")] {
-            expect_len(v, d, &format!("layernorm_bwd {what}"))?;
-        }
-        ensure!(c > 0, "layernorm_bwd: c must be > 0");
-        let ([dx, dw, db], [dy, x, w, mu, rs]) = self.req([dinp, dw, db], [dout, inp, w, mean, rstd])?;
-        layernorm::layernorm_bwd(dx, dw, db, dy, x, w, mu, rs, c);
-        Ok(())
+        self.writing_bf16(&[Some(dinp), Some(dw), Some(db)], |s| {
+            for (v, d, what) in [(dinp, &[n, c][..], "dinp"), (dout, &[n, c], "dout"), (inp, &[n, c], "inp"), (mean, &[n], "mean"), (rstd, &[n], "rstd"), (w, &[c], "w"), (dw, &[c], "dw"), (db, &[c], "db")] {
+                expect_len(v, d, &format!("layernorm_bwd {what}"))?;
+            }
+            ensure!(c > 0, "layernorm_bwd: c must be > 0");
+            let ([dx, dw, db], [dy, x, w, mu, rs]) = s.req([dinp, dw, db], [dout, inp, w, mean, rstd])?;
+            layernorm::layernorm_bwd(dx, dw, db, dy, x, w, mu, rs, c);
+            Ok(())
+        })
     }
 
     fn rmsnorm_fwd(&mut self, out: View, rstd: View, inp: View, w: View, n: usize, c: usize, eps: f32) -> Result<()> {
@@ -532,13 +558,15 @@ impl Backend for CpuBackend {
     }
 
     fn rmsnorm_bwd(&mut self, dinp: View, dw: View, dout: View, inp: View, w: View, rstd: View, n: usize, c: usize) -> Result<()> {
-        for (v, d, what) in [(dinp, &[n, c][..], "dinp"), (dout, &[n, c], "dout"), (inp, &[n, c], "inp"), (rstd, &[n], "rstd"), (w, &[c], "w"), (dw, &[c], "dw")] {
-            expect_len(v, d, &format!("rmsnorm_bwd {what}"))?;
-        }
-        ensure!(c > 0, "rmsnorm_bwd: c must be > 0");
-        let ([dx, dw], [dy, x, w, rs]) = self.req([dinp, dw], [dout, inp, w, rstd])?;
-        rmsnorm::rmsnorm_bwd(dx, dw, dy, x, w, rs, c);
-        Ok(())
+        self.writing_bf16(&[Some(dinp), Some(dw)], |s| {
+            for (v, d, what) in [(dinp, &[n, c][..], "dinp"), (dout, &[n, c], "dout"), (inp, &[n, c], "inp"), (rstd, &[n], "rstd"), (w, &[c], "w"), (dw, &[c], "dw")] {
+                expect_len(v, d, &format!("rmsnorm_bwd {what}"))?;
+            }
+            ensure!(c > 0, "rmsnorm_bwd: c must be > 0");
+            let ([dx, dw], [dy, x, w, rs]) = s.req([dinp, dw], [dout, inp, w, rstd])?;
+            rmsnorm::rmsnorm_bwd(dx, dw, dy, x, w, rs, c);
+            Ok(())
+        })
     }
 
     // ---- activations --------------------------------------------------

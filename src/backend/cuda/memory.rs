@@ -129,7 +129,7 @@ impl Elem {
     pub fn of(d: DType) -> Elem {
         match d {
             DType::F32 => Elem::F32,
-            DType::Compute => Elem::Bf16,
+            DType::Compute | DType::Bf16 => Elem::Bf16,
             DType::U32 => Elem::U32,
             DType::U8 => Elem::U8,
         }

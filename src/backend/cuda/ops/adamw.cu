@@ -32,9 +32,10 @@ extern "C" __global__ void adamw_k(float* p, const void* g, int dtg, float* m, f
 // Four elements: p, m, v updated in place, their bf16 shadow written when
 // `shadow` is non-null. Streaming loads/stores (evict-first): every byte is
 // touched once per step, caching it only evicts other data.
-__device__ __forceinline__ void adamw_four(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 i,
+// `gi`: the four gradients, loaded by the caller (fp32 or bf16 storage).
+__device__ __forceinline__ void adamw_four(float4* p, float4 gi, float4* m, float4* v, uint2* shadow, i64 i,
                                            const AdamArgs& a) {
-    float4 pi = __ldcs(p + i), gi = __ldcs(g + i), mi = __ldcs(m + i), vi = __ldcs(v + i);
+    float4 pi = __ldcs(p + i), mi = __ldcs(m + i), vi = __ldcs(v + i);
     pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, a);
     pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, a);
     pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, a);
@@ -55,7 +56,22 @@ __device__ __forceinline__ void adamw_four(float4* p, const float4* g, float4* m
 // The host handles the n % 4 tail with adamw_k.
 extern "C" __global__ void adamw_vec4_k(float4* p, const float4* g, float4* m, float4* v, uint2* shadow, i64 n4,
                                         AdamArgs a) {
-    GRID_LOOP(i, n4) { adamw_four(p, g, m, v, shadow, i, a); }
+    GRID_LOOP(i, n4) { adamw_four(p, __ldcs(g + i), m, v, shadow, i, a); }
+}
+
+// Four bf16 gradients (8 bytes, streaming load) widened to fp32 (exact).
+__device__ __forceinline__ float4 ld_bf16x4(const uint2* g, i64 i) {
+    uint2 raw = __ldcs(g + i);
+    float2 lo = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&raw.x));
+    float2 hi = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&raw.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// adamw_vec4_k with bf16 gradients (train.grad_dtype = bf16), 8-byte
+// aligned: the same arithmetic on the widened values.
+extern "C" __global__ void adamw_vec4_bf16g_k(float4* p, const uint2* g, float4* m, float4* v, uint2* shadow, i64 n4,
+                                              AdamArgs a) {
+    GRID_LOOP(i, n4) { adamw_four(p, ld_bf16x4(g, i), m, v, shadow, i, a); }
 }
 
 // One segment of adamw_segments_vec4_k, in float4 units: params/grads
@@ -80,6 +96,20 @@ extern "C" __global__ void adamw_segments_vec4_k(float4* p, const float4* g, flo
         AdamArgs as = a;
         as.wd = sg.wd;
         const i64 j = i - sg.start4;
-        adamw_four(p + sg.p4, g + sg.p4, m + sg.s4, v + sg.s4, shadow ? shadow + sg.p4 : nullptr, j, as);
+        adamw_four(p + sg.p4, __ldcs(g + sg.p4 + j), m + sg.s4, v + sg.s4, shadow ? shadow + sg.p4 : nullptr, j, as);
+    }
+}
+
+// adamw_segments_vec4_k with bf16 gradients (in units of 4 values: 8 bytes).
+extern "C" __global__ void adamw_segments_vec4_bf16g_k(float4* p, const uint2* g, float4* m, float4* v, uint2* shadow,
+                                                       const AdamSeg* segs, int nseg, i64 total4, AdamArgs a) {
+    int s = 0;
+    GRID_LOOP(i, total4) {
+        while (s + 1 < nseg && segs[s + 1].start4 <= i) s++;
+        const AdamSeg sg = segs[s];
+        AdamArgs as = a;
+        as.wd = sg.wd;
+        const i64 j = i - sg.start4;
+        adamw_four(p + sg.p4, ld_bf16x4(g + sg.p4, j), m + sg.s4, v + sg.s4, shadow ? shadow + sg.p4 : nullptr, j, as);
     }
 }

@@ -35,6 +35,20 @@ kernel! {
     struct AdamwVec4(FILE, adamw_vec4_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, n4: i64, a: AdamArgs }
     /// Every segment of a table (`AdamSeg` in adamw.cu), float4 units.
     struct AdamwSegmentsVec4(FILE, adamw_segments_vec4_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, segs: u64, nseg: i32, total4: i64, a: AdamArgs }
+    /// [`AdamwVec4`] with bf16 gradients, 8-byte aligned.
+    struct AdamwVec4Bf16g(FILE, adamw_vec4_bf16g_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, n4: i64, a: AdamArgs }
+    /// [`AdamwSegmentsVec4`] with bf16 gradients.
+    struct AdamwSegmentsVec4Bf16g(FILE, adamw_segments_vec4_bf16g_k) { p: u64, g: u64, m: u64, v: u64, shadow: u64, segs: u64, nseg: i32, total4: i64, a: AdamArgs }
+}
+
+/// Whether a gradient buffer at `ptr` of `elem` allows the 4-wide kernels
+/// (fp32: 16-byte, bf16: 8-byte aligned).
+fn grads_vec4(elem: Elem, ptr: u64) -> bool {
+    match elem {
+        Elem::F32 => ptr.is_multiple_of(16),
+        Elem::Bf16 => ptr.is_multiple_of(8),
+        _ => false,
+    }
 }
 
 impl CudaBackend {
@@ -49,11 +63,15 @@ impl CudaBackend {
         }
         let shadow = self.shadow_for_write(params)?;
         let args = adam_args(&a);
-        let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0) && shadow % 8 == 0;
-        let n4 = if aligned && g.elem == Elem::F32 { n / 4 } else { 0 };
+        let aligned = [p.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0) && shadow % 8 == 0 && grads_vec4(g.elem, g.ptr);
+        let n4 = if aligned { n / 4 } else { 0 };
         if n4 > 0 {
             let cfg = self.grid(n4);
-            self.launch(cfg, AdamwVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, n4: n4 as i64, a: args })?;
+            if g.elem == Elem::Bf16 {
+                self.launch(cfg, AdamwVec4Bf16g { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, n4: n4 as i64, a: args })?;
+            } else {
+                self.launch(cfg, AdamwVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, n4: n4 as i64, a: args })?;
+            }
         }
         let done = 4 * n4 as u64;
         if (done as usize) < n {
@@ -77,8 +95,10 @@ impl CudaBackend {
         let (p, g) = (self.dev(pv)?, self.dev(gv)?);
         let (md, vd) = (self.out(m)?, self.out(v)?);
         let four = |x: usize| x.is_multiple_of(4);
-        let aligned = [p.ptr, g.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0)
-            && [p.elem, g.elem, md.elem, vd.elem].iter().all(|e| *e == Elem::F32)
+        // (Offsets are multiples of 4: bf16 gradients stay 8-byte aligned.)
+        let aligned = [p.ptr, md.ptr, vd.ptr].iter().all(|x| x % 16 == 0)
+            && [p.elem, md.elem, vd.elem].iter().all(|e| *e == Elem::F32)
+            && grads_vec4(g.elem, g.ptr)
             && segs.iter().all(|s| four(s.param_off) && four(s.state_off) && four(s.len) && s.param_off + s.len <= pv.len && s.state_off + s.len <= m.len.min(v.len));
         if !aligned || segs.is_empty() {
             for s in segs {
@@ -95,8 +115,11 @@ impl CudaBackend {
         }
         let (table, total4) = self.adam_segment_table(segs)?;
         let cfg = self.grid(total4);
-        let k = AdamwSegmentsVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, segs: table, nseg: segs.len() as i32, total4: total4 as i64, a: adam_args(&a) };
-        self.launch(cfg, k)
+        let (nseg, total4, a) = (segs.len() as i32, total4 as i64, adam_args(&a));
+        if g.elem == Elem::Bf16 {
+            return self.launch(cfg, AdamwSegmentsVec4Bf16g { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, segs: table, nseg, total4, a });
+        }
+        self.launch(cfg, AdamwSegmentsVec4 { p: p.ptr, g: g.ptr, m: md.ptr, v: vd.ptr, shadow, segs: table, nseg, total4, a })
     }
 
     /// Device copy of a segment table (`AdamSeg` in adamw.cu), uploaded on

@@ -3,7 +3,12 @@
 //! Row-major X[r,c] is column-major Xᵀ, so each row-major product is
 //! computed as its transpose: out[M,N] = inp·wᵀ becomes outᵀ = w·inpᵀ, etc.
 //! bf16 operands (F32 weights via their bf16 shadow), fp32 accumulation,
-//! output in the output buffer's dtype; weight grads accumulate (beta = 1).
+//! output in the output buffer's dtype; weight grads accumulate (beta = 1):
+//! into bf16 gradients (`train.grad_dtype = bf16`) cuBLASLt reads the bf16
+//! C, adds it to the fp32 product and rounds once (one rounding per call:
+//! per micro-batch, and per chunk of logit rows for the head). The bias
+//! gradient then comes from the fp32 column sum, rounded once (the BGRADB
+//! epilogue path is kept for fp32 gradients).
 
 use super::super::device::CudaBackend;
 use super::super::matmul::{alignment, Epilogue, Problem};

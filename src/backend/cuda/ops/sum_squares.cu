@@ -26,3 +26,24 @@ extern "C" __global__ void sumsq_partial_f32x4_k(double* partial, const float* x
     }
     block_sum_to(partial, acc);
 }
+
+// bf16 input (train.grad_dtype = bf16 gradients), 16-byte aligned: 8 values
+// per load (the n % 8 tail scalar), same per-block partials.
+extern "C" __global__ void sumsq_partial_bf16x8_k(double* partial, const __nv_bfloat16* x, i64 n) {
+    double acc = 0.0;
+    const uint4* x8 = reinterpret_cast<const uint4*>(x);
+    GRID_LOOP(i, n / 8) {
+        uint4 raw = x8[i];
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 f = __bfloat1622float2(h[k]);
+            acc += (double)f.x * f.x + (double)f.y * f.y;
+        }
+    }
+    GRID_LOOP(i, n % 8) {
+        double v = __bfloat162float(x[n / 8 * 8 + i]);
+        acc += v * v;
+    }
+    block_sum_to(partial, acc);
+}

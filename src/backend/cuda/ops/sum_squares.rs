@@ -14,6 +14,8 @@ kernel! {
     struct SumsqPartial(FILE, sumsq_partial_k) { partial: u64, x: u64, dt: i32, n: i64 }
     /// F32, 16-byte aligned: float4 loads.
     struct SumsqPartialF32x4(FILE, sumsq_partial_f32x4_k) { partial: u64, x: u64, n: i64 }
+    /// bf16, 16-byte aligned: 8 values per load (bf16 gradients).
+    struct SumsqPartialBf16x8(FILE, sumsq_partial_bf16x8_k) { partial: u64, x: u64, n: i64 }
 }
 
 impl CudaBackend {
@@ -26,6 +28,8 @@ impl CudaBackend {
         let (cfg, partial) = self.partial_sums(d.len)?;
         if d.elem == Elem::F32 && d.ptr % 16 == 0 {
             self.launch(cfg, SumsqPartialF32x4 { partial, x: d.ptr, n: d.len as i64 })?;
+        } else if d.is_bf16x8() {
+            self.launch(cfg, SumsqPartialBf16x8 { partial, x: d.ptr, n: d.len as i64 })?;
         } else {
             self.launch(cfg, SumsqPartial { partial, x: d.ptr, dt: d.dt(), n: d.len as i64 })?;
         }

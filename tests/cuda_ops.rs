@@ -1522,8 +1522,8 @@ fn bf16_gradient_adamw(h: &mut H) {
     // them bit-equality was expected (the same adamw_one on the same widened
     // values) but the H200 showed otherwise (2026-12-02, call 2 of
     // bench/results/gpu_2026-12-02d.md): params 2.4e-7 / 7.2e-7 apart on
-    // values ~1 (1.5 to 6 fp32 ulps by magnitude), the kernels' FMA contraction being
-    // chosen per kernel by NVRTC; 7.2e-7 is 6 ulps if the element is near 1). So the two
+    // values ~1 (up to 6 fp32 ulps), the kernels' FMA contraction being
+    // chosen per kernel by NVRTC. So the two
     // are held to 8 ulps, not bits.
     let ulps = finals[0].iter().zip(&finals[1]).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()).max().unwrap_or(0);
     println!("bf16 grads: AdamW with bf16 vs fp32 gradients of the same values: at most {ulps} ulps apart");

@@ -670,19 +670,29 @@ fn attention() {
     attention_cases(&mut h);
 }
 
-/// The Hopper wgmma backward (cc 9.0 only; skips elsewhere; ATTN_BWD_DEBUG=1
-/// prints the first failing elements): every case of `attention` (the
-/// forward the default one) against the CPU twin, run twice for
-/// determinism; T = 4096 (GQA, both head sizes) against the CPU; then
-/// against the FlashAttention-2 backward on the same GPU inputs.
+/// The Hopper wgmma backwards (cc 9.0 only; skip elsewhere), each in its
+/// own test (a kernel that traps spoils its process's GPU context;
+/// ATTN_BWD_DEBUG=1 prints the first failing elements): every case of
+/// `attention` (the forward the default one) against the CPU twin, run twice
+/// for determinism; T = 1000 and 4096 (GQA, both head sizes) against the
+/// CPU; then against the FlashAttention-2 backward on the same GPU inputs.
 #[test]
 fn attention_wgmma_bwd() {
+    wgmma_bwd_cases(AttnBackward::Wgmma);
+}
+
+#[test]
+fn attention_wgmma_bwd_sync() {
+    wgmma_bwd_cases(AttnBackward::WgmmaSync);
+}
+
+fn wgmma_bwd_cases(kind: AttnBackward) {
     let Some(mut h) = gpu() else { return };
     if !h.g.wgmma_attention_available() {
         println!("skipping: the wgmma attention kernels need a compute capability 9.0 GPU");
         return;
     }
-    h.g.set_attention_backward(AttnBackward::Wgmma);
+    h.g.set_attention_backward(kind);
     attention_cases(&mut h);
     for s in [
         AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 },
@@ -697,7 +707,7 @@ fn attention_wgmma_bwd() {
         AttnShape { batch: 1, seq: 4096, heads: 6, kv_heads: 2, head_dim: 64 },
         AttnShape { batch: 1, seq: 4096, heads: 4, kv_heads: 1, head_dim: 128 },
     ] {
-        bwd_matches_fa2(&mut h, s);
+        bwd_matches_fa2(&mut h, kind, s);
     }
 }
 
@@ -705,7 +715,7 @@ fn attention_wgmma_bwd() {
 /// fa2 forward's output and lse). Each is within ATTN_BWD of the exact
 /// gradient, with different P and dS roundings (other tile shapes), so they
 /// may differ by up to twice that bound (triangle inequality).
-fn bwd_matches_fa2(h: &mut H, s: AttnShape) {
+fn bwd_matches_fa2(h: &mut H, kind: AttnBackward, s: AttnShape) {
     let n = s.batch * s.seq;
     let qkv = h.randn(n * s.qkv_width(), 1.0, DType::Compute)[0];
     let dout = h.randn(n * s.heads * s.head_dim, 1.0, DType::Compute)[0];
@@ -716,7 +726,7 @@ fn bwd_matches_fa2(h: &mut H, s: AttnShape) {
     h.g.attention_fwd(out, lse, qkv, s).unwrap();
     h.g.set_attention_forward(ferrotron::backend::cuda::DEFAULT_ATTENTION_FORWARD);
     let mut results = Vec::new();
-    for k in [AttnBackward::Wgmma, AttnBackward::Fa2] {
+    for k in [kind, AttnBackward::Fa2] {
         let dqkv = View::whole(h.g.alloc(qkv.len, DType::Compute).unwrap(), qkv.len);
         h.g.fill(dqkv, f32::NAN).unwrap();
         h.g.set_attention_backward(k);
@@ -725,10 +735,10 @@ fn bwd_matches_fa2(h: &mut H, s: AttnShape) {
         h.g.download(dqkv, &mut g).unwrap();
         results.push(g);
     }
-    h.g.set_attention_backward(AttnBackward::Wgmma);
-    let tag = format!("B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+    h.g.set_attention_backward(kind);
+    let tag = format!("{kind:?} B={} T={} H={} KV={} D={}", s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
     let twice = RelTol { rtol: 2.0 * ATTN_BWD.rtol, atol_rms: 2.0 * ATTN_BWD.atol_rms };
-    assert_qkv_sections_close(&format!("wgmma bwd vs fa2 bwd {tag}"), &results[0], &results[1], s, twice);
+    assert_qkv_sections_close(&format!("bwd vs fa2 bwd {tag}"), &results[0], &results[1], s, twice);
 }
 
 /// The Hopper wgmma forwards (cc 9.0 only; skips elsewhere), each in its
@@ -1413,7 +1423,8 @@ fn speed_smoke() {
 /// forward is timed with the FlashAttention-2 kernel and, on a cc 9.0 GPU,
 /// with both wgmma kernels ("-" elsewhere, or when left out by
 /// ATTN_BENCH_SKIP); the backward with the FlashAttention-2 kernels and, on
-/// a cc 9.0 GPU, the wgmma ones (ATTN_BENCH_SKIP=wgmma-bwd leaves them out).
+/// a cc 9.0 GPU, both wgmma ones (ATTN_BENCH_SKIP=wgmma-bwd,wgmma-sync-bwd
+/// leaves them out).
 /// FLOP convention (causal, as FlashAttention reports): forward
 /// 2·B·H·T²·D (= 4·B·H·T²·D halved by the mask), backward 2.5× forward.
 /// Each time is the median of `reps` launches, each synchronized.
@@ -1447,12 +1458,12 @@ fn attention_bench() {
         v
     };
     let hopper = g.wgmma_attention_available();
-    // ATTN_BENCH_SKIP=wgmma,wgmma-sync,wgmma-bwd leaves those kernels out
+    // ATTN_BENCH_SKIP=wgmma,wgmma-sync,wgmma-bwd,wgmma-sync-bwd leaves those kernels out
     // (e.g. one that failed its parity test).
     let skip_var = std::env::var("ATTN_BENCH_SKIP").unwrap_or_default();
     let skip: Vec<&str> = skip_var.split(',').collect();
-    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma (TMA) fwd ms | TFLOP/s | wgmma (sync) fwd ms | TFLOP/s | fa2 bwd ms | fa2 bwd TFLOP/s | wgmma bwd ms | wgmma bwd TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma (TMA) fwd ms | TFLOP/s | wgmma (sync) fwd ms | TFLOP/s | fa2 bwd ms | fa2 bwd TFLOP/s | wgmma (TMA) bwd ms | TFLOP/s | wgmma (sync) bwd ms | TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (d, heads, ts) in [(64usize, 12usize, &[1024usize, 2048, 4096, 8192, 16384][..]), (128, 6, &[1024, 4096, 16384][..])] {
         let tmax = *ts.last().unwrap();
         let smax = AttnShape { batch: 8, seq: tmax, heads, kv_heads: heads, head_dim: d };
@@ -1485,14 +1496,18 @@ fn attention_bench() {
             let wgmma = wgmma.join(" | ");
             g.set_attention_backward(AttnBackward::Fa2);
             let tb = median(g, reps, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
-            let wgmma_bwd = if hopper && !skip.contains(&"wgmma-bwd") {
-                g.set_attention_backward(AttnBackward::Wgmma);
-                let tw = median(g, reps, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
-                g.set_attention_backward(AttnBackward::Fa2);
-                format!("{:.3} | {:.1}", tw * 1e3, 2.5 * fl / tw / 1e12)
-            } else {
-                "- | -".to_string()
-            };
+            let mut wgmma_bwd = Vec::new();
+            for (kind, name) in [(AttnBackward::Wgmma, "wgmma-bwd"), (AttnBackward::WgmmaSync, "wgmma-sync-bwd")] {
+                wgmma_bwd.push(if hopper && !skip.contains(&name) {
+                    g.set_attention_backward(kind);
+                    let tw = median(g, reps, &mut |g| g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap());
+                    format!("{:.3} | {:.1}", tw * 1e3, 2.5 * fl / tw / 1e12)
+                } else {
+                    "- | -".to_string()
+                });
+            }
+            g.set_attention_backward(AttnBackward::Fa2);
+            let wgmma_bwd = wgmma_bwd.join(" | ");
             println!("| {d} | 8 | {heads} | {t} | {:.3} | {:.1} | {wgmma} | {:.3} | {:.1} | {wgmma_bwd} |", tf * 1e3, fl / tf / 1e12, tb * 1e3, 2.5 * fl / tb / 1e12);
         }
         for v in [qkv_all, dout_all, out_all, lse_all, dqkv_all] {

@@ -12,6 +12,10 @@ key), the lse2 / delta staging of wgmma_bwd_dkv, the causal mask, dS, the
 bf16 packing of P^T, dS^T and dS into A fragments, the loops over query
 heads and tiles, and the stores. Each kernel runs for one (batch, kv head)
 with a group of 2 query heads and is compared with a float64 backward.
+The warp-specialized dK/dV kernel (wgmma_tma_bwd_dkv) runs the same
+dkv_tile on the same stage layout (TMA writes the swizzled tiles store_tile
+writes here; lse2 / delta land as [lse2 | delta] per stage), so this covers
+its arithmetic but not its barriers.
 
     python3 tools/wgmma_bwd_layout.py      (needs numpy; ~1 minute)
 """

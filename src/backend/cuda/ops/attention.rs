@@ -7,8 +7,8 @@
 //!   `set_attention_forward`, or [`DEFAULT_FORWARD`]); their output and lse
 //!   feed either backward unchanged;
 //! - backward, Hopper (cc 9.0): wgmma kernels (attention_wgmma_bwd.cu) for
-//!   the same cases, when chosen ([`AttnBackward`]: FERROTRON_ATTN_BWD=wgmma,
-//!   `set_attention_backward`, or [`DEFAULT_BACKWARD`]);
+//!   the same cases, when chosen ([`AttnBackward`]: FERROTRON_ATTN_BWD=wgmma
+//!   / wgmma-sync, `set_attention_backward`, or [`DEFAULT_BACKWARD`]);
 //! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
 //!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
 //! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
@@ -86,9 +86,15 @@ pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
 pub enum AttnBackward {
     /// mma.sync, attention_fa2.cu (FERROTRON_ATTN_BWD=fa2).
     Fa2,
-    /// wgmma, attention_wgmma_bwd.cu: a dK/dV kernel and a dQ kernel, both
-    /// deterministic (FERROTRON_ATTN_BWD=wgmma).
+    /// wgmma, attention_wgmma_bwd.cu: a warp-specialized dK/dV kernel (a TMA
+    /// producer warpgroup feeding 2 consumer warpgroups through mbarriers),
+    /// then the dQ kernel of `WgmmaSync`; deterministic
+    /// (FERROTRON_ATTN_BWD=wgmma).
     Wgmma,
+    /// wgmma, attention_wgmma_bwd.cu: dK/dV and dQ kernels whose threads all
+    /// load with cp.async, block-wide barriers per tile; deterministic
+    /// (FERROTRON_ATTN_BWD=wgmma-sync).
+    WgmmaSync,
 }
 
 /// The backward used when FERROTRON_ATTN_BWD does not choose one. `Fa2`
@@ -96,14 +102,15 @@ pub enum AttnBackward {
 /// (`attention_wgmma_bwd` in tests/cuda_ops.rs); then make it `Wgmma`.
 pub const DEFAULT_BACKWARD: AttnBackward = AttnBackward::Fa2;
 
-/// FERROTRON_ATTN_BWD: `wgmma` or `fa2`; unset, [`DEFAULT_BACKWARD`]. Any
-/// other value is reported on stderr and runs `fa2`.
+/// FERROTRON_ATTN_BWD: `wgmma`, `wgmma-sync` or `fa2`; unset,
+/// [`DEFAULT_BACKWARD`]. Any other value is reported on stderr and runs `fa2`.
 pub(in crate::backend::cuda) fn backward_from_env() -> AttnBackward {
     match std::env::var("FERROTRON_ATTN_BWD").as_deref() {
         Ok("wgmma") => AttnBackward::Wgmma,
+        Ok("wgmma-sync") => AttnBackward::WgmmaSync,
         Ok("fa2") => AttnBackward::Fa2,
         Ok(other) => {
-            eprintln!("FERROTRON_ATTN_BWD={other} is not one of fa2, wgmma: using fa2");
+            eprintln!("FERROTRON_ATTN_BWD={other} is not one of fa2, wgmma, wgmma-sync: using fa2");
             AttnBackward::Fa2
         }
         Err(_) => DEFAULT_BACKWARD,
@@ -155,6 +162,12 @@ kernel! {
     }
     struct Fa2Bwd(FA2_FILE, Fa2BwdKernel { Dkv64: fa2_bwd_dkv_d64, Dkv128: fa2_bwd_dkv_d128, Dq64: fa2_bwd_dq_d64, Dq128: fa2_bwd_dq_d128 }) {
         dqkv: u64, dout: u64, qkv: u64, delta: u64, lse2: u64, a: AttnDims, tp: i32,
+    }
+    /// Hopper wgmma backward, warp-specialized dK/dV with TMA loads: `tq`
+    /// maps qkv and `tdo` dout in boxes of 64 columns x BM rows, `tkv` qkv in
+    /// 64 x 128.
+    struct WgmmaTmaBwdDkv(WGMMA_BWD_FILE, WgmmaTmaBwdDkvKernel { D64: wgmma_tma_bwd_dkv_d64, D128: wgmma_tma_bwd_dkv_d128 }) {
+        dqkv: u64, delta: u64, lse2: u64, tq: TensorMap, tdo: TensorMap, tkv: TensorMap, a: AttnDims, tp: i32,
     }
     /// Hopper wgmma backward: dK/dV, then dQ (same inputs as `Fa2Bwd`).
     struct WgmmaBwd(WGMMA_BWD_FILE, WgmmaBwdKernel { Dkv64: wgmma_bwd_dkv_d64, Dkv128: wgmma_bwd_dkv_d128, Dq64: wgmma_bwd_dq_d64, Dq128: wgmma_bwd_dq_d128 }) {
@@ -280,7 +293,7 @@ impl CudaBackend {
         let (g, q, o, l) = (self.dev(dout)?, self.dev(qkv)?, self.dev(out)?, self.dev(lse)?);
         let dq = self.out(dqkv)?;
         if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&g) && fa2_ok(&dq) {
-            if self.cc == (9, 0) && self.attn_backward == AttnBackward::Wgmma {
+            if self.cc == (9, 0) && self.attn_backward != AttnBackward::Fa2 {
                 return self.attention_bwd_wgmma(dq.ptr, g.ptr, q.ptr, o, l, s, a);
             }
             return self.attention_bwd_fa2(dq.ptr, g.ptr, q.ptr, o, l, s, a);
@@ -331,12 +344,13 @@ impl CudaBackend {
     }
 
     /// Hopper backward (attention_wgmma_bwd.cu): prep, then dK/dV over
-    /// 128-key tiles (grid kv heads x batch x key tiles) and dQ over
-    /// 128-query tiles (heads x batch x query tiles), 256 threads each.
-    /// Rows padded to 128 (the dQ kernel's tile) for delta and lse2. Shared
-    /// memory: dK/dV = K, V (128 keys) + 2 Q and 2 dO buffers of BM queries
-    /// + 2 x (lse2, delta); dQ = Q, dO (128 queries) + 2 K and 2 V buffers of
-    /// BK keys; + 1024 bytes to align tiles to the swizzle atom.
+    /// 128-key tiles (grid kv heads x batch x key tiles; 256 threads, or 384
+    /// warp-specialized) and dQ over 128-query tiles (heads x batch x query
+    /// tiles, 256 threads). Rows padded to 128 (the dQ kernel's tile) for
+    /// delta and lse2. Shared memory: dK/dV = K, V (128 keys) + 2 Q and 2 dO
+    /// buffers of BM queries + 2 x (lse2, delta) (+ 128 bytes for the
+    /// mbarriers); dQ = Q, dO (128 queries) + 2 K and 2 V buffers of BK keys;
+    /// + 1024 bytes to align tiles to the swizzle atom.
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd_wgmma(&mut self, dq: u64, g: u64, q: u64, o: Dev, l: Dev, s: AttnShape, a: AttnDims) -> Result<()> {
         let d = s.head_dim;
@@ -349,8 +363,18 @@ impl CudaBackend {
         let (kv, qn) = if d == 64 { (WgmmaBwdKernel::Dkv64, WgmmaBwdKernel::Dq64) } else { (WgmmaBwdKernel::Dkv128, WgmmaBwdKernel::Dq128) };
         let k = WgmmaBwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
         let bytes = 2 * 128 * d * 2 + 4 * bm * d * 2 + 4 * bm * 4 + 1024;
-        let c = LaunchConfig { grid_dim: (s.kv_heads as u32, s.batch as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 };
-        self.launch(c, k)?;
+        let grid_dim = (s.kv_heads as u32, s.batch as u32, tiles as u32);
+        if self.attn_backward == AttnBackward::Wgmma {
+            let width = s.qkv_width();
+            let tq = bf16_3d_swizzled(q, s.batch, s.seq, width, 64, bm as u32)?;
+            let tdo = bf16_3d_swizzled(g, s.batch, s.seq, s.heads * d, 64, bm as u32)?;
+            let tkv = bf16_3d_swizzled(q, s.batch, s.seq, width, 64, 128)?;
+            let kernel = if d == 64 { WgmmaTmaBwdDkvKernel::D64 } else { WgmmaTmaBwdDkvKernel::D128 };
+            let c = LaunchConfig { grid_dim, block_dim: (384, 1, 1), shared_mem_bytes: (bytes + 128) as u32 };
+            self.launch(c, WgmmaTmaBwdDkv { kernel, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 })?;
+        } else {
+            self.launch(LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 }, k)?;
+        }
         let bytes = 2 * 128 * d * 2 + 4 * bk * d * 2 + 1024;
         let c = LaunchConfig { grid_dim: (s.heads as u32, s.batch as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 };
         self.launch(c, WgmmaBwd { kernel: qn, ..k })

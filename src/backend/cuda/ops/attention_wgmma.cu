@@ -255,53 +255,7 @@ __device__ void wgmma_fwd(bf16* out, void* lse, int dtl, const bf16* qkv, AttnDi
 //   wait for PV_{j-1}; then rescale O and pack P_j).
 // tools/wgmma_pipeline.py model-checks this barrier protocol on the CPU.
 
-struct __align__(64) TensorMap {
-    u64 words[16];
-};
-
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits until the phase of `bar` with this parity has completed. A lost
-// arrival would hang the GPU: with TRAP, after ~2^26 polls (seconds) trap
-// instead, so a bug fails the launch with an error. Only the producer
-// traps: a trap in the consumers' code made ptxas serialize their wgmmas
-// (C7512); the producer's final wait (produce) covers their hangs too.
-template <bool TRAP>
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-    for (unsigned polls = 0;; polls++) {
-        unsigned done;
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-        if (done) return;
-        if (TRAP && polls > (1u << 26)) __trap();
-    }
-}
-// Box (c0 = column, c1 = row t, c2 = batch) of tensor map `tm` into shared
-// memory at `dst`, completing on `bar`.
-__device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* tm, int c0, int c1, int c2, unsigned bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
-        "l"(reinterpret_cast<u64>(tm)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
-        : "memory");
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
+// (TensorMap, the mbarrier, TMA and setmaxnreg helpers: wgmma_common.cuh.)
 
 // The producer's one thread: Q, then key/value tile j into stage j % NS
 // once every consumer has released the tile NS before it.

@@ -115,6 +115,28 @@ __device__ __forceinline__ void dkv_tile(float* dk, float* dv, unsigned sKw, uns
     pin<BM / 4>(&sf[0][0]);
 }
 
+// dK (times the softmax scale) and dV of this thread's keys `key` and
+// key + 8 into kv head g's sections of dqkv, for keys < T.
+template <int D>
+__device__ __forceinline__ void store_dkv(bf16* dqkv, const float* dk, const float* dv, AttnDims a, int b, int g,
+                                          int key, int lane) {
+    const float scale = 1.0f / sqrtf((float)D);
+    i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int k = key + 8 * hf;
+        if (k >= a.T) continue;
+        bf16* row = dqkv + (rb + k) * W + 2 * (lane & 3);
+        bf16* rk = row + (i64)(a.H + g) * D;
+        bf16* rv = row + (i64)(a.H + a.KV + g) * D;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            *reinterpret_cast<unsigned*>(rk + 8 * i) = pack_bf16(dk[4 * i + 2 * hf] * scale, dk[4 * i + 2 * hf + 1] * scale);
+            *reinterpret_cast<unsigned*>(rv + 8 * i) = pack_bf16(dv[4 * i + 2 * hf], dv[4 * i + 2 * hf + 1]);
+        }
+    }
+}
+
 template <int D, int BM, int NWG>
 __device__ void wgmma_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2,
                               AttnDims a, int Tp) {
@@ -183,20 +205,7 @@ __device__ void wgmma_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, con
         __syncthreads();  // every warpgroup is done with buffer `buf`
     }
 
-    const float scale = 1.0f / sqrtf((float)D);
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        int k = key + 8 * hf;
-        if (k >= a.T) continue;
-        bf16* row = dqkv + (rb + k) * W + 2 * (lane & 3);
-        bf16* rk = row + (i64)(a.H + g) * D;
-        bf16* rv = row + (i64)(a.H + a.KV + g) * D;
-#pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            *reinterpret_cast<unsigned*>(rk + 8 * i) = pack_bf16(dk[4 * i + 2 * hf] * scale, dk[4 * i + 2 * hf + 1] * scale);
-            *reinterpret_cast<unsigned*>(rv + 8 * i) = pack_bf16(dv[4 * i + 2 * hf], dv[4 * i + 2 * hf + 1]);
-        }
-    }
+    store_dkv<D>(dqkv, dk, dv, a, b, g, key, lane);
 }
 
 // ---------------------------------------------------------------------------
@@ -310,6 +319,121 @@ __device__ void wgmma_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
     }
 }
 
+// ---------------------------------------------------------------------------
+// Warp-specialized dK/dV (wgmma_tma_bwd_dkv), the forward's wgmma_tma_fwd
+// structure: one producer warpgroup (its first thread issues every load)
+// and NWG consumer warpgroups running dkv_tile unchanged, no block-wide
+// barrier after the start.
+// - Loads: K and V once (tensor map tkv over qkv, boxes of 64 columns x BN
+//   rows), then per step the Q tile (tq over qkv) and the dO tile (tdo over
+//   dout), BM rows each, with TMA, and the step's lse2 and delta rows (BM
+//   floats each, contiguous: 1-D bulk copies) into stage it % NS. Rows past
+//   T lie outside the maps and arrive as zeros.
+// - Barriers: kv_full (count 1: the producer's arrive.expect_tx, then the
+//   bytes); per stage q_full (same) and q_empty (count = every consumer
+//   thread). Step it is phase it / NS of its stage's barriers. Every consumer
+//   thread uses every step (the causal mask zeroes P where a warpgroup's
+//   keys follow the queries), so each phase of q_empty gets all its arrivals.
+
+// 1-D bulk copy of `bytes` (a multiple of 16, both addresses 16-byte
+// aligned) from global to shared memory, completing on `bar`.
+__device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+// The producer's one thread: K and V, then step it (query head it / nq,
+// query tile qt0 + it % nq) into stage it % NS once every consumer has
+// released the step NS before it.
+template <int D, int BM, int BN, int NS>
+__device__ __forceinline__ void produce_dkv(const TensorMap* tq, const TensorMap* tdo, const TensorMap* tkv,
+                                            const float* delta, const float* lse2, unsigned sK, unsigned sV,
+                                            unsigned sQ, unsigned sO, unsigned sLD, unsigned kv_full, unsigned q_full,
+                                            unsigned q_empty, AttnDims a, int Tp, int b, int g, int k0, int qt0, int nq,
+                                            int niter) {
+    const unsigned KBYTES = BN * D * 2, QBYTES = BM * D * 2;
+    int group = a.H / a.KV;
+    mbar_expect_tx(kv_full, 2 * KBYTES);
+#pragma unroll
+    for (int pn = 0; pn < D / 64; pn++) {
+        tma_load(sK + pn * BN * 128, tkv, (a.H + g) * D + 64 * pn, k0, b, kv_full);
+        tma_load(sV + pn * BN * 128, tkv, (a.H + a.KV + g) * D + 64 * pn, k0, b, kv_full);
+    }
+    for (int it = 0; it < niter; it++) {
+        int st = it % NS, h = g * group + it / nq, q0 = (qt0 + it % nq) * BM;
+        if (it >= NS) mbar_wait<true>(q_empty + 8 * st, (it / NS - 1) & 1);
+        unsigned full = q_full + 8 * st;
+        mbar_expect_tx(full, 2 * QBYTES + 2 * BM * 4);
+#pragma unroll
+        for (int pn = 0; pn < D / 64; pn++) {
+            tma_load(sQ + st * QBYTES + pn * BM * 128, tq, h * D + 64 * pn, q0, b, full);
+            tma_load(sO + st * QBYTES + pn * BM * 128, tdo, h * D + 64 * pn, q0, b, full);
+        }
+        i64 lrow = ((i64)b * a.H + h) * Tp + q0;  // padded rows: always BM in bounds
+        bulk_load(sLD + st * 2 * BM * 4, lse2 + lrow, BM * 4, full);
+        bulk_load(sLD + st * 2 * BM * 4 + BM * 4, delta + lrow, BM * 4, full);
+    }
+    // Wait until the consumers have released the last step of each stage:
+    // a consumer stuck on a barrier then ends in this wait's trap.
+    for (int it = max(niter - NS, 0); it < niter; it++) mbar_wait<true>(q_empty + 8 * (it % NS), (it / NS) & 1);
+}
+
+template <int D, int BM, int NWG, int CONSUMER_REGS>
+__device__ void wgmma_tma_bwd_dkv(bf16* dqkv, const float* delta, const float* lse2, const TensorMap* tq,
+                                  const TensorMap* tdo, const TensorMap* tkv, AttnDims a, int Tp) {
+    const int BN = 64 * NWG, NS = 2;
+    const unsigned KBYTES = BN * D * 2, QBYTES = BM * D * 2;
+    extern __shared__ unsigned char smem_raw[];
+    unsigned base = smem_u32(smem_raw);
+    unsigned sK = (base + 1023u) & ~1023u;
+    unsigned sV = sK + KBYTES;
+    unsigned sQ = sV + KBYTES;        // NS stages
+    unsigned sO = sQ + NS * QBYTES;   // dO, NS stages
+    unsigned sLD = sO + NS * QBYTES;  // per stage: lse2[BM], delta[BM]
+    // mbarriers: kv_full, then NS each of q_full, q_empty.
+    unsigned kv_full = sLD + NS * 2 * BM * 4, q_full = kv_full + 8, q_empty = q_full + 8 * NS;
+    const float* fLD = reinterpret_cast<const float*>(smem_raw + (sLD - base));
+
+    int g = blockIdx.x, b = blockIdx.y, kt = blockIdx.z;
+    int k0 = kt * BN, group = a.H / a.KV;
+    int qt0 = k0 / BM, nq = (a.T - 1) / BM + 1 - qt0, niter = group * nq;
+    int wg = threadIdx.x >> 7;  // 0 .. NWG-1 consumers, NWG the producer
+    if (threadIdx.x == 0) {
+        mbar_init(kv_full, 1);
+        for (int st = 0; st < NS; st++) {
+            mbar_init(q_full + 8 * st, 1);
+            mbar_init(q_empty + 8 * st, 128 * NWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == NWG) {
+        setmaxnreg_dec<24>();
+        if (threadIdx.x == 128 * NWG)
+            produce_dkv<D, BM, BN, NS>(tq, tdo, tkv, delta, lse2, sK, sV, sQ, sO, sLD, kv_full, q_full, q_empty, a, Tp, b,
+                                       g, k0, qt0, nq, niter);
+    } else {
+        setmaxnreg_inc<CONSUMER_REGS>();
+        int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        int kw0 = k0 + 64 * wg, key = kw0 + 16 * warp + (lane >> 2);
+        const float sl2 = LOG2E / sqrtf((float)D);
+        float dk[D / 2], dv[D / 2];
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) dk[i] = dv[i] = 0.0f;
+        mbar_wait<false>(kv_full, 0);
+        for (int it = 0; it < niter; it++) {
+            int st = it % NS, q0 = (qt0 + it % nq) * BM;
+            mbar_wait<false>(q_full + 8 * st, (it / NS) & 1);
+            const float* ls = fLD + st * 2 * BM;
+            dkv_tile<D, BM, BN>(dk, dv, sK + wg * 64 * 128, sV + wg * 64 * 128, sQ + st * QBYTES, sO + st * QBYTES, ls,
+                                ls + BM, q0, kw0, key, lane, sl2);
+            mbar_arrive(q_empty + 8 * st);  // every read of the stage is done (dkv_tile waits for its wgmmas)
+        }
+        store_dkv<D>(dqkv, dk, dv, a, b, g, key, lane);
+    }
+}
+
 // Tiles (as FlashAttention-3 chooses for its backward): D = 64: 128 queries
 // per dK/dV step, 128-key tiles for dQ; D = 128: 64 and 64 (the larger
 // accumulators leave registers for half the tile). 2 warpgroups each.
@@ -325,3 +449,15 @@ __device__ void wgmma_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
 
 WGMMA_BWD_INSTANTIATE(64, 128, 128)
 WGMMA_BWD_INSTANTIATE(128, 64, 64)
+
+// Warp-specialized dK/dV: 2 consumer warpgroups + 1 producer; the consumers
+// get 240 registers once the producer drops to 24 (as wgmma_tma_fwd_d128).
+#define WGMMA_TMA_BWD_INSTANTIATE(D, BM)                                                                           \
+    extern "C" __global__ void __launch_bounds__(384, 1) wgmma_tma_bwd_dkv_d##D(                                   \
+        bf16* dqkv, const float* delta, const float* lse2, const __grid_constant__ TensorMap tq,                   \
+        const __grid_constant__ TensorMap tdo, const __grid_constant__ TensorMap tkv, AttnDims a, int Tp) {        \
+        wgmma_tma_bwd_dkv<D, BM, 2, 240>(dqkv, delta, lse2, &tq, &tdo, &tkv, a, Tp);                               \
+    }
+
+WGMMA_TMA_BWD_INSTANTIATE(64, 128)
+WGMMA_TMA_BWD_INSTANTIATE(128, 64)

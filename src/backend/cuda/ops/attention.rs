@@ -86,10 +86,9 @@ pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
 pub enum AttnBackward {
     /// mma.sync, attention_fa2.cu (FERROTRON_ATTN_BWD=fa2).
     Fa2,
-    /// wgmma, attention_wgmma_bwd.cu: a warp-specialized dK/dV kernel (a TMA
-    /// producer warpgroup feeding 2 consumer warpgroups through mbarriers),
-    /// then the dQ kernel of `WgmmaSync`; deterministic
-    /// (FERROTRON_ATTN_BWD=wgmma).
+    /// wgmma, attention_wgmma_bwd.cu: warp-specialized dK/dV and dQ kernels
+    /// (a TMA producer warpgroup feeding 2 consumer warpgroups through
+    /// mbarriers); deterministic (FERROTRON_ATTN_BWD=wgmma).
     Wgmma,
     /// wgmma, attention_wgmma_bwd.cu: dK/dV and dQ kernels whose threads all
     /// load with cp.async, block-wide barriers per tile; deterministic
@@ -163,10 +162,10 @@ kernel! {
     struct Fa2Bwd(FA2_FILE, Fa2BwdKernel { Dkv64: fa2_bwd_dkv_d64, Dkv128: fa2_bwd_dkv_d128, Dq64: fa2_bwd_dq_d64, Dq128: fa2_bwd_dq_d128 }) {
         dqkv: u64, dout: u64, qkv: u64, delta: u64, lse2: u64, a: AttnDims, tp: i32,
     }
-    /// Hopper wgmma backward, warp-specialized dK/dV with TMA loads: `tq`
-    /// maps qkv and `tdo` dout in boxes of 64 columns x BM rows, `tkv` qkv in
-    /// 64 x 128.
-    struct WgmmaTmaBwdDkv(WGMMA_BWD_FILE, WgmmaTmaBwdDkvKernel { D64: wgmma_tma_bwd_dkv_d64, D128: wgmma_tma_bwd_dkv_d128 }) {
+    /// Hopper wgmma backward, warp-specialized with TMA loads: `tq` maps
+    /// qkv and `tdo` dout in boxes of 64 columns x (query rows of a step),
+    /// `tkv` qkv in 64 x (key rows of a step).
+    struct WgmmaTmaBwd(WGMMA_BWD_FILE, WgmmaTmaBwdKernel { Dkv64: wgmma_tma_bwd_dkv_d64, Dkv128: wgmma_tma_bwd_dkv_d128, Dq64: wgmma_tma_bwd_dq_d64, Dq128: wgmma_tma_bwd_dq_d128 }) {
         dqkv: u64, delta: u64, lse2: u64, tq: TensorMap, tdo: TensorMap, tkv: TensorMap, a: AttnDims, tp: i32,
     }
     /// Hopper wgmma backward: dK/dV, then dQ (same inputs as `Fa2Bwd`).
@@ -344,13 +343,13 @@ impl CudaBackend {
     }
 
     /// Hopper backward (attention_wgmma_bwd.cu): prep, then dK/dV over
-    /// 128-key tiles (grid kv heads x batch x key tiles; 256 threads, or 384
-    /// warp-specialized) and dQ over 128-query tiles (heads x batch x query
-    /// tiles, 256 threads). Rows padded to 128 (the dQ kernel's tile) for
-    /// delta and lse2. Shared memory: dK/dV = K, V (128 keys) + 2 Q and 2 dO
-    /// buffers of BM queries + 2 x (lse2, delta) (+ 128 bytes for the
-    /// mbarriers); dQ = Q, dO (128 queries) + 2 K and 2 V buffers of BK keys;
-    /// + 1024 bytes to align tiles to the swizzle atom.
+    /// 128-key tiles (grid kv heads x batch x key tiles) and dQ over
+    /// 128-query tiles (heads x batch x query tiles); 256 threads each, or
+    /// 384 warp-specialized (`Wgmma`). Rows padded to 128 (the dQ kernel's
+    /// tile) for delta and lse2. Shared memory: dK/dV = K, V (128 keys) + 2
+    /// Q and 2 dO buffers of BM queries + 2 x (lse2, delta); dQ = Q, dO (128
+    /// queries) + 2 K and 2 V buffers of BK keys; + 1024 bytes to align tiles
+    /// to the swizzle atom (+ 128 for the mbarriers of the `Wgmma` kernels).
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd_wgmma(&mut self, dq: u64, g: u64, q: u64, o: Dev, l: Dev, s: AttnShape, a: AttnDims) -> Result<()> {
         let d = s.head_dim;
@@ -360,23 +359,24 @@ impl CudaBackend {
         let (delta, lse2) = self.attention_bwd_prep(g, &o, &l, s, a, tp)?;
         // BM: queries per dK/dV step; BK: keys per dQ step (the .cu's WGMMA_BWD_INSTANTIATE).
         let (bm, bk) = if d == 64 { (128, 128) } else { (64, 64) };
-        let (kv, qn) = if d == 64 { (WgmmaBwdKernel::Dkv64, WgmmaBwdKernel::Dq64) } else { (WgmmaBwdKernel::Dkv128, WgmmaBwdKernel::Dq128) };
-        let k = WgmmaBwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
-        let bytes = 2 * 128 * d * 2 + 4 * bm * d * 2 + 4 * bm * 4 + 1024;
-        let grid_dim = (s.kv_heads as u32, s.batch as u32, tiles as u32);
+        let dkv_bytes = 2 * 128 * d * 2 + 4 * bm * d * 2 + 4 * bm * 4 + 1024;
+        let dq_bytes = 2 * 128 * d * 2 + 4 * bk * d * 2 + 1024;
+        let dkv_grid = (s.kv_heads as u32, s.batch as u32, tiles as u32);
+        let dq_grid = (s.heads as u32, s.batch as u32, tiles as u32);
         if self.attn_backward == AttnBackward::Wgmma {
             let width = s.qkv_width();
-            let tq = bf16_3d_swizzled(q, s.batch, s.seq, width, 64, bm as u32)?;
-            let tdo = bf16_3d_swizzled(g, s.batch, s.seq, s.heads * d, 64, bm as u32)?;
-            let tkv = bf16_3d_swizzled(q, s.batch, s.seq, width, 64, 128)?;
-            let kernel = if d == 64 { WgmmaTmaBwdDkvKernel::D64 } else { WgmmaTmaBwdDkvKernel::D128 };
-            let c = LaunchConfig { grid_dim, block_dim: (384, 1, 1), shared_mem_bytes: (bytes + 128) as u32 };
-            self.launch(c, WgmmaTmaBwdDkv { kernel, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 })?;
-        } else {
-            self.launch(LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 }, k)?;
+            let map = |ptr: u64, cols: usize, rows: usize| bf16_3d_swizzled(ptr, s.batch, s.seq, cols, 64, rows as u32);
+            let (kv, qn) = if d == 64 { (WgmmaTmaBwdKernel::Dkv64, WgmmaTmaBwdKernel::Dq64) } else { (WgmmaTmaBwdKernel::Dkv128, WgmmaTmaBwdKernel::Dq128) };
+            let (tq, tdo, tkv) = (map(q, width, bm)?, map(g, s.heads * d, bm)?, map(q, width, 128)?);
+            let c = LaunchConfig { grid_dim: dkv_grid, block_dim: (384, 1, 1), shared_mem_bytes: (dkv_bytes + 128) as u32 };
+            self.launch(c, WgmmaTmaBwd { kernel: kv, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 })?;
+            let (tq, tdo, tkv) = (map(q, width, 128)?, map(g, s.heads * d, 128)?, map(q, width, bk)?);
+            let c = LaunchConfig { grid_dim: dq_grid, block_dim: (384, 1, 1), shared_mem_bytes: (dq_bytes + 128) as u32 };
+            return self.launch(c, WgmmaTmaBwd { kernel: qn, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 });
         }
-        let bytes = 2 * 128 * d * 2 + 4 * bk * d * 2 + 1024;
-        let c = LaunchConfig { grid_dim: (s.heads as u32, s.batch as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 };
-        self.launch(c, WgmmaBwd { kernel: qn, ..k })
+        let (kv, qn) = if d == 64 { (WgmmaBwdKernel::Dkv64, WgmmaBwdKernel::Dq64) } else { (WgmmaBwdKernel::Dkv128, WgmmaBwdKernel::Dq128) };
+        let k = WgmmaBwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
+        self.launch(LaunchConfig { grid_dim: dkv_grid, block_dim: (256, 1, 1), shared_mem_bytes: dkv_bytes as u32 }, k)?;
+        self.launch(LaunchConfig { grid_dim: dq_grid, block_dim: (256, 1, 1), shared_mem_bytes: dq_bytes as u32 }, WgmmaBwd { kernel: qn, ..k })
     }
 }

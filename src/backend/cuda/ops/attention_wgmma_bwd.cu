@@ -246,6 +246,23 @@ __device__ __forceinline__ void dq_tile(float* dq, unsigned sQw, unsigned sOw, u
     pin<BK / 4>(&sf[0][0]);
 }
 
+// dQ (times the softmax scale) of this thread's rows `row` and row + 8
+// into head h's section of dqkv, for rows < T.
+template <int D>
+__device__ __forceinline__ void store_dq(bf16* dqkv, const float* dq, AttnDims a, int b, int h, int row, int lane) {
+    const float scale = 1.0f / sqrtf((float)D);
+    i64 W = (i64)(a.H + 2 * a.KV) * D, rb = (i64)b * a.T;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int r = row + 8 * hf;
+        if (r >= a.T) continue;
+        bf16* dst = dqkv + (rb + r) * W + (i64)h * D + 2 * (lane & 3);
+#pragma unroll
+        for (int i = 0; i < D / 8; i++)
+            *reinterpret_cast<unsigned*>(dst + 8 * i) = pack_bf16(dq[4 * i + 2 * hf] * scale, dq[4 * i + 2 * hf + 1] * scale);
+    }
+}
+
 template <int D, int BK, int NWG>
 __device__ void wgmma_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* delta, const float* lse2,
                              AttnDims a, int Tp) {
@@ -307,16 +324,7 @@ __device__ void wgmma_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
         __syncthreads();  // every warpgroup is done with buffer j & 1
     }
 
-    const float scale = 1.0f / sqrtf((float)D);
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        int r = row + 8 * hf;
-        if (r >= a.T) continue;
-        bf16* dst = dqkv + (rb + r) * W + (i64)h * D + 2 * (lane & 3);
-#pragma unroll
-        for (int i = 0; i < D / 8; i++)
-            *reinterpret_cast<unsigned*>(dst + 8 * i) = pack_bf16(dq[4 * i + 2 * hf] * scale, dq[4 * i + 2 * hf + 1] * scale);
-    }
+    store_dq<D>(dqkv, dq, a, b, h, row, lane);
 }
 
 // ---------------------------------------------------------------------------
@@ -434,6 +442,96 @@ __device__ void wgmma_tma_bwd_dkv(bf16* dqkv, const float* delta, const float* l
     }
 }
 
+// ---------------------------------------------------------------------------
+// Warp-specialized dQ (wgmma_tma_bwd_dq): the producer loads the Q and dO
+// tiles (BQ rows, barrier q_full), then key tile j's K and V (BK rows) into
+// stage j % NS (kv_full / kv_empty, as the forward's k_full / k_empty but K
+// and V together: dq_tile reads K again for dQ += dS K). The consumers run
+// dq_tile unchanged; every consumer thread releases every tile the block
+// loads, also those past its causal range (after seeing them loaded, so the
+// arrival lands in that tile's phase), so the count per phase holds.
+
+template <int D, int BQ, int BK, int NS>
+__device__ __forceinline__ void produce_dq(const TensorMap* tq, const TensorMap* tdo, const TensorMap* tkv,
+                                           unsigned sQ, unsigned sO, unsigned sK, unsigned sV, unsigned q_full,
+                                           unsigned kv_full, unsigned kv_empty, AttnDims a, int b, int h, int q0,
+                                           int nk) {
+    const unsigned QBYTES = BQ * D * 2, KBYTES = BK * D * 2;
+    int g = h / (a.H / a.KV);
+    mbar_expect_tx(q_full, 2 * QBYTES);
+#pragma unroll
+    for (int pn = 0; pn < D / 64; pn++) {
+        tma_load(sQ + pn * BQ * 128, tq, h * D + 64 * pn, q0, b, q_full);
+        tma_load(sO + pn * BQ * 128, tdo, h * D + 64 * pn, q0, b, q_full);
+    }
+    for (int j = 0; j < nk; j++) {
+        int st = j % NS;
+        if (j >= NS) mbar_wait<true>(kv_empty + 8 * st, (j / NS - 1) & 1);
+        unsigned full = kv_full + 8 * st;
+        mbar_expect_tx(full, 2 * KBYTES);
+#pragma unroll
+        for (int pn = 0; pn < D / 64; pn++) {
+            tma_load(sK + st * KBYTES + pn * BK * 128, tkv, (a.H + g) * D + 64 * pn, j * BK, b, full);
+            tma_load(sV + st * KBYTES + pn * BK * 128, tkv, (a.H + a.KV + g) * D + 64 * pn, j * BK, b, full);
+        }
+    }
+    for (int j = max(nk - NS, 0); j < nk; j++) mbar_wait<true>(kv_empty + 8 * (j % NS), (j / NS) & 1);
+}
+
+template <int D, int BK, int NWG, int CONSUMER_REGS>
+__device__ void wgmma_tma_bwd_dq(bf16* dqkv, const float* delta, const float* lse2, const TensorMap* tq,
+                                 const TensorMap* tdo, const TensorMap* tkv, AttnDims a, int Tp) {
+    const int BQ = 64 * NWG, NS = 2;
+    const unsigned QBYTES = BQ * D * 2, KBYTES = BK * D * 2;
+    extern __shared__ unsigned char smem_raw[];
+    unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    unsigned sO = sQ + QBYTES;
+    unsigned sK = sO + QBYTES;        // NS stages
+    unsigned sV = sK + NS * KBYTES;   // NS stages
+    // mbarriers: q_full, then NS each of kv_full, kv_empty.
+    unsigned q_full = sV + NS * KBYTES, kv_full = q_full + 8, kv_empty = kv_full + 8 * NS;
+
+    int h = blockIdx.x, b = blockIdx.y, qt = gridDim.z - 1 - blockIdx.z;
+    int q0 = qt * BQ, nk = (min(a.T, q0 + BQ) - 1) / BK + 1;
+    int wg = threadIdx.x >> 7;  // 0 .. NWG-1 consumers, NWG the producer
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 1);
+        for (int st = 0; st < NS; st++) {
+            mbar_init(kv_full + 8 * st, 1);
+            mbar_init(kv_empty + 8 * st, 128 * NWG);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == NWG) {
+        setmaxnreg_dec<24>();
+        if (threadIdx.x == 128 * NWG)
+            produce_dq<D, BQ, BK, NS>(tq, tdo, tkv, sQ, sO, sK, sV, q_full, kv_full, kv_empty, a, b, h, q0, nk);
+    } else {
+        setmaxnreg_inc<CONSUMER_REGS>();
+        int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        int r0 = q0 + 64 * wg, row = r0 + 16 * warp + (lane >> 2);
+        int wnk = r0 < a.T ? min(a.T - 1, r0 + 63) / BK + 1 : 0;
+        const float sl2 = LOG2E / sqrtf((float)D);
+        i64 lrow = ((i64)b * a.H + h) * Tp + row;  // padded to Tp (a multiple of BQ) rows
+        float lr[2] = {lse2[lrow], lse2[lrow + 8]};
+        float dr[2] = {delta[lrow], delta[lrow + 8]};
+        float dq[D / 2];
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) dq[i] = 0.0f;
+        mbar_wait<false>(q_full, 0);
+        for (int j = 0; j < nk; j++) {
+            int st = j % NS;
+            mbar_wait<false>(kv_full + 8 * st, (j / NS) & 1);
+            if (j < wnk)
+                dq_tile<D, BQ, BK>(dq, sQ + wg * 64 * 128, sO + wg * 64 * 128, sK + st * KBYTES, sV + st * KBYTES, lr,
+                                   dr, j * BK, r0, row, lane, sl2);
+            mbar_arrive(kv_empty + 8 * st);  // dq_tile waits for its wgmmas: the stage is no longer read
+        }
+        store_dq<D>(dqkv, dq, a, b, h, row, lane);
+    }
+}
+
 // Tiles (as FlashAttention-3 chooses for its backward): D = 64: 128 queries
 // per dK/dV step, 128-key tiles for dQ; D = 128: 64 and 64 (the larger
 // accumulators leave registers for half the tile). 2 warpgroups each.
@@ -450,14 +548,19 @@ __device__ void wgmma_tma_bwd_dkv(bf16* dqkv, const float* delta, const float* l
 WGMMA_BWD_INSTANTIATE(64, 128, 128)
 WGMMA_BWD_INSTANTIATE(128, 64, 64)
 
-// Warp-specialized dK/dV: 2 consumer warpgroups + 1 producer; the consumers
-// get 240 registers once the producer drops to 24 (as wgmma_tma_fwd_d128).
-#define WGMMA_TMA_BWD_INSTANTIATE(D, BM)                                                                           \
+// Warp-specialized: 2 consumer warpgroups + 1 producer; the consumers get
+// 240 registers once the producer drops to 24 (as wgmma_tma_fwd_d128).
+#define WGMMA_TMA_BWD_INSTANTIATE(D, BM, BK)                                                                       \
     extern "C" __global__ void __launch_bounds__(384, 1) wgmma_tma_bwd_dkv_d##D(                                   \
         bf16* dqkv, const float* delta, const float* lse2, const __grid_constant__ TensorMap tq,                   \
         const __grid_constant__ TensorMap tdo, const __grid_constant__ TensorMap tkv, AttnDims a, int Tp) {        \
         wgmma_tma_bwd_dkv<D, BM, 2, 240>(dqkv, delta, lse2, &tq, &tdo, &tkv, a, Tp);                               \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(384, 1) wgmma_tma_bwd_dq_d##D(                                    \
+        bf16* dqkv, const float* delta, const float* lse2, const __grid_constant__ TensorMap tq,                   \
+        const __grid_constant__ TensorMap tdo, const __grid_constant__ TensorMap tkv, AttnDims a, int Tp) {        \
+        wgmma_tma_bwd_dq<D, BK, 2, 240>(dqkv, delta, lse2, &tq, &tdo, &tkv, a, Tp);                                \
     }
 
-WGMMA_TMA_BWD_INSTANTIATE(64, 128)
-WGMMA_TMA_BWD_INSTANTIATE(128, 64)
+WGMMA_TMA_BWD_INSTANTIATE(64, 128, 128)
+WGMMA_TMA_BWD_INSTANTIATE(128, 64, 64)

@@ -24,9 +24,17 @@
 //                  registers, K MN-major); K and V tiles (BK) double-buffered.
 //                  It recomputes S and dP (7 products in all instead of 5)
 //                  so that dQ needs neither atomics nor an fp32 scratch.
-// Loads: cp.async by every thread, one tile in flight while the other is
-// used, block-wide barriers (the structure of wgmma_fwd, the forward's
-// "wgmma-sync" variant, verified on the H200).
+// Each kernel comes in two variants with the same per-tile arithmetic
+// (dkv_tile, dq_tile):
+//   wgmma_bwd_*      every thread loads with cp.async, one tile in flight
+//                    while the other is used, block-wide barriers (the
+//                    structure of wgmma_fwd, the forward's "wgmma-sync"
+//                    variant); FERROTRON_ATTN_BWD=wgmma-sync.
+//   wgmma_tma_bwd_*  warp-specialized: a TMA producer warpgroup feeds the 2
+//                    consumer warpgroups through mbarrier stages (the
+//                    structure of wgmma_tma_fwd); FERROTRON_ATTN_BWD=wgmma.
+// tools/wgmma_bwd_layout.py emulates the layouts, descriptors, fragments and
+// masks on the CPU; tools/wgmma_bwd_pipeline.py model-checks the barriers.
 
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float* d, u64 da, u64 db, int scale_d) {

@@ -32,7 +32,9 @@
 //                    variant); FERROTRON_ATTN_BWD=wgmma-sync.
 //   wgmma_tma_bwd_*  warp-specialized: a TMA producer warpgroup feeds the 2
 //                    consumer warpgroups through mbarrier stages (the
-//                    structure of wgmma_tma_fwd); FERROTRON_ATTN_BWD=wgmma.
+//                    structure of wgmma_tma_fwd), and inside a tile each
+//                    wgmma group is waited for only when its result is
+//                    needed (OVERLAP); FERROTRON_ATTN_BWD=wgmma.
 // tools/wgmma_bwd_layout.py emulates the layouts, descriptors, fragments and
 // masks on the CPU; tools/wgmma_bwd_pipeline.py model-checks the barriers.
 
@@ -81,23 +83,31 @@ __device__ __forceinline__ void issue_rs(float* c, unsigned (*a)[4], unsigned sB
 // dK, dV: one query tile (BM queries) against the warpgroup's 64 keys.
 // Accumulator element [4i + 2hf + e] of S^T / dP^T: key `key + 8hf`, query
 // q0 + 8i + 2(lane%4) + e. ls / ds: the tile's lse2 / delta in shared memory.
-template <int D, int BM, int BN>
+// OVERLAP (the warp-specialized kernel): four wgmma groups, each waited for
+// only when its result is needed, so P^T is computed while dP^T runs and dS^T
+// while dV += P^T dO runs; otherwise two groups, each waited for at once.
+template <int D, int BM, int BN, bool OVERLAP>
 __device__ __forceinline__ void dkv_tile(float* dk, float* dv, unsigned sKw, unsigned sVw, unsigned sQb, unsigned sOb,
                                          const float* ls, const float* ds, int q0, int kw0, int key, int lane, float sl2) {
     float st[BM / 2], dpt[BM / 2];
+    unsigned pf[BM / 16][4], sf[BM / 16][4];
     wgmma_fence();
     issue_abt<D, BN, BM>(st, sKw, sQb);
+    if (OVERLAP) wgmma_commit();
     issue_abt<D, BN, BM>(dpt, sVw, sOb);
     wgmma_commit();
-    wgmma_wait<0>();
+    if (OVERLAP) {
+        wgmma_wait<1>();  // S^T is done; dP^T may still run
+    } else {
+        wgmma_wait<0>();
+        pin<BM / 2>(dpt);
+    }
     pin<BM / 2>(st);
-    pin<BM / 2>(dpt);
     bool diag = q0 < kw0 + 63;  // warpgroup-uniform: some key after some query
 #pragma unroll
     for (int i = 0; i < BM / 8; i++) {
         int qc = 8 * i + 2 * (lane & 3);
         float2 lq = *reinterpret_cast<const float2*>(ls + qc);
-        float2 dq = *reinterpret_cast<const float2*>(ds + qc);
 #pragma unroll
         for (int hf = 0; hf < 2; hf++)
 #pragma unroll
@@ -106,14 +116,30 @@ __device__ __forceinline__ void dkv_tile(float* dk, float* dv, unsigned sKw, uns
                 float p = fast_exp2(st[x] * sl2 - (e ? lq.y : lq.x));
                 if (diag && key + 8 * hf > q0 + qc + e) p = 0.0f;
                 st[x] = p;
-                dpt[x] = p * (dpt[x] - (e ? dq.y : dq.x));
             }
     }
-    unsigned pf[BM / 16][4], sf[BM / 16][4];
     pack_p<BM>(pf, st);
+    if (OVERLAP) {
+        wgmma_fence();
+        issue_rs<D, BM>(dv, pf, sOb);
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T is done; dV += P^T dO may still run
+        pin<BM / 2>(dpt);
+    }
+#pragma unroll
+    for (int i = 0; i < BM / 8; i++) {
+        float2 dq = *reinterpret_cast<const float2*>(ds + 8 * i + 2 * (lane & 3));
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int x = 4 * i + 2 * hf + e;
+                dpt[x] = st[x] * (dpt[x] - (e ? dq.y : dq.x));
+            }
+    }
     pack_p<BM>(sf, dpt);
     wgmma_fence();
-    issue_rs<D, BM>(dv, pf, sOb);
+    if (!OVERLAP) issue_rs<D, BM>(dv, pf, sOb);
     issue_rs<D, BM>(dk, sf, sQb);
     wgmma_commit();
     wgmma_wait<0>();
@@ -208,8 +234,8 @@ __device__ void wgmma_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, con
         __syncthreads();
         int buf = it & 1, q0 = (qt0 + it % nq) * BM;
         const float* ls = fLD + buf * 2 * BM;
-        dkv_tile<D, BM, BN>(dk, dv, sK + wg * 64 * 128, sV + wg * 64 * 128, sQ + buf * QBYTES, sO + buf * QBYTES, ls,
-                            ls + BM, q0, kw0, key, lane, sl2);
+        dkv_tile<D, BM, BN, false>(dk, dv, sK + wg * 64 * 128, sV + wg * 64 * 128, sQ + buf * QBYTES, sO + buf * QBYTES,
+                                   ls, ls + BM, q0, kw0, key, lane, sl2);
         __syncthreads();  // every warpgroup is done with buffer `buf`
     }
 
@@ -220,18 +246,20 @@ __device__ void wgmma_bwd_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, con
 // dQ: one key tile (BK keys) for the warpgroup's 64 query rows. Accumulator
 // element [4i + 2hf + e] of S / dP: query `row + 8hf`, key k0 + 8i +
 // 2(lane%4) + e. lr / dr: this thread's two rows' lse2 / delta.
-template <int D, int BQ, int BK>
+// OVERLAP (the warp-specialized kernel): S and dP in two wgmma groups, P
+// computed while dP runs.
+template <int D, int BQ, int BK, bool OVERLAP>
 __device__ __forceinline__ void dq_tile(float* dq, unsigned sQw, unsigned sOw, unsigned sKb, unsigned sVb,
                                         const float* lr, const float* dr, int k0, int r0, int row, int lane,
                                         float sl2) {
     float s[BK / 2], dp[BK / 2];
     wgmma_fence();
     issue_abt<D, BQ, BK>(s, sQw, sKb);
+    if (OVERLAP) wgmma_commit();
     issue_abt<D, BQ, BK>(dp, sOw, sVb);
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<OVERLAP ? 1 : 0>();  // S is done (and dP unless OVERLAP)
     pin<BK / 2>(s);
-    pin<BK / 2>(dp);
     bool diag = k0 + BK - 1 > r0;  // warpgroup-uniform
 #pragma unroll
     for (int i = 0; i < BK / 8; i++)
@@ -242,8 +270,12 @@ __device__ __forceinline__ void dq_tile(float* dq, unsigned sQw, unsigned sOw, u
                 int x = 4 * i + 2 * hf + e;
                 float p = fast_exp2(s[x] * sl2 - lr[hf]);
                 if (diag && k0 + 8 * i + 2 * (lane & 3) + e > row + 8 * hf) p = 0.0f;
-                dp[x] = p * (dp[x] - dr[hf]);
+                s[x] = p;
             }
+    if (OVERLAP) wgmma_wait<0>();
+    pin<BK / 2>(dp);
+#pragma unroll
+    for (int x = 0; x < BK / 2; x++) dp[x] = s[x] * (dp[x] - dr[(x >> 1) & 1]);
     unsigned sf[BK / 16][4];
     pack_p<BK>(sf, dp);
     wgmma_fence();
@@ -326,8 +358,8 @@ __device__ void wgmma_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
         __syncthreads();
         if (j < wnk) {
             unsigned buf = (j & 1) * KBYTES;
-            dq_tile<D, BQ, BK>(dq, sQ + wg * 64 * 128, sO + wg * 64 * 128, sK + buf, sV + buf, lr, dr, j * BK, r0, row,
-                               lane, sl2);
+            dq_tile<D, BQ, BK, false>(dq, sQ + wg * 64 * 128, sO + wg * 64 * 128, sK + buf, sV + buf, lr, dr, j * BK, r0,
+                                      row, lane, sl2);
         }
         __syncthreads();  // every warpgroup is done with buffer j & 1
     }
@@ -442,8 +474,8 @@ __device__ void wgmma_tma_bwd_dkv(bf16* dqkv, const float* delta, const float* l
             int st = it % NS, q0 = (qt0 + it % nq) * BM;
             mbar_wait<false>(q_full + 8 * st, (it / NS) & 1);
             const float* ls = fLD + st * 2 * BM;
-            dkv_tile<D, BM, BN>(dk, dv, sK + wg * 64 * 128, sV + wg * 64 * 128, sQ + st * QBYTES, sO + st * QBYTES, ls,
-                                ls + BM, q0, kw0, key, lane, sl2);
+            dkv_tile<D, BM, BN, true>(dk, dv, sK + wg * 64 * 128, sV + wg * 64 * 128, sQ + st * QBYTES,
+                                      sO + st * QBYTES, ls, ls + BM, q0, kw0, key, lane, sl2);
             mbar_arrive(q_empty + 8 * st);  // every read of the stage is done (dkv_tile waits for its wgmmas)
         }
         store_dkv<D>(dqkv, dk, dv, a, b, g, key, lane);
@@ -532,8 +564,8 @@ __device__ void wgmma_tma_bwd_dq(bf16* dqkv, const float* delta, const float* ls
             int st = j % NS;
             mbar_wait<false>(kv_full + 8 * st, (j / NS) & 1);
             if (j < wnk)
-                dq_tile<D, BQ, BK>(dq, sQ + wg * 64 * 128, sO + wg * 64 * 128, sK + st * KBYTES, sV + st * KBYTES, lr,
-                                   dr, j * BK, r0, row, lane, sl2);
+                dq_tile<D, BQ, BK, true>(dq, sQ + wg * 64 * 128, sO + wg * 64 * 128, sK + st * KBYTES,
+                                         sV + st * KBYTES, lr, dr, j * BK, r0, row, lane, sl2);
             mbar_arrive(kv_empty + 8 * st);  // dq_tile waits for its wgmmas: the stage is no longer read
         }
         store_dq<D>(dqkv, dq, a, b, h, row, lane);

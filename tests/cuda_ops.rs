@@ -571,10 +571,14 @@ fn check_qkv_sections(h: &mut H, name: &str, dqkv: P, s: AttnShape) {
 
 /// `check_qkv_sections` on downloaded gradients (`gpu` against `reference`)
 /// with tolerance `tol`. Past T = 1024 the atol comes from each row's own
-/// RMS (one token, one head: `assert_close_rows`), as for the long forward:
-/// causal gradients shrink along the sequence (dq of query t and dk, dv of
-/// key T-1-t sum about t terms of size ~1/t), so the first rows' terms are
-/// far larger than the section's RMS. With ATTN_BWD_DEBUG set, first prints
+/// RMS (one token, one head: `assert_close_rows`, plus the same fp32 floor),
+/// as for the long forward: causal gradients shrink along the sequence (dq
+/// of query t and dk, dv of key T-1-t sum about t terms of size ~1/t), so
+/// the first rows' terms are far larger than the section's RMS. An
+/// emulation of the backward's roundings (tools/attn_bwd_tolerance.py, f64
+/// reference, two random draws) puts the worst element at up to 1.06 of
+/// ATTN_BWD's bound with the section RMS at T = 4096 and at 0.17-0.21 with
+/// the per-row RMS; at T = 1000, up to 0.80 and 0.20. With ATTN_BWD_DEBUG set, first prints
 /// up to 8 failing elements of each section with their coordinates (a
 /// one-call debugging aid for a new kernel).
 fn assert_qkv_sections_close(name: &str, gpu: &[f32], reference: &[f32], s: AttnShape, tol: RelTol) {
@@ -588,7 +592,7 @@ fn assert_qkv_sections_close(name: &str, gpu: &[f32], reference: &[f32], s: Attn
             print_mismatches(&format!("{name} {section}"), &gs, &cs, t, cols.len(), s);
         }
         if s.seq > 1024 {
-            assert_close_rows(&format!("{name} {section}"), &gs, &cs, s.head_dim, tol);
+            assert_close_rows_floor(&format!("{name} {section}"), &gs, &cs, s.head_dim, tol, floor);
         } else {
             assert_close(&format!("{name} {section}"), &gs, &cs, t);
         }
@@ -790,9 +794,15 @@ fn wgmma_cases(kind: AttnForward) {
 /// would fail it too), and at 0.31 to 0.35 with the per-row RMS (T = 600:
 /// 0.39-0.41 and 0.28-0.29). The whole-tensor ratio is printed too.
 fn assert_close_rows(name: &str, gpu: &[f32], cpu: &[f32], row: usize, tol: RelTol) {
+    assert_close_rows_floor(name, gpu, cpu, row, tol, 0.0);
+}
+
+/// `assert_close_rows` with `floor` added to every row's atol (for rows
+/// whose exact value is 0: the first query's dq, see `check_qkv_sections`).
+fn assert_close_rows_floor(name: &str, gpu: &[f32], cpu: &[f32], row: usize, tol: RelTol, floor: f32) {
     let (mut failing, mut worst) = (0, (0.0f64, 0usize, Tol { rtol: 0.0, atol: 0.0 }, None));
     for (i, (g, c)) in gpu.chunks(row).zip(cpu.chunks(row)).enumerate() {
-        let t = tol.for_reference(c);
+        let t = Tol { atol: tol.for_reference(c).atol + floor, ..tol.for_reference(c) };
         let r = closeness(g, c, t);
         failing += r.failing;
         if r.worst_ratio > worst.0 || i == 0 {

@@ -21,7 +21,7 @@ T=./.dev/cuda_ops
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader; git rev-parse HEAD 2>/dev/null; date -u; } | tee "$OUT/env.txt"
 SKIP=""
 for k in wgmma_bwd wgmma_bwd_sync; do
-  ATTN_BWD_DEBUG=1 timeout 420 $T --exact attention_$k --nocapture > "$OUT/parity_$k.log" 2>&1; rc=$?
+  ATTN_BWD_DEBUG=1 timeout 240 $T --exact attention_$k --nocapture > "$OUT/parity_$k.log" 2>&1; rc=$?
   echo "attention_$k rc=$rc" | tee -a "$OUT/parity_$k.log"
   grep -E "panicked|failed|error|ATTN_BWD_DEBUG|^  b=" "$OUT/parity_$k.log" | head -24
   [ $rc = 0 ] || SKIP="$SKIP,$([ $k = wgmma_bwd ] && echo wgmma-bwd || echo wgmma-sync-bwd)"
@@ -30,10 +30,12 @@ export ATTN_BENCH_SKIP=$SKIP
 PTXAS=$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)
 $PTXAS -arch=sm_90a -v /tmp/fc/ptx/attention_wgmma_bwd-*.ptx -o /tmp/wgmma_bwd.cubin 2>&1 | grep -Ev "Compile time|^ptxas info    : Function properties" | tee "$OUT/ptxas_wgmma_bwd.txt"
 (command -v cuobjdump >/dev/null && cuobjdump --dump-sass /tmp/wgmma_bwd.cubin | grep -cE "HGMMA" | sed 's/^/HGMMA instructions in SASS: /') | tee -a "$OUT/ptxas_wgmma_bwd.txt"
-timeout 420 $T --ignored --nocapture --exact attention_bench 2>&1 | tee "$OUT/bench_ferrotron.log" | grep -E "^\||previous"
-if command -v ncu >/dev/null && [ -z "$SKIP" ]; then
+timeout 240 $T --ignored --nocapture --exact attention_bench 2>&1 | tee "$OUT/bench_ferrotron.log" | grep -E "^\||previous"
+# The profiles only when both kernels passed and the call has time left (the
+# device tool stops a command at 600 s).
+if command -v ncu >/dev/null && [ -z "$SKIP" ] && [ $SECONDS -lt 330 ]; then
   for k in wgmma_tma_bwd_dkv_d128 wgmma_tma_bwd_dq_d128; do
-    timeout 300 ncu --clock-control none --kernel-name "$k" --launch-skip 32 --launch-count 1 --section SpeedOfLight \
+    timeout 130 ncu --clock-control none --kernel-name "$k" --launch-skip 32 --launch-count 1 --section SpeedOfLight \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       $T --ignored --nocapture --exact attention_bench > "$OUT/ncu_$k.txt" 2>&1
     grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy" "$OUT/ncu_$k.txt" | head -8

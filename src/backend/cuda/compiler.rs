@@ -14,7 +14,7 @@ const COMMON: &str = include_str!("ops/common.cuh");
 /// setmaxnreg): compiled for `compute_90a`, and only for a cc 9.0 device.
 /// PTX for `sm_90a` runs on cc 9.0 alone, so every other file keeps the
 /// device's plain arch.
-const SM90A_FILES: &[&str] = &["attention_wgmma"];
+const SM90A_FILES: &[&str] = &["attention_wgmma", "attention_wgmma_bwd"];
 
 /// Whether kernel file `name` can be built for (and run on) compute capability `cc`.
 pub fn file_supported(name: &str, cc: (i32, i32)) -> bool {

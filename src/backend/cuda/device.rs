@@ -4,7 +4,7 @@
 
 use super::compiler::Compiler;
 use super::kernels::{self, Kernel, Kernels};
-use super::ops::attention::AttnForward;
+use super::ops::attention::{AttnBackward, AttnForward};
 use super::ops::elementwise::{Convert, F32ToBf16Vec4};
 use super::loader;
 use super::matmul::Lt;
@@ -43,6 +43,9 @@ pub struct CudaBackend {
     /// The attention forward for the FlashAttention-2 cases (FERROTRON_ATTN,
     /// `set_attention_forward`; default `attention::DEFAULT_FORWARD`).
     pub(super) attn_forward: AttnForward,
+    /// The attention backward for the same cases (FERROTRON_ATTN_BWD,
+    /// `set_attention_backward`; default `attention::DEFAULT_BACKWARD`).
+    pub(super) attn_backward: AttnBackward,
     /// Compute capability (major, minor).
     pub(super) cc: (i32, i32),
     /// Timing events recorded on the stream by `mark`, until `clear_marks`.
@@ -115,6 +118,7 @@ impl CudaBackend {
             device_name,
             simple_attention: std::env::var("FERROTRON_ATTN").is_ok_and(|v| v == "simple"),
             attn_forward: super::ops::attention::forward_from_env(),
+            attn_backward: super::ops::attention::backward_from_env(),
             cc,
             marks: Vec::new(),
             copies: None,
@@ -148,6 +152,12 @@ impl CudaBackend {
     /// ([`Self::wgmma_attention_available`]), `Fa2` runs elsewhere.
     pub fn set_attention_forward(&mut self, k: AttnForward) {
         self.attn_forward = k;
+    }
+
+    /// Choose the attention backward for the shapes the FlashAttention-2
+    /// kernels take; `Wgmma` applies only on a cc 9.0 GPU, `Fa2` runs elsewhere.
+    pub fn set_attention_backward(&mut self, k: AttnBackward) {
+        self.attn_backward = k;
     }
 
     /// Whether this GPU runs the wgmma attention kernel (compute capability 9.0).

@@ -32,7 +32,7 @@ pub(crate) use device::RawView;
 /// For dist::nccl (the communicator's stream and its events).
 pub(crate) use streams::{event_done, record, stream_waits};
 
-pub use ops::attention::{AttnForward, DEFAULT_FORWARD as DEFAULT_ATTENTION_FORWARD, HEAD_DIMS, MAX_HEAD_DIM};
+pub use ops::attention::{AttnBackward, AttnForward, DEFAULT_BACKWARD as DEFAULT_ATTENTION_BACKWARD, DEFAULT_FORWARD as DEFAULT_ATTENTION_FORWARD, HEAD_DIMS, MAX_HEAD_DIM};
 
 /// Whether the CUDA attention kernels implement this head size (any up to
 /// [`MAX_HEAD_DIM`]; the tensor-core paths take [`HEAD_DIMS`]).

@@ -1,11 +1,14 @@
 //! Causal flash-style attention: forward saves the per-row log-sum-exp;
 //! backward recomputes probabilities from it.
 //! Paths, fastest first:
-//! - forward only, Hopper (cc 9.0): wgmma kernels (attention_wgmma.cu) for
+//! - forward, Hopper (cc 9.0): wgmma kernels (attention_wgmma.cu) for
 //!   the cases the FlashAttention-2 kernels take, when chosen
 //!   ([`AttnForward`]: FERROTRON_ATTN=wgmma / wgmma-sync,
 //!   `set_attention_forward`, or [`DEFAULT_FORWARD`]); their output and lse
-//!   feed the FlashAttention-2 backward unchanged;
+//!   feed either backward unchanged;
+//! - backward, Hopper (cc 9.0): wgmma kernels (attention_wgmma_bwd.cu) for
+//!   the same cases, when chosen ([`AttnBackward`]: FERROTRON_ATTN_BWD=wgmma
+//!   / wgmma-sync, `set_attention_backward`, or [`DEFAULT_BACKWARD`]);
 //! - FlashAttention-2 style mma.sync kernels (attention_fa2.cu), forward and
 //!   backward, for bf16 tensors with 16-byte aligned rows and D = 64 / 128;
 //! - forward only: wmma tensor cores (attention_mma.cu) for other bf16 cases;
@@ -24,7 +27,16 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "attention", source: include_str!("attention.cu") };
 pub(in crate::backend::cuda) const MMA_FILE: KernelFile = KernelFile { name: "attention_mma", source: include_str!("attention_mma.cu") };
 pub(in crate::backend::cuda) const FA2_FILE: KernelFile = KernelFile { name: "attention_fa2", source: include_str!("attention_fa2.cu") };
-pub(in crate::backend::cuda) const WGMMA_FILE: KernelFile = KernelFile { name: "attention_wgmma", source: include_str!("attention_wgmma.cu") };
+/// A Hopper kernel file's text: wgmma_common.cuh (the helpers the forward
+/// and the backward share), then the file, each numbered from its own first
+/// line in NVRTC's messages.
+macro_rules! wgmma_source {
+    ($file:literal) => {
+        concat!("#line 1 \"wgmma_common.cuh\"\n", include_str!("wgmma_common.cuh"), "\n#line 1 \"", $file, "\"\n", include_str!($file))
+    };
+}
+pub(in crate::backend::cuda) const WGMMA_FILE: KernelFile = KernelFile { name: "attention_wgmma", source: wgmma_source!("attention_wgmma.cu") };
+pub(in crate::backend::cuda) const WGMMA_BWD_FILE: KernelFile = KernelFile { name: "attention_wgmma_bwd", source: wgmma_source!("attention_wgmma_bwd.cu") };
 
 /// Which kernel runs the attention forward for the cases the
 /// FlashAttention-2 kernels take (bf16, 16-byte aligned, D = 64 / 128); the
@@ -64,6 +76,43 @@ pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
             AttnForward::Fa2
         }
         Err(_) => DEFAULT_FORWARD,
+    }
+}
+
+/// Which kernels run the attention backward for the cases the
+/// FlashAttention-2 kernels take; `Wgmma` only on a cc 9.0 GPU (elsewhere
+/// `Fa2` runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnBackward {
+    /// mma.sync, attention_fa2.cu (FERROTRON_ATTN_BWD=fa2).
+    Fa2,
+    /// wgmma, attention_wgmma_bwd.cu: warp-specialized dK/dV and dQ kernels
+    /// (a TMA producer warpgroup feeding 2 consumer warpgroups through
+    /// mbarriers); deterministic (FERROTRON_ATTN_BWD=wgmma).
+    Wgmma,
+    /// wgmma, attention_wgmma_bwd.cu: dK/dV and dQ kernels whose threads all
+    /// load with cp.async, block-wide barriers per tile; deterministic
+    /// (FERROTRON_ATTN_BWD=wgmma-sync).
+    WgmmaSync,
+}
+
+/// The backward used when FERROTRON_ATTN_BWD does not choose one. `Fa2`
+/// until the wgmma backward has passed its parity tests on a cc 9.0 GPU
+/// (`attention_wgmma_bwd` in tests/cuda_ops.rs); then make it `Wgmma`.
+pub const DEFAULT_BACKWARD: AttnBackward = AttnBackward::Fa2;
+
+/// FERROTRON_ATTN_BWD: `wgmma`, `wgmma-sync` or `fa2`; unset,
+/// [`DEFAULT_BACKWARD`]. Any other value is reported on stderr and runs `fa2`.
+pub(in crate::backend::cuda) fn backward_from_env() -> AttnBackward {
+    match std::env::var("FERROTRON_ATTN_BWD").as_deref() {
+        Ok("wgmma") => AttnBackward::Wgmma,
+        Ok("wgmma-sync") => AttnBackward::WgmmaSync,
+        Ok("fa2") => AttnBackward::Fa2,
+        Ok(other) => {
+            eprintln!("FERROTRON_ATTN_BWD={other} is not one of fa2, wgmma, wgmma-sync: using fa2");
+            AttnBackward::Fa2
+        }
+        Err(_) => DEFAULT_BACKWARD,
     }
 }
 
@@ -111,6 +160,16 @@ kernel! {
         delta: u64, lse2: u64, dout: u64, dtdo: i32, out: u64, dto: i32, lse: u64, dtl: i32, a: AttnDims, d: i32, tp: i32,
     }
     struct Fa2Bwd(FA2_FILE, Fa2BwdKernel { Dkv64: fa2_bwd_dkv_d64, Dkv128: fa2_bwd_dkv_d128, Dq64: fa2_bwd_dq_d64, Dq128: fa2_bwd_dq_d128 }) {
+        dqkv: u64, dout: u64, qkv: u64, delta: u64, lse2: u64, a: AttnDims, tp: i32,
+    }
+    /// Hopper wgmma backward, warp-specialized with TMA loads: `tq` maps
+    /// qkv and `tdo` dout in boxes of 64 columns x (query rows of a step),
+    /// `tkv` qkv in 64 x (key rows of a step).
+    struct WgmmaTmaBwd(WGMMA_BWD_FILE, WgmmaTmaBwdKernel { Dkv64: wgmma_tma_bwd_dkv_d64, Dkv128: wgmma_tma_bwd_dkv_d128, Dq64: wgmma_tma_bwd_dq_d64, Dq128: wgmma_tma_bwd_dq_d128 }) {
+        dqkv: u64, delta: u64, lse2: u64, tq: TensorMap, tdo: TensorMap, tkv: TensorMap, a: AttnDims, tp: i32,
+    }
+    /// Hopper wgmma backward: dK/dV, then dQ (same inputs as `Fa2Bwd`).
+    struct WgmmaBwd(WGMMA_BWD_FILE, WgmmaBwdKernel { Dkv64: wgmma_bwd_dkv_d64, Dkv128: wgmma_bwd_dkv_d128, Dq64: wgmma_bwd_dq_d64, Dq128: wgmma_bwd_dq_d128 }) {
         dqkv: u64, dout: u64, qkv: u64, delta: u64, lse2: u64, a: AttnDims, tp: i32,
     }
 }
@@ -233,6 +292,9 @@ impl CudaBackend {
         let (g, q, o, l) = (self.dev(dout)?, self.dev(qkv)?, self.dev(out)?, self.dev(lse)?);
         let dq = self.out(dqkv)?;
         if !self.simple_attention && (d == 64 || d == 128) && fa2_ok(&q) && fa2_ok(&g) && fa2_ok(&dq) {
+            if self.cc == (9, 0) && self.attn_backward != AttnBackward::Fa2 {
+                return self.attention_bwd_wgmma(dq.ptr, g.ptr, q.ptr, o, l, s, a);
+            }
             return self.attention_bwd_fa2(dq.ptr, g.ptr, q.ptr, o, l, s, a);
         }
         let delta = self.scratch(n * s.heads * 4)?;
@@ -256,12 +318,7 @@ impl CudaBackend {
     fn attention_bwd_fa2(&mut self, dq: u64, g: u64, q: u64, o: Dev, l: Dev, s: AttnShape, a: AttnDims) -> Result<()> {
         let d = s.head_dim;
         let tp = s.seq.div_ceil(64) * 64;
-        let rows = s.batch * s.heads * tp;
-        let delta = self.scratch(rows * 4)?;
-        let lse2 = self.scratch(rows * 4)?;
-        let c = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let prep = Fa2BwdPrep { delta, lse2, dout: g, dtdo: Elem::Bf16 as i32, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), a, d: d as i32, tp: tp as i32 };
-        self.launch(c, prep)?;
+        let (delta, lse2) = self.attention_bwd_prep(g, &o, &l, s, a, tp)?;
         let (kv, qn) = if d == 64 { (Fa2BwdKernel::Dkv64, Fa2BwdKernel::Dq64) } else { (Fa2BwdKernel::Dkv128, Fa2BwdKernel::Dq128) };
         let k = Fa2Bwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
         let tiles = s.seq.div_ceil(64) as u32;
@@ -271,5 +328,55 @@ impl CudaBackend {
         let bytes = 6 * tile_bytes(64, d);
         let c = LaunchConfig { grid_dim: (tiles, s.heads as u32, s.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: bytes as u32 };
         self.launch(c, Fa2Bwd { kernel: qn, ..k })
+    }
+
+    /// delta = rowsum(dO ⊙ O) and lse·log2e, fp32, `tp` rows per head
+    /// (fa2_bwd_prep, shared by both backwards): (delta, lse2).
+    fn attention_bwd_prep(&mut self, g: u64, o: &Dev, l: &Dev, s: AttnShape, a: AttnDims, tp: usize) -> Result<(u64, u64)> {
+        let rows = s.batch * s.heads * tp;
+        let delta = self.scratch(rows * 4)?;
+        let lse2 = self.scratch(rows * 4)?;
+        let c = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let prep = Fa2BwdPrep { delta, lse2, dout: g, dtdo: Elem::Bf16 as i32, out: o.ptr, dto: o.dt(), lse: l.ptr, dtl: l.dt(), a, d: s.head_dim as i32, tp: tp as i32 };
+        self.launch(c, prep)?;
+        Ok((delta, lse2))
+    }
+
+    /// Hopper backward (attention_wgmma_bwd.cu): prep, then dK/dV over
+    /// 128-key tiles (grid kv heads x batch x key tiles) and dQ over
+    /// 128-query tiles (heads x batch x query tiles); 256 threads each, or
+    /// 384 warp-specialized (`Wgmma`). Rows padded to 128 (the dQ kernel's
+    /// tile) for delta and lse2. Shared memory: dK/dV = K, V (128 keys) + 2
+    /// Q and 2 dO buffers of BM queries + 2 x (lse2, delta); dQ = Q, dO (128
+    /// queries) + 2 K and 2 V buffers of BK keys; + 1024 bytes to align tiles
+    /// to the swizzle atom (+ 128 for the mbarriers of the `Wgmma` kernels).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_wgmma(&mut self, dq: u64, g: u64, q: u64, o: Dev, l: Dev, s: AttnShape, a: AttnDims) -> Result<()> {
+        let d = s.head_dim;
+        let tiles = s.seq.div_ceil(128);
+        ensure!(s.batch <= 65535 && tiles <= 65535, "attention_bwd (wgmma): batch {} or {tiles} tiles over the grid limit 65535", s.batch);
+        let tp = tiles * 128;
+        let (delta, lse2) = self.attention_bwd_prep(g, &o, &l, s, a, tp)?;
+        // BM: queries per dK/dV step; BK: keys per dQ step (the .cu's WGMMA_BWD_INSTANTIATE).
+        let (bm, bk) = if d == 64 { (128, 128) } else { (64, 64) };
+        let dkv_bytes = 2 * 128 * d * 2 + 4 * bm * d * 2 + 4 * bm * 4 + 1024;
+        let dq_bytes = 2 * 128 * d * 2 + 4 * bk * d * 2 + 1024;
+        let dkv_grid = (s.kv_heads as u32, s.batch as u32, tiles as u32);
+        let dq_grid = (s.heads as u32, s.batch as u32, tiles as u32);
+        if self.attn_backward == AttnBackward::Wgmma {
+            let width = s.qkv_width();
+            let map = |ptr: u64, cols: usize, rows: usize| bf16_3d_swizzled(ptr, s.batch, s.seq, cols, 64, rows as u32);
+            let (kv, qn) = if d == 64 { (WgmmaTmaBwdKernel::Dkv64, WgmmaTmaBwdKernel::Dq64) } else { (WgmmaTmaBwdKernel::Dkv128, WgmmaTmaBwdKernel::Dq128) };
+            let (tq, tdo, tkv) = (map(q, width, bm)?, map(g, s.heads * d, bm)?, map(q, width, 128)?);
+            let c = LaunchConfig { grid_dim: dkv_grid, block_dim: (384, 1, 1), shared_mem_bytes: (dkv_bytes + 128) as u32 };
+            self.launch(c, WgmmaTmaBwd { kernel: kv, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 })?;
+            let (tq, tdo, tkv) = (map(q, width, 128)?, map(g, s.heads * d, 128)?, map(q, width, bk)?);
+            let c = LaunchConfig { grid_dim: dq_grid, block_dim: (384, 1, 1), shared_mem_bytes: (dq_bytes + 128) as u32 };
+            return self.launch(c, WgmmaTmaBwd { kernel: qn, dqkv: dq, delta, lse2, tq, tdo, tkv, a, tp: tp as i32 });
+        }
+        let (kv, qn) = if d == 64 { (WgmmaBwdKernel::Dkv64, WgmmaBwdKernel::Dq64) } else { (WgmmaBwdKernel::Dkv128, WgmmaBwdKernel::Dq128) };
+        let k = WgmmaBwd { kernel: kv, dqkv: dq, dout: g, qkv: q, delta, lse2, a, tp: tp as i32 };
+        self.launch(LaunchConfig { grid_dim: dkv_grid, block_dim: (256, 1, 1), shared_mem_bytes: dkv_bytes as u32 }, k)?;
+        self.launch(LaunchConfig { grid_dim: dq_grid, block_dim: (256, 1, 1), shared_mem_bytes: dq_bytes as u32 }, WgmmaBwd { kernel: qn, ..k })
     }
 }

@@ -38,7 +38,7 @@ kernel_modules! {
     gelu: FILE;
     swiglu: FILE;
     rope: FILE;
-    attention: FILE, MMA_FILE, FA2_FILE, WGMMA_FILE;
+    attention: FILE, MMA_FILE, FA2_FILE, WGMMA_FILE, WGMMA_BWD_FILE;
     xent: FILE;
     adamw: FILE;
     axpby: FILE;

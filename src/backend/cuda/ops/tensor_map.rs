@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use cudarc::driver::sys;
 use cudarc::driver::DeviceRepr;
 
-/// An encoded `CUtensorMap`; mirrors `TensorMap` in attention_wgmma.cu.
+/// An encoded `CUtensorMap`; mirrors `TensorMap` in wgmma_common.cuh.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
 pub(in crate::backend::cuda) struct TensorMap {

@@ -1657,12 +1657,13 @@ fn bf16_gradient_adamw(h: &mut H) {
     }
     // Both GPU runs are checked against the CPU above (FP32 bounds). Between
     // them bit-equality was expected (the same adamw_one on the same widened
-    // values) but the H200 showed otherwise (2026-12-02, call 2 of
-    // bench/results/gpu_2026-12-02d.md): params 2.4e-7 / 7.2e-7 apart on
-    // values ~1 (up to 6 fp32 ulps), the kernels' FMA contraction being
-    // chosen per kernel by NVRTC. So the two
-    // are held to 8 ulps, not bits.
-    let ulps = finals[0].iter().zip(&finals[1]).map(|(a, b)| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()).max().unwrap_or(0);
-    println!("bf16 grads: AdamW with bf16 vs fp32 gradients of the same values: at most {ulps} ulps apart");
-    assert!(ulps <= 8, "GPU AdamW: bf16 gradients give results {ulps} ulps from the same values in fp32");
+    // values) but the H200 showed otherwise (bench/results/gpu_2026-12-02d.md,
+    // calls 2 and 3): params up to 7.2e-7 apart on values of RMS ~1 (446 ulps
+    // of a small element), the kernels' FMA contraction being chosen per
+    // kernel by NVRTC. So the two are held to 8 fp32 roundings of the
+    // parameters' RMS (9.5e-7 at RMS 1), not bits.
+    let scale = rms(&finals[1]);
+    let worst = finals[0].iter().zip(&finals[1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    println!("bf16 grads: AdamW with bf16 vs fp32 gradients of the same values: at most {worst:.3e} apart (params RMS {scale:.3})");
+    assert!(worst <= 8.0 * f32::EPSILON * scale, "GPU AdamW: bf16 gradients give results {worst:.3e} from the same values in fp32 (RMS {scale})");
 }

@@ -205,19 +205,37 @@ pub fn save_staged(
     keep_last: usize,
     before_shards: &mut dyn FnMut() -> Result<()>,
 ) -> Result<PathBuf> {
-    let dir = step_dir(run_dir, manifest.step);
+    let mut write_files = |staging: &Path| Ok((write_model_and_optim(staging, (model, optim, optim_bytes))?, manifest.clone()));
+    save_staged_by(run_dir, manifest.step, &mut write_files, shard_files, keep_last, before_shards)
+}
+
+/// The manifest's checksums of a checkpoint's own tensor files, by file name.
+pub type FileSums = BTreeMap<String, String>;
+
+/// Writes a checkpoint's own tensor files into the staging folder it is
+/// given; returns their checksums and the manifest (which may depend on
+/// what was written, such as an optimizer's scalars read unit by unit).
+pub type WriteFiles<'a> = dyn FnMut(&Path) -> Result<(FileSums, Manifest)> + 'a;
+
+/// [`save_staged`] whose tensor files are written by `write_files` (an
+/// offloaded run writes them unit by unit, `ckpt::part_write`): the same
+/// staging, shards, checksums, manifest-last, publication and pruning.
+pub fn save_staged_by(
+    run_dir: &Path,
+    step: u64,
+    write_files: &mut WriteFiles,
+    shard_files: &[PathBuf],
+    keep_last: usize,
+    before_shards: &mut dyn FnMut() -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = step_dir(run_dir, step);
     let parent = checkpoints_dir(run_dir);
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     atomic::publish_dir(&dir, |staging| {
-        // The two files go out in parallel (each one sequential, in large
-        // writes); their CRCs come from the writing itself.
-        let (model_crc, optim_crc) = std::thread::scope(|s| {
-            let model_writer = s.spawn(|| write_tensors(&staging.join(MODEL_FILE), model, &[]));
-            let optim_crc = write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes);
-            let model_crc = model_writer.join().unwrap_or_else(|_| Err(anyhow!("the writer of {MODEL_FILE} panicked")));
-            (model_crc, optim_crc)
-        });
-        let mut checksums = BTreeMap::from([(MODEL_FILE.to_string(), stream_write::crc_entry(model_crc?)), (OPTIM_FILE.to_string(), stream_write::crc_entry(optim_crc?))]);
+        let (mut checksums, manifest) = write_files(staging)?;
+        if manifest.step != step {
+            bail!("internal: the manifest of a save of step {step} says step {}", manifest.step);
+        }
         before_shards()?;
         let mut shards = vec![];
         for f in shard_files {
@@ -228,7 +246,7 @@ pub fn save_staged(
         // Other ranks' shards were written elsewhere: read back for theirs.
         let names: Vec<&str> = shards.iter().map(|f| f.as_str()).collect();
         checksums.extend(checksum::checksums(staging, &names)?);
-        let manifest = Manifest { checksums, ..manifest.clone() };
+        let manifest = Manifest { checksums, ..manifest };
         let manifest_json = serde_json::to_vec_pretty(&manifest).context("cannot serialize the checkpoint manifest")?;
         // The manifest goes last: a directory with a manifest is complete.
         fs::write(staging.join(MANIFEST_FILE), &manifest_json)
@@ -238,13 +256,31 @@ pub fn save_staged(
     Ok(dir)
 }
 
+/// The model and optimizer files of a checkpoint from host tensors, in
+/// parallel (each one sequential, in large writes); their CRCs come from
+/// the writing itself.
+pub(crate) fn write_model_and_optim(staging: &Path, (model, optim, optim_bytes): Tensors) -> Result<FileSums> {
+    let (model_crc, optim_crc) = std::thread::scope(|s| {
+        let model_writer = s.spawn(|| write_tensors(&staging.join(MODEL_FILE), model, &[]));
+        let optim_crc = write_tensors(&staging.join(OPTIM_FILE), optim, optim_bytes);
+        let model_crc = model_writer.join().unwrap_or_else(|_| Err(anyhow!("the writer of {MODEL_FILE} panicked")));
+        (model_crc, optim_crc)
+    });
+    Ok(BTreeMap::from([(MODEL_FILE.to_string(), stream_write::crc_entry(model_crc?)), (OPTIM_FILE.to_string(), stream_write::crc_entry(optim_crc?))]))
+}
+
 /// Writes one tensor file and returns its CRC-32 (`stream_write`). A
 /// checkpoint never holds a non-finite value: the first one met is an
 /// error (the staging folder is then dropped, so nothing is published).
 pub(crate) fn write_tensors(path: &Path, list: &[NamedTensor], bytes: &[NamedBytes]) -> Result<u32> {
     stream_write::check_shapes(path, list, bytes)?;
-    let refuse = |_: &str| format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display());
-    stream_write::write_tensors(path, list, bytes, &refuse)
+    stream_write::write_tensors(path, list, bytes, &|_| diverged(path))
+}
+
+/// The error's words for a non-finite value in the tensor file `path` of a
+/// save.
+pub(crate) fn diverged(path: &Path) -> String {
+    format!("cannot save {}: training has diverged; the checkpoint is not published and the older ones are kept (resume the newest with a lower optimizer.lr)", path.display())
 }
 
 /// Step number of a `step_<digits>` directory name; `None` for anything

@@ -8,6 +8,8 @@
 //! - [`stream_write`]: checkpoint tensor files in large writes, CRC as
 //!   they go out; [`snapshot_buffers`]: reused page-locked host buffers
 //!   of stage 1.
+//! - [`part_write`] and [`part_read`]: the same tensor files written and
+//!   read piece by piece (an offloaded run's checkpoints, unit by unit).
 //! - [`checksum`]: per-file CRC-32 in the manifest, finite-values rule;
 //!   [`recover`]: the newest checkpoint that verifies (fallback, announced).
 //! - [`hf`] and [`hf_config`]: Hugging Face `GPT2LMHeadModel` /
@@ -18,6 +20,8 @@ pub mod checkpoint;
 pub mod checksum;
 pub mod hf;
 pub mod hf_config;
+pub mod part_read;
+pub mod part_write;
 pub mod recover;
 pub mod snapshot_buffers;
 pub mod stream_write;

@@ -12,10 +12,18 @@ use std::path::Path;
 /// that was passed over is named on stderr with the reason. An error when
 /// checkpoints exist but none is usable (each one's reason listed).
 pub fn load_newest_good(run_dir: &Path) -> Result<Option<Loaded>> {
+    newest_good_by(run_dir, checkpoint::load)
+}
+
+/// [`load_newest_good`] with another way of loading and checking one
+/// checkpoint directory (`check`): an offloaded run's resume verifies the
+/// files in one streamed pass and loads them unit by unit afterwards
+/// (`ckpt::part_read`), so the whole model is never in memory at once.
+pub fn newest_good_by<T>(run_dir: &Path, check: impl Fn(&Path) -> Result<T>) -> Result<Option<T>> {
     let mut passed = Vec::new();
     for (_, dir) in step_dirs(run_dir)?.into_iter().rev() {
         let result = if is_complete(&dir) {
-            checkpoint::load(&dir)
+            check(&dir)
         } else {
             let missing: Vec<&str> = [MANIFEST_FILE, MODEL_FILE, OPTIM_FILE].into_iter().filter(|f| !dir.join(f).is_file()).collect();
             Err(anyhow::anyhow!("{} is incomplete (no {}): a save or a deletion was interrupted", dir.display(), missing.join(", ")))

@@ -55,10 +55,18 @@ enum Data<'a> {
 /// The 8-byte length and JSON header of the file holding these tensors,
 /// and each tensor's data start offset (by name).
 fn header(floats: &[NamedTensor], bytes: &[NamedBytes]) -> Result<(Vec<u8>, std::collections::HashMap<String, usize>)> {
-    let entries: Vec<(String, HeaderOnly)> = floats
+    let entries = floats
         .iter()
-        .map(|t| (t.name.clone(), HeaderOnly { dtype: StDtype::F32, shape: t.shape.clone(), bytes: 4 * t.data.len() }))
-        .chain(bytes.iter().map(|t| (t.name.clone(), HeaderOnly { dtype: StDtype::U8, shape: t.shape.clone(), bytes: t.data.len() })))
+        .map(|t| (t.name.clone(), false, t.shape.clone(), 4 * t.data.len()))
+        .chain(bytes.iter().map(|t| (t.name.clone(), true, t.shape.clone(), t.data.len())));
+    header_of(entries)
+}
+
+/// [`header`] of tensors known by (name, is U8 (else F32), shape, data
+/// bytes) only: the file `ckpt::part_write` fills piece by piece.
+pub(crate) fn header_of(entries: impl Iterator<Item = (String, bool, Vec<usize>, usize)>) -> Result<(Vec<u8>, std::collections::HashMap<String, usize>)> {
+    let entries: Vec<(String, HeaderOnly)> = entries
+        .map(|(name, u8s, shape, bytes)| (name, HeaderOnly { dtype: if u8s { StDtype::U8 } else { StDtype::F32 }, shape, bytes }))
         .collect();
     let head = safetensors::serialize(entries.iter().map(|(n, h)| (n.clone(), h)), &None).map_err(|e| anyhow!("{e}"))?;
     let json: serde_json::Value = serde_json::from_slice(&head[8..]).context("internal: the safetensors header is not JSON")?;
@@ -121,7 +129,7 @@ impl Out<'_> {
 
 /// The little-endian bytes of `values`: on a little-endian host the values'
 /// own memory (safetensors is little-endian), elsewhere a converted copy.
-fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+pub(crate) fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
     if cfg!(target_endian = "little") {
         Cow::Borrowed(bytemuck_cast(values))
     } else {

@@ -39,7 +39,7 @@ pub struct Sharding {
 
 impl Sharding {
     /// Whether optimizer state saved as `self` loads as `now` shard by shard.
-    fn same_partition(&self, now: &Sharding) -> bool {
+    pub fn same_partition(&self, now: &Sharding) -> bool {
         let sharded = |s: &Sharding| s.zero_stage > 0 && s.world > 1;
         match (sharded(self), sharded(now)) {
             (false, false) => true,
@@ -173,27 +173,49 @@ pub fn publish<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, run_dir: &Path, pa
 pub fn publish_host(state: &HostOptState, run_dir: &Path, parts: SaveParts, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
     let model: Vec<NamedTensor> = parts.layout.params.iter().map(|p| NamedTensor { name: p.name.clone(), shape: p.shape.clone(), data: &parts.weights[p.offset..p.offset + p.numel()] }).collect();
     let (f, u) = state.named();
-    let step = parts.manifest.step;
+    let manifest = parts.manifest;
+    let mut write_files = |staging: &Path| {
+        let sums = checkpoint::write_model_and_optim(staging, (&model, &f, &u))?;
+        Ok((sums, manifest.clone()))
+    };
+    let step = manifest.step;
+    publish_by(state.slices.as_deref(), run_dir, step, &parts.sharding, parts.keep_last, &mut write_files, before_publish)
+}
+
+/// [`publish_host`] whose model and optimizer files are written by
+/// `write_files` (an offloaded run's, unit by unit): rank 0's state
+/// `slices`, the other ranks' shards and the manifest's sharding exactly
+/// as every save has them.
+pub fn publish_by(slices: Option<&[StateSlice]>, run_dir: &Path, step: u64, sharding: &Sharding, keep_last: usize, write_files: &mut checkpoint::WriteFiles, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
     let staged = shards_dir(run_dir, step);
     std::fs::create_dir_all(&staged).with_context(|| format!("cannot create {}", staged.display()))?;
-    let mut shards: Vec<PathBuf> = write_slices(state.slices.as_deref(), &staged, 0)?.into_iter().collect();
-    if parts.sharding.zero_stage > 0 {
-        for r in 1..parts.sharding.world {
+    let mut shards: Vec<PathBuf> = write_slices(slices, &staged, 0)?.into_iter().collect();
+    if sharding.zero_stage > 0 {
+        for r in 1..sharding.world {
             shards.push(staged.join(shard_file(r)));
-            if state.slices.is_some() {
+            if slices.is_some() {
                 shards.push(staged.join(slices_file(r)));
             }
         }
     }
-    let manifest = Manifest { sharding: serde_json::to_value(&parts.sharding)?, ..parts.manifest };
-    let dir = checkpoint::save_staged(run_dir, &manifest, (&model, &f, &u), &shards, parts.keep_last, before_publish)?;
+    let sharding = serde_json::to_value(sharding)?;
+    let mut with_sharding = |staging: &Path| {
+        let (sums, manifest) = write_files(staging)?;
+        Ok((sums, Manifest { sharding: sharding.clone(), ..manifest }))
+    };
+    let dir = checkpoint::save_staged_by(run_dir, step, &mut with_sharding, &shards, keep_last, before_publish)?;
     let _ = std::fs::remove_dir(shards_dir(run_dir, step));
     Ok(dir)
 }
 
 /// The sharding a checkpoint was saved with (unsharded for older ones).
 pub fn sharding_of(loaded: &Loaded) -> Sharding {
-    serde_json::from_value(loaded.manifest.sharding.clone()).unwrap_or(Sharding { world: 1, zero_stage: 0, whole_tensors: false })
+    sharding_in(&loaded.manifest)
+}
+
+/// [`sharding_of`] from the manifest alone.
+pub fn sharding_in(manifest: &Manifest) -> Sharding {
+    serde_json::from_value(manifest.sharding.clone()).unwrap_or(Sharding { world: 1, zero_stage: 0, whole_tensors: false })
 }
 
 /// Loads this rank's optimizer state (tensors and scalars) from `loaded`.

@@ -7,6 +7,7 @@
 //! at the step boundary, written in the background (`ckpt/async_save.rs`).
 //! The files themselves are `ckpt/train_state.rs`'s business.
 
+use super::checkpoint_offload;
 use super::run_dir;
 use super::trainer::State;
 use crate::backend::{Backend, CopyTicket, DType, View};
@@ -15,9 +16,8 @@ use crate::ckpt::snapshot_buffers::{state_slot, SnapshotBuffers, WEIGHTS_SLOT};
 use crate::optim::Optimizer;
 use crate::ckpt::{self, train_state::{self, HostOptState, SaveParts, Sharding}};
 use crate::config::Config;
-use crate::parallel::offload;
 use crate::telemetry::metrics::CkptMetrics;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,7 +153,9 @@ impl Checkpoints {
     /// previous one).
     pub(super) fn save<B: Backend>(&mut self, b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<Option<CkptMetrics>> {
         let start = Instant::now();
-        if !self.async_write {
+        // Offloaded runs save unit by unit, synchronously: a background
+        // write would need a host copy of the whole model.
+        if !self.async_write || st.off.is_some() {
             save_sync(b, st, cfg, run_dir, self.opts.delay)?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             return Ok(Some(CkptMetrics { step: st.step, async_write: false, ckpt_block_ms: ms, ckpt_wait_ms: 0.0, ckpt_write_ms: ms, ckpt_bytes: 0 }));
@@ -241,25 +243,19 @@ impl Checkpoints {
 fn capture<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, buffers: &mut SnapshotBuffers) -> Result<Option<(HostCheckpoint, Vec<CopyTicket>)>> {
     let (rank, world) = (st.zero.rank(), st.zero.world());
     let mut tickets = vec![];
-    // Stage 3 and offloaded runs: today's synchronous weights, on every
-    // rank (a gather at stage 3).
-    let device_weights = st.zero.full_weights_view().filter(|_| st.off.is_none());
-    let weights = match device_weights {
+    // Offloaded runs never get here (`checkpoint_offload`, synchronous).
+    ensure!(st.off.is_none(), "internal: a two-stage save of an offloaded run");
+    // Stage 3: today's synchronous weights, on every rank (a gather).
+    let weights = match st.zero.full_weights_view() {
         Some(view) if rank == 0 => Some(start_download(b, view, buffers, WEIGHTS_SLOT, &mut tickets)?),
         Some(_) => None,
-        None => Some(full_weights(b, st)?),
+        None => Some(st.zero.full_weights(b)?),
     };
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage == 0 {
         return Ok(None);
     }
-    let (opt, meta) = match st.off.as_mut() {
-        Some(off) => {
-            let (mut h, opt) = off.full_optimizer()?;
-            (HostOptState::download(&mut h, opt.as_ref())?, opt.meta())
-        }
-        None => (start_state_download(b, st.opt.as_ref(), buffers, &mut tickets)?, st.opt.meta()),
-    };
+    let (opt, meta) = (start_state_download(b, st.opt.as_ref(), buffers, &mut tickets)?, st.opt.meta());
     let lead = match (rank, weights) {
         (0, Some(weights)) => Some(LeadParts { layout: st.model.layout.clone(), weights, manifest: manifest(st, cfg, meta)?, keep_last: cfg.train.keep_ckpts }),
         _ => None,
@@ -287,17 +283,8 @@ fn start_state_download<B: Backend>(b: &mut B, opt: &dyn Optimizer<B>, buffers: 
     Ok(HostOptState { floats, bytes, slices: opt.state_slices() })
 }
 
-/// The full model's fp32 weights on the host: an offloaded run's are its
-/// host master weights (the device holds only the compute dtype).
-fn full_weights<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<Vec<f32>> {
-    match st.off.as_mut() {
-        Some(off) => off.master_weights(),
-        None => st.zero.full_weights(b),
-    }
-}
-
 /// The manifest's state fields; `optimizer` = the optimizer's scalars.
-fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde_json::Value) -> Result<ckpt::Manifest> {
+pub(super) fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde_json::Value) -> Result<ckpt::Manifest> {
     Ok(ckpt::Manifest {
         loader: serde_json::to_value(st.train.state())?,
         rng: serde_json::to_value(&st.rng)?,
@@ -307,10 +294,15 @@ fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde_json::Valu
     })
 }
 
-/// The synchronous save (`train.async_checkpoint = false`): every rank
-/// but 0 writes its shard, all meet, rank 0 publishes, all meet again.
+/// The synchronous save (`train.async_checkpoint = false`, and every
+/// save of an offloaded run: `checkpoint_offload`, unit by unit): every
+/// rank but 0 writes its shard, all meet, rank 0 publishes, all meet again.
 fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, delay: Duration) -> Result<PathBuf> {
-    let weights = full_weights(b, st)?;
+    if st.off.is_some() {
+        // One process (offload refuses more), so no rank to meet.
+        return checkpoint_offload::save(st, cfg, run_dir, delay);
+    }
+    let weights = st.zero.full_weights(b)?;
     let (rank, world) = (st.zero.rank(), st.zero.world());
     let sharding = Sharding { world, zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     if rank > 0 && cfg.dist.zero_stage > 0 {
@@ -318,26 +310,13 @@ fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &P
     }
     st.zero.comm.barrier()?;
     let mut dir = ckpt::step_dir(run_dir, st.step);
-    // An offloaded run saves the same checkpoint as the plain run: its
-    // units' state assembled into the whole model's optimizer.
-    let mut host = match st.off.as_mut() {
-        Some(off) => Some(off.full_optimizer()?),
-        None => None,
-    };
     if rank == 0 {
-        let meta = match &host {
-            Some((_, opt)) => opt.meta(),
-            None => st.opt.meta(),
-        };
-        let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest: manifest(st, cfg, meta)?, sharding, rank, keep_last: cfg.train.keep_ckpts };
+        let parts = SaveParts { layout: &st.model.layout, weights: &weights, manifest: manifest(st, cfg, st.opt.meta())?, sharding, rank, keep_last: cfg.train.keep_ckpts };
         let mut pause = || {
             std::thread::sleep(delay);
             Ok(())
         };
-        dir = match host.as_mut() {
-            Some((h, opt)) => train_state::publish(h, opt.as_ref(), run_dir, parts, &mut pause)?,
-            None => train_state::publish(b, st.opt.as_ref(), run_dir, parts, &mut pause)?,
-        };
+        dir = train_state::publish(b, st.opt.as_ref(), run_dir, parts, &mut pause)?;
     }
     // No rank runs ahead of a checkpoint that is not yet published.
     st.zero.comm.barrier()?;
@@ -345,41 +324,47 @@ fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &P
 }
 
 /// Load the newest usable checkpoint (ckpt/recover.rs: damaged ones are
-/// passed over, saying so); `false` when the run has none.
+/// passed over, saying so); `false` when the run has none. Offloaded runs
+/// load unit by unit (`checkpoint_offload`).
 pub(super) fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path) -> Result<bool> {
-    let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
-    run_dir::check_against_checkpoint(&loaded.manifest.config_toml, cfg, run_dir, &loaded.dir)?;
-    if st.zero.rank() == 0 {
-        // No save is in flight yet on any rank: litter up to this
-        // checkpoint belongs to killed attempts.
-        ckpt::checkpoint::remove_litter(run_dir, Some(loaded.manifest.step))?;
+    if st.off.is_some() {
+        return checkpoint_offload::restore(b, st, cfg, run_dir);
     }
-    check_global_batch(&loaded, cfg, st.zero.world())?;
+    let Some(loaded) = ckpt::load_newest_good(run_dir)? else { return Ok(false) };
+    check_resume(st, cfg, run_dir, &loaded.dir, &loaded.manifest)?;
     let mut params = vec![0.0f32; st.model.layout.total];
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.zero.set_weights(b, &params)?;
     let now = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
-    match st.off.as_mut() {
-        Some(off) => {
-            off.set_weights(&params)?;
-            let mut h = crate::backend::cpu::CpuBackend::new();
-            let mut opt = offload::host_optimizer::host_optimizer(&mut h, &cfg.optimizer, &st.model.layout)?;
-            train_state::restore_optimizer(&mut h, opt.as_mut(), &loaded, &now, st.zero.rank())?;
-            off.load_optimizer(&mut h, &opt)?;
-        }
-        None => train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?,
-    }
-    st.train.restore(&serde_json::from_value(loaded.manifest.loader.clone())?)?;
-    st.rng = serde_json::from_value(loaded.manifest.rng.clone())?;
-    st.step = loaded.manifest.step;
-    st.guard.load_json(&loaded.manifest.guard)?;
+    train_state::restore_optimizer(b, st.opt.as_mut(), &loaded, &now, st.zero.rank())?;
+    restore_run_state(st, &loaded.manifest)?;
     Ok(true)
+}
+
+/// Whether the checkpoint in `dir` continues this run (its config, its
+/// global batch); litter of killed saves up to it is removed.
+pub(super) fn check_resume<B: Backend>(st: &State<B>, cfg: &Config, run_dir: &Path, dir: &Path, manifest: &ckpt::Manifest) -> Result<()> {
+    run_dir::check_against_checkpoint(&manifest.config_toml, cfg, run_dir, dir)?;
+    if st.zero.rank() == 0 {
+        // No save is in flight yet on any rank: litter up to this
+        // checkpoint belongs to killed attempts.
+        ckpt::checkpoint::remove_litter(run_dir, Some(manifest.step))?;
+    }
+    check_global_batch(manifest, dir, cfg, st.zero.world())
+}
+
+/// The manifest's part of a resume: loader position, RNG, step, guard.
+pub(super) fn restore_run_state<B: Backend>(st: &mut State<B>, manifest: &ckpt::Manifest) -> Result<()> {
+    st.train.restore(&serde_json::from_value(manifest.loader.clone())?)?;
+    st.rng = serde_json::from_value(manifest.rng.clone())?;
+    st.step = manifest.step;
+    st.guard.load_json(&manifest.guard)
 }
 
 /// A resume may change the number of ranks and the per-rank batch, not the
 /// global batch (the same sequences per step, whatever the world size).
-fn check_global_batch(loaded: &ckpt::Loaded, cfg: &Config, world: usize) -> Result<()> {
-    let saved = crate::config::from_run_toml(&loaded.manifest.config_toml, "the checkpoint's config")?;
+fn check_global_batch(manifest: &ckpt::Manifest, dir: &Path, cfg: &Config, world: usize) -> Result<()> {
+    let saved = crate::config::from_run_toml(&manifest.config_toml, "the checkpoint's config")?;
     // Groups of dist.sp ranks share their sequences.
     let was = saved.train.batch_size * saved.dist.world.max(1) / saved.dist.sp.max(1);
     let now = cfg.train.batch_size * world / cfg.dist.sp.max(1);
@@ -387,7 +372,7 @@ fn check_global_batch(loaded: &ckpt::Loaded, cfg: &Config, world: usize) -> Resu
         bail!(
             "cannot resume {}: it trained with a global batch of {was} sequences (train.batch_size {} × {} rank(s)); \
              this run has {now} ({} × {world}). Set train.batch_size = {} for {world} rank(s)",
-            loaded.dir.display(),
+            dir.display(),
             saved.train.batch_size,
             saved.dist.world.max(1),
             cfg.train.batch_size,

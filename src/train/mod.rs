@@ -3,6 +3,7 @@
 pub mod autolrs;
 pub mod bench;
 pub mod bench_optim;
+pub mod checkpoint_offload;
 pub mod checkpointing;
 pub mod export;
 pub mod generate;

@@ -820,6 +820,39 @@ impl Offload {
         }
     }
 
+    /// Each unit's part of the whole model (layout order).
+    pub fn unit_ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Runs `f` on unit `u`'s master weights and state, changing nothing
+    /// (in the nvme tier read from its file and not written back): a
+    /// checkpoint save, one unit at a time. Not while steps run.
+    pub fn read_unit(&mut self, u: usize, f: impl FnOnce(&UnitHost) -> Result<()>) -> Result<()> {
+        ensure!(self.in_flight == 0, "offload: state read while unit steps run");
+        match (&self.hosts[u], &self.shared.files) {
+            (Some(h), _) => f(h),
+            (None, Some(files)) => f(&files.read(u, &self.shared.cfg, &self.shared.layouts[u], &self.meta)?),
+            (None, None) => bail!("offload: unit {u}'s state is missing"),
+        }
+    }
+
+    /// Unit `u`'s master weights and state replaced by `f` (written to
+    /// its file in the nvme tier), its optimizer's scalars by `meta`: a
+    /// resume, one unit at a time.
+    pub fn restore_unit(&mut self, u: usize, meta: &serde_json::Value, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        let mut loaded = None;
+        self.with_unit(u, |h| {
+            f(h)?;
+            h.opt.load_meta(meta)?;
+            loaded = Some(h.opt.meta());
+            Ok(())
+        })?;
+        self.meta = loaded.unwrap_or_default();
+        self.images_ready = false;
+        Ok(())
+    }
+
     /// The whole model's optimizer, assembled on a host backend of its
     /// own from every unit's state: what a checkpoint saves (the same
     /// tensors and names as the plain run's optimizer).

@@ -220,15 +220,24 @@ fn offload_rows(out: &mut String, cfg: &Config) {
 /// a window when streamed), host memory and files their master weights
 /// and optimizer state.
 fn placement_row(out: &mut String, cfg: &Config, b: &crate::parallel::offload::budget::OffloadBytes) {
-    let units = b.host_units + b.disk_units;
+    let on_gpu = crate::parallel::offload::budget::gpu_units(cfg).unwrap_or_default();
+    let units = b.host_units + b.disk_units + on_gpu.units;
+    let tier = |n: usize, p: u64, bytes: u64| format!("{n} units, {} params, {}", human_count(p as f64), human_bytes(bytes));
+    let master = if on_gpu.units > 0 { format!(" + master + optimizer state of {}", tier(on_gpu.units, on_gpu.params, on_gpu.bytes())) } else { String::new() };
     let gpu = match cfg.offload.params.as_str() {
-        "none" => format!("GPU {units} units' compute weights"),
+        "none" => format!("GPU {units} units' compute weights{master}"),
         _ => "GPU a window of streamed weights".to_string(),
     };
-    let tier = |n: usize, p: u64, bytes: u64| format!("{n} units, {} params, {}", human_count(p as f64), human_bytes(bytes));
     let host = tier(b.host_units, b.host_params, b.host_resident() + b.host_images);
     let disk = tier(b.disk_units, b.disk_params, b.disk);
-    let label = if cfg.offload.host_gb > 0.0 { format!("placement (host_gb = {})", cfg.offload.host_gb) } else { "placement".to_string() };
+    let mut budgets = vec![];
+    if cfg.offload.gpu_gb > 0.0 {
+        budgets.push(format!("gpu_gb = {}", cfg.offload.gpu_gb));
+    }
+    if cfg.offload.host_gb > 0.0 {
+        budgets.push(format!("host_gb = {}", cfg.offload.host_gb));
+    }
+    let label = if budgets.is_empty() { "placement".to_string() } else { format!("placement ({})", budgets.join(", ")) };
     row(out, &label, "", &format!("{gpu} · host {host} · disk {disk}"));
 }
 

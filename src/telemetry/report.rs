@@ -113,7 +113,9 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let sp = cfg.dist.sp.max(1);
     let sp_note = if sp > 1 { format!(", Ulysses sp {sp}") } else { String::new() };
     let who = if world > 1 || stage > 0 || sp > 1 { format!("one rank of {world}, ZeRO stage {stage}{sp_note}") } else { "one process".into() };
-    let precision = if cfg.offload.enabled() && cfg.device == "cuda" {
+    let precision = if cfg.offload.enabled() && cfg.device == "cuda" && cfg.offload.gpu_gb > 0.0 {
+        "bf16 weights (fp32 master on the host, but for the units offload.gpu_gb keeps here), fp32 grads, bf16 activations"
+    } else if cfg.offload.enabled() && cfg.device == "cuda" {
         "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations"
     } else if stage == 3 && cfg.device == "cuda" {
         "fp32 master, bf16 weights only of the units in use, fp32 grads, bf16 activations"
@@ -128,6 +130,10 @@ fn memory_section(out: &mut String, cfg: &Config) {
         (_, 1) => "all (one process: the shard is the whole model)",
         _ => "all, + fp32 shard",
     }) };
+    let weights_note = match crate::parallel::offload::budget::gpu_units(cfg) {
+        Ok(g) if g.units > 0 => format!("all, + fp32 master of the {} units offload.gpu_gb keeps here {}", g.units, human_bytes(g.master)),
+        _ => weights_note,
+    };
     row(out, "weights", &human_bytes(est.weights), &weights_note);
     let grads_note = match (stage, world) {
         (1, 1) => "all (one process: the shard is the whole model)",

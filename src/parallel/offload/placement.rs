@@ -17,8 +17,14 @@
 //! the units it takes keep master weights and state on the device (the
 //! device optimizer steps them, [`super::gpu_tier`]); the rest are placed
 //! as above among host memory and files (the cpu tier: all in host
-//! memory). GPU units never stream (`offload.params = none`), so their
-//! bytes are master and state only.
+//! memory). Among equal sizes the device takes the LAST units in layout
+//! order (the top blocks): a run builds its host and file units from the
+//! model's initial weights last unit first, releasing the weights behind
+//! each, so device units at the end free their part at once, where units
+//! at the front would keep theirs (4 bytes per parameter, tens of GB at
+//! the sizes this tier is for) in host memory beside the resident units
+//! until the build ends. GPU units never stream (`offload.params = none`),
+//! so their bytes are master and state only.
 //!
 //! A unit's bytes here are its master weights, its optimizer state and,
 //! where the passes stream its weights from host memory (`offload.params
@@ -85,10 +91,13 @@ pub enum Place {
 }
 
 /// The units among `free` (not yet placed) that `budget` bytes take,
-/// largest first (equal sizes in layout order), skipping any that does
-/// not fit what is left.
-fn take_largest(units: &[UnitBytes], free: &[bool], budget: u64) -> Vec<bool> {
+/// largest first (equal sizes in layout order, or the last first with
+/// `last_first`), skipping any that does not fit what is left.
+fn take_largest(units: &[UnitBytes], free: &[bool], budget: u64, last_first: bool) -> Vec<bool> {
     let mut order: Vec<usize> = (0..units.len()).filter(|&u| free[u]).collect();
+    if last_first {
+        order.reverse();
+    }
     // Stable: equal sizes keep layout order.
     order.sort_by_key(|&u| std::cmp::Reverse(units[u].resident()));
     let mut left = budget;
@@ -105,15 +114,15 @@ fn take_largest(units: &[UnitBytes], free: &[bool], budget: u64) -> Vec<bool> {
 
 /// Whether each unit lives in its file (`true`) or in host memory.
 pub fn on_disk(units: &[UnitBytes], budget: u64) -> Vec<bool> {
-    take_largest(units, &vec![true; units.len()], budget).into_iter().map(|t| !t).collect()
+    take_largest(units, &vec![true; units.len()], budget, false).into_iter().map(|t| !t).collect()
 }
 
 /// Each unit's place: `gpu` bytes taken first, then `host` bytes from the
 /// rest, the others in files.
 pub fn places(units: &[UnitBytes], gpu: u64, host: u64) -> Vec<Place> {
-    let on_gpu = take_largest(units, &vec![true; units.len()], gpu);
+    let on_gpu = take_largest(units, &vec![true; units.len()], gpu, true);
     let rest: Vec<bool> = on_gpu.iter().map(|g| !g).collect();
-    let on_host = take_largest(units, &rest, host);
+    let on_host = take_largest(units, &rest, host, false);
     (0..units.len()).map(|u| if on_gpu[u] { Place::Gpu } else if on_host[u] { Place::Host } else { Place::Disk }).collect()
 }
 
@@ -162,10 +171,11 @@ mod tests {
     fn gpu_budget_first_then_host_then_files() {
         use Place::*;
         let units = [unit(10), unit(4), unit(4), unit(4), unit(10)];
-        // GPU 60: the embeddings; host 84: the head and one block.
-        assert_eq!(places(&units, 60, 84), vec![Gpu, Host, Disk, Disk, Host]);
-        // GPU 48: two blocks (the big units do not fit); host: the rest all.
-        assert_eq!(places(&units, 48, u64::MAX), vec![Host, Gpu, Gpu, Host, Host]);
+        // GPU 60: the head (equal sizes: the last first); host 84: the
+        // embeddings and one block (the first).
+        assert_eq!(places(&units, 60, 84), vec![Host, Host, Disk, Disk, Gpu]);
+        // GPU 48: the two top blocks (the big units do not fit); host: the rest.
+        assert_eq!(places(&units, 48, u64::MAX), vec![Host, Host, Gpu, Gpu, Host]);
         // No GPU budget: as without it.
         let plain: Vec<Place> = on_disk(&units, 150).iter().map(|&d| if d { Disk } else { Host }).collect();
         assert_eq!(places(&units, 0, 150), plain);

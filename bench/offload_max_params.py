@@ -6,8 +6,10 @@ weights also stream from the files, read ahead offload.prefetch units) vs
 the mixed tiers (engine `mixed`: offload.optimizer = nvme with
 offload.host_gb = --host-gb, the largest units resident in host memory and
 the rest in files under --nvme-path; `mixed-params` streams the weights the
-same way). Shape: llama3-8b's width (d_model 4096, d_ff 14336, 32 heads, 8
-kv heads, vocabulary 128256), n_layers varied; batch 1, seq 2048, activation
+same way; `--gpu-gb G` (> 0) adds the device tier to `mixed`:
+offload.gpu_gb = G, the largest units' fp32 master and 8-bit state kept on
+the GPU and stepped there, placed before host_gb). Shape: llama3-8b's
+width (d_model 4096, d_ff 14336, 32 heads, 8 kv heads, vocabulary 128256), n_layers varied; batch 1, seq 2048, activation
 checkpointing per block in every engine, no gradient clipping (ferrotron's
 offloaded device then holds the bf16 weights and one unit's gradients, not
 a whole-model gradient; PyTorch's loop does not clip either).
@@ -94,6 +96,8 @@ def command(engine, layers, a):
         sets["offload.params"] = "nvme"
     if engine in ("mixed", "mixed-params"):
         sets["offload.host_gb"] = a.host_gb
+    if engine == "mixed" and a.gpu_gb > 0:
+        sets["offload.gpu_gb"] = a.gpu_gb
     if a.prefetch and engine in ("nvme", "nvme-params", "mixed", "mixed-params"):
         sets["offload.prefetch"] = a.prefetch
     cmd = [BIN, "bench", "train", "--warmup", "0", "--steps", "1"]
@@ -181,6 +185,8 @@ def main():
     ap.add_argument("--optimizer", default="adamw8bit", help="ferrotron's optimizer.name (adamw or adamw8bit)")
     ap.add_argument("--nvme-path", default="/tmp/ferrotron_nvme")
     ap.add_argument("--host-gb", type=float, default=95.0, help="offload.host_gb of the mixed engines (10^9 bytes)")
+    ap.add_argument("--gpu-gb", type=float, default=0.0, help="offload.gpu_gb of the mixed engine (10^9 bytes of device memory "
+                    "for units whose master + state stay on the GPU; 0: none; needs offload.params = none, so not mixed-params)")
     ap.add_argument("--prefetch", type=int, default=0, help="offload.prefetch of the nvme engines (0: ferrotron's default); "
                     "each unit less in the read-ahead window frees 2 units' master + state of host memory")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per try")

@@ -67,11 +67,17 @@ pub struct OffloadConfig {
     /// in their files. 0: every unit in its file. Which units: largest
     /// first (parallel::offload::placement).
     pub host_gb: f64,
+    /// GB (10^9 bytes) of device memory for units kept ON THE DEVICE:
+    /// their fp32 master weights and optimizer state stay there and the
+    /// device optimizer steps them (no host copy); the other units are
+    /// placed as without it (host_gb, then files). 0: none. Which units:
+    /// largest first (parallel::offload::placement). Needs params = none.
+    pub gpu_gb: f64,
 }
 
 impl Default for OffloadConfig {
     fn default() -> Self {
-        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2, host_gb: 0.0 }
+        OffloadConfig { optimizer: "none".into(), params: "none".into(), path: String::new(), prefetch: 2, host_gb: 0.0, gpu_gb: 0.0 }
     }
 }
 
@@ -102,6 +108,15 @@ impl OffloadConfig {
         }
         if self.host_gb > 0.0 && self.optimizer != "nvme" {
             bail!("offload.host_gb mixes host memory and files and needs offload.optimizer = nvme (the cpu tier keeps every unit in host memory; none keeps them on the device)");
+        }
+        if !self.gpu_gb.is_finite() || self.gpu_gb < 0.0 {
+            bail!("offload.gpu_gb = {} must be a number of GB, 0 or more", self.gpu_gb);
+        }
+        if self.gpu_gb > 0.0 && !self.enabled() {
+            bail!("offload.gpu_gb keeps some units' optimizer on the device and the rest offloaded: it needs offload.optimizer = cpu or nvme (none keeps every unit on the device already)");
+        }
+        if self.gpu_gb > 0.0 && self.params != "none" {
+            bail!("offload.gpu_gb needs offload.params = none (got {}): the units kept on the device are stepped in the device's resident weights, which streamed weights do not have", self.params);
         }
         Ok(())
     }

@@ -104,6 +104,10 @@ pub struct Zero<B: Backend> {
     peak_gathered: usize,
     pv: ModelViews,
     gv: ModelViews,
+    /// An offloaded run with `offload.gpu_gb`: the units whose master
+    /// weights and optimizer state stay on the device
+    /// (`parallel::offload::gpu_tier`), stepped into `shard_params`.
+    pub device_units: Option<crate::parallel::offload::gpu_tier::DeviceUnits<B>>,
 }
 
 /// A gradient reduction in flight.
@@ -209,6 +213,7 @@ impl<B: Backend> Zero<B> {
             peak_gathered: 0,
             pv,
             gv,
+            device_units: None,
         };
         z.set_weights(b, weights)?;
         z.zero_grads(b)?;

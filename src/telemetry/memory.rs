@@ -126,7 +126,12 @@ pub fn estimate(cfg: &Config) -> MemoryEstimate {
         let all_grads = cfg.train.grad_accum > 1 || cfg.train.grad_clip != 0.0;
         let (grads, comm_buffers) = if all_grads { (g * params, 0) } else { (0, offload_grad_buffers(cfg, &part)) };
         let weights = if cfg.offload.params != "none" { act * streamed_window(cfg, &part) } else { act * params };
-        return MemoryEstimate { params, weights, grads, optimizer_state: Some(0), activations, scratch, comm_buffers, sp_buffers: 0 };
+        // offload.gpu_gb: the units kept on the device add their fp32
+        // master and optimizer state; with clipping, a step copies the
+        // unit's part of the whole gradient buffer into one of its own.
+        let gpu = crate::parallel::offload::budget::gpu_units(cfg).unwrap_or_default();
+        let copy = if all_grads { FP32 * gpu.biggest } else { 0 };
+        return MemoryEstimate { params, weights: weights + gpu.master, grads, optimizer_state: Some(gpu.state), activations, scratch, comm_buffers: comm_buffers + copy, sp_buffers: 0 };
     }
     if stage == 0 {
         let optimizer_state = optimizer_groups(cfg).ok().map(|g| g.iter().map(|g| g.state_bytes).sum());

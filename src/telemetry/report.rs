@@ -113,7 +113,9 @@ fn memory_section(out: &mut String, cfg: &Config) {
     let sp = cfg.dist.sp.max(1);
     let sp_note = if sp > 1 { format!(", Ulysses sp {sp}") } else { String::new() };
     let who = if world > 1 || stage > 0 || sp > 1 { format!("one rank of {world}, ZeRO stage {stage}{sp_note}") } else { "one process".into() };
-    let precision = if cfg.offload.enabled() && cfg.device == "cuda" {
+    let precision = if cfg.offload.enabled() && cfg.device == "cuda" && cfg.offload.gpu_gb > 0.0 {
+        "bf16 weights (fp32 master on the host, but for the units offload.gpu_gb keeps here), fp32 grads, bf16 activations"
+    } else if cfg.offload.enabled() && cfg.device == "cuda" {
         "bf16 weights (fp32 master on the host), fp32 grads, bf16 activations"
     } else if stage == 3 && cfg.device == "cuda" {
         "fp32 master, bf16 weights only of the units in use, fp32 grads, bf16 activations"
@@ -130,6 +132,10 @@ fn memory_section(out: &mut String, cfg: &Config) {
         (_, 1) => "all (one process: the shard is the whole model)",
         _ => "all, + fp32 shard",
     }) };
+    let weights_note = match crate::parallel::offload::budget::gpu_units(cfg) {
+        Ok(g) if g.units > 0 => format!("all, + fp32 master of the {} units offload.gpu_gb keeps here {}", g.units, human_bytes(g.master)),
+        _ => weights_note,
+    };
     row(out, "weights", &human_bytes(est.weights), &weights_note);
     let grads_note = match (stage, world) {
         (1, 1) => "all (one process: the shard is the whole model)",
@@ -223,15 +229,24 @@ fn offload_rows(out: &mut String, cfg: &Config) {
 /// a window when streamed), host memory and files their master weights
 /// and optimizer state.
 fn placement_row(out: &mut String, cfg: &Config, b: &crate::parallel::offload::budget::OffloadBytes) {
-    let units = b.host_units + b.disk_units;
+    let on_gpu = crate::parallel::offload::budget::gpu_units(cfg).unwrap_or_default();
+    let units = b.host_units + b.disk_units + on_gpu.units;
+    let tier = |n: usize, p: u64, bytes: u64| format!("{n} units, {} params, {}", human_count(p as f64), human_bytes(bytes));
+    let master = if on_gpu.units > 0 { format!(" + master + optimizer state of {}", tier(on_gpu.units, on_gpu.params, on_gpu.bytes())) } else { String::new() };
     let gpu = match cfg.offload.params.as_str() {
-        "none" => format!("GPU {units} units' compute weights"),
+        "none" => format!("GPU {units} units' compute weights{master}"),
         _ => "GPU a window of streamed weights".to_string(),
     };
-    let tier = |n: usize, p: u64, bytes: u64| format!("{n} units, {} params, {}", human_count(p as f64), human_bytes(bytes));
     let host = tier(b.host_units, b.host_params, b.host_resident() + b.host_images);
     let disk = tier(b.disk_units, b.disk_params, b.disk);
-    let label = if cfg.offload.host_gb > 0.0 { format!("placement (host_gb = {})", cfg.offload.host_gb) } else { "placement".to_string() };
+    let mut budgets = vec![];
+    if cfg.offload.gpu_gb > 0.0 {
+        budgets.push(format!("gpu_gb = {}", cfg.offload.gpu_gb));
+    }
+    if cfg.offload.host_gb > 0.0 {
+        budgets.push(format!("host_gb = {}", cfg.offload.host_gb));
+    }
+    let label = if budgets.is_empty() { "placement".to_string() } else { format!("placement ({})", budgets.join(", ")) };
     row(out, &label, "", &format!("{gpu} · host {host} · disk {disk}"));
 }
 

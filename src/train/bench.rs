@@ -106,7 +106,17 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
     if let Some(dir) = export_init {
         match st.off.as_mut() {
             // Unit by unit: no second host copy of the model.
-            Some(off) => super::export_offload::export_units(off, &cfg.model, &st.model.layout, dir, crate::ckpt::Dtype::F32)?,
+            Some(off) => {
+                let ranges = off.unit_ranges().to_vec();
+                let zero = &mut st.zero;
+                let mut read = |u: usize, out: &mut Vec<f32>| {
+                    off.read_unit_on(&mut b, zero, u, |unit| {
+                        out.extend_from_slice(unit.master());
+                        Ok(())
+                    })
+                };
+                super::export_offload::export_units_by(&ranges, &mut read, &cfg.model, &st.model.layout, dir, crate::ckpt::Dtype::F32)?
+            }
             None => crate::ckpt::export(dir, &cfg.model, &st.model.layout, &st.zero.full_weights(&mut b)?, crate::ckpt::Dtype::F32)?,
         }
     }

@@ -106,7 +106,7 @@ fn model_specs(layout: &ParamLayout) -> Vec<TensorSpec> {
 }
 
 /// The synchronous save of an offloaded run (see the module doc).
-pub(super) fn save<B: Backend>(st: &mut State<B>, cfg: &Config, run_dir: &Path, delay: Duration) -> Result<PathBuf> {
+pub(super) fn save<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, delay: Duration) -> Result<PathBuf> {
     let base = checkpointing::manifest(st, cfg, serde_json::Value::Null)?;
     let sharding = Sharding { world: st.zero.world(), zero_stage: cfg.dist.zero_stage, whole_tensors: st.zero.part.whole_tensors };
     let off = st.off.as_mut().ok_or_else(|| anyhow!("internal: the unit-by-unit save of a run that is not offloaded"))?;
@@ -114,15 +114,29 @@ pub(super) fn save<B: Backend>(st: &mut State<B>, cfg: &Config, run_dir: &Path, 
         std::thread::sleep(delay);
         Ok(())
     };
-    write_checkpoint(off, &st.model.layout, cfg, run_dir, &base, &sharding, &mut pause)
+    let (zero, ranges) = (&mut st.zero, off.unit_ranges().to_vec());
+    let mut read = |u: usize, f: &mut dyn FnMut(&UnitHost) -> Result<()>| off.read_unit_on(b, zero, u, |h| f(h));
+    write_units(&mut read, ranges, &st.model.layout, cfg, run_dir, &base, &sharding, &mut pause)
 }
+
+/// Reads unit `u` for a save: `f` sees its master weights and state.
+type ReadUnit<'a> = dyn FnMut(usize, &mut dyn FnMut(&UnitHost) -> Result<()>) -> Result<()> + 'a;
 
 /// Publishes the checkpoint of step `base.step` of the offloaded run
 /// `off` (model `layout`) in `run_dir`, unit by unit: `base` is its
 /// manifest but for the optimizer's scalars (read from the units);
 /// `before_publish` runs once the files are staged.
+/// Host and file units only (a run without `offload.gpu_gb`).
 pub fn write_checkpoint(off: &mut Offload, layout: &ParamLayout, cfg: &Config, run_dir: &Path, base: &Manifest, sharding: &Sharding, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
-    let units = plan(off.unit_ranges(), &cfg.optimizer, layout)?;
+    let ranges = off.unit_ranges().to_vec();
+    let mut read = |u: usize, f: &mut dyn FnMut(&UnitHost) -> Result<()>| off.read_unit(u, |h| f(h));
+    write_units(&mut read, ranges, layout, cfg, run_dir, base, sharding, before_publish)
+}
+
+/// [`write_checkpoint`] of the units `ranges`, each read by `read`.
+#[allow(clippy::too_many_arguments)]
+fn write_units(read: &mut ReadUnit<'_>, ranges: Vec<std::ops::Range<usize>>, layout: &ParamLayout, cfg: &Config, run_dir: &Path, base: &Manifest, sharding: &Sharding, before_publish: &mut dyn FnMut() -> Result<()>) -> Result<PathBuf> {
+    let units = plan(&ranges, &cfg.optimizer, layout)?;
     let (states, slices, models) = (full_states(&units)?, full_slices(&units), model_specs(layout));
     let mut write_files = |staging: &Path| {
         let mut model = PartFile::create(&staging.join(MODEL_FILE), &models)?;
@@ -130,7 +144,7 @@ pub fn write_checkpoint(off: &mut Offload, layout: &ParamLayout, cfg: &Config, r
         let mut at = vec![0usize; states.len()];
         let mut meta = None;
         for (u, unit) in units.iter().enumerate() {
-            off.read_unit(u, |h| {
+            read(u, &mut |h| {
                 // The units share the optimizer's scalars (the step count).
                 meta.get_or_insert_with(|| h.opt.meta());
                 write_unit(h, unit, &mut model, &mut optim, &mut at)
@@ -186,22 +200,37 @@ pub(super) fn restore<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, ru
 fn load_units<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, dir: &Path, manifest: &Manifest) -> Result<()> {
     let device = st.zero.full_weights_view();
     let off = st.off.as_mut().ok_or_else(|| anyhow!("internal: a unit-by-unit resume of a run that is not offloaded"))?;
-    read_units(b, device, off, &st.model.layout, cfg, dir, manifest)
+    let (zero, ranges) = (&mut st.zero, off.unit_ranges().to_vec());
+    let mut restore = |b: &mut B, u: usize, meta: &serde_json::Value, f: &mut dyn FnMut(&mut UnitHost) -> Result<()>| off.restore_unit_on(b, zero, u, meta, |h| f(h));
+    read_units_by(b, device, &mut restore, &ranges, &st.model.layout, cfg, dir, manifest)
 }
+
+/// Restores unit `u` for a resume: `f` fills its master weights and
+/// state; the optimizer's scalars come from `meta`.
+type RestoreUnit<'a, B> = dyn FnMut(&mut B, usize, &serde_json::Value, &mut dyn FnMut(&mut UnitHost) -> Result<()>) -> Result<()> + 'a;
 
 /// Loads the verified checkpoint in `dir` (`ckpt::part_read::verify`
 /// gave `manifest`) into the offloaded run `off` unit by unit, and each
 /// unit's weights into `device` (the device's whole-model weights, where
 /// there are such). Its optimizer state must be one file (not sharded).
+/// Host and file units only (a run without `offload.gpu_gb`).
 pub fn read_units<B: Backend>(b: &mut B, device: Option<View>, off: &mut Offload, layout: &ParamLayout, cfg: &Config, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let ranges = off.unit_ranges().to_vec();
+    let mut restore = |_: &mut B, u: usize, meta: &serde_json::Value, f: &mut dyn FnMut(&mut UnitHost) -> Result<()>| off.restore_unit(u, meta, |h| f(h));
+    read_units_by(b, device, &mut restore, &ranges, layout, cfg, dir, manifest)
+}
+
+/// [`read_units`] into the units `ranges`, each restored by `restore`.
+#[allow(clippy::too_many_arguments)]
+fn read_units_by<B: Backend>(b: &mut B, device: Option<View>, restore: &mut RestoreUnit<'_, B>, ranges: &[std::ops::Range<usize>], layout: &ParamLayout, cfg: &Config, dir: &Path, manifest: &Manifest) -> Result<()> {
     let (model, optim) = (TensorFile::open(&dir.join(MODEL_FILE))?, TensorFile::open(&dir.join(OPTIM_FILE))?);
     part_read::check_model(&model, layout)?;
-    let units = plan(off.unit_ranges(), &cfg.optimizer, layout)?;
+    let units = plan(ranges, &cfg.optimizer, layout)?;
     let states = full_states(&units)?;
     check_states(&optim, &states, dir)?;
     let mut at = vec![0usize; states.len()];
     for (u, unit) in units.iter().enumerate() {
-        let r = off.unit_ranges()[u].clone();
+        let r = ranges[u].clone();
         let mut master = vec![0.0f32; r.len()];
         for p in &unit.layout.params {
             model.read_f32(&p.name, 0, &mut master[p.offset..p.offset + p.numel()])?;
@@ -211,7 +240,7 @@ pub fn read_units<B: Backend>(b: &mut B, device: Option<View>, off: &mut Offload
             b.upload(v, &master)?;
             b.params_changed(v)?;
         }
-        off.restore_unit(u, &manifest.optimizer, |h| {
+        restore(b, u, &manifest.optimizer, &mut |h| {
             h.set_master(&master)?;
             read_unit_state(h, &optim, &mut at)
         })?;
@@ -264,12 +293,12 @@ fn load_resharded<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, dir: &
     ckpt::load_into_layout(&loaded, &st.model.layout, &mut params)?;
     st.zero.set_weights(b, &params)?;
     let off: &mut Offload = st.off.as_mut().ok_or_else(|| anyhow!("internal: not an offloaded run"))?;
-    off.set_weights(&params)?;
+    off.set_weights_on(b, &mut st.zero, &params)?;
     drop(params);
     let mut h = CpuBackend::new();
     let mut opt = offload::host_optimizer::host_optimizer(&mut h, &cfg.optimizer, &st.model.layout)?;
     train_state::restore_optimizer(&mut h, opt.as_mut(), &loaded, now, st.zero.rank())?;
-    off.load_optimizer(&mut h, &opt)
+    off.load_optimizer_on(b, &mut st.zero, &mut h, &opt)
 }
 
 #[cfg(test)]

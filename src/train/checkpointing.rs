@@ -302,7 +302,7 @@ pub(super) fn manifest<B: Backend>(st: &State<B>, cfg: &Config, optimizer: serde
 fn save_sync<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Config, run_dir: &Path, delay: Duration) -> Result<PathBuf> {
     if st.off.is_some() {
         // One process (offload refuses more), so no rank to meet.
-        return checkpoint_offload::save(st, cfg, run_dir, delay);
+        return checkpoint_offload::save(b, st, cfg, run_dir, delay);
     }
     let weights = st.zero.full_weights(b)?;
     let (rank, world) = (st.zero.rank(), st.zero.world());

@@ -23,20 +23,28 @@ struct Held {
 /// Exports `off`'s master weights (model `cfg`, `layout`) to `dir` as
 /// `ckpt::export` does from a flat buffer. The export writes tensors in
 /// name order, which keeps a layer's tensors together, so each unit is
-/// read about once.
+/// read about once. Host and file units only; [`export_units_by`] with
+/// `Offload::read_unit_on` reaches device units (`offload.gpu_gb`) too.
 pub fn export_units(off: &mut Offload, cfg: &ModelConfig, layout: &ParamLayout, dir: &Path, dtype: Dtype) -> Result<()> {
     let ranges = off.unit_ranges().to_vec();
-    let (off, held) = (RefCell::new(off), RefCell::new(Held::default()));
+    let mut read = |u: usize, out: &mut Vec<f32>| off.read_unit(u, |unit| {
+        out.extend_from_slice(unit.master());
+        Ok(())
+    });
+    export_units_by(&ranges, &mut read, cfg, layout, dir, dtype)
+}
+
+/// [`export_units`] with each unit's master weights (unit `u`, the units'
+/// `ranges`) appended to a vector by `read`.
+pub fn export_units_by(ranges: &[std::ops::Range<usize>], read: &mut dyn FnMut(usize, &mut Vec<f32>) -> Result<()>, cfg: &ModelConfig, layout: &ParamLayout, dir: &Path, dtype: Dtype) -> Result<()> {
+    let (read, held) = (RefCell::new(read), RefCell::new(Held::default()));
     let source = |info: &ParamInfo| -> Result<Cow<'_, [f32]>> {
         let u = ranges.iter().position(|r| r.contains(&info.offset)).ok_or_else(|| anyhow!("internal: tensor {} is in no unit", info.name))?;
         let mut h = held.borrow_mut();
         if h.unit != Some(u) {
             h.unit = None;
             h.weights.clear();
-            off.borrow_mut().read_unit(u, |unit| {
-                h.weights.extend_from_slice(unit.master());
-                Ok(())
-            })?;
+            (read.borrow_mut())(u, &mut h.weights)?;
             h.unit = Some(u);
         }
         let start = info.offset - ranges[u].start;

@@ -173,7 +173,7 @@ fn run_on<B: Backend + 'static>(mut b: B, comm: Box<dyn Comm<B>>, group: Option<
     if let Some(weights) = init {
         st.zero.set_weights(&mut b, &weights)?;
         if let Some(off) = st.off.as_mut() {
-            off.set_weights(&weights)?;
+            off.set_weights_on(&mut b, &mut st.zero, &weights)?;
         }
     }
     if resume.is_some() {
@@ -365,10 +365,13 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
     let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
-        let zero = match cfg.offload.params.as_str() {
+        let mut zero = match cfg.offload.params.as_str() {
             "cpu" | "nvme" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
             _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
+        // offload.gpu_gb: the units kept on the device, from the weights
+        // before the offload takes them over.
+        zero.device_units = offload::gpu_tier::device_units(b, cfg, &model.layout, &weights)?;
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         // The offload takes the weights over unit by unit (no second copy).
         (zero, Box::new(offload::OnHost { name }), Some(Offload::new_owned(cfg, &model.layout, weights)?))

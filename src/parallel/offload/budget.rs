@@ -37,7 +37,8 @@ pub struct OffloadBytes {
     /// The NVMe tier's state files (0 for the cpu tier), with each unit's
     /// bf16 image for `offload.params = nvme` on CUDA.
     pub disk: u64,
-    /// Units (and their parameters) resident in host memory and in files.
+    /// Units (and their parameters) resident in host memory and in files
+    /// (those kept on the device: [`gpu_units`]).
     pub host_units: usize,
     pub host_params: u64,
     pub disk_units: usize,
@@ -49,6 +50,67 @@ impl OffloadBytes {
     pub fn host_resident(&self) -> u64 {
         self.host - self.host_pool - self.host_images - self.host_reads - self.host_window
     }
+}
+
+/// The units `offload.gpu_gb` keeps on the device (counted in the
+/// device's estimate, `telemetry::memory`, not in [`OffloadBytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuUnits {
+    pub units: usize,
+    pub params: u64,
+    /// fp32 master weights and optimizer state on the device.
+    pub master: u64,
+    pub state: u64,
+    /// Parameters of the largest unit kept there.
+    pub biggest: u64,
+}
+
+impl GpuUnits {
+    pub fn bytes(&self) -> u64 {
+        self.master + self.state
+    }
+}
+
+/// The device tier of `cfg`'s placement ([`placement`]).
+pub fn gpu_units(cfg: &Config) -> Result<GpuUnits> {
+    if !cfg.offload.enabled() || cfg.offload.gpu_gb <= 0.0 {
+        return Ok(GpuUnits::default());
+    }
+    let layout = ParamLayout::new(&cfg.model);
+    let (units, places) = placement::plan_places(cfg, &layout)?;
+    let on = || units.iter().zip(&places).filter(|(_, p)| **p == placement::Place::Gpu).map(|(u, _)| u);
+    Ok(GpuUnits {
+        units: on().count(),
+        params: on().map(|u| u.params).sum(),
+        master: on().map(|u| u.master).sum(),
+        state: on().map(|u| u.state).sum(),
+        biggest: on().map(|u| u.params).max().unwrap_or(0),
+    })
+}
+
+/// Refuses a run whose device estimate (`telemetry::memory`, with the
+/// units `offload.gpu_gb` keeps there) exceeds `dist.gpu_memory_gb`.
+pub fn check_device(cfg: &Config) -> Result<()> {
+    if cfg.offload.gpu_gb <= 0.0 {
+        return Ok(());
+    }
+    let need = crate::telemetry::memory::estimate(cfg).total();
+    let have = (cfg.dist.gpu_memory_gb * 1e9) as u64;
+    if need > have {
+        let gpu = gpu_units(cfg)?;
+        bail!(
+            "offload.gpu_gb = {} keeps {} units ({} parameters, {} of fp32 master weights and optimizer state) on the device, which then needs {} in all but dist.gpu_memory_gb = {} GB ({}) is all it has; \
+             lower offload.gpu_gb, or shorten train.seq_len / train.batch_size, or turn on train.checkpoint_layers",
+            cfg.offload.gpu_gb,
+            gpu.units,
+            gpu.params,
+            gib(gpu.bytes()),
+            gib(need),
+            cfg.dist.gpu_memory_gb,
+            gib(have)
+        );
+    }
+    Ok(())
 }
 
 /// State tensors per unit an optimizer has at most (8-bit AdamW: codes
@@ -64,12 +126,14 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
         return Ok(OffloadBytes::default());
     }
     let layout = ParamLayout::new(&cfg.model);
-    let (units, on_disk) = placement::plan(cfg, &layout)?;
-    let resident = || units.iter().zip(&on_disk).filter(|(_, d)| !**d).map(|(u, _)| u);
-    let in_files = || units.iter().zip(&on_disk).filter(|(_, d)| **d).map(|(u, _)| u);
+    let (units, places) = placement::plan_places(cfg, &layout)?;
+    // Units kept on the device (offload.gpu_gb) cost neither host nor disk.
+    let resident = || units.iter().zip(&places).filter(|(_, p)| **p == placement::Place::Host).map(|(u, _)| u);
+    let in_files = || units.iter().zip(&places).filter(|(_, p)| **p == placement::Place::Disk).map(|(u, _)| u);
     // The gradient pool: buffers of the biggest unit (fp32), allocated
     // once (parallel::offload::host_pool).
-    let biggest_len = units.iter().map(|u| u.params).max().unwrap_or(0).max(1);
+    // Units kept on the device never pass through it.
+    let biggest_len = units.iter().zip(&places).filter(|(_, p)| **p != placement::Place::Gpu).map(|(u, _)| u.params).max().unwrap_or(0).max(1);
     let pool = POOL_BUFFERS as u64 * 4 * biggest_len;
     // Streamed weights on CUDA (bf16 passes) upload from a bf16 image of
     // each resident unit, kept for the run; params = nvme reads the file
@@ -180,6 +244,7 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
 /// folders of killed nvme runs under `offload.path` are removed first (a
 /// resume after a kill must not find its disk full of its own past).
 pub fn check_before_start(cfg: &Config) -> Result<()> {
+    check_device(cfg)?;
     let need = offload_bytes(cfg)?;
     if cfg.offload.optimizer == "nvme" {
         let (folders, bytes) = sweep_dead_scratch(Path::new(&cfg.offload.path));

@@ -25,6 +25,17 @@ pub struct UnitSquares {
     /// (chunk index, first element's offset, values) of the chunks the
     /// unit shares with a neighbour.
     pieces: Vec<(usize, usize, Vec<f32>)>,
+    /// Σ x² summed elsewhere as one number (a unit kept on a device that
+    /// sums its own squares, see [`lump`]): added after the chunks.
+    lump: f64,
+}
+
+/// The contribution of a unit whose Σ x² was taken as one sum (the
+/// device's `sum_squares` over the unit): not the chunked order, so not
+/// bit for bit the plain run's norm — used where the device's arithmetic
+/// differs from the host's anyway (CUDA).
+pub fn lump(sum: f64) -> UnitSquares {
+    UnitSquares { lump: sum, ..Default::default() }
 }
 
 fn squares(c: &[f32]) -> f64 {
@@ -60,9 +71,11 @@ pub fn unit_squares(start: usize, g: &[f32]) -> UnitSquares {
 /// Σ x² over every unit's gradients (each unit's contribution exactly once).
 pub fn total<'a>(units: impl IntoIterator<Item = &'a UnitSquares>) -> f64 {
     let mut chunks: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut lumps = 0.0f64;
     let mut shared: BTreeMap<usize, Vec<(usize, &[f32])>> = BTreeMap::new();
     for u in units {
         chunks.extend(u.whole.iter().copied());
+        lumps += u.lump;
         for (k, at, v) in &u.pieces {
             shared.entry(*k).or_default().push((*at, v));
         }
@@ -71,7 +84,7 @@ pub fn total<'a>(units: impl IntoIterator<Item = &'a UnitSquares>) -> f64 {
         parts.sort_by_key(|p| p.0);
         chunks.insert(k, parts.iter().flat_map(|p| p.1.iter()).map(|&v| (v as f64) * (v as f64)).sum());
     }
-    chunks.values().sum()
+    chunks.values().sum::<f64>() + lumps
 }
 
 #[cfg(test)]

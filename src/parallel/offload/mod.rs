@@ -57,9 +57,20 @@
 //! `offload.host_gb`, the resident units' from the bf16 image each keeps
 //! in host memory, as `params = cpu` does.
 //!
+//! A third tier on the device ([`gpu_tier`], `offload.gpu_gb`): the units
+//! that budget takes (largest first, before host memory and files) keep
+//! master weights and optimizer state on the device, next to the compute
+//! weights. Their gradients never leave it: overlapped, a unit steps on
+//! the device as soon as its gradients are complete (its part of the norm
+//! taken there); with clipping, after the norm, from its part of the
+//! whole-model buffer. The step rounds the master into the compute
+//! weights. Checkpoints read and write them through a host copy of one
+//! unit at a time (the `*_on` accessors, which take the backend).
+//!
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
 pub mod budget;
+pub mod gpu_tier;
 pub mod grad_norm;
 pub mod host_optimizer;
 pub mod host_pool;
@@ -121,8 +132,20 @@ struct Shared {
     /// into the step's pooled buffer or (params = nvme) its file.
     keep_images: Vec<bool>,
     /// Per unit: its master weights and state live in its file (nvme
-    /// tier), else in host memory ([`placement`]).
+    /// tier), else in host memory or on the device ([`placement`]).
     on_disk: Vec<bool>,
+    /// Per unit: its master weights and state live on the device
+    /// (`offload.gpu_gb`, [`gpu_tier`]), in the ZeRO store's device units.
+    on_gpu: Vec<bool>,
+}
+
+/// The device and its ZeRO store, for units kept on the device; `None`
+/// where the caller has none (host-only accessors).
+type Dev<'a, B> = Option<(&'a mut B, &'a mut Zero<B>)>;
+
+/// No device: the accessors that reach host and file units only.
+fn no_device<'a>() -> Dev<'a, CpuBackend> {
+    None
 }
 
 /// Gradient copies in flight at once: unit u's gradients go to the host
@@ -285,7 +308,10 @@ impl Offload {
         };
         let ranges = unit_ranges(&cfg.model, layout);
         let layouts: Vec<ParamLayout> = ranges.iter().map(|r| unit_layout(layout, r)).collect();
-        let (_, on_disk) = placement::plan(cfg, layout)?;
+        let (_, places) = placement::plan_places(cfg, layout)?;
+        let on_disk: Vec<bool> = places.iter().map(|p| *p == placement::Place::Disk).collect();
+        let on_gpu: Vec<bool> = places.iter().map(|p| *p == placement::Place::Gpu).collect();
+        ensure!(params == "none" || !on_gpu.contains(&true), "offload.gpu_gb needs offload.params = none (got {params})");
         let files = match tier {
             // params = nvme on a bf16 device: the files lead with bf16 images.
             Tier::Nvme => Some(StateFiles::create(&scratch_dir(&cfg.offload.path), params == "nvme" && cfg.device == "cuda")?),
@@ -293,6 +319,10 @@ impl Offload {
         };
         let mut hosts: Vec<Option<UnitHost>> = (0..ranges.len()).map(|_| None).collect();
         for (u, l) in layouts.iter().enumerate().rev() {
+            if on_gpu[u] {
+                // Its master and state are made on the device (gpu_tier).
+                continue;
+            }
             let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
             set_master(&mut host, ranges[u].clone())?;
             match &files {
@@ -303,7 +333,7 @@ impl Offload {
             }
         }
         let keep_images = on_disk.iter().map(|&d| params == "cpu" || (params == "nvme" && !d)).collect();
-        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images, on_disk });
+        let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images, on_disk, on_gpu });
         let (jobs, job_rx) = channel::<Msg>();
         let (done_tx, done) = channel();
         let sh = shared.clone();
@@ -313,7 +343,8 @@ impl Offload {
             .context("cannot start the offload optimizer thread")?;
         let units = ranges.len();
         let disk = if params == "nvme" { Some(disk_stream(&shared, &ranges, cfg)?) } else { None };
-        let biggest = ranges.iter().map(|r| r.len()).max().unwrap_or(0);
+        // The pool carries the gradients of the units not on the device.
+        let biggest = ranges.iter().zip(&shared.on_gpu).filter(|(_, g)| !**g).map(|(r, _)| r.len()).max().unwrap_or(0).max(1);
         Ok(Offload {
             tier,
             shared,
@@ -519,7 +550,10 @@ impl Offload {
         self.clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
         for u in (0..self.ranges.len()).rev() {
             let view = self.dev_grads[u].take().unwrap_or(View { buf: whole, off: self.ranges[u].start, len: self.ranges[u].len() });
-            self.start_landing(b, zero, u, view, None)?;
+            match self.shared.on_gpu[u] {
+                true => self.step_on_device(b, zero, u, view, false)?,
+                false => self.start_landing(b, zero, u, view, None)?,
+            }
         }
         self.land_all(b)?;
         Ok(n)
@@ -778,11 +812,23 @@ impl Offload {
     }
 
     /// Replaces the master weights (init from Hugging Face, resume).
+    /// Host and file units only: [`Offload::set_weights_on`] reaches the
+    /// units kept on the device too.
     pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+        self.set_weights_in(&mut no_device(), weights)
+    }
+
+    /// [`Offload::set_weights`] of every unit, those kept on the device
+    /// (`offload.gpu_gb`, in `zero`) included.
+    pub fn set_weights_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, weights: &[f32]) -> Result<()> {
+        self.set_weights_in(&mut Some((b, zero)), weights)
+    }
+
+    fn set_weights_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>, weights: &[f32]) -> Result<()> {
         ensure!(weights.len() == self.layout.total, "{} weights for a layout of {}", weights.len(), self.layout.total);
         for u in 0..self.ranges.len() {
             let w = &weights[self.ranges[u].clone()];
-            self.with_unit(u, |h| h.set_master(w))?;
+            self.with_unit_in(dev, u, |h| h.set_master(w))?;
         }
         self.images_ready = false;
         Ok(())
@@ -791,12 +837,23 @@ impl Offload {
     /// The master weights of the whole model (layout order; the device may
     /// hold only their bf16 rounding), in one new vector: a second copy of
     /// the model on the host. Checkpoints go unit by unit instead
-    /// ([`Offload::read_unit`], `train::checkpoint_offload`).
+    /// ([`Offload::read_unit`], `train::checkpoint_offload`). Host and file
+    /// units only: see [`Offload::master_weights_on`].
     pub fn master_weights(&mut self) -> Result<Vec<f32>> {
+        self.master_weights_in(&mut no_device())
+    }
+
+    /// [`Offload::master_weights`] of every unit, those kept on the
+    /// device (`offload.gpu_gb`, in `zero`) included.
+    pub fn master_weights_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>) -> Result<Vec<f32>> {
+        self.master_weights_in(&mut Some((b, zero)))
+    }
+
+    fn master_weights_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; self.layout.total];
         for u in 0..self.ranges.len() {
             let r = self.ranges[u].clone();
-            self.with_unit(u, |h| {
+            self.read_unit_in(dev, u, |h| {
                 out[r].copy_from_slice(h.master());
                 Ok(())
             })?;
@@ -804,10 +861,54 @@ impl Offload {
         Ok(out)
     }
 
+    /// Whether unit `u` is kept on the device (`offload.gpu_gb`).
+    pub fn on_device(&self, u: usize) -> bool {
+        self.shared.on_gpu[u]
+    }
+
+    /// [`Offload::with_unit`], reaching units kept on the device through
+    /// `dev` (a host copy of the unit, written back afterwards).
+    fn with_unit_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>, u: usize, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        if !self.shared.on_gpu[u] {
+            return self.with_unit(u, f);
+        }
+        let r = self.ranges[u].clone();
+        let (b, zero) = device_of(dev, u)?;
+        let compute = View { buf: zero.shard_params, off: r.start, len: r.len() };
+        let units = zero.device_units.as_mut().ok_or_else(|| anyhow!("offload: unit {u} is placed on the device but the device holds no units"))?;
+        let mut h = units.to_host(*b, u, &self.shared.cfg)?;
+        f(&mut h)?;
+        units.from_host(*b, &h, compute)
+    }
+
+    /// [`Offload::read_unit`], reaching units kept on the device through
+    /// `dev` (a host copy of the unit, dropped afterwards).
+    fn read_unit_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>, u: usize, f: impl FnOnce(&UnitHost) -> Result<()>) -> Result<()> {
+        if !self.shared.on_gpu[u] {
+            return self.read_unit(u, f);
+        }
+        let (b, zero) = device_of(dev, u)?;
+        let units = zero.device_units.as_mut().ok_or_else(|| anyhow!("offload: unit {u} is placed on the device but the device holds no units"))?;
+        f(&units.to_host(*b, u, &self.shared.cfg)?)
+    }
+
+    /// [`Offload::read_unit`] of any unit, those kept on the device
+    /// (`offload.gpu_gb`, in `zero`) included.
+    pub fn read_unit_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, f: impl FnOnce(&UnitHost) -> Result<()>) -> Result<()> {
+        self.read_unit_in(&mut Some((b, zero)), u, f)
+    }
+
+    /// [`Offload::restore_unit`] of any unit, those kept on the device
+    /// (`offload.gpu_gb`, in `zero`: master, state and compute weights) included.
+    pub fn restore_unit_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, meta: &serde_json::Value, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        self.restore_unit_in(&mut Some((b, zero)), u, meta, f)
+    }
+
     /// Runs `f` on unit `u`'s host (read from and written back to its file
     /// in the nvme tier). Not while steps run.
     fn with_unit(&mut self, u: usize, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
         ensure!(self.in_flight == 0, "offload: state accessed while unit steps run");
+        ensure!(!self.shared.on_gpu[u], "offload: unit {u} is kept on the device (offload.gpu_gb): its state is reached through the backend (the *_on accessors)");
         if let Some(d) = self.disk.as_mut() {
             d.forget(u)?;
         }
@@ -832,6 +933,7 @@ impl Offload {
     /// checkpoint save, one unit at a time. Not while steps run.
     pub fn read_unit(&mut self, u: usize, f: impl FnOnce(&UnitHost) -> Result<()>) -> Result<()> {
         ensure!(self.in_flight == 0, "offload: state read while unit steps run");
+        ensure!(!self.shared.on_gpu[u], "offload: unit {u} is kept on the device (offload.gpu_gb): read it with read_unit_on");
         match (&self.hosts[u], &self.shared.files) {
             (Some(h), _) => f(h),
             (None, Some(files)) => f(&files.read(u, &self.shared.cfg, &self.shared.layouts[u], &self.meta)?),
@@ -843,8 +945,12 @@ impl Offload {
     /// its file in the nvme tier), its optimizer's scalars by `meta`: a
     /// resume, one unit at a time.
     pub fn restore_unit(&mut self, u: usize, meta: &serde_json::Value, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
+        self.restore_unit_in(&mut no_device(), u, meta, f)
+    }
+
+    fn restore_unit_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>, u: usize, meta: &serde_json::Value, f: impl FnOnce(&mut UnitHost) -> Result<()>) -> Result<()> {
         let mut loaded = None;
-        self.with_unit(u, |h| {
+        self.with_unit_in(dev, u, |h| {
             f(h)?;
             h.opt.load_meta(meta)?;
             loaded = Some(h.opt.meta());
@@ -887,13 +993,24 @@ impl Offload {
     }
 
     /// Splits a whole-model optimizer's state (restored from a
-    /// checkpoint) into the units.
+    /// checkpoint) into the units (host and file units only: see
+    /// [`Offload::load_optimizer_on`]).
     pub fn load_optimizer(&mut self, th: &mut CpuBackend, full: &HostOpt) -> Result<()> {
+        self.load_optimizer_in(&mut no_device(), th, full)
+    }
+
+    /// [`Offload::load_optimizer`] into every unit, those kept on the
+    /// device (`offload.gpu_gb`, in `zero`) included.
+    pub fn load_optimizer_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, th: &mut CpuBackend, full: &HostOpt) -> Result<()> {
+        self.load_optimizer_in(&mut Some((b, zero)), th, full)
+    }
+
+    fn load_optimizer_in<B: Backend>(&mut self, dev: &mut Dev<'_, B>, th: &mut CpuBackend, full: &HostOpt) -> Result<()> {
         let sources = full.state_tensors();
         let meta = full.meta();
         let mut offs = vec![0usize; sources.len()];
         for u in 0..self.ranges.len() {
-            self.with_unit(u, |h| {
+            self.with_unit_in(dev, u, |h| {
                 let parts = h.opt.state_tensors();
                 check_names(&sources, &parts)?;
                 for (i, (s, p)) in sources.iter().zip(&parts).enumerate() {
@@ -987,7 +1104,38 @@ impl Offload {
             return Ok(());
         }
         let Some(view) = self.dev_grads[u].take() else { return Ok(()) };
+        if self.shared.on_gpu[u] {
+            let out = self.step_on_device(b, zero, u, view, true);
+            b.free(view.buf);
+            return out;
+        }
         self.start_landing(b, zero, u, view, Some(view.buf))
+    }
+
+    /// Unit `u` kept on the device: its step from its gradients `view` (a
+    /// buffer of its own, or, with clipping, its part of the whole-model
+    /// buffer, copied into one for the optimizer), the master rounded into
+    /// `zero`'s compute weights; `squares`: its part of the norm too
+    /// (overlapped steps).
+    fn step_on_device<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, view: View, squares: bool) -> Result<()> {
+        let r = self.ranges[u].clone();
+        if squares {
+            self.squares[u] = Some(device_squares(b, r.start, view)?);
+        }
+        let compute = View { buf: zero.shard_params, off: r.start, len: r.len() };
+        let units = zero.device_units.as_mut().ok_or_else(|| anyhow!("offload: unit {u} is placed on the device but the device holds no units (offload.gpu_gb)"))?;
+        let t = Instant::now();
+        let out = if Some(view.buf) != self.whole {
+            units.step(b, u, view.buf, self.lr, self.clip, compute)
+        } else {
+            let own = b.alloc(r.len().max(1), DType::F32)?;
+            let copied = b.copy(View::whole(own, r.len()), view);
+            let out = copied.and_then(|_| units.step(b, u, own, self.lr, self.clip, compute));
+            b.free(own);
+            out
+        };
+        self.times.offload_opt_ms += ms_since(t);
+        out.with_context(|| format!("device optimizer step of unit {u} (offload.gpu_gb)"))
     }
 
     /// `offload.params = cpu | nvme`: brings `unit` (and, tied, the
@@ -1043,6 +1191,11 @@ impl Drop for Offload {
     }
 }
 
+/// The device of `dev`, for unit `u` kept there.
+fn device_of<'d, 'a, B: Backend>(dev: &'d mut Dev<'a, B>, u: usize) -> Result<&'d mut (&'a mut B, &'a mut Zero<B>)> {
+    dev.as_mut().ok_or_else(|| anyhow!("offload: unit {u} is kept on the device (offload.gpu_gb): its state is reached through the backend (the *_on accessors)"))
+}
+
 /// A fresh scratch folder under `offload.path` for this process.
 fn scratch_dir(path: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -1060,6 +1213,23 @@ fn disk_stream(shared: &Arc<Shared>, ranges: &[Range<usize>], cfg: &Config) -> R
     let read: stream_nvme::ReadFn = Box::new(move |u, buf| sh.files.as_ref().expect("nvme tier has files").read_pass(u, sizes[u], buf));
     let starts = ranges.iter().map(|r| r.start).collect();
     stream_nvme::DiskStream::new(lens, starts, shared.on_disk.clone(), files.images(), pass_bytes, cfg.offload.prefetch, cfg.model.tied_embeddings, read)
+}
+
+/// Unit `u`'s part of the norm from its gradients `view` on the device.
+/// The CPU backend copies them out (a memcpy) for the chunked sum the
+/// plain run's norm is, bit for bit; a bf16 device (CUDA), whose norm is
+/// its own arithmetic anyway, sums them where they are rather than copy a
+/// unit's gradients to the host only for this.
+fn device_squares<B: Backend>(b: &mut B, start: usize, view: View) -> Result<UnitSquares> {
+    if view.len == 0 {
+        return Ok(UnitSquares::default());
+    }
+    if b.compute_is_bf16() {
+        return Ok(grad_norm::lump(b.sum_squares(view)?));
+    }
+    let mut g = vec![0.0f32; view.len];
+    b.download(view, &mut g)?;
+    Ok(grad_norm::unit_squares(start, &g))
 }
 
 fn check_names(full: &[StateTensor], unit: &[StateTensor]) -> Result<()> {

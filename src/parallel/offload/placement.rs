@@ -13,6 +13,19 @@
 //! off the disk shrinks that window, and leaves the disk only blocks of
 //! one size.
 //!
+//! With `offload.gpu_gb > 0` the same rule runs first with that budget:
+//! the units it takes keep master weights and state on the device (the
+//! device optimizer steps them, [`super::gpu_tier`]); the rest are placed
+//! as above among host memory and files (the cpu tier: all in host
+//! memory). Among equal sizes the device takes the LAST units in layout
+//! order (the top blocks): a run builds its host and file units from the
+//! model's initial weights last unit first, releasing the weights behind
+//! each, so device units at the end free their part at once, where units
+//! at the front would keep theirs (4 bytes per parameter, tens of GB at
+//! the sizes this tier is for) in host memory beside the resident units
+//! until the build ends. GPU units never stream (`offload.params = none`),
+//! so their bytes are master and state only.
+//!
 //! A unit's bytes here are its master weights, its optimizer state and,
 //! where the passes stream its weights from host memory (`offload.params
 //! = nvme` on CUDA), its kept bf16 image.
@@ -69,28 +82,67 @@ pub fn host_budget(cfg: &Config) -> u64 {
     }
 }
 
-/// Whether each unit lives in its file (`true`) or in host memory.
-pub fn on_disk(units: &[UnitBytes], budget: u64) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..units.len()).collect();
+/// Where a unit's master weights and optimizer state live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Gpu,
+    Host,
+    Disk,
+}
+
+/// The units among `free` (not yet placed) that `budget` bytes take,
+/// largest first (equal sizes in layout order, or the last first with
+/// `last_first`), skipping any that does not fit what is left.
+fn take_largest(units: &[UnitBytes], free: &[bool], budget: u64, last_first: bool) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..units.len()).filter(|&u| free[u]).collect();
+    if last_first {
+        order.reverse();
+    }
     // Stable: equal sizes keep layout order.
     order.sort_by_key(|&u| std::cmp::Reverse(units[u].resident()));
     let mut left = budget;
-    let mut disk = vec![true; units.len()];
+    let mut taken = vec![false; units.len()];
     for u in order {
         let need = units[u].resident();
         if need <= left {
             left -= need;
-            disk[u] = false;
+            taken[u] = true;
         }
     }
-    disk
+    taken
 }
 
-/// [`on_disk`] for `cfg`'s model and settings.
-pub fn plan(cfg: &Config, layout: &ParamLayout) -> Result<(Vec<UnitBytes>, Vec<bool>)> {
+/// Whether each unit lives in its file (`true`) or in host memory.
+pub fn on_disk(units: &[UnitBytes], budget: u64) -> Vec<bool> {
+    take_largest(units, &vec![true; units.len()], budget, false).into_iter().map(|t| !t).collect()
+}
+
+/// Each unit's place: `gpu` bytes taken first, then `host` bytes from the
+/// rest, the others in files.
+pub fn places(units: &[UnitBytes], gpu: u64, host: u64) -> Vec<Place> {
+    let on_gpu = take_largest(units, &vec![true; units.len()], gpu, true);
+    let rest: Vec<bool> = on_gpu.iter().map(|g| !g).collect();
+    let on_host = take_largest(units, &rest, host, false);
+    (0..units.len()).map(|u| if on_gpu[u] { Place::Gpu } else if on_host[u] { Place::Host } else { Place::Disk }).collect()
+}
+
+/// The device budget for units kept on the device: `offload.gpu_gb`.
+pub fn gpu_budget(cfg: &Config) -> u64 {
+    if cfg.offload.enabled() { (cfg.offload.gpu_gb.max(0.0) * 1e9) as u64 } else { 0 }
+}
+
+/// [`places`] for `cfg`'s model and settings.
+pub fn plan_places(cfg: &Config, layout: &ParamLayout) -> Result<(Vec<UnitBytes>, Vec<Place>)> {
     let units = unit_bytes(cfg, layout)?;
-    let disk = on_disk(&units, host_budget(cfg));
-    Ok((units, disk))
+    let places = places(&units, gpu_budget(cfg), host_budget(cfg));
+    Ok((units, places))
+}
+
+/// Whether each unit lives in its file, for `cfg`'s model and settings
+/// (a unit on the device is not in a file).
+pub fn plan(cfg: &Config, layout: &ParamLayout) -> Result<(Vec<UnitBytes>, Vec<bool>)> {
+    let (units, places) = plan_places(cfg, layout)?;
+    Ok((units, places.iter().map(|p| *p == Place::Disk).collect()))
 }
 
 #[cfg(test)]
@@ -113,5 +165,20 @@ mod tests {
         assert_eq!(on_disk(&units, 84), vec![false, false, true, true, true]);
         // A big unit that does not fit is skipped; smaller ones still go in.
         assert_eq!(on_disk(&units, 59), vec![true, false, false, true, true]);
+    }
+
+    #[test]
+    fn gpu_budget_first_then_host_then_files() {
+        use Place::*;
+        let units = [unit(10), unit(4), unit(4), unit(4), unit(10)];
+        // GPU 60: the head (equal sizes: the last first); host 84: the
+        // embeddings and one block (the first).
+        assert_eq!(places(&units, 60, 84), vec![Host, Host, Disk, Disk, Gpu]);
+        // GPU 48: the two top blocks (the big units do not fit); host: the rest.
+        assert_eq!(places(&units, 48, u64::MAX), vec![Host, Host, Gpu, Gpu, Host]);
+        // No GPU budget: as without it.
+        let plain: Vec<Place> = on_disk(&units, 150).iter().map(|&d| if d { Disk } else { Host }).collect();
+        assert_eq!(places(&units, 0, 150), plain);
+        assert_eq!(places(&units, u64::MAX, 0), vec![Gpu; 5]);
     }
 }

@@ -96,10 +96,12 @@ pub enum AttnBackward {
     WgmmaSync,
 }
 
-/// The backward used when FERROTRON_ATTN_BWD does not choose one. `Fa2`
-/// until the wgmma backward has passed its parity tests on a cc 9.0 GPU
-/// (`attention_wgmma_bwd` in tests/cuda_ops.rs); then make it `Wgmma`.
-pub const DEFAULT_BACKWARD: AttnBackward = AttnBackward::Fa2;
+/// The backward used when FERROTRON_ATTN_BWD does not choose one: the
+/// warp-specialized wgmma kernels, which passed their parity tests on the
+/// H200 (`attention_wgmma_bwd`, bench/results/gpu_2026-12-02d.md call 3)
+/// and run at 2.0x the fa2 backward (405 vs 203 TFLOP/s at D=128,
+/// T=16384). Other GPUs run `Fa2` whatever this says.
+pub const DEFAULT_BACKWARD: AttnBackward = AttnBackward::Wgmma;
 
 /// FERROTRON_ATTN_BWD: `wgmma`, `wgmma-sync` or `fa2`; unset,
 /// [`DEFAULT_BACKWARD`]. Any other value is reported on stderr and runs `fa2`.

@@ -9,11 +9,14 @@
 
 #[path = "common/checkpoints.rs"]
 mod checkpoints;
+#[path = "common/offload_runs.rs"]
+mod offload_runs;
+use offload_runs::{small_cfg, strings};
 use checkpoints::{assert_same_state, last_ckpt};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{Backend, View};
 use ferrotron::ckpt;
-use ferrotron::config::{self, Config};
+use ferrotron::config::Config;
 use ferrotron::model::init::init_weights;
 use ferrotron::model::layout::ParamLayout;
 use ferrotron::model::store::{ParamStore, Unit};
@@ -28,22 +31,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn cfg(dir: &Path, name: &str, extra: &[String]) -> Config {
-    let mut sets: Vec<String> = [
-        "train.steps=8", "train.batch_size=2", "train.seq_len=32", "train.eval_every=4", "train.eval_batches=2",
-        "train.ckpt_every=4", "train.keep_ckpts=5", "train.samples=0", "train.warmup_steps=2", "run.progress=false",
-        "model.d_model=64", "model.n_layers=3", "model.n_heads=2", "model.n_kv_heads=2", "model.d_ff=128", "optimizer.lr=3e-3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    sets.push(format!("run.dir=\"{}\"", dir.display()));
-    sets.push(format!("run.name={name}"));
-    sets.extend(extra.iter().cloned());
-    config::load(None, &sets).unwrap()
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    small_cfg(dir, name, 3, extra)
 }
 
 

@@ -62,7 +62,8 @@ use crate::backend::{Backend, BufId, DType, View};
 use crate::config::ModelConfig;
 use crate::dist::{Comm, Elem, Ticket};
 use crate::model::layout::ParamLayout;
-use crate::model::store::{ParamStore, Unit};
+use crate::model::init::InitWeights;
+use crate::model::store::{unit_ranges, ParamStore, Unit};
 use crate::model::views::ModelViews;
 use anyhow::{ensure, Result};
 use std::collections::VecDeque;
@@ -147,7 +148,7 @@ impl<B: Backend> Zero<B> {
             "train.grad_dtype = bf16 runs in one process; this run has {} ranks, whose gradient reductions are fp32 (use train.grad_dtype = fp32)",
             comm.world()
         );
-        Self::build(b, cfg, layout, stage, comm, whole_tensors, weights, Some(grad_dtype), true, true)
+        Self::build(b, cfg, layout, stage, comm, whole_tensors, Some(weights), Some(grad_dtype), true, true)
     }
 
     /// Stage 0 without the gradient buffer, weights in the compute dtype:
@@ -157,21 +158,36 @@ impl<B: Backend> Zero<B> {
     /// on CUDA: 2 bytes per parameter instead of 4 + a 2-byte shadow).
     /// `fp32`: keep fp32 weights instead (`debug.offload_fp32_weights`).
     pub fn new_offloaded(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &[f32], fp32: bool) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, weights, None, true, fp32)
+        Self::build(b, cfg, layout, 0, comm, false, Some(weights), None, true, fp32)
+    }
+
+    /// [`Zero::new_offloaded`] from initial weights made unit by unit
+    /// (`InitWeights::Lazy`: the whole model never exists on the host).
+    pub fn new_offloaded_from(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &InitWeights, fp32: bool) -> Result<Self> {
+        let z = Self::build(b, cfg, layout, 0, comm, false, None, None, true, fp32)?;
+        if let Some(full) = z.full_params {
+            for r in unit_ranges(cfg, layout) {
+                b.upload(View { buf: full, off: r.start, len: r.len() }, &weights.range(r.clone()))?;
+            }
+            b.params_changed(View::whole(full, layout.total))?;
+        }
+        Ok(z)
     }
 
     /// [`Zero::new_offloaded`] with no weights on the device at all
     /// (`offload.params = cpu`: the offload's store streams them per unit).
     pub fn new_streamed(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>) -> Result<Self> {
-        Self::build(b, cfg, layout, 0, comm, false, &vec![0.0; layout.total], None, false, false)
+        Self::build(b, cfg, layout, 0, comm, false, None, None, false, false)
     }
 
     /// `grads`: the device gradients' dtype, None for none on the device.
     #[allow(clippy::too_many_arguments)]
-    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: &[f32], grads: Option<DType>, device_weights: bool, fp32_weights: bool) -> Result<Self> {
+    fn build(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, stage: u32, comm: Box<dyn Comm<B>>, whole_tensors: bool, weights: Option<&[f32]>, grads: Option<DType>, device_weights: bool, fp32_weights: bool) -> Result<Self> {
         let (device_grads, grad_dtype) = (grads.is_some(), grads.unwrap_or(DType::F32));
         ensure!(stage <= 3, "dist.zero_stage = {stage}: use 0, 1, 2 or 3");
-        ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
+        if let Some(w) = weights {
+            ensure!(w.len() == layout.total, "{} initial weights for a layout of {}", w.len(), layout.total);
+        }
         let (rank, world) = (comm.rank(), comm.world());
         let part = Partition::new(cfg, layout, if stage == 0 { 1 } else { world }, whole_tensors);
         let units = part.units.len();
@@ -215,7 +231,11 @@ impl<B: Backend> Zero<B> {
             gv,
             device_units: None,
         };
-        z.set_weights(b, weights)?;
+        // None: the caller uploads them (new_offloaded_from), or there is
+        // nothing on the device to hold them (new_streamed).
+        if let Some(w) = weights {
+            z.set_weights(b, w)?;
+        }
         z.zero_grads(b)?;
         Ok(z)
     }

@@ -216,7 +216,7 @@ fn offload_rows(out: &mut String, cfg: &Config) {
             let window = if b.disk_units > 0 { format!("optimizer read-ahead window {} + ", human_bytes(b.host_window)) } else { String::new() };
             row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &format!("{resident}{window}{pool}{images}{reads}"));
             if b.host_init > b.host {
-                row(out, "host at start-up", &human_bytes(b.host_init), "the peak: the initial fp32 weights, made whole before the units take them over");
+                row(out, "host at start-up", &human_bytes(b.host_init), "the peak: a padded model's initial fp32 weights, made whole before the units take them over");
             }
             if b.disk > 0 {
                 let image = if streamed && cfg.device == "cuda" { "bf16 image + " } else { "" };

@@ -17,7 +17,8 @@ use crate::parallel::offload::{self, Offload};
 use crate::parallel::zero::Zero;
 use crate::config::Config;
 use crate::data::{Dataset, Loader, Split};
-use crate::model::{init::init_weights, Attention, LocalAttention, Model};
+use crate::model::init::{init_weights, InitWeights};
+use crate::model::{Attention, LocalAttention, Model};
 use crate::parallel::ulysses::{self, Ulysses};
 use crate::optim::{self, Optimizer};
 use crate::telemetry::{self, metrics::{MetricsWriter, TrainMetrics}, progress::Progress};
@@ -362,20 +363,23 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
     }
     let recompute = ulysses::recompute(t, cfg.dist.sp);
     let model = Model::new_bare(&cfg.model, recompute).with_logits_chunk(t.logits_chunk);
-    let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
     let whole_tensors = MATRIX_OPTIMIZERS.contains(&cfg.optimizer.name.as_str());
     let (zero, opt, off): (_, Box<dyn Optimizer<B>>, _) = if cfg.offload.enabled() {
+        // Initial weights made unit by unit (each tensor from its own
+        // stream: the same values as the whole init), so the whole model
+        // never sits in host memory (padded models are made whole).
+        let weights = InitWeights::new(&cfg.model, &model.layout, cfg.seed, true);
         let mut zero = match cfg.offload.params.as_str() {
             "cpu" | "nvme" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
-            _ => Zero::new_offloaded(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
+            _ => Zero::new_offloaded_from(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
-        // offload.gpu_gb: the units kept on the device, from the weights
-        // before the offload takes them over.
-        zero.device_units = offload::gpu_tier::device_units(b, cfg, &model.layout, &weights)?;
+        // offload.gpu_gb: the units kept on the device.
+        zero.device_units = offload::gpu_tier::device_units_by(b, cfg, &model.layout, &mut |r| Ok(weights.range(r).into_owned()))?;
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         // The offload takes the weights over unit by unit (no second copy).
-        (zero, Box::new(offload::OnHost { name }), Some(Offload::new_owned(cfg, &model.layout, weights)?))
+        (zero, Box::new(offload::OnHost { name }), Some(Offload::new_from(cfg, &model.layout, weights)?))
     } else {
+        let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
         let zero = Zero::with_grad_dtype(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights, t.grad_buffer_dtype())?;
         let opt = optim::build(b, &cfg.optimizer, &zero.optimizer_layout(), cfg.seed)?;
         (zero, opt, None)

@@ -86,6 +86,7 @@ pub use store::{OffloadStore, RunStore};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BufId, CopyTicket, DType, HostSrc, View};
 use crate::config::{Config, OptimizerConfig};
+use crate::model::init::InitWeights;
 use crate::model::layout::ParamLayout;
 use crate::model::store::{unit_ranges, Unit};
 use crate::model::views::ModelViews;
@@ -294,6 +295,16 @@ impl Offload {
             weights.shrink_to_fit();
             Ok(())
         })
+    }
+
+    /// [`Offload::new`] from initial weights that may be made unit by unit
+    /// (`InitWeights::Lazy`): host memory then never holds the whole model,
+    /// only the units that live there.
+    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights) -> Result<Self> {
+        match weights {
+            InitWeights::Whole(w) => Self::new_owned(cfg, layout, w),
+            lazy => Self::build(cfg, layout, |h, r| h.set_master(&lazy.range(r))),
+        }
     }
 
     /// Makes the units, last first; `set_master(host, range)` gives each its

@@ -13,6 +13,9 @@
 //!   model (peak resident growth in a fresh process, against the old
 //!   whole-model assembly measured the same way).
 
+#[path = "common/process_memory.rs"]
+mod process_memory;
+use process_memory::{hwm, rss};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::Backend;
 use ferrotron::ckpt::{self, part_read, train_state::Sharding, Manifest};
@@ -236,19 +239,6 @@ fn mem_cfg(case: &str, scratch: &Path) -> Config {
         .chain([format!("optimizer.name={opt}"), format!("offload.optimizer={tier}"), format!("offload.path=\"{}\"", scratch.display())])
         .collect();
     config::load(None, &sets).unwrap()
-}
-
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
-}
-
-fn hwm() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
-    kb * 1024
 }
 
 /// Peak resident growth while `f` runs.

@@ -19,6 +19,9 @@
 //! free: the resident growth is then what is live, not what an earlier
 //! case or a freed gradient buffer left in the heap.
 
+#[path = "common/process_memory.rs"]
+mod process_memory;
+use process_memory::{hwm, rss};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::Backend;
 use ferrotron::config::{self, Config};
@@ -53,21 +56,6 @@ fn cfg(case: &str, path: &Path) -> Config {
     .chain([format!("offload.optimizer={tier}"), format!("offload.path=\"{}\"", path.display()), format!("offload.host_gb={host_gb}")])
     .collect();
     config::load(None, &sets).unwrap()
-}
-
-/// Resident bytes of this process now.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
-}
-
-/// Peak resident bytes of this process (VmHWM).
-fn hwm() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
-    kb * 1024
 }
 
 /// The child's part: builds the Offload, runs two steps (gradients made

@@ -100,7 +100,15 @@ def command(engine, layers, a):
         sets["offload.gpu_gb"] = a.gpu_gb
     if a.prefetch and engine in ("nvme", "nvme-params", "mixed", "mixed-params"):
         sets["offload.prefetch"] = a.prefetch
-    cmd = [BIN, "bench", "train", "--warmup", "0", "--steps", "1"]
+    for spec in a.ft_set:
+        target, kv = spec.split(":", 1) if ":" in spec.split("=", 1)[0] else (None, spec)
+        if target in (None, engine):
+            k, v = kv.split("=", 1)
+            sets[k] = v
+    # One step decides whether a size fits; --steps N > 1 adds a warm-up step
+    # and times N more (the steady state: the first step also faults in and
+    # page-locks every host buffer).
+    cmd = [BIN, "bench", "train", "--warmup", "0" if a.steps == 1 else "1", "--steps", str(a.steps)]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
@@ -118,17 +126,98 @@ def tree_bytes(path):
     return total
 
 
+def proc_io(pid):
+    """(read_bytes, write_bytes) the process has made the storage layer do
+    (/proc/PID/io), or None once it is gone."""
+    try:
+        fields = dict(l.split(": ") for l in open(f"/proc/{pid}/io").read().splitlines())
+        return int(fields["read_bytes"]), int(fields["write_bytes"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def start_dmon():
+    """nvidia-smi dmon (SM busy %, PCIe rx/tx MB/s, once a second) into a
+    temporary file, each line prefixed by our own clock; None without it."""
+    f = tempfile.TemporaryFile("w+")
+    try:
+        p = subprocess.Popen(["bash", "-c", "nvidia-smi dmon -s ut -d 1 | while read -r l; do echo \"$(date +%s.%N) $l\"; done"],
+                             stdout=f, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    except OSError:
+        return None
+    return p, f
+
+
+def stop_dmon(d):
+    """[(time, sm %, pcie rx MB/s, pcie tx MB/s)] from start_dmon."""
+    if d is None:
+        return []
+    p, f = d
+    try:
+        os.killpg(p.pid, 9)
+    except OSError:
+        pass
+    p.wait()
+    f.seek(0)
+    rows, cols = [], None
+    for line in f.read().splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        if parts[1] == "#" and cols is None and "sm" in parts:
+            cols = parts[2:]
+            continue
+        if parts[1] == "#" or cols is None:
+            continue
+        vals = dict(zip(cols, parts[1:]))
+        try:
+            rows.append((float(parts[0]), float(vals["sm"]), float(vals.get("rxpci", "nan")), float(vals.get("txpci", "nan"))))
+        except (KeyError, ValueError):
+            pass
+    return rows
+
+
+def steady_window(samples, io, end, seconds):
+    """What the GPU, PCIe and disk did over the `seconds` before `end` (the
+    moment the try printed its result: the timed steps end there)."""
+    lo = end - seconds
+    w = [s for s in samples if lo <= s[0] <= end]
+    out = {"window_s": round(seconds, 1), "dmon_samples": len(w)}
+    if w:
+        out["gpu_busy_fraction"] = round(sum(s[1] for s in w) / len(w) / 100, 3)
+        # dmon's rxpci is what the GPU received (host to device), txpci what it sent.
+        out["pcie_h2d_gbs"] = round(sum(s[2] for s in w) / len(w) / 1e3, 2)
+        out["pcie_d2h_gbs"] = round(sum(s[3] for s in w) / len(w) / 1e3, 2)
+    before = [x for x in io if x[0] <= lo]
+    after = [x for x in io if x[0] <= end]
+    if before and after and after[-1][0] > before[-1][0]:
+        dt = after[-1][0] - before[-1][0]
+        out["disk_read_gbs"] = round((after[-1][1] - before[-1][1]) / dt / 1e9, 2)
+        out["disk_write_gbs"] = round((after[-1][2] - before[-1][2]) / dt / 1e9, 2)
+        out["disk_read_gb"] = round((after[-1][1] - before[-1][1]) / 1e9, 2)
+        out["disk_write_gb"] = round((after[-1][2] - before[-1][2]) / 1e9, 2)
+    return out
+
+
 def run_try(cmd, timeout, nvme_path):
     """Runs one try. Returns (exit status or None on timeout, output tail,
-    peak RSS bytes of the child, most bytes seen under nvme_path)."""
+    peak RSS bytes of the child, most bytes seen under nvme_path, dmon
+    samples, /proc/PID/io samples, time the output last grew)."""
+    dmon = start_dmon()
     with tempfile.TemporaryFile("w+") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         start, disk, status, rss = time.time(), 0, None, 0
+        io, size, grew = [], 0, start
         while True:
             pid, st, ru = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 status, rss = os.waitstatus_to_exitcode(st), ru.ru_maxrss * 1024
                 break
+            now, sample = time.time(), proc_io(p.pid)
+            if sample:
+                io.append((now, *sample))
+            if os.fstat(log.fileno()).st_size != size:
+                size, grew = os.fstat(log.fileno()).st_size, now
             disk = max(disk, tree_bytes(nvme_path))
             if time.time() - start > timeout:
                 os.killpg(p.pid, 9)
@@ -137,9 +226,11 @@ def run_try(cmd, timeout, nvme_path):
                 break
             time.sleep(0.25)
         p.returncode = status if status is not None else -9
+        if os.fstat(log.fileno()).st_size != size:  # the last output came after the last poll
+            grew = time.time()
         log.seek(0)
         text = log.read()
-    return status, text, rss, disk
+    return status, text, rss, disk, stop_dmon(dmon), io, grew
 
 
 def result_json(text):
@@ -189,6 +280,11 @@ def main():
                     "for units whose master + state stay on the GPU; 0: none; needs offload.params = none, so not mixed-params)")
     ap.add_argument("--prefetch", type=int, default=0, help="offload.prefetch of the nvme engines (0: ferrotron's default); "
                     "each unit less in the read-ahead window frees 2 units' master + state of host memory")
+    ap.add_argument("--ft-set", action="append", default=[], help="more ferrotron settings: KEY=VAL for every ferrotron "
+                    "engine or ENGINE:KEY=VAL for one (repeatable; later wins), e.g. gpu:train.grad_dtype=bf16")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per ferrotron try (1: one step, no warm-up; N > 1: "
+                    "one warm-up step, then N timed; the try's line then has the GPU busy fraction, PCIe and disk "
+                    "bandwidth over the timed steps)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per try")
     ap.add_argument("--seconds", type=int, default=580, help="total budget")
     a = ap.parse_args()
@@ -216,7 +312,7 @@ def main():
             # A killed try may leave its scratch folder: not this try's disk.
             shutil.rmtree(a.nvme_path, ignore_errors=True)
             t = time.time()
-            status, text, rss, disk = run_try(command(engine, layers, a), min(a.timeout, left), a.nvme_path)
+            status, text, rss, disk, dmon, io, printed = run_try(command(engine, layers, a), min(a.timeout, left), a.nvme_path)
             ok = status == 0
             res = result_json(text) if ok else None
             line = {
@@ -230,6 +326,11 @@ def main():
             }
             if res and res.get("offload"):
                 line["offload"] = res["offload"][-1]
+            if res and res.get("step_ms"):
+                line["step_ms_all"] = res["step_ms"]
+                line["tokens_per_s"] = res.get("tokens_per_s")
+                line["mfu"] = res.get("mfu")
+                line["steady"] = steady_window(dmon, io, printed, sum(res["step_ms"]) / 1e3)
             emit(line)
             if not ok:
                 first_fail = layers

@@ -10,6 +10,10 @@ mkdir -p .dev && tar xJf .devpack/pack.tar.xz -C .dev
 R=/tmp/r3; mkdir -p $R
 trap 'tar czf $OUT/call3.tgz -C $R .' EXIT
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; free -g | head -2; df -h /tmp | tail -1; } > $R/gpu.txt
+# Unit-by-unit initial weights on CUDA: the offloaded runs must still track the plain run (whose init is whole).
+timeout 90 ./.dev/cuda_offload --exact offloaded_cuda_runs_track_the_plain_run three_tiers_track_plain_and_single_tier_on_cuda \
+  --test-threads 1 --nocapture > $R/cuda_offload.log 2>&1; echo "cuda_offload rc=$? at ${SECONDS}s"
+grep -E "^test |test result|panicked" $R/cuda_offload.log | cut -c1-200
 OUT=$R timeout 250 python3 bench/offload_max_params.py --engines cpu --layers cpu=86,88 --optimizer adamw8bit \
   --timeout 230 --seconds 240 | cut -c1-900
 echo "cpu done at ${SECONDS}s"

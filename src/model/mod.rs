@@ -41,6 +41,8 @@ pub struct Model {
     /// The model's own store over `params`/`grads` (one process).
     flat: Option<FlatStore>,
     acts: Option<Activations>,
+    /// `acts` hold a training forward whose backward has not run yet.
+    backward_due: bool,
 }
 
 impl Model {
@@ -50,7 +52,7 @@ impl Model {
         let params = b.alloc(layout.total, DType::F32)?;
         let grads = b.alloc(layout.total, DType::F32)?;
         let flat = Some(FlatStore::new(&layout, params, grads, cfg.n_layers));
-        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat, acts: None })
+        Ok(Model { cfg: cfg.clone(), layout, params, grads, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat, acts: None, backward_due: false })
     }
 
     /// Runs `f` with the model's own flat store.
@@ -84,7 +86,7 @@ impl Model {
     /// pass (`*_in` methods: ZeRO); it allocates only activations.
     pub fn new_bare(cfg: &ModelConfig, recompute: Recompute) -> Self {
         let unheld = BufId(usize::MAX);
-        Model { cfg: cfg.clone(), layout: ParamLayout::new(cfg), params: unheld, grads: unheld, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat: None, acts: None }
+        Model { cfg: cfg.clone(), layout: ParamLayout::new(cfg), params: unheld, grads: unheld, recompute, logits_chunk: 0, fwd_spans: vec![], bwd_spans: vec![], flat: None, acts: None, backward_due: false }
     }
 
     /// Computes the output head and loss `rows` token rows at a time
@@ -133,6 +135,8 @@ impl Model {
         if seq > self.cfg.max_seq_len {
             bail!("sequence of {seq} tokens exceeds model.max_seq_len = {}", self.cfg.max_seq_len);
         }
+        // Whatever pass asks overwrites them.
+        self.backward_due = false;
         match self.acts.take() {
             Some(a) if a.batch == batch && a.seq == seq => Ok(a),
             old => {
@@ -179,13 +183,43 @@ impl Model {
     /// of each sequence, and the returned loss the mean over its tokens).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward_with<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
+        let loss = self.forward_with(b, store, attn, inputs, targets, batch, seq, grad_scale)?;
+        self.backward_with(b, store, attn)?;
+        Ok(loss)
+    }
+
+    /// The first half of [`forward_backward_with`](Self::forward_backward_with):
+    /// the forward, the loss and the output head's gradient (computed in
+    /// the loss loop; no unit's gradients are complete yet, so no store
+    /// has seen `grads_done`). Returns the loss, so a caller can judge it
+    /// before the rest of backward (an offloaded step, whose units are
+    /// updated during backward); [`backward_with`](Self::backward_with)
+    /// must follow before any other pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>, inputs: &[u32], targets: &[u32], batch: usize, seq: usize, grad_scale: f32) -> Result<f32> {
         let acts = self.prepare_acts(b, batch, seq)?;
-        let out = self.run_loss(b, store, attn, &acts, inputs, targets, Some(grad_scale)).and_then(|loss| {
+        let out = self.run_loss(b, store, attn, &acts, inputs, targets, Some(grad_scale));
+        self.backward_due = out.is_ok();
+        self.acts = Some(acts);
+        out
+    }
+
+    /// The rest of backward after [`forward_with`](Self::forward_with),
+    /// from the activations it left.
+    pub fn backward_with<B: Backend>(&mut self, b: &mut B, store: &mut dyn ParamStore<B>, attn: &mut dyn Attention<B>) -> Result<()> {
+        let acts = match self.acts.take() {
+            Some(a) if std::mem::take(&mut self.backward_due) => a,
+            other => {
+                self.acts = other;
+                bail!("backward without the training forward it continues (forward_with)");
+            }
+        };
+        let out = (|| {
             let start = b.mark()?;
             self.backward_from_lnf(b, store, attn, &acts)?;
             self.bwd_spans.push((start, b.mark()?));
-            Ok(loss)
-        });
+            Ok(())
+        })();
         self.acts = Some(acts);
         out
     }

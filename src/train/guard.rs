@@ -19,6 +19,15 @@
 //!
 //! The state (counts and the loss window) travels in the checkpoint
 //! manifest, so a resumed run makes the same decisions as an uninterrupted one.
+//!
+//! Offloaded runs (`offload.optimizer = cpu | nvme`, `train::offload_step`)
+//! step units during the last micro-batch's backward, so they ask
+//! [`Guard::verdict`] before it: the loss rules (non-finite, spike) always
+//! apply as here, and so does the non-finite norm with `train.grad_clip >
+//! 0` (the norm is known before any unit steps). With `grad_clip = 0` a
+//! unit steps as soon as its gradients reach the host; one whose gradients
+//! are not finite is not applied, but the units stepped before it cannot
+//! be taken back, so the run stops with an error instead of skipping.
 
 use crate::config::TrainConfig;
 use anyhow::{bail, Result};
@@ -58,7 +67,7 @@ impl Guard {
     /// Why step `step` (1-based) must not be applied, or `None` to apply it.
     /// Records the decision.
     pub fn judge(&mut self, step: u64, loss: f32, grad_norm: f32) -> Option<String> {
-        let reason = self.reason(loss as f64, grad_norm as f64);
+        let reason = self.verdict(loss, Some(grad_norm));
         let s = &mut self.state;
         match &reason {
             Some(_) => {
@@ -79,13 +88,24 @@ impl Guard {
         reason
     }
 
-    fn reason(&self, loss: f64, grad_norm: f64) -> Option<String> {
+    /// What [`Guard::judge`] would decide now, recording nothing; with
+    /// `grad_norm = None` the loss rules alone. An offloaded step asks
+    /// before its units are stepped (they step during backward, before a
+    /// whole step's numbers exist) and records with `judge` afterwards:
+    /// nothing changes the state in between, so both agree.
+    pub fn verdict(&self, loss: f32, grad_norm: Option<f32>) -> Option<String> {
+        let (loss, grad_norm) = (loss as f64, grad_norm.map(f64::from));
         if !loss.is_finite() {
             return Some(format!("loss is {loss}"));
         }
-        if !grad_norm.is_finite() {
-            return Some(format!("gradient norm is {grad_norm}"));
+        if let Some(n) = grad_norm.filter(|n| !n.is_finite()) {
+            return Some(format!("gradient norm is {n}"));
         }
+        self.spike(loss)
+    }
+
+    /// The spike rule (`train.skip_spike_z`).
+    fn spike(&self, loss: f64) -> Option<String> {
         let r = &self.state.recent;
         if self.spike_z > 0.0 && r.len() >= MIN_HISTORY {
             let n = r.len() as f64;

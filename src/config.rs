@@ -146,6 +146,13 @@ pub struct DebugConfig {
     /// passes, for tests that separate the host optimizer from bf16
     /// weight rounding.
     pub offload_fp32_weights: bool,
+    /// At this step (0 = never) every micro-batch's loss is taken as NaN
+    /// (the gradients stay as computed): a bad step on purpose, for tests
+    /// of the bad-step guard (`train::inject`).
+    pub nan_loss_step: u64,
+    /// At this step (0 = never) every gradient is NaN (the gradient scale
+    /// is; the loss stays finite): for tests of the bad-step guard.
+    pub nan_grads_step: u64,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod guard;
 pub mod heartbeat;
 pub mod init_from;
+mod inject;
 pub mod lr_source;
 pub mod offload_step;
 pub mod preflight;

@@ -5,6 +5,7 @@
 //! steps a checkpoint.
 
 use super::guard::Guard;
+use super::inject;
 use super::lr_source::LrSource;
 use super::run_dir;
 use super::sample::{self, SampleOptions};
@@ -437,8 +438,9 @@ pub(super) fn train_step_at<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
         // Summed over ranks by the reduction: the mean over the global batch.
         // With sequence parallelism the batch is this rank's slice of its
         // group's sequences, and the world's slices add up to the global batch.
-        let scale = 1.0 / (batch.targets.len() * t.grad_accum * world) as f32;
-        loss_sum += st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)? as f64;
+        let scale = inject::grad_scale(cfg, st.step + 1, 1.0 / (batch.targets.len() * t.grad_accum * world) as f32);
+        let loss = st.model.forward_backward_with(b, &mut st.zero, st.attn.as_mut(), &batch.inputs, &batch.targets, t.batch_size, batch.seq, scale)?;
+        loss_sum += inject::loss(cfg, st.step + 1, loss) as f64;
     }
     let comm_start = b.mark()?;
     if !local {
@@ -538,7 +540,11 @@ fn weights_give_finite_loss<B: Backend>(b: &mut B, st: &mut State<B>, cfg: &Conf
 
 /// Whether the master weights of every rank are finite (their sum of
 /// squares, reduced over ranks; a collective). Asked after skipped steps.
+/// An offloaded run's master weights are the offload's (one process).
 fn weights_finite<B: Backend>(b: &mut B, st: &mut State<B>) -> Result<bool> {
+    if let Some(off) = st.off.as_mut() {
+        return off.master_finite_on(b, &mut st.zero);
+    }
     let z = &st.zero;
     let n = if z.stage == 0 { st.model.layout.total } else { z.part.shard_len(z.rank()) };
     let ss = if n > 0 { b.sum_squares(crate::backend::View::whole(z.shard_params, n))? } else { 0.0 };

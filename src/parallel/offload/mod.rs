@@ -42,6 +42,16 @@
 //! a few in flight. Either way the update is the plain run's, not a
 //! delayed or approximated one.
 //!
+//! A step the bad-step guard skips (`train::offload_step`) is
+//! [`Offload::discard`]ed before any unit steps: before the last
+//! micro-batch's backward (a bad loss), or with clipping after backward
+//! ([`Offload::norm_before_update`]: a non-finite norm). Its gradients are
+//! dropped (each unit's squares kept for the norm the step reports) and
+//! nothing is stepped. Overlapped, a unit's step is the only place its
+//! gradients are seen before the update: one whose gradients are not
+//! finite is not stepped and the step fails ([`not_finite_unit`]), since
+//! the units stepped before it cannot be taken back.
+//!
 //! The two tiers mix (ZeRO-Infinity style): with `offload.optimizer = nvme`
 //! and `offload.host_gb > 0` the units that budget holds ([`placement`]:
 //! the largest first) stay resident in host memory as the cpu tier keeps
@@ -244,6 +254,10 @@ pub struct Offload {
     squares: Vec<Option<UnitSquares>>,
     /// This step's clipping factor, once known (1 while overlapping).
     clip: f32,
+    /// With clipping: this step's global norm, once taken.
+    norm: Option<f32>,
+    /// This step is skipped ([`Offload::discard`]): no unit is stepped.
+    discarding: bool,
     last_micro: bool,
     /// The optimizer's scalar state (step count) after the latest step:
     /// the NVMe tier's files hold tensors only.
@@ -372,6 +386,8 @@ impl Offload {
             pool_pinned: false,
             squares: vec![None; units],
             clip: 1.0,
+            norm: None,
+            discarding: false,
             last_micro: true,
             meta: serde_json::Value::Null,
             lr: 0.0,
@@ -428,6 +444,8 @@ impl Offload {
         self.times = OffloadTimes::default();
         self.overlap = grad_clip == 0.0;
         self.clip = 1.0;
+        self.norm = None;
+        self.discarding = false;
         self.squares.iter_mut().for_each(|s| *s = None);
         self.last_micro = true;
         if let Some(d) = self.disk.as_mut() {
@@ -489,7 +507,8 @@ impl Offload {
 
     /// After the last micro-batch: the gradient norm (the plain run's,
     /// bit for bit), every unit's step done and its weights uploaded into
-    /// `zero`'s device weights. Returns the norm.
+    /// `zero`'s device weights (none stepped when the step was
+    /// [`discard`](Offload::discard)ed). Returns the norm.
     pub fn finish<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
         self.note_device(b);
         let out = self.finish_steps(b, zero, grad_clip);
@@ -527,8 +546,11 @@ impl Offload {
         self.land_all(b)?;
         let norm = match self.overlap {
             true => None,
-            false => Some(self.stream_clipped(b, zero, grad_clip)?),
+            false => Some(self.whole_norm(b)?),
         };
+        if let (Some(n), false) = (norm, self.discarding) {
+            self.stream_clipped(b, zero, n, grad_clip)?;
+        }
         let mut first_err = None;
         while self.in_flight > 0 {
             if let Err(e) = self.receive(b, zero) {
@@ -551,13 +573,70 @@ impl Offload {
     }
 
     /// With clipping: the norm over the whole-model gradient buffer on the
-    /// device (the plain run's `sum_squares`, bit for bit), then every
-    /// unit, last first, through the pool: copy to the host, step with the
-    /// clipping factor (the worker), upload (as steps finish). Returns the
-    /// norm.
-    fn stream_clipped<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, grad_clip: f32) -> Result<f32> {
+    /// device (the plain run's `sum_squares`, bit for bit), taken once.
+    fn whole_norm<B: Backend>(&mut self, b: &mut B) -> Result<f32> {
+        if let Some(n) = self.norm {
+            return Ok(n);
+        }
         let whole = self.whole.ok_or_else(|| anyhow!("offload: no gradients this step (no unit's backward ran)"))?;
         let n = b.sum_squares(View::whole(whole, self.layout.total))?.sqrt() as f32;
+        self.norm = Some(n);
+        Ok(n)
+    }
+
+    /// With clipping, after backward: the global gradient norm, known
+    /// before any unit is stepped (the bad-step guard judges it; see
+    /// [`Offload::discard`]). `None` while overlapping: units were stepped
+    /// during backward, and [`Offload::finish`] returns the norm.
+    pub fn norm_before_update<B: Backend>(&mut self, b: &mut B) -> Result<Option<f32>> {
+        match self.overlap {
+            true => Ok(None),
+            false => self.whole_norm(b).map(Some),
+        }
+    }
+
+    /// Skips this step: no unit is stepped, the gradients are dropped as
+    /// they complete (their squares kept for the norm the step reports)
+    /// or, with clipping, at [`Offload::finish`]; the weights and the
+    /// optimizer state stay as they were. Call it before the last
+    /// micro-batch's backward (overlapped steps start there) or, with
+    /// clipping, before `finish`.
+    pub fn discard(&mut self) -> Result<()> {
+        if self.discarding {
+            return Ok(());
+        }
+        let stepped = self.in_flight > 0 || !self.landing.is_empty() || self.squares.iter().any(Option::is_some);
+        ensure!(!stepped, "offload: the step cannot be skipped, units were already stepped");
+        self.discarding = true;
+        // The units read ahead for the steps are not wanted: an empty
+        // read-ahead replaces them, so the reader thread ends now.
+        if self.shared.files.is_some() {
+            let (_, none) = sync_channel(0);
+            self.send(Msg::Prefetch(none))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this step is skipped ([`Offload::discard`]).
+    pub fn discarded(&self) -> bool {
+        self.discarding
+    }
+
+    /// A skipped step's unit `u`: its part of the norm from its gradients
+    /// `view`, then the buffer freed (so a skipped step holds no more
+    /// gradients on the device than an applied one).
+    fn drop_grads<B: Backend>(&mut self, b: &mut B, u: usize, view: View) -> Result<()> {
+        let sq = device_squares(b, self.ranges[u].start, view);
+        b.free(view.buf);
+        self.squares[u] = Some(sq?);
+        Ok(())
+    }
+
+    /// With clipping, the norm `n` known: every unit, last first, through
+    /// the pool: copy to the host, step with the clipping factor (the
+    /// worker), upload (as steps finish).
+    fn stream_clipped<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, n: f32, grad_clip: f32) -> Result<()> {
+        let whole = self.whole.ok_or_else(|| anyhow!("offload: no gradients this step (no unit's backward ran)"))?;
         self.clip = if grad_clip > 0.0 && n > grad_clip { grad_clip / n } else { 1.0 };
         for u in (0..self.ranges.len()).rev() {
             let view = self.dev_grads[u].take().unwrap_or(View { buf: whole, off: self.ranges[u].start, len: self.ranges[u].len() });
@@ -567,7 +646,7 @@ impl Offload {
             }
         }
         self.land_all(b)?;
-        Ok(n)
+        Ok(())
     }
 
     /// Unit `u`'s gradients (device `view`) start their copy into a pool
@@ -872,6 +951,24 @@ impl Offload {
         Ok(out)
     }
 
+    /// Whether every unit's master weights are finite (asked after a
+    /// skipped step: did the last applied update overflow them?). Units in
+    /// files are read for it; units on the device through `zero`.
+    pub fn master_finite_on<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>) -> Result<bool> {
+        let mut dev = Some((b, zero));
+        let mut finite = true;
+        for u in 0..self.ranges.len() {
+            self.read_unit_in(&mut dev, u, |h| {
+                finite = h.master().iter().all(|w| w.is_finite());
+                Ok(())
+            })?;
+            if !finite {
+                break;
+            }
+        }
+        Ok(finite)
+    }
+
     /// Whether unit `u` is kept on the device (`offload.gpu_gb`).
     pub fn on_device(&self, u: usize) -> bool {
         self.shared.on_gpu[u]
@@ -1103,7 +1200,7 @@ impl Offload {
     /// the host, its device buffer is freed and its step starts (`zero`:
     /// where stepped units' weights are uploaded, should one be installed
     /// to free a host buffer). With clipping they stay on the device until
-    /// [`Offload::finish`].
+    /// [`Offload::finish`]. A discarded step drops them instead.
     pub fn grads_done<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, unit: Unit) -> Result<()> {
         if !self.last_micro {
             return Ok(());
@@ -1115,6 +1212,9 @@ impl Offload {
             return Ok(());
         }
         let Some(view) = self.dev_grads[u].take() else { return Ok(()) };
+        if self.discarding {
+            return self.drop_grads(b, u, view);
+        }
         if self.shared.on_gpu[u] {
             let out = self.step_on_device(b, zero, u, view, true);
             b.free(view.buf);
@@ -1131,7 +1231,9 @@ impl Offload {
     fn step_on_device<B: Backend>(&mut self, b: &mut B, zero: &mut Zero<B>, u: usize, view: View, squares: bool) -> Result<()> {
         let r = self.ranges[u].clone();
         if squares {
-            self.squares[u] = Some(device_squares(b, r.start, view)?);
+            let sq = device_squares(b, r.start, view)?;
+            ensure!(grad_norm::total([&sq]).is_finite(), "{}", not_finite_unit(u));
+            self.squares[u] = Some(sq);
         }
         let compute = View { buf: zero.shard_params, off: r.start, len: r.len() };
         let units = zero.device_units.as_mut().ok_or_else(|| anyhow!("offload: unit {u} is placed on the device but the device holds no units (offload.gpu_gb)"))?;
@@ -1243,6 +1345,22 @@ fn device_squares<B: Backend>(b: &mut B, start: usize, view: View) -> Result<Uni
     Ok(grad_norm::unit_squares(start, &g))
 }
 
+/// Why an overlapped step (`train.grad_clip = 0`) stops the run when unit
+/// `u`'s gradients are not finite, where the bad-step guard would skip it.
+pub fn not_finite_unit(u: usize) -> String {
+    format!(
+        "unit {u}'s gradients are not finite (NaN or infinity). With train.grad_clip = 0 an offloaded run steps each unit \
+         as soon as its gradients are complete, overlapping the rest of backward, so the units stepped before this one \
+         cannot be taken back and the step cannot be skipped: unit {u} was not updated and the run stops (no checkpoint \
+         is saved from these weights). {OVERLAP_ADVICE}"
+    )
+}
+
+/// What to do when an overlapped step cannot be skipped.
+pub const OVERLAP_ADVICE: &str = "Set train.grad_clip > 0 (the global norm is then known before any unit is stepped, so \
+    the bad-step guard skips such a step as in a run without offload) and resume from the newest checkpoint, at a lower \
+    optimizer.lr if the run was diverging";
+
 fn check_names(full: &[StateTensor], unit: &[StateTensor]) -> Result<()> {
     let (a, b): (Vec<_>, Vec<_>) = (full.iter().map(|t| &t.name).collect(), unit.iter().map(|t| &t.name).collect());
     ensure!(a == b, "offload: a unit's optimizer state {b:?} does not match the model's {a:?}");
@@ -1315,6 +1433,10 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
     let bf16 = sh.bf16_images.load(Ordering::Relaxed) && !(to_file && sh.files.as_ref().is_some_and(|f| f.images()));
     let (squares, out, grads) = sh.pool.install(|| {
         let squares = job.squares.then(|| grad_norm::unit_squares(job.start, &job.grads));
+        // An overlapped step's only check: its norm comes after the update.
+        if squares.as_ref().is_some_and(|s| !grad_norm::total([s]).is_finite()) {
+            return (squares, Err(anyhow!("{}", not_finite_unit(u))), job.grads);
+        }
         let (out, mut grads) = host.step(job.grads, job.lr, job.clip);
         if bf16 && out.is_ok() {
             // The gradients are spent: the upload's image goes where they were.

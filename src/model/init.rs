@@ -55,6 +55,7 @@ pub fn init_range(cfg: &ModelConfig, layout: &ParamLayout, seed: u64, range: std
     if ParamLayout::new(&cfg.unpadded()).total != layout.total {
         return None;
     }
+    // Untouched zero pages: the parallel draws fault them in on every core.
     let mut out = vec![0.0f32; range.len()];
     let mut tensor = Vec::new();
     for (index, p) in layout.params.iter().enumerate() {
@@ -62,10 +63,17 @@ pub fn init_range(cfg: &ModelConfig, layout: &ParamLayout, seed: u64, range: std
         if start >= end {
             continue;
         }
-        tensor.clear();
-        tensor.resize(p.numel(), 0.0);
-        init_tensor(cfg, layout, seed, index, &mut tensor);
-        out[start - range.start..end - range.start].copy_from_slice(&tensor[start - p.offset..end - p.offset]);
+        let dst = &mut out[start - range.start..end - range.start];
+        if end - start == p.numel() {
+            // The whole tensor is in the range (a unit's tensors always
+            // are): drawn in place, no staging copy.
+            init_tensor(cfg, layout, seed, index, dst);
+        } else {
+            tensor.clear();
+            tensor.resize(p.numel(), 0.0);
+            init_tensor(cfg, layout, seed, index, &mut tensor);
+            dst.copy_from_slice(&tensor[start - p.offset..end - p.offset]);
+        }
     }
     Some(out)
 }

@@ -369,16 +369,23 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         // Initial weights made unit by unit (each tensor from its own
         // stream: the same values as the whole init), so the whole model
         // never sits in host memory (padded models are made whole).
+        // Start-up of a big offloaded model takes minutes: say where it goes.
+        let mut clock = StartupClock::new();
         let weights = InitWeights::new(&cfg.model, &model.layout, cfg.seed, true);
         let mut zero = match cfg.offload.params.as_str() {
             "cpu" | "nvme" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
             _ => Zero::new_offloaded_from(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
         };
+        clock.lap("device weights");
         // offload.gpu_gb: the units kept on the device.
         zero.device_units = offload::gpu_tier::device_units_by(b, cfg, &model.layout, &mut |r| Ok(weights.range(r).into_owned()))?;
+        clock.lap("device-tier units");
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         // The offload takes the weights over unit by unit (no second copy).
-        (zero, Box::new(offload::OnHost { name }), Some(Offload::new_from(cfg, &model.layout, weights)?))
+        let off = Offload::new_from(cfg, &model.layout, weights)?;
+        clock.lap(&format!("host and file units ({})", cfg.offload.optimizer));
+        clock.report(model.layout.total);
+        (zero, Box::new(offload::OnHost { name }), Some(off))
     } else {
         let weights = init_weights(&cfg.model, &model.layout, cfg.seed);
         let zero = Zero::with_grad_dtype(b, &cfg.model, &model.layout, cfg.dist.zero_stage, comm, whole_tensors, &weights, t.grad_buffer_dtype())?;
@@ -592,4 +599,35 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
     let store = &mut offload::RunStore::new(st.off.as_mut(), &mut st.zero);
     let ids = sample::generate_in(b, &mut st.model, store, &prompt, opts, tok.eot(), &mut st.rng)?;
     Ok(tok.decode(&ids))
+}
+
+/// Seconds spent in each phase of an offloaded run's start-up, printed as
+/// one line when the whole took long enough to wonder about (a 27B model
+/// takes minutes to draw, upload and place).
+struct StartupClock {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    laps: Vec<(String, f64)>,
+}
+
+impl StartupClock {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        StartupClock { start: now, last: now, laps: Vec::new() }
+    }
+
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.laps.push((what.to_string(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn report(&self, params: usize) {
+        let total = self.start.elapsed().as_secs_f64();
+        if total < 1.0 {
+            return;
+        }
+        let laps: Vec<String> = self.laps.iter().map(|(w, s)| format!("{w} {s:.1} s")).collect();
+        eprintln!("offload start-up: {} parameters placed in {total:.1} s ({})", params, laps.join(", "));
+    }
 }

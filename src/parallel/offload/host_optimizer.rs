@@ -13,7 +13,7 @@ use crate::backend::{Backend, DType, View};
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
 use crate::optim::{adamw::AdamW, adamw8bit::AdamW8bit, Optimizer};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use std::ops::Range;
 
 pub type HostOpt = Box<dyn Optimizer<CpuBackend> + Send>;
@@ -65,6 +65,19 @@ impl UnitHost {
 
     pub fn set_master(&mut self, w: &[f32]) -> Result<()> {
         self.h.upload(self.master, w)
+    }
+
+    /// [`UnitHost::set_master`] from weights it may keep: the vector
+    /// becomes the master buffer (no copy; the fresh zero buffer, never
+    /// touched, goes back).
+    pub fn set_master_owned(&mut self, w: Vec<f32>) -> Result<()> {
+        ensure!(w.len() == self.master.len, "{} weights for a unit of {}", w.len(), self.master.len);
+        if w.is_empty() {
+            return Ok(());
+        }
+        self.h.free(self.master.buf);
+        self.master = View::whole(self.h.adopt_f32(w), self.master.len);
+        Ok(())
     }
 
     /// Rounds the master weights into [`UnitHost::image`] (in parallel on

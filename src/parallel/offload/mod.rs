@@ -317,7 +317,7 @@ impl Offload {
     pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights) -> Result<Self> {
         match weights {
             InitWeights::Whole(w) => Self::new_owned(cfg, layout, w),
-            lazy => Self::build(cfg, layout, |h, r| h.set_master(&lazy.range(r))),
+            lazy => Self::build(cfg, layout, |h, r| h.set_master_owned(lazy.range(r).into_owned())),
         }
     }
 

@@ -33,11 +33,18 @@ impl CudaBackend {
             // initial bf16 weights, tens of GB) must not hold a bf16 copy
             // of the model in host memory besides the fp32 one.
             _ => {
+                // Rounded on every core: one thread converting tens of GB
+                // was most of an offloaded 27B run's start-up.
+                use rayon::prelude::*;
                 const CHUNK: usize = 1 << 26;
                 let mut tmp: Vec<u16> = Vec::with_capacity(src.len().min(CHUNK));
                 for (i, part) in src.chunks(CHUNK).enumerate() {
-                    tmp.clear();
-                    tmp.extend(part.iter().map(|&x| bf16::from_f32(x).to_bits()));
+                    tmp.resize(part.len(), 0);
+                    tmp.par_chunks_mut(1 << 16).zip(part.par_chunks(1 << 16)).for_each(|(out, inp)| {
+                        for (o, &x) in out.iter_mut().zip(inp) {
+                            *o = bf16::from_f32(x).to_bits();
+                        }
+                    });
                     self.htod(d.ptr + (i * CHUNK * std::mem::size_of::<u16>()) as u64, &tmp)?;
                 }
                 Ok(())

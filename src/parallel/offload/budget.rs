@@ -188,10 +188,7 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
 
 /// Bytes of host memory available now (`MemAvailable` of /proc/meminfo).
 pub fn host_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::util::meminfo::mem_available()
 }
 
 /// Free bytes (for an unprivileged user) of the filesystem holding `path`

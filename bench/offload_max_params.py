@@ -36,6 +36,7 @@ one summary per engine into $OUT/offload_max_params.jsonl.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,9 @@ def main():
                 "params_reported": res.get("params") if res else None,
                 "tail": [l[:400] for l in text.strip().splitlines()[-3:]],
             }
+            startup = re.search(r"offload start-up: \d+ parameters placed in ([\d.]+) s \((.*)\)", text)
+            if startup:
+                line["startup_s"], line["startup_phases"] = float(startup.group(1)), startup.group(2)
             if res and res.get("offload"):
                 line["offload"] = res["offload"][-1]
             if res and res.get("step_ms"):

@@ -301,24 +301,37 @@ impl Offload {
     /// released as soon as the unit holds it (last unit first, the vector
     /// shrunk behind it), so building adds about one unit to host memory,
     /// not a second copy of the model.
-    pub fn new_owned(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>) -> Result<Self> {
+    pub fn new_owned(cfg: &Config, layout: &ParamLayout, weights: Vec<f32>) -> Result<Self> {
+        Self::consuming(cfg, layout, weights, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Offload::new`] from initial weights that may be made unit by unit
+    /// (`InitWeights::Lazy`): host memory then never holds the whole model,
+    /// only the units that live there. Each unit's weights are made once:
+    /// `on_unit(unit, range, weights)` sees them before they become the
+    /// unit's master (the start-up uploads the device's copy from there).
+    /// Units of the device tier are not made here (`gpu_tier`).
+    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights, on_unit: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()>) -> Result<Self> {
+        match weights {
+            InitWeights::Whole(w) => Self::consuming(cfg, layout, w, on_unit),
+            lazy => Self::build(cfg, layout, |h, r| {
+                let w = lazy.range(r.clone()).into_owned();
+                on_unit(h.unit, r, &w)?;
+                h.set_master_owned(w)
+            }),
+        }
+    }
+
+    /// [`Offload::new_owned`], showing each unit's part to `on_unit` first.
+    fn consuming(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>, on_unit: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()>) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         Self::build(cfg, layout, |h, r| {
+            on_unit(h.unit, r.clone(), &weights[r.clone()])?;
             h.set_master(&weights[r.clone()])?;
             weights.truncate(r.start);
             weights.shrink_to_fit();
             Ok(())
         })
-    }
-
-    /// [`Offload::new`] from initial weights that may be made unit by unit
-    /// (`InitWeights::Lazy`): host memory then never holds the whole model,
-    /// only the units that live there.
-    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights) -> Result<Self> {
-        match weights {
-            InitWeights::Whole(w) => Self::new_owned(cfg, layout, w),
-            lazy => Self::build(cfg, layout, |h, r| h.set_master_owned(lazy.range(r).into_owned())),
-        }
     }
 
     /// Makes the units, last first; `set_master(host, range)` gives each its

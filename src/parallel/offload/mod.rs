@@ -90,6 +90,7 @@ pub mod store;
 pub mod stream;
 pub mod stream_nvme;
 pub mod timing;
+mod write_behind;
 
 pub use store::{OffloadStore, RunStore};
 
@@ -356,19 +357,26 @@ impl Offload {
             Tier::Cpu => None,
         };
         let mut hosts: Vec<Option<UnitHost>> = (0..ranges.len()).map(|_| None).collect();
-        for (u, l) in layouts.iter().enumerate().rev() {
-            if on_gpu[u] {
-                // Its master and state are made on the device (gpu_tier).
-                continue;
-            }
-            let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
-            set_master(&mut host, ranges[u].clone())?;
-            match &files {
-                Some(f) if on_disk[u] => {
-                    f.write(&mut host)?;
+        let mut make = |to_file: &mut dyn FnMut(UnitHost) -> Result<()>| -> Result<()> {
+            for (u, l) in layouts.iter().enumerate().rev() {
+                if on_gpu[u] {
+                    // Its master and state are made on the device (gpu_tier).
+                    continue;
                 }
-                _ => hosts[u] = Some(host),
+                let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
+                set_master(&mut host, ranges[u].clone())?;
+                if files.is_some() && on_disk[u] {
+                    to_file(host)?;
+                } else {
+                    hosts[u] = Some(host);
+                }
             }
+            Ok(())
+        };
+        match &files {
+            // File units are written while the next unit is drawn.
+            Some(f) => write_behind::write_behind(f, make)?,
+            None => make(&mut |_| bail!("offload: a file unit without files"))?,
         }
         let keep_images = on_disk.iter().map(|&d| params == "cpu" || (params == "nvme" && !d)).collect();
         let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images, on_disk, on_gpu });

@@ -44,10 +44,13 @@ pub fn device_units<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &Para
     device_units_by(b, cfg, layout, &mut |_, r| Ok(weights[r].to_vec()))
 }
 
+/// A unit's initial weights, given its range (and the backend).
+pub type WeightsOf<'a, B> = dyn FnMut(&mut B, Range<usize>) -> Result<Vec<f32>> + 'a;
+
 /// [`device_units`] with each unit's initial weights from `weights_of`
 /// (given the backend: an offloaded start-up also uploads the unit's
 /// compute weights from the same draw).
-pub fn device_units_by<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &ParamLayout, weights_of: &mut dyn FnMut(&mut B, Range<usize>) -> Result<Vec<f32>>) -> Result<Option<DeviceUnits<B>>> {
+pub fn device_units_by<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &ParamLayout, weights_of: &mut WeightsOf<B>) -> Result<Option<DeviceUnits<B>>> {
     let (_, places) = super::placement::plan_places(cfg, layout)?;
     let on_gpu: Vec<bool> = places.iter().map(|p| *p == super::placement::Place::Gpu).collect();
     if !on_gpu.contains(&true) {
@@ -66,7 +69,7 @@ impl<B: Backend + 'static> DeviceUnits<B> {
     }
 
     /// [`DeviceUnits::new`] with each unit's weights from `weights_of`.
-    pub fn new_by(b: &mut B, cfg: &Config, layout: &ParamLayout, ranges: &[Range<usize>], on_gpu: &[bool], weights_of: &mut dyn FnMut(&mut B, Range<usize>) -> Result<Vec<f32>>) -> Result<Self> {
+    pub fn new_by(b: &mut B, cfg: &Config, layout: &ParamLayout, ranges: &[Range<usize>], on_gpu: &[bool], weights_of: &mut WeightsOf<B>) -> Result<Self> {
         let mut units = Vec::with_capacity(ranges.len());
         for (r, &here) in ranges.iter().zip(on_gpu) {
             if !here {

@@ -121,6 +121,10 @@ use timing::{ms_since, OffloadTimes};
 /// Views of units whose gradients are not on the device point here.
 const NOT_HERE: BufId = BufId(usize::MAX);
 
+/// Sees each unit's initial weights (unit, range, weights) as the offload
+/// takes them over ([`Offload::new_from`]).
+pub type OnUnit<'a> = dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()> + 'a;
+
 /// Which tier holds the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -312,7 +316,7 @@ impl Offload {
     /// `on_unit(unit, range, weights)` sees them before they become the
     /// unit's master (the start-up uploads the device's copy from there).
     /// Units of the device tier are not made here (`gpu_tier`).
-    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights, on_unit: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()>) -> Result<Self> {
+    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights, on_unit: &mut OnUnit) -> Result<Self> {
         match weights {
             InitWeights::Whole(w) => Self::consuming(cfg, layout, w, on_unit),
             lazy => Self::build(cfg, layout, |h, r| {
@@ -324,7 +328,7 @@ impl Offload {
     }
 
     /// [`Offload::new_owned`], showing each unit's part to `on_unit` first.
-    fn consuming(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>, on_unit: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()>) -> Result<Self> {
+    fn consuming(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>, on_unit: &mut OnUnit) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         Self::build(cfg, layout, |h, r| {
             on_unit(h.unit, r.clone(), &weights[r.clone()])?;

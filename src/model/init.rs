@@ -5,6 +5,17 @@
 use super::layout::{ParamKind, ParamLayout};
 use crate::config::ModelConfig;
 use crate::util::rng::{fill_normal_parallel, mix};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Values made by [`init_tensor`] in this process: the draws are most of
+/// an offloaded start-up's time, so a test checks that each unit is made
+/// once (`tests/offload_startup.rs`). One relaxed add per tensor.
+static VALUES_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// How many initial weight values this process has made so far.
+pub fn values_made() -> u64 {
+    VALUES_MADE.load(Ordering::Relaxed)
+}
 
 /// Weights for `layout` (the layout of `cfg`). The unpadded model is drawn
 /// and then padded, so padding entries are zero and the padding multiples
@@ -39,6 +50,7 @@ fn init_tensor(cfg: &ModelConfig, layout: &ParamLayout, seed: u64, index: usize,
     // Each tensor has its own stream: its values do not depend on the
     // tensors before it.
     let stream = mix(seed, index as u64);
+    VALUES_MADE.fetch_add(dst.len() as u64, Ordering::Relaxed);
     match p.kind {
         ParamKind::Norm if p.name.ends_with(".w") => dst.fill(1.0),
         ParamKind::Norm | ParamKind::Bias => dst.fill(0.0),

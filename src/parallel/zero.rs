@@ -62,8 +62,7 @@ use crate::backend::{Backend, BufId, DType, View};
 use crate::config::ModelConfig;
 use crate::dist::{Comm, Elem, Ticket};
 use crate::model::layout::ParamLayout;
-use crate::model::init::InitWeights;
-use crate::model::store::{unit_ranges, ParamStore, Unit};
+use crate::model::store::{ParamStore, Unit};
 use crate::model::views::ModelViews;
 use anyhow::{ensure, Result};
 use std::collections::VecDeque;
@@ -161,17 +160,30 @@ impl<B: Backend> Zero<B> {
         Self::build(b, cfg, layout, 0, comm, false, Some(weights), None, true, fp32)
     }
 
-    /// [`Zero::new_offloaded`] from initial weights made unit by unit
-    /// (`InitWeights::Lazy`: the whole model never exists on the host).
-    pub fn new_offloaded_from(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, weights: &InitWeights, fp32: bool) -> Result<Self> {
-        let z = Self::build(b, cfg, layout, 0, comm, false, None, None, true, fp32)?;
-        if let Some(full) = z.full_params {
-            for r in unit_ranges(cfg, layout) {
-                b.upload(View { buf: full, off: r.start, len: r.len() }, &weights.range(r.clone()))?;
-            }
-            b.params_changed(View::whole(full, layout.total))?;
+    /// [`Zero::new_offloaded`] with the weights not yet uploaded: an
+    /// offloaded start-up draws each unit once and uploads it from that
+    /// draw ([`Zero::upload_unit_weights`], then [`Zero::weights_uploaded`]).
+    pub fn new_offloaded_unfilled(b: &mut B, cfg: &ModelConfig, layout: &ParamLayout, comm: Box<dyn Comm<B>>, fp32: bool) -> Result<Self> {
+        Self::build(b, cfg, layout, 0, comm, false, None, None, true, fp32)
+    }
+
+    /// The device weights of `range` (layout order) from `w`; nothing when
+    /// the device holds no weights (`new_streamed`).
+    pub fn upload_unit_weights(&self, b: &mut B, range: std::ops::Range<usize>, w: &[f32]) -> Result<()> {
+        ensure!(w.len() == range.len(), "{} weights for a range of {}", w.len(), range.len());
+        match self.full_params {
+            Some(full) => b.upload(View { buf: full, off: range.start, len: range.len() }, w),
+            None => Ok(()),
         }
-        Ok(z)
+    }
+
+    /// After every unit's [`Zero::upload_unit_weights`]: the backend learns
+    /// that the weights changed (once, for the whole buffer).
+    pub fn weights_uploaded(&self, b: &mut B) -> Result<()> {
+        match self.full_params {
+            Some(full) => b.params_changed(View::whole(full, self.layout.total)),
+            None => Ok(()),
+        }
     }
 
     /// [`Zero::new_offloaded`] with no weights on the device at all
@@ -231,7 +243,7 @@ impl<B: Backend> Zero<B> {
             gv,
             device_units: None,
         };
-        // None: the caller uploads them (new_offloaded_from), or there is
+        // None: the caller uploads them (new_offloaded_unfilled), or there is
         // nothing on the device to hold them (new_streamed).
         if let Some(w) = weights {
             z.set_weights(b, w)?;

@@ -374,15 +374,23 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         let weights = InitWeights::new(&cfg.model, &model.layout, cfg.seed, true);
         let mut zero = match cfg.offload.params.as_str() {
             "cpu" | "nvme" => Zero::new_streamed(b, &cfg.model, &model.layout, comm)?,
-            _ => Zero::new_offloaded_from(b, &cfg.model, &model.layout, comm, &weights, cfg.debug.offload_fp32_weights)?,
+            _ => Zero::new_offloaded_unfilled(b, &cfg.model, &model.layout, comm, cfg.debug.offload_fp32_weights)?,
         };
-        clock.lap("device weights");
-        // offload.gpu_gb: the units kept on the device.
-        zero.device_units = offload::gpu_tier::device_units_by(b, cfg, &model.layout, &mut |r| Ok(weights.range(r).into_owned()))?;
+        clock.lap("device buffers");
+        // Each unit's weights are made once (the draws are most of the
+        // start-up): its device weights are uploaded from the draw that
+        // then becomes its master, on the device (offload.gpu_gb) or off it.
+        let device_units = offload::gpu_tier::device_units_by(b, cfg, &model.layout, &mut |b, r| {
+            let w = weights.range(r.clone()).into_owned();
+            zero.upload_unit_weights(b, r, &w)?;
+            Ok(w)
+        })?;
+        zero.device_units = device_units;
         clock.lap("device-tier units");
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         // The offload takes the weights over unit by unit (no second copy).
-        let off = Offload::new_from(cfg, &model.layout, weights)?;
+        let off = Offload::new_from(cfg, &model.layout, weights, &mut |_, r, w| zero.upload_unit_weights(b, r, w))?;
+        zero.weights_uploaded(b)?;
         clock.lap(&format!("host and file units ({})", cfg.offload.optimizer));
         clock.report(model.layout.total);
         (zero, Box::new(offload::OnHost { name }), Some(off))
@@ -603,7 +611,8 @@ fn sample_text<B: Backend>(b: &mut B, st: &mut State<B>, data: &Dataset, tokens:
 
 /// Seconds spent in each phase of an offloaded run's start-up, printed as
 /// one line when the whole took long enough to wonder about (a 27B model
-/// takes minutes to draw, upload and place).
+/// takes minutes to draw, upload and place). The units' laps each include
+/// drawing their units and uploading their device weights.
 struct StartupClock {
     start: std::time::Instant,
     last: std::time::Instant,

@@ -41,11 +41,16 @@ pub struct DeviceUnits<B: Backend> {
 /// from `weights`; `None` when it keeps none.
 pub fn device_units<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &ParamLayout, weights: &[f32]) -> Result<Option<DeviceUnits<B>>> {
     ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
-    device_units_by(b, cfg, layout, &mut |r| Ok(weights[r].to_vec()))
+    device_units_by(b, cfg, layout, &mut |_, r| Ok(weights[r].to_vec()))
 }
 
-/// [`device_units`] with each unit's initial weights from `weights_of`.
-pub fn device_units_by<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &ParamLayout, weights_of: &mut dyn FnMut(Range<usize>) -> Result<Vec<f32>>) -> Result<Option<DeviceUnits<B>>> {
+/// A unit's initial weights, given its range (and the backend).
+pub type WeightsOf<'a, B> = dyn FnMut(&mut B, Range<usize>) -> Result<Vec<f32>> + 'a;
+
+/// [`device_units`] with each unit's initial weights from `weights_of`
+/// (given the backend: an offloaded start-up also uploads the unit's
+/// compute weights from the same draw).
+pub fn device_units_by<B: Backend + 'static>(b: &mut B, cfg: &Config, layout: &ParamLayout, weights_of: &mut WeightsOf<B>) -> Result<Option<DeviceUnits<B>>> {
     let (_, places) = super::placement::plan_places(cfg, layout)?;
     let on_gpu: Vec<bool> = places.iter().map(|p| *p == super::placement::Place::Gpu).collect();
     if !on_gpu.contains(&true) {
@@ -60,11 +65,11 @@ impl<B: Backend + 'static> DeviceUnits<B> {
     /// whole model, layout order) as master and fresh optimizer state.
     pub fn new(b: &mut B, cfg: &Config, layout: &ParamLayout, ranges: &[Range<usize>], on_gpu: &[bool], weights: &[f32]) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
-        Self::new_by(b, cfg, layout, ranges, on_gpu, &mut |r| Ok(weights[r].to_vec()))
+        Self::new_by(b, cfg, layout, ranges, on_gpu, &mut |_, r| Ok(weights[r].to_vec()))
     }
 
     /// [`DeviceUnits::new`] with each unit's weights from `weights_of`.
-    pub fn new_by(b: &mut B, cfg: &Config, layout: &ParamLayout, ranges: &[Range<usize>], on_gpu: &[bool], weights_of: &mut dyn FnMut(Range<usize>) -> Result<Vec<f32>>) -> Result<Self> {
+    pub fn new_by(b: &mut B, cfg: &Config, layout: &ParamLayout, ranges: &[Range<usize>], on_gpu: &[bool], weights_of: &mut WeightsOf<B>) -> Result<Self> {
         let mut units = Vec::with_capacity(ranges.len());
         for (r, &here) in ranges.iter().zip(on_gpu) {
             if !here {
@@ -73,7 +78,8 @@ impl<B: Backend + 'static> DeviceUnits<B> {
             }
             let l = unit_layout(layout, r);
             let master = b.alloc(r.len().max(1), DType::F32)?;
-            b.upload(View { buf: master, off: 0, len: r.len() }, &weights_of(r.clone())?)?;
+            let w = weights_of(b, r.clone())?;
+            b.upload(View { buf: master, off: 0, len: r.len() }, &w)?;
             let opt = optim::build(b, &cfg.optimizer, &l, cfg.seed)?;
             units.push(Some(DeviceUnit { master, opt, layout: l }));
         }

@@ -90,6 +90,7 @@ pub mod store;
 pub mod stream;
 pub mod stream_nvme;
 pub mod timing;
+mod write_behind;
 
 pub use store::{OffloadStore, RunStore};
 
@@ -119,6 +120,10 @@ use timing::{ms_since, OffloadTimes};
 
 /// Views of units whose gradients are not on the device point here.
 const NOT_HERE: BufId = BufId(usize::MAX);
+
+/// Sees each unit's initial weights (unit, range, weights) as the offload
+/// takes them over ([`Offload::new_from`]).
+pub type OnUnit<'a> = dyn FnMut(usize, Range<usize>, &[f32]) -> Result<()> + 'a;
 
 /// Which tier holds the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,24 +306,37 @@ impl Offload {
     /// released as soon as the unit holds it (last unit first, the vector
     /// shrunk behind it), so building adds about one unit to host memory,
     /// not a second copy of the model.
-    pub fn new_owned(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>) -> Result<Self> {
+    pub fn new_owned(cfg: &Config, layout: &ParamLayout, weights: Vec<f32>) -> Result<Self> {
+        Self::consuming(cfg, layout, weights, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Offload::new`] from initial weights that may be made unit by unit
+    /// (`InitWeights::Lazy`): host memory then never holds the whole model,
+    /// only the units that live there. Each unit's weights are made once:
+    /// `on_unit(unit, range, weights)` sees them before they become the
+    /// unit's master (the start-up uploads the device's copy from there).
+    /// Units of the device tier are not made here (`gpu_tier`).
+    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights, on_unit: &mut OnUnit) -> Result<Self> {
+        match weights {
+            InitWeights::Whole(w) => Self::consuming(cfg, layout, w, on_unit),
+            lazy => Self::build(cfg, layout, |h, r| {
+                let w = lazy.range(r.clone()).into_owned();
+                on_unit(h.unit, r, &w)?;
+                h.set_master_owned(w)
+            }),
+        }
+    }
+
+    /// [`Offload::new_owned`], showing each unit's part to `on_unit` first.
+    fn consuming(cfg: &Config, layout: &ParamLayout, mut weights: Vec<f32>, on_unit: &mut OnUnit) -> Result<Self> {
         ensure!(weights.len() == layout.total, "{} initial weights for a layout of {}", weights.len(), layout.total);
         Self::build(cfg, layout, |h, r| {
+            on_unit(h.unit, r.clone(), &weights[r.clone()])?;
             h.set_master(&weights[r.clone()])?;
             weights.truncate(r.start);
             weights.shrink_to_fit();
             Ok(())
         })
-    }
-
-    /// [`Offload::new`] from initial weights that may be made unit by unit
-    /// (`InitWeights::Lazy`): host memory then never holds the whole model,
-    /// only the units that live there.
-    pub fn new_from(cfg: &Config, layout: &ParamLayout, weights: InitWeights) -> Result<Self> {
-        match weights {
-            InitWeights::Whole(w) => Self::new_owned(cfg, layout, w),
-            lazy => Self::build(cfg, layout, |h, r| h.set_master_owned(lazy.range(r).into_owned())),
-        }
     }
 
     /// Makes the units, last first; `set_master(host, range)` gives each its
@@ -343,19 +361,26 @@ impl Offload {
             Tier::Cpu => None,
         };
         let mut hosts: Vec<Option<UnitHost>> = (0..ranges.len()).map(|_| None).collect();
-        for (u, l) in layouts.iter().enumerate().rev() {
-            if on_gpu[u] {
-                // Its master and state are made on the device (gpu_tier).
-                continue;
-            }
-            let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
-            set_master(&mut host, ranges[u].clone())?;
-            match &files {
-                Some(f) if on_disk[u] => {
-                    f.write(&mut host)?;
+        let mut make = |to_file: &mut dyn FnMut(UnitHost) -> Result<()>| -> Result<()> {
+            for (u, l) in layouts.iter().enumerate().rev() {
+                if on_gpu[u] {
+                    // Its master and state are made on the device (gpu_tier).
+                    continue;
                 }
-                _ => hosts[u] = Some(host),
+                let mut host = UnitHost::new(u, &cfg.optimizer, l)?;
+                set_master(&mut host, ranges[u].clone())?;
+                if files.is_some() && on_disk[u] {
+                    to_file(host)?;
+                } else {
+                    hosts[u] = Some(host);
+                }
             }
+            Ok(())
+        };
+        match &files {
+            // File units are written while the next unit is drawn.
+            Some(f) => write_behind::write_behind(f, make)?,
+            None => make(&mut |_| bail!("offload: a file unit without files"))?,
         }
         let keep_images = on_disk.iter().map(|&d| params == "cpu" || (params == "nvme" && !d)).collect();
         let shared = Arc::new(Shared { cfg: cfg.optimizer.clone(), layouts, files, pool: optimizer_pool()?, bf16_images: AtomicBool::new(false), keep_images, on_disk, on_gpu });

@@ -243,6 +243,24 @@ fn a_rank_that_never_arrives_is_named() {
     assert!(e.contains("could not reach rank 0 within 1.0 s"), "{e}");
 }
 
+/// A rank whose first connection rank 0 drops unanswered (as rank 0 drops
+/// a connection it takes for a stranger) knocks again and joins: here a
+/// listener on the port accepts and closes one connection before the real
+/// rank 0 starts there.
+#[test]
+fn a_rank_dropped_unanswered_knocks_again() {
+    let port = free_port();
+    let impostor = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the port first");
+    std::thread::scope(|sc| {
+        let joiner = sc.spawn(move || TcpComm::connect(&info(1, 2, port), Duration::from_secs(10)).map(|c| Comm::<CpuBackend>::world(&c)));
+        drop(impostor.accept().expect("rank 1 connects"));
+        drop(impostor);
+        let rank0 = TcpComm::connect(&info(0, 2, port), Duration::from_secs(10)).expect("rank 0 serves");
+        assert_eq!(Comm::<CpuBackend>::world(&rank0), 2);
+        assert_eq!(joiner.join().unwrap().expect("rank 1 joins on its second knock"), 2);
+    });
+}
+
 #[test]
 fn a_rank_that_dies_is_named_by_the_others() {
     let t0 = Instant::now();

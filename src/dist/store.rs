@@ -134,22 +134,50 @@ fn refuse_all(links: &mut [Option<TcpStream>], why: &str) {
 
 fn join_world(info: &WorldInfo, timeout: Duration) -> Result<(TcpStream, Vec<u8>)> {
     let deadline = Instant::now() + timeout;
+    loop {
+        match knock(info, timeout, deadline) {
+            // Rank 0 drops a connection whose hello it could not read (it
+            // takes it for a stranger) without a word: knock again while
+            // there is time, instead of failing a rendezvous rank 0 is
+            // still waiting on (seen once under load in CI).
+            Err(Knock::Dropped(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(Knock::Dropped(e) | Knock::Failed(e)) => return Err(e),
+            Ok(out) => return Ok(out),
+        }
+    }
+}
+
+/// Why one knock at rank 0 failed: it closed the connection unanswered
+/// (worth another knock), or anything else.
+enum Knock {
+    Dropped(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Knock {
+    fn from(e: anyhow::Error) -> Self {
+        Knock::Failed(e)
+    }
+}
+
+/// One connection to rank 0: hello, then its welcome or refusal.
+fn knock(info: &WorldInfo, timeout: Duration, deadline: Instant) -> std::result::Result<(TcpStream, Vec<u8>), Knock> {
     let s = connect_until(&info.master_addr, info.master_port, deadline, timeout)?;
     // Rank 0 waits up to `timeout` for the others before it answers.
-    let mut s = setup(s, 2 * timeout)?;
+    let mut s = setup(s, 2 * timeout).map_err(anyhow::Error::from)?;
     let mut hello = HELLO_MAGIC.to_vec();
     for x in [VERSION, info.rank as u32, info.world as u32] {
         hello.extend_from_slice(&x.to_le_bytes());
     }
-    s.write_all(&hello).context("rank 0 closed the connection before the hello")?;
+    s.write_all(&hello).map_err(|e| Knock::Dropped(anyhow!("rank 0 closed the connection before the hello ({e})")))?;
     let (magic, body) = recv_frame(&mut s).map_err(|e| match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => anyhow!("rank 0 did not answer within {:.1} s", 2.0 * timeout.as_secs_f64()),
-        _ => anyhow!("rank 0 closed the connection without answering ({e}): it failed, or another program listens on this port"),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Knock::Failed(anyhow!("rank 0 did not answer within {:.1} s", 2.0 * timeout.as_secs_f64())),
+        _ => Knock::Dropped(anyhow!("rank 0 closed the connection without answering ({e}): it failed, or another program listens on this port")),
     })?;
     match magic {
         WELCOME_MAGIC => Ok((s, body)),
-        REFUSED_MAGIC => bail!("{} (reported by rank 0)", String::from_utf8_lossy(&body)),
-        _ => bail!("the program at this address is not a ferrotron rank 0; set MASTER_PORT to a free port"),
+        REFUSED_MAGIC => Err(Knock::Failed(anyhow!("{} (reported by rank 0)", String::from_utf8_lossy(&body)))),
+        _ => Err(Knock::Failed(anyhow!("the program at this address is not a ferrotron rank 0; set MASTER_PORT to a free port"))),
     }
 }
 

@@ -325,6 +325,9 @@ def main():
                 "params_reported": res.get("params") if res else None,
                 "tail": [l[:400] for l in text.strip().splitlines()[-3:]],
             }
+            # The start-up's progress lines and the slow steps' lines: how far
+            # a try stopped by its timeout got, and how fast.
+            line["progress"] = [l[:200] for l in text.splitlines() if l.startswith(("offload start-up:", "bench: step"))]
             startup = re.search(r"offload start-up: \d+ parameters placed in ([\d.]+) s \((.*)\)", text)
             if startup:
                 line["startup_s"], line["startup_phases"] = float(startup.group(1)), startup.group(2)

@@ -126,6 +126,12 @@ fn run<B: Backend + 'static>(mut b: B, cfg: &Config, warmup: usize, steps: usize
             after_warmup(&mut b);
         }
         let line = train_step(&mut b, &mut st, cfg)?;
+        if line.step_ms >= 5000.0 {
+            // Slow steps (offloaded tens of billions) say so as they end:
+            // a run stopped by a time limit still shows how far it got.
+            let kind = if i < warmup { "warm-up" } else { "timed" };
+            eprintln!("bench: step {} of {} ({kind}) took {:.1} s", i + 1, warmup + steps, line.step_ms / 1e3);
+        }
         if i >= warmup {
             step_ms.push(line.step_ms);
             losses.push(line.loss);

@@ -380,7 +380,9 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         // Each unit's weights are made once (the draws are most of the
         // start-up): its device weights are uploaded from the draw that
         // then becomes its master, on the device (offload.gpu_gb) or off it.
+        let total = model.layout.total;
         let device_units = offload::gpu_tier::device_units_by(b, cfg, &model.layout, &mut |b, r| {
+            clock.placed(r.len(), total);
             let w = weights.range(r.clone()).into_owned();
             zero.upload_unit_weights(b, r, &w)?;
             Ok(w)
@@ -389,7 +391,10 @@ fn new_state_sp<B: Backend + 'static>(b: &mut B, cfg: &Config, data: &Dataset, c
         clock.lap("device-tier units");
         let name = if cfg.optimizer.name == "adamw" { "adamw" } else { "adamw8bit" };
         // The offload takes the weights over unit by unit (no second copy).
-        let off = Offload::new_from(cfg, &model.layout, weights, &mut |_, r, w| zero.upload_unit_weights(b, r, w))?;
+        let off = Offload::new_from(cfg, &model.layout, weights, &mut |_, r, w| {
+            clock.placed(r.len(), total);
+            zero.upload_unit_weights(b, r, w)
+        })?;
         zero.weights_uploaded(b)?;
         clock.lap(&format!("host and file units ({})", cfg.offload.optimizer));
         clock.report(model.layout.total);
@@ -617,12 +622,26 @@ struct StartupClock {
     start: std::time::Instant,
     last: std::time::Instant,
     laps: Vec<(String, f64)>,
+    /// Parameters placed so far, and when progress was last printed: a
+    /// start-up killed by a timeout still shows how far it got and how fast.
+    placed: usize,
+    noted: std::time::Instant,
 }
 
 impl StartupClock {
     fn new() -> Self {
         let now = std::time::Instant::now();
-        StartupClock { start: now, last: now, laps: Vec::new() }
+        StartupClock { start: now, last: now, laps: Vec::new(), placed: 0, noted: now }
+    }
+
+    /// Counts `n` more parameters placed; every 15 s says how many of `total`.
+    fn placed(&mut self, n: usize, total: usize) {
+        self.placed += n;
+        if self.noted.elapsed().as_secs_f64() >= 15.0 {
+            self.noted = std::time::Instant::now();
+            let secs = self.start.elapsed().as_secs_f64();
+            eprintln!("offload start-up: {:.2}B of {:.2}B parameters placed after {secs:.0} s", self.placed as f64 / 1e9, total as f64 / 1e9);
+        }
     }
 
     fn lap(&mut self, what: &str) {

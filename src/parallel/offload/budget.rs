@@ -7,8 +7,9 @@ use super::nvme::{sweep_dead_scratch, ALIGN};
 use super::stream_nvme::pool_buffers;
 use super::write_behind::WRITES_IN_FLIGHT;
 
-// The window counts as many I/O buffers as units alive, at least 3.
-const _: () = assert!(super::nvme::READ_BUFFERS + WRITES_IN_FLIGHT <= 3);
+// The window counts as many I/O buffers as units alive (prefetch + 3):
+// min(prefetch + 1, READ_BUFFERS) read, WRITES_IN_FLIGHT written behind.
+const _: () = assert!(super::nvme::READ_BUFFERS <= 2 && WRITES_IN_FLIGHT <= 2);
 use crate::config::Config;
 use crate::model::layout::ParamLayout;
 use anyhow::{bail, Result};
@@ -171,9 +172,9 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
     if out.disk_units > 0 {
         // Units alive at once: the read-ahead window, the one being read,
         // the one stepping, the one being installed; and the I/O buffers
-        // (whole unit files): one for reads and WRITES_IN_FLIGHT written
-        // behind, no more than the units (checked below), so at most
-        // doubling them.
+        // (whole unit files): up to two the reads fill and WRITES_IN_FLIGHT
+        // written behind, no more than the units (checked above), so at
+        // most doubling them.
         let alive = cfg.offload.prefetch as u64 + 3;
         let biggest = in_files().map(|u| u.master_state()).max().unwrap_or(0);
         out.host_window = alive * 2 * biggest;

@@ -93,15 +93,16 @@ pub fn par_copy(dst: &mut [u8], src: &[u8]) {
     dst.par_chunks_mut(PIECE).zip(src.par_chunks(PIECE)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// At most `cap` buffers, each as long as the longest asked for so far.
+/// At most `cap` buffers; a free one too short for a request makes room
+/// for a longer one.
 pub struct IoBufs {
-    cap: usize,
     inner: Mutex<Pool>,
     back: Condvar,
 }
 
 #[derive(Default)]
 struct Pool {
+    cap: usize,
     free: Vec<AlignedBuf>,
     /// Buffers allocated and not dropped (free or lent out).
     made: usize,
@@ -111,7 +112,13 @@ struct Pool {
 
 impl IoBufs {
     pub fn new(cap: usize) -> Self {
-        IoBufs { cap: cap.max(1), inner: Mutex::new(Pool::default()), back: Condvar::new() }
+        IoBufs { inner: Mutex::new(Pool { cap: cap.max(1), ..Default::default() }), back: Condvar::new() }
+    }
+
+    /// Allows `cap` buffers (set before the pool is used).
+    pub fn set_cap(&self, cap: usize) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).cap = cap.max(1);
+        self.back.notify_all();
     }
 
     /// A buffer of at least `len` bytes: a free one, else a new one while
@@ -123,13 +130,13 @@ impl IoBufs {
                 return Ok(p.free.swap_remove(i));
             }
             // A free buffer too short for this unit makes room for one that is not.
-            if p.made == self.cap {
+            if p.made >= p.cap {
                 if let Some(short) = p.free.pop() {
                     p.made -= 1;
                     p.bytes -= short.len() as u64;
                 }
             }
-            if p.made < self.cap {
+            if p.made < p.cap {
                 let buf = AlignedBuf::new(len)?;
                 p.made += 1;
                 p.bytes += buf.len() as u64;

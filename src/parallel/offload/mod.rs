@@ -115,7 +115,7 @@ pub use host_pool::POOL_BUFFERS;
 use nvme::StateFiles;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -391,6 +391,7 @@ impl Offload {
             // the build returns with every file on disk and no I/O buffer.
             Some(f) => {
                 f.set_write_delay_ms(cfg.debug.offload_write_delay_ms);
+                f.limit_read_buffers(cfg.offload.prefetch + 1);
                 let made = make(&mut |host| f.write_behind(&host).map(|_| ()));
                 let flushed = f.flush();
                 f.release_buffers();
@@ -509,14 +510,7 @@ impl Offload {
             let meta = self.meta.clone();
             std::thread::Builder::new()
                 .name("offload-prefetch".into())
-                .spawn(move || {
-                    let files = sh.files.as_ref().expect("nvme tier has files");
-                    for u in order {
-                        if tx.send((u, files.read(u, &sh.cfg, &sh.layouts[u], &meta))).is_err() {
-                            return;
-                        }
-                    }
-                })
+                .spawn(move || read_ahead(&sh, &order, &meta, tx))
                 .context("cannot start the offload prefetch thread")?;
             self.send(Msg::Prefetch(rx))?;
         }
@@ -1472,6 +1466,37 @@ fn worker_loop(sh: Arc<Shared>, jobs: Receiver<Msg>, done: Sender<Result<Done>>)
             return;
         }
     }
+}
+
+/// The read-ahead of a step's file units, in `order`, into `tx`: a disk
+/// thread reads each file into a pooled buffer (after its pending write)
+/// while this one copies the unit read before into its host, so the disk
+/// does not idle during the copies (the read pool's buffers bound it).
+fn read_ahead(sh: &Shared, order: &[usize], meta: &serde_json::Value, tx: SyncSender<(usize, Result<UnitHost>)>) {
+    let files = sh.files.as_ref().expect("nvme tier has files");
+    let (raw_tx, raw_rx) = sync_channel(0);
+    std::thread::scope(|s| {
+        let disk = std::thread::Builder::new().name("offload-disk-read".into()).spawn_scoped(s, move || {
+            for &u in order {
+                if raw_tx.send(files.read_raw(u, sh.layouts[u].total)).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = disk {
+            // No disk thread: the first unit's read carries the error.
+            let _ = tx.send((order[0], Err(anyhow!("cannot start the offload disk reader thread: {e}"))));
+            return;
+        }
+        for (&u, raw) in order.iter().zip(raw_rx) {
+            let host = raw.and_then(|r| files.unpack(r, &sh.cfg, &sh.layouts[u], meta));
+            // The consumer is gone (a discarded step): dropping the
+            // receiver stops the disk thread too.
+            if tx.send((u, host)).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<UnitHost>)>>, stash: &mut HashMap<usize, Result<UnitHost>>) -> Result<Done> {

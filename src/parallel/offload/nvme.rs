@@ -46,9 +46,10 @@ use std::sync::Arc;
 /// Name prefix of a scratch folder under `offload.path`.
 pub const SCRATCH_PREFIX: &str = "ferrotron-offload-";
 
-/// Buffers the optimizer's reads of whole units use: one, filled by the
-/// disk, then copied into the unit on all cores.
-pub const READ_BUFFERS: usize = 1;
+/// Buffers the optimizer's reads of whole units use at most: one the disk
+/// fills while the unit read before it is copied out of the other, on all
+/// cores ([`StateFiles::read_raw`], [`StateFiles::unpack`]).
+pub const READ_BUFFERS: usize = 2;
 
 /// The state files of every unit in one folder.
 pub struct StateFiles {
@@ -79,6 +80,13 @@ impl StateFiles {
         let io = Arc::new(DirectIo::new(dir.to_path_buf()));
         let writes = WriteBehind::start(io.clone())?;
         Ok(StateFiles { dir: dir.to_path_buf(), _lock: lock, images, io, writes, reads: IoBufs::new(READ_BUFFERS) })
+    }
+
+    /// Lowers the read buffers to `n` (at least 1, at most
+    /// [`READ_BUFFERS`]): a read-ahead window of `n - 1` units has room
+    /// for that many (`budget::offload_bytes`).
+    pub fn limit_read_buffers(&self, n: usize) {
+        self.reads.set_cap(n.clamp(1, READ_BUFFERS));
     }
 
     /// `debug.offload_write_delay_ms`: each write sleeps this long before
@@ -176,24 +184,41 @@ impl StateFiles {
     /// the optimizer's scalar state `meta` (step count; `Null`: fresh).
     /// Waits for the unit's pending write first.
     pub fn read(&self, unit: usize, cfg: &OptimizerConfig, layout: &ParamLayout, meta: &serde_json::Value) -> Result<UnitHost> {
+        self.unpack(self.read_raw(unit, layout.total)?, cfg, layout, meta)
+    }
+
+    /// [`StateFiles::read`]'s disk half: unit `unit`'s file (`n`
+    /// parameters) from the master section on, in a pooled buffer, after
+    /// its pending write. A reader can start the next unit's while
+    /// [`StateFiles::unpack`] copies this one.
+    pub fn read_raw(&self, unit: usize, n: usize) -> Result<RawUnit<'_>> {
         self.writes.wait_unit(unit)?;
-        let mut host = UnitHost::new(unit, cfg, layout)?;
+        let path = self.path(unit);
+        let got = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+        // The optimizer does not need the image: read from the master on.
+        let skip = self.master_offset(n);
+        if got < skip || got % ALIGN != 0 {
+            bail!("offload state file {} has {got} bytes: it is not this run's (delete offload.path's folder)", path.display());
+        }
+        let mut raw = RawUnit { unit, file_bytes: got, buf: Some(self.reads.take(got - skip)?), pool: &self.reads };
+        self.io.read_at(unit, skip as u64, &mut raw.bytes_mut()[..got - skip])?;
+        Ok(raw)
+    }
+
+    /// [`StateFiles::read`]'s memory half: the unit made from `raw` (on the
+    /// calling rayon pool); the buffer goes back to the pool.
+    pub fn unpack(&self, mut raw: RawUnit<'_>, cfg: &OptimizerConfig, layout: &ParamLayout, meta: &serde_json::Value) -> Result<UnitHost> {
+        let mut host = UnitHost::new(raw.unit, cfg, layout)?;
         if !meta.is_null() {
             host.opt.load_meta(meta)?;
         }
         let states = host.opt.state_tensors();
-        let n = host.master.len;
-        let total = self.total(n, &states);
-        let got = std::fs::metadata(self.path(unit)).map(|m| m.len()).unwrap_or(0);
-        if got != total as u64 {
-            bail!("offload state file {} has {got} bytes, expected {total}: it is not this run's (delete offload.path's folder)", self.path(unit).display());
+        let total = self.total(host.master.len, &states);
+        if raw.file_bytes != total {
+            bail!("offload state file {} has {} bytes, expected {total}: it is not this run's (delete offload.path's folder)", self.path(raw.unit).display(), raw.file_bytes);
         }
-        // The optimizer does not need the image: read from the master on.
-        let skip = self.master_offset(n);
-        let mut buf = self.reads.take(total - skip)?;
-        let out = self.io.read_at(unit, skip as u64, &mut buf.bytes_mut()[..total - skip]).and_then(|_| unpack(&buf, &mut host, &states));
-        self.reads.give(buf);
-        out.map(|_| host)
+        unpack(raw.bytes_mut(), &mut host, &states)?;
+        Ok(host)
     }
 
     /// The leading section of unit `unit`'s file (`n` parameters): its
@@ -238,6 +263,31 @@ impl StateFiles {
     }
 }
 
+/// A unit's file read into a pooled buffer, not yet copied into its host
+/// ([`StateFiles::read_raw`]); the buffer goes back to the pool when this
+/// is dropped.
+pub struct RawUnit<'a> {
+    unit: usize,
+    /// The whole file's bytes (image section included).
+    file_bytes: usize,
+    buf: Option<AlignedBuf>,
+    pool: &'a IoBufs,
+}
+
+impl RawUnit<'_> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut().expect("a raw unit's buffer").bytes_mut()
+    }
+}
+
+impl Drop for RawUnit<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give(buf);
+        }
+    }
+}
+
 /// The bytes of one of `host`'s tensors (master or state) as the file
 /// holds them.
 fn state_bytes(host: &UnitHost, view: crate::backend::View, dtype: DType) -> Result<&[u8]> {
@@ -247,14 +297,14 @@ fn state_bytes(host: &UnitHost, view: crate::backend::View, dtype: DType) -> Res
 
 /// Fills `host`'s master weights and `states` from `buf`, the file from
 /// the master section on, on the calling rayon pool.
-fn unpack(buf: &AlignedBuf, host: &mut UnitHost, states: &[StateTensor]) -> Result<()> {
+fn unpack(buf: &[u8], host: &mut UnitHost, states: &[StateTensor]) -> Result<()> {
     let mut off = 0;
     let parts = std::iter::once((host.master, DType::F32)).chain(states.iter().map(|t| (t.view, t.dtype)));
     for (view, dtype) in parts {
         ensure!(matches!(dtype, DType::F32 | DType::U8), "offload: a {dtype:?} state tensor cannot come from a file");
         let dst = host.h.view_bytes_mut(view)?;
         let n = dst.len();
-        par_copy(dst, &buf.bytes()[off..off + n]);
+        par_copy(dst, &buf[off..off + n]);
         off = padded(off + n);
     }
     Ok(())

@@ -197,7 +197,7 @@ impl StateFiles {
         let got = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
         // The optimizer does not need the image: read from the master on.
         let skip = self.master_offset(n);
-        if got < skip || got % ALIGN != 0 {
+        if got < skip || !got.is_multiple_of(ALIGN) {
             bail!("offload state file {} has {got} bytes: it is not this run's (delete offload.path's folder)", path.display());
         }
         let mut raw = RawUnit { unit, file_bytes: got, buf: Some(self.reads.take(got - skip)?), pool: &self.reads };

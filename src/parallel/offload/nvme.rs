@@ -168,8 +168,8 @@ impl StateFiles {
             host.write_image(buf.u16s_mut(0, n));
             off = 2 * n;
         }
-        let parts = std::iter::once(host.master).chain(states.iter().map(|t| t.view));
-        for (view, dtype) in parts.zip(std::iter::once(DType::F32).chain(states.iter().map(|t| t.dtype))) {
+        let parts = std::iter::once((host.master, DType::F32)).chain(states.iter().map(|t| (t.view, t.dtype)));
+        for (view, dtype) in parts {
             let at = padded(off);
             buf.bytes_mut()[off..at].fill(0);
             let src = state_bytes(host, view, dtype)?;

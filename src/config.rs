@@ -153,6 +153,10 @@ pub struct DebugConfig {
     /// At this step (0 = never) every gradient is NaN (the gradient scale
     /// is; the loss stays finite): for tests of the bad-step guard.
     pub nan_grads_step: u64,
+    /// Milliseconds each write of an NVMe-tier unit file sleeps before it
+    /// opens the file (0 = none): makes the writes behind the optimizer
+    /// slow enough for tests to find them still pending.
+    pub offload_write_delay_ms: u64,
 }
 
 /// Several ranks: how they talk and what they shard. The world itself

@@ -213,7 +213,7 @@ fn offload_rows(out: &mut String, cfg: &Config) {
             let images = if b.host_images > 0 { format!(" + kept bf16 images {}", human_bytes(b.host_images)) } else { String::new() };
             let reads = if b.host_reads > 0 { format!(" + the passes' weight buffers {}", human_bytes(b.host_reads)) } else { String::new() };
             let resident = if b.host_units > 0 { format!("fp32 master + optimizer state of {} units {} + ", b.host_units, human_bytes(b.host_resident())) } else { String::new() };
-            let window = if b.disk_units > 0 { format!("optimizer read-ahead window {} + ", human_bytes(b.host_window)) } else { String::new() };
+            let window = if b.disk_units > 0 { format!("optimizer read-ahead / write-behind window {} + ", human_bytes(b.host_window)) } else { String::new() };
             row(out, &format!("host (offload.optimizer = {tier})"), &human_bytes(b.host), &format!("{resident}{window}{pool}{images}{reads}"));
             if b.host_init > b.host {
                 row(out, "host at start-up", &human_bytes(b.host_init), "the peak: a padded model's initial fp32 weights, made whole before the units take them over");

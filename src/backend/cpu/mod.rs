@@ -278,6 +278,44 @@ impl CpuBackend {
         }
     }
 
+    /// The bytes of an f32 or u8 view, for host code that moves whole
+    /// buffers in bulk and in parallel (the offload's unit files).
+    pub fn view_bytes(&self, v: View) -> Result<&[u8]> {
+        match self.bufs.get(v.buf.0) {
+            Some(Some(CpuBuf::F32(data))) => {
+                check_range(v, data.len())?;
+                let s = &data[v.off..v.off + v.len];
+                // SAFETY: the f32s' own memory, borrowed as long; u8 has no alignment.
+                Ok(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, 4 * s.len()) })
+            }
+            Some(Some(CpuBuf::U8(data))) => {
+                check_range(v, data.len())?;
+                Ok(&data[v.off..v.off + v.len])
+            }
+            Some(Some(other)) => bail!("view {v:?}: expected an f32 or u8 buffer, got {} buffer", other.kind()),
+            _ => bail!("view {v:?}: buffer {} does not exist", v.buf.0),
+        }
+    }
+
+    /// [`CpuBackend::view_bytes`], writable. Not for bf16 buffers, whose
+    /// writes must round.
+    pub fn view_bytes_mut(&mut self, v: View) -> Result<&mut [u8]> {
+        match self.bufs.get_mut(v.buf.0) {
+            Some(Some(CpuBuf::F32(data))) => {
+                check_range(v, data.len())?;
+                let s = &mut data[v.off..v.off + v.len];
+                // SAFETY: as in view_bytes, uniquely borrowed; any bytes are a valid f32.
+                Ok(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, 4 * s.len()) })
+            }
+            Some(Some(CpuBuf::U8(data))) => {
+                check_range(v, data.len())?;
+                Ok(&mut data[v.off..v.off + v.len])
+            }
+            Some(Some(other)) => bail!("view {v:?}: expected an f32 or u8 buffer, got {} buffer", other.kind()),
+            _ => bail!("view {v:?}: buffer {} does not exist", v.buf.0),
+        }
+    }
+
     /// Read access to a u32 view. Panics on a bad view.
     pub fn slice_u32(&self, v: View) -> &[u32] {
         let p = self.ptr_u32(v).unwrap();

@@ -5,6 +5,11 @@ use super::host_pool::POOL_BUFFERS;
 use super::placement;
 use super::nvme::{sweep_dead_scratch, ALIGN};
 use super::stream_nvme::pool_buffers;
+use super::write_behind::WRITES_IN_FLIGHT;
+
+// The window counts as many I/O buffers as units alive (prefetch + 3):
+// min(prefetch + 1, READ_BUFFERS) read, WRITES_IN_FLIGHT written behind.
+const _: () = assert!(super::nvme::READ_BUFFERS <= 2 && WRITES_IN_FLIGHT <= 2);
 use crate::config::Config;
 use crate::model::layout::ParamLayout;
 use anyhow::{bail, Result};
@@ -15,10 +20,10 @@ use std::path::Path;
 pub struct OffloadBytes {
     /// Host memory at its peak: the resident units' master weights and
     /// state (every unit in the cpu tier, those `offload.host_gb` holds in
-    /// the nvme tier), the nvme tier's read-ahead window of the units in
-    /// files, plus the gradient pool and the kept bf16 images (the parts
-    /// below), plus (`offload.params = nvme`) the buffers the passes read
-    /// weights into (`host_reads`).
+    /// the nvme tier), the nvme tier's read-ahead / write-behind window of
+    /// the units in files, plus the gradient pool and the kept bf16 images
+    /// (the parts below), plus (`offload.params = nvme`) the buffers the
+    /// passes read weights into (`host_reads`).
     pub host: u64,
     /// Of `host`: the pooled gradient buffers ([`POOL_BUFFERS`] of the
     /// biggest unit), which also carry the bf16 images to the device.
@@ -32,7 +37,9 @@ pub struct OffloadBytes {
     /// master).
     pub host_reads: u64,
     /// Of `host`: the nvme tier's units passing through a step (read
-    /// ahead, stepping, being written), sized by the largest unit in a file.
+    /// ahead, being read, stepping, being installed) and its pooled I/O
+    /// buffers (the one reads fill, those written behind), sized by the
+    /// largest unit in a file. Given back at each step's end.
     pub host_window: u64,
     /// The NVMe tier's state files (0 for the cpu tier), with each unit's
     /// bf16 image for `offload.params = nvme` on CUDA.
@@ -164,7 +171,10 @@ pub fn offload_bytes(cfg: &Config) -> Result<OffloadBytes> {
     };
     if out.disk_units > 0 {
         // Units alive at once: the read-ahead window, the one being read,
-        // the one stepping, the one being written (its I/O buffer doubles it).
+        // the one stepping, the one being installed; and the I/O buffers
+        // (whole unit files): up to two the reads fill and WRITES_IN_FLIGHT
+        // written behind, no more than the units (checked above), so at
+        // most doubling them.
         let alive = cfg.offload.prefetch as u64 + 3;
         let biggest = in_files().map(|u| u.master_state()).max().unwrap_or(0);
         out.host_window = alive * 2 * biggest;
@@ -245,7 +255,7 @@ pub fn check(cfg: &Config, need: OffloadBytes, host: Option<u64>, disk: Option<u
         }
         if need.host > free {
             bail!(
-                "offload.optimizer = {tier} needs {} of host memory ({} resident units' master weights and optimizer state {}, gradient buffers, read-ahead window) but only {} is available; \
+                "offload.optimizer = {tier} needs {} of host memory ({} resident units' master weights and optimizer state {}, gradient buffers, read-ahead / write-behind window) but only {} is available; \
                  {}, optimizer.name = adamw8bit, or a smaller model",
                 gib(need.host),
                 need.host_units,

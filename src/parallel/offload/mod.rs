@@ -5,7 +5,9 @@
 //! and the gradients of the units whose backward is running. The fp32
 //! master weights and the optimizer state live per unit (embeddings, each
 //! block, head) in host memory (`cpu`) or in one file per unit under
-//! `offload.path` (`nvme`, see [`nvme`]).
+//! `offload.path` (`nvme`, see [`nvme`]: read ahead of the steps, and
+//! written behind them by a writer thread, [`write_behind`]; a step ends
+//! with its writes on disk).
 //!
 //! One step:
 //! 1. backward: as each unit's gradients complete (`grads_done` of the last
@@ -80,17 +82,19 @@
 //! One process only for now (`dist.world = 1`, ZeRO stage 0).
 
 pub mod budget;
+pub mod direct_io;
 pub mod gpu_tier;
 pub mod grad_norm;
 pub mod host_optimizer;
 pub mod host_pool;
+pub mod io_bufs;
 pub mod nvme;
 pub mod placement;
 pub mod store;
 pub mod stream;
 pub mod stream_nvme;
 pub mod timing;
-mod write_behind;
+pub mod write_behind;
 
 pub use store::{OffloadStore, RunStore};
 
@@ -111,7 +115,7 @@ pub use host_pool::POOL_BUFFERS;
 use nvme::StateFiles;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -225,8 +229,11 @@ struct Done {
     /// for the upload).
     grads: Vec<f32>,
     squares: Option<UnitSquares>,
-    /// How long the unit's step took on the worker.
+    /// How long the unit's step took on the worker (its write handed over
+    /// included).
     opt_ms: f64,
+    /// Of `opt_ms`: the wait for a free write buffer (the disk behind).
+    write_wait_ms: f64,
 }
 
 enum Msg {
@@ -287,6 +294,8 @@ pub struct Offload {
     disk: Option<stream_nvme::DiskStream>,
     /// The disk stream's counters when this step began.
     reads_at_begin: stream_nvme::ReadStats,
+    /// The unit files' I/O counters when this step began.
+    io_at_begin: direct_io::IoStats,
     /// The units' bf16 images match their master weights (CUDA, before
     /// the first step and after the weights were replaced).
     images_ready: bool,
@@ -378,8 +387,16 @@ impl Offload {
             Ok(())
         };
         match &files {
-            // File units are written while the next unit is drawn.
-            Some(f) => write_behind::write_behind(f, make)?,
+            // File units are written behind while the next unit is drawn;
+            // the build returns with every file on disk and no I/O buffer.
+            Some(f) => {
+                f.set_write_delay_ms(cfg.debug.offload_write_delay_ms);
+                f.limit_read_buffers(cfg.offload.prefetch + 1);
+                let made = make(&mut |host| f.write_behind(&host).map(|_| ()));
+                let flushed = f.flush();
+                f.release_buffers();
+                made.and(flushed)?
+            }
             None => make(&mut |_| bail!("offload: a file unit without files"))?,
         }
         let keep_images = on_disk.iter().map(|&d| params == "cpu" || (params == "nvme" && !d)).collect();
@@ -428,6 +445,7 @@ impl Offload {
             stream: (params != "none").then(|| stream::Streamed::new(layout, cfg.model.n_layers, units)),
             disk,
             reads_at_begin: Default::default(),
+            io_at_begin: Default::default(),
             images_ready: false,
             // The flag applies to resident device weights (params = none).
             fp32_device: cfg.debug.offload_fp32_weights && params == "none",
@@ -454,11 +472,15 @@ impl Offload {
     /// the resident units' master weights and state, their kept bf16
     /// images, the gradient pool and (`offload.params = nvme`) the buffers
     /// the passes read weights into (what `budget::offload_bytes` predicts
-    /// for the cpu tier; call it between steps).
+    /// for the cpu tier; call it between steps), and the nvme tier's I/O
+    /// buffers that exist now (none between steps: a step gives them back
+    /// at its end; a checkpoint's unit-by-unit reads may leave one until
+    /// the next step's end).
     pub fn host_bytes(&self) -> u64 {
         let units: u64 = self.hosts.iter().flatten().map(|h| h.h.live_bytes() + 2 * h.image.capacity() as u64).sum();
         let reads = self.disk.as_ref().map_or(0, |d| d.host_bytes());
-        units + self.pool.bytes() + reads
+        let io = self.shared.files.as_ref().map_or(0, |f| f.held_bytes());
+        units + self.pool.bytes() + reads + io
     }
 
     /// Starts a step at learning rate `lr`. `grad_clip = 0` (no clipping)
@@ -477,6 +499,9 @@ impl Offload {
             d.set_training(true);
             self.reads_at_begin = d.stats();
         }
+        if let Some(f) = &self.shared.files {
+            self.io_at_begin = f.io_stats();
+        }
         // The units in files, read ahead in the order backward steps them.
         let order: Vec<usize> = (0..self.ranges.len()).rev().filter(|&u| self.shared.on_disk[u]).collect();
         if self.shared.files.is_some() && !order.is_empty() {
@@ -485,14 +510,7 @@ impl Offload {
             let meta = self.meta.clone();
             std::thread::Builder::new()
                 .name("offload-prefetch".into())
-                .spawn(move || {
-                    let files = sh.files.as_ref().expect("nvme tier has files");
-                    for u in order {
-                        if tx.send((u, files.read(u, &sh.cfg, &sh.layouts[u], &meta))).is_err() {
-                            return;
-                        }
-                    }
-                })
+                .spawn(move || read_ahead(&sh, &order, &meta, tx))
                 .context("cannot start the offload prefetch thread")?;
             self.send(Msg::Prefetch(rx))?;
         }
@@ -546,6 +564,14 @@ impl Offload {
             self.times.offload_read_mb = (now.bytes - then.bytes) as f64 / 1e6;
             self.times.offload_read_wait_ms = now.wait_ms - then.wait_ms;
         }
+        if let Some(f) = &self.shared.files {
+            // finish_steps flushed the writes: the buffers are all free.
+            f.release_buffers();
+            let (now, then) = (f.io_stats(), self.io_at_begin);
+            self.times.offload_file_read_ms = now.read_ms - then.read_ms;
+            self.times.offload_file_write_ms = now.write_ms - then.write_ms;
+            self.times.offload_file_mb = (now.read_bytes + now.write_bytes - then.read_bytes - then.write_bytes) as f64 / 1e6;
+        }
         // Device gradients no copy reads any more (none after a good step).
         let whole = self.whole.take();
         for v in self.dev_grads.iter_mut().filter_map(Option::take) {
@@ -581,6 +607,14 @@ impl Offload {
             if let Err(e) = self.receive(b, zero) {
                 first_err = first_err.or(Some(e));
             }
+        }
+        // The step ends with its units' files on disk (a failed write
+        // stops it here, naming the file).
+        if let Some(f) = &self.shared.files {
+            let t = Instant::now();
+            let flushed = f.flush();
+            self.times.offload_write_wait_ms += ms_since(t);
+            first_err = first_err.or(flushed.err());
         }
         if first_err.is_none() {
             first_err = self.finish_uploads(b).err();
@@ -767,6 +801,7 @@ impl Offload {
         let view = View { buf: zero.shard_params, off: r.start, len: r.len() };
         let t = Instant::now();
         self.times.offload_opt_ms += d.opt_ms;
+        self.times.offload_write_wait_ms += d.write_wait_ms;
         self.meta = d.host.opt.meta();
         if d.squares.is_some() {
             self.squares[d.unit] = d.squares;
@@ -1324,6 +1359,8 @@ impl Drop for Offload {
             let _ = w.join();
         }
         if let Some(f) = &self.shared.files {
+            // No write may still be going into the folder.
+            f.close();
             let _ = std::fs::remove_dir_all(&f.dir);
         }
     }
@@ -1431,6 +1468,37 @@ fn worker_loop(sh: Arc<Shared>, jobs: Receiver<Msg>, done: Sender<Result<Done>>)
     }
 }
 
+/// The read-ahead of a step's file units, in `order`, into `tx`: a disk
+/// thread reads each file into a pooled buffer (after its pending write)
+/// while this one copies the unit read before into its host, so the disk
+/// does not idle during the copies (the read pool's buffers bound it).
+fn read_ahead(sh: &Shared, order: &[usize], meta: &serde_json::Value, tx: SyncSender<(usize, Result<UnitHost>)>) {
+    let files = sh.files.as_ref().expect("nvme tier has files");
+    let (raw_tx, raw_rx) = sync_channel(0);
+    std::thread::scope(|s| {
+        let disk = std::thread::Builder::new().name("offload-disk-read".into()).spawn_scoped(s, move || {
+            for &u in order {
+                if raw_tx.send(files.read_raw(u, sh.layouts[u].total)).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = disk {
+            // No disk thread: the first unit's read carries the error.
+            let _ = tx.send((order[0], Err(anyhow!("cannot start the offload disk reader thread: {e}"))));
+            return;
+        }
+        for (&u, raw) in order.iter().zip(raw_rx) {
+            let host = raw.and_then(|r| files.unpack(r, &sh.cfg, &sh.layouts[u], meta));
+            // The consumer is gone (a discarded step): dropping the
+            // receiver stops the disk thread too.
+            if tx.send((u, host)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<UnitHost>)>>, stash: &mut HashMap<usize, Result<UnitHost>>) -> Result<Done> {
     let u = job.unit;
     let mut host = match job.host {
@@ -1473,10 +1541,16 @@ fn run_job(sh: &Shared, job: Job, ahead: &mut Option<Receiver<(usize, Result<Uni
         (squares, out, grads)
     });
     out.with_context(|| format!("offloaded optimizer step of unit {u}"))?;
-    if let Some(files) = sh.files.as_ref().filter(|_| to_file) {
-        files.write(&mut host)?;
-    }
-    Ok(Done { unit: u, host, grads, squares, opt_ms: ms_since(t) })
+    // Written behind: the worker goes on to the next unit meanwhile.
+    let write_wait_ms = match sh.files.as_ref().filter(|_| to_file) {
+        Some(files) => {
+            // (A `&mut` crosses into the pool: a unit's host is Send, not Sync.)
+            let h = &mut host;
+            sh.pool.install(move || files.write_behind(h))?
+        }
+        None => 0.0,
+    };
+    Ok(Done { unit: u, host, grads, squares, opt_ms: ms_since(t), write_wait_ms })
 }
 
 /// Stands in for the device optimizer of an offloaded run (the state is

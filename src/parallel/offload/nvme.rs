@@ -1,8 +1,11 @@
 //! The NVMe tier: one scratch file per unit holding its fp32 master weights
 //! and its optimizer state, read and written whole in 4 KiB-aligned blocks
-//! with `O_DIRECT` (no page cache: the state does not also fill host
-//! memory). Filesystems that refuse `O_DIRECT` (tmpfs, some overlay
-//! filesystems) get buffered I/O instead, noted once.
+//! with `O_DIRECT` ([`super::direct_io`]: no page cache, buffered where a
+//! filesystem refuses it), through a few pooled aligned buffers
+//! ([`super::io_bufs`]) that a unit is copied into and out of on all
+//! cores. A stepped unit's write goes to a writer thread
+//! ([`super::write_behind`]); every read and rewrite of a unit waits for
+//! its pending write first, so no reader sees a file half written.
 //!
 //! File layout, every section padded to [`ALIGN`] bytes:
 //! 1. with `offload.params = nvme` on a device computing in bf16 (CUDA):
@@ -26,104 +29,38 @@
 //! run removes the folders of killed runs ([`sweep_dead_scratch`]) before
 //! it checks the free disk, so their gigabytes do not block a resume.
 
+use super::direct_io::{DirectIo, IoStats};
 use super::host_optimizer::UnitHost;
-use crate::backend::{Backend, DType};
+pub use super::io_bufs::{AlignedBuf, ALIGN};
+use super::io_bufs::{padded, par_copy, IoBufs};
+use super::write_behind::WriteBehind;
+use crate::backend::DType;
 use crate::config::OptimizerConfig;
 use crate::model::layout::ParamLayout;
-use anyhow::{bail, Context, Result};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use crate::optim::StateTensor;
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-/// Block size and buffer alignment of every read and write.
-pub const ALIGN: usize = 4096;
-
-fn padded(bytes: usize) -> usize {
-    bytes.div_ceil(ALIGN) * ALIGN
-}
-
-/// A zeroed heap buffer aligned to [`ALIGN`], a multiple of it long.
-pub struct AlignedBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the buffer is uniquely owned heap memory.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    pub fn new(len: usize) -> Result<Self> {
-        let len = padded(len.max(1));
-        let layout = Layout::from_size_align(len, ALIGN).context("aligned buffer layout")?;
-        // SAFETY: layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        if ptr.is_null() {
-            bail!("cannot allocate {len} bytes of host memory for NVMe I/O");
-        }
-        Ok(AlignedBuf { ptr, len })
-    }
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len bytes while self lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-    /// `n` f32 values starting at byte `off` (a multiple of 4: sections
-    /// start at multiples of ALIGN).
-    pub fn f32s(&self, off: usize, n: usize) -> &[f32] {
-        assert!(off % 4 == 0 && off + 4 * n <= self.len);
-        // SAFETY: in range (checked), aligned (base is ALIGN-aligned, off % 4 == 0), any bits are valid f32.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(off) as *const f32, n) }
-    }
-    fn f32s_mut(&mut self, off: usize, n: usize) -> &mut [f32] {
-        assert!(off % 4 == 0 && off + 4 * n <= self.len);
-        // SAFETY: as in f32s, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off) as *mut f32, n) }
-    }
-    /// `n` bf16 bit patterns starting at byte `off` (a multiple of 2).
-    pub fn u16s(&self, off: usize, n: usize) -> &[u16] {
-        assert!(off % 2 == 0 && off + 2 * n <= self.len);
-        // SAFETY: in range (checked), aligned as f32s, any bits are valid u16.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(off) as *const u16, n) }
-    }
-    fn u16s_mut(&mut self, off: usize, n: usize) -> &mut [u16] {
-        assert!(off % 2 == 0 && off + 2 * n <= self.len);
-        // SAFETY: as in u16s, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off) as *mut u16, n) }
-    }
-    /// Bytes the buffer holds (a multiple of [`ALIGN`]).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr, Layout::from_size_align_unchecked(self.len, ALIGN)) }
-    }
-}
-
-/// The state files of every unit in one folder.
 /// Name prefix of a scratch folder under `offload.path`.
 pub const SCRATCH_PREFIX: &str = "ferrotron-offload-";
 
+/// Buffers the optimizer's reads of whole units use at most: one the disk
+/// fills while the unit read before it is copied out of the other, on all
+/// cores ([`StateFiles::read_raw`], [`StateFiles::unpack`]).
+pub const READ_BUFFERS: usize = 2;
+
+/// The state files of every unit in one folder.
 pub struct StateFiles {
     pub dir: PathBuf,
     /// Held (flock) while this process uses the folder.
     _lock: File,
     /// Each file leads with the unit's bf16 image (see the module doc).
     images: bool,
-    direct: AtomicBool,
-    noted: AtomicBool,
+    io: Arc<DirectIo>,
+    writes: WriteBehind,
+    reads: IoBufs,
 }
 
 impl StateFiles {
@@ -140,7 +77,22 @@ impl StateFiles {
             bail!("offload scratch folder {} is in use by another process", staging.display());
         }
         std::fs::rename(&staging, dir).with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))?;
-        Ok(StateFiles { dir: dir.to_path_buf(), _lock: lock, images, direct: AtomicBool::new(true), noted: AtomicBool::new(false) })
+        let io = Arc::new(DirectIo::new(dir.to_path_buf()));
+        let writes = WriteBehind::start(io.clone())?;
+        Ok(StateFiles { dir: dir.to_path_buf(), _lock: lock, images, io, writes, reads: IoBufs::new(READ_BUFFERS) })
+    }
+
+    /// Lowers the read buffers to `n` (at least 1, at most
+    /// [`READ_BUFFERS`]): a read-ahead window of `n - 1` units has room
+    /// for that many (`budget::offload_bytes`).
+    pub fn limit_read_buffers(&self, n: usize) {
+        self.reads.set_cap(n.clamp(1, READ_BUFFERS));
+    }
+
+    /// `debug.offload_write_delay_ms`: each write sleeps this long before
+    /// it opens its file (tests).
+    pub fn set_write_delay_ms(&self, ms: u64) {
+        self.writes.set_delay_ms(ms);
     }
 
     /// Whether the files lead with bf16 images of the master weights.
@@ -155,11 +107,16 @@ impl StateFiles {
     }
 
     /// Section sizes (unpadded bytes) of a unit's file.
-    fn sections(&self, n: usize, states: &[crate::optim::StateTensor]) -> Vec<usize> {
+    fn sections(&self, n: usize, states: &[StateTensor]) -> Vec<usize> {
         let mut sizes = if self.images { vec![2 * n] } else { vec![] };
         sizes.push(4 * n);
         sizes.extend(states.iter().map(|t| t.bytes() as usize));
         sizes
+    }
+
+    /// Bytes of a unit's file (its sections, each padded).
+    fn total(&self, n: usize, states: &[StateTensor]) -> usize {
+        self.sections(n, states).iter().map(|&s| padded(s)).sum()
     }
 
     /// Bytes before the master weights (the image section, if any).
@@ -168,35 +125,12 @@ impl StateFiles {
     }
 
     pub fn path(&self, unit: usize) -> PathBuf {
-        self.dir.join(format!("unit_{unit:04}.state"))
+        self.io.path(unit)
     }
 
     /// Whether reads and writes bypass the page cache.
     pub fn direct(&self) -> bool {
-        self.direct.load(Ordering::Relaxed)
-    }
-
-    fn fall_back(&self, why: &std::io::Error) {
-        self.direct.store(false, Ordering::Relaxed);
-        if !self.noted.swap(true, Ordering::Relaxed) {
-            eprintln!("note: {} does not support O_DIRECT ({why}); the NVMe tier uses buffered I/O there", self.dir.display());
-        }
-    }
-
-    fn open(&self, unit: usize, write: bool) -> Result<File> {
-        let path = self.path(unit);
-        let mut opts = OpenOptions::new();
-        opts.read(!write).write(write).create(write);
-        if self.direct() {
-            let mut d = opts.clone();
-            d.custom_flags(libc::O_DIRECT);
-            match d.open(&path) {
-                Ok(f) => return Ok(f),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.fall_back(&e),
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-            }
-        }
-        opts.open(&path).with_context(|| format!("cannot open {}", path.display()))
+        self.io.direct()
     }
 
     /// File bytes of a unit with these sections (bytes each).
@@ -204,93 +138,176 @@ impl StateFiles {
         sections.into_iter().map(|b| padded(b as usize) as u64).sum()
     }
 
-    /// Writes `host`'s master weights and state to its file.
+    /// Writes `host`'s master weights and state to its file, returning
+    /// when they are on disk; the file's bytes.
     pub fn write(&self, host: &mut UnitHost) -> Result<u64> {
+        self.write_behind(host)?;
+        self.writes.wait_unit(host.unit)?;
+        Ok(self.total(host.master.len, &host.opt.state_tensors()) as u64)
+    }
+
+    /// Copies `host`'s master weights and state into a pooled buffer (on
+    /// the calling rayon pool) and hands it to the writer thread: returns
+    /// before the disk has it (see [`super::write_behind`]); the
+    /// milliseconds it waited for a free buffer.
+    pub fn write_behind(&self, host: &UnitHost) -> Result<f64> {
+        let total = self.total(host.master.len, &host.opt.state_tensors());
+        self.writes.queue(host.unit, total, |buf| self.pack(host, buf))
+    }
+
+    /// Lays `host` out in `buf` as its file: sections at their offsets, the
+    /// padding between them zeroed (a pooled buffer holds an earlier
+    /// unit's bytes there).
+    fn pack(&self, host: &UnitHost, buf: &mut AlignedBuf) -> Result<()> {
         let states = host.opt.state_tensors();
         let n = host.master.len;
-        let total: usize = self.sections(n, &states).iter().map(|&s| padded(s)).sum();
-        let mut buf = AlignedBuf::new(total)?;
-        let at = self.master_offset(n);
+        let total = self.total(n, &states);
+        ensure!(buf.len() >= total, "offload: a {}-byte buffer cannot hold unit {}'s {total}-byte file", buf.len(), host.unit);
+        let mut off = 0;
         if self.images {
             host.write_image(buf.u16s_mut(0, n));
+            off = 2 * n;
         }
-        buf.f32s_mut(at, n).copy_from_slice(host.master());
-        let mut off = at + padded(4 * n);
-        for t in &states {
-            match t.dtype {
-                DType::U8 => host.h.download_u8(t.view, &mut buf.bytes_mut()[off..off + t.view.len])?,
-                _ => host.h.download(t.view, buf.f32s_mut(off, t.view.len))?,
-            }
-            off += padded(t.bytes() as usize);
+        let parts = std::iter::once((host.master, DType::F32)).chain(states.iter().map(|t| (t.view, t.dtype)));
+        for (view, dtype) in parts {
+            let at = padded(off);
+            buf.bytes_mut()[off..at].fill(0);
+            let src = state_bytes(host, view, dtype)?;
+            par_copy(&mut buf.bytes_mut()[at..at + src.len()], src);
+            off = at + src.len();
         }
-        let path = self.path(host.unit);
-        let attempt = |f: &mut File| f.write_all(buf.bytes());
-        let mut f = self.open(host.unit, true)?;
-        if let Err(e) = attempt(&mut f) {
-            if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e).with_context(|| format!("cannot write {}", path.display()));
-            }
-            self.fall_back(&e);
-            let mut f = self.open(host.unit, true)?;
-            attempt(&mut f).with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        Ok(total as u64)
+        buf.bytes_mut()[off..total].fill(0);
+        Ok(())
     }
 
     /// A unit's master weights and state, read back from its file, with
     /// the optimizer's scalar state `meta` (step count; `Null`: fresh).
+    /// Waits for the unit's pending write first.
     pub fn read(&self, unit: usize, cfg: &OptimizerConfig, layout: &ParamLayout, meta: &serde_json::Value) -> Result<UnitHost> {
-        let mut host = UnitHost::new(unit, cfg, layout)?;
+        self.unpack(self.read_raw(unit, layout.total)?, cfg, layout, meta)
+    }
+
+    /// [`StateFiles::read`]'s disk half: unit `unit`'s file (`n`
+    /// parameters) from the master section on, in a pooled buffer, after
+    /// its pending write. A reader can start the next unit's while
+    /// [`StateFiles::unpack`] copies this one.
+    pub fn read_raw(&self, unit: usize, n: usize) -> Result<RawUnit<'_>> {
+        self.writes.wait_unit(unit)?;
+        let path = self.path(unit);
+        let got = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+        // The optimizer does not need the image: read from the master on.
+        let skip = self.master_offset(n);
+        if got < skip || !got.is_multiple_of(ALIGN) {
+            bail!("offload state file {} has {got} bytes: it is not this run's (delete offload.path's folder)", path.display());
+        }
+        let mut raw = RawUnit { unit, file_bytes: got, buf: Some(self.reads.take(got - skip)?), pool: &self.reads };
+        self.io.read_at(unit, skip as u64, &mut raw.bytes_mut()[..got - skip])?;
+        Ok(raw)
+    }
+
+    /// [`StateFiles::read`]'s memory half: the unit made from `raw` (on the
+    /// calling rayon pool); the buffer goes back to the pool.
+    pub fn unpack(&self, mut raw: RawUnit<'_>, cfg: &OptimizerConfig, layout: &ParamLayout, meta: &serde_json::Value) -> Result<UnitHost> {
+        let mut host = UnitHost::new(raw.unit, cfg, layout)?;
         if !meta.is_null() {
             host.opt.load_meta(meta)?;
         }
         let states = host.opt.state_tensors();
-        let n = host.master.len;
-        let total: usize = self.sections(n, &states).iter().map(|&s| padded(s)).sum();
-        let skip = self.master_offset(n);
-        let mut buf = AlignedBuf::new(total - skip)?;
-        let got = std::fs::metadata(self.path(unit)).map(|m| m.len()).unwrap_or(0);
-        if got != total as u64 {
-            bail!("offload state file {} has {got} bytes, expected {total}: it is not this run's (delete offload.path's folder)", self.path(unit).display());
+        let total = self.total(host.master.len, &states);
+        if raw.file_bytes != total {
+            bail!("offload state file {} has {} bytes, expected {total}: it is not this run's (delete offload.path's folder)", self.path(raw.unit).display(), raw.file_bytes);
         }
-        // The optimizer does not need the image: read from the master on.
-        self.read_at(unit, skip as u64, &mut buf.bytes_mut()[..total - skip])?;
-        host.set_master(buf.f32s(0, n))?;
-        let mut off = padded(4 * n);
-        for t in &states {
-            match t.dtype {
-                DType::U8 => host.h.upload_u8(t.view, &buf.bytes()[off..off + t.view.len])?,
-                _ => host.h.upload(t.view, buf.f32s(off, t.view.len))?,
-            }
-            off += padded(t.bytes() as usize);
-        }
+        unpack(raw.bytes_mut(), &mut host, &states)?;
         Ok(host)
     }
 
     /// The leading section of unit `unit`'s file (`n` parameters): its
     /// compute weights, what a pass uploads (`offload.params = nvme`).
+    /// Waits for the unit's pending write first.
     pub fn read_pass(&self, unit: usize, n: usize, buf: &mut AlignedBuf) -> Result<()> {
         let bytes = self.pass_bytes(n);
         if buf.len() < bytes {
             bail!("offload: a {}-byte buffer cannot hold unit {unit}'s {bytes}-byte weights", buf.len());
         }
-        self.read_at(unit, 0, &mut buf.bytes_mut()[..bytes])
+        self.writes.wait_unit(unit)?;
+        self.io.read_at(unit, 0, &mut buf.bytes_mut()[..bytes])
     }
 
-    /// Fills `dst` (aligned, a multiple of ALIGN long) from byte `at` of
-    /// unit `unit`'s file, in one read (O_DIRECT unless refused).
-    fn read_at(&self, unit: usize, at: u64, dst: &mut [u8]) -> Result<()> {
-        let path = self.path(unit);
-        let f = self.open(unit, false)?;
-        if let Err(e) = f.read_exact_at(dst, at) {
-            if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e).with_context(|| format!("cannot read {}", path.display()));
-            }
-            self.fall_back(&e);
-            self.open(unit, false)?.read_exact_at(dst, at).with_context(|| format!("cannot read {}", path.display()))?;
-        }
-        Ok(())
+    /// Waits until every write handed to the writer is on disk; the first
+    /// that failed, as an error naming its file.
+    pub fn flush(&self) -> Result<()> {
+        self.writes.flush()
     }
+
+    /// Gives back the free I/O buffers (between steps, after a flush: the
+    /// host then holds nothing of the units in files).
+    pub fn release_buffers(&self) {
+        self.writes.release();
+        self.reads.release();
+    }
+
+    /// Host bytes of the I/O buffers that exist now.
+    pub fn held_bytes(&self) -> u64 {
+        self.writes.held_bytes() + self.reads.held_bytes()
+    }
+
+    /// The files' reads and writes so far.
+    pub fn io_stats(&self) -> IoStats {
+        self.io.stats()
+    }
+
+    /// Lets the pending writes finish and stops the writer (before the
+    /// folder is removed).
+    pub fn close(&self) {
+        self.writes.close();
+    }
+}
+
+/// A unit's file read into a pooled buffer, not yet copied into its host
+/// ([`StateFiles::read_raw`]); the buffer goes back to the pool when this
+/// is dropped.
+pub struct RawUnit<'a> {
+    unit: usize,
+    /// The whole file's bytes (image section included).
+    file_bytes: usize,
+    buf: Option<AlignedBuf>,
+    pool: &'a IoBufs,
+}
+
+impl RawUnit<'_> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut().expect("a raw unit's buffer").bytes_mut()
+    }
+}
+
+impl Drop for RawUnit<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give(buf);
+        }
+    }
+}
+
+/// The bytes of one of `host`'s tensors (master or state) as the file
+/// holds them.
+fn state_bytes(host: &UnitHost, view: crate::backend::View, dtype: DType) -> Result<&[u8]> {
+    ensure!(matches!(dtype, DType::F32 | DType::U8), "offload: a {dtype:?} state tensor cannot go to a file");
+    host.h.view_bytes(view)
+}
+
+/// Fills `host`'s master weights and `states` from `buf`, the file from
+/// the master section on, on the calling rayon pool.
+fn unpack(buf: &[u8], host: &mut UnitHost, states: &[StateTensor]) -> Result<()> {
+    let mut off = 0;
+    let parts = std::iter::once((host.master, DType::F32)).chain(states.iter().map(|t| (t.view, t.dtype)));
+    for (view, dtype) in parts {
+        ensure!(matches!(dtype, DType::F32 | DType::U8), "offload: a {dtype:?} state tensor cannot come from a file");
+        let dst = host.h.view_bytes_mut(view)?;
+        let n = dst.len();
+        par_copy(dst, &buf[off..off + n]);
+        off = padded(off + n);
+    }
+    Ok(())
 }
 
 /// Takes an exclusive `flock` on `f` without waiting: false if another

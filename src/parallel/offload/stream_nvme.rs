@@ -16,7 +16,9 @@
 //! (`run_job`), so from the moment its step is dispatched until the step
 //! is installed ([`DiskStream::begin_unit_step`] / `end_unit_step`) no read
 //! of it is started, and a read already in flight is waited for and thrown
-//! away (its values are the old weights).
+//! away (its values are the old weights). The step's write goes on behind
+//! it (`super::write_behind`): a read started later waits for it in
+//! `StateFiles::read_pass`.
 
 use super::nvme::AlignedBuf;
 use super::stream::Streamed;

@@ -8,6 +8,13 @@
 //! With `offload.params = nvme` also the weights the passes read from disk
 //! (`offload_read_mb`) and how long the training thread waited for those
 //! reads (`offload_read_wait_ms`: the part the read-ahead did not hide).
+//! With `offload.optimizer = nvme`: the time the unit files' reads and
+//! writes took (`offload_file_read_ms`, `offload_file_write_ms`, on the
+//! reader and writer threads, summed), the megabytes they moved
+//! (`offload_file_mb`, read plus written, the passes' reads included), and
+//! how long the optimizer waited for the writes behind it
+//! (`offload_write_wait_ms`: for a free write buffer, and at the step's end
+//! for the last writes).
 
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -22,6 +29,14 @@ pub struct OffloadTimes {
     pub offload_read_mb: f64,
     #[serde(default)]
     pub offload_read_wait_ms: f64,
+    #[serde(default)]
+    pub offload_file_read_ms: f64,
+    #[serde(default)]
+    pub offload_file_write_ms: f64,
+    #[serde(default)]
+    pub offload_file_mb: f64,
+    #[serde(default)]
+    pub offload_write_wait_ms: f64,
 }
 
 /// Milliseconds since `t`.

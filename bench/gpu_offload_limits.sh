@@ -4,7 +4,7 @@
 # start-up at ~20B takes minutes; session 6's tries with 160-230 s timeouts
 # did not finish). Stage with `bash bench/stage_binaries.sh` and carry the
 # ferrotron binary (e.g. .devpack as in bench/gpu_call_s6_*.sh).
-#   bash bench/gpu_offload_limits.sh cpu      # cpu tier alone: 86 layers (info: host 121.1 of ~124 GiB), then 88
+#   bash bench/gpu_offload_limits.sh cpu      # cpu tier alone: 88 layers (info: host 123.5 of ~124 GiB), then 90
 #   bash bench/gpu_offload_limits.sh nvme     # nvme tier alone: 40 layers (disk 54.9 GiB), then 42
 #   bash bench/gpu_offload_limits.sh largest  # 121 layers, three tiers, 1 warm-up + 2 timed steps:
 #                                             # steady step, GPU busy fraction, PCIe and disk bandwidth
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/offload_limits}; mkdir -p "$OUT"
 { date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; free -g | head -2; df -h /tmp | tail -1; } > "$OUT/gpu.txt"
 case ${1:-largest} in
-  cpu) python3 bench/offload_max_params.py --engines cpu --layers cpu=86,88 --optimizer adamw8bit \
+  cpu) python3 bench/offload_max_params.py --engines cpu --layers cpu=88,90 --optimizer adamw8bit --steps 2 \
          --timeout 560 --seconds 575 ;;
   nvme) python3 bench/offload_max_params.py --engines nvme --layers nvme=40,42 --optimizer adamw8bit \
          --nvme-path /tmp/ft_nvme --timeout 560 --seconds 575 ;;

@@ -11,7 +11,7 @@
 mod checkpoints;
 #[path = "common/offload_runs.rs"]
 mod offload_runs;
-use offload_runs::{small_cfg, strings};
+use offload_runs::{small_cfg, strings, train_metric};
 use checkpoints::{assert_same_state, last_ckpt};
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{Backend, View};
@@ -62,13 +62,7 @@ fn three_ways_equal(opt: &str, extra: &[&str]) {
         assert_same_state(&last_ckpt(&tmp.path().join("plain")), &last_ckpt(&tmp.path().join(if name == "params=cpu" { "cpu" } else { "nvme" })), &format!("{what} {name}"));
     }
     // metrics.jsonl: every step of the nvme run read weights from disk.
-    let read_mb: Vec<f64> = std::fs::read_to_string(tmp.path().join("nvme/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["offload_read_mb"].as_f64().unwrap())
-        .collect();
+    let read_mb = train_metric(&tmp.path().join("nvme"), "offload_read_mb");
     assert!(read_mb.len() == 8 && read_mb.iter().all(|&m| m > 0.0), "{what}: offload_read_mb {read_mb:?}");
     if scratch.exists() {
         let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.path()).collect();

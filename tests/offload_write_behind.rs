@@ -24,7 +24,7 @@ use ferrotron::parallel::offload::nvme::{AlignedBuf, StateFiles};
 use ferrotron::parallel::offload::Offload;
 use ferrotron::parallel::zero::Zero;
 use ferrotron::train::trainer::train;
-use offload_runs::{small_cfg, strings};
+use offload_runs::{small_cfg, strings, train_metric};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -117,13 +117,7 @@ fn slow_writes_equal_the_plain_run() {
         assert!(bits(&plain.losses) == bits(&slow.losses), "{opt} clip {clip}: losses {:?} vs {:?}", plain.losses, slow.losses);
         assert_eq!(plain.final_val_loss.map(f32::to_bits), slow.final_val_loss.map(f32::to_bits), "{opt} clip {clip}: val loss");
         assert_same_state(&last_ckpt(&tmp.path().join("plain")), &last_ckpt(&tmp.path().join("slow")), &format!("{opt} clip {clip}"));
-        let waits: Vec<f64> = std::fs::read_to_string(tmp.path().join("slow/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["kind"] == "train")
-            .map(|v| v["offload_write_wait_ms"].as_f64().unwrap())
-            .collect();
+        let waits = train_metric(&tmp.path().join("slow"), "offload_write_wait_ms");
         assert!(waits.len() == 8 && waits.iter().all(|&w| w > 0.0), "{opt} clip {clip}: offload_write_wait_ms {waits:?}");
     }
 }

@@ -27,3 +27,15 @@ pub fn small_cfg(dir: &Path, name: &str, n_layers: usize, extra: &[String]) -> C
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// One number per training step from a run's `metrics.jsonl` (the
+/// `train` lines' field `key`, e.g. `offload_read_mb`).
+pub fn train_metric(run_dir: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v[key].as_f64().unwrap_or_else(|| panic!("{}: no number {key} in a train line", run_dir.display())))
+        .collect()
+}

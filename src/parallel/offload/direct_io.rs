@@ -86,15 +86,7 @@ impl DirectIo {
     /// `unit`'s file from its start.
     pub fn write(&self, unit: usize, bytes: &[u8]) -> Result<()> {
         let t = Instant::now();
-        let path = self.path(unit);
-        let mut f = self.open(unit, true)?;
-        if let Err(e) = f.write_all(bytes) {
-            if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e).with_context(|| format!("cannot write {}", path.display()));
-            }
-            self.fall_back(&e);
-            self.open(unit, true)?.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        self.with_fallback(unit, true, |f| f.write_all(bytes))?;
         self.count(WRITE_BYTES, WRITE_NS, bytes.len(), t);
         Ok(())
     }
@@ -103,16 +95,23 @@ impl DirectIo {
     /// of unit `unit`'s file, in one read.
     pub fn read_at(&self, unit: usize, at: u64, dst: &mut [u8]) -> Result<()> {
         let t = Instant::now();
-        let path = self.path(unit);
-        let f = self.open(unit, false)?;
-        if let Err(e) = f.read_exact_at(dst, at) {
+        self.with_fallback(unit, false, |f| f.read_exact_at(dst, at))?;
+        self.count(READ_BYTES, READ_NS, dst.len(), t);
+        Ok(())
+    }
+
+    /// Runs `io` on unit `unit`'s file opened for writing or reading; when
+    /// `O_DIRECT` refuses it (EINVAL: the filesystem or the buffer), falls
+    /// back to buffered I/O and runs it once more.
+    fn with_fallback(&self, unit: usize, write: bool, mut io: impl FnMut(&mut File) -> std::io::Result<()>) -> Result<()> {
+        let what = || format!("cannot {} {}", if write { "write" } else { "read" }, self.path(unit).display());
+        if let Err(e) = io(&mut self.open(unit, write)?) {
             if !(self.direct() && e.raw_os_error() == Some(libc::EINVAL)) {
-                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+                return Err(e).with_context(what);
             }
             self.fall_back(&e);
-            self.open(unit, false)?.read_exact_at(dst, at).with_context(|| format!("cannot read {}", path.display()))?;
+            io(&mut self.open(unit, write)?).with_context(what)?;
         }
-        self.count(READ_BYTES, READ_NS, dst.len(), t);
         Ok(())
     }
 }

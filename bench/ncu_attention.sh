@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Nsight Compute profiles of the Hopper attention kernels as text (issue 15
-# asks for them committed): the wgmma forward (D = 64, 128) and the TMA
-# backward's dK/dV and dQ kernels, each profiled once on the shapes of
-# `cuda_ops --ignored attention_bench` (the first launches of each name).
+# Nsight Compute profiles as text (issue 15 asks for them committed): the
+# Hopper attention kernels (wgmma TMA forward, the backward's delta, dK/dV
+# and dQ kernels) at llama-1b's shapes (4x2048 and 1x32768, head size 64)
+# and at head size 128 (1x16384), and the row ops that bound llama-1b's step
+# (RMSNorm backward and its column sums, SwiGLU, RoPE): one launch each, from
+# `cuda_ops --ignored profile_shapes`.
 # Run on the GPU machine from the repo root with .dev/cuda_ops staged
 # (`TESTS=cuda_ops bash bench/stage_binaries.sh`); root there, so the
 # performance counters are readable. Output: $OUT/ncu_attention.txt (the
 # sections below, per kernel) and $OUT/ncu_attention.csv (raw metrics).
-# Not run yet.
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda
 cd "$(dirname "$0")/.."
@@ -15,14 +16,14 @@ OUT=${OUT:-/tmp/ncu_out}; mkdir -p "$OUT"
 NCU=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
 [ -x "$NCU" ] || { echo "ncu not found (tried PATH and /usr/local/cuda/bin)"; exit 2; }
 "$NCU" --version | tee "$OUT/ncu_version.txt"
-# Each kernel name once per shape it is launched with, at most 8 launches in
-# all (ncu replays every profiled launch ~40 times: a few minutes).
-"$NCU" --target-processes all --kernel-name regex:'wgmma_(fwd|tma_bwd_dkv|tma_bwd_dq)_d(64|128)' --launch-count 8 \
+# Every launch of those kernels in the test (about 20; ncu replays each
+# ~40 times: a few minutes).
+"$NCU" --target-processes all --kernel-name regex:'wgmma|attn_bwd_delta|rmsnorm_bwd|colsum_finish|swiglu|rope' --launch-count 40 \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-  --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+  --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section InstructionStats \
   --export "$OUT/ncu_attention" --force-overwrite \
-  ./.dev/cuda_ops --ignored --exact attention_bench --nocapture > "$OUT/ncu_run.log" 2>&1
+  ./.dev/cuda_ops --ignored --exact profile_shapes --nocapture > "$OUT/ncu_run.log" 2>&1
 echo "ncu rc=$?"
 "$NCU" --import "$OUT/ncu_attention.ncu-rep" --page details > "$OUT/ncu_attention.txt" 2>&1
 "$NCU" --import "$OUT/ncu_attention.ncu-rep" --page raw --csv > "$OUT/ncu_attention.csv" 2>&1
-grep -E "^  [a-z_0-9]+\(|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Duration" "$OUT/ncu_attention.txt" | head -60
+grep -E "^  [a-z_0-9]+\(|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Duration" "$OUT/ncu_attention.txt" | head -150

@@ -1667,3 +1667,55 @@ fn bf16_gradient_adamw(h: &mut H) {
     println!("bf16 grads: AdamW with bf16 vs fp32 gradients of the same values: at most {worst:.3e} apart (params RMS {scale:.3})");
     assert!(worst <= 8.0 * f32::EPSILON * scale, "GPU AdamW: bf16 gradients give results {worst:.3e} from the same values in fp32 (RMS {scale})");
 }
+
+/// One launch of each op that bounds llama-1b's step, at its shapes (4×2048:
+/// d 2048, 32 heads of 64, SwiGLU 5504; and 1×32768), plus head size 128 at
+/// 16384, for Nsight Compute (`bench/ncu_attention.sh` profiles these launches
+/// by kernel name). Default kernels; prints nothing to compare.
+#[test]
+#[ignore]
+fn profile_shapes() {
+    let Some(mut h) = gpu() else { return };
+    let mut rng = Rng(11);
+    let g = &mut h.g;
+    let mut fill = |g: &mut CudaBackend, len: usize| -> View {
+        let v = View::whole(g.alloc(len, DType::Compute).unwrap(), len);
+        g.upload(v, &rng.vec(len, 1.0)).unwrap();
+        v
+    };
+    let shapes = [
+        AttnShape { batch: 4, seq: 2048, heads: 32, kv_heads: 32, head_dim: 64 },
+        AttnShape { batch: 1, seq: 32768, heads: 32, kv_heads: 32, head_dim: 64 },
+        AttnShape { batch: 1, seq: 16384, heads: 16, kv_heads: 16, head_dim: 128 },
+    ];
+    for s in shapes {
+        let n = s.batch * s.seq;
+        let (qkv, dout) = (fill(g, n * s.qkv_width()), fill(g, n * s.heads * s.head_dim));
+        let out = View::whole(g.alloc(n * s.heads * s.head_dim, DType::Compute).unwrap(), n * s.heads * s.head_dim);
+        let lse = View::whole(g.alloc(s.batch * s.heads * s.seq, DType::F32).unwrap(), s.batch * s.heads * s.seq);
+        let dqkv = View::whole(g.alloc(n * s.qkv_width(), DType::Compute).unwrap(), n * s.qkv_width());
+        g.attention_fwd(out, lse, qkv, s).unwrap();
+        g.attention_bwd(dqkv, dout, qkv, out, lse, s).unwrap();
+        g.synchronize().unwrap();
+        println!("attention fwd + bwd at {s:?}");
+    }
+    // llama-1b 4x2048's row ops: RMSNorm backward, SwiGLU, RoPE.
+    let (n, c, f) = (8192usize, 2048usize, 5504usize);
+    let s = shapes[0];
+    let (x, dy, dx) = (fill(g, n * c), fill(g, n * c), fill(g, n * c));
+    let w = View::whole(g.alloc(c, DType::F32).unwrap(), c);
+    g.upload(w, &vec![1.0; c]).unwrap();
+    let dw = View::whole(g.alloc(c, DType::F32).unwrap(), c);
+    let rstd = View::whole(g.alloc(n, DType::F32).unwrap(), n);
+    let xn = fill(g, n * c);
+    g.rmsnorm_fwd(xn, rstd, x, w, n, c, 1e-5).unwrap();
+    g.rmsnorm_bwd(dx, dw, dy, x, w, rstd, n, c).unwrap();
+    let (gu, dgu, hid) = (fill(g, n * 2 * f), fill(g, n * 2 * f), fill(g, n * f));
+    g.swiglu_fwd(hid, gu, n, f).unwrap();
+    g.swiglu_bwd(dgu, gu, hid, n, f).unwrap();
+    let qkv = fill(g, n * s.qkv_width());
+    g.rope_fwd(qkv, s, Rope::plain(10000.0)).unwrap();
+    g.rope_bwd(qkv, s, Rope::plain(10000.0)).unwrap();
+    g.synchronize().unwrap();
+    println!("rmsnorm_bwd, swiglu fwd/bwd, rope fwd/bwd at n={n} c={c} f={f}");
+}

@@ -3,7 +3,8 @@
 # Hopper attention kernels (wgmma TMA forward, the backward's delta, dK/dV
 # and dQ kernels) at llama-1b's shapes (4x2048 and 1x32768, head size 64)
 # and at head size 128 (1x16384), and the row ops that bound llama-1b's step
-# (RMSNorm backward and its column sums, SwiGLU, RoPE): one launch each, from
+# (RMSNorm and LayerNorm forward and backward with their column sums, SwiGLU,
+# RoPE): one launch each, from
 # `cuda_ops --ignored profile_shapes`.
 # Run on the GPU machine from the repo root with .dev/cuda_ops staged
 # (`TESTS=cuda_ops bash bench/stage_binaries.sh`); root there, so the
@@ -18,7 +19,9 @@ NCU=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
 "$NCU" --version | tee "$OUT/ncu_version.txt"
 # Every launch of those kernels in the test (about 20; ncu replays each
 # ~40 times: a few minutes).
-"$NCU" --target-processes all --kernel-name regex:'wgmma|attn_bwd_delta|rmsnorm_bwd|colsum_finish|swiglu|rope' --launch-count 40 \
+# KERNELS (a regex) narrows the set, e.g. KERNELS='norm|colsum' for the norms.
+KERNELS=${KERNELS:-'wgmma|attn_bwd_delta|rmsnorm|layernorm|colsum_finish|swiglu|rope'}
+"$NCU" --target-processes all --kernel-name regex:"$KERNELS" --launch-count 40 \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
   --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section InstructionStats \
   --export "$OUT/ncu_attention" --force-overwrite \

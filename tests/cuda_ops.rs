@@ -449,10 +449,12 @@ fn gemm_fp32_and_bf16() {
 #[test]
 fn norms() {
     let Some(mut h) = gpu() else { return };
-    // c a multiple of 8 up to 1024 (layernorm) / 2048 (rmsnorm) takes the
-    // bf16 vector kernels (1030 rows: a partial last block of 32 rows);
-    // 100, and 1600 / 2048 for layernorm, the general kernels.
-    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600), (70, 2048)] {
+    // c a multiple of 8 up to 8192 takes the block-per-row bf16 kernels
+    // (one thread per 8 columns: 1000 and 1600 leave part of the last warp
+    // idle; 1030 and 3000 rows give blocks several rows each and a short
+    // last block); 100 (not a multiple of 8) and 8200 (too wide) the
+    // general kernels.
+    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600), (70, 2048), (3000, 2048), (33, 4096), (9, 8192), (6, 8200)] {
         let x = h.randn(n * c, 1.0, DType::Compute);
         let w = h.randn(c, 1.0, DType::F32);
         let b = h.randn(c, 1.0, DType::F32);
@@ -1717,5 +1719,16 @@ fn profile_shapes() {
     g.rope_fwd(qkv, s, Rope::plain(10000.0)).unwrap();
     g.rope_bwd(qkv, s, Rope::plain(10000.0)).unwrap();
     g.synchronize().unwrap();
-    println!("rmsnorm_bwd, swiglu fwd/bwd, rope fwd/bwd at n={n} c={c} f={f}");
+    println!("rmsnorm fwd/bwd, swiglu fwd/bwd, rope fwd/bwd at n={n} c={c} f={f}");
+    // GPT-2 124M 32x1024's LayerNorm (c 768).
+    let (n, c) = (32768usize, 768usize);
+    let (x, dy, dx, xn) = (fill(g, n * c), fill(g, n * c), fill(g, n * c), fill(g, n * c));
+    let (w, b, dw, db) = [c; 4].map(|len| View::whole(g.alloc(len, DType::F32).unwrap(), len)).into();
+    g.upload(w, &vec![1.0; c]).unwrap();
+    g.upload(b, &vec![0.0; c]).unwrap();
+    let (mean, rstd) = [n; 2].map(|len| View::whole(g.alloc(len, DType::F32).unwrap(), len)).into();
+    g.layernorm_fwd(xn, mean, rstd, x, w, b, n, c, 1e-5).unwrap();
+    g.layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, n, c).unwrap();
+    g.synchronize().unwrap();
+    println!("layernorm fwd/bwd at n={n} c={c}");
 }

@@ -60,10 +60,12 @@ __device__ __forceinline__ void issue_qk(float* s, unsigned sQw, unsigned sKb) {
     wgmma_commit();
 }
 
-// Online softmax of one tile in registers: scores to the log2 domain, the
-// causal mask (only on tiles that reach past the warpgroup's first row r0),
-// new row maxima m, s = exp2(s - m) in place, row sums l (per thread; the
-// quad is reduced at the end). corr[hf] is the factor O must be scaled by.
+// Online softmax of one tile in registers: the causal mask (only on tiles
+// that reach past the warpgroup's first row r0), new row maxima m (kept in
+// the scaled log2 domain), s = exp2(s * sl2 - m) in place (one FFMA and one
+// MUFU per score: the maxima are taken on the unscaled scores, as the scale
+// is positive), row sums l (per thread; the quad is reduced at the end).
+// corr[hf] is the factor O must be scaled by.
 template <int BK>
 __device__ __forceinline__ void softmax_tile(float* s, float* m, float* l, float* corr, int k0, int r0, int row,
                                              int lane, float sl2) {
@@ -77,16 +79,14 @@ __device__ __forceinline__ void softmax_tile(float* s, float* m, float* l, float
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int key = k0 + 8 * i + 2 * (lane & 3) + e;
-                float v = s[4 * i + 2 * hf + e] * sl2;
-                if (diag && key > r) v = -INFINITY;
-                s[4 * i + 2 * hf + e] = v;
-                mx = fmaxf(mx, v);
+                if (diag && key > r) s[4 * i + 2 * hf + e] = -INFINITY;
+                mx = fmaxf(mx, s[4 * i + 2 * hf + e]);
             }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         // Key tile 0 (processed first) holds key 0 <= r, so m is finite
-        // from then on and exp2(-inf - m) is a clean 0.
-        float mnew = fmaxf(m[hf], mx);
+        // from then on and exp2(-inf * sl2 - m) is a clean 0.
+        float mnew = fmaxf(m[hf], mx * sl2);
         corr[hf] = fast_exp2(m[hf] - mnew);
         m[hf] = mnew;
         float sum = 0.0f;
@@ -94,7 +94,7 @@ __device__ __forceinline__ void softmax_tile(float* s, float* m, float* l, float
         for (int i = 0; i < BK / 8; i++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                float p = fast_exp2(s[4 * i + 2 * hf + e] - mnew);
+                float p = fast_exp2(fmaf(s[4 * i + 2 * hf + e], sl2, -mnew));
                 s[4 * i + 2 * hf + e] = p;
                 sum += p;
             }

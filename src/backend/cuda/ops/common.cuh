@@ -111,94 +111,127 @@ __device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* f) {
     *reinterpret_cast<uint4*>(p) = u;
 }
 
-// A row of c bf16 values into a lane's registers for the warp-per-row norm
-// kernels: x[t][k] holds column (t*32 + lane)*8 + k (chunks past c are left
-// untouched: callers skip them with the same `j < c` test).
-template <int MAXV>
-__device__ __forceinline__ void load_row_bf16x8(const __nv_bfloat16* row, int c, float (&x)[MAXV][8]) {
-    const int lane = threadIdx.x & 31;
+// ---- Block-per-row norm kernels (RMSNorm, LayerNorm; bf16 rows) --------
+// Thread t of a block owns columns 8t .. 8t+7 of every row (one 16-byte
+// chunk), so the weight's 8 values and the weight-gradient column sums stay
+// in that thread's registers across all the rows the block walks; a row's
+// sums go through block_sums. Needs c % 8 == 0, c <= 8 * 1024 and 16-byte
+// aligned rows (the host checks); blockDim is c/8 rounded up to a warp, and
+// threads past c/8 hold zeros. Each block keeps a few rows' loads in flight
+// (the next row is fetched before this one is reduced), and many blocks
+// share an SM, which is what keeps DRAM busy: the warp-per-row kernels these
+// replace held a whole row per warp (one block of 8 warps per SM at c = 2048)
+// and re-read rows and weights through L1, at 1/3 of the DRAM bandwidth.
+
+// 16 bytes of row `row` at column j (zeros where !ok).
+__device__ __forceinline__ uint4 ld_chunk(const __nv_bfloat16* x, i64 row, int c, int j, bool ok) {
+    return ok ? *reinterpret_cast<const uint4*>(x + row * c + j) : make_uint4(0u, 0u, 0u, 0u);
+}
+
+__device__ __forceinline__ void unpack_bf16x8(uint4 u, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
-    for (int t = 0; t < MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j < c) load_bf16x8(row + j, x[t]);
+    for (int k = 0; k < 4; k++) {
+        float2 v = __bfloat1622float2(h[k]);
+        f[2 * k] = v.x;
+        f[2 * k + 1] = v.y;
     }
 }
 
-// Backward of a warp-per-row norm over bf16 activations for the warp's
-// `rows` rows from `row0`: LayerNorm when CENTER (xhat = (x - mean)·rstd),
-// RMSNorm otherwise (xhat = x·rstd). With dn = dout·w:
-//   dinp += rstd·(dn - mean(dn)·[CENTER] - xhat·mean(dn·xhat)),
-// and per column aw += dout·xhat (the weight gradient), ab += dout (the
-// bias gradient, CENTER only).
-template <int MAXV, bool CENTER>
-__device__ __forceinline__ void norm_bwd_rows(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
-                                              const __nv_bfloat16* inp, const float* w, const float* mean,
-                                              const float* rstd, i64 row0, int rows, i64 n, int c,
-                                              float (&aw)[MAXV][8], float (&ab)[MAXV][8]) {
-    const int lane = threadIdx.x & 31;
-    for (int rr = 0; rr < rows; rr++) {
-        const i64 row = row0 + rr;
-        if (row >= n) break;  // warp-uniform
-        const i64 base = row * c;
-        const float mu = CENTER ? mean[row] : 0.0f, rs = rstd[row];
-        float s1 = 0.0f, s2 = 0.0f;
+// 8 fp32 values at w[j..j+8) (zeros where !ok). Scalar loads: a weight
+// view need not be 16-byte aligned, and each block loads it once.
+__device__ __forceinline__ void load_f32x8(const float* w, int j, bool ok, float* f) {
 #pragma unroll
-        for (int t = 0; t < MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float dn = g[k] * w[j + k];
-                s1 += dn;
-                s2 += dn * (x[k] - mu) * rs;
-            }
-        }
-        s1 = CENTER ? warp_sum(s1) / c : 0.0f;
-        s2 = warp_sum(s2) / c;
-#pragma unroll
-        for (int t = 0; t < MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-            float g[8], x[8], d[8];
-            load_bf16x8(dout + base + j, g);
-            load_bf16x8(inp + base + j, x);
-            load_bf16x8(dinp + base + j, d);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float xh = (x[k] - mu) * rs;
-                d[k] += rs * (g[k] * w[j + k] - s1 - xh * s2);
-                aw[t][k] += g[k] * xh;
-                if (CENTER) ab[t][k] += g[k];
-            }
-            store_bf16x8(dinp + base + j, d);
-        }
-    }
+    for (int k = 0; k < 8; k++) f[k] = ok ? w[j + k] : 0.0f;
 }
 
-// Column sums of a block's rows for the warp-per-row norm kernels: each
-// lane holds acc[t][k] for columns (t*32 + lane)*8 + k; the warps add theirs
-// into red[0..c) one after another (a fixed order: deterministic), then the
-// block writes red to out[0..c). Every thread of the block must call it.
-template <int MAXV>
-__device__ void warps_colsum(float* red, const float (&acc)[MAXV][8], int c, float* out) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) red[i] = 0.0f;
-    for (int wv = 0; wv < warps; wv++) {
-        __syncthreads();
-        if (warp != wv) continue;
+// Sums v[0..NV) over the block; every thread gets the totals. Warps add in
+// a fixed order (reproducible). `red` holds 2 * NV * 32 floats used in turn
+// (`phase`), so one barrier per call is enough: a buffer is written again
+// two calls later, after every thread passed the barrier of the call in
+// between, i.e. after it read these totals.
+template <int NV>
+__device__ __forceinline__ void block_sums(float* v, float* red, int& phase) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float* buf = red + (phase & 1) * NV * 32;
+    phase++;
 #pragma unroll
-        for (int t = 0; t < MAXV; t++) {
-            const int j = (t * 32 + lane) * 8;
-            if (j >= c) continue;
-#pragma unroll
-            for (int k = 0; k < 8; k++) red[j + k] += acc[t][k];
-        }
+    for (int k = 0; k < NV; k++) {
+        const float s = warp_sum(v[k]);
+        if (lane == 0) buf[k * 32 + warp] = s;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < c; i += blockDim.x) out[i] = red[i];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        float s = 0.0f;
+        for (int i = 0; i < nw; i++) s += buf[k * 32 + i];
+        v[k] = s;
+    }
+}
+
+// Backward of a norm over the rows [blockIdx.x * rpb, +rpb): LayerNorm when
+// CENTER (xhat = (x - mean)·rstd), RMSNorm otherwise (xhat = x·rstd). With
+// dn = dout·w:
+//   dinp += rstd·(dn - mean(dn)·[CENTER] - xhat·mean(dn·xhat)),
+// and the block's column sums of dout·xhat (the weight gradient) into
+// pw[blockIdx.x * c ..], of dout (the bias gradient, CENTER only) into pb.
+template <bool CENTER>
+__device__ __forceinline__ void norm_bwd_cols(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+                                              const __nv_bfloat16* inp, const float* w, const float* mean,
+                                              const float* rstd, float* pw, float* pb, i64 n, int c, int rpb) {
+    constexpr int NV = CENTER ? 2 : 1;
+    __shared__ float red[2 * NV * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8], aw[8], ab[8];
+    load_f32x8(w, j, ok, wv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) aw[k] = ab[k] = 0.0f;
+    const i64 r0 = (i64)blockIdx.x * rpb, r1 = min(n, r0 + rpb);
+    int phase = 0;
+    uint4 gn = make_uint4(0u, 0u, 0u, 0u), xn = gn, dn4 = gn;
+    float mun = 0.0f, rsn = 0.0f;
+    if (r0 < r1) {
+        gn = ld_chunk(dout, r0, c, j, ok), xn = ld_chunk(inp, r0, c, j, ok), dn4 = ld_chunk(dinp, r0, c, j, ok);
+        mun = CENTER ? mean[r0] : 0.0f, rsn = rstd[r0];
+    }
+    for (i64 row = r0; row < r1; row++) {
+        const uint4 gu = gn, xu = xn, du = dn4;
+        const float mu = mun, rs = rsn;
+        if (row + 1 < r1) {  // the next row's loads fly while this one is reduced
+            gn = ld_chunk(dout, row + 1, c, j, ok), xn = ld_chunk(inp, row + 1, c, j, ok), dn4 = ld_chunk(dinp, row + 1, c, j, ok);
+            mun = CENTER ? mean[row + 1] : 0.0f, rsn = rstd[row + 1];
+        }
+        float g[8], x[8], d[8], s[NV];
+        unpack_bf16x8(gu, g);
+        unpack_bf16x8(xu, x);
+#pragma unroll
+        for (int k = 0; k < NV; k++) s[k] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float dn = g[k] * wv[k];
+            if (CENTER) s[0] += dn;
+            s[NV - 1] += dn * (x[k] - mu) * rs;
+        }
+        block_sums<NV>(s, red, phase);
+        const float s1 = CENTER ? s[0] / c : 0.0f, s2 = s[NV - 1] / c;
+        if (!ok) continue;
+        unpack_bf16x8(du, d);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float xh = (x[k] - mu) * rs;
+            d[k] += rs * (g[k] * wv[k] - s1 - xh * s2);
+            aw[k] += g[k] * xh;
+            if (CENTER) ab[k] += g[k];
+        }
+        store_bf16x8(dinp + row * c + j, d);
+    }
+    if (!ok) return;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        pw[(i64)blockIdx.x * c + j + k] = aw[k];
+        if (CENTER) pb[(i64)blockIdx.x * c + j + k] = ab[k];
+    }
 }
 
 // torch.sign semantics: sign(0) = 0 (and NaN -> 0, like the CPU reference).

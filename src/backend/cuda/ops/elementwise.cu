@@ -54,10 +54,20 @@ extern "C" __global__ void colsum_partial_k(float* partial, const void* x, int d
 }
 
 // Stage 2: dst[c] += sum over chunks, in a fixed order (reproducible).
+// Block (32 columns) x (32 lanes of chunks): lane y sums chunks y, y + 32,
+// ... of its column, then lane 0 adds the 32 lane sums in order. (One
+// thread per column summing hundreds of chunks took ~20 us for 2048 columns
+// — a serial chain of dependent loads.)
 extern "C" __global__ void colsum_finish_k(void* dst, int dt, const float* partial, int chunks, int cols) {
-    GRID_LOOP(c, (i64)cols) {
-        float s = 0.0f;
-        for (int k = 0; k < chunks; k++) s += partial[(i64)k * cols + c];
+    __shared__ float red[32][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (c < cols)
+        for (int k = threadIdx.y; k < chunks; k += 32) s += partial[(i64)k * cols + c];
+    red[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        for (int y = 1; y < 32; y++) s += red[y][threadIdx.x];
         st(dst, dt, c, ld(dst, dt, c) + s);
     }
 }

@@ -4,7 +4,8 @@
 
 use super::super::device::CudaBackend;
 use super::super::kernels::{kernel, KernelFile};
-use super::super::memory::bf16x8_groups;
+use super::super::memory::{bf16x8_groups, Dev};
+use cudarc::driver::LaunchConfig;
 use crate::backend::View;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::result;
@@ -35,6 +36,13 @@ kernel! {
 }
 
 impl CudaBackend {
+    /// `dst[c] += Σ_k partial[k, c]`, in chunk order: the second stage of
+    /// every deterministic column sum (32 columns × 32 chunk lanes a block).
+    pub(in crate::backend::cuda) fn colsum_finish(&mut self, dst: Dev, partial: u64, chunks: usize, cols: usize) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (32, 32, 1), shared_mem_bytes: 0 };
+        self.launch(cfg, ColsumFinish { dst: dst.ptr, dt: dst.dt(), partial, chunks: chunks as i32, cols: cols as i32 })
+    }
+
     pub(in crate::backend::cuda) fn fill(&mut self, dst: View, value: f32) -> Result<()> {
         self.begin()?;
         let d = self.out(dst)?;

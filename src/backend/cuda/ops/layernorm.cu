@@ -96,72 +96,58 @@ extern "C" __global__ void layernorm_bwd_dw_finish_k(void* dw, int dtw, void* db
     }
 }
 
-// ---- fused backward for bf16 activations (the common case) -------------
-// dinp (+=), and the dw/db column partials of a block's rows, in one pass:
-// each warp owns LN_ROWS rows, each lane 8-element chunks (16-byte loads) of
-// a row, so the dw/db sums of a warp's rows stay in registers; the warps of
-// a block then add theirs in a fixed order in shared memory (deterministic)
-// and layernorm_bwd_dw_finish_k sums the blocks. Needs c % 8 == 0,
-// c <= 32 * 8 * LN_MAXV and 16-byte aligned rows; the host checks.
-#define LN_WARPS 8
-#define LN_ROWS 4
-#define LN_MAXV 4
+// ---- bf16 activations (fp32 w, b, mean, rstd): block-per-row kernels ----
+// One thread per 16-byte chunk of a row (common.cuh, "Block-per-row norm
+// kernels").
 
+// dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw and db
+// partial sums into partial[blockIdx.x * c ..] and partial[(gridDim.x +
+// blockIdx.x) * c ..]; colsum_finish_k adds the blocks of each.
 extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                                 const __nv_bfloat16* inp, const float* w, const float* mean,
-                                                const float* rstd, float* partial, i64 n, int c) {
-    extern __shared__ float red[];  // [c]: column sums, dw then db
-    const int warp = threadIdx.x >> 5;
-    float aw[LN_MAXV][8], ab[LN_MAXV][8];
-#pragma unroll
-    for (int t = 0; t < LN_MAXV; t++)
-#pragma unroll
-        for (int k = 0; k < 8; k++) aw[t][k] = ab[t][k] = 0.0f;
-    const i64 row0 = ((i64)blockIdx.x * LN_WARPS + warp) * LN_ROWS;
-    norm_bwd_rows<LN_MAXV, true>(dinp, dout, inp, w, mean, rstd, row0, LN_ROWS, n, c, aw, ab);
-    warps_colsum<LN_MAXV>(red, aw, c, partial + (i64)blockIdx.x * 2 * c);
-    warps_colsum<LN_MAXV>(red, ab, c, partial + (i64)blockIdx.x * 2 * c + c);
+                                                const float* rstd, float* partial, i64 n, int c, int rpb) {
+    norm_bwd_cols<true>(dinp, dout, inp, w, mean, rstd, partial, partial + (i64)gridDim.x * c, n, c, rpb);
 }
 
-// Forward for bf16 input/output (fp32 w, b, mean, rstd): one warp per row,
-// the row read once with 16-byte loads and kept in registers for the mean,
-// the variance and the output. Same limits as layernorm_bwd_bf16_k.
+// Forward: the row's mean, then its variance about the mean (two block
+// sums, as the general kernel's two passes), then the output; blocks walk
+// rows gridDim.x apart, fetching the next row first.
 extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
                                                 const __nv_bfloat16* inp, const float* w, const float* b, i64 n,
                                                 int c, float eps) {
-    const int lane = threadIdx.x & 31;
-    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= n) return;
-    const i64 base = row * c;
-    float x[LN_MAXV][8];
-    load_row_bf16x8<LN_MAXV>(inp + base, c, x);
-    float s = 0.0f;
+    __shared__ float red[2 * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8], bv[8];
+    load_f32x8(w, j, ok, wv);
+    load_f32x8(b, j, ok, bv);
+    int phase = 0;
+    i64 row = blockIdx.x;
+    uint4 next = row < n ? ld_chunk(inp, row, c, j, ok) : make_uint4(0u, 0u, 0u, 0u);
+    for (; row < n; row += gridDim.x) {
+        const uint4 cur = next;
+        if (row + gridDim.x < n) next = ld_chunk(inp, row + gridDim.x, c, j, ok);
+        float x[8], s[1] = {0.0f};
+        unpack_bf16x8(cur, x);
 #pragma unroll
-    for (int t = 0; t < LN_MAXV; t++)
-        if ((t * 32 + lane) * 8 < c)
+        for (int k = 0; k < 8; k++) s[0] += x[k];
+        block_sums<1>(s, red, phase);
+        const float mu = s[0] / c;
+        s[0] = 0.0f;
+        if (ok)
 #pragma unroll
-            for (int k = 0; k < 8; k++) s += x[t][k];
-    const float mu = warp_sum(s) / c;
-    float v = 0.0f;
+            for (int k = 0; k < 8; k++) s[0] += (x[k] - mu) * (x[k] - mu);
+        block_sums<1>(s, red, phase);
+        const float rs = 1.0f / sqrtf(s[0] / c + eps);
+        if (ok) {
+            float o[8];
 #pragma unroll
-    for (int t = 0; t < LN_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
-#pragma unroll
-        for (int k = 0; k < 8; k++) v += (x[t][k] - mu) * (x[t][k] - mu);
-    }
-    const float rs = 1.0f / sqrtf(warp_sum(v) / c + eps);
-#pragma unroll
-    for (int t = 0; t < LN_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
-        float o[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = (x[t][k] - mu) * rs * w[j + k] + b[j + k];
-        store_bf16x8(out + base + j, o);
-    }
-    if (lane == 0) {
-        mean[row] = mu;
-        rstd[row] = rs;
+            for (int k = 0; k < 8; k++) o[k] = (x[k] - mu) * rs * wv[k] + bv[k];
+            store_bf16x8(out + row * c + j, o);
+        }
+        if (threadIdx.x == 0) {
+            mean[row] = mu;
+            rstd[row] = rs;
+        }
     }
 }

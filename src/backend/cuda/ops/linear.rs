@@ -13,7 +13,7 @@
 use super::super::device::CudaBackend;
 use super::super::matmul::{alignment, Epilogue, Problem};
 use super::super::memory::{Dev, Elem};
-use super::elementwise::{Accumulate, AddBias, ColsumFinish, ColsumPartial, CopyPad};
+use super::elementwise::{Accumulate, AddBias, ColsumPartial, CopyPad};
 use crate::backend::View;
 use anyhow::{ensure, Result};
 use cudarc::driver::LaunchConfig;
@@ -306,8 +306,7 @@ impl CudaBackend {
         let partial = self.scratch(chunks * cols * 4)?;
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
         self.launch(cfg, ColsumPartial { partial, x: xd.ptr, dt: xd.dt(), rows: rows as i64, cols: cols as i32, rpc: rpc as i32 })?;
-        let cfg = self.grid(cols);
-        self.launch(cfg, ColsumFinish { dst: d.ptr, dt: d.dt(), partial, chunks: chunks as i32, cols: cols as i32 })
+        self.colsum_finish(d, partial, chunks, cols)
     }
 
     /// c[M,N] = alpha op(a) op(b) + beta c. All-F32 runs in true fp32

@@ -56,47 +56,46 @@ extern "C" __global__ void rmsnorm_bwd_dw_partial_k(float* partial, const void* 
     }
 }
 
-// ---- bf16 activations (fp32 w, rstd): one read per row, 16-byte loads ----
-// Lane chunks of 8 elements, RMS_MAXV chunks per lane: c % 8 == 0 and
-// c <= 32 * 8 * RMS_MAXV (2048: llama-1b), 16-byte aligned rows; the host
-// checks. The backward also forms dw partials per block of RMS_WARPS *
-// RMS_ROWS rows (deterministic: warps add in a fixed order), summed by
-// colsum_finish_k.
-#define RMS_MAXV 8
-#define RMS_WARPS 8
-#define RMS_ROWS 4
+// ---- bf16 activations (fp32 w, rstd): block-per-row kernels --------------
+// One thread per 16-byte chunk of a row (common.cuh, "Block-per-row norm
+// kernels"); blocks walk rows gridDim.x apart, fetching the next row before
+// reducing this one.
 
-// The row x (in registers) normalized into out; rstd saved.
-__device__ __forceinline__ void rms_normalize_row(__nv_bfloat16* out, float* rstd, float (&x)[RMS_MAXV][8],
-                                                  const float* w, i64 row, int c, float eps) {
-    const int lane = threadIdx.x & 31;
-    const i64 base = row * c;
-    float s = 0.0f;
+// Normalizes the row held as x[8] per thread into out; rstd saved.
+__device__ __forceinline__ void rms_normalize_cols(__nv_bfloat16* out, float* rstd, const float* x, const float* wv,
+                                                   i64 row, int c, int j, bool ok, float eps, float* red,
+                                                   int& phase) {
+    float s[1] = {0.0f};
 #pragma unroll
-    for (int t = 0; t < RMS_MAXV; t++)
-        if ((t * 32 + lane) * 8 < c)
-#pragma unroll
-            for (int k = 0; k < 8; k++) s += x[t][k] * x[t][k];
-    const float rs = 1.0f / sqrtf(warp_sum(s) / c + eps);
-#pragma unroll
-    for (int t = 0; t < RMS_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
+    for (int k = 0; k < 8; k++) s[0] += x[k] * x[k];
+    block_sums<1>(s, red, phase);
+    const float rs = 1.0f / sqrtf(s[0] / c + eps);
+    if (ok) {
         float o[8];
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = x[t][k] * rs * w[j + k];
-        store_bf16x8(out + base + j, o);
+        for (int k = 0; k < 8; k++) o[k] = x[k] * rs * wv[k];
+        store_bf16x8(out + row * c + j, o);
     }
-    if (lane == 0) rstd[row] = rs;
+    if (threadIdx.x == 0) rstd[row] = rs;
 }
 
 extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
                                               const float* w, i64 n, int c, float eps) {
-    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= n) return;
-    float x[RMS_MAXV][8];
-    load_row_bf16x8<RMS_MAXV>(inp + row * c, c, x);
-    rms_normalize_row(out, rstd, x, w, row, c, eps);
+    __shared__ float red[2 * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8];
+    load_f32x8(w, j, ok, wv);
+    int phase = 0;
+    i64 row = blockIdx.x;
+    uint4 next = row < n ? ld_chunk(inp, row, c, j, ok) : make_uint4(0u, 0u, 0u, 0u);
+    for (; row < n; row += gridDim.x) {
+        const uint4 cur = next;
+        if (row + gridDim.x < n) next = ld_chunk(inp, row + gridDim.x, c, j, ok);
+        float x[8];
+        unpack_bf16x8(cur, x);
+        rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
+    }
 }
 
 // The residual add fused in: sum = a + b (stored, bf16), out = rmsnorm(sum).
@@ -105,36 +104,32 @@ extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, c
 extern "C" __global__ void add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
                                                   const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
                                                   i64 n, int c, float eps) {
-    const int lane = threadIdx.x & 31;
-    const i64 row = (i64)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (row >= n) return;
-    const i64 base = row * c;
-    float x[RMS_MAXV][8];
-    load_row_bf16x8<RMS_MAXV>(a + base, c, x);
+    __shared__ float red[2 * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8];
+    load_f32x8(w, j, ok, wv);
+    int phase = 0;
+    i64 row = blockIdx.x;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    uint4 na = row < n ? ld_chunk(a, row, c, j, ok) : zero, nb = row < n ? ld_chunk(b, row, c, j, ok) : zero;
+    for (; row < n; row += gridDim.x) {
+        const uint4 ca = na, cb = nb;
+        if (row + gridDim.x < n) na = ld_chunk(a, row + gridDim.x, c, j, ok), nb = ld_chunk(b, row + gridDim.x, c, j, ok);
+        float x[8], y[8];
+        unpack_bf16x8(ca, x);
+        unpack_bf16x8(cb, y);
 #pragma unroll
-    for (int t = 0; t < RMS_MAXV; t++) {
-        const int j = (t * 32 + lane) * 8;
-        if (j >= c) continue;
-        float y[8];
-        load_bf16x8(b + base + j, y);
-#pragma unroll
-        for (int k = 0; k < 8; k++) x[t][k] = __bfloat162float(__float2bfloat16_rn(x[t][k] + y[k]));
-        store_bf16x8(sum + base + j, x[t]);
+        for (int k = 0; k < 8; k++) x[k] = __bfloat162float(__float2bfloat16_rn(x[k] + y[k]));
+        if (ok) store_bf16x8(sum + row * c + j, x);
+        rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
     }
-    rms_normalize_row(out, rstd, x, w, row, c, eps);
 }
 
+// dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw partial
+// sums into partial[blockIdx.x * c ..]; colsum_finish_k adds the blocks.
 extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                               const __nv_bfloat16* inp, const float* w, const float* rstd,
-                                              float* partial, i64 n, int c) {
-    extern __shared__ float red[];  // [c]: sum dout*xhat
-    const int warp = threadIdx.x >> 5;
-    float aw[RMS_MAXV][8], unused[RMS_MAXV][8];  // no bias: `unused` is never touched
-#pragma unroll
-    for (int t = 0; t < RMS_MAXV; t++)
-#pragma unroll
-        for (int k = 0; k < 8; k++) aw[t][k] = 0.0f;
-    const i64 row0 = ((i64)blockIdx.x * RMS_WARPS + warp) * RMS_ROWS;
-    norm_bwd_rows<RMS_MAXV, false>(dinp, dout, inp, w, nullptr, rstd, row0, RMS_ROWS, n, c, aw, unused);
-    warps_colsum<RMS_MAXV>(red, aw, c, partial + (i64)blockIdx.x * c);
+                                              float* partial, i64 n, int c, int rpb) {
+    norm_bwd_cols<false>(dinp, dout, inp, w, nullptr, rstd, partial, nullptr, n, c, rpb);
 }

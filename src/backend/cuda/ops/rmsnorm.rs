@@ -1,19 +1,14 @@
 //! RMSNorm forward and backward, and the residual add fused with the next
-//! RMSNorm: a one-pass bf16 path (rows of up to 2048 in registers) and a
+//! RMSNorm: a bf16 path (block-per-row kernels, rows up to 8192 wide) and a
 //! general path for any dtypes.
 
 use super::super::device::CudaBackend;
 use super::super::kernels::{kernel, KernelFile};
-use super::elementwise::ColsumFinish;
-use super::rows::{colsum_plan, norm_vector_path, rows_cfg, FUSED_BWD_ROWS_PER_BLOCK};
+use super::rows::{colsum_plan, norm_cols_bwd_plan, norm_cols_fwd_cfg, norm_vector_path, rows_cfg, NORM_COLS_MAX_C};
 use crate::backend::View;
 use anyhow::{ensure, Result};
-use cudarc::driver::LaunchConfig;
 
 pub(in crate::backend::cuda) const FILE: KernelFile = KernelFile { name: "rmsnorm", source: include_str!("rmsnorm.cu") };
-
-/// Widest row `rmsnorm_*_bf16_k` keep in registers (32 lanes × 8 × 8).
-const RMS_VECTOR_MAX_C: usize = 2048;
 
 kernel! {
     struct RmsnormFwd(FILE, rmsnorm_fwd_k) { out: u64, dto: i32, rstd: u64, dtr: i32, inp: u64, dti: i32, w: u64, dtw: i32, n: i64, c: i32, eps: f32 }
@@ -25,8 +20,8 @@ kernel! {
     }
     /// dw partial column sums per chunk of `rpc` rows.
     struct RmsnormBwdDwPartial(FILE, rmsnorm_bwd_dw_partial_k) { partial: u64, dout: u64, dtdo: i32, inp: u64, dti: i32, rstd: u64, dtr: i32, n: i64, c: i32, rpc: i32 }
-    /// One pass: dinp and the dw partials of each block of rows.
-    struct RmsnormBwdBf16(FILE, rmsnorm_bwd_bf16_k) { dinp: u64, dout: u64, inp: u64, w: u64, rstd: u64, partial: u64, n: i64, c: i32 }
+    /// One pass: dinp and the dw partials of each block of `rpb` rows.
+    struct RmsnormBwdBf16(FILE, rmsnorm_bwd_bf16_k) { dinp: u64, dout: u64, inp: u64, w: u64, rstd: u64, partial: u64, n: i64, c: i32, rpb: i32 }
 }
 
 impl CudaBackend {
@@ -38,8 +33,8 @@ impl CudaBackend {
         let wd = self.f32_weight(wd)?;
         let (o, rs) = (self.out(out)?, self.out(rstd)?);
         let (n64, c32) = (n as i64, c as i32);
-        if norm_vector_path(&[o, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
-            return self.launch(rows_cfg(n), RmsnormFwdBf16 { out: o.ptr, rstd: rs.ptr, inp: x.ptr, w: wd.ptr, n: n64, c: c32, eps });
+        if norm_vector_path(&[o, x], &[wd, rs], c, NORM_COLS_MAX_C) {
+            return self.launch(norm_cols_fwd_cfg(n, c, self.sms), RmsnormFwdBf16 { out: o.ptr, rstd: rs.ptr, inp: x.ptr, w: wd.ptr, n: n64, c: c32, eps });
         }
         let k = RmsnormFwd { out: o.ptr, dto: o.dt(), rstd: rs.ptr, dtr: rs.dt(), inp: x.ptr, dti: x.dt(), w: wd.ptr, dtw: wd.dt(), n: n64, c: c32, eps };
         self.launch(rows_cfg(n), k)
@@ -57,9 +52,9 @@ impl CudaBackend {
         let (x, y, wd) = (self.dev(a)?, self.dev(b)?, self.dev(w)?);
         let wd = self.f32_weight(wd)?;
         let (s, o, rs) = (self.out(sum)?, self.out(out)?, self.out(rstd)?);
-        if norm_vector_path(&[s, o, x, y], &[wd, rs], c, RMS_VECTOR_MAX_C) {
+        if norm_vector_path(&[s, o, x, y], &[wd, rs], c, NORM_COLS_MAX_C) {
             let k = AddRmsnormFwdBf16 { sum: s.ptr, out: o.ptr, rstd: rs.ptr, a: x.ptr, b: y.ptr, w: wd.ptr, n: n as i64, c: c as i32, eps };
-            return self.launch(rows_cfg(n), k);
+            return self.launch(norm_cols_fwd_cfg(n, c, self.sms), k);
         }
         self.add(sum, a, b)?;
         self.rmsnorm_fwd(out, rstd, sum, w, n, c, eps)
@@ -76,11 +71,10 @@ impl CudaBackend {
         let wd = self.f32_weight(wd)?;
         let (di, dwd) = (self.out(dinp)?, self.out(dw)?);
         let (n64, c32) = (n as i64, c as i32);
-        let (partial, chunks) = if norm_vector_path(&[di, g, x], &[wd, rs], c, RMS_VECTOR_MAX_C) {
-            let blocks = n.div_ceil(FUSED_BWD_ROWS_PER_BLOCK);
+        let (partial, chunks) = if norm_vector_path(&[di, g, x], &[wd, rs], c, NORM_COLS_MAX_C) {
+            let (rpb, blocks, cfg) = norm_cols_bwd_plan(n, c, self.sms);
             let partial = self.scratch(blocks * c * 4)?;
-            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (c * 4) as u32 };
-            self.launch(cfg, RmsnormBwdBf16 { dinp: di.ptr, dout: g.ptr, inp: x.ptr, w: wd.ptr, rstd: rs.ptr, partial, n: n64, c: c32 })?;
+            self.launch(cfg, RmsnormBwdBf16 { dinp: di.ptr, dout: g.ptr, inp: x.ptr, w: wd.ptr, rstd: rs.ptr, partial, n: n64, c: c32, rpb: rpb as i32 })?;
             (partial, blocks)
         } else {
             let k = RmsnormBwdDx { dinp: di.ptr, dtdi: di.dt(), dout: g.ptr, dtdo: g.dt(), inp: x.ptr, dti: x.dt(), w: wd.ptr, dtw: wd.dt(), rstd: rs.ptr, dtr: rs.dt(), n: n64, c: c32 };
@@ -91,7 +85,6 @@ impl CudaBackend {
             self.launch(cfg, k)?;
             (partial, chunks)
         };
-        let cfg = self.grid(c);
-        self.launch(cfg, ColsumFinish { dst: dwd.ptr, dt: dwd.dt(), partial, chunks: chunks as i32, cols: c32 })
+        self.colsum_finish(dwd, partial, chunks, c)
     }
 }

@@ -24,9 +24,36 @@ pub(super) fn norm_vector_path(acts: &[Dev], f32s: &[Dev], c: usize, max_c: usiz
     acts.iter().all(Dev::is_bf16x8) && f32s.iter().all(|d| d.elem == Elem::F32) && c.is_multiple_of(8) && c <= max_c
 }
 
-/// Rows per block of the one-pass bf16 norm backward kernels
-/// (`layernorm_bwd_bf16_k`, `rmsnorm_bwd_bf16_k`): 8 warps × 4 rows.
-pub(super) const FUSED_BWD_ROWS_PER_BLOCK: usize = 32;
+/// Widest row the block-per-row bf16 norm kernels take: one thread per 8
+/// columns, 1024 threads.
+pub(super) const NORM_COLS_MAX_C: usize = 8 * 1024;
+
+/// Threads of a block-per-row norm kernel: c/8, rounded up to a warp.
+fn norm_cols_threads(c: usize) -> u32 {
+    ((c / 8).div_ceil(32) * 32).max(32) as u32
+}
+
+/// Block-per-row norm forward (`*_fwd_bf16_k`): blocks walk the rows
+/// `gridDim.x` apart; as many blocks as fill the SMs (2048 threads, at most
+/// 32 blocks each).
+pub(super) fn norm_cols_fwd_cfg(n: usize, c: usize, sms: u32) -> LaunchConfig {
+    let threads = norm_cols_threads(c);
+    let per_sm = (2048 / threads).clamp(1, 32);
+    let blocks = (n as u32).clamp(1, sms * per_sm);
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Block-per-row norm backward (`*_bwd_bf16_k`): (rows per block, blocks,
+/// launch). About 1024 threads per SM: each block writes one row of column
+/// partials, so more blocks would cost more partial traffic than the
+/// occupancy buys.
+pub(super) fn norm_cols_bwd_plan(n: usize, c: usize, sms: u32) -> (usize, usize, LaunchConfig) {
+    let threads = norm_cols_threads(c);
+    let target = (sms * (1024 / threads).max(1)) as usize;
+    let rpb = n.div_ceil(target).max(1);
+    let blocks = n.div_ceil(rpb).max(1);
+    (rpb, blocks, LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}
 
 /// Column-partial kernels: (32 columns) x (row chunks), chunks <= 256.
 pub(super) fn colsum_plan(n: usize, c: usize) -> (usize, usize, LaunchConfig) {

@@ -449,12 +449,12 @@ fn gemm_fp32_and_bf16() {
 #[test]
 fn norms() {
     let Some(mut h) = gpu() else { return };
-    // c a multiple of 8 up to 8192 takes the block-per-row bf16 kernels
+    // c a multiple of 8 up to 4096 takes the block-per-row bf16 kernels
     // (one thread per 8 columns: 1000 and 1600 leave part of the last warp
     // idle; 1030 and 3000 rows give blocks several rows each and a short
-    // last block); 100 (not a multiple of 8) and 8200 (too wide) the
+    // last block); 100 (not a multiple of 8) and 8192 (too wide) the
     // general kernels.
-    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600), (70, 2048), (3000, 2048), (33, 4096), (9, 8192), (6, 8200)] {
+    for (n, c) in [(37, 96), (256, 768), (5, 1000), (1030, 768), (40, 100), (64, 1600), (70, 2048), (3000, 2048), (33, 4096), (9, 8192)] {
         let x = h.randn(n * c, 1.0, DType::Compute);
         let w = h.randn(c, 1.0, DType::F32);
         let b = h.randn(c, 1.0, DType::F32);

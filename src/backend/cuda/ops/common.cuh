@@ -115,7 +115,7 @@ __device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float* f) {
 // Thread t of a block owns columns 8t .. 8t+7 of every row (one 16-byte
 // chunk), so the weight's 8 values and the weight-gradient column sums stay
 // in that thread's registers across all the rows the block walks; a row's
-// sums go through block_sums. Needs c % 8 == 0, c <= 8 * 1024 and 16-byte
+// sums go through block_sums. Needs c % 8 == 0, c <= 8 * 512 and 16-byte
 // aligned rows (the host checks); blockDim is c/8 rounded up to a warp, and
 // threads past c/8 hold zeros. Each block keeps a few rows' loads in flight
 // (the next row is fetched before this one is reduced), and many blocks

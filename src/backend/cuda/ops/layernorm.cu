@@ -103,7 +103,7 @@ extern "C" __global__ void layernorm_bwd_dw_finish_k(void* dw, int dtw, void* db
 // dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw and db
 // partial sums into partial[blockIdx.x * c ..] and partial[(gridDim.x +
 // blockIdx.x) * c ..]; colsum_finish_k adds the blocks of each.
-extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+extern "C" __global__ void __launch_bounds__(512) layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                                 const __nv_bfloat16* inp, const float* w, const float* mean,
                                                 const float* rstd, float* partial, i64 n, int c, int rpb) {
     norm_bwd_cols<true>(dinp, dout, inp, w, mean, rstd, partial, partial + (i64)gridDim.x * c, n, c, rpb);
@@ -112,7 +112,7 @@ extern "C" __global__ void layernorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_
 // Forward: the row's mean, then its variance about the mean (two block
 // sums, as the general kernel's two passes), then the output; blocks walk
 // rows gridDim.x apart, fetching the next row first.
-extern "C" __global__ void layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
+extern "C" __global__ void __launch_bounds__(512) layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
                                                 const __nv_bfloat16* inp, const float* w, const float* b, i64 n,
                                                 int c, float eps) {
     __shared__ float red[2 * 32];

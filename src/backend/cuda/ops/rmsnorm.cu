@@ -79,7 +79,7 @@ __device__ __forceinline__ void rms_normalize_cols(__nv_bfloat16* out, float* rs
     if (threadIdx.x == 0) rstd[row] = rs;
 }
 
-extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
+extern "C" __global__ void __launch_bounds__(512) rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
                                               const float* w, i64 n, int c, float eps) {
     __shared__ float red[2 * 32];
     const int j = threadIdx.x * 8;
@@ -101,7 +101,7 @@ extern "C" __global__ void rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, c
 // The residual add fused in: sum = a + b (stored, bf16), out = rmsnorm(sum).
 // The sum is rounded to bf16 before it is normalized, exactly as the
 // separate add kernel would store it and rmsnorm_fwd_bf16_k read it back.
-extern "C" __global__ void add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
+extern "C" __global__ void __launch_bounds__(512) add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
                                                   const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
                                                   i64 n, int c, float eps) {
     __shared__ float red[2 * 32];
@@ -128,7 +128,7 @@ extern "C" __global__ void add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloa
 
 // dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw partial
 // sums into partial[blockIdx.x * c ..]; colsum_finish_k adds the blocks.
-extern "C" __global__ void rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+extern "C" __global__ void __launch_bounds__(512) rmsnorm_bwd_bf16_k(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
                                               const __nv_bfloat16* inp, const float* w, const float* rstd,
                                               float* partial, i64 n, int c, int rpb) {
     norm_bwd_cols<false>(dinp, dout, inp, w, nullptr, rstd, partial, nullptr, n, c, rpb);

@@ -55,16 +55,28 @@ __device__ __forceinline__ void rope_body(void* qkv, int dt, i64 rows, int seq, 
             sincosf(__fmul_rn(pos, inv_freq[i]), &s[k], &c[k]);
             s[k] *= dir;
         }
-        const int h_end = min(heads_qk, (chunk + 1) * ROPE_HEADS);
-        for (int h = chunk * ROPE_HEADS; h < h_end; h++) {
-            const i64 at = row * width + (i64)h * d + g * V;
-            float x1[V], x2[V], y1[V], y2[V];
-            rope_load<V, BF16X4>(qkv, dt, at, x1);
-            rope_load<V, BF16X4>(qkv, dt, at + half, x2);
+        // Every head's loads first, then the rotations and stores: in one
+        // loop each head's loads would wait for the previous head's stores
+        // (same buffer, so the compiler keeps their order), one DRAM round
+        // trip per head.
+        const int h0 = chunk * ROPE_HEADS, nh = min(heads_qk - h0, ROPE_HEADS);
+        float x1[ROPE_HEADS][V], x2[ROPE_HEADS][V];
+#pragma unroll
+        for (int j = 0; j < ROPE_HEADS; j++) {
+            if (j >= nh) break;
+            const i64 at = row * width + (i64)(h0 + j) * d + g * V;
+            rope_load<V, BF16X4>(qkv, dt, at, x1[j]);
+            rope_load<V, BF16X4>(qkv, dt, at + half, x2[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < ROPE_HEADS; j++) {
+            if (j >= nh) break;
+            const i64 at = row * width + (i64)(h0 + j) * d + g * V;
+            float y1[V], y2[V];
 #pragma unroll
             for (int k = 0; k < V; k++) {
-                y1[k] = x1[k] * c[k] - x2[k] * s[k];
-                y2[k] = x2[k] * c[k] + x1[k] * s[k];
+                y1[k] = x1[j][k] * c[k] - x2[j][k] * s[k];
+                y2[k] = x2[j][k] * c[k] + x1[j][k] * s[k];
             }
             rope_store<V, BF16X4>(qkv, dt, at, y1);
             rope_store<V, BF16X4>(qkv, dt, at + half, y2);

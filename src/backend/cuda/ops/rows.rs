@@ -25,8 +25,11 @@ pub(super) fn norm_vector_path(acts: &[Dev], f32s: &[Dev], c: usize, max_c: usiz
 }
 
 /// Widest row the block-per-row bf16 norm kernels take: one thread per 8
-/// columns, 1024 threads.
-pub(super) const NORM_COLS_MAX_C: usize = 8 * 1024;
+/// columns, at most 512 threads (their `__launch_bounds__`: 128 registers a
+/// thread; the LayerNorm backward needs more than the 64 that 1024 threads
+/// would leave, and 1024 failed to launch at c = 8192). Llama 3 8B's 4096
+/// fits; wider rows take the general kernels.
+pub(super) const NORM_COLS_MAX_C: usize = 8 * 512;
 
 /// Threads of a block-per-row norm kernel: c/8, rounded up to a warp.
 fn norm_cols_threads(c: usize) -> u32 {

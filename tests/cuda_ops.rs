@@ -506,6 +506,27 @@ fn norms() {
             h.g.download(apart[0], &mut a).unwrap();
             assert!(f.iter().zip(&a).all(|(p, q)| p.to_bits() == q.to_bits()), "add_rmsnorm_fwd n={n} c={c}: fused differs from add + rmsnorm_fwd");
         }
+
+        // The same for the residual add fused with LayerNorm (GPT-2's ln2).
+        let (mean, rstd) = (h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+        h.run(|be, i| be.add_layernorm_fwd(sum[i], out[i], mean[i], rstd[i], x[i], y[i], w[i], b[i], n, c, 1e-5));
+        h.check(&format!("add_layernorm_fwd sum n={n} c={c}"), sum, bf16(1.0));
+        let mut stored_sum = vec![0.0; n * c];
+        h.g.download(sum[0], &mut stored_sum).unwrap();
+        h.c.upload(sum[1], &stored_sum).unwrap();
+        h.c.layernorm_fwd(out[1], mean[1], rstd[1], sum[1], w[1], b[1], n, c, 1e-5).unwrap();
+        h.check(&format!("add_layernorm_fwd out n={n} c={c}"), out, bf16(1.0));
+        h.check(&format!("add_layernorm_fwd mean n={n} c={c}"), mean, FP32);
+        h.check(&format!("add_layernorm_fwd rstd n={n} c={c}"), rstd, FP32);
+        let (mean2, rstd2) = (h.zeros(n, DType::F32), h.zeros(n, DType::F32));
+        h.g.add(sum2[0], x[0], y[0]).unwrap();
+        h.g.layernorm_fwd(out2[0], mean2[0], rstd2[0], sum2[0], w[0], b[0], n, c, 1e-5).unwrap();
+        for (fused, apart) in [(sum, sum2), (out, out2), (mean, mean2), (rstd, rstd2)] {
+            let (mut f, mut a) = (vec![0.0; fused[0].len], vec![0.0; fused[0].len]);
+            h.g.download(fused[0], &mut f).unwrap();
+            h.g.download(apart[0], &mut a).unwrap();
+            assert!(f.iter().zip(&a).all(|(p, q)| p.to_bits() == q.to_bits()), "add_layernorm_fwd n={n} c={c}: fused differs from add + layernorm_fwd");
+        }
     }
 }
 

@@ -552,6 +552,13 @@ macro_rules! backend_ops {
                 self.add(sum, a, b)?;
                 self.rmsnorm_fwd(out, rstd, sum, w, n, c, eps)
             };
+            /// The residual add and the next LayerNorm: `sum = a + b`, then
+            /// [`Backend::layernorm_fwd`] of `sum` (a GPU reads the rows once).
+            #[allow(clippy::too_many_arguments)]
+            fn add_layernorm_fwd(&mut self, sum: View, out: View, mean: View, rstd: View, a: View, b: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> = {
+                self.add(sum, a, b)?;
+                self.layernorm_fwd(out, mean, rstd, sum, w, bias, n, c, eps)
+            };
 
             // ---- activations --------------------------------------------------
             /// GELU, tanh approximation (GPT-2's `gelu_new`).

@@ -43,15 +43,13 @@ impl Model {
         }
     }
 
-    /// `sum = a + b`, then its norm into `out` (one pass on a GPU for RMSNorm).
+    /// `sum = a + b`, then its norm into `out` (one pass on a GPU).
     #[allow(clippy::too_many_arguments)]
     fn add_norm_fwd<B: Backend>(&self, b: &mut B, p: NormViews, (out, mean, rstd): (View, View, View), sum: View, a: View, bv: View, n: usize) -> Result<()> {
+        let (c, eps) = (self.cfg.d_model, self.cfg.norm_eps);
         match p.b {
-            None => b.add_rmsnorm_fwd(sum, out, rstd, a, bv, p.w, n, self.cfg.d_model, self.cfg.norm_eps),
-            Some(_) => {
-                b.add(sum, a, bv)?;
-                self.norm_fwd(b, p, out, mean, rstd, sum, n)
-            }
+            None => b.add_rmsnorm_fwd(sum, out, rstd, a, bv, p.w, n, c, eps),
+            Some(bias) => b.add_layernorm_fwd(sum, out, mean, rstd, a, bv, p.w, bias, n, c, eps),
         }
     }
 

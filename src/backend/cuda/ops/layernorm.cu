@@ -109,9 +109,36 @@ extern "C" __global__ void __launch_bounds__(512) layernorm_bwd_bf16_k(__nv_bflo
     norm_bwd_cols<true>(dinp, dout, inp, w, mean, rstd, partial, partial + (i64)gridDim.x * c, n, c, rpb);
 }
 
-// Forward: the row's mean, then its variance about the mean (two block
-// sums, as the general kernel's two passes), then the output; blocks walk
-// rows gridDim.x apart, fetching the next row first.
+// Normalizes the row held as x[8] per thread: its mean, then its variance
+// about the mean (two block sums, as the general kernel's two passes), then
+// out; mean and rstd saved.
+__device__ __forceinline__ void ln_normalize_cols(__nv_bfloat16* out, float* mean, float* rstd, const float* x,
+                                                  const float* wv, const float* bv, i64 row, int c, int j, bool ok,
+                                                  float eps, float* red, int& phase) {
+    float s[1] = {0.0f};
+#pragma unroll
+    for (int k = 0; k < 8; k++) s[0] += x[k];
+    block_sums<1>(s, red, phase);
+    const float mu = s[0] / c;
+    s[0] = 0.0f;
+    if (ok)
+#pragma unroll
+        for (int k = 0; k < 8; k++) s[0] += (x[k] - mu) * (x[k] - mu);
+    block_sums<1>(s, red, phase);
+    const float rs = 1.0f / sqrtf(s[0] / c + eps);
+    if (ok) {
+        float o[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = (x[k] - mu) * rs * wv[k] + bv[k];
+        store_bf16x8(out + row * c + j, o);
+    }
+    if (threadIdx.x == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+// Forward: blocks walk rows gridDim.x apart, fetching the next row first.
 extern "C" __global__ void __launch_bounds__(512) layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
                                                 const __nv_bfloat16* inp, const float* w, const float* b, i64 n,
                                                 int c, float eps) {
@@ -127,27 +154,37 @@ extern "C" __global__ void __launch_bounds__(512) layernorm_fwd_bf16_k(__nv_bflo
     for (; row < n; row += gridDim.x) {
         const uint4 cur = next;
         if (row + gridDim.x < n) next = ld_chunk(inp, row + gridDim.x, c, j, ok);
-        float x[8], s[1] = {0.0f};
+        float x[8];
         unpack_bf16x8(cur, x);
+        ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
+    }
+}
+
+// The residual add fused in: sum = a + bb (stored, bf16), out =
+// layernorm(sum), the sum rounded to bf16 before it is normalized, exactly
+// as the separate add kernel stores it and layernorm_fwd_bf16_k reads it.
+extern "C" __global__ void __launch_bounds__(512) add_layernorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* mean,
+                                                    float* rstd, const __nv_bfloat16* a, const __nv_bfloat16* bb,
+                                                    const float* w, const float* b, i64 n, int c, float eps) {
+    __shared__ float red[2 * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8], bv[8];
+    load_f32x8(w, j, ok, wv);
+    load_f32x8(b, j, ok, bv);
+    int phase = 0;
+    i64 row = blockIdx.x;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    uint4 na = row < n ? ld_chunk(a, row, c, j, ok) : zero, nb = row < n ? ld_chunk(bb, row, c, j, ok) : zero;
+    for (; row < n; row += gridDim.x) {
+        const uint4 ca = na, cb = nb;
+        if (row + gridDim.x < n) na = ld_chunk(a, row + gridDim.x, c, j, ok), nb = ld_chunk(bb, row + gridDim.x, c, j, ok);
+        float x[8], y[8];
+        unpack_bf16x8(ca, x);
+        unpack_bf16x8(cb, y);
 #pragma unroll
-        for (int k = 0; k < 8; k++) s[0] += x[k];
-        block_sums<1>(s, red, phase);
-        const float mu = s[0] / c;
-        s[0] = 0.0f;
-        if (ok)
-#pragma unroll
-            for (int k = 0; k < 8; k++) s[0] += (x[k] - mu) * (x[k] - mu);
-        block_sums<1>(s, red, phase);
-        const float rs = 1.0f / sqrtf(s[0] / c + eps);
-        if (ok) {
-            float o[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) o[k] = (x[k] - mu) * rs * wv[k] + bv[k];
-            store_bf16x8(out + row * c + j, o);
-        }
-        if (threadIdx.x == 0) {
-            mean[row] = mu;
-            rstd[row] = rs;
-        }
+        for (int k = 0; k < 8; k++) x[k] = __bfloat162float(__float2bfloat16_rn(x[k] + y[k]));
+        if (ok) store_bf16x8(sum + row * c + j, x);
+        ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
     }
 }

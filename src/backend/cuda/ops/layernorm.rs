@@ -15,6 +15,10 @@ kernel! {
         w: u64, dtw: i32, b: u64, dtb: i32, n: i64, c: i32, eps: f32,
     }
     struct LayernormFwdBf16(FILE, layernorm_fwd_bf16_k) { out: u64, mean: u64, rstd: u64, inp: u64, w: u64, b: u64, n: i64, c: i32, eps: f32 }
+    /// `sum = a + bb`, then the norm of `sum`, reading the rows once.
+    struct AddLayernormFwdBf16(FILE, add_layernorm_fwd_bf16_k) {
+        sum: u64, out: u64, mean: u64, rstd: u64, a: u64, bb: u64, w: u64, b: u64, n: i64, c: i32, eps: f32,
+    }
     struct LayernormBwdDx(FILE, layernorm_bwd_dx_k) {
         dinp: u64, dtdi: i32, dout: u64, dtdo: i32, inp: u64, dti: i32, w: u64, dtw: i32,
         mean: u64, dtm: i32, rstd: u64, dtr: i32, n: i64, c: i32,
@@ -61,6 +65,26 @@ impl CudaBackend {
             eps,
         };
         self.launch(rows_cfg(n), k)
+    }
+
+    /// One pass over the rows on the bf16 path; else the add and the norm
+    /// as two ops.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cuda) fn add_layernorm_fwd(&mut self, sum: View, out: View, mean: View, rstd: View, a: View, b: View, w: View, bias: View, n: usize, c: usize, eps: f32) -> Result<()> {
+        self.begin()?;
+        ensure!(
+            a.len == n * c && b.len == n * c && sum.len == n * c && out.len == n * c && mean.len == n && rstd.len == n && w.len == c && bias.len == c,
+            "add_layernorm_fwd: views do not match n={n} c={c}"
+        );
+        let (x, y, wd, bd) = (self.dev(a)?, self.dev(b)?, self.dev(w)?, self.dev(bias)?);
+        let (wd, bd) = (self.f32_weight(wd)?, self.f32_weight(bd)?);
+        let (s, o, mu, rs) = (self.out(sum)?, self.out(out)?, self.out(mean)?, self.out(rstd)?);
+        if norm_vector_path(&[s, o, x, y], &[wd, bd, mu, rs], c, NORM_COLS_MAX_C) {
+            let k = AddLayernormFwdBf16 { sum: s.ptr, out: o.ptr, mean: mu.ptr, rstd: rs.ptr, a: x.ptr, bb: y.ptr, w: wd.ptr, b: bd.ptr, n: n as i64, c: c as i32, eps };
+            return self.launch(norm_cols_fwd_cfg(n, c, self.sms), k);
+        }
+        self.add(sum, a, b)?;
+        self.layernorm_fwd(out, mean, rstd, sum, w, bias, n, c, eps)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -793,6 +793,11 @@ fn attention_wgmma_sync() {
     wgmma_cases(AttnForward::WgmmaSync);
 }
 
+#[test]
+fn attention_wgmma_pingpong() {
+    wgmma_cases(AttnForward::WgmmaPingpong);
+}
+
 fn wgmma_cases(kind: AttnForward) {
     let Some(mut h) = gpu() else { return };
     if !h.g.wgmma_attention_available() {
@@ -1501,12 +1506,12 @@ fn attention_bench() {
         v
     };
     let hopper = g.wgmma_attention_available();
-    // ATTN_BENCH_SKIP=wgmma,wgmma-sync,wgmma-bwd,wgmma-sync-bwd leaves those kernels out
+    // ATTN_BENCH_SKIP=wgmma,wgmma-pp,wgmma-sync,wgmma-bwd,wgmma-sync-bwd leaves those kernels out
     // (e.g. one that failed its parity test).
     let skip_var = std::env::var("ATTN_BENCH_SKIP").unwrap_or_default();
     let skip: Vec<&str> = skip_var.split(',').collect();
-    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma (TMA) fwd ms | TFLOP/s | wgmma (sync) fwd ms | TFLOP/s | fa2 bwd ms | fa2 bwd TFLOP/s | wgmma (TMA) bwd ms | TFLOP/s | wgmma (sync) bwd ms | TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| D | B | H | T | fa2 fwd ms | fa2 fwd TFLOP/s | wgmma (TMA) fwd ms | TFLOP/s | wgmma ping-pong fwd ms | TFLOP/s | wgmma (sync) fwd ms | TFLOP/s | fa2 bwd ms | fa2 bwd TFLOP/s | wgmma (TMA) bwd ms | TFLOP/s | wgmma (sync) bwd ms | TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (d, heads, ts) in [(64usize, 12usize, &[1024usize, 2048, 4096, 8192, 16384][..]), (128, 6, &[1024, 4096, 16384][..])] {
         let tmax = *ts.last().unwrap();
         let smax = AttnShape { batch: 8, seq: tmax, heads, kv_heads: heads, head_dim: d };
@@ -1526,7 +1531,7 @@ fn attention_bench() {
             g.set_attention_forward(AttnForward::Fa2);
             let tf = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());
             let mut wgmma = Vec::new();
-            for (kind, name) in [(AttnForward::WgmmaTma, "wgmma"), (AttnForward::WgmmaSync, "wgmma-sync")] {
+            for (kind, name) in [(AttnForward::WgmmaTma, "wgmma"), (AttnForward::WgmmaPingpong, "wgmma-pp"), (AttnForward::WgmmaSync, "wgmma-sync")] {
                 wgmma.push(if hopper && !skip.contains(&name) {
                     g.set_attention_forward(kind);
                     let tw = median(g, reps, &mut |g| g.attention_fwd(out, lse, qkv, s).unwrap());

@@ -54,6 +54,10 @@ pub enum AttnForward {
     /// wgmma, every thread loads with cp.async, block-wide barriers per key
     /// tile (FERROTRON_ATTN=wgmma-sync).
     WgmmaSync,
+    /// `WgmmaTma` with FlashAttention-3's ping-pong: the consumer
+    /// warpgroups take turns issuing their products, so one's softmax runs
+    /// while another's products do (FERROTRON_ATTN=wgmma-pp).
+    WgmmaPingpong,
 }
 
 /// The forward used when FERROTRON_ATTN does not choose one: the
@@ -63,16 +67,17 @@ pub enum AttnForward {
 /// the fa2 kernel runs; FERROTRON_ATTN=fa2 chooses it everywhere.
 pub const DEFAULT_FORWARD: AttnForward = AttnForward::WgmmaTma;
 
-/// FERROTRON_ATTN: `wgmma`, `wgmma-sync` or `fa2` (also `simple`, handled
+/// FERROTRON_ATTN: `wgmma`, `wgmma-pp`, `wgmma-sync` or `fa2` (also `simple`, handled
 /// by the backend: the CUDA-core kernels); unset, [`DEFAULT_FORWARD`]. Any
 /// other value is reported on stderr and runs `fa2`.
 pub(in crate::backend::cuda) fn forward_from_env() -> AttnForward {
     match std::env::var("FERROTRON_ATTN").as_deref() {
         Ok("wgmma") => AttnForward::WgmmaTma,
         Ok("wgmma-sync") => AttnForward::WgmmaSync,
+        Ok("wgmma-pp") => AttnForward::WgmmaPingpong,
         Ok("fa2") | Ok("simple") => AttnForward::Fa2,
         Ok(other) => {
-            eprintln!("FERROTRON_ATTN={other} is not one of fa2, wgmma, wgmma-sync, simple: using fa2");
+            eprintln!("FERROTRON_ATTN={other} is not one of fa2, wgmma, wgmma-pp, wgmma-sync, simple: using fa2");
             AttnForward::Fa2
         }
         Err(_) => DEFAULT_FORWARD,
@@ -154,7 +159,7 @@ kernel! {
     struct WgmmaFwd(WGMMA_FILE, WgmmaFwdKernel { D64: wgmma_fwd_d64, D128: wgmma_fwd_d128 }) { out: u64, lse: u64, dtl: i32, qkv: u64, a: AttnDims }
     /// Hopper wgmma forward, warp-specialized with TMA loads: `tq` maps qkv
     /// in boxes of 64 columns x BQ rows, `tkv` in 64 x 128.
-    struct WgmmaTmaFwd(WGMMA_FILE, WgmmaTmaFwdKernel { D64: wgmma_tma_fwd_d64, D128: wgmma_tma_fwd_d128 }) {
+    struct WgmmaTmaFwd(WGMMA_FILE, WgmmaTmaFwdKernel { D64: wgmma_tma_fwd_d64, D128: wgmma_tma_fwd_d128, Pp64: wgmma_tma_fwd_pp_d64, Pp128: wgmma_tma_fwd_pp_d128 }) {
         out: u64, lse: u64, dtl: i32, tq: TensorMap, tkv: TensorMap, a: AttnDims,
     }
     /// delta and lse·log2e, rows padded to `tp`.
@@ -276,7 +281,12 @@ impl CudaBackend {
         let tq = bf16_3d_swizzled(qkv, s.batch, s.seq, width, 64, bq as u32)?;
         let tkv = bf16_3d_swizzled(qkv, s.batch, s.seq, width, 64, 128)?;
         let c = LaunchConfig { grid_dim, block_dim: (128 * (nwg as u32 + 1), 1, 1), shared_mem_bytes: bytes as u32 };
-        let kernel = if d == 64 { WgmmaTmaFwdKernel::D64 } else { WgmmaTmaFwdKernel::D128 };
+        let kernel = match (d == 64, self.attn_forward == AttnForward::WgmmaPingpong) {
+            (true, false) => WgmmaTmaFwdKernel::D64,
+            (false, false) => WgmmaTmaFwdKernel::D128,
+            (true, true) => WgmmaTmaFwdKernel::Pp64,
+            (false, true) => WgmmaTmaFwdKernel::Pp128,
+        };
         self.launch(c, WgmmaTmaFwd { kernel, out, lse: lse.ptr, dtl: lse.dt(), tq, tkv, a })
     }
 

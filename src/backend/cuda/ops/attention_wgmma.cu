@@ -289,12 +289,35 @@ __device__ __forceinline__ void produce(const TensorMap* tq, const TensorMap* tk
     }
 }
 
+// Ping-pong (FlashAttention-3's inter-warpgroup schedule, the PP variant):
+// the consumer warpgroups take turns issuing their matrix products, round
+// robin, so one warpgroup's softmax runs while the next one's products
+// occupy the tensor cores, instead of all of them issuing at once and then
+// all computing exps at once. Named barrier 1 + w is warpgroup w's turn:
+// it waits there (bar.sync, 256 threads: its own 128 and the previous
+// warpgroup's bar.arrive) before issuing, and arrives on the next one's
+// after. Every warpgroup takes exactly nk turns (the block's key tiles, also
+// those past its causal range, where it issues nothing), so the counts
+// match; warpgroup 0 does not wait on its first turn and the last one does
+// not arrive after its last (nobody would wait for it). Barrier 0 is
+// __syncthreads.
+__device__ __forceinline__ void turn_wait(int wg, int j) {
+    if (wg == 0 && j == 0) return;
+    asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wg) : "memory");
+}
+template <int NWG>
+__device__ __forceinline__ void turn_pass(int wg, int j, int nk) {
+    if (wg == NWG - 1 && j == nk - 1) return;
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(1 + (wg + 1) % NWG) : "memory");
+}
+
 // One consumer warpgroup: its 64 query rows against key tiles 0 .. wnk-1,
 // softmax of tile j overlapping P V of tile j - 1; then the rows stored.
-template <int D, int BQ, int BK, int NS>
+// PP: the turns above, one per key tile of the block (NWG consumers).
+template <int D, int BQ, int BK, int NS, bool PP, int NWG>
 __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned sQw, unsigned sK, unsigned sV,
                                         unsigned q_full, unsigned k_full, unsigned v_full, unsigned k_empty,
-                                        unsigned v_empty, AttnDims a, int b, int h, int r0, int nk) {
+                                        unsigned v_empty, AttnDims a, int b, int h, int r0, int nk, int wg) {
     const unsigned KVBYTES = BK * D * 2;
     int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int row = r0 + 16 * warp + (lane >> 2);
@@ -308,7 +331,9 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
     mbar_wait<false>(q_full, 0);
     if (wnk > 0) {  // tile 0: O is still 0, nothing to rescale
         mbar_wait<false>(k_full, 0);
+        if (PP) turn_wait(wg, 0);
         issue_qk<D, BQ, BK>(s, sQw, sK);
+        if (PP) turn_pass<NWG>(wg, 0, nk);
         wgmma_wait<0>();
         pin<BK / 2>(s);
         mbar_arrive(k_empty);  // K_0 is no longer read
@@ -318,9 +343,11 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
     for (int j = 1; j < wnk; j++) {
         int st = j % NS, pst = (j - 1) % NS;
         mbar_wait<false>(k_full + 8 * st, (j / NS) & 1);
-        issue_qk<D, BQ, BK>(s, sQw, sK + st * KVBYTES);
         mbar_wait<false>(v_full + 8 * pst, ((j - 1) / NS) & 1);
+        if (PP) turn_wait(wg, j);
+        issue_qk<D, BQ, BK>(s, sQw, sK + st * KVBYTES);
         issue_pv<D, BK>(o, p, sV + pst * KVBYTES);
+        if (PP) turn_pass<NWG>(wg, j, nk);
         wgmma_wait<1>();  // S_j is done; PV_{j-1} may still run
         pin<BK / 2>(s);
         mbar_arrive(k_empty + 8 * st);  // K_j is no longer read
@@ -341,8 +368,13 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
         pin<BK / 4>(&p[0][0]);
         mbar_arrive(v_empty + 8 * pst);
     }
-    // Tiles past this warpgroup's rows: released once loaded (see above).
+    // Tiles past this warpgroup's rows: their turns (nothing to issue), and
+    // released once loaded (see above).
     for (int j = wnk; j < nk; j++) {
+        if (PP) {
+            turn_wait(wg, j);
+            turn_pass<NWG>(wg, j, nk);
+        }
         mbar_wait<false>(k_full + 8 * (j % NS), (j / NS) & 1);
         mbar_arrive(k_empty + 8 * (j % NS));
         mbar_wait<false>(v_full + 8 * (j % NS), (j / NS) & 1);
@@ -351,7 +383,7 @@ __device__ __forceinline__ void consume(bf16* out, void* lse, int dtl, unsigned 
     store_rows<D>(out, lse, dtl, o, m, l, a, b, h, row, lane);
 }
 
-template <int D, int NWG, int CONSUMER_REGS>
+template <int D, int NWG, int CONSUMER_REGS, bool PP>
 __device__ void wgmma_tma_fwd(bf16* out, void* lse, int dtl, const TensorMap* tq, const TensorMap* tkv, AttnDims a) {
     const int BQ = 64 * NWG, BK = 128, NS = 2;
     const unsigned QBYTES = BQ * D * 2, KVBYTES = BK * D * 2;
@@ -382,8 +414,8 @@ __device__ void wgmma_tma_fwd(bf16* out, void* lse, int dtl, const TensorMap* tq
         if (threadIdx.x == 128 * NWG) produce<D, BQ, BK, NS>(tq, tkv, sQ, sK, sV, q_full, k_full, v_full, k_empty, v_empty, a, b, h, q0, nk);
     } else {
         setmaxnreg_inc<CONSUMER_REGS>();
-        consume<D, BQ, BK, NS>(out, lse, dtl, sQ + wg * 64 * 128, sK, sV, q_full, k_full, v_full, k_empty, v_empty, a, b,
-                               h, q0 + 64 * wg, nk);
+        consume<D, BQ, BK, NS, PP, NWG>(out, lse, dtl, sQ + wg * 64 * 128, sK, sV, q_full, k_full, v_full, k_empty,
+                                        v_empty, a, b, h, q0 + 64 * wg, nk, wg);
     }
 }
 
@@ -402,11 +434,17 @@ WGMMA_INSTANTIATE(128, 2)
 // register count fills the register file once the producer drops to 24:
 // (65536 / threads rounded down to 8, at entry) -> 240 for D = 128 (384
 // threads), 160 for D = 64 (512 threads).
+// The _pp kernels: the same with the consumers' ping-pong turns.
 #define WGMMA_TMA_INSTANTIATE(D, NWG, REGS)                                                                       \
     extern "C" __global__ void __launch_bounds__(128 * (NWG + 1), 1)                                               \
         wgmma_tma_fwd_d##D(bf16* out, void* lse, int dtl, const __grid_constant__ TensorMap tq,                    \
                            const __grid_constant__ TensorMap tkv, AttnDims a) {                                     \
-        wgmma_tma_fwd<D, NWG, REGS>(out, lse, dtl, &tq, &tkv, a);                                                  \
+        wgmma_tma_fwd<D, NWG, REGS, false>(out, lse, dtl, &tq, &tkv, a);                                           \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128 * (NWG + 1), 1)                                               \
+        wgmma_tma_fwd_pp_d##D(bf16* out, void* lse, int dtl, const __grid_constant__ TensorMap tq,                 \
+                              const __grid_constant__ TensorMap tkv, AttnDims a) {                                  \
+        wgmma_tma_fwd<D, NWG, REGS, true>(out, lse, dtl, &tq, &tkv, a);                                            \
     }
 
 WGMMA_TMA_INSTANTIATE(64, 3, 160)

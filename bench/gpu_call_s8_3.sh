@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # Session 8, call 3 (issue 15): after the block-per-row norms, add+LayerNorm,
-# RoPE, SwiGLU's fast sigmoid and the register-resident cross-entropy:
-# parity (cuda_ops all, cuda_model), the per-op profiles of llama-1b 4x2048
-# and GPT-2 124M 32x1024, then the strong-baseline side by side of group A
-# (GPT-2 8x1024, 32x1024; llama-1b 4x2048, 8x2048), 2 repeats each.
+# RoPE, SwiGLU's fast sigmoid and the ping-pong attention forward
+# (FERROTRON_ATTN=wgmma-pp):
+# 1. parity: cuda_ops (all; the ping-pong forward has its own test), cuda_model;
+# 2. the attention benchmark (TMA, ping-pong; both backwards skipped but TMA);
+# 3. the forward for the rest of the call: ping-pong if its parity test
+#    passed and it beat the TMA forward at D 64, T 2048 and T 16384 (llama-1b's
+#    head size), else the default (echoed, and in $R/attn_choice.txt);
+# 4. per-op profiles and plain timings of llama-1b 4x2048 and GPT-2 124M
+#    32x1024. (The side by side is call 4, after the cross-entropy kernel.)
 # Output tarred into $OUT/call3.tgz.
 export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 mkdir -p .dev && tar xJf .devpack/pack.tar.xz -C .dev
 R=/tmp/r3; mkdir -p $R
 trap 'tar czf $OUT/call3.tgz -C $R .' EXIT
-timeout 120 ./.dev/cuda_ops --test-threads 1 > $R/cuda_ops.log 2>&1; echo "cuda_ops rc=$? at ${SECONDS}s"
+timeout 150 ./.dev/cuda_ops --test-threads 1 > $R/cuda_ops.log 2>&1; echo "cuda_ops rc=$? at ${SECONDS}s"
 grep -E "^test |test result|panicked" $R/cuda_ops.log | grep -v " ok$" | cut -c1-300 | head -20
 timeout 60 ./.dev/cuda_model --test-threads 1 > $R/cuda_model.log 2>&1; echo "cuda_model rc=$? at ${SECONDS}s"
 grep -E "test result|panicked" $R/cuda_model.log | cut -c1-300 | head -5
+ATTN_BENCH_SKIP=wgmma-sync,wgmma-sync-bwd timeout 120 ./.dev/cuda_ops --ignored --exact attention_bench --nocapture > $R/attn_bench.log 2>&1
+echo "attn bench rc=$? at ${SECONDS}s"; grep "^|" $R/attn_bench.log
+CHOICE=$(python3 - "$R" <<'PY'
+import sys, re
+r = sys.argv[1]
+ok = re.search(r"test attention_wgmma_pingpong \.\.\. ok", open(f"{r}/cuda_ops.log").read())
+rows = {}
+for l in open(f"{r}/attn_bench.log"):
+    c = [x.strip() for x in l.strip().strip('|').split('|')]
+    if len(c) > 10 and c[0] == '64' and c[3] in ('2048', '16384'):
+        rows[c[3]] = (float(c[7]), float(c[9]))  # TMA, ping-pong TFLOP/s
+faster = len(rows) == 2 and all(pp > tma for tma, pp in rows.values())
+print("wgmma-pp" if ok and faster else "default", rows)
+PY
+)
+echo "forward for the rest of the call: $CHOICE" | tee $R/attn_choice.txt
+[[ $CHOICE == wgmma-pp* ]] && export FERROTRON_ATTN=wgmma-pp
 for shape in "llama-1b 4 2048" "gpt2-124m 32 1024"; do
   set -- $shape
   A="--set model.preset=$1 --set device=cuda --set train.batch_size=$2 --set train.seq_len=$3"
   timeout 40 ./.dev/ferrotron bench train $A --warmup 3 --steps 3 --profile > $R/prof_$1_$2x$3.txt 2>&1
-  echo "prof $1 $2x$3 rc=$? at ${SECONDS}s"
+  timeout 40 ./.dev/ferrotron bench train $A --warmup 3 --steps 10 > $R/plain_$1_$2x$3.txt 2>&1
+  echo "$1 $2x$3 rc=$? at ${SECONDS}s: $(grep -o '"median_step_ms":[0-9.]*' $R/plain_$1_$2x$3.txt)"
 done
-OUT=$R/strong REPEATS=2 DEADLINE_S=$((585 - SECONDS)) timeout $((590 - SECONDS)) bash bench/side_by_side_strong.sh A > $R/strong.txt 2>&1
-echo "strong rc=$? at ${SECONDS}s"; cat $R/strong/strong.md 2>/dev/null || tail -20 $R/strong.txt

@@ -7,8 +7,9 @@
 # 3. the forward for the rest of the call: ping-pong if its parity test
 #    passed and it beat the TMA forward at D 64, T 2048 and T 16384 (llama-1b's
 #    head size), else the default (echoed, and in $R/attn_choice.txt);
-# 4. per-op profiles and plain timings of llama-1b 4x2048 and GPT-2 124M
-#    32x1024. (The side by side is call 4, after the cross-entropy kernel.)
+# 4. the strong-baseline side by side of group A, 2 repeats each, the missed
+#    targets first, as many as fit (the session's device time was down to
+#    574 s after two calls that found no machine).
 # Output tarred into $OUT/call3.tgz.
 export NCCL_NVLS_ENABLE=0 CUDA_HOME=/usr/local/cuda PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 mkdir -p .dev && tar xJf .devpack/pack.tar.xz -C .dev
@@ -35,10 +36,5 @@ PY
 )
 echo "forward for the rest of the call: $CHOICE" | tee $R/attn_choice.txt
 [[ $CHOICE == wgmma-pp* ]] && export FERROTRON_ATTN=wgmma-pp
-for shape in "llama-1b 4 2048" "gpt2-124m 32 1024"; do
-  set -- $shape
-  A="--set model.preset=$1 --set device=cuda --set train.batch_size=$2 --set train.seq_len=$3"
-  timeout 40 ./.dev/ferrotron bench train $A --warmup 3 --steps 3 --profile > $R/prof_$1_$2x$3.txt 2>&1
-  timeout 40 ./.dev/ferrotron bench train $A --warmup 3 --steps 10 > $R/plain_$1_$2x$3.txt 2>&1
-  echo "$1 $2x$3 rc=$? at ${SECONDS}s: $(grep -o '"median_step_ms":[0-9.]*' $R/plain_$1_$2x$3.txt)"
-done
+OUT=$R/strong REPEATS=2 DEADLINE_S=$((560 - SECONDS)) timeout $((565 - SECONDS)) bash bench/side_by_side_strong.sh gpt2-32x1024 llama1b-4x2048 llama1b-8x2048 gpt2-8x1024 > $R/strong.txt 2>&1
+echo "strong rc=$? at ${SECONDS}s"; cat $R/strong/strong.md 2>/dev/null || tail -20 $R/strong.txt

@@ -36,5 +36,5 @@ PY
 )
 echo "forward for the rest of the call: $CHOICE" | tee $R/attn_choice.txt
 [[ $CHOICE == wgmma-pp* ]] && export FERROTRON_ATTN=wgmma-pp
-OUT=$R/strong REPEATS=2 DEADLINE_S=$((285 - SECONDS)) timeout $((290 - SECONDS)) bash bench/side_by_side_strong.sh gpt2-32x1024 llama1b-4x2048 gpt2-8x1024 llama1b-8x2048 > $R/strong.txt 2>&1
+OUT=$R/strong REPEATS=2 EST_PCT=55 DEADLINE_S=$((285 - SECONDS)) timeout $((290 - SECONDS)) bash bench/side_by_side_strong.sh gpt2-32x1024 llama1b-4x2048 gpt2-8x1024 llama1b-8x2048 > $R/strong.txt 2>&1
 echo "strong rc=$? at ${SECONDS}s"; cat $R/strong/strong.md 2>/dev/null || tail -20 $R/strong.txt

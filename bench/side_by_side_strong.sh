@@ -43,7 +43,8 @@
 #      llama1b-8x2048 ~160 s: ~530 s
 #   B: llama1b-1x32768-ckpt ~200 s (2.4 s steps), llama3-8b-1x4096-ckpt-8bit
 #      ~300 s (8B init + a 32-layer compile): ~500 s
-# Workloads past DEADLINE_S (default 570) are skipped with a line saying so.
+# Workloads past DEADLINE_S (default 570) are skipped with a line saying so;
+# EST_PCT (default 100) scales the estimates below (warm caches, repeats 2).
 #
 # Output: $OUT/strong.jsonl (one line per engine run and block), $OUT/strong.md
 # (table: medians over repeats with [min-max], ratio of medians, peak memory),
@@ -106,6 +107,7 @@ remaining() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
 run_workload() {  # NAME
   local name=$1 left r
   workload "$name" || return
+  EST=$(( EST * ${EST_PCT:-100} / 100 ))  # EST_PCT scales the estimates (a call with little time left)
   left=$(remaining)
   if (( left < EST )); then
     echo "{\"workload\": \"$name\", \"engine\": \"both\", \"skipped\": \"deadline: ${left}s left, ~${EST}s needed\"}" | tee -a "$J"

@@ -145,6 +145,38 @@ __device__ __forceinline__ void load_f32x8(const float* w, int j, bool ok, float
     for (int k = 0; k < 8; k++) f[k] = ok ? w[j + k] : 0.0f;
 }
 
+// Walks rows blockIdx.x, + gridDim.x, ... (the block-per-row forwards),
+// with the next row's chunk of a (and of b, when TWO) in flight while
+// f(row, chunk of a, chunk of b) works on this one.
+template <bool TWO, class F>
+__device__ __forceinline__ void walk_rows(const __nv_bfloat16* a, const __nv_bfloat16* b, i64 n, int c, int j,
+                                          bool ok, F f) {
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    i64 row = blockIdx.x;
+    uint4 na = row < n ? ld_chunk(a, row, c, j, ok) : zero, nb = TWO && row < n ? ld_chunk(b, row, c, j, ok) : zero;
+    for (; row < n; row += gridDim.x) {
+        const uint4 ca = na, cb = nb;
+        if (row + gridDim.x < n) {
+            na = ld_chunk(a, row + gridDim.x, c, j, ok);
+            if (TWO) nb = ld_chunk(b, row + gridDim.x, c, j, ok);
+        }
+        f(row, ca, cb);
+    }
+}
+
+// The residual add of the fused add + norm forwards: x = a + b rounded to
+// bf16 (exactly what the separate add kernel stores and the norm would read
+// back), stored into sum.
+__device__ __forceinline__ void add_rounded(float* x, uint4 ca, uint4 cb, __nv_bfloat16* sum, i64 row, int c, int j,
+                                            bool ok) {
+    float y[8];
+    unpack_bf16x8(ca, x);
+    unpack_bf16x8(cb, y);
+#pragma unroll
+    for (int k = 0; k < 8; k++) x[k] = __bfloat162float(__float2bfloat16_rn(x[k] + y[k]));
+    if (ok) store_bf16x8(sum + row * c + j, x);
+}
+
 // Sums v[0..NV) over the block; every thread gets the totals. Warps add in
 // a fixed order (reproducible). `red` holds 2 * NV * 32 floats used in turn
 // (`phase`), so one barrier per call is enough: a buffer is written again

@@ -149,20 +149,15 @@ extern "C" __global__ void __launch_bounds__(512) layernorm_fwd_bf16_k(__nv_bflo
     load_f32x8(w, j, ok, wv);
     load_f32x8(b, j, ok, bv);
     int phase = 0;
-    i64 row = blockIdx.x;
-    uint4 next = row < n ? ld_chunk(inp, row, c, j, ok) : make_uint4(0u, 0u, 0u, 0u);
-    for (; row < n; row += gridDim.x) {
-        const uint4 cur = next;
-        if (row + gridDim.x < n) next = ld_chunk(inp, row + gridDim.x, c, j, ok);
+    walk_rows<false>(inp, nullptr, n, c, j, ok, [&](i64 row, uint4 cx, uint4) {
         float x[8];
-        unpack_bf16x8(cur, x);
+        unpack_bf16x8(cx, x);
         ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
-    }
+    });
 }
 
 // The residual add fused in: sum = a + bb (stored, bf16), out =
-// layernorm(sum), the sum rounded to bf16 before it is normalized, exactly
-// as the separate add kernel stores it and layernorm_fwd_bf16_k reads it.
+// layernorm(sum), as add_rmsnorm_fwd_bf16_k.
 extern "C" __global__ void __launch_bounds__(512) add_layernorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* mean,
                                                     float* rstd, const __nv_bfloat16* a, const __nv_bfloat16* bb,
                                                     const float* w, const float* b, i64 n, int c, float eps) {
@@ -173,18 +168,9 @@ extern "C" __global__ void __launch_bounds__(512) add_layernorm_fwd_bf16_k(__nv_
     load_f32x8(w, j, ok, wv);
     load_f32x8(b, j, ok, bv);
     int phase = 0;
-    i64 row = blockIdx.x;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    uint4 na = row < n ? ld_chunk(a, row, c, j, ok) : zero, nb = row < n ? ld_chunk(bb, row, c, j, ok) : zero;
-    for (; row < n; row += gridDim.x) {
-        const uint4 ca = na, cb = nb;
-        if (row + gridDim.x < n) na = ld_chunk(a, row + gridDim.x, c, j, ok), nb = ld_chunk(bb, row + gridDim.x, c, j, ok);
-        float x[8], y[8];
-        unpack_bf16x8(ca, x);
-        unpack_bf16x8(cb, y);
-#pragma unroll
-        for (int k = 0; k < 8; k++) x[k] = __bfloat162float(__float2bfloat16_rn(x[k] + y[k]));
-        if (ok) store_bf16x8(sum + row * c + j, x);
+    walk_rows<true>(a, bb, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
+        float x[8];
+        add_rounded(x, ca, cb, sum, row, c, j, ok);
         ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
-    }
+    });
 }

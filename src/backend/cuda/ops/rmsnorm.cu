@@ -87,20 +87,14 @@ extern "C" __global__ void __launch_bounds__(512) rmsnorm_fwd_bf16_k(__nv_bfloat
     float wv[8];
     load_f32x8(w, j, ok, wv);
     int phase = 0;
-    i64 row = blockIdx.x;
-    uint4 next = row < n ? ld_chunk(inp, row, c, j, ok) : make_uint4(0u, 0u, 0u, 0u);
-    for (; row < n; row += gridDim.x) {
-        const uint4 cur = next;
-        if (row + gridDim.x < n) next = ld_chunk(inp, row + gridDim.x, c, j, ok);
+    walk_rows<false>(inp, nullptr, n, c, j, ok, [&](i64 row, uint4 cx, uint4) {
         float x[8];
-        unpack_bf16x8(cur, x);
+        unpack_bf16x8(cx, x);
         rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
-    }
+    });
 }
 
 // The residual add fused in: sum = a + b (stored, bf16), out = rmsnorm(sum).
-// The sum is rounded to bf16 before it is normalized, exactly as the
-// separate add kernel would store it and rmsnorm_fwd_bf16_k read it back.
 extern "C" __global__ void __launch_bounds__(512) add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
                                                   const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
                                                   i64 n, int c, float eps) {
@@ -110,20 +104,11 @@ extern "C" __global__ void __launch_bounds__(512) add_rmsnorm_fwd_bf16_k(__nv_bf
     float wv[8];
     load_f32x8(w, j, ok, wv);
     int phase = 0;
-    i64 row = blockIdx.x;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    uint4 na = row < n ? ld_chunk(a, row, c, j, ok) : zero, nb = row < n ? ld_chunk(b, row, c, j, ok) : zero;
-    for (; row < n; row += gridDim.x) {
-        const uint4 ca = na, cb = nb;
-        if (row + gridDim.x < n) na = ld_chunk(a, row + gridDim.x, c, j, ok), nb = ld_chunk(b, row + gridDim.x, c, j, ok);
-        float x[8], y[8];
-        unpack_bf16x8(ca, x);
-        unpack_bf16x8(cb, y);
-#pragma unroll
-        for (int k = 0; k < 8; k++) x[k] = __bfloat162float(__float2bfloat16_rn(x[k] + y[k]));
-        if (ok) store_bf16x8(sum + row * c + j, x);
+    walk_rows<true>(a, b, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
+        float x[8];
+        add_rounded(x, ca, cb, sum, row, c, j, ok);
         rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
-    }
+    });
 }
 
 // dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw partial

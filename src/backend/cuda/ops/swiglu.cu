@@ -34,9 +34,6 @@ extern "C" __global__ void swiglu_bwd_k(void* dinp, int dtdi, const void* inp, i
 // bf16 everywhere, f a multiple of 8, 16-byte aligned buffers (the model
 // pads its SwiGLU width, `model.ffn_multiple`): 8 columns per thread and
 // iteration through 16-byte loads and stores; same 2-D launch over f / 8.
-// The sigmoid uses the fast exp and division (a few fp32 ulps, far below
-// the bf16 rounding of the result): with expf and an IEEE division these
-// kernels were issue-bound (Nsight: SM 77% busy, DRAM 68%, llama-1b).
 extern "C" __global__ void swiglu_fwd_bf16x8_k(__nv_bfloat16* out, const __nv_bfloat16* inp, i64 n, i64 f) {
     ROW_LOOP(r, n) {
         const __nv_bfloat16* gate = inp + r * 2 * f;
@@ -46,7 +43,7 @@ extern "C" __global__ void swiglu_fwd_bf16x8_k(__nv_bfloat16* out, const __nv_bf
             load_bf16x8(gate + j, g);
             load_bf16x8(gate + f + j, u);
 #pragma unroll
-            for (int k = 0; k < 8; k++) g[k] = __fdividef(g[k], 1.0f + __expf(-g[k])) * u[k];
+            for (int k = 0; k < 8; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
             store_bf16x8(out + r * f + j, g);
         }
     }
@@ -65,7 +62,7 @@ extern "C" __global__ void swiglu_bwd_bf16x8_k(__nv_bfloat16* dinp, const __nv_b
             load_bf16x8(dout + r * f + j, d);
 #pragma unroll
             for (int k = 0; k < 8; k++) {
-                const float sig = __fdividef(1.0f, 1.0f + __expf(-g[k]));
+                const float sig = 1.0f / (1.0f + expf(-g[k]));
                 const float dg = d[k] * u[k] * sig * (1.0f + g[k] * (1.0f - sig));
                 u[k] = d[k] * g[k] * sig;  // dup
                 g[k] = dg;

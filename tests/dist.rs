@@ -9,11 +9,11 @@ use ferrotron::backend::{Backend, DType, View};
 use ferrotron::dist::{segment, Comm, Elem, TcpComm, WorldInfo};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A port nobody listens on right now (the OS picks it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
 
 fn info(rank: usize, world: usize, port: u16) -> WorldInfo {
     WorldInfo { rank, world, local_rank: rank, local_world: world, master_port: port, ..WorldInfo::single() }

@@ -16,6 +16,9 @@ use ferrotron::backend::cuda::CudaBackend;
 use ferrotron::backend::{Backend, DType, View};
 use ferrotron::dist::{segment, Comm, Elem, NcclComm, TcpComm, WorldInfo};
 use std::time::Duration;
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,9 +32,6 @@ fn gpu(i: usize) -> Option<CudaBackend> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
 
 fn info(rank: usize, world: usize, port: u16) -> WorldInfo {
     WorldInfo { rank, world, local_rank: rank, local_world: world, master_port: port, ..WorldInfo::single() }

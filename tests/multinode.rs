@@ -13,8 +13,10 @@
 mod runs;
 
 use runs::{losses, weights};
-use std::net::TcpListener;
 use std::process::{Command, Output};
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferrotron")
@@ -45,9 +47,6 @@ fn train_args(name: &str, batch: usize, stage: u32) -> Vec<String> {
     a
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn check(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

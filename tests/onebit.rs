@@ -10,12 +10,12 @@ use ferrotron::dist::{CompressedAllReduce, TcpComm, WorldInfo};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 // ------------------------------------------------------------------ helpers
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
 
 fn info(rank: usize, world: usize, port: u16) -> WorldInfo {
     WorldInfo { rank, world, local_rank: rank, local_world: world, master_port: port, ..WorldInfo::single() }

@@ -42,12 +42,12 @@ use ferrotron::parallel::ulysses::{self, qkv_segs, to_heads, to_tokens, Exchange
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 // ---- ranks as threads ----------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
 
 /// Runs `f(rank, comm)` on `world` threads over loopback; results in rank order.
 fn ranks<T: Send>(world: usize, f: impl Fn(usize, TcpComm) -> T + Sync) -> Vec<T> {

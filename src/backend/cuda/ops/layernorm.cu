@@ -109,68 +109,58 @@ extern "C" __global__ void __launch_bounds__(512) layernorm_bwd_bf16_k(__nv_bflo
     norm_bwd_cols<true>(dinp, dout, inp, w, mean, rstd, partial, partial + (i64)gridDim.x * c, n, c, rpb);
 }
 
-// Normalizes the row held as x[8] per thread: its mean, then its variance
-// about the mean (two block sums, as the general kernel's two passes), then
-// out; mean and rstd saved.
-__device__ __forceinline__ void ln_normalize_cols(__nv_bfloat16* out, float* mean, float* rstd, const float* x,
-                                                  const float* wv, const float* bv, i64 row, int c, int j, bool ok,
-                                                  float eps, float* red, int& phase) {
-    float s[1] = {0.0f};
+// out = layernorm(row), mean and rstd saved, for every row the block walks
+// (blocks walk rows gridDim.x apart, fetching the next row first): the
+// row's mean, then its variance about the mean (two block sums, as the
+// general kernel's two passes). With ADD the row is the residual sum a + bb,
+// rounded to bf16 and stored into sum first, as in rmsnorm.cu.
+template <bool ADD>
+__device__ __forceinline__ void layernorm_fwd_cols(__nv_bfloat16* sum, __nv_bfloat16* out, float* mean, float* rstd,
+                                                   const __nv_bfloat16* a, const __nv_bfloat16* bb, const float* w,
+                                                   const float* b, i64 n, int c, float eps) {
+    __shared__ float red[2 * 32];
+    const int j = threadIdx.x * 8;
+    const bool ok = j < c;
+    float wv[8], bv[8];
+    load_f32x8(w, j, ok, wv);
+    load_f32x8(b, j, ok, bv);
+    int phase = 0;
+    walk_rows<ADD>(a, bb, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
+        float x[8], s[1] = {0.0f};
+        if (ADD) add_rounded(x, ca, cb, sum, row, c, j, ok);
+        else unpack_bf16x8(ca, x);
 #pragma unroll
-    for (int k = 0; k < 8; k++) s[0] += x[k];
-    block_sums<1>(s, red, phase);
-    const float mu = s[0] / c;
-    s[0] = 0.0f;
-    if (ok)
+        for (int k = 0; k < 8; k++) s[0] += x[k];
+        block_sums<1>(s, red, phase);
+        const float mu = s[0] / c;
+        s[0] = 0.0f;
+        if (ok)
 #pragma unroll
-        for (int k = 0; k < 8; k++) s[0] += (x[k] - mu) * (x[k] - mu);
-    block_sums<1>(s, red, phase);
-    const float rs = 1.0f / sqrtf(s[0] / c + eps);
-    if (ok) {
-        float o[8];
+            for (int k = 0; k < 8; k++) s[0] += (x[k] - mu) * (x[k] - mu);
+        block_sums<1>(s, red, phase);
+        const float rs = 1.0f / sqrtf(s[0] / c + eps);
+        if (ok) {
+            float o[8];
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = (x[k] - mu) * rs * wv[k] + bv[k];
-        store_bf16x8(out + row * c + j, o);
-    }
-    if (threadIdx.x == 0) {
-        mean[row] = mu;
-        rstd[row] = rs;
-    }
+            for (int k = 0; k < 8; k++) o[k] = (x[k] - mu) * rs * wv[k] + bv[k];
+            store_bf16x8(out + row * c + j, o);
+        }
+        if (threadIdx.x == 0) {
+            mean[row] = mu;
+            rstd[row] = rs;
+        }
+    });
 }
 
-// Forward: blocks walk rows gridDim.x apart, fetching the next row first.
 extern "C" __global__ void __launch_bounds__(512) layernorm_fwd_bf16_k(__nv_bfloat16* out, float* mean, float* rstd,
                                                 const __nv_bfloat16* inp, const float* w, const float* b, i64 n,
                                                 int c, float eps) {
-    __shared__ float red[2 * 32];
-    const int j = threadIdx.x * 8;
-    const bool ok = j < c;
-    float wv[8], bv[8];
-    load_f32x8(w, j, ok, wv);
-    load_f32x8(b, j, ok, bv);
-    int phase = 0;
-    walk_rows<false>(inp, nullptr, n, c, j, ok, [&](i64 row, uint4 cx, uint4) {
-        float x[8];
-        unpack_bf16x8(cx, x);
-        ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
-    });
+    layernorm_fwd_cols<false>(nullptr, out, mean, rstd, inp, nullptr, w, b, n, c, eps);
 }
 
-// The residual add fused in: sum = a + bb (stored, bf16), out =
-// layernorm(sum), as add_rmsnorm_fwd_bf16_k.
+// The residual add fused in: sum = a + bb (stored, bf16), out = layernorm(sum).
 extern "C" __global__ void __launch_bounds__(512) add_layernorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* mean,
                                                     float* rstd, const __nv_bfloat16* a, const __nv_bfloat16* bb,
                                                     const float* w, const float* b, i64 n, int c, float eps) {
-    __shared__ float red[2 * 32];
-    const int j = threadIdx.x * 8;
-    const bool ok = j < c;
-    float wv[8], bv[8];
-    load_f32x8(w, j, ok, wv);
-    load_f32x8(b, j, ok, bv);
-    int phase = 0;
-    walk_rows<true>(a, bb, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
-        float x[8];
-        add_rounded(x, ca, cb, sum, row, c, j, ok);
-        ln_normalize_cols(out, mean, rstd, x, wv, bv, row, c, j, ok, eps, red, phase);
-    });
+    layernorm_fwd_cols<true>(sum, out, mean, rstd, a, bb, w, b, n, c, eps);
 }

@@ -61,54 +61,48 @@ extern "C" __global__ void rmsnorm_bwd_dw_partial_k(float* partial, const void* 
 // kernels"); blocks walk rows gridDim.x apart, fetching the next row before
 // reducing this one.
 
-// Normalizes the row held as x[8] per thread into out; rstd saved.
-__device__ __forceinline__ void rms_normalize_cols(__nv_bfloat16* out, float* rstd, const float* x, const float* wv,
-                                                   i64 row, int c, int j, bool ok, float eps, float* red,
-                                                   int& phase) {
-    float s[1] = {0.0f};
-#pragma unroll
-    for (int k = 0; k < 8; k++) s[0] += x[k] * x[k];
-    block_sums<1>(s, red, phase);
-    const float rs = 1.0f / sqrtf(s[0] / c + eps);
-    if (ok) {
-        float o[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = x[k] * rs * wv[k];
-        store_bf16x8(out + row * c + j, o);
-    }
-    if (threadIdx.x == 0) rstd[row] = rs;
-}
-
-extern "C" __global__ void __launch_bounds__(512) rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
-                                              const float* w, i64 n, int c, float eps) {
+// out = rmsnorm(row), rstd saved, for every row the block walks; with ADD
+// the row is the residual sum a + b, rounded to bf16 and stored into sum
+// first (exactly what the separate add kernel stores and the norm would
+// read back).
+template <bool ADD>
+__device__ __forceinline__ void rmsnorm_fwd_cols(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
+                                                 const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
+                                                 i64 n, int c, float eps) {
     __shared__ float red[2 * 32];
     const int j = threadIdx.x * 8;
     const bool ok = j < c;
     float wv[8];
     load_f32x8(w, j, ok, wv);
     int phase = 0;
-    walk_rows<false>(inp, nullptr, n, c, j, ok, [&](i64 row, uint4 cx, uint4) {
-        float x[8];
-        unpack_bf16x8(cx, x);
-        rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
+    walk_rows<ADD>(a, b, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
+        float x[8], s[1] = {0.0f};
+        if (ADD) add_rounded(x, ca, cb, sum, row, c, j, ok);
+        else unpack_bf16x8(ca, x);
+#pragma unroll
+        for (int k = 0; k < 8; k++) s[0] += x[k] * x[k];
+        block_sums<1>(s, red, phase);
+        const float rs = 1.0f / sqrtf(s[0] / c + eps);
+        if (ok) {
+            float o[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) o[k] = x[k] * rs * wv[k];
+            store_bf16x8(out + row * c + j, o);
+        }
+        if (threadIdx.x == 0) rstd[row] = rs;
     });
+}
+
+extern "C" __global__ void __launch_bounds__(512) rmsnorm_fwd_bf16_k(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* inp,
+                                              const float* w, i64 n, int c, float eps) {
+    rmsnorm_fwd_cols<false>(nullptr, out, rstd, inp, nullptr, w, n, c, eps);
 }
 
 // The residual add fused in: sum = a + b (stored, bf16), out = rmsnorm(sum).
 extern "C" __global__ void __launch_bounds__(512) add_rmsnorm_fwd_bf16_k(__nv_bfloat16* sum, __nv_bfloat16* out, float* rstd,
                                                   const __nv_bfloat16* a, const __nv_bfloat16* b, const float* w,
                                                   i64 n, int c, float eps) {
-    __shared__ float red[2 * 32];
-    const int j = threadIdx.x * 8;
-    const bool ok = j < c;
-    float wv[8];
-    load_f32x8(w, j, ok, wv);
-    int phase = 0;
-    walk_rows<true>(a, b, n, c, j, ok, [&](i64 row, uint4 ca, uint4 cb) {
-        float x[8];
-        add_rounded(x, ca, cb, sum, row, c, j, ok);
-        rms_normalize_cols(out, rstd, x, wv, row, c, j, ok, eps, red, phase);
-    });
+    rmsnorm_fwd_cols<true>(sum, out, rstd, a, b, w, n, c, eps);
 }
 
 // dinp (+=) for rows [blockIdx.x * rpb, +rpb) and the block's dw partial

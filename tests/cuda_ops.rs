@@ -336,6 +336,15 @@ fn linear_case(h: &mut H, m: usize, k: usize, n: usize, off: usize, act: DType) 
     h.check(&format!("linear_fwd+bias {tag}"), y, MATMUL);
     h.run(|be, i| be.linear_fwd(y[i], x[i], w[i], None, m, k, n));
     h.check(&format!("linear_fwd {tag}"), y, MATMUL);
+    // The residual add in the matmul's epilogue (C apart from D) and its
+    // fallbacks (padded shapes, fp32): one rounding of product + residual
+    // on the GPU, the CPU's fp32 product plus residual.
+    let residual = h.randn(m * n, 1.0, act);
+    for with_bias in [true, false] {
+        let bv = |i: usize| if with_bias { Some(bias[i]) } else { None };
+        h.run(|be, i| be.linear_residual_fwd(y[i], x[i], w[i], bv(i), residual[i], m, k, n));
+        h.check(&format!("linear_residual_fwd bias={with_bias} {tag}"), y, MATMUL);
+    }
     let dy = h.randn(m * n, 1.0, act);
     let dx = h.zeros(m * k, act);
     let dflat = h.randn(off + n * k + n, 0.1, DType::F32); // grads accumulate onto this

@@ -486,6 +486,15 @@ macro_rules! backend_ops {
             /// `out[M,N] = inp[M,K] · w[N,K]ᵀ (+ bias[N])`.
             #[allow(clippy::too_many_arguments)]
             fn linear_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, m: usize, k: usize, n: usize) -> Result<()>;
+            /// `out[M,N] = residual[M,N] + inp[M,K] · w[N,K]ᵀ (+ bias[N])`: a
+            /// projection added to the residual stream (a GPU adds `residual`
+            /// in the matmul's epilogue, rounding once). `out` must not overlap
+            /// `residual`.
+            #[allow(clippy::too_many_arguments)]
+            fn linear_residual_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, residual: View, m: usize, k: usize, n: usize) -> Result<()> = {
+                self.linear_fwd(out, inp, w, bias, m, k, n)?;
+                self.accumulate(out, residual)
+            };
             /// `pre = inp · wᵀ (+ bias)` and `act = gelu(pre)` (GPT-2's MLP up
             /// projection): a GPU fuses the GELU (and bias) into the matmul's
             /// epilogue, writing `pre` as its auxiliary output for the backward pass.

@@ -59,6 +59,9 @@ macro_rules! profile_key {
     (linear_fwd $out:ident $inp:ident $w:ident $bias:ident $m:ident $k:ident $n:ident) => {
         format!("linear_fwd {}x{}x{}", $m, $k, $n)
     };
+    (linear_residual_fwd $out:ident $inp:ident $w:ident $bias:ident $res:ident $m:ident $k:ident $n:ident) => {
+        format!("linear_residual_fwd {}x{}x{}", $m, $k, $n)
+    };
     (linear_gelu_fwd $pre:ident $act:ident $inp:ident $w:ident $bias:ident $m:ident $k:ident $n:ident) => {
         format!("linear_gelu_fwd {}x{}x{}", $m, $k, $n)
     };

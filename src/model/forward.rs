@@ -124,7 +124,6 @@ impl Model {
             b.linear_fwd(la.fch, la.ln2, p.fc.w, p.fc.b, n, c, la.fch.len / n)?;
             self.mlp_act_fwd(b, la, n)?;
         }
-        b.linear_fwd(acts.proj_out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, n, m.padded_ff(), c)?;
-        b.add(out, la.res_mid, acts.proj_out)
+        b.linear_residual_fwd(out, la.fch_act, p.mlp_proj.w, p.mlp_proj.b, la.res_mid, n, m.padded_ff(), c)
     }
 }

@@ -136,19 +136,7 @@ impl CudaBackend {
         let wp = self.bf16_operand(w)?;
         let ip = self.bf16_operand(inp)?;
         let o = self.out(out)?;
-        // Bias epilogue when the bias can be had in the output's dtype and is
-        // 16-byte aligned; otherwise a separate add kernel.
-        let mut epi = None;
-        if let Some(bv) = bias {
-            ensure!(bv.len == n, "linear_fwd: bias has {} values, needs n = {n}", bv.len);
-            let bd = self.dev(bv)?;
-            let ptr = match (o.elem, bd.elem) {
-                (Elem::Bf16, _) => Some(self.bf16_operand(bv)?),
-                (Elem::F32, Elem::F32) => Some(bd.ptr),
-                _ => None,
-            };
-            epi = ptr.filter(|p| p % 16 == 0);
-        }
+        let mut epi = self.bias_epilogue(o, bias, n, "linear_fwd")?;
         let (kp, np) = (padded_dim(k, m * k), padded_dim(n, m * n));
         if (kp, np) != (k, n) {
             self.linear_fwd_padded(o, wp, ip, (m, k, n), (kp, np))?;
@@ -162,6 +150,47 @@ impl CudaBackend {
             self.launch(cfg, AddBias { out: o.ptr, dto: o.dt(), bias: bd.ptr, dtb: bd.dt(), rows: m as i64, cols: n as i32 })?;
         }
         Ok(())
+    }
+
+    /// The bias pointer for cuBLASLt's bias epilogue when the bias can be
+    /// had in the output's dtype and is 16-byte aligned; None otherwise
+    /// (the caller adds it with a separate kernel).
+    fn bias_epilogue(&mut self, o: Dev, bias: Option<View>, n: usize, op: &str) -> Result<Option<u64>> {
+        let Some(bv) = bias else { return Ok(None) };
+        ensure!(bv.len == n, "{op}: bias has {} values, needs n = {n}", bv.len);
+        let bd = self.dev(bv)?;
+        let ptr = match (o.elem, bd.elem) {
+            (Elem::Bf16, _) => Some(self.bf16_operand(bv)?),
+            (Elem::F32, Elem::F32) => Some(bd.ptr),
+            _ => None,
+        };
+        Ok(ptr.filter(|p| p % 16 == 0))
+    }
+
+    /// `out = residual + inp·wᵀ (+ bias)` in one cuBLASLt call: the residual
+    /// is C (beta = 1, C apart from D), added to the fp32 product (and the
+    /// bias epilogue) before D's one rounding. This saves the separate add's
+    /// three passes over the rows (llama-1b 4×2048: 0.83 ms a step). Padded
+    /// shapes, a residual of another dtype than `out`, or a bias the
+    /// epilogue cannot take go through linear_fwd and an accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cuda) fn linear_residual_fwd(&mut self, out: View, inp: View, w: View, bias: Option<View>, residual: View, m: usize, k: usize, n: usize) -> Result<()> {
+        self.begin()?;
+        ensure!(
+            inp.len == m * k && w.len == n * k && out.len == m * n && residual.len == m * n,
+            "linear_residual_fwd: views do not match m={m} k={k} n={n}"
+        );
+        let (o, r) = (self.dev(out)?, self.dev(residual)?);
+        let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n);
+        let epi = self.bias_epilogue(o, bias, n, "linear_residual_fwd")?;
+        if !plain || r.elem != o.elem || (bias.is_some() && epi.is_none()) {
+            self.linear_fwd(out, inp, w, bias, m, k, n)?;
+            return self.accumulate(out, residual);
+        }
+        let wp = self.bf16_operand(w)?;
+        let ip = self.bf16_operand(inp)?;
+        let o = self.out(out)?;
+        self.matmul_with_c(true, false, (n, m, k), (k, k, n), (wp, ip, o.ptr), r.ptr, Elem::Bf16, o.elem, epi, 1.0, 1.0)
     }
 
     #[allow(clippy::too_many_arguments)]

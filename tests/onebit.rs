@@ -6,30 +6,18 @@
 
 use ferrotron::backend::cpu::CpuBackend;
 use ferrotron::backend::{Backend, DType, View};
-use ferrotron::dist::{CompressedAllReduce, TcpComm, WorldInfo};
+use ferrotron::dist::{CompressedAllReduce, WorldInfo};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 #[path = "common/ports.rs"]
 mod ports;
-use ports::free_port;
+#[path = "common/ranks.rs"]
+mod ranks;
+use ranks::ranks;
 
 // ------------------------------------------------------------------ helpers
 
-
-fn info(rank: usize, world: usize, port: u16) -> WorldInfo {
-    WorldInfo { rank, world, local_rank: rank, local_world: world, master_port: port, ..WorldInfo::single() }
-}
-
-/// `f(rank, comm)` on `world` threads meeting on a fresh port, results in rank order.
-fn ranks<T: Send>(world: usize, f: impl Fn(usize, TcpComm) -> T + Sync) -> Vec<T> {
-    let port = free_port();
-    let f = &f;
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..world).map(|r| sc.spawn(move || f(r, TcpComm::connect(&info(r, world, port), Duration::from_secs(30)).unwrap()))).collect();
-        hs.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-    })
-}
 
 /// splitmix64 normals: rank `r`, round `t`.
 fn normals(seed: u64, n: usize) -> Vec<f32> {

@@ -182,7 +182,7 @@ impl CudaBackend {
         );
         let (o, r) = (self.dev(out)?, self.dev(residual)?);
         let plain = (padded_dim(k, m * k), padded_dim(n, m * n)) == (k, n);
-        let epi = self.bias_epilogue(o, bias, n, "linear_residual_fwd")?;
+        let epi = if plain && r.elem == o.elem { self.bias_epilogue(o, bias, n, "linear_residual_fwd")? } else { None };
         if !plain || r.elem != o.elem || (bias.is_some() && epi.is_none()) {
             self.linear_fwd(out, inp, w, bias, m, k, n)?;
             return self.accumulate(out, residual);
